@@ -1,0 +1,1 @@
+"""Cython kernels, one extension module per ISA; see dispatch.py for the choice."""

@@ -1,0 +1,308 @@
+# Dot products of one weight row with one quantized activation row: the generic
+# spec (integer sums per block, then one float multiply per block, as ggml's
+# scalar branch). s[0] = <x, y> over n elements. ISA variants must agree with
+# these within float rounding.
+
+cdef void vec_dot_f32_generic(int n, float* s, const void* vx, const void* vy) noexcept nogil:
+    cdef const float* x = <const float*>vx
+    cdef const float* y = <const float*>vy
+    cdef double acc = 0.0
+    cdef int i
+    for i in range(n):
+        acc += x[i] * y[i]
+    s[0] = <float>acc
+
+cdef void vec_dot_f16_generic(int n, float* s, const void* vx, const void* vy) noexcept nogil:
+    cdef const uint16_t* x = <const uint16_t*>vx
+    cdef const float* y = <const float*>vy
+    cdef double acc = 0.0
+    cdef int i
+    for i in range(n):
+        acc += fp16_to_fp32(x[i]) * y[i]
+    s[0] = <float>acc
+
+cdef void vec_dot_q4_0_q8_0_generic(int n, float* s, const void* vx, const void* vy) noexcept nogil:
+    cdef const block_q4_0* x = <const block_q4_0*>vx
+    cdef const block_q8_0* y = <const block_q8_0*>vy
+    cdef float sumf = 0.0
+    cdef int i, j, sumi
+    for i in range(n // QK8_0):
+        sumi = 0
+        for j in range(16):
+            sumi += ((x[i].qs[j] & 0x0F) - 8) * y[i].qs[j] + ((x[i].qs[j] >> 4) - 8) * y[i].qs[j + 16]
+        sumf += sumi * fp16_to_fp32(x[i].d) * fp16_to_fp32(y[i].d)
+    s[0] = sumf
+
+cdef void vec_dot_q4_1_q8_1_generic(int n, float* s, const void* vx, const void* vy) noexcept nogil:
+    cdef const block_q4_1* x = <const block_q4_1*>vx
+    cdef const block_q8_1* y = <const block_q8_1*>vy
+    cdef float sumf = 0.0
+    cdef int i, j, sumi
+    for i in range(n // QK8_1):
+        sumi = 0
+        for j in range(16):
+            sumi += (x[i].qs[j] & 0x0F) * y[i].qs[j] + (x[i].qs[j] >> 4) * y[i].qs[j + 16]
+        sumf += fp16_to_fp32(x[i].d) * y[i].d * sumi + fp16_to_fp32(x[i].m) * y[i].s
+    s[0] = sumf
+
+cdef void vec_dot_q5_0_q8_0_generic(int n, float* s, const void* vx, const void* vy) noexcept nogil:
+    cdef const block_q5_0* x = <const block_q5_0*>vx
+    cdef const block_q8_0* y = <const block_q8_0*>vy
+    cdef float sumf = 0.0
+    cdef int i, j, sumi, x0, x1
+    cdef uint32_t qh
+    for i in range(n // QK8_0):
+        qh = load_u32(x[i].qh)
+        sumi = 0
+        for j in range(16):
+            x0 = <int>((x[i].qs[j] & 0x0F) | (((qh >> j) << 4) & 0x10)) - 16
+            x1 = <int>((x[i].qs[j] >> 4) | ((qh >> (j + 12)) & 0x10)) - 16
+            sumi += x0 * y[i].qs[j] + x1 * y[i].qs[j + 16]
+        sumf += sumi * fp16_to_fp32(x[i].d) * fp16_to_fp32(y[i].d)
+    s[0] = sumf
+
+cdef void vec_dot_q5_1_q8_1_generic(int n, float* s, const void* vx, const void* vy) noexcept nogil:
+    cdef const block_q5_1* x = <const block_q5_1*>vx
+    cdef const block_q8_1* y = <const block_q8_1*>vy
+    cdef float sumf = 0.0
+    cdef int i, j, sumi, x0, x1
+    cdef uint32_t qh
+    for i in range(n // QK8_1):
+        qh = load_u32(x[i].qh)
+        sumi = 0
+        for j in range(16):
+            x0 = <int>((x[i].qs[j] & 0x0F) | (((qh >> j) << 4) & 0x10))
+            x1 = <int>((x[i].qs[j] >> 4) | ((qh >> (j + 12)) & 0x10))
+            sumi += x0 * y[i].qs[j] + x1 * y[i].qs[j + 16]
+        sumf += fp16_to_fp32(x[i].d) * y[i].d * sumi + fp16_to_fp32(x[i].m) * y[i].s
+    s[0] = sumf
+
+cdef void vec_dot_q8_0_q8_0_generic(int n, float* s, const void* vx, const void* vy) noexcept nogil:
+    cdef const block_q8_0* x = <const block_q8_0*>vx
+    cdef const block_q8_0* y = <const block_q8_0*>vy
+    cdef float sumf = 0.0
+    cdef int i, j, sumi
+    for i in range(n // QK8_0):
+        sumi = 0
+        for j in range(32):
+            sumi += x[i].qs[j] * y[i].qs[j]
+        sumf += sumi * fp16_to_fp32(x[i].d) * fp16_to_fp32(y[i].d)
+    s[0] = sumf
+
+cdef void vec_dot_q2_K_q8_K_generic(int n, float* s, const void* vx, const void* vy) noexcept nogil:
+    cdef const block_q2_K* x = <const block_q2_K*>vx
+    cdef const block_q8_K* y = <const block_q8_K*>vy
+    cdef float sumf = 0.0
+    cdef int i, k, j, l, shift, is_, isum, isuml, summs
+    cdef const uint8_t* q2
+    cdef const int8_t* q8
+    cdef const uint8_t* sc
+    for i in range(n // QK_K):
+        q2 = x[i].qs
+        q8 = y[i].qs
+        sc = x[i].scales
+        summs = 0
+        for j in range(16):
+            summs += y[i].bsums[j] * (sc[j] >> 4)
+        isum = 0
+        is_ = 0
+        for k in range(2):
+            shift = 0
+            for j in range(4):
+                isuml = 0
+                for l in range(16):
+                    isuml += q8[l] * ((q2[l] >> shift) & 3)
+                isum += (sc[is_] & 0xF) * isuml
+                is_ += 1
+                isuml = 0
+                for l in range(16, 32):
+                    isuml += q8[l] * ((q2[l] >> shift) & 3)
+                isum += (sc[is_] & 0xF) * isuml
+                is_ += 1
+                shift += 2
+                q8 += 32
+            q2 += 32
+        sumf += y[i].d * fp16_to_fp32(x[i].d) * isum - y[i].d * fp16_to_fp32(x[i].dmin) * summs
+    s[0] = sumf
+
+cdef void vec_dot_q3_K_q8_K_generic(int n, float* s, const void* vx, const void* vy) noexcept nogil:
+    cdef const block_q3_K* x = <const block_q3_K*>vx
+    cdef const block_q8_K* y = <const block_q8_K*>vy
+    cdef float sumf = 0.0
+    cdef int i, k, j, l, shift, isum, sub
+    cdef uint8_t m
+    cdef int8_t sc[16]
+    cdef int8_t aux8[256]
+    cdef const uint8_t* q3
+    for i in range(n // QK_K):
+        q3 = x[i].qs
+        m = 1
+        for k in range(2):
+            shift = 0
+            for j in range(4):
+                for l in range(32):
+                    aux8[128*k + 32*j + l] = <int8_t>(((q3[l] >> shift) & 3) - (0 if (x[i].hmask[l] & m) else 4))
+                shift += 2
+                m <<= 1
+            q3 += 32
+        unpack_q3_K_scales(x[i].scales, sc)
+        isum = 0
+        for j in range(16):
+            sub = 0
+            for l in range(16):
+                sub += y[i].qs[16*j + l] * aux8[16*j + l]
+            isum += sc[j] * sub
+        sumf += fp16_to_fp32(x[i].d) * y[i].d * isum
+    s[0] = sumf
+
+cdef void vec_dot_q4_K_q8_K_generic(int n, float* s, const void* vx, const void* vy) noexcept nogil:
+    cdef const block_q4_K* x = <const block_q4_K*>vx
+    cdef const block_q8_K* y = <const block_q8_K*>vy
+    cdef float sumf = 0.0
+    cdef int i, j, l, isum, sub1, sub2, summs
+    cdef uint8_t sc[8]
+    cdef uint8_t mn[8]
+    cdef const uint8_t* q4
+    cdef const int8_t* q8
+    for i in range(n // QK_K):
+        for j in range(8):
+            get_scale_min_k4(j, x[i].scales, &sc[j], &mn[j])
+        summs = 0
+        for j in range(8):
+            summs += (y[i].bsums[2*j] + y[i].bsums[2*j + 1]) * mn[j]
+        q4 = x[i].qs
+        q8 = y[i].qs
+        isum = 0
+        for j in range(4):
+            sub1 = 0
+            sub2 = 0
+            for l in range(32):
+                sub1 += (q4[l] & 0xF) * q8[l]
+                sub2 += (q4[l] >> 4) * q8[l + 32]
+            isum += sc[2*j] * sub1 + sc[2*j + 1] * sub2
+            q4 += 32
+            q8 += 64
+        sumf += fp16_to_fp32(x[i].d) * y[i].d * isum - fp16_to_fp32(x[i].dmin) * y[i].d * summs
+    s[0] = sumf
+
+cdef void vec_dot_q5_K_q8_K_generic(int n, float* s, const void* vx, const void* vy) noexcept nogil:
+    cdef const block_q5_K* x = <const block_q5_K*>vx
+    cdef const block_q8_K* y = <const block_q8_K*>vy
+    cdef float sumf = 0.0
+    cdef int i, j, l, isum, sub1, sub2, summs
+    cdef uint8_t sc[8]
+    cdef uint8_t mn[8]
+    cdef uint8_t u1, u2
+    cdef const uint8_t* ql
+    cdef const uint8_t* qh
+    cdef const int8_t* q8
+    for i in range(n // QK_K):
+        for j in range(8):
+            get_scale_min_k4(j, x[i].scales, &sc[j], &mn[j])
+        summs = 0
+        for j in range(8):
+            summs += (y[i].bsums[2*j] + y[i].bsums[2*j + 1]) * mn[j]
+        ql = x[i].qs
+        qh = x[i].qh
+        q8 = y[i].qs
+        isum = 0
+        u1 = 1
+        u2 = 2
+        for j in range(4):
+            sub1 = 0
+            sub2 = 0
+            for l in range(32):
+                sub1 += ((ql[l] & 0xF) + (16 if (qh[l] & u1) else 0)) * q8[l]
+                sub2 += ((ql[l] >> 4) + (16 if (qh[l] & u2) else 0)) * q8[l + 32]
+            isum += sc[2*j] * sub1 + sc[2*j + 1] * sub2
+            ql += 32
+            q8 += 64
+            u1 <<= 2
+            u2 <<= 2
+        sumf += fp16_to_fp32(x[i].d) * y[i].d * isum - fp16_to_fp32(x[i].dmin) * y[i].d * summs
+    s[0] = sumf
+
+cdef void vec_dot_q6_K_q8_K_generic(int n, float* s, const void* vx, const void* vy) noexcept nogil:
+    cdef const block_q6_K* x = <const block_q6_K*>vx
+    cdef const block_q8_K* y = <const block_q8_K*>vy
+    cdef float sumf = 0.0
+    cdef int i, k, j, l, isum, sub
+    cdef int8_t aux8[256]
+    cdef const uint8_t* ql
+    cdef const uint8_t* qh
+    for i in range(n // QK_K):
+        ql = x[i].ql
+        qh = x[i].qh
+        for k in range(2):
+            for l in range(32):
+                aux8[128*k + l] = <int8_t>(((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32)
+                aux8[128*k + l + 32] = <int8_t>(((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32)
+                aux8[128*k + l + 64] = <int8_t>(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32)
+                aux8[128*k + l + 96] = <int8_t>(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32)
+            ql += 64
+            qh += 32
+        isum = 0
+        for j in range(16):
+            sub = 0
+            for l in range(16):
+                sub += y[i].qs[16*j + l] * aux8[16*j + l]
+            isum += x[i].scales[j] * sub
+        sumf += fp16_to_fp32(x[i].d) * y[i].d * isum
+    s[0] = sumf
+
+cdef void init_generic_traits() noexcept nogil:
+    cdef int t
+    for t in range(GGML_TYPE_COUNT):
+        TO_FLOAT[t] = NULL
+        FROM_FLOAT[t] = NULL
+        VEC_DOT[t] = NULL
+        VEC_DOT_TYPE[t] = -1
+        BLCK_SIZE[t] = 1
+        TYPE_SIZE[t] = 0
+    BLCK_SIZE[GGML_TYPE_F32] = 1;  TYPE_SIZE[GGML_TYPE_F32] = 4
+    BLCK_SIZE[GGML_TYPE_F16] = 1;  TYPE_SIZE[GGML_TYPE_F16] = 2
+    BLCK_SIZE[GGML_TYPE_Q4_0] = QK4_0;  TYPE_SIZE[GGML_TYPE_Q4_0] = sizeof(block_q4_0)
+    BLCK_SIZE[GGML_TYPE_Q4_1] = QK4_1;  TYPE_SIZE[GGML_TYPE_Q4_1] = sizeof(block_q4_1)
+    BLCK_SIZE[GGML_TYPE_Q5_0] = QK5_0;  TYPE_SIZE[GGML_TYPE_Q5_0] = sizeof(block_q5_0)
+    BLCK_SIZE[GGML_TYPE_Q5_1] = QK5_1;  TYPE_SIZE[GGML_TYPE_Q5_1] = sizeof(block_q5_1)
+    BLCK_SIZE[GGML_TYPE_Q8_0] = QK8_0;  TYPE_SIZE[GGML_TYPE_Q8_0] = sizeof(block_q8_0)
+    BLCK_SIZE[GGML_TYPE_Q8_1] = QK8_1;  TYPE_SIZE[GGML_TYPE_Q8_1] = sizeof(block_q8_1)
+    BLCK_SIZE[GGML_TYPE_Q2_K] = QK_K;  TYPE_SIZE[GGML_TYPE_Q2_K] = sizeof(block_q2_K)
+    BLCK_SIZE[GGML_TYPE_Q3_K] = QK_K;  TYPE_SIZE[GGML_TYPE_Q3_K] = sizeof(block_q3_K)
+    BLCK_SIZE[GGML_TYPE_Q4_K] = QK_K;  TYPE_SIZE[GGML_TYPE_Q4_K] = sizeof(block_q4_K)
+    BLCK_SIZE[GGML_TYPE_Q5_K] = QK_K;  TYPE_SIZE[GGML_TYPE_Q5_K] = sizeof(block_q5_K)
+    BLCK_SIZE[GGML_TYPE_Q6_K] = QK_K;  TYPE_SIZE[GGML_TYPE_Q6_K] = sizeof(block_q6_K)
+    BLCK_SIZE[GGML_TYPE_Q8_K] = QK_K;  TYPE_SIZE[GGML_TYPE_Q8_K] = sizeof(block_q8_K)
+
+    TO_FLOAT[GGML_TYPE_F32] = dequantize_row_f32
+    TO_FLOAT[GGML_TYPE_F16] = dequantize_row_f16
+    TO_FLOAT[GGML_TYPE_Q4_0] = dequantize_row_q4_0
+    TO_FLOAT[GGML_TYPE_Q4_1] = dequantize_row_q4_1
+    TO_FLOAT[GGML_TYPE_Q5_0] = dequantize_row_q5_0
+    TO_FLOAT[GGML_TYPE_Q5_1] = dequantize_row_q5_1
+    TO_FLOAT[GGML_TYPE_Q8_0] = dequantize_row_q8_0
+    TO_FLOAT[GGML_TYPE_Q8_1] = dequantize_row_q8_1
+    TO_FLOAT[GGML_TYPE_Q2_K] = dequantize_row_q2_K
+    TO_FLOAT[GGML_TYPE_Q3_K] = dequantize_row_q3_K
+    TO_FLOAT[GGML_TYPE_Q4_K] = dequantize_row_q4_K
+    TO_FLOAT[GGML_TYPE_Q5_K] = dequantize_row_q5_K
+    TO_FLOAT[GGML_TYPE_Q6_K] = dequantize_row_q6_K
+    TO_FLOAT[GGML_TYPE_Q8_K] = dequantize_row_q8_K
+
+    FROM_FLOAT[GGML_TYPE_F32] = quantize_row_f32
+    FROM_FLOAT[GGML_TYPE_Q8_0] = quantize_row_q8_0
+    FROM_FLOAT[GGML_TYPE_Q8_1] = quantize_row_q8_1
+    FROM_FLOAT[GGML_TYPE_Q8_K] = quantize_row_q8_K
+
+    VEC_DOT[GGML_TYPE_F32] = vec_dot_f32_generic;   VEC_DOT_TYPE[GGML_TYPE_F32] = GGML_TYPE_F32
+    VEC_DOT[GGML_TYPE_F16] = vec_dot_f16_generic;   VEC_DOT_TYPE[GGML_TYPE_F16] = GGML_TYPE_F32
+    VEC_DOT[GGML_TYPE_Q4_0] = vec_dot_q4_0_q8_0_generic;  VEC_DOT_TYPE[GGML_TYPE_Q4_0] = GGML_TYPE_Q8_0
+    VEC_DOT[GGML_TYPE_Q4_1] = vec_dot_q4_1_q8_1_generic;  VEC_DOT_TYPE[GGML_TYPE_Q4_1] = GGML_TYPE_Q8_1
+    VEC_DOT[GGML_TYPE_Q5_0] = vec_dot_q5_0_q8_0_generic;  VEC_DOT_TYPE[GGML_TYPE_Q5_0] = GGML_TYPE_Q8_0
+    VEC_DOT[GGML_TYPE_Q5_1] = vec_dot_q5_1_q8_1_generic;  VEC_DOT_TYPE[GGML_TYPE_Q5_1] = GGML_TYPE_Q8_1
+    VEC_DOT[GGML_TYPE_Q8_0] = vec_dot_q8_0_q8_0_generic;  VEC_DOT_TYPE[GGML_TYPE_Q8_0] = GGML_TYPE_Q8_0
+    VEC_DOT[GGML_TYPE_Q2_K] = vec_dot_q2_K_q8_K_generic;  VEC_DOT_TYPE[GGML_TYPE_Q2_K] = GGML_TYPE_Q8_K
+    VEC_DOT[GGML_TYPE_Q3_K] = vec_dot_q3_K_q8_K_generic;  VEC_DOT_TYPE[GGML_TYPE_Q3_K] = GGML_TYPE_Q8_K
+    VEC_DOT[GGML_TYPE_Q4_K] = vec_dot_q4_K_q8_K_generic;  VEC_DOT_TYPE[GGML_TYPE_Q4_K] = GGML_TYPE_Q8_K
+    VEC_DOT[GGML_TYPE_Q5_K] = vec_dot_q5_K_q8_K_generic;  VEC_DOT_TYPE[GGML_TYPE_Q5_K] = GGML_TYPE_Q8_K
+    VEC_DOT[GGML_TYPE_Q6_K] = vec_dot_q6_K_q8_K_generic;  VEC_DOT_TYPE[GGML_TYPE_Q6_K] = GGML_TYPE_Q8_K

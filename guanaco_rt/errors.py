@@ -1,0 +1,34 @@
+"""Exception hierarchy of guanaco_rt.
+
+Owns: every error type the package raises on purpose. Messages carry the numbers:
+the file, the field or tensor, the value found and the limit it broke.
+"""
+
+
+class GuanacoError(Exception):
+    """Base class of every error raised by guanaco_rt on purpose."""
+
+
+class FormatError(GuanacoError, ValueError):
+    """A model file is malformed, truncated, of an unsupported version, or inconsistent."""
+
+    def __init__(self, path, field, message):
+        self.path = str(path)
+        self.field = field
+        super().__init__(f"{self.path}: {field}: {message}")
+
+
+class UnsupportedVersionError(FormatError):
+    """A recognised but unsupported ggml container (ggml, ggmf, ggjt v1/v2, GGUF)."""
+
+
+class ContextFullError(GuanacoError):
+    """The session's context window cannot take more tokens under the 'error' policy."""
+
+
+class SessionBusyError(GuanacoError, RuntimeError):
+    """A session is already in use by another thread."""
+
+
+class StateError(GuanacoError, ValueError):
+    """A saved session state is malformed or belongs to another model."""

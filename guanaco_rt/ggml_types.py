@@ -1,0 +1,115 @@
+"""The ggml block types and llama ftypes as the 2023 ggjt v3 files use them.
+
+Owns: type ids, block sizes and byte sizes, which activation format each weight
+type's dot product pairs with (ggml's ``vec_dot_type``), the llama ftype table and
+the per-tensor type mixing llama.cpp's June-2023 quantizer applied for the k-quant
+"_S/_M/_L" files. Does no math and touches no file.
+"""
+from dataclasses import dataclass
+
+QK_K = 256  # super-block size of the k-quants
+
+
+@dataclass(frozen=True)
+class GGMLType:
+    id: int
+    name: str
+    blck_size: int      # weights per block
+    type_size: int      # bytes per block
+    vec_dot_type: int   # activation format the dot product pairs with
+    weight: bool        # may appear in a model file
+
+    def row_bytes(self, ne0):
+        return ne0 // self.blck_size * self.type_size
+
+
+F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1 = 0, 1, 2, 3, 6, 7, 8, 9
+Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K = 10, 11, 12, 13, 14, 15
+
+GGML_TYPES = {t.id: t for t in [
+    GGMLType(F32, "F32", 1, 4, F32, True),
+    GGMLType(F16, "F16", 1, 2, F32, True),
+    GGMLType(Q4_0, "Q4_0", 32, 18, Q8_0, True),
+    GGMLType(Q4_1, "Q4_1", 32, 20, Q8_1, True),
+    GGMLType(Q5_0, "Q5_0", 32, 22, Q8_0, True),
+    GGMLType(Q5_1, "Q5_1", 32, 24, Q8_1, True),
+    GGMLType(Q8_0, "Q8_0", 32, 34, Q8_0, True),
+    GGMLType(Q8_1, "Q8_1", 32, 40, Q8_1, False),
+    GGMLType(Q2_K, "Q2_K", QK_K, 84, Q8_K, True),
+    GGMLType(Q3_K, "Q3_K", QK_K, 110, Q8_K, True),
+    GGMLType(Q4_K, "Q4_K", QK_K, 144, Q8_K, True),
+    GGMLType(Q5_K, "Q5_K", QK_K, 176, Q8_K, True),
+    GGMLType(Q6_K, "Q6_K", QK_K, 210, Q8_K, True),
+    GGMLType(Q8_K, "Q8_K", QK_K, 292, Q8_K, False),
+]}
+TYPE_BY_NAME = {t.name: t for t in GGML_TYPES.values()}
+WEIGHT_TYPES = sorted(t.id for t in GGML_TYPES.values() if t.weight)
+
+
+@dataclass(frozen=True)
+class FType:
+    id: int
+    name: str        # the suffix of guanaco-7B.ggmlv3.<name>.bin
+    base_type: int   # the type of most 2-D tensors
+
+
+# llama_ftype as stored in the hparams of a ggjt v3 file
+FTYPES = {f.id: f for f in [
+    FType(0, "f32", F32),
+    FType(1, "f16", F16),
+    FType(2, "q4_0", Q4_0),
+    FType(3, "q4_1", Q4_1),
+    FType(7, "q8_0", Q8_0),
+    FType(8, "q5_0", Q5_0),
+    FType(9, "q5_1", Q5_1),
+    FType(10, "q2_K", Q2_K),
+    FType(11, "q3_K_S", Q3_K),
+    FType(12, "q3_K_M", Q3_K),
+    FType(13, "q3_K_L", Q3_K),
+    FType(14, "q4_K_S", Q4_K),
+    FType(15, "q4_K_M", Q4_K),
+    FType(16, "q5_K_S", Q5_K),
+    FType(17, "q5_K_M", Q5_K),
+    FType(18, "q6_K", Q6_K),
+]}
+FTYPE_BY_NAME = {f.name: f for f in FTYPES.values()}
+# 4 was "mostly Q4_1, some F16"; 5 and 6 were the withdrawn Q4_2 / Q4_3.
+LEGACY_FTYPES = {4: "mostly Q4_1 with some F16", 5: "Q4_2 (withdrawn)", 6: "Q4_3 (withdrawn)"}
+# The 14 Guanaco files
+GUANACO_FTYPES = ["q2_K", "q3_K_L", "q3_K_M", "q3_K_S", "q4_0", "q4_1", "q4_K_M", "q4_K_S",
+                  "q5_0", "q5_1", "q5_K_M", "q5_K_S", "q6_K", "q8_0"]
+
+
+def _use_more_bits(i, n):
+    # llama.cpp gives the first and last eighth of the layers, and every third
+    # one between, more bits in the *_M files.
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
+def tensor_type_for(ftype_name, name, shape, layer, n_layer):
+    """The type llama.cpp's k-quant quantizer chose for one tensor of a given ftype.
+
+    ``shape`` is in ggml order (ne0 first). 1-D tensors stay F32.
+    """
+    f = FTYPE_BY_NAME[ftype_name]
+    if len(shape) == 1:
+        return F32
+    t = f.base_type
+    if t not in (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K):
+        return t
+    if name == "output.weight":
+        return Q6_K if all(d % QK_K == 0 for d in shape) else t
+    if name.endswith("attention.wv.weight") or name.endswith("feed_forward.w2.weight"):
+        if ftype_name in ("q3_K_M", "q2_K"):
+            return Q4_K
+        if ftype_name == "q3_K_L":
+            return Q5_K
+        if ftype_name in ("q4_K_M", "q5_K_M") and _use_more_bits(layer, n_layer):
+            return Q6_K
+        return t
+    if name.endswith("attention.wo.weight"):
+        if ftype_name in ("q3_K_M", "q2_K"):
+            return Q4_K
+        if ftype_name == "q3_K_L":
+            return Q5_K
+    return t
