@@ -1,0 +1,20 @@
+"""guanaco_rt: run Guanaco / LLaMA ggjt v3 (.ggmlv3.*.bin) models inside Python apps."""
+from .errors import (ContextFullError, FormatError, GuanacoError, SessionBusyError, StateError,
+                     UnsupportedVersionError)
+from .model import Model
+from .session import Cancelled, Session
+
+__version__ = "0.1.0"
+
+
+def show_config():
+    """Which kernels run here: ISA, OpenMP, default thread count. Returns a dict and prints nothing."""
+    from ._kernels.dispatch import available_isas, kernels
+    from .model import physical_cores
+    return {"version": __version__, "isa": kernels.ISA, "available_isas": available_isas(),
+            "openmp": kernels.openmp_enabled(), "omp_max_threads": kernels.omp_max_threads(),
+            "default_threads": physical_cores()}
+
+
+__all__ = ["Model", "Session", "GuanacoError", "FormatError", "UnsupportedVersionError", "ContextFullError",
+           "SessionBusyError", "StateError", "Cancelled", "show_config", "__version__"]

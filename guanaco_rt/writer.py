@@ -1,0 +1,198 @@
+"""Writer of ggjt v3 files: the format llama.cpp's convert.py and quantize wrote in 2023.
+
+Owns: the byte layout on the way out (header, hparams, vocab, tensors padded to
+32-byte offsets) and random-weight models of any LLaMA shape and any of the 14
+Guanaco file types, with per-tensor types mixed the way llama.cpp's quantizer
+did. Tests and benchmarks build their models with it. Weights are random valid
+blocks whose scales are set so each element has roughly the requested standard
+deviation; no float model is quantized, so writing a 7B file takes seconds.
+"""
+import os
+import struct
+
+import numpy as np
+
+from .ggml_file import ALIGNMENT, GGJT_VERSION, MAGIC_GGJT, HParams, expected_shapes
+from .ggml_types import (F16, F32, FTYPE_BY_NAME, GGML_TYPES, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K,
+                         Q6_K, Q8_0, tensor_type_for)
+
+# byte offsets of the f16 scale fields in each block, and how many q-units one
+# unit of d spreads an element over (measured on uniform random bits), and the
+# min/offset as a multiple of d that centres the block (see the block structs)
+_SCALE_LAYOUT = {
+    #        d_off, second_off, spread, offset_mult
+    Q4_0: (0, None, 4.6, None),
+    Q4_1: (0, 2, 4.6, -7.5),        # m = -7.5 d
+    Q5_0: (0, None, 9.2, None),
+    Q5_1: (0, 2, 9.2, -15.5),       # m = -15.5 d
+    Q8_0: (0, None, 73.0, None),
+    Q2_K: (80, 82, 10.0, 1.5),      # dmin = 1.5 d
+    Q3_K: (108, None, 42.5, None),
+    Q4_K: (0, 2, 167.0, 7.5),       # dmin = 7.5 d
+    Q5_K: (0, 2, 335.0, 15.5),      # dmin = 15.5 d
+    Q6_K: (208, None, 1350.0, None),
+}
+
+
+def random_tensor_bytes(ttype, shape, rng, std=None):
+    """Random valid data of ``shape`` (ne0 first) in ggml type ``ttype``, as bytes."""
+    ne0 = shape[0]
+    n_rows = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+    if std is None:
+        std = 1.0 / np.sqrt(ne0)
+    if ttype == F32:
+        return (rng.standard_normal(ne0 * n_rows, dtype=np.float32) * std).astype("<f4").tobytes()
+    if ttype == F16:
+        return (rng.standard_normal(ne0 * n_rows, dtype=np.float32) * std).astype("<f2").tobytes()
+    t = GGML_TYPES[ttype]
+    nb = ne0 // t.blck_size * n_rows
+    raw = np.frombuffer(rng.bytes(nb * t.type_size), dtype=np.uint8).reshape(nb, t.type_size).copy()
+    d_off, second_off, spread, mult = _SCALE_LAYOUT[ttype]
+    d = (std / spread) * rng.uniform(0.5, 1.5, nb).astype(np.float32)
+    raw[:, d_off:d_off + 2] = d.astype("<f2").view(np.uint8).reshape(nb, 2)
+    if second_off is not None:
+        raw[:, second_off:second_off + 2] = (d * mult).astype("<f2").view(np.uint8).reshape(nb, 2)
+    return raw.tobytes()
+
+
+class GGJTWriter:
+    """Streams a ggjt v3 file: ``write_header`` once, then ``write_tensor`` per tensor."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self.f = open(self.path, "wb")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        if self.f:
+            self.f.close()
+            self.f = None
+
+    def write_header(self, hp, vocab):
+        f = self.f
+        f.write(struct.pack("<II", MAGIC_GGJT, GGJT_VERSION))
+        f.write(struct.pack("<7i", hp.n_vocab, hp.n_embd, hp.n_mult, hp.n_head, hp.n_layer, hp.n_rot, hp.ftype))
+        if len(vocab) != hp.n_vocab:
+            raise ValueError(f"vocab has {len(vocab)} entries, hparams.n_vocab is {hp.n_vocab}")
+        for text, score in vocab:
+            f.write(struct.pack("<I", len(text)))
+            f.write(text)
+            f.write(struct.pack("<f", score))
+
+    def write_tensor(self, name, ttype, shape, data):
+        f = self.f
+        raw = name.encode("utf-8")
+        f.write(struct.pack("<3i", len(shape), len(raw), ttype))
+        f.write(struct.pack(f"<{len(shape)}i", *shape))
+        f.write(raw)
+        pad = -f.tell() % ALIGNMENT
+        f.write(b"\0" * pad)
+        f.write(data)
+
+
+def synthetic_vocab(n_vocab):
+    """A SentencePiece-style vocab of ``n_vocab`` pieces in the 2023 convert.py convention.
+
+    <unk>, <s>, </s>, the 256 byte tokens, then single characters and growing
+    strings of letters (with and without a leading space), each reachable by BPE
+    merges of shorter pieces. Scores fall with the id, like a trained vocab's.
+    """
+    if n_vocab < 259:
+        raise ValueError(f"n_vocab {n_vocab} < 259 (3 control/unknown + 256 byte tokens)")
+    vocab = [(" \u2047 ".encode(), 0.0), (b"", 0.0), (b"", 0.0)]
+    vocab += [(bytes([b]), 0.0) for b in range(256)]
+    pieces, seen = [], set()
+
+    def add(p):
+        if p not in seen and len(vocab) + len(pieces) < n_vocab:
+            seen.add(p)
+            pieces.append(p)
+
+    chars = [chr(c) for c in range(33, 127)] + list("éèàüöäßñçøå’“”—…€°")
+    add(" ")
+    for c in chars:
+        add(" " + c)
+        add(c)
+    letters = "etaoinshrdlcumwfgypbvkjxqz"
+    frontier = list(letters)
+    while len(vocab) + len(pieces) < n_vocab and frontier:
+        nxt = []
+        for p in frontier:
+            for c in letters:
+                q = p + c
+                add(q)
+                add(" " + q)
+                nxt.append(q)
+                if len(vocab) + len(pieces) >= n_vocab:
+                    break
+        frontier = nxt
+    vocab += [(p.encode("utf-8"), -float(i)) for i, p in enumerate(pieces)]
+    return vocab
+
+
+def vocab_from_gguf(path):
+    """The vocab of a GGUF file (e.g. ../shared/data/ggml-vocab-llama-spm.gguf) written the
+    way the 2023 convert.py wrote it into ggjt files. Needs the ``gguf`` package."""
+    import gguf
+    r = gguf.GGUFReader(path)
+
+    def field(name):
+        f = r.fields[name]
+        return [f.parts[i] for i in f.data]
+
+    tokens = [bytes(p).decode("utf-8") for p in field("tokenizer.ggml.tokens")]
+    scores = [float(p[0]) for p in field("tokenizer.ggml.scores")]
+    types = [int(p[0]) for p in field("tokenizer.ggml.token_type")]
+    out = []
+    for piece, score, ttype in zip(tokens, scores, types):
+        if ttype == 2:      # unknown
+            text = " \u2047 ".encode()
+        elif ttype == 3:    # control
+            text = b""
+        elif ttype == 6:    # byte: "<0xNN>"
+            text = bytes([int(piece[3:-1], 16)])
+        else:
+            text = piece.replace("\u2581", " ").encode("utf-8")
+        out.append((text, score))
+    return out
+
+
+def write_random_model(path, ftype="q4_0", n_vocab=None, n_embd=256, n_mult=256, n_head=4, n_layer=2,
+                       n_rot=None, vocab=None, seed=0, log=None):
+    """Write a random-weight LLaMA model of the given shape and file type to ``path``.
+
+    ``vocab`` is a list of (bytes, score) in the ggjt convention; by default a
+    synthetic one of ``n_vocab`` pieces (32000 if not given). Returns the HParams.
+    """
+    f = FTYPE_BY_NAME[ftype]
+    if vocab is None:
+        vocab = synthetic_vocab(n_vocab or 32000)
+    hp = HParams(len(vocab), n_embd, n_mult, n_head, n_layer, n_rot or n_embd // n_head, f.id)
+    rng = np.random.default_rng(seed)
+    tmp = os.fspath(path) + ".tmp"
+    with GGJTWriter(tmp) as w:
+        w.write_header(hp, vocab)
+        for name, shape in _file_order(expected_shapes(hp)):
+            layer = int(name.split(".")[1]) if name.startswith("layers.") else 0
+            ttype = tensor_type_for(ftype, name, shape, layer, n_layer)
+            if len(shape) == 1:
+                data = (1.0 + 0.1 * rng.standard_normal(shape[0], dtype=np.float32)).astype("<f4").tobytes()
+            else:
+                data = random_tensor_bytes(ttype, shape, rng)
+            w.write_tensor(name, ttype, shape, data)
+            if log:
+                log(name, ttype, shape)
+    os.replace(tmp, path)
+    return hp
+
+
+def _file_order(shapes):
+    # convert.py's order: embeddings, final norm, output, then each layer's tensors
+    names = list(shapes)
+    head = ["tok_embeddings.weight", "norm.weight", "output.weight"]
+    return [(n, shapes[n]) for n in head] + [(n, shapes[n]) for n in names if n not in head]

@@ -1,0 +1,200 @@
+"""Plain NumPy references for every kernel and for the whole LLaMA forward pass.
+
+Weights are dequantized by the ``gguf`` package (an implementation we did not
+write); the activation formats (q8_0, q8_1, q8_K) and all ops are written here
+from their definitions, in float32 where the spec rounds in float32 and float64
+elsewhere.
+"""
+import numpy as np
+from gguf import GGMLQuantizationType as GQ
+from gguf.quants import dequantize as gguf_dequantize
+
+from guanaco_rt import ggml_types as T
+
+GGUF_TYPE = {T.F32: GQ.F32, T.F16: GQ.F16, T.Q4_0: GQ.Q4_0, T.Q4_1: GQ.Q4_1, T.Q5_0: GQ.Q5_0, T.Q5_1: GQ.Q5_1,
+             T.Q8_0: GQ.Q8_0, T.Q2_K: GQ.Q2_K, T.Q3_K: GQ.Q3_K, T.Q4_K: GQ.Q4_K, T.Q5_K: GQ.Q5_K,
+             T.Q6_K: GQ.Q6_K}
+
+
+def dequantize(ttype, data, n):
+    """n weights of ggml type ttype (bytes/uint8) -> float32 (n,), by gguf.quants."""
+    t = T.GGML_TYPES[ttype]
+    raw = np.frombuffer(bytes(data), dtype=np.uint8)[: t.row_bytes(n)]
+    if ttype == T.F32:
+        return raw.view("<f4").astype(np.float32)
+    if ttype == T.F16:
+        return raw.view("<f2").astype(np.float32)
+    return gguf_dequantize(raw.reshape(-1, t.type_size), GGUF_TYPE[ttype]).reshape(-1).astype(np.float32)
+
+
+# ---- activation formats ------------------------------------------------------------
+def _roundf(x):  # C roundf: half away from zero
+    return np.sign(x) * np.floor(np.abs(x) + np.float32(0.5))
+
+
+def quantize_q8_0(x):
+    """-> (d as float16 (nb,), qs int8 (nb, 32))"""
+    x = np.asarray(x, np.float32).reshape(-1, 32)
+    amax = np.abs(x).max(axis=1)
+    d = (amax / np.float32(127)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        idv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+    qs = _roundf((x * idv[:, None]).astype(np.float32)).astype(np.int8)
+    return d.astype(np.float16), qs
+
+
+def quantize_q8_1(x):
+    """-> (d float32 (nb,), s float32 (nb,), qs int8 (nb, 32))"""
+    x = np.asarray(x, np.float32).reshape(-1, 32)
+    amax = np.abs(x).max(axis=1)
+    d = (amax / np.float32(127)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        idv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+    qs = _roundf((x * idv[:, None]).astype(np.float32)).astype(np.int8)
+    s = (d * qs.astype(np.int32).sum(axis=1).astype(np.float32)).astype(np.float32)
+    return d, s, qs
+
+
+def quantize_q8_K(x):
+    """-> (d float32 (nb,), qs int8 (nb, 256), bsums int16 (nb, 16))"""
+    x = np.asarray(x, np.float32).reshape(-1, 256)
+    idx = np.abs(x).argmax(axis=1)               # first index of the largest |x|
+    mx = x[np.arange(x.shape[0]), idx]
+    d = np.zeros(x.shape[0], np.float32)
+    qs = np.zeros(x.shape, np.int8)
+    nz = mx != 0
+    iscale = (np.float32(-128) / mx[nz]).astype(np.float32)
+    q = np.round((iscale[:, None] * x[nz]).astype(np.float32))   # half to even, as nearest_int
+    qs[nz] = np.minimum(127, q).astype(np.int8)
+    d[nz] = (np.float32(1) / iscale).astype(np.float32)
+    bsums = qs.astype(np.int32).reshape(-1, 16, 16).sum(axis=2).astype(np.int16)
+    return d, qs, bsums
+
+
+def pack_activation(vt, x):
+    """Reference bytes of activation type vt (matches the struct layouts)."""
+    if vt == T.F32:
+        return np.asarray(x, np.float32).tobytes()
+    if vt == T.Q8_0:
+        d, qs = quantize_q8_0(x)
+        rec = np.zeros(len(d), dtype=[("d", "<f2"), ("qs", "i1", 32)])
+        rec["d"], rec["qs"] = d, qs
+    elif vt == T.Q8_1:
+        d, s, qs = quantize_q8_1(x)
+        rec = np.zeros(len(d), dtype=[("d", "<f4"), ("s", "<f4"), ("qs", "i1", 32)])
+        rec["d"], rec["s"], rec["qs"] = d, s, qs
+    elif vt == T.Q8_K:
+        d, qs, bsums = quantize_q8_K(x)
+        rec = np.zeros(len(d), dtype=[("d", "<f4"), ("qs", "i1", 256), ("bsums", "<i2", 16)])
+        rec["d"], rec["qs"], rec["bsums"] = d, qs, bsums
+    else:
+        raise ValueError(vt)
+    return rec.tobytes()
+
+
+def activation_roundtrip(vt, x):
+    """x as the dot product sees it after quantization to vt (float64)."""
+    x = np.asarray(x, np.float32)
+    if vt == T.F32:
+        return x.astype(np.float64)
+    if vt == T.Q8_0:
+        d, qs = quantize_q8_0(x)
+        return (d.astype(np.float64)[:, None] * qs).reshape(x.shape)
+    if vt == T.Q8_1:
+        d, _, qs = quantize_q8_1(x)
+        return (d.astype(np.float64)[:, None] * qs).reshape(x.shape)
+    d, qs, _ = quantize_q8_K(x)
+    return (d.astype(np.float64)[:, None] * qs).reshape(x.shape)
+
+
+# ---- ops ----------------------------------------------------------------------------
+def rmsnorm(x, w, eps):
+    x = np.asarray(x, np.float64)
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
+
+
+def rope(x, n_head, n_rot, positions):
+    """x (n_tok, n_embd); rotate adjacent pairs in each head (ggml mode 0)"""
+    x = np.array(x, np.float64)
+    n_tok, E = x.shape
+    hd = E // n_head
+    xh = x.reshape(n_tok, n_head, hd)
+    i = np.arange(n_rot // 2)
+    theta = np.asarray(positions, np.float64)[:, None] * 10000.0 ** (-2.0 * i / n_rot)[None, :]
+    c, s = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
+    x0, x1 = xh[:, :, 0:n_rot:2].copy(), xh[:, :, 1:n_rot:2].copy()
+    xh[:, :, 0:n_rot:2] = x0 * c - x1 * s
+    xh[:, :, 1:n_rot:2] = x0 * s + x1 * c
+    return xh.reshape(n_tok, E)
+
+
+def softmax(x):
+    x = np.asarray(x, np.float64)
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def silu(x):
+    x = np.asarray(x, np.float64)
+    return x / (1.0 + np.exp(-x))
+
+
+def attention(q, k, v, n_head, n_past):
+    """q (n_tok, E) at positions n_past..; k, v (n_past + n_tok, E) -> (n_tok, E)"""
+    n_tok, E = q.shape
+    hd = E // n_head
+    out = np.zeros((n_tok, E))
+    for h in range(n_head):
+        sl = slice(h * hd, (h + 1) * hd)
+        for t in range(n_tok):
+            pos = n_past + t
+            sc = k[:pos + 1, sl] @ q[t, sl] / np.sqrt(hd)
+            out[t, sl] = softmax(sc) @ v[:pos + 1, sl]
+    return out
+
+
+# ---- the whole model -------------------------------------------------------------------
+class ReferenceModel:
+    """LLaMA forward on weights dequantized by gguf.quants, in float64.
+
+    With ``quantize_acts`` each matmul input first makes the round trip through the
+    weight's activation format, as the engine does: then only float rounding
+    separates the two, and the tolerance can be tight.
+    """
+
+    def __init__(self, model, quantize_acts=False):
+        hp = model.hparams
+        self.hp = hp
+        self.eps = model.eps
+        self.quantize_acts = quantize_acts
+        self.w, self.vt = {}, {}
+        for name, t in model.tensors.items():
+            data = model.tensor_data(name)
+            arr = dequantize(t.type, data, t.shape[0] * t.n_rows).astype(np.float64)
+            self.w[name] = arr.reshape(t.n_rows, t.shape[0]) if len(t.shape) > 1 else arr
+            self.vt[name] = T.GGML_TYPES[t.type].vec_dot_type
+
+    def _mm(self, name, x):
+        if self.quantize_acts:
+            x = np.stack([activation_roundtrip(self.vt[name], row) for row in np.asarray(x, np.float32)])
+        return x @ self.w[name].T
+
+    def forward(self, tokens):
+        """logits (len(tokens), n_vocab) for tokens at positions 0.."""
+        hp, w = self.hp, self.w
+        x = w["tok_embeddings.weight"][np.asarray(tokens)]
+        n = len(tokens)
+        pos = np.arange(n)
+        for i in range(hp.n_layer):
+            p = f"layers.{i}."
+            h = rmsnorm(x, w[p + "attention_norm.weight"], self.eps)
+            q = rope(self._mm(p + "attention.wq.weight", h), hp.n_head, hp.n_rot, pos)
+            k = rope(self._mm(p + "attention.wk.weight", h), hp.n_head, hp.n_rot, pos)
+            v = self._mm(p + "attention.wv.weight", h)
+            a = attention(q, k, v, hp.n_head, 0)
+            x = x + self._mm(p + "attention.wo.weight", a)
+            h = rmsnorm(x, w[p + "ffn_norm.weight"], self.eps)
+            g = silu(self._mm(p + "feed_forward.w1.weight", h)) * self._mm(p + "feed_forward.w3.weight", h)
+            x = x + self._mm(p + "feed_forward.w2.weight", g)
+        x = rmsnorm(x, w["norm.weight"], self.eps)
+        return self._mm("output.weight", x)
