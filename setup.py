@@ -2,8 +2,10 @@
 
 One extension per ISA, each from the same kernel sources with its own flags
 (generic: none; avx2: -mavx2 -mfma -mf16c), chosen at import by cpuid. OpenMP
-is probed with a test compile; without it the build warns loudly and the
-kernels run on one thread. Never -march=native.
+is probed with a test compile; -ffp-contract=off keeps the compiler from fusing
+a*b+c into FMAs behind our back, so the scalar code rounds the same in every ISA
+module (explicit FMA intrinsics are unaffected). Without OpenMP the build warns
+loudly and the kernels run on one thread. Never -march=native.
 
 GUANACO_RT_DEBUG=1 turns Cython's bounds and wraparound checks back on.
 """
@@ -74,7 +76,7 @@ def is_x86_64():
 
 def extensions():
     omp_c, omp_l = openmp_flags()
-    base = ["-O3", "-fno-strict-aliasing", "-Wno-unused-function", "-Wno-unused-variable",
+    base = ["-O3", "-fno-strict-aliasing", "-ffp-contract=off", "-Wno-unused-function", "-Wno-unused-variable",
             "-Wno-maybe-uninitialized"]
     isas = [("_generic", [])]
     if is_x86_64() and _try_compile("int main(void){return 0;}", ["-mavx2", "-mfma", "-mf16c"], []):

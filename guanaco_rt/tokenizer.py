@@ -9,7 +9,6 @@ convert.py wrote: ``<unk>`` as " \\u2047 ", control tokens (``<s>``, ``</s>``)
 as empty strings, byte tokens ``<0xNN>`` as the one raw byte, every other piece
 with U+2581 replaced by a space.
 """
-import codecs
 import struct
 
 import sentencepiece as spm
@@ -142,25 +141,80 @@ class Tokenizer:
         return self._token_bytes[i]
 
 
+class Utf8Stream:
+    """Incremental UTF-8 -> str that never splits a character and never raises.
+
+    Decodes as SentencePiece's decode does: each byte that cannot start or continue
+    a valid sequence becomes one U+FFFD; an incomplete sequence waits for more bytes
+    and, if the stream ends first, gives one U+FFFD per byte.
+    """
+
+    def __init__(self):
+        self.pending = b""
+
+    @staticmethod
+    def _seq_len(b0):
+        if b0 < 0x80:
+            return 1
+        if 0xC2 <= b0 <= 0xDF:
+            return 2
+        if 0xE0 <= b0 <= 0xEF:
+            return 3
+        if 0xF0 <= b0 <= 0xF4:
+            return 4
+        return 0
+
+    def feed(self, data, final=False):
+        buf = self.pending + data
+        out, i, n = [], 0, len(buf)
+        while i < n:
+            k = self._seq_len(buf[i])
+            if k == 0:
+                out.append("\ufffd")
+                i += 1
+                continue
+            chunk = buf[i:i + k]
+            if len(chunk) < k:
+                # incomplete: valid so far? then wait, else the lead byte is garbage
+                try:
+                    chunk.decode("utf-8")
+                    ok_prefix = False
+                except UnicodeDecodeError as e:
+                    ok_prefix = e.reason == "unexpected end of data"
+                if ok_prefix and not final:
+                    break
+                out.append("\ufffd")
+                i += 1
+                continue
+            try:
+                out.append(chunk.decode("utf-8"))
+                i += k
+            except UnicodeDecodeError:
+                out.append("\ufffd")
+                i += 1
+        self.pending = buf[i:]
+        return "".join(out)
+
+
 class StreamDecoder:
     """Turns generated token ids into text pieces without splitting a UTF-8 character.
 
-    Bytes that can never decode come out as U+FFFD, as SentencePiece's decode does.
-    The first piece drops the dummy-prefix space if ``strip_leading_space``.
+    Concatenated, the pieces equal ``Tokenizer.decode`` of the same ids. The first
+    normal piece drops the dummy-prefix space if ``strip_leading_space``.
     """
 
     def __init__(self, tokenizer, strip_leading_space=False):
         self.tok = tokenizer
-        self.dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.utf8 = Utf8Stream()
         self.strip = strip_leading_space
 
     def push(self, token_id):
         b = self.tok.token_bytes(token_id)
         if self.strip and b:
-            if b.startswith(b" "):
+            if self.tok.pieces[token_id][2] == NORMAL and b.startswith(b" "):
                 b = b[1:]
             self.strip = False
-        return self.dec.decode(b)
+        return self.utf8.feed(b)
 
     def flush(self):
-        return self.dec.decode(b"", final=True)
+        return self.utf8.feed(b"", final=True)

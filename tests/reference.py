@@ -28,8 +28,9 @@ def dequantize(ttype, data, n):
 
 
 # ---- activation formats ------------------------------------------------------------
-def _roundf(x):  # C roundf: half away from zero
-    return np.sign(x) * np.floor(np.abs(x) + np.float32(0.5))
+def _roundf(x):  # C roundf: half away from zero (in float64, where +0.5 is exact)
+    x = np.asarray(x, np.float64)
+    return np.sign(x) * np.floor(np.abs(x) + 0.5)
 
 
 def quantize_q8_0(x):
@@ -198,3 +199,18 @@ class ReferenceModel:
             x = x + self._mm(p + "feed_forward.w2.weight", g)
         x = rmsnorm(x, w["norm.weight"], self.eps)
         return self._mm("output.weight", x)
+
+
+def dequantize_activation(vt, data, n):
+    """Bytes of activation type vt -> float64 (n,)."""
+    raw = bytes(data)
+    if vt == T.Q8_0:
+        rec = np.frombuffer(raw, dtype=[("d", "<f2"), ("qs", "i1", 32)], count=n // 32)
+        return (rec["d"].astype(np.float64)[:, None] * rec["qs"]).reshape(-1)
+    if vt == T.Q8_1:
+        rec = np.frombuffer(raw, dtype=[("d", "<f4"), ("s", "<f4"), ("qs", "i1", 32)], count=n // 32)
+        return (rec["d"].astype(np.float64)[:, None] * rec["qs"]).reshape(-1)
+    if vt == T.Q8_K:
+        rec = np.frombuffer(raw, dtype=[("d", "<f4"), ("qs", "i1", 256), ("bsums", "<i2", 16)], count=n // 256)
+        return (rec["d"].astype(np.float64)[:, None] * rec["qs"]).reshape(-1)
+    raise ValueError(vt)

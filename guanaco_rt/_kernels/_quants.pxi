@@ -264,8 +264,8 @@ cdef void quantize_row_q8_0(const float* x, void* vy, int64_t k) noexcept nogil:
         amax = 0.0
         for j in range(32):
             amax = max(amax, fabsf(x[i*32 + j]))
-        d = amax / 127.0
-        id_ = 1.0 / d if d != 0.0 else 0.0
+        d = amax / <float>127.0
+        id_ = <float>1.0 / d if d != 0.0 else <float>0.0
         y[i].d = fp32_to_fp16(d)
         for j in range(32):
             y[i].qs[j] = <int8_t>roundf(x[i*32 + j] * id_)
@@ -280,8 +280,8 @@ cdef void quantize_row_q8_1(const float* x, void* vy, int64_t k) noexcept nogil:
         amax = 0.0
         for j in range(32):
             amax = max(amax, fabsf(x[i*32 + j]))
-        d = amax / 127.0
-        id_ = 1.0 / d if d != 0.0 else 0.0
+        d = amax / <float>127.0
+        id_ = <float>1.0 / d if d != 0.0 else <float>0.0
         y[i].d = d
         s = 0
         for j in range(32):
@@ -309,7 +309,7 @@ cdef void quantize_row_q8_K(const float* x, void* vy, int64_t k) noexcept nogil:
             memset(y[i].bsums, 0, 32)
             x += QK_K
             continue
-        iscale = -128.0 / mx
+        iscale = <float>-128.0 / mx
         for j in range(QK_K):
             v = nearest_int(iscale * x[j])
             y[i].qs[j] = <int8_t>min(127, v)
@@ -318,5 +318,5 @@ cdef void quantize_row_q8_K(const float* x, void* vy, int64_t k) noexcept nogil:
             for l in range(16):
                 s += y[i].qs[16*j + l]
             y[i].bsums[j] = <int16_t>s
-        y[i].d = 1.0 / iscale
+        y[i].d = <float>1.0 / iscale
         x += QK_K

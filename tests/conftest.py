@@ -1,0 +1,35 @@
+import os
+import sys
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+settings.register_profile("default", max_examples=60, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("slow", max_examples=600, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+def kernel_modules():
+    from guanaco_rt._kernels.dispatch import available_isas, load
+    return [load(isa) for isa in available_isas()]
+
+
+@pytest.fixture(scope="module", params=[m.ISA for m in kernel_modules()])
+def K(request):
+    """Each kernel module (ISA) this machine can run."""
+    from guanaco_rt._kernels.dispatch import load
+    return load(request.param)
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    path = os.environ.get("GUANACO_RT_SHARED_DATA", SHARED_DATA)
+    if not os.path.isdir(path):
+        pytest.fail(f"shared test data not found at {path} (set GUANACO_RT_SHARED_DATA)")
+    return path

@@ -1,0 +1,56 @@
+"""Small model files for tests, written once per session by guanaco_rt's own writer."""
+import os
+import struct
+
+from guanaco_rt.writer import write_random_model
+
+_CACHE = {}
+
+
+def tiny_model(tmp_root, ftype="q4_0", n_vocab=300, n_embd=256, n_head=4, n_layer=2, n_mult=256, seed=1, vocab=None,
+               tag=""):
+    key = (ftype, n_vocab, n_embd, n_head, n_layer, n_mult, seed, tag)
+    if key not in _CACHE:
+        path = os.path.join(str(tmp_root), "tiny-{}-{}-{}-{}-{}-{}-{}{}.bin".format(*key))
+        if not os.path.exists(path):
+            write_random_model(path, ftype, n_vocab=n_vocab, n_embd=n_embd, n_mult=n_mult, n_head=n_head,
+                               n_layer=n_layer, seed=seed, vocab=vocab)
+        _CACHE[key] = path
+    return _CACHE[key]
+
+
+class FileLayout:
+    """Byte offsets of the fields of a ggjt file, for planting one defect at a time."""
+
+    def __init__(self, data):
+        self.data = bytes(data)
+        n_vocab = struct.unpack_from("<i", self.data, 8)[0]
+        self.hparams = 8
+        self.vocab = 36
+        pos = 36
+        self.vocab_entries = []
+        for _ in range(n_vocab):
+            n = struct.unpack_from("<I", self.data, pos)[0]
+            self.vocab_entries.append(pos)
+            pos += 4 + n + 4
+        self.tensors = []   # (header offset, name, type offset, dims offset, n_dims, data offset, nbytes)
+        from guanaco_rt.ggml_types import GGML_TYPES
+        while pos < len(self.data):
+            n_dims, name_len, ttype = struct.unpack_from("<3i", self.data, pos)
+            dims = struct.unpack_from(f"<{n_dims}i", self.data, pos + 12)
+            name = self.data[pos + 12 + 4 * n_dims: pos + 12 + 4 * n_dims + name_len].decode()
+            end_hdr = pos + 12 + 4 * n_dims + name_len
+            off = (end_hdr + 31) // 32 * 32
+            t = GGML_TYPES[ttype]
+            nbytes = t.row_bytes(dims[0]) * (dims[1] if n_dims > 1 else 1)
+            self.tensors.append(dict(at=pos, name=name, n_dims=n_dims, dims=dims, type=ttype, data=off,
+                                     nbytes=nbytes, end_hdr=end_hdr))
+            pos = off + nbytes
+
+    def tensor(self, name):
+        return next(t for t in self.tensors if t["name"] == name)
+
+    def patch(self, offset, fmt, *values):
+        b = bytearray(self.data)
+        struct.pack_into(fmt, b, offset, *values)
+        return bytes(b)

@@ -1,0 +1,106 @@
+"""Tokenizer against SentencePiece's own ids for the real LLaMA vocab (../shared/data)."""
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import guanaco_rt
+from guanaco_rt.tokenizer import StreamDecoder, Tokenizer, rebuild_pieces
+from guanaco_rt.writer import vocab_from_gguf, write_random_model
+
+
+@pytest.fixture(scope="module")
+def llama_vocab(shared_data):
+    return vocab_from_gguf(os.path.join(shared_data, "ggml-vocab-llama-spm.gguf"))
+
+
+@pytest.fixture(scope="module")
+def tok(llama_vocab):
+    return Tokenizer(llama_vocab)
+
+
+@pytest.fixture(scope="module")
+def cases(shared_data):
+    base = os.path.join(shared_data, "ggml-vocab-llama-spm.gguf")
+    with open(base + ".inp", encoding="utf-8") as f:
+        inputs = f.read().split("\n__ggml_vocab_test__\n")
+    with open(base + ".out", encoding="utf-8") as f:
+        outputs = f.read().split("\n")
+    if inputs and inputs[-1].endswith("\n__ggml_vocab_test__"):
+        inputs[-1] = inputs[-1][: -len("\n__ggml_vocab_test__")]
+    assert len(inputs) == 47
+    return [(s, [int(x) for x in o.split()]) for s, o in zip(inputs, outputs[:len(inputs)])]
+
+
+def test_vocab_is_written_in_the_2023_convert_convention(llama_vocab):
+    assert llama_vocab[0][0] == " \u2047 ".encode()
+    assert llama_vocab[1][0] == b"" and llama_vocab[2][0] == b""
+    assert llama_vocab[3][0] == b"\x00" and llama_vocab[3 + 0xE8][0] == b"\xe8"
+    assert all(b"\xe2\x96\x81" not in t for t, _ in llama_vocab)   # no U+2581 left
+
+
+def test_types_are_rebuilt(llama_vocab):
+    pieces = rebuild_pieces(llama_vocab)
+    assert pieces[0][0] == "<unk>" and pieces[0][2] == 2
+    assert pieces[1][:1] == ("<s>",) and pieces[2][:1] == ("</s>",) and pieces[1][2] == pieces[2][2] == 3
+    assert pieces[3 + 0x0A][0] == "<0x0A>" and pieces[3 + 0x0A][2] == 6
+    assert pieces[15043][0] == "\u2581Hello" and pieces[15043][2] == 1
+
+
+def test_the_47_sentencepiece_cases(tok, cases):
+    bad = [(s, want, tok.encode(s, bos=False)) for s, want in cases if tok.encode(s, bos=False) != want]
+    assert not bad, bad[:3]
+
+
+def test_the_47_cases_decode_back(tok, cases):
+    for s, want in cases:
+        assert tok.decode(want) == s
+
+
+def test_hello_world_through_a_model_file(tmp_path, llama_vocab):
+    path = tmp_path / "v.bin"
+    write_random_model(str(path), "q4_0", n_embd=32, n_mult=32, n_head=2, n_layer=1, vocab=llama_vocab)
+    m = guanaco_rt.Model(str(path))
+    assert m.tokenize("Hello world") == [1, 15043, 3186]
+    assert m.detokenize([1, 15043, 3186]) == "Hello world"
+    assert m.tokenize("") == [1]
+
+
+TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\u2581"), max_size=40)
+
+
+@given(s=TEXT)
+def test_decode_encode_roundtrip_random_unicode(tok, s):
+    assert tok.decode(tok.encode(s, bos=False)) == s
+
+
+@given(s=TEXT)
+def test_stream_decoder_concatenates_to_decode(tok, s):
+    ids = tok.encode(s, bos=False)
+    dec = StreamDecoder(tok, strip_leading_space=True)
+    out = "".join(dec.push(i) for i in ids) + dec.flush()
+    assert out == tok.decode(ids)
+
+
+def test_stream_decoder_never_splits_a_character(tok):
+    ids = tok.encode("日本語 🦙 ok", bos=False)
+    dec = StreamDecoder(tok, strip_leading_space=True)
+    pieces = [dec.push(i) for i in ids]
+    for p in pieces:
+        p.encode("utf-8")           # every piece is whole text
+    assert "".join(pieces) + dec.flush() == "日本語 🦙 ok"
+
+
+def test_invalid_bytes_become_replacement_chars(tok):
+    ids = [3 + 0xE6, 3 + 0x97]   # first two bytes of a 3-byte character, never completed
+    dec = StreamDecoder(tok)
+    out = "".join(dec.push(i) for i in ids) + dec.flush()
+    assert out == tok.decode(ids) == "\ufffd\ufffd"   # SentencePiece: one U+FFFD per bad byte
+
+
+@given(ids=st.lists(st.one_of(st.integers(3, 258), st.integers(259, 31999)), max_size=30))
+def test_stream_decoder_matches_sentencepiece_on_any_token_sequence(tok, ids):
+    dec = StreamDecoder(tok, strip_leading_space=True)
+    pieces = [dec.push(i) for i in ids]
+    assert "".join(pieces) + dec.flush() == tok.decode(ids)
