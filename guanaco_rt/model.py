@@ -73,6 +73,7 @@ class Model:
             self._mm.close()
             raise
         self.eps = eps
+        self._fingerprint = None
         self.n_threads = int(n_threads) if n_threads else physical_cores()
         if self.n_threads < 1:
             raise GuanacoError(f"n_threads must be >= 1, got {n_threads}")
@@ -104,6 +105,22 @@ class Model:
 
     def token_bytes(self, i):
         return self.tokenizer.token_bytes(i)
+
+    @property
+    def fingerprint(self):
+        """32 bytes that identify this model file: a SHA-256 of its header, vocab, tensor
+        table and the first 4 KiB of every tensor. Session states carry it."""
+        if self._fingerprint is None:
+            import hashlib
+            h = hashlib.sha256()
+            h.update(repr(sorted(self.hparams.as_dict().items())).encode())
+            for text, score in self.file.vocab:
+                h.update(len(text).to_bytes(4, "little") + text + repr(score).encode())
+            for t in self.file.tensors.values():
+                h.update(f"{t.name}:{t.type}:{t.shape}:{t.offset}".encode())
+                h.update(self._buf[t.offset:t.offset + min(4096, t.nbytes)].tobytes())
+            self._fingerprint = h.digest()
+        return self._fingerprint
 
     def tensor_data(self, name):
         """A read-only uint8 view of one tensor's bytes in the mmap."""

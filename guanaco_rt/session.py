@@ -1,38 +1,165 @@
-"""Session: one conversation's state on a shared Model.
+"""Session: one conversation's state on a shared Model -- the embedding API.
 
 Owns: the KV cache and scratch buffers (through the kernel State), the tokens
-evaluated so far, prompt evaluation in batches, and the busy/cancel protocol.
-The decode loop, sampling and chat live in generation.py, sampling.py, chat.py.
+evaluated so far with prefix reuse, the decode loop (sampling, streaming text,
+stop strings), the context-full policy, chat turns, state save/load/fork, the
+busy/cancel protocol and timings. The sampling math lives in sampling.py, the
+template in chat.py, incremental UTF-8 in tokenizer.py.
+
+Threading contract: a Model is shared read-only by any number of Sessions in any
+number of threads. A Session serves one caller at a time; a second thread that
+calls into a busy Session gets SessionBusyError. ``cancel()`` and the read-only
+properties may be called from any thread at any time. The forward pass runs with
+the GIL released.
 """
+import asyncio
+import json
+import logging
+import struct
 import threading
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ._kernels.dispatch import kernels
-from .errors import ContextFullError, GuanacoError, SessionBusyError
+from .chat import DEFAULT_STOP, Conversation
+from .errors import ContextFullError, GuanacoError, SessionBusyError, StateError
+from .sampling import Sampler, SamplingParams
+from .tokenizer import StreamDecoder
+
+log = logging.getLogger("guanaco_rt")
+
+STATE_MAGIC = b"GRTS"
+STATE_VERSION = 1
+POLICIES = ("error", "shift")
 
 
 class Cancelled(GuanacoError):
-    """Raised inside eval when cancel() interrupted it; the session stays consistent."""
+    """eval() was interrupted by cancel(); the cache keeps every complete batch."""
+
+
+@dataclass
+class Timings:
+    load_ms: float = 0.0          # the model's load time
+    prompt_tokens: int = 0        # prompt tokens evaluated (not reused from the cache)
+    reused_tokens: int = 0        # prompt tokens whose KV entries were already cached
+    prompt_ms: float = 0.0
+    generated_tokens: int = 0
+    generate_ms: float = 0.0
+
+    @property
+    def prompt_tokens_per_s(self):
+        return self.prompt_tokens / (self.prompt_ms / 1e3) if self.prompt_ms else 0.0
+
+    @property
+    def generate_tokens_per_s(self):
+        return self.generated_tokens / (self.generate_ms / 1e3) if self.generate_ms else 0.0
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    tokens: list
+    finish_reason: str            # "stop" | "length" | "eos" | "cancelled"
+    timings: Timings
+    logprobs: list = field(default=None)  # per token: [(id, logprob)] of the top n_probs
+
+
+class StopMatcher:
+    """Finds stop strings in streamed text across token boundaries.
+
+    Text that could still grow into a stop string is held back; the stop string
+    and anything after it are never emitted.
+    """
+
+    def __init__(self, stops):
+        self.stops = [s for s in (stops or []) if s]
+        self.buf = ""
+
+    def push(self, piece):
+        """-> (text safe to emit now, stopped)"""
+        self.buf += piece
+        hits = [i for i in (self.buf.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.buf = self.buf[:min(hits)], ""
+            return out, True
+        hold = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(self.buf)), hold, -1):
+                if self.buf.endswith(s[:k]):
+                    hold = k
+                    break
+        cut = len(self.buf) - hold
+        out, self.buf = self.buf[:cut], self.buf[cut:]
+        return out, False
+
+    def flush(self):
+        out, self.buf = self.buf, ""
+        return out
+
+
+class TextStream:
+    """Iterator of text pieces from Session.stream(); ``result`` is set when it ends."""
+
+    def __init__(self, gen):
+        self._gen = gen
+        self.result = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            return next(self._gen)
+        except StopIteration as stop:
+            self.result = stop.value
+            raise
+
+    def close(self):
+        self._gen.close()
+
+
+def _common_prefix(a, b):
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
 class Session:
-    """KV cache + evaluated tokens on one Model. Not shared between threads at once."""
+    """KV cache, evaluated tokens, sampler and conversation on one shared Model.
 
-    def __init__(self, model, n_ctx=2048, n_batch=64, n_threads=None, kv_f16=False):
-        if n_ctx < 1:
-            raise GuanacoError(f"n_ctx must be >= 1, got {n_ctx}")
+    ``context_policy``: "error" raises ContextFullError when the context is full;
+    "shift" keeps the first ``n_keep`` tokens and drops the oldest half of the rest
+    (chat drops whole turns instead).
+    """
+
+    def __init__(self, model, n_ctx=2048, n_batch=64, n_threads=None, kv_f16=False, seed=None,
+                 context_policy="error", n_keep=1, system=None):
+        if n_ctx < 2:
+            raise GuanacoError(f"n_ctx must be >= 2, got {n_ctx}")
         if n_batch < 1:
             raise GuanacoError(f"n_batch must be >= 1, got {n_batch}")
+        if context_policy not in POLICIES:
+            raise GuanacoError(f"context_policy must be one of {POLICIES}, got {context_policy!r}")
         self.model = model
         self.n_ctx = int(n_ctx)
         self.n_batch = int(min(n_batch, n_ctx))
         self.n_threads = int(n_threads or model.n_threads)
         self.kv_f16 = bool(kv_f16)
+        self.context_policy = context_policy
+        self.n_keep = int(n_keep)
+        self.seed = seed
         self._state = kernels.State(model._engine, self.n_ctx, self.n_batch, self.kv_f16, self.n_threads)
-        self.tokens = []            # ids whose K/V are in the cache, positions 0..n_past-1
+        self.sampler = Sampler(seed)
+        self.conversation = Conversation() if system is None else Conversation(system=system)
+        self._chat_first_turn = 0
+        self.tokens = []              # ids whose K/V are in the cache, positions 0..n_past-1
+        self._last_logits = None      # (n_vocab,) after tokens[-1]
         self._busy = threading.Lock()
-        self._last_logits = None
+        self.last_result = None
 
     # -- properties ----------------------------------------------------------------
     @property
@@ -45,15 +172,21 @@ class Session:
 
     # -- busy / cancel ---------------------------------------------------------------
     def _enter(self):
+        if self._state is None:
+            raise GuanacoError("this Session is closed")
         if not self._busy.acquire(blocking=False):
             raise SessionBusyError("this Session is in use by another thread; use one Session per thread")
 
     def _leave(self):
+        self._state.set_cancel(False)
         self._busy.release()
 
     def cancel(self):
-        """Stop the running eval/generation at the next layer boundary (any thread may call it)."""
-        self._state.set_cancel(True)
+        """Stop the running eval or generation within one layer's work. Any thread may call
+        it; it does nothing when the session is idle. The session stays usable and its cache
+        consistent up to the last complete token."""
+        if self._state is not None and self._busy.locked():
+            self._state.set_cancel(True)
 
     # -- evaluation ------------------------------------------------------------------
     def _check_ids(self, ids):
@@ -67,8 +200,8 @@ class Session:
         """Evaluate ``ids`` after the tokens already in the cache.
 
         Returns float32 (n_vocab,) logits after the last token, or (len(ids), n_vocab)
-        with ``all_logits``. Raises ContextFullError if they do not fit; Cancelled if
-        cancel() interrupted it (the cache then keeps every complete batch).
+        with ``all_logits``. ContextFullError if they do not fit (nothing evaluated);
+        Cancelled if cancel() interrupted it (the cache keeps every complete batch).
         """
         self._enter()
         try:
@@ -83,7 +216,6 @@ class Session:
             raise ValueError("eval() needs at least one token")
         if self.n_past + n > self.n_ctx:
             raise ContextFullError(f"{self.n_past} tokens in the cache + {n} new > n_ctx {self.n_ctx}")
-        self._state.set_cancel(False)
         out = np.empty((n if all_logits else 1, self.n_vocab), dtype=np.float32)
         for start in range(0, n, self.n_batch):
             chunk = np.ascontiguousarray(arr[start:start + self.n_batch])
@@ -94,25 +226,318 @@ class Session:
                 dst = out
             else:
                 dst = np.empty((1, self.n_vocab), dtype=np.float32)
-            rc = self._state.forward(chunk, self.n_past, dst, all_logits)
-            if rc:
-                self._state.set_cancel(False)
+            if self._state.forward(chunk, self.n_past, dst, all_logits):
                 raise Cancelled(f"evaluation cancelled after {start} of {n} tokens")
             self.tokens.extend(int(t) for t in chunk)
-        self._last_logits = out[-1]
+            self._last_logits = dst[-1].copy()
         return out if all_logits else out[0]
 
+    def _prefill(self, ids, timings):
+        """Bring the cache to exactly ``ids`` reusing the longest cached prefix; -> logits."""
+        common = _common_prefix(self.tokens, ids)
+        if common == len(ids) == len(self.tokens) and self._last_logits is not None:
+            timings.reused_tokens = common
+            return self._last_logits
+        common = min(common, len(ids) - 1)      # re-evaluate at least the last token
+        del self.tokens[common:]
+        timings.reused_tokens = common
+        t0 = time.perf_counter()
+        logits = self._eval(ids[common:])
+        timings.prompt_tokens = len(ids) - common
+        timings.prompt_ms = (time.perf_counter() - t0) * 1e3
+        return logits
+
+    def _fit_prompt(self, ids, reserve):
+        """Make a prompt fit n_ctx, by policy."""
+        if len(ids) <= self.n_ctx - reserve:
+            return ids
+        if self.context_policy == "error" or len(ids) > self.n_ctx and self.n_keep >= self.n_ctx // 2:
+            raise ContextFullError(f"prompt of {len(ids)} tokens does not fit n_ctx {self.n_ctx} "
+                                   f"(with {reserve} reserved for generation)")
+        keep = ids[:self.n_keep]
+        tail = max(1, self.n_ctx - reserve - len(keep))
+        log.warning("prompt of %d tokens truncated to %d (n_keep %d + the last %d)",
+                    len(ids), len(keep) + tail, len(keep), tail)
+        return keep + ids[-tail:]
+
+    def _make_room(self):
+        """One more token must fit: by policy, raise or shift the cache."""
+        if self.n_past < self.n_ctx:
+            return
+        if self.context_policy == "error":
+            raise ContextFullError(f"context full: {self.n_past} tokens = n_ctx {self.n_ctx}")
+        n_keep = max(0, min(self.n_keep, self.n_past - 2))
+        n_discard = max(1, (self.n_past - n_keep) // 2)
+        self._state.shift(n_keep, n_discard, self.n_past)
+        del self.tokens[n_keep:n_keep + n_discard]
+        log.info("context shift: kept %d, dropped %d, %d left", n_keep, n_discard, self.n_past)
+
+    # -- generation ------------------------------------------------------------------
+    def _prompt_ids(self, prompt):
+        if isinstance(prompt, str):
+            return self.model.tokenize(prompt)
+        ids = [int(t) for t in prompt]
+        self._check_ids(ids)
+        return ids
+
+    def _decode_loop(self, prompt, max_new_tokens=128, stop=None, params=None):
+        """Generator of text pieces; returns the GenerationResult. Holds the session."""
+        self._enter()
+        try:
+            timings = Timings(load_ms=self.model.load_time * 1e3)
+            ids = self._prompt_ids(prompt)
+            if not ids:
+                raise ValueError("empty prompt: pass at least the BOS token")
+            ids = self._fit_prompt(ids, min(max_new_tokens, self.n_ctx // 4))
+            tok = self.model.tokenizer
+            decoder = StreamDecoder(tok, strip_leading_space=len(ids) == 1)
+            matcher = StopMatcher(stop)
+            gen, logprobs, reason = [], [] if params.n_probs else None, "length"
+            try:
+                logits = self._prefill(ids, timings)
+            except Cancelled:
+                logits, reason, max_new_tokens = None, "cancelled", 0
+            t0 = time.perf_counter()
+            for i in range(max_new_tokens):
+                if self._state.cancelled:
+                    reason = "cancelled"
+                    break
+                token, top = self.sampler.sample(logits, self.tokens, params)
+                if logprobs is not None:
+                    logprobs.append(top)
+                if token == tok.eos_id:
+                    reason = "eos"
+                    break
+                gen.append(token)
+                out, stopped = matcher.push(decoder.push(token))
+                if out:
+                    yield out
+                if stopped:
+                    reason = "stop"
+                    break
+                if i == max_new_tokens - 1:
+                    break
+                self._make_room()
+                try:
+                    logits = self._eval([token])
+                except Cancelled:
+                    reason = "cancelled"
+                    break
+            if reason != "stop":
+                out, _ = matcher.push(decoder.flush())
+                out += matcher.flush()
+                if out:
+                    yield out
+            timings.generated_tokens = len(gen)
+            timings.generate_ms = (time.perf_counter() - t0) * 1e3
+            text = tok.decode(gen) if len(ids) == 1 else self._continuation_text(ids, gen)
+            if reason == "stop":
+                cut = min(i for i in (text.find(s) for s in matcher.stops) if i >= 0)
+                text = text[:cut]
+            result = GenerationResult(text, gen, reason, timings, logprobs)
+            self.last_result = result
+            return result
+        finally:
+            self._leave()
+
+    def _continuation_text(self, ids, gen):
+        # the text the new tokens add, exactly as streamed (SentencePiece decodes the
+        # leading space of the first piece away only at the very start of a text)
+        dec = StreamDecoder(self.model.tokenizer)
+        return "".join(dec.push(t) for t in gen) + dec.flush()
+
+    def _params(self, params, kw):
+        if params is not None and kw:
+            raise TypeError("pass either params=SamplingParams(...) or keyword arguments, not both")
+        return params if params is not None else SamplingParams.from_kwargs(**kw)
+
+    def stream(self, prompt, max_new_tokens=128, stop=None, params=None, **sampling):
+        """Iterator of text pieces as they are generated (never a split UTF-8 character,
+        never a piece of a stop string). ``.result`` holds the GenerationResult at the end."""
+        return TextStream(self._decode_loop(prompt, max_new_tokens, stop, self._params(params, sampling)))
+
+    def generate(self, prompt, max_new_tokens=128, stop=None, params=None, callback=None, **sampling):
+        """Generate a continuation of ``prompt`` (text, or token ids starting with BOS).
+
+        The prompt is the whole context: the longest prefix already in the cache is reused.
+        ``callback(piece)`` is called with each text piece as it comes.
+        """
+        s = self.stream(prompt, max_new_tokens, stop, params, **sampling)
+        for piece in s:
+            if callback is not None:
+                callback(piece)
+        return s.result
+
+    async def astream(self, prompt, max_new_tokens=128, stop=None, params=None, **sampling):
+        """Async iterator of text pieces; the decode loop runs on a worker thread."""
+        loop = asyncio.get_running_loop()
+        queue = asyncio.Queue()
+        done = object()
+        stream = self.stream(prompt, max_new_tokens, stop, params, **sampling)
+
+        def worker():
+            try:
+                for piece in stream:
+                    loop.call_soon_threadsafe(queue.put_nowait, piece)
+                loop.call_soon_threadsafe(queue.put_nowait, done)
+            except BaseException as e:  # handed to the awaiting task
+                loop.call_soon_threadsafe(queue.put_nowait, e)
+
+        th = threading.Thread(target=worker, name="guanaco_rt-astream", daemon=True)
+        th.start()
+        try:
+            while True:
+                item = await queue.get()
+                if item is done:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if th.is_alive():
+                self.cancel()
+                await loop.run_in_executor(None, th.join)
+            self.last_result = stream.result or self.last_result
+
+    # -- chat ------------------------------------------------------------------------
+    def chat(self, message, max_new_tokens=256, stop=None, params=None, callback=None, **sampling):
+        """One Guanaco chat turn: returns the assistant's reply (stripped).
+
+        The whole conversation is the prompt; only the new tokens are evaluated. When it
+        would not fit (with max_new_tokens reserved), the oldest turns are dropped under
+        the "shift" policy, or ContextFullError is raised under "error".
+        """
+        conv = self.conversation
+        reserve = min(max_new_tokens, self.n_ctx // 2)
+        first = self._chat_first_turn
+        while True:
+            ids = self.model.tokenize(conv.prompt(message, first))
+            if len(ids) + reserve <= self.n_ctx:
+                break
+            if self.context_policy == "error" or first >= len(conv.turns):
+                raise ContextFullError(f"chat prompt of {len(ids)} tokens + {reserve} reserved "
+                                       f"> n_ctx {self.n_ctx}")
+            first += 1
+        self._chat_first_turn = first
+        saved_keep = self.n_keep
+        self.n_keep = len(self.model.tokenize(conv.system_text()))
+        try:
+            res = self.generate(ids, max_new_tokens, DEFAULT_STOP if stop is None else stop, params,
+                                callback=callback, **sampling)
+        finally:
+            self.n_keep = saved_keep
+        reply = res.text.strip()
+        if res.finish_reason != "cancelled":
+            conv.add(message, reply)
+        return reply
+
+    # -- state -------------------------------------------------------------------------
     def reset(self):
-        """Forget every evaluated token (the cache is overwritten lazily)."""
+        """Forget every evaluated token and the conversation (the cache is overwritten lazily)."""
         self._enter()
         try:
             self.tokens = []
             self._last_logits = None
+            self.conversation.clear()
+            self._chat_first_turn = 0
         finally:
             self._leave()
 
+    def save_state(self):
+        """A compact, versioned blob: the n_past used KV entries, the tokens, the last logits,
+        the sampler's RNG, the conversation, and the model's fingerprint."""
+        self._enter()
+        try:
+            n = self.n_past
+            meta = {"n_past": n, "n_layer": self.model.hparams.n_layer, "n_embd": self.model.hparams.n_embd,
+                    "n_vocab": self.n_vocab, "kv": "f16" if self.kv_f16 else "f32",
+                    "has_logits": self._last_logits is not None, "rng": self.sampler.state,
+                    "system": self.conversation.system, "turns": self.conversation.turns,
+                    "chat_first_turn": self._chat_first_turn}
+            mj = json.dumps(meta).encode()
+            parts = [STATE_MAGIC, struct.pack("<I", STATE_VERSION), self.model.fingerprint,
+                     struct.pack("<Q", len(mj)), mj, np.asarray(self.tokens, "<i4").tobytes()]
+            if self._last_logits is not None:
+                parts.append(self._last_logits.astype("<f4").tobytes())
+            parts.append(np.ascontiguousarray(self._state.k_cache[:, :n]).tobytes())
+            parts.append(np.ascontiguousarray(self._state.v_cache[:, :n]).tobytes())
+            return b"".join(parts)
+        finally:
+            self._leave()
+
+    def load_state(self, blob):
+        """Restore a save_state() blob; refused (StateError) if it is from another model,
+        malformed, or larger than this session's n_ctx."""
+        blob = memoryview(bytes(blob))
+        self._enter()
+        try:
+            head = 4 + 4 + 32 + 8
+            if len(blob) < head or bytes(blob[:4]) != STATE_MAGIC:
+                raise StateError("not a guanaco_rt session state (bad magic)")
+            version = struct.unpack_from("<I", blob, 4)[0]
+            if version != STATE_VERSION:
+                raise StateError(f"state version {version} is not supported (expected {STATE_VERSION})")
+            if bytes(blob[8:40]) != self.model.fingerprint:
+                raise StateError("this state was saved from a different model file")
+            (mlen,) = struct.unpack_from("<Q", blob, 40)
+            if mlen > len(blob) - head:
+                raise StateError(f"metadata length {mlen} runs past the end of the {len(blob)}-byte state")
+            try:
+                meta = json.loads(bytes(blob[head:head + mlen]))
+                n = int(meta["n_past"])
+                kvt = {"f16": np.float16, "f32": np.float32}[meta["kv"]]
+            except (ValueError, KeyError, TypeError) as e:
+                raise StateError(f"state metadata is malformed: {e}") from None
+            hp = self.model.hparams
+            if (meta.get("n_layer"), meta.get("n_embd"), meta.get("n_vocab")) != (hp.n_layer, hp.n_embd, hp.n_vocab):
+                raise StateError("state shape does not match this model")
+            if not 0 <= n <= self.n_ctx:
+                raise StateError(f"state holds {n} tokens, this session's n_ctx is {self.n_ctx}")
+            kv_bytes = hp.n_layer * n * hp.n_embd * np.dtype(kvt).itemsize
+            logit_bytes = 4 * self.n_vocab if meta["has_logits"] else 0
+            need = head + mlen + 4 * n + logit_bytes + 2 * kv_bytes
+            if len(blob) != need:
+                raise StateError(f"state is {len(blob)} bytes, expected {need}")
+            pos = head + mlen
+            tokens = np.frombuffer(blob, "<i4", n, pos).tolist()
+            if n and (min(tokens) < 0 or max(tokens) >= self.n_vocab):
+                raise StateError("state holds token ids outside the vocab")
+            pos += 4 * n
+            logits = np.frombuffer(blob, "<f4", self.n_vocab, pos).copy() if logit_bytes else None
+            pos += logit_bytes
+            shape = (hp.n_layer, n, hp.n_embd)
+            k = np.frombuffer(blob, kvt, hp.n_layer * n * hp.n_embd, pos).reshape(shape)
+            v = np.frombuffer(blob, kvt, hp.n_layer * n * hp.n_embd, pos + kv_bytes).reshape(shape)
+            try:
+                self.sampler.set_state(meta["rng"])
+            except (ValueError, TypeError, KeyError) as e:
+                raise StateError(f"state's sampler RNG is malformed: {e}") from None
+            self._state.k_cache[:, :n] = k
+            self._state.v_cache[:, :n] = v
+            self.tokens = tokens
+            self._last_logits = logits
+            self.conversation = Conversation(system=meta.get("system", ""),
+                                             turns=[tuple(t) for t in meta.get("turns", [])])
+            self._chat_first_turn = int(meta.get("chat_first_turn", 0))
+        finally:
+            self._leave()
+
+    def fork(self, **overrides):
+        """A new Session on the same model that starts from this one's evaluated prefix,
+        conversation and sampler state. Keyword arguments override its settings."""
+        kw = dict(n_ctx=self.n_ctx, n_batch=self.n_batch, n_threads=self.n_threads, kv_f16=self.kv_f16,
+                  seed=self.seed, context_policy=self.context_policy, n_keep=self.n_keep)
+        kw.update(overrides)
+        other = Session(self.model, **kw)
+        other.load_state(self.save_state())
+        return other
+
     def close(self):
-        self._state = None
+        """Free the KV cache. The session cannot be used afterwards."""
+        if self._state is not None:
+            self._enter()
+            self._busy.release()
+            self._state = None
 
     def __enter__(self):
         return self

@@ -2,7 +2,7 @@
 # type-traits table (ggml's idea: per weight type its dequantizer, its vec_dot
 # and the activation format the vec_dot pairs with).
 from libc.stdint cimport uint8_t, int8_t, uint16_t, int16_t, uint32_t, int32_t, int64_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memset, memmove
 from libc.math cimport fabsf, sqrtf, expf, roundf, ldexpf, INFINITY, NAN, powf, cosf, sinf, pow, cos, sin
 from libc.stdlib cimport malloc, free
 from cython.parallel cimport prange, parallel

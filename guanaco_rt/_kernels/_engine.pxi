@@ -270,6 +270,26 @@ cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok,
     s.act_src = NULL
     return 0
 
+cdef void shift_kv(const model_t* m, state_t* s, int n_keep, int n_discard, int n_past) noexcept nogil:
+    cdef int E = m.n_embd
+    cdef int l, p
+    cdef int64_t src, dst, layer_off = <int64_t>s.n_ctx * E
+    cdef float* tmp = s.k          # (E,) scratch: the first row of the new-keys buffer
+    for l in range(m.n_layer):
+        for p in range(n_keep + n_discard, n_past):
+            src = l * layer_off + <int64_t>p * E
+            dst = src - <int64_t>n_discard * E
+            if s.kv_f16:
+                TO_FLOAT[GGML_TYPE_F16](<const uint16_t*>s.k_cache + src, tmp, E)
+            else:
+                memcpy(tmp, <float*>s.k_cache + src, E * sizeof(float))
+            rope(tmp, m.n_head, m.head_dim, m.n_rot, m.freqs, -n_discard)
+            store_kv(s.k_cache, dst, tmp, E, s.kv_f16)
+            if s.kv_f16:
+                memmove(<uint16_t*>s.v_cache + dst, <uint16_t*>s.v_cache + src, E * 2)
+            else:
+                memmove(<float*>s.v_cache + dst, <float*>s.v_cache + src, E * 4)
+
 # ---- Python-facing objects ----------------------------------------------------------
 LAYER_TENSORS = ("attention.wq.weight", "attention.wk.weight", "attention.wv.weight", "attention.wo.weight",
                  "feed_forward.w1.weight", "feed_forward.w2.weight", "feed_forward.w3.weight")
@@ -405,6 +425,15 @@ cdef class State:
     @property
     def cancelled(self):
         return bool(self.cancel_arr[0])
+
+    def shift(self, int n_keep, int n_discard, int n_past):
+        """Drop cache positions [n_keep, n_keep + n_discard): move the later ones down and
+        re-rotate their keys by -n_discard positions (RoPE angles add), as if they had been
+        evaluated n_discard positions earlier. Values only move."""
+        if not (0 <= n_keep and 0 < n_discard and n_keep + n_discard <= n_past <= self.s.n_ctx):
+            raise ValueError(f"bad shift: n_keep={n_keep} n_discard={n_discard} n_past={n_past}")
+        with nogil:
+            shift_kv(&self.engine.m, &self.s, n_keep, n_discard, n_past)
 
     def forward(self, const int32_t[::1] tokens, int n_past, float[:, ::1] logits, bint all_logits):
         """Evaluate tokens (n <= n_batch) at n_past; returns 0, or 1 if cancelled.

@@ -1,0 +1,271 @@
+"""The command line: guanaco-rt info | run | generate | chat | random-model | config.
+
+Owns: argument parsing and printing. All model work goes through Model/Session.
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+
+from .errors import GuanacoError
+
+
+def _sampling_args(p, greedy=False):
+    g = p.add_argument_group("sampling")
+    g.add_argument("--temperature", "--temp", type=float, default=0.0 if greedy else 0.8,
+                   help="0 = greedy (default %(default)s)")
+    g.add_argument("--top-k", type=int, default=40, help="<= 0 disables (default %(default)s)")
+    g.add_argument("--top-p", type=float, default=0.95, help="1 disables (default %(default)s)")
+    g.add_argument("--min-p", type=float, default=0.0, help="0 disables (default %(default)s)")
+    g.add_argument("--typical-p", type=float, default=1.0, help="1 disables (default %(default)s)")
+    g.add_argument("--repeat-penalty", type=float, default=1.0 if greedy else 1.1,
+                   help="1 disables (default %(default)s)")
+    g.add_argument("--repeat-last-n", type=int, default=64, help="window of the penalties (default %(default)s)")
+    g.add_argument("--frequency-penalty", type=float, default=0.0)
+    g.add_argument("--presence-penalty", type=float, default=0.0)
+    g.add_argument("--logit-bias", action="append", default=[], metavar="ID=BIAS",
+                   help="add BIAS to token ID's logit (repeatable; -inf bans it)")
+    g.add_argument("--seed", type=int, default=None, help="RNG seed (default: random)")
+
+
+def _session_args(p):
+    p.add_argument("model", help="a ggjt v3 model file (.ggmlv3.*.bin)")
+    p.add_argument("-c", "--ctx-size", type=int, default=2048, help="context length n_ctx (default %(default)s)")
+    p.add_argument("-b", "--batch-size", type=int, default=64, help="prompt batch (default %(default)s)")
+    p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
+    p.add_argument("--kv-f16", action="store_true", help="keep the KV cache in f16 (half the memory)")
+    p.add_argument("--context-policy", choices=["error", "shift"], default="shift",
+                   help="when the context fills: raise, or drop the oldest tokens (default %(default)s)")
+
+
+def _params(a):
+    from .sampling import SamplingParams
+    bias = {}
+    for item in a.logit_bias:
+        k, _, v = item.partition("=")
+        bias[int(k)] = float(v)
+    return SamplingParams(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, min_p=a.min_p,
+                          typical_p=a.typical_p, repetition_penalty=a.repeat_penalty,
+                          repeat_last_n=a.repeat_last_n, frequency_penalty=a.frequency_penalty,
+                          presence_penalty=a.presence_penalty, logit_bias=bias)
+
+
+def _open(a):
+    from . import Model, Session
+    model = Model(a.model, n_threads=a.threads)
+    session = Session(model, n_ctx=a.ctx_size, n_batch=a.batch_size, kv_f16=a.kv_f16,
+                      seed=getattr(a, "seed", None), context_policy=a.context_policy)
+    return model, session
+
+
+def cmd_info(a):
+    from . import Model
+    from .ggml_types import GGML_TYPES
+    m = Model(a.model)
+    hp = m.hparams.as_dict()
+    if a.json:
+        tensors = [{"name": t.name, "shape": list(t.shape), "type": t.type_name, "offset": t.offset,
+                    "nbytes": t.nbytes} for t in m.tensors.values()]
+        print(json.dumps({"path": m.path, "hparams": hp, "tensors": tensors}, indent=1))
+        return 0
+    print(f"file:    {m.path} ({os.path.getsize(m.path) / 1e9:.3f} GB, ggjt v{hp['version']})")
+    print("hparams: " + " ".join(f"{k}={v}" for k, v in hp.items() if k != "version"))
+    counts = {}
+    for t in m.tensors.values():
+        counts[t.type_name] = counts.get(t.type_name, 0) + 1
+    print("types:   " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())))
+    print(f"{'tensor':<40} {'shape':>14} {'type':>5} {'bytes':>12}")
+    for t in m.tensors.values():
+        shape = "x".join(str(d) for d in t.shape)
+        print(f"{t.name:<40} {shape:>14} {GGML_TYPES[t.type].name:>5} {t.nbytes:>12}")
+    return 0
+
+
+def _print_stream(stream, out=sys.stdout):
+    for piece in stream:
+        out.write(piece)
+        out.flush()
+    out.write("\n")
+    return stream.result
+
+
+def _report(r):
+    t = r.timings
+    logging.getLogger("guanaco_rt").info(
+        "finish=%s prompt %d tok (%d reused) %.1f tok/s, generated %d tok %.2f tok/s",
+        r.finish_reason, t.prompt_tokens, t.reused_tokens, t.prompt_tokens_per_s, t.generated_tokens,
+        t.generate_tokens_per_s)
+    sys.stderr.write(f"\n[{r.finish_reason}] prompt: {t.prompt_tokens} tokens, {t.prompt_tokens_per_s:.2f} tok/s; "
+                     f"generated: {t.generated_tokens} tokens, {t.generate_tokens_per_s:.2f} tok/s\n")
+
+
+def cmd_generate(a):
+    _, s = _open(a)
+    stops = a.stop or []
+    stream = s.stream(a.prompt, max_new_tokens=a.n_predict, stop=stops, params=_params(a))
+    if not a.quiet_prompt:
+        sys.stdout.write(a.prompt)
+    r = _print_stream(stream)
+    if not a.no_stats:
+        _report(r)
+    return 0
+
+
+def cmd_chat(a):
+    from .session import Session
+    _, s = _open(a)
+    if a.system is not None:
+        s.conversation.system = a.system
+    params = _params(a)
+    print("guanaco-rt chat: /reset, /save FILE, /load FILE, /quit", file=sys.stderr)
+    while True:
+        try:
+            line = input("### Human: ")
+        except EOFError:
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            break
+        if line == "/reset":
+            s.reset()
+            print("[conversation cleared]", file=sys.stderr)
+            continue
+        if line.startswith("/save "):
+            with open(line[6:].strip(), "wb") as f:
+                f.write(s.save_state())
+            print(f"[saved {s.n_past} tokens]", file=sys.stderr)
+            continue
+        if line.startswith("/load "):
+            try:
+                with open(line[6:].strip(), "rb") as f:
+                    s.load_state(f.read())
+                print(f"[loaded {s.n_past} tokens, {len(s.conversation.turns)} turns]", file=sys.stderr)
+            except (OSError, GuanacoError) as e:
+                print(f"[load failed: {e}]", file=sys.stderr)
+            continue
+        sys.stdout.write("### Assistant: ")
+        first = [True]
+
+        def show(piece):
+            if first[0]:
+                piece = piece.lstrip()
+                first[0] = not piece
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        try:
+            s.chat(line, max_new_tokens=a.n_predict, params=params, callback=show)
+        except KeyboardInterrupt:
+            s.cancel()
+        sys.stdout.write("\n")
+    return 0
+
+
+def cmd_run(a):
+    """Greedy generation, printed as it comes."""
+    a.temperature, a.repeat_penalty = 0.0, 1.0
+    a.top_k, a.top_p, a.min_p, a.typical_p, a.repeat_last_n = 40, 1.0, 0.0, 1.0, 64
+    a.frequency_penalty = a.presence_penalty = 0.0
+    a.logit_bias, a.seed = [], 0
+    a.quiet_prompt = False
+    return cmd_generate(a)
+
+
+def cmd_random_model(a):
+    from .writer import vocab_from_gguf, write_random_model
+    vocab = None
+    if a.vocab_gguf:
+        vocab = vocab_from_gguf(a.vocab_gguf)
+    hp = write_random_model(a.output, a.ftype, n_vocab=a.n_vocab, n_embd=a.n_embd, n_mult=a.n_mult,
+                            n_head=a.n_head, n_layer=a.n_layer, vocab=vocab, seed=a.seed)
+    print(f"wrote {a.output}: {a.ftype}, n_vocab={hp.n_vocab} n_embd={hp.n_embd} n_head={hp.n_head} "
+          f"n_layer={hp.n_layer} n_ff={hp.n_ff}, {os.path.getsize(a.output) / 1e6:.1f} MB")
+    return 0
+
+
+def cmd_config(a):
+    from . import show_config
+    print(json.dumps(show_config(), indent=1))
+    return 0
+
+
+PRESETS = {"7B": (4096, 32, 32), "13B": (5120, 40, 40), "tiny": (256, 4, 2)}
+
+
+def main(argv=None):
+    from .ggml_types import FTYPE_BY_NAME
+    p = argparse.ArgumentParser(prog="guanaco-rt", description="Run Guanaco / LLaMA ggjt v3 models.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("info", help="hparams and every tensor's name, shape, type and size")
+    s.add_argument("model")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_info)
+
+    s = sub.add_parser("run", help="greedy generation from a prompt, printed as it comes")
+    _session_args(s)
+    s.add_argument("-p", "--prompt", required=True)
+    s.add_argument("-n", "--n-predict", type=int, default=64)
+    s.add_argument("--stop", action="append", help="stop string (repeatable)")
+    s.add_argument("--no-stats", action="store_true")
+    s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("generate", help="sampled generation with every sampling option")
+    _session_args(s)
+    s.add_argument("-p", "--prompt", required=True)
+    s.add_argument("-n", "--n-predict", type=int, default=128)
+    s.add_argument("--stop", action="append", help="stop string (repeatable)")
+    s.add_argument("--quiet-prompt", action="store_true", help="do not echo the prompt")
+    s.add_argument("--no-stats", action="store_true")
+    _sampling_args(s)
+    s.set_defaults(fn=cmd_generate)
+
+    s = sub.add_parser("chat", help="interactive Guanaco chat (/reset, /save FILE, /load FILE)")
+    _session_args(s)
+    s.add_argument("-n", "--n-predict", type=int, default=256)
+    s.add_argument("--system", default=None, help="system line (default: Guanaco's)")
+    _sampling_args(s)
+    s.set_defaults(fn=cmd_chat)
+
+    s = sub.add_parser("random-model", help="write a random-weight model (for tests and benchmarks)")
+    s.add_argument("output")
+    s.add_argument("--ftype", default="q4_0", choices=sorted(FTYPE_BY_NAME))
+    s.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="shape: 7B (4096/32/32), 13B, tiny (256/4/2); overrides --n-embd/--n-head/--n-layer")
+    s.add_argument("--n-vocab", type=int, default=32000)
+    s.add_argument("--n-embd", type=int, default=256)
+    s.add_argument("--n-mult", type=int, default=256)
+    s.add_argument("--n-head", type=int, default=4)
+    s.add_argument("--n-layer", type=int, default=2)
+    s.add_argument("--vocab-gguf", default=None, help="take the vocab from a GGUF vocab file")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_random_model)
+
+    s = sub.add_parser("config", help="ISA, OpenMP and thread count in use")
+    s.set_defaults(fn=cmd_config)
+
+    a = p.parse_args(argv)
+    if getattr(a, "preset", None):
+        a.n_embd, a.n_head, a.n_layer = PRESETS[a.preset]
+    if a.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    try:
+        return a.fn(a)
+    except GuanacoError as e:
+        print(f"guanaco-rt: error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
+        print(f"guanaco-rt: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # e.g. piped into head
+        sys.stdout = open(os.devnull, "w")
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
