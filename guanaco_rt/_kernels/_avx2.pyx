@@ -6,8 +6,10 @@ Import only after cpuid says the CPU has them (guanaco_rt._kernels.dispatch).
 include "_common.pxi"
 include "_quants.pxi"
 include "_dots_generic.pxi"
+include "_dots_avx2.pxi"
 include "_engine.pxi"
 
 ISA = "avx2"
 _fill_fp16_table()
 init_generic_traits()
+init_avx2_traits()

@@ -1,0 +1,127 @@
+"""End-to-end speed: prompt and generation tokens/s and peak RSS, guanaco_rt side by
+side with ctransformers and llama-cpp-python==0.1.78 (the August-2023 llama.cpp) on the
+same 7B-shape random-weight file, same thread count, each runtime in its own process.
+
+    python benchmarks/bench_e2e.py --ftype q4_0 q4_K_M --threads 2 [--peer-python PY]
+
+The file is written with guanaco_rt's writer if missing (benchmarks/models/). Peers
+are looked up in --peer-python (default: this interpreter); a missing peer is skipped.
+Prints a Markdown table with the ratios to llama.cpp.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+RUNNER = r'''
+import json, sys, time, resource
+import numpy as np
+kind, path, n_threads, n_prompt, n_gen, n_batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+rng = np.random.default_rng(0)
+prompt = [1] + [int(t) for t in rng.integers(3, 32000, n_prompt - 1)]
+gen = [int(t) for t in rng.integers(3, 32000, n_gen)]
+t0 = time.perf_counter()
+if kind == "guanaco_rt":
+    import guanaco_rt
+    m = guanaco_rt.Model(path, n_threads=n_threads)
+    s = guanaco_rt.Session(m, n_ctx=n_prompt + n_gen + 8, n_batch=n_batch, kv_f16=True)
+    load = time.perf_counter() - t0
+    ev_prompt = lambda: s.eval(prompt)
+    ev_one = lambda t: s.eval([t])
+elif kind == "llama.cpp":
+    from llama_cpp import Llama
+    llm = Llama(model_path=path, n_ctx=n_prompt + n_gen + 8, n_threads=n_threads, n_batch=512, verbose=False)
+    load = time.perf_counter() - t0
+    ev_prompt = lambda: llm.eval(prompt)
+    ev_one = lambda t: llm.eval([t])
+elif kind == "ctransformers":
+    from ctransformers import AutoModelForCausalLM
+    llm = AutoModelForCausalLM.from_pretrained(path, model_type="llama", context_length=n_prompt + n_gen + 8,
+                                               threads=n_threads, batch_size=512, gpu_layers=0)
+    load = time.perf_counter() - t0
+    ev_prompt = lambda: llm.eval(prompt, batch_size=512, threads=n_threads)
+    ev_one = lambda t: llm.eval([t], batch_size=1, threads=n_threads)
+t0 = time.perf_counter(); ev_prompt(); tp = time.perf_counter() - t0
+t0 = time.perf_counter()
+for t in gen:
+    ev_one(t)
+tg = time.perf_counter() - t0
+print(json.dumps({"load_s": load, "prompt_tps": n_prompt / tp, "gen_tps": n_gen / tg,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+'''
+
+
+def model_path(ftype, models_dir):
+    path = os.path.join(models_dir, f"random-7B.ggmlv3.{ftype}.bin")
+    if not os.path.exists(path):
+        from guanaco_rt.writer import write_random_model
+        os.makedirs(models_dir, exist_ok=True)
+        print(f"writing {path} ...", file=sys.stderr)
+        write_random_model(path, ftype, n_vocab=32000, n_embd=4096, n_mult=256, n_head=32, n_layer=32, seed=7)
+    return path
+
+
+def run(python, kind, path, a):
+    cmd = [python, "-c", RUNNER, kind, path, str(a.threads), str(a.n_prompt), str(a.n_gen), str(a.n_batch)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        return {"error": (r.stderr.strip().splitlines() or ["failed"])[-1][:120]}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ftype", nargs="+", default=["q4_0", "q4_K_M"])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--n-prompt", type=int, default=128)
+    p.add_argument("--n-gen", type=int, default=64)
+    p.add_argument("--n-batch", type=int, default=64, help="guanaco_rt prompt batch")
+    p.add_argument("--repeat", type=int, default=1, help="runs per runtime; the median is reported")
+    p.add_argument("--peer-python", default=sys.executable)
+    p.add_argument("--models-dir", default=os.path.join(HERE, "models"))
+    p.add_argument("--runtimes", nargs="+", default=["guanaco_rt", "llama.cpp", "ctransformers"])
+    p.add_argument("--json", default=None, help="also write the raw results here")
+    a = p.parse_args()
+    rows = []
+    for ft in a.ftype:
+        path = model_path(ft, a.models_dir)
+        size_gb = os.path.getsize(path) / 1e9
+        res = {}
+        for kind in a.runtimes:
+            py = sys.executable if kind == "guanaco_rt" else a.peer_python
+            runs = [run(py, kind, path, a) for _ in range(a.repeat)]
+            ok = [r for r in runs if "error" not in r]
+            if not ok:
+                res[kind] = runs[0]
+                continue
+            med = lambda k: sorted(r[k] for r in ok)[len(ok) // 2]  # noqa: E731
+            res[kind] = {k: med(k) for k in ok[0]}
+        rows.append((ft, size_gb, res))
+        print(json.dumps({"ftype": ft, "size_gb": size_gb, **res}), file=sys.stderr)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump([{"ftype": ft, "size_gb": sz, **res} for ft, sz, res in rows], f, indent=1)
+    print(f"\n{a.n_prompt}-token prompt, {a.n_gen} generated, {a.threads} threads; tok/s (ratio to llama.cpp)\n")
+    print("| type | GB | runtime | prompt tok/s | gen tok/s | peak RSS MB | load s |")
+    print("|---|---|---|---|---|---|---|")
+    for ft, sz, res in rows:
+        base = res.get("llama.cpp", {})
+        for kind, r in res.items():
+            if "error" in r:
+                print(f"| {ft} | {sz:.2f} | {kind} | error: {r['error']} | | | |")
+                continue
+
+            def fmt(k):
+                s = f"{r[k]:.2f}"
+                if kind != "llama.cpp" and base.get(k):
+                    s += f" ({r[k] / base[k]:.2f}x)"
+                return s
+            print(f"| {ft} | {sz:.2f} | {kind} | {fmt('prompt_tps')} | {fmt('gen_tps')} | "
+                  f"{r['peak_rss_mb']:.0f} | {r['load_s']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
