@@ -14,6 +14,7 @@ from guanaco_rt._kernels import _generic
 from guanaco_rt._kernels.dispatch import available_isas, load
 from strategies import ALL_WEIGHT_TYPES, blocks, vectors
 
+HERE = os.path.dirname(os.path.abspath(__file__))  # run children here: the installed package, not ./guanaco_rt
 OTHER_ISAS = [isa for isa in available_isas() if isa != "generic"]
 pytestmark = pytest.mark.skipif(not OTHER_ISAS, reason="no SIMD variant runs on this CPU")
 
@@ -57,11 +58,11 @@ def test_vec_dot_agrees_with_generic(S, ttype, data):
 def test_forcing_an_isa_through_the_environment(isa):
     code = "import guanaco_rt, json; print(json.dumps(guanaco_rt.show_config()))"
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "GUANACO_RT_ISA": isa},
-                         capture_output=True, text=True, check=True).stdout
+                         capture_output=True, text=True, check=True, cwd=HERE).stdout
     assert f'"isa": "{isa}"' in out
 
 
 def test_unknown_isa_is_refused():
     r = subprocess.run([sys.executable, "-c", "import guanaco_rt"], env={**os.environ, "GUANACO_RT_ISA": "avx9000"},
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, cwd=HERE)
     assert r.returncode != 0 and "avx9000" in r.stderr

@@ -165,3 +165,18 @@ def test_attention_causal(K, kv_dtype, data):
 def test_fp16_conversion_matches_numpy(K, x):
     a = np.array(x, np.float32)
     np.testing.assert_array_equal(K.fp16_from_f32(a), a.astype(np.float16).view(np.uint16))
+
+
+@pytest.mark.parametrize("ttype", QUANT_WEIGHT_TYPES, ids=lambda t: T.GGML_TYPES[t].name)
+@given(data=st.data())
+def test_matmul_batch_equals_rows_one_at_a_time(K, ttype, data):
+    # the multi-row (x4) kernels must give the same bits as the one-row kernel
+    t = T.GGML_TYPES[ttype]
+    ne0, ne1 = t.blck_size * data.draw(st.integers(1, 3)), data.draw(st.integers(1, 5))
+    n_tok = data.draw(st.integers(4, 9))
+    raw, _ = data.draw(blocks(ttype, n_blocks=ne0 * ne1 // t.blck_size))
+    w = np.frombuffer(raw, np.uint8)
+    x = np.stack([data.draw(vectors(ne0, scale=1.0)) for _ in range(n_tok)])
+    batch = K.matmul_twin(ttype, w, ne0, ne1, x, 1)
+    single = np.concatenate([K.matmul_twin(ttype, w, ne0, ne1, x[i:i + 1], 1) for i in range(n_tok)])
+    np.testing.assert_array_equal(batch, single)

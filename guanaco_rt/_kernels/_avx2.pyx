@@ -13,3 +13,4 @@ ISA = "avx2"
 _fill_fp16_table()
 init_generic_traits()
 init_avx2_traits()
+init_avx2_x4_traits()

@@ -14,7 +14,12 @@ ctypedef void (*to_float_fn)(const void* x, float* y, int64_t k) noexcept nogil 
 ctypedef void (*from_float_fn)(const float* x, void* y, int64_t k) noexcept nogil  # x (k,) -> k quantized
 ctypedef void (*vec_dot_fn)(int n, float* s, const void* x, const void* y) noexcept nogil  # s = <x, y>, n elements
 
+# s[t * s_stride] = <x, y + t * y_stride bytes> for t = 0..3: one weight row, 4 activation rows
+ctypedef void (*vec_dot_x4_fn)(int n, float* s, int64_t s_stride, const void* x, const void* y,
+                               int64_t y_stride) noexcept nogil
+
 cdef to_float_fn TO_FLOAT[GGML_TYPE_COUNT]
+cdef vec_dot_x4_fn VEC_DOT_X4[GGML_TYPE_COUNT]   # NULL: use VEC_DOT per row
 cdef from_float_fn FROM_FLOAT[GGML_TYPE_COUNT]
 cdef vec_dot_fn VEC_DOT[GGML_TYPE_COUNT]
 cdef int VEC_DOT_TYPE[GGML_TYPE_COUNT]

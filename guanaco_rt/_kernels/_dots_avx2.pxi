@@ -44,18 +44,24 @@ cdef inline __m256i scales_pair(int lo, int hi) noexcept nogil:
 cdef inline __m256i shr16(__m256i x, int n) noexcept nogil:
     return _mm256_srl_epi16(x, _mm_cvtsi32_si128(n))
 
+cdef inline __m256 q4_0_q8_0_block(const block_q4_0* x, const block_q8_0* y, __m256 acc) noexcept nogil:
+    # one block: the float operations every q4_0 variant repeats, in this order
+    return _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(x.d) * _cvtsh_ss(y.d)),
+                           mul_sum_i8_pairs_float(_mm256_sub_epi8(bytes_from_nibbles_32(x.qs), _mm256_set1_epi8(8)),
+                                                  _mm256_loadu_si256(<const __m256i*>y.qs)), acc)
+
 cdef void vec_dot_q4_0_q8_0_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
     cdef const block_q4_0* x = <const block_q4_0*>vx
     cdef const block_q8_0* y = <const block_q8_0*>vy
-    cdef __m256 acc = _mm256_setzero_ps()
-    cdef __m256i off = _mm256_set1_epi8(8)
-    cdef __m256i qx
-    cdef int i
-    for i in range(n // QK8_0):
-        qx = _mm256_sub_epi8(bytes_from_nibbles_32(x[i].qs), off)
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(x[i].d) * _cvtsh_ss(y[i].d)),
-                              mul_sum_i8_pairs_float(qx, _mm256_loadu_si256(<const __m256i*>y[i].qs)), acc)
-    s[0] = hsum_float_8(acc)
+    cdef __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps()
+    cdef int i, nb = n // QK8_0
+    # even and odd blocks in two accumulators (shorter FMA dependency chains)
+    for i in range(0, nb - 1, 2):
+        a0 = q4_0_q8_0_block(&x[i], &y[i], a0)
+        a1 = q4_0_q8_0_block(&x[i + 1], &y[i + 1], a1)
+    if nb % 2:
+        a0 = q4_0_q8_0_block(&x[nb - 1], &y[nb - 1], a0)
+    s[0] = hsum_float_8(_mm256_add_ps(a0, a1))
 
 cdef void vec_dot_q4_1_q8_1_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
     cdef const block_q4_1* x = <const block_q4_1*>vx
@@ -102,45 +108,79 @@ cdef void vec_dot_q5_1_q8_1_avx2(int n, float* s, const void* vx, const void* vy
 cdef void vec_dot_q8_0_q8_0_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
     cdef const block_q8_0* x = <const block_q8_0*>vx
     cdef const block_q8_0* y = <const block_q8_0*>vy
-    cdef __m256 acc = _mm256_setzero_ps()
-    cdef int i
-    for i in range(n // QK8_0):
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(x[i].d) * _cvtsh_ss(y[i].d)),
-                              mul_sum_i8_pairs_float(_mm256_loadu_si256(<const __m256i*>x[i].qs),
-                                                     _mm256_loadu_si256(<const __m256i*>y[i].qs)), acc)
-    s[0] = hsum_float_8(acc)
+    cdef __m256 acc0 = _mm256_setzero_ps()
+    cdef __m256 acc1 = _mm256_setzero_ps()
+    cdef int i, nb = n // QK8_0
+    for i in range(0, nb - 1, 2):
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(x[i].d) * _cvtsh_ss(y[i].d)),
+                               mul_sum_i8_pairs_float(_mm256_loadu_si256(<const __m256i*>x[i].qs),
+                                                      _mm256_loadu_si256(<const __m256i*>y[i].qs)), acc0)
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(x[i + 1].d) * _cvtsh_ss(y[i + 1].d)),
+                               mul_sum_i8_pairs_float(_mm256_loadu_si256(<const __m256i*>x[i + 1].qs),
+                                                      _mm256_loadu_si256(<const __m256i*>y[i + 1].qs)), acc1)
+    if nb % 2:
+        i = nb - 1
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(x[i].d) * _cvtsh_ss(y[i].d)),
+                               mul_sum_i8_pairs_float(_mm256_loadu_si256(<const __m256i*>x[i].qs),
+                                                      _mm256_loadu_si256(<const __m256i*>y[i].qs)), acc0)
+    s[0] = hsum_float_8(_mm256_add_ps(acc0, acc1))
+
+cdef inline __m256i q2_chunk(__m256i bits, int k, __m256i m3) noexcept nogil:
+    # the 2-bit values at bit pair k of 32 bytes (k is a literal at every call: immediate shifts)
+    if k == 0:
+        return _mm256_and_si256(bits, m3)
+    if k == 1:
+        return _mm256_and_si256(_mm256_srli_epi16(bits, 2), m3)
+    if k == 2:
+        return _mm256_and_si256(_mm256_srli_epi16(bits, 4), m3)
+    return _mm256_and_si256(_mm256_srli_epi16(bits, 6), m3)
 
 cdef void vec_dot_q2_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
     cdef const block_q2_K* x = <const block_q2_K*>vx
     cdef const block_q8_K* y = <const block_q8_K*>vy
     cdef __m256 acc = _mm256_setzero_ps()
+    cdef __m256 accm = _mm256_setzero_ps()
     cdef __m256i m3 = _mm256_set1_epi8(3)
-    cdef __m256i q2bits, sumi, p
+    cdef __m128i m4 = _mm_set1_epi8(0xF)
+    # shuffles that broadcast i16 scale 2k to the low lane and 2k+1 to the high lane
+    cdef __m256i shuf[4]
+    cdef __m256i q2bits, sumi, scales, half, p
+    cdef __m128i raw
     cdef const uint8_t* q2
     cdef const int8_t* q8
-    cdef const uint8_t* sc
-    cdef int i, j, k, b, summs
-    cdef float mins = 0.0
+    cdef int i, j, k
+    for k in range(4):
+        shuf[k] = _mm256_set_m128i(_mm_set1_epi16(<short>(((4 * k + 3) << 8) | (4 * k + 2))),
+                                   _mm_set1_epi16(<short>(((4 * k + 1) << 8) | (4 * k))))
     for i in range(n // QK_K):
-        sc = x[i].scales
-        summs = 0
-        for j in range(16):
-            summs += y[i].bsums[j] * (sc[j] >> 4)
+        raw = _mm_loadu_si128(<const __m128i*>x[i].scales)
+        # mins (high nibbles) against the 16 block sums of the activation
+        p = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), m4)),
+                              _mm256_loadu_si256(<const __m256i*>y[i].bsums))
+        accm = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * _cvtsh_ss(x[i].dmin)), _mm256_cvtepi32_ps(p), accm)
+        scales = _mm256_cvtepu8_epi16(_mm_and_si128(raw, m4))      # 16 x i16
         q2 = x[i].qs
         q8 = y[i].qs
         sumi = _mm256_setzero_si256()
         for j in range(2):
+            # both lanes hold the 8 scales of this half
+            if j == 0:
+                half = _mm256_set_m128i(_mm256_castsi256_si128(scales), _mm256_castsi256_si128(scales))
+            else:
+                half = _mm256_set_m128i(_mm256_extracti128_si256(scales, 1), _mm256_extracti128_si256(scales, 1))
             q2bits = _mm256_loadu_si256(<const __m256i*>q2)
-            for k in range(4):
-                b = 8 * j + 2 * k
-                p = _mm256_maddubs_epi16(_mm256_and_si256(shr16(q2bits, 2 * k), m3),
-                                         _mm256_loadu_si256(<const __m256i*>(q8 + 32 * k)))
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scales_pair(sc[b] & 0xF, sc[b + 1] & 0xF), p))
+            p = _mm256_maddubs_epi16(q2_chunk(q2bits, 0, m3), _mm256_loadu_si256(<const __m256i*>q8))
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_shuffle_epi8(half, shuf[0]), p))
+            p = _mm256_maddubs_epi16(q2_chunk(q2bits, 1, m3), _mm256_loadu_si256(<const __m256i*>(q8 + 32)))
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_shuffle_epi8(half, shuf[1]), p))
+            p = _mm256_maddubs_epi16(q2_chunk(q2bits, 2, m3), _mm256_loadu_si256(<const __m256i*>(q8 + 64)))
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_shuffle_epi8(half, shuf[2]), p))
+            p = _mm256_maddubs_epi16(q2_chunk(q2bits, 3, m3), _mm256_loadu_si256(<const __m256i*>(q8 + 96)))
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_shuffle_epi8(half, shuf[3]), p))
             q2 += 32
             q8 += 128
-        mins += y[i].d * _cvtsh_ss(x[i].dmin) * summs
         acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * _cvtsh_ss(x[i].d)), _mm256_cvtepi32_ps(sumi), acc)
-    s[0] = hsum_float_8(acc) - mins
+    s[0] = hsum_float_8(acc) - hsum_float_8(accm)
 
 cdef void vec_dot_q3_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
     cdef const block_q3_K* x = <const block_q3_K*>vx
@@ -177,14 +217,18 @@ cdef void vec_dot_q3_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy
         acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * _cvtsh_ss(x[i].d)), _mm256_cvtepi32_ps(sumi), acc)
     s[0] = hsum_float_8(acc)
 
-cdef inline int q4_K_mins_dot(const uint8_t* scales, const int16_t* bsums, uint8_t* sc) noexcept nogil:
-    # unpack the 8 six-bit scales into sc and return sum_j m_j * (bsums[2j] + bsums[2j+1])
-    cdef uint8_t m
-    cdef int j, summs = 0
-    for j in range(8):
-        get_scale_min_k4(j, scales, &sc[j], &m)
-        summs += (bsums[2 * j] + bsums[2 * j + 1]) * m
-    return summs
+cdef inline __m256i unpack_k4_scales(const uint8_t* scales, uint8_t* sc) noexcept nogil:
+    # the 8 six-bit scales into sc[8]; returns the 8 mins as 16 x i16, each twice
+    # ([m0 m0 m1 m1 ...]) to pair with the 16 bsums of a q8_K block
+    cdef uint32_t u0 = load_u32(scales), u1 = load_u32(scales + 4), u2 = load_u32(scales + 8)
+    cdef uint32_t s_lo = u0 & 0x3f3f3f3f
+    cdef uint32_t s_hi = (u2 & 0x0f0f0f0f) | (((u0 >> 6) & 0x03030303) << 4)
+    cdef uint32_t m_lo = u1 & 0x3f3f3f3f
+    cdef uint32_t m_hi = ((u2 >> 4) & 0x0f0f0f0f) | (((u1 >> 6) & 0x03030303) << 4)
+    memcpy(sc, &s_lo, 4)
+    memcpy(sc + 4, &s_hi, 4)
+    cdef __m128i m8 = _mm256_castsi256_si128(_mm256_cvtepu8_epi16(_mm_set_epi32(0, 0, <int>m_hi, <int>m_lo)))
+    return _mm256_set_m128i(_mm_unpackhi_epi16(m8, m8), _mm_unpacklo_epi16(m8, m8))
 
 cdef void vec_dot_q4_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
     cdef const block_q4_K* x = <const block_q4_K*>vx
@@ -194,12 +238,15 @@ cdef void vec_dot_q4_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy
     cdef __m256i q4bits, sumi, pl, ph
     cdef const uint8_t* q4
     cdef const int8_t* q8
+    cdef __m256 accm = _mm256_setzero_ps()
+    cdef __m256i mins16
     cdef uint8_t sc[8]
-    cdef int i, j, summs
-    cdef float mins = 0.0
+    cdef int i, j
     for i in range(n // QK_K):
-        summs = q4_K_mins_dot(x[i].scales, y[i].bsums, sc)
-        mins += y[i].d * _cvtsh_ss(x[i].dmin) * summs
+        mins16 = unpack_k4_scales(x[i].scales, sc)
+        accm = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * _cvtsh_ss(x[i].dmin)),
+                               _mm256_cvtepi32_ps(_mm256_madd_epi16(mins16, _mm256_loadu_si256(<const __m256i*>y[i].bsums))),
+                               accm)
         q4 = x[i].qs
         q8 = y[i].qs
         sumi = _mm256_setzero_si256()
@@ -213,7 +260,7 @@ cdef void vec_dot_q4_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy
             q4 += 32
             q8 += 64
         acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * _cvtsh_ss(x[i].d)), _mm256_cvtepi32_ps(sumi), acc)
-    s[0] = hsum_float_8(acc) - mins
+    s[0] = hsum_float_8(acc) - hsum_float_8(accm)
 
 cdef void vec_dot_q5_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
     cdef const block_q5_K* x = <const block_q5_K*>vx
@@ -225,12 +272,15 @@ cdef void vec_dot_q5_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy
     cdef __m256i hbits, q5bits, sumi, pl, ph, hl, hh
     cdef const uint8_t* q5
     cdef const int8_t* q8
+    cdef __m256 accm = _mm256_setzero_ps()
+    cdef __m256i mins16
     cdef uint8_t sc[8]
-    cdef int i, j, summs
-    cdef float mins = 0.0
+    cdef int i, j
     for i in range(n // QK_K):
-        summs = q4_K_mins_dot(x[i].scales, y[i].bsums, sc)
-        mins += y[i].d * _cvtsh_ss(x[i].dmin) * summs
+        mins16 = unpack_k4_scales(x[i].scales, sc)
+        accm = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * _cvtsh_ss(x[i].dmin)),
+                               _mm256_cvtepi32_ps(_mm256_madd_epi16(mins16, _mm256_loadu_si256(<const __m256i*>y[i].bsums))),
+                               accm)
         hbits = _mm256_loadu_si256(<const __m256i*>x[i].qh)
         q5 = x[i].qs
         q8 = y[i].qs
@@ -249,7 +299,7 @@ cdef void vec_dot_q5_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy
             q5 += 32
             q8 += 64
         acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * _cvtsh_ss(x[i].d)), _mm256_cvtepi32_ps(sumi), acc)
-    s[0] = hsum_float_8(acc) - mins
+    s[0] = hsum_float_8(acc) - hsum_float_8(accm)
 
 cdef void vec_dot_q6_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
     cdef const block_q6_K* x = <const block_q6_K*>vx
@@ -310,3 +360,199 @@ cdef void init_avx2_traits() noexcept nogil:
     VEC_DOT[GGML_TYPE_Q4_K] = vec_dot_q4_K_q8_K_avx2
     VEC_DOT[GGML_TYPE_Q5_K] = vec_dot_q5_K_q8_K_avx2
     VEC_DOT[GGML_TYPE_Q6_K] = vec_dot_q6_K_q8_K_avx2
+
+# ---- four activation rows at once (prompt batches) --------------------------------------
+# One weight row against 4 activation rows: the weight block is decoded once and used
+# 4 times. Each token's float operations happen in the same order as in the one-row
+# kernel above, so batched and token-by-token evaluation give identical bits.
+# s[t * s_stride] = <x, y_t>, y_t = y + t * y_stride bytes, t = 0..3.
+
+cdef void vec_dot_q4_0_q8_0_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                                    int64_t y_stride) noexcept nogil:
+    cdef const block_q4_0* x = <const block_q4_0*>vx
+    cdef const block_q8_0* y0 = <const block_q8_0*>vy
+    cdef const block_q8_0* y1 = <const block_q8_0*>(<const uint8_t*>vy + y_stride)
+    cdef const block_q8_0* y2 = <const block_q8_0*>(<const uint8_t*>vy + 2 * y_stride)
+    cdef const block_q8_0* y3 = <const block_q8_0*>(<const uint8_t*>vy + 3 * y_stride)
+    cdef __m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps()
+    cdef __m256 a10 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps()
+    cdef __m256 a20 = _mm256_setzero_ps(), a21 = _mm256_setzero_ps()
+    cdef __m256 a30 = _mm256_setzero_ps(), a31 = _mm256_setzero_ps()
+    cdef __m256i qx, ax
+    cdef float dx
+    cdef int i, nb = n // QK8_0
+    for i in range(nb):
+        qx = _mm256_sub_epi8(bytes_from_nibbles_32(x[i].qs), _mm256_set1_epi8(8))
+        ax = _mm256_sign_epi8(qx, qx)
+        dx = _cvtsh_ss(x[i].d)
+        if i % 2 == 0 or i == nb - 1 and nb % 2:
+            # even blocks (and an odd last one) go to the first accumulator, as in the 1-row kernel
+            a00 = _mm256_fmadd_ps(_mm256_set1_ps(dx * _cvtsh_ss(y0[i].d)), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y0[i].qs), qx)), a00)
+            a10 = _mm256_fmadd_ps(_mm256_set1_ps(dx * _cvtsh_ss(y1[i].d)), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y1[i].qs), qx)), a10)
+            a20 = _mm256_fmadd_ps(_mm256_set1_ps(dx * _cvtsh_ss(y2[i].d)), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y2[i].qs), qx)), a20)
+            a30 = _mm256_fmadd_ps(_mm256_set1_ps(dx * _cvtsh_ss(y3[i].d)), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y3[i].qs), qx)), a30)
+        else:
+            a01 = _mm256_fmadd_ps(_mm256_set1_ps(dx * _cvtsh_ss(y0[i].d)), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y0[i].qs), qx)), a01)
+            a11 = _mm256_fmadd_ps(_mm256_set1_ps(dx * _cvtsh_ss(y1[i].d)), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y1[i].qs), qx)), a11)
+            a21 = _mm256_fmadd_ps(_mm256_set1_ps(dx * _cvtsh_ss(y2[i].d)), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y2[i].qs), qx)), a21)
+            a31 = _mm256_fmadd_ps(_mm256_set1_ps(dx * _cvtsh_ss(y3[i].d)), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y3[i].qs), qx)), a31)
+    s[0] = hsum_float_8(_mm256_add_ps(a00, a01))
+    s[s_stride] = hsum_float_8(_mm256_add_ps(a10, a11))
+    s[2 * s_stride] = hsum_float_8(_mm256_add_ps(a20, a21))
+    s[3 * s_stride] = hsum_float_8(_mm256_add_ps(a30, a31))
+
+cdef void vec_dot_q8_0_q8_0_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                                    int64_t y_stride) noexcept nogil:
+    cdef const block_q8_0* x = <const block_q8_0*>vx
+    cdef const block_q8_0* y0 = <const block_q8_0*>vy
+    cdef const block_q8_0* y1 = <const block_q8_0*>(<const uint8_t*>vy + y_stride)
+    cdef const block_q8_0* y2 = <const block_q8_0*>(<const uint8_t*>vy + 2 * y_stride)
+    cdef const block_q8_0* y3 = <const block_q8_0*>(<const uint8_t*>vy + 3 * y_stride)
+    cdef __m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps()
+    cdef __m256 a10 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps()
+    cdef __m256 a20 = _mm256_setzero_ps(), a21 = _mm256_setzero_ps()
+    cdef __m256 a30 = _mm256_setzero_ps(), a31 = _mm256_setzero_ps()
+    cdef __m256i qx, ax
+    cdef float dx
+    cdef int i, nb = n // QK8_0
+    for i in range(nb):
+        qx = _mm256_loadu_si256(<const __m256i*>x[i].qs)
+        ax = _mm256_sign_epi8(qx, qx)
+        dx = _cvtsh_ss(x[i].d)
+        if i % 2 == 0 or i == nb - 1 and nb % 2:
+            a00 = _mm256_fmadd_ps(_mm256_set1_ps(dx * _cvtsh_ss(y0[i].d)), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y0[i].qs), qx)), a00)
+            a10 = _mm256_fmadd_ps(_mm256_set1_ps(dx * _cvtsh_ss(y1[i].d)), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y1[i].qs), qx)), a10)
+            a20 = _mm256_fmadd_ps(_mm256_set1_ps(dx * _cvtsh_ss(y2[i].d)), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y2[i].qs), qx)), a20)
+            a30 = _mm256_fmadd_ps(_mm256_set1_ps(dx * _cvtsh_ss(y3[i].d)), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y3[i].qs), qx)), a30)
+        else:
+            a01 = _mm256_fmadd_ps(_mm256_set1_ps(dx * _cvtsh_ss(y0[i].d)), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y0[i].qs), qx)), a01)
+            a11 = _mm256_fmadd_ps(_mm256_set1_ps(dx * _cvtsh_ss(y1[i].d)), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y1[i].qs), qx)), a11)
+            a21 = _mm256_fmadd_ps(_mm256_set1_ps(dx * _cvtsh_ss(y2[i].d)), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y2[i].qs), qx)), a21)
+            a31 = _mm256_fmadd_ps(_mm256_set1_ps(dx * _cvtsh_ss(y3[i].d)), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y3[i].qs), qx)), a31)
+    s[0] = hsum_float_8(_mm256_add_ps(a00, a01))
+    s[s_stride] = hsum_float_8(_mm256_add_ps(a10, a11))
+    s[2 * s_stride] = hsum_float_8(_mm256_add_ps(a20, a21))
+    s[3 * s_stride] = hsum_float_8(_mm256_add_ps(a30, a31))
+
+cdef inline __m256i k_madd(__m256i scale, __m256i q, const int8_t* y) noexcept nogil:
+    return _mm256_madd_epi16(scale, _mm256_maddubs_epi16(q, _mm256_loadu_si256(<const __m256i*>y)))
+
+cdef void vec_dot_q4_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                                    int64_t y_stride) noexcept nogil:
+    cdef const block_q4_K* x = <const block_q4_K*>vx
+    cdef const block_q8_K* y0 = <const block_q8_K*>vy
+    cdef const block_q8_K* y1 = <const block_q8_K*>(<const uint8_t*>vy + y_stride)
+    cdef const block_q8_K* y2 = <const block_q8_K*>(<const uint8_t*>vy + 2 * y_stride)
+    cdef const block_q8_K* y3 = <const block_q8_K*>(<const uint8_t*>vy + 3 * y_stride)
+    cdef __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps()
+    cdef __m256 m0 = _mm256_setzero_ps(), m1 = _mm256_setzero_ps(), m2 = _mm256_setzero_ps(), m3 = _mm256_setzero_ps()
+    cdef __m256i m4 = _mm256_set1_epi8(0xF)
+    cdef __m256i mins16, q4bits, ql, qh, sl, sh, s0, s1, s2, s3
+    cdef uint8_t sc[8]
+    cdef const uint8_t* q4
+    cdef float dx, dmx
+    cdef int i, j, o
+    for i in range(n // QK_K):
+        mins16 = unpack_k4_scales(x[i].scales, sc)
+        dx = _cvtsh_ss(x[i].d)
+        dmx = _cvtsh_ss(x[i].dmin)
+        m0 = _mm256_fmadd_ps(_mm256_set1_ps(y0[i].d * dmx), _mm256_cvtepi32_ps(_mm256_madd_epi16(mins16, _mm256_loadu_si256(<const __m256i*>y0[i].bsums))), m0)
+        m1 = _mm256_fmadd_ps(_mm256_set1_ps(y1[i].d * dmx), _mm256_cvtepi32_ps(_mm256_madd_epi16(mins16, _mm256_loadu_si256(<const __m256i*>y1[i].bsums))), m1)
+        m2 = _mm256_fmadd_ps(_mm256_set1_ps(y2[i].d * dmx), _mm256_cvtepi32_ps(_mm256_madd_epi16(mins16, _mm256_loadu_si256(<const __m256i*>y2[i].bsums))), m2)
+        m3 = _mm256_fmadd_ps(_mm256_set1_ps(y3[i].d * dmx), _mm256_cvtepi32_ps(_mm256_madd_epi16(mins16, _mm256_loadu_si256(<const __m256i*>y3[i].bsums))), m3)
+        q4 = x[i].qs
+        s0 = _mm256_setzero_si256()
+        s1 = _mm256_setzero_si256()
+        s2 = _mm256_setzero_si256()
+        s3 = _mm256_setzero_si256()
+        for j in range(4):
+            q4bits = _mm256_loadu_si256(<const __m256i*>(q4 + 32 * j))
+            ql = _mm256_and_si256(q4bits, m4)
+            qh = _mm256_and_si256(_mm256_srli_epi16(q4bits, 4), m4)
+            sl = _mm256_set1_epi16(sc[2 * j])
+            sh = _mm256_set1_epi16(sc[2 * j + 1])
+            o = 64 * j
+            s0 = _mm256_add_epi32(s0, _mm256_add_epi32(k_madd(sl, ql, y0[i].qs + o), k_madd(sh, qh, y0[i].qs + o + 32)))
+            s1 = _mm256_add_epi32(s1, _mm256_add_epi32(k_madd(sl, ql, y1[i].qs + o), k_madd(sh, qh, y1[i].qs + o + 32)))
+            s2 = _mm256_add_epi32(s2, _mm256_add_epi32(k_madd(sl, ql, y2[i].qs + o), k_madd(sh, qh, y2[i].qs + o + 32)))
+            s3 = _mm256_add_epi32(s3, _mm256_add_epi32(k_madd(sl, ql, y3[i].qs + o), k_madd(sh, qh, y3[i].qs + o + 32)))
+        a0 = _mm256_fmadd_ps(_mm256_set1_ps(y0[i].d * dx), _mm256_cvtepi32_ps(s0), a0)
+        a1 = _mm256_fmadd_ps(_mm256_set1_ps(y1[i].d * dx), _mm256_cvtepi32_ps(s1), a1)
+        a2 = _mm256_fmadd_ps(_mm256_set1_ps(y2[i].d * dx), _mm256_cvtepi32_ps(s2), a2)
+        a3 = _mm256_fmadd_ps(_mm256_set1_ps(y3[i].d * dx), _mm256_cvtepi32_ps(s3), a3)
+    s[0] = hsum_float_8(a0) - hsum_float_8(m0)
+    s[s_stride] = hsum_float_8(a1) - hsum_float_8(m1)
+    s[2 * s_stride] = hsum_float_8(a2) - hsum_float_8(m2)
+    s[3 * s_stride] = hsum_float_8(a3) - hsum_float_8(m3)
+
+cdef inline __m256i q6_chunk(__m256i ql1, __m256i ql2, __m256i qh, int k, __m256i m4, __m256i m2) noexcept nogil:
+    # 6-bit values (0..63) of weights 32k.. of a 128-half (k a literal at every call)
+    if k == 0:
+        return _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4))
+    if k == 1:
+        return _mm256_or_si256(_mm256_and_si256(ql2, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4))
+    if k == 2:
+        return _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4))
+    return _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql2, 4), m4),
+                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4))
+
+cdef inline __m256i q6_madd(__m256i scale, __m256i q, __m256i m32s, const int8_t* y) noexcept nogil:
+    cdef __m256i v = _mm256_loadu_si256(<const __m256i*>y)
+    return _mm256_madd_epi16(scale, _mm256_sub_epi16(_mm256_maddubs_epi16(q, v), _mm256_maddubs_epi16(m32s, v)))
+
+cdef void vec_dot_q6_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                                    int64_t y_stride) noexcept nogil:
+    cdef const block_q6_K* x = <const block_q6_K*>vx
+    cdef const block_q8_K* y0 = <const block_q8_K*>vy
+    cdef const block_q8_K* y1 = <const block_q8_K*>(<const uint8_t*>vy + y_stride)
+    cdef const block_q8_K* y2 = <const block_q8_K*>(<const uint8_t*>vy + 2 * y_stride)
+    cdef const block_q8_K* y3 = <const block_q8_K*>(<const uint8_t*>vy + 3 * y_stride)
+    cdef __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps()
+    cdef __m256i m4 = _mm256_set1_epi8(0xF)
+    cdef __m256i m2 = _mm256_set1_epi8(3)
+    cdef __m256i m32s = _mm256_set1_epi8(32)
+    cdef __m256i qh, ql1, ql2, q, sc2, s0, s1, s2, s3
+    cdef const int8_t* sc
+    cdef float dx
+    cdef int i, j, k, o
+    for i in range(n // QK_K):
+        dx = _cvtsh_ss(x[i].d)
+        sc = x[i].scales
+        s0 = _mm256_setzero_si256()
+        s1 = _mm256_setzero_si256()
+        s2 = _mm256_setzero_si256()
+        s3 = _mm256_setzero_si256()
+        for j in range(2):
+            qh = _mm256_loadu_si256(<const __m256i*>(x[i].qh + 32 * j))
+            ql1 = _mm256_loadu_si256(<const __m256i*>(x[i].ql + 64 * j))
+            ql2 = _mm256_loadu_si256(<const __m256i*>(x[i].ql + 64 * j + 32))
+            for k in range(4):
+                if k == 0:
+                    q = q6_chunk(ql1, ql2, qh, 0, m4, m2)
+                elif k == 1:
+                    q = q6_chunk(ql1, ql2, qh, 1, m4, m2)
+                elif k == 2:
+                    q = q6_chunk(ql1, ql2, qh, 2, m4, m2)
+                else:
+                    q = q6_chunk(ql1, ql2, qh, 3, m4, m2)
+                sc2 = scales_pair(sc[8 * j + 2 * k], sc[8 * j + 2 * k + 1])
+                o = 128 * j + 32 * k
+                s0 = _mm256_add_epi32(s0, q6_madd(sc2, q, m32s, y0[i].qs + o))
+                s1 = _mm256_add_epi32(s1, q6_madd(sc2, q, m32s, y1[i].qs + o))
+                s2 = _mm256_add_epi32(s2, q6_madd(sc2, q, m32s, y2[i].qs + o))
+                s3 = _mm256_add_epi32(s3, q6_madd(sc2, q, m32s, y3[i].qs + o))
+        a0 = _mm256_fmadd_ps(_mm256_set1_ps(y0[i].d * dx), _mm256_cvtepi32_ps(s0), a0)
+        a1 = _mm256_fmadd_ps(_mm256_set1_ps(y1[i].d * dx), _mm256_cvtepi32_ps(s1), a1)
+        a2 = _mm256_fmadd_ps(_mm256_set1_ps(y2[i].d * dx), _mm256_cvtepi32_ps(s2), a2)
+        a3 = _mm256_fmadd_ps(_mm256_set1_ps(y3[i].d * dx), _mm256_cvtepi32_ps(s3), a3)
+    s[0] = hsum_float_8(a0)
+    s[s_stride] = hsum_float_8(a1)
+    s[2 * s_stride] = hsum_float_8(a2)
+    s[3 * s_stride] = hsum_float_8(a3)
+
+cdef void init_avx2_x4_traits() noexcept nogil:
+    VEC_DOT_X4[GGML_TYPE_Q4_0] = vec_dot_q4_0_q8_0_x4_avx2
+    VEC_DOT_X4[GGML_TYPE_Q8_0] = vec_dot_q8_0_q8_0_x4_avx2
+    VEC_DOT_X4[GGML_TYPE_Q4_K] = vec_dot_q4_K_q8_K_x4_avx2
+    VEC_DOT_X4[GGML_TYPE_Q6_K] = vec_dot_q6_K_q8_K_x4_avx2

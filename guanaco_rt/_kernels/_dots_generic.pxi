@@ -256,6 +256,7 @@ cdef void init_generic_traits() noexcept nogil:
         TO_FLOAT[t] = NULL
         FROM_FLOAT[t] = NULL
         VEC_DOT[t] = NULL
+        VEC_DOT_X4[t] = NULL
         VEC_DOT_TYPE[t] = -1
         BLCK_SIZE[t] = 1
         TYPE_SIZE[t] = 0

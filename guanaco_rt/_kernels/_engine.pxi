@@ -73,13 +73,17 @@ cdef void matmul_q(float* out, int64_t out_stride, const tensor_t* W, const uint
     # W (ne1, ne0) @ xq (n_tok, ne0)^T -> out (n_tok, ne1); rows of out are out_stride apart.
     # Each weight row is read once and dotted with every token while it is in L1.
     cdef int64_t i
-    cdef int t
+    cdef int t, t4
     cdef vec_dot_fn dot = VEC_DOT[W.type]
+    cdef vec_dot_x4_fn dot4 = VEC_DOT_X4[W.type]
     cdef int n = <int>W.ne0
+    cdef int n4 = (n_tok // 4) * 4 if dot4 != NULL else 0
     if W.ne0 * W.ne1 * n_tok < PARALLEL_MIN_WORK:
         nth = 1
     for i in prange(W.ne1, schedule='static', num_threads=nth):
-        for t in range(n_tok):
+        for t4 in range(0, n4, 4):
+            dot4(n, out + t4 * out_stride + i, out_stride, W.data + i * W.nb1, xq + t4 * xq_stride, xq_stride)
+        for t in range(n4, n_tok):
             dot(n, out + t * out_stride + i, W.data + i * W.nb1, xq + t * xq_stride)
 
 cdef void matmul(state_t* s, float* out, int64_t out_stride, const tensor_t* W, const float* x,
