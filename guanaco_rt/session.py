@@ -157,7 +157,8 @@ class Session:
         self.conversation = Conversation() if system is None else Conversation(system=system)
         self._chat_first_turn = 0
         self.tokens = []              # ids whose K/V are in the cache, positions 0..n_past-1
-        self._last_logits = None      # (n_vocab,) after tokens[-1]
+        self._logits1 = np.zeros((1, model.n_vocab), dtype=np.float32)   # (1, n_vocab) scratch
+        self._last_logits = None      # (n_vocab,) after tokens[-1]: None or a view of _logits1
         self._busy = threading.Lock()
         self.last_result = None
 
@@ -205,7 +206,8 @@ class Session:
         """
         self._enter()
         try:
-            return self._eval(ids, all_logits)
+            out = self._eval(ids, all_logits)
+            return out if all_logits else out.copy()
         finally:
             self._leave()
 
@@ -216,20 +218,18 @@ class Session:
             raise ValueError("eval() needs at least one token")
         if self.n_past + n > self.n_ctx:
             raise ContextFullError(f"{self.n_past} tokens in the cache + {n} new > n_ctx {self.n_ctx}")
-        out = np.empty((n if all_logits else 1, self.n_vocab), dtype=np.float32)
+        # without all_logits every chunk writes into one preallocated row: no allocation per token
+        out = np.empty((n, self.n_vocab), dtype=np.float32) if all_logits else self._logits1
         for start in range(0, n, self.n_batch):
             chunk = np.ascontiguousarray(arr[start:start + self.n_batch])
-            last = start + chunk.size == n
-            if all_logits:
-                dst = out[start:start + chunk.size]
-            elif last:
-                dst = out
-            else:
-                dst = np.empty((1, self.n_vocab), dtype=np.float32)
+            dst = out[start:start + chunk.size] if all_logits else out
             if self._state.forward(chunk, self.n_past, dst, all_logits):
+                self._last_logits = None
                 raise Cancelled(f"evaluation cancelled after {start} of {n} tokens")
             self.tokens.extend(int(t) for t in chunk)
-            self._last_logits = dst[-1].copy()
+        if all_logits:
+            self._logits1[0] = out[-1]
+        self._last_logits = self._logits1[0]   # a view, valid until the next evaluation
         return out if all_logits else out[0]
 
     def _prefill(self, ids, timings):
@@ -503,7 +503,7 @@ class Session:
             if n and (min(tokens) < 0 or max(tokens) >= self.n_vocab):
                 raise StateError("state holds token ids outside the vocab")
             pos += 4 * n
-            logits = np.frombuffer(blob, "<f4", self.n_vocab, pos).copy() if logit_bytes else None
+            logits = np.frombuffer(blob, "<f4", self.n_vocab, pos) if logit_bytes else None
             pos += logit_bytes
             shape = (hp.n_layer, n, hp.n_embd)
             k = np.frombuffer(blob, kvt, hp.n_layer * n * hp.n_embd, pos).reshape(shape)
@@ -515,7 +515,10 @@ class Session:
             self._state.k_cache[:, :n] = k
             self._state.v_cache[:, :n] = v
             self.tokens = tokens
-            self._last_logits = logits
+            self._last_logits = None
+            if logits is not None:
+                self._logits1[0] = logits
+                self._last_logits = self._logits1[0]
             self.conversation = Conversation(system=meta.get("system", ""),
                                              turns=[tuple(t) for t in meta.get("turns", [])])
             self._chat_first_turn = int(meta.get("chat_first_turn", 0))

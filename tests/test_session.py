@@ -177,8 +177,8 @@ def test_prefix_reuse_gives_fresh_logits(model):
     assert r.timings.reused_tokens >= n_common - 1
     assert r.timings.prompt_tokens == len(model.tokenize(longer)) - r.timings.reused_tokens
     ids = model.tokenize(longer)
-    np.testing.assert_array_equal(s._last_logits if False else fresh_logits(model, ids),
-                                  guanaco_rt.Session(model, n_ctx=64).eval(ids))
+    # the reused cache holds the same bits as a fresh evaluation (kernels are batch-invariant)
+    np.testing.assert_array_equal(s._last_logits, fresh_logits(model, ids))
     fresh = guanaco_rt.Session(model, n_ctx=64).generate(longer, max_new_tokens=1, temperature=0, n_probs=5)
     assert r.tokens == fresh.tokens and r.logprobs == fresh.logprobs
 

@@ -59,11 +59,19 @@ cdef enum:
 cdef void quantize_rows(uint8_t* out, int64_t out_stride, const float* x, int64_t n, int n_tok,
                         int vt, int nth) noexcept nogil:
     # x (n_tok, n) -> out (n_tok rows of out_stride bytes) in activation type vt
-    cdef int t
+    cdef int t, c, n_chunks
+    cdef int64_t blk = BLCK_SIZE[vt], nb = n // BLCK_SIZE[vt], per
     cdef from_float_fn quant = FROM_FLOAT[vt]
     if n_tok > 1 and nth > 1:
         for t in prange(n_tok, schedule='static', num_threads=nth):
             quant(x + t * n, out + t * out_stride, n)
+    elif nth > 1 and n >= 4096:
+        # one long row: split it at block boundaries between the threads
+        n_chunks = nth
+        per = (nb + n_chunks - 1) // n_chunks
+        for c in prange(n_chunks, schedule='static', num_threads=nth):
+            if c * per < nb:
+                quant(x + c * per * blk, out + c * per * TYPE_SIZE[vt], min(per, nb - c * per) * blk)
     else:
         for t in range(n_tok):
             quant(x + t * n, out + t * out_stride, n)
@@ -148,6 +156,16 @@ cdef void silu_mul(float* a, const float* b, int64_t n) noexcept nogil:
     cdef int64_t i
     for i in range(n):
         a[i] = a[i] / (1.0 + expf(-a[i])) * b[i]
+
+cdef void silu_mul_par(float* a, const float* b, int64_t n, int nth) noexcept nogil:
+    cdef int64_t c, per
+    if nth < 2 or n < 8192:
+        silu_mul(a, b, n)
+        return
+    per = (n + nth - 1) // nth
+    for c in prange(nth, schedule='static', num_threads=nth):
+        if c * per < n:
+            silu_mul(a + c * per, b + c * per, min(per, n - c * per))
 
 # ---- attention -----------------------------------------------------------------
 cdef inline float kv_dot(const float* q, const void* kv, int64_t off, int n, int f16) noexcept nogil:
@@ -259,7 +277,7 @@ cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok,
         s.act_src = NULL
         matmul(s, s.hb, m.n_ff, &L.w1, s.xb, n_tok)
         matmul(s, s.hb2, m.n_ff, &L.w3, s.xb, n_tok)
-        silu_mul(s.hb, s.hb2, <int64_t>n_tok * m.n_ff)
+        silu_mul_par(s.hb, s.hb2, <int64_t>n_tok * m.n_ff, s.nth)
         s.act_src = NULL
         matmul(s, s.xb2, E, &L.w2, s.hb, n_tok)
         for i in range(<int64_t>n_tok * E):
