@@ -29,11 +29,13 @@ Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K = 10, 11, 12, 13, 14, 15
 GGML_TYPES = {t.id: t for t in [
     GGMLType(F32, "F32", 1, 4, F32, True),
     GGMLType(F16, "F16", 1, 2, F32, True),
-    GGMLType(Q4_0, "Q4_0", 32, 18, Q8_0, True),
+    # ggml pairs q4_0, q5_0 and q8_0 with q8_0 (f16 scale); we pair every 32-block type
+    # with q8_1 (f32 scale): the same integer sums, one rounding less, a cheaper scale
+    GGMLType(Q4_0, "Q4_0", 32, 18, Q8_1, True),
     GGMLType(Q4_1, "Q4_1", 32, 20, Q8_1, True),
-    GGMLType(Q5_0, "Q5_0", 32, 22, Q8_0, True),
+    GGMLType(Q5_0, "Q5_0", 32, 22, Q8_1, True),
     GGMLType(Q5_1, "Q5_1", 32, 24, Q8_1, True),
-    GGMLType(Q8_0, "Q8_0", 32, 34, Q8_0, True),
+    GGMLType(Q8_0, "Q8_0", 32, 34, Q8_1, True),
     GGMLType(Q8_1, "Q8_1", 32, 40, Q8_1, False),
     GGMLType(Q2_K, "Q2_K", QK_K, 84, Q8_K, True),
     GGMLType(Q3_K, "Q3_K", QK_K, 110, Q8_K, True),

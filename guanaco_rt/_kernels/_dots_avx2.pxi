@@ -34,7 +34,7 @@ cdef inline __m256 mul_sum_us8_pairs_float(__m256i ax, __m256i sy) noexcept nogi
 
 cdef inline __m256 mul_sum_i8_pairs_float(__m256i x, __m256i y) noexcept nogil:
     # signed x signed: move x's sign onto y (maddubs wants its first operand unsigned);
-    # relies on y never being -128 (q8_0 activations are in [-127, 127])
+    # relies on y never being -128 (q8_0 and q8_1 activations are in [-127, 127])
     return mul_sum_us8_pairs_float(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
 
 cdef inline __m256i scales_pair(int lo, int hi) noexcept nogil:
@@ -49,23 +49,23 @@ cdef inline __m256i q4_0_pairs(__m256i q, __m256i y) noexcept nogil:
     # The same integers as the sign trick with one instruction less; |pair| <= 3840.
     return _mm256_sub_epi16(_mm256_maddubs_epi16(q, y), _mm256_maddubs_epi16(_mm256_set1_epi8(8), y))
 
-cdef inline __m256 q4_0_q8_0_block(const block_q4_0* x, const block_q8_0* y, __m256 acc) noexcept nogil:
+cdef inline __m256 q4_0_q8_1_block(const block_q4_0* x, const block_q8_1* y, __m256 acc) noexcept nogil:
     # one block: the float operations every q4_0 variant repeats, in this order
-    return _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(x.d) * _cvtsh_ss(y.d)),
+    return _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(x.d) * y.d),
                            sum_i16_pairs_float(q4_0_pairs(bytes_from_nibbles_32(x.qs),
                                                           _mm256_loadu_si256(<const __m256i*>y.qs))), acc)
 
-cdef void vec_dot_q4_0_q8_0_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
+cdef void vec_dot_q4_0_q8_1_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
     cdef const block_q4_0* x = <const block_q4_0*>vx
-    cdef const block_q8_0* y = <const block_q8_0*>vy
+    cdef const block_q8_1* y = <const block_q8_1*>vy
     cdef __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps()
-    cdef int i, nb = n // QK8_0
+    cdef int i, nb = n // QK8_1
     # even and odd blocks in two accumulators (shorter FMA dependency chains)
     for i in range(0, nb - 1, 2):
-        a0 = q4_0_q8_0_block(&x[i], &y[i], a0)
-        a1 = q4_0_q8_0_block(&x[i + 1], &y[i + 1], a1)
+        a0 = q4_0_q8_1_block(&x[i], &y[i], a0)
+        a1 = q4_0_q8_1_block(&x[i + 1], &y[i + 1], a1)
     if nb % 2:
-        a0 = q4_0_q8_0_block(&x[nb - 1], &y[nb - 1], a0)
+        a0 = q4_0_q8_1_block(&x[nb - 1], &y[nb - 1], a0)
     s[0] = hsum_float_8(_mm256_add_ps(a0, a1))
 
 cdef void vec_dot_q4_1_q8_1_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
@@ -81,17 +81,17 @@ cdef void vec_dot_q4_1_q8_1_avx2(int n, float* s, const void* vx, const void* vy
                                                       _mm256_loadu_si256(<const __m256i*>y[i].qs)), acc)
     s[0] = hsum_float_8(acc) + summs
 
-cdef void vec_dot_q5_0_q8_0_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
+cdef void vec_dot_q5_0_q8_1_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
     cdef const block_q5_0* x = <const block_q5_0*>vx
-    cdef const block_q8_0* y = <const block_q8_0*>vy
+    cdef const block_q8_1* y = <const block_q8_1*>vy
     cdef __m256 acc = _mm256_setzero_ps()
     cdef __m256i hi_off = _mm256_set1_epi8(<char>0xF0)
     cdef __m256i qx
     cdef int i
-    for i in range(n // QK8_0):
+    for i in range(n // QK8_1):
         # q - 16 = nibble | (high bit ? 0 : 0xF0) read as a signed byte
         qx = _mm256_or_si256(bytes_from_nibbles_32(x[i].qs), _mm256_andnot_si256(bytes_from_bits_32(x[i].qh), hi_off))
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(x[i].d) * _cvtsh_ss(y[i].d)),
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(x[i].d) * y[i].d),
                               mul_sum_i8_pairs_float(qx, _mm256_loadu_si256(<const __m256i*>y[i].qs)), acc)
     s[0] = hsum_float_8(acc)
 
@@ -110,22 +110,22 @@ cdef void vec_dot_q5_1_q8_1_avx2(int n, float* s, const void* vx, const void* vy
                               mul_sum_us8_pairs_float(qx, _mm256_loadu_si256(<const __m256i*>y[i].qs)), acc)
     s[0] = hsum_float_8(acc) + summs
 
-cdef void vec_dot_q8_0_q8_0_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
+cdef void vec_dot_q8_0_q8_1_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
     cdef const block_q8_0* x = <const block_q8_0*>vx
-    cdef const block_q8_0* y = <const block_q8_0*>vy
+    cdef const block_q8_1* y = <const block_q8_1*>vy
     cdef __m256 acc0 = _mm256_setzero_ps()
     cdef __m256 acc1 = _mm256_setzero_ps()
-    cdef int i, nb = n // QK8_0
+    cdef int i, nb = n // QK8_1
     for i in range(0, nb - 1, 2):
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(x[i].d) * _cvtsh_ss(y[i].d)),
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(x[i].d) * y[i].d),
                                mul_sum_i8_pairs_float(_mm256_loadu_si256(<const __m256i*>x[i].qs),
                                                       _mm256_loadu_si256(<const __m256i*>y[i].qs)), acc0)
-        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(x[i + 1].d) * _cvtsh_ss(y[i + 1].d)),
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(x[i + 1].d) * y[i + 1].d),
                                mul_sum_i8_pairs_float(_mm256_loadu_si256(<const __m256i*>x[i + 1].qs),
                                                       _mm256_loadu_si256(<const __m256i*>y[i + 1].qs)), acc1)
     if nb % 2:
         i = nb - 1
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(x[i].d) * _cvtsh_ss(y[i].d)),
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(x[i].d) * y[i].d),
                                mul_sum_i8_pairs_float(_mm256_loadu_si256(<const __m256i*>x[i].qs),
                                                       _mm256_loadu_si256(<const __m256i*>y[i].qs)), acc0)
     s[0] = hsum_float_8(_mm256_add_ps(acc0, acc1))
@@ -355,11 +355,11 @@ cdef void vec_dot_q6_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy
     s[0] = hsum_float_8(acc)
 
 cdef void init_avx2_traits() noexcept nogil:
-    VEC_DOT[GGML_TYPE_Q4_0] = vec_dot_q4_0_q8_0_avx2
+    VEC_DOT[GGML_TYPE_Q4_0] = vec_dot_q4_0_q8_1_avx2
     VEC_DOT[GGML_TYPE_Q4_1] = vec_dot_q4_1_q8_1_avx2
-    VEC_DOT[GGML_TYPE_Q5_0] = vec_dot_q5_0_q8_0_avx2
+    VEC_DOT[GGML_TYPE_Q5_0] = vec_dot_q5_0_q8_1_avx2
     VEC_DOT[GGML_TYPE_Q5_1] = vec_dot_q5_1_q8_1_avx2
-    VEC_DOT[GGML_TYPE_Q8_0] = vec_dot_q8_0_q8_0_avx2
+    VEC_DOT[GGML_TYPE_Q8_0] = vec_dot_q8_0_q8_1_avx2
     VEC_DOT[GGML_TYPE_Q2_K] = vec_dot_q2_K_q8_K_avx2
     VEC_DOT[GGML_TYPE_Q3_K] = vec_dot_q3_K_q8_K_avx2
     VEC_DOT[GGML_TYPE_Q4_K] = vec_dot_q4_K_q8_K_avx2
@@ -372,67 +372,67 @@ cdef void init_avx2_traits() noexcept nogil:
 # kernel above, so batched and token-by-token evaluation give identical bits.
 # s[t * s_stride] = <x, y_t>, y_t = y + t * y_stride bytes, t = 0..3.
 
-cdef void vec_dot_q4_0_q8_0_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+cdef void vec_dot_q4_0_q8_1_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                                     int64_t y_stride) noexcept nogil:
     cdef const block_q4_0* x = <const block_q4_0*>vx
-    cdef const block_q8_0* y0 = <const block_q8_0*>vy
-    cdef const block_q8_0* y1 = <const block_q8_0*>(<const uint8_t*>vy + y_stride)
-    cdef const block_q8_0* y2 = <const block_q8_0*>(<const uint8_t*>vy + 2 * y_stride)
-    cdef const block_q8_0* y3 = <const block_q8_0*>(<const uint8_t*>vy + 3 * y_stride)
+    cdef const block_q8_1* y0 = <const block_q8_1*>vy
+    cdef const block_q8_1* y1 = <const block_q8_1*>(<const uint8_t*>vy + y_stride)
+    cdef const block_q8_1* y2 = <const block_q8_1*>(<const uint8_t*>vy + 2 * y_stride)
+    cdef const block_q8_1* y3 = <const block_q8_1*>(<const uint8_t*>vy + 3 * y_stride)
     cdef __m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps()
     cdef __m256 a10 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps()
     cdef __m256 a20 = _mm256_setzero_ps(), a21 = _mm256_setzero_ps()
     cdef __m256 a30 = _mm256_setzero_ps(), a31 = _mm256_setzero_ps()
     cdef __m256i qx
     cdef float dx
-    cdef int i, nb = n // QK8_0
+    cdef int i, nb = n // QK8_1
     for i in range(nb):
         qx = bytes_from_nibbles_32(x[i].qs)
         dx = _cvtsh_ss(x[i].d)
         if i % 2 == 0 or i == nb - 1 and nb % 2:
             # even blocks (and an odd last one) go to the first accumulator, as in the 1-row kernel
-            a00 = _mm256_fmadd_ps(_mm256_set1_ps(dx * _cvtsh_ss(y0[i].d)), sum_i16_pairs_float(q4_0_pairs(qx, _mm256_loadu_si256(<const __m256i*>y0[i].qs))), a00)
-            a10 = _mm256_fmadd_ps(_mm256_set1_ps(dx * _cvtsh_ss(y1[i].d)), sum_i16_pairs_float(q4_0_pairs(qx, _mm256_loadu_si256(<const __m256i*>y1[i].qs))), a10)
-            a20 = _mm256_fmadd_ps(_mm256_set1_ps(dx * _cvtsh_ss(y2[i].d)), sum_i16_pairs_float(q4_0_pairs(qx, _mm256_loadu_si256(<const __m256i*>y2[i].qs))), a20)
-            a30 = _mm256_fmadd_ps(_mm256_set1_ps(dx * _cvtsh_ss(y3[i].d)), sum_i16_pairs_float(q4_0_pairs(qx, _mm256_loadu_si256(<const __m256i*>y3[i].qs))), a30)
+            a00 = _mm256_fmadd_ps(_mm256_set1_ps(dx * y0[i].d), sum_i16_pairs_float(q4_0_pairs(qx, _mm256_loadu_si256(<const __m256i*>y0[i].qs))), a00)
+            a10 = _mm256_fmadd_ps(_mm256_set1_ps(dx * y1[i].d), sum_i16_pairs_float(q4_0_pairs(qx, _mm256_loadu_si256(<const __m256i*>y1[i].qs))), a10)
+            a20 = _mm256_fmadd_ps(_mm256_set1_ps(dx * y2[i].d), sum_i16_pairs_float(q4_0_pairs(qx, _mm256_loadu_si256(<const __m256i*>y2[i].qs))), a20)
+            a30 = _mm256_fmadd_ps(_mm256_set1_ps(dx * y3[i].d), sum_i16_pairs_float(q4_0_pairs(qx, _mm256_loadu_si256(<const __m256i*>y3[i].qs))), a30)
         else:
-            a01 = _mm256_fmadd_ps(_mm256_set1_ps(dx * _cvtsh_ss(y0[i].d)), sum_i16_pairs_float(q4_0_pairs(qx, _mm256_loadu_si256(<const __m256i*>y0[i].qs))), a01)
-            a11 = _mm256_fmadd_ps(_mm256_set1_ps(dx * _cvtsh_ss(y1[i].d)), sum_i16_pairs_float(q4_0_pairs(qx, _mm256_loadu_si256(<const __m256i*>y1[i].qs))), a11)
-            a21 = _mm256_fmadd_ps(_mm256_set1_ps(dx * _cvtsh_ss(y2[i].d)), sum_i16_pairs_float(q4_0_pairs(qx, _mm256_loadu_si256(<const __m256i*>y2[i].qs))), a21)
-            a31 = _mm256_fmadd_ps(_mm256_set1_ps(dx * _cvtsh_ss(y3[i].d)), sum_i16_pairs_float(q4_0_pairs(qx, _mm256_loadu_si256(<const __m256i*>y3[i].qs))), a31)
+            a01 = _mm256_fmadd_ps(_mm256_set1_ps(dx * y0[i].d), sum_i16_pairs_float(q4_0_pairs(qx, _mm256_loadu_si256(<const __m256i*>y0[i].qs))), a01)
+            a11 = _mm256_fmadd_ps(_mm256_set1_ps(dx * y1[i].d), sum_i16_pairs_float(q4_0_pairs(qx, _mm256_loadu_si256(<const __m256i*>y1[i].qs))), a11)
+            a21 = _mm256_fmadd_ps(_mm256_set1_ps(dx * y2[i].d), sum_i16_pairs_float(q4_0_pairs(qx, _mm256_loadu_si256(<const __m256i*>y2[i].qs))), a21)
+            a31 = _mm256_fmadd_ps(_mm256_set1_ps(dx * y3[i].d), sum_i16_pairs_float(q4_0_pairs(qx, _mm256_loadu_si256(<const __m256i*>y3[i].qs))), a31)
     s[0] = hsum_float_8(_mm256_add_ps(a00, a01))
     s[s_stride] = hsum_float_8(_mm256_add_ps(a10, a11))
     s[2 * s_stride] = hsum_float_8(_mm256_add_ps(a20, a21))
     s[3 * s_stride] = hsum_float_8(_mm256_add_ps(a30, a31))
 
-cdef void vec_dot_q8_0_q8_0_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+cdef void vec_dot_q8_0_q8_1_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                                     int64_t y_stride) noexcept nogil:
     cdef const block_q8_0* x = <const block_q8_0*>vx
-    cdef const block_q8_0* y0 = <const block_q8_0*>vy
-    cdef const block_q8_0* y1 = <const block_q8_0*>(<const uint8_t*>vy + y_stride)
-    cdef const block_q8_0* y2 = <const block_q8_0*>(<const uint8_t*>vy + 2 * y_stride)
-    cdef const block_q8_0* y3 = <const block_q8_0*>(<const uint8_t*>vy + 3 * y_stride)
+    cdef const block_q8_1* y0 = <const block_q8_1*>vy
+    cdef const block_q8_1* y1 = <const block_q8_1*>(<const uint8_t*>vy + y_stride)
+    cdef const block_q8_1* y2 = <const block_q8_1*>(<const uint8_t*>vy + 2 * y_stride)
+    cdef const block_q8_1* y3 = <const block_q8_1*>(<const uint8_t*>vy + 3 * y_stride)
     cdef __m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps()
     cdef __m256 a10 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps()
     cdef __m256 a20 = _mm256_setzero_ps(), a21 = _mm256_setzero_ps()
     cdef __m256 a30 = _mm256_setzero_ps(), a31 = _mm256_setzero_ps()
     cdef __m256i qx, ax
     cdef float dx
-    cdef int i, nb = n // QK8_0
+    cdef int i, nb = n // QK8_1
     for i in range(nb):
         qx = _mm256_loadu_si256(<const __m256i*>x[i].qs)
         ax = _mm256_sign_epi8(qx, qx)
         dx = _cvtsh_ss(x[i].d)
         if i % 2 == 0 or i == nb - 1 and nb % 2:
-            a00 = _mm256_fmadd_ps(_mm256_set1_ps(dx * _cvtsh_ss(y0[i].d)), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y0[i].qs), qx)), a00)
-            a10 = _mm256_fmadd_ps(_mm256_set1_ps(dx * _cvtsh_ss(y1[i].d)), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y1[i].qs), qx)), a10)
-            a20 = _mm256_fmadd_ps(_mm256_set1_ps(dx * _cvtsh_ss(y2[i].d)), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y2[i].qs), qx)), a20)
-            a30 = _mm256_fmadd_ps(_mm256_set1_ps(dx * _cvtsh_ss(y3[i].d)), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y3[i].qs), qx)), a30)
+            a00 = _mm256_fmadd_ps(_mm256_set1_ps(dx * y0[i].d), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y0[i].qs), qx)), a00)
+            a10 = _mm256_fmadd_ps(_mm256_set1_ps(dx * y1[i].d), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y1[i].qs), qx)), a10)
+            a20 = _mm256_fmadd_ps(_mm256_set1_ps(dx * y2[i].d), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y2[i].qs), qx)), a20)
+            a30 = _mm256_fmadd_ps(_mm256_set1_ps(dx * y3[i].d), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y3[i].qs), qx)), a30)
         else:
-            a01 = _mm256_fmadd_ps(_mm256_set1_ps(dx * _cvtsh_ss(y0[i].d)), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y0[i].qs), qx)), a01)
-            a11 = _mm256_fmadd_ps(_mm256_set1_ps(dx * _cvtsh_ss(y1[i].d)), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y1[i].qs), qx)), a11)
-            a21 = _mm256_fmadd_ps(_mm256_set1_ps(dx * _cvtsh_ss(y2[i].d)), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y2[i].qs), qx)), a21)
-            a31 = _mm256_fmadd_ps(_mm256_set1_ps(dx * _cvtsh_ss(y3[i].d)), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y3[i].qs), qx)), a31)
+            a01 = _mm256_fmadd_ps(_mm256_set1_ps(dx * y0[i].d), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y0[i].qs), qx)), a01)
+            a11 = _mm256_fmadd_ps(_mm256_set1_ps(dx * y1[i].d), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y1[i].qs), qx)), a11)
+            a21 = _mm256_fmadd_ps(_mm256_set1_ps(dx * y2[i].d), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y2[i].qs), qx)), a21)
+            a31 = _mm256_fmadd_ps(_mm256_set1_ps(dx * y3[i].d), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y3[i].qs), qx)), a31)
     s[0] = hsum_float_8(_mm256_add_ps(a00, a01))
     s[s_stride] = hsum_float_8(_mm256_add_ps(a10, a11))
     s[2 * s_stride] = hsum_float_8(_mm256_add_ps(a20, a21))
@@ -556,7 +556,7 @@ cdef void vec_dot_q6_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const voi
     s[3 * s_stride] = hsum_float_8(a3)
 
 cdef void init_avx2_x4_traits() noexcept nogil:
-    VEC_DOT_X4[GGML_TYPE_Q4_0] = vec_dot_q4_0_q8_0_x4_avx2
-    VEC_DOT_X4[GGML_TYPE_Q8_0] = vec_dot_q8_0_q8_0_x4_avx2
+    VEC_DOT_X4[GGML_TYPE_Q4_0] = vec_dot_q4_0_q8_1_x4_avx2
+    VEC_DOT_X4[GGML_TYPE_Q8_0] = vec_dot_q8_0_q8_1_x4_avx2
     VEC_DOT_X4[GGML_TYPE_Q4_K] = vec_dot_q4_K_q8_K_x4_avx2
     VEC_DOT_X4[GGML_TYPE_Q6_K] = vec_dot_q6_K_q8_K_x4_avx2

@@ -21,16 +21,16 @@ cdef void vec_dot_f16_generic(int n, float* s, const void* vx, const void* vy) n
         acc += fp16_to_fp32(x[i]) * y[i]
     s[0] = <float>acc
 
-cdef void vec_dot_q4_0_q8_0_generic(int n, float* s, const void* vx, const void* vy) noexcept nogil:
+cdef void vec_dot_q4_0_q8_1_generic(int n, float* s, const void* vx, const void* vy) noexcept nogil:
     cdef const block_q4_0* x = <const block_q4_0*>vx
-    cdef const block_q8_0* y = <const block_q8_0*>vy
+    cdef const block_q8_1* y = <const block_q8_1*>vy
     cdef float sumf = 0.0
     cdef int i, j, sumi
-    for i in range(n // QK8_0):
+    for i in range(n // QK8_1):
         sumi = 0
         for j in range(16):
             sumi += ((x[i].qs[j] & 0x0F) - 8) * y[i].qs[j] + ((x[i].qs[j] >> 4) - 8) * y[i].qs[j + 16]
-        sumf += sumi * fp16_to_fp32(x[i].d) * fp16_to_fp32(y[i].d)
+        sumf += sumi * fp16_to_fp32(x[i].d) * y[i].d
     s[0] = sumf
 
 cdef void vec_dot_q4_1_q8_1_generic(int n, float* s, const void* vx, const void* vy) noexcept nogil:
@@ -45,20 +45,20 @@ cdef void vec_dot_q4_1_q8_1_generic(int n, float* s, const void* vx, const void*
         sumf += fp16_to_fp32(x[i].d) * y[i].d * sumi + fp16_to_fp32(x[i].m) * y[i].s
     s[0] = sumf
 
-cdef void vec_dot_q5_0_q8_0_generic(int n, float* s, const void* vx, const void* vy) noexcept nogil:
+cdef void vec_dot_q5_0_q8_1_generic(int n, float* s, const void* vx, const void* vy) noexcept nogil:
     cdef const block_q5_0* x = <const block_q5_0*>vx
-    cdef const block_q8_0* y = <const block_q8_0*>vy
+    cdef const block_q8_1* y = <const block_q8_1*>vy
     cdef float sumf = 0.0
     cdef int i, j, sumi, x0, x1
     cdef uint32_t qh
-    for i in range(n // QK8_0):
+    for i in range(n // QK8_1):
         qh = load_u32(x[i].qh)
         sumi = 0
         for j in range(16):
             x0 = <int>((x[i].qs[j] & 0x0F) | (((qh >> j) << 4) & 0x10)) - 16
             x1 = <int>((x[i].qs[j] >> 4) | ((qh >> (j + 12)) & 0x10)) - 16
             sumi += x0 * y[i].qs[j] + x1 * y[i].qs[j + 16]
-        sumf += sumi * fp16_to_fp32(x[i].d) * fp16_to_fp32(y[i].d)
+        sumf += sumi * fp16_to_fp32(x[i].d) * y[i].d
     s[0] = sumf
 
 cdef void vec_dot_q5_1_q8_1_generic(int n, float* s, const void* vx, const void* vy) noexcept nogil:
@@ -77,16 +77,16 @@ cdef void vec_dot_q5_1_q8_1_generic(int n, float* s, const void* vx, const void*
         sumf += fp16_to_fp32(x[i].d) * y[i].d * sumi + fp16_to_fp32(x[i].m) * y[i].s
     s[0] = sumf
 
-cdef void vec_dot_q8_0_q8_0_generic(int n, float* s, const void* vx, const void* vy) noexcept nogil:
+cdef void vec_dot_q8_0_q8_1_generic(int n, float* s, const void* vx, const void* vy) noexcept nogil:
     cdef const block_q8_0* x = <const block_q8_0*>vx
-    cdef const block_q8_0* y = <const block_q8_0*>vy
+    cdef const block_q8_1* y = <const block_q8_1*>vy
     cdef float sumf = 0.0
     cdef int i, j, sumi
-    for i in range(n // QK8_0):
+    for i in range(n // QK8_1):
         sumi = 0
         for j in range(32):
             sumi += x[i].qs[j] * y[i].qs[j]
-        sumf += sumi * fp16_to_fp32(x[i].d) * fp16_to_fp32(y[i].d)
+        sumf += sumi * fp16_to_fp32(x[i].d) * y[i].d
     s[0] = sumf
 
 cdef void vec_dot_q2_K_q8_K_generic(int n, float* s, const void* vx, const void* vy) noexcept nogil:
@@ -297,11 +297,13 @@ cdef void init_generic_traits() noexcept nogil:
 
     VEC_DOT[GGML_TYPE_F32] = vec_dot_f32_generic;   VEC_DOT_TYPE[GGML_TYPE_F32] = GGML_TYPE_F32
     VEC_DOT[GGML_TYPE_F16] = vec_dot_f16_generic;   VEC_DOT_TYPE[GGML_TYPE_F16] = GGML_TYPE_F32
-    VEC_DOT[GGML_TYPE_Q4_0] = vec_dot_q4_0_q8_0_generic;  VEC_DOT_TYPE[GGML_TYPE_Q4_0] = GGML_TYPE_Q8_0
+    # every 32-block type pairs with q8_1 (f32 activation scale); ggml pairs q4_0, q5_0
+    # and q8_0 with q8_0 (f16 scale): same integer sums, one rounding less, cheaper scale
+    VEC_DOT[GGML_TYPE_Q4_0] = vec_dot_q4_0_q8_1_generic;  VEC_DOT_TYPE[GGML_TYPE_Q4_0] = GGML_TYPE_Q8_1
     VEC_DOT[GGML_TYPE_Q4_1] = vec_dot_q4_1_q8_1_generic;  VEC_DOT_TYPE[GGML_TYPE_Q4_1] = GGML_TYPE_Q8_1
-    VEC_DOT[GGML_TYPE_Q5_0] = vec_dot_q5_0_q8_0_generic;  VEC_DOT_TYPE[GGML_TYPE_Q5_0] = GGML_TYPE_Q8_0
+    VEC_DOT[GGML_TYPE_Q5_0] = vec_dot_q5_0_q8_1_generic;  VEC_DOT_TYPE[GGML_TYPE_Q5_0] = GGML_TYPE_Q8_1
     VEC_DOT[GGML_TYPE_Q5_1] = vec_dot_q5_1_q8_1_generic;  VEC_DOT_TYPE[GGML_TYPE_Q5_1] = GGML_TYPE_Q8_1
-    VEC_DOT[GGML_TYPE_Q8_0] = vec_dot_q8_0_q8_0_generic;  VEC_DOT_TYPE[GGML_TYPE_Q8_0] = GGML_TYPE_Q8_0
+    VEC_DOT[GGML_TYPE_Q8_0] = vec_dot_q8_0_q8_1_generic;  VEC_DOT_TYPE[GGML_TYPE_Q8_0] = GGML_TYPE_Q8_1
     VEC_DOT[GGML_TYPE_Q2_K] = vec_dot_q2_K_q8_K_generic;  VEC_DOT_TYPE[GGML_TYPE_Q2_K] = GGML_TYPE_Q8_K
     VEC_DOT[GGML_TYPE_Q3_K] = vec_dot_q3_K_q8_K_generic;  VEC_DOT_TYPE[GGML_TYPE_Q3_K] = GGML_TYPE_Q8_K
     VEC_DOT[GGML_TYPE_Q4_K] = vec_dot_q4_K_q8_K_generic;  VEC_DOT_TYPE[GGML_TYPE_Q4_K] = GGML_TYPE_Q8_K
