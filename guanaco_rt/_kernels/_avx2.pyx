@@ -7,6 +7,7 @@ include "_common.pxi"
 include "_quants.pxi"
 include "_dots_generic.pxi"
 include "_dots_avx2.pxi"
+include "_attn_avx2.pxi"
 include "_engine.pxi"
 
 ISA = "avx2"

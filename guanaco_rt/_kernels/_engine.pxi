@@ -168,34 +168,6 @@ cdef void silu_mul_par(float* a, const float* b, int64_t n, int nth) noexcept no
             silu_mul(a + c * per, b + c * per, min(per, n - c * per))
 
 # ---- attention -----------------------------------------------------------------
-cdef inline float kv_dot(const float* q, const void* kv, int64_t off, int n, int f16) noexcept nogil:
-    cdef float acc = 0.0
-    cdef int i
-    cdef const float* kf
-    cdef const uint16_t* kh
-    if f16:
-        kh = (<const uint16_t*>kv) + off
-        for i in range(n):
-            acc += q[i] * fp16_to_fp32(kh[i])
-    else:
-        kf = (<const float*>kv) + off
-        for i in range(n):
-            acc += q[i] * kf[i]
-    return acc
-
-cdef inline void kv_axpy(float* out, float a, const void* kv, int64_t off, int n, int f16) noexcept nogil:
-    cdef int i
-    cdef const float* vf
-    cdef const uint16_t* vh
-    if f16:
-        vh = (<const uint16_t*>kv) + off
-        for i in range(n):
-            out[i] += a * fp16_to_fp32(vh[i])
-    else:
-        vf = (<const float*>kv) + off
-        for i in range(n):
-            out[i] += a * vf[i]
-
 cdef void store_kv(void* cache, int64_t off, const float* src, int64_t n, int f16) noexcept nogil:
     cdef int64_t i
     cdef uint16_t* h

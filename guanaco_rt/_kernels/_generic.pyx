@@ -3,6 +3,7 @@
 include "_common.pxi"
 include "_quants.pxi"
 include "_dots_generic.pxi"
+include "_attn_generic.pxi"
 include "_engine.pxi"
 
 ISA = "generic"

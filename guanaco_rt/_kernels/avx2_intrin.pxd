@@ -63,3 +63,6 @@ cdef extern from "immintrin.h" nogil:
     __m128i _mm_set_epi32(int, int, int, int)
     __m128i _mm256_extracti128_si256(__m256i, int)
     __m128i _mm256_castsi256_si128(__m256i)
+    __m256 _mm256_loadu_ps(const float*)
+    void _mm256_storeu_ps(float*, __m256)
+    __m256 _mm256_cvtph_ps(__m128i)
