@@ -44,6 +44,9 @@ cdef inline __m256i scales_pair(int lo, int hi) noexcept nogil:
 cdef inline __m256i shr16(__m256i x, int n) noexcept nogil:
     return _mm256_srl_epi16(x, _mm_cvtsi32_si128(n))
 
+cdef inline __m256i k_madd(__m256i scale, __m256i q, const int8_t* y) noexcept nogil:
+    return _mm256_madd_epi16(scale, _mm256_maddubs_epi16(q, _mm256_loadu_si256(<const __m256i*>y)))
+
 cdef inline __m256i q4_0_pairs(__m256i q, __m256i y) noexcept nogil:
     # i16 pair sums of (q - 8) * y from unsigned nibbles: maddubs(q, y) - maddubs(8, y).
     # The same integers as the sign trick with one instruction less; |pair| <= 3840.
@@ -222,33 +225,38 @@ cdef void vec_dot_q3_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy
         acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * _cvtsh_ss(x[i].d)), _mm256_cvtepi32_ps(sumi), acc)
     s[0] = hsum_float_8(acc)
 
-cdef inline __m256i unpack_k4_scales(const uint8_t* scales, uint8_t* sc) noexcept nogil:
-    # the 8 six-bit scales into sc[8]; returns the 8 mins as 16 x i16, each twice
-    # ([m0 m0 m1 m1 ...]) to pair with the 16 bsums of a q8_K block
+cdef inline __m256i unpack_k4_scales(const uint8_t* scales, __m256i* sc16) noexcept nogil:
+    # the 8 six-bit scales as i16 in both 128-bit lanes into sc16; returns the 8 mins as
+    # 16 x i16, each twice ([m0 m0 m1 m1 ...]) to pair with the 16 bsums of a q8_K block
     cdef uint32_t u0 = load_u32(scales), u1 = load_u32(scales + 4), u2 = load_u32(scales + 8)
     cdef uint32_t s_lo = u0 & 0x3f3f3f3f
     cdef uint32_t s_hi = (u2 & 0x0f0f0f0f) | (((u0 >> 6) & 0x03030303) << 4)
     cdef uint32_t m_lo = u1 & 0x3f3f3f3f
     cdef uint32_t m_hi = ((u2 >> 4) & 0x0f0f0f0f) | (((u1 >> 6) & 0x03030303) << 4)
-    memcpy(sc, &s_lo, 4)
-    memcpy(sc + 4, &s_hi, 4)
-    cdef __m128i m8 = _mm256_castsi256_si128(_mm256_cvtepu8_epi16(_mm_set_epi32(0, 0, <int>m_hi, <int>m_lo)))
+    cdef __m256i both = _mm256_cvtepu8_epi16(_mm_set_epi32(<int>m_hi, <int>m_lo, <int>s_hi, <int>s_lo))
+    cdef __m128i m8 = _mm256_extracti128_si256(both, 1)
+    sc16[0] = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(both))
     return _mm256_set_m128i(_mm_unpackhi_epi16(m8, m8), _mm_unpacklo_epi16(m8, m8))
+
+cdef inline __m256i elem_shuffle(int m) noexcept nogil:
+    # broadcasts i16 element m of each 128-bit lane to the whole lane
+    return _mm256_set1_epi16(<short>(((2 * m + 1) << 8) | (2 * m)))
 
 cdef void vec_dot_q4_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
     cdef const block_q4_K* x = <const block_q4_K*>vx
     cdef const block_q8_K* y = <const block_q8_K*>vy
     cdef __m256 acc = _mm256_setzero_ps()
+    cdef __m256 accm = _mm256_setzero_ps()
     cdef __m256i m4 = _mm256_set1_epi8(0xF)
-    cdef __m256i q4bits, sumi, pl, ph
+    cdef __m256i shuf[8]
+    cdef __m256i mins16, sc16, q4bits, sumi
     cdef const uint8_t* q4
     cdef const int8_t* q8
-    cdef __m256 accm = _mm256_setzero_ps()
-    cdef __m256i mins16
-    cdef uint8_t sc[8]
     cdef int i, j
+    for j in range(8):
+        shuf[j] = elem_shuffle(j)
     for i in range(n // QK_K):
-        mins16 = unpack_k4_scales(x[i].scales, sc)
+        mins16 = unpack_k4_scales(x[i].scales, &sc16)
         accm = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * _cvtsh_ss(x[i].dmin)),
                                _mm256_cvtepi32_ps(_mm256_madd_epi16(mins16, _mm256_loadu_si256(<const __m256i*>y[i].bsums))),
                                accm)
@@ -256,14 +264,10 @@ cdef void vec_dot_q4_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy
         q8 = y[i].qs
         sumi = _mm256_setzero_si256()
         for j in range(4):
-            q4bits = _mm256_loadu_si256(<const __m256i*>q4)
-            pl = _mm256_maddubs_epi16(_mm256_and_si256(q4bits, m4), _mm256_loadu_si256(<const __m256i*>q8))
-            ph = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bits, 4), m4),
-                                      _mm256_loadu_si256(<const __m256i*>(q8 + 32)))
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_set1_epi16(sc[2 * j]), pl))
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_set1_epi16(sc[2 * j + 1]), ph))
-            q4 += 32
-            q8 += 64
+            q4bits = _mm256_loadu_si256(<const __m256i*>(q4 + 32 * j))
+            sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(sc16, shuf[2 * j]), _mm256_and_si256(q4bits, m4), q8 + 64 * j))
+            sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(sc16, shuf[2 * j + 1]),
+                                                 _mm256_and_si256(_mm256_srli_epi16(q4bits, 4), m4), q8 + 64 * j + 32))
         acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * _cvtsh_ss(x[i].d)), _mm256_cvtepi32_ps(sumi), acc)
     s[0] = hsum_float_8(acc) - hsum_float_8(accm)
 
@@ -279,10 +283,13 @@ cdef void vec_dot_q5_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy
     cdef const int8_t* q8
     cdef __m256 accm = _mm256_setzero_ps()
     cdef __m256i mins16
-    cdef uint8_t sc[8]
+    cdef __m256i sc16
+    cdef __m256i shuf[8]
     cdef int i, j
+    for j in range(8):
+        shuf[j] = elem_shuffle(j)
     for i in range(n // QK_K):
-        mins16 = unpack_k4_scales(x[i].scales, sc)
+        mins16 = unpack_k4_scales(x[i].scales, &sc16)
         accm = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * _cvtsh_ss(x[i].dmin)),
                                _mm256_cvtepi32_ps(_mm256_madd_epi16(mins16, _mm256_loadu_si256(<const __m256i*>y[i].bsums))),
                                accm)
@@ -299,12 +306,50 @@ cdef void vec_dot_q5_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy
                                       _mm256_loadu_si256(<const __m256i*>q8))
             ph = _mm256_maddubs_epi16(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q5bits, 4), m4), hh),
                                       _mm256_loadu_si256(<const __m256i*>(q8 + 32)))
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_set1_epi16(sc[2 * j]), pl))
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_set1_epi16(sc[2 * j + 1]), ph))
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_shuffle_epi8(sc16, shuf[2 * j]), pl))
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_shuffle_epi8(sc16, shuf[2 * j + 1]), ph))
             q5 += 32
             q8 += 64
         acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * _cvtsh_ss(x[i].d)), _mm256_cvtepi32_ps(sumi), acc)
     s[0] = hsum_float_8(acc) - hsum_float_8(accm)
+
+
+cdef inline __m256i q6_chunk(__m256i ql1, __m256i ql2, __m256i qh, int k, __m256i m4, __m256i m2) noexcept nogil:
+    # 6-bit values (0..63) of weights 32k.. of a 128-half (k a literal at every call)
+    if k == 0:
+        return _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4))
+    if k == 1:
+        return _mm256_or_si256(_mm256_and_si256(ql2, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4))
+    if k == 2:
+        return _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4))
+    return _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql2, 4), m4),
+                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4))
+
+cdef inline __m256i pair_shuffle(int k) noexcept nogil:
+    # broadcasts i16 element 2k to the low 128-bit lane and 2k+1 to the high one
+    return _mm256_set_m128i(_mm_set1_epi16(<short>(((4 * k + 3) << 8) | (4 * k + 2))),
+                            _mm_set1_epi16(<short>(((4 * k + 1) << 8) | (4 * k))))
+
+cdef inline __m256i q6_K_block_sumi(const block_q6_K* x, const block_q8_K* y, const __m256i* shuf,
+                                    __m256i m4, __m256i m2) noexcept nogil:
+    # sum_j sc_j sum_l (q_l - 32) y_l as i32 lanes: the -32 goes through the block sums of
+    # y (32 * sum_j sc_j bsums_j) instead of a second maddubs per chunk
+    cdef __m256i scales = _mm256_cvtepi8_epi16(_mm_loadu_si128(<const __m128i*>x.scales))   # 16 x i16
+    cdef __m256i corr = _mm256_madd_epi16(scales, _mm256_loadu_si256(<const __m256i*>y.bsums))
+    cdef __m256i sumi = _mm256_setzero_si256()
+    cdef __m256i half, qh, ql1, ql2
+    cdef int j
+    for j in range(2):
+        half = _mm256_permute2x128_si256(scales, scales, 0x00 if j == 0 else 0x11)
+        qh = _mm256_loadu_si256(<const __m256i*>(x.qh + 32 * j))
+        ql1 = _mm256_loadu_si256(<const __m256i*>(x.ql + 64 * j))
+        ql2 = _mm256_loadu_si256(<const __m256i*>(x.ql + 64 * j + 32))
+        sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(half, shuf[0]), q6_chunk(ql1, ql2, qh, 0, m4, m2), y.qs + 128 * j))
+        sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(half, shuf[1]), q6_chunk(ql1, ql2, qh, 1, m4, m2), y.qs + 128 * j + 32))
+        sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(half, shuf[2]), q6_chunk(ql1, ql2, qh, 2, m4, m2), y.qs + 128 * j + 64))
+        sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(half, shuf[3]), q6_chunk(ql1, ql2, qh, 3, m4, m2), y.qs + 128 * j + 96))
+    return _mm256_sub_epi32(sumi, _mm256_slli_epi32(corr, 5))
 
 cdef void vec_dot_q6_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
     cdef const block_q6_K* x = <const block_q6_K*>vx
@@ -312,46 +357,13 @@ cdef void vec_dot_q6_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy
     cdef __m256 acc = _mm256_setzero_ps()
     cdef __m256i m4 = _mm256_set1_epi8(0xF)
     cdef __m256i m2 = _mm256_set1_epi8(3)
-    cdef __m256i m32s = _mm256_set1_epi8(32)
-    cdef __m256i qh, ql1, ql2, q8v, sumi, p, q
-    cdef const uint8_t* ql
-    cdef const uint8_t* qhp
-    cdef const int8_t* q8
-    cdef const int8_t* sc
-    cdef int i, j, k
+    cdef __m256i shuf[4]
+    cdef int i, k
+    for k in range(4):
+        shuf[k] = pair_shuffle(k)
     for i in range(n // QK_K):
-        ql = x[i].ql
-        qhp = x[i].qh
-        q8 = y[i].qs
-        sc = x[i].scales
-        sumi = _mm256_setzero_si256()
-        for j in range(2):
-            qh = _mm256_loadu_si256(<const __m256i*>qhp)
-            ql1 = _mm256_loadu_si256(<const __m256i*>ql)
-            ql2 = _mm256_loadu_si256(<const __m256i*>(ql + 32))
-            for k in range(4):
-                # k = 0..3: weights 32k.. of this half; low 4 bits from ql1/ql2 low or
-                # high nibbles, high 2 bits from qh bit pair k, moved to bits 4-5
-                if k == 0:
-                    q = _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4))
-                elif k == 1:
-                    q = _mm256_or_si256(_mm256_and_si256(ql2, m4),
-                                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4))
-                elif k == 2:
-                    q = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4))
-                else:
-                    q = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql2, 4), m4),
-                                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4))
-                q8v = _mm256_loadu_si256(<const __m256i*>(q8 + 32 * k))
-                # (q - 32) * y = q*y - 32*y, both through maddubs (q <= 63 keeps i16 safe)
-                p = _mm256_sub_epi16(_mm256_maddubs_epi16(q, q8v), _mm256_maddubs_epi16(m32s, q8v))
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scales_pair(sc[2 * k], sc[2 * k + 1]), p))
-            ql += 64
-            qhp += 32
-            q8 += 128
-            sc += 8
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * _cvtsh_ss(x[i].d)), _mm256_cvtepi32_ps(sumi), acc)
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * _cvtsh_ss(x[i].d)),
+                              _mm256_cvtepi32_ps(q6_K_block_sumi(&x[i], &y[i], shuf, m4, m2)), acc)
     s[0] = hsum_float_8(acc)
 
 cdef void init_avx2_traits() noexcept nogil:
@@ -438,8 +450,6 @@ cdef void vec_dot_q8_0_q8_1_x4_avx2(int n, float* s, int64_t s_stride, const voi
     s[2 * s_stride] = hsum_float_8(_mm256_add_ps(a20, a21))
     s[3 * s_stride] = hsum_float_8(_mm256_add_ps(a30, a31))
 
-cdef inline __m256i k_madd(__m256i scale, __m256i q, const int8_t* y) noexcept nogil:
-    return _mm256_madd_epi16(scale, _mm256_maddubs_epi16(q, _mm256_loadu_si256(<const __m256i*>y)))
 
 cdef void vec_dot_q4_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                                     int64_t y_stride) noexcept nogil:
@@ -452,12 +462,15 @@ cdef void vec_dot_q4_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const voi
     cdef __m256 m0 = _mm256_setzero_ps(), m1 = _mm256_setzero_ps(), m2 = _mm256_setzero_ps(), m3 = _mm256_setzero_ps()
     cdef __m256i m4 = _mm256_set1_epi8(0xF)
     cdef __m256i mins16, q4bits, ql, qh, sl, sh, s0, s1, s2, s3
-    cdef uint8_t sc[8]
+    cdef __m256i sc16
+    cdef __m256i shuf[8]
     cdef const uint8_t* q4
     cdef float dx, dmx
     cdef int i, j, o
+    for j in range(8):
+        shuf[j] = elem_shuffle(j)
     for i in range(n // QK_K):
-        mins16 = unpack_k4_scales(x[i].scales, sc)
+        mins16 = unpack_k4_scales(x[i].scales, &sc16)
         dx = _cvtsh_ss(x[i].d)
         dmx = _cvtsh_ss(x[i].dmin)
         m0 = _mm256_fmadd_ps(_mm256_set1_ps(y0[i].d * dmx), _mm256_cvtepi32_ps(_mm256_madd_epi16(mins16, _mm256_loadu_si256(<const __m256i*>y0[i].bsums))), m0)
@@ -473,8 +486,8 @@ cdef void vec_dot_q4_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const voi
             q4bits = _mm256_loadu_si256(<const __m256i*>(q4 + 32 * j))
             ql = _mm256_and_si256(q4bits, m4)
             qh = _mm256_and_si256(_mm256_srli_epi16(q4bits, 4), m4)
-            sl = _mm256_set1_epi16(sc[2 * j])
-            sh = _mm256_set1_epi16(sc[2 * j + 1])
+            sl = _mm256_shuffle_epi8(sc16, shuf[2 * j])
+            sh = _mm256_shuffle_epi8(sc16, shuf[2 * j + 1])
             o = 64 * j
             s0 = _mm256_add_epi32(s0, _mm256_add_epi32(k_madd(sl, ql, y0[i].qs + o), k_madd(sh, qh, y0[i].qs + o + 32)))
             s1 = _mm256_add_epi32(s1, _mm256_add_epi32(k_madd(sl, ql, y1[i].qs + o), k_madd(sh, qh, y1[i].qs + o + 32)))
@@ -489,21 +502,7 @@ cdef void vec_dot_q4_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const voi
     s[2 * s_stride] = hsum_float_8(a2) - hsum_float_8(m2)
     s[3 * s_stride] = hsum_float_8(a3) - hsum_float_8(m3)
 
-cdef inline __m256i q6_chunk(__m256i ql1, __m256i ql2, __m256i qh, int k, __m256i m4, __m256i m2) noexcept nogil:
-    # 6-bit values (0..63) of weights 32k.. of a 128-half (k a literal at every call)
-    if k == 0:
-        return _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4))
-    if k == 1:
-        return _mm256_or_si256(_mm256_and_si256(ql2, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4))
-    if k == 2:
-        return _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4))
-    return _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql2, 4), m4),
-                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4))
 
-cdef inline __m256i q6_madd(__m256i scale, __m256i q, __m256i m32s, const int8_t* y) noexcept nogil:
-    cdef __m256i v = _mm256_loadu_si256(<const __m256i*>y)
-    return _mm256_madd_epi16(scale, _mm256_sub_epi16(_mm256_maddubs_epi16(q, v), _mm256_maddubs_epi16(m32s, v)))
 
 cdef void vec_dot_q6_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                                     int64_t y_stride) noexcept nogil:
@@ -515,19 +514,21 @@ cdef void vec_dot_q6_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const voi
     cdef __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps()
     cdef __m256i m4 = _mm256_set1_epi8(0xF)
     cdef __m256i m2 = _mm256_set1_epi8(3)
-    cdef __m256i m32s = _mm256_set1_epi8(32)
-    cdef __m256i qh, ql1, ql2, q, sc2, s0, s1, s2, s3
-    cdef const int8_t* sc
+    cdef __m256i shuf[4]
+    cdef __m256i scales, half, qh, ql1, ql2, q, sc, s0, s1, s2, s3
     cdef float dx
     cdef int i, j, k, o
+    for k in range(4):
+        shuf[k] = pair_shuffle(k)
     for i in range(n // QK_K):
         dx = _cvtsh_ss(x[i].d)
-        sc = x[i].scales
+        scales = _mm256_cvtepi8_epi16(_mm_loadu_si128(<const __m128i*>x[i].scales))
         s0 = _mm256_setzero_si256()
         s1 = _mm256_setzero_si256()
         s2 = _mm256_setzero_si256()
         s3 = _mm256_setzero_si256()
         for j in range(2):
+            half = _mm256_permute2x128_si256(scales, scales, 0x00 if j == 0 else 0x11)
             qh = _mm256_loadu_si256(<const __m256i*>(x[i].qh + 32 * j))
             ql1 = _mm256_loadu_si256(<const __m256i*>(x[i].ql + 64 * j))
             ql2 = _mm256_loadu_si256(<const __m256i*>(x[i].ql + 64 * j + 32))
@@ -540,12 +541,16 @@ cdef void vec_dot_q6_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const voi
                     q = q6_chunk(ql1, ql2, qh, 2, m4, m2)
                 else:
                     q = q6_chunk(ql1, ql2, qh, 3, m4, m2)
-                sc2 = scales_pair(sc[8 * j + 2 * k], sc[8 * j + 2 * k + 1])
+                sc = _mm256_shuffle_epi8(half, shuf[k])
                 o = 128 * j + 32 * k
-                s0 = _mm256_add_epi32(s0, q6_madd(sc2, q, m32s, y0[i].qs + o))
-                s1 = _mm256_add_epi32(s1, q6_madd(sc2, q, m32s, y1[i].qs + o))
-                s2 = _mm256_add_epi32(s2, q6_madd(sc2, q, m32s, y2[i].qs + o))
-                s3 = _mm256_add_epi32(s3, q6_madd(sc2, q, m32s, y3[i].qs + o))
+                s0 = _mm256_add_epi32(s0, k_madd(sc, q, y0[i].qs + o))
+                s1 = _mm256_add_epi32(s1, k_madd(sc, q, y1[i].qs + o))
+                s2 = _mm256_add_epi32(s2, k_madd(sc, q, y2[i].qs + o))
+                s3 = _mm256_add_epi32(s3, k_madd(sc, q, y3[i].qs + o))
+        s0 = _mm256_sub_epi32(s0, _mm256_slli_epi32(_mm256_madd_epi16(scales, _mm256_loadu_si256(<const __m256i*>y0[i].bsums)), 5))
+        s1 = _mm256_sub_epi32(s1, _mm256_slli_epi32(_mm256_madd_epi16(scales, _mm256_loadu_si256(<const __m256i*>y1[i].bsums)), 5))
+        s2 = _mm256_sub_epi32(s2, _mm256_slli_epi32(_mm256_madd_epi16(scales, _mm256_loadu_si256(<const __m256i*>y2[i].bsums)), 5))
+        s3 = _mm256_sub_epi32(s3, _mm256_slli_epi32(_mm256_madd_epi16(scales, _mm256_loadu_si256(<const __m256i*>y3[i].bsums)), 5))
         a0 = _mm256_fmadd_ps(_mm256_set1_ps(y0[i].d * dx), _mm256_cvtepi32_ps(s0), a0)
         a1 = _mm256_fmadd_ps(_mm256_set1_ps(y1[i].d * dx), _mm256_cvtepi32_ps(s1), a1)
         a2 = _mm256_fmadd_ps(_mm256_set1_ps(y2[i].d * dx), _mm256_cvtepi32_ps(s2), a2)
