@@ -39,6 +39,14 @@ def _session_args(p):
                    help="when the context fills: raise, or drop the oldest tokens (default %(default)s)")
 
 
+def _prompt_args(p, n_predict):
+    _session_args(p)
+    p.add_argument("-p", "--prompt", required=True)
+    p.add_argument("-n", "--n-predict", type=int, default=n_predict, help="tokens to generate (default %(default)s)")
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--no-stats", action="store_true", help="do not print timings to stderr")
+
+
 def _params(a):
     from .sampling import SamplingParams
     bias = {}
@@ -206,20 +214,12 @@ def main(argv=None):
     s.set_defaults(fn=cmd_info)
 
     s = sub.add_parser("run", help="greedy generation from a prompt, printed as it comes")
-    _session_args(s)
-    s.add_argument("-p", "--prompt", required=True)
-    s.add_argument("-n", "--n-predict", type=int, default=64)
-    s.add_argument("--stop", action="append", help="stop string (repeatable)")
-    s.add_argument("--no-stats", action="store_true")
+    _prompt_args(s, n_predict=64)
     s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("generate", help="sampled generation with every sampling option")
-    _session_args(s)
-    s.add_argument("-p", "--prompt", required=True)
-    s.add_argument("-n", "--n-predict", type=int, default=128)
-    s.add_argument("--stop", action="append", help="stop string (repeatable)")
+    _prompt_args(s, n_predict=128)
     s.add_argument("--quiet-prompt", action="store_true", help="do not echo the prompt")
-    s.add_argument("--no-stats", action="store_true")
     _sampling_args(s)
     s.set_defaults(fn=cmd_generate)
 

@@ -50,6 +50,16 @@ def _log_softmax(x):
     return x - m - np.log(e.sum())
 
 
+def _top_sorted(x, k):
+    """Ids of the k largest values, highest first, ties in id order: the first k of a
+    stable descending sort, without sorting the whole vocabulary."""
+    if k >= len(x):
+        return np.argsort(-x, kind="stable")
+    kth = np.partition(x, len(x) - k)[len(x) - k]      # the k-th largest value
+    cand = np.flatnonzero(x >= kth)                      # ids ascending, ties at kth included
+    return cand[np.argsort(-x[cand], kind="stable")][:k]
+
+
 class Sampler:
     """Draws tokens from logits. ``state`` / ``set_state`` save and restore the RNG."""
 
@@ -84,12 +94,12 @@ class Sampler:
         top = None
         if p.n_probs:
             lp = _log_softmax(np.where(np.isfinite(x), x, -np.inf))
-            idx = np.argsort(-lp, kind="stable")[:p.n_probs]
+            idx = _top_sorted(lp, p.n_probs)
             top = [(int(i), float(lp[i])) for i in idx]
         if p.temperature <= 0:
             return int(np.argmax(x)), top
         # candidates sorted by logit, highest first (stable: ties keep id order)
-        order = np.argsort(-x, kind="stable")
+        order = _top_sorted(x, p.top_k if p.top_k > 0 else len(x))
         cand = x[order]
         finite = np.isfinite(cand)
         if not finite.any():

@@ -33,25 +33,25 @@ def _roundf(x):  # C roundf: half away from zero (in float64, where +0.5 is exac
     return np.sign(x) * np.floor(np.abs(x) + 0.5)
 
 
-def quantize_q8_0(x):
-    """-> (d as float16 (nb,), qs int8 (nb, 32))"""
+def _q8_32(x):
+    """The shared core of q8_0 and q8_1: d = amax/127 (f32), q = roundf(x / d)."""
     x = np.asarray(x, np.float32).reshape(-1, 32)
     amax = np.abs(x).max(axis=1)
     d = (amax / np.float32(127)).astype(np.float32)
     with np.errstate(divide="ignore"):
         idv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
-    qs = _roundf((x * idv[:, None]).astype(np.float32)).astype(np.int8)
+    return d, _roundf((x * idv[:, None]).astype(np.float32)).astype(np.int8)
+
+
+def quantize_q8_0(x):
+    """-> (d as float16 (nb,), qs int8 (nb, 32))"""
+    d, qs = _q8_32(x)
     return d.astype(np.float16), qs
 
 
 def quantize_q8_1(x):
     """-> (d float32 (nb,), s float32 (nb,), qs int8 (nb, 32))"""
-    x = np.asarray(x, np.float32).reshape(-1, 32)
-    amax = np.abs(x).max(axis=1)
-    d = (amax / np.float32(127)).astype(np.float32)
-    with np.errstate(divide="ignore"):
-        idv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
-    qs = _roundf((x * idv[:, None]).astype(np.float32)).astype(np.int8)
+    d, qs = _q8_32(x)
     s = (d * qs.astype(np.int32).sum(axis=1).astype(np.float32)).astype(np.float32)
     return d, s, qs
 

@@ -488,3 +488,12 @@ def test_session_state_machine(one_layer):
     SessionMachine.model = one_layer
     SessionMachine.TestCase.settings = settings(max_examples=15, stateful_step_count=12, deadline=None)
     SessionMachine.TestCase().runTest()
+
+
+@given(x=st.lists(st.sampled_from([-2.0, -1.0, 0.0, 0.5, 1.0, 3.0, float("-inf")]), min_size=1, max_size=60),
+       k=st.integers(1, 60))
+def test_top_sorted_equals_stable_full_sort(x, k):
+    from guanaco_rt.sampling import _top_sorted
+    arr = np.array(x)
+    k = min(k, len(arr))
+    assert _top_sorted(arr, k).tolist() == np.argsort(-arr, kind="stable")[:k].tolist()
