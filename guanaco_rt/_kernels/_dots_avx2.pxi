@@ -4,6 +4,11 @@
 # kernels up to float summation order (tests/test_isa.py).
 from guanaco_rt._kernels.avx2_intrin cimport *
 
+# f16 -> f32 of the weight scales: the 32-weight block kernels look them up in the
+# FP16_TABLE (two loads) rather than vpinsrw + vcvtph2ps (two shuffle/convert µops on the
+# busy ports): +8-11% for q4_0/q5_0/q5_1. The k-quants convert one scale per 256 weights
+# and use F16C.
+
 cdef inline float hsum_float_8(__m256 x) noexcept nogil:
     cdef __m128 r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x))
     r = _mm_add_ps(r, _mm_movehl_ps(r, r))
@@ -54,7 +59,7 @@ cdef inline __m256i q4_0_pairs(__m256i q, __m256i y) noexcept nogil:
 
 cdef inline __m256 q4_0_q8_1_block(const block_q4_0* x, const block_q8_1* y, __m256 acc) noexcept nogil:
     # one block: the float operations every q4_0 variant repeats, in this order
-    return _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(x.d) * y.d),
+    return _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_fp32(x.d) * y.d),
                            sum_i16_pairs_float(q4_0_pairs(bytes_from_nibbles_32(x.qs),
                                                           _mm256_loadu_si256(<const __m256i*>y.qs))), acc)
 
@@ -78,8 +83,8 @@ cdef void vec_dot_q4_1_q8_1_avx2(int n, float* s, const void* vx, const void* vy
     cdef float summs = 0.0
     cdef int i
     for i in range(n // QK8_1):
-        summs += _cvtsh_ss(x[i].m) * y[i].s
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(x[i].d) * y[i].d),
+        summs += fp16_to_fp32(x[i].m) * y[i].s
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_fp32(x[i].d) * y[i].d),
                               mul_sum_us8_pairs_float(bytes_from_nibbles_32(x[i].qs),
                                                       _mm256_loadu_si256(<const __m256i*>y[i].qs)), acc)
     s[0] = hsum_float_8(acc) + summs
@@ -94,7 +99,7 @@ cdef void vec_dot_q5_0_q8_1_avx2(int n, float* s, const void* vx, const void* vy
     for i in range(n // QK8_1):
         # q - 16 = nibble | (high bit ? 0 : 0xF0) read as a signed byte
         qx = _mm256_or_si256(bytes_from_nibbles_32(x[i].qs), _mm256_andnot_si256(bytes_from_bits_32(x[i].qh), hi_off))
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(x[i].d) * y[i].d),
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_fp32(x[i].d) * y[i].d),
                               mul_sum_i8_pairs_float(qx, _mm256_loadu_si256(<const __m256i*>y[i].qs)), acc)
     s[0] = hsum_float_8(acc)
 
@@ -107,9 +112,9 @@ cdef void vec_dot_q5_1_q8_1_avx2(int n, float* s, const void* vx, const void* vy
     cdef float summs = 0.0
     cdef int i
     for i in range(n // QK8_1):
-        summs += _cvtsh_ss(x[i].m) * y[i].s
+        summs += fp16_to_fp32(x[i].m) * y[i].s
         qx = _mm256_or_si256(bytes_from_nibbles_32(x[i].qs), _mm256_and_si256(bytes_from_bits_32(x[i].qh), bit4))
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(x[i].d) * y[i].d),
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_fp32(x[i].d) * y[i].d),
                               mul_sum_us8_pairs_float(qx, _mm256_loadu_si256(<const __m256i*>y[i].qs)), acc)
     s[0] = hsum_float_8(acc) + summs
 
@@ -120,15 +125,15 @@ cdef void vec_dot_q8_0_q8_1_avx2(int n, float* s, const void* vx, const void* vy
     cdef __m256 acc1 = _mm256_setzero_ps()
     cdef int i, nb = n // QK8_1
     for i in range(0, nb - 1, 2):
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(x[i].d) * y[i].d),
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_fp32(x[i].d) * y[i].d),
                                mul_sum_i8_pairs_float(_mm256_loadu_si256(<const __m256i*>x[i].qs),
                                                       _mm256_loadu_si256(<const __m256i*>y[i].qs)), acc0)
-        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(x[i + 1].d) * y[i + 1].d),
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_fp32(x[i + 1].d) * y[i + 1].d),
                                mul_sum_i8_pairs_float(_mm256_loadu_si256(<const __m256i*>x[i + 1].qs),
                                                       _mm256_loadu_si256(<const __m256i*>y[i + 1].qs)), acc1)
     if nb % 2:
         i = nb - 1
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(x[i].d) * y[i].d),
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_fp32(x[i].d) * y[i].d),
                                mul_sum_i8_pairs_float(_mm256_loadu_si256(<const __m256i*>x[i].qs),
                                                       _mm256_loadu_si256(<const __m256i*>y[i].qs)), acc0)
     s[0] = hsum_float_8(_mm256_add_ps(acc0, acc1))
@@ -400,7 +405,7 @@ cdef void vec_dot_q4_0_q8_1_x4_avx2(int n, float* s, int64_t s_stride, const voi
     cdef int i, nb = n // QK8_1
     for i in range(nb):
         qx = bytes_from_nibbles_32(x[i].qs)
-        dx = _cvtsh_ss(x[i].d)
+        dx = fp16_to_fp32(x[i].d)
         if i % 2 == 0 or i == nb - 1 and nb % 2:
             # even blocks (and an odd last one) go to the first accumulator, as in the 1-row kernel
             a00 = _mm256_fmadd_ps(_mm256_set1_ps(dx * y0[i].d), sum_i16_pairs_float(q4_0_pairs(qx, _mm256_loadu_si256(<const __m256i*>y0[i].qs))), a00)
@@ -434,7 +439,7 @@ cdef void vec_dot_q8_0_q8_1_x4_avx2(int n, float* s, int64_t s_stride, const voi
     for i in range(nb):
         qx = _mm256_loadu_si256(<const __m256i*>x[i].qs)
         ax = _mm256_sign_epi8(qx, qx)
-        dx = _cvtsh_ss(x[i].d)
+        dx = fp16_to_fp32(x[i].d)
         if i % 2 == 0 or i == nb - 1 and nb % 2:
             a00 = _mm256_fmadd_ps(_mm256_set1_ps(dx * y0[i].d), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y0[i].qs), qx)), a00)
             a10 = _mm256_fmadd_ps(_mm256_set1_ps(dx * y1[i].d), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y1[i].qs), qx)), a10)
@@ -560,8 +565,88 @@ cdef void vec_dot_q6_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const voi
     s[2 * s_stride] = hsum_float_8(a2)
     s[3 * s_stride] = hsum_float_8(a3)
 
+cdef inline __m256i q5_0_signed(const block_q5_0* x) noexcept nogil:
+    # q - 16 = nibble | (high bit ? 0 : 0xF0) read as a signed byte
+    return _mm256_or_si256(bytes_from_nibbles_32(x.qs), _mm256_andnot_si256(bytes_from_bits_32(x.qh), _mm256_set1_epi8(<char>0xF0)))
+
+cdef inline __m256i q5_1_unsigned(const block_q5_1* x) noexcept nogil:
+    return _mm256_or_si256(bytes_from_nibbles_32(x.qs), _mm256_and_si256(bytes_from_bits_32(x.qh), _mm256_set1_epi8(0x10)))
+
+cdef void vec_dot_q5_0_q8_1_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                                    int64_t y_stride) noexcept nogil:
+    cdef const block_q5_0* x = <const block_q5_0*>vx
+    cdef const block_q8_1* y0 = <const block_q8_1*>vy
+    cdef const block_q8_1* y1 = <const block_q8_1*>(<const uint8_t*>vy + y_stride)
+    cdef const block_q8_1* y2 = <const block_q8_1*>(<const uint8_t*>vy + 2 * y_stride)
+    cdef const block_q8_1* y3 = <const block_q8_1*>(<const uint8_t*>vy + 3 * y_stride)
+    cdef __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps()
+    cdef __m256i qx, ax
+    cdef float dx
+    cdef int i
+    for i in range(n // QK8_1):
+        qx = q5_0_signed(&x[i])
+        ax = _mm256_sign_epi8(qx, qx)
+        dx = fp16_to_fp32(x[i].d)
+        a0 = _mm256_fmadd_ps(_mm256_set1_ps(dx * y0[i].d), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y0[i].qs), qx)), a0)
+        a1 = _mm256_fmadd_ps(_mm256_set1_ps(dx * y1[i].d), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y1[i].qs), qx)), a1)
+        a2 = _mm256_fmadd_ps(_mm256_set1_ps(dx * y2[i].d), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y2[i].qs), qx)), a2)
+        a3 = _mm256_fmadd_ps(_mm256_set1_ps(dx * y3[i].d), mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y3[i].qs), qx)), a3)
+    s[0] = hsum_float_8(a0)
+    s[s_stride] = hsum_float_8(a1)
+    s[2 * s_stride] = hsum_float_8(a2)
+    s[3 * s_stride] = hsum_float_8(a3)
+
+cdef inline void min_x4(float m, const block_q8_1* y0, const block_q8_1* y1, const block_q8_1* y2,
+                        const block_q8_1* y3, float* sm) noexcept nogil:
+    sm[0] += m * y0.s
+    sm[1] += m * y1.s
+    sm[2] += m * y2.s
+    sm[3] += m * y3.s
+
+cdef void vec_dot_unsigned_q8_1_x4(int n, float* s, int64_t s_stride, const void* vx, int64_t x_size, int five,
+                                   const void* vy, int64_t y_stride) noexcept nogil:
+    # q4_1 (five=0) and q5_1 (five=1): x = d * q + m, q unsigned; blocks start with d, m
+    cdef const uint8_t* xb
+    cdef const block_q8_1* y0 = <const block_q8_1*>vy
+    cdef const block_q8_1* y1 = <const block_q8_1*>(<const uint8_t*>vy + y_stride)
+    cdef const block_q8_1* y2 = <const block_q8_1*>(<const uint8_t*>vy + 2 * y_stride)
+    cdef const block_q8_1* y3 = <const block_q8_1*>(<const uint8_t*>vy + 3 * y_stride)
+    cdef __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps()
+    cdef float sm[4]
+    cdef __m256i qx
+    cdef float dx
+    cdef int i
+    sm[0] = sm[1] = sm[2] = sm[3] = 0.0
+    for i in range(n // QK8_1):
+        xb = <const uint8_t*>vx + i * x_size
+        if five:
+            qx = q5_1_unsigned(<const block_q5_1*>xb)
+        else:
+            qx = bytes_from_nibbles_32((<const block_q4_1*>xb).qs)
+        dx = fp16_to_fp32((<const uint16_t*>xb)[0])
+        min_x4(fp16_to_fp32((<const uint16_t*>xb)[1]), &y0[i], &y1[i], &y2[i], &y3[i], sm)
+        a0 = _mm256_fmadd_ps(_mm256_set1_ps(dx * y0[i].d), mul_sum_us8_pairs_float(qx, _mm256_loadu_si256(<const __m256i*>y0[i].qs)), a0)
+        a1 = _mm256_fmadd_ps(_mm256_set1_ps(dx * y1[i].d), mul_sum_us8_pairs_float(qx, _mm256_loadu_si256(<const __m256i*>y1[i].qs)), a1)
+        a2 = _mm256_fmadd_ps(_mm256_set1_ps(dx * y2[i].d), mul_sum_us8_pairs_float(qx, _mm256_loadu_si256(<const __m256i*>y2[i].qs)), a2)
+        a3 = _mm256_fmadd_ps(_mm256_set1_ps(dx * y3[i].d), mul_sum_us8_pairs_float(qx, _mm256_loadu_si256(<const __m256i*>y3[i].qs)), a3)
+    s[0] = hsum_float_8(a0) + sm[0]
+    s[s_stride] = hsum_float_8(a1) + sm[1]
+    s[2 * s_stride] = hsum_float_8(a2) + sm[2]
+    s[3 * s_stride] = hsum_float_8(a3) + sm[3]
+
+cdef void vec_dot_q4_1_q8_1_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                                    int64_t y_stride) noexcept nogil:
+    vec_dot_unsigned_q8_1_x4(n, s, s_stride, vx, sizeof(block_q4_1), 0, vy, y_stride)
+
+cdef void vec_dot_q5_1_q8_1_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                                    int64_t y_stride) noexcept nogil:
+    vec_dot_unsigned_q8_1_x4(n, s, s_stride, vx, sizeof(block_q5_1), 1, vy, y_stride)
+
 cdef void init_avx2_x4_traits() noexcept nogil:
     VEC_DOT_X4[GGML_TYPE_Q4_0] = vec_dot_q4_0_q8_1_x4_avx2
     VEC_DOT_X4[GGML_TYPE_Q8_0] = vec_dot_q8_0_q8_1_x4_avx2
+    VEC_DOT_X4[GGML_TYPE_Q4_1] = vec_dot_q4_1_q8_1_x4_avx2
+    VEC_DOT_X4[GGML_TYPE_Q5_0] = vec_dot_q5_0_q8_1_x4_avx2
+    VEC_DOT_X4[GGML_TYPE_Q5_1] = vec_dot_q5_1_q8_1_x4_avx2
     VEC_DOT_X4[GGML_TYPE_Q4_K] = vec_dot_q4_K_q8_K_x4_avx2
     VEC_DOT_X4[GGML_TYPE_Q6_K] = vec_dot_q6_K_q8_K_x4_avx2
