@@ -52,6 +52,11 @@ cdef inline __m256i shr16(__m256i x, int n) noexcept nogil:
 cdef inline __m256i k_madd(__m256i scale, __m256i q, const int8_t* y) noexcept nogil:
     return _mm256_madd_epi16(scale, _mm256_maddubs_epi16(q, _mm256_loadu_si256(<const __m256i*>y)))
 
+cdef inline __m256i pair_shuffle(int k) noexcept nogil:
+    # broadcasts i16 element 2k to the low 128-bit lane and 2k+1 to the high one
+    return _mm256_set_m128i(_mm_set1_epi16(<short>(((4 * k + 3) << 8) | (4 * k + 2))),
+                            _mm_set1_epi16(<short>(((4 * k + 1) << 8) | (4 * k))))
+
 cdef inline __m256i q4_0_pairs(__m256i q, __m256i y) noexcept nogil:
     # i16 pair sums of (q - 8) * y from unsigned nibbles: maddubs(q, y) - maddubs(8, y).
     # The same integers as the sign trick with one instruction less; |pair| <= 3840.
@@ -195,39 +200,65 @@ cdef void vec_dot_q2_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy
         acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * _cvtsh_ss(x[i].d)), _mm256_cvtepi32_ps(sumi), acc)
     s[0] = hsum_float_8(acc) - hsum_float_8(accm)
 
+cdef inline __m256i q3_K_scales16(const uint8_t* sc) noexcept nogil:
+    # the 16 six-bit scales of a q3_K block, minus 32, as i16 (layout at block_q3_K)
+    cdef uint32_t a0 = load_u32(sc), a1 = load_u32(sc + 4), t = load_u32(sc + 8)
+    cdef uint32_t s0 = (a0 & 0x0f0f0f0f) | ((t & 0x03030303) << 4)
+    cdef uint32_t s1 = (a1 & 0x0f0f0f0f) | (((t >> 2) & 0x03030303) << 4)
+    cdef uint32_t s2 = ((a0 >> 4) & 0x0f0f0f0f) | (((t >> 4) & 0x03030303) << 4)
+    cdef uint32_t s3 = ((a1 >> 4) & 0x0f0f0f0f) | (((t >> 6) & 0x03030303) << 4)
+    return _mm256_cvtepi8_epi16(_mm_sub_epi8(_mm_set_epi32(<int>s3, <int>s2, <int>s1, <int>s0), _mm_set1_epi8(32)))
+
+cdef inline __m256i q3_hbit4(__m256i hbits, int b) noexcept nogil:
+    # 4 where bit b (a literal at every call) of the hmask byte is set, else 0
+    cdef __m256i one = _mm256_set1_epi8(1)
+    if b == 0:
+        return _mm256_slli_epi16(_mm256_and_si256(hbits, one), 2)
+    if b == 1:
+        return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 1), one), 2)
+    if b == 2:
+        return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2), one), 2)
+    if b == 3:
+        return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 3), one), 2)
+    if b == 4:
+        return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 4), one), 2)
+    if b == 5:
+        return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 5), one), 2)
+    if b == 6:
+        return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 6), one), 2)
+    return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 7), one), 2)
+
+cdef inline __m256i q3_K_block_sumi(const block_q3_K* x, const block_q8_K* y, const __m256i* shuf) noexcept nogil:
+    # sum_j sc_j sum_l q_l y_l as i32 lanes with q = low 2 bits + 4 * high bit - 4; the
+    # -4 goes through the q8_K block sums (4 * sum_j sc_j bsums_j)
+    cdef __m256i m3 = _mm256_set1_epi8(3)
+    cdef __m256i scales = q3_K_scales16(x.scales)
+    cdef __m256i hbits = _mm256_loadu_si256(<const __m256i*>x.hmask)
+    cdef __m256i lo = _mm256_permute2x128_si256(scales, scales, 0x00)
+    cdef __m256i hi = _mm256_permute2x128_si256(scales, scales, 0x11)
+    cdef __m256i q0 = _mm256_loadu_si256(<const __m256i*>x.qs)
+    cdef __m256i q1 = _mm256_loadu_si256(<const __m256i*>(x.qs + 32))
+    cdef __m256i sumi = k_madd(_mm256_shuffle_epi8(lo, shuf[0]), _mm256_or_si256(q2_chunk(q0, 0, m3), q3_hbit4(hbits, 0)), y.qs)
+    sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(lo, shuf[1]), _mm256_or_si256(q2_chunk(q0, 1, m3), q3_hbit4(hbits, 1)), y.qs + 32))
+    sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(lo, shuf[2]), _mm256_or_si256(q2_chunk(q0, 2, m3), q3_hbit4(hbits, 2)), y.qs + 64))
+    sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(lo, shuf[3]), _mm256_or_si256(q2_chunk(q0, 3, m3), q3_hbit4(hbits, 3)), y.qs + 96))
+    sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(hi, shuf[0]), _mm256_or_si256(q2_chunk(q1, 0, m3), q3_hbit4(hbits, 4)), y.qs + 128))
+    sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(hi, shuf[1]), _mm256_or_si256(q2_chunk(q1, 1, m3), q3_hbit4(hbits, 5)), y.qs + 160))
+    sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(hi, shuf[2]), _mm256_or_si256(q2_chunk(q1, 2, m3), q3_hbit4(hbits, 6)), y.qs + 192))
+    sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(hi, shuf[3]), _mm256_or_si256(q2_chunk(q1, 3, m3), q3_hbit4(hbits, 7)), y.qs + 224))
+    return _mm256_sub_epi32(sumi, _mm256_slli_epi32(_mm256_madd_epi16(scales, _mm256_loadu_si256(<const __m256i*>y.bsums)), 2))
+
 cdef void vec_dot_q3_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
     cdef const block_q3_K* x = <const block_q3_K*>vx
     cdef const block_q8_K* y = <const block_q8_K*>vy
     cdef __m256 acc = _mm256_setzero_ps()
-    cdef __m256i m3 = _mm256_set1_epi8(3)
-    cdef __m256i four = _mm256_set1_epi8(4)
-    cdef __m256i hbits, q3bits, q8v, sumi, p, lowq, hsub
-    cdef const uint8_t* q3
-    cdef const int8_t* q8
-    cdef int8_t sc[16]
-    cdef int i, j, k, b, bit
+    cdef __m256i shuf[4]
+    cdef int i, k
+    for k in range(4):
+        shuf[k] = pair_shuffle(k)
     for i in range(n // QK_K):
-        unpack_q3_K_scales(x[i].scales, sc)
-        hbits = _mm256_loadu_si256(<const __m256i*>x[i].hmask)
-        q3 = x[i].qs
-        q8 = y[i].qs
-        sumi = _mm256_setzero_si256()
-        bit = 0
-        for j in range(2):
-            q3bits = _mm256_loadu_si256(<const __m256i*>q3)
-            for k in range(4):
-                b = 8 * j + 2 * k
-                lowq = _mm256_and_si256(shr16(q3bits, 2 * k), m3)
-                # 4 where the high bit is clear: q = low - 4
-                hsub = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, _mm256_set1_epi8(<char>(1 << bit))),
-                                                          _mm256_setzero_si256()), four)
-                q8v = _mm256_loadu_si256(<const __m256i*>(q8 + 32 * k))
-                p = _mm256_sub_epi16(_mm256_maddubs_epi16(lowq, q8v), _mm256_maddubs_epi16(hsub, q8v))
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scales_pair(sc[b], sc[b + 1]), p))
-                bit += 1
-            q3 += 32
-            q8 += 128
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * _cvtsh_ss(x[i].d)), _mm256_cvtepi32_ps(sumi), acc)
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * _cvtsh_ss(x[i].d)),
+                              _mm256_cvtepi32_ps(q3_K_block_sumi(&x[i], &y[i], shuf)), acc)
     s[0] = hsum_float_8(acc)
 
 cdef inline __m256i unpack_k4_scales(const uint8_t* scales, __m256i* sc16) noexcept nogil:
@@ -331,10 +362,6 @@ cdef inline __m256i q6_chunk(__m256i ql1, __m256i ql2, __m256i qh, int k, __m256
     return _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql2, 4), m4),
                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4))
 
-cdef inline __m256i pair_shuffle(int k) noexcept nogil:
-    # broadcasts i16 element 2k to the low 128-bit lane and 2k+1 to the high one
-    return _mm256_set_m128i(_mm_set1_epi16(<short>(((4 * k + 3) << 8) | (4 * k + 2))),
-                            _mm_set1_epi16(<short>(((4 * k + 1) << 8) | (4 * k))))
 
 cdef inline __m256i q6_K_block_sumi(const block_q6_K* x, const block_q8_K* y, const __m256i* shuf,
                                     __m256i m4, __m256i m2) noexcept nogil:

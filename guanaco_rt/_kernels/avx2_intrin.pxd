@@ -71,3 +71,4 @@ cdef extern from "immintrin.h" nogil:
     __m256i _mm256_sub_epi32(__m256i, __m256i)
     __m256i _mm256_broadcastsi128_si256(__m128i)
     __m128i _mm_loadl_epi64(const __m128i*)
+    __m128i _mm_sub_epi8(__m128i, __m128i)
