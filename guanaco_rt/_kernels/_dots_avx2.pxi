@@ -16,17 +16,18 @@ cdef inline float hsum_float_8(__m256 x) noexcept nogil:
     return _mm_cvtss_f32(r)
 
 cdef inline __m256i bytes_from_nibbles_32(const uint8_t* p) noexcept nogil:
-    # 16 bytes -> 32: low nibbles to bytes 0..15, high nibbles to bytes 16..31
-    cdef __m128i t = _mm_loadu_si128(<const __m128i*>p)
-    cdef __m256i b = _mm256_insertf128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1)
+    # 16 bytes -> 32: low nibbles to bytes 0..15, high nibbles to bytes 16..31. The
+    # 16 bytes go to both lanes with one broadcast load; the high lane is shifted by 4.
+    cdef __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128(<const __m128i*>p))
+    b = _mm256_srlv_epi64(b, _mm256_set_epi64x(4, 4, 0, 0))
     return _mm256_and_si256(_mm256_set1_epi8(0x0F), b)
 
 cdef inline __m256i bytes_from_bits_32(const uint8_t* p) noexcept nogil:
     # bit j of a little-endian uint32 -> byte j = 0xFF if set, else 0
-    cdef uint32_t x32 = load_u32(p)
     cdef __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202,
                                           0x0101010101010101, 0x0000000000000000)
-    cdef __m256i b = _mm256_shuffle_epi8(_mm256_set1_epi32(<int>x32), shuf)
+    # broadcast the 4 bytes straight from memory (a load, no shuffle port)
+    cdef __m256i b = _mm256_shuffle_epi8(_mm256_castps_si256(_mm256_broadcast_ss(<const float*>p)), shuf)
     b = _mm256_or_si256(b, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe))
     return _mm256_cmpeq_epi8(b, _mm256_set1_epi64x(-1))
 

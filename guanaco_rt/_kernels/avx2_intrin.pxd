@@ -72,3 +72,6 @@ cdef extern from "immintrin.h" nogil:
     __m256i _mm256_broadcastsi128_si256(__m128i)
     __m128i _mm_loadl_epi64(const __m128i*)
     __m128i _mm_sub_epi8(__m128i, __m128i)
+    __m256i _mm256_srlv_epi64(__m256i, __m256i)
+    __m256 _mm256_broadcast_ss(const float*)
+    __m256i _mm256_castps_si256(__m256)
