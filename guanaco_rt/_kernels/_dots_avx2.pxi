@@ -43,13 +43,6 @@ cdef inline __m256 mul_sum_i8_pairs_float(__m256i x, __m256i y) noexcept nogil:
     # relies on y never being -128 (q8_0 and q8_1 activations are in [-127, 127])
     return mul_sum_us8_pairs_float(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
 
-cdef inline __m256i scales_pair(int lo, int hi) noexcept nogil:
-    # 16 x i16: lo in the low 128-bit lane, hi in the high one
-    return _mm256_set_m128i(_mm_set1_epi16(<short>hi), _mm_set1_epi16(<short>lo))
-
-cdef inline __m256i shr16(__m256i x, int n) noexcept nogil:
-    return _mm256_srl_epi16(x, _mm_cvtsi32_si128(n))
-
 cdef inline __m256i k_madd(__m256i scale, __m256i q, const int8_t* y) noexcept nogil:
     return _mm256_madd_epi16(scale, _mm256_maddubs_epi16(q, _mm256_loadu_si256(<const __m256i*>y)))
 
@@ -161,7 +154,6 @@ cdef void vec_dot_q2_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy
     cdef __m256 accm = _mm256_setzero_ps()
     cdef __m256i m3 = _mm256_set1_epi8(3)
     cdef __m128i m4 = _mm_set1_epi8(0xF)
-    # shuffles that broadcast i16 scale 2k to the low lane and 2k+1 to the high lane
     cdef __m256i shuf[4]
     cdef __m256i q2bits, sumi, scales, half, p
     cdef __m128i raw
@@ -169,8 +161,7 @@ cdef void vec_dot_q2_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy
     cdef const int8_t* q8
     cdef int i, j, k
     for k in range(4):
-        shuf[k] = _mm256_set_m128i(_mm_set1_epi16(<short>(((4 * k + 3) << 8) | (4 * k + 2))),
-                                   _mm_set1_epi16(<short>(((4 * k + 1) << 8) | (4 * k))))
+        shuf[k] = pair_shuffle(k)
     for i in range(n // QK_K):
         raw = _mm_loadu_si128(<const __m128i*>x[i].scales)
         # mins (high nibbles) against the 16 block sums of the activation
