@@ -1,8 +1,8 @@
 """guanaco_rt: run Guanaco / LLaMA ggjt v3 (.ggmlv3.*.bin) models inside Python apps."""
-from .errors import (ContextFullError, FormatError, GuanacoError, SessionBusyError, StateError,
+from .errors import (Cancelled, ContextFullError, FormatError, GuanacoError, SessionBusyError, StateError,
                      UnsupportedVersionError)
 from .model import Model
-from .session import Cancelled, Session
+from .session import Session
 
 __version__ = "0.1.0"
 

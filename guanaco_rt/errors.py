@@ -22,6 +22,10 @@ class UnsupportedVersionError(FormatError):
     """A recognised but unsupported ggml container (ggml, ggmf, ggjt v1/v2, GGUF)."""
 
 
+class Cancelled(GuanacoError):
+    """Session.eval() was interrupted by cancel(); the cache keeps every complete batch."""
+
+
 class ContextFullError(GuanacoError):
     """The session's context window cannot take more tokens under the 'error' policy."""
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from ._kernels.dispatch import kernels
 from .chat import DEFAULT_STOP, Conversation
-from .errors import ContextFullError, GuanacoError, SessionBusyError, StateError
+from .errors import Cancelled, ContextFullError, GuanacoError, SessionBusyError, StateError
 from .sampling import Sampler, SamplingParams
 from .tokenizer import StreamDecoder
 
@@ -33,10 +33,6 @@ log = logging.getLogger("guanaco_rt")
 STATE_MAGIC = b"GRTS"
 STATE_VERSION = 1
 POLICIES = ("error", "shift")
-
-
-class Cancelled(GuanacoError):
-    """eval() was interrupted by cancel(); the cache keeps every complete batch."""
 
 
 @dataclass

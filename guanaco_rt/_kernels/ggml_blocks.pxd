@@ -58,14 +58,15 @@ cdef packed struct block_q5_1:
     uint8_t qh[4]
     uint8_t qs[16]
 
-# 8-bit, 32 weights, x = d * q, 8.5 bits per weight. Also the activation format
-# that q4_0, q5_0 and q8_0 weights pair with. qs never holds -128.
+# 8-bit, 32 weights, x = d * q, 8.5 bits per weight. (ggml also uses it for the
+# activations of q4_0/q5_0/q8_0; we pair those with q8_1, see ggml_types.py.)
 cdef packed struct block_q8_0:
     ggml_fp16_t d
     int8_t qs[32]
 
-# 8-bit activations paired with q4_1 / q5_1 (2023 layout: f32 d and s).
-# s = d * sum(qs) carries the term that the weights' minimum m multiplies.
+# 8-bit activations for every 32-weight block type (2023 layout: f32 d and s).
+# s = d * sum(qs) carries the term that q4_1/q5_1's minimum m multiplies. qs is
+# in [-127, 127], never -128: the AVX2 sign trick relies on it.
 cdef packed struct block_q8_1:
     float d
     float s
