@@ -362,8 +362,9 @@ def test_python_threads_keep_running_during_generation(big_model):
     th = threading.Thread(target=spin)
     th.start()
     t0 = time.perf_counter()
-    s.eval(ids)
+    r = s.generate(ids, max_new_tokens=8, temperature=0.8)
     dt = time.perf_counter() - t0
+    assert r.timings.prompt_tokens == len(ids)
     stop.set()
     th.join()
     assert dt > 0.2
