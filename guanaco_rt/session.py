@@ -288,7 +288,7 @@ class Session:
             tok = self.model.tokenizer
             decoder = StreamDecoder(tok, strip_leading_space=len(ids) == 1)
             matcher = StopMatcher(stop)
-            gen, logprobs, reason = [], [] if params.n_probs else None, "length"
+            gen, emitted, logprobs, reason = [], [], [] if params.n_probs else None, "length"
             try:
                 logits = self._prefill(ids, timings)
             except Cancelled:
@@ -307,6 +307,7 @@ class Session:
                 gen.append(token)
                 out, stopped = matcher.push(decoder.push(token))
                 if out:
+                    emitted.append(out)
                     yield out
                 if stopped:
                     reason = "stop"
@@ -323,24 +324,16 @@ class Session:
                 out, _ = matcher.push(decoder.flush())
                 out += matcher.flush()
                 if out:
+                    emitted.append(out)
                     yield out
             timings.generated_tokens = len(gen)
             timings.generate_ms = (time.perf_counter() - t0) * 1e3
-            text = tok.decode(gen) if len(ids) == 1 else self._continuation_text(ids, gen)
-            if reason == "stop":
-                cut = min(i for i in (text.find(s) for s in matcher.stops) if i >= 0)
-                text = text[:cut]
-            result = GenerationResult(text, gen, reason, timings, logprobs)
+            # the result's text is exactly what was streamed (the stop string held back)
+            result = GenerationResult("".join(emitted), gen, reason, timings, logprobs)
             self.last_result = result
             return result
         finally:
             self._leave()
-
-    def _continuation_text(self, ids, gen):
-        # the text the new tokens add, exactly as streamed (SentencePiece decodes the
-        # leading space of the first piece away only at the very start of a text)
-        dec = StreamDecoder(self.model.tokenizer)
-        return "".join(dec.push(t) for t in gen) + dec.flush()
 
     def _params(self, params, kw):
         if params is not None and kw:
