@@ -103,9 +103,6 @@ class Model:
     def detokenize(self, ids):
         return self.tokenizer.decode(ids)
 
-    def token_bytes(self, i):
-        return self.tokenizer.token_bytes(i)
-
     @property
     def fingerprint(self):
         """32 bytes that identify this model file: a SHA-256 of its header, vocab, tensor

@@ -285,9 +285,6 @@ cdef void shift_kv(const model_t* m, state_t* s, int n_keep, int n_discard, int 
                 memmove(<float*>s.v_cache + dst, <float*>s.v_cache + src, E * 4)
 
 # ---- Python-facing objects ----------------------------------------------------------
-LAYER_TENSORS = ("attention.wq.weight", "attention.wk.weight", "attention.wv.weight", "attention.wo.weight",
-                 "feed_forward.w1.weight", "feed_forward.w2.weight", "feed_forward.w3.weight")
-
 cdef tensor_t _tensor(tuple spec):
     # spec = (address, type, ne0, ne1), validated by the loader
     cdef tensor_t t
@@ -345,16 +342,6 @@ cdef class Engine:
 
     def __dealloc__(self):
         free(self.m.layers)
-
-    def embedding(self, int token):
-        """The dequantized row of tok_embeddings for one token id (checked)."""
-        if not 0 <= token < self.m.n_vocab:
-            raise IndexError(f"token id {token} outside [0, {self.m.n_vocab})")
-        out = np.empty(self.m.n_embd, dtype=np.float32)
-        cdef float[::1] o = out
-        TO_FLOAT[self.m.tok_embeddings.type](self.m.tok_embeddings.data + token * self.m.tok_embeddings.nb1,
-                                             &o[0], self.m.n_embd)
-        return out
 
 
 cdef class State:
