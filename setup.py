@@ -26,6 +26,7 @@ except ImportError:  # pragma: no cover - very old setuptools
     from distutils.sysconfig import customize_compiler
 
 from Cython.Build import cythonize
+import numpy
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KDIR = os.path.join("guanaco_rt", "_kernels")
@@ -86,7 +87,7 @@ def extensions():
         exts.append(Extension(
             f"guanaco_rt._kernels.{name}",
             [os.path.join(KDIR, name + ".pyx")],
-            include_dirs=[KDIR],
+            include_dirs=[KDIR, numpy.get_include()],   # numpy/random/bitgen.h: the sampler's RNG
             extra_compile_args=base + flags + omp_c,
             extra_link_args=omp_l,
         ))

@@ -6,10 +6,17 @@ last ``repeat_last_n`` tokens (positive logits divided, negative multiplied) ->
 frequency and presence penalties -> greedy if temperature <= 0, else top-k ->
 typical-p -> top-p -> min-p -> temperature -> draw. The RNG is a PCG64 seeded
 per session, so the same seed, settings and logits give the same tokens.
+
+The chain itself is C (``_kernels/_sampling.pxi``) so the decode loop runs without
+the GIL; this module holds the settings, their checks and the RNG.
 """
 from dataclasses import dataclass, field, fields
 
+import math
+
 import numpy as np
+
+from ._kernels.dispatch import kernels
 
 
 @dataclass
@@ -34,6 +41,9 @@ class SamplingParams:
         for name, ok in checks:
             if not ok:
                 raise ValueError(f"sampling parameter {name}={getattr(self, name)!r} is out of range")
+        for tok, bias in self.logit_bias.items():
+            if math.isnan(bias) or bias == math.inf:
+                raise ValueError(f"logit_bias[{tok}]={bias!r}: must be finite, or -inf to ban the token")
 
     @classmethod
     def from_kwargs(cls, **kw):
@@ -44,24 +54,9 @@ class SamplingParams:
         return cls(**kw)
 
 
-def _log_softmax(x):
-    m = x.max()
-    e = np.exp(x - m)
-    return x - m - np.log(e.sum())
-
-
-def _top_sorted(x, k):
-    """Ids of the k largest values, highest first, ties in id order: the first k of a
-    stable descending sort, without sorting the whole vocabulary."""
-    if k >= len(x):
-        return np.argsort(-x, kind="stable")
-    kth = np.partition(x, len(x) - k)[len(x) - k]      # the k-th largest value
-    cand = np.flatnonzero(x >= kth)                      # ids ascending, ties at kth included
-    return cand[np.argsort(-x[cand], kind="stable")][:k]
-
-
 class Sampler:
-    """Draws tokens from logits. ``state`` / ``set_state`` save and restore the RNG."""
+    """A session's RNG (NumPy PCG64; ``state`` / ``set_state`` save and restore it) and
+    the entry to the C sampling chain, which draws from this same generator."""
 
     def __init__(self, seed=None):
         self.rng = np.random.Generator(np.random.PCG64(seed))
@@ -73,59 +68,18 @@ class Sampler:
     def set_state(self, state):
         self.rng.bit_generator.state = state
 
+    def core(self, p, n_vocab):
+        """The C chain for settings ``p`` over ``n_vocab`` tokens (checks logit_bias ids)."""
+        return kernels.SamplerCore(n_vocab, self.rng.bit_generator, p.temperature, p.top_k, p.top_p, p.min_p,
+                                   p.typical_p, p.repetition_penalty, p.repeat_last_n, p.frequency_penalty,
+                                   p.presence_penalty, dict(p.logit_bias), p.n_probs)
+
     def penalize(self, logits, history, p):
-        """logits (n_vocab,) float32 -> float64 copy with bias and penalties applied."""
-        x = logits.astype(np.float64)
-        for tok, bias in p.logit_bias.items():
-            x[int(tok)] += bias
-        recent = history[-p.repeat_last_n:] if p.repeat_last_n > 0 else []
-        if len(recent) and (p.repetition_penalty != 1.0 or p.frequency_penalty or p.presence_penalty):
-            ids, counts = np.unique(np.asarray(recent, dtype=np.int64), return_counts=True)
-            if p.repetition_penalty != 1.0:
-                v = x[ids]
-                x[ids] = np.where(v <= 0, v * p.repetition_penalty, v / p.repetition_penalty)
-            if p.frequency_penalty or p.presence_penalty:
-                x[ids] -= counts * p.frequency_penalty + (counts > 0) * p.presence_penalty
-        return x
+        """logits (n_vocab,) -> float64 copy with bias and penalties applied."""
+        logits = np.ascontiguousarray(logits, np.float32)
+        return self.core(p, logits.size).penalize(logits, np.asarray(history, np.int32))
 
     def sample(self, logits, history, p):
         """-> (token id, top log-probs [(id, logprob)] or None)"""
-        x = self.penalize(logits, history, p)
-        top = None
-        if p.n_probs:
-            lp = _log_softmax(np.where(np.isfinite(x), x, -np.inf))
-            idx = _top_sorted(lp, p.n_probs)
-            top = [(int(i), float(lp[i])) for i in idx]
-        if p.temperature <= 0:
-            return int(np.argmax(x)), top
-        # candidates sorted by logit, highest first (stable: ties keep id order)
-        order = _top_sorted(x, p.top_k if p.top_k > 0 else len(x))
-        cand = x[order]
-        finite = np.isfinite(cand)
-        if not finite.any():
-            return int(order[0]), top
-        order, cand = order[finite], cand[finite]
-        if p.top_k > 0:
-            order, cand = order[:p.top_k], cand[:p.top_k]
-        if p.typical_p < 1.0 and len(cand) > 1:
-            lp = _log_softmax(cand)
-            probs = np.exp(lp)
-            ent = -(probs * lp).sum()
-            shifted = np.abs(-lp - ent)
-            srt = np.argsort(shifted, kind="stable")
-            cum = np.cumsum(probs[srt])
-            keep = max(1, int(np.searchsorted(cum, p.typical_p) + 1))
-            sel = np.sort(srt[:keep])
-            order, cand = order[sel], cand[sel]
-        if p.top_p < 1.0 and len(cand) > 1:
-            probs = np.exp(_log_softmax(cand))
-            cum = np.cumsum(probs)
-            keep = max(1, int(np.searchsorted(cum, p.top_p) + 1))
-            order, cand = order[:keep], cand[:keep]
-        if p.min_p > 0 and len(cand) > 1:
-            probs = np.exp(_log_softmax(cand))
-            keep = probs >= p.min_p * probs[0]
-            order, cand = order[keep], cand[keep]
-        probs = np.exp(_log_softmax(cand / p.temperature))
-        i = int(self.rng.choice(len(probs), p=probs / probs.sum()))
-        return int(order[i]), top
+        logits = np.ascontiguousarray(logits, np.float32)
+        return self.core(p, logits.size).sample(logits, np.asarray(history, np.int32))

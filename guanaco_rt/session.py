@@ -1,16 +1,17 @@
 """Session: one conversation's state on a shared Model -- the embedding API.
 
 Owns: the KV cache and scratch buffers (through the kernel State), the tokens
-evaluated so far with prefix reuse, the decode loop (sampling, streaming text,
-stop strings), the context-full policy, chat turns, state save/load/fork, the
-busy/cancel protocol and timings. The sampling math lives in sampling.py, the
-template in chat.py, incremental UTF-8 in tokenizer.py.
+evaluated so far with prefix reuse, driving the decode loop, the context-full
+policy, chat turns, state save/load/fork, the busy/cancel protocol and timings.
+The decode loop itself -- sampling chain, incremental UTF-8, stop strings,
+context shift -- is C (_kernels/_sampling.pxi, _decode.pxi); the sampling
+settings and RNG live in sampling.py, the template in chat.py.
 
 Threading contract: a Model is shared read-only by any number of Sessions in any
 number of threads. A Session serves one caller at a time; a second thread that
 calls into a busy Session gets SessionBusyError. ``cancel()`` and the read-only
-properties may be called from any thread at any time. The forward pass runs with
-the GIL released.
+properties may be called from any thread at any time. Evaluation and the decode
+loop (sampling and stop checks included) run with the GIL released.
 """
 import asyncio
 import json
@@ -26,7 +27,6 @@ from ._kernels.dispatch import kernels
 from .chat import DEFAULT_STOP, Conversation
 from .errors import Cancelled, ContextFullError, GuanacoError, SessionBusyError, StateError
 from .sampling import Sampler, SamplingParams
-from .tokenizer import StreamDecoder
 
 log = logging.getLogger("guanaco_rt")
 
@@ -60,39 +60,6 @@ class GenerationResult:
     finish_reason: str            # "stop" | "length" | "eos" | "cancelled"
     timings: Timings
     logprobs: list = field(default=None)  # per token: [(id, logprob)] of the top n_probs
-
-
-class StopMatcher:
-    """Finds stop strings in streamed text across token boundaries.
-
-    Text that could still grow into a stop string is held back; the stop string
-    and anything after it are never emitted.
-    """
-
-    def __init__(self, stops):
-        self.stops = [s for s in (stops or []) if s]
-        self.buf = ""
-
-    def push(self, piece):
-        """-> (text safe to emit now, stopped)"""
-        self.buf += piece
-        hits = [i for i in (self.buf.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            out, self.buf = self.buf[:min(hits)], ""
-            return out, True
-        hold = 0
-        for s in self.stops:
-            for k in range(min(len(s) - 1, len(self.buf)), hold, -1):
-                if self.buf.endswith(s[:k]):
-                    hold = k
-                    break
-        cut = len(self.buf) - hold
-        out, self.buf = self.buf[:cut], self.buf[cut:]
-        return out, False
-
-    def flush(self):
-        out, self.buf = self.buf, ""
-        return out
 
 
 class TextStream:
@@ -256,18 +223,6 @@ class Session:
                     len(ids), len(keep) + tail, len(keep), tail)
         return keep + ids[-tail:]
 
-    def _make_room(self):
-        """One more token must fit: by policy, raise or shift the cache."""
-        if self.n_past < self.n_ctx:
-            return
-        if self.context_policy == "error":
-            raise ContextFullError(f"context full: {self.n_past} tokens = n_ctx {self.n_ctx}")
-        n_keep = max(0, min(self.n_keep, self.n_past - 2))
-        n_discard = max(1, (self.n_past - n_keep) // 2)
-        self._state.shift(n_keep, n_discard, self.n_past)
-        del self.tokens[n_keep:n_keep + n_discard]
-        log.info("context shift: kept %d, dropped %d, %d left", n_keep, n_discard, self.n_past)
-
     # -- generation ------------------------------------------------------------------
     def _prompt_ids(self, prompt):
         if isinstance(prompt, str):
@@ -276,56 +231,51 @@ class Session:
         self._check_ids(ids)
         return ids
 
-    def _decode_loop(self, prompt, max_new_tokens=128, stop=None, params=None):
-        """Generator of text pieces; returns the GenerationResult. Holds the session."""
+    def _decode_loop(self, prompt, max_new_tokens=128, stop=None, params=None, piecewise=True):
+        """Generator of text pieces; returns the GenerationResult. Holds the session.
+
+        After the prompt, the loop (sampling, token text, stop strings, context room, the
+        forward pass) runs in C without the GIL; with ``piecewise`` it comes back to
+        Python once per piece of text, to hand the piece out, else once at the end.
+        """
         self._enter()
         try:
             timings = Timings(load_ms=self.model.load_time * 1e3)
             ids = self._prompt_ids(prompt)
             if not ids:
                 raise ValueError("empty prompt: pass at least the BOS token")
+            if max_new_tokens < 0:
+                raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
             ids = self._fit_prompt(ids, min(max_new_tokens, self.n_ctx // 4))
             tok = self.model.tokenizer
-            decoder = StreamDecoder(tok, strip_leading_space=len(ids) == 1)
-            matcher = StopMatcher(stop)
-            gen, emitted, logprobs, reason = [], [], [] if params.n_probs else None, "length"
+            core = self.sampler.core(params, self.n_vocab)      # checks logit_bias ids up front
+            text = kernels.TextStage(tok.byte_table, list(stop or []), len(ids) == 1)
+            gen, logprobs, reason, emitted = [], [] if params.n_probs else None, None, []
             try:
-                logits = self._prefill(ids, timings)
+                self._prefill(ids, timings)
             except Cancelled:
-                logits, reason, max_new_tokens = None, "cancelled", 0
+                reason = "cancelled"
             t0 = time.perf_counter()
-            for i in range(max_new_tokens):
-                if self._state.cancelled:
-                    reason = "cancelled"
-                    break
-                token, top = self.sampler.sample(logits, self.tokens, params)
-                if logprobs is not None:
-                    logprobs.append(top)
-                if token == tok.eos_id:
-                    reason = "eos"
-                    break
-                gen.append(token)
-                out, stopped = matcher.push(decoder.push(token))
-                if out:
-                    emitted.append(out)
-                    yield out
-                if stopped:
-                    reason = "stop"
-                    break
-                if i == max_new_tokens - 1:
-                    break
-                self._make_room()
+            if reason is None:
+                dec = kernels.Decoder(self._state, core, text, np.asarray(self.tokens, np.int32), self._logits1[0],
+                                      max_new_tokens, tok.eos_id, self.context_policy == "shift", self.n_keep)
                 try:
-                    logits = self._eval([token])
-                except Cancelled:
-                    reason = "cancelled"
-                    break
-            if reason != "stop":
-                out, _ = matcher.push(decoder.flush())
-                out += matcher.flush()
-                if out:
-                    emitted.append(out)
-                    yield out
+                    while reason is None:
+                        piece, reason = dec.run(piecewise)
+                        if piece:
+                            emitted.append(piece)
+                            yield piece
+                finally:
+                    # the cache holds exactly these tokens, whether the loop ended or was abandoned
+                    self.tokens = dec.tokens()
+                    self._last_logits = self._logits1[0] if dec.have_logits else None
+                    if dec.n_shifts:
+                        log.info("context shift: %d time(s), %d tokens dropped (n_keep %d), %d left",
+                                 dec.n_shifts, dec.n_discarded, self.n_keep, self.n_past)
+                gen, logprobs = dec.generated(), dec.logprobs()
+            if reason == "context_full":
+                raise ContextFullError(f"context full: {self.n_past} tokens = n_ctx {self.n_ctx} "
+                                       f"after {len(gen)} generated (context_policy='error')")
             timings.generated_tokens = len(gen)
             timings.generate_ms = (time.perf_counter() - t0) * 1e3
             # the result's text is exactly what was streamed (the stop string held back)
@@ -343,7 +293,11 @@ class Session:
     def stream(self, prompt, max_new_tokens=128, stop=None, params=None, **sampling):
         """Iterator of text pieces as they are generated (never a split UTF-8 character,
         never a piece of a stop string). ``.result`` holds the GenerationResult at the end."""
-        return TextStream(self._decode_loop(prompt, max_new_tokens, stop, self._params(params, sampling)))
+        return self._stream(prompt, max_new_tokens, stop, params, sampling, piecewise=True)
+
+    def _stream(self, prompt, max_new_tokens, stop, params, sampling, piecewise):
+        return TextStream(self._decode_loop(prompt, max_new_tokens, stop, self._params(params, sampling),
+                                            piecewise))
 
     def generate(self, prompt, max_new_tokens=128, stop=None, params=None, callback=None, **sampling):
         """Generate a continuation of ``prompt`` (text, or token ids starting with BOS).
@@ -351,7 +305,8 @@ class Session:
         The prompt is the whole context: the longest prefix already in the cache is reused.
         ``callback(piece)`` is called with each text piece as it comes.
         """
-        s = self.stream(prompt, max_new_tokens, stop, params, **sampling)
+        # without a callback nobody waits for pieces: one call into C decodes everything
+        s = self._stream(prompt, max_new_tokens, stop, params, sampling, piecewise=callback is not None)
         for piece in s:
             if callback is not None:
                 callback(piece)

@@ -2,8 +2,9 @@
 
 Owns: turning the (text bytes, score) pairs that the 2023 convert.py wrote into
 a SentencePiece BPE model (piece types rebuilt, since the file does not store
-them), exact encoding and decoding through the ``sentencepiece`` package, and
-incremental byte -> text decoding for streaming. Does not know about models.
+them), exact encoding and decoding through the ``sentencepiece`` package, and the
+bytes each token stands for (``byte_table``, which the C decode loop turns into
+text incrementally). Does not know about models.
 
 convert.py wrote: ``<unk>`` as " \\u2047 ", control tokens (``<s>``, ``</s>``)
 as empty strings, byte tokens ``<0xNN>`` as the one raw byte, every other piece
@@ -11,6 +12,7 @@ with U+2581 replaced by a space.
 """
 import struct
 
+import numpy as np
 import sentencepiece as spm
 
 from .errors import FormatError
@@ -114,6 +116,12 @@ class Tokenizer:
             raise FormatError(path, "vocab", f"cannot build a SentencePiece model: {e}") from None
         self.bos_id, self.eos_id, self.unk_id = BOS_ID, EOS_ID, UNK_ID
         self._token_bytes = [self._bytes_of(i) for i in range(self.n_vocab)]
+        # the same bytes as flat arrays, for the C text stage of the decode loop
+        offs = np.zeros(self.n_vocab + 1, np.int64)
+        offs[1:] = np.cumsum([len(b) for b in self._token_bytes])
+        blob = np.frombuffer(b"".join(self._token_bytes) + b"\0", np.uint8)
+        normal = np.array([t == NORMAL for _, _, t in self.pieces], np.uint8)
+        self.byte_table = (blob, offs, normal)   # token i: blob[offs[i]:offs[i+1]]; normal[i]
 
     def _bytes_of(self, i):
         piece, _, ptype = self.pieces[i]
@@ -139,82 +147,3 @@ class Tokenizer:
     def token_bytes(self, i):
         """The raw bytes token ``i`` stands for (a leading space kept; control tokens b"")."""
         return self._token_bytes[i]
-
-
-class Utf8Stream:
-    """Incremental UTF-8 -> str that never splits a character and never raises.
-
-    Decodes as SentencePiece's decode does: each byte that cannot start or continue
-    a valid sequence becomes one U+FFFD; an incomplete sequence waits for more bytes
-    and, if the stream ends first, gives one U+FFFD per byte.
-    """
-
-    def __init__(self):
-        self.pending = b""
-
-    @staticmethod
-    def _seq_len(b0):
-        if b0 < 0x80:
-            return 1
-        if 0xC2 <= b0 <= 0xDF:
-            return 2
-        if 0xE0 <= b0 <= 0xEF:
-            return 3
-        if 0xF0 <= b0 <= 0xF4:
-            return 4
-        return 0
-
-    def feed(self, data, final=False):
-        buf = self.pending + data
-        out, i, n = [], 0, len(buf)
-        while i < n:
-            k = self._seq_len(buf[i])
-            if k == 0:
-                out.append("\ufffd")
-                i += 1
-                continue
-            chunk = buf[i:i + k]
-            if len(chunk) < k:
-                # incomplete: valid so far? then wait, else the lead byte is garbage
-                try:
-                    chunk.decode("utf-8")
-                    ok_prefix = False
-                except UnicodeDecodeError as e:
-                    ok_prefix = e.reason == "unexpected end of data"
-                if ok_prefix and not final:
-                    break
-                out.append("\ufffd")
-                i += 1
-                continue
-            try:
-                out.append(chunk.decode("utf-8"))
-                i += k
-            except UnicodeDecodeError:
-                out.append("\ufffd")
-                i += 1
-        self.pending = buf[i:]
-        return "".join(out)
-
-
-class StreamDecoder:
-    """Turns generated token ids into text pieces without splitting a UTF-8 character.
-
-    Concatenated, the pieces equal ``Tokenizer.decode`` of the same ids. The first
-    normal piece drops the dummy-prefix space if ``strip_leading_space``.
-    """
-
-    def __init__(self, tokenizer, strip_leading_space=False):
-        self.tok = tokenizer
-        self.utf8 = Utf8Stream()
-        self.strip = strip_leading_space
-
-    def push(self, token_id):
-        b = self.tok.token_bytes(token_id)
-        if self.strip and b:
-            if self.tok.pieces[token_id][2] == NORMAL and b.startswith(b" "):
-                b = b[1:]
-            self.strip = False
-        return self.utf8.feed(b)
-
-    def flush(self):
-        return self.utf8.feed(b"", final=True)

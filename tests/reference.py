@@ -214,3 +214,65 @@ def dequantize_activation(vt, data, n):
         rec = np.frombuffer(raw, dtype=[("d", "<f4"), ("qs", "i1", 256), ("bsums", "<i2", 16)], count=n // 256)
         return (rec["d"].astype(np.float64)[:, None] * rec["qs"]).reshape(-1)
     raise ValueError(vt)
+
+
+# ---- the sampling chain (llama.cpp 2023 order), in NumPy ------------------------------
+def _log_softmax(x):
+    m = x.max()
+    return x - m - np.log(np.exp(x - m).sum())
+
+
+def sample_penalize(logits, history, p):
+    """logits (n_vocab,) float32 -> float64 with logit bias, then repetition penalty over
+    the last repeat_last_n tokens, then frequency and presence penalties."""
+    x = logits.astype(np.float64)
+    for tok, bias in p.logit_bias.items():
+        x[int(tok)] += bias
+    recent = history[-p.repeat_last_n:] if p.repeat_last_n > 0 else []
+    if len(recent) and (p.repetition_penalty != 1.0 or p.frequency_penalty or p.presence_penalty):
+        ids, counts = np.unique(np.asarray(recent, dtype=np.int64), return_counts=True)
+        if p.repetition_penalty != 1.0:
+            v = x[ids]
+            x[ids] = np.where(v <= 0, v * p.repetition_penalty, v / p.repetition_penalty)
+        x[ids] -= counts * p.frequency_penalty + p.presence_penalty
+    return x
+
+
+def sample_chain(logits, history, p, rng):
+    """-> (token, top [(id, logprob)] or None, candidate ids, their probabilities).
+    The draw is Generator.choice(p=...), one double from ``rng``."""
+    x = sample_penalize(logits, history, p)
+    top = None
+    if p.n_probs:
+        lp = _log_softmax(x)
+        idx = np.argsort(-lp, kind="stable")[:p.n_probs]
+        top = [(int(i), float(lp[i])) for i in idx]
+    if p.temperature <= 0:
+        return int(np.argmax(x)), top, None, None
+    order = np.argsort(-x, kind="stable")
+    if p.top_k > 0:
+        order = order[:p.top_k]
+    cand = x[order]
+    finite = np.isfinite(cand)
+    if not finite.any():
+        return int(order[0]), top, None, None
+    order, cand = order[finite], cand[finite]
+    if p.typical_p < 1.0 and len(cand) > 1:
+        lp = _log_softmax(cand)
+        probs = np.exp(lp)
+        ent = -(probs * lp).sum()
+        srt = np.argsort(np.abs(-lp - ent), kind="stable")
+        keep = int(np.searchsorted(np.cumsum(probs[srt]), p.typical_p) + 1)
+        sel = np.sort(srt[:keep])
+        order, cand = order[sel], cand[sel]
+    if p.top_p < 1.0 and len(cand) > 1:
+        keep = int(np.searchsorted(np.cumsum(np.exp(_log_softmax(cand))), p.top_p) + 1)
+        order, cand = order[:keep], cand[:keep]
+    if p.min_p > 0 and len(cand) > 1:
+        probs = np.exp(_log_softmax(cand))
+        keep = probs >= p.min_p * probs[0]
+        order, cand = order[keep], cand[keep]
+    probs = np.exp(_log_softmax(cand / p.temperature))
+    probs = probs / probs.sum()
+    i = int(rng.choice(len(probs), p=probs))
+    return int(order[i]), top, order, probs

@@ -66,3 +66,16 @@ def test_unknown_isa_is_refused():
     r = subprocess.run([sys.executable, "-c", "import guanaco_rt"], env={**os.environ, "GUANACO_RT_ISA": "avx9000"},
                        capture_output=True, text=True, cwd=HERE)
     assert r.returncode != 0 and "avx9000" in r.stderr
+
+
+@given(seed=st.integers(0, 2**32), temp=st.sampled_from([0.0, 0.7, 1.3]), top_k=st.sampled_from([0, 5]),
+       top_p=st.sampled_from([0.9, 1.0]), typical_p=st.sampled_from([0.8, 1.0]))
+def test_sampler_is_identical_across_isas(S, seed, temp, top_k, top_p, typical_p):
+    logits = np.random.default_rng(seed).standard_normal(300).astype(np.float32) * 3
+    hist = np.arange(0, 300, 7, dtype=np.int32)
+    out = []
+    for mod in (_generic, S):
+        bg = np.random.PCG64(seed)
+        core = mod.SamplerCore(300, bg, temp, top_k, top_p, 0.02, typical_p, 1.1, 64, 0.1, 0.2, {5: -1.0}, 3)
+        out.append((core.sample(logits, hist), bg.state))
+    assert out[0] == out[1]

@@ -1,6 +1,7 @@
 """The embedding API: generation, streaming, stops, chat, context policies, state,
 threads, cancellation."""
 import asyncio
+import sys
 import threading
 import time
 
@@ -10,10 +11,11 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import guanaco_rt
+from guanaco_rt._kernels.dispatch import kernels
 from guanaco_rt.chat import Conversation, format_turn
 from guanaco_rt.sampling import Sampler, SamplingParams
-from guanaco_rt.session import StopMatcher
 from helpers import tiny_model
+from reference import sample_chain, sample_penalize
 
 PROMPT = "the cat sat on the mat"
 
@@ -107,20 +109,23 @@ def test_stop_string_across_token_boundaries(model):
     assert all(stop not in p for p in pieces)
 
 
-@given(text=st.text(alphabet="ab#H: ", max_size=40), cuts=st.lists(st.integers(0, 40), max_size=10),
-       stops=st.lists(st.text(alphabet="ab#H: ", min_size=1, max_size=4), min_size=1, max_size=3))
+@given(text=st.text(alphabet="ab#H: é", max_size=40), cuts=st.lists(st.integers(0, 40), max_size=10),
+       stops=st.lists(st.text(alphabet="ab#H: é", min_size=1, max_size=4), min_size=1, max_size=3))
 def test_stop_matcher_property(text, cuts, stops):
+    # the decode loop's text stage (C), fed text pieces instead of tokens
     bounds = sorted(set(c for c in cuts if c <= len(text)))
     pieces = [text[a:b] for a, b in zip([0] + bounds, bounds + [len(text)])]
-    m = StopMatcher(stops)
+    empty_vocab = (np.zeros(1, np.uint8), np.zeros(2, np.int64), np.zeros(1, np.uint8))
+    m = kernels.TextStage(empty_vocab, stops)
     out, stopped = [], False
     for p in pieces:
-        o, stopped = m.push(p)
+        o, stopped = m.push_text(p)
         out.append(o)
         if stopped:
             break
     if not stopped:
-        out.append(m.flush())
+        o, stopped = m.finish()
+        out.append(o)
     # oracle: generation stops at the first piece boundary where some stop string is
     # present, and the text is cut where the earliest present stop string begins
     want, end = text, 0
@@ -238,8 +243,10 @@ def test_shifted_cache_matches_fresh_evaluation(one_layer, kv_f16):
     ids = model.tokenize("one two three four five six seven eight nine ten eleven")[:16]
     s = guanaco_rt.Session(model, n_ctx=len(ids), context_policy="shift", n_keep=1, kv_f16=kv_f16)
     s.eval(ids)
-    s._make_room()
-    kept = list(s.tokens)
+    # what the decode loop does when the cache is full: keep n_keep, drop half the rest
+    n_discard = (len(ids) - 1) // 2
+    s._state.shift(1, n_discard, len(ids))
+    kept = s.tokens = ids[:1] + ids[1 + n_discard:]
     assert kept[0] == 1 and len(kept) < len(ids) and kept[1:] == ids[-(len(kept) - 1):]
     fresh = guanaco_rt.Session(model, n_ctx=len(ids), kv_f16=kv_f16)
     fresh.eval(kept)
@@ -371,6 +378,29 @@ def test_python_threads_keep_running_during_generation(big_model):
     assert count[0] > 10000 * dt   # a pure-Python loop got the GIL throughout
 
 
+def test_decode_loop_runs_in_c_whatever_the_length(model):
+    """generate() without a callback enters C once for the whole decode loop: the Python
+    calls it makes (counted by a profiler hook) do not grow with the tokens generated, so
+    sampling, text and stop checks hold no GIL per token."""
+    def python_calls(n):
+        s = guanaco_rt.Session(model, n_ctx=128, seed=1)
+        calls = [0]
+
+        def prof(frame, event, arg):
+            if event in ("call", "c_call"):
+                calls[0] += 1
+        sys.setprofile(prof)
+        try:
+            r = s.generate(PROMPT, max_new_tokens=n, temperature=0.9, top_k=0, top_p=0.9, min_p=0.01,
+                           typical_p=0.95, repetition_penalty=1.2, frequency_penalty=0.1, n_probs=2,
+                           stop=["zzzz"], logit_bias={2: float("-inf")})
+        finally:
+            sys.setprofile(None)
+        assert len(r.tokens) == n and r.finish_reason == "length"
+        return calls[0]
+    assert python_calls(60) == python_calls(3)
+
+
 def test_cancel_long_prompt_returns_promptly_and_session_continues(big_model):
     s = guanaco_rt.Session(big_model, n_ctx=2048, n_batch=64)
     ids = [1] + [5 + i % 900 for i in range(1500)]
@@ -396,6 +426,33 @@ def test_cancel_long_prompt_returns_promptly_and_session_continues(big_model):
     b = guanaco_rt.Session(big_model, n_ctx=2048, n_batch=64).generate(short, max_new_tokens=4, temperature=0,
                                                                        n_probs=3)
     assert a.tokens == b.tokens and a.logprobs == b.logprobs
+
+
+def test_cancel_during_decoding_keeps_a_consistent_cache(big_model):
+    # generate() without a callback is one call into C: cancel() must still reach it
+    s = guanaco_rt.Session(big_model, n_ctx=2048, seed=5)
+    prompt = [1, 17, 42, 99]
+    res = {}
+
+    def run():
+        res["r"] = s.generate(prompt, max_new_tokens=2000, temperature=1.0, logit_bias={2: float("-inf")})
+    th = threading.Thread(target=run)
+    th.start()
+    time.sleep(0.4)
+    t_cancel = time.perf_counter()
+    s.cancel()
+    th.join()
+    latency = time.perf_counter() - t_cancel
+    r = res["r"]
+    assert r.finish_reason == "cancelled" and 0 < len(r.tokens) < 2000 and latency < 0.5
+    # the cache holds the prompt and the generated tokens that were evaluated, nothing else
+    assert s.tokens[:4] == prompt and s.tokens[4:] == r.tokens[:s.n_past - 4]
+    assert s.n_past - 4 in (len(r.tokens), len(r.tokens) - 1)   # the last one may be unevaluated
+    ref = fresh_logits(big_model, s.tokens)
+    if s._last_logits is not None:
+        np.testing.assert_array_equal(s._last_logits, ref)
+    nxt = s.eval([42])
+    np.testing.assert_array_equal(nxt, guanaco_rt.Session(big_model, n_ctx=2048).eval(s.tokens))
 
 
 # ---- sampler -----------------------------------------------------------------------------
@@ -430,6 +487,69 @@ def test_sampler_filters(seed, data):
     banned = int(order[0])
     t, _ = s.sample(logits, [], SamplingParams(temperature=0.0, logit_bias={banned: float("-inf")}))
     assert t == order[1]
+
+
+PARAMS = st.builds(
+    SamplingParams,
+    temperature=st.sampled_from([0.0, 0.3, 0.8, 1.0, 1.7]),
+    top_k=st.sampled_from([0, 1, 3, 10, 40, 100]),
+    top_p=st.sampled_from([0.05, 0.5, 0.9, 0.95, 1.0]),
+    min_p=st.sampled_from([0.0, 0.01, 0.1, 0.5]),
+    typical_p=st.sampled_from([0.2, 0.7, 0.95, 1.0]),
+    repetition_penalty=st.sampled_from([1.0, 1.1, 1.5, 0.8]),
+    repeat_last_n=st.sampled_from([0, 1, 4, 64]),
+    frequency_penalty=st.sampled_from([0.0, 0.2]),
+    presence_penalty=st.sampled_from([0.0, 0.5]),
+    logit_bias=st.dictionaries(st.integers(0, 59), st.sampled_from([-1.5, 2.0, float("-inf")]), max_size=4),
+    n_probs=st.sampled_from([0, 1, 5]),
+)
+
+
+@given(p=PARAMS, seed=st.integers(0, 2**32), n=st.sampled_from([1, 2, 7, 60]), ties=st.booleans(),
+       hist=st.lists(st.integers(0, 59), max_size=12))
+@settings(max_examples=300)
+def test_sampler_equals_numpy_reference(p, seed, n, ties, hist):
+    """The C chain (penalties, filters, draw, top log-probs) == the NumPy chain in
+    tests/reference.py, fed the same logits, history and RNG stream."""
+    rng = np.random.default_rng(seed)
+    logits = rng.standard_normal(n).astype(np.float32) * 4
+    if ties:
+        logits = np.round(logits)                     # many equal logits: the tie order matters
+    hist = [h % n for h in hist]
+    p.logit_bias = {t % n: v for t, v in p.logit_bias.items()}
+    x = sample_penalize(logits, hist, p)
+    np.testing.assert_allclose(Sampler(0).penalize(logits, hist, p), x, rtol=1e-15, atol=0)
+    if not np.isfinite(x).any():
+        # every token banned: no distribution to compare, but still a valid id and no crash
+        assert 0 <= Sampler(seed).sample(logits, hist, p)[0] < n
+        return
+    s = Sampler(seed)
+    want_tok, want_top, cand, probs = sample_chain(logits, hist, p, np.random.Generator(np.random.PCG64(seed)))
+    tok, top = s.sample(logits, hist, p)
+    if cand is not None:
+        # the draw compares one uniform with the cdf: only an exact edge could differ by rounding
+        u = np.random.Generator(np.random.PCG64(seed)).random()
+        cdf = np.cumsum(probs) / np.cumsum(probs)[-1]
+        if np.abs(cdf - u).min() < 1e-12:
+            return
+    assert tok == want_tok
+    if p.n_probs:
+        assert [i for i, _ in top] == [i for i, _ in want_top]
+        np.testing.assert_allclose([v for _, v in top], [v for _, v in want_top], rtol=1e-12, atol=1e-12)
+    else:
+        assert top is None
+    # one double drawn per sampled (non-greedy, non-degenerate) token, as Generator.choice does
+    ref = np.random.Generator(np.random.PCG64(seed))
+    if cand is not None:
+        ref.random()
+    assert s.state == ref.bit_generator.state
+
+
+def test_sampler_refuses_bad_logit_bias():
+    with pytest.raises(ValueError, match="logit_bias"):
+        SamplingParams(logit_bias={3: float("inf")})
+    with pytest.raises(ValueError, match="logit_bias token id 700"):
+        Sampler(0).sample(np.zeros(600, np.float32), [], SamplingParams(logit_bias={700: 1.0}))
 
 
 # ---- a state machine over the Session's operations ----------------------------------------
@@ -489,12 +609,3 @@ def test_session_state_machine(one_layer):
     SessionMachine.model = one_layer
     SessionMachine.TestCase.settings = settings(max_examples=15, stateful_step_count=12, deadline=None)
     SessionMachine.TestCase().runTest()
-
-
-@given(x=st.lists(st.sampled_from([-2.0, -1.0, 0.0, 0.5, 1.0, 3.0, float("-inf")]), min_size=1, max_size=60),
-       k=st.integers(1, 60))
-def test_top_sorted_equals_stable_full_sort(x, k):
-    from guanaco_rt.sampling import _top_sorted
-    arr = np.array(x)
-    k = min(k, len(arr))
-    assert _top_sorted(arr, k).tolist() == np.argsort(-arr, kind="stable")[:k].tolist()

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import guanaco_rt
-from guanaco_rt.tokenizer import StreamDecoder, Tokenizer, rebuild_pieces
+from guanaco_rt.tokenizer import Tokenizer, rebuild_pieces
 from guanaco_rt.writer import vocab_from_gguf, write_random_model
 
 
@@ -75,32 +75,67 @@ def test_decode_encode_roundtrip_random_unicode(tok, s):
     assert tok.decode(tok.encode(s, bos=False)) == s
 
 
+def stream_pieces(K, tok, ids, strip=True):
+    """The decode loop's text stage (C) fed token by token: the pieces, then the tail."""
+    stage = K.TextStage(tok.byte_table, [], strip)
+    pieces = [stage.push_token(i)[0] for i in ids]
+    return pieces, stage.finish()[0]
+
+
 @given(s=TEXT)
-def test_stream_decoder_concatenates_to_decode(tok, s):
+def test_stream_text_concatenates_to_decode(K, tok, s):
     ids = tok.encode(s, bos=False)
-    dec = StreamDecoder(tok, strip_leading_space=True)
-    out = "".join(dec.push(i) for i in ids) + dec.flush()
-    assert out == tok.decode(ids)
+    pieces, tail = stream_pieces(K, tok, ids)
+    assert "".join(pieces) + tail == tok.decode(ids)
 
 
-def test_stream_decoder_never_splits_a_character(tok):
+def test_stream_text_never_splits_a_character(K, tok):
     ids = tok.encode("日本語 🦙 ok", bos=False)
-    dec = StreamDecoder(tok, strip_leading_space=True)
-    pieces = [dec.push(i) for i in ids]
+    pieces, tail = stream_pieces(K, tok, ids)
     for p in pieces:
         p.encode("utf-8")           # every piece is whole text
-    assert "".join(pieces) + dec.flush() == "日本語 🦙 ok"
+    assert "".join(pieces) + tail == "日本語 🦙 ok"
+    assert "" in pieces             # 🦙 is four byte tokens: the first three give nothing yet
 
 
-def test_invalid_bytes_become_replacement_chars(tok):
+def test_invalid_bytes_become_replacement_chars(K, tok):
     ids = [3 + 0xE6, 3 + 0x97]   # first two bytes of a 3-byte character, never completed
-    dec = StreamDecoder(tok)
-    out = "".join(dec.push(i) for i in ids) + dec.flush()
-    assert out == tok.decode(ids) == "\ufffd\ufffd"   # SentencePiece: one U+FFFD per bad byte
+    pieces, tail = stream_pieces(K, tok, ids, strip=False)
+    assert pieces == ["", ""]
+    assert tail == tok.decode(ids) == "\ufffd\ufffd"   # SentencePiece: one U+FFFD per bad byte
 
 
 @given(ids=st.lists(st.one_of(st.integers(3, 258), st.integers(259, 31999)), max_size=30))
-def test_stream_decoder_matches_sentencepiece_on_any_token_sequence(tok, ids):
-    dec = StreamDecoder(tok, strip_leading_space=True)
-    pieces = [dec.push(i) for i in ids]
-    assert "".join(pieces) + dec.flush() == tok.decode(ids)
+def test_stream_text_matches_sentencepiece_on_any_token_sequence(K, tok, ids):
+    pieces, tail = stream_pieces(K, tok, ids)
+    assert "".join(pieces) + tail == tok.decode(ids)
+
+
+@given(data=st.binary(max_size=40), cuts=st.lists(st.integers(0, 40), max_size=8))
+def test_utf8_stage_matches_python_replace_decoding(K, data, cuts):
+    # bytes cut anywhere decode like SentencePiece: each byte that cannot be part of a valid
+    # sequence is one U+FFFD (Python's "replace" handler agrees on single bad bytes)
+    stage = K.TextStage((np.zeros(1, np.uint8), np.zeros(2, np.int64), np.zeros(1, np.uint8)), [], False)
+    bounds = sorted(set(c for c in cuts if c <= len(data)))
+    out = [stage.push_bytes(data[a:b])[0] for a, b in zip([0] + bounds, bounds + [len(data)])]
+    out.append(stage.finish()[0])
+    assert "".join(out) == "".join(_sp_decode_bytes(data))
+
+
+
+def _sp_decode_bytes(data):
+    """SentencePiece's rule: a byte that starts a complete valid character gives the
+    character, any other byte gives one U+FFFD."""
+    i = 0
+    while i < len(data):
+        for k in (4, 3, 2, 1):
+            if i + k <= len(data):
+                try:
+                    yield data[i:i + k].decode("utf-8")     # valid characters, whole
+                    i += k
+                    break
+                except UnicodeDecodeError:
+                    pass
+        else:
+            yield "\ufffd"
+            i += 1

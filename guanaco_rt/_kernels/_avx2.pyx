@@ -9,6 +9,8 @@ include "_dots_generic.pxi"
 include "_dots_avx2.pxi"
 include "_attn_avx2.pxi"
 include "_engine.pxi"
+include "_sampling.pxi"
+include "_decode.pxi"
 
 ISA = "avx2"
 _fill_fp16_table()

@@ -5,6 +5,8 @@ include "_quants.pxi"
 include "_dots_generic.pxi"
 include "_attn_generic.pxi"
 include "_engine.pxi"
+include "_sampling.pxi"
+include "_decode.pxi"
 
 ISA = "generic"
 _fill_fp16_table()

@@ -1,0 +1,415 @@
+# The decode loop in C: sample -> token bytes -> incremental UTF-8 -> stop strings ->
+# context room -> forward, token after token, without the GIL. Python only takes
+# the text out between calls (Session.stream hands each piece to its caller).
+#
+# Text stages work on bytes. The UTF-8 stage emits only whole, valid characters,
+# each undecodable byte as one U+FFFD (EF BF BD) as SentencePiece's decode does,
+# so the stop stage sees valid UTF-8: a byte match is a character match, and a
+# held-back suffix that starts a stop string starts at a character boundary.
+from libc.stdlib cimport realloc
+from libc.string cimport memcmp
+
+cdef struct bytebuf_t:
+    uint8_t* p
+    int64_t n, cap
+
+cdef int buf_put(bytebuf_t* b, const uint8_t* src, int64_t n) noexcept nogil:
+    # append n bytes; -1 when out of memory (nothing appended)
+    cdef int64_t cap
+    cdef uint8_t* q
+    if b.n + n > b.cap:
+        cap = max(b.n + n, 2 * b.cap, 64)
+        q = <uint8_t*>realloc(b.p, cap)
+        if q == NULL:
+            return -1
+        b.p = q
+        b.cap = cap
+    if n:
+        memcpy(b.p + b.n, src, n)
+    b.n += n
+    return 0
+
+cdef void buf_free(bytebuf_t* b) noexcept nogil:
+    free(b.p)
+    b.p = NULL
+    b.n = b.cap = 0
+
+cdef struct vocab_t:
+    const uint8_t* blob      # every token's bytes, concatenated
+    const int64_t* offs      # (n_vocab + 1,) token i is blob[offs[i]:offs[i + 1]]
+    const uint8_t* normal    # (n_vocab,) 1 for NORMAL pieces, whose leading space is the dummy prefix
+    int n_vocab
+
+cdef bytes _pybytes(bytebuf_t* b):
+    out = b.p[:b.n] if b.n else b""
+    b.n = 0
+    return out
+
+# ---- incremental UTF-8 ------------------------------------------------------------------
+cdef struct utf8_t:
+    uint8_t pend[4]          # an incomplete but so far valid sequence, waiting for more bytes
+    int n_pend
+
+cdef uint8_t REPLACEMENT[3]
+REPLACEMENT[0] = 0xEF
+REPLACEMENT[1] = 0xBF
+REPLACEMENT[2] = 0xBD
+
+cdef inline int _utf8_len(uint8_t b0) noexcept nogil:
+    if b0 < 0x80:
+        return 1
+    if 0xC2 <= b0 <= 0xDF:
+        return 2
+    if 0xE0 <= b0 <= 0xEF:
+        return 3
+    if 0xF0 <= b0 <= 0xF4:
+        return 4
+    return 0
+
+cdef inline bint _utf8_cont_ok(uint8_t b0, int j, uint8_t b) noexcept nogil:
+    # may b be byte j (>= 1) of a sequence led by b0? (no overlongs, surrogates, > U+10FFFF)
+    if j == 1:
+        if b0 == 0xE0:
+            return 0xA0 <= b <= 0xBF
+        if b0 == 0xED:
+            return 0x80 <= b <= 0x9F
+        if b0 == 0xF0:
+            return 0x90 <= b <= 0xBF
+        if b0 == 0xF4:
+            return 0x80 <= b <= 0x8F
+    return 0x80 <= b <= 0xBF
+
+cdef int utf8_feed(utf8_t* u, const uint8_t* data, int64_t n, bint final, bytebuf_t* out) noexcept nogil:
+    # u.pend ++ data (n,) -> whole characters appended to out; an incomplete valid tail
+    # waits in u.pend unless final (then each of its bytes is one U+FFFD). -1: out of memory
+    cdef int64_t total = u.n_pend + n, i = 0
+    cdef int k, j
+    cdef uint8_t seq[4]
+    cdef uint8_t b0
+    while i < total:
+        b0 = u.pend[i] if i < u.n_pend else data[i - u.n_pend]
+        k = _utf8_len(b0)
+        if k == 0:
+            if buf_put(out, REPLACEMENT, 3):
+                return -1
+            i += 1
+            continue
+        seq[0] = b0
+        j = 1
+        while j < k and i + j < total:
+            seq[j] = u.pend[i + j] if i + j < u.n_pend else data[i + j - u.n_pend]
+            if not _utf8_cont_ok(b0, j, seq[j]):
+                break
+            j += 1
+        if j == k:
+            if buf_put(out, seq, k):
+                return -1
+            i += k
+        elif i + j == total and not final:
+            break                       # valid so far: wait for the rest
+        else:
+            if buf_put(out, REPLACEMENT, 3):
+                return -1
+            i += 1
+    # keep the unconsumed tail (< 4 bytes, possibly from the old pend)
+    k = <int>(total - i)
+    for j in range(k):
+        seq[j] = u.pend[i + j] if i + j < u.n_pend else data[i + j - u.n_pend]
+    for j in range(k):
+        u.pend[j] = seq[j]
+    u.n_pend = k
+    return 0
+
+# ---- stop strings -------------------------------------------------------------------------
+cdef struct stops_t:
+    const uint8_t* blob      # the stop strings' UTF-8, concatenated
+    const int64_t* offs      # (n + 1,) stop i is blob[offs[i]:offs[i + 1]], none empty
+    int n
+    bytebuf_t held           # text that may still grow into a stop string
+
+cdef int64_t _find(const uint8_t* hay, int64_t nh, const uint8_t* needle, int64_t nn) noexcept nogil:
+    cdef int64_t i
+    for i in range(nh - nn + 1):
+        if hay[i] == needle[0] and memcmp(hay + i, needle, nn) == 0:
+            return i
+    return -1
+
+cdef int stops_push(stops_t* st, const uint8_t* data, int64_t n, bytebuf_t* out) noexcept nogil:
+    # text (n,) -> out gets what can no longer be part of a stop string. Returns 1 when a
+    # stop string is complete (out gets the text before the earliest one; the rest is
+    # dropped), 0 otherwise, -1 when out of memory.
+    cdef bytebuf_t* h = &st.held
+    cdef int64_t best = -1, at, hold = 0, ls, k, cut
+    cdef int i
+    if st.n == 0:
+        return buf_put(out, data, n)
+    if buf_put(h, data, n):
+        return -1
+    for i in range(st.n):
+        at = _find(h.p, h.n, st.blob + st.offs[i], st.offs[i + 1] - st.offs[i])
+        if at >= 0 and (best < 0 or at < best):
+            best = at
+    if best >= 0:
+        h.n = 0
+        return 1 if buf_put(out, h.p, best) == 0 else -1
+    for i in range(st.n):
+        ls = st.offs[i + 1] - st.offs[i]
+        k = min(ls - 1, h.n)
+        while k > hold:                 # the longest tail of held that begins stop i
+            if memcmp(h.p + h.n - k, st.blob + st.offs[i], k) == 0:
+                hold = k
+                break
+            k -= 1
+    cut = h.n - hold
+    if buf_put(out, h.p, cut):
+        return -1
+    memmove(h.p, h.p + cut, hold)
+    h.n = hold
+    return 0
+
+cdef int stops_flush(stops_t* st, bytebuf_t* out) noexcept nogil:
+    cdef int rc = buf_put(out, st.held.p, st.held.n)
+    st.held.n = 0
+    return rc
+
+# ---- token -> text ----------------------------------------------------------------------
+cdef struct text_t:
+    vocab_t voc
+    utf8_t u8
+    stops_t stops
+    bint strip               # drop the dummy-prefix space of the first NORMAL piece
+    bytebuf_t chars          # scratch: the current token's whole characters
+    bytebuf_t out            # text ready for the caller
+
+cdef int text_push(text_t* T, int32_t tok) noexcept nogil:
+    # -> 1 stopped, 0, -1 out of memory
+    cdef const uint8_t* b = T.voc.blob + T.voc.offs[tok]
+    cdef int64_t n = T.voc.offs[tok + 1] - T.voc.offs[tok]
+    if T.strip and n:
+        if T.voc.normal[tok] and b[0] == 32:
+            b += 1
+            n -= 1
+        T.strip = False
+    T.chars.n = 0
+    if utf8_feed(&T.u8, b, n, False, &T.chars):
+        return -1
+    return stops_push(&T.stops, T.chars.p, T.chars.n, &T.out)
+
+cdef int text_finish(text_t* T) noexcept nogil:
+    # end of generation (not at a stop): undecodable tail bytes, then the held text
+    cdef int rc
+    T.chars.n = 0
+    if utf8_feed(&T.u8, NULL, 0, True, &T.chars):
+        return -1
+    rc = stops_push(&T.stops, T.chars.p, T.chars.n, &T.out)
+    if rc == 0:
+        rc = -1 if stops_flush(&T.stops, &T.out) else 0
+    return rc
+
+cdef class TextStage:
+    """Token ids (or text) -> text to emit, through the UTF-8 and stop stages.
+
+    Owns a text_t and the arrays its pointers point into. The Decoder drives it
+    without the GIL; its methods are the stages' Python-callable twins.
+    """
+    cdef text_t T
+    cdef object keep
+
+    def __cinit__(self, tuple vocab_table, stops=(), bint strip=False):
+        blob, offs, normal = vocab_table
+        sb = [s.encode("utf-8") if isinstance(s, str) else bytes(s) for s in stops]
+        sb = [s for s in sb if s]
+        sblob = np.frombuffer(b"".join(sb) + b"\0", np.uint8)
+        soffs = np.zeros(len(sb) + 1, np.int64)
+        soffs[1:] = np.cumsum([len(s) for s in sb])
+        self.keep = (blob, offs, normal, sblob, soffs)
+        self.T.voc.blob = <const uint8_t*><size_t>blob.ctypes.data
+        self.T.voc.offs = <const int64_t*><size_t>offs.ctypes.data
+        self.T.voc.normal = <const uint8_t*><size_t>normal.ctypes.data
+        self.T.voc.n_vocab = offs.shape[0] - 1
+        self.T.stops.blob = <const uint8_t*><size_t>sblob.ctypes.data
+        self.T.stops.offs = <const int64_t*><size_t>soffs.ctypes.data
+        self.T.stops.n = len(sb)
+        self.T.strip = strip
+
+    def __dealloc__(self):
+        buf_free(&self.T.chars)
+        buf_free(&self.T.out)
+        buf_free(&self.T.stops.held)
+
+    cdef str take(self):
+        # everything ready so far, as text (always whole UTF-8 characters)
+        return _pybytes(&self.T.out).decode("utf-8")
+
+    cdef _result(self, int rc):
+        if rc < 0:
+            raise MemoryError("out of memory in the text stage")
+        return self.take(), rc == 1
+
+    def push_token(self, int tok):
+        """-> (text now safe to emit, stopped)"""
+        if not 0 <= tok < self.T.voc.n_vocab:
+            raise ValueError(f"token id {tok} outside [0, {self.T.voc.n_vocab})")
+        return self._result(text_push(&self.T, tok))
+
+    def push_bytes(self, const uint8_t[::1] data):
+        """Raw bytes through the UTF-8 and stop stages -> (text, stopped)"""
+        cdef int rc
+        self.T.chars.n = 0
+        if utf8_feed(&self.T.u8, &data[0] if data.shape[0] else NULL, data.shape[0], False, &self.T.chars):
+            raise MemoryError("out of memory in the text stage")
+        return self._result(stops_push(&self.T.stops, self.T.chars.p, self.T.chars.n, &self.T.out))
+
+    def push_text(self, str text):
+        return self.push_bytes(text.encode("utf-8"))
+
+    def finish(self):
+        """End of the stream: undecodable tail bytes as U+FFFD, then held text -> (text, stopped)"""
+        return self._result(text_finish(&self.T))
+
+
+# ---- the decode loop ------------------------------------------------------------------------
+cdef enum:
+    DEC_RUNNING = 0          # text is ready; call run() again
+    DEC_LENGTH = 1           # max_new tokens sampled
+    DEC_EOS = 2
+    DEC_STOP = 3             # a stop string completed
+    DEC_CANCELLED = 4
+    DEC_CONTEXT_FULL = 5     # policy "error" and no room for the next token
+    DEC_NOMEM = 6
+
+FINISH_REASONS = {DEC_LENGTH: "length", DEC_EOS: "eos", DEC_STOP: "stop", DEC_CANCELLED: "cancelled",
+                  DEC_CONTEXT_FULL: "context_full"}
+
+cdef class Decoder:
+    """One generation on one session's State: ``run()`` samples, decodes text, matches
+    stop strings, makes room in the context and evaluates each new token, all without
+    the GIL, until the generation ends (or, with ``until_text``, until text is ready).
+
+    The session's tokens and last logits are copied in and read back (``tokens()``):
+    while a Decoder runs it owns them. The token that ends generation by length or
+    stop is sampled but not evaluated, so the last logits always follow tokens[-1].
+    """
+    cdef State st
+    cdef SamplerCore sampler
+    cdef TextStage text
+    cdef int32_t* hist           # (n_ctx,) the session's tokens: positions 0..n_hist-1 of the cache
+    cdef int n_hist
+    cdef int32_t* gen            # (max_new,) generated tokens (EOS excluded)
+    cdef int n_gen, steps, max_new
+    cdef int32_t* top_ids        # (max_new, n_probs)
+    cdef double* top_lp          # (max_new, n_probs)
+    cdef float* logits           # (n_vocab,) the session's logits row, after hist[n_hist - 1]
+    cdef int eos_id, shift, n_keep, status
+    cdef readonly int n_shifts, n_discarded
+    cdef readonly bint have_logits
+    cdef object keep
+
+    def __cinit__(self, State state, SamplerCore sampler, TextStage text, const int32_t[::1] history,
+                  float[::1] logits, int max_new, int eos_id, bint shift, int n_keep):
+        cdef int n_ctx = state.s.n_ctx, k = max(1, sampler.S.p.n_probs)
+        if sampler.S.n_vocab != state.engine.m.n_vocab or text.T.voc.n_vocab != state.engine.m.n_vocab:
+            raise ValueError("sampler, vocab table and model disagree on n_vocab")
+        if not 0 < history.shape[0] <= n_ctx:
+            raise ValueError(f"history of {history.shape[0]} tokens outside [1, n_ctx {n_ctx}]")
+        if logits.shape[0] != state.engine.m.n_vocab:
+            raise ValueError("logits row has the wrong length")
+        if max_new < 0:
+            raise ValueError(f"max_new must be >= 0, got {max_new}")
+        self.st, self.sampler, self.text = state, sampler, text
+        hist = np.zeros(n_ctx, np.int32)
+        hist[:history.shape[0]] = history
+        gen = np.zeros(max(1, max_new), np.int32)
+        top_ids = np.zeros((max(1, max_new), k), np.int32)
+        top_lp = np.zeros((max(1, max_new), k), np.float64)
+        self.keep = (hist, gen, top_ids, top_lp, logits)
+        self.hist = <int32_t*><size_t>hist.ctypes.data
+        self.n_hist = history.shape[0]
+        self.gen = <int32_t*><size_t>gen.ctypes.data
+        self.top_ids = <int32_t*><size_t>top_ids.ctypes.data
+        self.top_lp = <double*><size_t>top_lp.ctypes.data
+        self.logits = &logits[0]
+        self.max_new = max_new
+        self.eos_id = eos_id
+        self.shift = shift
+        self.n_keep = n_keep
+        self.have_logits = True
+        self.status = DEC_RUNNING
+
+    cdef int _finish(self, int reason) noexcept nogil:
+        cdef int rc
+        if reason != DEC_STOP and reason != DEC_CONTEXT_FULL:
+            rc = text_finish(&self.text.T)
+            if rc < 0:
+                reason = DEC_NOMEM
+            elif rc == 1:
+                reason = DEC_STOP
+        self.status = reason
+        return reason
+
+    cdef int _loop(self, bint until_text) noexcept nogil:
+        cdef state_t* s = &self.st.s
+        cdef const model_t* m = &self.st.engine.m
+        cdef int k = self.sampler.S.p.n_probs, rc, keep, discard
+        cdef int32_t tok
+        while True:
+            if self.steps >= self.max_new:
+                return self._finish(DEC_LENGTH)
+            if s.cancel[0]:
+                return self._finish(DEC_CANCELLED)
+            tok = sample_token(&self.sampler.S, self.logits, self.hist, self.n_hist,
+                               self.top_ids + <int64_t>self.n_gen * k, self.top_lp + <int64_t>self.n_gen * k)
+            self.steps += 1
+            if tok == self.eos_id:
+                return self._finish(DEC_EOS)
+            self.gen[self.n_gen] = tok
+            self.n_gen += 1
+            rc = text_push(&self.text.T, tok)
+            if rc < 0:
+                return self._finish(DEC_NOMEM)
+            if rc == 1:
+                return self._finish(DEC_STOP)
+            if self.steps >= self.max_new:
+                return self._finish(DEC_LENGTH)
+            if self.n_hist == s.n_ctx:          # no room for tok: the policy decides
+                if not self.shift:
+                    return self._finish(DEC_CONTEXT_FULL)
+                keep = max(0, min(self.n_keep, self.n_hist - 2))
+                discard = max(1, (self.n_hist - keep) // 2)
+                shift_kv(m, s, keep, discard, self.n_hist)
+                memmove(self.hist + keep, self.hist + keep + discard,
+                        (self.n_hist - keep - discard) * sizeof(int32_t))
+                self.n_hist -= discard
+                self.n_shifts += 1
+                self.n_discarded += discard
+            if forward(m, s, &tok, 1, self.n_hist, self.logits, 0):
+                self.have_logits = False
+                return self._finish(DEC_CANCELLED)
+            self.hist[self.n_hist] = tok
+            self.n_hist += 1
+            if until_text and self.text.T.out.n > 0:
+                return DEC_RUNNING
+
+    def run(self, bint until_text=False):
+        """Decode until the end, or until text is ready (``until_text``). Returns
+        (text, finish reason or None while running). Releases the GIL throughout."""
+        cdef int status = self.status
+        if status == DEC_RUNNING:
+            with nogil:
+                status = self._loop(until_text)
+        if status == DEC_NOMEM:
+            raise MemoryError("out of memory while decoding")
+        return self.text.take(), FINISH_REASONS.get(status)
+
+    def tokens(self):
+        """The session's tokens now (prompt, then every evaluated generated token)."""
+        return [self.hist[i] for i in range(self.n_hist)]
+
+    def generated(self):
+        return [self.gen[i] for i in range(self.n_gen)]
+
+    def logprobs(self):
+        cdef int k = self.sampler.S.p.n_probs
+        if k == 0:
+            return None
+        return [[(self.top_ids[i * k + j], self.top_lp[i * k + j]) for j in range(k)] for i in range(self.n_gen)]

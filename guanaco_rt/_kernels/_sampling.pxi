@@ -1,0 +1,335 @@
+# The sampling chain in C, so the decode loop can run without the GIL.
+#
+# llama.cpp's 2023 order and semantics: logit bias -> repetition penalty over the
+# last repeat_last_n tokens (positive logits divided, negative multiplied) ->
+# frequency and presence penalties -> greedy if temperature <= 0, else top-k ->
+# typical-p -> top-p -> min-p -> temperature -> one draw. Every step works in
+# float64 on candidates kept sorted best first (ties: lower id first, as a stable
+# sort). The draw takes one double from the session's NumPy PCG64 through its
+# C interface (bitgen_t), exactly as Generator.choice(p=...) would: cdf, divide
+# by its last entry, first index whose cdf exceeds the uniform.
+# tests/reference.py holds the same chain in NumPy; the two are tested equal.
+from libc.math cimport exp, log, fabs, isfinite
+from libc.stdint cimport uint64_t
+from cpython.pycapsule cimport PyCapsule_GetPointer
+
+cdef extern from "numpy/random/bitgen.h":
+    ctypedef struct bitgen_t:
+        void* state
+        uint64_t (*next_uint64)(void* st) nogil
+        uint32_t (*next_uint32)(void* st) nogil
+        double (*next_double)(void* st) nogil
+        uint64_t (*next_raw)(void* st) nogil
+
+cdef struct sparams_t:
+    double temperature          # <= 0: greedy
+    int top_k                   # <= 0: off
+    double top_p                # >= 1: off
+    double min_p                # <= 0: off
+    double typical_p            # >= 1: off
+    double repetition_penalty   # 1: off
+    int repeat_last_n           # penalty window, in tokens
+    double frequency_penalty    # times the count in the window
+    double presence_penalty     # once per id present in the window
+    int n_bias
+    const int32_t* bias_ids     # (n_bias,) ids, in range
+    const double* bias_vals     # (n_bias,) added to the logit; finite or -inf
+    int n_probs                 # > 0: report the top n_probs log-probabilities
+
+cdef struct sampler_t:
+    int n_vocab
+    sparams_t p
+    bitgen_t* rng
+    double* x        # (n_vocab,) logits with bias and penalties, float64
+    int32_t* ids     # (n_vocab,) candidate ids, best first
+    double* c        # (n_vocab,) candidate logits, aligned with ids
+    double* pr       # (n_vocab,) probabilities / log-probabilities scratch
+    double* sh       # (n_vocab,) typical-p: -|surprise - entropy|, then keep flags
+    int32_t* perm    # (n_vocab,) typical-p: candidate positions, most typical first
+    int32_t* cnt     # (n_vocab,) occurrences in the penalty window; all zero between calls
+
+
+# ---- ordering ---------------------------------------------------------------------
+cdef inline bint _better(const double* v, int32_t a, int32_t b) noexcept nogil:
+    # the total order of a stable descending sort: larger value first, then lower index
+    return v[a] > v[b] or (v[a] == v[b] and a < b)
+
+cdef void _sift_down(const double* v, int32_t* h, int n, int i) noexcept nogil:
+    # h is a heap whose root is the WORST kept index
+    cdef int l, w
+    cdef int32_t tmp
+    while True:
+        l = 2 * i + 1
+        w = i
+        if l < n and _better(v, h[w], h[l]):
+            w = l
+        if l + 1 < n and _better(v, h[w], h[l + 1]):
+            w = l + 1
+        if w == i:
+            return
+        tmp = h[i]
+        h[i] = h[w]
+        h[w] = tmp
+        i = w
+
+cdef int top_sorted(int32_t* out, const double* v, int n, int k) noexcept nogil:
+    # v (n,) -> out (k,): the indices of the k best values, best first, as the first k
+    # of a stable descending argsort; O(n log k) through a k-heap. Returns k (<= n).
+    cdef int i, e
+    cdef int32_t tmp
+    if k > n:
+        k = n
+    for i in range(k):
+        out[i] = i
+    for i in range(k // 2 - 1, -1, -1):
+        _sift_down(v, out, k, i)
+    for i in range(k, n):
+        if _better(v, i, out[0]):
+            out[0] = i
+            _sift_down(v, out, k, 0)
+    for e in range(k - 1, 0, -1):      # heap sort: the worst goes to the end
+        tmp = out[0]
+        out[0] = out[e]
+        out[e] = tmp
+        _sift_down(v, out, e, 0)
+    return k
+
+cdef double _log_sum_exp(const double* c, int n, double m) noexcept nogil:
+    # log(sum(exp(c - m))), m = max(c)
+    cdef double s = 0.0
+    cdef int i
+    for i in range(n):
+        s += exp(c[i] - m)
+    return log(s)
+
+cdef double _max(const double* c, int n) noexcept nogil:
+    cdef double m = c[0]
+    cdef int i
+    for i in range(1, n):
+        if c[i] > m:
+            m = c[i]
+    return m
+
+cdef void _softmax(double* pr, const double* c, int n) noexcept nogil:
+    # c (n,) -> pr (n,) = exp(log_softmax(c))
+    cdef double m = _max(c, n)
+    cdef double lse = _log_sum_exp(c, n, m)
+    cdef int i
+    for i in range(n):
+        pr[i] = exp(c[i] - m - lse)
+
+cdef int _compact(sampler_t* S, int n, const double* keep) noexcept nogil:
+    # keep candidates i with keep[i] != 0, in order
+    cdef int i, j = 0
+    for i in range(n):
+        if keep[i] != 0:
+            S.ids[j] = S.ids[i]
+            S.c[j] = S.c[i]
+            j += 1
+    return j
+
+
+# ---- the chain ------------------------------------------------------------------------
+cdef void penalize(sampler_t* S, const float* logits, const int32_t* hist, int n_hist) noexcept nogil:
+    # logits (n_vocab,), hist (n_hist,) the tokens so far -> S.x (n_vocab,)
+    cdef const sparams_t* p = &S.p
+    cdef double* x = S.x
+    cdef int i, start, c
+    cdef int32_t t
+    cdef double v
+    for i in range(S.n_vocab):
+        x[i] = logits[i]
+    for i in range(p.n_bias):
+        x[p.bias_ids[i]] += p.bias_vals[i]
+    if p.repeat_last_n <= 0 or n_hist == 0:
+        return
+    if p.repetition_penalty == 1.0 and p.frequency_penalty == 0.0 and p.presence_penalty == 0.0:
+        return
+    start = n_hist - p.repeat_last_n if n_hist > p.repeat_last_n else 0
+    for i in range(start, n_hist):
+        S.cnt[hist[i]] += 1
+    for i in range(start, n_hist):
+        t = hist[i]
+        c = S.cnt[t]
+        if c == 0:                  # this id was already penalized
+            continue
+        S.cnt[t] = 0
+        if p.repetition_penalty != 1.0:
+            v = x[t]
+            x[t] = v * p.repetition_penalty if v <= 0 else v / p.repetition_penalty
+        x[t] -= c * p.frequency_penalty + p.presence_penalty
+
+cdef int top_logprobs(sampler_t* S, int32_t* top_ids, double* top_lp) noexcept nogil:
+    # S.x -> the n_probs most likely ids and their log-probabilities, before any filter
+    cdef int n = S.n_vocab, i, k
+    cdef double m = _max(S.x, n)
+    cdef double lse = _log_sum_exp(S.x, n, m)
+    for i in range(n):
+        S.pr[i] = S.x[i] - m - lse
+    k = top_sorted(top_ids, S.pr, n, S.p.n_probs)
+    for i in range(k):
+        top_lp[i] = S.pr[top_ids[i]]
+    return k
+
+cdef int32_t sample_token(sampler_t* S, const float* logits, const int32_t* hist, int n_hist,
+                          int32_t* top_ids, double* top_lp) noexcept nogil:
+    # logits (n_vocab,) after hist (n_hist,) -> the next token; top_ids/top_lp (n_probs,) # OUT
+    cdef const sparams_t* p = &S.p
+    cdef int n = S.n_vocab, nc, i, keep, best
+    cdef int32_t first
+    cdef double m, lse, ent, cum, thr, u, total
+    penalize(S, logits, hist, n_hist)
+    if p.n_probs > 0:
+        top_logprobs(S, top_ids, top_lp)
+    if p.temperature <= 0:
+        best = 0
+        for i in range(1, n):
+            if S.x[i] > S.x[best]:
+                best = i
+        return best
+    nc = top_sorted(S.ids, S.x, n, p.top_k if p.top_k > 0 else n)
+    first = S.ids[0]
+    for i in range(nc):
+        S.c[i] = S.x[S.ids[i]]
+        S.sh[i] = isfinite(S.c[i])
+    nc = _compact(S, nc, S.sh)          # banned (-inf) candidates leave
+    if nc == 0:
+        return first
+    if p.typical_p < 1.0 and nc > 1:
+        # keep the most typical candidates (surprise closest to the entropy) until their
+        # mass reaches typical_p, then restore the logit order
+        m = S.c[0]
+        lse = _log_sum_exp(S.c, nc, m)
+        ent = 0.0
+        for i in range(nc):
+            S.pr[i] = exp(S.c[i] - m - lse)
+            ent -= S.pr[i] * (S.c[i] - m - lse)
+        for i in range(nc):
+            S.sh[i] = -fabs(-(S.c[i] - m - lse) - ent)
+        top_sorted(S.perm, S.sh, nc, nc)
+        cum = 0.0
+        keep = nc
+        for i in range(nc):
+            cum += S.pr[S.perm[i]]
+            if cum >= p.typical_p:
+                keep = i + 1
+                break
+        for i in range(nc):
+            S.sh[i] = 0.0
+        for i in range(keep):
+            S.sh[S.perm[i]] = 1.0
+        nc = _compact(S, nc, S.sh)
+    if p.top_p < 1.0 and nc > 1:
+        _softmax(S.pr, S.c, nc)
+        cum = 0.0
+        for i in range(nc):
+            cum += S.pr[i]
+            if cum >= p.top_p:
+                nc = i + 1
+                break
+    if p.min_p > 0 and nc > 1:
+        _softmax(S.pr, S.c, nc)
+        thr = p.min_p * S.pr[0]
+        for i in range(nc):
+            S.sh[i] = S.pr[i] >= thr
+        nc = _compact(S, nc, S.sh)
+    for i in range(nc):
+        S.sh[i] = S.c[i] / p.temperature
+    _softmax(S.pr, S.sh, nc)
+    total = 0.0
+    for i in range(nc):
+        total += S.pr[i]
+    cum = 0.0
+    for i in range(nc):
+        cum += S.pr[i] / total
+        S.pr[i] = cum
+    u = S.rng.next_double(S.rng.state)
+    for i in range(nc):
+        if S.pr[i] / S.pr[nc - 1] > u:
+            return S.ids[i]
+    return S.ids[nc - 1]
+
+
+# ---- the Python-facing sampler ----------------------------------------------------------
+cdef class SamplerCore:
+    """The chain's buffers and settings for one vocabulary, drawing from ``bit_generator``
+    (a NumPy BitGenerator the caller owns; its state is the sampler's state)."""
+    cdef sampler_t S
+    cdef object bitgen
+    cdef object bias_ids, bias_vals
+    cdef object bufs
+
+    def __cinit__(self, int n_vocab, object bit_generator, double temperature, int top_k, double top_p,
+                  double min_p, double typical_p, double repetition_penalty, int repeat_last_n,
+                  double frequency_penalty, double presence_penalty, dict logit_bias, int n_probs):
+        if n_vocab < 1:
+            raise ValueError(f"n_vocab must be >= 1, got {n_vocab}")
+        self.bitgen = bit_generator
+        self.S.rng = <bitgen_t*>PyCapsule_GetPointer(bit_generator.capsule, "BitGenerator")
+        self.S.n_vocab = n_vocab
+        ids = np.array(sorted(int(t) for t in logit_bias), dtype=np.int32)
+        vals = np.array([float(logit_bias[t]) for t in sorted(logit_bias, key=int)], dtype=np.float64)
+        if ids.size and (ids[0] < 0 or ids[-1] >= n_vocab):
+            bad = int(ids[0] if ids[0] < 0 else ids[-1])
+            raise ValueError(f"logit_bias token id {bad} outside [0, {n_vocab})")
+        if np.isnan(vals).any() or np.isposinf(vals).any():
+            raise ValueError("logit_bias values must be finite or -inf (to ban a token)")
+        self.bias_ids = np.ascontiguousarray(ids) if ids.size else np.zeros(1, np.int32)
+        self.bias_vals = np.ascontiguousarray(vals) if vals.size else np.zeros(1, np.float64)
+        self.S.p.temperature = temperature
+        self.S.p.top_k = top_k
+        self.S.p.top_p = top_p
+        self.S.p.min_p = min_p
+        self.S.p.typical_p = typical_p
+        self.S.p.repetition_penalty = repetition_penalty
+        self.S.p.repeat_last_n = repeat_last_n
+        self.S.p.frequency_penalty = frequency_penalty
+        self.S.p.presence_penalty = presence_penalty
+        self.S.p.n_bias = ids.size
+        self.S.p.bias_ids = <const int32_t*><size_t>self.bias_ids.ctypes.data
+        self.S.p.bias_vals = <const double*><size_t>self.bias_vals.ctypes.data
+        self.S.p.n_probs = min(n_probs, n_vocab)
+        self.bufs = [np.zeros(n_vocab, np.float64) for _ in range(4)] + \
+                    [np.zeros(n_vocab, np.int32) for _ in range(3)]
+        self.S.x = <double*><size_t>self.bufs[0].ctypes.data
+        self.S.c = <double*><size_t>self.bufs[1].ctypes.data
+        self.S.pr = <double*><size_t>self.bufs[2].ctypes.data
+        self.S.sh = <double*><size_t>self.bufs[3].ctypes.data
+        self.S.ids = <int32_t*><size_t>self.bufs[4].ctypes.data
+        self.S.perm = <int32_t*><size_t>self.bufs[5].ctypes.data
+        self.S.cnt = <int32_t*><size_t>self.bufs[6].ctypes.data
+
+    @property
+    def n_probs(self):
+        return self.S.p.n_probs
+
+    cdef _check(self, const float[::1] logits, const int32_t[::1] hist):
+        if logits.shape[0] != self.S.n_vocab:
+            raise ValueError(f"logits have {logits.shape[0]} entries, the vocab {self.S.n_vocab}")
+        for i in range(hist.shape[0]):
+            if not 0 <= hist[i] < self.S.n_vocab:
+                raise ValueError(f"history token id {hist[i]} outside [0, {self.S.n_vocab})")
+
+    def penalize(self, const float[::1] logits, const int32_t[::1] hist):
+        """float32 (n_vocab,) logits after ``hist`` -> float64 (n_vocab,) with bias and penalties."""
+        self._check(logits, hist)
+        with nogil:
+            penalize(&self.S, &logits[0], &hist[0] if hist.shape[0] else NULL, hist.shape[0])
+        return self.bufs[0].copy()
+
+    def sample(self, const float[::1] logits, const int32_t[::1] hist):
+        """-> (token id, [(id, logprob)] of the top n_probs, or None)"""
+        self._check(logits, hist)
+        cdef int k = max(1, self.S.p.n_probs)
+        top_ids = np.zeros(k, np.int32)
+        top_lp = np.zeros(k, np.float64)
+        cdef int32_t[::1] ti = top_ids
+        cdef double[::1] tl = top_lp
+        cdef int32_t tok
+        with nogil:
+            tok = sample_token(&self.S, &logits[0], &hist[0] if hist.shape[0] else NULL, hist.shape[0],
+                               &ti[0], &tl[0])
+        top = None
+        if self.S.p.n_probs:
+            top = [(int(top_ids[i]), float(top_lp[i])) for i in range(self.S.p.n_probs)]
+        return int(tok), top
