@@ -500,13 +500,13 @@ PARAMS = st.builds(
     repeat_last_n=st.sampled_from([0, 1, 4, 64]),
     frequency_penalty=st.sampled_from([0.0, 0.2]),
     presence_penalty=st.sampled_from([0.0, 0.5]),
-    logit_bias=st.dictionaries(st.integers(0, 59), st.sampled_from([-1.5, 2.0, float("-inf")]), max_size=4),
+    logit_bias=st.dictionaries(st.integers(0, 2999), st.sampled_from([-1.5, 2.0, float("-inf")]), max_size=4),
     n_probs=st.sampled_from([0, 1, 5]),
 )
 
 
-@given(p=PARAMS, seed=st.integers(0, 2**32), n=st.sampled_from([1, 2, 7, 60]), ties=st.booleans(),
-       hist=st.lists(st.integers(0, 59), max_size=12))
+@given(p=PARAMS, seed=st.integers(0, 2**32), n=st.sampled_from([1, 2, 7, 60, 300, 3000]), ties=st.booleans(),
+       hist=st.lists(st.integers(0, 2999), max_size=12))
 @settings(max_examples=300)
 def test_sampler_equals_numpy_reference(p, seed, n, ties, hist):
     """The C chain (penalties, filters, draw, top log-probs) == the NumPy chain in

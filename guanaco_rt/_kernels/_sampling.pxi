@@ -47,6 +47,8 @@ cdef struct sampler_t:
     double* sh       # (n_vocab,) typical-p: -|surprise - entropy|, then keep flags
     int32_t* perm    # (n_vocab,) typical-p: candidate positions, most typical first
     int32_t* cnt     # (n_vocab,) occurrences in the penalty window; all zero between calls
+    uint64_t* key    # (2, n_vocab) radix-sort scratch: keys
+    int32_t* tmp     # (2, n_vocab) radix-sort scratch: indices
 
 
 # ---- ordering ---------------------------------------------------------------------
@@ -72,7 +74,7 @@ cdef void _sift_down(const double* v, int32_t* h, int n, int i) noexcept nogil:
         h[w] = tmp
         i = w
 
-cdef int top_sorted(int32_t* out, const double* v, int n, int k) noexcept nogil:
+cdef int top_heap(int32_t* out, const double* v, int n, int k) noexcept nogil:
     # v (n,) -> out (k,): the indices of the k best values, best first, as the first k
     # of a stable descending argsort; O(n log k) through a k-heap. Returns k (<= n).
     cdef int i, e
@@ -92,6 +94,60 @@ cdef int top_sorted(int32_t* out, const double* v, int n, int k) noexcept nogil:
         out[0] = out[e]
         out[e] = tmp
         _sift_down(v, out, e, 0)
+    return k
+
+cdef inline uint64_t _desc_key(double d) noexcept nogil:
+    # a uint64 whose ascending order is d's descending order (-0.0 ties with 0.0)
+    cdef uint64_t u
+    d += 0.0
+    memcpy(&u, &d, 8)
+    u = (~u) if (u >> 63) else (u | (<uint64_t>1 << 63))
+    return ~u
+
+cdef int32_t* radix_desc(const double* v, int n, uint64_t* key, int32_t* idx) noexcept nogil:
+    # v (n,) -> a stable descending argsort (ties keep index order) by LSD radix on 8-bit
+    # digits, skipping digits every key shares. key (2n,) and idx (2n,) are scratch; the
+    # result is idx or idx + n, returned.
+    cdef uint64_t* ka = key
+    cdef uint64_t* kb = key + n
+    cdef uint64_t* kt
+    cdef int32_t* ia = idx
+    cdef int32_t* ib = idx + n
+    cdef int32_t* it
+    cdef int64_t count[256]
+    cdef int64_t pos, c
+    cdef int i, shift, d
+    for i in range(n):
+        ka[i] = _desc_key(v[i])
+        ia[i] = i
+    for shift in range(0, 64, 8):
+        memset(count, 0, sizeof(count))
+        for i in range(n):
+            count[(ka[i] >> shift) & 255] += 1
+        if count[(ka[0] >> shift) & 255] == n:
+            continue                    # one digit value: this pass would not move anything
+        pos = 0
+        for d in range(256):
+            c = count[d]
+            count[d] = pos
+            pos += c
+        for i in range(n):
+            d = (ka[i] >> shift) & 255
+            kb[count[d]] = ka[i]
+            ib[count[d]] = ia[i]
+            count[d] += 1
+        kt = ka; ka = kb; kb = kt
+        it = ia; ia = ib; ib = it
+    return ia
+
+cdef int top_sorted(sampler_t* S, int32_t* out, const double* v, int n, int k) noexcept nogil:
+    # the first k (<= n) of a stable descending argsort of v (n,) -> out; returns k.
+    # A k-heap when k is small, else a full radix sort.
+    if k > n:
+        k = n
+    if k <= 128 or <int64_t>k * 16 < n:
+        return top_heap(out, v, n, k)
+    memcpy(out, radix_desc(v, n, S.key, S.tmp), k * sizeof(int32_t))
     return k
 
 cdef double _log_sum_exp(const double* c, int n, double m) noexcept nogil:
@@ -166,7 +222,7 @@ cdef int top_logprobs(sampler_t* S, int32_t* top_ids, double* top_lp) noexcept n
     cdef double lse = _log_sum_exp(S.x, n, m)
     for i in range(n):
         S.pr[i] = S.x[i] - m - lse
-    k = top_sorted(top_ids, S.pr, n, S.p.n_probs)
+    k = top_sorted(S, top_ids, S.pr, n, S.p.n_probs)
     for i in range(k):
         top_lp[i] = S.pr[top_ids[i]]
     return k
@@ -187,7 +243,7 @@ cdef int32_t sample_token(sampler_t* S, const float* logits, const int32_t* hist
             if S.x[i] > S.x[best]:
                 best = i
         return best
-    nc = top_sorted(S.ids, S.x, n, p.top_k if p.top_k > 0 else n)
+    nc = top_sorted(S, S.ids, S.x, n, p.top_k if p.top_k > 0 else n)
     first = S.ids[0]
     for i in range(nc):
         S.c[i] = S.x[S.ids[i]]
@@ -206,7 +262,7 @@ cdef int32_t sample_token(sampler_t* S, const float* logits, const int32_t* hist
             ent -= S.pr[i] * (S.c[i] - m - lse)
         for i in range(nc):
             S.sh[i] = -fabs(-(S.c[i] - m - lse) - ent)
-        top_sorted(S.perm, S.sh, nc, nc)
+        top_sorted(S, S.perm, S.sh, nc, nc)
         cum = 0.0
         keep = nc
         for i in range(nc):
@@ -290,7 +346,8 @@ cdef class SamplerCore:
         self.S.p.bias_vals = <const double*><size_t>self.bias_vals.ctypes.data
         self.S.p.n_probs = min(n_probs, n_vocab)
         self.bufs = [np.zeros(n_vocab, np.float64) for _ in range(4)] + \
-                    [np.zeros(n_vocab, np.int32) for _ in range(3)]
+                    [np.zeros(n_vocab, np.int32) for _ in range(3)] + \
+                    [np.zeros(2 * n_vocab, np.int32), np.zeros(2 * n_vocab, np.uint64)]
         self.S.x = <double*><size_t>self.bufs[0].ctypes.data
         self.S.c = <double*><size_t>self.bufs[1].ctypes.data
         self.S.pr = <double*><size_t>self.bufs[2].ctypes.data
@@ -298,6 +355,8 @@ cdef class SamplerCore:
         self.S.ids = <int32_t*><size_t>self.bufs[4].ctypes.data
         self.S.perm = <int32_t*><size_t>self.bufs[5].ctypes.data
         self.S.cnt = <int32_t*><size_t>self.bufs[6].ctypes.data
+        self.S.tmp = <int32_t*><size_t>self.bufs[7].ctypes.data
+        self.S.key = <uint64_t*><size_t>self.bufs[8].ctypes.data
 
     @property
     def n_probs(self):
