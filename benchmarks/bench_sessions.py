@@ -1,6 +1,7 @@
-"""Embedding figures on a 7B-shape file: time to cancel a long prompt evaluation, state
-blob size per 100 tokens, and the throughput of 1, 2 and 4 concurrent sessions sharing
-one Model.
+"""Embedding figures on a 7B-shape file: time to cancel a long prompt evaluation and a
+generation, state blob size per 100 tokens, how fast a pure-Python thread runs while a
+session generates (the GIL), the sampling chain's time per token, and the throughput
+of 1, 2 and 4 concurrent sessions sharing one Model.
 
     python benchmarks/bench_sessions.py [--model PATH] [--threads 2]
 """
@@ -26,6 +27,68 @@ def cancel_latency(model, n_threads):
     th.join()
     latency = time.perf_counter() - t0
     return latency, out["r"].finish_reason, s.n_past
+
+
+def cancel_decoding_latency(model, n_threads):
+    s = guanaco_rt.Session(model, n_ctx=512, n_threads=n_threads, kv_f16=True)
+    out = {}
+    th = threading.Thread(target=lambda: out.setdefault(
+        "r", s.generate([1, 100, 200], max_new_tokens=400, temperature=0.8, logit_bias={2: float("-inf")})))
+    th.start()
+    time.sleep(3.0)
+    t0 = time.perf_counter()
+    s.cancel()
+    th.join()
+    return time.perf_counter() - t0, out["r"].finish_reason, len(out["r"].tokens)
+
+
+def _spin_rate(seconds, during=None):
+    """Increments per second of a pure-Python loop, alone or while ``during`` runs."""
+    count, stop = [0], threading.Event()
+
+    def spin():
+        n = 0
+        while not stop.is_set():
+            n += 1
+        count[0] = n
+    th = threading.Thread(target=spin)
+    t0 = time.perf_counter()
+    th.start()
+    if during is None:
+        time.sleep(seconds)
+    else:
+        during()
+    stop.set()
+    th.join()
+    return count[0] / (time.perf_counter() - t0)
+
+
+def gil_share(model):
+    # one kernel thread, so the spinning Python thread has the other core
+    s = guanaco_rt.Session(model, n_ctx=256, n_threads=1, kv_f16=True, seed=0)
+    s.generate([1, 100, 200], max_new_tokens=2, temperature=0.8)      # warm the pages
+    idle = _spin_rate(3.0)
+    res = {}
+    busy = _spin_rate(0, lambda: res.setdefault("r", s.generate(
+        [1, 300, 400], max_new_tokens=48, temperature=0.8, top_k=0, top_p=0.95, repetition_penalty=1.1,
+        stop=["### Human:"], logit_bias={2: float("-inf")})))
+    return busy / idle, res["r"].timings.generate_tokens_per_s
+
+
+def sampling_cost(model):
+    import numpy as np
+    from guanaco_rt.sampling import Sampler, SamplingParams
+    logits = (np.random.default_rng(0).standard_normal(model.n_vocab) * 3).astype(np.float32)
+    hist = np.arange(100, 400, dtype=np.int32)
+    out = {}
+    for name, kw in (("defaults (top_k 40, top_p 0.95)", {}), ("top_k off, top_p 0.95", {"top_k": 0}),
+                     ("top_k off, typical_p 0.9", {"top_k": 0, "typical_p": 0.9})):
+        core = Sampler(0).core(SamplingParams(**kw), model.n_vocab)
+        t0 = time.perf_counter()
+        for _ in range(200):
+            core.sample(logits, hist)
+        out[name] = (time.perf_counter() - t0) / 200
+    return out
 
 
 def state_sizes(model, n_threads):
@@ -66,6 +129,13 @@ def main():
     model = guanaco_rt.Model(a.model, n_threads=a.threads)
     lat, reason, n_past = cancel_latency(model, a.threads)
     print(f"cancel: returned {lat * 1e3:.0f} ms after cancel() ({reason}; {n_past} prompt tokens kept)")
+    lat, reason, n_gen = cancel_decoding_latency(model, a.threads)
+    print(f"cancel during generation: returned {lat * 1e3:.0f} ms after cancel() ({reason}; {n_gen} tokens)")
+    share, tps = gil_share(model)
+    print(f"a pure-Python thread ran at {share * 100:.0f}% of its idle speed while a 1-thread session "
+          f"generated ({tps:.2f} tokens/s, top_k off, top_p, penalties, stop string)")
+    for name, sec in sampling_cost(model).items():
+        print(f"sampling chain, {model.n_vocab} vocab, {name}: {sec * 1e3:.3f} ms per token")
     for k, v in state_sizes(model, a.threads).items():
         print(f"state blob, 100 tokens, {k} KV cache: {v / 1e6:.1f} MB")
     for n in (1, 2, 4):
