@@ -237,6 +237,19 @@ def test_context_shift_policy_keeps_generating(model):
         assert len(r.tokens) == 40
 
 
+def test_long_generation_through_many_shifts(one_layer):
+    # far past n_ctx and past the decode loop's first output buffer (1024 tokens); one
+    # layer, so the shifted cache must still equal a fresh evaluation of the kept tokens
+    model = one_layer
+    s = guanaco_rt.Session(model, n_ctx=64, context_policy="shift", n_keep=1)
+    r = s.generate(PROMPT, max_new_tokens=2500, temperature=0, n_probs=1, logit_bias={2: float("-inf")})
+    assert r.finish_reason == "length" and len(r.tokens) == len(r.logprobs) == 2500
+    assert all(top[0][0] == t for t, top in zip(r.tokens, r.logprobs))    # greedy: the top token
+    assert s.n_past <= 64 and s.tokens[0] == 1 and s.tokens[-1] == r.tokens[-2]
+    np.testing.assert_allclose(s._last_logits, fresh_logits(model, s.tokens), rtol=0,
+                               atol=0.02 * np.abs(s._last_logits).max())
+
+
 @pytest.mark.parametrize("kv_f16", [False, True])
 def test_shifted_cache_matches_fresh_evaluation(one_layer, kv_f16):
     model = one_layer

@@ -295,10 +295,10 @@ cdef class Decoder:
     cdef TextStage text
     cdef int32_t* hist           # (n_ctx,) the session's tokens: positions 0..n_hist-1 of the cache
     cdef int n_hist
-    cdef int32_t* gen            # (max_new,) generated tokens (EOS excluded)
-    cdef int n_gen, steps, max_new
-    cdef int32_t* top_ids        # (max_new, n_probs)
-    cdef double* top_lp          # (max_new, n_probs)
+    cdef int32_t* gen            # (cap,) generated tokens (EOS excluded)
+    cdef int n_gen, steps, max_new, cap
+    cdef int32_t* top_ids        # (cap, n_probs)
+    cdef double* top_lp          # (cap, n_probs)
     cdef float* logits           # (n_vocab,) the session's logits row, after hist[n_hist - 1]
     cdef int eos_id, shift, n_keep, status
     cdef readonly int n_shifts, n_discarded
@@ -319,15 +319,10 @@ cdef class Decoder:
         self.st, self.sampler, self.text = state, sampler, text
         hist = np.zeros(n_ctx, np.int32)
         hist[:history.shape[0]] = history
-        gen = np.zeros(max(1, max_new), np.int32)
-        top_ids = np.zeros((max(1, max_new), k), np.int32)
-        top_lp = np.zeros((max(1, max_new), k), np.float64)
-        self.keep = (hist, gen, top_ids, top_lp, logits)
+        self.keep = [hist, logits, None, None, None]
         self.hist = <int32_t*><size_t>hist.ctypes.data
         self.n_hist = history.shape[0]
-        self.gen = <int32_t*><size_t>gen.ctypes.data
-        self.top_ids = <int32_t*><size_t>top_ids.ctypes.data
-        self.top_lp = <double*><size_t>top_lp.ctypes.data
+        self._grow(min(max(1, max_new), 1024))
         self.logits = &logits[0]
         self.max_new = max_new
         self.eos_id = eos_id
@@ -335,6 +330,22 @@ cdef class Decoder:
         self.n_keep = n_keep
         self.have_logits = True
         self.status = DEC_RUNNING
+
+    cdef _grow(self, int cap):
+        # output arrays of cap tokens, keeping what is there; the loop pauses when they are full
+        cdef int k = max(1, self.sampler.S.p.n_probs)
+        gen = np.zeros(cap, np.int32)
+        top_ids = np.zeros((cap, k), np.int32)
+        top_lp = np.zeros((cap, k), np.float64)
+        if self.keep[2] is not None:
+            gen[:self.n_gen] = self.keep[2][:self.n_gen]
+            top_ids[:self.n_gen] = self.keep[3][:self.n_gen]
+            top_lp[:self.n_gen] = self.keep[4][:self.n_gen]
+        self.keep[2:] = [gen, top_ids, top_lp]
+        self.gen = <int32_t*><size_t>gen.ctypes.data
+        self.top_ids = <int32_t*><size_t>top_ids.ctypes.data
+        self.top_lp = <double*><size_t>top_lp.ctypes.data
+        self.cap = cap
 
     cdef int _finish(self, int reason) noexcept nogil:
         cdef int rc
@@ -357,6 +368,8 @@ cdef class Decoder:
                 return self._finish(DEC_LENGTH)
             if s.cancel[0]:
                 return self._finish(DEC_CANCELLED)
+            if self.n_gen == self.cap:
+                return DEC_RUNNING              # run() grows the output arrays
             tok = sample_token(&self.sampler.S, self.logits, self.hist, self.n_hist,
                                self.top_ids + <int64_t>self.n_gen * k, self.top_lp + <int64_t>self.n_gen * k)
             self.steps += 1
@@ -395,6 +408,8 @@ cdef class Decoder:
         (text, finish reason or None while running). Releases the GIL throughout."""
         cdef int status = self.status
         if status == DEC_RUNNING:
+            if self.n_gen == self.cap:
+                self._grow(min(2 * self.cap, self.max_new))
             with nogil:
                 status = self._loop(until_text)
         if status == DEC_NOMEM:
