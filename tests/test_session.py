@@ -1,6 +1,8 @@
 """The embedding API: generation, streaming, stops, chat, context policies, state,
 threads, cancellation."""
 import asyncio
+import gc
+import os
 import sys
 import threading
 import time
@@ -18,6 +20,7 @@ from helpers import tiny_model
 from reference import sample_chain, sample_penalize
 
 PROMPT = "the cat sat on the mat"
+PKG_DIR = os.path.dirname(guanaco_rt.__file__)
 
 
 @pytest.fixture(scope="module")
@@ -400,8 +403,10 @@ def test_decode_loop_runs_in_c_whatever_the_length(model):
         calls = [0]
 
         def prof(frame, event, arg):
-            if event in ("call", "c_call"):
+            # calls into or from the package's Python code (not GC callbacks, plugins, ...)
+            if event in ("call", "c_call") and PKG_DIR in frame.f_code.co_filename:
                 calls[0] += 1
+        gc.disable()
         sys.setprofile(prof)
         try:
             r = s.generate(PROMPT, max_new_tokens=n, temperature=0.9, top_k=0, top_p=0.9, min_p=0.01,
@@ -409,9 +414,10 @@ def test_decode_loop_runs_in_c_whatever_the_length(model):
                            stop=["zzzz"], logit_bias={2: float("-inf")})
         finally:
             sys.setprofile(None)
+            gc.enable()
         assert len(r.tokens) == n and r.finish_reason == "length"
         return calls[0]
-    assert python_calls(60) == python_calls(3)
+    assert python_calls(60) == python_calls(3) > 0
 
 
 def test_cancel_long_prompt_returns_promptly_and_session_continues(big_model):
