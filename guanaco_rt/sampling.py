@@ -10,9 +10,8 @@ per session, so the same seed, settings and logits give the same tokens.
 The chain itself is C (``_kernels/_sampling.pxi``) so the decode loop runs without
 the GIL; this module holds the settings, their checks and the RNG.
 """
-from dataclasses import dataclass, field, fields
-
 import math
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 

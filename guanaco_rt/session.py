@@ -236,7 +236,8 @@ class Session:
 
         After the prompt, the loop (sampling, token text, stop strings, context room, the
         forward pass) runs in C without the GIL; with ``piecewise`` it comes back to
-        Python once per piece of text, to hand the piece out, else once at the end.
+        Python once per piece of text, to hand the piece out, else only at the end (and
+        when its output arrays fill up: after 1024 tokens, then each doubling).
         """
         self._enter()
         try:
