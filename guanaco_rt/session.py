@@ -265,6 +265,7 @@ class Session:
                         piece, reason = dec.run(piecewise)
                         if piece:
                             emitted.append(piece)
+                            self.tokens = dec.tokens()     # n_past is current inside a callback
                             yield piece
                 finally:
                     # the cache holds exactly these tokens, whether the loop ended or was abandoned

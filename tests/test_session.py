@@ -150,9 +150,14 @@ def test_eos_ends_generation(model):
 
 def test_logprobs_and_callback(model):
     s = guanaco_rt.Session(model, n_ctx=64)
-    got = []
-    r = s.generate(PROMPT, max_new_tokens=5, temperature=0, n_probs=3, callback=got.append)
+    got, n_past = [], []
+
+    def cb(piece):
+        got.append(piece)
+        n_past.append(s.n_past)       # the session's view is current inside the callback
+    r = s.generate(PROMPT, max_new_tokens=5, temperature=0, n_probs=3, callback=cb)
     assert "".join(got) == r.text
+    assert n_past == sorted(n_past) and n_past[0] > len(model.tokenize(PROMPT)) - 1
     assert len(r.logprobs) == len(r.tokens)
     for tok, top in zip(r.tokens, r.logprobs):
         assert top[0][0] == tok and len(top) == 3
