@@ -250,7 +250,10 @@ class Session:
             ids = self._fit_prompt(ids, min(max_new_tokens, self.n_ctx // 4))
             tok = self.model.tokenizer
             core = self.sampler.core(params, self.n_vocab)      # checks logit_bias ids up front
-            text = kernels.TextStage(tok.byte_table, list(stop or []), len(ids) == 1)
+            stops = [stop] if isinstance(stop, str) else list(stop or [])   # one string is one stop
+            if not all(isinstance(x, str) for x in stops):
+                raise TypeError(f"stop must be a string or a list of strings, got {stop!r}")
+            text = kernels.TextStage(tok.byte_table, stops, len(ids) == 1)
             gen, logprobs, reason, emitted = [], [] if params.n_probs else None, None, []
             try:
                 self._prefill(ids, timings)

@@ -110,6 +110,11 @@ def test_stop_string_across_token_boundaries(model):
     assert "".join(pieces) == want == stream.result.text
     assert stream.result.finish_reason == "stop"
     assert all(stop not in p for p in pieces)
+    # one string is one stop string, not a list of characters
+    r = guanaco_rt.Session(model, n_ctx=64).generate(PROMPT, max_new_tokens=30, temperature=0, stop=stop)
+    assert r.text == want and r.finish_reason == "stop"
+    with pytest.raises(TypeError, match="stop"):
+        s.generate(PROMPT, max_new_tokens=3, stop=[b"x"])
 
 
 @given(text=st.text(alphabet="ab#H: é", max_size=40), cuts=st.lists(st.integers(0, 40), max_size=10),
