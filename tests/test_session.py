@@ -574,6 +574,23 @@ def test_sampler_equals_numpy_reference(p, seed, n, ties, hist):
     assert s.state == ref.bit_generator.state
 
 
+def test_decode_loop_objects_check_their_inputs(model):
+    tok = model.tokenizer
+    blob, offs, normal = tok.byte_table
+    with pytest.raises(ValueError, match="vocab table"):
+        kernels.TextStage((blob[:10], offs, normal))                 # offsets run past the blob
+    with pytest.raises(ValueError, match="outside"):
+        kernels.TextStage(tok.byte_table).push_token(model.n_vocab)
+    s = guanaco_rt.Session(model, n_ctx=16)
+    core = s.sampler.core(SamplingParams(), model.n_vocab)
+    text = kernels.TextStage(tok.byte_table)
+    logits = np.zeros(model.n_vocab, np.float32)
+    with pytest.raises(ValueError, match="history holds token ids"):
+        kernels.Decoder(s._state, core, text, np.array([1, model.n_vocab], np.int32), logits, 4, 2, False, 1)
+    with pytest.raises(ValueError, match="history of 17 tokens"):
+        kernels.Decoder(s._state, core, text, np.ones(17, np.int32), logits, 4, 2, False, 1)
+
+
 def test_sampler_refuses_bad_logit_bias():
     with pytest.raises(ValueError, match="logit_bias"):
         SamplingParams(logit_bias={3: float("inf")})

@@ -217,6 +217,13 @@ cdef class TextStage:
 
     def __cinit__(self, tuple vocab_table, stops=(), bint strip=False):
         blob, offs, normal = vocab_table
+        blob = np.ascontiguousarray(blob, np.uint8)
+        offs = np.ascontiguousarray(offs, np.int64)
+        normal = np.ascontiguousarray(normal, np.uint8)
+        n = offs.shape[0] - 1
+        if n < 1 or normal.shape[0] != n or offs[0] != 0 or (np.diff(offs) < 0).any() or offs[n] > blob.shape[0]:
+            raise ValueError("vocab table must be (blob, offsets (n_vocab + 1,) ascending within blob, "
+                             "normal flags (n_vocab,))")
         sb = [s.encode("utf-8") if isinstance(s, str) else bytes(s) for s in stops]
         sb = [s for s in sb if s]
         sblob = np.frombuffer(b"".join(sb) + b"\0", np.uint8)
@@ -307,13 +314,16 @@ cdef class Decoder:
 
     def __cinit__(self, State state, SamplerCore sampler, TextStage text, const int32_t[::1] history,
                   float[::1] logits, int max_new, int eos_id, bint shift, int n_keep):
-        cdef int n_ctx = state.s.n_ctx, k = max(1, sampler.S.p.n_probs)
+        cdef int n_ctx = state.s.n_ctx
         if sampler.S.n_vocab != state.engine.m.n_vocab or text.T.voc.n_vocab != state.engine.m.n_vocab:
             raise ValueError("sampler, vocab table and model disagree on n_vocab")
         if not 0 < history.shape[0] <= n_ctx:
             raise ValueError(f"history of {history.shape[0]} tokens outside [1, n_ctx {n_ctx}]")
         if logits.shape[0] != state.engine.m.n_vocab:
             raise ValueError("logits row has the wrong length")
+        h = np.asarray(history)
+        if h.min() < 0 or h.max() >= state.engine.m.n_vocab:
+            raise ValueError(f"history holds token ids outside [0, {state.engine.m.n_vocab})")
         if max_new < 0:
             raise ValueError(f"max_new must be >= 0, got {max_new}")
         self.st, self.sampler, self.text = state, sampler, text
