@@ -164,7 +164,9 @@ def test_attention_causal(K, kv_dtype, data):
 @given(x=st.lists(st.floats(-70000, 70000, width=32), min_size=1, max_size=64))
 def test_fp16_conversion_matches_numpy(K, x):
     a = np.array(x, np.float32)
-    np.testing.assert_array_equal(K.fp16_from_f32(a), a.astype(np.float16).view(np.uint16))
+    with np.errstate(over="ignore"):        # values past 65504 become inf on both sides, on purpose
+        want = a.astype(np.float16).view(np.uint16)
+    np.testing.assert_array_equal(K.fp16_from_f32(a), want)
 
 
 @pytest.mark.parametrize("ttype", QUANT_WEIGHT_TYPES, ids=lambda t: T.GGML_TYPES[t].name)
