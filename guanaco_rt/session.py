@@ -231,7 +231,24 @@ class Session:
         self._check_ids(ids)
         return ids
 
-    def _decode_loop(self, prompt, max_new_tokens=128, stop=None, params=None, piecewise=True):
+    def _prepare(self, prompt, max_new_tokens, stop, params):
+        """Check and convert a generation's arguments -> (prompt ids, sampler core, text
+        stage). Runs when generate/stream is called, so bad arguments raise right there."""
+        if self._state is None:
+            raise GuanacoError("this Session is closed")
+        ids = self._prompt_ids(prompt)
+        if not ids:
+            raise ValueError("empty prompt: pass at least the BOS token")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        ids = self._fit_prompt(ids, min(max_new_tokens, self.n_ctx // 4))
+        core = self.sampler.core(params, self.n_vocab)      # checks logit_bias ids
+        stops = [stop] if isinstance(stop, str) else list(stop or [])   # one string is one stop
+        if not all(isinstance(x, str) for x in stops):
+            raise TypeError(f"stop must be a string or a list of strings, got {stop!r}")
+        return ids, core, kernels.TextStage(self.model.tokenizer.byte_table, stops, len(ids) == 1)
+
+    def _decode_loop(self, ids, core, text, max_new_tokens, params, piecewise):
         """Generator of text pieces; returns the GenerationResult. Holds the session.
 
         After the prompt, the loop (sampling, token text, stop strings, context room, the
@@ -242,18 +259,7 @@ class Session:
         self._enter()
         try:
             timings = Timings(load_ms=self.model.load_time * 1e3)
-            ids = self._prompt_ids(prompt)
-            if not ids:
-                raise ValueError("empty prompt: pass at least the BOS token")
-            if max_new_tokens < 0:
-                raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-            ids = self._fit_prompt(ids, min(max_new_tokens, self.n_ctx // 4))
             tok = self.model.tokenizer
-            core = self.sampler.core(params, self.n_vocab)      # checks logit_bias ids up front
-            stops = [stop] if isinstance(stop, str) else list(stop or [])   # one string is one stop
-            if not all(isinstance(x, str) for x in stops):
-                raise TypeError(f"stop must be a string or a list of strings, got {stop!r}")
-            text = kernels.TextStage(tok.byte_table, stops, len(ids) == 1)
             gen, logprobs, reason, emitted = [], [] if params.n_probs else None, None, []
             try:
                 self._prefill(ids, timings)
@@ -301,8 +307,9 @@ class Session:
         return self._stream(prompt, max_new_tokens, stop, params, sampling, piecewise=True)
 
     def _stream(self, prompt, max_new_tokens, stop, params, sampling, piecewise):
-        return TextStream(self._decode_loop(prompt, max_new_tokens, stop, self._params(params, sampling),
-                                            piecewise))
+        params = self._params(params, sampling)
+        ids, core, text = self._prepare(prompt, max_new_tokens, stop, params)
+        return TextStream(self._decode_loop(ids, core, text, max_new_tokens, params, piecewise))
 
     def generate(self, prompt, max_new_tokens=128, stop=None, params=None, callback=None, **sampling):
         """Generate a continuation of ``prompt`` (text, or token ids starting with BOS).

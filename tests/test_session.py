@@ -115,6 +115,12 @@ def test_stop_string_across_token_boundaries(model):
     assert r.text == want and r.finish_reason == "stop"
     with pytest.raises(TypeError, match="stop"):
         s.generate(PROMPT, max_new_tokens=3, stop=[b"x"])
+    # stream() checks its arguments when called, not at the first next()
+    with pytest.raises(TypeError, match="stop"):
+        s.stream(PROMPT, stop=[b"x"])
+    with pytest.raises(ValueError, match="logit_bias token id"):
+        s.stream(PROMPT, logit_bias={10**6: 1.0})
+    assert s.generate(PROMPT, max_new_tokens=2, temperature=0).finish_reason == "length"   # not left busy
 
 
 @given(text=st.text(alphabet="ab#H: é", max_size=40), cuts=st.lists(st.integers(0, 40), max_size=10),
