@@ -58,53 +58,78 @@ cdef enum:
 # ---- matmul --------------------------------------------------------------------
 cdef void quantize_rows(uint8_t* out, int64_t out_stride, const float* x, int64_t n, int n_tok,
                         int vt, int nth) noexcept nogil:
-    # x (n_tok, n) -> out (n_tok rows of out_stride bytes) in activation type vt
-    cdef int t, c, n_chunks
-    cdef int64_t blk = BLCK_SIZE[vt], nb = n // BLCK_SIZE[vt], per
+    # x (n_tok, n) -> out (n_tok rows of out_stride bytes) in activation type vt. One token
+    # stays on one thread: microseconds of work, less than what a fork/join can cost
+    cdef int t
     cdef from_float_fn quant = FROM_FLOAT[vt]
     if n_tok > 1 and nth > 1:
         for t in prange(n_tok, schedule='static', num_threads=nth):
             quant(x + t * n, out + t * out_stride, n)
-    elif nth > 1 and n >= 4096:
-        # one long row: split it at block boundaries between the threads
-        n_chunks = nth
-        per = (nb + n_chunks - 1) // n_chunks
-        for c in prange(n_chunks, schedule='static', num_threads=nth):
-            if c * per < nb:
-                quant(x + c * per * blk, out + c * per * TYPE_SIZE[vt], min(per, nb - c * per) * blk)
     else:
         for t in range(n_tok):
             quant(x + t * n, out + t * out_stride, n)
 
-cdef void matmul_q(float* out, int64_t out_stride, const tensor_t* W, const uint8_t* xq,
-                   int64_t xq_stride, int n_tok, int nth) noexcept nogil:
-    # W (ne1, ne0) @ xq (n_tok, ne0)^T -> out (n_tok, ne1); rows of out are out_stride apart.
-    # Each weight row is read once and dotted with every token while it is in L1.
+cdef void rows_q(float* out, int64_t out_stride, const tensor_t* W, int64_t lo, int64_t hi,
+                 const uint8_t* xq, int64_t xq_stride, int n_tok) noexcept nogil:
+    # rows lo..hi-1 of W (ne1, ne0) @ xq (n_tok, ne0)^T -> out (n_tok, ne1), rows of out
+    # out_stride apart. Each weight row is read once and dotted with every token while in L1.
     cdef int64_t i
     cdef int t, t4
     cdef vec_dot_fn dot = VEC_DOT[W.type]
     cdef vec_dot_x4_fn dot4 = VEC_DOT_X4[W.type]
     cdef int n = <int>W.ne0
     cdef int n4 = (n_tok // 4) * 4 if dot4 != NULL else 0
-    if W.ne0 * W.ne1 * n_tok < PARALLEL_MIN_WORK:
-        nth = 1
-    for i in prange(W.ne1, schedule='static', num_threads=nth):
+    for i in range(lo, hi):
         for t4 in range(0, n4, 4):
             dot4(n, out + t4 * out_stride + i, out_stride, W.data + i * W.nb1, xq + t4 * xq_stride, xq_stride)
         for t in range(n4, n_tok):
             dot(n, out + t * out_stride + i, W.data + i * W.nb1, xq + t * xq_stride)
 
-cdef void matmul(state_t* s, float* out, int64_t out_stride, const tensor_t* W, const float* x,
-                 int n_tok) noexcept nogil:
-    # W @ x (n_tok, W.ne0) -> out (n_tok, W.ne1), quantizing x once per activation type
-    cdef int vt = VEC_DOT_TYPE[W.type]
-    if not (s.act_src == x and s.act_type == vt and s.act_ntok == n_tok and s.act_n == W.ne0):
-        quantize_rows(s.act, s.act_stride, x, W.ne0, n_tok, vt, s.nth)
+cdef void matmul_q(float** outs, int64_t out_stride, const tensor_t** Ws, int nw, const uint8_t* xq,
+                   int64_t xq_stride, int n_tok, int nth) noexcept nogil:
+    # Ws[w] @ xq -> outs[w] for the nw tensors that share the input xq (wq/wk/wv, w1/w3):
+    # one parallel region for all of them, thread c taking slice c of each tensor's rows.
+    # (Each fork/join can cost tens of microseconds when libgomp throttles its spinning,
+    # which it does once more of its threads exist than cores: e.g. sessions driven from
+    # several Python threads.)
+    cdef int c, w
+    cdef int64_t per, work = 0
+    for w in range(nw):
+        work += Ws[w].ne0 * Ws[w].ne1 * n_tok
+    if work < PARALLEL_MIN_WORK * nw:
+        nth = 1
+    if nth == 1:
+        for w in range(nw):
+            rows_q(outs[w], out_stride, Ws[w], 0, Ws[w].ne1, xq, xq_stride, n_tok)
+        return
+    for c in prange(nth, schedule='static', num_threads=nth):
+        for w in range(nw):
+            per = (Ws[w].ne1 + nth - 1) // nth
+            if c * per < Ws[w].ne1:
+                rows_q(outs[w], out_stride, Ws[w], c * per, min(Ws[w].ne1, (c + 1) * per), xq, xq_stride, n_tok)
+
+cdef void matmul_n(state_t* s, float** outs, int64_t out_stride, const tensor_t** Ws, int nw, const float* x,
+                   int n_tok) noexcept nogil:
+    # Ws[w] @ x (n_tok, ne0) -> outs[w] (n_tok, Ws[w].ne1), quantizing x once per activation
+    # type; tensors that pair with different activation types run one after the other
+    cdef int vt = VEC_DOT_TYPE[Ws[0].type], w
+    for w in range(1, nw):
+        if VEC_DOT_TYPE[Ws[w].type] != vt or Ws[w].ne0 != Ws[0].ne0:
+            for w in range(nw):
+                matmul_n(s, &outs[w], out_stride, &Ws[w], 1, x, n_tok)
+            return
+    if not (s.act_src == x and s.act_type == vt and s.act_ntok == n_tok and s.act_n == Ws[0].ne0):
+        quantize_rows(s.act, s.act_stride, x, Ws[0].ne0, n_tok, vt, s.nth)
         s.act_src = x
         s.act_type = vt
         s.act_ntok = n_tok
-        s.act_n = W.ne0
-    matmul_q(out, out_stride, W, s.act, s.act_stride, n_tok, s.nth)
+        s.act_n = Ws[0].ne0
+    matmul_q(outs, out_stride, Ws, nw, s.act, s.act_stride, n_tok, s.nth)
+
+cdef inline void matmul(state_t* s, float* out, int64_t out_stride, const tensor_t* W, const float* x,
+                        int n_tok) noexcept nogil:
+    # W @ x (n_tok, W.ne0) -> out (n_tok, W.ne1)
+    matmul_n(s, &out, out_stride, &W, 1, x, n_tok)
 
 # ---- elementwise ---------------------------------------------------------------
 cdef void rmsnorm(float* out, const float* x, const float* w, int n, float eps) noexcept nogil:
@@ -159,7 +184,7 @@ cdef void silu_mul(float* a, const float* b, int64_t n) noexcept nogil:
 
 cdef void silu_mul_par(float* a, const float* b, int64_t n, int nth) noexcept nogil:
     cdef int64_t c, per
-    if nth < 2 or n < 8192:
+    if nth < 2 or n < PARALLEL_MIN_WORK:      # one token's n_ff: on one thread (see matmul_q)
         silu_mul(a, b, n)
         return
     per = (n + nth - 1) // nth
@@ -213,6 +238,8 @@ cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok,
     cdef int t, l, first
     cdef int64_t i, kv_off, layer_off = <int64_t>s.n_ctx * E
     cdef const layer_t* L
+    cdef float* outs[3]
+    cdef const tensor_t* ws[3]
     for t in range(n_tok):
         TO_FLOAT[m.tok_embeddings.type](m.tok_embeddings.data + tokens[t] * m.tok_embeddings.nb1,
                                          s.x + t * E, E)
@@ -224,9 +251,9 @@ cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok,
         for t in range(n_tok):
             rmsnorm(s.xb + t * E, s.x + t * E, L.attention_norm, E, m.eps)
         s.act_src = NULL
-        matmul(s, s.q, E, &L.wq, s.xb, n_tok)
-        matmul(s, s.k, E, &L.wk, s.xb, n_tok)
-        matmul(s, s.v, E, &L.wv, s.xb, n_tok)
+        outs[0], outs[1], outs[2] = s.q, s.k, s.v
+        ws[0], ws[1], ws[2] = &L.wq, &L.wk, &L.wv
+        matmul_n(s, outs, E, ws, 3, s.xb, n_tok)
         for t in range(n_tok):
             rope(s.q + t * E, m.n_head, m.head_dim, m.n_rot, m.freqs, n_past + t)
             rope(s.k + t * E, m.n_head, m.head_dim, m.n_rot, m.freqs, n_past + t)
@@ -247,8 +274,9 @@ cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok,
         for t in range(n_tok):
             rmsnorm(s.xb + t * E, s.x + t * E, L.ffn_norm, E, m.eps)
         s.act_src = NULL
-        matmul(s, s.hb, m.n_ff, &L.w1, s.xb, n_tok)
-        matmul(s, s.hb2, m.n_ff, &L.w3, s.xb, n_tok)
+        outs[0], outs[1] = s.hb, s.hb2
+        ws[0], ws[1] = &L.w1, &L.w3
+        matmul_n(s, outs, m.n_ff, ws, 2, s.xb, n_tok)
         silu_mul_par(s.hb, s.hb2, <int64_t>n_tok * m.n_ff, s.nth)
         s.act_src = NULL
         matmul(s, s.xb2, E, &L.w2, s.hb, n_tok)
@@ -395,6 +423,9 @@ cdef class State:
     def n_threads(self):
         return self.s.nth
 
+    def _debug_addrs(self):
+        return {k: v.ctypes.data for k, v in self.bufs.items()} | {"k_cache": self.k_cache.ctypes.data, "v_cache": self.v_cache.ctypes.data}
+
     @n_threads.setter
     def n_threads(self, int n):
         self.s.nth = max(1, n)
@@ -512,6 +543,8 @@ def matmul_twin(int t, const uint8_t[::1] w, int64_t ne0, int64_t ne1, const flo
     cdef float[:, ::1] o = out
     cdef uint8_t[::1] a = act
     cdef tensor_t W
+    cdef const tensor_t* wp = &W
+    cdef float* op
     W.data = &w[0]
     W.type = t
     W.ne0 = ne0
@@ -520,7 +553,8 @@ def matmul_twin(int t, const uint8_t[::1] w, int64_t ne0, int64_t ne1, const flo
     if n_tok:
         with nogil:
             quantize_rows(&a[0], qs, &x[0, 0], ne0, n_tok, vt, n_threads)
-            matmul_q(&o[0, 0], ne1, &W, &a[0], qs, n_tok, n_threads)
+            op = &o[0, 0]
+            matmul_q(&op, ne1, &wp, 1, &a[0], qs, n_tok, n_threads)
     return out
 
 def rmsnorm_twin(const float[::1] x, const float[::1] w, float eps):
