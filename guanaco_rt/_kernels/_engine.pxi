@@ -423,9 +423,6 @@ cdef class State:
     def n_threads(self):
         return self.s.nth
 
-    def _debug_addrs(self):
-        return {k: v.ctypes.data for k, v in self.bufs.items()} | {"k_cache": self.k_cache.ctypes.data, "v_cache": self.v_cache.ctypes.data}
-
     @n_threads.setter
     def n_threads(self, int n):
         self.s.nth = max(1, n)
