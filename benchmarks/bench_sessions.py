@@ -91,6 +91,23 @@ def sampling_cost(model):
     return out
 
 
+def pool_thread_speed(model, n_threads):
+    """Generation tok/s on the main thread, then on a thread-pool worker (as a web server
+    would call it). Once more than one Python thread has run OpenMP regions, libgomp has
+    more threads than cores and shortens its spin-wait, so each fork/join can sleep."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def job():
+        s = guanaco_rt.Session(model, n_ctx=256, n_threads=n_threads, kv_f16=True, seed=0)
+        r = s.generate([1] + list(range(200, 216)), max_new_tokens=32, temperature=0.8,
+                       logit_bias={2: float("-inf")})
+        return r.timings.generate_tokens_per_s
+    main = max(job(), job())
+    with ThreadPoolExecutor(2) as ex:
+        pool = max(ex.submit(job).result() for _ in range(3))
+    return main, pool
+
+
 def state_sizes(model, n_threads):
     sizes = {}
     for kv_f16 in (False, True):
@@ -136,6 +153,9 @@ def main():
           f"generated ({tps:.2f} tokens/s, top_k off, top_p, penalties, stop string)")
     for name, sec in sampling_cost(model).items():
         print(f"sampling chain, {model.n_vocab} vocab, {name}: {sec * 1e3:.3f} ms per token")
+    main, pool = pool_thread_speed(model, a.threads)
+    print(f"generation, {a.threads} threads: {main:.2f} tokens/s on the main thread, {pool:.2f} on a thread-pool "
+          f"worker after it")
     for k, v in state_sizes(model, a.threads).items():
         print(f"state blob, 100 tokens, {k} KV cache: {v / 1e6:.1f} MB")
     for n in (1, 2, 4):
