@@ -15,31 +15,30 @@ import guanaco_rt
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def cancel_latency(model, n_threads):
-    s = guanaco_rt.Session(model, n_ctx=1024, n_threads=n_threads, kv_f16=True)
-    ids = [1] + [100 + i % 30000 for i in range(900)]
+def _cancel_midway(s, run, delay):
+    """run() on another thread, s.cancel() after ``delay`` s -> (run's result, seconds from cancel() to return)."""
     out = {}
-    th = threading.Thread(target=lambda: out.setdefault("r", s.generate(ids, max_new_tokens=4, temperature=0)))
+    th = threading.Thread(target=lambda: out.setdefault("r", run()))
     th.start()
-    time.sleep(2.0)
+    time.sleep(delay)
     t0 = time.perf_counter()
     s.cancel()
     th.join()
-    latency = time.perf_counter() - t0
-    return latency, out["r"].finish_reason, s.n_past
+    return out["r"], time.perf_counter() - t0
+
+
+def cancel_latency(model, n_threads):
+    s = guanaco_rt.Session(model, n_ctx=1024, n_threads=n_threads, kv_f16=True)
+    ids = [1] + [100 + i % 30000 for i in range(900)]
+    r, latency = _cancel_midway(s, lambda: s.generate(ids, max_new_tokens=4, temperature=0), 2.0)
+    return latency, r.finish_reason, s.n_past
 
 
 def cancel_decoding_latency(model, n_threads):
     s = guanaco_rt.Session(model, n_ctx=512, n_threads=n_threads, kv_f16=True)
-    out = {}
-    th = threading.Thread(target=lambda: out.setdefault(
-        "r", s.generate([1, 100, 200], max_new_tokens=400, temperature=0.8, logit_bias={2: float("-inf")})))
-    th.start()
-    time.sleep(3.0)
-    t0 = time.perf_counter()
-    s.cancel()
-    th.join()
-    return time.perf_counter() - t0, out["r"].finish_reason, len(out["r"].tokens)
+    r, latency = _cancel_midway(s, lambda: s.generate([1, 100, 200], max_new_tokens=400, temperature=0.8,
+                                                      logit_bias={2: float("-inf")}), 3.0)
+    return latency, r.finish_reason, len(r.tokens)
 
 
 def _spin_rate(seconds, during=None):

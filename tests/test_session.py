@@ -46,6 +46,18 @@ def big_model(root):
     return guanaco_rt.Model(tiny_model(root, "q4_0", n_vocab=1000, n_embd=1024, n_head=8, n_layer=6))
 
 
+def cancel_midway(s, run, delay):
+    """run() on another thread, s.cancel() after ``delay`` s -> (run's result, seconds from cancel() to return)."""
+    res = {}
+    th = threading.Thread(target=lambda: res.setdefault("r", run()))
+    th.start()
+    time.sleep(delay)
+    t_cancel = time.perf_counter()
+    s.cancel()
+    th.join()
+    return res["r"], time.perf_counter() - t_cancel
+
+
 def fresh_logits(model, tokens):
     return guanaco_rt.Session(model, n_ctx=max(8, len(tokens) + 1)).eval(tokens)
 
@@ -439,20 +451,8 @@ def test_decode_loop_runs_in_c_whatever_the_length(model):
 def test_cancel_long_prompt_returns_promptly_and_session_continues(big_model):
     s = guanaco_rt.Session(big_model, n_ctx=2048, n_batch=64)
     ids = [1] + [5 + i % 900 for i in range(1500)]
-    res = {}
-
-    def run():
-        t0 = time.perf_counter()
-        res["r"] = s.generate(ids, max_new_tokens=5, temperature=0)
-        res["t"] = time.perf_counter() - t0
-    th = threading.Thread(target=run)
-    th.start()
-    time.sleep(0.3)
-    t_cancel = time.perf_counter()
-    s.cancel()
-    th.join()
-    latency = time.perf_counter() - t_cancel
-    assert res["r"].finish_reason == "cancelled"
+    r, latency = cancel_midway(s, lambda: s.generate(ids, max_new_tokens=5, temperature=0), 0.3)
+    assert r.finish_reason == "cancelled"
     assert latency < 1.0
     assert s.n_past % 64 == 0 and s.n_past < len(ids)   # complete batches only
     # the session continues correctly: the same as a fresh one
@@ -467,18 +467,8 @@ def test_cancel_during_decoding_keeps_a_consistent_cache(big_model):
     # generate() without a callback is one call into C: cancel() must still reach it
     s = guanaco_rt.Session(big_model, n_ctx=2048, seed=5)
     prompt = [1, 17, 42, 99]
-    res = {}
-
-    def run():
-        res["r"] = s.generate(prompt, max_new_tokens=2000, temperature=1.0, logit_bias={2: float("-inf")})
-    th = threading.Thread(target=run)
-    th.start()
-    time.sleep(0.4)
-    t_cancel = time.perf_counter()
-    s.cancel()
-    th.join()
-    latency = time.perf_counter() - t_cancel
-    r = res["r"]
+    r, latency = cancel_midway(
+        s, lambda: s.generate(prompt, max_new_tokens=2000, temperature=1.0, logit_bias={2: float("-inf")}), 0.4)
     assert r.finish_reason == "cancelled" and 0 < len(r.tokens) < 2000 and latency < 0.5
     # the cache holds the prompt and the generated tokens that were evaluated, nothing else
     assert s.tokens[:4] == prompt and s.tokens[4:] == r.tokens[:s.n_past - 4]
