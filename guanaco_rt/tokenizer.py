@@ -115,11 +115,11 @@ class Tokenizer:
         except Exception as e:  # sentencepiece raises RuntimeError / OSError on a bad model
             raise FormatError(path, "vocab", f"cannot build a SentencePiece model: {e}") from None
         self.bos_id, self.eos_id, self.unk_id = BOS_ID, EOS_ID, UNK_ID
-        self._token_bytes = [self._bytes_of(i) for i in range(self.n_vocab)]
-        # the same bytes as flat arrays, for the C text stage of the decode loop
+        # every token's bytes as flat arrays, for the C text stage of the decode loop
+        token_bytes = [self._bytes_of(i) for i in range(self.n_vocab)]
         offs = np.zeros(self.n_vocab + 1, np.int64)
-        offs[1:] = np.cumsum([len(b) for b in self._token_bytes])
-        blob = np.frombuffer(b"".join(self._token_bytes) + b"\0", np.uint8)
+        offs[1:] = np.cumsum([len(b) for b in token_bytes])
+        blob = np.frombuffer(b"".join(token_bytes) + b"\0", np.uint8)
         normal = np.array([t == NORMAL for _, _, t in self.pieces], np.uint8)
         self.byte_table = (blob, offs, normal)   # token i: blob[offs[i]:offs[i+1]]; normal[i]
 
@@ -146,4 +146,5 @@ class Tokenizer:
 
     def token_bytes(self, i):
         """The raw bytes token ``i`` stands for (a leading space kept; control tokens b"")."""
-        return self._token_bytes[i]
+        blob, offs, _ = self.byte_table
+        return blob[offs[i]:offs[i + 1]].tobytes()
