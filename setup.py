@@ -1,13 +1,18 @@
 """Build of guanaco_rt's Cython kernels.
 
-One extension per ISA, each from the same kernel sources with its own flags
-(generic: none; avx2: -mavx2 -mfma -mf16c), chosen at import by cpuid. OpenMP
-is probed with a test compile; -ffp-contract=off keeps the compiler from fusing
-a*b+c into FMAs behind our back, so the scalar code rounds the same in every ISA
-module (explicit FMA intrinsics are unaffected). Without OpenMP the build warns
-loudly and the kernels run on one thread. Never -march=native.
+The runtime (_quants: block formats; _engine: forward pass and State; _sampling;
+_decode) is compiled once, with no ISA flags. Each ISA unit (_generic: none;
+_avx2: -mavx2 -mfma -mf16c) holds only its dot products and attention loops and
+fills one kernel table; the runtime picks a table at import, by cpuid. Adding an
+ISA means adding one unit here and in _kernels/dispatch.py. Never -march=native.
 
-GUANACO_RT_DEBUG=1 turns Cython's bounds and wraparound checks back on.
+-ffp-contract=off keeps the compiler from fusing a*b+c into FMAs behind our back:
+the scalar parts of a unit built with -mfma must round as the generic spec does
+(explicit FMA intrinsics are unaffected). OpenMP is probed with a test compile;
+without it the build warns loudly and the kernels run on one thread.
+
+Cython runs, and the compiler is probed, only when extensions are built (not for
+an sdist). GUANACO_RT_DEBUG=1 turns Cython's bounds and wraparound checks back on.
 """
 import os
 import platform
@@ -17,6 +22,7 @@ import tempfile
 import textwrap
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 try:
     from setuptools._distutils.ccompiler import new_compiler
@@ -25,12 +31,11 @@ except ImportError:  # pragma: no cover - very old setuptools
     from distutils.ccompiler import new_compiler
     from distutils.sysconfig import customize_compiler
 
-from Cython.Build import cythonize
-import numpy
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 KDIR = os.path.join("guanaco_rt", "_kernels")
 DEBUG = os.environ.get("GUANACO_RT_DEBUG", "") not in ("", "0")
+RUNTIME = ["_quants", "_engine", "_sampling", "_decode"]
+AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c"]
 
 
 def _try_compile(code, cflags, ldflags):
@@ -71,26 +76,26 @@ def openmp_flags():
     return [], []
 
 
-def is_x86_64():
-    return platform.machine().lower() in ("x86_64", "amd64")
+def isa_units():
+    """(module name, flags) of every ISA unit this compiler can build for this machine type."""
+    units = [("_generic", [])]
+    if platform.machine().lower() in ("x86_64", "amd64") and _try_compile("int main(void){return 0;}", AVX2_FLAGS, []):
+        units.append(("_avx2", AVX2_FLAGS))
+    return units
 
 
 def extensions():
+    """The Extensions, cythonized: called only when they are about to be built."""
+    import numpy
+    from Cython.Build import cythonize
+
     omp_c, omp_l = openmp_flags()
-    base = ["-O3", "-fno-strict-aliasing", "-ffp-contract=off", "-Wno-unused-function", "-Wno-unused-variable",
-            "-Wno-maybe-uninitialized"]
-    isas = [("_generic", [])]
-    if is_x86_64() and _try_compile("int main(void){return 0;}", ["-mavx2", "-mfma", "-mf16c"], []):
-        isas.append(("_avx2", ["-mavx2", "-mfma", "-mf16c"]))
-    exts = []
-    for name, flags in isas:
-        exts.append(Extension(
-            f"guanaco_rt._kernels.{name}",
-            [os.path.join(KDIR, name + ".pyx")],
-            include_dirs=[KDIR, numpy.get_include()],   # numpy/random/bitgen.h: the sampler's RNG
-            extra_compile_args=base + flags + omp_c,
-            extra_link_args=omp_l,
-        ))
+    base = ["-O3", "-fno-strict-aliasing", "-ffp-contract=off"]
+    mods = [(name, []) for name in RUNTIME] + isa_units()
+    exts = [Extension(f"guanaco_rt._kernels.{name}", [os.path.join(KDIR, name + ".pyx")],
+                      include_dirs=[KDIR, numpy.get_include()],   # numpy/random/bitgen.h: the sampler's RNG
+                      extra_compile_args=base + flags + omp_c, extra_link_args=omp_l)
+            for name, flags in mods]
     directives = {
         "language_level": 3,
         "boundscheck": DEBUG,
@@ -103,4 +108,13 @@ def extensions():
     return cythonize(exts, compiler_directives=directives, include_path=[HERE, KDIR])
 
 
-setup(ext_modules=extensions())
+class BuildExt(build_ext):
+    def finalize_options(self):
+        self.distribution.ext_modules = extensions()
+        super().finalize_options()
+        if not self.parallel:
+            self.parallel = os.cpu_count() or 1   # the units compile independently
+
+
+setup(ext_modules=[Extension("guanaco_rt._kernels._engine", [])],   # placeholder: BuildExt replaces it
+      cmdclass={"build_ext": BuildExt})

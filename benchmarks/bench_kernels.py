@@ -12,18 +12,19 @@ import time
 import numpy as np
 
 from guanaco_rt import ggml_types as T
-from guanaco_rt._kernels.dispatch import available_isas, load
+from guanaco_rt._kernels._engine import matmul_twin
+from guanaco_rt._kernels.dispatch import available_isas, kernel_set
 from guanaco_rt.writer import random_tensor_bytes
 
 TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "F16"]
 
 
 def bench(K, ttype, w, ne0, ne1, x, nth, reps):
-    K.matmul_twin(ttype, w, ne0, ne1, x, nth)          # warm up (and fault in)
+    matmul_twin(K, ttype, w, ne0, ne1, x, nth)          # warm up (and fault in)
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        K.matmul_twin(ttype, w, ne0, ne1, x, nth)
+        matmul_twin(K, ttype, w, ne0, ne1, x, nth)
         times.append(time.perf_counter() - t0)
     return w.nbytes / sorted(times)[len(times) // 2] / 1e9
 
@@ -49,7 +50,7 @@ def main():
         w = np.frombuffer(random_tensor_bytes(t.id, (a.cols, a.rows), rng), np.uint8)
         row = []
         for isa in isas:
-            K = load(isa)
+            K = kernel_set(isa)
             for nth in a.threads:
                 for tok in a.tokens:
                     x = rng.standard_normal((tok, a.cols)).astype(np.float32)

@@ -9,10 +9,11 @@ __version__ = "0.1.0"
 
 def show_config():
     """Which kernels run here: ISA, OpenMP, default thread count. Returns a dict and prints nothing."""
+    from ._kernels import _engine
     from ._kernels.dispatch import available_isas, kernels
     from .model import physical_cores
-    return {"version": __version__, "isa": kernels.ISA, "available_isas": available_isas(),
-            "openmp": kernels.openmp_enabled(), "omp_max_threads": kernels.omp_max_threads(),
+    return {"version": __version__, "isa": kernels.isa, "available_isas": available_isas(),
+            "openmp": _engine.openmp_enabled(), "omp_max_threads": _engine.omp_max_threads(),
             "default_threads": physical_cores()}
 
 

@@ -1,11 +1,15 @@
 """The ggml block types and llama ftypes as the 2023 ggjt v3 files use them.
 
-Owns: type ids, block sizes and byte sizes, which activation format each weight
+Owns: type ids, block sizes, the layout of every block as a NumPy dtype (the one
+Python description the writer and the tests derive from; the kernels' C structs in
+_kernels/ggml_blocks.h are tested equal to it, field by field), which activation format each weight
 type's dot product pairs with (ggml's ``vec_dot_type``), the llama ftype table and
 the per-tensor type mixing llama.cpp's June-2023 quantizer applied for the k-quant
 "_S/_M/_L" files. Does no math and touches no file.
 """
 from dataclasses import dataclass
+
+import numpy as np
 
 QK_K = 256  # super-block size of the k-quants
 
@@ -15,9 +19,27 @@ class GGMLType:
     id: int
     name: str
     blck_size: int      # weights per block
-    type_size: int      # bytes per block
     vec_dot_type: int   # activation format the dot product pairs with
     weight: bool        # may appear in a model file
+    fields: tuple       # the block, in order: (name, NumPy type, count); layouts at ggml_blocks.h
+
+    @property
+    def dtype(self):
+        """One block as a packed NumPy structured dtype (F32/F16: one element)."""
+        return np.dtype([(n, t, (c,)) if c > 1 else (n, t) for n, t, c in self.fields])
+
+    @property
+    def type_size(self):
+        """Bytes per block."""
+        return self.dtype.itemsize
+
+    def offset(self, field):
+        return self.dtype.fields[field][1]
+
+    @property
+    def scale_fields(self):
+        """Names of the f16 scale fields (d, and m or dmin where there is one)."""
+        return [n for n, t, c in self.fields if t == "<f2" and c == 1 and self.blck_size > 1]
 
     def row_bytes(self, ne0):
         return ne0 // self.blck_size * self.type_size
@@ -26,23 +48,25 @@ class GGMLType:
 F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1 = 0, 1, 2, 3, 6, 7, 8, 9
 Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K = 10, 11, 12, 13, 14, 15
 
+H, U8, I8, I16, F = "<f2", "u1", "i1", "<i2", "<f4"
 GGML_TYPES = {t.id: t for t in [
-    GGMLType(F32, "F32", 1, 4, F32, True),
-    GGMLType(F16, "F16", 1, 2, F32, True),
+    GGMLType(F32, "F32", 1, F32, True, (("x", F, 1),)),
+    GGMLType(F16, "F16", 1, F32, True, (("x", H, 1),)),
     # ggml pairs q4_0, q5_0 and q8_0 with q8_0 (f16 scale); we pair every 32-block type
     # with q8_1 (f32 scale): the same integer sums, one rounding less, a cheaper scale
-    GGMLType(Q4_0, "Q4_0", 32, 18, Q8_1, True),
-    GGMLType(Q4_1, "Q4_1", 32, 20, Q8_1, True),
-    GGMLType(Q5_0, "Q5_0", 32, 22, Q8_1, True),
-    GGMLType(Q5_1, "Q5_1", 32, 24, Q8_1, True),
-    GGMLType(Q8_0, "Q8_0", 32, 34, Q8_1, True),
-    GGMLType(Q8_1, "Q8_1", 32, 40, Q8_1, False),
-    GGMLType(Q2_K, "Q2_K", QK_K, 84, Q8_K, True),
-    GGMLType(Q3_K, "Q3_K", QK_K, 110, Q8_K, True),
-    GGMLType(Q4_K, "Q4_K", QK_K, 144, Q8_K, True),
-    GGMLType(Q5_K, "Q5_K", QK_K, 176, Q8_K, True),
-    GGMLType(Q6_K, "Q6_K", QK_K, 210, Q8_K, True),
-    GGMLType(Q8_K, "Q8_K", QK_K, 292, Q8_K, False),
+    GGMLType(Q4_0, "Q4_0", 32, Q8_1, True, (("d", H, 1), ("qs", U8, 16))),
+    GGMLType(Q4_1, "Q4_1", 32, Q8_1, True, (("d", H, 1), ("m", H, 1), ("qs", U8, 16))),
+    GGMLType(Q5_0, "Q5_0", 32, Q8_1, True, (("d", H, 1), ("qh", U8, 4), ("qs", U8, 16))),
+    GGMLType(Q5_1, "Q5_1", 32, Q8_1, True, (("d", H, 1), ("m", H, 1), ("qh", U8, 4), ("qs", U8, 16))),
+    GGMLType(Q8_0, "Q8_0", 32, Q8_1, True, (("d", H, 1), ("qs", I8, 32))),
+    GGMLType(Q8_1, "Q8_1", 32, Q8_1, False, (("d", F, 1), ("s", F, 1), ("qs", I8, 32))),
+    GGMLType(Q2_K, "Q2_K", QK_K, Q8_K, True, (("scales", U8, 16), ("qs", U8, 64), ("d", H, 1), ("dmin", H, 1))),
+    GGMLType(Q3_K, "Q3_K", QK_K, Q8_K, True, (("hmask", U8, 32), ("qs", U8, 64), ("scales", U8, 12), ("d", H, 1))),
+    GGMLType(Q4_K, "Q4_K", QK_K, Q8_K, True, (("d", H, 1), ("dmin", H, 1), ("scales", U8, 12), ("qs", U8, 128))),
+    GGMLType(Q5_K, "Q5_K", QK_K, Q8_K, True, (("d", H, 1), ("dmin", H, 1), ("scales", U8, 12), ("qh", U8, 32),
+                                              ("qs", U8, 128))),
+    GGMLType(Q6_K, "Q6_K", QK_K, Q8_K, True, (("ql", U8, 128), ("qh", U8, 64), ("scales", I8, 16), ("d", H, 1))),
+    GGMLType(Q8_K, "Q8_K", QK_K, Q8_K, False, (("d", F, 1), ("qs", I8, 256), ("bsums", I16, 16))),
 ]}
 TYPE_BY_NAME = {t.name: t for t in GGML_TYPES.values()}
 WEIGHT_TYPES = sorted(t.id for t in GGML_TYPES.values() if t.weight)

@@ -10,7 +10,8 @@ import time
 
 import numpy as np
 
-from ._kernels.dispatch import kernels
+from ._kernels._engine import Engine
+from ._kernels.dispatch import kernel_set, kernels
 from .errors import GuanacoError
 from .ggml_file import open_mmap, parse
 from .tokenizer import Tokenizer
@@ -55,9 +56,12 @@ class Model:
 
     The weights stay in a read-only mmap: nothing is copied or dequantized at load.
     ``n_threads`` is the default for sessions on this model (physical cores if None).
+    ``isa`` picks the kernels ("generic", "avx2"); None: the best this CPU runs, or
+    GUANACO_RT_ISA.
     """
 
-    def __init__(self, path, n_threads=None, eps=1e-6):
+    def __init__(self, path: "str | os.PathLike[str]", n_threads: "int | None" = None, eps: float = 1e-6,
+                 isa: "str | None" = None):
         t0 = time.perf_counter()
         self.path = os.fspath(path)
         self._mm, size = open_mmap(self.path)
@@ -65,9 +69,9 @@ class Model:
             self.file = parse(self.path, self._mm)
             self.tokenizer = Tokenizer(self.file.vocab, self.path)
             self._buf = np.frombuffer(self._mm, dtype=np.uint8)
-            base = self._buf.ctypes.data
-            specs = {t.name: (base + t.offset, t.type, t.shape[0], t.n_rows) for t in self.file.tensors.values()}
-            self._engine = kernels.Engine(self.hparams.as_dict(), specs, self._buf, eps)
+            specs = {t.name: (t.offset, t.type, t.shape[0], t.n_rows) for t in self.file.tensors.values()}
+            ks = kernels if isa is None else kernel_set(isa)
+            self._engine = Engine(self.hparams.as_dict(), self._buf, specs, ks, eps)
         except BaseException:
             self._buf = None
             self._mm.close()
@@ -92,10 +96,6 @@ class Model:
     @property
     def n_vocab(self):
         return self.hparams.n_vocab
-
-    @property
-    def isa(self):
-        return kernels.ISA
 
     def tokenize(self, text, bos=True, eos=False):
         return self.tokenizer.encode(text, bos=bos, eos=eos)
@@ -123,12 +123,6 @@ class Model:
         """A read-only uint8 view of one tensor's bytes in the mmap."""
         t = self.file.tensors[name]
         return self._buf[t.offset:t.offset + t.nbytes]
-
-    def dequantize(self, name):
-        """One tensor dequantized to float32, shape (rows, ne0). For tests and tools; copies."""
-        t = self.file.tensors[name]
-        out = kernels.dequantize(t.type, self.tensor_data(name), t.shape[0] * t.n_rows)
-        return out.reshape(t.n_rows, t.shape[0])
 
     def close(self):
         """Release the mapping once no session uses it any more (garbage collection does too)."""

@@ -7,7 +7,7 @@ frequency and presence penalties -> greedy if temperature <= 0, else top-k ->
 typical-p -> top-p -> min-p -> temperature -> draw. The RNG is a PCG64 seeded
 per session, so the same seed, settings and logits give the same tokens.
 
-The chain itself is C (``_kernels/_sampling.pxi``) so the decode loop runs without
+The chain itself is C (``_kernels/_sampling.pyx``) so the decode loop runs without
 the GIL; this module holds the settings, their checks and the RNG.
 """
 import math
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from ._kernels.dispatch import kernels
+from ._kernels._sampling import SamplerCore
 
 
 @dataclass
@@ -67,18 +67,8 @@ class Sampler:
     def set_state(self, state):
         self.rng.bit_generator.state = state
 
-    def core(self, p, n_vocab):
+    def core(self, p: SamplingParams, n_vocab: int) -> SamplerCore:
         """The C chain for settings ``p`` over ``n_vocab`` tokens (checks logit_bias ids)."""
-        return kernels.SamplerCore(n_vocab, self.rng.bit_generator, p.temperature, p.top_k, p.top_p, p.min_p,
-                                   p.typical_p, p.repetition_penalty, p.repeat_last_n, p.frequency_penalty,
-                                   p.presence_penalty, dict(p.logit_bias), p.n_probs)
-
-    def penalize(self, logits, history, p):
-        """logits (n_vocab,) -> float64 copy with bias and penalties applied."""
-        logits = np.ascontiguousarray(logits, np.float32)
-        return self.core(p, logits.size).penalize(logits, np.asarray(history, np.int32))
-
-    def sample(self, logits, history, p):
-        """-> (token id, top log-probs [(id, logprob)] or None)"""
-        logits = np.ascontiguousarray(logits, np.float32)
-        return self.core(p, logits.size).sample(logits, np.asarray(history, np.int32))
+        return SamplerCore(n_vocab, self.rng.bit_generator, p.temperature, p.top_k, p.top_p, p.min_p,
+                           p.typical_p, p.repetition_penalty, p.repeat_last_n, p.frequency_penalty,
+                           p.presence_penalty, dict(p.logit_bias), p.n_probs)

@@ -1,11 +1,12 @@
 """Session: one conversation's state on a shared Model -- the embedding API.
 
-Owns: the KV cache and scratch buffers (through the kernel State), the tokens
-evaluated so far with prefix reuse, driving the decode loop, the context-full
-policy, chat turns, state save/load/fork, the busy/cancel protocol and timings.
-The decode loop itself -- sampling chain, incremental UTF-8, stop strings,
-context shift -- is C (_kernels/_sampling.pxi, _decode.pxi); the sampling
-settings and RNG live in sampling.py, the template in chat.py.
+Owns the policies and the public API: prefix reuse, the context-full policy,
+chat turns, the state blob (save/load/fork), the busy/cancel protocol and
+timings. The sequence itself -- tokens, n_past, logits, KV cache -- belongs to
+the kernel State (_kernels/_engine.pyx), which evaluates prompts in C; the decode
+loop -- sampling chain, incremental UTF-8, stop strings, context shift -- is C
+too (_kernels/_decode.pyx). Both stop on the State's one cancel flag. The
+sampling settings and RNG live in sampling.py, the template in chat.py.
 
 Threading contract: a Model is shared read-only by any number of Sessions in any
 number of threads. A Session serves one caller at a time; a second thread that
@@ -23,7 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._kernels.dispatch import kernels
+from ._kernels._decode import Decoder, TextStage
+from ._kernels._engine import State
 from .chat import DEFAULT_STOP, Conversation
 from .errors import Cancelled, ContextFullError, GuanacoError, SessionBusyError, StateError
 from .sampling import Sampler, SamplingParams
@@ -115,20 +117,22 @@ class Session:
         self.context_policy = context_policy
         self.n_keep = int(n_keep)
         self.seed = seed
-        self._state = kernels.State(model._engine, self.n_ctx, self.n_batch, self.kv_f16, self.n_threads)
+        self._state = State(model._engine, self.n_ctx, self.n_batch, self.kv_f16, self.n_threads)
         self.sampler = Sampler(seed)
         self.conversation = Conversation() if system is None else Conversation(system=system)
         self._chat_first_turn = 0
-        self.tokens = []              # ids whose K/V are in the cache, positions 0..n_past-1
-        self._logits1 = np.zeros((1, model.n_vocab), dtype=np.float32)   # (1, n_vocab) scratch
-        self._last_logits = None      # (n_vocab,) after tokens[-1]: None or a view of _logits1
         self._busy = threading.Lock()
         self.last_result = None
 
     # -- properties ----------------------------------------------------------------
     @property
+    def tokens(self):
+        """The ids whose K/V are in the cache, positions 0..n_past-1 (a copy)."""
+        return self._state.tokens() if self._state is not None else []
+
+    @property
     def n_past(self):
-        return len(self.tokens)
+        return self._state.n_past if self._state is not None else 0
 
     @property
     def n_vocab(self):
@@ -142,7 +146,7 @@ class Session:
             raise SessionBusyError("this Session is in use by another thread; use one Session per thread")
 
     def _leave(self):
-        self._state.set_cancel(False)
+        self._state.cancel(False)
         self._busy.release()
 
     def cancel(self):
@@ -150,7 +154,7 @@ class Session:
         it; it does nothing when the session is idle. The session stays usable and its cache
         consistent up to the last complete token."""
         if self._state is not None and self._busy.locked():
-            self._state.set_cancel(True)
+            self._state.cancel(True)
 
     # -- evaluation ------------------------------------------------------------------
     def _check_ids(self, ids):
@@ -169,8 +173,7 @@ class Session:
         """
         self._enter()
         try:
-            out = self._eval(ids, all_logits)
-            return out if all_logits else out.copy()
+            return self._eval(ids, all_logits)
         finally:
             self._leave()
 
@@ -181,34 +184,26 @@ class Session:
             raise ValueError("eval() needs at least one token")
         if self.n_past + n > self.n_ctx:
             raise ContextFullError(f"{self.n_past} tokens in the cache + {n} new > n_ctx {self.n_ctx}")
-        # without all_logits every chunk writes into one preallocated row: no allocation per token
-        out = np.empty((n, self.n_vocab), dtype=np.float32) if all_logits else self._logits1
-        for start in range(0, n, self.n_batch):
-            chunk = np.ascontiguousarray(arr[start:start + self.n_batch])
-            dst = out[start:start + chunk.size] if all_logits else out
-            if self._state.forward(chunk, self.n_past, dst, all_logits):
-                self._last_logits = None
-                raise Cancelled(f"evaluation cancelled after {start} of {n} tokens")
-            self.tokens.extend(int(t) for t in chunk)
-        if all_logits:
-            self._logits1[0] = out[-1]
-        self._last_logits = self._logits1[0]   # a view, valid until the next evaluation
-        return out if all_logits else out[0]
+        out = np.empty((n, self.n_vocab), dtype=np.float32) if all_logits else None
+        done = self._state.prefill(arr, out)      # in C, batch after batch, without the GIL
+        if done < n:
+            raise Cancelled(f"evaluation cancelled after {done} of {n} tokens")
+        return out if all_logits else self._state.logits()
 
     def _prefill(self, ids, timings):
-        """Bring the cache to exactly ``ids`` reusing the longest cached prefix; -> logits."""
-        common = _common_prefix(self.tokens, ids)
-        if common == len(ids) == len(self.tokens) and self._last_logits is not None:
-            timings.reused_tokens = common
-            return self._last_logits
+        """Bring the cache to exactly ``ids`` reusing the longest cached prefix."""
+        st = self._state
+        common = _common_prefix(st.tokens(), ids)
+        timings.reused_tokens = common
+        if common == len(ids) == st.n_past and st.logits() is not None:
+            return
         common = min(common, len(ids) - 1)      # re-evaluate at least the last token
-        del self.tokens[common:]
+        st.truncate(common)
         timings.reused_tokens = common
         t0 = time.perf_counter()
-        logits = self._eval(ids[common:])
+        self._eval(ids[common:])
         timings.prompt_tokens = len(ids) - common
         timings.prompt_ms = (time.perf_counter() - t0) * 1e3
-        return logits
 
     def _fit_prompt(self, ids, reserve):
         """Make a prompt fit n_ctx, by policy."""
@@ -246,9 +241,9 @@ class Session:
         stops = [stop] if isinstance(stop, str) else list(stop or [])   # one string is one stop
         if not all(isinstance(x, str) for x in stops):
             raise TypeError(f"stop must be a string or a list of strings, got {stop!r}")
-        return ids, core, kernels.TextStage(self.model.tokenizer.byte_table, stops, len(ids) == 1)
+        return ids, core, TextStage(self.model.tokenizer.byte_table, stops, len(ids) == 1)
 
-    def _decode_loop(self, ids, core, text, max_new_tokens, params, piecewise):
+    def _decode_loop(self, ids, core, text, max_new_tokens, params, piecewise, n_keep):
         """Generator of text pieces; returns the GenerationResult. Holds the session.
 
         After the prompt, the loop (sampling, token text, stop strings, context room, the
@@ -259,7 +254,6 @@ class Session:
         self._enter()
         try:
             timings = Timings(load_ms=self.model.load_time * 1e3)
-            tok = self.model.tokenizer
             gen, logprobs, reason, emitted = [], [] if params.n_probs else None, None, []
             try:
                 self._prefill(ids, timings)
@@ -267,22 +261,19 @@ class Session:
                 reason = "cancelled"
             t0 = time.perf_counter()
             if reason is None:
-                dec = kernels.Decoder(self._state, core, text, np.asarray(self.tokens, np.int32), self._logits1[0],
-                                      max_new_tokens, tok.eos_id, self.context_policy == "shift", self.n_keep)
+                # the State's sequence is current whenever the loop hands a piece out
+                dec = Decoder(self._state, core, text, max_new_tokens, self.model.tokenizer.eos_id,
+                              self.context_policy == "shift", n_keep)
                 try:
                     while reason is None:
                         piece, reason = dec.run(piecewise)
                         if piece:
                             emitted.append(piece)
-                            self.tokens = dec.tokens()     # n_past is current inside a callback
                             yield piece
                 finally:
-                    # the cache holds exactly these tokens, whether the loop ended or was abandoned
-                    self.tokens = dec.tokens()
-                    self._last_logits = self._logits1[0] if dec.have_logits else None
                     if dec.n_shifts:
                         log.info("context shift: %d time(s), %d tokens dropped (n_keep %d), %d left",
-                                 dec.n_shifts, dec.n_discarded, self.n_keep, self.n_past)
+                                 dec.n_shifts, dec.n_discarded, n_keep, self.n_past)
                 gen, logprobs = dec.generated(), dec.logprobs()
             if reason == "context_full":
                 raise ContextFullError(f"context full: {self.n_past} tokens = n_ctx {self.n_ctx} "
@@ -306,10 +297,11 @@ class Session:
         never a piece of a stop string). ``.result`` holds the GenerationResult at the end."""
         return self._stream(prompt, max_new_tokens, stop, params, sampling, piecewise=True)
 
-    def _stream(self, prompt, max_new_tokens, stop, params, sampling, piecewise):
+    def _stream(self, prompt, max_new_tokens, stop, params, sampling, piecewise, n_keep=None):
         params = self._params(params, sampling)
         ids, core, text = self._prepare(prompt, max_new_tokens, stop, params)
-        return TextStream(self._decode_loop(ids, core, text, max_new_tokens, params, piecewise))
+        n_keep = self.n_keep if n_keep is None else n_keep
+        return TextStream(self._decode_loop(ids, core, text, max_new_tokens, params, piecewise, n_keep))
 
     def generate(self, prompt, max_new_tokens=128, stop=None, params=None, callback=None, **sampling):
         """Generate a continuation of ``prompt`` (text, or token ids starting with BOS).
@@ -317,8 +309,11 @@ class Session:
         The prompt is the whole context: the longest prefix already in the cache is reused.
         ``callback(piece)`` is called with each text piece as it comes.
         """
+        return self._generate(prompt, max_new_tokens, stop, params, callback, sampling)
+
+    def _generate(self, prompt, max_new_tokens, stop, params, callback, sampling, n_keep=None):
         # without a callback nobody waits for pieces: one call into C decodes everything
-        s = self._stream(prompt, max_new_tokens, stop, params, sampling, piecewise=callback is not None)
+        s = self._stream(prompt, max_new_tokens, stop, params, sampling, callback is not None, n_keep)
         for piece in s:
             if callback is not None:
                 callback(piece)
@@ -375,13 +370,9 @@ class Session:
                                        f"> n_ctx {self.n_ctx}")
             first += 1
         self._chat_first_turn = first
-        saved_keep = self.n_keep
-        self.n_keep = len(self.model.tokenize(conv.system_text()))
-        try:
-            res = self.generate(ids, max_new_tokens, DEFAULT_STOP if stop is None else stop, params,
-                                callback=callback, **sampling)
-        finally:
-            self.n_keep = saved_keep
+        # a context shift inside the reply keeps the system text
+        res = self._generate(ids, max_new_tokens, DEFAULT_STOP if stop is None else stop, params, callback, sampling,
+                             n_keep=len(self.model.tokenize(conv.system_text())))
         reply = res.text.strip()
         if res.finish_reason != "cancelled":
             conv.add(message, reply)
@@ -392,8 +383,7 @@ class Session:
         """Forget every evaluated token and the conversation (the cache is overwritten lazily)."""
         self._enter()
         try:
-            self.tokens = []
-            self._last_logits = None
+            self._state.truncate(0)
             self.conversation.clear()
             self._chat_first_turn = 0
         finally:
@@ -405,18 +395,19 @@ class Session:
         self._enter()
         try:
             n = self.n_past
+            logits = self._state.logits()
+            k, v = self._state.export_kv()
             meta = {"n_past": n, "n_layer": self.model.hparams.n_layer, "n_embd": self.model.hparams.n_embd,
                     "n_vocab": self.n_vocab, "kv": "f16" if self.kv_f16 else "f32",
-                    "has_logits": self._last_logits is not None, "rng": self.sampler.state,
+                    "has_logits": logits is not None, "rng": self.sampler.state,
                     "system": self.conversation.system, "turns": self.conversation.turns,
                     "chat_first_turn": self._chat_first_turn}
             mj = json.dumps(meta).encode()
             parts = [STATE_MAGIC, struct.pack("<I", STATE_VERSION), self.model.fingerprint,
                      struct.pack("<Q", len(mj)), mj, np.asarray(self.tokens, "<i4").tobytes()]
-            if self._last_logits is not None:
-                parts.append(self._last_logits.astype("<f4").tobytes())
-            parts.append(np.ascontiguousarray(self._state.k_cache[:, :n]).tobytes())
-            parts.append(np.ascontiguousarray(self._state.v_cache[:, :n]).tobytes())
+            if logits is not None:
+                parts.append(logits.astype("<f4").tobytes())
+            parts += [k.tobytes(), v.tobytes()]
             return b"".join(parts)
         finally:
             self._leave()
@@ -465,16 +456,11 @@ class Session:
             k = np.frombuffer(blob, kvt, hp.n_layer * n * hp.n_embd, pos).reshape(shape)
             v = np.frombuffer(blob, kvt, hp.n_layer * n * hp.n_embd, pos + kv_bytes).reshape(shape)
             try:
-                self.sampler.set_state(meta["rng"])
+                np.random.PCG64().state = meta["rng"]      # checked on a scratch generator first
             except (ValueError, TypeError, KeyError) as e:
                 raise StateError(f"state's sampler RNG is malformed: {e}") from None
-            self._state.k_cache[:, :n] = k
-            self._state.v_cache[:, :n] = v
-            self.tokens = tokens
-            self._last_logits = None
-            if logits is not None:
-                self._logits1[0] = logits
-                self._last_logits = self._logits1[0]
+            self._state.import_kv(tokens, k, v, logits)
+            self.sampler.set_state(meta["rng"])
             self.conversation = Conversation(system=meta.get("system", ""),
                                              turns=[tuple(t) for t in meta.get("turns", [])])
             self._chat_first_turn = int(meta.get("chat_first_turn", 0))

@@ -16,21 +16,21 @@ from .ggml_file import ALIGNMENT, GGJT_VERSION, MAGIC_GGJT, HParams, expected_sh
 from .ggml_types import (F16, F32, FTYPE_BY_NAME, GGML_TYPES, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K,
                          Q6_K, Q8_0, tensor_type_for)
 
-# byte offsets of the f16 scale fields in each block, and how many q-units one
-# unit of d spreads an element over (measured on uniform random bits), and the
-# min/offset as a multiple of d that centres the block (see the block structs)
-_SCALE_LAYOUT = {
-    #        d_off, second_off, spread, offset_mult
-    Q4_0: (0, None, 4.6, None),
-    Q4_1: (0, 2, 4.6, -7.5),        # m = -7.5 d
-    Q5_0: (0, None, 9.2, None),
-    Q5_1: (0, 2, 9.2, -15.5),       # m = -15.5 d
-    Q8_0: (0, None, 73.0, None),
-    Q2_K: (80, 82, 10.0, 1.5),      # dmin = 1.5 d
-    Q3_K: (108, None, 42.5, None),
-    Q4_K: (0, 2, 167.0, 7.5),       # dmin = 7.5 d
-    Q5_K: (0, 2, 335.0, 15.5),      # dmin = 15.5 d
-    Q6_K: (208, None, 1350.0, None),
+# per block type: how many q-units one unit of d spreads an element over (measured on
+# uniform random bits), and the second scale (m or dmin) as a multiple of d that centres
+# the block (see the block layouts in ggml_types / ggml_blocks.h)
+_SCALE_SPREAD = {
+    #      spread, second_mult
+    Q4_0: (4.6, None),
+    Q4_1: (4.6, -7.5),        # m = -7.5 d
+    Q5_0: (9.2, None),
+    Q5_1: (9.2, -15.5),       # m = -15.5 d
+    Q8_0: (73.0, None),
+    Q2_K: (10.0, 1.5),        # dmin = 1.5 d
+    Q3_K: (42.5, None),
+    Q4_K: (167.0, 7.5),       # dmin = 7.5 d
+    Q5_K: (335.0, 15.5),      # dmin = 15.5 d
+    Q6_K: (1350.0, None),
 }
 
 
@@ -47,11 +47,14 @@ def random_tensor_bytes(ttype, shape, rng, std=None):
     t = GGML_TYPES[ttype]
     nb = ne0 // t.blck_size * n_rows
     raw = np.frombuffer(rng.bytes(nb * t.type_size), dtype=np.uint8).reshape(nb, t.type_size).copy()
-    d_off, second_off, spread, mult = _SCALE_LAYOUT[ttype]
+    spread, mult = _SCALE_SPREAD[ttype]
+    scale_fields = t.scale_fields          # d first, then m / dmin
     d = (std / spread) * rng.uniform(0.5, 1.5, nb).astype(np.float32)
+    d_off = t.offset(scale_fields[0])
     raw[:, d_off:d_off + 2] = d.astype("<f2").view(np.uint8).reshape(nb, 2)
-    if second_off is not None:
-        raw[:, second_off:second_off + 2] = (d * mult).astype("<f2").view(np.uint8).reshape(nb, 2)
+    if mult is not None:
+        off = t.offset(scale_fields[1])
+        raw[:, off:off + 2] = (d * mult).astype("<f2").view(np.uint8).reshape(nb, 2)
     return raw.tobytes()
 
 

@@ -15,16 +15,16 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
 
-def kernel_modules():
-    from guanaco_rt._kernels.dispatch import available_isas, load
-    return [load(isa) for isa in available_isas()]
+def isas():
+    from guanaco_rt._kernels.dispatch import available_isas
+    return available_isas()
 
 
-@pytest.fixture(scope="module", params=[m.ISA for m in kernel_modules()])
+@pytest.fixture(scope="module", params=isas())
 def K(request):
-    """Each kernel module (ISA) this machine can run."""
-    from guanaco_rt._kernels.dispatch import load
-    return load(request.param)
+    """The KernelSet of each ISA unit this machine can run."""
+    from guanaco_rt._kernels.dispatch import kernel_set
+    return kernel_set(request.param)
 
 
 @pytest.fixture(scope="session")

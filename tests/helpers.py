@@ -2,6 +2,8 @@
 import os
 import struct
 
+import numpy as np
+
 from guanaco_rt.writer import write_random_model
 
 _CACHE = {}
@@ -54,3 +56,15 @@ class FileLayout:
         b = bytearray(self.data)
         struct.pack_into(fmt, b, offset, *values)
         return bytes(b)
+
+
+def penalize(sampler, logits, history, p):
+    """The C chain's bias and penalties through its twin: float64 (n_vocab,)."""
+    logits = np.ascontiguousarray(logits, np.float32)
+    return sampler.core(p, logits.size).penalize(logits, np.asarray(history, np.int32))
+
+
+def sample(sampler, logits, history, p):
+    """One draw of the C chain through its twin -> (token id, top log-probs or None)."""
+    logits = np.ascontiguousarray(logits, np.float32)
+    return sampler.core(p, logits.size).sample(logits, np.asarray(history, np.int32))

@@ -43,12 +43,6 @@ def _q8_32(x):
     return d, _roundf((x * idv[:, None]).astype(np.float32)).astype(np.int8)
 
 
-def quantize_q8_0(x):
-    """-> (d as float16 (nb,), qs int8 (nb, 32))"""
-    d, qs = _q8_32(x)
-    return d.astype(np.float16), qs
-
-
 def quantize_q8_1(x):
     """-> (d float32 (nb,), s float32 (nb,), qs int8 (nb, 32))"""
     d, qs = _q8_32(x)
@@ -73,23 +67,20 @@ def quantize_q8_K(x):
 
 
 def pack_activation(vt, x):
-    """Reference bytes of activation type vt (matches the struct layouts)."""
+    """Reference bytes of activation type vt (laid out by ggml_types' block dtype)."""
     if vt == T.F32:
         return np.asarray(x, np.float32).tobytes()
-    if vt == T.Q8_0:
-        d, qs = quantize_q8_0(x)
-        rec = np.zeros(len(d), dtype=[("d", "<f2"), ("qs", "i1", 32)])
-        rec["d"], rec["qs"] = d, qs
-    elif vt == T.Q8_1:
+    if vt == T.Q8_1:
         d, s, qs = quantize_q8_1(x)
-        rec = np.zeros(len(d), dtype=[("d", "<f4"), ("s", "<f4"), ("qs", "i1", 32)])
-        rec["d"], rec["s"], rec["qs"] = d, s, qs
+        parts = {"d": d, "s": s, "qs": qs}
     elif vt == T.Q8_K:
         d, qs, bsums = quantize_q8_K(x)
-        rec = np.zeros(len(d), dtype=[("d", "<f4"), ("qs", "i1", 256), ("bsums", "<i2", 16)])
-        rec["d"], rec["qs"], rec["bsums"] = d, qs, bsums
+        parts = {"d": d, "qs": qs, "bsums": bsums}
     else:
         raise ValueError(vt)
+    rec = np.zeros(len(d), dtype=T.GGML_TYPES[vt].dtype)
+    for name, val in parts.items():
+        rec[name] = val
     return rec.tobytes()
 
 
@@ -98,9 +89,6 @@ def activation_roundtrip(vt, x):
     x = np.asarray(x, np.float32)
     if vt == T.F32:
         return x.astype(np.float64)
-    if vt == T.Q8_0:
-        d, qs = quantize_q8_0(x)
-        return (d.astype(np.float64)[:, None] * qs).reshape(x.shape)
     if vt == T.Q8_1:
         d, _, qs = quantize_q8_1(x)
         return (d.astype(np.float64)[:, None] * qs).reshape(x.shape)
@@ -203,17 +191,11 @@ class ReferenceModel:
 
 def dequantize_activation(vt, data, n):
     """Bytes of activation type vt -> float64 (n,)."""
-    raw = bytes(data)
-    if vt == T.Q8_0:
-        rec = np.frombuffer(raw, dtype=[("d", "<f2"), ("qs", "i1", 32)], count=n // 32)
-        return (rec["d"].astype(np.float64)[:, None] * rec["qs"]).reshape(-1)
-    if vt == T.Q8_1:
-        rec = np.frombuffer(raw, dtype=[("d", "<f4"), ("s", "<f4"), ("qs", "i1", 32)], count=n // 32)
-        return (rec["d"].astype(np.float64)[:, None] * rec["qs"]).reshape(-1)
-    if vt == T.Q8_K:
-        rec = np.frombuffer(raw, dtype=[("d", "<f4"), ("qs", "i1", 256), ("bsums", "<i2", 16)], count=n // 256)
-        return (rec["d"].astype(np.float64)[:, None] * rec["qs"]).reshape(-1)
-    raise ValueError(vt)
+    if vt not in (T.Q8_1, T.Q8_K):
+        raise ValueError(vt)
+    t = T.GGML_TYPES[vt]
+    rec = np.frombuffer(bytes(data), dtype=t.dtype, count=n // t.blck_size)
+    return (rec["d"].astype(np.float64)[:, None] * rec["qs"]).reshape(-1)
 
 
 # ---- the sampling chain (llama.cpp 2023 order), in NumPy ------------------------------

@@ -4,9 +4,9 @@ from hypothesis import strategies as st
 
 from guanaco_rt import ggml_types as T
 
-# byte offsets of the f16 fields of each block type
-F16_FIELDS = {T.Q4_0: [0], T.Q4_1: [0, 2], T.Q5_0: [0], T.Q5_1: [0, 2], T.Q8_0: [0],
-              T.Q2_K: [80, 82], T.Q3_K: [108], T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q6_K: [208]}
+# byte offsets of the f16 scale fields of each quantized weight type, from the layout table
+F16_FIELDS = {t.id: [t.offset(f) for f in t.scale_fields] for t in T.GGML_TYPES.values()
+              if t.weight and t.blck_size > 1}
 QUANT_WEIGHT_TYPES = sorted(F16_FIELDS)
 ALL_WEIGHT_TYPES = [T.F32, T.F16] + QUANT_WEIGHT_TYPES
 

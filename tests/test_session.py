@@ -13,10 +13,10 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import guanaco_rt
-from guanaco_rt._kernels.dispatch import kernels
+from guanaco_rt._kernels._decode import Decoder, TextStage
 from guanaco_rt.chat import Conversation, format_turn
 from guanaco_rt.sampling import Sampler, SamplingParams
-from helpers import tiny_model
+from helpers import penalize, sample, tiny_model
 from reference import sample_chain, sample_penalize
 
 PROMPT = "the cat sat on the mat"
@@ -142,7 +142,7 @@ def test_stop_matcher_property(text, cuts, stops):
     bounds = sorted(set(c for c in cuts if c <= len(text)))
     pieces = [text[a:b] for a, b in zip([0] + bounds, bounds + [len(text)])]
     empty_vocab = (np.zeros(1, np.uint8), np.zeros(2, np.int64), np.zeros(1, np.uint8))
-    m = kernels.TextStage(empty_vocab, stops)
+    m = TextStage(empty_vocab, stops)
     out, stopped = [], False
     for p in pieces:
         o, stopped = m.push_text(p)
@@ -214,7 +214,7 @@ def test_prefix_reuse_gives_fresh_logits(model):
     assert r.timings.prompt_tokens == len(model.tokenize(longer)) - r.timings.reused_tokens
     ids = model.tokenize(longer)
     # the reused cache holds the same bits as a fresh evaluation (kernels are batch-invariant)
-    np.testing.assert_array_equal(s._last_logits, fresh_logits(model, ids))
+    np.testing.assert_array_equal(s._state.logits(), fresh_logits(model, ids))
     fresh = guanaco_rt.Session(model, n_ctx=64).generate(longer, max_new_tokens=1, temperature=0, n_probs=5)
     assert r.tokens == fresh.tokens and r.logprobs == fresh.logprobs
 
@@ -277,8 +277,8 @@ def test_long_generation_through_many_shifts(one_layer):
     assert r.finish_reason == "length" and len(r.tokens) == len(r.logprobs) == 2500
     assert all(top[0][0] == t for t, top in zip(r.tokens, r.logprobs))    # greedy: the top token
     assert s.n_past <= 64 and s.tokens[0] == 1 and s.tokens[-1] == r.tokens[-2]
-    np.testing.assert_allclose(s._last_logits, fresh_logits(model, s.tokens), rtol=0,
-                               atol=0.02 * np.abs(s._last_logits).max())
+    np.testing.assert_allclose(s._state.logits(), fresh_logits(model, s.tokens), rtol=0,
+                               atol=0.02 * np.abs(s._state.logits()).max())
 
 
 @pytest.mark.parametrize("kv_f16", [False, True])
@@ -289,15 +289,14 @@ def test_shifted_cache_matches_fresh_evaluation(one_layer, kv_f16):
     s.eval(ids)
     # what the decode loop does when the cache is full: keep n_keep, drop half the rest
     n_discard = (len(ids) - 1) // 2
-    s._state.shift(1, n_discard, len(ids))
-    kept = s.tokens = ids[:1] + ids[1 + n_discard:]
+    s._state.shift(1, n_discard)
+    kept = ids[:1] + ids[1 + n_discard:]
+    assert s.tokens == kept
     assert kept[0] == 1 and len(kept) < len(ids) and kept[1:] == ids[-(len(kept) - 1):]
     fresh = guanaco_rt.Session(model, n_ctx=len(ids), kv_f16=kv_f16)
     fresh.eval(kept)
-    n = len(kept)
-    for cache in ("k_cache", "v_cache"):
-        a = getattr(s._state, cache)[:, :n].astype(np.float32)
-        b = getattr(fresh._state, cache)[:, :n].astype(np.float32)
+    for a, b in zip(s._state.export_kv(), fresh._state.export_kv()):
+        a, b = a.astype(np.float32), b.astype(np.float32)
         np.testing.assert_allclose(a, b, rtol=0, atol=(2e-3 if kv_f16 else 1e-5) * np.abs(b).max())
     nxt = s.eval([42])
     ref = fresh.eval([42])
@@ -474,8 +473,8 @@ def test_cancel_during_decoding_keeps_a_consistent_cache(big_model):
     assert s.tokens[:4] == prompt and s.tokens[4:] == r.tokens[:s.n_past - 4]
     assert s.n_past - 4 in (len(r.tokens), len(r.tokens) - 1)   # the last one may be unevaluated
     ref = fresh_logits(big_model, s.tokens)
-    if s._last_logits is not None:
-        np.testing.assert_array_equal(s._last_logits, ref)
+    if s._state.logits() is not None:
+        np.testing.assert_array_equal(s._state.logits(), ref)
     nxt = s.eval([42])
     np.testing.assert_array_equal(nxt, guanaco_rt.Session(big_model, n_ctx=2048).eval(s.tokens))
 
@@ -485,10 +484,10 @@ def test_repetition_penalty_semantics():
     s = Sampler(0)
     logits = np.array([2.0, -2.0, 1.0, 0.5], np.float32)
     p = SamplingParams(repetition_penalty=2.0, repeat_last_n=2)
-    x = s.penalize(logits, [0, 3, 1], p)            # only the last 2: ids 3 and 1
+    x = penalize(s, logits, [0, 3, 1], p)            # only the last 2: ids 3 and 1
     np.testing.assert_allclose(x, [2.0, -4.0, 1.0, 0.25])
     p = SamplingParams(repetition_penalty=1.0, frequency_penalty=0.5, presence_penalty=1.0, repeat_last_n=10)
-    x = s.penalize(logits, [2, 2, 0], p)
+    x = penalize(s, logits, [2, 2, 0], p)
     np.testing.assert_allclose(x, [2.0 - 1.5, -2.0, 1.0 - 2.0, 0.5])
 
 
@@ -500,17 +499,17 @@ def test_sampler_filters(seed, data):
     order = np.argsort(-logits, kind="stable")
     s = Sampler(seed)
     k = data.draw(st.integers(1, 10))
-    t, _ = s.sample(logits, [], SamplingParams(temperature=1.0, top_k=k, top_p=1.0, repetition_penalty=1.0))
+    t, _ = sample(s, logits, [], SamplingParams(temperature=1.0, top_k=k, top_p=1.0, repetition_penalty=1.0))
     assert t in order[:k]
-    t, _ = s.sample(logits, [], SamplingParams(temperature=1.0, top_k=1, repetition_penalty=1.0))
+    t, _ = sample(s, logits, [], SamplingParams(temperature=1.0, top_k=1, repetition_penalty=1.0))
     assert t == order[0]
-    t, _ = s.sample(logits, [], SamplingParams(temperature=1.0, top_k=0, top_p=1e-6, repetition_penalty=1.0))
+    t, _ = sample(s, logits, [], SamplingParams(temperature=1.0, top_k=0, top_p=1e-6, repetition_penalty=1.0))
     assert t == order[0]
-    t, _ = s.sample(logits, [], SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.9999,
+    t, _ = sample(s, logits, [], SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.9999,
                                                repetition_penalty=1.0))
     assert t == order[0]
     banned = int(order[0])
-    t, _ = s.sample(logits, [], SamplingParams(temperature=0.0, logit_bias={banned: float("-inf")}))
+    t, _ = sample(s, logits, [], SamplingParams(temperature=0.0, logit_bias={banned: float("-inf")}))
     assert t == order[1]
 
 
@@ -543,14 +542,14 @@ def test_sampler_equals_numpy_reference(p, seed, n, ties, hist):
     hist = [h % n for h in hist]
     p.logit_bias = {t % n: v for t, v in p.logit_bias.items()}
     x = sample_penalize(logits, hist, p)
-    np.testing.assert_allclose(Sampler(0).penalize(logits, hist, p), x, rtol=1e-15, atol=0)
+    np.testing.assert_allclose(penalize(Sampler(0), logits, hist, p), x, rtol=1e-15, atol=0)
     if not np.isfinite(x).any():
         # every token banned: no distribution to compare, but still a valid id and no crash
-        assert 0 <= Sampler(seed).sample(logits, hist, p)[0] < n
+        assert 0 <= sample(Sampler(seed), logits, hist, p)[0] < n
         return
     s = Sampler(seed)
     want_tok, want_top, cand, probs = sample_chain(logits, hist, p, np.random.Generator(np.random.PCG64(seed)))
-    tok, top = s.sample(logits, hist, p)
+    tok, top = sample(s, logits, hist, p)
     if cand is not None:
         # the draw compares one uniform with the cdf: only an exact edge could differ by rounding
         u = np.random.Generator(np.random.PCG64(seed)).random()
@@ -574,24 +573,26 @@ def test_decode_loop_objects_check_their_inputs(model):
     tok = model.tokenizer
     blob, offs, normal = tok.byte_table
     with pytest.raises(ValueError, match="vocab table"):
-        kernels.TextStage((blob[:10], offs, normal))                 # offsets run past the blob
+        TextStage((blob[:10], offs, normal))                 # offsets run past the blob
     with pytest.raises(ValueError, match="outside"):
-        kernels.TextStage(tok.byte_table).push_token(model.n_vocab)
+        TextStage(tok.byte_table).push_token(model.n_vocab)
     s = guanaco_rt.Session(model, n_ctx=16)
     core = s.sampler.core(SamplingParams(), model.n_vocab)
-    text = kernels.TextStage(tok.byte_table)
-    logits = np.zeros(model.n_vocab, np.float32)
-    with pytest.raises(ValueError, match="history holds token ids"):
-        kernels.Decoder(s._state, core, text, np.array([1, model.n_vocab], np.int32), logits, 4, 2, False, 1)
-    with pytest.raises(ValueError, match="history of 17 tokens"):
-        kernels.Decoder(s._state, core, text, np.ones(17, np.int32), logits, 4, 2, False, 1)
+    text = TextStage(tok.byte_table)
+    with pytest.raises(ValueError, match="no logits to sample from"):
+        Decoder(s._state, core, text, 4, 2, False, 1)       # nothing evaluated yet
+    s.eval([1, 5])
+    with pytest.raises(ValueError, match="n_keep"):
+        Decoder(s._state, core, text, 4, 2, False, -1)
+    with pytest.raises(ValueError, match="disagree on n_vocab"):
+        Decoder(s._state, s.sampler.core(SamplingParams(), 7), text, 4, 2, False, 1)
 
 
 def test_sampler_refuses_bad_logit_bias():
     with pytest.raises(ValueError, match="logit_bias"):
         SamplingParams(logit_bias={3: float("inf")})
     with pytest.raises(ValueError, match="logit_bias token id 700"):
-        Sampler(0).sample(np.zeros(600, np.float32), [], SamplingParams(logit_bias={700: 1.0}))
+        sample(Sampler(0), np.zeros(600, np.float32), [], SamplingParams(logit_bias={700: 1.0}))
 
 
 # ---- a state machine over the Session's operations ----------------------------------------
@@ -637,13 +638,13 @@ class SessionMachine(RuleBasedStateMachine):
     def in_range(self):
         assert 0 <= self.s.n_past <= self.s.n_ctx
 
-    @precondition(lambda self: self.s.n_past > 0 and self.s._last_logits is not None)
+    @precondition(lambda self: self.s.n_past > 0 and self.s._state.logits() is not None)
     @invariant()
     def logits_match_fresh(self):
         # one layer: after a context shift the cache differs from a fresh evaluation by
         # rounding only (and rounding can flip an 8-bit activation step: ~1%)
         ref = fresh_logits(self.model, self.s.tokens)
-        err = np.abs(self.s._last_logits - ref).max() / np.abs(ref).max()
+        err = np.abs(self.s._state.logits() - ref).max() / np.abs(ref).max()
         assert err < 0.03
 
 

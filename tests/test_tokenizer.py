@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import guanaco_rt
+from guanaco_rt._kernels._decode import TextStage
 from guanaco_rt.tokenizer import Tokenizer, rebuild_pieces
 from guanaco_rt.writer import vocab_from_gguf, write_random_model
 
@@ -75,47 +76,47 @@ def test_decode_encode_roundtrip_random_unicode(tok, s):
     assert tok.decode(tok.encode(s, bos=False)) == s
 
 
-def stream_pieces(K, tok, ids, strip=True):
+def stream_pieces(tok, ids, strip=True):
     """The decode loop's text stage (C) fed token by token: the pieces, then the tail."""
-    stage = K.TextStage(tok.byte_table, [], strip)
+    stage = TextStage(tok.byte_table, [], strip)
     pieces = [stage.push_token(i)[0] for i in ids]
     return pieces, stage.finish()[0]
 
 
 @given(s=TEXT)
-def test_stream_text_concatenates_to_decode(K, tok, s):
+def test_stream_text_concatenates_to_decode(tok, s):
     ids = tok.encode(s, bos=False)
-    pieces, tail = stream_pieces(K, tok, ids)
+    pieces, tail = stream_pieces(tok, ids)
     assert "".join(pieces) + tail == tok.decode(ids)
 
 
-def test_stream_text_never_splits_a_character(K, tok):
+def test_stream_text_never_splits_a_character(tok):
     ids = tok.encode("日本語 🦙 ok", bos=False)
-    pieces, tail = stream_pieces(K, tok, ids)
+    pieces, tail = stream_pieces(tok, ids)
     for p in pieces:
         p.encode("utf-8")           # every piece is whole text
     assert "".join(pieces) + tail == "日本語 🦙 ok"
     assert "" in pieces             # 🦙 is four byte tokens: the first three give nothing yet
 
 
-def test_invalid_bytes_become_replacement_chars(K, tok):
+def test_invalid_bytes_become_replacement_chars(tok):
     ids = [3 + 0xE6, 3 + 0x97]   # first two bytes of a 3-byte character, never completed
-    pieces, tail = stream_pieces(K, tok, ids, strip=False)
+    pieces, tail = stream_pieces(tok, ids, strip=False)
     assert pieces == ["", ""]
     assert tail == tok.decode(ids) == "\ufffd\ufffd"   # SentencePiece: one U+FFFD per bad byte
 
 
 @given(ids=st.lists(st.one_of(st.integers(3, 258), st.integers(259, 31999)), max_size=30))
-def test_stream_text_matches_sentencepiece_on_any_token_sequence(K, tok, ids):
-    pieces, tail = stream_pieces(K, tok, ids)
+def test_stream_text_matches_sentencepiece_on_any_token_sequence(tok, ids):
+    pieces, tail = stream_pieces(tok, ids)
     assert "".join(pieces) + tail == tok.decode(ids)
 
 
 @given(data=st.binary(max_size=40), cuts=st.lists(st.integers(0, 40), max_size=8))
-def test_utf8_stage_matches_python_replace_decoding(K, data, cuts):
+def test_utf8_stage_matches_python_replace_decoding(data, cuts):
     # bytes cut anywhere decode like SentencePiece: each byte that cannot be part of a valid
     # sequence is one U+FFFD (Python's "replace" handler agrees on single bad bytes)
-    stage = K.TextStage((np.zeros(1, np.uint8), np.zeros(2, np.int64), np.zeros(1, np.uint8)), [], False)
+    stage = TextStage((np.zeros(1, np.uint8), np.zeros(2, np.int64), np.zeros(1, np.uint8)), [], False)
     bounds = sorted(set(c for c in cuts if c <= len(data)))
     out = [stage.push_bytes(data[a:b])[0] for a, b in zip([0] + bounds, bounds + [len(data)])]
     out.append(stage.finish()[0])

@@ -1,19 +1,716 @@
 # cython: language_level=3
-"""Kernels for x86-64 with AVX2 + FMA + F16C; compiled with those flags only.
+"""The AVX2 + FMA + F16C ISA unit; compiled with those flags only.
 
-Import only after cpuid says the CPU has them (guanaco_rt._kernels.dispatch).
+Import it only after cpuid says the CPU has them (guanaco_rt._kernels.dispatch).
+Same math as the generic unit, 32 bytes at a time: integer products with maddubs
+(u8 x s8 -> pairs of i16) and madd (i16 x i16 -> i32), one float FMA per block or
+sub-block. They agree with the generic kernels up to float summation order
+(tests/test_isa.py).
 """
-include "_common.pxi"
-include "_quants.pxi"
-include "_dots_generic.pxi"
-include "_dots_avx2.pxi"
-include "_attn_avx2.pxi"
-include "_engine.pxi"
-include "_sampling.pxi"
-include "_decode.pxi"
+from libc.stdint cimport uint8_t, int8_t, uint16_t, uint32_t, int64_t
+from cpython.pycapsule cimport PyCapsule_New
+
+from guanaco_rt._kernels.ggml_blocks cimport *
+from guanaco_rt._kernels._common cimport fp16_to_fp32, fill_fp16_table, load_u32
+from guanaco_rt._kernels._isa cimport isa_kernels_t, ISA_CAPSULE
+from guanaco_rt._kernels.avx2_intrin cimport *
 
 ISA = "avx2"
-_fill_fp16_table()
-init_generic_traits()
-init_avx2_traits()
-init_avx2_x4_traits()
+
+# f16 -> f32 of the weight scales: the 32-weight block kernels look them up in the
+# fp16 table (two loads) rather than vpinsrw + vcvtph2ps (two shuffle/convert uops on the
+# busy ports): +8-11% for q4_0/q5_0/q5_1. The k-quants convert one scale per 256 weights
+# and use F16C.
+
+from guanaco_rt._kernels.avx2_intrin cimport *
+
+# f16 -> f32 of the weight scales: the 32-weight block kernels look them up in the
+# FP16_TABLE (two loads) rather than vpinsrw + vcvtph2ps (two shuffle/convert µops on the
+# busy ports): +8-11% for q4_0/q5_0/q5_1. The k-quants convert one scale per 256 weights
+# and use F16C.
+
+cdef inline float hsum_float_8(__m256 x) noexcept nogil:
+    cdef __m128 r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x))
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r))
+    r = _mm_add_ss(r, _mm_movehdup_ps(r))
+    return _mm_cvtss_f32(r)
+
+cdef inline __m256i bytes_from_nibbles_32(const uint8_t* p) noexcept nogil:
+    # 16 bytes -> 32: low nibbles to bytes 0..15, high nibbles to bytes 16..31. The
+    # 16 bytes go to both lanes with one broadcast load; the high lane is shifted by 4.
+    cdef __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128(<const __m128i*>p))
+    b = _mm256_srlv_epi64(b, _mm256_set_epi64x(4, 4, 0, 0))
+    return _mm256_and_si256(_mm256_set1_epi8(0x0F), b)
+
+cdef inline __m256i bytes_from_bits_32(const uint8_t* p) noexcept nogil:
+    # bit j of a little-endian uint32 -> byte j = 0xFF if set, else 0
+    cdef __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202,
+                                          0x0101010101010101, 0x0000000000000000)
+    # broadcast the 4 bytes straight from memory (a load, no shuffle port)
+    cdef __m256i b = _mm256_shuffle_epi8(_mm256_castps_si256(_mm256_broadcast_ss(<const float*>p)), shuf)
+    b = _mm256_or_si256(b, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe))
+    return _mm256_cmpeq_epi8(b, _mm256_set1_epi64x(-1))
+
+cdef inline __m256 sum_i16_pairs_float(__m256i x) noexcept nogil:
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_set1_epi16(1), x))
+
+cdef inline __m256 mul_sum_us8_pairs_float(__m256i ax, __m256i sy) noexcept nogil:
+    # unsigned x signed bytes: |sum of a pair| <= 2*255*128 fits i16 only for small ax
+    return sum_i16_pairs_float(_mm256_maddubs_epi16(ax, sy))
+
+cdef inline __m256 mul_sum_i8_pairs_float(__m256i x, __m256i y) noexcept nogil:
+    # signed x signed: move x's sign onto y (maddubs wants its first operand unsigned);
+    # relies on y never being -128 (q8_0 and q8_1 activations are in [-127, 127])
+    return mul_sum_us8_pairs_float(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
+
+cdef inline __m256i k_madd(__m256i scale, __m256i q, const int8_t* y) noexcept nogil:
+    return _mm256_madd_epi16(scale, _mm256_maddubs_epi16(q, _mm256_loadu_si256(<const __m256i*>y)))
+
+cdef inline __m256i pair_shuffle(int k) noexcept nogil:
+    # broadcasts i16 element 2k to the low 128-bit lane and 2k+1 to the high one
+    return _mm256_set_m128i(_mm_set1_epi16(<short>(((4 * k + 3) << 8) | (4 * k + 2))),
+                            _mm_set1_epi16(<short>(((4 * k + 1) << 8) | (4 * k))))
+
+cdef inline __m256i q4_0_pairs(__m256i q, __m256i y) noexcept nogil:
+    # i16 pair sums of (q - 8) * y from unsigned nibbles: maddubs(q, y) - maddubs(8, y).
+    # The same integers as the sign trick with one instruction less; |pair| <= 3840.
+    return _mm256_sub_epi16(_mm256_maddubs_epi16(q, y), _mm256_maddubs_epi16(_mm256_set1_epi8(8), y))
+
+cdef inline __m256 q4_0_q8_1_block(const block_q4_0* x, const block_q8_1* y, __m256 acc) noexcept nogil:
+    # one block: the float operations every q4_0 variant repeats, in this order
+    return _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_fp32(x.d) * y.d),
+                           sum_i16_pairs_float(q4_0_pairs(bytes_from_nibbles_32(x.qs),
+                                                          _mm256_loadu_si256(<const __m256i*>y.qs))), acc)
+
+cdef void vec_dot_q4_0_q8_1_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
+    cdef const block_q4_0* x = <const block_q4_0*>vx
+    cdef const block_q8_1* y = <const block_q8_1*>vy
+    cdef __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps()
+    cdef int i, nb = n // QK8_1
+    # even and odd blocks in two accumulators (shorter FMA dependency chains)
+    for i in range(0, nb - 1, 2):
+        a0 = q4_0_q8_1_block(&x[i], &y[i], a0)
+        a1 = q4_0_q8_1_block(&x[i + 1], &y[i + 1], a1)
+    if nb % 2:
+        a0 = q4_0_q8_1_block(&x[nb - 1], &y[nb - 1], a0)
+    s[0] = hsum_float_8(_mm256_add_ps(a0, a1))
+
+cdef void vec_dot_q4_1_q8_1_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
+    cdef const block_q4_1* x = <const block_q4_1*>vx
+    cdef const block_q8_1* y = <const block_q8_1*>vy
+    cdef __m256 acc = _mm256_setzero_ps()
+    cdef float summs = 0.0
+    cdef int i
+    for i in range(n // QK8_1):
+        summs += fp16_to_fp32(x[i].m) * y[i].s
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_fp32(x[i].d) * y[i].d),
+                              mul_sum_us8_pairs_float(bytes_from_nibbles_32(x[i].qs),
+                                                      _mm256_loadu_si256(<const __m256i*>y[i].qs)), acc)
+    s[0] = hsum_float_8(acc) + summs
+
+cdef void vec_dot_q5_0_q8_1_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
+    cdef const block_q5_0* x = <const block_q5_0*>vx
+    cdef const block_q8_1* y = <const block_q8_1*>vy
+    cdef __m256 acc = _mm256_setzero_ps()
+    cdef __m256i hi_off = _mm256_set1_epi8(<char>0xF0)
+    cdef __m256i qx
+    cdef int i
+    for i in range(n // QK8_1):
+        # q - 16 = nibble | (high bit ? 0 : 0xF0) read as a signed byte
+        qx = _mm256_or_si256(bytes_from_nibbles_32(x[i].qs), _mm256_andnot_si256(bytes_from_bits_32(x[i].qh), hi_off))
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_fp32(x[i].d) * y[i].d),
+                              mul_sum_i8_pairs_float(qx, _mm256_loadu_si256(<const __m256i*>y[i].qs)), acc)
+    s[0] = hsum_float_8(acc)
+
+cdef void vec_dot_q5_1_q8_1_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
+    cdef const block_q5_1* x = <const block_q5_1*>vx
+    cdef const block_q8_1* y = <const block_q8_1*>vy
+    cdef __m256 acc = _mm256_setzero_ps()
+    cdef __m256i bit4 = _mm256_set1_epi8(0x10)
+    cdef __m256i qx
+    cdef float summs = 0.0
+    cdef int i
+    for i in range(n // QK8_1):
+        summs += fp16_to_fp32(x[i].m) * y[i].s
+        qx = _mm256_or_si256(bytes_from_nibbles_32(x[i].qs), _mm256_and_si256(bytes_from_bits_32(x[i].qh), bit4))
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_fp32(x[i].d) * y[i].d),
+                              mul_sum_us8_pairs_float(qx, _mm256_loadu_si256(<const __m256i*>y[i].qs)), acc)
+    s[0] = hsum_float_8(acc) + summs
+
+cdef void vec_dot_q8_0_q8_1_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
+    cdef const block_q8_0* x = <const block_q8_0*>vx
+    cdef const block_q8_1* y = <const block_q8_1*>vy
+    cdef __m256 acc0 = _mm256_setzero_ps()
+    cdef __m256 acc1 = _mm256_setzero_ps()
+    cdef int i, nb = n // QK8_1
+    for i in range(0, nb - 1, 2):
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_fp32(x[i].d) * y[i].d),
+                               mul_sum_i8_pairs_float(_mm256_loadu_si256(<const __m256i*>x[i].qs),
+                                                      _mm256_loadu_si256(<const __m256i*>y[i].qs)), acc0)
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_fp32(x[i + 1].d) * y[i + 1].d),
+                               mul_sum_i8_pairs_float(_mm256_loadu_si256(<const __m256i*>x[i + 1].qs),
+                                                      _mm256_loadu_si256(<const __m256i*>y[i + 1].qs)), acc1)
+    if nb % 2:
+        i = nb - 1
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_fp32(x[i].d) * y[i].d),
+                               mul_sum_i8_pairs_float(_mm256_loadu_si256(<const __m256i*>x[i].qs),
+                                                      _mm256_loadu_si256(<const __m256i*>y[i].qs)), acc0)
+    s[0] = hsum_float_8(_mm256_add_ps(acc0, acc1))
+
+cdef inline __m256i q2_chunk(__m256i bits, int k, __m256i m3) noexcept nogil:
+    # the 2-bit values at bit pair k of 32 bytes (k is a literal at every call: immediate shifts)
+    if k == 0:
+        return _mm256_and_si256(bits, m3)
+    if k == 1:
+        return _mm256_and_si256(_mm256_srli_epi16(bits, 2), m3)
+    if k == 2:
+        return _mm256_and_si256(_mm256_srli_epi16(bits, 4), m3)
+    return _mm256_and_si256(_mm256_srli_epi16(bits, 6), m3)
+
+cdef void vec_dot_q2_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
+    cdef const block_q2_K* x = <const block_q2_K*>vx
+    cdef const block_q8_K* y = <const block_q8_K*>vy
+    cdef __m256 acc = _mm256_setzero_ps()
+    cdef __m256 accm = _mm256_setzero_ps()
+    cdef __m256i m3 = _mm256_set1_epi8(3)
+    cdef __m128i m4 = _mm_set1_epi8(0xF)
+    cdef __m256i shuf[4]
+    cdef __m256i q2bits, sumi, scales, half, p
+    cdef __m128i raw
+    cdef const uint8_t* q2
+    cdef const int8_t* q8
+    cdef int i, j, k
+    for k in range(4):
+        shuf[k] = pair_shuffle(k)
+    for i in range(n // QK_K):
+        raw = _mm_loadu_si128(<const __m128i*>x[i].scales)
+        # mins (high nibbles) against the 16 block sums of the activation
+        p = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), m4)),
+                              _mm256_loadu_si256(<const __m256i*>y[i].bsums))
+        accm = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * _cvtsh_ss(x[i].dmin)), _mm256_cvtepi32_ps(p), accm)
+        scales = _mm256_cvtepu8_epi16(_mm_and_si128(raw, m4))      # 16 x i16
+        q2 = <const uint8_t*>&x[i].qs[0]
+        q8 = <const int8_t*>&y[i].qs[0]
+        sumi = _mm256_setzero_si256()
+        for j in range(2):
+            # both lanes hold the 8 scales of this half
+            if j == 0:
+                half = _mm256_set_m128i(_mm256_castsi256_si128(scales), _mm256_castsi256_si128(scales))
+            else:
+                half = _mm256_set_m128i(_mm256_extracti128_si256(scales, 1), _mm256_extracti128_si256(scales, 1))
+            q2bits = _mm256_loadu_si256(<const __m256i*>q2)
+            p = _mm256_maddubs_epi16(q2_chunk(q2bits, 0, m3), _mm256_loadu_si256(<const __m256i*>q8))
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_shuffle_epi8(half, shuf[0]), p))
+            p = _mm256_maddubs_epi16(q2_chunk(q2bits, 1, m3), _mm256_loadu_si256(<const __m256i*>(q8 + 32)))
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_shuffle_epi8(half, shuf[1]), p))
+            p = _mm256_maddubs_epi16(q2_chunk(q2bits, 2, m3), _mm256_loadu_si256(<const __m256i*>(q8 + 64)))
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_shuffle_epi8(half, shuf[2]), p))
+            p = _mm256_maddubs_epi16(q2_chunk(q2bits, 3, m3), _mm256_loadu_si256(<const __m256i*>(q8 + 96)))
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_shuffle_epi8(half, shuf[3]), p))
+            q2 += 32
+            q8 += 128
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * _cvtsh_ss(x[i].d)), _mm256_cvtepi32_ps(sumi), acc)
+    s[0] = hsum_float_8(acc) - hsum_float_8(accm)
+
+cdef inline __m256i q3_K_scales16(const uint8_t* sc) noexcept nogil:
+    # the 16 six-bit scales of a q3_K block, minus 32, as i16 (layout at block_q3_K)
+    cdef uint32_t a0 = load_u32(sc), a1 = load_u32(sc + 4), t = load_u32(sc + 8)
+    cdef uint32_t s0 = (a0 & 0x0f0f0f0f) | ((t & 0x03030303) << 4)
+    cdef uint32_t s1 = (a1 & 0x0f0f0f0f) | (((t >> 2) & 0x03030303) << 4)
+    cdef uint32_t s2 = ((a0 >> 4) & 0x0f0f0f0f) | (((t >> 4) & 0x03030303) << 4)
+    cdef uint32_t s3 = ((a1 >> 4) & 0x0f0f0f0f) | (((t >> 6) & 0x03030303) << 4)
+    return _mm256_cvtepi8_epi16(_mm_sub_epi8(_mm_set_epi32(<int>s3, <int>s2, <int>s1, <int>s0), _mm_set1_epi8(32)))
+
+cdef inline __m256i q3_hbit4(__m256i hbits, int b) noexcept nogil:
+    # 4 where bit b (a literal at every call) of the hmask byte is set, else 0
+    cdef __m256i one = _mm256_set1_epi8(1)
+    if b == 0:
+        return _mm256_slli_epi16(_mm256_and_si256(hbits, one), 2)
+    if b == 1:
+        return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 1), one), 2)
+    if b == 2:
+        return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2), one), 2)
+    if b == 3:
+        return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 3), one), 2)
+    if b == 4:
+        return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 4), one), 2)
+    if b == 5:
+        return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 5), one), 2)
+    if b == 6:
+        return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 6), one), 2)
+    return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 7), one), 2)
+
+cdef inline __m256i q3_K_block_sumi(const block_q3_K* x, const block_q8_K* y, const __m256i* shuf) noexcept nogil:
+    # sum_j sc_j sum_l q_l y_l as i32 lanes with q = low 2 bits + 4 * high bit - 4; the
+    # -4 goes through the q8_K block sums (4 * sum_j sc_j bsums_j)
+    cdef __m256i m3 = _mm256_set1_epi8(3)
+    cdef __m256i scales = q3_K_scales16(x.scales)
+    cdef __m256i hbits = _mm256_loadu_si256(<const __m256i*>x.hmask)
+    cdef __m256i lo = _mm256_permute2x128_si256(scales, scales, 0x00)
+    cdef __m256i hi = _mm256_permute2x128_si256(scales, scales, 0x11)
+    cdef __m256i q0 = _mm256_loadu_si256(<const __m256i*>x.qs)
+    cdef __m256i q1 = _mm256_loadu_si256(<const __m256i*>(x.qs + 32))
+    cdef __m256i sumi = k_madd(_mm256_shuffle_epi8(lo, shuf[0]), _mm256_or_si256(q2_chunk(q0, 0, m3), q3_hbit4(hbits, 0)), y.qs)
+    sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(lo, shuf[1]), _mm256_or_si256(q2_chunk(q0, 1, m3), q3_hbit4(hbits, 1)), y.qs + 32))
+    sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(lo, shuf[2]), _mm256_or_si256(q2_chunk(q0, 2, m3), q3_hbit4(hbits, 2)), y.qs + 64))
+    sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(lo, shuf[3]), _mm256_or_si256(q2_chunk(q0, 3, m3), q3_hbit4(hbits, 3)), y.qs + 96))
+    sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(hi, shuf[0]), _mm256_or_si256(q2_chunk(q1, 0, m3), q3_hbit4(hbits, 4)), y.qs + 128))
+    sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(hi, shuf[1]), _mm256_or_si256(q2_chunk(q1, 1, m3), q3_hbit4(hbits, 5)), y.qs + 160))
+    sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(hi, shuf[2]), _mm256_or_si256(q2_chunk(q1, 2, m3), q3_hbit4(hbits, 6)), y.qs + 192))
+    sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(hi, shuf[3]), _mm256_or_si256(q2_chunk(q1, 3, m3), q3_hbit4(hbits, 7)), y.qs + 224))
+    return _mm256_sub_epi32(sumi, _mm256_slli_epi32(_mm256_madd_epi16(scales, _mm256_loadu_si256(<const __m256i*>y.bsums)), 2))
+
+cdef void vec_dot_q3_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
+    cdef const block_q3_K* x = <const block_q3_K*>vx
+    cdef const block_q8_K* y = <const block_q8_K*>vy
+    cdef __m256 acc = _mm256_setzero_ps()
+    cdef __m256i shuf[4]
+    cdef int i, k
+    for k in range(4):
+        shuf[k] = pair_shuffle(k)
+    for i in range(n // QK_K):
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * _cvtsh_ss(x[i].d)),
+                              _mm256_cvtepi32_ps(q3_K_block_sumi(&x[i], &y[i], shuf)), acc)
+    s[0] = hsum_float_8(acc)
+
+cdef inline __m256i unpack_k4_scales(const uint8_t* scales, __m256i* sc16) noexcept nogil:
+    # the 8 six-bit scales as i16 in both 128-bit lanes into sc16; returns the 8 mins as
+    # 16 x i16, each twice ([m0 m0 m1 m1 ...]) to pair with the 16 bsums of a q8_K block
+    cdef uint32_t u0 = load_u32(scales), u1 = load_u32(scales + 4), u2 = load_u32(scales + 8)
+    cdef uint32_t s_lo = u0 & 0x3f3f3f3f
+    cdef uint32_t s_hi = (u2 & 0x0f0f0f0f) | (((u0 >> 6) & 0x03030303) << 4)
+    cdef uint32_t m_lo = u1 & 0x3f3f3f3f
+    cdef uint32_t m_hi = ((u2 >> 4) & 0x0f0f0f0f) | (((u1 >> 6) & 0x03030303) << 4)
+    cdef __m256i both = _mm256_cvtepu8_epi16(_mm_set_epi32(<int>m_hi, <int>m_lo, <int>s_hi, <int>s_lo))
+    cdef __m128i m8 = _mm256_extracti128_si256(both, 1)
+    sc16[0] = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(both))
+    return _mm256_set_m128i(_mm_unpackhi_epi16(m8, m8), _mm_unpacklo_epi16(m8, m8))
+
+cdef inline __m256i elem_shuffle(int m) noexcept nogil:
+    # broadcasts i16 element m of each 128-bit lane to the whole lane
+    return _mm256_set1_epi16(<short>(((2 * m + 1) << 8) | (2 * m)))
+
+cdef void vec_dot_q4_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
+    cdef const block_q4_K* x = <const block_q4_K*>vx
+    cdef const block_q8_K* y = <const block_q8_K*>vy
+    cdef __m256 acc = _mm256_setzero_ps()
+    cdef __m256 accm = _mm256_setzero_ps()
+    cdef __m256i m4 = _mm256_set1_epi8(0xF)
+    cdef __m256i shuf[8]
+    cdef __m256i mins16, sc16, q4bits, sumi
+    cdef const uint8_t* q4
+    cdef const int8_t* q8
+    cdef int i, j
+    for j in range(8):
+        shuf[j] = elem_shuffle(j)
+    for i in range(n // QK_K):
+        mins16 = unpack_k4_scales(x[i].scales, &sc16)
+        accm = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * _cvtsh_ss(x[i].dmin)),
+                               _mm256_cvtepi32_ps(_mm256_madd_epi16(mins16, _mm256_loadu_si256(<const __m256i*>y[i].bsums))),
+                               accm)
+        q4 = <const uint8_t*>&x[i].qs[0]
+        q8 = <const int8_t*>&y[i].qs[0]
+        sumi = _mm256_setzero_si256()
+        for j in range(4):
+            q4bits = _mm256_loadu_si256(<const __m256i*>(q4 + 32 * j))
+            sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(sc16, shuf[2 * j]), _mm256_and_si256(q4bits, m4), q8 + 64 * j))
+            sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(sc16, shuf[2 * j + 1]),
+                                                 _mm256_and_si256(_mm256_srli_epi16(q4bits, 4), m4), q8 + 64 * j + 32))
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * _cvtsh_ss(x[i].d)), _mm256_cvtepi32_ps(sumi), acc)
+    s[0] = hsum_float_8(acc) - hsum_float_8(accm)
+
+cdef void vec_dot_q5_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
+    cdef const block_q5_K* x = <const block_q5_K*>vx
+    cdef const block_q8_K* y = <const block_q8_K*>vy
+    cdef __m256 acc = _mm256_setzero_ps()
+    cdef __m256i m4 = _mm256_set1_epi8(0xF)
+    cdef __m256i bit4 = _mm256_set1_epi8(0x10)
+    cdef __m256i zero = _mm256_setzero_si256()
+    cdef __m256i hbits, q5bits, sumi, pl, ph, hl, hh
+    cdef const uint8_t* q5
+    cdef const int8_t* q8
+    cdef __m256 accm = _mm256_setzero_ps()
+    cdef __m256i mins16
+    cdef __m256i sc16
+    cdef __m256i shuf[8]
+    cdef int i, j
+    for j in range(8):
+        shuf[j] = elem_shuffle(j)
+    for i in range(n // QK_K):
+        mins16 = unpack_k4_scales(x[i].scales, &sc16)
+        accm = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * _cvtsh_ss(x[i].dmin)),
+                               _mm256_cvtepi32_ps(_mm256_madd_epi16(mins16, _mm256_loadu_si256(<const __m256i*>y[i].bsums))),
+                               accm)
+        hbits = _mm256_loadu_si256(<const __m256i*>x[i].qh)
+        q5 = <const uint8_t*>&x[i].qs[0]
+        q8 = <const int8_t*>&y[i].qs[0]
+        sumi = _mm256_setzero_si256()
+        for j in range(4):
+            q5bits = _mm256_loadu_si256(<const __m256i*>q5)
+            # 16 where bit 2j (resp. 2j+1) of qh is set
+            hl = _mm256_andnot_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, _mm256_set1_epi8(<char>(1 << (2 * j)))), zero), bit4)
+            hh = _mm256_andnot_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, _mm256_set1_epi8(<char>(2 << (2 * j)))), zero), bit4)
+            pl = _mm256_maddubs_epi16(_mm256_or_si256(_mm256_and_si256(q5bits, m4), hl),
+                                      _mm256_loadu_si256(<const __m256i*>q8))
+            ph = _mm256_maddubs_epi16(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q5bits, 4), m4), hh),
+                                      _mm256_loadu_si256(<const __m256i*>(q8 + 32)))
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_shuffle_epi8(sc16, shuf[2 * j]), pl))
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_shuffle_epi8(sc16, shuf[2 * j + 1]), ph))
+            q5 += 32
+            q8 += 64
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * _cvtsh_ss(x[i].d)), _mm256_cvtepi32_ps(sumi), acc)
+    s[0] = hsum_float_8(acc) - hsum_float_8(accm)
+
+
+cdef inline __m256i q6_chunk(__m256i ql1, __m256i ql2, __m256i qh, int k, __m256i m4, __m256i m2) noexcept nogil:
+    # 6-bit values (0..63) of weights 32k.. of a 128-half (k a literal at every call)
+    if k == 0:
+        return _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4))
+    if k == 1:
+        return _mm256_or_si256(_mm256_and_si256(ql2, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4))
+    if k == 2:
+        return _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4))
+    return _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql2, 4), m4),
+                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4))
+
+
+cdef inline __m256i q6_K_block_sumi(const block_q6_K* x, const block_q8_K* y, const __m256i* shuf,
+                                    __m256i m4, __m256i m2) noexcept nogil:
+    # sum_j sc_j sum_l (q_l - 32) y_l as i32 lanes: the -32 goes through the block sums of
+    # y (32 * sum_j sc_j bsums_j) instead of a second maddubs per chunk
+    cdef __m256i scales = _mm256_cvtepi8_epi16(_mm_loadu_si128(<const __m128i*>x.scales))   # 16 x i16
+    cdef __m256i corr = _mm256_madd_epi16(scales, _mm256_loadu_si256(<const __m256i*>y.bsums))
+    cdef __m256i sumi = _mm256_setzero_si256()
+    cdef __m256i half, qh, ql1, ql2
+    cdef int j
+    for j in range(2):
+        half = _mm256_permute2x128_si256(scales, scales, 0x00 if j == 0 else 0x11)
+        qh = _mm256_loadu_si256(<const __m256i*>(x.qh + 32 * j))
+        ql1 = _mm256_loadu_si256(<const __m256i*>(x.ql + 64 * j))
+        ql2 = _mm256_loadu_si256(<const __m256i*>(x.ql + 64 * j + 32))
+        sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(half, shuf[0]), q6_chunk(ql1, ql2, qh, 0, m4, m2), y.qs + 128 * j))
+        sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(half, shuf[1]), q6_chunk(ql1, ql2, qh, 1, m4, m2), y.qs + 128 * j + 32))
+        sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(half, shuf[2]), q6_chunk(ql1, ql2, qh, 2, m4, m2), y.qs + 128 * j + 64))
+        sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(half, shuf[3]), q6_chunk(ql1, ql2, qh, 3, m4, m2), y.qs + 128 * j + 96))
+    return _mm256_sub_epi32(sumi, _mm256_slli_epi32(corr, 5))
+
+cdef void vec_dot_q6_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
+    cdef const block_q6_K* x = <const block_q6_K*>vx
+    cdef const block_q8_K* y = <const block_q8_K*>vy
+    cdef __m256 acc = _mm256_setzero_ps()
+    cdef __m256i m4 = _mm256_set1_epi8(0xF)
+    cdef __m256i m2 = _mm256_set1_epi8(3)
+    cdef __m256i shuf[4]
+    cdef int i, k
+    for k in range(4):
+        shuf[k] = pair_shuffle(k)
+    for i in range(n // QK_K):
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * _cvtsh_ss(x[i].d)),
+                              _mm256_cvtepi32_ps(q6_K_block_sumi(&x[i], &y[i], shuf, m4, m2)), acc)
+    s[0] = hsum_float_8(acc)
+
+
+# ---- four activation rows at once (prompt batches) --------------------------------------
+# One weight row against 4 activation rows: the weight block is decoded once and used
+# 4 times. Each token's float operations happen in the same order as in the one-row
+# kernel above, so batched and token-by-token evaluation give identical bits.
+# s[t * s_stride] = <x, y_t>, y_t = y + t * y_stride bytes, t = 0..3. The loops over t
+# have a constant trip count: the compiler unrolls them and keeps acc[] in registers.
+
+cdef inline void rows4(const void* vy, int64_t y_stride, const void** y) noexcept nogil:
+    cdef int t
+    for t in range(4):
+        y[t] = <const uint8_t*>vy + t * y_stride
+
+cdef inline void zero4(__m256* acc) noexcept nogil:
+    cdef int t
+    for t in range(4):
+        acc[t] = _mm256_setzero_ps()
+
+cdef inline void store4(float* s, int64_t s_stride, const __m256* a, const __m256* b) noexcept nogil:
+    # s_t = hsum(a_t + b_t): the one-row kernels' final reduction of their two accumulators
+    cdef int t
+    for t in range(4):
+        s[t * s_stride] = hsum_float_8(_mm256_add_ps(a[t], b[t]))
+
+cdef inline void q4_0_x4_block(const block_q4_0* x, const block_q8_1** y, int i, __m256* acc) noexcept nogil:
+    cdef __m256i qx = bytes_from_nibbles_32(x.qs)
+    cdef float dx = fp16_to_fp32(x.d)
+    cdef int t
+    for t in range(4):
+        acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * y[t][i].d),
+                                 sum_i16_pairs_float(q4_0_pairs(qx, _mm256_loadu_si256(<const __m256i*>y[t][i].qs))),
+                                 acc[t])
+
+cdef void vec_dot_q4_0_q8_1_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                                    int64_t y_stride) noexcept nogil:
+    cdef const block_q4_0* x = <const block_q4_0*>vx
+    cdef const block_q8_1* y[4]
+    cdef __m256 a0[4]
+    cdef __m256 a1[4]
+    cdef int i, nb = n // QK8_1
+    rows4(vy, y_stride, <const void**>y)
+    zero4(a0)
+    zero4(a1)
+    for i in range(0, nb - 1, 2):      # even blocks to a0, odd to a1, as the one-row kernel
+        q4_0_x4_block(&x[i], y, i, a0)
+        q4_0_x4_block(&x[i + 1], y, i + 1, a1)
+    if nb % 2:
+        q4_0_x4_block(&x[nb - 1], y, nb - 1, a0)
+    store4(s, s_stride, a0, a1)
+
+cdef inline void signed_x4_block(__m256i qx, float dx, const block_q8_1** y, int i, __m256* acc) noexcept nogil:
+    # signed weights qx (q8_0, q5_0 - 16): the sign trick of mul_sum_i8_pairs_float, |qx| once
+    cdef __m256i ax = _mm256_sign_epi8(qx, qx)
+    cdef int t
+    for t in range(4):
+        acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * y[t][i].d),
+                                 mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y[t][i].qs), qx)),
+                                 acc[t])
+
+cdef void vec_dot_q8_0_q8_1_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                                    int64_t y_stride) noexcept nogil:
+    cdef const block_q8_0* x = <const block_q8_0*>vx
+    cdef const block_q8_1* y[4]
+    cdef __m256 a0[4]
+    cdef __m256 a1[4]
+    cdef int i, nb = n // QK8_1
+    rows4(vy, y_stride, <const void**>y)
+    zero4(a0)
+    zero4(a1)
+    for i in range(0, nb - 1, 2):      # even blocks to a0, odd to a1, as the one-row kernel
+        signed_x4_block(_mm256_loadu_si256(<const __m256i*>x[i].qs), fp16_to_fp32(x[i].d), y, i, a0)
+        signed_x4_block(_mm256_loadu_si256(<const __m256i*>x[i + 1].qs), fp16_to_fp32(x[i + 1].d), y, i + 1, a1)
+    if nb % 2:
+        signed_x4_block(_mm256_loadu_si256(<const __m256i*>x[nb - 1].qs), fp16_to_fp32(x[nb - 1].d), y, nb - 1, a0)
+    store4(s, s_stride, a0, a1)
+
+cdef inline __m256i q5_0_signed(const block_q5_0* x) noexcept nogil:
+    # q - 16 = nibble | (high bit ? 0 : 0xF0) read as a signed byte
+    return _mm256_or_si256(bytes_from_nibbles_32(x.qs),
+                           _mm256_andnot_si256(bytes_from_bits_32(x.qh), _mm256_set1_epi8(<char>0xF0)))
+
+cdef void vec_dot_q5_0_q8_1_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                                    int64_t y_stride) noexcept nogil:
+    cdef const block_q5_0* x = <const block_q5_0*>vx
+    cdef const block_q8_1* y[4]
+    cdef __m256 acc[4]
+    cdef int i, t
+    rows4(vy, y_stride, <const void**>y)
+    zero4(acc)
+    for i in range(n // QK8_1):
+        signed_x4_block(q5_0_signed(&x[i]), fp16_to_fp32(x[i].d), y, i, acc)
+    for t in range(4):
+        s[t * s_stride] = hsum_float_8(acc[t])
+
+cdef inline __m256i q5_1_unsigned(const block_q5_1* x) noexcept nogil:
+    return _mm256_or_si256(bytes_from_nibbles_32(x.qs), _mm256_and_si256(bytes_from_bits_32(x.qh), _mm256_set1_epi8(0x10)))
+
+cdef inline void vec_dot_unsigned_q8_1_x4(int n, float* s, int64_t s_stride, const void* vx, int64_t x_size,
+                                          bint five, const void* vy, int64_t y_stride) noexcept nogil:
+    # q4_1 (five=0) and q5_1 (five=1): x = d * q + m, q unsigned; both blocks start with d, m
+    cdef const uint8_t* xb
+    cdef const block_q8_1* y[4]
+    cdef __m256 acc[4]
+    cdef float sm[4]
+    cdef __m256i qx
+    cdef float dx, mx
+    cdef int i, t
+    rows4(vy, y_stride, <const void**>y)
+    zero4(acc)
+    for t in range(4):
+        sm[t] = 0.0
+    for i in range(n // QK8_1):
+        xb = <const uint8_t*>vx + i * x_size
+        qx = q5_1_unsigned(<const block_q5_1*>xb) if five else bytes_from_nibbles_32((<const block_q4_1*>xb).qs)
+        dx = fp16_to_fp32((<const uint16_t*>xb)[0])
+        mx = fp16_to_fp32((<const uint16_t*>xb)[1])
+        for t in range(4):
+            sm[t] += mx * y[t][i].s
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * y[t][i].d),
+                                     mul_sum_us8_pairs_float(qx, _mm256_loadu_si256(<const __m256i*>y[t][i].qs)), acc[t])
+    for t in range(4):
+        s[t * s_stride] = hsum_float_8(acc[t]) + sm[t]
+
+cdef void vec_dot_q4_1_q8_1_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                                    int64_t y_stride) noexcept nogil:
+    vec_dot_unsigned_q8_1_x4(n, s, s_stride, vx, sizeof(block_q4_1), False, vy, y_stride)
+
+cdef void vec_dot_q5_1_q8_1_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                                    int64_t y_stride) noexcept nogil:
+    vec_dot_unsigned_q8_1_x4(n, s, s_stride, vx, sizeof(block_q5_1), True, vy, y_stride)
+
+cdef void vec_dot_q4_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                                    int64_t y_stride) noexcept nogil:
+    cdef const block_q4_K* x = <const block_q4_K*>vx
+    cdef const block_q8_K* y[4]
+    cdef __m256 acc[4]
+    cdef __m256 accm[4]
+    cdef __m256i sumi[4]
+    cdef __m256i m4 = _mm256_set1_epi8(0xF)
+    cdef __m256i shuf[8]
+    cdef __m256i mins16, sc16, q4bits, ql, qh, sl, sh
+    cdef float dx, dmx
+    cdef int i, j, t
+    rows4(vy, y_stride, <const void**>y)
+    zero4(acc)
+    zero4(accm)
+    for j in range(8):
+        shuf[j] = elem_shuffle(j)
+    for i in range(n // QK_K):
+        mins16 = unpack_k4_scales(x[i].scales, &sc16)
+        dx = _cvtsh_ss(x[i].d)
+        dmx = _cvtsh_ss(x[i].dmin)
+        for t in range(4):
+            accm[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * dmx),
+                                      _mm256_cvtepi32_ps(_mm256_madd_epi16(mins16, _mm256_loadu_si256(<const __m256i*>y[t][i].bsums))),
+                                      accm[t])
+            sumi[t] = _mm256_setzero_si256()
+        for j in range(4):
+            q4bits = _mm256_loadu_si256(<const __m256i*>(x[i].qs + 32 * j))
+            ql = _mm256_and_si256(q4bits, m4)
+            qh = _mm256_and_si256(_mm256_srli_epi16(q4bits, 4), m4)
+            sl = _mm256_shuffle_epi8(sc16, shuf[2 * j])
+            sh = _mm256_shuffle_epi8(sc16, shuf[2 * j + 1])
+            for t in range(4):
+                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(k_madd(sl, ql, y[t][i].qs + 64 * j),
+                                                                     k_madd(sh, qh, y[t][i].qs + 64 * j + 32)))
+        for t in range(4):
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * dx), _mm256_cvtepi32_ps(sumi[t]), acc[t])
+    for t in range(4):
+        s[t * s_stride] = hsum_float_8(acc[t]) - hsum_float_8(accm[t])
+
+cdef inline __m256i q6_chunk_k(__m256i ql1, __m256i ql2, __m256i qh, int k, __m256i m4, __m256i m2) noexcept nogil:
+    # q6_chunk with k a loop variable: a literal at every q6_chunk call (immediate shifts)
+    if k == 0:
+        return q6_chunk(ql1, ql2, qh, 0, m4, m2)
+    if k == 1:
+        return q6_chunk(ql1, ql2, qh, 1, m4, m2)
+    if k == 2:
+        return q6_chunk(ql1, ql2, qh, 2, m4, m2)
+    return q6_chunk(ql1, ql2, qh, 3, m4, m2)
+
+cdef void vec_dot_q6_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                                    int64_t y_stride) noexcept nogil:
+    cdef const block_q6_K* x = <const block_q6_K*>vx
+    cdef const block_q8_K* y[4]
+    cdef __m256 acc[4]
+    cdef __m256i sumi[4]
+    cdef __m256i m4 = _mm256_set1_epi8(0xF)
+    cdef __m256i m2 = _mm256_set1_epi8(3)
+    cdef __m256i shuf[4]
+    cdef __m256i scales, half, qh, ql1, ql2, q, sc
+    cdef int i, j, k, t
+    rows4(vy, y_stride, <const void**>y)
+    zero4(acc)
+    for k in range(4):
+        shuf[k] = pair_shuffle(k)
+    for i in range(n // QK_K):
+        scales = _mm256_cvtepi8_epi16(_mm_loadu_si128(<const __m128i*>x[i].scales))
+        for t in range(4):
+            sumi[t] = _mm256_setzero_si256()
+        for j in range(2):
+            half = _mm256_permute2x128_si256(scales, scales, 0x00 if j == 0 else 0x11)
+            qh = _mm256_loadu_si256(<const __m256i*>(x[i].qh + 32 * j))
+            ql1 = _mm256_loadu_si256(<const __m256i*>(x[i].ql + 64 * j))
+            ql2 = _mm256_loadu_si256(<const __m256i*>(x[i].ql + 64 * j + 32))
+            for k in range(4):
+                q = q6_chunk_k(ql1, ql2, qh, k, m4, m2)
+                sc = _mm256_shuffle_epi8(half, shuf[k])
+                for t in range(4):
+                    sumi[t] = _mm256_add_epi32(sumi[t], k_madd(sc, q, y[t][i].qs + 128 * j + 32 * k))
+        for t in range(4):
+            # the -32 offset through the block sums, as q6_K_block_sumi
+            sumi[t] = _mm256_sub_epi32(sumi[t], _mm256_slli_epi32(
+                _mm256_madd_epi16(scales, _mm256_loadu_si256(<const __m256i*>y[t][i].bsums)), 5))
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * _cvtsh_ss(x[i].d)), _mm256_cvtepi32_ps(sumi[t]), acc[t])
+    for t in range(4):
+        s[t * s_stride] = hsum_float_8(acc[t])
+
+
+# ---- attention inner loops: 8 lanes at a time, f16 rows converted with vcvtph2ps -------
+# head_dim is a multiple of 8 for every LLaMA shape; a scalar tail covers the rest.
+
+
+cdef float kv_dot(const float* q, const void* kv, int64_t off, int n, int f16) noexcept nogil:
+    cdef __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps()
+    cdef int i = 0
+    cdef float acc
+    cdef const float* kf
+    cdef const uint16_t* kh
+    if f16:
+        kh = (<const uint16_t*>kv) + off
+        while i + 16 <= n:
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>(kh + i))), a0)
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>(kh + i + 8))), a1)
+            i += 16
+        acc = hsum_float_8(_mm256_add_ps(a0, a1))
+        while i < n:
+            acc += q[i] * fp16_to_fp32(kh[i])
+            i += 1
+    else:
+        kf = (<const float*>kv) + off
+        while i + 16 <= n:
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(kf + i), a0)
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), _mm256_loadu_ps(kf + i + 8), a1)
+            i += 16
+        acc = hsum_float_8(_mm256_add_ps(a0, a1))
+        while i < n:
+            acc += q[i] * kf[i]
+            i += 1
+    return acc
+
+cdef void kv_axpy(float* out, float a, const void* kv, int64_t off, int n, int f16) noexcept nogil:
+    cdef __m256 va = _mm256_set1_ps(a)
+    cdef int i = 0
+    cdef const float* vf
+    cdef const uint16_t* vh
+    if f16:
+        vh = (<const uint16_t*>kv) + off
+        while i + 8 <= n:
+            _mm256_storeu_ps(out + i, _mm256_fmadd_ps(va, _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>(vh + i))),
+                                                      _mm256_loadu_ps(out + i)))
+            i += 8
+        while i < n:
+            out[i] += a * fp16_to_fp32(vh[i])
+            i += 1
+    else:
+        vf = (<const float*>kv) + off
+        while i + 8 <= n:
+            _mm256_storeu_ps(out + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(vf + i), _mm256_loadu_ps(out + i)))
+            i += 8
+        while i < n:
+            out[i] += a * vf[i]
+            i += 1
+
+
+
+# ---- the table: what this unit specialises; the generic unit fills the rest ------------
+cdef isa_kernels_t TABLE
+TABLE.name = b"avx2"
+TABLE.types[GGML_TYPE_Q4_0].vec_dot = vec_dot_q4_0_q8_1_avx2
+TABLE.types[GGML_TYPE_Q4_0].vec_dot_x4 = vec_dot_q4_0_q8_1_x4_avx2
+TABLE.types[GGML_TYPE_Q4_1].vec_dot = vec_dot_q4_1_q8_1_avx2
+TABLE.types[GGML_TYPE_Q4_1].vec_dot_x4 = vec_dot_q4_1_q8_1_x4_avx2
+TABLE.types[GGML_TYPE_Q5_0].vec_dot = vec_dot_q5_0_q8_1_avx2
+TABLE.types[GGML_TYPE_Q5_0].vec_dot_x4 = vec_dot_q5_0_q8_1_x4_avx2
+TABLE.types[GGML_TYPE_Q5_1].vec_dot = vec_dot_q5_1_q8_1_avx2
+TABLE.types[GGML_TYPE_Q5_1].vec_dot_x4 = vec_dot_q5_1_q8_1_x4_avx2
+TABLE.types[GGML_TYPE_Q8_0].vec_dot = vec_dot_q8_0_q8_1_avx2
+TABLE.types[GGML_TYPE_Q8_0].vec_dot_x4 = vec_dot_q8_0_q8_1_x4_avx2
+TABLE.types[GGML_TYPE_Q2_K].vec_dot = vec_dot_q2_K_q8_K_avx2
+TABLE.types[GGML_TYPE_Q3_K].vec_dot = vec_dot_q3_K_q8_K_avx2
+TABLE.types[GGML_TYPE_Q4_K].vec_dot = vec_dot_q4_K_q8_K_avx2
+TABLE.types[GGML_TYPE_Q4_K].vec_dot_x4 = vec_dot_q4_K_q8_K_x4_avx2
+TABLE.types[GGML_TYPE_Q5_K].vec_dot = vec_dot_q5_K_q8_K_avx2
+TABLE.types[GGML_TYPE_Q6_K].vec_dot = vec_dot_q6_K_q8_K_avx2
+TABLE.types[GGML_TYPE_Q6_K].vec_dot_x4 = vec_dot_q6_K_q8_K_x4_avx2
+TABLE.kv_dot = kv_dot
+TABLE.kv_axpy = kv_axpy
+fill_fp16_table()
+
+
+def kernel_table():
+    """This unit's kernel table, as a capsule for guanaco_rt._kernels._engine.KernelSet."""
+    return PyCapsule_New(&TABLE, ISA_CAPSULE, NULL)

@@ -1,23 +1,26 @@
-"""Pick the kernel module once, at import, from cpuid.
+"""Pick the kernels once, at import, from cpuid.
 
-``GUANACO_RT_ISA=generic|avx2`` forces a variant; asking for one the CPU lacks
-raises instead of dying later with "Illegal instruction".
+Each ISA unit (_generic, _avx2) fills one table of kernels; the engine runs with a
+KernelSet: one unit's table, the generic unit's entries filling its gaps.
+``GUANACO_RT_ISA=generic|avx2`` forces a unit; asking for one the CPU lacks raises
+instead of dying later with "Illegal instruction".
 """
 import logging
 import os
 
-from . import _generic
 from ..errors import GuanacoError
+from . import _engine, _generic
 
 log = logging.getLogger("guanaco_rt")
 
 ISAS = ("generic", "avx2")
+_SETS = {}
 
 
 def available_isas():
     """ISAs that are both built into this wheel and supported by this CPU, best last."""
     out = ["generic"]
-    if _generic.cpu_has_avx2():
+    if _engine.cpu_has_avx2():
         try:
             from . import _avx2  # noqa: F401
             out.append("avx2")
@@ -26,23 +29,25 @@ def available_isas():
     return out
 
 
-def load(isa):
-    if isa == "generic":
-        return _generic
-    if isa == "avx2":
-        if not _generic.cpu_has_avx2():
-            raise GuanacoError("GUANACO_RT_ISA=avx2, but this CPU lacks AVX2/FMA/F16C")
-        from . import _avx2
-        return _avx2
-    raise GuanacoError(f"GUANACO_RT_ISA={isa!r} is not one of {ISAS}")
+def kernel_set(isa):
+    """The KernelSet of one ISA unit (built once)."""
+    if isa not in _SETS:
+        if isa == "generic":
+            unit = _generic
+        elif isa == "avx2":
+            if not _engine.cpu_has_avx2():
+                raise GuanacoError("GUANACO_RT_ISA=avx2, but this CPU lacks AVX2/FMA/F16C")
+            from . import _avx2 as unit
+        else:
+            raise GuanacoError(f"GUANACO_RT_ISA={isa!r} is not one of {ISAS}")
+        _SETS[isa] = _engine.KernelSet(isa, unit.kernel_table(), _generic.kernel_table())
+    return _SETS[isa]
 
 
 def _choose():
     forced = os.environ.get("GUANACO_RT_ISA", "").strip().lower()
-    if forced:
-        return load(forced)
-    return load(available_isas()[-1])
+    return kernel_set(forced or available_isas()[-1])
 
 
 kernels = _choose()
-log.debug("guanaco_rt kernels: %s", kernels.ISA)
+log.debug("guanaco_rt kernels: %s", kernels.isa)

@@ -1,55 +1,22 @@
-# The sampling chain in C, so the decode loop can run without the GIL.
-#
-# llama.cpp's 2023 order and semantics: logit bias -> repetition penalty over the
-# last repeat_last_n tokens (positive logits divided, negative multiplied) ->
-# frequency and presence penalties -> greedy if temperature <= 0, else top-k ->
-# typical-p -> top-p -> min-p -> temperature -> one draw. Every step works in
-# float64 on candidates kept sorted best first (ties: lower id first, as a stable
-# sort). The draw takes one double from the session's NumPy PCG64 through its
-# C interface (bitgen_t), exactly as Generator.choice(p=...) would: cdf, divide
-# by its last entry, first index whose cdf exceeds the uniform.
-# tests/reference.py holds the same chain in NumPy; the two are tested equal.
+# cython: language_level=3
+"""The sampling chain in C, so the decode loop can run without the GIL.
+
+llama.cpp's 2023 order and semantics: logit bias -> repetition penalty over the
+last repeat_last_n tokens (positive logits divided, negative multiplied) ->
+frequency and presence penalties -> greedy if temperature <= 0, else top-k ->
+typical-p -> top-p -> min-p -> temperature -> one draw. Every step works in
+float64 on candidates kept sorted best first (ties: lower id first, as a stable
+sort). The draw takes one double from the session's NumPy PCG64 through its
+C interface (bitgen_t), exactly as Generator.choice(p=...) would: cdf, divide
+by its last entry, first index whose cdf exceeds the uniform.
+tests/reference.py holds the same chain in NumPy; the two are tested equal.
+"""
+from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.string cimport memcpy, memset
 from libc.math cimport exp, log, fabs, isfinite
-from libc.stdint cimport uint64_t
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
-cdef extern from "numpy/random/bitgen.h":
-    ctypedef struct bitgen_t:
-        void* state
-        uint64_t (*next_uint64)(void* st) nogil
-        uint32_t (*next_uint32)(void* st) nogil
-        double (*next_double)(void* st) nogil
-        uint64_t (*next_raw)(void* st) nogil
-
-cdef struct sparams_t:
-    double temperature          # <= 0: greedy
-    int top_k                   # <= 0: off
-    double top_p                # >= 1: off
-    double min_p                # <= 0: off
-    double typical_p            # >= 1: off
-    double repetition_penalty   # 1: off
-    int repeat_last_n           # penalty window, in tokens
-    double frequency_penalty    # times the count in the window
-    double presence_penalty     # once per id present in the window
-    int n_bias
-    const int32_t* bias_ids     # (n_bias,) ids, in range
-    const double* bias_vals     # (n_bias,) added to the logit; finite or -inf
-    int n_probs                 # > 0: report the top n_probs log-probabilities
-
-cdef struct sampler_t:
-    int n_vocab
-    sparams_t p
-    bitgen_t* rng
-    double* x        # (n_vocab,) logits with bias and penalties, float64
-    int32_t* ids     # (n_vocab,) candidate ids, best first
-    double* c        # (n_vocab,) candidate logits, aligned with ids
-    double* pr       # (n_vocab,) probabilities / log-probabilities scratch
-    double* sh       # (n_vocab,) typical-p: -|surprise - entropy|, then keep flags
-    int32_t* perm    # (n_vocab,) typical-p: candidate positions, most typical first
-    int32_t* cnt     # (n_vocab,) occurrences in the penalty window; all zero between calls
-    uint64_t* key    # (2, n_vocab) radix-sort scratch: keys
-    int32_t* tmp     # (2, n_vocab) radix-sort scratch: indices
-
+import numpy as np
 
 # ---- ordering ---------------------------------------------------------------------
 cdef inline bint _better(const double* v, int32_t a, int32_t b) noexcept nogil:
@@ -306,14 +273,10 @@ cdef int32_t sample_token(sampler_t* S, const float* logits, const int32_t* hist
     return S.ids[nc - 1]
 
 
-# ---- the Python-facing sampler ----------------------------------------------------------
+# ---- the Python-facing sampler ----------------------------------------------------
 cdef class SamplerCore:
     """The chain's buffers and settings for one vocabulary, drawing from ``bit_generator``
     (a NumPy BitGenerator the caller owns; its state is the sampler's state)."""
-    cdef sampler_t S
-    cdef object bitgen
-    cdef object bias_ids, bias_vals
-    cdef object bufs
 
     def __cinit__(self, int n_vocab, object bit_generator, double temperature, int top_k, double top_p,
                   double min_p, double typical_p, double repetition_penalty, int repeat_last_n,
@@ -323,15 +286,16 @@ cdef class SamplerCore:
         self.bitgen = bit_generator
         self.S.rng = <bitgen_t*>PyCapsule_GetPointer(bit_generator.capsule, "BitGenerator")
         self.S.n_vocab = n_vocab
-        ids = np.array(sorted(int(t) for t in logit_bias), dtype=np.int32)
-        vals = np.array([float(logit_bias[t]) for t in sorted(logit_bias, key=int)], dtype=np.float64)
-        if ids.size and (ids[0] < 0 or ids[-1] >= n_vocab):
-            bad = int(ids[0] if ids[0] < 0 else ids[-1])
+        keys = sorted(logit_bias, key=int)
+        ids = np.array([int(t) for t in keys], dtype=np.int32)
+        vals = np.array([float(logit_bias[t]) for t in keys], dtype=np.float64)
+        if ids.size and (ids.min() < 0 or ids.max() >= n_vocab):
+            bad = int(ids.min() if ids.min() < 0 else ids.max())
             raise ValueError(f"logit_bias token id {bad} outside [0, {n_vocab})")
         if np.isnan(vals).any() or np.isposinf(vals).any():
             raise ValueError("logit_bias values must be finite or -inf (to ban a token)")
-        self.bias_ids = np.ascontiguousarray(ids) if ids.size else np.zeros(1, np.int32)
-        self.bias_vals = np.ascontiguousarray(vals) if vals.size else np.zeros(1, np.float64)
+        self.bias_ids = ids if ids.size else np.zeros(1, np.int32)
+        self.bias_vals = vals if vals.size else np.zeros(1, np.float64)
         self.S.p.temperature = temperature
         self.S.p.top_k = top_k
         self.S.p.top_p = top_p
@@ -342,53 +306,52 @@ cdef class SamplerCore:
         self.S.p.frequency_penalty = frequency_penalty
         self.S.p.presence_penalty = presence_penalty
         self.S.p.n_bias = ids.size
-        self.S.p.bias_ids = <const int32_t*><size_t>self.bias_ids.ctypes.data
-        self.S.p.bias_vals = <const double*><size_t>self.bias_vals.ctypes.data
+        self.S.p.bias_ids = &self.bias_ids[0]
+        self.S.p.bias_vals = &self.bias_vals[0]
         self.S.p.n_probs = min(n_probs, n_vocab)
-        self.bufs = [np.zeros(n_vocab, np.float64) for _ in range(4)] + \
-                    [np.zeros(n_vocab, np.int32) for _ in range(3)] + \
-                    [np.zeros(2 * n_vocab, np.int32), np.zeros(2 * n_vocab, np.uint64)]
-        self.S.x = <double*><size_t>self.bufs[0].ctypes.data
-        self.S.c = <double*><size_t>self.bufs[1].ctypes.data
-        self.S.pr = <double*><size_t>self.bufs[2].ctypes.data
-        self.S.sh = <double*><size_t>self.bufs[3].ctypes.data
-        self.S.ids = <int32_t*><size_t>self.bufs[4].ctypes.data
-        self.S.perm = <int32_t*><size_t>self.bufs[5].ctypes.data
-        self.S.cnt = <int32_t*><size_t>self.bufs[6].ctypes.data
-        self.S.tmp = <int32_t*><size_t>self.bufs[7].ctypes.data
-        self.S.key = <uint64_t*><size_t>self.bufs[8].ctypes.data
+        self.x, self.c, self.pr, self.sh = [np.zeros(n_vocab, np.float64) for _ in range(4)]
+        self.ids, self.perm, self.cnt = [np.zeros(n_vocab, np.int32) for _ in range(3)]
+        self.tmp = np.zeros(2 * n_vocab, np.int32)
+        self.key = np.zeros(2 * n_vocab, np.uint64)
+        self.S.x, self.S.c, self.S.pr, self.S.sh = &self.x[0], &self.c[0], &self.pr[0], &self.sh[0]
+        self.S.ids, self.S.perm, self.S.cnt = &self.ids[0], &self.perm[0], &self.cnt[0]
+        self.S.tmp = &self.tmp[0]
+        self.S.key = &self.key[0]
 
     @property
     def n_probs(self):
         return self.S.p.n_probs
 
+    @property
+    def n_vocab(self):
+        return self.S.n_vocab
+
     cdef _check(self, const float[::1] logits, const int32_t[::1] hist):
         if logits.shape[0] != self.S.n_vocab:
             raise ValueError(f"logits have {logits.shape[0]} entries, the vocab {self.S.n_vocab}")
-        for i in range(hist.shape[0]):
-            if not 0 <= hist[i] < self.S.n_vocab:
-                raise ValueError(f"history token id {hist[i]} outside [0, {self.S.n_vocab})")
+        h = np.asarray(hist)
+        if h.size and (h.min() < 0 or h.max() >= self.S.n_vocab):
+            raise ValueError(f"history holds token ids outside [0, {self.S.n_vocab})")
 
+    # thin Python twins of penalize() and sample_token(), for tests
     def penalize(self, const float[::1] logits, const int32_t[::1] hist):
         """float32 (n_vocab,) logits after ``hist`` -> float64 (n_vocab,) with bias and penalties."""
         self._check(logits, hist)
         with nogil:
             penalize(&self.S, &logits[0], &hist[0] if hist.shape[0] else NULL, hist.shape[0])
-        return self.bufs[0].copy()
+        return np.array(self.x)
 
     def sample(self, const float[::1] logits, const int32_t[::1] hist):
         """-> (token id, [(id, logprob)] of the top n_probs, or None)"""
         self._check(logits, hist)
         cdef int k = max(1, self.S.p.n_probs)
-        top_ids = np.zeros(k, np.int32)
-        top_lp = np.zeros(k, np.float64)
-        cdef int32_t[::1] ti = top_ids
-        cdef double[::1] tl = top_lp
+        cdef int32_t[::1] ti = np.zeros(k, np.int32)
+        cdef double[::1] tl = np.zeros(k, np.float64)
         cdef int32_t tok
         with nogil:
             tok = sample_token(&self.S, &logits[0], &hist[0] if hist.shape[0] else NULL, hist.shape[0],
                                &ti[0], &tl[0])
         top = None
         if self.S.p.n_probs:
-            top = [(int(top_ids[i]), float(top_lp[i])) for i in range(self.S.p.n_probs)]
+            top = [(int(ti[i]), float(tl[i])) for i in range(self.S.p.n_probs)]
         return int(tok), top

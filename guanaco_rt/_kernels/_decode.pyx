@@ -1,17 +1,21 @@
-# The decode loop in C: sample -> token bytes -> incremental UTF-8 -> stop strings ->
-# context room -> forward, token after token, without the GIL. Python only takes
-# the text out between calls (Session.stream hands each piece to its caller).
-#
-# Text stages work on bytes. The UTF-8 stage emits only whole, valid characters,
-# each undecodable byte as one U+FFFD (EF BF BD) as SentencePiece's decode does,
-# so the stop stage sees valid UTF-8: a byte match is a character match, and a
-# held-back suffix that starts a stop string starts at a character boundary.
-from libc.stdlib cimport realloc
-from libc.string cimport memcmp
+# cython: language_level=3
+"""The decode loop in C: sample -> token bytes -> incremental UTF-8 -> stop strings ->
+context room -> forward, token after token, without the GIL. Python only takes
+the text out between calls (Session.stream hands each piece to its caller).
 
-cdef struct bytebuf_t:
-    uint8_t* p
-    int64_t n, cap
+Text stages work on bytes. The UTF-8 stage emits only whole, valid characters,
+each undecodable byte as one U+FFFD (EF BF BD) as SentencePiece's decode does,
+so the stop stage sees valid UTF-8: a byte match is a character match, and a
+held-back suffix that starts a stop string starts at a character boundary.
+"""
+from libc.stdint cimport uint8_t, int32_t, int64_t
+from libc.stdlib cimport realloc, free
+from libc.string cimport memcpy, memcmp, memmove
+
+import numpy as np
+
+from guanaco_rt._kernels._engine cimport State, state_t, model_t, forward, shift_kv
+from guanaco_rt._kernels._sampling cimport SamplerCore, sample_token
 
 cdef int buf_put(bytebuf_t* b, const uint8_t* src, int64_t n) noexcept nogil:
     # append n bytes; -1 when out of memory (nothing appended)
@@ -34,11 +38,6 @@ cdef void buf_free(bytebuf_t* b) noexcept nogil:
     b.p = NULL
     b.n = b.cap = 0
 
-cdef struct vocab_t:
-    const uint8_t* blob      # every token's bytes, concatenated
-    const int64_t* offs      # (n_vocab + 1,) token i is blob[offs[i]:offs[i + 1]]
-    const uint8_t* normal    # (n_vocab,) 1 for NORMAL pieces, whose leading space is the dummy prefix
-    int n_vocab
 
 cdef bytes _pybytes(bytebuf_t* b):
     out = b.p[:b.n] if b.n else b""
@@ -46,9 +45,6 @@ cdef bytes _pybytes(bytebuf_t* b):
     return out
 
 # ---- incremental UTF-8 ------------------------------------------------------------------
-cdef struct utf8_t:
-    uint8_t pend[4]          # an incomplete but so far valid sequence, waiting for more bytes
-    int n_pend
 
 cdef uint8_t REPLACEMENT[3]
 REPLACEMENT[0] = 0xEF
@@ -121,11 +117,6 @@ cdef int utf8_feed(utf8_t* u, const uint8_t* data, int64_t n, bint final, bytebu
     return 0
 
 # ---- stop strings -------------------------------------------------------------------------
-cdef struct stops_t:
-    const uint8_t* blob      # the stop strings' UTF-8, concatenated
-    const int64_t* offs      # (n + 1,) stop i is blob[offs[i]:offs[i + 1]], none empty
-    int n
-    bytebuf_t held           # text that may still grow into a stop string
 
 cdef int64_t _find(const uint8_t* hay, int64_t nh, const uint8_t* needle, int64_t nn) noexcept nogil:
     cdef int64_t i
@@ -173,13 +164,6 @@ cdef int stops_flush(stops_t* st, bytebuf_t* out) noexcept nogil:
     return rc
 
 # ---- token -> text ----------------------------------------------------------------------
-cdef struct text_t:
-    vocab_t voc
-    utf8_t u8
-    stops_t stops
-    bint strip               # drop the dummy-prefix space of the first NORMAL piece
-    bytebuf_t chars          # scratch: the current token's whole characters
-    bytebuf_t out            # text ready for the caller
 
 cdef int text_push(text_t* T, int32_t tok) noexcept nogil:
     # -> 1 stopped, 0, -1 out of memory
@@ -206,36 +190,36 @@ cdef int text_finish(text_t* T) noexcept nogil:
         rc = -1 if stops_flush(&T.stops, &T.out) else 0
     return rc
 
+
 cdef class TextStage:
     """Token ids (or text) -> text to emit, through the UTF-8 and stop stages.
 
     Owns a text_t and the arrays its pointers point into. The Decoder drives it
     without the GIL; its methods are the stages' Python-callable twins.
     """
-    cdef text_t T
-    cdef object keep
 
     def __cinit__(self, tuple vocab_table, stops=(), bint strip=False):
         blob, offs, normal = vocab_table
-        blob = np.ascontiguousarray(blob, np.uint8)
+        blob = np.append(np.asarray(blob, np.uint8).reshape(-1), np.uint8(0))   # never empty
         offs = np.ascontiguousarray(offs, np.int64)
         normal = np.ascontiguousarray(normal, np.uint8)
         n = offs.shape[0] - 1
-        if n < 1 or normal.shape[0] != n or offs[0] != 0 or (np.diff(offs) < 0).any() or offs[n] > blob.shape[0]:
+        if n < 1 or normal.shape[0] != n or offs[0] != 0 or (np.diff(offs) < 0).any() or offs[n] >= blob.shape[0]:
             raise ValueError("vocab table must be (blob, offsets (n_vocab + 1,) ascending within blob, "
                              "normal flags (n_vocab,))")
         sb = [s.encode("utf-8") if isinstance(s, str) else bytes(s) for s in stops]
         sb = [s for s in sb if s]
-        sblob = np.frombuffer(b"".join(sb) + b"\0", np.uint8)
         soffs = np.zeros(len(sb) + 1, np.int64)
         soffs[1:] = np.cumsum([len(s) for s in sb])
-        self.keep = (blob, offs, normal, sblob, soffs)
-        self.T.voc.blob = <const uint8_t*><size_t>blob.ctypes.data
-        self.T.voc.offs = <const int64_t*><size_t>offs.ctypes.data
-        self.T.voc.normal = <const uint8_t*><size_t>normal.ctypes.data
-        self.T.voc.n_vocab = offs.shape[0] - 1
-        self.T.stops.blob = <const uint8_t*><size_t>sblob.ctypes.data
-        self.T.stops.offs = <const int64_t*><size_t>soffs.ctypes.data
+        self.blob, self.offs, self.normal = blob, offs, normal
+        self.sblob = np.frombuffer(b"".join(sb) + b"\0", np.uint8)
+        self.soffs = soffs
+        self.T.voc.blob = &self.blob[0]
+        self.T.voc.offs = &self.offs[0]
+        self.T.voc.normal = &self.normal[0]
+        self.T.voc.n_vocab = n
+        self.T.stops.blob = &self.sblob[0]
+        self.T.stops.offs = &self.soffs[0]
         self.T.stops.n = len(sb)
         self.T.strip = strip
 
@@ -289,56 +273,32 @@ FINISH_REASONS = {DEC_LENGTH: "length", DEC_EOS: "eos", DEC_STOP: "stop", DEC_CA
                   DEC_CONTEXT_FULL: "context_full"}
 
 cdef class Decoder:
-    """One generation on one session's State: ``run()`` samples, decodes text, matches
-    stop strings, makes room in the context and evaluates each new token, all without
-    the GIL, until the generation ends (or, with ``until_text``, until text is ready).
+    """One generation on a State: ``run()`` samples, decodes text, matches stop strings,
+    makes room in the context and evaluates each new token, all without the GIL, until
+    the generation ends (or, with ``until_text``, until text is ready).
 
-    The session's tokens and last logits are copied in and read back (``tokens()``):
-    while a Decoder runs it owns them. The token that ends generation by length or
-    stop is sampled but not evaluated, so the last logits always follow tokens[-1].
+    It works on the State's own sequence (tokens, n_past, logits): every evaluated token
+    joins it as it goes, so the State is current whenever run() returns. The token that
+    ends generation by length or stop is sampled but not evaluated, so the logits always
+    follow the sequence's last token.
     """
-    cdef State st
-    cdef SamplerCore sampler
-    cdef TextStage text
-    cdef int32_t* hist           # (n_ctx,) the session's tokens: positions 0..n_hist-1 of the cache
-    cdef int n_hist
-    cdef int32_t* gen            # (cap,) generated tokens (EOS excluded)
-    cdef int n_gen, steps, max_new, cap
-    cdef int32_t* top_ids        # (cap, n_probs)
-    cdef double* top_lp          # (cap, n_probs)
-    cdef float* logits           # (n_vocab,) the session's logits row, after hist[n_hist - 1]
-    cdef int eos_id, shift, n_keep, status
-    cdef readonly int n_shifts, n_discarded
-    cdef readonly bint have_logits
-    cdef object keep
 
-    def __cinit__(self, State state, SamplerCore sampler, TextStage text, const int32_t[::1] history,
-                  float[::1] logits, int max_new, int eos_id, bint shift, int n_keep):
-        cdef int n_ctx = state.s.n_ctx
+    def __cinit__(self, State state, SamplerCore sampler, TextStage text, int max_new, int eos_id, bint shift,
+                  int n_keep):
         if sampler.S.n_vocab != state.engine.m.n_vocab or text.T.voc.n_vocab != state.engine.m.n_vocab:
             raise ValueError("sampler, vocab table and model disagree on n_vocab")
-        if not 0 < history.shape[0] <= n_ctx:
-            raise ValueError(f"history of {history.shape[0]} tokens outside [1, n_ctx {n_ctx}]")
-        if logits.shape[0] != state.engine.m.n_vocab:
-            raise ValueError("logits row has the wrong length")
-        h = np.asarray(history)
-        if h.min() < 0 or h.max() >= state.engine.m.n_vocab:
-            raise ValueError(f"history holds token ids outside [0, {state.engine.m.n_vocab})")
+        if state.s.n_past < 1 or not state.s.have_logits:
+            raise ValueError("the state has no logits to sample from: evaluate the prompt first")
         if max_new < 0:
             raise ValueError(f"max_new must be >= 0, got {max_new}")
+        if n_keep < 0:
+            raise ValueError(f"n_keep must be >= 0, got {n_keep}")
         self.st, self.sampler, self.text = state, sampler, text
-        hist = np.zeros(n_ctx, np.int32)
-        hist[:history.shape[0]] = history
-        self.keep = [hist, logits, None, None, None]
-        self.hist = <int32_t*><size_t>hist.ctypes.data
-        self.n_hist = history.shape[0]
         self._grow(min(max(1, max_new), 1024))
-        self.logits = &logits[0]
         self.max_new = max_new
         self.eos_id = eos_id
         self.shift = shift
         self.n_keep = n_keep
-        self.have_logits = True
         self.status = DEC_RUNNING
 
     cdef _grow(self, int cap):
@@ -347,14 +307,11 @@ cdef class Decoder:
         gen = np.zeros(cap, np.int32)
         top_ids = np.zeros((cap, k), np.int32)
         top_lp = np.zeros((cap, k), np.float64)
-        if self.keep[2] is not None:
-            gen[:self.n_gen] = self.keep[2][:self.n_gen]
-            top_ids[:self.n_gen] = self.keep[3][:self.n_gen]
-            top_lp[:self.n_gen] = self.keep[4][:self.n_gen]
-        self.keep[2:] = [gen, top_ids, top_lp]
-        self.gen = <int32_t*><size_t>gen.ctypes.data
-        self.top_ids = <int32_t*><size_t>top_ids.ctypes.data
-        self.top_lp = <double*><size_t>top_lp.ctypes.data
+        if self.n_gen:
+            gen[:self.n_gen] = self.gen[:self.n_gen]
+            top_ids[:self.n_gen] = self.top_ids[:self.n_gen]
+            top_lp[:self.n_gen] = self.top_lp[:self.n_gen]
+        self.gen, self.top_ids, self.top_lp = gen, top_ids, top_lp
         self.cap = cap
 
     cdef int _finish(self, int reason) noexcept nogil:
@@ -376,12 +333,12 @@ cdef class Decoder:
         while True:
             if self.steps >= self.max_new:
                 return self._finish(DEC_LENGTH)
-            if s.cancel[0]:
+            if s.cancel:
                 return self._finish(DEC_CANCELLED)
             if self.n_gen == self.cap:
                 return DEC_RUNNING              # run() grows the output arrays
-            tok = sample_token(&self.sampler.S, self.logits, self.hist, self.n_hist,
-                               self.top_ids + <int64_t>self.n_gen * k, self.top_lp + <int64_t>self.n_gen * k)
+            tok = sample_token(&self.sampler.S, s.logits, s.tokens, s.n_past,
+                               &self.top_ids[self.n_gen, 0], &self.top_lp[self.n_gen, 0])
             self.steps += 1
             if tok == self.eos_id:
                 return self._finish(DEC_EOS)
@@ -394,22 +351,16 @@ cdef class Decoder:
                 return self._finish(DEC_STOP)
             if self.steps >= self.max_new:
                 return self._finish(DEC_LENGTH)
-            if self.n_hist == s.n_ctx:          # no room for tok: the policy decides
+            if s.n_past == s.n_ctx:             # no room for tok: the policy decides
                 if not self.shift:
                     return self._finish(DEC_CONTEXT_FULL)
-                keep = max(0, min(self.n_keep, self.n_hist - 2))
-                discard = max(1, (self.n_hist - keep) // 2)
-                shift_kv(m, s, keep, discard, self.n_hist)
-                memmove(self.hist + keep, self.hist + keep + discard,
-                        (self.n_hist - keep - discard) * sizeof(int32_t))
-                self.n_hist -= discard
+                keep = max(0, min(self.n_keep, s.n_past - 2))
+                discard = max(1, (s.n_past - keep) // 2)
+                shift_kv(m, s, keep, discard)
                 self.n_shifts += 1
                 self.n_discarded += discard
-            if forward(m, s, &tok, 1, self.n_hist, self.logits, 0):
-                self.have_logits = False
+            if forward(m, s, &tok, 1, s.logits, False):
                 return self._finish(DEC_CANCELLED)
-            self.hist[self.n_hist] = tok
-            self.n_hist += 1
             if until_text and self.text.T.out.n > 0:
                 return DEC_RUNNING
 
@@ -426,15 +377,13 @@ cdef class Decoder:
             raise MemoryError("out of memory while decoding")
         return self.text.take(), FINISH_REASONS.get(status)
 
-    def tokens(self):
-        """The session's tokens now (prompt, then every evaluated generated token)."""
-        return [self.hist[i] for i in range(self.n_hist)]
-
     def generated(self):
-        return [self.gen[i] for i in range(self.n_gen)]
+        return np.asarray(self.gen[:self.n_gen]).tolist()
 
     def logprobs(self):
         cdef int k = self.sampler.S.p.n_probs
         if k == 0:
             return None
-        return [[(self.top_ids[i * k + j], self.top_lp[i * k + j]) for j in range(k)] for i in range(self.n_gen)]
+        ids = np.asarray(self.top_ids[:self.n_gen, :k]).tolist()
+        lps = np.asarray(self.top_lp[:self.n_gen, :k]).tolist()
+        return [list(zip(i, lp)) for i, lp in zip(ids, lps)]

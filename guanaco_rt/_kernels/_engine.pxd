@@ -1,0 +1,76 @@
+# cython: language_level=3
+# The LLaMA forward pass and the state it runs on (see _engine.pyx).
+from libc.stdint cimport uint8_t, int32_t, int64_t
+
+from guanaco_rt._kernels._isa cimport isa_kernels_t
+from guanaco_rt._kernels._quants cimport type_traits_t
+
+cdef struct tensor_t:
+    const uint8_t* data          # (ne1 rows of nb1 bytes), in the read-only mmap
+    const type_traits_t* tt      # its block format
+    int type
+    int64_t ne0                  # row length (input dim)
+    int64_t ne1                  # rows (output dim)
+    int64_t nb1                  # bytes per row
+
+cdef struct layer_t:
+    tensor_t wq, wk, wv, wo      # (n_embd rows of n_embd)
+    tensor_t w1, w3              # (n_ff rows of n_embd)
+    tensor_t w2                  # (n_embd rows of n_ff)
+    const float* attention_norm  # (n_embd,)
+    const float* ffn_norm        # (n_embd,)
+
+cdef struct model_t:
+    int n_vocab, n_embd, n_head, n_layer, n_rot, n_ff, head_dim
+    float eps
+    const isa_kernels_t* k       # the dot products and attention loops this model runs with
+    tensor_t tok_embeddings      # (n_vocab rows of n_embd)
+    tensor_t output              # (n_vocab rows of n_embd)
+    const float* norm            # (n_embd,)
+    layer_t* layers              # (n_layer,)
+    const double* freqs          # (n_rot/2,) the RoPE frequencies, rope_freqs()
+
+cdef struct state_t:
+    int n_ctx, n_batch, nth, kv_f16
+    int32_t* tokens      # (n_ctx,) the sequence: the ids whose K/V are at positions 0..n_past-1
+    int n_past
+    float* logits        # (n_vocab,) after tokens[n_past - 1], valid when have_logits
+    int have_logits
+    int cancel           # set from another thread: stop at the next layer
+    void* k_cache        # (n_layer, n_ctx, n_embd) f32 or f16
+    void* v_cache        # (n_layer, n_ctx, n_embd) f32 or f16
+    float* x             # (n_batch, n_embd) residual stream
+    float* xb            # (n_batch, n_embd) normed block input, then attention output
+    float* xb2           # (n_batch, n_embd) block output before the residual add
+    float* q             # (n_batch, n_embd)
+    float* k             # (n_batch, n_embd) new keys before they enter the cache
+    float* v             # (n_batch, n_embd) new values
+    float* att           # (n_head, n_ctx) attention scores, one row per head
+    float* hb            # (n_batch, n_ff)
+    float* hb2           # (n_batch, n_ff)
+    uint8_t* act         # (n_batch, act_stride) quantized activations
+    int64_t act_stride
+
+cdef class KernelSet:
+    cdef isa_kernels_t k
+    cdef readonly str isa
+
+cdef class Engine:
+    cdef model_t m
+    cdef readonly KernelSet kernels
+    cdef const uint8_t[::1] buf
+    cdef double[::1] freqs
+
+cdef class State:
+    cdef state_t s
+    cdef readonly Engine engine
+    cdef uint8_t[::1] k_cache, v_cache
+    cdef int32_t[::1] tokens_buf
+    cdef float[::1] logits_buf
+    cdef float[:, ::1] x, xb, xb2, q, k, v, att, hb, hb2
+    cdef uint8_t[::1] act
+    cdef _kv_view(self, uint8_t[::1] cache)
+
+cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok, float* logits,
+                 bint all_logits) noexcept nogil
+cdef void shift_kv(const model_t* m, state_t* s, int n_keep, int n_discard) noexcept nogil

@@ -1,0 +1,681 @@
+# cython: language_level=3
+"""The LLaMA forward pass, compiled once for every ISA: matmul with prange over output
+rows, RMSNorm, RoPE (ggml mode 0), softmax, SiLU gate, causal attention over the KV
+cache, and the State that owns one sequence (tokens, n_past, logits, KV cache).
+
+The ISA-specific inner loops (dot products, attention's q.k and a*v) come from a
+KernelSet: an ISA unit's table with the generic unit's entries filling its gaps.
+Everything here runs without the GIL and allocates nothing per token: the buffers
+live in state_t, sized once by State. Integer addresses never cross into Python:
+buffers are typed memoryviews, the kernel table a capsule.
+"""
+from libc.stdint cimport uint8_t, uint16_t, int32_t, int64_t
+from libc.string cimport memcpy, memset, memmove
+from libc.math cimport sqrtf, expf, cos, sin, pow
+from libc.stdlib cimport malloc, free
+from cython.parallel cimport prange
+from cpython.pycapsule cimport PyCapsule_GetPointer
+
+import numpy as np
+
+from guanaco_rt._kernels.ggml_blocks cimport GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_COUNT
+from guanaco_rt._kernels._common cimport gr_openmp_enabled, gr_omp_max_threads, gr_cpu_has_avx2
+from guanaco_rt._kernels._isa cimport isa_kernels_t, vec_dot_fn, vec_dot_x4_fn, ISA_CAPSULE
+from guanaco_rt._kernels._quants cimport type_traits_t, type_traits, row_size, fp32_to_fp16
+
+cdef enum:
+    PARALLEL_MIN_WORK = 1 << 16   # weights x tokens below which a matmul runs on one thread
+
+
+# ---- the kernel set ------------------------------------------------------------------
+cdef class KernelSet:
+    """An ISA unit's kernel table, the generic unit's entries filling what it leaves NULL."""
+
+    def __cinit__(self, str isa, object table, object generic_table):
+        cdef const isa_kernels_t* a = <const isa_kernels_t*>PyCapsule_GetPointer(table, ISA_CAPSULE)
+        cdef const isa_kernels_t* g = <const isa_kernels_t*>PyCapsule_GetPointer(generic_table, ISA_CAPSULE)
+        cdef int t
+        self.isa = isa
+        self.k = a[0]
+        for t in range(GGML_TYPE_COUNT):
+            if self.k.types[t].vec_dot == NULL:
+                self.k.types[t] = g.types[t]
+        if self.k.kv_dot == NULL:
+            self.k.kv_dot = g.kv_dot
+        if self.k.kv_axpy == NULL:
+            self.k.kv_axpy = g.kv_axpy
+
+    def __repr__(self):
+        return f"KernelSet({self.isa!r})"
+
+
+# ---- matmul --------------------------------------------------------------------------
+cdef void quantize_rows(uint8_t* out, int64_t out_stride, const float* x, int64_t n, int n_tok,
+                        const type_traits_t* vt, int nth) noexcept nogil:
+    # x (n_tok, n) -> out (n_tok rows of out_stride bytes) in activation format vt. One token
+    # stays on one thread: microseconds of work, less than what a fork/join can cost
+    cdef int t
+    if n_tok > 1 and nth > 1:
+        for t in prange(n_tok, schedule='static', num_threads=nth):
+            vt.from_float(x + t * n, out + t * out_stride, n)
+    else:
+        for t in range(n_tok):
+            vt.from_float(x + t * n, out + t * out_stride, n)
+
+cdef void rows_q(const isa_kernels_t* K, float* out, int64_t out_stride, const tensor_t* W, int64_t lo, int64_t hi,
+                 const uint8_t* xq, int64_t xq_stride, int n_tok) noexcept nogil:
+    # rows lo..hi-1 of W (ne1, ne0) @ xq (n_tok, ne0)^T -> out (n_tok, ne1), rows of out
+    # out_stride apart. Each weight row is read once and dotted with every token while in L1.
+    cdef int64_t i
+    cdef int t, t4
+    cdef vec_dot_fn dot = K.types[W.type].vec_dot
+    cdef vec_dot_x4_fn dot4 = K.types[W.type].vec_dot_x4
+    cdef int n = <int>W.ne0
+    cdef int n4 = (n_tok // 4) * 4 if dot4 != NULL else 0
+    for i in range(lo, hi):
+        for t4 in range(0, n4, 4):
+            dot4(n, out + t4 * out_stride + i, out_stride, W.data + i * W.nb1, xq + t4 * xq_stride, xq_stride)
+        for t in range(n4, n_tok):
+            dot(n, out + t * out_stride + i, W.data + i * W.nb1, xq + t * xq_stride)
+
+cdef void matmul_q(const isa_kernels_t* K, float** outs, int64_t out_stride, const tensor_t** Ws, int nw,
+                   const uint8_t* xq, int64_t xq_stride, int n_tok, int nth) noexcept nogil:
+    # Ws[w] @ xq -> outs[w] for the nw tensors that share the input xq (wq/wk/wv, w1/w3):
+    # one parallel region for all of them, thread c taking slice c of each tensor's rows.
+    # (Each fork/join can cost tens of microseconds when libgomp throttles its spinning,
+    # which it does once more of its threads exist than cores: e.g. sessions driven from
+    # several Python threads.)
+    cdef int c, w
+    cdef int64_t per, work = 0
+    for w in range(nw):
+        work += Ws[w].ne0 * Ws[w].ne1 * n_tok
+    if work < PARALLEL_MIN_WORK * nw:
+        nth = 1
+    if nth == 1:
+        for w in range(nw):
+            rows_q(K, outs[w], out_stride, Ws[w], 0, Ws[w].ne1, xq, xq_stride, n_tok)
+        return
+    for c in prange(nth, schedule='static', num_threads=nth):
+        for w in range(nw):
+            per = (Ws[w].ne1 + nth - 1) // nth
+            if c * per < Ws[w].ne1:
+                rows_q(K, outs[w], out_stride, Ws[w], c * per, min(Ws[w].ne1, (c + 1) * per), xq, xq_stride, n_tok)
+
+cdef void matmul_n(const model_t* m, state_t* s, float** outs, int64_t out_stride, const tensor_t** Ws, int nw,
+                   const float* x, int n_tok) noexcept nogil:
+    # Ws[w] @ x (n_tok, ne0) -> outs[w] (n_tok, Ws[w].ne1), quantizing x once for all of them;
+    # tensors that pair with different activation formats run one after the other
+    cdef int vt = Ws[0].tt.vec_dot_type, w
+    for w in range(1, nw):
+        if Ws[w].tt.vec_dot_type != vt or Ws[w].ne0 != Ws[0].ne0:
+            for w in range(nw):
+                matmul_n(m, s, &outs[w], out_stride, &Ws[w], 1, x, n_tok)
+            return
+    quantize_rows(s.act, s.act_stride, x, Ws[0].ne0, n_tok, type_traits(vt), s.nth)
+    matmul_q(m.k, outs, out_stride, Ws, nw, s.act, s.act_stride, n_tok, s.nth)
+
+cdef inline void matmul(const model_t* m, state_t* s, float* out, int64_t out_stride, const tensor_t* W,
+                        const float* x, int n_tok) noexcept nogil:
+    # W @ x (n_tok, W.ne0) -> out (n_tok, W.ne1)
+    matmul_n(m, s, &out, out_stride, &W, 1, x, n_tok)
+
+# ---- elementwise ---------------------------------------------------------------
+cdef void rmsnorm(float* out, const float* x, const float* w, int n, float eps) noexcept nogil:
+    # out = x / sqrt(mean(x^2) + eps) * w
+    cdef double ss = 0.0
+    cdef int i
+    cdef float scale
+    for i in range(n):
+        ss += x[i] * x[i]
+    scale = 1.0 / sqrtf(<float>(ss / n) + eps)
+    for i in range(n):
+        out[i] = x[i] * scale * w[i]
+
+cdef void rope(float* x, int n_head, int head_dim, int n_rot, const double* freqs, int pos) noexcept nogil:
+    # ggml mode 0: in each head rotate adjacent pairs (x[2i], x[2i+1]), 2i < n_rot,
+    # by the angle pos * freqs[i] (rope_freqs)
+    cdef int h, i
+    cdef double theta, c, sn
+    cdef float x0, x1
+    cdef float* p
+    for i in range(n_rot // 2):
+        theta = pos * freqs[i]
+        c = cos(theta)
+        sn = sin(theta)
+        for h in range(n_head):
+            p = x + h * head_dim + 2 * i
+            x0 = p[0]
+            x1 = p[1]
+            p[0] = <float>(x0 * c - x1 * sn)
+            p[1] = <float>(x0 * sn + x1 * c)
+
+cdef void softmax(float* x, int n) noexcept nogil:
+    cdef float mx = x[0]
+    cdef double total = 0.0
+    cdef int i
+    cdef float inv
+    for i in range(1, n):
+        if x[i] > mx:
+            mx = x[i]
+    for i in range(n):
+        x[i] = expf(x[i] - mx)
+        total += x[i]
+    inv = <float>(1.0 / total)
+    for i in range(n):
+        x[i] *= inv
+
+cdef void silu_mul(float* a, const float* b, int64_t n) noexcept nogil:
+    # a = silu(a) * b, silu(z) = z / (1 + e^-z)
+    cdef int64_t i
+    for i in range(n):
+        a[i] = a[i] / (1.0 + expf(-a[i])) * b[i]
+
+cdef void silu_mul_par(float* a, const float* b, int64_t n, int nth) noexcept nogil:
+    cdef int64_t c, per
+    if nth < 2 or n < PARALLEL_MIN_WORK:      # one token's n_ff: on one thread (see matmul_q)
+        silu_mul(a, b, n)
+        return
+    per = (n + nth - 1) // nth
+    for c in prange(nth, schedule='static', num_threads=nth):
+        if c * per < n:
+            silu_mul(a + c * per, b + c * per, min(per, n - c * per))
+
+cdef void rope_freqs(double* out, int n_rot, double base) noexcept nogil:
+    # the RoPE frequencies, the one place they are computed: out[i] = base^(-2i/n_rot), i < n_rot/2
+    cdef int i
+    for i in range(n_rot // 2):
+        out[i] = pow(base, -2.0 * i / n_rot)
+
+# ---- attention -----------------------------------------------------------------------
+cdef void store_kv(void* cache, int64_t off, const float* src, int64_t n, int f16) noexcept nogil:
+    cdef int64_t i
+    cdef uint16_t* h
+    if f16:
+        h = (<uint16_t*>cache) + off
+        for i in range(n):
+            h[i] = fp32_to_fp16(src[i])
+    else:
+        memcpy((<float*>cache) + off, src, n * 4)
+
+cdef void attention(const isa_kernels_t* K, float* out, const float* q, const void* k_cache, const void* v_cache,
+                    float* att, int n_tok, int n_past, int n_head, int head_dim, int n_ctx, int f16,
+                    int nth) noexcept nogil:
+    # out (n_tok, n_embd) = per head softmax(q k^T / sqrt(head_dim)) v over positions 0..pos,
+    # pos = n_past + t (causal). k_cache, v_cache: this layer's (n_ctx, n_embd), positions
+    # up to n_past + n_tok - 1 filled. att: (n_head, n_ctx) scratch, a row per head.
+    cdef int h, t, p, pos
+    cdef int n_embd = n_head * head_dim
+    cdef float scale = 1.0 / sqrtf(<float>head_dim)
+    cdef float* a
+    cdef float* o
+    if n_head * (n_past + n_tok) * head_dim * n_tok < PARALLEL_MIN_WORK:
+        nth = 1
+    for h in prange(n_head, schedule='static', num_threads=nth):
+        a = att + h * n_ctx
+        for t in range(n_tok):
+            pos = n_past + t
+            for p in range(pos + 1):
+                a[p] = K.kv_dot(q + t * n_embd + h * head_dim, k_cache, <int64_t>p * n_embd + h * head_dim,
+                                head_dim, f16) * scale
+            softmax(a, pos + 1)
+            o = out + t * n_embd + h * head_dim
+            memset(o, 0, head_dim * sizeof(float))
+            for p in range(pos + 1):
+                K.kv_axpy(o, a[p], v_cache, <int64_t>p * n_embd + h * head_dim, head_dim, f16)
+
+cdef inline void* kv_layer(void* cache, int64_t off, int f16) noexcept nogil:
+    return <void*>((<uint16_t*>cache) + off) if f16 else <void*>((<float*>cache) + off)
+
+# ---- forward -------------------------------------------------------------------------
+cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok, float* logits,
+                 bint all_logits) noexcept nogil:
+    # tokens (n_tok <= n_batch,) at positions n_past.. -> logits (n_tok or 1, n_vocab). On
+    # success the tokens join the sequence (n_past += n_tok) and 0 is returned; 1 when
+    # cancelled: the cache past n_past is then partly written, the sequence unchanged.
+    cdef int E = m.n_embd, n_past = s.n_past
+    cdef int t, l, first
+    cdef int64_t i, layer_off = <int64_t>s.n_ctx * E
+    cdef const layer_t* L
+    cdef float* outs[3]
+    cdef const tensor_t* ws[3]
+    s.have_logits = 0
+    for t in range(n_tok):
+        m.tok_embeddings.tt.to_float(m.tok_embeddings.data + tokens[t] * m.tok_embeddings.nb1, s.x + t * E, E)
+    for l in range(m.n_layer):
+        if s.cancel:
+            return 1
+        L = &m.layers[l]
+        # attention block
+        for t in range(n_tok):
+            rmsnorm(s.xb + t * E, s.x + t * E, L.attention_norm, E, m.eps)
+        outs[0], outs[1], outs[2] = s.q, s.k, s.v
+        ws[0], ws[1], ws[2] = &L.wq, &L.wk, &L.wv
+        matmul_n(m, s, outs, E, ws, 3, s.xb, n_tok)
+        for t in range(n_tok):
+            rope(s.q + t * E, m.n_head, m.head_dim, m.n_rot, m.freqs, n_past + t)
+            rope(s.k + t * E, m.n_head, m.head_dim, m.n_rot, m.freqs, n_past + t)
+        store_kv(s.k_cache, l * layer_off + <int64_t>n_past * E, s.k, <int64_t>n_tok * E, s.kv_f16)
+        store_kv(s.v_cache, l * layer_off + <int64_t>n_past * E, s.v, <int64_t>n_tok * E, s.kv_f16)
+        attention(m.k, s.xb, s.q, kv_layer(s.k_cache, l * layer_off, s.kv_f16),
+                  kv_layer(s.v_cache, l * layer_off, s.kv_f16), s.att, n_tok, n_past, m.n_head, m.head_dim,
+                  s.n_ctx, s.kv_f16, s.nth)
+        matmul(m, s, s.xb2, E, &L.wo, s.xb, n_tok)
+        for i in range(<int64_t>n_tok * E):
+            s.x[i] += s.xb2[i]
+        # feed-forward block
+        for t in range(n_tok):
+            rmsnorm(s.xb + t * E, s.x + t * E, L.ffn_norm, E, m.eps)
+        outs[0], outs[1] = s.hb, s.hb2
+        ws[0], ws[1] = &L.w1, &L.w3
+        matmul_n(m, s, outs, m.n_ff, ws, 2, s.xb, n_tok)
+        silu_mul_par(s.hb, s.hb2, <int64_t>n_tok * m.n_ff, s.nth)
+        matmul(m, s, s.xb2, E, &L.w2, s.hb, n_tok)
+        for i in range(<int64_t>n_tok * E):
+            s.x[i] += s.xb2[i]
+    if s.cancel:
+        return 1
+    first = 0 if all_logits else n_tok - 1
+    for t in range(first, n_tok):
+        rmsnorm(s.xb + t * E, s.x + t * E, m.norm, E, m.eps)
+    matmul(m, s, logits, m.n_vocab, &m.output, s.xb + first * E, n_tok - first)
+    if logits != s.logits:
+        memcpy(s.logits, logits + <int64_t>(n_tok - 1 - first) * m.n_vocab, m.n_vocab * sizeof(float))
+    memcpy(s.tokens + n_past, tokens, n_tok * sizeof(int32_t))
+    s.n_past = n_past + n_tok
+    s.have_logits = 1
+    return 0
+
+cdef int prefill(const model_t* m, state_t* s, const int32_t* ids, int n, float* all_logits) noexcept nogil:
+    # ids (n,) in batches of n_batch; all_logits (n, n_vocab) or NULL (last logits only, in
+    # s.logits). Returns the number of tokens evaluated: n, or fewer when cancelled (every
+    # complete batch stays in the sequence)
+    cdef int start = 0, nb
+    while start < n:
+        nb = min(s.n_batch, n - start)
+        if forward(m, s, ids + start, nb,
+                   all_logits + <int64_t>start * m.n_vocab if all_logits != NULL else s.logits,
+                   all_logits != NULL):
+            return start
+        start += nb
+    return n
+
+cdef void shift_kv(const model_t* m, state_t* s, int n_keep, int n_discard) noexcept nogil:
+    # drop positions [n_keep, n_keep + n_discard) of the sequence: later K/V entries move down
+    # and their keys are re-rotated by -n_discard positions (RoPE angles add), as if they
+    # had been evaluated n_discard positions earlier. Values only move. The logits stay valid.
+    cdef int E = m.n_embd
+    cdef int l, p
+    cdef int64_t src, dst, layer_off = <int64_t>s.n_ctx * E
+    cdef float* tmp = s.k          # (E,) scratch: the first row of the new-keys buffer
+    cdef const type_traits_t* f16 = type_traits(GGML_TYPE_F16)
+    for l in range(m.n_layer):
+        for p in range(n_keep + n_discard, s.n_past):
+            src = l * layer_off + <int64_t>p * E
+            dst = src - <int64_t>n_discard * E
+            if s.kv_f16:
+                f16.to_float(<const uint16_t*>s.k_cache + src, tmp, E)
+            else:
+                memcpy(tmp, <float*>s.k_cache + src, E * sizeof(float))
+            rope(tmp, m.n_head, m.head_dim, m.n_rot, m.freqs, -n_discard)
+            store_kv(s.k_cache, dst, tmp, E, s.kv_f16)
+            if s.kv_f16:
+                memmove(<uint16_t*>s.v_cache + dst, <uint16_t*>s.v_cache + src, E * 2)
+            else:
+                memmove(<float*>s.v_cache + dst, <float*>s.v_cache + src, E * 4)
+    memmove(s.tokens + n_keep, s.tokens + n_keep + n_discard, (s.n_past - n_keep - n_discard) * sizeof(int32_t))
+    s.n_past -= n_discard
+
+
+# ---- Python-facing objects -----------------------------------------------------------
+cdef tensor_t make_tensor(const uint8_t[::1] buf, str name, tuple spec) except *:
+    # spec = (byte offset in buf, ggml type, ne0, ne1), as the loader validated it; checked
+    # again here, since the pointer is only as good as these numbers
+    cdef tensor_t t
+    cdef int64_t off = spec[0], ne0 = spec[2], ne1 = spec[3]
+    t.type = spec[1]
+    t.tt = type_traits(t.type)
+    if t.tt == NULL or t.tt.to_float == NULL:
+        raise ValueError(f"{name}: ggml type {t.type} is not a weight format")
+    if ne0 < 1 or ne1 < 1 or ne0 % t.tt.blck_size:
+        raise ValueError(f"{name}: shape ({ne0}, {ne1}) does not fit blocks of {t.tt.blck_size}")
+    t.ne0 = ne0
+    t.ne1 = ne1
+    t.nb1 = row_size(t.tt, ne0)
+    if off < 0 or off + t.nb1 * ne1 > buf.shape[0]:
+        raise ValueError(f"{name}: bytes [{off}, {off + t.nb1 * ne1}) outside the {buf.shape[0]}-byte buffer")
+    t.data = &buf[off] if t.nb1 * ne1 else NULL
+    return t
+
+cdef const float* f32_vector(const uint8_t[::1] buf, str name, tuple spec, int n) except NULL:
+    cdef tensor_t t = make_tensor(buf, name, spec)
+    if t.type != GGML_TYPE_F32 or t.ne0 != n or t.ne1 != 1:
+        raise ValueError(f"{name}: expected F32 ({n},), got type {t.type} ({t.ne0}, {t.ne1})")
+    return <const float*>t.data
+
+cdef check_matrix(tensor_t t, str name, int64_t ne0, int64_t ne1):
+    if t.ne0 != ne0 or t.ne1 != ne1:
+        raise ValueError(f"{name}: shape ({t.ne0}, {t.ne1}), expected ({ne0}, {ne1})")
+
+
+cdef class Engine:
+    """The model's weights as C pointers into one read-only buffer, with the kernels to
+    run them. ``tensors`` maps each tensor name to (byte offset in ``buf``, ggml type,
+    ne0, ne1). Read-only, shared by any number of States.
+    """
+
+    def __cinit__(self, dict hparams, const uint8_t[::1] buf, dict tensors, KernelSet kernels, float eps=1e-6,
+                  double rope_base=10000.0):
+        cdef int l, E
+        cdef layer_t* L
+        self.m.layers = NULL
+        self.buf = buf
+        self.kernels = kernels
+        self.m.k = &kernels.k
+        self.m.n_vocab = hparams["n_vocab"]
+        self.m.n_embd = E = hparams["n_embd"]
+        self.m.n_head = hparams["n_head"]
+        self.m.n_layer = hparams["n_layer"]
+        self.m.n_rot = hparams["n_rot"]
+        self.m.n_ff = hparams["n_ff"]
+        if min(self.m.n_vocab, E, self.m.n_head, self.m.n_layer, self.m.n_ff) < 1 or E % self.m.n_head:
+            raise ValueError(f"bad model shape {hparams}")
+        self.m.head_dim = E // self.m.n_head
+        if self.m.n_rot < 0 or self.m.n_rot % 2 or self.m.n_rot > self.m.head_dim:
+            raise ValueError(f"n_rot {self.m.n_rot} must be even and <= head_dim {self.m.head_dim}")
+        self.m.eps = eps
+        self.m.tok_embeddings = make_tensor(buf, "tok_embeddings.weight", tensors["tok_embeddings.weight"])
+        self.m.output = make_tensor(buf, "output.weight", tensors["output.weight"])
+        check_matrix(self.m.tok_embeddings, "tok_embeddings.weight", E, self.m.n_vocab)
+        check_matrix(self.m.output, "output.weight", E, self.m.n_vocab)
+        self.m.norm = f32_vector(buf, "norm.weight", tensors["norm.weight"], E)
+        self.freqs = np.zeros(max(1, self.m.n_rot // 2), np.float64)
+        rope_freqs(&self.freqs[0], self.m.n_rot, rope_base)
+        self.m.freqs = &self.freqs[0]
+        self.m.layers = <layer_t*>malloc(self.m.n_layer * sizeof(layer_t))
+        if self.m.layers == NULL:
+            raise MemoryError()
+        for l in range(self.m.n_layer):
+            p = f"layers.{l}."
+            L = &self.m.layers[l]
+            L.wq = make_tensor(buf, p + "attention.wq.weight", tensors[p + "attention.wq.weight"])
+            L.wk = make_tensor(buf, p + "attention.wk.weight", tensors[p + "attention.wk.weight"])
+            L.wv = make_tensor(buf, p + "attention.wv.weight", tensors[p + "attention.wv.weight"])
+            L.wo = make_tensor(buf, p + "attention.wo.weight", tensors[p + "attention.wo.weight"])
+            L.w1 = make_tensor(buf, p + "feed_forward.w1.weight", tensors[p + "feed_forward.w1.weight"])
+            L.w2 = make_tensor(buf, p + "feed_forward.w2.weight", tensors[p + "feed_forward.w2.weight"])
+            L.w3 = make_tensor(buf, p + "feed_forward.w3.weight", tensors[p + "feed_forward.w3.weight"])
+            check_matrix(L.wq, p + "attention.wq.weight", E, E)
+            check_matrix(L.wk, p + "attention.wk.weight", E, E)
+            check_matrix(L.wv, p + "attention.wv.weight", E, E)
+            check_matrix(L.wo, p + "attention.wo.weight", E, E)
+            check_matrix(L.w1, p + "feed_forward.w1.weight", E, self.m.n_ff)
+            check_matrix(L.w3, p + "feed_forward.w3.weight", E, self.m.n_ff)
+            check_matrix(L.w2, p + "feed_forward.w2.weight", self.m.n_ff, E)
+            L.attention_norm = f32_vector(buf, p + "attention_norm.weight", tensors[p + "attention_norm.weight"], E)
+            L.ffn_norm = f32_vector(buf, p + "ffn_norm.weight", tensors[p + "ffn_norm.weight"], E)
+
+    def __dealloc__(self):
+        free(self.m.layers)
+
+    @property
+    def n_vocab(self):
+        return self.m.n_vocab
+
+
+cdef class State:
+    """One sequence on an Engine: its tokens, n_past, last logits and KV cache, with the
+    scratch buffers of the forward pass, sized once (n_ctx, n_batch). The only owner of
+    the sequence: prefill, decode (_decode.Decoder), shift and KV export/import all go
+    through it. ``cancel()`` may be called from any thread.
+    """
+
+    def __cinit__(self, Engine engine, int n_ctx, int n_batch, bint kv_f16=False, int n_threads=1):
+        cdef model_t* m = &engine.m
+        cdef int E = m.n_embd
+        if n_ctx < 1 or not 1 <= n_batch <= n_ctx:
+            raise ValueError(f"n_ctx {n_ctx} and n_batch {n_batch} must satisfy 1 <= n_batch <= n_ctx")
+        self.engine = engine
+        kv_bytes = m.n_layer * <int64_t>n_ctx * E * (2 if kv_f16 else 4)
+        self.k_cache = np.zeros(kv_bytes, np.uint8)
+        self.v_cache = np.zeros(kv_bytes, np.uint8)
+        self.tokens_buf = np.zeros(n_ctx, np.int32)
+        self.logits_buf = np.zeros(m.n_vocab, np.float32)
+        self.x, self.xb, self.xb2, self.q, self.k, self.v = [np.zeros((n_batch, E), np.float32) for _ in range(6)]
+        self.att = np.zeros((m.n_head, n_ctx), np.float32)
+        self.hb = np.zeros((n_batch, m.n_ff), np.float32)
+        self.hb2 = np.zeros((n_batch, m.n_ff), np.float32)
+        # activations of any format take at most 4 bytes per element (f32 for f16 weights)
+        self.s.act_stride = max(m.n_embd, m.n_ff) * 4
+        self.act = np.zeros(n_batch * self.s.act_stride, np.uint8)
+        self.s.n_ctx = n_ctx
+        self.s.n_batch = n_batch
+        self.s.nth = max(1, n_threads)
+        self.s.kv_f16 = kv_f16
+        self.s.k_cache = &self.k_cache[0]
+        self.s.v_cache = &self.v_cache[0]
+        self.s.tokens = &self.tokens_buf[0]
+        self.s.logits = &self.logits_buf[0]
+        self.s.x, self.s.xb, self.s.xb2 = &self.x[0, 0], &self.xb[0, 0], &self.xb2[0, 0]
+        self.s.q, self.s.k, self.s.v = &self.q[0, 0], &self.k[0, 0], &self.v[0, 0]
+        self.s.att = &self.att[0, 0]
+        self.s.hb, self.s.hb2 = &self.hb[0, 0], &self.hb2[0, 0]
+        self.s.act = &self.act[0]
+
+    # -- the sequence ----------------------------------------------------------------
+    @property
+    def n_past(self):
+        return self.s.n_past
+
+    @property
+    def n_ctx(self):
+        return self.s.n_ctx
+
+    def tokens(self):
+        """The ids at positions 0..n_past-1, as a list."""
+        return np.asarray(self.tokens_buf[:self.s.n_past]).tolist()
+
+    def logits(self):
+        """float32 (n_vocab,) after the last token, a copy; None when not valid (nothing
+        evaluated since the sequence was cut, or the last evaluation was cancelled)."""
+        return np.array(self.logits_buf) if self.s.have_logits else None
+
+    def prefill(self, const int32_t[::1] ids, float[:, ::1] all_logits=None):
+        """Evaluate ``ids`` after the sequence, in batches of n_batch, without the GIL.
+
+        all_logits: (len(ids), n_vocab) to receive every position's logits, or None.
+        Returns how many were evaluated: all of them, or fewer when cancelled (every
+        complete batch stays in the sequence).
+        """
+        cdef int n = ids.shape[0], done, i
+        cdef int n_vocab = self.engine.m.n_vocab
+        if n < 1:
+            raise ValueError("prefill needs at least one token")
+        if self.s.n_past + n > self.s.n_ctx:
+            raise ValueError(f"{self.s.n_past} tokens + {n} new > n_ctx {self.s.n_ctx}")
+        for i in range(n):
+            if not 0 <= ids[i] < n_vocab:
+                raise ValueError(f"token id {ids[i]} outside [0, {n_vocab})")
+        if all_logits is not None and (all_logits.shape[0] != n or all_logits.shape[1] != n_vocab):
+            raise ValueError(f"all_logits must be ({n}, {n_vocab})")
+        with nogil:
+            done = prefill(&self.engine.m, &self.s, &ids[0], n, &all_logits[0, 0] if all_logits is not None else NULL)
+        return done
+
+    def truncate(self, int n):
+        """Keep the first n tokens of the sequence (their K/V stay; later entries are
+        overwritten by the next evaluation)."""
+        if not 0 <= n <= self.s.n_past:
+            raise ValueError(f"truncate to {n} outside [0, n_past {self.s.n_past}]")
+        if n < self.s.n_past:
+            self.s.n_past = n
+            self.s.have_logits = 0
+
+    def shift(self, int n_keep, int n_discard):
+        """Drop positions [n_keep, n_keep + n_discard) (see shift_kv)."""
+        if not (0 <= n_keep and 0 < n_discard and n_keep + n_discard <= self.s.n_past):
+            raise ValueError(f"bad shift: n_keep={n_keep} n_discard={n_discard} n_past={self.s.n_past}")
+        with nogil:
+            shift_kv(&self.engine.m, &self.s, n_keep, n_discard)
+
+    def export_kv(self):
+        """(k, v): copies of the used cache entries, (n_layer, n_past, n_embd) float32 or float16"""
+        return self._kv_view(self.k_cache)[:, :self.s.n_past].copy(), self._kv_view(self.v_cache)[:, :self.s.n_past].copy()
+
+    def import_kv(self, tokens, k, v, logits=None):
+        """Replace the sequence: ``tokens`` with K/V entries ``k``, ``v`` (n_layer, n, n_embd, the
+        cache's dtype) and, if given, the logits after the last token. All or nothing."""
+        cdef model_t* m = &self.engine.m
+        ids = np.asarray(tokens, np.int64).reshape(-1)
+        n = ids.size
+        dt = np.float16 if self.s.kv_f16 else np.float32
+        if n > self.s.n_ctx:
+            raise ValueError(f"{n} tokens > n_ctx {self.s.n_ctx}")
+        if n and (ids.min() < 0 or ids.max() >= m.n_vocab):
+            raise ValueError(f"token ids outside [0, {m.n_vocab})")
+        for arr in (k, v):
+            if arr.dtype != dt or arr.shape != (m.n_layer, n, m.n_embd):
+                raise ValueError(f"K/V must be {np.dtype(dt).name} {(m.n_layer, n, m.n_embd)}")
+        if logits is not None and np.shape(logits) != (m.n_vocab,):
+            raise ValueError(f"logits must be ({m.n_vocab},)")
+        self._kv_view(self.k_cache)[:, :n] = k
+        self._kv_view(self.v_cache)[:, :n] = v
+        np.asarray(self.tokens_buf)[:n] = ids
+        self.s.n_past = n
+        self.s.have_logits = 0
+        if logits is not None:
+            np.asarray(self.logits_buf)[:] = logits
+            self.s.have_logits = 1
+
+    cdef _kv_view(self, uint8_t[::1] cache):
+        cdef model_t* m = &self.engine.m
+        return np.asarray(cache).view(np.float16 if self.s.kv_f16 else np.float32).reshape(
+            m.n_layer, self.s.n_ctx, m.n_embd)
+
+    # -- threads and cancel ------------------------------------------------------------
+    @property
+    def n_threads(self):
+        return self.s.nth
+
+    @n_threads.setter
+    def n_threads(self, int n):
+        self.s.nth = max(1, n)
+
+    def cancel(self, bint flag=True):
+        # a plain int store; the forward pass reads it between layers, the decode loop per token
+        self.s.cancel = 1 if flag else 0
+
+
+# ---- thin Python twins of the kernels, for tests and benchmarks ------------------------
+cdef const type_traits_t* weight_traits(int t) except NULL:
+    cdef const type_traits_t* tt = type_traits(t)
+    if tt == NULL or tt.to_float == NULL or t == 9 or t == 15:   # Q8_1, Q8_K: activation formats only
+        raise ValueError(f"type {t} is not a weight format")
+    return tt
+
+def vec_dot(KernelSet K, int t, const uint8_t[::1] w, const uint8_t[::1] yq, int n):
+    """<w, y> for n weights of type t and an activation already in its vec_dot_type"""
+    cdef const type_traits_t* tt = weight_traits(t)
+    cdef const type_traits_t* vt = type_traits(tt.vec_dot_type)
+    if n < 0 or n % tt.blck_size or n % vt.blck_size:
+        raise ValueError(f"{n} elements is not a multiple of the block size")
+    if w.shape[0] < row_size(tt, n) or yq.shape[0] < row_size(vt, n):
+        raise ValueError("buffers too short for n elements")
+    cdef float s = 0.0
+    if n:
+        with nogil:
+            K.k.types[t].vec_dot(n, &s, &w[0], &yq[0])
+    return s
+
+def matmul_twin(KernelSet K, int t, const uint8_t[::1] w, int64_t ne0, int64_t ne1, const float[:, ::1] x,
+                int n_threads=1):
+    """W (ne1 rows of ne0, type t) @ x (n_tok, ne0)^T -> (n_tok, ne1), activations quantized as the engine does"""
+    cdef const type_traits_t* tt = weight_traits(t)
+    cdef const type_traits_t* vt = type_traits(tt.vec_dot_type)
+    if x.shape[1] != ne0:
+        raise ValueError(f"x has rows of {x.shape[1]}, W of {ne0}")
+    if ne0 < 1 or ne1 < 1 or ne0 % tt.blck_size or ne0 % vt.blck_size:
+        raise ValueError("row length is not a multiple of the block size")
+    if w.shape[0] < row_size(tt, ne0) * ne1:
+        raise ValueError(f"{w.shape[0]} bytes < {row_size(tt, ne0) * ne1} needed")
+    cdef int n_tok = x.shape[0]
+    cdef int64_t qs = row_size(vt, ne0)
+    out = np.zeros((n_tok, ne1), dtype=np.float32)
+    act = np.zeros(max(1, n_tok * qs), dtype=np.uint8)
+    cdef float[:, ::1] o = out
+    cdef uint8_t[::1] a = act
+    cdef tensor_t W
+    cdef const tensor_t* wp = &W
+    cdef float* op
+    W.data = &w[0]
+    W.tt = tt
+    W.type = t
+    W.ne0 = ne0
+    W.ne1 = ne1
+    W.nb1 = row_size(tt, ne0)
+    if n_tok:
+        with nogil:
+            quantize_rows(&a[0], qs, &x[0, 0], ne0, n_tok, vt, max(1, n_threads))
+            op = &o[0, 0]
+            matmul_q(&K.k, &op, ne1, &wp, 1, &a[0], qs, n_tok, max(1, n_threads))
+    return out
+
+def rmsnorm_twin(const float[::1] x, const float[::1] w, float eps):
+    if x.shape[0] != w.shape[0] or x.shape[0] == 0:
+        raise ValueError("x and w must have the same non-zero length")
+    out = np.empty(x.shape[0], dtype=np.float32)
+    cdef float[::1] o = out
+    rmsnorm(&o[0], &x[0], &w[0], x.shape[0], eps)
+    return out
+
+def rope_twin(float[:, ::1] x, int n_head, int n_rot, int n_past, double base=10000.0):
+    """in place on x (n_tok, n_embd); token t sits at position n_past + t"""
+    if n_head < 1 or x.shape[1] % n_head or n_rot < 0 or n_rot > x.shape[1] // n_head or n_rot % 2:
+        raise ValueError("bad rope shape")
+    cdef int hd = x.shape[1] // n_head
+    cdef double[::1] f = np.zeros(max(1, n_rot // 2), np.float64)
+    rope_freqs(&f[0], n_rot, base)
+    cdef int t
+    for t in range(x.shape[0]):
+        rope(&x[t, 0], n_head, hd, n_rot, &f[0], n_past + t)
+
+def softmax_twin(float[::1] x):
+    if x.shape[0]:
+        softmax(&x[0], x.shape[0])
+
+def silu_mul_twin(float[::1] a, const float[::1] b):
+    if a.shape[0] != b.shape[0]:
+        raise ValueError("length mismatch")
+    if a.shape[0]:
+        silu_mul(&a[0], &b[0], a.shape[0])
+
+def attention_twin(KernelSet K, const float[:, ::1] q, k_cache, v_cache, int n_past, int n_head, int n_threads=1):
+    """q (n_tok, n_embd); k_cache, v_cache (n_ctx, n_embd) float32 or float16, filled up
+    to n_past + n_tok -> (n_tok, n_embd)"""
+    cdef int n_tok = q.shape[0]
+    cdef int E = q.shape[1]
+    if n_head < 1 or E % n_head or n_tok < 1 or n_past < 0:
+        raise ValueError("bad attention shapes")
+    cdef int n_ctx = k_cache.shape[0]
+    if k_cache.shape != (n_ctx, E) or v_cache.shape != (n_ctx, E) or n_past + n_tok > n_ctx:
+        raise ValueError("bad attention shapes")
+    if k_cache.dtype != v_cache.dtype or k_cache.dtype not in (np.float16, np.float32):
+        raise ValueError("caches must both be float32 or float16")
+    cdef int f16 = k_cache.dtype == np.float16
+    cdef const uint8_t[::1] kc = np.ascontiguousarray(k_cache).reshape(-1).view(np.uint8)
+    cdef const uint8_t[::1] vc = np.ascontiguousarray(v_cache).reshape(-1).view(np.uint8)
+    out = np.zeros((n_tok, E), dtype=np.float32)
+    cdef float[:, ::1] o = out
+    cdef float[:, ::1] a = np.zeros((n_head, n_ctx), dtype=np.float32)
+    with nogil:
+        attention(&K.k, &o[0, 0], &q[0, 0], &kc[0], &vc[0], &a[0, 0], n_tok, n_past, n_head, E // n_head, n_ctx,
+                  f16, max(1, n_threads))
+    return out
+
+def openmp_enabled():
+    return bool(gr_openmp_enabled())
+
+def omp_max_threads():
+    return gr_omp_max_threads()
+
+def cpu_has_avx2():
+    return bool(gr_cpu_has_avx2())

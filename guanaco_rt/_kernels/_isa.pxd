@@ -1,0 +1,34 @@
+# cython: language_level=3
+# The table an ISA unit fills: per weight type its dot products, plus the attention
+# inner loops. A unit leaves NULL what it does not specialise; the engine fills those
+# gaps from the generic unit (_engine.KernelSet). Units hand their table over as a
+# PyCapsule named ISA_CAPSULE (never an integer address).
+from libc.stdint cimport int64_t
+from guanaco_rt._kernels.ggml_blocks cimport GGML_TYPE_COUNT
+
+# s[0] = <x, y> over n elements: x one weight row, y one activation row in the type's vec_dot_type
+ctypedef void (*vec_dot_fn)(int n, float* s, const void* x, const void* y) noexcept nogil
+# s[t * s_stride] = <x, y + t * y_stride bytes> for t = 0..3: one weight row, 4 activation rows,
+# each token's float operations in the same order as vec_dot's (identical bits)
+ctypedef void (*vec_dot_x4_fn)(int n, float* s, int64_t s_stride, const void* x, const void* y,
+                               int64_t y_stride) noexcept nogil
+# <q, kv[off:off + n]> with kv f32 or f16 (f16 != 0)
+ctypedef float (*kv_dot_fn)(const float* q, const void* kv, int64_t off, int n, int f16) noexcept nogil
+# out += a * kv[off:off + n]
+ctypedef void (*kv_axpy_fn)(float* out, float a, const void* kv, int64_t off, int n, int f16) noexcept nogil
+
+cdef struct type_kernels_t:
+    vec_dot_fn vec_dot          # NULL: not specialised (generic: not a weight type)
+    vec_dot_x4_fn vec_dot_x4    # NULL: vec_dot per activation row
+
+cdef struct isa_kernels_t:
+    const char* name
+    type_kernels_t types[GGML_TYPE_COUNT]
+    kv_dot_fn kv_dot
+    kv_axpy_fn kv_axpy
+
+cdef extern from *:
+    """
+    #define GR_ISA_CAPSULE "guanaco_rt.isa_kernels_t"
+    """
+    const char* ISA_CAPSULE "GR_ISA_CAPSULE"

@@ -1,0 +1,53 @@
+# cython: language_level=3
+# The sampling chain (see _sampling.pyx).
+from libc.stdint cimport int32_t, uint32_t, uint64_t
+
+cdef extern from "numpy/random/bitgen.h":
+    ctypedef struct bitgen_t:
+        void* state
+        uint64_t (*next_uint64)(void* st) nogil
+        uint32_t (*next_uint32)(void* st) nogil
+        double (*next_double)(void* st) nogil
+        uint64_t (*next_raw)(void* st) nogil
+
+cdef struct sparams_t:
+    double temperature          # <= 0: greedy
+    int top_k                   # <= 0: off
+    double top_p                # >= 1: off
+    double min_p                # <= 0: off
+    double typical_p            # >= 1: off
+    double repetition_penalty   # 1: off
+    int repeat_last_n           # penalty window, in tokens
+    double frequency_penalty    # times the count in the window
+    double presence_penalty     # once per id present in the window
+    int n_bias
+    const int32_t* bias_ids     # (n_bias,) ids, in range
+    const double* bias_vals     # (n_bias,) added to the logit; finite or -inf
+    int n_probs                 # > 0: report the top n_probs log-probabilities
+
+cdef struct sampler_t:
+    int n_vocab
+    sparams_t p
+    bitgen_t* rng
+    double* x        # (n_vocab,) logits with bias and penalties, float64
+    int32_t* ids     # (n_vocab,) candidate ids, best first
+    double* c        # (n_vocab,) candidate logits, aligned with ids
+    double* pr       # (n_vocab,) probabilities / log-probabilities scratch
+    double* sh       # (n_vocab,) typical-p: -|surprise - entropy|, then keep flags
+    int32_t* perm    # (n_vocab,) typical-p: candidate positions, most typical first
+    int32_t* cnt     # (n_vocab,) occurrences in the penalty window; all zero between calls
+    uint64_t* key    # (2, n_vocab) radix-sort scratch: keys
+    int32_t* tmp     # (2, n_vocab) radix-sort scratch: indices
+
+cdef class SamplerCore:
+    cdef sampler_t S
+    cdef object bitgen
+    cdef int32_t[::1] bias_ids
+    cdef double[::1] bias_vals
+    cdef double[::1] x, c, pr, sh
+    cdef int32_t[::1] ids, perm, cnt, tmp
+    cdef uint64_t[::1] key
+    cdef _check(self, const float[::1] logits, const int32_t[::1] hist)
+
+cdef int32_t sample_token(sampler_t* S, const float* logits, const int32_t* hist, int n_hist,
+                          int32_t* top_ids, double* top_lp) noexcept nogil

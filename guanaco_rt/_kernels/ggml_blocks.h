@@ -1,0 +1,96 @@
+/* The ggml block formats of ggjt v3 (and GGUF) files, declared once for the kernels.
+ *
+ * Cython sees these through ggml_blocks.pxd; Python sees the same layouts as NumPy
+ * dtypes in guanaco_rt/ggml_types.py (tests/test_kernels.py checks every size and
+ * field offset against them). The sizes are checked here, at compile time. */
+#ifndef GUANACO_RT_GGML_BLOCKS_H
+#define GUANACO_RT_GGML_BLOCKS_H
+#include <stdint.h>
+
+typedef uint16_t ggml_fp16_t;   /* IEEE half, bits only */
+
+#define QK4_0 32
+#define QK4_1 32
+#define QK5_0 32
+#define QK5_1 32
+#define QK8_0 32
+#define QK8_1 32
+#define QK_K 256
+#define K_SCALE_SIZE 12
+
+#pragma pack(push, 1)
+
+/* 4-bit, 32 weights, x = d * (q - 8), 4.5 bits per weight.
+ * qs[j] holds weight j in its low nibble and weight j+16 in its high nibble. */
+typedef struct { ggml_fp16_t d; uint8_t qs[QK4_0 / 2]; } block_q4_0;
+
+/* 4-bit, 32 weights, x = d * q + m, 5 bits per weight. Nibbles as block_q4_0. */
+typedef struct { ggml_fp16_t d; ggml_fp16_t m; uint8_t qs[QK4_1 / 2]; } block_q4_1;
+
+/* 5-bit, 32 weights, x = d * (q - 16), 5.5 bits per weight. The low 4 bits as
+ * block_q4_0; bit j of qh (a little-endian uint32) is the 5th bit of weight j. */
+typedef struct { ggml_fp16_t d; uint8_t qh[4]; uint8_t qs[QK5_0 / 2]; } block_q5_0;
+
+/* 5-bit, 32 weights, x = d * q + m, 6 bits per weight. Bits as block_q5_0. */
+typedef struct { ggml_fp16_t d; ggml_fp16_t m; uint8_t qh[4]; uint8_t qs[QK5_1 / 2]; } block_q5_1;
+
+/* 8-bit, 32 weights, x = d * q, 8.5 bits per weight. */
+typedef struct { ggml_fp16_t d; int8_t qs[QK8_0]; } block_q8_0;
+
+/* 8-bit activations for every 32-weight block type (2023 layout: f32 d and s).
+ * s = d * sum(qs) carries the term that q4_1/q5_1's minimum m multiplies. qs is in
+ * [-127, 127], never -128: the AVX2 sign trick relies on it. */
+typedef struct { float d; float s; int8_t qs[QK8_1]; } block_q8_1;
+
+/* 2-bit k-quant: 16 sub-blocks of 16 weights, x = d*(sc&15)*q - dmin*(sc>>4),
+ * 2.625 bits per weight. qs: 2 halves of 128 weights; in each, byte l of the 32
+ * holds weights l, l+32, l+64, l+96 in bit pairs 0-1, 2-3, 4-5, 6-7. */
+typedef struct { uint8_t scales[QK_K / 16]; uint8_t qs[QK_K / 4]; ggml_fp16_t d; ggml_fp16_t dmin; } block_q2_K;
+
+/* 3-bit k-quant: 16 sub-blocks of 16, x = d * (sc - 32) * (q - (hbit ? 0 : 4)),
+ * 3.4375 bits per weight. Low 2 bits in qs as block_q2_K; bit k of hmask[l] is the
+ * high bit of weight 32k + l. The 16 6-bit scales are packed in 12 bytes: bytes 0-7
+ * hold the low nibbles (sub-block j in byte j%8, nibble j/8), bytes 8-11 the 2 high
+ * bits (sub-block j in byte 8 + j%4, bits 2*(j/4)). */
+typedef struct { uint8_t hmask[QK_K / 8]; uint8_t qs[QK_K / 4]; uint8_t scales[12]; ggml_fp16_t d; } block_q3_K;
+
+/* 4-bit k-quant: 8 sub-blocks of 32, x = d*sc*q - dmin*m, 4.5 bits per weight.
+ * 6-bit sc and m for sub-block j, packed in scales[12]:
+ *   j < 4:  sc = scales[j] & 63, m = scales[j+4] & 63
+ *   j >= 4: sc = (scales[j+4] & 15) | (scales[j-4] >> 6) << 4
+ *           m  = (scales[j+4] >> 4) | (scales[j]   >> 6) << 4
+ * qs: 4 chunks of 32 bytes; chunk c holds sub-block 2c in low nibbles, 2c+1 in high. */
+typedef struct { ggml_fp16_t d; ggml_fp16_t dmin; uint8_t scales[K_SCALE_SIZE]; uint8_t qs[QK_K / 2]; } block_q4_K;
+
+/* 5-bit k-quant: as block_q4_K plus a 5th bit: bit 2c of qh[l] for sub-block 2c
+ * weight l, bit 2c+1 for sub-block 2c+1. 5.5 bits per weight. */
+typedef struct {
+    ggml_fp16_t d; ggml_fp16_t dmin; uint8_t scales[K_SCALE_SIZE]; uint8_t qh[QK_K / 8]; uint8_t qs[QK_K / 2];
+} block_q5_K;
+
+/* 6-bit k-quant: 16 sub-blocks of 16, x = d * scales[j] * (q - 32), 6.5625 bits per
+ * weight. Per half of 128: ql[l] low nibble / high nibble give the low 4 bits of
+ * weights l / l+64, ql[l+32] of l+32 / l+96; qh[l] bit pairs 0,2,4,6 the high 2 bits
+ * of weights l, l+32, l+64, l+96. */
+typedef struct { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; ggml_fp16_t d; } block_q6_K;
+
+/* 8-bit activations for the k-quant dot products, x = d * q. qs CAN hold -128 (the
+ * scale is chosen from the signed maximum). bsums[j] = sum of qs[16j:16j+16]. */
+typedef struct { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; } block_q8_K;
+
+#pragma pack(pop)
+
+_Static_assert(sizeof(block_q4_0) == 18, "block_q4_0: wrong size/padding");
+_Static_assert(sizeof(block_q4_1) == 20, "block_q4_1: wrong size/padding");
+_Static_assert(sizeof(block_q5_0) == 22, "block_q5_0: wrong size/padding");
+_Static_assert(sizeof(block_q5_1) == 24, "block_q5_1: wrong size/padding");
+_Static_assert(sizeof(block_q8_0) == 34, "block_q8_0: wrong size/padding");
+_Static_assert(sizeof(block_q8_1) == 40, "block_q8_1: wrong size/padding");
+_Static_assert(sizeof(block_q2_K) == 84, "block_q2_K: wrong size/padding");
+_Static_assert(sizeof(block_q3_K) == 110, "block_q3_K: wrong size/padding");
+_Static_assert(sizeof(block_q4_K) == 144, "block_q4_K: wrong size/padding");
+_Static_assert(sizeof(block_q5_K) == 176, "block_q5_K: wrong size/padding");
+_Static_assert(sizeof(block_q6_K) == 210, "block_q6_K: wrong size/padding");
+_Static_assert(sizeof(block_q8_K) == 292, "block_q8_K: wrong size/padding");
+
+#endif
