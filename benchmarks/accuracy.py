@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import guanaco_rt  # noqa: E402
 from guanaco_rt.ggml_types import GUANACO_FTYPES  # noqa: E402
+
 from helpers import tiny_model  # noqa: E402
 from peers import ctransformers_logits  # noqa: E402
 from reference import ReferenceModel  # noqa: E402

@@ -19,7 +19,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RUNNER = r'''
 import json, sys, time, resource
 import numpy as np
-kind, path, n_threads, n_prompt, n_gen, n_batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+kind, path = sys.argv[1], sys.argv[2]
+n_threads, n_prompt, n_gen, n_batch = (int(a) for a in sys.argv[3:7])
 rng = np.random.default_rng(0)
 prompt = [1] + [int(t) for t in rng.integers(3, 32000, n_prompt - 1)]
 gen = [int(t) for t in rng.integers(3, 32000, n_gen)]

@@ -76,6 +76,7 @@ def gil_share(model):
 
 def sampling_cost(model):
     import numpy as np
+
     from guanaco_rt.sampling import Sampler, SamplingParams
     logits = (np.random.default_rng(0).standard_normal(model.n_vocab) * 3).astype(np.float32)
     hist = np.arange(100, 400, dtype=np.int32)

@@ -1,13 +1,21 @@
 """guanaco_rt: run Guanaco / LLaMA ggjt v3 (.ggmlv3.*.bin) models inside Python apps."""
-from .errors import (Cancelled, ContextFullError, FormatError, GuanacoError, SessionBusyError, StateError,
-                     UnsupportedVersionError)
+from .errors import (
+    Cancelled,
+    ContextFullError,
+    FormatError,
+    GuanacoError,
+    SessionBusyError,
+    StateError,
+    UnsupportedVersionError,
+)
 from .model import Model
-from .session import Session
+from .sampling import SamplingParams
+from .session import GenerationResult, Session, Timings
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"   # the one version source: pyproject.toml reads it
 
 
-def show_config():
+def show_config() -> dict:
     """Which kernels run here: ISA, OpenMP, default thread count. Returns a dict and prints nothing."""
     from ._kernels import _engine
     from ._kernels.dispatch import available_isas, kernels
@@ -17,5 +25,6 @@ def show_config():
             "default_threads": physical_cores()}
 
 
-__all__ = ["Model", "Session", "GuanacoError", "FormatError", "UnsupportedVersionError", "ContextFullError",
-           "SessionBusyError", "StateError", "Cancelled", "show_config", "__version__"]
+__all__ = ["Model", "Session", "SamplingParams", "GenerationResult", "Timings", "show_config", "__version__",
+           "GuanacoError", "FormatError", "UnsupportedVersionError", "ContextFullError", "SessionBusyError",
+           "StateError", "Cancelled"]

@@ -121,7 +121,6 @@ def cmd_generate(a):
 
 
 def cmd_chat(a):
-    from .session import Session
     _, s = _open(a)
     if a.system is not None:
         s.conversation.system = a.system

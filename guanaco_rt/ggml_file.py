@@ -20,7 +20,7 @@ import struct
 from dataclasses import dataclass, field
 
 from .errors import FormatError, UnsupportedVersionError
-from .ggml_types import FTYPES, GGML_TYPES, LEGACY_FTYPES, WEIGHT_TYPES, F32
+from .ggml_types import F32, FTYPES, GGML_TYPES, LEGACY_FTYPES, WEIGHT_TYPES
 
 MAGIC_GGJT = 0x67676A74
 MAGIC_GGMF = 0x67676D66

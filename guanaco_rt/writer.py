@@ -13,8 +13,23 @@ import struct
 import numpy as np
 
 from .ggml_file import ALIGNMENT, GGJT_VERSION, MAGIC_GGJT, HParams, expected_shapes
-from .ggml_types import (F16, F32, FTYPE_BY_NAME, GGML_TYPES, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K,
-                         Q6_K, Q8_0, tensor_type_for)
+from .ggml_types import (
+    F16,
+    F32,
+    FTYPE_BY_NAME,
+    GGML_TYPES,
+    Q2_K,
+    Q3_K,
+    Q4_0,
+    Q4_1,
+    Q4_K,
+    Q5_0,
+    Q5_1,
+    Q5_K,
+    Q6_K,
+    Q8_0,
+    tensor_type_for,
+)
 
 # per block type: how many q-units one unit of d spreads an element over (measured on
 # uniform random bits), and the second scale (m or dmin) as a multiple of d that centres

@@ -6,6 +6,7 @@ import pytest
 
 import guanaco_rt
 from guanaco_rt.ggml_types import GUANACO_FTYPES
+
 from helpers import tiny_model
 from peers import ctransformers_logits
 from reference import ReferenceModel

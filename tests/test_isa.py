@@ -7,12 +7,15 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from guanaco_rt import ggml_types as T
 import guanaco_rt
-from guanaco_rt._kernels import _engine as E, _quants as Q
+from guanaco_rt import ggml_types as T
+from guanaco_rt._kernels import _engine as E
+from guanaco_rt._kernels import _quants as Q
 from guanaco_rt._kernels.dispatch import available_isas, kernel_set
+
 from helpers import tiny_model
 from strategies import ALL_WEIGHT_TYPES, blocks, vectors
 

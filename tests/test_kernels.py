@@ -1,11 +1,14 @@
 """Value tests of every kernel against tests/reference.py and gguf.quants, for each ISA."""
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
+
+from guanaco_rt import ggml_types as T
+from guanaco_rt._kernels import _engine as E
+from guanaco_rt._kernels import _quants as Q
 
 import reference as R
-from guanaco_rt import ggml_types as T
-from guanaco_rt._kernels import _engine as E, _quants as Q
 from strategies import ALL_WEIGHT_TYPES, QUANT_WEIGHT_TYPES, blocks, vectors
 
 ACT_TYPES = [T.F32, T.Q8_1, T.Q8_K]

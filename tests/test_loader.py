@@ -5,12 +5,12 @@ the field; none may crash or allocate by a hostile count.
 """
 import struct
 
-import numpy as np
 import pytest
 
 import guanaco_rt
 from guanaco_rt import ggml_file
 from guanaco_rt.errors import FormatError, GuanacoError, UnsupportedVersionError
+
 from helpers import FileLayout, tiny_model
 
 # hparams field offsets

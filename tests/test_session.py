@@ -9,13 +9,15 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import guanaco_rt
 from guanaco_rt._kernels._decode import Decoder, TextStage
 from guanaco_rt.chat import Conversation, format_turn
 from guanaco_rt.sampling import Sampler, SamplingParams
+
 from helpers import penalize, sample, tiny_model
 from reference import sample_chain, sample_penalize
 

@@ -3,7 +3,8 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import guanaco_rt
 from guanaco_rt._kernels._decode import TextStage

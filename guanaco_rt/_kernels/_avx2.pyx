@@ -250,15 +250,26 @@ cdef inline __m256i q3_K_block_sumi(const block_q3_K* x, const block_q8_K* y, co
     cdef __m256i hi = _mm256_permute2x128_si256(scales, scales, 0x11)
     cdef __m256i q0 = _mm256_loadu_si256(<const __m256i*>x.qs)
     cdef __m256i q1 = _mm256_loadu_si256(<const __m256i*>(x.qs + 32))
-    cdef __m256i sumi = k_madd(_mm256_shuffle_epi8(lo, shuf[0]), _mm256_or_si256(q2_chunk(q0, 0, m3), q3_hbit4(hbits, 0)), y.qs)
-    sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(lo, shuf[1]), _mm256_or_si256(q2_chunk(q0, 1, m3), q3_hbit4(hbits, 1)), y.qs + 32))
-    sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(lo, shuf[2]), _mm256_or_si256(q2_chunk(q0, 2, m3), q3_hbit4(hbits, 2)), y.qs + 64))
-    sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(lo, shuf[3]), _mm256_or_si256(q2_chunk(q0, 3, m3), q3_hbit4(hbits, 3)), y.qs + 96))
-    sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(hi, shuf[0]), _mm256_or_si256(q2_chunk(q1, 0, m3), q3_hbit4(hbits, 4)), y.qs + 128))
-    sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(hi, shuf[1]), _mm256_or_si256(q2_chunk(q1, 1, m3), q3_hbit4(hbits, 5)), y.qs + 160))
-    sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(hi, shuf[2]), _mm256_or_si256(q2_chunk(q1, 2, m3), q3_hbit4(hbits, 6)), y.qs + 192))
-    sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(hi, shuf[3]), _mm256_or_si256(q2_chunk(q1, 3, m3), q3_hbit4(hbits, 7)), y.qs + 224))
-    return _mm256_sub_epi32(sumi, _mm256_slli_epi32(_mm256_madd_epi16(scales, _mm256_loadu_si256(<const __m256i*>y.bsums)), 2))
+    # chunk c (32 weights: sub-blocks 2c, 2c+1) is bit pair c % 4 of qs half c // 4; every
+    # bit index below is a literal (immediate shifts), so the 8 chunks are written out
+    cdef __m256i sumi = k_madd(_mm256_shuffle_epi8(lo, shuf[0]),
+                               _mm256_or_si256(q2_chunk(q0, 0, m3), q3_hbit4(hbits, 0)), y.qs)
+    sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(lo, shuf[1]),
+                                         _mm256_or_si256(q2_chunk(q0, 1, m3), q3_hbit4(hbits, 1)), y.qs + 32))
+    sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(lo, shuf[2]),
+                                         _mm256_or_si256(q2_chunk(q0, 2, m3), q3_hbit4(hbits, 2)), y.qs + 64))
+    sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(lo, shuf[3]),
+                                         _mm256_or_si256(q2_chunk(q0, 3, m3), q3_hbit4(hbits, 3)), y.qs + 96))
+    sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(hi, shuf[0]),
+                                         _mm256_or_si256(q2_chunk(q1, 0, m3), q3_hbit4(hbits, 4)), y.qs + 128))
+    sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(hi, shuf[1]),
+                                         _mm256_or_si256(q2_chunk(q1, 1, m3), q3_hbit4(hbits, 5)), y.qs + 160))
+    sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(hi, shuf[2]),
+                                         _mm256_or_si256(q2_chunk(q1, 2, m3), q3_hbit4(hbits, 6)), y.qs + 192))
+    sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(hi, shuf[3]),
+                                         _mm256_or_si256(q2_chunk(q1, 3, m3), q3_hbit4(hbits, 7)), y.qs + 224))
+    return _mm256_sub_epi32(sumi, _mm256_slli_epi32(
+        _mm256_madd_epi16(scales, _mm256_loadu_si256(<const __m256i*>y.bsums)), 2))
 
 cdef void vec_dot_q3_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
     cdef const block_q3_K* x = <const block_q3_K*>vx
@@ -306,14 +317,16 @@ cdef void vec_dot_q4_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy
     for i in range(n // QK_K):
         mins16 = unpack_k4_scales(x[i].scales, &sc16)
         accm = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * _cvtsh_ss(x[i].dmin)),
-                               _mm256_cvtepi32_ps(_mm256_madd_epi16(mins16, _mm256_loadu_si256(<const __m256i*>y[i].bsums))),
+                               _mm256_cvtepi32_ps(_mm256_madd_epi16(mins16,
+                                                                    _mm256_loadu_si256(<const __m256i*>y[i].bsums))),
                                accm)
         q4 = <const uint8_t*>&x[i].qs[0]
         q8 = <const int8_t*>&y[i].qs[0]
         sumi = _mm256_setzero_si256()
         for j in range(4):
             q4bits = _mm256_loadu_si256(<const __m256i*>(q4 + 32 * j))
-            sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(sc16, shuf[2 * j]), _mm256_and_si256(q4bits, m4), q8 + 64 * j))
+            sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(sc16, shuf[2 * j]), _mm256_and_si256(q4bits, m4),
+                                                 q8 + 64 * j))
             sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(sc16, shuf[2 * j + 1]),
                                                  _mm256_and_si256(_mm256_srli_epi16(q4bits, 4), m4), q8 + 64 * j + 32))
         acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * _cvtsh_ss(x[i].d)), _mm256_cvtepi32_ps(sumi), acc)
@@ -339,7 +352,8 @@ cdef void vec_dot_q5_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy
     for i in range(n // QK_K):
         mins16 = unpack_k4_scales(x[i].scales, &sc16)
         accm = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * _cvtsh_ss(x[i].dmin)),
-                               _mm256_cvtepi32_ps(_mm256_madd_epi16(mins16, _mm256_loadu_si256(<const __m256i*>y[i].bsums))),
+                               _mm256_cvtepi32_ps(_mm256_madd_epi16(mins16,
+                                                                    _mm256_loadu_si256(<const __m256i*>y[i].bsums))),
                                accm)
         hbits = _mm256_loadu_si256(<const __m256i*>x[i].qh)
         q5 = <const uint8_t*>&x[i].qs[0]
@@ -348,8 +362,10 @@ cdef void vec_dot_q5_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy
         for j in range(4):
             q5bits = _mm256_loadu_si256(<const __m256i*>q5)
             # 16 where bit 2j (resp. 2j+1) of qh is set
-            hl = _mm256_andnot_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, _mm256_set1_epi8(<char>(1 << (2 * j)))), zero), bit4)
-            hh = _mm256_andnot_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, _mm256_set1_epi8(<char>(2 << (2 * j)))), zero), bit4)
+            hl = _mm256_andnot_si256(
+                _mm256_cmpeq_epi8(_mm256_and_si256(hbits, _mm256_set1_epi8(<char>(1 << (2 * j)))), zero), bit4)
+            hh = _mm256_andnot_si256(
+                _mm256_cmpeq_epi8(_mm256_and_si256(hbits, _mm256_set1_epi8(<char>(2 << (2 * j)))), zero), bit4)
             pl = _mm256_maddubs_epi16(_mm256_or_si256(_mm256_and_si256(q5bits, m4), hl),
                                       _mm256_loadu_si256(<const __m256i*>q8))
             ph = _mm256_maddubs_epi16(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q5bits, 4), m4), hh),
@@ -367,7 +383,8 @@ cdef inline __m256i q6_chunk(__m256i ql1, __m256i ql2, __m256i qh, int k, __m256
     if k == 0:
         return _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4))
     if k == 1:
-        return _mm256_or_si256(_mm256_and_si256(ql2, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4))
+        return _mm256_or_si256(_mm256_and_si256(ql2, m4),
+                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4))
     if k == 2:
         return _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4))
@@ -389,10 +406,15 @@ cdef inline __m256i q6_K_block_sumi(const block_q6_K* x, const block_q8_K* y, co
         qh = _mm256_loadu_si256(<const __m256i*>(x.qh + 32 * j))
         ql1 = _mm256_loadu_si256(<const __m256i*>(x.ql + 64 * j))
         ql2 = _mm256_loadu_si256(<const __m256i*>(x.ql + 64 * j + 32))
-        sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(half, shuf[0]), q6_chunk(ql1, ql2, qh, 0, m4, m2), y.qs + 128 * j))
-        sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(half, shuf[1]), q6_chunk(ql1, ql2, qh, 1, m4, m2), y.qs + 128 * j + 32))
-        sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(half, shuf[2]), q6_chunk(ql1, ql2, qh, 2, m4, m2), y.qs + 128 * j + 64))
-        sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(half, shuf[3]), q6_chunk(ql1, ql2, qh, 3, m4, m2), y.qs + 128 * j + 96))
+        # the chunk index is a literal at each q6_chunk call (immediate shifts)
+        sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(half, shuf[0]), q6_chunk(ql1, ql2, qh, 0, m4, m2),
+                                             y.qs + 128 * j))
+        sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(half, shuf[1]), q6_chunk(ql1, ql2, qh, 1, m4, m2),
+                                             y.qs + 128 * j + 32))
+        sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(half, shuf[2]), q6_chunk(ql1, ql2, qh, 2, m4, m2),
+                                             y.qs + 128 * j + 64))
+        sumi = _mm256_add_epi32(sumi, k_madd(_mm256_shuffle_epi8(half, shuf[3]), q6_chunk(ql1, ql2, qh, 3, m4, m2),
+                                             y.qs + 128 * j + 96))
     return _mm256_sub_epi32(sumi, _mm256_slli_epi32(corr, 5))
 
 cdef void vec_dot_q6_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
@@ -466,7 +488,8 @@ cdef inline void signed_x4_block(__m256i qx, float dx, const block_q8_1** y, int
     cdef int t
     for t in range(4):
         acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * y[t][i].d),
-                                 mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y[t][i].qs), qx)),
+                                 mul_sum_us8_pairs_float(
+                                     ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y[t][i].qs), qx)),
                                  acc[t])
 
 cdef void vec_dot_q8_0_q8_1_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
@@ -505,7 +528,8 @@ cdef void vec_dot_q5_0_q8_1_x4_avx2(int n, float* s, int64_t s_stride, const voi
         s[t * s_stride] = hsum_float_8(acc[t])
 
 cdef inline __m256i q5_1_unsigned(const block_q5_1* x) noexcept nogil:
-    return _mm256_or_si256(bytes_from_nibbles_32(x.qs), _mm256_and_si256(bytes_from_bits_32(x.qh), _mm256_set1_epi8(0x10)))
+    return _mm256_or_si256(bytes_from_nibbles_32(x.qs),
+                           _mm256_and_si256(bytes_from_bits_32(x.qh), _mm256_set1_epi8(0x10)))
 
 cdef inline void vec_dot_unsigned_q8_1_x4(int n, float* s, int64_t s_stride, const void* vx, int64_t x_size,
                                           bint five, const void* vy, int64_t y_stride) noexcept nogil:
@@ -529,7 +553,8 @@ cdef inline void vec_dot_unsigned_q8_1_x4(int n, float* s, int64_t s_stride, con
         for t in range(4):
             sm[t] += mx * y[t][i].s
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * y[t][i].d),
-                                     mul_sum_us8_pairs_float(qx, _mm256_loadu_si256(<const __m256i*>y[t][i].qs)), acc[t])
+                                     mul_sum_us8_pairs_float(qx, _mm256_loadu_si256(<const __m256i*>y[t][i].qs)),
+                                     acc[t])
     for t in range(4):
         s[t * s_stride] = hsum_float_8(acc[t]) + sm[t]
 
@@ -564,7 +589,8 @@ cdef void vec_dot_q4_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const voi
         dmx = _cvtsh_ss(x[i].dmin)
         for t in range(4):
             accm[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * dmx),
-                                      _mm256_cvtepi32_ps(_mm256_madd_epi16(mins16, _mm256_loadu_si256(<const __m256i*>y[t][i].bsums))),
+                                      _mm256_cvtepi32_ps(_mm256_madd_epi16(
+                                          mins16, _mm256_loadu_si256(<const __m256i*>y[t][i].bsums))),
                                       accm[t])
             sumi[t] = _mm256_setzero_si256()
         for j in range(4):
@@ -643,7 +669,8 @@ cdef float kv_dot(const float* q, const void* kv, int64_t off, int n, int f16) n
         kh = (<const uint16_t*>kv) + off
         while i + 16 <= n:
             a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>(kh + i))), a0)
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>(kh + i + 8))), a1)
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8),
+                                 _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>(kh + i + 8))), a1)
             i += 16
         acc = hsum_float_8(_mm256_add_ps(a0, a1))
         while i < n:
@@ -683,7 +710,6 @@ cdef void kv_axpy(float* out, float a, const void* kv, int64_t off, int n, int f
         while i < n:
             out[i] += a * vf[i]
             i += 1
-
 
 
 # ---- the table: what this unit specialises; the generic unit fills the rest ------------

@@ -245,7 +245,6 @@ cdef class TextStage:
 
     def push_bytes(self, const uint8_t[::1] data):
         """Raw bytes through the UTF-8 and stop stages -> (text, stopped)"""
-        cdef int rc
         self.T.chars.n = 0
         if utf8_feed(&self.T.u8, &data[0] if data.shape[0] else NULL, data.shape[0], False, &self.T.chars):
             raise MemoryError("out of memory in the text stage")
@@ -328,7 +327,7 @@ cdef class Decoder:
     cdef int _loop(self, bint until_text) noexcept nogil:
         cdef state_t* s = &self.st.s
         cdef const model_t* m = &self.st.engine.m
-        cdef int k = self.sampler.S.p.n_probs, rc, keep, discard
+        cdef int rc, keep, discard
         cdef int32_t tok
         while True:
             if self.steps >= self.max_new:

@@ -105,11 +105,11 @@ cdef void matmul_n(const model_t* m, state_t* s, float** outs, int64_t out_strid
                    const float* x, int n_tok) noexcept nogil:
     # Ws[w] @ x (n_tok, ne0) -> outs[w] (n_tok, Ws[w].ne1), quantizing x once for all of them;
     # tensors that pair with different activation formats run one after the other
-    cdef int vt = Ws[0].tt.vec_dot_type, w
+    cdef int vt = Ws[0].tt.vec_dot_type, w, u
     for w in range(1, nw):
         if Ws[w].tt.vec_dot_type != vt or Ws[w].ne0 != Ws[0].ne0:
-            for w in range(nw):
-                matmul_n(m, s, &outs[w], out_stride, &Ws[w], 1, x, n_tok)
+            for u in range(nw):
+                matmul_n(m, s, &outs[u], out_stride, &Ws[u], 1, x, n_tok)
             return
     quantize_rows(s.act, s.act_stride, x, Ws[0].ne0, n_tok, type_traits(vt), s.nth)
     matmul_q(m.k, outs, out_stride, Ws, nw, s.act, s.act_stride, n_tok, s.nth)
@@ -519,7 +519,8 @@ cdef class State:
 
     def export_kv(self):
         """(k, v): copies of the used cache entries, (n_layer, n_past, n_embd) float32 or float16"""
-        return self._kv_view(self.k_cache)[:, :self.s.n_past].copy(), self._kv_view(self.v_cache)[:, :self.s.n_past].copy()
+        n = self.s.n_past
+        return self._kv_view(self.k_cache)[:, :n].copy(), self._kv_view(self.v_cache)[:, :n].copy()
 
     def import_kv(self, tokens, k, v, logits=None):
         """Replace the sequence: ``tokens`` with K/V entries ``k``, ``v`` (n_layer, n, n_embd, the
@@ -572,6 +573,7 @@ cdef const type_traits_t* weight_traits(int t) except NULL:
         raise ValueError(f"type {t} is not a weight format")
     return tt
 
+
 def vec_dot(KernelSet K, int t, const uint8_t[::1] w, const uint8_t[::1] yq, int n):
     """<w, y> for n weights of type t and an activation already in its vec_dot_type"""
     cdef const type_traits_t* tt = weight_traits(t)
@@ -585,6 +587,7 @@ def vec_dot(KernelSet K, int t, const uint8_t[::1] w, const uint8_t[::1] yq, int
         with nogil:
             K.k.types[t].vec_dot(n, &s, &w[0], &yq[0])
     return s
+
 
 def matmul_twin(KernelSet K, int t, const uint8_t[::1] w, int64_t ne0, int64_t ne1, const float[:, ::1] x,
                 int n_threads=1):
@@ -619,6 +622,7 @@ def matmul_twin(KernelSet K, int t, const uint8_t[::1] w, int64_t ne0, int64_t n
             matmul_q(&K.k, &op, ne1, &wp, 1, &a[0], qs, n_tok, max(1, n_threads))
     return out
 
+
 def rmsnorm_twin(const float[::1] x, const float[::1] w, float eps):
     if x.shape[0] != w.shape[0] or x.shape[0] == 0:
         raise ValueError("x and w must have the same non-zero length")
@@ -626,6 +630,7 @@ def rmsnorm_twin(const float[::1] x, const float[::1] w, float eps):
     cdef float[::1] o = out
     rmsnorm(&o[0], &x[0], &w[0], x.shape[0], eps)
     return out
+
 
 def rope_twin(float[:, ::1] x, int n_head, int n_rot, int n_past, double base=10000.0):
     """in place on x (n_tok, n_embd); token t sits at position n_past + t"""
@@ -638,15 +643,18 @@ def rope_twin(float[:, ::1] x, int n_head, int n_rot, int n_past, double base=10
     for t in range(x.shape[0]):
         rope(&x[t, 0], n_head, hd, n_rot, &f[0], n_past + t)
 
+
 def softmax_twin(float[::1] x):
     if x.shape[0]:
         softmax(&x[0], x.shape[0])
+
 
 def silu_mul_twin(float[::1] a, const float[::1] b):
     if a.shape[0] != b.shape[0]:
         raise ValueError("length mismatch")
     if a.shape[0]:
         silu_mul(&a[0], &b[0], a.shape[0])
+
 
 def attention_twin(KernelSet K, const float[:, ::1] q, k_cache, v_cache, int n_past, int n_head, int n_threads=1):
     """q (n_tok, n_embd); k_cache, v_cache (n_ctx, n_embd) float32 or float16, filled up
@@ -671,11 +679,14 @@ def attention_twin(KernelSet K, const float[:, ::1] q, k_cache, v_cache, int n_p
                   f16, max(1, n_threads))
     return out
 
+
 def openmp_enabled():
     return bool(gr_openmp_enabled())
 
+
 def omp_max_threads():
     return gr_omp_max_threads()
+
 
 def cpu_has_avx2():
     return bool(gr_cpu_has_avx2())

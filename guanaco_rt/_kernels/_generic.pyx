@@ -106,7 +106,7 @@ cdef void vec_dot_q2_K_q8_K_generic(int n, float* s, const void* vx, const void*
     cdef const block_q2_K* x = <const block_q2_K*>vx
     cdef const block_q8_K* y = <const block_q8_K*>vy
     cdef float sumf = 0.0
-    cdef int i, k, j, l, shift, is_, isum, isuml, summs
+    cdef int i, _k, _j, l, shift, is_, isum, isuml, summs
     cdef const uint8_t* q2
     cdef const int8_t* q8
     cdef const uint8_t* sc
@@ -119,9 +119,9 @@ cdef void vec_dot_q2_K_q8_K_generic(int n, float* s, const void* vx, const void*
             summs += y[i].bsums[j] * (sc[j] >> 4)
         isum = 0
         is_ = 0
-        for k in range(2):
+        for _k in range(2):
             shift = 0
-            for j in range(4):
+            for _j in range(4):
                 isuml = 0
                 for l in range(16):
                     isuml += q8[l] * ((q2[l] >> shift) & 3)
@@ -293,7 +293,6 @@ cdef void kv_axpy(float* out, float a, const void* kv, int64_t off, int n, int f
         vf = (<const float*>kv) + off
         for i in range(n):
             out[i] += a * vf[i]
-
 
 
 # ---- the table ------------------------------------------------------------------------

@@ -132,7 +132,7 @@ cdef void dequantize_row_q8_K(const void* vx, float* y, int64_t k) noexcept nogi
 cdef void dequantize_row_q2_K(const void* vx, float* y, int64_t k) noexcept nogil:
     cdef const block_q2_K* x = <const block_q2_K*>vx
     cdef int64_t i
-    cdef int n, j, l, shift, is_
+    cdef int _n, _j, l, shift, is_
     cdef float d, dmin, dl, ml
     cdef const uint8_t* q
     cdef uint8_t sc
@@ -141,9 +141,9 @@ cdef void dequantize_row_q2_K(const void* vx, float* y, int64_t k) noexcept nogi
         dmin = fp16_to_fp32(x[i].dmin)
         q = <const uint8_t*>&x[i].qs[0]
         is_ = 0
-        for n in range(2):
+        for _n in range(2):
             shift = 0
-            for j in range(4):
+            for _j in range(4):
                 sc = x[i].scales[is_]
                 is_ += 1
                 dl = d * (sc & 0xF)
@@ -163,7 +163,7 @@ cdef void dequantize_row_q2_K(const void* vx, float* y, int64_t k) noexcept nogi
 cdef void dequantize_row_q3_K(const void* vx, float* y, int64_t k) noexcept nogil:
     cdef const block_q3_K* x = <const block_q3_K*>vx
     cdef int64_t i
-    cdef int n, j, l, shift, is_
+    cdef int _n, _j, l, shift, is_
     cdef uint8_t m
     cdef float d_all, dl
     cdef const uint8_t* q
@@ -176,9 +176,9 @@ cdef void dequantize_row_q3_K(const void* vx, float* y, int64_t k) noexcept nogi
         hm = <const uint8_t*>&x[i].hmask[0]
         m = 1
         is_ = 0
-        for n in range(2):
+        for _n in range(2):
             shift = 0
-            for j in range(4):
+            for _j in range(4):
                 dl = d_all * sc[is_]
                 is_ += 1
                 for l in range(16):
@@ -195,7 +195,7 @@ cdef void dequantize_row_q3_K(const void* vx, float* y, int64_t k) noexcept nogi
 cdef void dequantize_row_q4_K(const void* vx, float* y, int64_t k) noexcept nogil:
     cdef const block_q4_K* x = <const block_q4_K*>vx
     cdef int64_t i
-    cdef int j, l, is_
+    cdef int _j, l, is_
     cdef uint8_t sc, m
     cdef float d, dmin, d1, m1, d2, m2
     cdef const uint8_t* q
@@ -204,7 +204,7 @@ cdef void dequantize_row_q4_K(const void* vx, float* y, int64_t k) noexcept nogi
         dmin = fp16_to_fp32(x[i].dmin)
         q = <const uint8_t*>&x[i].qs[0]
         is_ = 0
-        for j in range(4):
+        for _j in range(4):
             get_scale_min_k4(is_, x[i].scales, &sc, &m)
             d1 = d * sc
             m1 = dmin * m
@@ -222,7 +222,7 @@ cdef void dequantize_row_q4_K(const void* vx, float* y, int64_t k) noexcept nogi
 cdef void dequantize_row_q5_K(const void* vx, float* y, int64_t k) noexcept nogil:
     cdef const block_q5_K* x = <const block_q5_K*>vx
     cdef int64_t i
-    cdef int j, l, is_
+    cdef int _j, l, is_
     cdef uint8_t sc, m, u1, u2
     cdef float d, dmin, d1, m1, d2, m2
     cdef const uint8_t* ql
@@ -235,7 +235,7 @@ cdef void dequantize_row_q5_K(const void* vx, float* y, int64_t k) noexcept nogi
         is_ = 0
         u1 = 1
         u2 = 2
-        for j in range(4):
+        for _j in range(4):
             get_scale_min_k4(is_, x[i].scales, &sc, &m)
             d1 = d * sc
             m1 = dmin * m
@@ -255,7 +255,7 @@ cdef void dequantize_row_q5_K(const void* vx, float* y, int64_t k) noexcept nogi
 cdef void dequantize_row_q6_K(const void* vx, float* y, int64_t k) noexcept nogil:
     cdef const block_q6_K* x = <const block_q6_K*>vx
     cdef int64_t i
-    cdef int n, l, is_
+    cdef int _n, l, is_
     cdef float d
     cdef const uint8_t* ql
     cdef const uint8_t* qh
@@ -265,7 +265,7 @@ cdef void dequantize_row_q6_K(const void* vx, float* y, int64_t k) noexcept nogi
         ql = <const uint8_t*>&x[i].ql[0]
         qh = <const uint8_t*>&x[i].qh[0]
         sc = <const int8_t*>&x[i].scales[0]
-        for n in range(2):
+        for _n in range(2):
             for l in range(32):
                 is_ = l // 16
                 y[l] = d * sc[is_] * (((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32)

@@ -103,8 +103,12 @@ cdef int32_t* radix_desc(const double* v, int n, uint64_t* key, int32_t* idx) no
             kb[count[d]] = ka[i]
             ib[count[d]] = ia[i]
             count[d] += 1
-        kt = ka; ka = kb; kb = kt
-        it = ia; ia = ib; ib = it
+        kt = ka
+        ka = kb
+        kb = kt
+        it = ia
+        ia = ib
+        ib = it
     return ia
 
 cdef int top_sorted(sampler_t* S, int32_t* out, const double* v, int n, int k) noexcept nogil:
