@@ -4,9 +4,12 @@ Owns: the mmap and its lifetime, the tensor pointers handed to the kernels, the
 tokenizer, and the thread-count default. Shared read-only by any number of
 Sessions in any number of threads; holds no per-conversation state.
 """
+from __future__ import annotations
+
 import logging
 import os
 import time
+from typing import Sequence
 
 import numpy as np
 
@@ -60,8 +63,8 @@ class Model:
     GUANACO_RT_ISA.
     """
 
-    def __init__(self, path: "str | os.PathLike[str]", n_threads: "int | None" = None, eps: float = 1e-6,
-                 isa: "str | None" = None):
+    def __init__(self, path: str | os.PathLike[str], n_threads: int | None = None, eps: float = 1e-6,
+                 isa: str | None = None):
         t0 = time.perf_counter()
         self.path = os.fspath(path)
         self._mm, size = open_mmap(self.path)
@@ -94,17 +97,17 @@ class Model:
         return self.file.tensors
 
     @property
-    def n_vocab(self):
+    def n_vocab(self) -> int:
         return self.hparams.n_vocab
 
-    def tokenize(self, text, bos=True, eos=False):
+    def tokenize(self, text: str, bos: bool = True, eos: bool = False) -> list[int]:
         return self.tokenizer.encode(text, bos=bos, eos=eos)
 
-    def detokenize(self, ids):
+    def detokenize(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids)
 
     @property
-    def fingerprint(self):
+    def fingerprint(self) -> bytes:
         """32 bytes that identify this model file: a SHA-256 of its header, vocab, tensor
         table and the first 4 KiB of every tensor. Session states carry it."""
         if self._fingerprint is None:
@@ -119,18 +122,18 @@ class Model:
             self._fingerprint = h.digest()
         return self._fingerprint
 
-    def tensor_data(self, name):
+    def tensor_data(self, name: str) -> np.ndarray:
         """A read-only uint8 view of one tensor's bytes in the mmap."""
         t = self.file.tensors[name]
         return self._buf[t.offset:t.offset + t.nbytes]
 
-    def close(self):
+    def close(self) -> None:
         """Release the mapping once no session uses it any more (garbage collection does too)."""
         self._engine = None
         self._buf = None
         self._mm = None
 
-    def __enter__(self):
+    def __enter__(self) -> Model:
         return self
 
     def __exit__(self, *exc):

@@ -14,6 +14,8 @@ calls into a busy Session gets SessionBusyError. ``cancel()`` and the read-only
 properties may be called from any thread at any time. Evaluation and the decode
 loop (sampling and stop checks included) run with the GIL released.
 """
+from __future__ import annotations
+
 import asyncio
 import json
 import logging
@@ -21,6 +23,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 
@@ -29,6 +32,11 @@ from ._kernels._engine import State
 from .chat import DEFAULT_STOP, Conversation
 from .errors import Cancelled, ContextFullError, GuanacoError, SessionBusyError, StateError
 from .sampling import Sampler, SamplingParams
+
+if TYPE_CHECKING:
+    from .model import Model
+
+Prompt = Union[str, Sequence[int]]   # text, or token ids starting with BOS
 
 log = logging.getLogger("guanaco_rt")
 
@@ -69,12 +77,12 @@ class TextStream:
 
     def __init__(self, gen):
         self._gen = gen
-        self.result = None
+        self.result: GenerationResult | None = None
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return self
 
-    def __next__(self):
+    def __next__(self) -> str:
         try:
             return next(self._gen)
         except StopIteration as stop:
@@ -101,8 +109,9 @@ class Session:
     (chat drops whole turns instead).
     """
 
-    def __init__(self, model, n_ctx=2048, n_batch=64, n_threads=None, kv_f16=False, seed=None,
-                 context_policy="error", n_keep=1, system=None):
+    def __init__(self, model: Model, n_ctx: int = 2048, n_batch: int = 64, n_threads: int | None = None,
+                 kv_f16: bool = False, seed: int | None = None, context_policy: str = "error", n_keep: int = 1,
+                 system: str | None = None):
         if n_ctx < 2:
             raise GuanacoError(f"n_ctx must be >= 2, got {n_ctx}")
         if n_batch < 1:
@@ -126,16 +135,16 @@ class Session:
 
     # -- properties ----------------------------------------------------------------
     @property
-    def tokens(self):
+    def tokens(self) -> list[int]:
         """The ids whose K/V are in the cache, positions 0..n_past-1 (a copy)."""
         return self._state.tokens() if self._state is not None else []
 
     @property
-    def n_past(self):
+    def n_past(self) -> int:
         return self._state.n_past if self._state is not None else 0
 
     @property
-    def n_vocab(self):
+    def n_vocab(self) -> int:
         return self.model.n_vocab
 
     # -- busy / cancel ---------------------------------------------------------------
@@ -149,7 +158,7 @@ class Session:
         self._state.cancel(False)
         self._busy.release()
 
-    def cancel(self):
+    def cancel(self) -> None:
         """Stop the running eval or generation within one layer's work. Any thread may call
         it; it does nothing when the session is idle. The session stays usable and its cache
         consistent up to the last complete token."""
@@ -164,7 +173,7 @@ class Session:
             raise ValueError(f"token id {bad} outside [0, {self.n_vocab})")
         return arr.astype(np.int32)
 
-    def eval(self, ids, all_logits=False):
+    def eval(self, ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
         """Evaluate ``ids`` after the tokens already in the cache.
 
         Returns float32 (n_vocab,) logits after the last token, or (len(ids), n_vocab)
@@ -292,7 +301,8 @@ class Session:
             raise TypeError("pass either params=SamplingParams(...) or keyword arguments, not both")
         return params if params is not None else SamplingParams.from_kwargs(**kw)
 
-    def stream(self, prompt, max_new_tokens=128, stop=None, params=None, **sampling):
+    def stream(self, prompt: Prompt, max_new_tokens: int = 128, stop: str | Iterable[str] | None = None,
+               params: SamplingParams | None = None, **sampling) -> TextStream:
         """Iterator of text pieces as they are generated (never a split UTF-8 character,
         never a piece of a stop string). ``.result`` holds the GenerationResult at the end."""
         return self._stream(prompt, max_new_tokens, stop, params, sampling, piecewise=True)
@@ -303,7 +313,9 @@ class Session:
         n_keep = self.n_keep if n_keep is None else n_keep
         return TextStream(self._decode_loop(ids, core, text, max_new_tokens, params, piecewise, n_keep))
 
-    def generate(self, prompt, max_new_tokens=128, stop=None, params=None, callback=None, **sampling):
+    def generate(self, prompt: Prompt, max_new_tokens: int = 128, stop: str | Iterable[str] | None = None,
+                 params: SamplingParams | None = None, callback: Callable[[str], object] | None = None,
+                 **sampling) -> GenerationResult:
         """Generate a continuation of ``prompt`` (text, or token ids starting with BOS).
 
         The prompt is the whole context: the longest prefix already in the cache is reused.
@@ -319,7 +331,8 @@ class Session:
                 callback(piece)
         return s.result
 
-    async def astream(self, prompt, max_new_tokens=128, stop=None, params=None, **sampling):
+    async def astream(self, prompt: Prompt, max_new_tokens: int = 128, stop: str | Iterable[str] | None = None,
+                      params: SamplingParams | None = None, **sampling) -> AsyncIterator[str]:
         """Async iterator of text pieces; the decode loop runs on a worker thread."""
         loop = asyncio.get_running_loop()
         queue = asyncio.Queue()
@@ -351,7 +364,9 @@ class Session:
             self.last_result = stream.result or self.last_result
 
     # -- chat ------------------------------------------------------------------------
-    def chat(self, message, max_new_tokens=256, stop=None, params=None, callback=None, **sampling):
+    def chat(self, message: str, max_new_tokens: int = 256, stop: str | Iterable[str] | None = None,
+             params: SamplingParams | None = None, callback: Callable[[str], object] | None = None,
+             **sampling) -> str:
         """One Guanaco chat turn: returns the assistant's reply (stripped).
 
         The whole conversation is the prompt; only the new tokens are evaluated. When it
@@ -379,7 +394,7 @@ class Session:
         return reply
 
     # -- state -------------------------------------------------------------------------
-    def reset(self):
+    def reset(self) -> None:
         """Forget every evaluated token and the conversation (the cache is overwritten lazily)."""
         self._enter()
         try:
@@ -389,7 +404,7 @@ class Session:
         finally:
             self._leave()
 
-    def save_state(self):
+    def save_state(self) -> bytes:
         """A compact, versioned blob: the n_past used KV entries, the tokens, the last logits,
         the sampler's RNG, the conversation, and the model's fingerprint."""
         self._enter()
@@ -412,7 +427,7 @@ class Session:
         finally:
             self._leave()
 
-    def load_state(self, blob):
+    def load_state(self, blob: bytes) -> None:
         """Restore a save_state() blob; refused (StateError) if it is from another model,
         malformed, or larger than this session's n_ctx."""
         blob = memoryview(bytes(blob))
@@ -467,7 +482,7 @@ class Session:
         finally:
             self._leave()
 
-    def fork(self, **overrides):
+    def fork(self, **overrides) -> Session:
         """A new Session on the same model that starts from this one's evaluated prefix,
         conversation and sampler state. Keyword arguments override its settings."""
         kw = dict(n_ctx=self.n_ctx, n_batch=self.n_batch, n_threads=self.n_threads, kv_f16=self.kv_f16,
@@ -477,14 +492,14 @@ class Session:
         other.load_state(self.save_state())
         return other
 
-    def close(self):
+    def close(self) -> None:
         """Free the KV cache. The session cannot be used afterwards."""
         if self._state is not None:
             self._enter()
             self._busy.release()
             self._state = None
 
-    def __enter__(self):
+    def __enter__(self) -> Session:
         return self
 
     def __exit__(self, *exc):
