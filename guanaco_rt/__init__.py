@@ -1,9 +1,13 @@
 """guanaco_rt: run Guanaco / LLaMA ggjt v3 (.ggmlv3.*.bin) models inside Python apps."""
+import logging
+
 from .errors import (
     Cancelled,
     ContextFullError,
     FormatError,
     GuanacoError,
+    ModelClosedError,
+    ModelFileChangedError,
     SessionBusyError,
     StateError,
     UnsupportedVersionError,
@@ -14,17 +18,21 @@ from .session import GenerationResult, Session, Timings
 
 __version__ = "0.1.0"   # the one version source: pyproject.toml reads it
 
+# a library logs through "guanaco_rt" and never prints: without this handler, Python's
+# last-resort handler would write its warnings to stderr
+logging.getLogger("guanaco_rt").addHandler(logging.NullHandler())
+
 
 def show_config() -> dict:
     """Which kernels run here: ISA, OpenMP, default thread count. Returns a dict and prints nothing."""
     from ._kernels import _engine
-    from ._kernels.dispatch import available_isas, kernels
-    from .model import physical_cores
-    return {"version": __version__, "isa": kernels.isa, "available_isas": available_isas(),
+    from ._kernels.dispatch import available_isas, default_kernels
+    from .model import default_threads
+    return {"version": __version__, "isa": default_kernels().isa, "available_isas": available_isas(),
             "openmp": _engine.openmp_enabled(), "omp_max_threads": _engine.omp_max_threads(),
-            "default_threads": physical_cores()}
+            "default_threads": default_threads()}
 
 
 __all__ = ["Model", "Session", "SamplingParams", "GenerationResult", "Timings", "show_config", "__version__",
            "GuanacoError", "FormatError", "UnsupportedVersionError", "ContextFullError", "SessionBusyError",
-           "StateError", "Cancelled"]
+           "StateError", "Cancelled", "ModelClosedError", "ModelFileChangedError"]

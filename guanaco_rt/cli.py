@@ -5,35 +5,82 @@ Owns: argument parsing and printing. All model work goes through Model/Session.
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 
 from .errors import GuanacoError
 
+MAX_CTX = 1 << 20
+I32 = 2**31 - 1
+
+
+def _int(lo, hi):
+    """An argparse type: an int in [lo, hi]."""
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{v} is outside [{lo}, {hi}]")
+        return v
+    return parse
+
+
+def _float(lo, hi, hi_open=False):
+    """An argparse type: a finite float in [lo, hi] (or [lo, hi) with hi_open)."""
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(v) or v < lo or v > hi or (hi_open and v == hi):
+            raise argparse.ArgumentTypeError(f"{text} is outside [{lo}, {hi}{')' if hi_open else ']'}")
+        return v
+    return parse
+
+
+def _bias(text):
+    """--logit-bias ID=BIAS: ID an int, BIAS a finite float or -inf."""
+    k, sep, v = text.partition("=")
+    try:
+        tok, bias = int(k), float(v)
+    except ValueError:
+        tok = bias = None
+    if not sep or tok is None or math.isnan(bias) or bias == math.inf or tok < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected ID=BIAS, ID a token id >= 0, BIAS a number or -inf")
+    return tok, bias
+
 
 def _sampling_args(p, greedy=False):
     g = p.add_argument_group("sampling")
-    g.add_argument("--temperature", "--temp", type=float, default=0.0 if greedy else 0.8,
+    g.add_argument("--temperature", "--temp", type=_float(0, 1e6), default=0.0 if greedy else 0.8,
                    help="0 = greedy (default %(default)s)")
-    g.add_argument("--top-k", type=int, default=40, help="<= 0 disables (default %(default)s)")
-    g.add_argument("--top-p", type=float, default=0.95, help="1 disables (default %(default)s)")
-    g.add_argument("--min-p", type=float, default=0.0, help="0 disables (default %(default)s)")
-    g.add_argument("--typical-p", type=float, default=1.0, help="1 disables (default %(default)s)")
-    g.add_argument("--repeat-penalty", type=float, default=1.0 if greedy else 1.1,
+    g.add_argument("--top-k", type=_int(-1, I32), default=40, help="<= 0 disables (default %(default)s)")
+    g.add_argument("--top-p", type=_float(0, 1), default=0.95, help="1 disables (default %(default)s)")
+    g.add_argument("--min-p", type=_float(0, 1), default=0.0, help="0 disables (default %(default)s)")
+    g.add_argument("--typical-p", type=_float(0, 1), default=1.0, help="1 disables (default %(default)s)")
+    g.add_argument("--repeat-penalty", type=_float(1e-6, 1e6), default=1.0 if greedy else 1.1,
                    help="1 disables (default %(default)s)")
-    g.add_argument("--repeat-last-n", type=int, default=64, help="window of the penalties (default %(default)s)")
-    g.add_argument("--frequency-penalty", type=float, default=0.0)
-    g.add_argument("--presence-penalty", type=float, default=0.0)
-    g.add_argument("--logit-bias", action="append", default=[], metavar="ID=BIAS",
+    g.add_argument("--repeat-last-n", type=_int(0, I32), default=64,
+                   help="window of the penalties (default %(default)s)")
+    g.add_argument("--frequency-penalty", type=_float(-1e6, 1e6), default=0.0)
+    g.add_argument("--presence-penalty", type=_float(-1e6, 1e6), default=0.0)
+    g.add_argument("--logit-bias", action="append", type=_bias, default=[], metavar="ID=BIAS",
                    help="add BIAS to token ID's logit (repeatable; -inf bans it)")
-    g.add_argument("--seed", type=int, default=None, help="RNG seed (default: random)")
+    g.add_argument("--seed", type=_int(0, 2**64 - 1), default=None, help="RNG seed (default: random)")
 
 
 def _session_args(p):
+    from .model import MAX_THREADS
     p.add_argument("model", help="a ggjt v3 model file (.ggmlv3.*.bin)")
-    p.add_argument("-c", "--ctx-size", type=int, default=2048, help="context length n_ctx (default %(default)s)")
-    p.add_argument("-b", "--batch-size", type=int, default=64, help="prompt batch (default %(default)s)")
-    p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
+    p.add_argument("-c", "--ctx-size", type=_int(2, MAX_CTX), default=2048,
+                   help="context length n_ctx (default %(default)s)")
+    p.add_argument("-b", "--batch-size", type=_int(1, MAX_CTX), default=64, help="prompt batch (default %(default)s)")
+    p.add_argument("-t", "--threads", type=_int(1, MAX_THREADS), default=None,
+                   help="threads (default: GUANACO_RT_THREADS, else the physical cores); on a busy machine "
+                        "fewer threads than cores can be faster")
     p.add_argument("--kv-f16", action="store_true", help="keep the KV cache in f16 (half the memory)")
     p.add_argument("--context-policy", choices=["error", "shift"], default="shift",
                    help="when the context fills: raise, or drop the oldest tokens (default %(default)s)")
@@ -42,17 +89,15 @@ def _session_args(p):
 def _prompt_args(p, n_predict):
     _session_args(p)
     p.add_argument("-p", "--prompt", required=True)
-    p.add_argument("-n", "--n-predict", type=int, default=n_predict, help="tokens to generate (default %(default)s)")
+    p.add_argument("-n", "--n-predict", type=_int(0, MAX_CTX), default=n_predict,
+                   help="tokens to generate (default %(default)s)")
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
     p.add_argument("--no-stats", action="store_true", help="do not print timings to stderr")
 
 
 def _params(a):
     from .sampling import SamplingParams
-    bias = {}
-    for item in a.logit_bias:
-        k, _, v = item.partition("=")
-        bias[int(k)] = float(v)
+    bias = dict(a.logit_bias)
     return SamplingParams(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, min_p=a.min_p,
                           typical_p=a.typical_p, repetition_penalty=a.repeat_penalty,
                           repeat_last_n=a.repeat_last_n, frequency_penalty=a.frequency_penalty,
@@ -125,7 +170,7 @@ def cmd_chat(a):
     if a.system is not None:
         s.conversation.system = a.system
     params = _params(a)
-    print("guanaco-rt chat: /reset, /save FILE, /load FILE, /quit", file=sys.stderr)
+    print("guanaco-rt chat: type a message; /help for commands", file=sys.stderr)
     while True:
         try:
             line = input("### Human: ")
@@ -134,24 +179,9 @@ def cmd_chat(a):
         line = line.strip()
         if not line:
             continue
-        if line in ("/quit", "/exit"):
-            break
-        if line == "/reset":
-            s.reset()
-            print("[conversation cleared]", file=sys.stderr)
-            continue
-        if line.startswith("/save "):
-            with open(line[6:].strip(), "wb") as f:
-                f.write(s.save_state())
-            print(f"[saved {s.n_past} tokens]", file=sys.stderr)
-            continue
-        if line.startswith("/load "):
-            try:
-                with open(line[6:].strip(), "rb") as f:
-                    s.load_state(f.read())
-                print(f"[loaded {s.n_past} tokens, {len(s.conversation.turns)} turns]", file=sys.stderr)
-            except (OSError, GuanacoError) as e:
-                print(f"[load failed: {e}]", file=sys.stderr)
+        if line.startswith("/"):
+            if _chat_command(s, line):
+                break
             continue
         sys.stdout.write("### Assistant: ")
         first = [True]
@@ -166,8 +196,50 @@ def cmd_chat(a):
             s.chat(line, max_new_tokens=a.n_predict, params=params, callback=show)
         except KeyboardInterrupt:
             s.cancel()
+        except (GuanacoError, ValueError) as e:     # the conversation so far is kept
+            sys.stdout.write("\n")
+            print(f"[error: {e}]", file=sys.stderr)
+            continue
         sys.stdout.write("\n")
     return 0
+
+
+CHAT_HELP = """commands:
+  /help         this list
+  /reset        forget the conversation
+  /save FILE    save the session (KV cache, conversation, RNG) to FILE
+  /load FILE    restore a session saved with /save
+  /quit         leave (also Ctrl-D)"""
+
+
+def _chat_command(s, line):
+    """Run one /command; True to quit. Errors are reported and the conversation kept."""
+    cmd, _, arg = line.partition(" ")
+    arg = arg.strip()
+    if cmd in ("/quit", "/exit"):
+        return True
+    try:
+        if cmd == "/help":
+            print(CHAT_HELP, file=sys.stderr)
+        elif cmd == "/reset":
+            s.reset()
+            print("[conversation cleared]", file=sys.stderr)
+        elif cmd in ("/save", "/load") and not arg:
+            print(f"[{cmd} needs a file name: {cmd} FILE]", file=sys.stderr)
+        elif cmd == "/save":
+            blob = s.save_state()
+            with open(arg, "wb") as f:
+                f.write(blob)
+            print(f"[saved {s.n_past} tokens to {arg}]", file=sys.stderr)
+        elif cmd == "/load":
+            with open(arg, "rb") as f:
+                s.load_state(f.read())
+            print(f"[loaded {s.n_past} tokens, {len(s.conversation.turns)} turns]", file=sys.stderr)
+        else:
+            print(f"[unknown command {cmd!r}; /help lists them]", file=sys.stderr)
+    except (OSError, GuanacoError) as e:
+        print(f"[{cmd} failed: {e}]", file=sys.stderr)
+    return False
 
 
 def cmd_run(a):
@@ -181,12 +253,23 @@ def cmd_run(a):
 
 
 def cmd_random_model(a):
+    from .ggml_file import open_mmap, parse
     from .writer import vocab_from_gguf, write_random_model
     vocab = None
     if a.vocab_gguf:
         vocab = vocab_from_gguf(a.vocab_gguf)
-    hp = write_random_model(a.output, a.ftype, n_vocab=a.n_vocab, n_embd=a.n_embd, n_mult=a.n_mult,
-                            n_head=a.n_head, n_layer=a.n_layer, vocab=vocab, seed=a.seed)
+    if a.n_embd % a.n_head or (a.n_embd // a.n_head) % 2:
+        raise GuanacoError(f"--n-embd {a.n_embd} must split into --n-head {a.n_head} heads of an even size")
+    try:
+        hp = write_random_model(a.output, a.ftype, n_vocab=a.n_vocab, n_embd=a.n_embd, n_mult=a.n_mult,
+                                n_head=a.n_head, n_layer=a.n_layer, vocab=vocab, seed=a.seed)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write {a.output}: {e.strerror}") from None
+    try:           # the file must be one our own loader accepts
+        parse(a.output, open_mmap(a.output)[0])
+    except GuanacoError:
+        os.remove(a.output)
+        raise
     print(f"wrote {a.output}: {a.ftype}, n_vocab={hp.n_vocab} n_embd={hp.n_embd} n_head={hp.n_head} "
           f"n_layer={hp.n_layer} n_ff={hp.n_ff}, {os.path.getsize(a.output) / 1e6:.1f} MB")
     return 0
@@ -234,13 +317,13 @@ def main(argv=None):
     s.add_argument("--ftype", default="q4_0", choices=sorted(FTYPE_BY_NAME))
     s.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="shape: 7B (4096/32/32), 13B, tiny (256/4/2); overrides --n-embd/--n-head/--n-layer")
-    s.add_argument("--n-vocab", type=int, default=32000)
-    s.add_argument("--n-embd", type=int, default=256)
-    s.add_argument("--n-mult", type=int, default=256)
-    s.add_argument("--n-head", type=int, default=4)
-    s.add_argument("--n-layer", type=int, default=2)
+    s.add_argument("--n-vocab", type=_int(3, 1 << 20), default=32000)
+    s.add_argument("--n-embd", type=_int(32, 1 << 16), default=256)
+    s.add_argument("--n-mult", type=_int(1, 1 << 16), default=256)
+    s.add_argument("--n-head", type=_int(1, 1024), default=4)
+    s.add_argument("--n-layer", type=_int(1, 1024), default=2)
     s.add_argument("--vocab-gguf", default=None, help="take the vocab from a GGUF vocab file")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_int(0, 2**32 - 1), default=0)
     s.set_defaults(fn=cmd_random_model)
 
     s = sub.add_parser("config", help="ISA, OpenMP and thread count in use")
@@ -253,10 +336,8 @@ def main(argv=None):
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     try:
         return a.fn(a)
-    except GuanacoError as e:
-        print(f"guanaco-rt: error: {e}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
+    except (GuanacoError, ValueError, TypeError, OSError) as e:
+        # bad input, a bad environment (GUANACO_RT_ISA, GUANACO_RT_THREADS), a full disk: a message, not a traceback
         print(f"guanaco-rt: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -36,3 +36,11 @@ class SessionBusyError(GuanacoError, RuntimeError):
 
 class StateError(GuanacoError, ValueError):
     """A saved session state is malformed or belongs to another model."""
+
+
+class ModelClosedError(GuanacoError):
+    """A Model (or Session) was used after close()."""
+
+
+class ModelFileChangedError(GuanacoError):
+    """The file under a memory-mapped Model was truncated, replaced or modified."""

@@ -16,6 +16,7 @@ Layout (all little-endian)::
 import math
 import mmap
 import os
+import stat
 import struct
 from dataclasses import dataclass, field
 
@@ -277,11 +278,23 @@ def parse(path, buf):
     return GGJTFile(str(path), c.size, hp, vocab, tensors)
 
 
-def open_mmap(path):
-    """Map ``path`` read-only; returns (mmap, size). An empty file is a FormatError, not a crash."""
+def open_mmap(path, copy=False):
+    """Map ``path`` read-only (or, with ``copy``, read it into memory); returns (buffer, size,
+    (size, mtime_ns, inode, device)). Only a regular file is opened: a FIFO or a device
+    would block or stream forever. An empty file is a FormatError, not a crash."""
     path = os.fspath(path)
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise FormatError(path, "path", "not a regular file (a FIFO, device or directory cannot hold a model)")
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+        st = os.fstat(f.fileno())
+        size = st.st_size
         if size < 8:
             raise FormatError(path, "magic", f"file is {size} bytes long; a ggjt file has at least 8")
-        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), size
+        ident = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+        if copy:
+            data = bytearray(size)
+            if f.readinto(data) != size:
+                raise FormatError(path, "size", f"file shrank while being read (expected {size} bytes)")
+            return memoryview(data).toreadonly(), size, ident
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), size, ident

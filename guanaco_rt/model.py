@@ -14,12 +14,51 @@ from typing import Sequence
 import numpy as np
 
 from ._kernels._engine import Engine
-from ._kernels.dispatch import kernel_set, kernels
-from .errors import GuanacoError
+from ._kernels.dispatch import default_kernels, kernel_set
+from .errors import ModelClosedError, ModelFileChangedError
 from .ggml_file import open_mmap, parse
 from .tokenizer import Tokenizer
 
 log = logging.getLogger("guanaco_rt")
+
+
+MAX_THREADS = 256    # libgomp kills the process (exit 1) somewhere below 2000 threads
+
+
+_POOL_PID = None     # the process that started OpenMP's thread pool (a session ran with > 1 thread)
+
+
+def usable_threads(n):
+    """The thread count a session may run with in this process: libgomp's thread pool does
+    not survive os.fork(), and a child that uses OpenMP with more than one thread after its
+    parent did hangs forever. Such a child runs on 1 thread."""
+    global _POOL_PID
+    pid = os.getpid()
+    if n > 1:
+        if _POOL_PID is not None and _POOL_PID != pid:
+            return 1
+        _POOL_PID = pid
+    return n
+
+
+def check_threads(n, what="n_threads"):
+    """An explicit thread count -> int in [1, MAX_THREADS], else ValueError/TypeError."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"{what} must be an int, got {n!r}")
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"{what}={n} is outside [1, {MAX_THREADS}]")
+    return int(n)
+
+
+def default_threads():
+    """GUANACO_RT_THREADS if set, else the physical cores."""
+    env = os.environ.get("GUANACO_RT_THREADS", "").strip()
+    if env:
+        try:
+            return check_threads(int(env), "GUANACO_RT_THREADS")
+        except ValueError as e:
+            raise ValueError(f"GUANACO_RT_THREADS={env!r}: {e}") from None
+    return physical_cores()
 
 
 def physical_cores():
@@ -57,36 +96,59 @@ def physical_cores():
 class Model:
     """A LLaMA/Guanaco model from a ggjt v3 ``.bin`` file.
 
-    The weights stay in a read-only mmap: nothing is copied or dequantized at load.
-    ``n_threads`` is the default for sessions on this model (physical cores if None).
-    ``isa`` picks the kernels ("generic", "avx2"); None: the best this CPU runs, or
-    GUANACO_RT_ISA.
+    The weights stay in a read-only mmap: nothing is copied or dequantized at load. The
+    file must not change while the Model is open: each evaluation first checks its size,
+    mtime and inode and raises ModelFileChangedError if they moved (a truncation under a
+    live mapping would otherwise kill the process with SIGBUS). ``mmap=False`` reads the
+    file into memory instead (no such check, the file can change freely; costs RAM).
+    ``n_threads`` is the default for sessions on this model (None: GUANACO_RT_THREADS or
+    the physical cores). ``isa`` picks the kernels ("generic", "avx2"); None: the best
+    this CPU runs, or GUANACO_RT_ISA.
     """
 
     def __init__(self, path: str | os.PathLike[str], n_threads: int | None = None, eps: float = 1e-6,
-                 isa: str | None = None):
+                 isa: str | None = None, mmap: bool = True):
         t0 = time.perf_counter()
+        self.n_threads = default_threads() if n_threads is None else check_threads(n_threads)
         self.path = os.fspath(path)
-        self._mm, size = open_mmap(self.path)
+        self.mmap = bool(mmap)
+        self._mm, size, self._stat = open_mmap(self.path, copy=not self.mmap)
         try:
             self.file = parse(self.path, self._mm)
             self.tokenizer = Tokenizer(self.file.vocab, self.path)
             self._buf = np.frombuffer(self._mm, dtype=np.uint8)
             specs = {t.name: (t.offset, t.type, t.shape[0], t.n_rows) for t in self.file.tensors.values()}
-            ks = kernels if isa is None else kernel_set(isa)
+            ks = default_kernels() if isa is None else kernel_set(isa)
             self._engine = Engine(self.hparams.as_dict(), self._buf, specs, ks, eps)
         except BaseException:
             self._buf = None
-            self._mm.close()
+            if hasattr(self._mm, "close"):
+                self._mm.close()
             raise
         self.eps = eps
         self._fingerprint = None
-        self.n_threads = int(n_threads) if n_threads else physical_cores()
-        if self.n_threads < 1:
-            raise GuanacoError(f"n_threads must be >= 1, got {n_threads}")
         self.load_time = time.perf_counter() - t0
         log.info("loaded %s: %s, %d layers, %.2f GB in %.3f s", self.path, self.hparams.ftype_name,
                  self.hparams.n_layer, size / 1e9, self.load_time)
+
+    @property
+    def closed(self) -> bool:
+        return self._engine is None
+
+    def _check_usable(self):
+        """Raise unless the weights are still what was loaded: not closed, file unchanged."""
+        if self._engine is None:
+            raise ModelClosedError(f"{self.path}: this Model is closed")
+        if self.mmap:
+            try:
+                st = os.stat(self.path)
+                now = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+            except OSError as e:
+                now = (f"stat failed: {e.strerror}",)
+            if now != self._stat:
+                raise ModelFileChangedError(
+                    f"{self.path}: the file changed under the memory-mapped model (size, mtime, inode, device "
+                    f"{self._stat} -> {now}); reload it, or load with Model(path, mmap=False)")
 
     @property
     def hparams(self):

@@ -37,6 +37,15 @@ class SamplingParams:
                   ("min_p", 0 <= self.min_p <= 1), ("typical_p", 0 < self.typical_p),
                   ("repetition_penalty", self.repetition_penalty > 0), ("repeat_last_n", self.repeat_last_n >= 0),
                   ("n_probs", self.n_probs >= 0)]
+        for name in ("temperature", "top_p", "min_p", "typical_p", "repetition_penalty", "frequency_penalty",
+                     "presence_penalty"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"sampling parameter {name}={v!r} must be a finite number")
+        for name in ("top_k", "repeat_last_n", "n_probs"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not -2**31 < v < 2**31:
+                raise ValueError(f"sampling parameter {name}={v!r} must be an int of 32 bits")
         for name, ok in checks:
             if not ok:
                 raise ValueError(f"sampling parameter {name}={getattr(self, name)!r} is out of range")

@@ -19,18 +19,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterable, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 
 from ._kernels._decode import Decoder, TextStage
 from ._kernels._engine import State
 from .chat import DEFAULT_STOP, Conversation
-from .errors import Cancelled, ContextFullError, GuanacoError, SessionBusyError, StateError
+from .errors import Cancelled, ContextFullError, GuanacoError, ModelClosedError, SessionBusyError, StateError
+from .model import check_threads, usable_threads
 from .sampling import Sampler, SamplingParams
 
 if TYPE_CHECKING:
@@ -43,6 +45,8 @@ log = logging.getLogger("guanaco_rt")
 STATE_MAGIC = b"GRTS"
 STATE_VERSION = 1
 POLICIES = ("error", "shift")
+DRAIN_TIMEOUT_S = 30.0  # longest wait for an abandoned astream() to stop (one token, or one prompt layer)
+MAX_CTX = 1 << 20       # positions; a KV cache this long is already tens of GB on 7B
 
 
 @dataclass
@@ -93,6 +97,90 @@ class TextStream:
         self._gen.close()
 
 
+_DONE = object()
+
+
+class AsyncTextStream:
+    """Async iterator of text pieces from Session.astream(); ``result`` is set when it ends.
+
+    The decode loop runs on a worker thread that hands pieces to the event loop. If the
+    consumer leaves early, the generation is cancelled right away: by ``aclose()``, or
+    when the iterator is dropped (``break`` out of ``async for``)."""
+
+    def __init__(self, session, stream):
+        self._session = session
+        self._stream = stream
+        self._queue = None
+        self._thread = None
+        self._ended = False
+        self.result: GenerationResult | None = None
+
+    def __aiter__(self) -> AsyncTextStream:
+        return self
+
+    def _start(self):
+        loop = asyncio.get_running_loop()
+        queue = asyncio.Queue()
+        stream = self._stream          # the worker must not hold self: dropping self cancels
+
+        def post(item):
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:       # the event loop is closed: nobody is listening
+                pass
+
+        def worker():
+            try:
+                for piece in stream:
+                    post(piece)
+                post(_DONE)
+            except BaseException as e:  # handed to the awaiting task
+                post(e)
+
+        self._queue = queue
+        self._thread = threading.Thread(target=worker, name="guanaco_rt-astream", daemon=True)
+        self._thread.start()
+
+    async def __anext__(self) -> str:
+        if self._ended:
+            raise StopAsyncIteration
+        if self._thread is None:
+            self._start()
+        item = await self._queue.get()
+        if item is _DONE or isinstance(item, BaseException):
+            self._ended = True
+            self.result = self._stream.result
+            if item is _DONE:
+                raise StopAsyncIteration
+            raise item
+        return item
+
+    def _abandon(self):
+        if self._thread is not None and self._thread.is_alive():
+            self._session._abandon(self._thread)
+
+    async def aclose(self) -> None:
+        """Cancel the generation (if still running) and wait for the worker to finish."""
+        self._ended = True
+        self._abandon()
+        if self._thread is not None and self._thread.is_alive():
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        self.result = self._stream.result
+
+    def __del__(self):
+        self._abandon()
+
+
+def _meta_int(meta, key, lo, hi, default=None):
+    v = meta.get(key, default) if default is not None else meta[key]
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{key} is {v!r}, not an integer")
+    if not lo <= v <= hi:
+        limit = f"this session's n_ctx {hi}" if key == "n_past" else f"[{lo}, {hi}]"
+        raise StateError(f"state's {key} {v} is outside {limit}")
+    return v
+
+
 def _common_prefix(a, b):
     n = min(len(a), len(b))
     i = 0
@@ -112,16 +200,22 @@ class Session:
     def __init__(self, model: Model, n_ctx: int = 2048, n_batch: int = 64, n_threads: int | None = None,
                  kv_f16: bool = False, seed: int | None = None, context_policy: str = "error", n_keep: int = 1,
                  system: str | None = None):
-        if n_ctx < 2:
-            raise GuanacoError(f"n_ctx must be >= 2, got {n_ctx}")
-        if n_batch < 1:
-            raise GuanacoError(f"n_batch must be >= 1, got {n_batch}")
+        for name, v, lo in (("n_ctx", n_ctx, 2), ("n_batch", n_batch, 1), ("n_keep", n_keep, 0)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"{name} must be an int, got {v!r}")
+            if v < lo:
+                raise GuanacoError(f"{name} must be >= {lo}, got {v}")
+        if n_ctx > MAX_CTX:
+            raise GuanacoError(f"n_ctx={n_ctx} is above the limit {MAX_CTX}")
         if context_policy not in POLICIES:
             raise GuanacoError(f"context_policy must be one of {POLICIES}, got {context_policy!r}")
+        if getattr(model, "_engine", None) is None:
+            raise ModelClosedError(f"{getattr(model, 'path', model)}: this Model is closed")
+        model._check_usable()
         self.model = model
         self.n_ctx = int(n_ctx)
         self.n_batch = int(min(n_batch, n_ctx))
-        self.n_threads = int(n_threads or model.n_threads)
+        self.n_threads = model.n_threads if n_threads is None else check_threads(n_threads)
         self.kv_f16 = bool(kv_f16)
         self.context_policy = context_policy
         self.n_keep = int(n_keep)
@@ -131,6 +225,9 @@ class Session:
         self.conversation = Conversation() if system is None else Conversation(system=system)
         self._chat_first_turn = 0
         self._busy = threading.Lock()
+        self._cancel_lock = threading.Lock()   # orders cancel() against the end of a call
+        self._draining = None                  # the worker of an abandoned astream(), finishing
+        self._pid = os.getpid()
         self.last_result = None
 
     # -- properties ----------------------------------------------------------------
@@ -148,26 +245,66 @@ class Session:
         return self.model.n_vocab
 
     # -- busy / cancel ---------------------------------------------------------------
-    def _enter(self):
+    def _check_open(self):
         if self._state is None:
-            raise GuanacoError("this Session is closed")
-        if not self._busy.acquire(blocking=False):
-            raise SessionBusyError("this Session is in use by another thread; use one Session per thread")
+            raise ModelClosedError("this Session is closed")
+
+    def _enter(self):
+        self._check_open()
+        if not self._busy.acquire(blocking=False) and not (
+                self._draining is not None and self._busy.acquire(timeout=DRAIN_TIMEOUT_S)):
+            raise SessionBusyError("this Session is busy with another call (another thread, or a stream that is "
+                                   "still open); use one Session per concurrent caller")
+        self._draining = None
+        try:
+            self.model._check_usable()
+            if os.getpid() != self._pid or self.n_threads > 1:
+                self._fit_threads()
+        except BaseException:
+            self._busy.release()
+            raise
+
+    def _fit_threads(self):
+        # OpenMP's thread pool does not survive os.fork(): a child that used it with more
+        # than one thread after the parent did would hang in libgomp (model.usable_threads)
+        self._pid = os.getpid()
+        n = usable_threads(self.n_threads)
+        if n != self.n_threads:
+            log.warning("guanaco_rt: this process was forked after OpenMP started; the Session runs on %d "
+                        "thread(s) instead of %d", n, self.n_threads)
+            self.n_threads = n
+            self._state.n_threads = n
 
     def _leave(self):
-        self._state.cancel(False)
-        self._busy.release()
+        with self._cancel_lock:       # a cancel() that saw this call running lands before this clear
+            self._state.cancel(False)
+            self._busy.release()
 
     def cancel(self) -> None:
         """Stop the running eval or generation within one layer's work. Any thread may call
         it; it does nothing when the session is idle. The session stays usable and its cache
         consistent up to the last complete token."""
-        if self._state is not None and self._busy.locked():
-            self._state.cancel(True)
+        with self._cancel_lock:
+            if self._state is not None and self._busy.locked():
+                self._state.cancel(True)
 
     # -- evaluation ------------------------------------------------------------------
-    def _check_ids(self, ids):
-        arr = np.asarray(ids, dtype=np.int64).reshape(-1)
+    def _check_ids(self, ids, what="ids"):
+        """A list, tuple or 1-D integer ndarray of token ids -> int32 array; anything else,
+        or an id outside the vocab, is refused (str, bytes, floats, bools, nested lists)."""
+        if isinstance(ids, np.ndarray):
+            if ids.ndim != 1 or ids.dtype.kind not in "iu":
+                raise TypeError(f"{what} must be a 1-D integer array, got {ids.dtype} with shape {ids.shape}")
+            arr = ids.astype(np.int64)
+        elif isinstance(ids, (list, tuple)):
+            for t in ids:
+                if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+                    raise TypeError(f"{what} must hold token ids (ints), got {t!r} ({type(t).__name__})")
+            arr = np.array(ids, dtype=np.int64) if ids else np.zeros(0, np.int64)
+        else:
+            raise TypeError(f"{what} must be a list, tuple or integer ndarray of token ids, "
+                            f"got {type(ids).__name__}" + (" (pass text to generate()/stream())"
+                                                           if isinstance(ids, (str, bytes)) else ""))
         if arr.size and (arr.min() < 0 or arr.max() >= self.n_vocab):
             bad = int(arr[(arr < 0) | (arr >= self.n_vocab)][0])
             raise ValueError(f"token id {bad} outside [0, {self.n_vocab})")
@@ -221,7 +358,7 @@ class Session:
         if self.context_policy == "error" or len(ids) > self.n_ctx and self.n_keep >= self.n_ctx // 2:
             raise ContextFullError(f"prompt of {len(ids)} tokens does not fit n_ctx {self.n_ctx} "
                                    f"(with {reserve} reserved for generation)")
-        keep = ids[:self.n_keep]
+        keep = ids[:min(self.n_keep, len(ids) - 1)]      # the last prompt token always comes from the tail
         tail = max(1, self.n_ctx - reserve - len(keep))
         log.warning("prompt of %d tokens truncated to %d (n_keep %d + the last %d)",
                     len(ids), len(keep) + tail, len(keep), tail)
@@ -231,15 +368,12 @@ class Session:
     def _prompt_ids(self, prompt):
         if isinstance(prompt, str):
             return self.model.tokenize(prompt)
-        ids = [int(t) for t in prompt]
-        self._check_ids(ids)
-        return ids
+        return self._check_ids(prompt, "prompt").tolist()
 
     def _prepare(self, prompt, max_new_tokens, stop, params):
         """Check and convert a generation's arguments -> (prompt ids, sampler core, text
         stage). Runs when generate/stream is called, so bad arguments raise right there."""
-        if self._state is None:
-            raise GuanacoError("this Session is closed")
+        self._check_open()
         ids = self._prompt_ids(prompt)
         if not ids:
             raise ValueError("empty prompt: pass at least the BOS token")
@@ -284,14 +418,17 @@ class Session:
                         log.info("context shift: %d time(s), %d tokens dropped (n_keep %d), %d left",
                                  dec.n_shifts, dec.n_discarded, n_keep, self.n_past)
                 gen, logprobs = dec.generated(), dec.logprobs()
-            if reason == "context_full":
-                raise ContextFullError(f"context full: {self.n_past} tokens = n_ctx {self.n_ctx} "
-                                       f"after {len(gen)} generated (context_policy='error')")
             timings.generated_tokens = len(gen)
             timings.generate_ms = (time.perf_counter() - t0) * 1e3
             # the result's text is exactly what was streamed (the stop string held back)
             result = GenerationResult("".join(emitted), gen, reason, timings, logprobs)
             self.last_result = result
+            if reason == "context_full":
+                err = ContextFullError(f"context full: {self.n_past} tokens = n_ctx {self.n_ctx} "
+                                       f"after {len(gen)} generated (context_policy='error'); "
+                                       f"the text so far is in .result and Session.last_result")
+                err.result = result
+                raise err
             return result
         finally:
             self._leave()
@@ -331,37 +468,18 @@ class Session:
                 callback(piece)
         return s.result
 
-    async def astream(self, prompt: Prompt, max_new_tokens: int = 128, stop: str | Iterable[str] | None = None,
-                      params: SamplingParams | None = None, **sampling) -> AsyncIterator[str]:
-        """Async iterator of text pieces; the decode loop runs on a worker thread."""
-        loop = asyncio.get_running_loop()
-        queue = asyncio.Queue()
-        done = object()
-        stream = self.stream(prompt, max_new_tokens, stop, params, **sampling)
+    def astream(self, prompt: Prompt, max_new_tokens: int = 128, stop: str | Iterable[str] | None = None,
+                params: SamplingParams | None = None, **sampling) -> AsyncTextStream:
+        """Async iterator of text pieces (``async for``); the decode loop runs on a worker
+        thread. Leaving the loop early -- break, an exception, a cancelled task -- cancels
+        the generation at once, and the session's next call waits only for the token in
+        flight. Arguments are checked here, when called."""
+        return AsyncTextStream(self, self.stream(prompt, max_new_tokens, stop, params, **sampling))
 
-        def worker():
-            try:
-                for piece in stream:
-                    loop.call_soon_threadsafe(queue.put_nowait, piece)
-                loop.call_soon_threadsafe(queue.put_nowait, done)
-            except BaseException as e:  # handed to the awaiting task
-                loop.call_soon_threadsafe(queue.put_nowait, e)
-
-        th = threading.Thread(target=worker, name="guanaco_rt-astream", daemon=True)
-        th.start()
-        try:
-            while True:
-                item = await queue.get()
-                if item is done:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            if th.is_alive():
-                self.cancel()
-                await loop.run_in_executor(None, th.join)
-            self.last_result = stream.result or self.last_result
+    def _abandon(self, thread):
+        # an astream() whose consumer left: stop it; the next _enter waits for its worker
+        self._draining = thread
+        self.cancel()
 
     # -- chat ------------------------------------------------------------------------
     def chat(self, message: str, max_new_tokens: int = 256, stop: str | Iterable[str] | None = None,
@@ -373,17 +491,34 @@ class Session:
         would not fit (with max_new_tokens reserved), the oldest turns are dropped under
         the "shift" policy, or ContextFullError is raised under "error".
         """
+        if not isinstance(message, str):
+            raise TypeError(f"message must be a str, got {type(message).__name__}")
+        self._check_open()
         conv = self.conversation
         reserve = min(max_new_tokens, self.n_ctx // 2)
         first = self._chat_first_turn
-        while True:
-            ids = self.model.tokenize(conv.prompt(message, first))
-            if len(ids) + reserve <= self.n_ctx:
-                break
-            if self.context_policy == "error" or first >= len(conv.turns):
-                raise ContextFullError(f"chat prompt of {len(ids)} tokens + {reserve} reserved "
-                                       f"> n_ctx {self.n_ctx}")
-            first += 1
+
+        def fits(f):
+            ids = self.model.tokenize(conv.prompt(message, f))
+            return ids if len(ids) + reserve <= self.n_ctx else None
+
+        ids = fits(first)
+        if ids is None:
+            if self.context_policy == "error" or fits(len(conv.turns)) is None:
+                n = len(self.model.tokenize(conv.prompt(message, first if self.context_policy == "error"
+                                                        else len(conv.turns))))
+                raise ContextFullError(f"chat prompt of {n} tokens + {reserve} reserved > n_ctx {self.n_ctx}")
+            # fewer turns, shorter prompt: binary search for the first turn that makes it fit
+            # (log2(turns) tokenizations instead of one per dropped turn)
+            lo, hi = first + 1, len(conv.turns)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if fits(mid) is None:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            first = lo
+            ids = fits(first)
         self._chat_first_turn = first
         # a context shift inside the reply keeps the system text
         res = self._generate(ids, max_new_tokens, DEFAULT_STOP if stop is None else stop, params, callback, sampling,
@@ -446,17 +581,29 @@ class Session:
                 raise StateError(f"metadata length {mlen} runs past the end of the {len(blob)}-byte state")
             try:
                 meta = json.loads(bytes(blob[head:head + mlen]))
-                n = int(meta["n_past"])
+                if not isinstance(meta, dict):
+                    raise TypeError(f"metadata is a {type(meta).__name__}, not an object")
+                n = _meta_int(meta, "n_past", 0, self.n_ctx)
                 kvt = {"f16": np.float16, "f32": np.float32}[meta["kv"]]
-            except (ValueError, KeyError, TypeError) as e:
-                raise StateError(f"state metadata is malformed: {e}") from None
+                has_logits = meta["has_logits"]
+                if not isinstance(has_logits, bool):
+                    raise TypeError(f"has_logits is {has_logits!r}")
+                system = meta.get("system", "")
+                turns = meta.get("turns", [])
+                if not isinstance(system, str) or not isinstance(turns, list) or not all(
+                        isinstance(t, list) and len(t) == 2 and all(isinstance(x, str) for x in t) for t in turns):
+                    raise TypeError("system must be a string and turns a list of [message, reply] strings")
+                first_turn = _meta_int(meta, "chat_first_turn", 0, len(turns), default=0)
+                np.random.PCG64().state = meta["rng"]      # checked on a scratch generator first
+            except StateError:
+                raise
+            except (ValueError, KeyError, TypeError, OverflowError, RecursionError, AttributeError) as e:
+                raise StateError(f"state metadata is malformed: {type(e).__name__}: {e}") from None
             hp = self.model.hparams
             if (meta.get("n_layer"), meta.get("n_embd"), meta.get("n_vocab")) != (hp.n_layer, hp.n_embd, hp.n_vocab):
                 raise StateError("state shape does not match this model")
-            if not 0 <= n <= self.n_ctx:
-                raise StateError(f"state holds {n} tokens, this session's n_ctx is {self.n_ctx}")
             kv_bytes = hp.n_layer * n * hp.n_embd * np.dtype(kvt).itemsize
-            logit_bytes = 4 * self.n_vocab if meta["has_logits"] else 0
+            logit_bytes = 4 * self.n_vocab if has_logits else 0
             need = head + mlen + 4 * n + logit_bytes + 2 * kv_bytes
             if len(blob) != need:
                 raise StateError(f"state is {len(blob)} bytes, expected {need}")
@@ -468,17 +615,14 @@ class Session:
             logits = np.frombuffer(blob, "<f4", self.n_vocab, pos) if logit_bytes else None
             pos += logit_bytes
             shape = (hp.n_layer, n, hp.n_embd)
-            k = np.frombuffer(blob, kvt, hp.n_layer * n * hp.n_embd, pos).reshape(shape)
-            v = np.frombuffer(blob, kvt, hp.n_layer * n * hp.n_embd, pos + kv_bytes).reshape(shape)
-            try:
-                np.random.PCG64().state = meta["rng"]      # checked on a scratch generator first
-            except (ValueError, TypeError, KeyError) as e:
-                raise StateError(f"state's sampler RNG is malformed: {e}") from None
+            own = np.float16 if self.kv_f16 else np.float32      # an f16 state loads into an f32 cache and back
+            k = np.frombuffer(blob, kvt, hp.n_layer * n * hp.n_embd, pos).reshape(shape).astype(own)
+            v = np.frombuffer(blob, kvt, hp.n_layer * n * hp.n_embd, pos + kv_bytes).reshape(shape).astype(own)
+            # everything is checked: from here on nothing can fail half way
             self._state.import_kv(tokens, k, v, logits)
             self.sampler.set_state(meta["rng"])
-            self.conversation = Conversation(system=meta.get("system", ""),
-                                             turns=[tuple(t) for t in meta.get("turns", [])])
-            self._chat_first_turn = int(meta.get("chat_first_turn", 0))
+            self.conversation = Conversation(system=system, turns=[tuple(t) for t in turns])
+            self._chat_first_turn = first_turn
         finally:
             self._leave()
 

@@ -134,6 +134,13 @@ class Tokenizer:
         return piece.replace("\u2581", " ").encode("utf-8")
 
     def encode(self, text, bos=True, eos=False):
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:   # a lone surrogate: sentencepiece would raise an untyped RuntimeError
+            raise ValueError(f"text is not valid Unicode: {e.reason} {text[e.start:e.end]!r} at position {e.start}; "
+                             "decode bytes with errors='replace' first") from None
         ids = self.sp.encode(text) if text else []
         return ([BOS_ID] if bos else []) + list(ids) + ([EOS_ID] if eos else [])
 

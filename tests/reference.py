@@ -230,14 +230,15 @@ def sample_chain(logits, history, p, rng):
         idx = np.argsort(-lp, kind="stable")[:p.n_probs]
         top = [(int(i), float(lp[i])) for i in idx]
     if p.temperature <= 0:
-        return int(np.argmax(x)), top, None, None
+        best = int(np.argmax(x))
+        return (best if np.isfinite(x[best]) else -1), top, None, None     # -1: every token banned
     order = np.argsort(-x, kind="stable")
     if p.top_k > 0:
         order = order[:p.top_k]
     cand = x[order]
     finite = np.isfinite(cand)
     if not finite.any():
-        return int(order[0]), top, None, None
+        return -1, top, None, None
     order, cand = order[finite], cand[finite]
     if p.typical_p < 1.0 and len(cand) > 1:
         lp = _log_softmax(cand)
@@ -254,7 +255,11 @@ def sample_chain(logits, history, p, rng):
         probs = np.exp(_log_softmax(cand))
         keep = probs >= p.min_p * probs[0]
         order, cand = order[keep], cand[keep]
-    probs = np.exp(_log_softmax(cand / p.temperature))
+    with np.errstate(over="ignore"):
+        scaled = cand / p.temperature
+    if not np.isfinite(scaled[[0, -1]]).all():     # a temperature so small the logits overflow: greedy
+        return int(order[0]), top, None, None
+    probs = np.exp(_log_softmax(scaled))
     probs = probs / probs.sum()
     i = int(rng.choice(len(probs), p=probs))
     return int(order[i]), top, order, probs

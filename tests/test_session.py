@@ -546,8 +546,9 @@ def test_sampler_equals_numpy_reference(p, seed, n, ties, hist):
     x = sample_penalize(logits, hist, p)
     np.testing.assert_allclose(penalize(Sampler(0), logits, hist, p), x, rtol=1e-15, atol=0)
     if not np.isfinite(x).any():
-        # every token banned: no distribution to compare, but still a valid id and no crash
-        assert 0 <= sample(Sampler(seed), logits, hist, p)[0] < n
+        # every token banned: nothing to sample; the chain says so with -1 (the decode loop
+        # then ends with finish_reason "no_candidates")
+        assert sample(Sampler(seed), logits, hist, p)[0] == -1
         return
     s = Sampler(seed)
     want_tok, want_top, cand, probs = sample_chain(logits, hist, p, np.random.Generator(np.random.PCG64(seed)))

@@ -50,6 +50,10 @@ cdef class Decoder:
     cdef int n_gen, steps, max_new, cap
     cdef int eos_id, shift, n_keep, status
     cdef readonly int n_shifts, n_discarded
+    cdef bint poll_signals           # on the main thread: let Python run signal handlers now and then
+    cdef double next_poll
+    cdef object interrupt            # what a signal handler raised
+    cdef int _signals(self) noexcept with gil
     cdef _grow(self, int cap)
     cdef int _finish(self, int reason) noexcept nogil
     cdef int _loop(self, bint until_text) noexcept nogil

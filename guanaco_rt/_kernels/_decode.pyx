@@ -12,7 +12,11 @@ from libc.stdint cimport uint8_t, int32_t, int64_t
 from libc.stdlib cimport realloc, free
 from libc.string cimport memcpy, memcmp, memmove
 
+import threading
+
 import numpy as np
+from cpython.exc cimport PyErr_CheckSignals
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from guanaco_rt._kernels._engine cimport State, state_t, model_t, forward, shift_kv
 from guanaco_rt._kernels._sampling cimport SamplerCore, sample_token
@@ -259,6 +263,13 @@ cdef class TextStage:
 
 
 # ---- the decode loop ------------------------------------------------------------------------
+cdef double SIGNAL_POLL_S = 0.05     # how often the main thread's loop lets Python run signal handlers
+
+cdef double monotonic() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
 cdef enum:
     DEC_RUNNING = 0          # text is ready; call run() again
     DEC_LENGTH = 1           # max_new tokens sampled
@@ -267,9 +278,11 @@ cdef enum:
     DEC_CANCELLED = 4
     DEC_CONTEXT_FULL = 5     # policy "error" and no room for the next token
     DEC_NOMEM = 6
+    DEC_NO_CANDIDATES = 7    # every token banned (logit_bias -inf): nothing left to sample
+    DEC_INTERRUPTED = 8      # a signal handler raised (Ctrl-C): run() re-raises it
 
 FINISH_REASONS = {DEC_LENGTH: "length", DEC_EOS: "eos", DEC_STOP: "stop", DEC_CANCELLED: "cancelled",
-                  DEC_CONTEXT_FULL: "context_full"}
+                  DEC_CONTEXT_FULL: "context_full", DEC_NO_CANDIDATES: "no_candidates"}
 
 cdef class Decoder:
     """One generation on a State: ``run()`` samples, decodes text, matches stop strings,
@@ -329,16 +342,25 @@ cdef class Decoder:
         cdef const model_t* m = &self.st.engine.m
         cdef int rc, keep, discard
         cdef int32_t tok
+        cdef double now
         while True:
             if self.steps >= self.max_new:
                 return self._finish(DEC_LENGTH)
             if s.cancel:
                 return self._finish(DEC_CANCELLED)
+            if self.poll_signals:
+                now = monotonic()
+                if now >= self.next_poll:
+                    self.next_poll = now + SIGNAL_POLL_S
+                    if self._signals():
+                        return self._finish(DEC_INTERRUPTED)
             if self.n_gen == self.cap:
                 return DEC_RUNNING              # run() grows the output arrays
             tok = sample_token(&self.sampler.S, s.logits, s.tokens, s.n_past,
                                &self.top_ids[self.n_gen, 0], &self.top_lp[self.n_gen, 0])
             self.steps += 1
+            if tok < 0:
+                return self._finish(DEC_NO_CANDIDATES)
             if tok == self.eos_id:
                 return self._finish(DEC_EOS)
             self.gen[self.n_gen] = tok
@@ -363,10 +385,23 @@ cdef class Decoder:
             if until_text and self.text.T.out.n > 0:
                 return DEC_RUNNING
 
+    cdef int _signals(self) noexcept with gil:
+        # Ctrl-C and other handlers run only when Python gets control: on the main thread the
+        # loop hands it over every SIGNAL_POLL_S (signals are only delivered there)
+        try:
+            PyErr_CheckSignals()
+        except BaseException as e:
+            self.interrupt = e
+            return 1
+        return 0
+
     def run(self, bint until_text=False):
         """Decode until the end, or until text is ready (``until_text``). Returns
-        (text, finish reason or None while running). Releases the GIL throughout."""
+        (text, finish reason or None while running). Releases the GIL throughout, except
+        for a signal check every 50 ms on the main thread; an exception a signal handler
+        raises (KeyboardInterrupt) is raised here, with the State consistent."""
         cdef int status = self.status
+        self.poll_signals = threading.current_thread() is threading.main_thread()
         if status == DEC_RUNNING:
             if self.n_gen == self.cap:
                 self._grow(min(2 * self.cap, self.max_new))
@@ -374,6 +409,8 @@ cdef class Decoder:
                 status = self._loop(until_text)
         if status == DEC_NOMEM:
             raise MemoryError("out of memory while decoding")
+        if status == DEC_INTERRUPTED:
+            raise self.interrupt
         return self.text.take(), FINISH_REASONS.get(status)
 
     def generated(self):

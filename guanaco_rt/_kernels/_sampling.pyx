@@ -200,10 +200,10 @@ cdef int top_logprobs(sampler_t* S, int32_t* top_ids, double* top_lp) noexcept n
 
 cdef int32_t sample_token(sampler_t* S, const float* logits, const int32_t* hist, int n_hist,
                           int32_t* top_ids, double* top_lp) noexcept nogil:
-    # logits (n_vocab,) after hist (n_hist,) -> the next token; top_ids/top_lp (n_probs,) # OUT
+    # logits (n_vocab,) after hist (n_hist,) -> the next token, or -1 when every token is
+    # banned (-inf); top_ids/top_lp (n_probs,) # OUT
     cdef const sparams_t* p = &S.p
     cdef int n = S.n_vocab, nc, i, keep, best
-    cdef int32_t first
     cdef double m, lse, ent, cum, thr, u, total
     penalize(S, logits, hist, n_hist)
     if p.n_probs > 0:
@@ -213,15 +213,14 @@ cdef int32_t sample_token(sampler_t* S, const float* logits, const int32_t* hist
         for i in range(1, n):
             if S.x[i] > S.x[best]:
                 best = i
-        return best
+        return best if isfinite(S.x[best]) else -1      # -1: every token is banned
     nc = top_sorted(S, S.ids, S.x, n, p.top_k if p.top_k > 0 else n)
-    first = S.ids[0]
     for i in range(nc):
         S.c[i] = S.x[S.ids[i]]
         S.sh[i] = isfinite(S.c[i])
     nc = _compact(S, nc, S.sh)          # banned (-inf) candidates leave
     if nc == 0:
-        return first
+        return -1
     if p.typical_p < 1.0 and nc > 1:
         # keep the most typical candidates (surprise closest to the entropy) until their
         # mass reaches typical_p, then restore the logit order
@@ -260,6 +259,8 @@ cdef int32_t sample_token(sampler_t* S, const float* logits, const int32_t* hist
         for i in range(nc):
             S.sh[i] = S.pr[i] >= thr
         nc = _compact(S, nc, S.sh)
+    if not (isfinite(S.c[0] / p.temperature) and isfinite(S.c[nc - 1] / p.temperature)):
+        return S.ids[0]                 # a temperature so small the logits overflow: the limit, greedy
     for i in range(nc):
         S.sh[i] = S.c[i] / p.temperature
     _softmax(S.pr, S.sh, nc)

@@ -44,10 +44,11 @@ def kernel_set(isa):
     return _SETS[isa]
 
 
-def _choose():
+def default_kernels():
+    """The KernelSet models use unless told otherwise: GUANACO_RT_ISA, else the best unit
+    this CPU runs. Chosen on first use, so a bad GUANACO_RT_ISA is a GuanacoError there
+    (e.g. when a Model is built), not an import failure."""
     forced = os.environ.get("GUANACO_RT_ISA", "").strip().lower()
-    return kernel_set(forced or available_isas()[-1])
-
-
-kernels = _choose()
-log.debug("guanaco_rt kernels: %s", kernels.isa)
+    ks = kernel_set(forced or available_isas()[-1])
+    log.debug("guanaco_rt kernels: %s", ks.isa)
+    return ks

@@ -1,0 +1,139 @@
+"""Coverage-guided fuzzing of every parser with atheris (libFuzzer for Python).
+
+    python benchmarks/fuzz.py --minutes 30                  # all targets, 30 minutes each
+    python benchmarks/fuzz.py --target state --seconds 40   # one target
+    python benchmarks/fuzz.py --replay tests/fuzz_corpus    # run saved inputs once, no fuzzing
+
+Targets (each input must end in the documented typed error or succeed; anything else
+-- another exception, a crash, a hang -- is a finding, saved as crash-*/timeout-* in
+--artifacts, to be copied into tests/fuzz_corpus/<target>/ once fixed):
+  ggjt       a ggjt v3 model file: FormatError, or a Model that evaluates a token
+  state      a Session.load_state blob: StateError (the session unchanged), or loaded
+  tokenizer  arbitrary text: token ids in range, or ValueError for invalid Unicode
+Each target runs in its own process; the summary line per target gives executions
+and findings.
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TARGETS = ("ggjt", "state", "tokenizer")
+
+CHILD = r'''
+import os, sys, tempfile
+import atheris
+with atheris.instrument_imports():
+    import guanaco_rt
+    from guanaco_rt import ggml_file
+import numpy as np
+from guanaco_rt.errors import FormatError, StateError
+from guanaco_rt.writer import write_random_model
+
+target, work = sys.argv[1], sys.argv[2]
+seed_path = os.path.join(work, "seed.bin")
+if not os.path.exists(seed_path):
+    write_random_model(seed_path, "q4_K_M", n_vocab=300, n_embd=256, n_mult=256, n_head=4, n_layer=1, seed=3)
+model = guanaco_rt.Model(seed_path, n_threads=1)
+session = guanaco_rt.Session(model, n_ctx=64, n_threads=1, seed=0, system="")
+session.chat("hi", max_new_tokens=2)
+good_state = session.save_state()
+scratch = os.path.join(work, f"input-{os.getpid()}.bin")
+
+def one_ggjt(data):
+    try:
+        ggml_file.parse("fuzz.bin", data)
+    except FormatError:
+        return
+    with open(scratch, "wb") as f:
+        f.write(data)
+    try:
+        m = guanaco_rt.Model(scratch, n_threads=1, mmap=False)
+    except FormatError:
+        return
+    guanaco_rt.Session(m, n_ctx=8, n_threads=1).eval([1])
+
+def one_state(data):
+    s = guanaco_rt.Session(model, n_ctx=64, n_threads=1, seed=1)
+    s.eval([1, 2])
+    before = (s.tokens, s.sampler.state)
+    try:
+        s.load_state(data)
+    except StateError:
+        assert (s.tokens, s.sampler.state) == before, "a refused state changed the session"
+
+def one_text(data):
+    text = atheris.FuzzedDataProvider(data).ConsumeUnicode(len(data))
+    try:
+        ids = model.tokenize(text)
+    except ValueError:
+        return
+    assert all(0 <= i < model.n_vocab for i in ids)
+    model.detokenize(ids)
+
+fn = {"ggjt": one_ggjt, "state": one_state, "tokenizer": one_text}[target]
+seeds = {"ggjt": open(seed_path, "rb").read(), "state": good_state, "tokenizer": "Hello wörld ### Human:".encode()}
+if "-replay" in sys.argv:
+    n = 0
+    for p in sys.argv[sys.argv.index("-replay") + 1:]:
+        fn(open(p, "rb").read())
+        n += 1
+    print(f"replayed {n}")
+    sys.exit(0)
+corpus = os.path.join(work, "corpus-" + target)
+os.makedirs(corpus, exist_ok=True)
+with open(os.path.join(corpus, "seed"), "wb") as f:
+    f.write(seeds[target])
+atheris.Setup([sys.argv[0]] + sys.argv[3:] + [corpus], fn)
+atheris.Fuzz()
+'''
+
+
+def fuzz(target, seconds, work, artifacts):
+    os.makedirs(artifacts, exist_ok=True)
+    args = [sys.executable, "-c", CHILD, target, work, f"-max_total_time={seconds}", "-timeout=20",
+            "-rss_limit_mb=4096", "-max_len=1000000", f"-artifact_prefix={artifacts}/{target}-", "-print_final_stats=1"]
+    r = subprocess.run(args, capture_output=True, text=True)
+    execs = re.findall(r"stat::number_of_executed_units:\s*(\d+)", r.stderr)
+    found = [f for f in os.listdir(artifacts) if f.startswith(target + "-")]
+    print(f"{target}: {execs[-1] if execs else '?'} executions in {seconds} s, {len(found)} finding(s)"
+          + ("" if r.returncode == 0 else f", exit {r.returncode}: " + r.stderr.strip().splitlines()[-1][:200]))
+    return r.returncode == 0 and not found
+
+
+def replay(corpus_root, work):
+    ok = True
+    for target in TARGETS:
+        d = os.path.join(corpus_root, target)
+        files = sorted(os.path.join(d, f) for f in os.listdir(d)) if os.path.isdir(d) else []
+        if not files:
+            continue
+        r = subprocess.run([sys.executable, "-c", CHILD, target, work, "-replay", *files], capture_output=True,
+                           text=True)
+        print(f"{target}: {r.stdout.strip() or r.stderr.strip().splitlines()[-1]}")
+        ok &= r.returncode == 0
+    return ok
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", choices=TARGETS + ("all",), default="all")
+    p.add_argument("--minutes", type=float, default=None)
+    p.add_argument("--seconds", type=int, default=None)
+    p.add_argument("--artifacts", default=os.path.join(HERE, "fuzz-findings"))
+    p.add_argument("--replay", default=None, metavar="CORPUS_DIR")
+    a = p.parse_args()
+    with tempfile.TemporaryDirectory() as work:
+        if a.replay:
+            sys.exit(0 if replay(a.replay, work) else 1)
+        seconds = a.seconds or int((a.minutes or 1) * 60)
+        targets = TARGETS if a.target == "all" else (a.target,)
+        results = [fuzz(t, seconds, work, a.artifacts) for t in targets]
+    sys.exit(0 if all(results) else 1)
+
+
+if __name__ == "__main__":
+    main()
