@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from guanaco_rt import ggml_types as T
-from guanaco_rt._kernels._engine import matmul_twin
+from guanaco_rt._kernels._twins import matmul_twin
 from guanaco_rt._kernels.dispatch import available_isas, kernel_set
 from guanaco_rt.writer import random_tensor_bytes
 

@@ -96,7 +96,7 @@ def fuzz(target, seconds, work, artifacts):
     os.makedirs(artifacts, exist_ok=True)
     args = [sys.executable, "-c", CHILD, target, work, f"-max_total_time={seconds}", "-timeout=20",
             "-rss_limit_mb=4096", "-max_len=1000000", f"-artifact_prefix={artifacts}/{target}-", "-print_final_stats=1"]
-    r = subprocess.run(args, capture_output=True, text=True)
+    r = subprocess.run(args, capture_output=True, text=True, cwd=work)   # not a source tree: the installed package
     execs = re.findall(r"stat::number_of_executed_units:\s*(\d+)", r.stderr)
     found = [f for f in os.listdir(artifacts) if f.startswith(target + "-")]
     print(f"{target}: {execs[-1] if execs else '?'} executions in {seconds} s, {len(found)} finding(s)"
@@ -111,8 +111,8 @@ def replay(corpus_root, work):
         files = sorted(os.path.join(d, f) for f in os.listdir(d)) if os.path.isdir(d) else []
         if not files:
             continue
-        r = subprocess.run([sys.executable, "-c", CHILD, target, work, "-replay", *files], capture_output=True,
-                           text=True)
+        r = subprocess.run([sys.executable, "-c", CHILD, target, work, "-replay", *map(os.path.abspath, files)],
+                           capture_output=True, text=True, cwd=work)
         print(f"{target}: {r.stdout.strip() or r.stderr.strip().splitlines()[-1]}")
         ok &= r.returncode == 0
     return ok

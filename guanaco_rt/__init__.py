@@ -13,8 +13,9 @@ from .errors import (
     UnsupportedVersionError,
 )
 from .model import Model
+from .results import GenerationResult, Timings
 from .sampling import SamplingParams
-from .session import GenerationResult, Session, Timings
+from .session import Session
 
 __version__ = "0.1.0"   # the one version source: pyproject.toml reads it
 

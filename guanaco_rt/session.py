@@ -16,15 +16,13 @@ loop (sampling and stop checks included) run with the GIL released.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
 import struct
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence, Union
 
 import numpy as np
 
@@ -33,6 +31,7 @@ from ._kernels._engine import State
 from .chat import DEFAULT_STOP, Conversation
 from .errors import Cancelled, ContextFullError, GuanacoError, ModelClosedError, SessionBusyError, StateError
 from .model import check_threads, usable_threads
+from .results import AsyncTextStream, GenerationResult, TextStream, Timings
 from .sampling import Sampler, SamplingParams
 
 if TYPE_CHECKING:
@@ -47,128 +46,6 @@ STATE_VERSION = 1
 POLICIES = ("error", "shift")
 DRAIN_TIMEOUT_S = 30.0  # longest wait for an abandoned astream() to stop (one token, or one prompt layer)
 MAX_CTX = 1 << 20       # positions; a KV cache this long is already tens of GB on 7B
-
-
-@dataclass
-class Timings:
-    load_ms: float = 0.0          # the model's load time
-    prompt_tokens: int = 0        # prompt tokens evaluated (not reused from the cache)
-    reused_tokens: int = 0        # prompt tokens whose KV entries were already cached
-    prompt_ms: float = 0.0
-    generated_tokens: int = 0
-    generate_ms: float = 0.0
-
-    @property
-    def prompt_tokens_per_s(self):
-        return self.prompt_tokens / (self.prompt_ms / 1e3) if self.prompt_ms else 0.0
-
-    @property
-    def generate_tokens_per_s(self):
-        return self.generated_tokens / (self.generate_ms / 1e3) if self.generate_ms else 0.0
-
-
-@dataclass
-class GenerationResult:
-    text: str
-    tokens: list
-    finish_reason: str            # "stop" | "length" | "eos" | "cancelled"
-    timings: Timings
-    logprobs: list = field(default=None)  # per token: [(id, logprob)] of the top n_probs
-
-
-class TextStream:
-    """Iterator of text pieces from Session.stream(); ``result`` is set when it ends."""
-
-    def __init__(self, gen):
-        self._gen = gen
-        self.result: GenerationResult | None = None
-
-    def __iter__(self) -> Iterator[str]:
-        return self
-
-    def __next__(self) -> str:
-        try:
-            return next(self._gen)
-        except StopIteration as stop:
-            self.result = stop.value
-            raise
-
-    def close(self):
-        self._gen.close()
-
-
-_DONE = object()
-
-
-class AsyncTextStream:
-    """Async iterator of text pieces from Session.astream(); ``result`` is set when it ends.
-
-    The decode loop runs on a worker thread that hands pieces to the event loop. If the
-    consumer leaves early, the generation is cancelled right away: by ``aclose()``, or
-    when the iterator is dropped (``break`` out of ``async for``)."""
-
-    def __init__(self, session, stream):
-        self._session = session
-        self._stream = stream
-        self._queue = None
-        self._thread = None
-        self._ended = False
-        self.result: GenerationResult | None = None
-
-    def __aiter__(self) -> AsyncTextStream:
-        return self
-
-    def _start(self):
-        loop = asyncio.get_running_loop()
-        queue = asyncio.Queue()
-        stream = self._stream          # the worker must not hold self: dropping self cancels
-
-        def post(item):
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:       # the event loop is closed: nobody is listening
-                pass
-
-        def worker():
-            try:
-                for piece in stream:
-                    post(piece)
-                post(_DONE)
-            except BaseException as e:  # handed to the awaiting task
-                post(e)
-
-        self._queue = queue
-        self._thread = threading.Thread(target=worker, name="guanaco_rt-astream", daemon=True)
-        self._thread.start()
-
-    async def __anext__(self) -> str:
-        if self._ended:
-            raise StopAsyncIteration
-        if self._thread is None:
-            self._start()
-        item = await self._queue.get()
-        if item is _DONE or isinstance(item, BaseException):
-            self._ended = True
-            self.result = self._stream.result
-            if item is _DONE:
-                raise StopAsyncIteration
-            raise item
-        return item
-
-    def _abandon(self):
-        if self._thread is not None and self._thread.is_alive():
-            self._session._abandon(self._thread)
-
-    async def aclose(self) -> None:
-        """Cancel the generation (if still running) and wait for the worker to finish."""
-        self._ended = True
-        self._abandon()
-        if self._thread is not None and self._thread.is_alive():
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
-        self.result = self._stream.result
-
-    def __del__(self):
-        self._abandon()
 
 
 def _meta_int(meta, key, lo, hi, default=None):

@@ -408,7 +408,7 @@ s.generate([1] + list(range(10, 30)), max_new_tokens=1)     # logs a warning (pr
 
 # ---- 20. private twins check their arguments ----------------------------------------------
 def test_20_twins_refuse_bad_shapes_instead_of_crashing():
-    from guanaco_rt._kernels import _engine as E
+    from guanaco_rt._kernels import _twins as E
     from guanaco_rt._kernels.dispatch import kernel_set
     x = np.zeros((1, 64), np.float32)
     with pytest.raises(ValueError):

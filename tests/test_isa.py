@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 import guanaco_rt
 from guanaco_rt import ggml_types as T
-from guanaco_rt._kernels import _engine as E
 from guanaco_rt._kernels import _quants as Q
+from guanaco_rt._kernels import _twins as E
 from guanaco_rt._kernels.dispatch import available_isas, kernel_set
 
 from helpers import tiny_model

@@ -5,8 +5,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from guanaco_rt import ggml_types as T
-from guanaco_rt._kernels import _engine as E
 from guanaco_rt._kernels import _quants as Q
+from guanaco_rt._kernels import _twins as E
 
 import reference as R
 from strategies import ALL_WEIGHT_TYPES, QUANT_WEIGHT_TYPES, blocks, vectors

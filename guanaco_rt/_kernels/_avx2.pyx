@@ -7,13 +7,14 @@ Same math as the generic unit, 32 bytes at a time: integer products with maddubs
 sub-block. They agree with the generic kernels up to float summation order
 (tests/test_isa.py).
 """
-from libc.stdint cimport uint8_t, int8_t, uint16_t, uint32_t, int64_t
+from libc.stdint cimport uint8_t, int8_t, uint16_t, int64_t
 from cpython.pycapsule cimport PyCapsule_New
 
 from guanaco_rt._kernels.ggml_blocks cimport *
-from guanaco_rt._kernels._common cimport fp16_to_fp32, fill_fp16_table, load_u32
+from guanaco_rt._kernels._common cimport fp16_to_fp32, fill_fp16_table
 from guanaco_rt._kernels._isa cimport isa_kernels_t, ISA_CAPSULE
 from guanaco_rt._kernels.avx2_intrin cimport *
+from guanaco_rt._kernels._avx2_blocks cimport *
 
 ISA = "avx2"
 
@@ -23,58 +24,12 @@ ISA = "avx2"
 # and use F16C.
 
 from guanaco_rt._kernels.avx2_intrin cimport *
+from guanaco_rt._kernels._avx2_blocks cimport *
 
 # f16 -> f32 of the weight scales: the 32-weight block kernels look them up in the
 # FP16_TABLE (two loads) rather than vpinsrw + vcvtph2ps (two shuffle/convert µops on the
 # busy ports): +8-11% for q4_0/q5_0/q5_1. The k-quants convert one scale per 256 weights
 # and use F16C.
-
-cdef inline float hsum_float_8(__m256 x) noexcept nogil:
-    cdef __m128 r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x))
-    r = _mm_add_ps(r, _mm_movehl_ps(r, r))
-    r = _mm_add_ss(r, _mm_movehdup_ps(r))
-    return _mm_cvtss_f32(r)
-
-cdef inline __m256i bytes_from_nibbles_32(const uint8_t* p) noexcept nogil:
-    # 16 bytes -> 32: low nibbles to bytes 0..15, high nibbles to bytes 16..31. The
-    # 16 bytes go to both lanes with one broadcast load; the high lane is shifted by 4.
-    cdef __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128(<const __m128i*>p))
-    b = _mm256_srlv_epi64(b, _mm256_set_epi64x(4, 4, 0, 0))
-    return _mm256_and_si256(_mm256_set1_epi8(0x0F), b)
-
-cdef inline __m256i bytes_from_bits_32(const uint8_t* p) noexcept nogil:
-    # bit j of a little-endian uint32 -> byte j = 0xFF if set, else 0
-    cdef __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202,
-                                          0x0101010101010101, 0x0000000000000000)
-    # broadcast the 4 bytes straight from memory (a load, no shuffle port)
-    cdef __m256i b = _mm256_shuffle_epi8(_mm256_castps_si256(_mm256_broadcast_ss(<const float*>p)), shuf)
-    b = _mm256_or_si256(b, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe))
-    return _mm256_cmpeq_epi8(b, _mm256_set1_epi64x(-1))
-
-cdef inline __m256 sum_i16_pairs_float(__m256i x) noexcept nogil:
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_set1_epi16(1), x))
-
-cdef inline __m256 mul_sum_us8_pairs_float(__m256i ax, __m256i sy) noexcept nogil:
-    # unsigned x signed bytes: |sum of a pair| <= 2*255*128 fits i16 only for small ax
-    return sum_i16_pairs_float(_mm256_maddubs_epi16(ax, sy))
-
-cdef inline __m256 mul_sum_i8_pairs_float(__m256i x, __m256i y) noexcept nogil:
-    # signed x signed: move x's sign onto y (maddubs wants its first operand unsigned);
-    # relies on y never being -128 (q8_0 and q8_1 activations are in [-127, 127])
-    return mul_sum_us8_pairs_float(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
-
-cdef inline __m256i k_madd(__m256i scale, __m256i q, const int8_t* y) noexcept nogil:
-    return _mm256_madd_epi16(scale, _mm256_maddubs_epi16(q, _mm256_loadu_si256(<const __m256i*>y)))
-
-cdef inline __m256i pair_shuffle(int k) noexcept nogil:
-    # broadcasts i16 element 2k to the low 128-bit lane and 2k+1 to the high one
-    return _mm256_set_m128i(_mm_set1_epi16(<short>(((4 * k + 3) << 8) | (4 * k + 2))),
-                            _mm_set1_epi16(<short>(((4 * k + 1) << 8) | (4 * k))))
-
-cdef inline __m256i q4_0_pairs(__m256i q, __m256i y) noexcept nogil:
-    # i16 pair sums of (q - 8) * y from unsigned nibbles: maddubs(q, y) - maddubs(8, y).
-    # The same integers as the sign trick with one instruction less; |pair| <= 3840.
-    return _mm256_sub_epi16(_mm256_maddubs_epi16(q, y), _mm256_maddubs_epi16(_mm256_set1_epi8(8), y))
 
 cdef inline __m256 q4_0_q8_1_block(const block_q4_0* x, const block_q8_1* y, __m256 acc) noexcept nogil:
     # one block: the float operations every q4_0 variant repeats, in this order
@@ -157,16 +112,6 @@ cdef void vec_dot_q8_0_q8_1_avx2(int n, float* s, const void* vx, const void* vy
                                                       _mm256_loadu_si256(<const __m256i*>y[i].qs)), acc0)
     s[0] = hsum_float_8(_mm256_add_ps(acc0, acc1))
 
-cdef inline __m256i q2_chunk(__m256i bits, int k, __m256i m3) noexcept nogil:
-    # the 2-bit values at bit pair k of 32 bytes (k is a literal at every call: immediate shifts)
-    if k == 0:
-        return _mm256_and_si256(bits, m3)
-    if k == 1:
-        return _mm256_and_si256(_mm256_srli_epi16(bits, 2), m3)
-    if k == 2:
-        return _mm256_and_si256(_mm256_srli_epi16(bits, 4), m3)
-    return _mm256_and_si256(_mm256_srli_epi16(bits, 6), m3)
-
 cdef void vec_dot_q2_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
     cdef const block_q2_K* x = <const block_q2_K*>vx
     cdef const block_q8_K* y = <const block_q8_K*>vy
@@ -212,34 +157,6 @@ cdef void vec_dot_q2_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy
         acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * _cvtsh_ss(x[i].d)), _mm256_cvtepi32_ps(sumi), acc)
     s[0] = hsum_float_8(acc) - hsum_float_8(accm)
 
-cdef inline __m256i q3_K_scales16(const uint8_t* sc) noexcept nogil:
-    # the 16 six-bit scales of a q3_K block, minus 32, as i16 (layout at block_q3_K)
-    cdef uint32_t a0 = load_u32(sc), a1 = load_u32(sc + 4), t = load_u32(sc + 8)
-    cdef uint32_t s0 = (a0 & 0x0f0f0f0f) | ((t & 0x03030303) << 4)
-    cdef uint32_t s1 = (a1 & 0x0f0f0f0f) | (((t >> 2) & 0x03030303) << 4)
-    cdef uint32_t s2 = ((a0 >> 4) & 0x0f0f0f0f) | (((t >> 4) & 0x03030303) << 4)
-    cdef uint32_t s3 = ((a1 >> 4) & 0x0f0f0f0f) | (((t >> 6) & 0x03030303) << 4)
-    return _mm256_cvtepi8_epi16(_mm_sub_epi8(_mm_set_epi32(<int>s3, <int>s2, <int>s1, <int>s0), _mm_set1_epi8(32)))
-
-cdef inline __m256i q3_hbit4(__m256i hbits, int b) noexcept nogil:
-    # 4 where bit b (a literal at every call) of the hmask byte is set, else 0
-    cdef __m256i one = _mm256_set1_epi8(1)
-    if b == 0:
-        return _mm256_slli_epi16(_mm256_and_si256(hbits, one), 2)
-    if b == 1:
-        return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 1), one), 2)
-    if b == 2:
-        return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2), one), 2)
-    if b == 3:
-        return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 3), one), 2)
-    if b == 4:
-        return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 4), one), 2)
-    if b == 5:
-        return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 5), one), 2)
-    if b == 6:
-        return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 6), one), 2)
-    return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 7), one), 2)
-
 cdef inline __m256i q3_K_block_sumi(const block_q3_K* x, const block_q8_K* y, const __m256i* shuf) noexcept nogil:
     # sum_j sc_j sum_l q_l y_l as i32 lanes with q = low 2 bits + 4 * high bit - 4; the
     # -4 goes through the q8_K block sums (4 * sum_j sc_j bsums_j)
@@ -283,23 +200,6 @@ cdef void vec_dot_q3_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy
         acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * _cvtsh_ss(x[i].d)),
                               _mm256_cvtepi32_ps(q3_K_block_sumi(&x[i], &y[i], shuf)), acc)
     s[0] = hsum_float_8(acc)
-
-cdef inline __m256i unpack_k4_scales(const uint8_t* scales, __m256i* sc16) noexcept nogil:
-    # the 8 six-bit scales as i16 in both 128-bit lanes into sc16; returns the 8 mins as
-    # 16 x i16, each twice ([m0 m0 m1 m1 ...]) to pair with the 16 bsums of a q8_K block
-    cdef uint32_t u0 = load_u32(scales), u1 = load_u32(scales + 4), u2 = load_u32(scales + 8)
-    cdef uint32_t s_lo = u0 & 0x3f3f3f3f
-    cdef uint32_t s_hi = (u2 & 0x0f0f0f0f) | (((u0 >> 6) & 0x03030303) << 4)
-    cdef uint32_t m_lo = u1 & 0x3f3f3f3f
-    cdef uint32_t m_hi = ((u2 >> 4) & 0x0f0f0f0f) | (((u1 >> 6) & 0x03030303) << 4)
-    cdef __m256i both = _mm256_cvtepu8_epi16(_mm_set_epi32(<int>m_hi, <int>m_lo, <int>s_hi, <int>s_lo))
-    cdef __m128i m8 = _mm256_extracti128_si256(both, 1)
-    sc16[0] = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(both))
-    return _mm256_set_m128i(_mm_unpackhi_epi16(m8, m8), _mm_unpacklo_epi16(m8, m8))
-
-cdef inline __m256i elem_shuffle(int m) noexcept nogil:
-    # broadcasts i16 element m of each 128-bit lane to the whole lane
-    return _mm256_set1_epi16(<short>(((2 * m + 1) << 8) | (2 * m)))
 
 cdef void vec_dot_q4_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
     cdef const block_q4_K* x = <const block_q4_K*>vx
@@ -376,20 +276,6 @@ cdef void vec_dot_q5_K_q8_K_avx2(int n, float* s, const void* vx, const void* vy
             q8 += 64
         acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * _cvtsh_ss(x[i].d)), _mm256_cvtepi32_ps(sumi), acc)
     s[0] = hsum_float_8(acc) - hsum_float_8(accm)
-
-
-cdef inline __m256i q6_chunk(__m256i ql1, __m256i ql2, __m256i qh, int k, __m256i m4, __m256i m2) noexcept nogil:
-    # 6-bit values (0..63) of weights 32k.. of a 128-half (k a literal at every call)
-    if k == 0:
-        return _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4))
-    if k == 1:
-        return _mm256_or_si256(_mm256_and_si256(ql2, m4),
-                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4))
-    if k == 2:
-        return _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4))
-    return _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql2, 4), m4),
-                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4))
 
 
 cdef inline __m256i q6_K_block_sumi(const block_q6_K* x, const block_q8_K* y, const __m256i* shuf,
@@ -509,11 +395,6 @@ cdef void vec_dot_q8_0_q8_1_x4_avx2(int n, float* s, int64_t s_stride, const voi
         signed_x4_block(_mm256_loadu_si256(<const __m256i*>x[nb - 1].qs), fp16_to_fp32(x[nb - 1].d), y, nb - 1, a0)
     store4(s, s_stride, a0, a1)
 
-cdef inline __m256i q5_0_signed(const block_q5_0* x) noexcept nogil:
-    # q - 16 = nibble | (high bit ? 0 : 0xF0) read as a signed byte
-    return _mm256_or_si256(bytes_from_nibbles_32(x.qs),
-                           _mm256_andnot_si256(bytes_from_bits_32(x.qh), _mm256_set1_epi8(<char>0xF0)))
-
 cdef void vec_dot_q5_0_q8_1_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                                     int64_t y_stride) noexcept nogil:
     cdef const block_q5_0* x = <const block_q5_0*>vx
@@ -526,10 +407,6 @@ cdef void vec_dot_q5_0_q8_1_x4_avx2(int n, float* s, int64_t s_stride, const voi
         signed_x4_block(q5_0_signed(&x[i]), fp16_to_fp32(x[i].d), y, i, acc)
     for t in range(4):
         s[t * s_stride] = hsum_float_8(acc[t])
-
-cdef inline __m256i q5_1_unsigned(const block_q5_1* x) noexcept nogil:
-    return _mm256_or_si256(bytes_from_nibbles_32(x.qs),
-                           _mm256_and_si256(bytes_from_bits_32(x.qh), _mm256_set1_epi8(0x10)))
 
 cdef inline void vec_dot_unsigned_q8_1_x4(int n, float* s, int64_t s_stride, const void* vx, int64_t x_size,
                                           bint five, const void* vy, int64_t y_stride) noexcept nogil:
@@ -607,16 +484,6 @@ cdef void vec_dot_q4_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const voi
     for t in range(4):
         s[t * s_stride] = hsum_float_8(acc[t]) - hsum_float_8(accm[t])
 
-cdef inline __m256i q6_chunk_k(__m256i ql1, __m256i ql2, __m256i qh, int k, __m256i m4, __m256i m2) noexcept nogil:
-    # q6_chunk with k a loop variable: a literal at every q6_chunk call (immediate shifts)
-    if k == 0:
-        return q6_chunk(ql1, ql2, qh, 0, m4, m2)
-    if k == 1:
-        return q6_chunk(ql1, ql2, qh, 1, m4, m2)
-    if k == 2:
-        return q6_chunk(ql1, ql2, qh, 2, m4, m2)
-    return q6_chunk(ql1, ql2, qh, 3, m4, m2)
-
 cdef void vec_dot_q6_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                                     int64_t y_stride) noexcept nogil:
     cdef const block_q6_K* x = <const block_q6_K*>vx
@@ -642,7 +509,7 @@ cdef void vec_dot_q6_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const voi
             ql1 = _mm256_loadu_si256(<const __m256i*>(x[i].ql + 64 * j))
             ql2 = _mm256_loadu_si256(<const __m256i*>(x[i].ql + 64 * j + 32))
             for k in range(4):
-                q = q6_chunk_k(ql1, ql2, qh, k, m4, m2)
+                q = q6_chunk(ql1, ql2, qh, k, m4, m2)
                 sc = _mm256_shuffle_epi8(half, shuf[k])
                 for t in range(4):
                     sumi[t] = _mm256_add_epi32(sumi[t], k_madd(sc, q, y[t][i].qs + 128 * j + 32 * k))

@@ -71,6 +71,18 @@ cdef class State:
     cdef uint8_t[::1] act
     cdef _kv_view(self, uint8_t[::1] cache)
 
+cdef void quantize_rows(uint8_t* out, int64_t out_stride, const float* x, int64_t n, int n_tok,
+                        const type_traits_t* vt, int nth) noexcept nogil
+cdef void matmul_q(const isa_kernels_t* K, float** outs, int64_t out_stride, const tensor_t** Ws, int nw,
+                   const uint8_t* xq, int64_t xq_stride, int n_tok, int nth) noexcept nogil
+cdef void rmsnorm(float* out, const float* x, const float* w, int n, float eps) noexcept nogil
+cdef void rope(float* x, int n_head, int head_dim, int n_rot, const double* freqs, int pos) noexcept nogil
+cdef void rope_freqs(double* out, int n_rot, double base) noexcept nogil
+cdef void softmax(float* x, int n) noexcept nogil
+cdef void silu_mul(float* a, const float* b, int64_t n) noexcept nogil
+cdef void attention(const isa_kernels_t* K, float* out, const float* q, const void* k_cache, const void* v_cache,
+                    float* att, int n_tok, int n_past, int n_head, int head_dim, int n_ctx, int f16,
+                    int nth) noexcept nogil
 cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok, float* logits,
                  bint all_logits) noexcept nogil
 cdef void shift_kv(const model_t* m, state_t* s, int n_keep, int n_discard) noexcept nogil

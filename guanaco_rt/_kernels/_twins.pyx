@@ -1,0 +1,123 @@
+# cython: language_level=3
+"""Thin Python-callable twins of the engine's nogil kernels, for tests and benchmarks:
+each checks its arguments, then runs the kernel the forward pass runs."""
+from libc.stdint cimport uint8_t, int64_t
+
+import numpy as np
+
+from guanaco_rt._kernels._engine cimport (KernelSet, tensor_t, quantize_rows, matmul_q, rmsnorm, rope, rope_freqs,
+                                          softmax, silu_mul, attention)
+from guanaco_rt._kernels._quants cimport type_traits_t, type_traits, row_size
+
+
+cdef const type_traits_t* weight_traits(int t) except NULL:
+    cdef const type_traits_t* tt = type_traits(t)
+    if tt == NULL or tt.to_float == NULL or t == 9 or t == 15:   # Q8_1, Q8_K: activation formats only
+        raise ValueError(f"type {t} is not a weight format")
+    return tt
+
+
+def vec_dot(KernelSet K, int t, const uint8_t[::1] w, const uint8_t[::1] yq, int n):
+    """<w, y> for n weights of type t and an activation already in its vec_dot_type"""
+    cdef const type_traits_t* tt = weight_traits(t)
+    cdef const type_traits_t* vt = type_traits(tt.vec_dot_type)
+    if n < 0 or n % tt.blck_size or n % vt.blck_size:
+        raise ValueError(f"{n} elements is not a multiple of the block size")
+    if w.shape[0] < row_size(tt, n) or yq.shape[0] < row_size(vt, n):
+        raise ValueError("buffers too short for n elements")
+    cdef float s = 0.0
+    if n:
+        with nogil:
+            K.k.types[t].vec_dot(n, &s, &w[0], &yq[0])
+    return s
+
+
+def matmul_twin(KernelSet K, int t, const uint8_t[::1] w, int64_t ne0, int64_t ne1, const float[:, ::1] x,
+                int n_threads=1):
+    """W (ne1 rows of ne0, type t) @ x (n_tok, ne0)^T -> (n_tok, ne1), activations quantized as the engine does"""
+    cdef const type_traits_t* tt = weight_traits(t)
+    cdef const type_traits_t* vt = type_traits(tt.vec_dot_type)
+    if x.shape[1] != ne0:
+        raise ValueError(f"x has rows of {x.shape[1]}, W of {ne0}")
+    if ne0 < 1 or ne1 < 1 or ne0 % tt.blck_size or ne0 % vt.blck_size:
+        raise ValueError("row length is not a multiple of the block size")
+    if w.shape[0] < row_size(tt, ne0) * ne1:
+        raise ValueError(f"{w.shape[0]} bytes < {row_size(tt, ne0) * ne1} needed")
+    cdef int n_tok = x.shape[0]
+    cdef int64_t qs = row_size(vt, ne0)
+    out = np.zeros((n_tok, ne1), dtype=np.float32)
+    act = np.zeros(max(1, n_tok * qs), dtype=np.uint8)
+    cdef float[:, ::1] o = out
+    cdef uint8_t[::1] a = act
+    cdef tensor_t W
+    cdef const tensor_t* wp = &W
+    cdef float* op
+    W.data = &w[0]
+    W.tt = tt
+    W.type = t
+    W.ne0 = ne0
+    W.ne1 = ne1
+    W.nb1 = row_size(tt, ne0)
+    if n_tok:
+        with nogil:
+            quantize_rows(&a[0], qs, &x[0, 0], ne0, n_tok, vt, max(1, n_threads))
+            op = &o[0, 0]
+            matmul_q(&K.k, &op, ne1, &wp, 1, &a[0], qs, n_tok, max(1, n_threads))
+    return out
+
+
+def rmsnorm_twin(const float[::1] x, const float[::1] w, float eps):
+    if x.shape[0] != w.shape[0] or x.shape[0] == 0:
+        raise ValueError("x and w must have the same non-zero length")
+    out = np.empty(x.shape[0], dtype=np.float32)
+    cdef float[::1] o = out
+    rmsnorm(&o[0], &x[0], &w[0], x.shape[0], eps)
+    return out
+
+
+def rope_twin(float[:, ::1] x, int n_head, int n_rot, int n_past, double base=10000.0):
+    """in place on x (n_tok, n_embd); token t sits at position n_past + t"""
+    if n_head < 1 or x.shape[1] % n_head or n_rot < 0 or n_rot > x.shape[1] // n_head or n_rot % 2:
+        raise ValueError("bad rope shape")
+    cdef int hd = x.shape[1] // n_head
+    cdef double[::1] f = np.zeros(max(1, n_rot // 2), np.float64)
+    rope_freqs(&f[0], n_rot, base)
+    cdef int t
+    for t in range(x.shape[0]):
+        rope(&x[t, 0], n_head, hd, n_rot, &f[0], n_past + t)
+
+
+def softmax_twin(float[::1] x):
+    if x.shape[0]:
+        softmax(&x[0], x.shape[0])
+
+
+def silu_mul_twin(float[::1] a, const float[::1] b):
+    if a.shape[0] != b.shape[0]:
+        raise ValueError("length mismatch")
+    if a.shape[0]:
+        silu_mul(&a[0], &b[0], a.shape[0])
+
+
+def attention_twin(KernelSet K, const float[:, ::1] q, k_cache, v_cache, int n_past, int n_head, int n_threads=1):
+    """q (n_tok, n_embd); k_cache, v_cache (n_ctx, n_embd) float32 or float16, filled up
+    to n_past + n_tok -> (n_tok, n_embd)"""
+    cdef int n_tok = q.shape[0]
+    cdef int E = q.shape[1]
+    if n_head < 1 or E % n_head or n_tok < 1 or n_past < 0:
+        raise ValueError("bad attention shapes")
+    cdef int n_ctx = k_cache.shape[0]
+    if k_cache.shape != (n_ctx, E) or v_cache.shape != (n_ctx, E) or n_past + n_tok > n_ctx:
+        raise ValueError("bad attention shapes")
+    if k_cache.dtype != v_cache.dtype or k_cache.dtype not in (np.float16, np.float32):
+        raise ValueError("caches must both be float32 or float16")
+    cdef int f16 = k_cache.dtype == np.float16
+    cdef const uint8_t[::1] kc = np.ascontiguousarray(k_cache).reshape(-1).view(np.uint8)
+    cdef const uint8_t[::1] vc = np.ascontiguousarray(v_cache).reshape(-1).view(np.uint8)
+    out = np.zeros((n_tok, E), dtype=np.float32)
+    cdef float[:, ::1] o = out
+    cdef float[:, ::1] a = np.zeros((n_head, n_ctx), dtype=np.float32)
+    with nogil:
+        attention(&K.k, &o[0, 0], &q[0, 0], &kc[0], &vc[0], &a[0, 0], n_tok, n_past, n_head, E // n_head, n_ctx,
+                  f16, max(1, n_threads))
+    return out
