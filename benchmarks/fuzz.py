@@ -8,6 +8,7 @@ Targets (each input must end in the documented typed error or succeed; anything 
 -- another exception, a crash, a hang -- is a finding, saved as crash-*/timeout-* in
 --artifacts, to be copied into tests/fuzz_corpus/<target>/ once fixed):
   ggjt       a ggjt v3 model file: FormatError, or a Model that evaluates a token
+  gguf       a GGUF file: FormatError, or its metadata and tensor index
   state      a Session.load_state blob: StateError (the session unchanged), or loaded
   tokenizer  arbitrary text: token ids in range, or ValueError for invalid Unicode
 Each target runs in its own process; the summary line per target gives executions
@@ -21,14 +22,14 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TARGETS = ("ggjt", "state", "tokenizer")
+TARGETS = ("ggjt", "gguf", "state", "tokenizer")
 
 CHILD = r'''
 import os, sys, tempfile
 import atheris
 with atheris.instrument_imports():
     import guanaco_rt
-    from guanaco_rt import ggml_file
+    from guanaco_rt import ggml_file, gguf_file
 import numpy as np
 from guanaco_rt.errors import FormatError, StateError
 from guanaco_rt.writer import write_random_model
@@ -56,6 +57,12 @@ def one_ggjt(data):
         return
     guanaco_rt.Session(m, n_ctx=8, n_threads=1).eval([1])
 
+def one_gguf(data):
+    try:
+        gguf_file.parse("fuzz.gguf", data)
+    except FormatError:
+        pass
+
 def one_state(data):
     s = guanaco_rt.Session(model, n_ctx=64, n_threads=1, seed=1)
     s.eval([1, 2])
@@ -74,8 +81,19 @@ def one_text(data):
     assert all(0 <= i < model.n_vocab for i in ids)
     model.detokenize(ids)
 
-fn = {"ggjt": one_ggjt, "state": one_state, "tokenizer": one_text}[target]
-seeds = {"ggjt": open(seed_path, "rb").read(), "state": good_state, "tokenizer": "Hello wörld ### Human:".encode()}
+fn = {"ggjt": one_ggjt, "gguf": one_gguf, "state": one_state, "tokenizer": one_text}[target]
+gguf_seed = os.path.join(work, "seed.gguf")
+if target == "gguf" and not os.path.exists(gguf_seed):
+    import gguf
+    w = gguf.GGUFWriter(gguf_seed, "llama")
+    w.add_uint32("llama.block_count", 1)
+    w.add_array("tokenizer.ggml.tokens", ["<s>", "</s>", "a"])
+    w.add_array("x.nested", [[1, 2], [3]])
+    w.add_tensor("t", np.zeros((2, 32), np.float32))
+    w.add_tensor("q", np.zeros((2, 34), np.uint8), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+seeds = {"ggjt": open(seed_path, "rb").read(), "state": good_state, "tokenizer": "Hello wörld ### Human:".encode(),
+         "gguf": open(gguf_seed, "rb").read() if target == "gguf" else b""}
 if "-replay" in sys.argv:
     n = 0
     for p in sys.argv[sys.argv.index("-replay") + 1:]:

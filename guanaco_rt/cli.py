@@ -112,9 +112,43 @@ def _open(a):
     return model, session
 
 
+def _short(v, limit=8):
+    if isinstance(v, list):
+        head = ", ".join(repr(x) for x in v[:limit])
+        return f"[{head}{', ...' if len(v) > limit else ''}] ({len(v)} items)"
+    text = repr(v)
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def cmd_info_gguf(a, buf):
+    from . import gguf_file
+    g = gguf_file.parse(a.model, buf)
+    if a.json:
+        tensors = [{"name": t.name, "shape": list(t.shape), "type": t.type_name, "offset": t.offset,
+                    "nbytes": t.nbytes} for t in g.tensors.values()]
+        meta = {k: v for k, v in g.metadata.items()}
+        print(json.dumps({"path": g.path, "format": f"GGUF v{g.version}", "metadata": meta, "tensors": tensors},
+                         indent=1))
+        return 0
+    print(f"file:    {g.path} ({g.size / 1e9:.3f} GB, GGUF v{g.version}, alignment {g.alignment})")
+    print("metadata:")
+    for k, v in g.metadata.items():
+        print(f"  {k} ({g.types[k]}) = {_short(v)}")
+    print(f"{'tensor':<40} {'shape':>14} {'type':>5} {'bytes':>12}")
+    for t in g.tensors.values():
+        shape = "x".join(str(d) for d in t.shape)
+        print(f"{t.name:<40} {shape:>14} {t.type_name:>5} {t.nbytes:>12}")
+    return 0
+
+
 def cmd_info(a):
     from . import Model
+    from .ggml_file import open_mmap
     from .ggml_types import GGML_TYPES
+    from .gguf_file import is_gguf
+    buf = open_mmap(a.model)[0]
+    if is_gguf(buf):
+        return cmd_info_gguf(a, buf)
     m = Model(a.model)
     hp = m.hparams.as_dict()
     if a.json:
@@ -290,7 +324,7 @@ def main(argv=None):
     p.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    s = sub.add_parser("info", help="hparams and every tensor's name, shape, type and size")
+    s = sub.add_parser("info", help="hparams (GGUF: the metadata) and every tensor's name, shape, type and size")
     s.add_argument("model")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_info)
@@ -336,15 +370,15 @@ def main(argv=None):
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     try:
         return a.fn(a)
+    except BrokenPipeError:  # e.g. piped into head
+        sys.stdout = open(os.devnull, "w")
+        return 0
+    except KeyboardInterrupt:
+        return 130
     except (GuanacoError, ValueError, TypeError, OSError) as e:
         # bad input, a bad environment (GUANACO_RT_ISA, GUANACO_RT_THREADS), a full disk: a message, not a traceback
         print(f"guanaco-rt: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # e.g. piped into head
-        sys.stdout = open(os.devnull, "w")
-        return 0
 
 
 if __name__ == "__main__":
