@@ -13,8 +13,10 @@ from typing import Sequence
 
 import numpy as np
 
+from . import gguf_file, gguf_model
 from ._kernels._engine import Engine
 from ._kernels.dispatch import default_kernels, kernel_set
+from .bpe import BPETokenizer
 from .errors import ModelClosedError, ModelFileChangedError
 from .ggml_file import open_mmap, parse
 from .tokenizer import Tokenizer
@@ -93,6 +95,13 @@ def physical_cores():
     return len(allowed) if allowed else (os.cpu_count() or 1)
 
 
+def _gguf_tokenizer(vocab, path):
+    if vocab["model"] == "llama":
+        return Tokenizer(None, path, pieces=list(zip(vocab["tokens"], vocab["scores"], vocab["types"])))
+    return BPETokenizer(vocab["tokens"], vocab["types"], vocab["merges"], vocab["pre"], vocab["bos"], vocab["eos"],
+                        vocab["add_bos"], path)
+
+
 class Model:
     """A LLaMA/Guanaco model from a ggjt v3 ``.bin`` file.
 
@@ -114,12 +123,19 @@ class Model:
         self.mmap = bool(mmap)
         self._mm, size, self._stat = open_mmap(self.path, copy=not self.mmap)
         try:
-            self.file = parse(self.path, self._mm)
-            self.tokenizer = Tokenizer(self.file.vocab, self.path)
+            rope = {}
+            if gguf_file.is_gguf(self._mm):
+                self.file = gguf_model.load(gguf_file.parse(self.path, self._mm))
+                self.tokenizer = _gguf_tokenizer(self.file.vocab, self.path)
+                eps = self.file.hparams.eps
+                rope = {"rope_base": self.file.hparams.rope_base, "rope_freq_scale": self.file.hparams.rope_freq_scale}
+            else:
+                self.file = parse(self.path, self._mm)
+                self.tokenizer = Tokenizer(self.file.vocab, self.path)
             self._buf = np.frombuffer(self._mm, dtype=np.uint8)
-            specs = {t.name: (t.offset, t.type, t.shape[0], t.n_rows) for t in self.file.tensors.values()}
+            specs = {name: (t.offset, t.type, t.shape[0], t.n_rows) for name, t in self.file.tensors.items()}
             ks = default_kernels() if isa is None else kernel_set(isa)
-            self._engine = Engine(self.hparams.as_dict(), self._buf, specs, ks, eps)
+            self._engine = Engine(self.hparams.as_dict(), self._buf, specs, ks, eps, **rope)
         except BaseException:
             self._buf = None
             if hasattr(self._mm, "close"):
@@ -162,7 +178,13 @@ class Model:
     def n_vocab(self) -> int:
         return self.hparams.n_vocab
 
-    def tokenize(self, text: str, bos: bool = True, eos: bool = False) -> list[int]:
+    def tokenize(self, text: str, bos: bool | None = None, eos: bool = False, special: bool = False) -> list[int]:
+        """text -> token ids. ``bos`` None: as the file says (ggjt: always; GGUF:
+        tokenizer.ggml.add_bos_token). ``special``: text spelling a special token such as
+        ``<|im_start|>`` becomes that token (llama.cpp's parse_special); off by default, so
+        user text cannot inject control tokens."""
+        if special:
+            return self.tokenizer.encode(text, bos=bos, eos=eos, special=True)
         return self.tokenizer.encode(text, bos=bos, eos=eos)
 
     def detokenize(self, ids: Sequence[int]) -> str:
@@ -176,7 +198,10 @@ class Model:
             import hashlib
             h = hashlib.sha256()
             h.update(repr(sorted(self.hparams.as_dict().items())).encode())
-            for text, score in self.file.vocab:
+            vocab = self.file.vocab
+            if isinstance(vocab, dict):          # GGUF
+                vocab = [(t.encode(), sc) for t, sc in zip(vocab["tokens"], vocab["scores"])]
+            for text, score in vocab:
                 h.update(len(text).to_bytes(4, "little") + text + repr(score).encode())
             for t in self.file.tensors.values():
                 h.update(f"{t.name}:{t.type}:{t.shape}:{t.offset}".encode())

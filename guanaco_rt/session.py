@@ -479,7 +479,8 @@ class Session:
             hp = self.model.hparams
             if (meta.get("n_layer"), meta.get("n_embd"), meta.get("n_vocab")) != (hp.n_layer, hp.n_embd, hp.n_vocab):
                 raise StateError("state shape does not match this model")
-            kv_bytes = hp.n_layer * n * hp.n_embd * np.dtype(kvt).itemsize
+            n_kv = self._state.n_embd_kv
+            kv_bytes = hp.n_layer * n * n_kv * np.dtype(kvt).itemsize
             logit_bytes = 4 * self.n_vocab if has_logits else 0
             need = head + mlen + 4 * n + logit_bytes + 2 * kv_bytes
             if len(blob) != need:
@@ -491,10 +492,10 @@ class Session:
             pos += 4 * n
             logits = np.frombuffer(blob, "<f4", self.n_vocab, pos) if logit_bytes else None
             pos += logit_bytes
-            shape = (hp.n_layer, n, hp.n_embd)
+            shape = (hp.n_layer, n, n_kv)
             own = np.float16 if self.kv_f16 else np.float32      # an f16 state loads into an f32 cache and back
-            k = np.frombuffer(blob, kvt, hp.n_layer * n * hp.n_embd, pos).reshape(shape).astype(own)
-            v = np.frombuffer(blob, kvt, hp.n_layer * n * hp.n_embd, pos + kv_bytes).reshape(shape).astype(own)
+            k = np.frombuffer(blob, kvt, hp.n_layer * n * n_kv, pos).reshape(shape).astype(own)
+            v = np.frombuffer(blob, kvt, hp.n_layer * n * n_kv, pos + kv_bytes).reshape(shape).astype(own)
             # everything is checked: from here on nothing can fail half way
             self._state.import_kv(tokens, k, v, logits)
             self.sampler.set_state(meta["rng"])

@@ -15,7 +15,7 @@ import struct
 import numpy as np
 import sentencepiece as spm
 
-from .errors import FormatError
+from .errors import FormatError, GuanacoError
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 UNK_TEXT = " \u2047 ".encode()
@@ -82,6 +82,16 @@ def rebuild_pieces(vocab, path="<vocab>"):
     return pieces
 
 
+def _unique(pieces):
+    out, seen = [], set()
+    for i, (piece, score, ptype) in enumerate(pieces):
+        if piece in seen:
+            piece, ptype = f"<dup{i}>", UNUSED
+        seen.add(piece)
+        out.append((piece, float(score), int(ptype)))
+    return out
+
+
 def model_proto(pieces):
     """Serialized sentencepiece ModelProto for LLaMA's tokenizer settings."""
     body = bytearray()
@@ -106,8 +116,10 @@ def model_proto(pieces):
 class Tokenizer:
     """Exact SentencePiece BPE over the file's vocab. ``encode`` adds BOS (id 1) by default."""
 
-    def __init__(self, vocab, path="<vocab>"):
-        self.pieces = rebuild_pieces(vocab, path)
+    def __init__(self, vocab, path="<vocab>", pieces=None):
+        # vocab: the ggjt (text bytes, score) pairs; or pieces: [(piece, score, type)] as a
+        # GGUF file stores them (tokenizer.ggml.model "llama")
+        self.pieces = rebuild_pieces(vocab, path) if pieces is None else _unique(pieces)
         self.n_vocab = len(self.pieces)
         self.sp = spm.SentencePieceProcessor()
         try:
@@ -133,7 +145,12 @@ class Tokenizer:
             return UNK_TEXT
         return piece.replace("\u2581", " ").encode("utf-8")
 
-    def encode(self, text, bos=True, eos=False):
+    def encode(self, text, bos=None, eos=False, special=False):
+        """text -> ids, BOS first unless ``bos`` is False. ``special`` (spelling control
+        tokens in the text) is a byte-level BPE feature so far."""
+        if special:
+            raise GuanacoError("special-token parsing is not supported for SentencePiece vocabularies yet")
+        bos = True if bos is None else bos
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         try:

@@ -102,14 +102,14 @@ def rmsnorm(x, w, eps):
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
 
 
-def rope(x, n_head, n_rot, positions):
+def rope(x, n_head, n_rot, positions, base=10000.0, freq_scale=1.0):
     """x (n_tok, n_embd); rotate adjacent pairs in each head (ggml mode 0)"""
     x = np.array(x, np.float64)
     n_tok, E = x.shape
     hd = E // n_head
     xh = x.reshape(n_tok, n_head, hd)
     i = np.arange(n_rot // 2)
-    theta = np.asarray(positions, np.float64)[:, None] * 10000.0 ** (-2.0 * i / n_rot)[None, :]
+    theta = np.asarray(positions, np.float64)[:, None] * (freq_scale * base ** (-2.0 * i / n_rot))[None, :]
     c, s = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
     x0, x1 = xh[:, :, 0:n_rot:2].copy(), xh[:, :, 1:n_rot:2].copy()
     xh[:, :, 0:n_rot:2] = x0 * c - x1 * s
@@ -128,17 +128,20 @@ def silu(x):
     return x / (1.0 + np.exp(-x))
 
 
-def attention(q, k, v, n_head, n_past):
-    """q (n_tok, E) at positions n_past..; k, v (n_past + n_tok, E) -> (n_tok, E)"""
+def attention(q, k, v, n_head, n_past, n_head_kv=None):
+    """q (n_tok, E) at positions n_past..; k, v (n_past + n_tok, E_kv) -> (n_tok, E). Query
+    head h reads key/value head h // (n_head // n_head_kv) (grouped-query attention)."""
     n_tok, E = q.shape
     hd = E // n_head
+    group = n_head // (n_head_kv or n_head)
     out = np.zeros((n_tok, E))
     for h in range(n_head):
         sl = slice(h * hd, (h + 1) * hd)
+        kv = slice((h // group) * hd, (h // group + 1) * hd)
         for t in range(n_tok):
             pos = n_past + t
-            sc = k[:pos + 1, sl] @ q[t, sl] / np.sqrt(hd)
-            out[t, sl] = softmax(sc) @ v[:pos + 1, sl]
+            sc = k[:pos + 1, kv] @ q[t, sl] / np.sqrt(hd)
+            out[t, sl] = softmax(sc) @ v[:pos + 1, kv]
     return out
 
 
@@ -174,19 +177,21 @@ class ReferenceModel:
         x = w["tok_embeddings.weight"][np.asarray(tokens)]
         n = len(tokens)
         pos = np.arange(n)
+        n_head_kv = getattr(hp, "n_head_kv", hp.n_head)
+        rope_kw = {"base": getattr(hp, "rope_base", 10000.0), "freq_scale": getattr(hp, "rope_freq_scale", 1.0)}
         for i in range(hp.n_layer):
             p = f"layers.{i}."
             h = rmsnorm(x, w[p + "attention_norm.weight"], self.eps)
-            q = rope(self._mm(p + "attention.wq.weight", h), hp.n_head, hp.n_rot, pos)
-            k = rope(self._mm(p + "attention.wk.weight", h), hp.n_head, hp.n_rot, pos)
+            q = rope(self._mm(p + "attention.wq.weight", h), hp.n_head, hp.n_rot, pos, **rope_kw)
+            k = rope(self._mm(p + "attention.wk.weight", h), n_head_kv, hp.n_rot, pos, **rope_kw)
             v = self._mm(p + "attention.wv.weight", h)
-            a = attention(q, k, v, hp.n_head, 0)
+            a = attention(q, k, v, hp.n_head, 0, n_head_kv)
             x = x + self._mm(p + "attention.wo.weight", a)
             h = rmsnorm(x, w[p + "ffn_norm.weight"], self.eps)
             g = silu(self._mm(p + "feed_forward.w1.weight", h)) * self._mm(p + "feed_forward.w3.weight", h)
             x = x + self._mm(p + "feed_forward.w2.weight", g)
         x = rmsnorm(x, w["norm.weight"], self.eps)
-        return self._mm("output.weight", x)
+        return self._mm("output.weight" if "output.weight" in w else "tok_embeddings.weight", x)   # tied
 
 
 def dequantize_activation(vt, data, n):

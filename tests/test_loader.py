@@ -59,13 +59,21 @@ def test_format_error_is_a_guanaco_error_and_value_error():
     (b"tjgg", 1, "ggjt version 1"),
     (b"tjgg", 2, "ggjt version 2"),
     (b"tjgg", 4, "ggjt version 4 is unknown"),
-    (b"GGUF", 3, "GGUF"),
 ])
 def test_old_and_foreign_containers_are_refused_with_their_version(tmp_path, small, magic, version, fragment):
     data = magic + (struct.pack("<I", version) if version is not None else small.data[4:8]) + small.data[8:]
     msg = expect_error(tmp_path, data, fragment, cls=UnsupportedVersionError)
     if version in (1, 2) or magic != b"tjgg":
         assert "re-convert" in msg or "GGUF" in msg
+
+
+def test_gguf_magic_on_a_ggjt_body_is_read_as_gguf_and_refused(tmp_path, small):
+    # GGUF files are read now (gguf_file.py): a ggjt body behind GGUF's magic is a malformed GGUF
+    data = b"GGUF" + struct.pack("<I", 3) + small.data[8:]
+    path = tmp_path / "bad.bin"
+    path.write_bytes(data)
+    with pytest.raises(FormatError, match="n_tensors|n_kv"):
+        guanaco_rt.Model(path)
 
 
 def test_wrong_magic(tmp_path, small):

@@ -14,7 +14,8 @@ cdef struct tensor_t:
     int64_t nb1                  # bytes per row
 
 cdef struct layer_t:
-    tensor_t wq, wk, wv, wo      # (n_embd rows of n_embd)
+    tensor_t wq, wo              # (n_embd rows of n_embd)
+    tensor_t wk, wv              # (n_embd_kv rows of n_embd)
     tensor_t w1, w3              # (n_ff rows of n_embd)
     tensor_t w2                  # (n_embd rows of n_ff)
     const float* attention_norm  # (n_embd,)
@@ -22,10 +23,11 @@ cdef struct layer_t:
 
 cdef struct model_t:
     int n_vocab, n_embd, n_head, n_layer, n_rot, n_ff, head_dim
+    int n_head_kv, n_embd_kv     # key/value heads (grouped-query attention: n_head is a multiple)
     float eps
     const isa_kernels_t* k       # the dot products and attention loops this model runs with
     tensor_t tok_embeddings      # (n_vocab rows of n_embd)
-    tensor_t output              # (n_vocab rows of n_embd)
+    tensor_t output              # (n_vocab rows of n_embd); tok_embeddings when the model ties them
     const float* norm            # (n_embd,)
     layer_t* layers              # (n_layer,)
     const double* freqs          # (n_rot/2,) the RoPE frequencies, rope_freqs()
@@ -37,14 +39,14 @@ cdef struct state_t:
     float* logits        # (n_vocab,) after tokens[n_past - 1], valid when have_logits
     int have_logits
     int cancel           # set from another thread: stop at the next layer
-    void* k_cache        # (n_layer, n_ctx, n_embd) f32 or f16
-    void* v_cache        # (n_layer, n_ctx, n_embd) f32 or f16
+    void* k_cache        # (n_layer, n_ctx, n_embd_kv) f32 or f16
+    void* v_cache        # (n_layer, n_ctx, n_embd_kv) f32 or f16
     float* x             # (n_batch, n_embd) residual stream
     float* xb            # (n_batch, n_embd) normed block input, then attention output
     float* xb2           # (n_batch, n_embd) block output before the residual add
     float* q             # (n_batch, n_embd)
-    float* k             # (n_batch, n_embd) new keys before they enter the cache
-    float* v             # (n_batch, n_embd) new values
+    float* k             # (n_batch, n_embd_kv) new keys before they enter the cache
+    float* v             # (n_batch, n_embd_kv) new values
     float* att           # (n_head, n_ctx) attention scores, one row per head
     float* hb            # (n_batch, n_ff)
     float* hb2           # (n_batch, n_ff)
@@ -73,7 +75,7 @@ cdef class State:
 
 cdef void quantize_rows(uint8_t* out, int64_t out_stride, const float* x, int64_t n, int n_tok,
                         const type_traits_t* vt, int nth) noexcept nogil
-cdef void matmul_q(const isa_kernels_t* K, float** outs, int64_t out_stride, const tensor_t** Ws, int nw,
+cdef void matmul_q(const isa_kernels_t* K, float** outs, const tensor_t** Ws, int nw,
                    const uint8_t* xq, int64_t xq_stride, int n_tok, int nth) noexcept nogil
 cdef void rmsnorm(float* out, const float* x, const float* w, int n, float eps) noexcept nogil
 cdef void rope(float* x, int n_head, int head_dim, int n_rot, const double* freqs, int pos) noexcept nogil
@@ -81,7 +83,7 @@ cdef void rope_freqs(double* out, int n_rot, double base) noexcept nogil
 cdef void softmax(float* x, int n) noexcept nogil
 cdef void silu_mul(float* a, const float* b, int64_t n) noexcept nogil
 cdef void attention(const isa_kernels_t* K, float* out, const float* q, const void* k_cache, const void* v_cache,
-                    float* att, int n_tok, int n_past, int n_head, int head_dim, int n_ctx, int f16,
+                    float* att, int n_tok, int n_past, int n_head, int n_head_kv, int head_dim, int n_ctx, int f16,
                     int nth) noexcept nogil
 cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok, float* logits,
                  bint all_logits) noexcept nogil

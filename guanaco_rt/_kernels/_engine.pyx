@@ -62,15 +62,16 @@ cdef void quantize_rows(uint8_t* out, int64_t out_stride, const float* x, int64_
         for t in range(n_tok):
             vt.from_float(x + t * n, out + t * out_stride, n)
 
-cdef void rows_q(const isa_kernels_t* K, float* out, int64_t out_stride, const tensor_t* W, int64_t lo, int64_t hi,
+cdef void rows_q(const isa_kernels_t* K, float* out, const tensor_t* W, int64_t lo, int64_t hi,
                  const uint8_t* xq, int64_t xq_stride, int n_tok) noexcept nogil:
-    # rows lo..hi-1 of W (ne1, ne0) @ xq (n_tok, ne0)^T -> out (n_tok, ne1), rows of out
-    # out_stride apart. Each weight row is read once and dotted with every token while in L1.
+    # rows lo..hi-1 of W (ne1, ne0) @ xq (n_tok, ne0)^T -> out (n_tok, ne1). Each weight row
+    # is read once and dotted with every token while in L1.
     cdef int64_t i
     cdef int t, t4
     cdef vec_dot_fn dot = K.types[W.type].vec_dot
     cdef vec_dot_x4_fn dot4 = K.types[W.type].vec_dot_x4
     cdef int n = <int>W.ne0
+    cdef int64_t out_stride = W.ne1
     cdef int n4 = (n_tok // 4) * 4 if dot4 != NULL else 0
     for i in range(lo, hi):
         for t4 in range(0, n4, 4):
@@ -78,7 +79,7 @@ cdef void rows_q(const isa_kernels_t* K, float* out, int64_t out_stride, const t
         for t in range(n4, n_tok):
             dot(n, out + t * out_stride + i, W.data + i * W.nb1, xq + t * xq_stride)
 
-cdef void matmul_q(const isa_kernels_t* K, float** outs, int64_t out_stride, const tensor_t** Ws, int nw,
+cdef void matmul_q(const isa_kernels_t* K, float** outs, const tensor_t** Ws, int nw,
                    const uint8_t* xq, int64_t xq_stride, int n_tok, int nth) noexcept nogil:
     # Ws[w] @ xq -> outs[w] for the nw tensors that share the input xq (wq/wk/wv, w1/w3):
     # one parallel region for all of them, thread c taking slice c of each tensor's rows.
@@ -93,15 +94,15 @@ cdef void matmul_q(const isa_kernels_t* K, float** outs, int64_t out_stride, con
         nth = 1
     if nth == 1:
         for w in range(nw):
-            rows_q(K, outs[w], out_stride, Ws[w], 0, Ws[w].ne1, xq, xq_stride, n_tok)
+            rows_q(K, outs[w], Ws[w], 0, Ws[w].ne1, xq, xq_stride, n_tok)
         return
     for c in prange(nth, schedule='static', num_threads=nth):
         for w in range(nw):
             per = (Ws[w].ne1 + nth - 1) // nth
             if c * per < Ws[w].ne1:
-                rows_q(K, outs[w], out_stride, Ws[w], c * per, min(Ws[w].ne1, (c + 1) * per), xq, xq_stride, n_tok)
+                rows_q(K, outs[w], Ws[w], c * per, min(Ws[w].ne1, (c + 1) * per), xq, xq_stride, n_tok)
 
-cdef void matmul_n(const model_t* m, state_t* s, float** outs, int64_t out_stride, const tensor_t** Ws, int nw,
+cdef void matmul_n(const model_t* m, state_t* s, float** outs, const tensor_t** Ws, int nw,
                    const float* x, int n_tok) noexcept nogil:
     # Ws[w] @ x (n_tok, ne0) -> outs[w] (n_tok, Ws[w].ne1), quantizing x once for all of them;
     # tensors that pair with different activation formats run one after the other
@@ -109,15 +110,15 @@ cdef void matmul_n(const model_t* m, state_t* s, float** outs, int64_t out_strid
     for w in range(1, nw):
         if Ws[w].tt.vec_dot_type != vt or Ws[w].ne0 != Ws[0].ne0:
             for u in range(nw):
-                matmul_n(m, s, &outs[u], out_stride, &Ws[u], 1, x, n_tok)
+                matmul_n(m, s, &outs[u], &Ws[u], 1, x, n_tok)
             return
     quantize_rows(s.act, s.act_stride, x, Ws[0].ne0, n_tok, type_traits(vt), s.nth)
-    matmul_q(m.k, outs, out_stride, Ws, nw, s.act, s.act_stride, n_tok, s.nth)
+    matmul_q(m.k, outs, Ws, nw, s.act, s.act_stride, n_tok, s.nth)
 
-cdef inline void matmul(const model_t* m, state_t* s, float* out, int64_t out_stride, const tensor_t* W,
-                        const float* x, int n_tok) noexcept nogil:
+cdef inline void matmul(const model_t* m, state_t* s, float* out, const tensor_t* W, const float* x,
+                        int n_tok) noexcept nogil:
     # W @ x (n_tok, W.ne0) -> out (n_tok, W.ne1)
-    matmul_n(m, s, &out, out_stride, &W, 1, x, n_tok)
+    matmul_n(m, s, &out, &W, 1, x, n_tok)
 
 # ---- elementwise ---------------------------------------------------------------
 cdef void rmsnorm(float* out, const float* x, const float* w, int n, float eps) noexcept nogil:
@@ -198,13 +199,17 @@ cdef void store_kv(void* cache, int64_t off, const float* src, int64_t n, int f1
         memcpy((<float*>cache) + off, src, n * 4)
 
 cdef void attention(const isa_kernels_t* K, float* out, const float* q, const void* k_cache, const void* v_cache,
-                    float* att, int n_tok, int n_past, int n_head, int head_dim, int n_ctx, int f16,
+                    float* att, int n_tok, int n_past, int n_head, int n_head_kv, int head_dim, int n_ctx, int f16,
                     int nth) noexcept nogil:
     # out (n_tok, n_embd) = per head softmax(q k^T / sqrt(head_dim)) v over positions 0..pos,
-    # pos = n_past + t (causal). k_cache, v_cache: this layer's (n_ctx, n_embd), positions
-    # up to n_past + n_tok - 1 filled. att: (n_head, n_ctx) scratch, a row per head.
-    cdef int h, t, p, pos
+    # pos = n_past + t (causal). k_cache, v_cache: this layer's (n_ctx, n_embd_kv), positions
+    # up to n_past + n_tok - 1 filled; query head h reads KV head h / (n_head / n_head_kv)
+    # (grouped-query attention; n_head_kv == n_head is plain multi-head). att: (n_head,
+    # n_ctx) scratch, a row per head.
+    cdef int h, t, p, pos, kvh
     cdef int n_embd = n_head * head_dim
+    cdef int n_embd_kv = n_head_kv * head_dim
+    cdef int group = n_head // n_head_kv
     cdef float scale = 1.0 / sqrtf(<float>head_dim)
     cdef float* a
     cdef float* o
@@ -212,16 +217,17 @@ cdef void attention(const isa_kernels_t* K, float* out, const float* q, const vo
         nth = 1
     for h in prange(n_head, schedule='static', num_threads=nth):
         a = att + h * n_ctx
+        kvh = h // group
         for t in range(n_tok):
             pos = n_past + t
             for p in range(pos + 1):
-                a[p] = K.kv_dot(q + t * n_embd + h * head_dim, k_cache, <int64_t>p * n_embd + h * head_dim,
+                a[p] = K.kv_dot(q + t * n_embd + h * head_dim, k_cache, <int64_t>p * n_embd_kv + kvh * head_dim,
                                 head_dim, f16) * scale
             softmax(a, pos + 1)
             o = out + t * n_embd + h * head_dim
             memset(o, 0, head_dim * sizeof(float))
             for p in range(pos + 1):
-                K.kv_axpy(o, a[p], v_cache, <int64_t>p * n_embd + h * head_dim, head_dim, f16)
+                K.kv_axpy(o, a[p], v_cache, <int64_t>p * n_embd_kv + kvh * head_dim, head_dim, f16)
 
 cdef inline void* kv_layer(void* cache, int64_t off, int f16) noexcept nogil:
     return <void*>((<uint16_t*>cache) + off) if f16 else <void*>((<float*>cache) + off)
@@ -232,9 +238,9 @@ cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok,
     # tokens (n_tok <= n_batch,) at positions n_past.. -> logits (n_tok or 1, n_vocab). On
     # success the tokens join the sequence (n_past += n_tok) and 0 is returned; 1 when
     # cancelled: the cache past n_past is then partly written, the sequence unchanged.
-    cdef int E = m.n_embd, n_past = s.n_past
+    cdef int E = m.n_embd, Ekv = m.n_embd_kv, n_past = s.n_past
     cdef int t, l, first
-    cdef int64_t i, layer_off = <int64_t>s.n_ctx * E
+    cdef int64_t i, layer_off = <int64_t>s.n_ctx * Ekv
     cdef const layer_t* L
     cdef float* outs[3]
     cdef const tensor_t* ws[3]
@@ -250,16 +256,16 @@ cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok,
             rmsnorm(s.xb + t * E, s.x + t * E, L.attention_norm, E, m.eps)
         outs[0], outs[1], outs[2] = s.q, s.k, s.v
         ws[0], ws[1], ws[2] = &L.wq, &L.wk, &L.wv
-        matmul_n(m, s, outs, E, ws, 3, s.xb, n_tok)
+        matmul_n(m, s, outs, ws, 3, s.xb, n_tok)
         for t in range(n_tok):
             rope(s.q + t * E, m.n_head, m.head_dim, m.n_rot, m.freqs, n_past + t)
-            rope(s.k + t * E, m.n_head, m.head_dim, m.n_rot, m.freqs, n_past + t)
-        store_kv(s.k_cache, l * layer_off + <int64_t>n_past * E, s.k, <int64_t>n_tok * E, s.kv_f16)
-        store_kv(s.v_cache, l * layer_off + <int64_t>n_past * E, s.v, <int64_t>n_tok * E, s.kv_f16)
+            rope(s.k + t * Ekv, m.n_head_kv, m.head_dim, m.n_rot, m.freqs, n_past + t)
+        store_kv(s.k_cache, l * layer_off + <int64_t>n_past * Ekv, s.k, <int64_t>n_tok * Ekv, s.kv_f16)
+        store_kv(s.v_cache, l * layer_off + <int64_t>n_past * Ekv, s.v, <int64_t>n_tok * Ekv, s.kv_f16)
         attention(m.k, s.xb, s.q, kv_layer(s.k_cache, l * layer_off, s.kv_f16),
-                  kv_layer(s.v_cache, l * layer_off, s.kv_f16), s.att, n_tok, n_past, m.n_head, m.head_dim,
-                  s.n_ctx, s.kv_f16, s.nth)
-        matmul(m, s, s.xb2, E, &L.wo, s.xb, n_tok)
+                  kv_layer(s.v_cache, l * layer_off, s.kv_f16), s.att, n_tok, n_past, m.n_head, m.n_head_kv,
+                  m.head_dim, s.n_ctx, s.kv_f16, s.nth)
+        matmul(m, s, s.xb2, &L.wo, s.xb, n_tok)
         for i in range(<int64_t>n_tok * E):
             s.x[i] += s.xb2[i]
         # feed-forward block
@@ -267,9 +273,9 @@ cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok,
             rmsnorm(s.xb + t * E, s.x + t * E, L.ffn_norm, E, m.eps)
         outs[0], outs[1] = s.hb, s.hb2
         ws[0], ws[1] = &L.w1, &L.w3
-        matmul_n(m, s, outs, m.n_ff, ws, 2, s.xb, n_tok)
+        matmul_n(m, s, outs, ws, 2, s.xb, n_tok)
         silu_mul_par(s.hb, s.hb2, <int64_t>n_tok * m.n_ff, s.nth)
-        matmul(m, s, s.xb2, E, &L.w2, s.hb, n_tok)
+        matmul(m, s, s.xb2, &L.w2, s.hb, n_tok)
         for i in range(<int64_t>n_tok * E):
             s.x[i] += s.xb2[i]
     if s.cancel:
@@ -277,7 +283,7 @@ cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok,
     first = 0 if all_logits else n_tok - 1
     for t in range(first, n_tok):
         rmsnorm(s.xb + t * E, s.x + t * E, m.norm, E, m.eps)
-    matmul(m, s, logits, m.n_vocab, &m.output, s.xb + first * E, n_tok - first)
+    matmul(m, s, logits, &m.output, s.xb + first * E, n_tok - first)
     if logits != s.logits:
         memcpy(s.logits, logits + <int64_t>(n_tok - 1 - first) * m.n_vocab, m.n_vocab * sizeof(float))
     memcpy(s.tokens + n_past, tokens, n_tok * sizeof(int32_t))
@@ -303,10 +309,10 @@ cdef void shift_kv(const model_t* m, state_t* s, int n_keep, int n_discard) noex
     # drop positions [n_keep, n_keep + n_discard) of the sequence: later K/V entries move down
     # and their keys are re-rotated by -n_discard positions (RoPE angles add), as if they
     # had been evaluated n_discard positions earlier. Values only move. The logits stay valid.
-    cdef int E = m.n_embd
+    cdef int E = m.n_embd_kv
     cdef int l, p
     cdef int64_t src, dst, layer_off = <int64_t>s.n_ctx * E
-    cdef float* tmp = s.k          # (E,) scratch: the first row of the new-keys buffer
+    cdef float* tmp = s.k          # (n_embd_kv,) scratch: the first row of the new-keys buffer
     cdef const type_traits_t* f16 = type_traits(GGML_TYPE_F16)
     for l in range(m.n_layer):
         for p in range(n_keep + n_discard, s.n_past):
@@ -316,7 +322,7 @@ cdef void shift_kv(const model_t* m, state_t* s, int n_keep, int n_discard) noex
                 f16.to_float(<const uint16_t*>s.k_cache + src, tmp, E)
             else:
                 memcpy(tmp, <float*>s.k_cache + src, E * sizeof(float))
-            rope(tmp, m.n_head, m.head_dim, m.n_rot, m.freqs, -n_discard)
+            rope(tmp, m.n_head_kv, m.head_dim, m.n_rot, m.freqs, -n_discard)
             store_kv(s.k_cache, dst, tmp, E, s.kv_f16)
             if s.kv_f16:
                 memmove(<uint16_t*>s.v_cache + dst, <uint16_t*>s.v_cache + src, E * 2)
@@ -364,8 +370,8 @@ cdef class Engine:
     """
 
     def __cinit__(self, dict hparams, const uint8_t[::1] buf, dict tensors, KernelSet kernels, float eps=1e-6,
-                  double rope_base=10000.0):
-        cdef int l, E
+                  double rope_base=10000.0, double rope_freq_scale=1.0):
+        cdef int l, E, Ekv, i
         cdef layer_t* L
         self.m.layers = NULL
         self.buf = buf
@@ -374,22 +380,29 @@ cdef class Engine:
         self.m.n_vocab = hparams["n_vocab"]
         self.m.n_embd = E = hparams["n_embd"]
         self.m.n_head = hparams["n_head"]
+        self.m.n_head_kv = hparams.get("n_head_kv", self.m.n_head)
         self.m.n_layer = hparams["n_layer"]
         self.m.n_rot = hparams["n_rot"]
         self.m.n_ff = hparams["n_ff"]
-        if min(self.m.n_vocab, E, self.m.n_head, self.m.n_layer, self.m.n_ff) < 1 or E % self.m.n_head:
+        if min(self.m.n_vocab, E, self.m.n_head, self.m.n_head_kv, self.m.n_layer, self.m.n_ff) < 1 or \
+                E % self.m.n_head or self.m.n_head % self.m.n_head_kv:
             raise ValueError(f"bad model shape {hparams}")
         self.m.head_dim = E // self.m.n_head
+        self.m.n_embd_kv = Ekv = self.m.n_head_kv * self.m.head_dim
         if self.m.n_rot < 0 or self.m.n_rot % 2 or self.m.n_rot > self.m.head_dim:
             raise ValueError(f"n_rot {self.m.n_rot} must be even and <= head_dim {self.m.head_dim}")
         self.m.eps = eps
         self.m.tok_embeddings = make_tensor(buf, "tok_embeddings.weight", tensors["tok_embeddings.weight"])
-        self.m.output = make_tensor(buf, "output.weight", tensors["output.weight"])
+        # a tied output (no output.weight) multiplies by the token embeddings
+        out_spec = tensors.get("output.weight", tensors["tok_embeddings.weight"])
+        self.m.output = make_tensor(buf, "output.weight", out_spec)
         check_matrix(self.m.tok_embeddings, "tok_embeddings.weight", E, self.m.n_vocab)
         check_matrix(self.m.output, "output.weight", E, self.m.n_vocab)
         self.m.norm = f32_vector(buf, "norm.weight", tensors["norm.weight"], E)
         self.freqs = np.zeros(max(1, self.m.n_rot // 2), np.float64)
         rope_freqs(&self.freqs[0], self.m.n_rot, rope_base)
+        for i in range(self.m.n_rot // 2):      # linear RoPE scaling: positions divided by the factor
+            self.freqs[i] *= rope_freq_scale
         self.m.freqs = &self.freqs[0]
         self.m.layers = <layer_t*>malloc(self.m.n_layer * sizeof(layer_t))
         if self.m.layers == NULL:
@@ -405,8 +418,8 @@ cdef class Engine:
             L.w2 = make_tensor(buf, p + "feed_forward.w2.weight", tensors[p + "feed_forward.w2.weight"])
             L.w3 = make_tensor(buf, p + "feed_forward.w3.weight", tensors[p + "feed_forward.w3.weight"])
             check_matrix(L.wq, p + "attention.wq.weight", E, E)
-            check_matrix(L.wk, p + "attention.wk.weight", E, E)
-            check_matrix(L.wv, p + "attention.wv.weight", E, E)
+            check_matrix(L.wk, p + "attention.wk.weight", E, Ekv)
+            check_matrix(L.wv, p + "attention.wv.weight", E, Ekv)
             check_matrix(L.wo, p + "attention.wo.weight", E, E)
             check_matrix(L.w1, p + "feed_forward.w1.weight", E, self.m.n_ff)
             check_matrix(L.w3, p + "feed_forward.w3.weight", E, self.m.n_ff)
@@ -435,12 +448,13 @@ cdef class State:
         if n_ctx < 1 or not 1 <= n_batch <= n_ctx:
             raise ValueError(f"n_ctx {n_ctx} and n_batch {n_batch} must satisfy 1 <= n_batch <= n_ctx")
         self.engine = engine
-        kv_bytes = m.n_layer * <int64_t>n_ctx * E * (2 if kv_f16 else 4)
+        kv_bytes = m.n_layer * <int64_t>n_ctx * m.n_embd_kv * (2 if kv_f16 else 4)
         self.k_cache = np.zeros(kv_bytes, np.uint8)
         self.v_cache = np.zeros(kv_bytes, np.uint8)
         self.tokens_buf = np.zeros(n_ctx, np.int32)
         self.logits_buf = np.zeros(m.n_vocab, np.float32)
-        self.x, self.xb, self.xb2, self.q, self.k, self.v = [np.zeros((n_batch, E), np.float32) for _ in range(6)]
+        self.x, self.xb, self.xb2, self.q = [np.zeros((n_batch, E), np.float32) for _ in range(4)]
+        self.k, self.v = [np.zeros((n_batch, m.n_embd_kv), np.float32) for _ in range(2)]
         self.att = np.zeros((m.n_head, n_ctx), np.float32)
         self.hb = np.zeros((n_batch, m.n_ff), np.float32)
         self.hb2 = np.zeros((n_batch, m.n_ff), np.float32)
@@ -469,6 +483,10 @@ cdef class State:
     @property
     def n_ctx(self):
         return self.s.n_ctx
+
+    @property
+    def n_embd_kv(self):
+        return self.engine.m.n_embd_kv
 
     def tokens(self):
         """The ids at positions 0..n_past-1, as a list."""
@@ -518,12 +536,12 @@ cdef class State:
             shift_kv(&self.engine.m, &self.s, n_keep, n_discard)
 
     def export_kv(self):
-        """(k, v): copies of the used cache entries, (n_layer, n_past, n_embd) float32 or float16"""
+        """(k, v): copies of the used cache entries, (n_layer, n_past, n_embd_kv) float32 or float16"""
         n = self.s.n_past
         return self._kv_view(self.k_cache)[:, :n].copy(), self._kv_view(self.v_cache)[:, :n].copy()
 
     def import_kv(self, tokens, k, v, logits=None):
-        """Replace the sequence: ``tokens`` with K/V entries ``k``, ``v`` (n_layer, n, n_embd, the
+        """Replace the sequence: ``tokens`` with K/V entries ``k``, ``v`` (n_layer, n, n_embd_kv, the
         cache's dtype) and, if given, the logits after the last token. All or nothing."""
         cdef model_t* m = &self.engine.m
         ids = np.asarray(tokens, np.int64).reshape(-1)
@@ -534,8 +552,8 @@ cdef class State:
         if n and (ids.min() < 0 or ids.max() >= m.n_vocab):
             raise ValueError(f"token ids outside [0, {m.n_vocab})")
         for arr in (k, v):
-            if arr.dtype != dt or arr.shape != (m.n_layer, n, m.n_embd):
-                raise ValueError(f"K/V must be {np.dtype(dt).name} {(m.n_layer, n, m.n_embd)}")
+            if arr.dtype != dt or arr.shape != (m.n_layer, n, m.n_embd_kv):
+                raise ValueError(f"K/V must be {np.dtype(dt).name} {(m.n_layer, n, m.n_embd_kv)}")
         if logits is not None and np.shape(logits) != (m.n_vocab,):
             raise ValueError(f"logits must be ({m.n_vocab},)")
         self._kv_view(self.k_cache)[:, :n] = k
@@ -550,7 +568,7 @@ cdef class State:
     cdef _kv_view(self, uint8_t[::1] cache):
         cdef model_t* m = &self.engine.m
         return np.asarray(cache).view(np.float16 if self.s.kv_f16 else np.float32).reshape(
-            m.n_layer, self.s.n_ctx, m.n_embd)
+            m.n_layer, self.s.n_ctx, m.n_embd_kv)
 
     # -- threads and cancel ------------------------------------------------------------
     @property

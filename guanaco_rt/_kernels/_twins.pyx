@@ -62,7 +62,7 @@ def matmul_twin(KernelSet K, int t, const uint8_t[::1] w, int64_t ne0, int64_t n
         with nogil:
             quantize_rows(&a[0], qs, &x[0, 0], ne0, n_tok, vt, max(1, n_threads))
             op = &o[0, 0]
-            matmul_q(&K.k, &op, ne1, &wp, 1, &a[0], qs, n_tok, max(1, n_threads))
+            matmul_q(&K.k, &op, &wp, 1, &a[0], qs, n_tok, max(1, n_threads))
     return out
 
 
@@ -99,15 +99,18 @@ def silu_mul_twin(float[::1] a, const float[::1] b):
         silu_mul(&a[0], &b[0], a.shape[0])
 
 
-def attention_twin(KernelSet K, const float[:, ::1] q, k_cache, v_cache, int n_past, int n_head, int n_threads=1):
-    """q (n_tok, n_embd); k_cache, v_cache (n_ctx, n_embd) float32 or float16, filled up
+def attention_twin(KernelSet K, const float[:, ::1] q, k_cache, v_cache, int n_past, int n_head, int n_threads=1,
+                   n_head_kv=None):
+    """q (n_tok, n_embd); k_cache, v_cache (n_ctx, n_embd_kv) float32 or float16, filled up
     to n_past + n_tok -> (n_tok, n_embd)"""
     cdef int n_tok = q.shape[0]
     cdef int E = q.shape[1]
-    if n_head < 1 or E % n_head or n_tok < 1 or n_past < 0:
+    cdef int hkv = n_head if n_head_kv is None else n_head_kv
+    if n_head < 1 or hkv < 1 or E % n_head or n_head % hkv or n_tok < 1 or n_past < 0:
         raise ValueError("bad attention shapes")
     cdef int n_ctx = k_cache.shape[0]
-    if k_cache.shape != (n_ctx, E) or v_cache.shape != (n_ctx, E) or n_past + n_tok > n_ctx:
+    cdef int Ekv = E // n_head * hkv
+    if k_cache.shape != (n_ctx, Ekv) or v_cache.shape != (n_ctx, Ekv) or n_past + n_tok > n_ctx:
         raise ValueError("bad attention shapes")
     if k_cache.dtype != v_cache.dtype or k_cache.dtype not in (np.float16, np.float32):
         raise ValueError("caches must both be float32 or float16")
@@ -118,6 +121,6 @@ def attention_twin(KernelSet K, const float[:, ::1] q, k_cache, v_cache, int n_p
     cdef float[:, ::1] o = out
     cdef float[:, ::1] a = np.zeros((n_head, n_ctx), dtype=np.float32)
     with nogil:
-        attention(&K.k, &o[0, 0], &q[0, 0], &kc[0], &vc[0], &a[0, 0], n_tok, n_past, n_head, E // n_head, n_ctx,
-                  f16, max(1, n_threads))
+        attention(&K.k, &o[0, 0], &q[0, 0], &kc[0], &vc[0], &a[0, 0], n_tok, n_past, n_head, hkv, E // n_head,
+                  n_ctx, f16, max(1, n_threads))
     return out

@@ -1,0 +1,178 @@
+"""Byte-level BPE tokenizer (GGUF tokenizer.ggml.model "gpt2"), as llama.cpp runs it.
+
+Owns: splitting text at special tokens (only when the caller allows, as llama.cpp's
+parse_special), the pre-tokenizer regexes that tokenizer.ggml.pre names, the byte-level
+alphabet, merging by rank, and the bytes each token stands for (``byte_table`` for the C
+decode loop). Does not know about models.
+
+Pre-tokenizers (llama.cpp's llama-vocab.cpp): each regex of the list splits every
+piece the previous one left, keeping both the matches and the text between them.
+"""
+import functools
+
+import numpy as np
+import regex
+
+from .errors import FormatError, GuanacoError
+
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+LLAMA3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+          r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+PRE_TOKENIZERS = {
+    "default": [GPT2], "gpt2": [GPT2], "gpt-2": [GPT2],
+    "llama-bpe": [LLAMA3], "llama3": [LLAMA3],
+    "smollm": [r"\p{N}", GPT2], "starcoder": [r"\p{N}", GPT2], "refact": [r"\p{N}", GPT2],
+}
+
+
+@functools.lru_cache(maxsize=1)
+def byte_alphabet():
+    """GPT-2's byte-level alphabet: byte -> one printable code point, and back."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    enc, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            enc[b] = chr(b)
+        else:
+            enc[b] = chr(256 + extra)
+            extra += 1
+    return enc, {c: b for b, c in enc.items()}
+
+
+def _split(pieces, rx):
+    out = []
+    for p in pieces:
+        last = 0
+        for m in rx.finditer(p):
+            if m.start() > last:
+                out.append(p[last:m.start()])
+            if m.end() > m.start():
+                out.append(m.group())
+            last = m.end()
+        if last < len(p):
+            out.append(p[last:])
+    return out
+
+
+class BPETokenizer:
+    """Exact byte-level BPE over a GGUF vocabulary and merges list."""
+
+    def __init__(self, tokens, types, merges, pre="default", bos_id=None, eos_id=None, add_bos=False,
+                 path="<vocab>"):
+        if pre not in PRE_TOKENIZERS:
+            raise FormatError(path, "tokenizer.ggml.pre", f"{pre!r} is not supported "
+                                                          f"({', '.join(sorted(PRE_TOKENIZERS))})")
+        self.path = path
+        self.n_vocab = len(tokens)
+        self.bos_id, self.eos_id, self.unk_id = bos_id, eos_id, None
+        self.add_bos = bool(add_bos) and bos_id is not None
+        self.regexes = [regex.compile(r) for r in PRE_TOKENIZERS[pre]]
+        self.ids = {t: i for i, t in enumerate(tokens)}
+        self.ranks = {}
+        for r, m in enumerate(merges):
+            a, sep, b = m.partition(" ")
+            if not sep:
+                raise FormatError(path, f"tokenizer.ggml.merges[{r}]", f"{m!r} is not two pieces")
+            self.ranks.setdefault((a, b), r)
+        # special tokens (control, user-defined) are matched whole, longest first, when allowed
+        self.special = sorted((t for t, ty in zip(tokens, types) if ty in (CONTROL, USER_DEFINED) and t),
+                              key=len, reverse=True)
+        self.special_rx = regex.compile("|".join(regex.escape(t) for t in self.special)) if self.special else None
+        enc, dec = byte_alphabet()
+        self.byte_enc = enc
+        token_bytes = []
+        for i, (tok, ty) in enumerate(zip(tokens, types)):
+            if ty in (CONTROL, UNUSED):
+                token_bytes.append(b"")
+            elif ty == USER_DEFINED:
+                token_bytes.append(tok.encode("utf-8"))
+            else:
+                try:
+                    token_bytes.append(bytes(dec[c] for c in tok))
+                except KeyError:
+                    raise FormatError(path, f"tokenizer.ggml.tokens[{i}]",
+                                      f"{tok!r} is not in the byte-level BPE alphabet") from None
+        offs = np.zeros(self.n_vocab + 1, np.int64)
+        offs[1:] = np.cumsum([len(b) for b in token_bytes])
+        blob = np.frombuffer(b"".join(token_bytes) + b"\0", np.uint8)
+        self.byte_table = (blob, offs, np.zeros(self.n_vocab, np.uint8))   # no dummy prefix to strip
+        self._cache = {}
+
+    # -- encoding -----------------------------------------------------------------------
+    def _bpe(self, piece):
+        """One pre-token (text) -> token ids, merging the lowest-ranked pair first."""
+        ids = self._cache.get(piece)
+        if ids is not None:
+            return ids
+        syms = [self.byte_enc[b] for b in piece.encode("utf-8")]
+        while len(syms) > 1:
+            best, at = None, -1
+            for i in range(len(syms) - 1):
+                r = self.ranks.get((syms[i], syms[i + 1]))
+                if r is not None and (best is None or r < best):
+                    best, at = r, i
+            if best is None:
+                break
+            syms[at:at + 2] = [syms[at] + syms[at + 1]]
+        out = []
+        for s in syms:
+            i = self.ids.get(s)
+            if i is None:      # no token for a merged symbol: fall back to its single bytes
+                out += [self.ids[c] for c in s if c in self.ids]
+            else:
+                out.append(i)
+        if len(self._cache) < 1 << 16:
+            self._cache[piece] = out
+        return out
+
+    def _encode_text(self, text):
+        pieces = [text]
+        for rx in self.regexes:
+            pieces = _split(pieces, rx)
+        return [i for p in pieces for i in self._bpe(p)]
+
+    def encode(self, text, bos=None, eos=False, special=False):
+        """text -> ids. ``bos`` None: the file's add_bos_token. ``special``: text that spells a
+        special token (``<|im_start|>``) becomes that token, as llama.cpp's parse_special;
+        otherwise it is ordinary text."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"text is not valid Unicode: {e.reason} {text[e.start:e.end]!r} at position {e.start}; "
+                             "decode bytes with errors='replace' first") from None
+        ids = []
+        if special and self.special_rx is not None:
+            last = 0
+            for m in self.special_rx.finditer(text):
+                ids += self._encode_text(text[last:m.start()])
+                ids.append(self.ids[m.group()])
+                last = m.end()
+            ids += self._encode_text(text[last:])
+        else:
+            ids = self._encode_text(text)
+        if self.add_bos if bos is None else bos:
+            if self.bos_id is None:
+                raise GuanacoError(f"{self.path}: this vocabulary has no BOS token")
+            ids = [self.bos_id] + ids
+        if eos and self.eos_id is not None:
+            ids.append(self.eos_id)
+        return ids
+
+    # -- decoding -----------------------------------------------------------------------
+    def decode(self, ids):
+        blob, offs, _ = self.byte_table
+        out = []
+        for i in ids:
+            i = int(i)
+            if not 0 <= i < self.n_vocab:
+                raise ValueError(f"token id {i} outside [0, {self.n_vocab})")
+            out.append(blob[offs[i]:offs[i + 1]].tobytes())
+        return b"".join(out).decode("utf-8", errors="replace")
+
+    def token_bytes(self, i):
+        blob, offs, _ = self.byte_table
+        return blob[offs[i]:offs[i + 1]].tobytes()

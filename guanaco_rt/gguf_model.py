@@ -1,0 +1,179 @@
+"""A LLaMA-family model from a GGUF file: metadata -> hyperparameters, GGUF tensor
+names -> ours, and the vocabulary.
+
+Owns: which GGUF keys are read and which are refused, the tensor name map, and the
+checks that the tensors agree with the metadata. Does no math. The container itself
+is gguf_file.py; the forward pass is the same engine the ggjt files run on.
+
+Read: general.architecture (must be "llama"), llama.embedding_length, block_count,
+attention.head_count, attention.head_count_kv (default head_count),
+rope.dimension_count (default head size), rope.freq_base (default 10000),
+rope.scaling.type ("none" or "linear") with rope.scaling.factor,
+attention.layer_norm_rms_epsilon (default 1e-5), feed_forward_length (checked against
+the tensors); tokenizer.ggml.model ("llama": SentencePiece; "gpt2": byte-level BPE with
+tokenizer.ggml.merges and the pre-tokenizer tokenizer.ggml.pre names), tokens, scores,
+token_type, bos/eos/unknown_token_id, add_bos_token.
+Refused: any other architecture, rope scaling other than linear, tensor types this
+runtime has no kernels for (gguf_file), n_vocab or n_ff that disagree with the tensors.
+n_vocab and n_ff are taken from the tensors (token_embd rows, ffn_gate rows).
+"""
+from dataclasses import dataclass
+
+from .errors import FormatError
+from .ggml_types import FTYPES
+
+NAMES = {"token_embd.weight": "tok_embeddings.weight", "output_norm.weight": "norm.weight",
+         "output.weight": "output.weight"}
+LAYER_NAMES = {"attn_norm": "attention_norm", "attn_q": "attention.wq", "attn_k": "attention.wk",
+               "attn_v": "attention.wv", "attn_output": "attention.wo", "ffn_norm": "ffn_norm",
+               "ffn_gate": "feed_forward.w1", "ffn_down": "feed_forward.w2", "ffn_up": "feed_forward.w3"}
+
+
+@dataclass
+class GGUFHParams:
+    n_vocab: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    n_layer: int
+    n_rot: int
+    n_ff: int
+    rope_base: float
+    rope_freq_scale: float
+    eps: float
+    ftype: int
+    version: int
+
+    @property
+    def head_dim(self):
+        return self.n_embd // self.n_head
+
+    @property
+    def ftype_name(self):
+        return FTYPES[self.ftype].name if self.ftype in FTYPES else f"ftype {self.ftype}"
+
+    def as_dict(self):
+        return {"n_vocab": self.n_vocab, "n_embd": self.n_embd, "n_head": self.n_head, "n_head_kv": self.n_head_kv,
+                "n_layer": self.n_layer, "n_rot": self.n_rot, "n_ff": self.n_ff, "rope_base": self.rope_base,
+                "rope_freq_scale": self.rope_freq_scale, "eps": self.eps, "ftype": self.ftype,
+                "ftype_name": self.ftype_name, "version": self.version}
+
+
+@dataclass
+class GGUFModelFile:
+    path: str
+    hparams: GGUFHParams
+    tensors: dict          # our names -> gguf_file.GGUFTensor
+    metadata: dict
+    vocab: dict            # tokenizer model, tokens, scores, types, special ids
+
+
+def _get(g, key, kinds, default=None, lo=None, hi=None):
+    if key not in g.metadata:
+        if default is None:
+            raise FormatError(g.path, key, "is missing")
+        return default
+    v, t = g.metadata[key], g.types[key]
+    if t not in kinds:
+        raise FormatError(g.path, key, f"has type {t}, expected {' or '.join(kinds)}")
+    if lo is not None and not lo <= v <= hi:
+        raise FormatError(g.path, key, f"{v} is outside [{lo}, {hi}]")
+    return v
+
+
+INTS = ("u8", "u16", "u32", "u64", "i8", "i16", "i32", "i64")
+FLOATS = ("f32", "f64")
+
+
+def load(g):
+    """gguf_file.GGUFFile -> GGUFModelFile, every key and tensor checked."""
+    arch = _get(g, "general.architecture", ("string",))
+    if arch != "llama":
+        raise FormatError(g.path, "general.architecture", f"{arch!r} is not supported (supported: 'llama')")
+    n_embd = _get(g, "llama.embedding_length", INTS, lo=1, hi=1 << 16)
+    n_layer = _get(g, "llama.block_count", INTS, lo=1, hi=1 << 10)
+    n_head = _get(g, "llama.attention.head_count", INTS, lo=1, hi=1 << 10)
+    n_head_kv = _get(g, "llama.attention.head_count_kv", INTS, default=n_head, lo=1, hi=n_head)
+    if n_embd % n_head or n_head % n_head_kv:
+        raise FormatError(g.path, "llama.attention.head_count", f"n_embd {n_embd}, {n_head} heads and {n_head_kv} "
+                                  "KV heads do not divide evenly")
+    head_dim = n_embd // n_head
+    n_rot = _get(g, "llama.rope.dimension_count", INTS, default=head_dim, lo=0, hi=head_dim)
+    if n_rot % 2:
+        raise FormatError(g.path, "llama.rope.dimension_count", f"{n_rot} is odd")
+    rope_base = float(_get(g, "llama.rope.freq_base", FLOATS, default=10000.0, lo=1.0, hi=1e12))
+    scaling = _get(g, "llama.rope.scaling.type", ("string",), default="none")
+    freq_scale = 1.0
+    if scaling == "linear":
+        freq_scale = 1.0 / float(_get(g, "llama.rope.scaling.factor", FLOATS, lo=1e-3, hi=1e6))
+    elif scaling != "none":
+        raise FormatError(g.path, "llama.rope.scaling.type", f"{scaling!r} is not supported (none, linear)")
+    eps = float(_get(g, "llama.attention.layer_norm_rms_epsilon", FLOATS, default=1e-5, lo=0.0, hi=1.0))
+    ftype = _get(g, "general.file_type", INTS, default=-1)
+    tensors = {}
+    for name, t in g.tensors.items():
+        if name in NAMES:
+            tensors[NAMES[name]] = t
+            continue
+        parts = name.split(".")
+        if len(parts) == 4 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in LAYER_NAMES \
+                and parts[3] == "weight" and int(parts[1]) < n_layer:
+            tensors[f"layers.{int(parts[1])}.{LAYER_NAMES[parts[2]]}.weight"] = t
+        elif name.startswith("rope_freqs") or name.endswith("rope_freqs.weight"):
+            raise FormatError(g.path, f"tensor {name!r}", "per-dimension RoPE frequencies are not supported")
+        # other tensors (none in llama files) are left alone
+    for need in ["tok_embeddings.weight", "norm.weight"] + [f"layers.{i}.{v}.weight" for i in range(n_layer)
+                                                           for v in LAYER_NAMES.values()]:
+        if need not in tensors:
+            raise FormatError(g.path, "tensors", f"{need} is missing")
+    emb = tensors["tok_embeddings.weight"]
+    if len(emb.shape) != 2 or emb.shape[0] != n_embd:
+        raise FormatError(g.path, "token_embd.weight", f"shape {emb.shape}, expected ({n_embd}, n_vocab)")
+    n_vocab = emb.shape[1]
+    gate = tensors["layers.0.feed_forward.w1.weight"]
+    n_ff = gate.shape[1] if len(gate.shape) == 2 else 0
+    declared_ff = _get(g, "llama.feed_forward_length", INTS, default=n_ff)
+    if declared_ff != n_ff:
+        raise FormatError(g.path, "llama.feed_forward_length", f"{declared_ff}, but ffn_gate has {n_ff} rows")
+    expect = {"norm.weight": (n_embd,), "output.weight": (n_embd, n_vocab)}
+    for i in range(n_layer):
+        p = f"layers.{i}."
+        expect.update({p + "attention_norm.weight": (n_embd,), p + "ffn_norm.weight": (n_embd,),
+                       p + "attention.wq.weight": (n_embd, n_embd), p + "attention.wo.weight": (n_embd, n_embd),
+                       p + "attention.wk.weight": (n_embd, n_head_kv * head_dim),
+                       p + "attention.wv.weight": (n_embd, n_head_kv * head_dim),
+                       p + "feed_forward.w1.weight": (n_embd, n_ff), p + "feed_forward.w3.weight": (n_embd, n_ff),
+                       p + "feed_forward.w2.weight": (n_ff, n_embd)})
+    for name, shape in expect.items():
+        if name in tensors and tensors[name].shape != shape:
+            raise FormatError(g.path, f"tensor {name}", f"shape {tensors[name].shape}, expected {shape}")
+        if name in tensors and len(shape) == 1 and tensors[name].type != 0:
+            raise FormatError(g.path, f"tensor {name}", f"is {tensors[name].type_name}, norms must be F32")
+    hp = GGUFHParams(n_vocab, n_embd, n_head, n_head_kv, n_layer, n_rot, n_ff, rope_base, freq_scale, eps,
+                     ftype, g.version)
+    return GGUFModelFile(g.path, hp, tensors, g.metadata, _vocab(g, n_vocab))
+
+
+def _vocab(g, n_vocab):
+    model = _get(g, "tokenizer.ggml.model", ("string",))
+    if model not in ("llama", "gpt2"):
+        raise FormatError(g.path, "tokenizer.ggml.model", f"{model!r} is not supported (llama, gpt2)")
+    tokens = _get(g, "tokenizer.ggml.tokens", ("array[string]",))
+    if len(tokens) != n_vocab:
+        raise FormatError(g.path, "tokenizer.ggml.tokens", f"{len(tokens)} tokens, the embeddings have {n_vocab} rows")
+    types = _get(g, "tokenizer.ggml.token_type", ("array[i32]", "array[u32]"), default=[1] * n_vocab)
+    scores = _get(g, "tokenizer.ggml.scores", ("array[f32]",), default=[0.0] * n_vocab)
+    if len(types) != n_vocab or len(scores) != n_vocab:
+        raise FormatError(g.path, "tokenizer.ggml.token_type", "token_type / scores lengths differ from the tokens")
+    ids = {}
+    for key in ("bos", "eos", "unknown"):
+        v = g.metadata.get(f"tokenizer.ggml.{key}_token_id")
+        if v is not None and not (isinstance(v, int) and 0 <= v < n_vocab):
+            raise FormatError(g.path, f"tokenizer.ggml.{key}_token_id", f"{v!r} is outside [0, {n_vocab})")
+        ids[key] = v
+    merges, pre = [], None
+    if model == "gpt2":
+        merges = _get(g, "tokenizer.ggml.merges", ("array[string]",))
+        pre = _get(g, "tokenizer.ggml.pre", ("string",), default="default")
+    return {"model": model, "tokens": tokens, "types": types, "scores": scores, **ids, "merges": merges,
+            "pre": pre, "add_bos": g.metadata.get("tokenizer.ggml.add_bos_token", model == "llama")}
