@@ -1,4 +1,5 @@
-"""The Guanaco prompt template and conversation turns.
+"""Conversation turns and how they become the prompt: the Guanaco template, or a model's
+own chat template (Jinja2, from a GGUF file's tokenizer.chat_template).
 
 Owns: how a system line and (human, assistant) turns become the prompt text.
 Guanaco was trained on ``### Human: ... ### Assistant: ...`` turns; it goes on
@@ -41,3 +42,49 @@ class Conversation:
 
     def clear(self):
         self.turns.clear()
+
+
+# ---- chat templates (GGUF tokenizer.chat_template) -------------------------------------
+class ChatTemplate:
+    """A Jinja2 chat template rendered as HF transformers renders it: in an immutable
+    sandbox (a template cannot touch Python objects or the file system), trim_blocks and
+    lstrip_blocks, loop controls, ``raise_exception``, ``tojson``, with ``messages``,
+    ``add_generation_prompt``, ``bos_token`` and ``eos_token``."""
+
+    def __init__(self, source, bos_token="", eos_token=""):
+        import json
+
+        from jinja2 import TemplateError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message):
+            raise TemplateError(message)
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                            extensions=["jinja2.ext.loopcontrols"])
+        env.globals["raise_exception"] = raise_exception
+        env.filters["tojson"] = lambda x, indent=None, **kw: json.dumps(x, ensure_ascii=False, indent=indent)
+        try:
+            self.template = env.from_string(source)
+        except TemplateError as e:
+            raise ValueError(f"the chat template does not parse: {e}") from None
+        self.source = source
+        self.bos_token, self.eos_token = bos_token, eos_token
+
+    def render(self, messages, add_generation_prompt=True):
+        from jinja2 import TemplateError
+        try:
+            return self.template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                        bos_token=self.bos_token, eos_token=self.eos_token)
+        except TemplateError as e:
+            raise ValueError(f"the chat template failed: {e}") from None
+
+    def messages(self, conv, message=None, first_turn=0):
+        """The conversation (turns from ``first_turn`` on) as role/content messages, plus
+        ``message`` as the new user turn."""
+        out = [{"role": "system", "content": conv.system}] if conv.system else []
+        for human, reply in conv.turns[first_turn:]:
+            out += [{"role": "user", "content": human}, {"role": "assistant", "content": reply}]
+        if message is not None:
+            out.append({"role": "user", "content": message})
+        return out

@@ -28,7 +28,7 @@ import numpy as np
 
 from ._kernels._decode import Decoder, TextStage
 from ._kernels._engine import State
-from .chat import DEFAULT_STOP, Conversation
+from .chat import DEFAULT_STOP, ChatTemplate, Conversation
 from .errors import Cancelled, ContextFullError, GuanacoError, ModelClosedError, SessionBusyError, StateError
 from .model import check_threads, usable_threads
 from .results import AsyncTextStream, GenerationResult, TextStream, Timings
@@ -76,7 +76,7 @@ class Session:
 
     def __init__(self, model: Model, n_ctx: int = 2048, n_batch: int = 64, n_threads: int | None = None,
                  kv_f16: bool = False, seed: int | None = None, context_policy: str = "error", n_keep: int = 1,
-                 system: str | None = None):
+                 system: str | None = None, template: str | None = None):
         for name, v, lo in (("n_ctx", n_ctx, 2), ("n_batch", n_batch, 1), ("n_keep", n_keep, 0)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 raise TypeError(f"{name} must be an int, got {v!r}")
@@ -99,6 +99,17 @@ class Session:
         self.seed = seed
         self._state = State(model._engine, self.n_ctx, self.n_batch, self.kv_f16, self.n_threads)
         self.sampler = Sampler(seed)
+        # the chat format: "guanaco", a Jinja2 chat template, or None -- the model's own
+        # (a GGUF file's tokenizer.chat_template, else Guanaco's)
+        if template is None:
+            template = getattr(model.file, "metadata", {}).get("tokenizer.chat_template") or "guanaco"
+        if not isinstance(template, str):
+            raise TypeError(f"template must be a str, got {type(template).__name__}")
+        self.template = None if template == "guanaco" else ChatTemplate(
+            template, *(model.tokenizer.decode([i]) if i is not None else "" for i in
+                        (model.tokenizer.bos_id, model.tokenizer.eos_id)))
+        if system is None and self.template is not None:
+            system = ""                     # the template's own default, if it has one
         self.conversation = Conversation() if system is None else Conversation(system=system)
         self._chat_first_turn = 0
         self._busy = threading.Lock()
@@ -362,7 +373,8 @@ class Session:
     def chat(self, message: str, max_new_tokens: int = 256, stop: str | Iterable[str] | None = None,
              params: SamplingParams | None = None, callback: Callable[[str], object] | None = None,
              **sampling) -> str:
-        """One Guanaco chat turn: returns the assistant's reply (stripped).
+        """One chat turn: returns the assistant's reply (stripped). The format is the
+        session's template: Guanaco's ``### Human:`` turns, or the model's chat template.
 
         The whole conversation is the prompt; only the new tokens are evaluated. When it
         would not fit (with max_new_tokens reserved), the oldest turns are dropped under
@@ -376,14 +388,13 @@ class Session:
         first = self._chat_first_turn
 
         def fits(f):
-            ids = self.model.tokenize(conv.prompt(message, f))
+            ids = self._chat_ids(message, f)
             return ids if len(ids) + reserve <= self.n_ctx else None
 
         ids = fits(first)
         if ids is None:
             if self.context_policy == "error" or fits(len(conv.turns)) is None:
-                n = len(self.model.tokenize(conv.prompt(message, first if self.context_policy == "error"
-                                                        else len(conv.turns))))
+                n = len(self._chat_ids(message, first if self.context_policy == "error" else len(conv.turns)))
                 raise ContextFullError(f"chat prompt of {n} tokens + {reserve} reserved > n_ctx {self.n_ctx}")
             # fewer turns, shorter prompt: binary search for the first turn that makes it fit
             # (log2(turns) tokenizations instead of one per dropped turn)
@@ -398,12 +409,29 @@ class Session:
             ids = fits(first)
         self._chat_first_turn = first
         # a context shift inside the reply keeps the system text
-        res = self._generate(ids, max_new_tokens, DEFAULT_STOP if stop is None else stop, params, callback, sampling,
-                             n_keep=len(self.model.tokenize(conv.system_text())))
+        if stop is None:
+            stop = DEFAULT_STOP if self.template is None else []     # template models end their turn with EOS
+        res = self._generate(ids, max_new_tokens, stop, params, callback, sampling, n_keep=self._chat_keep())
         reply = res.text.strip()
         if res.finish_reason != "cancelled":
             conv.add(message, reply)
         return reply
+
+    def _chat_ids(self, message, first_turn):
+        conv = self.conversation
+        if self.template is None:
+            return self.model.tokenize(conv.prompt(message, first_turn))
+        text = self.template.render(self.template.messages(conv, message, first_turn))
+        return self.model.tokenize(text, bos=False, special=True)    # the template writes BOS if it wants one
+
+    def _chat_keep(self):
+        conv = self.conversation
+        if self.template is None:
+            return len(self.model.tokenize(conv.system_text()))
+        if not conv.system:
+            return 0
+        text = self.template.render(self.template.messages(conv), add_generation_prompt=False)
+        return len(self.model.tokenize(text, bos=False, special=True))
 
     # -- state -------------------------------------------------------------------------
     def reset(self) -> None:

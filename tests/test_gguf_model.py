@@ -177,3 +177,31 @@ def test_smollm2_logits_match_a_float_reference(smollm2):
     # measured: 1.6-4.4% of the largest logit per position, cosine >= 0.9973 (8-bit activations)
     assert cos.min() > 0.995 and rel.max() < 0.08
     assert (ours.argmax(1) == ref.argmax(1)).mean() >= 0.8
+
+
+# ---- chat templates ------------------------------------------------------------------------
+def test_chat_uses_the_files_template_and_reuses_the_cache(smollm2):
+    m = guanaco_rt.Model(smollm2)
+    s = guanaco_rt.Session(m, n_ctx=512, system="You are a helpful assistant.")
+    assert s.template is not None and "<|im_start|>" in s.template.source
+    assert s.chat("What is the capital of France?", temperature=0, repetition_penalty=1.0) == \
+        "The capital of France is Paris."
+    text = s.template.render(s.template.messages(s.conversation, "Thanks!"))
+    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n")
+    assert text.endswith("<|im_start|>user\nThanks!<|im_end|>\n<|im_start|>assistant\n")
+    s.chat("Thanks!", max_new_tokens=8, temperature=0)
+    assert s.last_result.timings.reused_tokens > 20          # the first turn's KV entries were reused
+    g = guanaco_rt.Session(m, n_ctx=512, template="guanaco")
+    assert g.template is None
+
+
+def test_templates_run_in_a_sandbox():
+    from guanaco_rt.chat import ChatTemplate, Conversation
+    t = ChatTemplate("{{ messages[0].content.__class__.__mro__ }}")
+    with pytest.raises(ValueError, match="template"):
+        t.render(t.messages(Conversation(system="x")))
+    with pytest.raises(ValueError, match="parse"):
+        ChatTemplate("{% for %}")
+    boom = ChatTemplate("{{ raise_exception('roles must alternate') }}")
+    with pytest.raises(ValueError, match="roles must alternate"):
+        boom.render([])
