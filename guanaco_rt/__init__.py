@@ -12,6 +12,7 @@ from .errors import (
     StateError,
     UnsupportedVersionError,
 )
+from .metrics import PerplexityResult, perplexity
 from .model import Model
 from .results import GenerationResult, Timings
 from .sampling import SamplingParams
@@ -36,4 +37,4 @@ def show_config() -> dict:
 
 __all__ = ["Model", "Session", "SamplingParams", "GenerationResult", "Timings", "show_config", "__version__",
            "GuanacoError", "FormatError", "UnsupportedVersionError", "ContextFullError", "SessionBusyError",
-           "StateError", "Cancelled", "ModelClosedError", "ModelFileChangedError"]
+           "StateError", "Cancelled", "ModelClosedError", "ModelFileChangedError", "perplexity", "PerplexityResult"]

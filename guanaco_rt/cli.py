@@ -309,6 +309,25 @@ def cmd_random_model(a):
     return 0
 
 
+def cmd_perplexity(a):
+    from . import Model
+    from .metrics import perplexity
+    m = Model(a.model, n_threads=a.threads)
+    with open(a.textfile, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    tty = sys.stderr.isatty()
+
+    def progress(done, total, ppl):
+        end = "" if tty and done < total else "\n"
+        sys.stderr.write(f"{chr(13) if tty else ''}[{done}/{total}] chunks of {a.ctx_size} tokens, PPL so far "
+                         f"{ppl:.4f}{end}")
+        sys.stderr.flush()
+    r = perplexity(m, text, n_ctx=a.ctx_size, n_batch=a.batch_size, progress=progress)
+    print(f"{r.n_chunks} chunks of {r.n_ctx} tokens, {r.n_scored} scored")
+    print(r)
+    return 0
+
+
 def cmd_config(a):
     from . import show_config
     print(json.dumps(show_config(), indent=1))
@@ -359,6 +378,14 @@ def main(argv=None):
     s.add_argument("--vocab-gguf", default=None, help="take the vocab from a GGUF vocab file")
     s.add_argument("--seed", type=_int(0, 2**32 - 1), default=0)
     s.set_defaults(fn=cmd_random_model)
+
+    s = sub.add_parser("perplexity", help="perplexity on a text file (llama.cpp's method): PPL = value +/- error")
+    s.add_argument("model")
+    s.add_argument("textfile")
+    s.add_argument("-c", "--ctx-size", type=_int(4, 1 << 16), default=512, help="chunk length (default %(default)s)")
+    s.add_argument("-b", "--batch-size", type=_int(1, 1 << 16), default=64)
+    s.add_argument("-t", "--threads", type=_int(1, 256), default=None)
+    s.set_defaults(fn=cmd_perplexity)
 
     s = sub.add_parser("config", help="ISA, OpenMP and thread count in use")
     s.set_defaults(fn=cmd_config)
