@@ -1,6 +1,7 @@
 """guanaco_rt: run Guanaco / LLaMA ggjt v3 (.ggmlv3.*.bin) models inside Python apps."""
 import logging
 
+from .demo import demo_model_path
 from .errors import (
     Cancelled,
     ContextFullError,
@@ -37,4 +38,5 @@ def show_config() -> dict:
 
 __all__ = ["Model", "Session", "SamplingParams", "GenerationResult", "Timings", "show_config", "__version__",
            "GuanacoError", "FormatError", "UnsupportedVersionError", "ContextFullError", "SessionBusyError",
-           "StateError", "Cancelled", "ModelClosedError", "ModelFileChangedError", "perplexity", "PerplexityResult"]
+           "StateError", "Cancelled", "ModelClosedError", "ModelFileChangedError", "perplexity", "PerplexityResult",
+           "demo_model_path"]

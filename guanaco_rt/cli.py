@@ -74,7 +74,8 @@ def _sampling_args(p, greedy=False):
 
 def _session_args(p):
     from .model import MAX_THREADS
-    p.add_argument("model", help="a ggjt v3 model file (.ggmlv3.*.bin)")
+    p.add_argument("model", nargs="?", default=None,
+                   help="a ggjt v3 (.ggmlv3.*.bin) or GGUF model file (default: the demo model, fetched on first use)")
     p.add_argument("-c", "--ctx-size", type=_int(2, MAX_CTX), default=2048,
                    help="context length n_ctx (default %(default)s)")
     p.add_argument("-b", "--batch-size", type=_int(1, MAX_CTX), default=64, help="prompt batch (default %(default)s)")
@@ -93,6 +94,9 @@ def _prompt_args(p, n_predict):
                    help="tokens to generate (default %(default)s)")
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
     p.add_argument("--no-stats", action="store_true", help="do not print timings to stderr")
+    p.add_argument("--chat", action="store_true",
+                   help="the prompt is one user message in the model's chat format (Guanaco's, or the file's template)")
+    p.add_argument("--system", default=None, help="with --chat: a system message")
 
 
 def _params(a):
@@ -104,11 +108,23 @@ def _params(a):
                           presence_penalty=a.presence_penalty, logit_bias=bias)
 
 
+def _model_path(a):
+    if a.model is not None:
+        return a.model
+    from .demo import demo_model_path
+    try:
+        return demo_model_path(fetch=False)
+    except GuanacoError:
+        print("guanaco-rt: fetching the demo model (SmolLM2-135M-Instruct, 98 MB) ...", file=sys.stderr)
+        return demo_model_path(quiet=not sys.stderr.isatty())
+
+
 def _open(a):
     from . import Model, Session
-    model = Model(a.model, n_threads=a.threads)
+    model = Model(_model_path(a), n_threads=a.threads)
     session = Session(model, n_ctx=a.ctx_size, n_batch=a.batch_size, kv_f16=a.kv_f16,
-                      seed=getattr(a, "seed", None), context_policy=a.context_policy)
+                      seed=getattr(a, "seed", None), context_policy=a.context_policy,
+                      system=getattr(a, "system", None))
     return model, session
 
 
@@ -190,9 +206,15 @@ def _report(r):
 def cmd_generate(a):
     _, s = _open(a)
     stops = a.stop or []
-    stream = s.stream(a.prompt, max_new_tokens=a.n_predict, stop=stops, params=_params(a))
-    if not a.quiet_prompt:
-        sys.stdout.write(a.prompt)
+    if a.chat:       # one user turn in the model's chat format; the reply alone is printed
+        if a.stop is None and s.template is None:
+            from .chat import DEFAULT_STOP
+            stops = DEFAULT_STOP
+        stream = s.stream(s._chat_ids(a.prompt, 0), max_new_tokens=a.n_predict, stop=stops, params=_params(a))
+    else:
+        stream = s.stream(a.prompt, max_new_tokens=a.n_predict, stop=stops, params=_params(a))
+        if not a.quiet_prompt:
+            sys.stdout.write(a.prompt)
     r = _print_stream(stream)
     if not a.no_stats:
         _report(r)
@@ -328,6 +350,12 @@ def cmd_perplexity(a):
     return 0
 
 
+def cmd_pull_demo(a):
+    from .demo import demo_model_path
+    print(demo_model_path(quiet=not sys.stderr.isatty()))
+    return 0
+
+
 def cmd_config(a):
     from . import show_config
     print(json.dumps(show_config(), indent=1))
@@ -386,6 +414,9 @@ def main(argv=None):
     s.add_argument("-b", "--batch-size", type=_int(1, 1 << 16), default=64)
     s.add_argument("-t", "--threads", type=_int(1, 256), default=None)
     s.set_defaults(fn=cmd_perplexity)
+
+    s = sub.add_parser("pull-demo", help="fetch and verify the demo model (SmolLM2-135M-Instruct) into the cache")
+    s.set_defaults(fn=cmd_pull_demo)
 
     s = sub.add_parser("config", help="ISA, OpenMP and thread count in use")
     s.set_defaults(fn=cmd_config)

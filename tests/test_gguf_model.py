@@ -205,3 +205,19 @@ def test_templates_run_in_a_sandbox():
     boom = ChatTemplate("{{ raise_exception('roles must alternate') }}")
     with pytest.raises(ValueError, match="roles must alternate"):
         boom.render([])
+
+
+def test_the_readme_first_command_answers(smollm2):
+    # `guanaco-rt run` without a model path uses the demo model from the cache
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "GUANACO_RT_CACHE": os.path.dirname(smollm2)}
+    r = subprocess.run([sys.executable, "-m", "guanaco_rt", "run", "--chat", "--system", "You are a helpful assistant.",
+                        "-p", "What is the capital of France?", "-n", "32", "--no-stats"], capture_output=True,
+                       text=True, env=env, timeout=120, cwd=os.path.dirname(__file__))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "The capital of France is Paris."
+    r = subprocess.run([sys.executable, "-m", "guanaco_rt", "pull-demo"], capture_output=True, text=True, env=env,
+                       timeout=120, cwd=os.path.dirname(__file__))
+    assert r.returncode == 0 and r.stdout.strip() == smollm2
