@@ -14,6 +14,7 @@ import numpy as np
 import regex
 
 from .errors import FormatError, GuanacoError
+from .tokenizer import check_text
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
@@ -137,13 +138,7 @@ class BPETokenizer:
         """text -> ids. ``bos`` None: the file's add_bos_token. ``special``: text that spells a
         special token (``<|im_start|>``) becomes that token, as llama.cpp's parse_special;
         otherwise it is ordinary text."""
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise ValueError(f"text is not valid Unicode: {e.reason} {text[e.start:e.end]!r} at position {e.start}; "
-                             "decode bytes with errors='replace' first") from None
+        check_text(text)
         ids = []
         if special and self.special_rx is not None:
             last = 0

@@ -82,6 +82,18 @@ def rebuild_pieces(vocab, path="<vocab>"):
     return pieces
 
 
+def check_text(text):
+    """Text to encode must be a str that UTF-8 can encode: a lone surrogate would make
+    sentencepiece raise an untyped RuntimeError."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"text is not valid Unicode: {e.reason} {text[e.start:e.end]!r} at position {e.start}; "
+                         "decode bytes with errors='replace' first") from None
+
+
 def _unique(pieces):
     out, seen = [], set()
     for i, (piece, score, ptype) in enumerate(pieces):
@@ -151,13 +163,7 @@ class Tokenizer:
         if special:
             raise GuanacoError("special-token parsing is not supported for SentencePiece vocabularies yet")
         bos = True if bos is None else bos
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as e:   # a lone surrogate: sentencepiece would raise an untyped RuntimeError
-            raise ValueError(f"text is not valid Unicode: {e.reason} {text[e.start:e.end]!r} at position {e.start}; "
-                             "decode bytes with errors='replace' first") from None
+        check_text(text)
         ids = self.sp.encode(text) if text else []
         return ([BOS_ID] if bos else []) + list(ids) + ([EOS_ID] if eos else [])
 
