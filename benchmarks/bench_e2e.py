@@ -22,8 +22,9 @@ import numpy as np
 kind, path = sys.argv[1], sys.argv[2]
 n_threads, n_prompt, n_gen, n_batch = (int(a) for a in sys.argv[3:7])
 rng = np.random.default_rng(0)
-prompt = [1] + [int(t) for t in rng.integers(3, 32000, n_prompt - 1)]
-gen = [int(t) for t in rng.integers(3, 32000, n_gen)]
+n_vocab = int(sys.argv[7])
+prompt = [1] + [int(t) for t in rng.integers(3, n_vocab, n_prompt - 1)]
+gen = [int(t) for t in rng.integers(3, n_vocab, n_gen)]
 t0 = time.perf_counter()
 if kind == "guanaco_rt":
     import guanaco_rt
@@ -75,7 +76,10 @@ def warm_page_cache(path):
 
 def run(python, kind, path, a):
     warm_page_cache(path)
-    cmd = [python, "-c", RUNNER, kind, path, str(a.threads), str(a.n_prompt), str(a.n_gen), str(a.n_batch)]
+    import guanaco_rt
+    n_vocab = guanaco_rt.Model(path, n_threads=1).n_vocab      # prompt ids drawn from this model's vocab
+    cmd = [python, "-c", RUNNER, kind, path, str(a.threads), str(a.n_prompt), str(a.n_gen), str(a.n_batch),
+           str(n_vocab)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
         return {"error": (r.stderr.strip().splitlines() or ["failed"])[-1][:120]}
@@ -94,10 +98,17 @@ def main():
     p.add_argument("--models-dir", default=os.path.join(HERE, "models"))
     p.add_argument("--runtimes", nargs="+", default=["guanaco_rt", "llama.cpp", "ctransformers"])
     p.add_argument("--json", default=None, help="also write the raw results here")
+    p.add_argument("--model", nargs="+", default=None, metavar="FILE",
+                   help="these model files instead of --ftype (e.g. a GGUF file; 'demo': the demo model)")
     a = p.parse_args()
     rows = []
-    for ft in a.ftype:
-        path = model_path(ft, a.models_dir)
+    if a.model:
+        from guanaco_rt import demo_model_path
+        targets = [(os.path.basename(m), demo_model_path() if m == "demo" else m) for m in a.model]
+    else:
+        targets = [(ft, None) for ft in a.ftype]
+    for ft, path in targets:
+        path = path or model_path(ft, a.models_dir)
         size_gb = os.path.getsize(path) / 1e9
         res = {}
         for kind in a.runtimes:
