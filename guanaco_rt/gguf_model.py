@@ -12,7 +12,7 @@ rope.scaling.type ("none" or "linear") with rope.scaling.factor,
 attention.layer_norm_rms_epsilon (default 1e-5), feed_forward_length (checked against
 the tensors); tokenizer.ggml.model ("llama": SentencePiece; "gpt2": byte-level BPE with
 tokenizer.ggml.merges and the pre-tokenizer tokenizer.ggml.pre names), tokens, scores,
-token_type, bos/eos/unknown_token_id, add_bos_token.
+token_type, bos/eos/unknown/eot_token_id, add_bos_token, add_eos_token, add_space_prefix.
 Refused: any other architecture, rope scaling other than linear, tensor types this
 runtime has no kernels for (gguf_file), n_vocab or n_ff that disagree with the tensors.
 n_vocab and n_ff are taken from the tensors (token_embd rows, ffn_gate rows).
@@ -175,5 +175,16 @@ def _vocab(g, n_vocab):
     if model == "gpt2":
         merges = _get(g, "tokenizer.ggml.merges", ("array[string]",))
         pre = _get(g, "tokenizer.ggml.pre", ("string",), default="default")
+    eot = g.metadata.get("tokenizer.ggml.eot_token_id")
+    if eot is not None and not (isinstance(eot, int) and 0 <= eot < n_vocab):
+        raise FormatError(g.path, "tokenizer.ggml.eot_token_id", f"{eot!r} is outside [0, {n_vocab})")
+    flags = {}
+    for key, default in (("add_bos_token", model == "llama"), ("add_eos_token", False),
+                         ("add_space_prefix", model == "llama")):
+        v = g.metadata.get(f"tokenizer.ggml.{key}", default)
+        if not isinstance(v, bool):
+            raise FormatError(g.path, f"tokenizer.ggml.{key}", f"{v!r} is not a bool")
+        flags[key] = v
     return {"model": model, "tokens": tokens, "types": types, "scores": scores, **ids, "merges": merges,
-            "pre": pre, "add_bos": g.metadata.get("tokenizer.ggml.add_bos_token", model == "llama")}
+            "pre": pre, "eot": eot, "add_bos": flags["add_bos_token"], "add_eos": flags["add_eos_token"],
+            "add_space_prefix": flags["add_space_prefix"]}

@@ -97,9 +97,13 @@ def physical_cores():
 
 def _gguf_tokenizer(vocab, path):
     if vocab["model"] == "llama":
-        return Tokenizer(None, path, pieces=list(zip(vocab["tokens"], vocab["scores"], vocab["types"])))
-    return BPETokenizer(vocab["tokens"], vocab["types"], vocab["merges"], vocab["pre"], vocab["bos"], vocab["eos"],
-                        vocab["add_bos"], path)
+        tok = Tokenizer(None, path, pieces=list(zip(vocab["tokens"], vocab["scores"], vocab["types"])),
+                        add_space_prefix=vocab["add_space_prefix"])
+    else:
+        tok = BPETokenizer(vocab["tokens"], vocab["types"], vocab["merges"], vocab["pre"], vocab["bos"], vocab["eos"],
+                           vocab["add_bos"], path)
+    tok.add_bos, tok.add_eos, tok.eot_id = vocab["add_bos"], vocab["add_eos"], vocab["eot"]
+    return tok
 
 
 class Model:
@@ -178,11 +182,14 @@ class Model:
     def n_vocab(self) -> int:
         return self.hparams.n_vocab
 
-    def tokenize(self, text: str, bos: bool | None = None, eos: bool = False, special: bool = False) -> list[int]:
-        """text -> token ids. ``bos`` None: as the file says (ggjt: always; GGUF:
-        tokenizer.ggml.add_bos_token). ``special``: text spelling a special token such as
+    def tokenize(self, text: str, bos: bool | None = None, eos: bool | None = None,
+                 special: bool = False) -> list[int]:
+        """text -> token ids. ``bos``, ``eos`` None: as the file says (ggjt: BOS, no EOS;
+        GGUF: tokenizer.ggml.add_bos_token / add_eos_token). ``special``: text spelling a special token such as
         ``<|im_start|>`` becomes that token (llama.cpp's parse_special); off by default, so
         user text cannot inject control tokens."""
+        if eos is None:
+            eos = getattr(self.tokenizer, "add_eos", False)
         if special:
             return self.tokenizer.encode(text, bos=bos, eos=eos, special=True)
         return self.tokenizer.encode(text, bos=bos, eos=eos)

@@ -293,8 +293,9 @@ class Session:
             t0 = time.perf_counter()
             if reason is None:
                 # the State's sequence is current whenever the loop hands a piece out
-                dec = Decoder(self._state, core, text, max_new_tokens, self.model.tokenizer.eos_id,
-                              self.context_policy == "shift", n_keep)
+                tk = self.model.tokenizer
+                dec = Decoder(self._state, core, text, max_new_tokens, -1 if tk.eos_id is None else tk.eos_id,
+                              self.context_policy == "shift", n_keep, getattr(tk, "eot_id", None) or -1)
                 try:
                     while reason is None:
                         piece, reason = dec.run(piecewise)

@@ -104,7 +104,7 @@ def _unique(pieces):
     return out
 
 
-def model_proto(pieces):
+def model_proto(pieces, add_space_prefix=True):
     """Serialized sentencepiece ModelProto for LLaMA's tokenizer settings."""
     body = bytearray()
     for piece, score, ptype in pieces:
@@ -118,7 +118,7 @@ def model_proto(pieces):
                + _f_varint(40, UNK_ID) + _f_varint(41, BOS_ID) + _f_varint(42, EOS_ID)
                + _f_varint(43, -1))             # pad_id
     normalizer = (_f_bytes(1, b"identity")
-                  + _f_varint(3, 1)             # add_dummy_prefix
+                  + _f_varint(3, 1 if add_space_prefix else 0)   # add_dummy_prefix
                   + _f_varint(4, 0)             # remove_extra_whitespaces
                   + _f_varint(5, 1))            # escape_whitespaces
     body += _f_bytes(2, trainer) + _f_bytes(3, normalizer)
@@ -128,23 +128,25 @@ def model_proto(pieces):
 class Tokenizer:
     """Exact SentencePiece BPE over the file's vocab. ``encode`` adds BOS (id 1) by default."""
 
-    def __init__(self, vocab, path="<vocab>", pieces=None):
+    def __init__(self, vocab, path="<vocab>", pieces=None, add_space_prefix=True):
         # vocab: the ggjt (text bytes, score) pairs; or pieces: [(piece, score, type)] as a
         # GGUF file stores them (tokenizer.ggml.model "llama")
         self.pieces = rebuild_pieces(vocab, path) if pieces is None else _unique(pieces)
         self.n_vocab = len(self.pieces)
         self.sp = spm.SentencePieceProcessor()
         try:
-            self.sp.LoadFromSerializedProto(model_proto(self.pieces))
+            self.sp.LoadFromSerializedProto(model_proto(self.pieces, add_space_prefix))
         except Exception as e:  # sentencepiece raises RuntimeError / OSError on a bad model
             raise FormatError(path, "vocab", f"cannot build a SentencePiece model: {e}") from None
         self.bos_id, self.eos_id, self.unk_id = BOS_ID, EOS_ID, UNK_ID
+        self.add_bos = True          # a GGUF file may say otherwise (tokenizer.ggml.add_bos_token)
         # every token's bytes as flat arrays, for the C text stage of the decode loop
         token_bytes = [self._bytes_of(i) for i in range(self.n_vocab)]
         offs = np.zeros(self.n_vocab + 1, np.int64)
         offs[1:] = np.cumsum([len(b) for b in token_bytes])
         blob = np.frombuffer(b"".join(token_bytes) + b"\0", np.uint8)
-        normal = np.array([t == NORMAL for _, _, t in self.pieces], np.uint8)
+        # the decode loop strips the dummy-prefix space of the first NORMAL piece, if there is one
+        normal = np.array([t == NORMAL and add_space_prefix for _, _, t in self.pieces], np.uint8)
         self.byte_table = (blob, offs, normal)   # token i: blob[offs[i]:offs[i+1]]; normal[i]
 
     def _bytes_of(self, i):
@@ -162,7 +164,7 @@ class Tokenizer:
         tokens in the text) is a byte-level BPE feature so far."""
         if special:
             raise GuanacoError("special-token parsing is not supported for SentencePiece vocabularies yet")
-        bos = True if bos is None else bos
+        bos = self.add_bos if bos is None else bos
         check_text(text)
         ids = self.sp.encode(text) if text else []
         return ([BOS_ID] if bos else []) + list(ids) + ([EOS_ID] if eos else [])

@@ -25,7 +25,7 @@ def spm_vocab():
 
 
 def write_llama_gguf(path, n_embd=192, n_head=6, n_head_kv=2, n_layer=2, n_ff=320, wtype=T.Q4_1, emb_type=T.Q8_0,
-                     tied=True, rope_base=100000.0, scaling=None, eps=1e-5, seed=0):
+                     tied=True, rope_base=100000.0, scaling=None, eps=1e-5, seed=0, flags=None):
     pieces = spm_vocab()
     n_vocab = len(pieces)
     hd = n_embd // n_head
@@ -47,6 +47,11 @@ def write_llama_gguf(path, n_embd=192, n_head=6, n_head_kv=2, n_layer=2, n_ff=32
     w.add_token_types([t for _, _, t in pieces])
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
+    for key, value in (flags or {}).items():
+        if isinstance(value, bool):
+            w.add_bool(f"tokenizer.ggml.{key}", value)
+        else:
+            w.add_uint32(f"tokenizer.ggml.{key}", value)
     rng = np.random.default_rng(seed)
 
     def add(name, ttype, shape):           # shape in ggml order (ne0 first)
@@ -124,6 +129,19 @@ def test_the_tokenizer_comes_from_the_file(root):
     m = guanaco_rt.Model(write_llama_gguf(root / "tok.gguf"))
     ids = m.tokenize("abc")
     assert ids[0] == 1 and m.detokenize(ids) == "abc"
+    assert m.tokenize("a")[1] == m.file.vocab["tokens"].index("\u2581a")      # the dummy prefix space
+
+
+def test_tokenizer_flags_and_end_of_turn(root):
+    m = guanaco_rt.Model(write_llama_gguf(root / "flags.gguf", flags={
+        "add_bos_token": False, "add_eos_token": True, "add_space_prefix": False, "eot_token_id": 5}))
+    ids = m.tokenize("a")
+    assert ids[0] != 1 and ids[-1] == 2                                      # no BOS, EOS appended
+    assert ids[0] == m.file.vocab["tokens"].index("a")                       # no dummy prefix
+    # token 5 (end of turn) ends generation like EOS: ban everything else
+    bias = {i: float("-inf") for i in range(300) if i != 5}
+    r = guanaco_rt.Session(m, n_ctx=32).generate([1, 7], max_new_tokens=5, logit_bias=bias)
+    assert r.finish_reason == "eos" and r.tokens == []
 
 
 @pytest.mark.parametrize("edit, field", [

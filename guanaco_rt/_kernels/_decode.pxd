@@ -48,7 +48,7 @@ cdef class Decoder:
     cdef int32_t[:, ::1] top_ids    # (cap, max(1, n_probs))
     cdef double[:, ::1] top_lp      # (cap, max(1, n_probs))
     cdef int n_gen, steps, max_new, cap
-    cdef int eos_id, shift, n_keep, status
+    cdef int eos_id, eot_id, shift, n_keep, status
     cdef readonly int n_shifts, n_discarded
     cdef bint poll_signals           # on the main thread: let Python run signal handlers now and then
     cdef double next_poll

@@ -296,7 +296,7 @@ cdef class Decoder:
     """
 
     def __cinit__(self, State state, SamplerCore sampler, TextStage text, int max_new, int eos_id, bint shift,
-                  int n_keep):
+                  int n_keep, int eot_id=-1):
         if sampler.S.n_vocab != state.engine.m.n_vocab or text.T.voc.n_vocab != state.engine.m.n_vocab:
             raise ValueError("sampler, vocab table and model disagree on n_vocab")
         if state.s.n_past < 1 or not state.s.have_logits:
@@ -309,6 +309,7 @@ cdef class Decoder:
         self._grow(min(max(1, max_new), 1024))
         self.max_new = max_new
         self.eos_id = eos_id
+        self.eot_id = eot_id          # end of turn (chat models): ends generation as EOS does; -1 none
         self.shift = shift
         self.n_keep = n_keep
         self.status = DEC_RUNNING
@@ -361,7 +362,7 @@ cdef class Decoder:
             self.steps += 1
             if tok < 0:
                 return self._finish(DEC_NO_CANDIDATES)
-            if tok == self.eos_id:
+            if tok == self.eos_id or tok == self.eot_id:
                 return self._finish(DEC_EOS)
             self.gen[self.n_gen] = tok
             self.n_gen += 1
