@@ -105,9 +105,12 @@ class Session:
             template = getattr(model.file, "metadata", {}).get("tokenizer.chat_template") or "guanaco"
         if not isinstance(template, str):
             raise TypeError(f"template must be a str, got {type(template).__name__}")
-        self.template = None if template == "guanaco" else ChatTemplate(
-            template, *(model.tokenizer.decode([i]) if i is not None else "" for i in
-                        (model.tokenizer.bos_id, model.tokenizer.eos_id)))
+        # bos_token / eos_token are the tokens' own spellings ("<s>", "<|endoftext|>"), as HF passes them
+        pieces = getattr(model.file, "vocab", {})
+        pieces = pieces.get("tokens", []) if isinstance(pieces, dict) else []
+        spell = [pieces[i] if i is not None and i < len(pieces) else "" for i in
+                 (model.tokenizer.bos_id, model.tokenizer.eos_id)]
+        self.template = None if template == "guanaco" else ChatTemplate(template, *spell)
         if system is None and self.template is not None:
             system = ""                     # the template's own default, if it has one
         self.conversation = Conversation() if system is None else Conversation(system=system)
@@ -294,8 +297,9 @@ class Session:
             if reason is None:
                 # the State's sequence is current whenever the loop hands a piece out
                 tk = self.model.tokenizer
-                dec = Decoder(self._state, core, text, max_new_tokens, -1 if tk.eos_id is None else tk.eos_id,
-                              self.context_policy == "shift", n_keep, getattr(tk, "eot_id", None) or -1)
+                eos, eot = tk.eos_id, getattr(tk, "eot_id", None)        # either ends the generation
+                dec = Decoder(self._state, core, text, max_new_tokens, -1 if eos is None else eos,
+                              self.context_policy == "shift", n_keep, -1 if eot is None else eot)
                 try:
                     while reason is None:
                         piece, reason = dec.run(piecewise)

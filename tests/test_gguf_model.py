@@ -211,6 +211,8 @@ def test_chat_uses_the_files_template_and_reuses_the_cache(smollm2):
     assert s.last_result.timings.reused_tokens > 20          # the first turn's KV entries were reused
     g = guanaco_rt.Session(m, n_ctx=512, template="guanaco")
     assert g.template is None
+    t = guanaco_rt.Session(m, n_ctx=64, template="{{ bos_token }}|{{ eos_token }}").template
+    assert t.render([]) == "<|im_start|>|<|im_end|>"          # the tokens' own spellings (ids 1 and 2)
 
 
 def test_templates_run_in_a_sandbox():
