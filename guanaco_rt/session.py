@@ -110,6 +110,7 @@ class Session:
         pieces = pieces.get("tokens", []) if isinstance(pieces, dict) else []
         spell = [pieces[i] if i is not None and i < len(pieces) else "" for i in
                  (model.tokenizer.bos_id, model.tokenizer.eos_id)]
+        self._template_source = template
         self.template = None if template == "guanaco" else ChatTemplate(template, *spell)
         if system is None and self.template is not None:
             system = ""                     # the template's own default, if it has one
@@ -541,7 +542,8 @@ class Session:
         """A new Session on the same model that starts from this one's evaluated prefix,
         conversation and sampler state. Keyword arguments override its settings."""
         kw = dict(n_ctx=self.n_ctx, n_batch=self.n_batch, n_threads=self.n_threads, kv_f16=self.kv_f16,
-                  seed=self.seed, context_policy=self.context_policy, n_keep=self.n_keep)
+                  seed=self.seed, context_policy=self.context_policy, n_keep=self.n_keep,
+                  template=self._template_source)
         kw.update(overrides)
         other = Session(self.model, **kw)
         other.load_state(self.save_state())

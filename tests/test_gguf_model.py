@@ -213,6 +213,7 @@ def test_chat_uses_the_files_template_and_reuses_the_cache(smollm2):
     assert g.template is None
     t = guanaco_rt.Session(m, n_ctx=64, template="{{ bos_token }}|{{ eos_token }}").template
     assert t.render([]) == "<|im_start|>|<|im_end|>"          # the tokens' own spellings (ids 1 and 2)
+    assert g.fork().template is None and s.fork().template.source == s.template.source
 
 
 def test_templates_run_in_a_sandbox():
