@@ -14,7 +14,7 @@ import numpy as np
 import regex
 
 from .errors import FormatError, GuanacoError
-from .tokenizer import check_text
+from .tokenizer import byte_table, check_text
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
@@ -95,10 +95,7 @@ class BPETokenizer:
                 except KeyError:
                     raise FormatError(path, f"tokenizer.ggml.tokens[{i}]",
                                       f"{tok!r} is not in the byte-level BPE alphabet") from None
-        offs = np.zeros(self.n_vocab + 1, np.int64)
-        offs[1:] = np.cumsum([len(b) for b in token_bytes])
-        blob = np.frombuffer(b"".join(token_bytes) + b"\0", np.uint8)
-        self.byte_table = (blob, offs, np.zeros(self.n_vocab, np.uint8))   # no dummy prefix to strip
+        self.byte_table = byte_table(token_bytes, np.zeros(self.n_vocab, np.uint8))   # no dummy prefix to strip
         self._cache = {}
 
     # -- encoding -----------------------------------------------------------------------

@@ -166,7 +166,7 @@ def _vocab(g, n_vocab):
     if len(types) != n_vocab or len(scores) != n_vocab:
         raise FormatError(g.path, "tokenizer.ggml.token_type", "token_type / scores lengths differ from the tokens")
     ids = {}
-    for key in ("bos", "eos", "unknown"):
+    for key in ("bos", "eos", "unknown", "eot"):
         v = g.metadata.get(f"tokenizer.ggml.{key}_token_id")
         if v is not None and not (isinstance(v, int) and 0 <= v < n_vocab):
             raise FormatError(g.path, f"tokenizer.ggml.{key}_token_id", f"{v!r} is outside [0, {n_vocab})")
@@ -175,9 +175,6 @@ def _vocab(g, n_vocab):
     if model == "gpt2":
         merges = _get(g, "tokenizer.ggml.merges", ("array[string]",))
         pre = _get(g, "tokenizer.ggml.pre", ("string",), default="default")
-    eot = g.metadata.get("tokenizer.ggml.eot_token_id")
-    if eot is not None and not (isinstance(eot, int) and 0 <= eot < n_vocab):
-        raise FormatError(g.path, "tokenizer.ggml.eot_token_id", f"{eot!r} is outside [0, {n_vocab})")
     flags = {}
     for key, default in (("add_bos_token", model == "llama"), ("add_eos_token", False),
                          ("add_space_prefix", model == "llama")):
@@ -186,5 +183,5 @@ def _vocab(g, n_vocab):
             raise FormatError(g.path, f"tokenizer.ggml.{key}", f"{v!r} is not a bool")
         flags[key] = v
     return {"model": model, "tokens": tokens, "types": types, "scores": scores, **ids, "merges": merges,
-            "pre": pre, "eot": eot, "add_bos": flags["add_bos_token"], "add_eos": flags["add_eos_token"],
+            "pre": pre, "add_bos": flags["add_bos_token"], "add_eos": flags["add_eos_token"],
             "add_space_prefix": flags["add_space_prefix"]}

@@ -82,6 +82,15 @@ def rebuild_pieces(vocab, path="<vocab>"):
     return pieces
 
 
+def byte_table(token_bytes, normal):
+    """Every token's bytes as flat arrays, for the C text stage of the decode loop:
+    (blob, offs, normal), token i being blob[offs[i]:offs[i+1]]; normal[i] marks pieces
+    whose leading space is the dummy prefix."""
+    offs = np.zeros(len(token_bytes) + 1, np.int64)
+    offs[1:] = np.cumsum([len(b) for b in token_bytes])
+    return np.frombuffer(b"".join(token_bytes) + b"\0", np.uint8), offs, np.asarray(normal, np.uint8)
+
+
 def check_text(text):
     """Text to encode must be a str that UTF-8 can encode: a lone surrogate would make
     sentencepiece raise an untyped RuntimeError."""
@@ -142,12 +151,9 @@ class Tokenizer:
         self.add_bos = True          # a GGUF file may say otherwise (tokenizer.ggml.add_bos_token)
         # every token's bytes as flat arrays, for the C text stage of the decode loop
         token_bytes = [self._bytes_of(i) for i in range(self.n_vocab)]
-        offs = np.zeros(self.n_vocab + 1, np.int64)
-        offs[1:] = np.cumsum([len(b) for b in token_bytes])
-        blob = np.frombuffer(b"".join(token_bytes) + b"\0", np.uint8)
         # the decode loop strips the dummy-prefix space of the first NORMAL piece, if there is one
         normal = np.array([t == NORMAL and add_space_prefix for _, _, t in self.pieces], np.uint8)
-        self.byte_table = (blob, offs, normal)   # token i: blob[offs[i]:offs[i+1]]; normal[i]
+        self.byte_table = byte_table(token_bytes, normal)
 
     def _bytes_of(self, i):
         piece, _, ptype = self.pieces[i]
