@@ -233,7 +233,7 @@ class Session:
         st = self._state
         common = _common_prefix(st.tokens(), ids)
         timings.reused_tokens = common
-        if common == len(ids) == st.n_past and st.logits() is not None:
+        if common == len(ids) == st.n_past and st.has_logits:
             return
         common = min(common, len(ids) - 1)      # re-evaluate at least the last token
         st.truncate(common)

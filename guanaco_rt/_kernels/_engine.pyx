@@ -492,6 +492,11 @@ cdef class State:
         """The ids at positions 0..n_past-1, as a list."""
         return np.asarray(self.tokens_buf[:self.s.n_past]).tolist()
 
+    @property
+    def has_logits(self):
+        """Whether logits() is valid, without copying it."""
+        return bool(self.s.have_logits)
+
     def logits(self):
         """float32 (n_vocab,) after the last token, a copy; None when not valid (nothing
         evaluated since the sequence was cut, or the last evaluation was cancelled)."""
