@@ -44,6 +44,26 @@ def test_vec_dot_agrees_with_generic(S, ttype, data):
     assert abs(a - b) <= 4e-6 * np.abs(wf * af).sum() + 1e-30
 
 
+@st.composite
+def activation_rows(draw, n):
+    """rows of n floats, some built so that x / d lands exactly on k + 0.5 (rounding ties)"""
+    rows = [draw(vectors(n)) for _ in range(draw(st.integers(1, 3)))]
+    tie = np.zeros(n, np.float32)
+    tie[::32] = 127.0                       # d = 1: every other value is its own x / d
+    tie[1::32] = [draw(st.integers(-126, 125)) + 0.5 for _ in tie[1::32]]
+    tie[2::32] = -2.5
+    return np.stack(rows + [tie]).astype(np.float32)
+
+
+@pytest.mark.parametrize("vt", [T.Q8_1, T.Q8_K], ids=lambda t: T.GGML_TYPES[t].name)
+@given(data=st.data())
+def test_activation_quantizer_writes_the_generic_bytes(S, vt, data):
+    # a unit's quantizer must write exactly the block format's bytes (roundf ties away from zero)
+    x = data.draw(activation_rows(T.GGML_TYPES[vt].blck_size * data.draw(st.integers(1, 3))))
+    ours = E.quantize_twin(S, vt, x)
+    assert ours.tobytes() == b"".join(Q.quantize(vt, row).tobytes() for row in x)
+
+
 @pytest.mark.parametrize("isa", ["generic"] + OTHER_ISAS)
 def test_forcing_an_isa_through_the_environment(isa):
     code = "import guanaco_rt, json; print(json.dumps(guanaco_rt.show_config()))"

@@ -23,14 +23,6 @@ ISA = "avx2"
 # busy ports): +8-11% for q4_0/q5_0/q5_1. The k-quants convert one scale per 256 weights
 # and use F16C.
 
-from guanaco_rt._kernels.avx2_intrin cimport *
-from guanaco_rt._kernels._avx2_blocks cimport *
-
-# f16 -> f32 of the weight scales: the 32-weight block kernels look them up in the
-# FP16_TABLE (two loads) rather than vpinsrw + vcvtph2ps (two shuffle/convert µops on the
-# busy ports): +8-11% for q4_0/q5_0/q5_1. The k-quants convert one scale per 256 weights
-# and use F16C.
-
 cdef inline __m256 q4_0_q8_1_block(const block_q4_0* x, const block_q8_1* y, __m256 acc) noexcept nogil:
     # one block: the float operations every q4_0 variant repeats, in this order
     return _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_fp32(x.d) * y.d),
@@ -410,30 +402,32 @@ cdef void vec_dot_q5_0_q8_1_x4_avx2(int n, float* s, int64_t s_stride, const voi
 
 cdef inline void vec_dot_unsigned_q8_1_x4(int n, float* s, int64_t s_stride, const void* vx, int64_t x_size,
                                           bint five, const void* vy, int64_t y_stride) noexcept nogil:
-    # q4_1 (five=0) and q5_1 (five=1): x = d * q + m, q unsigned; both blocks start with d, m
+    # q4_1 (five=0) and q5_1 (five=1): x = d * q + m, q unsigned; both blocks start with d, m.
+    # The m * s terms of the 4 tokens go in one register (an array here made gcc keep the
+    # sum in memory: a store-to-load round trip on every block).
     cdef const uint8_t* xb
     cdef const block_q8_1* y[4]
     cdef __m256 acc[4]
-    cdef float sm[4]
+    cdef __m128 sm = _mm_setzero_ps()
+    cdef float sms[4]
     cdef __m256i qx
     cdef float dx, mx
     cdef int i, t
     rows4(vy, y_stride, <const void**>y)
     zero4(acc)
-    for t in range(4):
-        sm[t] = 0.0
     for i in range(n // QK8_1):
         xb = <const uint8_t*>vx + i * x_size
         qx = q5_1_unsigned(<const block_q5_1*>xb) if five else bytes_from_nibbles_32((<const block_q4_1*>xb).qs)
         dx = fp16_to_fp32((<const uint16_t*>xb)[0])
         mx = fp16_to_fp32((<const uint16_t*>xb)[1])
+        sm = _mm_add_ps(sm, _mm_mul_ps(_mm_set1_ps(mx), _mm_set_ps(y[3][i].s, y[2][i].s, y[1][i].s, y[0][i].s)))
         for t in range(4):
-            sm[t] += mx * y[t][i].s
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * y[t][i].d),
                                      mul_sum_us8_pairs_float(qx, _mm256_loadu_si256(<const __m256i*>y[t][i].qs)),
                                      acc[t])
+    _mm_storeu_ps(sms, sm)
     for t in range(4):
-        s[t * s_stride] = hsum_float_8(acc[t]) + sm[t]
+        s[t * s_stride] = hsum_float_8(acc[t]) + sms[t]
 
 cdef void vec_dot_q4_1_q8_1_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                                     int64_t y_stride) noexcept nogil:
@@ -579,6 +573,51 @@ cdef void kv_axpy(float* out, float a, const void* kv, int64_t off, int n, int f
             i += 1
 
 
+# ---- activation quantizer ------------------------------------------------------------
+cdef inline __m256 round_half_away(__m256 v) noexcept nogil:
+    # roundf, 8 at a time: truncate, then step away from zero where the dropped part is >= 0.5
+    # (v - trunc(v) is exact). _mm256_round_ps's nearest mode would round ties to even.
+    cdef __m256 sign = _mm256_set1_ps(-0.0)
+    cdef __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC)
+    cdef __m256 far = _mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_sub_ps(v, t)), _mm256_set1_ps(0.5), _CMP_GE_OQ)
+    return _mm256_add_ps(t, _mm256_and_ps(far, _mm256_or_ps(_mm256_and_ps(v, sign), _mm256_set1_ps(1.0))))
+
+cdef void quantize_row_q8_1_avx2(const float* x, void* vy, int64_t k) noexcept nogil:
+    # the bytes of _quants.quantize_row_q8_1 (tests/test_isa.py): d = amax/127, q = roundf(x/d)
+    # with the same float product x * (1/d), s = d * sum(q)
+    cdef block_q8_1* y = <block_q8_1*>vy
+    cdef __m256 sign = _mm256_set1_ps(-0.0)
+    cdef __m256 v[4]
+    cdef __m256i q[4]
+    cdef __m256 m, mul
+    cdef __m128 h
+    cdef __m256i p, qsum
+    cdef float amax, d, id_
+    cdef int64_t i
+    cdef int j
+    for i in range(k // QK8_1):
+        for j in range(4):
+            v[j] = _mm256_loadu_ps(x + i * QK8_1 + 8 * j)
+        m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                          _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])))
+        h = _mm_max_ps(_mm256_extractf128_ps(m, 1), _mm256_castps256_ps128(m))
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h))
+        h = _mm_max_ss(h, _mm_movehdup_ps(h))
+        amax = _mm_cvtss_f32(h)
+        d = amax / <float>127.0
+        id_ = <float>1.0 / d if d != 0.0 else <float>0.0
+        y[i].d = d
+        mul = _mm256_set1_ps(id_)
+        for j in range(4):
+            q[j] = _mm256_cvttps_epi32(round_half_away(_mm256_mul_ps(v[j], mul)))
+        qsum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]))
+        # i32 -> i8: the two packs interleave the 128-bit lanes; the permute restores the order
+        p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]))
+        p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+        _mm256_storeu_si256(<__m256i*>y[i].qs, p)
+        y[i].s = d * hsum_i32_8(qsum)
+
+
 # ---- the table: what this unit specialises; the generic unit fills the rest ------------
 cdef isa_kernels_t TABLE
 TABLE.name = b"avx2"
@@ -599,6 +638,7 @@ TABLE.types[GGML_TYPE_Q4_K].vec_dot_x4 = vec_dot_q4_K_q8_K_x4_avx2
 TABLE.types[GGML_TYPE_Q5_K].vec_dot = vec_dot_q5_K_q8_K_avx2
 TABLE.types[GGML_TYPE_Q6_K].vec_dot = vec_dot_q6_K_q8_K_avx2
 TABLE.types[GGML_TYPE_Q6_K].vec_dot_x4 = vec_dot_q6_K_q8_K_x4_avx2
+TABLE.types[GGML_TYPE_Q8_1].quantize = quantize_row_q8_1_avx2
 TABLE.kv_dot = kv_dot
 TABLE.kv_axpy = kv_axpy
 fill_fp16_table()

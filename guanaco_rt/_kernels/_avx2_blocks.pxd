@@ -15,6 +15,12 @@ cdef inline float hsum_float_8(__m256 x) noexcept nogil:
     r = _mm_add_ss(r, _mm_movehdup_ps(r))
     return _mm_cvtss_f32(r)
 
+cdef inline int hsum_i32_8(__m256i x) noexcept nogil:
+    cdef __m128i r = _mm_add_epi32(_mm256_extracti128_si256(x, 1), _mm256_castsi256_si128(x))
+    r = _mm_add_epi32(r, _mm_shuffle_epi32(r, 0x4E))
+    r = _mm_add_epi32(r, _mm_shuffle_epi32(r, 0xB1))
+    return _mm_cvtsi128_si32(r)
+
 cdef inline __m256i bytes_from_nibbles_32(const uint8_t* p) noexcept nogil:
     # 16 bytes -> 32: low nibbles to bytes 0..15, high nibbles to bytes 16..31. The
     # 16 bytes go to both lanes with one broadcast load; the high lane is shifted by 4.

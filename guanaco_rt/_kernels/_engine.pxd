@@ -73,8 +73,8 @@ cdef class State:
     cdef uint8_t[::1] act
     cdef _kv_view(self, uint8_t[::1] cache)
 
-cdef void quantize_rows(uint8_t* out, int64_t out_stride, const float* x, int64_t n, int n_tok,
-                        const type_traits_t* vt, int nth) noexcept nogil
+cdef void quantize_rows(const isa_kernels_t* K, uint8_t* out, int64_t out_stride, const float* x, int64_t n,
+                        int n_tok, int vt, int nth) noexcept nogil
 cdef void matmul_q(const isa_kernels_t* K, float** outs, const tensor_t** Ws, int nw,
                    const uint8_t* xq, int64_t xq_stride, int n_tok, int nth) noexcept nogil
 cdef void rmsnorm(float* out, const float* x, const float* w, int n, float eps) noexcept nogil

@@ -21,7 +21,7 @@ import numpy as np
 from guanaco_rt._kernels.ggml_blocks cimport GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_COUNT
 from guanaco_rt._kernels._common cimport gr_openmp_enabled, gr_omp_max_threads, gr_cpu_has_avx2
 from guanaco_rt._kernels._isa cimport isa_kernels_t, vec_dot_fn, vec_dot_x4_fn, ISA_CAPSULE
-from guanaco_rt._kernels._quants cimport type_traits_t, type_traits, row_size, fp32_to_fp16
+from guanaco_rt._kernels._quants cimport type_traits_t, type_traits, row_size, fp32_to_fp16, from_float_fn
 
 cdef enum:
     PARALLEL_MIN_WORK = 1 << 16   # weights x tokens below which a matmul runs on one thread
@@ -39,7 +39,10 @@ cdef class KernelSet:
         self.k = a[0]
         for t in range(GGML_TYPE_COUNT):
             if self.k.types[t].vec_dot == NULL:
-                self.k.types[t] = g.types[t]
+                self.k.types[t].vec_dot = g.types[t].vec_dot
+                self.k.types[t].vec_dot_x4 = g.types[t].vec_dot_x4
+            if self.k.types[t].quantize == NULL and type_traits(t) != NULL:
+                self.k.types[t].quantize = type_traits(t).from_float
         if self.k.kv_dot == NULL:
             self.k.kv_dot = g.kv_dot
         if self.k.kv_axpy == NULL:
@@ -50,17 +53,18 @@ cdef class KernelSet:
 
 
 # ---- matmul --------------------------------------------------------------------------
-cdef void quantize_rows(uint8_t* out, int64_t out_stride, const float* x, int64_t n, int n_tok,
-                        const type_traits_t* vt, int nth) noexcept nogil:
+cdef void quantize_rows(const isa_kernels_t* K, uint8_t* out, int64_t out_stride, const float* x, int64_t n,
+                        int n_tok, int vt, int nth) noexcept nogil:
     # x (n_tok, n) -> out (n_tok rows of out_stride bytes) in activation format vt. One token
     # stays on one thread: microseconds of work, less than what a fork/join can cost
     cdef int t
+    cdef from_float_fn quantize = K.types[vt].quantize
     if n_tok > 1 and nth > 1:
         for t in prange(n_tok, schedule='static', num_threads=nth):
-            vt.from_float(x + t * n, out + t * out_stride, n)
+            quantize(x + t * n, out + t * out_stride, n)
     else:
         for t in range(n_tok):
-            vt.from_float(x + t * n, out + t * out_stride, n)
+            quantize(x + t * n, out + t * out_stride, n)
 
 cdef void rows_q(const isa_kernels_t* K, float* out, const tensor_t* W, int64_t lo, int64_t hi,
                  const uint8_t* xq, int64_t xq_stride, int n_tok) noexcept nogil:
@@ -112,7 +116,7 @@ cdef void matmul_n(const model_t* m, state_t* s, float** outs, const tensor_t** 
             for u in range(nw):
                 matmul_n(m, s, &outs[u], &Ws[u], 1, x, n_tok)
             return
-    quantize_rows(s.act, s.act_stride, x, Ws[0].ne0, n_tok, type_traits(vt), s.nth)
+    quantize_rows(m.k, s.act, s.act_stride, x, Ws[0].ne0, n_tok, vt, s.nth)
     matmul_q(m.k, outs, Ws, nw, s.act, s.act_stride, n_tok, s.nth)
 
 cdef inline void matmul(const model_t* m, state_t* s, float* out, const tensor_t* W, const float* x,

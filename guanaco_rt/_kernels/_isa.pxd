@@ -5,6 +5,7 @@
 # PyCapsule named ISA_CAPSULE (never an integer address).
 from libc.stdint cimport int64_t
 from guanaco_rt._kernels.ggml_blocks cimport GGML_TYPE_COUNT
+from guanaco_rt._kernels._quants cimport from_float_fn
 
 # s[0] = <x, y> over n elements: x one weight row, y one activation row in the type's vec_dot_type
 ctypedef void (*vec_dot_fn)(int n, float* s, const void* x, const void* y) noexcept nogil
@@ -20,6 +21,9 @@ ctypedef void (*kv_axpy_fn)(float* out, float a, const void* kv, int64_t off, in
 cdef struct type_kernels_t:
     vec_dot_fn vec_dot          # NULL: not specialised (generic: not a weight type)
     vec_dot_x4_fn vec_dot_x4    # NULL: vec_dot per activation row
+    # activation formats: NULL means the block format's own quantizer (_quants); a unit's
+    # must write the same bytes
+    from_float_fn quantize
 
 cdef struct isa_kernels_t:
     const char* name

@@ -60,9 +60,25 @@ def matmul_twin(KernelSet K, int t, const uint8_t[::1] w, int64_t ne0, int64_t n
     W.nb1 = row_size(tt, ne0)
     if n_tok:
         with nogil:
-            quantize_rows(&a[0], qs, &x[0, 0], ne0, n_tok, vt, max(1, n_threads))
+            quantize_rows(&K.k, &a[0], qs, &x[0, 0], ne0, n_tok, tt.vec_dot_type, max(1, n_threads))
             op = &o[0, 0]
             matmul_q(&K.k, &op, &wp, 1, &a[0], qs, n_tok, max(1, n_threads))
+    return out
+
+
+def quantize_twin(KernelSet K, int vt, const float[:, ::1] x, int n_threads=1):
+    """x (n_tok, n) -> n_tok rows of activation format vt, by K's quantizer (the engine's path)"""
+    cdef const type_traits_t* tt = type_traits(vt)
+    if tt == NULL or tt.from_float == NULL:
+        raise ValueError(f"type {vt} is not an activation format")
+    if x.shape[1] < 1 or x.shape[1] % tt.blck_size:
+        raise ValueError(f"row length {x.shape[1]} is not a multiple of {tt.blck_size}")
+    cdef int64_t qs = row_size(tt, x.shape[1])
+    out = np.zeros((x.shape[0], qs), dtype=np.uint8)
+    cdef uint8_t[:, ::1] o = out
+    if x.shape[0]:
+        with nogil:
+            quantize_rows(&K.k, &o[0, 0], qs, &x[0, 0], x.shape[1], x.shape[0], vt, max(1, n_threads))
     return out
 
 
