@@ -42,18 +42,39 @@ cdef void vec_dot_q4_0_q8_1_avx2(int n, float* s, const void* vx, const void* vy
         a0 = q4_0_q8_1_block(&x[nb - 1], &y[nb - 1], a0)
     s[0] = hsum_float_8(_mm256_add_ps(a0, a1))
 
-cdef void vec_dot_q4_1_q8_1_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
-    cdef const block_q4_1* x = <const block_q4_1*>vx
+cdef inline __m256i unsigned_quants(const uint8_t* xb, bint five) noexcept nogil:
+    return q5_1_unsigned(<const block_q5_1*>xb) if five else bytes_from_nibbles_32((<const block_q4_1*>xb).qs)
+
+cdef inline void unsigned_q8_1_block(const uint8_t* xb, bint five, const block_q8_1* y, __m256* acc,
+                                     float* sm) noexcept nogil:
+    # one q4_1 (five=0) or q5_1 (five=1) block: x = d * q + m with q unsigned; both blocks
+    # start with d, m. The float operations every variant repeats, in this order.
+    cdef __m256i qx = unsigned_quants(xb, five)
+    sm[0] = sm[0] + fp16_to_fp32((<const uint16_t*>xb)[1]) * y.s
+    acc[0] = _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_fp32((<const uint16_t*>xb)[0]) * y.d),
+                             mul_sum_us8_pairs_float(qx, _mm256_loadu_si256(<const __m256i*>y.qs)), acc[0])
+
+cdef inline void vec_dot_unsigned_q8_1(int n, float* s, const void* vx, int64_t x_size, bint five,
+                                       const void* vy) noexcept nogil:
+    # even blocks to a0 and sm0, odd to a1 and sm1: two short dependency chains, not one
+    # long one (the kernel was bound by the FMA latency)
     cdef const block_q8_1* y = <const block_q8_1*>vy
-    cdef __m256 acc = _mm256_setzero_ps()
-    cdef float summs = 0.0
-    cdef int i
-    for i in range(n // QK8_1):
-        summs += fp16_to_fp32(x[i].m) * y[i].s
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_fp32(x[i].d) * y[i].d),
-                              mul_sum_us8_pairs_float(bytes_from_nibbles_32(x[i].qs),
-                                                      _mm256_loadu_si256(<const __m256i*>y[i].qs)), acc)
-    s[0] = hsum_float_8(acc) + summs
+    cdef const uint8_t* xb = <const uint8_t*>vx
+    cdef __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps()
+    cdef float sm0 = 0.0, sm1 = 0.0
+    cdef int i, nb = n // QK8_1
+    for i in range(0, nb - 1, 2):
+        unsigned_q8_1_block(xb + i * x_size, five, &y[i], &a0, &sm0)
+        unsigned_q8_1_block(xb + (i + 1) * x_size, five, &y[i + 1], &a1, &sm1)
+    if nb % 2:
+        unsigned_q8_1_block(xb + (nb - 1) * x_size, five, &y[nb - 1], &a0, &sm0)
+    s[0] = hsum_float_8(_mm256_add_ps(a0, a1)) + (sm0 + sm1)
+
+cdef void vec_dot_q4_1_q8_1_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
+    vec_dot_unsigned_q8_1(n, s, vx, sizeof(block_q4_1), False, vy)
+
+cdef void vec_dot_q5_1_q8_1_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
+    vec_dot_unsigned_q8_1(n, s, vx, sizeof(block_q5_1), True, vy)
 
 cdef void vec_dot_q5_0_q8_1_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
     cdef const block_q5_0* x = <const block_q5_0*>vx
@@ -68,21 +89,6 @@ cdef void vec_dot_q5_0_q8_1_avx2(int n, float* s, const void* vx, const void* vy
         acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_fp32(x[i].d) * y[i].d),
                               mul_sum_i8_pairs_float(qx, _mm256_loadu_si256(<const __m256i*>y[i].qs)), acc)
     s[0] = hsum_float_8(acc)
-
-cdef void vec_dot_q5_1_q8_1_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
-    cdef const block_q5_1* x = <const block_q5_1*>vx
-    cdef const block_q8_1* y = <const block_q8_1*>vy
-    cdef __m256 acc = _mm256_setzero_ps()
-    cdef __m256i bit4 = _mm256_set1_epi8(0x10)
-    cdef __m256i qx
-    cdef float summs = 0.0
-    cdef int i
-    for i in range(n // QK8_1):
-        summs += fp16_to_fp32(x[i].m) * y[i].s
-        qx = _mm256_or_si256(bytes_from_nibbles_32(x[i].qs), _mm256_and_si256(bytes_from_bits_32(x[i].qh), bit4))
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_fp32(x[i].d) * y[i].d),
-                              mul_sum_us8_pairs_float(qx, _mm256_loadu_si256(<const __m256i*>y[i].qs)), acc)
-    s[0] = hsum_float_8(acc) + summs
 
 cdef void vec_dot_q8_0_q8_1_avx2(int n, float* s, const void* vx, const void* vy) noexcept nogil:
     cdef const block_q8_0* x = <const block_q8_0*>vx
@@ -400,34 +406,40 @@ cdef void vec_dot_q5_0_q8_1_x4_avx2(int n, float* s, int64_t s_stride, const voi
     for t in range(4):
         s[t * s_stride] = hsum_float_8(acc[t])
 
+cdef inline void unsigned_x4_block(const uint8_t* xb, bint five, const block_q8_1** y, int i, __m256* acc,
+                                   __m128* sm) noexcept nogil:
+    # unsigned_q8_1_block for 4 tokens; their m * s terms in one register (as a float[4],
+    # gcc kept the sums in memory: a store-to-load round trip on every block)
+    cdef __m256i qx = unsigned_quants(xb, five)
+    cdef float dx = fp16_to_fp32((<const uint16_t*>xb)[0])
+    cdef int t
+    sm[0] = _mm_add_ps(sm[0], _mm_mul_ps(_mm_set1_ps(fp16_to_fp32((<const uint16_t*>xb)[1])),
+                                         _mm_set_ps(y[3][i].s, y[2][i].s, y[1][i].s, y[0][i].s)))
+    for t in range(4):
+        acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * y[t][i].d),
+                                 mul_sum_us8_pairs_float(qx, _mm256_loadu_si256(<const __m256i*>y[t][i].qs)), acc[t])
+
 cdef inline void vec_dot_unsigned_q8_1_x4(int n, float* s, int64_t s_stride, const void* vx, int64_t x_size,
                                           bint five, const void* vy, int64_t y_stride) noexcept nogil:
-    # q4_1 (five=0) and q5_1 (five=1): x = d * q + m, q unsigned; both blocks start with d, m.
-    # The m * s terms of the 4 tokens go in one register (an array here made gcc keep the
-    # sum in memory: a store-to-load round trip on every block).
-    cdef const uint8_t* xb
+    # vec_dot_unsigned_q8_1 for 4 tokens, the same even/odd split
+    cdef const uint8_t* xb = <const uint8_t*>vx
     cdef const block_q8_1* y[4]
-    cdef __m256 acc[4]
-    cdef __m128 sm = _mm_setzero_ps()
+    cdef __m256 a0[4]
+    cdef __m256 a1[4]
+    cdef __m128 sm0 = _mm_setzero_ps(), sm1 = _mm_setzero_ps()
     cdef float sms[4]
-    cdef __m256i qx
-    cdef float dx, mx
-    cdef int i, t
+    cdef int i, t, nb = n // QK8_1
     rows4(vy, y_stride, <const void**>y)
-    zero4(acc)
-    for i in range(n // QK8_1):
-        xb = <const uint8_t*>vx + i * x_size
-        qx = q5_1_unsigned(<const block_q5_1*>xb) if five else bytes_from_nibbles_32((<const block_q4_1*>xb).qs)
-        dx = fp16_to_fp32((<const uint16_t*>xb)[0])
-        mx = fp16_to_fp32((<const uint16_t*>xb)[1])
-        sm = _mm_add_ps(sm, _mm_mul_ps(_mm_set1_ps(mx), _mm_set_ps(y[3][i].s, y[2][i].s, y[1][i].s, y[0][i].s)))
-        for t in range(4):
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * y[t][i].d),
-                                     mul_sum_us8_pairs_float(qx, _mm256_loadu_si256(<const __m256i*>y[t][i].qs)),
-                                     acc[t])
-    _mm_storeu_ps(sms, sm)
+    zero4(a0)
+    zero4(a1)
+    for i in range(0, nb - 1, 2):
+        unsigned_x4_block(xb + i * x_size, five, y, i, a0, &sm0)
+        unsigned_x4_block(xb + (i + 1) * x_size, five, y, i + 1, a1, &sm1)
+    if nb % 2:
+        unsigned_x4_block(xb + (nb - 1) * x_size, five, y, nb - 1, a0, &sm0)
+    _mm_storeu_ps(sms, _mm_add_ps(sm0, sm1))
     for t in range(4):
-        s[t * s_stride] = hsum_float_8(acc[t]) + sms[t]
+        s[t * s_stride] = hsum_float_8(_mm256_add_ps(a0[t], a1[t])) + sms[t]
 
 cdef void vec_dot_q4_1_q8_1_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                                     int64_t y_stride) noexcept nogil:
