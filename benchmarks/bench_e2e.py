@@ -111,9 +111,14 @@ def main():
         path = path or model_path(ft, a.models_dir)
         size_gb = os.path.getsize(path) / 1e9
         res = {}
-        for kind in a.runtimes:
-            py = sys.executable if kind == "guanaco_rt" else a.peer_python
-            runs = [run(py, kind, path, a) for _ in range(a.repeat)]
+        # the runtimes take turns, repeat by repeat: this machine's speed drifts by up to 1.5x
+        # within a minute, and back-to-back runs of one runtime would all land in one phase
+        runs_of = {kind: [] for kind in a.runtimes}
+        for _ in range(a.repeat):
+            for kind in a.runtimes:
+                py = sys.executable if kind == "guanaco_rt" else a.peer_python
+                runs_of[kind].append(run(py, kind, path, a))
+        for kind, runs in runs_of.items():
             ok = [r for r in runs if "error" not in r]
             if not ok:
                 res[kind] = runs[0]
