@@ -1,12 +1,14 @@
 """guanaco_rt: run Guanaco / LLaMA ggjt v3 (.ggmlv3.*.bin) models inside Python apps."""
 import logging
 
+from .api import LLM
 from .demo import demo_model_path
 from .errors import (
     Cancelled,
     ContextFullError,
     FormatError,
     GuanacoError,
+    InvalidRequestError,
     ModelClosedError,
     ModelFileChangedError,
     SessionBusyError,
@@ -39,4 +41,4 @@ def show_config() -> dict:
 __all__ = ["Model", "Session", "SamplingParams", "GenerationResult", "Timings", "show_config", "__version__",
            "GuanacoError", "FormatError", "UnsupportedVersionError", "ContextFullError", "SessionBusyError",
            "StateError", "Cancelled", "ModelClosedError", "ModelFileChangedError", "perplexity", "PerplexityResult",
-           "demo_model_path"]
+           "demo_model_path", "LLM", "InvalidRequestError"]

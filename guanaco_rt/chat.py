@@ -22,6 +22,29 @@ def format_turn(message, reply=None):
     return text + (f" {reply.strip()}" if reply is not None else "")
 
 
+def guanaco_prompt(messages):
+    """OpenAI-style [{"role", "content"}] messages -> Guanaco prompt text, as Conversation
+    writes it: the system line (the leading system messages, else DEFAULT_SYSTEM), then
+    ``### Human:`` / ``### Assistant:`` turns, ending in ``### Assistant:`` (or inside the
+    last assistant message, which the model then continues)."""
+    i, system = 0, []
+    while i < len(messages) and messages[i]["role"] == "system":
+        system.append(messages[i]["content"].strip())
+        i += 1
+    system_line = "\n".join(system) if i else DEFAULT_SYSTEM
+    parts = [f"{system_line}\n" if system_line else ""]
+    for m in messages[i:]:
+        if m["role"] == "user":
+            parts.append(f"{HUMAN} {m['content'].strip()}\n")
+        elif m["role"] == "assistant":
+            parts.append(f"{ASSISTANT} {m['content'].strip()}\n")
+        else:                               # a system message between turns: its own line
+            parts.append(f"{m['content'].strip()}\n")
+    if messages[-1]["role"] == "assistant":
+        return "".join(parts)[:-1]          # continue the reply
+    return "".join(parts) + ASSISTANT
+
+
 @dataclass
 class Conversation:
     system: str = DEFAULT_SYSTEM

@@ -356,6 +356,28 @@ def cmd_pull_demo(a):
     return 0
 
 
+def cmd_serve(a):
+    try:
+        from .server import serve
+    except ImportError as e:
+        print(f"guanaco-rt: error: the server needs the [server] extra (pip install 'guanaco_rt[server]'): {e}",
+              file=sys.stderr)
+        return 2
+    from .api import LLM
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    api_key = a.api_key or os.environ.get("GUANACO_RT_API_KEY") or None
+    llm = LLM(_model_path(a), n_ctx=a.ctx_size, n_sessions=a.parallel, n_threads=a.threads,
+              n_batch=a.batch_size, kv_f16=a.kv_f16, model_name=a.model_name)
+    logging.getLogger("guanaco_rt.server").info(
+        "serving %s on http://%s:%d/v1 (%d session(s) of %d tokens, %d thread(s) each%s)", llm.model_name, a.host,
+        a.port, a.parallel, a.ctx_size, llm.pool.session_kw["n_threads"], ", API key required" if api_key else "")
+    try:
+        serve(llm, a.host, a.port, api_key, a.max_queue)
+    finally:
+        llm.close()
+    return 0
+
+
 def cmd_config(a):
     from . import show_config
     print(json.dumps(show_config(), indent=1))
@@ -417,6 +439,22 @@ def main(argv=None):
 
     s = sub.add_parser("pull-demo", help="fetch and verify the demo model (SmolLM2-135M-Instruct) into the cache")
     s.set_defaults(fn=cmd_pull_demo)
+
+    s = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions)")
+    s.add_argument("model", nargs="?", default=None, help="a GGUF or ggjt v3 model file (default: the demo model)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=_int(0, 65535), default=8000)
+    s.add_argument("--parallel", type=_int(1, 256), default=1, help="generations at once, one session each")
+    s.add_argument("--max-queue", type=_int(0, 1 << 16), default=64,
+                   help="requests that may wait for a session; more get HTTP 429 (default %(default)s)")
+    s.add_argument("-c", "--ctx-size", type=_int(16, MAX_CTX), default=2048, help="context per session")
+    s.add_argument("-b", "--batch-size", type=_int(1, MAX_CTX), default=64)
+    s.add_argument("-t", "--threads", type=_int(1, 256), default=None,
+                   help="threads per session (default: the cores shared out among the sessions)")
+    s.add_argument("--api-key", default=None, help="require this key (default: GUANACO_RT_API_KEY, else none)")
+    s.add_argument("--model-name", default=None, help="the model id clients see (default: the file name)")
+    s.add_argument("--kv-f16", action="store_true", help="keep the KV caches in f16 (half the memory)")
+    s.set_defaults(fn=cmd_serve)
 
     s = sub.add_parser("config", help="ISA, OpenMP and thread count in use")
     s.set_defaults(fn=cmd_config)

@@ -44,3 +44,13 @@ class ModelClosedError(GuanacoError):
 
 class ModelFileChangedError(GuanacoError):
     """The file under a memory-mapped Model was truncated, replaced or modified."""
+
+
+class InvalidRequestError(GuanacoError, ValueError):
+    """An OpenAI-shaped request (guanaco_rt.api, the server) has a bad parameter: ``param``
+    names it, ``code`` is OpenAI's error code where one applies (context_length_exceeded)."""
+
+    def __init__(self, message, param=None, code=None):
+        self.param = param
+        self.code = code
+        super().__init__(message)

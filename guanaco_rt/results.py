@@ -37,6 +37,7 @@ class GenerationResult:
     finish_reason: str            # "stop" | "length" | "eos" | "cancelled"
     timings: Timings
     logprobs: list = field(default=None)  # per token: [(id, logprob)] of the top n_probs
+    token_logprobs: list = field(default=None)  # per token: its own logprob (with n_probs > 0)
 
 
 class TextStream:
@@ -44,7 +45,16 @@ class TextStream:
 
     def __init__(self, gen):
         self._gen = gen
+        self._decoder = None
         self.result: GenerationResult | None = None
+
+    def tokens_so_far(self) -> tuple[list, list | None, list | None]:
+        """(generated ids, their top log-probabilities, their own log-probabilities) up to
+        the last piece handed out; call it between pieces, from the consuming thread."""
+        d = self._decoder
+        if d is None:
+            return [], None, None
+        return d.generated(), d.logprobs(), d.token_logprobs()
 
     def __iter__(self) -> Iterator[str]:
         return self

@@ -278,7 +278,7 @@ class Session:
             raise TypeError(f"stop must be a string or a list of strings, got {stop!r}")
         return ids, core, TextStage(self.model.tokenizer.byte_table, stops, len(ids) == 1)
 
-    def _decode_loop(self, ids, core, text, max_new_tokens, params, piecewise, n_keep):
+    def _decode_loop(self, ids, core, text, max_new_tokens, params, piecewise, n_keep, holder=None):
         """Generator of text pieces; returns the GenerationResult. Holds the session.
 
         After the prompt, the loop (sampling, token text, stop strings, context room, the
@@ -290,6 +290,7 @@ class Session:
         try:
             timings = Timings(load_ms=self.model.load_time * 1e3)
             gen, logprobs, reason, emitted = [], [] if params.n_probs else None, None, []
+            token_lps = [] if params.n_probs else None
             try:
                 self._prefill(ids, timings)
             except Cancelled:
@@ -301,6 +302,8 @@ class Session:
                 eos, eot = tk.eos_id, getattr(tk, "eot_id", None)        # either ends the generation
                 dec = Decoder(self._state, core, text, max_new_tokens, -1 if eos is None else eos,
                               self.context_policy == "shift", n_keep, -1 if eot is None else eot)
+                if holder is not None:
+                    holder._decoder = dec           # the stream's view of the tokens so far
                 try:
                     while reason is None:
                         piece, reason = dec.run(piecewise)
@@ -311,11 +314,11 @@ class Session:
                     if dec.n_shifts:
                         log.info("context shift: %d time(s), %d tokens dropped (n_keep %d), %d left",
                                  dec.n_shifts, dec.n_discarded, n_keep, self.n_past)
-                gen, logprobs = dec.generated(), dec.logprobs()
+                gen, logprobs, token_lps = dec.generated(), dec.logprobs(), dec.token_logprobs()
             timings.generated_tokens = len(gen)
             timings.generate_ms = (time.perf_counter() - t0) * 1e3
             # the result's text is exactly what was streamed (the stop string held back)
-            result = GenerationResult("".join(emitted), gen, reason, timings, logprobs)
+            result = GenerationResult("".join(emitted), gen, reason, timings, logprobs, token_lps)
             self.last_result = result
             if reason == "context_full":
                 err = ContextFullError(f"context full: {self.n_past} tokens = n_ctx {self.n_ctx} "
@@ -342,7 +345,9 @@ class Session:
         params = self._params(params, sampling)
         ids, core, text = self._prepare(prompt, max_new_tokens, stop, params)
         n_keep = self.n_keep if n_keep is None else n_keep
-        return TextStream(self._decode_loop(ids, core, text, max_new_tokens, params, piecewise, n_keep))
+        stream = TextStream(None)
+        stream._gen = self._decode_loop(ids, core, text, max_new_tokens, params, piecewise, n_keep, stream)
+        return stream
 
     def generate(self, prompt: Prompt, max_new_tokens: int = 128, stop: str | Iterable[str] | None = None,
                  params: SamplingParams | None = None, callback: Callable[[str], object] | None = None,

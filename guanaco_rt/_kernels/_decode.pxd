@@ -47,6 +47,7 @@ cdef class Decoder:
     cdef int32_t[::1] gen           # (cap,) generated tokens (EOS excluded)
     cdef int32_t[:, ::1] top_ids    # (cap, max(1, n_probs))
     cdef double[:, ::1] top_lp      # (cap, max(1, n_probs))
+    cdef double[::1] tok_lp         # (cap,) the generated token's own log-probability (n_probs > 0)
     cdef int n_gen, steps, max_new, cap
     cdef int eos_id, eot_id, shift, n_keep, status
     cdef readonly int n_shifts, n_discarded

@@ -320,11 +320,13 @@ cdef class Decoder:
         gen = np.zeros(cap, np.int32)
         top_ids = np.zeros((cap, k), np.int32)
         top_lp = np.zeros((cap, k), np.float64)
+        tok_lp = np.zeros(cap, np.float64)
         if self.n_gen:
             gen[:self.n_gen] = self.gen[:self.n_gen]
             top_ids[:self.n_gen] = self.top_ids[:self.n_gen]
             top_lp[:self.n_gen] = self.top_lp[:self.n_gen]
-        self.gen, self.top_ids, self.top_lp = gen, top_ids, top_lp
+            tok_lp[:self.n_gen] = self.tok_lp[:self.n_gen]
+        self.gen, self.top_ids, self.top_lp, self.tok_lp = gen, top_ids, top_lp, tok_lp
         self.cap = cap
 
     cdef int _finish(self, int reason) noexcept nogil:
@@ -365,6 +367,8 @@ cdef class Decoder:
             if tok == self.eos_id or tok == self.eot_id:
                 return self._finish(DEC_EOS)
             self.gen[self.n_gen] = tok
+            if self.sampler.S.p.n_probs > 0:
+                self.tok_lp[self.n_gen] = self.sampler.S.x[tok] - self.sampler.S.lp_norm
             self.n_gen += 1
             rc = text_push(&self.text.T, tok)
             if rc < 0:
@@ -424,3 +428,10 @@ cdef class Decoder:
         ids = np.asarray(self.top_ids[:self.n_gen, :k]).tolist()
         lps = np.asarray(self.top_lp[:self.n_gen, :k]).tolist()
         return [list(zip(i, lp)) for i, lp in zip(ids, lps)]
+
+    def token_logprobs(self):
+        """The log-probability of each generated token (before the sampling filters), or
+        None unless n_probs > 0."""
+        if self.sampler.S.p.n_probs == 0:
+            return None
+        return np.asarray(self.tok_lp[:self.n_gen]).tolist()

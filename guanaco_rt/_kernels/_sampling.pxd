@@ -33,6 +33,7 @@ cdef struct sampler_t:
     int32_t* ids     # (n_vocab,) candidate ids, best first
     double* c        # (n_vocab,) candidate logits, aligned with ids
     double* pr       # (n_vocab,) probabilities / log-probabilities scratch
+    double lp_norm   # log(sum(exp(x))), set with the top log-probabilities: x[i] - lp_norm is i's
     double* sh       # (n_vocab,) typical-p: -|surprise - entropy|, then keep flags
     int32_t* perm    # (n_vocab,) typical-p: candidate positions, most typical first
     int32_t* cnt     # (n_vocab,) occurrences in the penalty window; all zero between calls

@@ -191,8 +191,9 @@ cdef int top_logprobs(sampler_t* S, int32_t* top_ids, double* top_lp) noexcept n
     cdef int n = S.n_vocab, i, k
     cdef double m = _max(S.x, n)
     cdef double lse = _log_sum_exp(S.x, n, m)
+    S.lp_norm = m + lse
     for i in range(n):
-        S.pr[i] = S.x[i] - m - lse
+        S.pr[i] = S.x[i] - S.lp_norm
     k = top_sorted(S, top_ids, S.pr, n, S.p.n_probs)
     for i in range(k):
         top_lp[i] = S.pr[top_ids[i]]

@@ -1,0 +1,582 @@
+"""OpenAI-shaped completions beside Session: ``LLM.create_completion`` and
+``LLM.create_chat_completion`` return the dicts, and with ``stream=True`` yield the
+chunks, of the OpenAI API and llama-cpp-python's ``Llama``.
+
+Owns: the pool of sessions on one shared Model (the server's too), turning OpenAI
+request parameters into a generation, and the response shapes.
+
+Parameter names follow OpenAI (and HF, then llama-cpp-python, where OpenAI has none);
+where ours differ, the mapping is:
+
+=====================  ===============================================================
+OpenAI / llama-cpp      guanaco_rt
+=====================  ===============================================================
+max_tokens              max_new_tokens (None: until the context is full)
+stop                    stop (a string or a list; the stop text is not returned)
+seed                    the session RNG reseeded for this call (None: it runs on)
+temperature, top_p,     the same (0 temperature: greedy)
+top_k, min_p, typical_p
+frequency_penalty,      the same (OpenAI's additive penalties)
+presence_penalty
+repeat_penalty          repetition_penalty (llama.cpp's multiplicative one)
+logit_bias              logit_bias, token id (int or its decimal string) -> bias
+logprobs (completion)   n_probs: the top N (0..20) per token, plus the token's own
+logprobs, top_logprobs  n_probs = top_logprobs (chat)
+(chat)
+=====================  ===============================================================
+
+Defaults are llama-cpp-python's (temperature 0.8, top_p 0.95, top_k 40, min_p 0.05,
+no repeat penalty; 16 tokens for a completion, up to the context's end for a chat).
+finish_reason is "stop" (a stop string, EOS or end of turn), "length" (max_tokens or
+a full context) or, for a generation cancelled with ``cancel()``, "cancelled".
+What we keep that the peers do not: any thread may ``cancel()`` a stream, the pool
+shares one Model across threads with the GIL released, and errors are typed
+(``InvalidRequestError`` names the bad parameter).
+"""
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from typing import Iterator
+
+from .chat import DEFAULT_STOP, guanaco_prompt
+from .errors import ContextFullError, InvalidRequestError
+from .model import Model, default_threads
+from .sampling import Sampler, SamplingParams
+from .session import Session
+
+MAX_TOP_LOGPROBS = 20
+ROLES = ("system", "developer", "user", "assistant")
+
+
+class SessionPool:
+    """Up to ``size`` Sessions on one Model, handed out one caller at a time. Callers wait in
+    arrival order; a free session whose cache shares the longest prefix with the caller's
+    prompt is preferred (a chat's next turn lands where its history is cached)."""
+
+    def __init__(self, model: Model, size: int = 1, **session_kw):
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise InvalidRequestError(f"the pool size must be an int >= 1, got {size!r}", "n_sessions")
+        self.model, self.size, self.session_kw = model, size, session_kw
+        self._free: list[Session] = []
+        self._created = 0
+        self._cond = threading.Condition()
+        self._line: collections.deque = collections.deque()     # waiting callers, first come first
+        self._closed = False
+
+    @property
+    def waiting(self) -> int:
+        return len(self._line)
+
+    @property
+    def busy(self) -> int:
+        return self._created - len(self._free)
+
+    def acquire(self, ids=None, timeout: float | None = None) -> Session:
+        ticket = object()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._line.append(ticket)
+            try:
+                while True:
+                    if self._closed:
+                        raise RuntimeError("the session pool is closed")
+                    if self._line[0] is ticket and (self._free or self._created < self.size):
+                        break
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise TimeoutError(f"no free session within {timeout} s")
+                    self._cond.wait(left)
+            finally:
+                self._line.remove(ticket)
+                self._cond.notify_all()      # the next in line may go now
+            if self._free:
+                best = max(range(len(self._free)), key=lambda i: _shared_prefix(self._free[i], ids))
+                return self._free.pop(best)
+            self._created += 1
+        try:
+            return Session(self.model, **self.session_kw)
+        except BaseException:
+            with self._cond:
+                self._created -= 1
+                self._cond.notify_all()
+            raise
+
+    def release(self, session: Session) -> None:
+        with self._cond:
+            if self._closed:
+                session.close()
+            else:
+                self._free.append(session)
+            self._cond.notify_all()
+
+    @contextmanager
+    def session(self, ids=None, timeout=None):
+        s = self.acquire(ids, timeout)
+        try:
+            yield s
+        finally:
+            self.release(s)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            for s in self._free:
+                s.close()
+            self._free.clear()
+            self._cond.notify_all()
+
+
+def _shared_prefix(session, ids):
+    if not ids:
+        return 0
+    toks = session.tokens
+    n = min(len(toks), len(ids))
+    i = 0
+    while i < n and toks[i] == ids[i]:
+        i += 1
+    return i
+
+
+# ---- request checks ----------------------------------------------------------------------
+def _number(name, v, lo=None, hi=None, integer=False):
+    ok_type = int if integer else (int, float)
+    if isinstance(v, bool) or not isinstance(v, ok_type):
+        raise InvalidRequestError(f"{name} must be {'an integer' if integer else 'a number'}, got {v!r}", name)
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise InvalidRequestError(f"{name}={v!r} is outside [{lo}, {hi}]", name)
+    return v
+
+
+def _stops(stop):
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, (list, tuple)) or not all(isinstance(s, str) for s in stops):
+        raise InvalidRequestError(f"stop must be a string or a list of strings, got {stop!r}", "stop")
+    if len(stops) > 16:
+        raise InvalidRequestError(f"stop has {len(stops)} strings; at most 16", "stop")
+    return [s for s in stops if s]
+
+
+def _logit_bias(bias, n_vocab):
+    out = {}
+    if bias is None:
+        return out
+    if not isinstance(bias, dict):
+        raise InvalidRequestError(f"logit_bias must be an object of token id -> bias, got {bias!r:.60}", "logit_bias")
+    for k, v in bias.items():
+        try:
+            tok = int(k)
+        except (TypeError, ValueError):
+            raise InvalidRequestError(f"logit_bias key {k!r} is not a token id", "logit_bias") from None
+        if not 0 <= tok < n_vocab:
+            raise InvalidRequestError(f"logit_bias token id {tok} is outside [0, {n_vocab})", "logit_bias")
+        out[tok] = float(_number("logit_bias", v, -100, 100))
+    return out
+
+
+def _text_of(content, i):
+    # a message's content: a string, or a list of text parts
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for p in content:
+            if not isinstance(p, dict) or p.get("type") != "text" or not isinstance(p.get("text"), str):
+                raise InvalidRequestError(f"messages[{i}].content: only text parts are supported, got {p!r:.80}",
+                                          f"messages[{i}].content")
+            parts.append(p["text"])
+        return "".join(parts)
+    raise InvalidRequestError(f"messages[{i}].content must be a string or a list of text parts", f"messages[{i}]")
+
+
+def normalize_messages(messages) -> list[dict]:
+    """OpenAI chat messages -> [{"role", "content"}] with text content; anything else is an
+    InvalidRequestError naming the message (tool calls and images are not supported)."""
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequestError("messages must be a non-empty list", "messages")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise InvalidRequestError(f"messages[{i}] must be an object", f"messages[{i}]")
+        role = m.get("role")
+        if role not in ROLES:
+            raise InvalidRequestError(f"messages[{i}].role {role!r} is not one of {list(ROLES)}",
+                                      f"messages[{i}].role")
+        out.append({"role": "system" if role == "developer" else role,
+                    "content": _text_of(m.get("content"), i)})
+    return out
+
+
+class _Request:
+    """One request's checked parameters."""
+
+    def __init__(self, llm, ids, max_tokens, stops, params, seed, n, echo_text=None, chat=False):
+        self.llm, self.ids, self.max_tokens, self.stops, self.params = llm, ids, max_tokens, stops, params
+        self.seed, self.n, self.echo_text, self.chat = seed, n, echo_text, chat
+
+
+class LLM:
+    """A Model and a pool of Sessions behind OpenAI-shaped calls.
+
+    ``model``: a path (GGUF or ggjt v3), an open Model, or None for the demo model.
+    ``n_sessions`` sessions of ``n_ctx`` tokens each serve that many calls at once (from
+    as many threads); further calls wait in line. ``n_threads`` is per session (default:
+    the cores shared out among the sessions). ``kv_f16`` halves the cache's memory, as
+    llama.cpp's default does, and moves the logits by about as much as llama.cpp's own
+    f16 cache does (on the demo model, greedy answers can change)."""
+
+    def __init__(self, model: str | os.PathLike | Model | None = None, *, n_ctx: int = 2048,
+                 n_sessions: int = 1, n_threads: int | None = None, n_batch: int = 64, kv_f16: bool = False,
+                 template: str | None = None, model_name: str | None = None):
+        if model is None:
+            from .demo import demo_model_path
+            model = demo_model_path()
+        self._owns_model = not isinstance(model, Model)
+        if n_threads is None:
+            n_threads = max(1, default_threads() // max(1, n_sessions))
+        self.model = Model(model, n_threads=n_threads) if self._owns_model else model
+        self.model_name = model_name or os.path.basename(str(self.model.path))
+        self.n_ctx = n_ctx
+        self.pool = SessionPool(self.model, n_sessions, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads,
+                                kv_f16=kv_f16, template=template)
+        probe = Session(self.model, n_ctx=max(2, min(n_ctx, 16)), template=template)   # checks args early
+        self.template = probe.template          # None: the Guanaco ### Human: format
+        probe.close()
+        self.created = int(time.time())
+
+    # -- requests -------------------------------------------------------------------------
+    def _sampling(self, temperature, top_p, top_k, min_p, typical_p, frequency_penalty, presence_penalty,
+                  repeat_penalty, logit_bias, n_probs):
+        _number("temperature", temperature, 0, 2)
+        _number("top_p", top_p, 0, 1)
+        _number("top_k", top_k, integer=True)
+        _number("min_p", min_p, 0, 1)
+        _number("typical_p", typical_p, 0, 1)
+        _number("frequency_penalty", frequency_penalty, -2, 2)
+        _number("presence_penalty", presence_penalty, -2, 2)
+        _number("repeat_penalty", repeat_penalty, 0)
+        if top_p == 0:
+            temperature = 0.0               # OpenAI: top_p 0 keeps only the most likely token
+        bias = _logit_bias(logit_bias, self.model.n_vocab)
+        try:
+            return SamplingParams(temperature=float(temperature), top_k=top_k, top_p=float(top_p) or 1.0,
+                                  min_p=float(min_p), typical_p=float(typical_p) or 1.0,
+                                  repetition_penalty=float(repeat_penalty) or 1.0,
+                                  frequency_penalty=float(frequency_penalty),
+                                  presence_penalty=float(presence_penalty),
+                                  logit_bias=bias, n_probs=n_probs)
+        except ValueError as e:
+            raise InvalidRequestError(str(e)) from None
+
+    def _max_tokens(self, max_tokens, n_prompt, param):
+        if n_prompt >= self.n_ctx:
+            raise InvalidRequestError(f"the prompt is {n_prompt} tokens; this model's context is {self.n_ctx}",
+                                      param, "context_length_exceeded")
+        room = self.n_ctx - n_prompt
+        if max_tokens is None:
+            return room
+        _number("max_tokens", max_tokens, 0, integer=True)
+        return min(max_tokens, room)            # as llama-cpp-python: the context's end is a "length" stop
+
+    def _common(self, n, seed):
+        _number("n", n, 1, 16, integer=True)
+        if seed is not None:
+            _number("seed", seed, integer=True)
+        return n, seed
+
+    def create_completion(self, prompt: str | list[int], max_tokens: int | None = 16, temperature: float = 0.8,
+                          top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05, typical_p: float = 1.0,
+                          stop: str | list[str] | None = None, seed: int | None = None,
+                          frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
+                          repeat_penalty: float = 1.0, logit_bias: dict | None = None,
+                          logprobs: int | None = None, echo: bool = False, n: int = 1, stream: bool = False,
+                          stream_options: dict | None = None, cancel: CancelHandle | None = None):
+        """OpenAI's /v1/completions: a ``text_completion`` dict, or with ``stream`` an iterator
+        (with ``cancel()``) of ``text_completion`` chunks. ``prompt``: text (BOS is added as
+        the file says) or token ids. ``cancel``: a ``CancelHandle`` another thread may use to
+        stop a non-streamed call (a stream has its own ``cancel()``)."""
+        n, seed = self._common(n, seed)
+        if logprobs is not None:
+            _number("logprobs", logprobs, 0, MAX_TOP_LOGPROBS, integer=True)
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if isinstance(prompt, str):
+            ids = self.model.tokenize(prompt)
+        elif isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool)
+                                                         for t in prompt):
+            if min(prompt) < 0 or max(prompt) >= self.model.n_vocab:
+                raise InvalidRequestError(f"prompt token ids must be in [0, {self.model.n_vocab})", "prompt")
+            ids = list(prompt)
+        else:
+            raise InvalidRequestError("prompt must be a string, a list of one string, or a non-empty list of "
+                                      "token ids", "prompt")
+        if not ids:
+            raise InvalidRequestError("the prompt is empty", "prompt")
+        params = self._sampling(temperature, top_p, top_k, min_p, typical_p, frequency_penalty, presence_penalty,
+                                repeat_penalty, logit_bias, 0 if logprobs is None else max(1, logprobs))
+        req = _Request(self, ids, self._max_tokens(max_tokens, len(ids), "prompt"), _stops(stop), params, seed, n,
+                       (prompt if isinstance(prompt, str) else self.model.detokenize(ids)) if echo else None)
+        req.top_n = logprobs
+        if stream:
+            return ChunkStream(req, _include_usage(stream_options))
+        return _complete(req, cancel)
+
+    def create_chat_completion(self, messages: list[dict], max_tokens: int | None = None,
+                               temperature: float = 0.8, top_p: float = 0.95, top_k: int = 40,
+                               min_p: float = 0.05, typical_p: float = 1.0, stop: str | list[str] | None = None,
+                               seed: int | None = None, frequency_penalty: float = 0.0,
+                               presence_penalty: float = 0.0, repeat_penalty: float = 1.0,
+                               logit_bias: dict | None = None, logprobs: bool = False,
+                               top_logprobs: int | None = None, n: int = 1, stream: bool = False,
+                               stream_options: dict | None = None, max_completion_tokens: int | None = None,
+                               cancel: CancelHandle | None = None):
+        """OpenAI's /v1/chat/completions: a ``chat.completion`` dict, or with ``stream`` an
+        iterator (with ``cancel()``) of ``chat.completion.chunk`` dicts. The prompt is the
+        model's chat template (a GGUF file's own; Guanaco's ``### Human:`` turns for ggjt)."""
+        n, seed = self._common(n, seed)
+        if max_completion_tokens is not None:
+            max_tokens = max_completion_tokens
+        if not isinstance(logprobs, bool):
+            raise InvalidRequestError(f"logprobs must be a boolean, got {logprobs!r}", "logprobs")
+        if top_logprobs is not None:
+            _number("top_logprobs", top_logprobs, 0, MAX_TOP_LOGPROBS, integer=True)
+            if not logprobs:
+                raise InvalidRequestError("top_logprobs needs logprobs=true", "top_logprobs")
+        msgs = normalize_messages(messages)
+        ids, default_stop = self.chat_prompt(msgs)
+        stops = _stops(stop) if stop is not None else default_stop
+        params = self._sampling(temperature, top_p, top_k, min_p, typical_p, frequency_penalty, presence_penalty,
+                                repeat_penalty, logit_bias, max(1, top_logprobs or 0) if logprobs else 0)
+        req = _Request(self, ids, self._max_tokens(max_tokens, len(ids), "messages"), stops, params, seed, n,
+                       chat=True)
+        req.top_n = (top_logprobs or 0) if logprobs else None
+        if stream:
+            return ChunkStream(req, _include_usage(stream_options))
+        return _complete(req, cancel)
+
+    __call__ = create_completion
+
+    def chat_prompt(self, messages: list[dict]) -> tuple[list[int], list[str]]:
+        """Normalized messages -> (prompt ids, default stop strings) in this model's chat format."""
+        if self.template is None:
+            return self.model.tokenize(guanaco_prompt(messages)), list(DEFAULT_STOP)
+        try:
+            text = self.template.render(messages)
+        except ValueError as e:
+            raise InvalidRequestError(str(e), "messages") from None
+        return self.model.tokenize(text, bos=False, special=True), []
+
+    def models(self) -> dict:
+        """/v1/models"""
+        return {"object": "list", "data": [{"id": self.model_name, "object": "model", "created": self.created,
+                                            "owned_by": "guanaco_rt"}]}
+
+    def close(self) -> None:
+        self.pool.close()
+        if self._owns_model:
+            self.model.close()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _include_usage(opts):
+    if opts is None:
+        return False
+    if not isinstance(opts, dict):
+        raise InvalidRequestError("stream_options must be an object", "stream_options")
+    return bool(opts.get("include_usage", False))
+
+
+# ---- running a request -----------------------------------------------------------------
+def _finish(reason):
+    return {"stop": "stop", "eos": "stop", "no_candidates": "stop", "length": "length",
+            "context_full": "length"}.get(reason, reason)
+
+
+def _run(session, req, callback_stream=True):
+    """One choice's TextStream on ``session`` (reseeded when the request has a seed)."""
+    if req.seed is not None:
+        session.sampler.set_state(Sampler(req.seed).state)
+    return session._stream(req.ids, req.max_tokens, req.stops, req.params, {}, callback_stream,
+                           n_keep=session.n_keep)
+
+
+def _drain(stream):
+    """Run a TextStream to its end -> GenerationResult (a full context is a 'length' stop)."""
+    try:
+        for _ in stream:
+            pass
+        return stream.result
+    except ContextFullError as e:
+        if getattr(e, "result", None) is None:
+            raise InvalidRequestError(str(e), "prompt", "context_length_exceeded") from None
+        return e.result
+
+
+def _token_text(model, tok):
+    return model.tokenizer.token_bytes(tok).decode("utf-8", errors="replace")
+
+
+def _logprobs(req, toks, top, own, offset0=0):
+    """Log-probabilities of ``toks`` in the response's shape (chat or legacy completion)."""
+    if req.top_n is None or own is None:
+        return None
+    m = req.llm.model
+    if req.chat:
+        content = []
+        for t, lp, tops in zip(toks, own, top):
+            b = m.tokenizer.token_bytes(t)
+            content.append({"token": b.decode("utf-8", errors="replace"), "logprob": lp, "bytes": list(b),
+                            "top_logprobs": [{"token": _token_text(m, i), "logprob": v,
+                                              "bytes": list(m.tokenizer.token_bytes(i))}
+                                             for i, v in tops[:req.top_n]]})
+        return {"content": content}
+    texts = [_token_text(m, t) for t in toks]
+    offsets, pos = [], offset0
+    for s in texts:
+        offsets.append(pos)
+        pos += len(s)
+    return {"tokens": texts, "token_logprobs": list(own),
+            "top_logprobs": [{_token_text(m, i): v for i, v in tops[:req.top_n]} for tops in top],
+            "text_offset": offsets}
+
+
+def _usage(n_prompt, n_completion):
+    return {"prompt_tokens": n_prompt, "completion_tokens": n_completion, "total_tokens": n_prompt + n_completion}
+
+
+class CancelHandle:
+    """Cancel from any thread: marks the request and stops the session it is running on."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._session = None
+        self.cancelled = False
+
+    def cancel(self):
+        with self._lock:
+            self.cancelled = True
+            if self._session is not None:
+                self._session.cancel()
+
+    @contextmanager
+    def running_on(self, session):
+        with self._lock:
+            self._session = session
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._session = None
+
+    def check(self, session):
+        # a cancel() that came before this choice began still stops it
+        with self._lock:
+            if self.cancelled:
+                session.cancel()
+
+
+def _complete(req, handle=None):
+    handle = handle or CancelHandle()
+    choices, n_completion = [], 0
+    with req.llm.pool.session(req.ids) as s, handle.running_on(s):
+        for i in range(req.n):
+            stream = _run(s, req, callback_stream=False)
+            handle.check(s)
+            res = _drain(stream)
+            n_completion += len(res.tokens)
+            lp = _logprobs(req, res.tokens, res.logprobs or [], res.token_logprobs,
+                           len(req.echo_text) if req.echo_text else 0)
+            if req.chat:
+                choices.append({"index": i, "message": {"role": "assistant", "content": res.text},
+                                "logprobs": lp, "finish_reason": _finish(res.finish_reason)})
+            else:
+                choices.append({"index": i, "text": (req.echo_text or "") + res.text, "logprobs": lp,
+                                "finish_reason": _finish(res.finish_reason)})
+            if handle.cancelled:
+                break
+    return {"id": ("chatcmpl-" if req.chat else "cmpl-") + uuid.uuid4().hex,
+            "object": "chat.completion" if req.chat else "text_completion", "created": int(time.time()),
+            "model": req.llm.model_name, "choices": choices, "usage": _usage(len(req.ids), n_completion)}
+
+
+class ChunkStream:
+    """Iterator of OpenAI stream chunks for one request. ``cancel()`` (any thread) ends the
+    generation at the next token; ``close()`` also gives its session back at once."""
+
+    def __init__(self, req, include_usage=False):
+        self.req, self.include_usage = req, include_usage
+        self.id = ("chatcmpl-" if req.chat else "cmpl-") + uuid.uuid4().hex
+        self.created = int(time.time())
+        self._handle = CancelHandle()
+        self._it = self._chunks()
+        self.finish_reason = None
+        self.usage = None
+
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def __next__(self) -> dict:
+        return next(self._it)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+    def close(self) -> None:
+        self._it.close()
+
+    def _chunk(self, choice, usage=None):
+        c = {"id": self.id, "object": "chat.completion.chunk" if self.req.chat else "text_completion",
+             "created": self.created, "model": self.req.llm.model_name, "choices": [choice] if choice else []}
+        if usage is not None:
+            c["usage"] = usage
+        return c
+
+    def _choice(self, i, text, lp, finish, role=False):
+        if self.req.chat:
+            delta = {"role": "assistant", "content": text} if role else ({"content": text} if text else {})
+            return {"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish}
+        return {"index": i, "text": text, "logprobs": lp, "finish_reason": finish}
+
+    def _chunks(self):
+        req, handle = self.req, self._handle
+        n_completion = 0
+        with req.llm.pool.session(req.ids) as s, handle.running_on(s):
+            for i in range(req.n):
+                if handle.cancelled:
+                    break
+                if req.chat:
+                    yield self._chunk(self._choice(i, "", None, None, role=True))
+                elif req.echo_text:
+                    yield self._chunk(self._choice(i, req.echo_text, None, None))
+                stream = _run(s, req)
+                handle.check(s)
+                seen, offset = 0, len(req.echo_text or "")
+                try:
+                    try:
+                        for piece in stream:
+                            toks, top, own = stream.tokens_so_far()
+                            lp = _logprobs(req, toks[seen:], (top or [])[seen:], own and own[seen:], offset)
+                            seen, offset = len(toks), offset + len(piece)
+                            yield self._chunk(self._choice(i, piece, lp, None))
+                        res = stream.result
+                    except ContextFullError as e:
+                        res = e.result
+                finally:
+                    stream.close()
+                n_completion += len(res.tokens)
+                self.finish_reason = _finish(res.finish_reason)
+                yield self._chunk(self._choice(i, "", None, self.finish_reason))
+        self.usage = _usage(len(req.ids), n_completion)
+        if self.include_usage:
+            yield self._chunk(None, self.usage)
