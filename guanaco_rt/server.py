@@ -92,9 +92,11 @@ async def _wait_disconnect(request):
             return
 
 
-def create_app(llm: LLM, api_key: str | None = None, max_queue: int = 64) -> Starlette:
+def create_app(llm: LLM, api_key: str | None = None, max_queue: int = 64, server_id: str | None = None):
     """The ASGI app serving ``llm``. ``api_key``: required as ``Authorization: Bearer KEY``
-    on /v1/ routes when set. ``max_queue``: requests that may wait for a free session."""
+    on /v1/ routes when set. ``max_queue``: requests that may wait for a free session.
+    ``server_id``: sent as the ``X-Guanaco-Server`` header of every response (which
+    replica answered, behind a load balancer)."""
     admission = _Admission(llm.pool.size + max_queue)
 
     def authorized(request):
@@ -249,7 +251,17 @@ def create_app(llm: LLM, api_key: str | None = None, max_queue: int = 64) -> Sta
         Route("/v1/chat/completions", chat, methods=["POST"]),
     ], exception_handlers={404: not_found, 405: bad_method})
     app.state.llm = llm
-    return app
+    return app if server_id is None else _with_header(app, b"x-guanaco-server", server_id.encode())
+
+
+def _with_header(app, name, value):
+    async def wrapped(scope, receive, send):
+        async def send_with(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (name, value)]}
+            await send(message)
+        await app(scope, receive, send_with)
+    return wrapped
 
 
 def serve(llm: LLM, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, max_queue: int = 64,

@@ -1,0 +1,64 @@
+"""The README's snippets, run as written (the demo model; ports filled in), so that the
+README cannot rot. The server's are run against a live server in test_server.py."""
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+
+README = os.path.join(os.path.dirname(__file__), "..", "README.md")
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def section(title):
+    text = open(README).read()
+    return text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def python_block(title):
+    return re.search(r"```python\n(.*?)```", section(title), re.S).group(1)
+
+
+def run(code, timeout=300, env=None):
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, cwd=HERE,
+                       env={**os.environ, **(env or {})})
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+def test_embedding_snippet(smollm2):
+    out = run(python_block("Embedding it"))
+    assert "n_vocab" in out
+
+
+def test_openai_api_snippet(smollm2):
+    out = run(python_block("The OpenAI-shaped API"))
+    assert out.count("The capital of France is Paris.") == 2 and " Paris" in out
+
+
+@pytest.mark.langchain
+def test_langchain_snippet(smollm2):
+    pytest.importorskip("langchain_core")
+    out = run(python_block("LangChain"))
+    assert "Paris" in out
+
+
+@pytest.mark.ray
+def test_ray_serve_snippet(smollm2):
+    pytest.importorskip("ray.serve")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = python_block("Ray Serve").replace('"model.gguf"', repr(smollm2)).replace('"port": 8000', f'"port": {port}')
+    code = code.replace("ray.init()", "ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)")
+    code += f"""
+import httpx
+r = httpx.post("http://127.0.0.1:{port}/v1/completions", json={{"prompt": "The capital of France is",
+               "max_tokens": 4, "temperature": 0}}, timeout=60)
+print(r.json()["choices"][0]["text"])
+serve.shutdown()
+ray.shutdown()
+"""
+    assert "Paris" in run(code)

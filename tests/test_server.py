@@ -1,0 +1,222 @@
+"""guanaco-rt serve, tested as a client sees it: a real server process on a free localhost
+port, the official ``openai`` client, raw HTTP for what that client cannot send.
+Run alone with ``pytest -m server``."""
+import concurrent.futures
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+
+pytestmark = pytest.mark.server
+KEY = "sk-test-guanaco"
+NO_END = {"0": -100, "1": -100, "2": -100}      # <|endoftext|>, <|im_start|>, <|im_end|>: no early end
+FRANCE = [{"role": "system", "content": "You are a helpful assistant."},
+          {"role": "user", "content": "What is the capital of France?"}]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, model, *args):
+        self.port = free_port()
+        self.log_path = f"/tmp/guanaco_rt-server-{self.port}.log"
+        self.log = open(self.log_path, "w+")
+        self.proc = subprocess.Popen([sys.executable, "-m", "guanaco_rt", "serve", model, "--port", str(self.port),
+                                      *args], stdout=self.log, stderr=subprocess.STDOUT,
+                                     cwd=os.path.dirname(__file__))
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start:\n{self.logs()}")
+            time.sleep(0.2)
+
+    def logs(self):
+        self.log.flush()
+        with open(self.log_path) as f:
+            return f.read()
+
+    def health(self):
+        return httpx.get(self.url + "/health", timeout=5).json()
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(20)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def server(smollm2):
+    s = Server(smollm2, "--parallel", "2", "-c", "320", "-t", "1", "--api-key", KEY)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+def test_models_and_health(server, client):
+    (m,) = client.models.list().data
+    assert m.id == "SmolLM2-135M-Instruct.Q4_1.gguf" and m.owned_by == "guanaco_rt"
+    h = server.health()
+    assert h["status"] == "ok" and h["sessions"] == 2
+
+
+def test_chat_non_streaming(client):
+    r = client.chat.completions.create(model="any", messages=FRANCE, temperature=0, max_tokens=24)
+    assert r.choices[0].message.content == "The capital of France is Paris."
+    assert r.choices[0].finish_reason == "stop" and r.usage.completion_tokens > 0
+
+
+def test_chat_streaming(client):
+    chunks = list(client.chat.completions.create(model="any", messages=FRANCE, temperature=0, max_tokens=24,
+                                                 stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "The capital of France is Paris."
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage.total_tokens == chunks[-1].usage.prompt_tokens + chunks[-1].usage.completion_tokens
+
+
+def test_completion_with_logprobs(client):
+    r = client.completions.create(model="any", prompt="The capital of France is", max_tokens=4, temperature=0,
+                                  logprobs=2)
+    assert r.choices[0].text.startswith(" Paris")
+    assert "".join(r.choices[0].logprobs.tokens) == r.choices[0].text
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model="any", prompt="The capital of France is", max_tokens=4, temperature=0, stream=True))
+    assert streamed == r.choices[0].text
+
+
+def test_eight_concurrent_clients(server, client):
+    # 2 sessions serve 8 clients; the rest wait in line; greedy answers equal the serial one
+    want = client.completions.create(model="any", prompt="Once upon a time", max_tokens=16, temperature=0)
+    want = want.choices[0].text
+
+    def one(i):
+        c = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=120)
+        if i % 2:
+            return "".join(ch.choices[0].text for ch in c.completions.create(
+                model="any", prompt="Once upon a time", max_tokens=16, temperature=0, stream=True))
+        return c.completions.create(model="any", prompt="Once upon a time", max_tokens=16,
+                                    temperature=0).choices[0].text
+
+    with concurrent.futures.ThreadPoolExecutor(8) as ex:
+        got = list(ex.map(one, range(8)))
+    assert got == [want] * 8
+    assert server.health()["busy"] == 0
+
+
+def test_disconnect_mid_stream_cancels_the_generation(server):
+    body = {"model": "any", "prompt": "Tell me a long story.", "max_tokens": 100000, "stream": True,
+            "temperature": 1.0, "logit_bias": NO_END}
+    with httpx.Client(timeout=30) as h:
+        with h.stream("POST", server.url + "/v1/completions", json=body,
+                      headers={"Authorization": f"Bearer {KEY}"}) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            got = [next(lines) for _ in range(6)]
+            assert any(x.startswith("data: {") for x in got)
+            assert server.health()["busy"] == 1
+        # leaving the block closed the connection
+    deadline = time.monotonic() + 10
+    while server.health()["busy"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.health()["busy"] == 0
+    ms = [float(x) for x in re.findall(r"client gone: generation \S+ ended ([\d.]+) ms after", server.logs())]
+    assert ms and ms[-1] < 1000
+
+
+def test_disconnect_while_waiting_for_a_non_streamed_reply(server):
+    body = {"model": "any", "prompt": "Tell me a long story.", "max_tokens": 100000, "temperature": 1.0,
+            "logit_bias": NO_END}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"},
+                   timeout=0.5)
+    deadline = time.monotonic() + 10
+    while server.health()["busy"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.health()["busy"] == 0
+    assert re.search(r"client gone: /v1/completions ended [\d.]+ ms after", server.logs())
+
+
+def test_malformed_json_and_bad_arguments_are_400_with_openai_errors(server, client):
+    auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    for body, param in [(b"{not json", None), (b"[1, 2]", None), (b'{"prompt": "x", "bogus": 1}', "bogus"),
+                        (b'{"prompt": "x", "temperature": "hot"}', "temperature"),
+                        (b'{"prompt": "x", "max_tokens": -5}', "max_tokens"), (b"\xff\xfe", None)]:
+        r = httpx.post(server.url + "/v1/completions", content=body, headers=auth)
+        assert r.status_code == 400, body
+        err = r.json()["error"]
+        assert err["type"] == "invalid_request_error" and err["message"] and err["param"] == param
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="any", messages=[{"role": "wizard", "content": "x"}])
+    assert e.value.status_code == 400
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="any", prompt="word " * 400)
+    assert e.value.code == "context_length_exceeded"
+    r = httpx.get(server.url + "/v1/nothing", headers=auth)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert "Traceback" not in server.logs()
+
+
+def test_huge_max_tokens_stops_at_the_context(client):
+    r = client.completions.create(model="any", prompt="Once", max_tokens=10**9, temperature=0, logit_bias=NO_END)
+    assert r.choices[0].finish_reason == "length" and r.usage.total_tokens == 320
+
+
+def test_wrong_or_missing_key_is_401(server):
+    bad = openai.OpenAI(base_url=server.url + "/v1", api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.chat.completions.create(model="any", messages=FRANCE)
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": "x"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(server.url + "/health").status_code == 200      # health needs no key
+
+
+def test_requests_over_the_queue_limit_get_429(smollm2):
+    s = Server(smollm2, "--parallel", "1", "--max-queue", "0", "-c", "256", "-t", "1")
+    try:
+        body = {"prompt": "Tell me a long story.", "max_tokens": 200, "temperature": 1.0, "stream": True,
+                "logit_bias": NO_END}
+        with httpx.Client(timeout=30) as h, h.stream("POST", s.url + "/v1/completions", json=body) as r:
+            lines = r.iter_lines()             # kept: dropping it would close the stream
+            next(lines)
+            second = httpx.post(s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 1})
+            assert second.status_code == 429 and second.json()["error"]["code"] == "server_busy"
+    finally:
+        s.stop()
+
+
+def test_readme_server_snippets(server):
+    # the README's curl line and openai snippet, run as written (port and key filled in)
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    section = readme.split("## The server", 1)[1].split("\n## ", 1)[0]
+    curl = re.search(r"```bash\n(curl .*?)```", section, re.S).group(1)
+    curl = curl.replace("localhost:8000", f"127.0.0.1:{server.port}").replace("$GUANACO_RT_API_KEY", KEY)
+    out = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=120)
+    assert "Paris" in json.loads(out.stdout)["choices"][0]["message"]["content"]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    code = code.replace("localhost:8000", f"127.0.0.1:{server.port}")
+    env = {**os.environ, "GUANACO_RT_API_KEY": KEY}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "Paris" in out.stdout
