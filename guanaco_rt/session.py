@@ -121,6 +121,9 @@ class Session:
         self._draining = None                  # the worker of an abandoned astream(), finishing
         self._pid = os.getpid()
         self.last_result = None
+        # prompt_progress(done, total): for a prompt longer than one batch (generate, stream,
+        # chat), called with 0 before the first batch and after each; the library never prints
+        self.prompt_progress: Callable[[int, int], object] | None = None
 
     # -- properties ----------------------------------------------------------------
     @property
@@ -239,7 +242,14 @@ class Session:
         st.truncate(common)
         timings.reused_tokens = common
         t0 = time.perf_counter()
-        self._eval(ids[common:])
+        todo, cb = ids[common:], self.prompt_progress
+        if cb is None or len(todo) <= self.n_batch:
+            self._eval(todo)
+        else:                                   # batch by batch, reporting (the same batches)
+            cb(0, len(todo))
+            for i in range(0, len(todo), self.n_batch):
+                self._eval(todo[i:i + self.n_batch])
+                cb(min(i + self.n_batch, len(todo)), len(todo))
         timings.prompt_tokens = len(ids) - common
         timings.prompt_ms = (time.perf_counter() - t0) * 1e3
 

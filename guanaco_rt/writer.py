@@ -181,11 +181,12 @@ def vocab_from_gguf(path):
 
 
 def write_random_model(path, ftype="q4_0", n_vocab=None, n_embd=256, n_mult=256, n_head=4, n_layer=2,
-                       n_rot=None, vocab=None, seed=0, log=None):
+                       n_rot=None, vocab=None, seed=0, log=None, progress=None):
     """Write a random-weight LLaMA model of the given shape and file type to ``path``.
 
     ``vocab`` is a list of (bytes, score) in the ggjt convention; by default a
     synthetic one of ``n_vocab`` pieces (32000 if not given). Returns the HParams.
+    ``progress(done, total)``: called after each tensor, in bytes of tensor data.
     """
     f = FTYPE_BY_NAME[ftype]
     if vocab is None:
@@ -195,7 +196,10 @@ def write_random_model(path, ftype="q4_0", n_vocab=None, n_embd=256, n_mult=256,
     tmp = os.fspath(path) + ".tmp"
     with GGJTWriter(tmp) as w:
         w.write_header(hp, vocab)
-        for name, shape in _file_order(expected_shapes(hp)):
+        order = _file_order(expected_shapes(hp))
+        total = sum(_tensor_nbytes(tensor_type_for(ftype, n, sh, _layer(n), n_layer), sh) for n, sh in order)
+        done = 0
+        for name, shape in order:
             layer = int(name.split(".")[1]) if name.startswith("layers.") else 0
             ttype = tensor_type_for(ftype, name, shape, layer, n_layer)
             if len(shape) == 1:
@@ -205,8 +209,21 @@ def write_random_model(path, ftype="q4_0", n_vocab=None, n_embd=256, n_mult=256,
             w.write_tensor(name, ttype, shape, data)
             if log:
                 log(name, ttype, shape)
+            done += len(data)
+            if progress:
+                progress(done, total)
     os.replace(tmp, path)
     return hp
+
+
+def _layer(name):
+    return int(name.split(".")[1]) if name.startswith("layers.") else 0
+
+
+def _tensor_nbytes(ttype, shape):
+    t = GGML_TYPES[ttype]
+    n = int(np.prod(shape))
+    return 4 * n if len(shape) == 1 else n // t.blck_size * t.type_size
 
 
 def _file_order(shapes):
