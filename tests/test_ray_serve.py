@@ -2,7 +2,6 @@
 cluster: 2 replicas behind Serve's proxy, driven with the openai client. Run alone with
 ``pytest -m ray``."""
 import collections
-import os
 import socket
 import time
 
@@ -100,10 +99,3 @@ def test_a_killed_replica_gives_its_client_an_error_and_is_replaced(cluster):
         assert r.status_code == 200
         seen.add(replica_of(r))
     assert victim not in seen and len(seen) == 2
-
-
-def test_readme_ray_snippet(smollm2):
-    # the README's Ray Serve snippet is what the fixture above runs; check it is there as written
-    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
-    section = readme.split("## Ray Serve", 1)[1].split("\n## ", 1)[0]
-    assert 'serve.run(app("model.gguf", num_replicas=2), route_prefix="/")' in section
