@@ -6,7 +6,13 @@ same 7B-shape random-weight file, same thread count, each runtime in its own pro
 
 The file is written with guanaco_rt's writer if missing (benchmarks/models/). Peers
 are looked up in --peer-python (default: this interpreter); a missing peer is skipped.
-Prints a Markdown table with the ratios to llama.cpp.
+Prints a Markdown table with the ratios to llama.cpp (else to the first runtime).
+
+Runtimes: guanaco_rt (the default: adaptive threads), guanaco_rt@N (N threads),
+guanaco_rt/fixed (the thread governor off), llama.cpp, ctransformers. Contention: with
+one of 2 cores busy, the default against one thread and against the governor off:
+
+    python benchmarks/bench_e2e.py --ftype q4_0 --busy-cores 1 --runtimes guanaco_rt@1 guanaco_rt guanaco_rt/fixed
 """
 import argparse
 import json
@@ -26,10 +32,15 @@ n_vocab = int(sys.argv[7])
 prompt = [1] + [int(t) for t in rng.integers(3, n_vocab, n_prompt - 1)]
 gen = [int(t) for t in rng.integers(3, n_vocab, n_gen)]
 t0 = time.perf_counter()
-if kind == "guanaco_rt":
+if kind.startswith("guanaco_rt"):
+    # guanaco_rt: the default (adaptive threads); guanaco_rt@N: N threads; guanaco_rt/fixed: the
+    # thread governor off (always n_threads, as before it existed)
     import guanaco_rt
+    if "@" in kind:
+        n_threads = int(kind.split("@")[1])
     m = guanaco_rt.Model(path, n_threads=n_threads)
-    s = guanaco_rt.Session(m, n_ctx=n_prompt + n_gen + 8, n_batch=n_batch, kv_f16=True)
+    s = guanaco_rt.Session(m, n_ctx=n_prompt + n_gen + 8, n_batch=n_batch, kv_f16=True,
+                           adaptive_threads=not kind.endswith("/fixed"))
     load = time.perf_counter() - t0
     ev_prompt = lambda: s.eval(prompt)
     ev_one = lambda t: s.eval([t])
@@ -100,7 +111,18 @@ def main():
     p.add_argument("--json", default=None, help="also write the raw results here")
     p.add_argument("--model", nargs="+", default=None, metavar="FILE",
                    help="these model files instead of --ftype (e.g. a GGUF file; 'demo': the demo model)")
+    p.add_argument("--busy-cores", type=int, default=0,
+                   help="keep this many cores busy (a spinning process each) during every run: contention")
     a = p.parse_args()
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(a.busy_cores)]
+    try:
+        _main(a)
+    finally:
+        for b in busy:
+            b.kill()
+
+
+def _main(a):
     rows = []
     if a.model:
         from guanaco_rt import demo_model_path
@@ -116,7 +138,7 @@ def main():
         runs_of = {kind: [] for kind in a.runtimes}
         for _ in range(a.repeat):
             for kind in a.runtimes:
-                py = sys.executable if kind == "guanaco_rt" else a.peer_python
+                py = sys.executable if kind.startswith("guanaco_rt") else a.peer_python
                 runs_of[kind].append(run(py, kind, path, a))
         for kind, runs in runs_of.items():
             ok = [r for r in runs if "error" not in r]
@@ -130,11 +152,13 @@ def main():
     if a.json:
         with open(a.json, "w") as f:
             json.dump([{"ftype": ft, "size_gb": sz, **res} for ft, sz, res in rows], f, indent=1)
-    print(f"\n{a.n_prompt}-token prompt, {a.n_gen} generated, {a.threads} threads; tok/s (ratio to llama.cpp)\n")
+    busy = f", {a.busy_cores} core(s) kept busy" if a.busy_cores else ""
+    print(f"\n{a.n_prompt}-token prompt, {a.n_gen} generated, {a.threads} threads{busy}; tok/s (ratio to "
+          f"{'llama.cpp' if 'llama.cpp' in a.runtimes else a.runtimes[0]})\n")
     print("| type | GB | runtime | prompt tok/s | gen tok/s | peak RSS MB | load s |")
     print("|---|---|---|---|---|---|---|")
     for ft, sz, res in rows:
-        base = res.get("llama.cpp", {})
+        base = res.get("llama.cpp") or res.get(a.runtimes[0], {})
         for kind, r in res.items():
             if "error" in r:
                 print(f"| {ft} | {sz:.2f} | {kind} | error: {r['error']} | | | |")
@@ -142,7 +166,7 @@ def main():
 
             def fmt(k):
                 s = f"{r[k]:.2f}"
-                if kind != "llama.cpp" and base.get(k):
+                if r is not base and base.get(k):
                     s += f" ({r[k] / base[k]:.2f}x)"
                 return s
             print(f"| {ft} | {sz:.2f} | {kind} | {fmt('prompt_tps')} | {fmt('gen_tps')} | "

@@ -76,7 +76,7 @@ class Session:
 
     def __init__(self, model: Model, n_ctx: int = 2048, n_batch: int = 64, n_threads: int | None = None,
                  kv_f16: bool = False, seed: int | None = None, context_policy: str = "error", n_keep: int = 1,
-                 system: str | None = None, template: str | None = None):
+                 system: str | None = None, template: str | None = None, adaptive_threads: bool = True):
         for name, v, lo in (("n_ctx", n_ctx, 2), ("n_batch", n_batch, 1), ("n_keep", n_keep, 0)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 raise TypeError(f"{name} must be an int, got {v!r}")
@@ -98,6 +98,10 @@ class Session:
         self.n_keep = int(n_keep)
         self.seed = seed
         self._state = State(model._engine, self.n_ctx, self.n_batch, self.kv_f16, self.n_threads)
+        # decoding times each token and runs the next on 1 or n_threads threads, whichever is
+        # faster now (a core busy elsewhere makes a team slower than one thread); the
+        # results are the same bits either way
+        self._state.adaptive_threads = bool(adaptive_threads)
         self.sampler = Sampler(seed)
         # the chat format: "guanaco", a Jinja2 chat template, or None -- the model's own
         # (a GGUF file's tokenizer.chat_template, else Guanaco's)
@@ -134,6 +138,12 @@ class Session:
     @property
     def n_past(self) -> int:
         return self._state.n_past if self._state is not None else 0
+
+    def thread_stats(self) -> dict:
+        """How decoding used its threads (adaptive_threads): tokens on one thread and on
+        n_threads, seconds per token on each, and which is the current setting."""
+        self._check_open()
+        return self._state.thread_stats()
 
     @property
     def n_vocab(self) -> int:
@@ -557,6 +567,7 @@ class Session:
         """A new Session on the same model that starts from this one's evaluated prefix,
         conversation and sampler state. Keyword arguments override its settings."""
         kw = dict(n_ctx=self.n_ctx, n_batch=self.n_batch, n_threads=self.n_threads, kv_f16=self.kv_f16,
+                  adaptive_threads=self._state.adaptive_threads,
                   seed=self.seed, context_policy=self.context_policy, n_keep=self.n_keep,
                   template=self._template_source)
         kw.update(overrides)

@@ -2,6 +2,7 @@
 cluster: 2 replicas behind Serve's proxy, driven with the openai client. Run alone with
 ``pytest -m ray``."""
 import collections
+import os
 import socket
 import time
 
@@ -23,9 +24,13 @@ def free_port():
 
 
 @pytest.fixture(scope="module")
-def cluster(smollm2):
+def cluster(smollm2, tmp_path_factory):
     from guanaco_rt.integrations.ray_serve import app
     port = free_port()
+    # Ray's workers start in the driver's directory: from a checkout's root they would import
+    # its unbuilt guanaco_rt/ instead of the installed package
+    cwd = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("ray"))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"GUANACO_RT_THREADS": "1"}})
     try:
@@ -36,6 +41,7 @@ def cluster(smollm2):
     finally:
         serve.shutdown()
         ray.shutdown()
+        os.chdir(cwd)
 
 
 def replica_of(resp):

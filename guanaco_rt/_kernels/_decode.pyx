@@ -18,7 +18,7 @@ import numpy as np
 from cpython.exc cimport PyErr_CheckSignals
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
-from guanaco_rt._kernels._engine cimport State, state_t, model_t, forward, shift_kv
+from guanaco_rt._kernels._engine cimport State, state_t, model_t, forward, shift_kv, gov_next, gov_record
 from guanaco_rt._kernels._sampling cimport SamplerCore, sample_token
 
 cdef int buf_put(bytebuf_t* b, const uint8_t* src, int64_t n) noexcept nogil:
@@ -343,9 +343,9 @@ cdef class Decoder:
     cdef int _loop(self, bint until_text) noexcept nogil:
         cdef state_t* s = &self.st.s
         cdef const model_t* m = &self.st.engine.m
-        cdef int rc, keep, discard
+        cdef int rc, keep, discard, nth, use
         cdef int32_t tok
-        cdef double now
+        cdef double now, t0
         while True:
             if self.steps >= self.max_new:
                 return self._finish(DEC_LENGTH)
@@ -385,8 +385,15 @@ cdef class Decoder:
                 shift_kv(m, s, keep, discard)
                 self.n_shifts += 1
                 self.n_discarded += discard
-            if forward(m, s, &tok, 1, s.logits, False):
+            nth = s.nth
+            use = gov_next(s)              # 1 or nth threads for this token (see gov_record)
+            s.nth = use
+            t0 = monotonic()
+            rc = forward(m, s, &tok, 1, s.logits, False)
+            s.nth = nth
+            if rc:
                 return self._finish(DEC_CANCELLED)
+            gov_record(s, use, monotonic() - t0)
             if until_text and self.text.T.out.n > 0:
                 return DEC_RUNNING
 

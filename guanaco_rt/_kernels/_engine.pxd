@@ -32,8 +32,20 @@ cdef struct model_t:
     layer_t* layers              # (n_layer,)
     const double* freqs          # (n_rot/2,) the RoPE frequencies, rope_freqs()
 
+cdef struct gov_t:
+    # the thread governor (gov_next / gov_record): 1 or nth threads per decoded token
+    int on               # adapt (Session(adaptive_threads=True)); off: always nth
+    int one              # the current setting is one thread
+    int trying           # the token in flight tries the other setting
+    int countdown        # tokens on the current setting until the next try
+    int backoff          # the interval of tries while one thread wins (doubles, capped)
+    int n_one, n_multi   # tokens decoded on one / on nth threads (statistics)
+    double t_one, t_multi  # seconds per token on each setting (moving averages; 0: not yet)
+    double best_multi    # the fastest recent token on nth threads (slowly forgotten)
+
 cdef struct state_t:
     int n_ctx, n_batch, nth, kv_f16
+    gov_t gov
     int32_t* tokens      # (n_ctx,) the sequence: the ids whose K/V are at positions 0..n_past-1
     int n_past
     float* logits        # (n_vocab,) after tokens[n_past - 1], valid when have_logits
@@ -77,6 +89,10 @@ cdef void quantize_rows(const isa_kernels_t* K, uint8_t* out, int64_t out_stride
                         int n_tok, int vt, int nth) noexcept nogil
 cdef void matmul_q(const isa_kernels_t* K, float** outs, const tensor_t** Ws, int nw,
                    const uint8_t* xq, int64_t xq_stride, int n_tok, int nth) noexcept nogil
+cdef int gov_threads(const state_t* s) noexcept nogil
+cdef int gov_next(state_t* s) noexcept nogil
+cdef void gov_record(state_t* s, int used, double dt) noexcept nogil
+cdef void gov_reset(gov_t* g, int on) noexcept nogil
 cdef void rmsnorm(float* out, const float* x, const float* w, int n, float eps) noexcept nogil
 cdef void rope(float* x, int n_head, int head_dim, int n_rot, const double* freqs, int pos) noexcept nogil
 cdef void rope_freqs(double* out, int n_rot, double base) noexcept nogil

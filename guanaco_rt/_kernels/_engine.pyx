@@ -298,16 +298,92 @@ cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok,
 cdef int prefill(const model_t* m, state_t* s, const int32_t* ids, int n, float* all_logits) noexcept nogil:
     # ids (n,) in batches of n_batch; all_logits (n, n_vocab) or NULL (last logits only, in
     # s.logits). Returns the number of tokens evaluated: n, or fewer when cancelled (every
-    # complete batch stays in the sequence)
-    cdef int start = 0, nb
+    # complete batch stays in the sequence). Runs on the governor's current setting.
+    cdef int start = 0, nb, rc = 0, nth = s.nth
+    s.nth = gov_threads(s)
     while start < n:
         nb = min(s.n_batch, n - start)
         if forward(m, s, ids + start, nb,
                    all_logits + <int64_t>start * m.n_vocab if all_logits != NULL else s.logits,
                    all_logits != NULL):
-            return start
+            rc = 1
+            break
         start += nb
-    return n
+    s.nth = nth
+    return start if rc else n
+
+# ---- the thread governor ----------------------------------------------------------------
+# With a core busy elsewhere, a team of nth threads that splits every matmul evenly runs at
+# the pace of its member that the OS keeps descheduled: slower than one thread alone. The
+# decode loop times each token, and the governor runs the next one on 1 or on nth threads,
+# trying the other setting now and then. The thread count never changes the arithmetic,
+# so neither do its choices.
+cdef enum:
+    GOV_FIRST_TRY = 2          # tokens on nth threads before the first try of one thread
+    GOV_TRY_ONE_EVERY = 64     # while nth threads win: tokens between tries of one thread
+    GOV_TRY_MULTI_MIN = 16     # while one thread wins: tokens between tries of nth, doubling...
+    GOV_TRY_MULTI_MAX = 512    # ...up to this
+
+cdef double GOV_MARGIN = 0.9   # the other setting must be 10% faster to take over
+cdef double GOV_JUMP = 2.0     # a token on nth threads this many times the best recent one: try one now
+
+cdef void gov_reset(gov_t* g, int on) noexcept nogil:
+    memset(g, 0, sizeof(gov_t))
+    g.on = on
+    g.countdown = GOV_FIRST_TRY
+    g.backoff = GOV_TRY_MULTI_MIN
+
+cdef int gov_threads(const state_t* s) noexcept nogil:
+    # the current setting (prompt batches follow it; they never try the other)
+    if not s.gov.on or s.nth < 2:
+        return s.nth
+    return 1 if s.gov.one else s.nth
+
+cdef int gov_next(state_t* s) noexcept nogil:
+    # threads for the next decoded token: the current setting, or a try of the other
+    cdef gov_t* g = &s.gov
+    if not g.on or s.nth < 2:
+        return s.nth
+    g.trying = g.countdown <= 0
+    if g.trying:
+        return s.nth if g.one else 1
+    return 1 if g.one else s.nth
+
+cdef void gov_record(state_t* s, int used, double dt) noexcept nogil:
+    # the token decoded on ``used`` threads took dt seconds
+    cdef gov_t* g = &s.gov
+    cdef int multi = used > 1
+    if not g.on or s.nth < 2 or dt <= 0:
+        return
+    if multi:
+        g.n_multi += 1
+        g.best_multi = dt if g.best_multi <= 0 else min(dt, g.best_multi * 1.01)
+    else:
+        g.n_one += 1
+    if g.trying:                          # one token on the other setting against the average
+        g.trying = 0
+        if multi:
+            g.t_multi = dt
+        else:
+            g.t_one = dt
+        if dt < GOV_MARGIN * (g.t_one if g.one else g.t_multi):
+            g.one = not g.one             # it wins: switch, and check back soon
+            g.backoff = GOV_TRY_MULTI_MIN
+            g.countdown = GOV_TRY_MULTI_MIN if g.one else GOV_TRY_ONE_EVERY
+        elif g.one:
+            g.backoff = min(2 * g.backoff, <int>GOV_TRY_MULTI_MAX)
+            g.countdown = g.backoff
+        else:
+            g.countdown = GOV_TRY_ONE_EVERY
+        return
+    if multi:
+        g.t_multi = dt if g.t_multi <= 0 else 0.75 * g.t_multi + 0.25 * dt
+        if dt > GOV_JUMP * g.best_multi:  # something took a core: try one thread next
+            g.countdown = 0
+            return
+    else:
+        g.t_one = dt if g.t_one <= 0 else 0.75 * g.t_one + 0.25 * dt
+    g.countdown -= 1
 
 cdef void shift_kv(const model_t* m, state_t* s, int n_keep, int n_discard) noexcept nogil:
     # drop positions [n_keep, n_keep + n_discard) of the sequence: later K/V entries move down
@@ -468,6 +544,7 @@ cdef class State:
         self.s.n_ctx = n_ctx
         self.s.n_batch = n_batch
         self.s.nth = max(1, n_threads)
+        gov_reset(&self.s.gov, 1)
         self.s.kv_f16 = kv_f16
         self.s.k_cache = &self.k_cache[0]
         self.s.v_cache = &self.v_cache[0]
@@ -587,6 +664,23 @@ cdef class State:
     @n_threads.setter
     def n_threads(self, int n):
         self.s.nth = max(1, n)
+        gov_reset(&self.s.gov, self.s.gov.on)
+
+    @property
+    def adaptive_threads(self):
+        """Whether decoding picks 1 or n_threads threads per token by timing (gov_record)."""
+        return bool(self.s.gov.on)
+
+    @adaptive_threads.setter
+    def adaptive_threads(self, bint on):
+        gov_reset(&self.s.gov, on)
+
+    def thread_stats(self):
+        """The governor's view: tokens decoded on one / on n_threads threads, their seconds
+        per token, and whether one thread is the current setting."""
+        cdef gov_t* g = &self.s.gov
+        return {"one_thread_tokens": g.n_one, "multi_thread_tokens": g.n_multi, "s_per_token_one": g.t_one,
+                "s_per_token_multi": g.t_multi, "on_one_thread": bool(g.one)}
 
     def cancel(self, bint flag=True):
         # a plain int store; the forward pass reads it between layers, the decode loop per token

@@ -6,7 +6,8 @@ from libc.stdint cimport uint8_t, int64_t
 import numpy as np
 
 from guanaco_rt._kernels._engine cimport (KernelSet, tensor_t, quantize_rows, matmul_q, rmsnorm, rope, rope_freqs,
-                                          softmax, silu_mul, attention)
+                                          softmax, silu_mul, attention, state_t, gov_next, gov_record, gov_reset,
+                                          gov_threads)
 from guanaco_rt._kernels._quants cimport type_traits_t, type_traits, row_size
 
 
@@ -140,3 +141,22 @@ def attention_twin(KernelSet K, const float[:, ::1] q, k_cache, v_cache, int n_p
         attention(&K.k, &o[0, 0], &q[0, 0], &kc[0], &vc[0], &a[0, 0], n_tok, n_past, n_head, hkv, E // n_head,
                   n_ctx, f16, max(1, n_threads))
     return out
+
+
+def governor_twin(int n_threads, timings):
+    """The thread governor fed with made-up timings: for each (s on one thread, s on
+    n_threads) pair, the threads it runs that token on. -> (threads per token, setting of
+    the prompt batches after each token)."""
+    cdef state_t st
+    cdef int use
+    cdef double dt
+    st.nth = n_threads
+    gov_reset(&st.gov, 1)
+    used, prompt = [], []
+    for one, multi in timings:
+        use = gov_next(&st)
+        dt = one if use == 1 else multi
+        gov_record(&st, use, dt)
+        used.append(use)
+        prompt.append(gov_threads(&st))
+    return used, prompt
