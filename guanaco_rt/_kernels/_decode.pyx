@@ -16,9 +16,8 @@ import threading
 
 import numpy as np
 from cpython.exc cimport PyErr_CheckSignals
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
-from guanaco_rt._kernels._engine cimport State, state_t, model_t, forward, shift_kv, gov_next, gov_record
+from guanaco_rt._kernels._engine cimport State, state_t, model_t, shift_kv, monotonic, decode_one
 from guanaco_rt._kernels._sampling cimport SamplerCore, sample_token
 
 cdef int buf_put(bytebuf_t* b, const uint8_t* src, int64_t n) noexcept nogil:
@@ -265,11 +264,6 @@ cdef class TextStage:
 # ---- the decode loop ------------------------------------------------------------------------
 cdef double SIGNAL_POLL_S = 0.05     # how often the main thread's loop lets Python run signal handlers
 
-cdef double monotonic() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec + ts.tv_nsec * 1e-9
-
 cdef enum:
     DEC_RUNNING = 0          # text is ready; call run() again
     DEC_LENGTH = 1           # max_new tokens sampled
@@ -343,9 +337,9 @@ cdef class Decoder:
     cdef int _loop(self, bint until_text) noexcept nogil:
         cdef state_t* s = &self.st.s
         cdef const model_t* m = &self.st.engine.m
-        cdef int rc, keep, discard, nth, use
+        cdef int rc, keep, discard
         cdef int32_t tok
-        cdef double now, t0
+        cdef double now
         while True:
             if self.steps >= self.max_new:
                 return self._finish(DEC_LENGTH)
@@ -385,15 +379,8 @@ cdef class Decoder:
                 shift_kv(m, s, keep, discard)
                 self.n_shifts += 1
                 self.n_discarded += discard
-            nth = s.nth
-            use = gov_next(s)              # 1 or nth threads for this token (see gov_record)
-            s.nth = use
-            t0 = monotonic()
-            rc = forward(m, s, &tok, 1, s.logits, False)
-            s.nth = nth
-            if rc:
+            if decode_one(m, s, tok):
                 return self._finish(DEC_CANCELLED)
-            gov_record(s, use, monotonic() - t0)
             if until_text and self.text.T.out.n > 0:
                 return DEC_RUNNING
 

@@ -89,6 +89,8 @@ cdef void quantize_rows(const isa_kernels_t* K, uint8_t* out, int64_t out_stride
                         int n_tok, int vt, int nth) noexcept nogil
 cdef void matmul_q(const isa_kernels_t* K, float** outs, const tensor_t** Ws, int nw,
                    const uint8_t* xq, int64_t xq_stride, int n_tok, int nth) noexcept nogil
+cdef double monotonic() noexcept nogil
+cdef int decode_one(const model_t* m, state_t* s, int32_t tok) noexcept nogil
 cdef int gov_threads(const state_t* s) noexcept nogil
 cdef int gov_next(state_t* s) noexcept nogil
 cdef void gov_record(state_t* s, int used, double dt) noexcept nogil

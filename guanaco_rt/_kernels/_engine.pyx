@@ -13,6 +13,7 @@ from libc.stdint cimport uint8_t, uint16_t, int32_t, int64_t
 from libc.string cimport memcpy, memset, memmove
 from libc.math cimport sqrtf, expf, cos, sin, pow
 from libc.stdlib cimport malloc, free
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from cython.parallel cimport prange
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
@@ -300,6 +301,8 @@ cdef int prefill(const model_t* m, state_t* s, const int32_t* ids, int n, float*
     # s.logits). Returns the number of tokens evaluated: n, or fewer when cancelled (every
     # complete batch stays in the sequence). Runs on the governor's current setting.
     cdef int start = 0, nb, rc = 0, nth = s.nth
+    if n == 1 and all_logits == NULL:          # one token, as a decode loop of the caller's
+        return 0 if decode_one(m, s, ids[0]) else 1
     s.nth = gov_threads(s)
     while start < n:
         nb = min(s.n_batch, n - start)
@@ -312,6 +315,22 @@ cdef int prefill(const model_t* m, state_t* s, const int32_t* ids, int n, float*
     s.nth = nth
     return start if rc else n
 
+cdef double monotonic() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+cdef int decode_one(const model_t* m, state_t* s, int32_t tok) noexcept nogil:
+    # forward() of one token on the threads the governor picks, timed for it; 1 when cancelled
+    cdef int nth = s.nth, use = gov_next(s), rc
+    cdef double t0 = monotonic()
+    s.nth = use
+    rc = forward(m, s, &tok, 1, s.logits, False)
+    s.nth = nth
+    if rc == 0:
+        gov_record(s, use, monotonic() - t0)
+    return rc
+
 # ---- the thread governor ----------------------------------------------------------------
 # With a core busy elsewhere, a team of nth threads that splits every matmul evenly runs at
 # the pace of its member that the OS keeps descheduled: slower than one thread alone. The
@@ -319,10 +338,10 @@ cdef int prefill(const model_t* m, state_t* s, const int32_t* ids, int n, float*
 # trying the other setting now and then. The thread count never changes the arithmetic,
 # so neither do its choices.
 cdef enum:
-    GOV_FIRST_TRY = 2          # tokens on nth threads before the first try of one thread
-    GOV_TRY_ONE_EVERY = 64     # while nth threads win: tokens between tries of one thread
-    GOV_TRY_MULTI_MIN = 16     # while one thread wins: tokens between tries of nth, doubling...
-    GOV_TRY_MULTI_MAX = 512    # ...up to this
+    GOV_FIRST_TRY = 1          # tokens on nth threads before the first try of one thread
+    GOV_TRY_ONE_EVERY = 128    # while nth threads win: tokens between tries of one thread
+    GOV_TRY_MULTI_MIN = 32     # while one thread wins: tokens between tries of nth, doubling...
+    GOV_TRY_MULTI_MAX = 1024   # ...up to this
 
 cdef double GOV_MARGIN = 0.9   # the other setting must be 10% faster to take over
 cdef double GOV_JUMP = 2.0     # a token on nth threads this many times the best recent one: try one now
