@@ -255,7 +255,7 @@ class LLM:
                   repeat_penalty, logit_bias, n_probs):
         _number("temperature", temperature, 0, 2)
         _number("top_p", top_p, 0, 1)
-        _number("top_k", top_k, integer=True)
+        _number("top_k", top_k, -(2**31 - 1), 2**31 - 1, integer=True)
         _number("min_p", min_p, 0, 1)
         _number("typical_p", typical_p, 0, 1)
         _number("frequency_penalty", frequency_penalty, -2, 2)
@@ -287,7 +287,7 @@ class LLM:
     def _common(self, n, seed):
         _number("n", n, 1, 16, integer=True)
         if seed is not None:
-            _number("seed", seed, integer=True)
+            _number("seed", seed, 0, 2**64 - 1, integer=True)
         return n, seed
 
     def create_completion(self, prompt: str | list[int], max_tokens: int | None = 16, temperature: float = 0.8,

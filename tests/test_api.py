@@ -112,6 +112,7 @@ def test_huge_max_tokens_ends_at_the_context(tiny):
     ({"temperature": 3}, "temperature"), ({"top_p": -0.1}, "top_p"), ({"max_tokens": -1}, "max_tokens"),
     ({"n": 0}, "n"), ({"logprobs": 21}, "logprobs"), ({"logit_bias": {"x": 1}}, "logit_bias"),
     ({"logit_bias": {"999999": 1}}, "logit_bias"), ({"stop": 5}, "stop"), ({"seed": "a"}, "seed"),
+    ({"seed": -1}, "seed"), ({"top_k": 2**40}, "top_k"),
     ({"max_tokens": True}, "max_tokens"), ({"prompt": []}, "prompt"), ({"prompt": [1, -4]}, "prompt"),
     ({"prompt": "x" * 2000}, "prompt"),
 ])
