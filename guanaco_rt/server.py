@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from .api import LLM, CancelHandle
-from .errors import GuanacoError, InvalidRequestError
+from .errors import InvalidRequestError
 
 log = logging.getLogger("guanaco_rt.server")
 
@@ -164,10 +164,10 @@ def create_app(llm: LLM, api_key: str | None = None, max_queue: int = 64, server
             except (InvalidRequestError, ValueError, TypeError) as e:
                 admission.leave()
                 return error(400, str(e), param=getattr(e, "param", None), code=getattr(e, "code", None))
-            except GuanacoError as e:
+            except Exception as e:                      # a failure of ours: logged, and a 500 without a traceback
                 admission.leave()
-                log.error("request failed: %s", e)
-                return error(500, str(e), type_="server_error")
+                log.error("request failed: %s: %s", type(e).__name__, e)
+                return error(500, f"{type(e).__name__}: {e}", type_="server_error")
             if stream:
                 return StreamingResponse(_sse(request, result, t0), media_type="text/event-stream",
                                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
