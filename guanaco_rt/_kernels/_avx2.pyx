@@ -340,14 +340,30 @@ cdef inline void store4(float* s, int64_t s_stride, const __m256* a, const __m25
     for t in range(4):
         s[t * s_stride] = hsum_float_8(_mm256_add_ps(a[t], b[t]))
 
-cdef inline void q4_0_x4_block(const block_q4_0* x, const block_q8_1** y, int i, __m256* acc) noexcept nogil:
+cdef inline __m256 x4_scales(float dx, const float* ds) noexcept nogil:
+    # dx * [d0 d1 d2 d3] (twice) from a block's packed [d0..d3 s0..s3] (pack_q8_1_x4): one load
+    # and one multiply for the 4 tokens' scales, the same products as dx * y[t].d
+    return _mm256_mul_ps(_mm256_set1_ps(dx), _mm256_broadcast_ps(<const __m128*>ds))
+
+cdef inline void fma4(__m256* acc, __m256 sc, __m256 p0, __m256 p1, __m256 p2, __m256 p3) noexcept nogil:
+    # acc[t] += scale t * p_t, each scale spread to 8 lanes by a permute (not a multiply-port op)
+    acc[0] = _mm256_fmadd_ps(_mm256_permute_ps(sc, 0x00), p0, acc[0])
+    acc[1] = _mm256_fmadd_ps(_mm256_permute_ps(sc, 0x55), p1, acc[1])
+    acc[2] = _mm256_fmadd_ps(_mm256_permute_ps(sc, 0xAA), p2, acc[2])
+    acc[3] = _mm256_fmadd_ps(_mm256_permute_ps(sc, 0xFF), p3, acc[3])
+
+cdef inline __m256 q4_0_x4_pair(__m256i qx, const block_q8_1* y) noexcept nogil:
+    return sum_i16_pairs_float(q4_0_pairs(qx, _mm256_loadu_si256(<const __m256i*>y.qs)))
+
+cdef inline void q4_0_x4_block(const block_q4_0* x, const block_q8_1** y, int i, const float* ds,
+                               __m256* acc) noexcept nogil:
     cdef __m256i qx = bytes_from_nibbles_32(x.qs)
-    cdef float dx = fp16_to_fp32(x.d)
-    cdef int t
-    for t in range(4):
-        acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * y[t][i].d),
-                                 sum_i16_pairs_float(q4_0_pairs(qx, _mm256_loadu_si256(<const __m256i*>y[t][i].qs))),
-                                 acc[t])
+    fma4(acc, x4_scales(fp16_to_fp32(x.d), ds), q4_0_x4_pair(qx, &y[0][i]), q4_0_x4_pair(qx, &y[1][i]),
+         q4_0_x4_pair(qx, &y[2][i]), q4_0_x4_pair(qx, &y[3][i]))
+
+cdef inline const float* x4_packed(const void* vy, int nb) noexcept nogil:
+    # where the group's packed scales start: after the first row's nb blocks (_isa.pxd)
+    return <const float*>(<const uint8_t*>vy + nb * sizeof(block_q8_1))
 
 cdef void vec_dot_q4_0_q8_1_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                                     int64_t y_stride) noexcept nogil:
@@ -359,22 +375,23 @@ cdef void vec_dot_q4_0_q8_1_x4_avx2(int n, float* s, int64_t s_stride, const voi
     rows4(vy, y_stride, <const void**>y)
     zero4(a0)
     zero4(a1)
+    cdef const float* ds = x4_packed(vy, nb)
     for i in range(0, nb - 1, 2):      # even blocks to a0, odd to a1, as the one-row kernel
-        q4_0_x4_block(&x[i], y, i, a0)
-        q4_0_x4_block(&x[i + 1], y, i + 1, a1)
+        q4_0_x4_block(&x[i], y, i, ds + 8 * i, a0)
+        q4_0_x4_block(&x[i + 1], y, i + 1, ds + 8 * (i + 1), a1)
     if nb % 2:
-        q4_0_x4_block(&x[nb - 1], y, nb - 1, a0)
+        q4_0_x4_block(&x[nb - 1], y, nb - 1, ds + 8 * (nb - 1), a0)
     store4(s, s_stride, a0, a1)
 
-cdef inline void signed_x4_block(__m256i qx, float dx, const block_q8_1** y, int i, __m256* acc) noexcept nogil:
+cdef inline __m256 signed_x4_pair(__m256i ax, __m256i qx, const block_q8_1* y) noexcept nogil:
+    return mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y.qs), qx))
+
+cdef inline void signed_x4_block(__m256i qx, float dx, const block_q8_1** y, int i, const float* ds,
+                                 __m256* acc) noexcept nogil:
     # signed weights qx (q8_0, q5_0 - 16): the sign trick of mul_sum_i8_pairs_float, |qx| once
     cdef __m256i ax = _mm256_sign_epi8(qx, qx)
-    cdef int t
-    for t in range(4):
-        acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * y[t][i].d),
-                                 mul_sum_us8_pairs_float(
-                                     ax, _mm256_sign_epi8(_mm256_loadu_si256(<const __m256i*>y[t][i].qs), qx)),
-                                 acc[t])
+    fma4(acc, x4_scales(dx, ds), signed_x4_pair(ax, qx, &y[0][i]), signed_x4_pair(ax, qx, &y[1][i]),
+         signed_x4_pair(ax, qx, &y[2][i]), signed_x4_pair(ax, qx, &y[3][i]))
 
 cdef void vec_dot_q8_0_q8_1_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                                     int64_t y_stride) noexcept nogil:
@@ -386,11 +403,14 @@ cdef void vec_dot_q8_0_q8_1_x4_avx2(int n, float* s, int64_t s_stride, const voi
     rows4(vy, y_stride, <const void**>y)
     zero4(a0)
     zero4(a1)
+    cdef const float* ds = x4_packed(vy, nb)
     for i in range(0, nb - 1, 2):      # even blocks to a0, odd to a1, as the one-row kernel
-        signed_x4_block(_mm256_loadu_si256(<const __m256i*>x[i].qs), fp16_to_fp32(x[i].d), y, i, a0)
-        signed_x4_block(_mm256_loadu_si256(<const __m256i*>x[i + 1].qs), fp16_to_fp32(x[i + 1].d), y, i + 1, a1)
+        signed_x4_block(_mm256_loadu_si256(<const __m256i*>x[i].qs), fp16_to_fp32(x[i].d), y, i, ds + 8 * i, a0)
+        signed_x4_block(_mm256_loadu_si256(<const __m256i*>x[i + 1].qs), fp16_to_fp32(x[i + 1].d), y, i + 1,
+                        ds + 8 * (i + 1), a1)
     if nb % 2:
-        signed_x4_block(_mm256_loadu_si256(<const __m256i*>x[nb - 1].qs), fp16_to_fp32(x[nb - 1].d), y, nb - 1, a0)
+        signed_x4_block(_mm256_loadu_si256(<const __m256i*>x[nb - 1].qs), fp16_to_fp32(x[nb - 1].d), y, nb - 1,
+                        ds + 8 * (nb - 1), a0)
     store4(s, s_stride, a0, a1)
 
 cdef void vec_dot_q5_0_q8_1_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
@@ -399,25 +419,26 @@ cdef void vec_dot_q5_0_q8_1_x4_avx2(int n, float* s, int64_t s_stride, const voi
     cdef const block_q8_1* y[4]
     cdef __m256 acc[4]
     cdef int i, t
+    cdef const float* ds = x4_packed(vy, n // QK8_1)
     rows4(vy, y_stride, <const void**>y)
     zero4(acc)
     for i in range(n // QK8_1):
-        signed_x4_block(q5_0_signed(&x[i]), fp16_to_fp32(x[i].d), y, i, acc)
+        signed_x4_block(q5_0_signed(&x[i]), fp16_to_fp32(x[i].d), y, i, ds + 8 * i, acc)
     for t in range(4):
         s[t * s_stride] = hsum_float_8(acc[t])
 
-cdef inline void unsigned_x4_block(const uint8_t* xb, bint five, const block_q8_1** y, int i, __m256* acc,
-                                   __m128* sm) noexcept nogil:
-    # unsigned_q8_1_block for 4 tokens; their m * s terms in one register (as a float[4],
-    # gcc kept the sums in memory: a store-to-load round trip on every block)
+cdef inline __m256 unsigned_x4_pair(__m256i qx, const block_q8_1* y) noexcept nogil:
+    return mul_sum_us8_pairs_float(qx, _mm256_loadu_si256(<const __m256i*>y.qs))
+
+cdef inline void unsigned_x4_block(const uint8_t* xb, bint five, const block_q8_1** y, int i, const float* ds,
+                                   __m256* acc, __m128* sm) noexcept nogil:
+    # unsigned_q8_1_block for 4 tokens: the scales from the packed [d0..d3 s0..s3] (x4_scales),
+    # and the 4 tokens' m * s terms in one register
     cdef __m256i qx = unsigned_quants(xb, five)
-    cdef float dx = fp16_to_fp32((<const uint16_t*>xb)[0])
-    cdef int t
     sm[0] = _mm_add_ps(sm[0], _mm_mul_ps(_mm_set1_ps(fp16_to_fp32((<const uint16_t*>xb)[1])),
-                                         _mm_set_ps(y[3][i].s, y[2][i].s, y[1][i].s, y[0][i].s)))
-    for t in range(4):
-        acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * y[t][i].d),
-                                 mul_sum_us8_pairs_float(qx, _mm256_loadu_si256(<const __m256i*>y[t][i].qs)), acc[t])
+                                         _mm_loadu_ps(ds + 4)))
+    fma4(acc, x4_scales(fp16_to_fp32((<const uint16_t*>xb)[0]), ds), unsigned_x4_pair(qx, &y[0][i]),
+         unsigned_x4_pair(qx, &y[1][i]), unsigned_x4_pair(qx, &y[2][i]), unsigned_x4_pair(qx, &y[3][i]))
 
 cdef inline void vec_dot_unsigned_q8_1_x4(int n, float* s, int64_t s_stride, const void* vx, int64_t x_size,
                                           bint five, const void* vy, int64_t y_stride) noexcept nogil:
@@ -429,14 +450,15 @@ cdef inline void vec_dot_unsigned_q8_1_x4(int n, float* s, int64_t s_stride, con
     cdef __m128 sm0 = _mm_setzero_ps(), sm1 = _mm_setzero_ps()
     cdef float sms[4]
     cdef int i, t, nb = n // QK8_1
+    cdef const float* ds = x4_packed(vy, nb)
     rows4(vy, y_stride, <const void**>y)
     zero4(a0)
     zero4(a1)
     for i in range(0, nb - 1, 2):
-        unsigned_x4_block(xb + i * x_size, five, y, i, a0, &sm0)
-        unsigned_x4_block(xb + (i + 1) * x_size, five, y, i + 1, a1, &sm1)
+        unsigned_x4_block(xb + i * x_size, five, y, i, ds + 8 * i, a0, &sm0)
+        unsigned_x4_block(xb + (i + 1) * x_size, five, y, i + 1, ds + 8 * (i + 1), a1, &sm1)
     if nb % 2:
-        unsigned_x4_block(xb + (nb - 1) * x_size, five, y, nb - 1, a0, &sm0)
+        unsigned_x4_block(xb + (nb - 1) * x_size, five, y, nb - 1, ds + 8 * (nb - 1), a0, &sm0)
     _mm_storeu_ps(sms, _mm_add_ps(sm0, sm1))
     for t in range(4):
         s[t * s_stride] = hsum_float_8(_mm256_add_ps(a0[t], a1[t])) + sms[t]

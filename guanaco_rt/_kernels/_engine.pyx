@@ -19,7 +19,8 @@ from cpython.pycapsule cimport PyCapsule_GetPointer
 
 import numpy as np
 
-from guanaco_rt._kernels.ggml_blocks cimport GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_COUNT
+from guanaco_rt._kernels.ggml_blocks cimport (GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_Q8_1, GGML_TYPE_COUNT, block_q8_1,
+                                              QK8_1)
 from guanaco_rt._kernels._common cimport gr_openmp_enabled, gr_omp_max_threads, gr_cpu_has_avx2
 from guanaco_rt._kernels._isa cimport isa_kernels_t, vec_dot_fn, vec_dot_x4_fn, ISA_CAPSULE
 from guanaco_rt._kernels._quants cimport type_traits_t, type_traits, row_size, fp32_to_fp16, from_float_fn
@@ -66,6 +67,22 @@ cdef void quantize_rows(const isa_kernels_t* K, uint8_t* out, int64_t out_stride
     else:
         for t in range(n_tok):
             quantize(x + t * n, out + t * out_stride, n)
+    if vt == GGML_TYPE_Q8_1:
+        for t in range(0, n_tok - 3, 4):
+            pack_q8_1_x4(out + t * out_stride, out_stride, n // QK8_1)
+
+cdef void pack_q8_1_x4(uint8_t* rows, int64_t stride, int64_t nb) noexcept nogil:
+    # the scales of 4 q8_1 rows, per block [d0 d1 d2 d3 s0 s1 s2 s3], written after the blocks
+    # of the first row (Q8_1_X4_TAIL): a 4-row kernel loads them with one load, not eight
+    cdef float* dst = <float*>(rows + nb * sizeof(block_q8_1))
+    cdef const block_q8_1* y
+    cdef int64_t i
+    cdef int t
+    for t in range(4):
+        y = <const block_q8_1*>(rows + t * stride)
+        for i in range(nb):
+            dst[8 * i + t] = y[i].d
+            dst[8 * i + 4 + t] = y[i].s
 
 cdef void rows_q(const isa_kernels_t* K, float* out, const tensor_t* W, int64_t lo, int64_t hi,
                  const uint8_t* xq, int64_t xq_stride, int n_tok) noexcept nogil:

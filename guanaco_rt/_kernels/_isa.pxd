@@ -10,7 +10,9 @@ from guanaco_rt._kernels._quants cimport from_float_fn
 # s[0] = <x, y> over n elements: x one weight row, y one activation row in the type's vec_dot_type
 ctypedef void (*vec_dot_fn)(int n, float* s, const void* x, const void* y) noexcept nogil
 # s[t * s_stride] = <x, y + t * y_stride bytes> for t = 0..3: one weight row, 4 activation rows,
-# each token's float operations in the same order as vec_dot's (identical bits)
+# each token's float operations in the same order as vec_dot's (identical bits). With q8_1
+# activations the first row also holds, after its n/32 blocks, the 4 rows' scales packed per
+# block as [d0 d1 d2 d3 s0 s1 s2 s3] (floats; _engine.pack_q8_1_x4 writes them)
 ctypedef void (*vec_dot_x4_fn)(int n, float* s, int64_t s_stride, const void* x, const void* y,
                                int64_t y_stride) noexcept nogil
 # <q, kv[off:off + n]> with kv f32 or f16 (f16 != 0)

@@ -9,6 +9,7 @@ from guanaco_rt._kernels._engine cimport (KernelSet, tensor_t, quantize_rows, ma
                                           softmax, silu_mul, attention, state_t, gov_next, gov_record, gov_reset,
                                           gov_threads)
 from guanaco_rt._kernels._quants cimport type_traits_t, type_traits, row_size
+from guanaco_rt._kernels.ggml_blocks cimport GGML_TYPE_Q8_1
 
 
 cdef const type_traits_t* weight_traits(int t) except NULL:
@@ -45,7 +46,7 @@ def matmul_twin(KernelSet K, int t, const uint8_t[::1] w, int64_t ne0, int64_t n
     if w.shape[0] < row_size(tt, ne0) * ne1:
         raise ValueError(f"{w.shape[0]} bytes < {row_size(tt, ne0) * ne1} needed")
     cdef int n_tok = x.shape[0]
-    cdef int64_t qs = row_size(vt, ne0)
+    cdef int64_t qs = act_stride(tt.vec_dot_type, vt, ne0)
     out = np.zeros((n_tok, ne1), dtype=np.float32)
     act = np.zeros(max(1, n_tok * qs), dtype=np.uint8)
     cdef float[:, ::1] o = out
@@ -74,13 +75,18 @@ def quantize_twin(KernelSet K, int vt, const float[:, ::1] x, int n_threads=1):
         raise ValueError(f"type {vt} is not an activation format")
     if x.shape[1] < 1 or x.shape[1] % tt.blck_size:
         raise ValueError(f"row length {x.shape[1]} is not a multiple of {tt.blck_size}")
-    cdef int64_t qs = row_size(tt, x.shape[1])
+    cdef int64_t qs = act_stride(vt, tt, x.shape[1])
     out = np.zeros((x.shape[0], qs), dtype=np.uint8)
     cdef uint8_t[:, ::1] o = out
     if x.shape[0]:
         with nogil:
             quantize_rows(&K.k, &o[0, 0], qs, &x[0, 0], x.shape[1], x.shape[0], vt, max(1, n_threads))
-    return out
+    return np.ascontiguousarray(out[:, :row_size(tt, x.shape[1])])
+
+
+cdef int64_t act_stride(int vt, const type_traits_t* tt, int64_t n):
+    # bytes per activation row: q8_1 rows keep room for a group's packed scales (pack_q8_1_x4)
+    return row_size(tt, n) + (n if vt == GGML_TYPE_Q8_1 else 0)
 
 
 def rmsnorm_twin(const float[::1] x, const float[::1] w, float eps):
