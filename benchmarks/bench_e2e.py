@@ -111,6 +111,9 @@ def main():
     p.add_argument("--json", default=None, help="also write the raw results here")
     p.add_argument("--model", nargs="+", default=None, metavar="FILE",
                    help="these model files instead of --ftype (e.g. a GGUF file; 'demo': the demo model)")
+    p.add_argument("--pairs", type=int, default=0,
+                   help="instead of the table: N back-to-back pairs of the first runtime and llama.cpp, in "
+                        "alternating order; prints the median and quartiles of the paired ratios")
     p.add_argument("--busy-cores", type=int, default=0,
                    help="keep this many cores busy (a spinning process each) during every run: contention")
     a = p.parse_args()
@@ -122,6 +125,27 @@ def main():
             b.kill()
 
 
+def _paired(a, targets):
+    import statistics
+    mine = a.runtimes[0]
+    for ft, path in targets:
+        path = path or model_path(ft, a.models_dir)
+        ratios = {"prompt_tps": [], "gen_tps": []}
+        for i in range(a.pairs):
+            order = [mine, "llama.cpp"] if i % 2 == 0 else ["llama.cpp", mine]
+            r = {k: run(sys.executable if k.startswith("guanaco_rt") else a.peer_python, k, path, a) for k in order}
+            if any("error" in v for v in r.values()):
+                print(f"{ft}: {r}")
+                return
+            for k in ratios:
+                ratios[k].append(r[mine][k] / r["llama.cpp"][k])
+        out = []
+        for k, v in ratios.items():
+            v = sorted(v)
+            out.append(f"{k.split('_')[0]} {statistics.median(v):.2f} ({v[len(v) // 4]:.2f}-{v[3 * len(v) // 4]:.2f})")
+        print(f"| {ft} | {a.threads} | {a.pairs} | " + " | ".join(out) + " |")
+
+
 def _main(a):
     rows = []
     if a.model:
@@ -129,6 +153,10 @@ def _main(a):
         targets = [(os.path.basename(m), demo_model_path() if m == "demo" else m) for m in a.model]
     else:
         targets = [(ft, None) for ft in a.ftype]
+    if a.pairs:
+        print(f"| model | threads | pairs | {a.runtimes[0]} / llama.cpp prompt: median (quartiles) | generation |")
+        print("|---|---|---|---|---|")
+        return _paired(a, targets)
     for ft, path in targets:
         path = path or model_path(ft, a.models_dir)
         size_gb = os.path.getsize(path) / 1e9
