@@ -47,7 +47,7 @@ from .chat import DEFAULT_STOP, guanaco_prompt
 from .errors import ContextFullError, InvalidRequestError
 from .model import Model, default_threads
 from .sampling import Sampler, SamplingParams
-from .session import Session
+from .session import Session, common_prefix
 
 MAX_TOP_LOGPROBS = 20
 ROLES = ("system", "developer", "user", "assistant")
@@ -95,7 +95,7 @@ class SessionPool:
                 self._line.remove(ticket)
                 self._cond.notify_all()      # the next in line may go now
             if self._free:
-                best = max(range(len(self._free)), key=lambda i: _shared_prefix(self._free[i], ids))
+                best = max(range(len(self._free)), key=lambda i: common_prefix(self._free[i].tokens, ids or []))
                 return self._free.pop(best)
             self._created += 1
         try:
@@ -129,17 +129,6 @@ class SessionPool:
                 s.close()
             self._free.clear()
             self._cond.notify_all()
-
-
-def _shared_prefix(session, ids):
-    if not ids:
-        return 0
-    toks = session.tokens
-    n = min(len(toks), len(ids))
-    i = 0
-    while i < n and toks[i] == ids[i]:
-        i += 1
-    return i
 
 
 # ---- request checks ----------------------------------------------------------------------
@@ -216,9 +205,10 @@ def normalize_messages(messages) -> list[dict]:
 class _Request:
     """One request's checked parameters."""
 
-    def __init__(self, llm, ids, max_tokens, stops, params, seed, n, echo_text=None, chat=False):
+    def __init__(self, llm, ids, max_tokens, stops, params, seed, n, top_n, echo_text=None, chat=False):
         self.llm, self.ids, self.max_tokens, self.stops, self.params = llm, ids, max_tokens, stops, params
         self.seed, self.n, self.echo_text, self.chat = seed, n, echo_text, chat
+        self.top_n = top_n              # log-probabilities: None (not asked for) or how many alternatives
 
 
 class LLM:
@@ -245,9 +235,9 @@ class LLM:
         self.n_ctx = n_ctx
         self.pool = SessionPool(self.model, n_sessions, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads,
                                 kv_f16=kv_f16, template=template)
-        probe = Session(self.model, n_ctx=max(2, min(n_ctx, 16)), template=template)   # checks args early
-        self.template = probe.template          # None: the Guanaco ### Human: format
-        probe.close()
+        first = self.pool.acquire()             # made now: bad settings fail here, not on a request
+        self.template = first.template          # every session's chat format; None: Guanaco's ### Human:
+        self.pool.release(first)
         self.created = int(time.time())
 
     # -- requests -------------------------------------------------------------------------
@@ -321,8 +311,7 @@ class LLM:
         params = self._sampling(temperature, top_p, top_k, min_p, typical_p, frequency_penalty, presence_penalty,
                                 repeat_penalty, logit_bias, 0 if logprobs is None else max(1, logprobs))
         req = _Request(self, ids, self._max_tokens(max_tokens, len(ids), "prompt"), _stops(stop), params, seed, n,
-                       (prompt if isinstance(prompt, str) else self.model.detokenize(ids)) if echo else None)
-        req.top_n = logprobs
+                       logprobs, (prompt if isinstance(prompt, str) else self.model.detokenize(ids)) if echo else None)
         if stream:
             return ChunkStream(req, _include_usage(stream_options))
         return _complete(req, cancel)
@@ -354,8 +343,7 @@ class LLM:
         params = self._sampling(temperature, top_p, top_k, min_p, typical_p, frequency_penalty, presence_penalty,
                                 repeat_penalty, logit_bias, max(1, top_logprobs or 0) if logprobs else 0)
         req = _Request(self, ids, self._max_tokens(max_tokens, len(ids), "messages"), stops, params, seed, n,
-                       chat=True)
-        req.top_n = (top_logprobs or 0) if logprobs else None
+                       (top_logprobs or 0) if logprobs else None, chat=True)
         if stream:
             return ChunkStream(req, _include_usage(stream_options))
         return _complete(req, cancel)
@@ -411,16 +399,15 @@ def _run(session, req, callback_stream=True):
                            n_keep=session.n_keep)
 
 
-def _drain(stream):
-    """Run a TextStream to its end -> GenerationResult (a full context is a 'length' stop)."""
+def _pieces(stream):
+    """A TextStream's pieces; then its GenerationResult is in ``stream.result``, a full
+    context included (that is a 'length' stop here, not an error)."""
     try:
-        for _ in stream:
-            pass
-        return stream.result
+        yield from stream
     except ContextFullError as e:
         if getattr(e, "result", None) is None:
             raise InvalidRequestError(str(e), "prompt", "context_length_exceeded") from None
-        return e.result
+        stream.result = e.result
 
 
 def _token_text(model, tok):
@@ -493,7 +480,9 @@ def _complete(req, handle=None):
         for i in range(req.n):
             stream = _run(s, req, callback_stream=False)
             handle.check(s)
-            res = _drain(stream)
+            for _ in _pieces(stream):
+                pass
+            res = stream.result
             n_completion += len(res.tokens)
             lp = _logprobs(req, res.tokens, res.logprobs or [], res.token_logprobs,
                            len(req.echo_text) if req.echo_text else 0)
@@ -563,17 +552,14 @@ class ChunkStream:
                 handle.check(s)
                 seen, offset = 0, len(req.echo_text or "")
                 try:
-                    try:
-                        for piece in stream:
-                            toks, top, own = stream.tokens_so_far()
-                            lp = _logprobs(req, toks[seen:], (top or [])[seen:], own and own[seen:], offset)
-                            seen, offset = len(toks), offset + len(piece)
-                            yield self._chunk(self._choice(i, piece, lp, None))
-                        res = stream.result
-                    except ContextFullError as e:
-                        res = e.result
+                    for piece in _pieces(stream):
+                        toks, top, own = stream.tokens_so_far()
+                        lp = _logprobs(req, toks[seen:], (top or [])[seen:], own and own[seen:], offset)
+                        seen, offset = len(toks), offset + len(piece)
+                        yield self._chunk(self._choice(i, piece, lp, None))
                 finally:
                     stream.close()
+                res = stream.result
                 n_completion += len(res.tokens)
                 self.finish_reason = _finish(res.finish_reason)
                 yield self._chunk(self._choice(i, "", None, self.finish_reason))

@@ -17,21 +17,23 @@ DEFAULT_STOP = [HUMAN]
 
 
 def format_turn(message, reply=None):
-    """One turn: '### Human: {message}\\n### Assistant:' plus ' {reply}' when answered."""
-    text = f"{HUMAN} {message.strip()}\n{ASSISTANT}"
-    return text + (f" {reply.strip()}" if reply is not None else "")
+    """One turn: '### Human: {message}\n### Assistant:' plus ' {reply}' when answered."""
+    turn = [{"role": "user", "content": message}]
+    if reply is not None:
+        turn.append({"role": "assistant", "content": reply})
+    return guanaco_prompt(turn, default_system="")
 
 
-def guanaco_prompt(messages):
-    """OpenAI-style [{"role", "content"}] messages -> Guanaco prompt text, as Conversation
-    writes it: the system line (the leading system messages, else DEFAULT_SYSTEM), then
+def guanaco_prompt(messages, default_system=DEFAULT_SYSTEM):
+    """[{"role", "content"}] messages (OpenAI's, or Conversation.messages()) -> Guanaco prompt
+    text: the system line (the leading system messages, else ``default_system``), then
     ``### Human:`` / ``### Assistant:`` turns, ending in ``### Assistant:`` (or inside the
-    last assistant message, which the model then continues)."""
+    last assistant message, which the model then continues). The one writer of the format."""
     i, system = 0, []
     while i < len(messages) and messages[i]["role"] == "system":
-        system.append(messages[i]["content"].strip())
+        system.append(messages[i]["content"])
         i += 1
-    system_line = "\n".join(system) if i else DEFAULT_SYSTEM
+    system_line = "\n".join(system) if i else default_system
     parts = [f"{system_line}\n" if system_line else ""]
     for m in messages[i:]:
         if m["role"] == "user":
@@ -53,12 +55,19 @@ class Conversation:
     def system_text(self):
         return f"{self.system}\n" if self.system else ""
 
+    def messages(self, message=None, first_turn=0):
+        """The conversation (turns from ``first_turn`` on) as role/content messages, plus
+        ``message`` as the new user turn; no system message when the system text is empty."""
+        out = [{"role": "system", "content": self.system}] if self.system else []
+        for human, reply in self.turns[first_turn:]:
+            out += [{"role": "user", "content": human}, {"role": "assistant", "content": reply}]
+        if message is not None:
+            out.append({"role": "user", "content": message})
+        return out
+
     def prompt(self, message, first_turn=0):
         """Prompt text for a new ``message`` after the turns from ``first_turn`` on."""
-        parts = [self.system_text()]
-        parts += [format_turn(h, a) + "\n" for h, a in self.turns[first_turn:]]
-        parts.append(format_turn(message))
-        return "".join(parts)
+        return guanaco_prompt(self.messages(message, first_turn), default_system="")
 
     def add(self, message, reply):
         self.turns.append((message, reply))
@@ -101,13 +110,3 @@ class ChatTemplate:
                                         bos_token=self.bos_token, eos_token=self.eos_token)
         except TemplateError as e:
             raise ValueError(f"the chat template failed: {e}") from None
-
-    def messages(self, conv, message=None, first_turn=0):
-        """The conversation (turns from ``first_turn`` on) as role/content messages, plus
-        ``message`` as the new user turn."""
-        out = [{"role": "system", "content": conv.system}] if conv.system else []
-        for human, reply in conv.turns[first_turn:]:
-            out += [{"role": "user", "content": human}, {"role": "assistant", "content": reply}]
-        if message is not None:
-            out.append({"role": "user", "content": message})
-        return out

@@ -58,7 +58,25 @@ def _meta_int(meta, key, lo, hi, default=None):
     return v
 
 
-def _common_prefix(a, b):
+def chat_format(model, template=None):
+    """A model's chat format -> (its source, a ChatTemplate or None for Guanaco's turns).
+    ``template``: "guanaco", a Jinja2 chat template, or None -- the model's own (a GGUF
+    file's tokenizer.chat_template, else Guanaco's)."""
+    if template is None:
+        template = getattr(model.file, "metadata", {}).get("tokenizer.chat_template") or "guanaco"
+    if not isinstance(template, str):
+        raise TypeError(f"template must be a str, got {type(template).__name__}")
+    if template == "guanaco":
+        return template, None
+    # bos_token / eos_token are the tokens' own spellings ("<s>", "<|endoftext|>"), as HF passes them
+    pieces = getattr(model.file, "vocab", {})
+    pieces = pieces.get("tokens", []) if isinstance(pieces, dict) else []
+    spell = [pieces[i] if i is not None and i < len(pieces) else "" for i in
+             (model.tokenizer.bos_id, model.tokenizer.eos_id)]
+    return template, ChatTemplate(template, *spell)
+
+
+def common_prefix(a, b):
     n = min(len(a), len(b))
     i = 0
     while i < n and a[i] == b[i]:
@@ -103,19 +121,7 @@ class Session:
         # results are the same bits either way
         self._state.adaptive_threads = bool(adaptive_threads)
         self.sampler = Sampler(seed)
-        # the chat format: "guanaco", a Jinja2 chat template, or None -- the model's own
-        # (a GGUF file's tokenizer.chat_template, else Guanaco's)
-        if template is None:
-            template = getattr(model.file, "metadata", {}).get("tokenizer.chat_template") or "guanaco"
-        if not isinstance(template, str):
-            raise TypeError(f"template must be a str, got {type(template).__name__}")
-        # bos_token / eos_token are the tokens' own spellings ("<s>", "<|endoftext|>"), as HF passes them
-        pieces = getattr(model.file, "vocab", {})
-        pieces = pieces.get("tokens", []) if isinstance(pieces, dict) else []
-        spell = [pieces[i] if i is not None and i < len(pieces) else "" for i in
-                 (model.tokenizer.bos_id, model.tokenizer.eos_id)]
-        self._template_source = template
-        self.template = None if template == "guanaco" else ChatTemplate(template, *spell)
+        self._template_source, self.template = chat_format(model, template)
         if system is None and self.template is not None:
             system = ""                     # the template's own default, if it has one
         self.conversation = Conversation() if system is None else Conversation(system=system)
@@ -244,7 +250,7 @@ class Session:
     def _prefill(self, ids, timings):
         """Bring the cache to exactly ``ids`` reusing the longest cached prefix."""
         st = self._state
-        common = _common_prefix(st.tokens(), ids)
+        common = common_prefix(st.tokens(), ids)
         timings.reused_tokens = common
         if common == len(ids) == st.n_past and st.has_logits:
             return
@@ -452,7 +458,7 @@ class Session:
         conv = self.conversation
         if self.template is None:
             return self.model.tokenize(conv.prompt(message, first_turn))
-        text = self.template.render(self.template.messages(conv, message, first_turn))
+        text = self.template.render(conv.messages(message, first_turn))
         return self.model.tokenize(text, bos=False, special=True)    # the template writes BOS if it wants one
 
     def _chat_keep(self):
@@ -461,7 +467,7 @@ class Session:
             return len(self.model.tokenize(conv.system_text()))
         if not conv.system:
             return 0
-        text = self.template.render(self.template.messages(conv), add_generation_prompt=False)
+        text = self.template.render(conv.messages(), add_generation_prompt=False)
         return len(self.model.tokenize(text, bos=False, special=True))
 
     # -- state -------------------------------------------------------------------------

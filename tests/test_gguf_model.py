@@ -204,7 +204,7 @@ def test_chat_uses_the_files_template_and_reuses_the_cache(smollm2):
     assert s.template is not None and "<|im_start|>" in s.template.source
     assert s.chat("What is the capital of France?", temperature=0, repetition_penalty=1.0) == \
         "The capital of France is Paris."
-    text = s.template.render(s.template.messages(s.conversation, "Thanks!"))
+    text = s.template.render(s.conversation.messages("Thanks!"))
     assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n")
     assert text.endswith("<|im_start|>user\nThanks!<|im_end|>\n<|im_start|>assistant\n")
     s.chat("Thanks!", max_new_tokens=8, temperature=0)
@@ -220,7 +220,7 @@ def test_templates_run_in_a_sandbox():
     from guanaco_rt.chat import ChatTemplate, Conversation
     t = ChatTemplate("{{ messages[0].content.__class__.__mro__ }}")
     with pytest.raises(ValueError, match="template"):
-        t.render(t.messages(Conversation(system="x")))
+        t.render(Conversation(system="x").messages())
     with pytest.raises(ValueError, match="parse"):
         ChatTemplate("{% for %}")
     boom = ChatTemplate("{{ raise_exception('roles must alternate') }}")
