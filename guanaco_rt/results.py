@@ -70,7 +70,33 @@ class TextStream:
         self._gen.close()
 
 
-_DONE = object()
+DONE = object()
+
+
+def relay(iterable, name):
+    """Iterate ``iterable`` on a thread of its own and hand each item to the running event
+    loop -> (an asyncio.Queue of the items, then DONE or the exception that ended it; the
+    thread). The thread holds only ``iterable``."""
+    loop = asyncio.get_running_loop()
+    queue = asyncio.Queue()
+
+    def post(item):
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:       # the event loop is closed: nobody is listening
+            pass
+
+    def worker():
+        try:
+            for item in iterable:
+                post(item)
+            post(DONE)
+        except BaseException as e:  # handed to the awaiting task
+            post(e)
+
+    thread = threading.Thread(target=worker, name=name, daemon=True)
+    thread.start()
+    return queue, thread
 
 
 class AsyncTextStream:
@@ -92,27 +118,8 @@ class AsyncTextStream:
         return self
 
     def _start(self):
-        loop = asyncio.get_running_loop()
-        queue = asyncio.Queue()
-        stream = self._stream          # the worker must not hold self: dropping self cancels
-
-        def post(item):
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:       # the event loop is closed: nobody is listening
-                pass
-
-        def worker():
-            try:
-                for piece in stream:
-                    post(piece)
-                post(_DONE)
-            except BaseException as e:  # handed to the awaiting task
-                post(e)
-
-        self._queue = queue
-        self._thread = threading.Thread(target=worker, name="guanaco_rt-astream", daemon=True)
-        self._thread.start()
+        # the worker must not hold self (relay's thread holds only the stream): dropping self cancels
+        self._queue, self._thread = relay(self._stream, "guanaco_rt-astream")
 
     async def __anext__(self) -> str:
         if self._ended:
@@ -120,10 +127,10 @@ class AsyncTextStream:
         if self._thread is None:
             self._start()
         item = await self._queue.get()
-        if item is _DONE or isinstance(item, BaseException):
+        if item is DONE or isinstance(item, BaseException):
             self._ended = True
             self.result = self._stream.result
-            if item is _DONE:
+            if item is DONE:
                 raise StopAsyncIteration
             raise item
         return item

@@ -26,6 +26,7 @@ from starlette.routing import Route
 
 from .api import LLM, CancelHandle
 from .errors import InvalidRequestError
+from .results import DONE, relay
 
 log = logging.getLogger("guanaco_rt.server")
 
@@ -179,31 +180,12 @@ def create_app(llm: LLM, api_key: str | None = None, max_queue: int = 64, server
         return handle
 
     async def _sse(request, chunks, t0):
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        done = object()
-
-        def post(item):
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:              # the loop is gone
-                pass
-
-        def work():
-            try:
-                for c in chunks:
-                    post(c)
-                post(done)
-            except BaseException as e:       # sent to the client as an error event
-                post(e)
-
-        thread = threading.Thread(target=work, name="guanaco_rt-stream", daemon=True)
-        thread.start()
+        queue, thread = relay(chunks, "guanaco_rt-stream")     # an exception is sent as an error event
         ended = False
         try:
             while True:
                 item = await queue.get()
-                if item is done:
+                if item is DONE:
                     ended = True
                     yield "data: [DONE]\n\n"
                     break
