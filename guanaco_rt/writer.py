@@ -196,12 +196,11 @@ def write_random_model(path, ftype="q4_0", n_vocab=None, n_embd=256, n_mult=256,
     tmp = os.fspath(path) + ".tmp"
     with GGJTWriter(tmp) as w:
         w.write_header(hp, vocab)
-        order = _file_order(expected_shapes(hp))
-        total = sum(_tensor_nbytes(tensor_type_for(ftype, n, sh, _layer(n), n_layer), sh) for n, sh in order)
+        plan = [(name, shape, tensor_type_for(ftype, name, shape, _layer(name), n_layer))
+                for name, shape in _file_order(expected_shapes(hp))]
+        total = sum(_data_nbytes(ttype, shape) for _, shape, ttype in plan)
         done = 0
-        for name, shape in order:
-            layer = int(name.split(".")[1]) if name.startswith("layers.") else 0
-            ttype = tensor_type_for(ftype, name, shape, layer, n_layer)
+        for name, shape, ttype in plan:
             if len(shape) == 1:
                 data = (1.0 + 0.1 * rng.standard_normal(shape[0], dtype=np.float32)).astype("<f4").tobytes()
             else:
@@ -220,10 +219,11 @@ def _layer(name):
     return int(name.split(".")[1]) if name.startswith("layers.") else 0
 
 
-def _tensor_nbytes(ttype, shape):
-    t = GGML_TYPES[ttype]
-    n = int(np.prod(shape))
-    return 4 * n if len(shape) == 1 else n // t.blck_size * t.type_size
+def _data_nbytes(ttype, shape):
+    # what write_random_model writes for a tensor: 1-D ones (the norms) as f32
+    if len(shape) == 1:
+        return 4 * shape[0]
+    return GGML_TYPES[ttype].row_bytes(shape[0]) * int(np.prod(shape[1:]))
 
 
 def _file_order(shapes):
