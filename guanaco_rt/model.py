@@ -190,9 +190,7 @@ class Model:
         user text cannot inject control tokens."""
         if eos is None:
             eos = getattr(self.tokenizer, "add_eos", False)
-        if special:
-            return self.tokenizer.encode(text, bos=bos, eos=eos, special=True)
-        return self.tokenizer.encode(text, bos=bos, eos=eos)
+        return self.tokenizer.encode(text, bos=bos, eos=eos, special=special)
 
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids)

@@ -1,5 +1,7 @@
-"""Small model files for tests, written once per session by guanaco_rt's own writer."""
+"""Small model files for tests, written once per session by guanaco_rt's own writer; a
+free localhost port for the server tests."""
 import os
+import socket
 import struct
 
 import numpy as np
@@ -68,3 +70,10 @@ def sample(sampler, logits, history, p):
     """One draw of the C chain through its twin -> (token id, top log-probs or None)."""
     logits = np.ascontiguousarray(logits, np.float32)
     return sampler.core(p, logits.size).sample(logits, np.asarray(history, np.int32))
+
+
+def free_port():
+    """A localhost TCP port nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

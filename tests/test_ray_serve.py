@@ -3,10 +3,11 @@ cluster: 2 replicas behind Serve's proxy, driven with the openai client. Run alo
 ``pytest -m ray``."""
 import collections
 import os
-import socket
 import time
 
 import pytest
+
+from helpers import free_port
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
@@ -16,11 +17,6 @@ httpx = pytest.importorskip("httpx")
 pytestmark = pytest.mark.ray
 NO_END = {"0": -100, "1": -100, "2": -100}
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,12 @@
 README cannot rot. The server's are run against a live server in test_server.py."""
 import os
 import re
-import socket
 import subprocess
 import sys
 
 import pytest
+
+from helpers import free_port
 
 README = os.path.join(os.path.dirname(__file__), "..", "README.md")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -48,9 +49,7 @@ def test_langchain_snippet(smollm2):
 @pytest.mark.ray
 def test_ray_serve_snippet(smollm2):
     pytest.importorskip("ray.serve")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     code = python_block("Ray Serve").replace('"model.gguf"', repr(smollm2)).replace('"port": 8000', f'"port": {port}')
     code = code.replace("ray.init()", "ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)")
     code += f"""

@@ -5,12 +5,13 @@ import concurrent.futures
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
+
+from helpers import free_port
 
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
@@ -21,11 +22,6 @@ NO_END = {"0": -100, "1": -100, "2": -100}      # <|endoftext|>, <|im_start|>, <
 FRANCE = [{"role": "system", "content": "You are a helpful assistant."},
           {"role": "user", "content": "What is the capital of France?"}]
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
