@@ -73,7 +73,7 @@ cdef void quantize_rows(const isa_kernels_t* K, uint8_t* out, int64_t out_stride
 
 cdef void pack_q8_1_x4(uint8_t* rows, int64_t stride, int64_t nb) noexcept nogil:
     # the scales of 4 q8_1 rows, per block [d0 d1 d2 d3 s0 s1 s2 s3], written after the blocks
-    # of the first row (Q8_1_X4_TAIL): a 4-row kernel loads them with one load, not eight
+    # of the first row (the layout _isa.pxd gives vec_dot_x4): a 4-row kernel loads them at once
     cdef float* dst = <float*>(rows + nb * sizeof(block_q8_1))
     cdef const block_q8_1* y
     cdef int64_t i
@@ -574,7 +574,8 @@ cdef class State:
         self.att = np.zeros((m.n_head, n_ctx), np.float32)
         self.hb = np.zeros((n_batch, m.n_ff), np.float32)
         self.hb2 = np.zeros((n_batch, m.n_ff), np.float32)
-        # activations of any format take at most 4 bytes per element (f32 for f16 weights)
+        # activations of any format take at most 4 bytes per element (f32 for f16 weights; q8_1
+        # 1.25, plus 1 in the first row of a group of 4 for its packed scales, pack_q8_1_x4)
         self.s.act_stride = max(m.n_embd, m.n_ff) * 4
         self.act = np.zeros(n_batch * self.s.act_stride, np.uint8)
         self.s.n_ctx = n_ctx
