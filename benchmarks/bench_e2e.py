@@ -4,6 +4,12 @@ same 7B-shape random-weight file, same thread count, each runtime in its own pro
 
     python benchmarks/bench_e2e.py --ftype q4_0 q4_K_M --threads 2 [--peer-python PY]
 
+Against the current llama.cpp (a recent llama-cpp-python in --peer-python), on GGUF copies
+of the same tensors (guanaco_rt.writer.ggjt_to_gguf):
+
+    python benchmarks/bench_e2e.py --gguf --ftype q4_0 q4_K_M q8_0 q2_K q5_K_M q6_K \
+        --runtimes guanaco_rt llama.cpp --peer-python PY --repeat 3
+
 The file is written with guanaco_rt's writer if missing (benchmarks/models/). Peers
 are looked up in --peer-python (default: this interpreter); a missing peer is skipped.
 Prints a Markdown table with the ratios to llama.cpp (else to the first runtime).
@@ -67,13 +73,21 @@ print(json.dumps({"load_s": load, "prompt_tps": n_prompt / tp, "gen_tps": n_gen 
 '''
 
 
-def model_path(ftype, models_dir):
+def model_path(ftype, models_dir, gguf=False):
     path = os.path.join(models_dir, f"random-7B.ggmlv3.{ftype}.bin")
+    copy = os.path.join(models_dir, f"random-7B.{ftype}.gguf")
+    if gguf and os.path.exists(copy):
+        return copy
     if not os.path.exists(path):
         from guanaco_rt.writer import write_random_model
         os.makedirs(models_dir, exist_ok=True)
         print(f"writing {path} ...", file=sys.stderr)
         write_random_model(path, ftype, n_vocab=32000, n_embd=4096, n_mult=256, n_head=32, n_layer=32, seed=7)
+    if gguf:
+        from guanaco_rt.writer import ggjt_to_gguf
+        print(f"writing {copy} ...", file=sys.stderr)
+        ggjt_to_gguf(path, copy)
+        return copy
     return path
 
 
@@ -114,6 +128,9 @@ def main():
     p.add_argument("--pairs", type=int, default=0,
                    help="instead of the table: N back-to-back pairs of the first runtime and llama.cpp, in "
                         "alternating order; prints the median and quartiles of the paired ratios")
+    p.add_argument("--gguf", action="store_true",
+                   help="every runtime reads a GGUF copy of the --ftype file (written beside it once): the "
+                        "current llama.cpp reads GGUF only")
     p.add_argument("--busy-cores", type=int, default=0,
                    help="keep this many cores busy (a spinning process each) during every run: contention")
     a = p.parse_args()
@@ -129,7 +146,7 @@ def _paired(a, targets):
     import statistics
     mine = a.runtimes[0]
     for ft, path in targets:
-        path = path or model_path(ft, a.models_dir)
+        path = path or model_path(ft, a.models_dir, a.gguf)
         ratios = {"prompt_tps": [], "gen_tps": []}
         for i in range(a.pairs):
             order = [mine, "llama.cpp"] if i % 2 == 0 else ["llama.cpp", mine]
@@ -158,7 +175,7 @@ def _main(a):
         print("|---|---|---|---|---|")
         return _paired(a, targets)
     for ft, path in targets:
-        path = path or model_path(ft, a.models_dir)
+        path = path or model_path(ft, a.models_dir, a.gguf)
         size_gb = os.path.getsize(path) / 1e9
         res = {}
         # the runtimes take turns, repeat by repeat: this machine's speed drifts by up to 1.5x

@@ -139,3 +139,34 @@ def tensor_type_for(ftype_name, name, shape, layer, n_layer):
         if ftype_name == "q3_K_L":
             return Q5_K
     return t
+
+
+# ---- row-interleaved copies (ggml_blocks.h: block_q4_0x8, block_q4_1x8) -------------
+# The engine interleaves each 8 rows of a q4_0 / q4_1 weight at load, for kernels that put
+# 8 rows in the 8 lanes of one register; these two functions are the layout's spec.
+R8_TYPES = (2, 3)   # Q4_0, Q4_1
+
+
+def _r8_parts(ttype):
+    hdr = 4 if ttype == 3 else 2           # d (and m), f16 each, before the 16 bytes of qs
+    return hdr, hdr + 16
+
+
+def interleave_r8(raw, ttype, ne0, ne1):
+    """Bytes of a (ne1 rows of ne0) q4_0/q4_1 tensor -> the same bytes, each 8 rows interleaved."""
+    hdr, bs = _r8_parts(ttype)
+    nb = ne0 // 32
+    b = np.frombuffer(raw, np.uint8).reshape(ne1 // 8, 8, nb, bs)          # group, row, block, byte
+    scales = b[..., :hdr].reshape(ne1 // 8, 8, nb, hdr // 2, 2).transpose(0, 2, 3, 1, 4)  # g, i, d|m, r, 2
+    qs = b[..., hdr:].reshape(ne1 // 8, 8, nb, 4, 4).transpose(0, 2, 3, 1, 4)          # g, i, k, r, j
+    return np.concatenate([scales.reshape(ne1 // 8, nb, -1), qs.reshape(ne1 // 8, nb, -1)], axis=2).tobytes()
+
+
+def deinterleave_r8(raw, ttype, ne0, ne1):
+    """The inverse of interleave_r8: the tensor's bytes as the file has them."""
+    hdr, bs = _r8_parts(ttype)
+    nb = ne0 // 32
+    b = np.frombuffer(raw, np.uint8).reshape(ne1 // 8, nb, 8 * bs)
+    scales = b[..., :8 * hdr].reshape(ne1 // 8, nb, hdr // 2, 8, 2).transpose(0, 3, 1, 2, 4)  # g, r, i, d|m, 2
+    qs = b[..., 8 * hdr:].reshape(ne1 // 8, nb, 4, 8, 4).transpose(0, 3, 1, 2, 4)             # g, r, i, k, j
+    return np.concatenate([scales.reshape(ne1 // 8, 8, nb, hdr), qs.reshape(ne1 // 8, 8, nb, 16)], axis=3).tobytes()

@@ -7,6 +7,7 @@ Sessions in any number of threads; holds no per-conversation state.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import time
 from typing import Sequence
@@ -19,6 +20,7 @@ from ._kernels.dispatch import default_kernels, kernel_set
 from .bpe import BPETokenizer
 from .errors import ModelClosedError, ModelFileChangedError
 from .ggml_file import open_mmap, parse
+from .ggml_types import deinterleave_r8
 from .tokenizer import Tokenizer
 
 log = logging.getLogger("guanaco_rt")
@@ -109,11 +111,15 @@ def _gguf_tokenizer(vocab, path):
 class Model:
     """A LLaMA/Guanaco model from a ggjt v3 ``.bin`` file.
 
-    The weights stay in a read-only mmap: nothing is copied or dequantized at load. The
-    file must not change while the Model is open: each evaluation first checks its size,
-    mtime and inode and raises ModelFileChangedError if they moved (a truncation under a
-    live mapping would otherwise kill the process with SIGBUS). ``mmap=False`` reads the
-    file into memory instead (no such check, the file can change freely; costs RAM).
+    The weights stay in a read-only mmap; nothing is dequantized at load. The q4_0 and
+    q4_1 matrices, when the kernels have 8-row variants for them (AVX2), are the exception:
+    each 8 rows are interleaved at load into memory of their own (``repacked_bytes``), and
+    the file pages they came from are handed back, so the process holds one copy, never
+    two. The file must not change while the Model is open: each evaluation first checks
+    its size, mtime and inode and raises ModelFileChangedError if they moved (a truncation
+    under a live mapping would otherwise kill the process with SIGBUS). ``mmap=False``
+    reads the file into memory instead (no such check, the file can change freely; costs
+    RAM; the interleaving then happens in place).
     ``n_threads`` is the default for sessions on this model (None: GUANACO_RT_THREADS or
     the physical cores). ``isa`` picks the kernels ("generic", "avx2"); None: the best
     this CPU runs, or GUANACO_RT_ISA.
@@ -139,17 +145,39 @@ class Model:
             self._buf = np.frombuffer(self._mm, dtype=np.uint8)
             specs = {name: (t.offset, t.type, t.shape[0], t.n_rows) for name, t in self.file.tensors.items()}
             ks = default_kernels() if isa is None else kernel_set(isa)
-            self._engine = Engine(self.hparams.as_dict(), self._buf, specs, ks, eps, **rope)
+            self._fingerprint = None
+            inplace = None
+            if not self.mmap:
+                self.fingerprint                 # of the file's bytes, before any are interleaved
+                inplace = np.frombuffer(self._mm.obj, dtype=np.uint8)
+            self._engine = Engine(self.hparams.as_dict(), self._buf, specs, ks, eps, inplace=inplace,
+                                  n_threads=self.n_threads, **rope)
+            self._repacked = {off for off, _ in self._engine.repacked}
+            if self.mmap:
+                self._release(self._engine.repacked)
         except BaseException:
             self._buf = None
             if hasattr(self._mm, "close"):
                 self._mm.close()
             raise
         self.eps = eps
-        self._fingerprint = None
         self.load_time = time.perf_counter() - t0
-        log.info("loaded %s: %s, %d layers, %.2f GB in %.3f s", self.path, self.hparams.ftype_name,
-                 self.hparams.n_layer, size / 1e9, self.load_time)
+        log.info("loaded %s: %s, %d layers, %.2f GB (%.2f GB interleaved) in %.3f s", self.path,
+                 self.hparams.ftype_name, self.hparams.n_layer, size / 1e9, self.repacked_bytes / 1e9, self.load_time)
+
+    def _release(self, ranges):
+        # the engine reads its own interleaved copies of these: drop the file's pages from
+        # this process (they stay in the page cache, and come back if tensor_data reads them)
+        page = mmap.PAGESIZE
+        for off, n in ranges:
+            lo, hi = -(-off // page) * page, (off + n) // page * page
+            if hi > lo:
+                self._mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+    @property
+    def repacked_bytes(self) -> int:
+        """Bytes of weights interleaved at load (held in memory rather than read from the file)."""
+        return sum(n for _, n in self._engine.repacked) if self._engine is not None else 0
 
     @property
     def closed(self) -> bool:
@@ -215,9 +243,13 @@ class Model:
         return self._fingerprint
 
     def tensor_data(self, name: str) -> np.ndarray:
-        """A read-only uint8 view of one tensor's bytes in the mmap."""
+        """One tensor's bytes as the file has them (uint8, read-only): a view into the mmap, or,
+        for a tensor interleaved in place (``mmap=False``), a copy put back in file order."""
         t = self.file.tensors[name]
-        return self._buf[t.offset:t.offset + t.nbytes]
+        data = self._buf[t.offset:t.offset + t.nbytes]
+        if not self.mmap and t.offset in self._repacked:
+            data = np.frombuffer(deinterleave_r8(data, t.type, t.shape[0], t.n_rows), np.uint8)
+        return data
 
     def close(self) -> None:
         """Release the mapping once no session uses it any more (garbage collection does too)."""

@@ -231,3 +231,65 @@ def _file_order(shapes):
     names = list(shapes)
     head = ["tok_embeddings.weight", "norm.weight", "output.weight"]
     return [(n, shapes[n]) for n in head] + [(n, shapes[n]) for n in names if n not in head]
+
+
+def ggjt_to_gguf(src, dst, eps=1e-6, n_ctx=2048):
+    """Write a GGUF v3 copy of the ggjt v3 file ``src`` to ``dst``: the same tensor bytes
+    under GGUF's names, the hparams as ``llama.*`` keys (``eps``: the RMSNorm epsilon, which
+    ggjt files do not store; guanaco_rt and the 2023 llama.cpp use 1e-6) and the vocab
+    rebuilt into SentencePiece pieces and types. Needs the ``gguf`` package. Both files then
+    give the same logits.
+
+    Tensors are copied as they are: the ggjt Q/K rows are already in the order GGUF's llama
+    files use (ggml's RoPE on adjacent pairs).
+    """
+    import gguf
+
+    from .ggml_file import open_mmap, parse
+    from .gguf_model import LAYER_NAMES, NAMES
+    from .tokenizer import rebuild_pieces
+
+    src = os.fspath(src)
+    mm, _, _ = open_mmap(src)
+    try:
+        f = parse(src, mm)
+        hp = f.hparams
+        to_gguf = {v: k for k, v in NAMES.items()}
+        to_gguf.update({f"{v}.weight": f"{k}.weight" for k, v in LAYER_NAMES.items()})
+        tmp = os.fspath(dst) + ".tmp"
+        w = gguf.GGUFWriter(tmp, "llama")
+        w.add_name(os.path.basename(src))
+        w.add_file_type(hp.ftype)
+        w.add_context_length(n_ctx)
+        w.add_embedding_length(hp.n_embd)
+        w.add_block_count(hp.n_layer)
+        w.add_feed_forward_length(hp.n_ff)
+        w.add_head_count(hp.n_head)
+        w.add_head_count_kv(hp.n_head)
+        w.add_rope_dimension_count(hp.n_rot)
+        w.add_layer_norm_rms_eps(eps)
+        pieces = rebuild_pieces(f.vocab, src)
+        w.add_tokenizer_model("llama")
+        w.add_token_list([p for p, _, _ in pieces])
+        w.add_token_scores([s for _, s, _ in pieces])
+        w.add_token_types([t for _, _, t in pieces])
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+        w.add_unk_token_id(0)
+        buf = np.frombuffer(mm, np.uint8)
+        for name, t in f.tensors.items():
+            layer = name.split(".", 2)
+            gname = f"blk.{layer[1]}.{to_gguf[layer[2]]}" if layer[0] == "layers" else to_gguf[name]
+            data = buf[t.offset:t.offset + t.nbytes]
+            if t.type == F32:
+                w.add_tensor(gname, data.view(np.float32).reshape(tuple(reversed(t.shape))))
+            else:
+                w.add_tensor(gname, data.reshape(t.n_rows, -1), raw_dtype=gguf.GGMLQuantizationType(t.type))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        del buf, data, w
+        os.replace(tmp, dst)
+    finally:
+        mm.close()

@@ -55,10 +55,12 @@ def test_logits_match_reference_and_peer(root, ftype, shape):
     assert cosine(ours, ref).min() > MIN_COS
     # the same arithmetic as the engine (activations through q8): only float rounding
     # separates them, except where a value sits on a rounding edge of the 8-bit
-    # quantization and one step flips; that moves at most a few positions by ~1%
+    # quantization and one step flips. A flip moves its position by ~1%, and every later
+    # one through the KV cache, so only the first position is held to float rounding (the
+    # kernels' own arithmetic is checked exactly in test_kernels and test_repack)
     qref = ReferenceModel(m, quantize_acts=True).forward(TOKENS)
     e = rel_err(ours, qref, scale)
-    assert np.median(e) < 1e-6 and e.max() < 0.02, e
+    assert e[0] < 1e-6 and e.max() < 0.02, e
     peer = ctransformers_logits(path, TOKENS)
     assert rel_err(ours, peer, scale).max() < PEER_TOL[ftype]
     assert cosine(ours, peer).min() > MIN_COS

@@ -7,7 +7,8 @@ Same math as the generic unit, 32 bytes at a time: integer products with maddubs
 sub-block. They agree with the generic kernels up to float summation order
 (tests/test_isa.py).
 """
-from libc.stdint cimport uint8_t, int8_t, uint16_t, int64_t
+from libc.stdint cimport uint8_t, int8_t, uint16_t, int32_t, int64_t
+from libc.string cimport memcpy
 from cpython.pycapsule cimport PyCapsule_New
 
 from guanaco_rt._kernels.ggml_blocks cimport *
@@ -471,6 +472,87 @@ cdef void vec_dot_q5_1_q8_1_x4_avx2(int n, float* s, int64_t s_stride, const voi
                                     int64_t y_stride) noexcept nogil:
     vec_dot_unsigned_q8_1_x4(n, s, s_stride, vx, sizeof(block_q5_1), True, vy, y_stride)
 
+# ---- 8 weight rows at once: the row-interleaved copies (ggml_blocks.h, block_q4_0x8) -----
+# Lane r of every register is row r: 4 weights of the row against 4 activation bytes
+# broadcast to all lanes, so the sums need no horizontal reduction and one float FMA covers
+# 8 rows. The same inline body serves 1 and 4 tokens (T is a literal at each call), giving
+# each (row, token) the same operations in the same order.
+
+cdef inline __m256i bcast4(const int8_t* p) noexcept nogil:
+    # 4 activation bytes into every 32-bit lane
+    cdef int32_t v
+    memcpy(&v, p, 4)
+    return _mm256_set1_epi32(v)
+
+cdef inline void r8_sums(const uint8_t* qs, const block_q8_1** y, int i, int T, __m256i* sum16) noexcept nogil:
+    # sum16[t] (16 x i16, lanes 2r and 2r+1 from row r) adds up to row r's sum of q * y_t over
+    # block i. i16 holds it: 8 maddubs lanes of at most 2 * 15 * 127 each
+    cdef __m256i m4 = _mm256_set1_epi8(0x0F)
+    cdef __m256i p, lo, hi
+    cdef int k, t
+    for t in range(T):
+        sum16[t] = _mm256_setzero_si256()
+    for k in range(4):
+        p = _mm256_loadu_si256(<const __m256i*>(qs + 32 * k))
+        lo = _mm256_and_si256(p, m4)                         # weights 4k..4k+3 of each row
+        hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4)   # weights 16+4k..16+4k+3
+        for t in range(T):
+            sum16[t] = _mm256_add_epi16(sum16[t], _mm256_add_epi16(
+                _mm256_maddubs_epi16(lo, bcast4(y[t][i].qs + 4 * k)),
+                _mm256_maddubs_epi16(hi, bcast4(y[t][i].qs + 16 + 4 * k))))
+
+cdef inline void dot_r8_tokens(int n, float* s, int64_t s_stride, const uint8_t* xb, int64_t x_size, bint has_m,
+                               const void* vy, int64_t y_stride, int T) noexcept nogil:
+    # x = d * q + m with q unsigned 4-bit: q4_1 (has_m), or q4_0 with m = -8 d.
+    # acc: d * dy * sum(q y) per block; accm, its own chain: m * s (s = dy * sum(y), q8_1).
+    cdef const block_q8_1* y[4]
+    cdef __m256i sum16[4]
+    cdef __m256 acc[4]
+    cdef __m256 accm[4]
+    cdef __m256i ones = _mm256_set1_epi16(1)
+    cdef __m256 d8, m8
+    cdef const uint8_t* blk
+    cdef int64_t qs_off = 32 if has_m else 16
+    cdef int i, t, nb = n // QK8_1
+    for t in range(T):
+        y[t] = <const block_q8_1*>(<const uint8_t*>vy + t * y_stride)
+        acc[t] = _mm256_setzero_ps()
+        accm[t] = _mm256_setzero_ps()
+    for i in range(nb):
+        blk = xb + i * x_size
+        r8_sums(blk + qs_off, y, i, T, sum16)
+        d8 = _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>blk))
+        for t in range(T):
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d8, _mm256_set1_ps(y[t][i].d)),
+                                     _mm256_cvtepi32_ps(_mm256_madd_epi16(sum16[t], ones)), acc[t])
+    # the minimum's term in a second pass over the (now cached) scales: fewer live registers
+    for i in range(nb):
+        blk = xb + i * x_size
+        if has_m:
+            m8 = _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>(blk + 16)))
+        else:
+            m8 = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>blk)), _mm256_set1_ps(-8.0))
+        for t in range(T):
+            accm[t] = _mm256_fmadd_ps(m8, _mm256_set1_ps(y[t][i].s), accm[t])
+    for t in range(T):
+        _mm256_storeu_ps(s + t * s_stride, _mm256_add_ps(acc[t], accm[t]))
+
+cdef void dot_r8_q4_0_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                           int64_t y_stride) noexcept nogil:
+    dot_r8_tokens(n, s, s_stride, <const uint8_t*>vx, sizeof(block_q4_0x8), False, vy, y_stride, 1)
+
+cdef void dot_r8_x4_q4_0_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                              int64_t y_stride) noexcept nogil:
+    dot_r8_tokens(n, s, s_stride, <const uint8_t*>vx, sizeof(block_q4_0x8), False, vy, y_stride, 4)
+
+cdef void dot_r8_q4_1_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                           int64_t y_stride) noexcept nogil:
+    dot_r8_tokens(n, s, s_stride, <const uint8_t*>vx, sizeof(block_q4_1x8), True, vy, y_stride, 1)
+
+cdef void dot_r8_x4_q4_1_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                              int64_t y_stride) noexcept nogil:
+    dot_r8_tokens(n, s, s_stride, <const uint8_t*>vx, sizeof(block_q4_1x8), True, vy, y_stride, 4)
+
 cdef void vec_dot_q4_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                                     int64_t y_stride) noexcept nogil:
     cdef const block_q4_K* x = <const block_q4_K*>vx
@@ -659,6 +741,10 @@ TABLE.types[GGML_TYPE_Q4_0].vec_dot = vec_dot_q4_0_q8_1_avx2
 TABLE.types[GGML_TYPE_Q4_0].vec_dot_x4 = vec_dot_q4_0_q8_1_x4_avx2
 TABLE.types[GGML_TYPE_Q4_1].vec_dot = vec_dot_q4_1_q8_1_avx2
 TABLE.types[GGML_TYPE_Q4_1].vec_dot_x4 = vec_dot_q4_1_q8_1_x4_avx2
+TABLE.types[GGML_TYPE_Q4_0].dot_r8 = dot_r8_q4_0_avx2
+TABLE.types[GGML_TYPE_Q4_0].dot_r8_x4 = dot_r8_x4_q4_0_avx2
+TABLE.types[GGML_TYPE_Q4_1].dot_r8 = dot_r8_q4_1_avx2
+TABLE.types[GGML_TYPE_Q4_1].dot_r8_x4 = dot_r8_x4_q4_1_avx2
 TABLE.types[GGML_TYPE_Q5_0].vec_dot = vec_dot_q5_0_q8_1_avx2
 TABLE.types[GGML_TYPE_Q5_0].vec_dot_x4 = vec_dot_q5_0_q8_1_x4_avx2
 TABLE.types[GGML_TYPE_Q5_1].vec_dot = vec_dot_q5_1_q8_1_avx2

@@ -12,6 +12,7 @@ cdef struct tensor_t:
     int64_t ne0                  # row length (input dim)
     int64_t ne1                  # rows (output dim)
     int64_t nb1                  # bytes per row
+    int r8                       # 1: each 8 rows interleaved (block_q4_0x8, ...; repack_r8), not in the mmap
 
 cdef struct layer_t:
     tensor_t wq, wo              # (n_embd rows of n_embd)
@@ -73,6 +74,9 @@ cdef class Engine:
     cdef model_t m
     cdef readonly KernelSet kernels
     cdef const uint8_t[::1] buf
+    cdef list copies                 # the arrays that hold interleaved tensors (repack_r8)
+    cdef readonly list repacked      # (byte offset in buf, bytes) of every tensor interleaved at load
+    cdef _interleave(self, tensor_t* t, object inplace, int nth)
     cdef double[::1] freqs
 
 cdef class State:
@@ -87,6 +91,8 @@ cdef class State:
 
 cdef void quantize_rows(const isa_kernels_t* K, uint8_t* out, int64_t out_stride, const float* x, int64_t n,
                         int n_tok, int vt, int nth) noexcept nogil
+cdef void repack_r8(uint8_t* dst, const uint8_t* src, int type, int64_t nb, int64_t nb1, int64_t ne1,
+                    int nth) noexcept nogil
 cdef void matmul_q(const isa_kernels_t* K, float** outs, const tensor_t** Ws, int nw,
                    const uint8_t* xq, int64_t xq_stride, int n_tok, int nth) noexcept nogil
 cdef double monotonic() noexcept nogil

@@ -19,10 +19,10 @@ from cpython.pycapsule cimport PyCapsule_GetPointer
 
 import numpy as np
 
-from guanaco_rt._kernels.ggml_blocks cimport (GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_Q8_1, GGML_TYPE_COUNT, block_q8_1,
-                                              QK8_1)
+from guanaco_rt._kernels.ggml_blocks cimport (GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_Q4_1, GGML_TYPE_Q8_1,
+                                              GGML_TYPE_COUNT, block_q8_1, QK8_1)
 from guanaco_rt._kernels._common cimport gr_openmp_enabled, gr_omp_max_threads, gr_cpu_has_avx2
-from guanaco_rt._kernels._isa cimport isa_kernels_t, vec_dot_fn, vec_dot_x4_fn, ISA_CAPSULE
+from guanaco_rt._kernels._isa cimport isa_kernels_t, vec_dot_fn, vec_dot_x4_fn, dot_r8_fn, ISA_CAPSULE
 from guanaco_rt._kernels._quants cimport type_traits_t, type_traits, row_size, fp32_to_fp16, from_float_fn
 
 cdef enum:
@@ -84,17 +84,47 @@ cdef void pack_q8_1_x4(uint8_t* rows, int64_t stride, int64_t nb) noexcept nogil
             dst[8 * i + t] = y[i].d
             dst[8 * i + 4 + t] = y[i].s
 
+cdef void repack_r8(uint8_t* dst, const uint8_t* src, int type, int64_t nb, int64_t nb1, int64_t ne1,
+                    int nth) noexcept nogil:
+    # W (ne1 rows of nb1 bytes: nb blocks of q4_0 or q4_1) -> dst, each 8 rows interleaved as
+    # ggml_blocks.h lays out block_q4_0x8 / block_q4_1x8: group g's nb blocks at dst + 8 g nb1
+    cdef int64_t g, i
+    cdef int r, k
+    cdef int hdr = 4 if type == GGML_TYPE_Q4_1 else 2       # d (and m) before qs in a block
+    cdef int64_t bs = hdr + 16, xs = 8 * bs
+    cdef uint8_t* o
+    cdef const uint8_t* b
+    for g in prange(ne1 // 8, schedule='static', num_threads=nth):
+        for i in range(nb):
+            o = dst + (g * nb + i) * xs
+            for r in range(8):
+                b = src + (8 * g + r) * nb1 + i * bs
+                memcpy(o + 2 * r, b, 2)                  # d[r]
+                if hdr == 4:
+                    memcpy(o + 16 + 2 * r, b + 2, 2)     # m[r]
+                for k in range(4):
+                    memcpy(o + 8 * hdr + 32 * k + 4 * r, b + hdr + 4 * k, 4)
+
 cdef void rows_q(const isa_kernels_t* K, float* out, const tensor_t* W, int64_t lo, int64_t hi,
                  const uint8_t* xq, int64_t xq_stride, int n_tok) noexcept nogil:
     # rows lo..hi-1 of W (ne1, ne0) @ xq (n_tok, ne0)^T -> out (n_tok, ne1). Each weight row
-    # is read once and dotted with every token while in L1.
+    # (or interleaved group of 8, lo and hi then multiples of 8) is read once and dotted with
+    # every token while in L1.
     cdef int64_t i
     cdef int t, t4
     cdef vec_dot_fn dot = K.types[W.type].vec_dot
     cdef vec_dot_x4_fn dot4 = K.types[W.type].vec_dot_x4
+    cdef dot_r8_fn r8 = K.types[W.type].dot_r8, r8x4 = K.types[W.type].dot_r8_x4
     cdef int n = <int>W.ne0
     cdef int64_t out_stride = W.ne1
-    cdef int n4 = (n_tok // 4) * 4 if dot4 != NULL else 0
+    cdef int n4 = (n_tok // 4) * 4 if (dot4 != NULL or W.r8) else 0
+    if W.r8:
+        for i in range(lo, hi, 8):
+            for t4 in range(0, n4, 4):
+                r8x4(n, out + t4 * out_stride + i, out_stride, W.data + i * W.nb1, xq + t4 * xq_stride, xq_stride)
+            for t in range(n4, n_tok):
+                r8(n, out + t * out_stride + i, out_stride, W.data + i * W.nb1, xq + t * xq_stride, xq_stride)
+        return
     for i in range(lo, hi):
         for t4 in range(0, n4, 4):
             dot4(n, out + t4 * out_stride + i, out_stride, W.data + i * W.nb1, xq + t4 * xq_stride, xq_stride)
@@ -121,6 +151,8 @@ cdef void matmul_q(const isa_kernels_t* K, float** outs, const tensor_t** Ws, in
     for c in prange(nth, schedule='static', num_threads=nth):
         for w in range(nw):
             per = (Ws[w].ne1 + nth - 1) // nth
+            if Ws[w].r8:            # whole groups of 8 interleaved rows
+                per = (per + 7) // 8 * 8
             if c * per < Ws[w].ne1:
                 rows_q(K, outs[w], Ws[w], c * per, min(Ws[w].ne1, (c + 1) * per), xq, xq_stride, n_tok)
 
@@ -466,6 +498,7 @@ cdef tensor_t make_tensor(const uint8_t[::1] buf, str name, tuple spec) except *
     if off < 0 or off + t.nb1 * ne1 > buf.shape[0]:
         raise ValueError(f"{name}: bytes [{off}, {off + t.nb1 * ne1}) outside the {buf.shape[0]}-byte buffer")
     t.data = &buf[off] if t.nb1 * ne1 else NULL
+    t.r8 = 0
     return t
 
 cdef const float* f32_vector(const uint8_t[::1] buf, str name, tuple spec, int n) except NULL:
@@ -483,12 +516,21 @@ cdef class Engine:
     """The model's weights as C pointers into one read-only buffer, with the kernels to
     run them. ``tensors`` maps each tensor name to (byte offset in ``buf``, ggml type,
     ne0, ne1). Read-only, shared by any number of States.
+
+    With ``repack``, the weight matrices whose type the kernel set has 8-row kernels for
+    (dot_r8) get each 8 rows interleaved at load, on ``n_threads`` threads: into arrays of
+    their own, or, given ``inplace`` (a writable view of the memory ``buf`` shows, which the
+    caller owns), over their own bytes. ``repacked`` lists the (offset, bytes) ranges of
+    ``buf`` that the engine no longer reads. The token embeddings (and a tied output) stay
+    as they are: rows of them are looked up one at a time.
     """
 
     def __cinit__(self, dict hparams, const uint8_t[::1] buf, dict tensors, KernelSet kernels, float eps=1e-6,
-                  double rope_base=10000.0, double rope_freq_scale=1.0):
+                  double rope_base=10000.0, double rope_freq_scale=1.0, bint repack=True, object inplace=None,
+                  int n_threads=1):
         cdef int l, E, Ekv, i
         cdef layer_t* L
+        cdef tensor_t* ws[7]
         self.m.layers = NULL
         self.buf = buf
         self.kernels = kernels
@@ -542,6 +584,37 @@ cdef class Engine:
             check_matrix(L.w2, p + "feed_forward.w2.weight", self.m.n_ff, E)
             L.attention_norm = f32_vector(buf, p + "attention_norm.weight", tensors[p + "attention_norm.weight"], E)
             L.ffn_norm = f32_vector(buf, p + "ffn_norm.weight", tensors[p + "ffn_norm.weight"], E)
+        self.copies = []
+        self.repacked = []
+        if not repack:
+            return
+        for l in range(self.m.n_layer):
+            L = &self.m.layers[l]
+            ws[0], ws[1], ws[2], ws[3], ws[4], ws[5], ws[6] = &L.wq, &L.wk, &L.wv, &L.wo, &L.w1, &L.w3, &L.w2
+            for i in range(7):
+                self._interleave(ws[i], inplace, n_threads)
+        if out_spec is not tensors["tok_embeddings.weight"]:
+            self._interleave(&self.m.output, inplace, n_threads)
+
+    cdef _interleave(self, tensor_t* t, object inplace, int nth):
+        # t's rows, 8 at a time, into the layout of its dot_r8 kernel (repack_r8)
+        cdef int64_t off = t.data - &self.buf[0], n = t.nb1 * t.ne1
+        cdef uint8_t[::1] dst, scratch
+        cdef const uint8_t* src = t.data
+        if self.m.k.types[t.type].dot_r8 == NULL or t.ne1 % 8:
+            return
+        if inplace is not None:
+            dst = inplace[off:off + n]
+            scratch = np.array(dst)          # one tensor's worth
+            src = &scratch[0]
+        else:
+            dst = np.empty(n, np.uint8)
+            self.copies.append(dst)
+        with nogil:
+            repack_r8(&dst[0], src, t.type, t.ne0 // QK8_1, t.nb1, t.ne1, nth)
+        t.data = &dst[0]
+        t.r8 = 1
+        self.repacked.append((off, n))
 
     def __dealloc__(self):
         free(self.m.layers)

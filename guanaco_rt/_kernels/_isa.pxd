@@ -15,6 +15,12 @@ ctypedef void (*vec_dot_fn)(int n, float* s, const void* x, const void* y) noexc
 # block as [d0 d1 d2 d3 s0 s1 s2 s3] (floats; _engine.pack_q8_1_x4 writes them)
 ctypedef void (*vec_dot_x4_fn)(int n, float* s, int64_t s_stride, const void* x, const void* y,
                                int64_t y_stride) noexcept nogil
+# s[t * s_stride + r] = <row r of x, y + t * y_stride bytes> for r = 0..7 and t = 0..T-1 (T = 1
+# for dot_r8, 4 for dot_r8_x4): x is one group of 8 rows in the row-interleaved layout
+# (block_q4_0x8, ...; _engine.repack_r8 makes it), y rows of q8_1. Both give each (row, token)
+# the same float operations in the same order (identical bits)
+ctypedef void (*dot_r8_fn)(int n, float* s, int64_t s_stride, const void* x, const void* y,
+                           int64_t y_stride) noexcept nogil
 # <q, kv[off:off + n]> with kv f32 or f16 (f16 != 0)
 ctypedef float (*kv_dot_fn)(const float* q, const void* kv, int64_t off, int n, int f16) noexcept nogil
 # out += a * kv[off:off + n]
@@ -23,6 +29,9 @@ ctypedef void (*kv_axpy_fn)(float* out, float a, const void* kv, int64_t off, in
 cdef struct type_kernels_t:
     vec_dot_fn vec_dot          # NULL: not specialised (generic: not a weight type)
     vec_dot_x4_fn vec_dot_x4    # NULL: vec_dot per activation row
+    # NULL: rows stay as the file has them; else the engine interleaves each 8 rows at load
+    dot_r8_fn dot_r8
+    dot_r8_fn dot_r8_x4
     # activation formats: NULL means the block format's own quantizer (_quants); a unit's
     # must write the same bytes
     from_float_fn quantize

@@ -5,9 +5,9 @@ from libc.stdint cimport uint8_t, int64_t
 
 import numpy as np
 
-from guanaco_rt._kernels._engine cimport (KernelSet, tensor_t, quantize_rows, matmul_q, rmsnorm, rope, rope_freqs,
-                                          softmax, silu_mul, attention, state_t, gov_next, gov_record, gov_reset,
-                                          gov_threads)
+from guanaco_rt._kernels._engine cimport (KernelSet, tensor_t, quantize_rows, matmul_q, repack_r8, rmsnorm, rope,
+                                          rope_freqs, softmax, silu_mul, attention, state_t, gov_next, gov_record,
+                                          gov_reset, gov_threads)
 from guanaco_rt._kernels._quants cimport type_traits_t, type_traits, row_size
 from guanaco_rt._kernels.ggml_blocks cimport GGML_TYPE_Q8_1
 
@@ -35,8 +35,10 @@ def vec_dot(KernelSet K, int t, const uint8_t[::1] w, const uint8_t[::1] yq, int
 
 
 def matmul_twin(KernelSet K, int t, const uint8_t[::1] w, int64_t ne0, int64_t ne1, const float[:, ::1] x,
-                int n_threads=1):
-    """W (ne1 rows of ne0, type t) @ x (n_tok, ne0)^T -> (n_tok, ne1), activations quantized as the engine does"""
+                int n_threads=1, bint interleave=False):
+    """W (ne1 rows of ne0, type t) @ x (n_tok, ne0)^T -> (n_tok, ne1), activations quantized as the engine does.
+    ``interleave``: W's rows interleaved 8 at a time first, as the engine does at load (the
+    kernel set must have 8-row kernels for t, and ne1 be a multiple of 8)"""
     cdef const type_traits_t* tt = weight_traits(t)
     cdef const type_traits_t* vt = type_traits(tt.vec_dot_type)
     if x.shape[1] != ne0:
@@ -54,17 +56,39 @@ def matmul_twin(KernelSet K, int t, const uint8_t[::1] w, int64_t ne0, int64_t n
     cdef tensor_t W
     cdef const tensor_t* wp = &W
     cdef float* op
+    cdef uint8_t[::1] pk
     W.data = &w[0]
     W.tt = tt
     W.type = t
     W.ne0 = ne0
     W.ne1 = ne1
     W.nb1 = row_size(tt, ne0)
+    W.r8 = 0
+    if interleave:
+        if K.k.types[t].dot_r8 == NULL or ne1 % 8:
+            raise ValueError(f"no 8-row kernels for type {t} in {K.isa}, or {ne1} rows not a multiple of 8")
+        packed = np.empty(W.nb1 * ne1, np.uint8)
+        pk = packed
+        repack_r8(&pk[0], W.data, t, ne0 // tt.blck_size, W.nb1, ne1, 1)
+        W.data = &pk[0]
+        W.r8 = 1
     if n_tok:
         with nogil:
             quantize_rows(&K.k, &a[0], qs, &x[0, 0], ne0, n_tok, tt.vec_dot_type, max(1, n_threads))
             op = &o[0, 0]
             matmul_q(&K.k, &op, &wp, 1, &a[0], qs, n_tok, max(1, n_threads))
+    return out
+
+
+def repack_twin(int t, const uint8_t[::1] w, int64_t ne0, int64_t ne1, int n_threads=1):
+    """W (ne1 rows of ne0, q4_0 or q4_1) with each 8 rows interleaved, as the engine does at load"""
+    cdef const type_traits_t* tt = weight_traits(t)
+    if t not in (2, 3) or ne1 % 8 or ne0 < 1 or ne0 % tt.blck_size or w.shape[0] != row_size(tt, ne0) * ne1:
+        raise ValueError(f"type {t}, shape ({ne0}, {ne1}), {w.shape[0]} bytes: not an interleavable q4_0/q4_1 tensor")
+    out = np.empty(w.shape[0], np.uint8)
+    cdef uint8_t[::1] o = out
+    with nogil:
+        repack_r8(&o[0], &w[0], t, ne0 // tt.blck_size, row_size(tt, ne0), ne1, max(1, n_threads))
     return out
 
 

@@ -50,6 +50,7 @@ cdef extern from "immintrin.h" nogil:
     __m256i _mm256_sub_epi8(__m256i, __m256i)
     __m256i _mm256_add_epi32(__m256i, __m256i)
     __m256i _mm256_sub_epi16(__m256i, __m256i)
+    __m256i _mm256_add_epi16(__m256i, __m256i)
     __m256i _mm256_srl_epi16(__m256i, __m128i)
     __m256i _mm256_sll_epi16(__m256i, __m128i)
     __m256i _mm256_srli_epi16(__m256i, int)

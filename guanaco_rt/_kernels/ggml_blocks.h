@@ -78,6 +78,14 @@ typedef struct { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K 
  * scale is chosen from the signed maximum). bsums[j] = sum of qs[16j:16j+16]. */
 typedef struct { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; } block_q8_K;
 
+/* Row-interleaved copies of q4_0 / q4_1, made at load (never stored in a file): block i of
+ * 8 consecutive rows r = 0..7 in one struct, so a kernel gets 8 rows' dot products in the 8
+ * lanes of one register. d[r] (and m[r]) are row r's; qs[32*k + 4*r + j] = row r's
+ * qs[4*k + j] (k, j = 0..3), i.e. weights 4k+j (low nibble) and 16+4k+j (high nibble).
+ * Same size as the 8 blocks they replace. */
+typedef struct { ggml_fp16_t d[8]; uint8_t qs[8 * QK4_0 / 2]; } block_q4_0x8;
+typedef struct { ggml_fp16_t d[8]; ggml_fp16_t m[8]; uint8_t qs[8 * QK4_1 / 2]; } block_q4_1x8;
+
 #pragma pack(pop)
 
 _Static_assert(sizeof(block_q4_0) == 18, "block_q4_0: wrong size/padding");
@@ -92,5 +100,7 @@ _Static_assert(sizeof(block_q4_K) == 144, "block_q4_K: wrong size/padding");
 _Static_assert(sizeof(block_q5_K) == 176, "block_q5_K: wrong size/padding");
 _Static_assert(sizeof(block_q6_K) == 210, "block_q6_K: wrong size/padding");
 _Static_assert(sizeof(block_q8_K) == 292, "block_q8_K: wrong size/padding");
+_Static_assert(sizeof(block_q4_0x8) == 8 * sizeof(block_q4_0), "block_q4_0x8: wrong size/padding");
+_Static_assert(sizeof(block_q4_1x8) == 8 * sizeof(block_q4_1), "block_q4_1x8: wrong size/padding");
 
 #endif

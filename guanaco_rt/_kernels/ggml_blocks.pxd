@@ -69,6 +69,13 @@ cdef extern from "ggml_blocks.h" nogil:
         float d
         int8_t qs[256]
         int16_t bsums[16]
+    ctypedef struct block_q4_0x8:
+        ggml_fp16_t d[8]
+        uint8_t qs[128]
+    ctypedef struct block_q4_1x8:
+        ggml_fp16_t d[8]
+        ggml_fp16_t m[8]
+        uint8_t qs[128]
 
 cdef enum:  # ggml_type ids, as the files store them
     GGML_TYPE_F32 = 0

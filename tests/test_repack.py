@@ -1,0 +1,106 @@
+"""The row-interleaved weights (ggml_blocks.h: block_q4_0x8, block_q4_1x8). The engine's
+interleaving agrees with the NumPy spec (ggml_types.interleave_r8); the 8-row kernels agree
+with the exact-arithmetic reference and give every (row, token) the same bits whether the
+tokens come 1 or 4 at a time and on any thread count; a Model interleaves what it says, the
+same way with or without mmap, and still shows the file's bytes."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import guanaco_rt
+from guanaco_rt import ggml_types as T
+from guanaco_rt._kernels import _quants as Q
+from guanaco_rt._kernels import _twins as E
+from guanaco_rt._kernels.dispatch import available_isas, kernel_set
+
+from helpers import tiny_model
+from strategies import blocks, vectors
+
+R8_ISAS = [isa for isa in available_isas() if isa != "generic"]
+pytestmark = pytest.mark.skipif(not R8_ISAS, reason="no unit with 8-row kernels runs on this CPU")
+R8 = pytest.mark.parametrize("ttype", T.R8_TYPES, ids=lambda t: T.GGML_TYPES[t].name)
+
+
+@pytest.fixture(scope="module")
+def K():
+    return kernel_set(R8_ISAS[0])
+
+
+def weights(data, ttype, ne0, ne1):
+    raw = b"".join(data.draw(blocks(ttype, n_blocks=ne0 // 32))[0] for _ in range(ne1))
+    return np.frombuffer(raw, np.uint8)
+
+
+@R8
+@given(data=st.data(), nb=st.integers(1, 5), groups=st.integers(1, 4), nth=st.integers(1, 3))
+@settings(max_examples=30)
+def test_interleaving_follows_the_spec_and_undoes(ttype, data, nb, groups, nth):
+    w = weights(data, ttype, 32 * nb, 8 * groups)
+    packed = E.repack_twin(ttype, w, 32 * nb, 8 * groups, nth)
+    assert packed.tobytes() == T.interleave_r8(w.tobytes(), ttype, 32 * nb, 8 * groups)
+    assert T.deinterleave_r8(packed.tobytes(), ttype, 32 * nb, 8 * groups) == w.tobytes()
+
+
+@R8
+@given(data=st.data(), nb=st.integers(1, 6), groups=st.integers(1, 3), n_tok=st.integers(1, 9))
+@settings(max_examples=40)
+def test_8_row_kernels_match_the_exact_reference(K, ttype, data, nb, groups, n_tok):
+    ne0, ne1 = 32 * nb, 8 * groups
+    w = weights(data, ttype, ne0, ne1)
+    x = np.stack([data.draw(vectors(ne0)) for _ in range(n_tok)]).astype(np.float32)
+    out = E.matmul_twin(K, ttype, w, ne0, ne1, x, interleave=True)
+    # dequantized weights times the dequantized 8-bit activations, in float64
+    wf = Q.dequantize(ttype, w, ne0 * ne1).astype(np.float64).reshape(ne1, ne0)
+    af = np.stack([Q.dequantize(T.Q8_1, Q.quantize(T.Q8_1, r), ne0).astype(np.float64) for r in x])
+    exact = af @ wf.T
+    bound = 4e-6 * (np.abs(af) @ np.abs(wf).T) + 1e-30
+    assert (np.abs(out - exact) <= bound).all()
+
+
+@R8
+@given(data=st.data(), nb=st.integers(1, 4), groups=st.integers(1, 5), n_tok=st.integers(2, 11))
+@settings(max_examples=25)
+def test_8_row_kernels_give_the_same_bits_one_token_or_four_and_on_any_thread_count(K, ttype, data, nb, groups,
+                                                                                     n_tok):
+    ne0, ne1 = 32 * nb, 8 * groups
+    w = weights(data, ttype, ne0, ne1)
+    x = np.stack([data.draw(vectors(ne0)) for _ in range(n_tok)]).astype(np.float32)
+    batch = E.matmul_twin(K, ttype, w, ne0, ne1, x, interleave=True)
+    one_by_one = np.concatenate([E.matmul_twin(K, ttype, w, ne0, ne1, x[t:t + 1], interleave=True)
+                                 for t in range(n_tok)])
+    assert np.array_equal(batch, one_by_one)
+    assert np.array_equal(batch, E.matmul_twin(K, ttype, w, ne0, ne1, x, n_threads=3, interleave=True))
+
+
+def test_only_q4_0_and_q4_1_interleave(K):
+    w = np.zeros(8 * 34, np.uint8)
+    with pytest.raises(ValueError, match="no 8-row kernels"):
+        E.matmul_twin(K, T.Q8_0, w, 32, 8, np.zeros((1, 32), np.float32), interleave=True)
+    with pytest.raises(ValueError, match="not an interleavable"):
+        E.repack_twin(T.Q4_0, np.zeros(7 * 18, np.uint8), 32, 7)
+
+
+@pytest.mark.parametrize("ftype", ["q4_0", "q4_1"])
+def test_models_interleave_the_same_with_and_without_mmap(tmp_path_factory, ftype):
+    path = tiny_model(tmp_path_factory.mktemp("r8"), ftype)
+    tokens = [1, 5, 60, 7, 250, 9, 10]
+    mapped = guanaco_rt.Model(path)
+    inmem = guanaco_rt.Model(path, mmap=False)
+    generic = guanaco_rt.Model(path, isa="generic")
+    layers = [n for n in mapped.file.tensors if n.startswith("layers.") and mapped.file.tensors[n].n_rows > 1]
+    expected = sum(mapped.file.tensors[n].nbytes for n in layers)
+    assert mapped.repacked_bytes == inmem.repacked_bytes == expected
+    assert generic.repacked_bytes == 0
+    for name in mapped.file.tensors:
+        assert np.array_equal(mapped.tensor_data(name), inmem.tensor_data(name)), name
+    assert mapped.fingerprint == inmem.fingerprint == generic.fingerprint
+    a = guanaco_rt.Session(mapped, n_ctx=32).eval(tokens, all_logits=True)
+    b = guanaco_rt.Session(inmem, n_ctx=32).eval(tokens, all_logits=True)
+    assert np.array_equal(a, b)
+    # a state saved on one loads on the other
+    s = guanaco_rt.Session(mapped, n_ctx=32)
+    s.eval(tokens)
+    t = guanaco_rt.Session(inmem, n_ctx=32)
+    t.load_state(s.save_state())
+    assert np.array_equal(s.eval([11]), t.eval([11]))
