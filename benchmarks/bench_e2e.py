@@ -99,10 +99,20 @@ def warm_page_cache(path):
             pass
 
 
+def vocab_size(path):
+    # from the header alone: a Model here would interleave weights in this process, and its
+    # peak RSS would carry over into every runner forked from it (ru_maxrss survives exec)
+    from guanaco_rt import gguf_file, gguf_model
+    from guanaco_rt.ggml_file import open_mmap, parse
+    mm, _, _ = open_mmap(path)
+    if gguf_file.is_gguf(mm):
+        return gguf_model.load(gguf_file.parse(path, mm)).hparams.n_vocab
+    return parse(path, mm).hparams.n_vocab
+
+
 def run(python, kind, path, a):
     warm_page_cache(path)
-    import guanaco_rt
-    n_vocab = guanaco_rt.Model(path, n_threads=1).n_vocab      # prompt ids drawn from this model's vocab
+    n_vocab = vocab_size(path)      # prompt ids drawn from this model's vocab
     cmd = [python, "-c", RUNNER, kind, path, str(a.threads), str(a.n_prompt), str(a.n_gen), str(a.n_batch),
            str(n_vocab)]
     r = subprocess.run(cmd, capture_output=True, text=True)

@@ -151,10 +151,8 @@ class Model:
                 self.fingerprint                 # of the file's bytes, before any are interleaved
                 inplace = np.frombuffer(self._mm.obj, dtype=np.uint8)
             self._engine = Engine(self.hparams.as_dict(), self._buf, specs, ks, eps, inplace=inplace,
-                                  n_threads=self.n_threads, **rope)
+                                  n_threads=self.n_threads, release=self._release if self.mmap else None, **rope)
             self._repacked = {off for off, _ in self._engine.repacked}
-            if self.mmap:
-                self._release(self._engine.repacked)
         except BaseException:
             self._buf = None
             if hasattr(self._mm, "close"):
@@ -165,14 +163,13 @@ class Model:
         log.info("loaded %s: %s, %d layers, %.2f GB (%.2f GB interleaved) in %.3f s", self.path,
                  self.hparams.ftype_name, self.hparams.n_layer, size / 1e9, self.repacked_bytes / 1e9, self.load_time)
 
-    def _release(self, ranges):
-        # the engine reads its own interleaved copies of these: drop the file's pages from
-        # this process (they stay in the page cache, and come back if tensor_data reads them)
+    def _release(self, off, n):
+        # the engine reads its own interleaved copy of these bytes now: drop the file's pages
+        # from this process (they stay in the page cache, and come back if tensor_data reads them)
         page = mmap.PAGESIZE
-        for off, n in ranges:
-            lo, hi = -(-off // page) * page, (off + n) // page * page
-            if hi > lo:
-                self._mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+        lo, hi = -(-off // page) * page, (off + n) // page * page
+        if hi > lo:
+            self._mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
     @property
     def repacked_bytes(self) -> int:

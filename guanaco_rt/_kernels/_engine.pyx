@@ -521,13 +521,15 @@ cdef class Engine:
     (dot_r8) get each 8 rows interleaved at load, on ``n_threads`` threads: into arrays of
     their own, or, given ``inplace`` (a writable view of the memory ``buf`` shows, which the
     caller owns), over their own bytes. ``repacked`` lists the (offset, bytes) ranges of
-    ``buf`` that the engine no longer reads. The token embeddings (and a tied output) stay
-    as they are: rows of them are looked up one at a time.
+    ``buf`` that the engine no longer reads; ``release(offset, bytes)``, if given, is called
+    with each as soon as it is done (the caller can then drop those pages: no two copies at
+    once). The token embeddings (and a tied output) stay as they are: rows of them are
+    looked up one at a time.
     """
 
     def __cinit__(self, dict hparams, const uint8_t[::1] buf, dict tensors, KernelSet kernels, float eps=1e-6,
                   double rope_base=10000.0, double rope_freq_scale=1.0, bint repack=True, object inplace=None,
-                  int n_threads=1):
+                  int n_threads=1, object release=None):
         cdef int l, E, Ekv, i
         cdef layer_t* L
         cdef tensor_t* ws[7]
@@ -592,11 +594,11 @@ cdef class Engine:
             L = &self.m.layers[l]
             ws[0], ws[1], ws[2], ws[3], ws[4], ws[5], ws[6] = &L.wq, &L.wk, &L.wv, &L.wo, &L.w1, &L.w3, &L.w2
             for i in range(7):
-                self._interleave(ws[i], inplace, n_threads)
+                self._interleave(ws[i], inplace, n_threads, release)
         if out_spec is not tensors["tok_embeddings.weight"]:
-            self._interleave(&self.m.output, inplace, n_threads)
+            self._interleave(&self.m.output, inplace, n_threads, release)
 
-    cdef _interleave(self, tensor_t* t, object inplace, int nth):
+    cdef _interleave(self, tensor_t* t, object inplace, int nth, object release):
         # t's rows, 8 at a time, into the layout of its dot_r8 kernel (repack_r8)
         cdef int64_t off = t.data - &self.buf[0], n = t.nb1 * t.ne1
         cdef uint8_t[::1] dst, scratch
@@ -615,6 +617,8 @@ cdef class Engine:
         t.data = &dst[0]
         t.r8 = 1
         self.repacked.append((off, n))
+        if release is not None:
+            release(off, n)
 
     def __dealloc__(self):
         free(self.m.layers)
