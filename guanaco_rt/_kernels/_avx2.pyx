@@ -594,6 +594,155 @@ cdef void vec_dot_q4_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const voi
     for t in range(4):
         s[t * s_stride] = hsum_float_8(acc[t]) - hsum_float_8(accm[t])
 
+cdef inline void k_madd4(__m256i sc, __m256i q, const block_q8_K** y, int i, int off, __m256i* sumi) noexcept nogil:
+    # sumi[t] += k_madd(sc, q, bytes off.. of token t's block i), t = 0..3
+    cdef int t
+    for t in range(4):
+        sumi[t] = _mm256_add_epi32(sumi[t], k_madd(sc, q, y[t][i].qs + off))
+
+cdef void vec_dot_q2_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                                    int64_t y_stride) noexcept nogil:
+    # vec_dot_q2_K_q8_K_avx2 for 4 tokens: each 2-bit chunk and its scales decoded once
+    cdef const block_q2_K* x = <const block_q2_K*>vx
+    cdef const block_q8_K* y[4]
+    cdef __m256 acc[4]
+    cdef __m256 accm[4]
+    cdef __m256i sumi[4]
+    cdef __m256i m3 = _mm256_set1_epi8(3)
+    cdef __m128i m4 = _mm_set1_epi8(0xF)
+    cdef __m256i shuf[4]
+    cdef __m256i q2bits, scales, mins, half
+    cdef __m128i raw
+    cdef float dx, dmx
+    cdef int i, j, k, t
+    rows4(vy, y_stride, <const void**>y)
+    zero4(acc)
+    zero4(accm)
+    for k in range(4):
+        shuf[k] = pair_shuffle(k)
+    for i in range(n // QK_K):
+        raw = _mm_loadu_si128(<const __m128i*>x[i].scales)
+        mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), m4))
+        scales = _mm256_cvtepu8_epi16(_mm_and_si128(raw, m4))
+        dx = _cvtsh_ss(x[i].d)
+        dmx = _cvtsh_ss(x[i].dmin)
+        for t in range(4):
+            accm[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * dmx), _mm256_cvtepi32_ps(
+                _mm256_madd_epi16(mins, _mm256_loadu_si256(<const __m256i*>y[t][i].bsums))), accm[t])
+            sumi[t] = _mm256_setzero_si256()
+        for j in range(2):
+            if j == 0:
+                half = _mm256_set_m128i(_mm256_castsi256_si128(scales), _mm256_castsi256_si128(scales))
+            else:
+                half = _mm256_set_m128i(_mm256_extracti128_si256(scales, 1), _mm256_extracti128_si256(scales, 1))
+            q2bits = _mm256_loadu_si256(<const __m256i*>(x[i].qs + 32 * j))
+            k_madd4(_mm256_shuffle_epi8(half, shuf[0]), q2_chunk(q2bits, 0, m3), y, i, 128 * j, sumi)
+            k_madd4(_mm256_shuffle_epi8(half, shuf[1]), q2_chunk(q2bits, 1, m3), y, i, 128 * j + 32, sumi)
+            k_madd4(_mm256_shuffle_epi8(half, shuf[2]), q2_chunk(q2bits, 2, m3), y, i, 128 * j + 64, sumi)
+            k_madd4(_mm256_shuffle_epi8(half, shuf[3]), q2_chunk(q2bits, 3, m3), y, i, 128 * j + 96, sumi)
+        for t in range(4):
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * dx), _mm256_cvtepi32_ps(sumi[t]), acc[t])
+    for t in range(4):
+        s[t * s_stride] = hsum_float_8(acc[t]) - hsum_float_8(accm[t])
+
+cdef void vec_dot_q3_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                                    int64_t y_stride) noexcept nogil:
+    # q3_K_block_sumi for 4 tokens: each chunk of 3-bit weights and its scales decoded once
+    cdef const block_q3_K* x = <const block_q3_K*>vx
+    cdef const block_q8_K* y[4]
+    cdef __m256 acc[4]
+    cdef __m256i sumi[4]
+    cdef __m256i m3 = _mm256_set1_epi8(3)
+    cdef __m256i shuf[4]
+    cdef __m256i scales, hbits, lo, hi, q0, q1
+    cdef float dx
+    cdef int i, k, t
+    rows4(vy, y_stride, <const void**>y)
+    zero4(acc)
+    for k in range(4):
+        shuf[k] = pair_shuffle(k)
+    for i in range(n // QK_K):
+        scales = q3_K_scales16(x[i].scales)
+        hbits = _mm256_loadu_si256(<const __m256i*>x[i].hmask)
+        lo = _mm256_permute2x128_si256(scales, scales, 0x00)
+        hi = _mm256_permute2x128_si256(scales, scales, 0x11)
+        q0 = _mm256_loadu_si256(<const __m256i*>x[i].qs)
+        q1 = _mm256_loadu_si256(<const __m256i*>(x[i].qs + 32))
+        for t in range(4):
+            sumi[t] = _mm256_setzero_si256()
+        # the 8 chunks as in q3_K_block_sumi (literal bit indices)
+        k_madd4(_mm256_shuffle_epi8(lo, shuf[0]), _mm256_or_si256(q2_chunk(q0, 0, m3), q3_hbit4(hbits, 0)), y, i, 0, sumi)
+        k_madd4(_mm256_shuffle_epi8(lo, shuf[1]), _mm256_or_si256(q2_chunk(q0, 1, m3), q3_hbit4(hbits, 1)), y, i, 32,
+                sumi)
+        k_madd4(_mm256_shuffle_epi8(lo, shuf[2]), _mm256_or_si256(q2_chunk(q0, 2, m3), q3_hbit4(hbits, 2)), y, i, 64,
+                sumi)
+        k_madd4(_mm256_shuffle_epi8(lo, shuf[3]), _mm256_or_si256(q2_chunk(q0, 3, m3), q3_hbit4(hbits, 3)), y, i, 96,
+                sumi)
+        k_madd4(_mm256_shuffle_epi8(hi, shuf[0]), _mm256_or_si256(q2_chunk(q1, 0, m3), q3_hbit4(hbits, 4)), y, i, 128,
+                sumi)
+        k_madd4(_mm256_shuffle_epi8(hi, shuf[1]), _mm256_or_si256(q2_chunk(q1, 1, m3), q3_hbit4(hbits, 5)), y, i, 160,
+                sumi)
+        k_madd4(_mm256_shuffle_epi8(hi, shuf[2]), _mm256_or_si256(q2_chunk(q1, 2, m3), q3_hbit4(hbits, 6)), y, i, 192,
+                sumi)
+        k_madd4(_mm256_shuffle_epi8(hi, shuf[3]), _mm256_or_si256(q2_chunk(q1, 3, m3), q3_hbit4(hbits, 7)), y, i, 224,
+                sumi)
+        dx = _cvtsh_ss(x[i].d)
+        for t in range(4):
+            sumi[t] = _mm256_sub_epi32(sumi[t], _mm256_slli_epi32(
+                _mm256_madd_epi16(scales, _mm256_loadu_si256(<const __m256i*>y[t][i].bsums)), 2))
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * dx), _mm256_cvtepi32_ps(sumi[t]), acc[t])
+    for t in range(4):
+        s[t * s_stride] = hsum_float_8(acc[t])
+
+cdef void vec_dot_q5_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                                    int64_t y_stride) noexcept nogil:
+    # vec_dot_q5_K_q8_K_avx2 for 4 tokens: the 5-bit weights and their scales built once per
+    # chunk, each token's float operations as in the one-row kernel
+    cdef const block_q5_K* x = <const block_q5_K*>vx
+    cdef const block_q8_K* y[4]
+    cdef __m256 acc[4]
+    cdef __m256 accm[4]
+    cdef __m256i sumi[4]
+    cdef __m256i m4 = _mm256_set1_epi8(0xF)
+    cdef __m256i bit4 = _mm256_set1_epi8(0x10)
+    cdef __m256i zero = _mm256_setzero_si256()
+    cdef __m256i shuf[8]
+    cdef __m256i mins16, sc16, hbits, q5bits, ql, qh, sl, sh
+    cdef float dx, dmx
+    cdef int i, j, t
+    rows4(vy, y_stride, <const void**>y)
+    zero4(acc)
+    zero4(accm)
+    for j in range(8):
+        shuf[j] = elem_shuffle(j)
+    for i in range(n // QK_K):
+        mins16 = unpack_k4_scales(x[i].scales, &sc16)
+        dx = _cvtsh_ss(x[i].d)
+        dmx = _cvtsh_ss(x[i].dmin)
+        for t in range(4):
+            accm[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * dmx),
+                                      _mm256_cvtepi32_ps(_mm256_madd_epi16(
+                                          mins16, _mm256_loadu_si256(<const __m256i*>y[t][i].bsums))),
+                                      accm[t])
+            sumi[t] = _mm256_setzero_si256()
+        hbits = _mm256_loadu_si256(<const __m256i*>x[i].qh)
+        for j in range(4):
+            q5bits = _mm256_loadu_si256(<const __m256i*>(x[i].qs + 32 * j))
+            # the 5th bit: 16 where bit 2j (resp. 2j+1) of qh is set
+            ql = _mm256_or_si256(_mm256_and_si256(q5bits, m4), _mm256_andnot_si256(
+                _mm256_cmpeq_epi8(_mm256_and_si256(hbits, _mm256_set1_epi8(<char>(1 << (2 * j)))), zero), bit4))
+            qh = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q5bits, 4), m4), _mm256_andnot_si256(
+                _mm256_cmpeq_epi8(_mm256_and_si256(hbits, _mm256_set1_epi8(<char>(2 << (2 * j)))), zero), bit4))
+            sl = _mm256_shuffle_epi8(sc16, shuf[2 * j])
+            sh = _mm256_shuffle_epi8(sc16, shuf[2 * j + 1])
+            for t in range(4):
+                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(k_madd(sl, ql, y[t][i].qs + 64 * j),
+                                                                     k_madd(sh, qh, y[t][i].qs + 64 * j + 32)))
+        for t in range(4):
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * dx), _mm256_cvtepi32_ps(sumi[t]), acc[t])
+    for t in range(4):
+        s[t * s_stride] = hsum_float_8(acc[t]) - hsum_float_8(accm[t])
+
 cdef void vec_dot_q6_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                                     int64_t y_stride) noexcept nogil:
     cdef const block_q6_K* x = <const block_q6_K*>vx
@@ -752,10 +901,13 @@ TABLE.types[GGML_TYPE_Q5_1].vec_dot_x4 = vec_dot_q5_1_q8_1_x4_avx2
 TABLE.types[GGML_TYPE_Q8_0].vec_dot = vec_dot_q8_0_q8_1_avx2
 TABLE.types[GGML_TYPE_Q8_0].vec_dot_x4 = vec_dot_q8_0_q8_1_x4_avx2
 TABLE.types[GGML_TYPE_Q2_K].vec_dot = vec_dot_q2_K_q8_K_avx2
+TABLE.types[GGML_TYPE_Q2_K].vec_dot_x4 = vec_dot_q2_K_q8_K_x4_avx2
 TABLE.types[GGML_TYPE_Q3_K].vec_dot = vec_dot_q3_K_q8_K_avx2
+TABLE.types[GGML_TYPE_Q3_K].vec_dot_x4 = vec_dot_q3_K_q8_K_x4_avx2
 TABLE.types[GGML_TYPE_Q4_K].vec_dot = vec_dot_q4_K_q8_K_avx2
 TABLE.types[GGML_TYPE_Q4_K].vec_dot_x4 = vec_dot_q4_K_q8_K_x4_avx2
 TABLE.types[GGML_TYPE_Q5_K].vec_dot = vec_dot_q5_K_q8_K_avx2
+TABLE.types[GGML_TYPE_Q5_K].vec_dot_x4 = vec_dot_q5_K_q8_K_x4_avx2
 TABLE.types[GGML_TYPE_Q6_K].vec_dot = vec_dot_q6_K_q8_K_avx2
 TABLE.types[GGML_TYPE_Q6_K].vec_dot_x4 = vec_dot_q6_K_q8_K_x4_avx2
 TABLE.types[GGML_TYPE_Q8_1].quantize = quantize_row_q8_1_avx2

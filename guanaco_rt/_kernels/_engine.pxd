@@ -74,7 +74,7 @@ cdef class Engine:
     cdef model_t m
     cdef readonly KernelSet kernels
     cdef const uint8_t[::1] buf
-    cdef list copies                 # the arrays that hold interleaved tensors (repack_r8)
+    cdef list copies                 # the anonymous mappings that hold interleaved tensors (repack_r8)
     cdef readonly list repacked      # (byte offset in buf, bytes) of every tensor interleaved at load
     cdef _interleave(self, tensor_t* t, object inplace, int nth, object release)
     cdef double[::1] freqs
