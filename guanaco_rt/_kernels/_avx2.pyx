@@ -671,7 +671,8 @@ cdef void vec_dot_q3_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const voi
         for t in range(4):
             sumi[t] = _mm256_setzero_si256()
         # the 8 chunks as in q3_K_block_sumi (literal bit indices)
-        k_madd4(_mm256_shuffle_epi8(lo, shuf[0]), _mm256_or_si256(q2_chunk(q0, 0, m3), q3_hbit4(hbits, 0)), y, i, 0, sumi)
+        k_madd4(_mm256_shuffle_epi8(lo, shuf[0]), _mm256_or_si256(q2_chunk(q0, 0, m3), q3_hbit4(hbits, 0)), y, i, 0,
+                sumi)
         k_madd4(_mm256_shuffle_epi8(lo, shuf[1]), _mm256_or_si256(q2_chunk(q0, 1, m3), q3_hbit4(hbits, 1)), y, i, 32,
                 sumi)
         k_madd4(_mm256_shuffle_epi8(lo, shuf[2]), _mm256_or_si256(q2_chunk(q0, 2, m3), q3_hbit4(hbits, 2)), y, i, 64,
