@@ -478,6 +478,8 @@ cdef void vec_dot_q5_1_q8_1_x4_avx2(int n, float* s, int64_t s_stride, const voi
 # 8 rows. The same inline body serves 1 and 4 tokens (T is a literal at each call), giving
 # each (row, token) the same operations in the same order.
 
+DEF PREFETCH = 1024
+
 cdef inline __m256i bcast4(const int8_t* p) noexcept nogil:
     # 4 activation bytes into every 32-bit lane
     cdef int32_t v
@@ -501,10 +503,23 @@ cdef inline void r8_sums(const uint8_t* qs, const block_q8_1** y, int i, int T, 
                 _mm256_maddubs_epi16(lo, bcast4(y[t][i].qs + 4 * k)),
                 _mm256_maddubs_epi16(hi, bcast4(y[t][i].qs + 16 + 4 * k))))
 
-cdef inline void dot_r8_tokens(int n, float* s, int64_t s_stride, const uint8_t* xb, int64_t x_size, bint has_m,
-                               const void* vy, int64_t y_stride, int T) noexcept nogil:
+# The token count as a type: Cython emits one C function per member of a fused type, and
+# in each T = sizeof(tokens) is a constant the loops unroll on, with sums and accumulators
+# in registers. (With T an argument, gcc made one clone for both counts and kept them in
+# memory.)
+ctypedef struct tokens1:
+    char t[1]
+ctypedef struct tokens4:
+    char t[4]
+ctypedef fused tokens:
+    tokens1
+    tokens4
+
+cdef inline void dot_r8_tokens(const tokens* count, int n, float* s, int64_t s_stride, const uint8_t* xb,
+                               int64_t x_size, bint has_m, const void* vy, int64_t y_stride) noexcept nogil:
     # x = d * q + m with q unsigned 4-bit: q4_1 (has_m), or q4_0 with m = -8 d.
     # acc: d * dy * sum(q y) per block; accm, its own chain: m * s (s = dy * sum(y), q8_1).
+    cdef int T = sizeof(tokens)
     cdef const block_q8_1* y[4]
     cdef __m256i sum16[4]
     cdef __m256 acc[4]
@@ -520,6 +535,8 @@ cdef inline void dot_r8_tokens(int n, float* s, int64_t s_stride, const uint8_t*
         accm[t] = _mm256_setzero_ps()
     for i in range(nb):
         blk = xb + i * x_size
+        if T == 1:
+            _mm_prefetch(<const char*>(blk + PREFETCH), _MM_HINT_T0)
         r8_sums(blk + qs_off, y, i, T, sum16)
         d8 = _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>blk))
         for t in range(T):
@@ -539,19 +556,19 @@ cdef inline void dot_r8_tokens(int n, float* s, int64_t s_stride, const uint8_t*
 
 cdef void dot_r8_q4_0_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                            int64_t y_stride) noexcept nogil:
-    dot_r8_tokens(n, s, s_stride, <const uint8_t*>vx, sizeof(block_q4_0x8), False, vy, y_stride, 1)
+    dot_r8_tokens(<const tokens1*>NULL, n, s, s_stride, <const uint8_t*>vx, sizeof(block_q4_0x8), False, vy, y_stride)
 
 cdef void dot_r8_x4_q4_0_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                               int64_t y_stride) noexcept nogil:
-    dot_r8_tokens(n, s, s_stride, <const uint8_t*>vx, sizeof(block_q4_0x8), False, vy, y_stride, 4)
+    dot_r8_tokens(<const tokens4*>NULL, n, s, s_stride, <const uint8_t*>vx, sizeof(block_q4_0x8), False, vy, y_stride)
 
 cdef void dot_r8_q4_1_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                            int64_t y_stride) noexcept nogil:
-    dot_r8_tokens(n, s, s_stride, <const uint8_t*>vx, sizeof(block_q4_1x8), True, vy, y_stride, 1)
+    dot_r8_tokens(<const tokens1*>NULL, n, s, s_stride, <const uint8_t*>vx, sizeof(block_q4_1x8), True, vy, y_stride)
 
 cdef void dot_r8_x4_q4_1_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                               int64_t y_stride) noexcept nogil:
-    dot_r8_tokens(n, s, s_stride, <const uint8_t*>vx, sizeof(block_q4_1x8), True, vy, y_stride, 4)
+    dot_r8_tokens(<const tokens4*>NULL, n, s, s_stride, <const uint8_t*>vx, sizeof(block_q4_1x8), True, vy, y_stride)
 
 cdef void vec_dot_q4_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                                     int64_t y_stride) noexcept nogil:

@@ -135,13 +135,18 @@ cdef void rows_q(const isa_kernels_t* K, float* out, const tensor_t* W, int64_t 
 
 cdef void matmul_q(const isa_kernels_t* K, float** outs, const tensor_t** Ws, int nw,
                    const uint8_t* xq, int64_t xq_stride, int n_tok, int nth) noexcept nogil:
-    # Ws[w] @ xq -> outs[w] for the nw tensors that share the input xq (wq/wk/wv, w1/w3):
-    # one parallel region for all of them, thread c taking slice c of each tensor's rows.
+    # Ws[w] @ xq -> outs[w] for the nw <= 3 tensors that share the input xq (wq/wk/wv, w1/w3):
+    # one parallel region for all of them, over chunks of rows (whole groups of 8) that the
+    # threads take as they come, 8 per thread and tensor. Not fixed slices: on a shared
+    # machine one core often runs slower for a while, and a fixed half would make the other
+    # wait at the join. Each row's result does not depend on who computes it.
     # (Each fork/join can cost tens of microseconds when libgomp throttles its spinning,
     # which it does once more of its threads exist than cores: e.g. sessions driven from
     # several Python threads.)
-    cdef int c, w
-    cdef int64_t per, work = 0
+    cdef int c, w, k
+    cdef int64_t lo, work = 0, total = 0
+    cdef int64_t rows[3]
+    cdef int64_t chunks[3]
     for w in range(nw):
         work += Ws[w].ne0 * Ws[w].ne1 * n_tok
     if work < PARALLEL_MIN_WORK * nw:
@@ -150,13 +155,18 @@ cdef void matmul_q(const isa_kernels_t* K, float** outs, const tensor_t** Ws, in
         for w in range(nw):
             rows_q(K, outs[w], Ws[w], 0, Ws[w].ne1, xq, xq_stride, n_tok)
         return
-    for c in prange(nth, schedule='static', num_threads=nth):
-        for w in range(nw):
-            per = (Ws[w].ne1 + nth - 1) // nth
-            if Ws[w].r8:            # whole groups of 8 interleaved rows
-                per = (per + 7) // 8 * 8
-            if c * per < Ws[w].ne1:
-                rows_q(K, outs[w], Ws[w], c * per, min(Ws[w].ne1, (c + 1) * per), xq, xq_stride, n_tok)
+    for w in range(nw):
+        rows[w] = ((Ws[w].ne1 + 8 * nth - 1) // (8 * nth) + 7) // 8 * 8
+        chunks[w] = (Ws[w].ne1 + rows[w] - 1) // rows[w]
+        total += chunks[w]
+    for c in prange(total, schedule='dynamic', num_threads=nth):
+        w = 0
+        k = c
+        while k >= chunks[w]:
+            k = k - chunks[w]
+            w = w + 1
+        lo = k * rows[w]
+        rows_q(K, outs[w], Ws[w], lo, min(Ws[w].ne1, lo + rows[w]), xq, xq_stride, n_tok)
 
 cdef void matmul_n(const model_t* m, state_t* s, float** outs, const tensor_t** Ws, int nw,
                    const float* x, int n_tok) noexcept nogil:
@@ -614,7 +624,7 @@ cdef class Engine:
         else:
             # anonymous memory of its own, in huge pages where the kernel gives them on request
             # (THP "madvise"): a token streams every byte, and 4 KiB pages cost a TLB walk each
-            anon = mmap.mmap(-1, n)
+            anon = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE)
             if hasattr(mmap, "MADV_HUGEPAGE"):
                 anon.madvise(mmap.MADV_HUGEPAGE)
             dst = np.frombuffer(anon, np.uint8)

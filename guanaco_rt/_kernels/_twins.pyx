@@ -35,10 +35,11 @@ def vec_dot(KernelSet K, int t, const uint8_t[::1] w, const uint8_t[::1] yq, int
 
 
 def matmul_twin(KernelSet K, int t, const uint8_t[::1] w, int64_t ne0, int64_t ne1, const float[:, ::1] x,
-                int n_threads=1, bint interleave=False):
+                int n_threads=1, bint interleave=False, bint interleaved=False):
     """W (ne1 rows of ne0, type t) @ x (n_tok, ne0)^T -> (n_tok, ne1), activations quantized as the engine does.
     ``interleave``: W's rows interleaved 8 at a time first, as the engine does at load (the
-    kernel set must have 8-row kernels for t, and ne1 be a multiple of 8)"""
+    kernel set must have 8-row kernels for t, and ne1 be a multiple of 8); ``interleaved``: w
+    already is (repack_twin's output), for timing the kernels alone"""
     cdef const type_traits_t* tt = weight_traits(t)
     cdef const type_traits_t* vt = type_traits(tt.vec_dot_type)
     if x.shape[1] != ne0:
@@ -64,13 +65,14 @@ def matmul_twin(KernelSet K, int t, const uint8_t[::1] w, int64_t ne0, int64_t n
     W.ne1 = ne1
     W.nb1 = row_size(tt, ne0)
     W.r8 = 0
-    if interleave:
+    if interleave or interleaved:
         if K.k.types[t].dot_r8 == NULL or ne1 % 8:
             raise ValueError(f"no 8-row kernels for type {t} in {K.isa}, or {ne1} rows not a multiple of 8")
-        packed = np.empty(W.nb1 * ne1, np.uint8)
-        pk = packed
-        repack_r8(&pk[0], W.data, t, ne0 // tt.blck_size, W.nb1, ne1, 1)
-        W.data = &pk[0]
+        if not interleaved:
+            packed = np.empty(W.nb1 * ne1, np.uint8)
+            pk = packed
+            repack_r8(&pk[0], W.data, t, ne0 // tt.blck_size, W.nb1, ne1, 1)
+            W.data = &pk[0]
         W.r8 = 1
     if n_tok:
         with nogil:

@@ -51,6 +51,8 @@ cdef extern from "immintrin.h" nogil:
     __m256i _mm256_add_epi32(__m256i, __m256i)
     __m256i _mm256_sub_epi16(__m256i, __m256i)
     __m256i _mm256_add_epi16(__m256i, __m256i)
+    void _mm_prefetch(const char*, int)
+    enum: _MM_HINT_T0
     __m256i _mm256_srl_epi16(__m256i, __m128i)
     __m256i _mm256_sll_epi16(__m256i, __m128i)
     __m256i _mm256_srli_epi16(__m256i, int)
