@@ -141,32 +141,41 @@ def tensor_type_for(ftype_name, name, shape, layer, n_layer):
     return t
 
 
-# ---- row-interleaved copies (ggml_blocks.h: block_q4_0x8, block_q4_1x8) -------------
-# The engine interleaves each 8 rows of a q4_0 / q4_1 weight at load, for kernels that put
-# 8 rows in the 8 lanes of one register; these two functions are the layout's spec.
-R8_TYPES = (2, 3)   # Q4_0, Q4_1
+# ---- row-interleaved copies (ggml_blocks.h: block_q4_0x8, block_q4_1x8, block_q4_Kx8) ----
+# The engine interleaves each 8 rows of a q4_0 / q4_1 / q4_K weight at load, for kernels that
+# put 8 rows in the 8 lanes of one register; these two functions are the layout's spec.
+R8_TYPES = (2, 3, 12)   # Q4_0, Q4_1, Q4_K
 
 
 def _r8_parts(ttype):
-    hdr = 4 if ttype == 3 else 2           # d (and m), f16 each, before the 16 bytes of qs
-    return hdr, hdr + 16
+    """[(bytes in a block, bytes per row and step)]: each field, interleaved 8 rows at a time
+    in steps of the given size (f16 scales 2 bytes; the rest 4)."""
+    if ttype == 12:
+        return [(2, 2), (2, 2), (12, 4), (128, 4)]          # d, dmin, scales, qs
+    return [(2, 2)] * (2 if ttype == 3 else 1) + [(16, 4)]   # d (, m), qs
 
 
 def interleave_r8(raw, ttype, ne0, ne1):
-    """Bytes of a (ne1 rows of ne0) q4_0/q4_1 tensor -> the same bytes, each 8 rows interleaved."""
-    hdr, bs = _r8_parts(ttype)
-    nb = ne0 // 32
+    """Bytes of a (ne1 rows of ne0) q4_0/q4_1/q4_K tensor -> the same bytes, each 8 rows interleaved."""
+    parts = _r8_parts(ttype)
+    bs, nb = sum(n for n, _ in parts), ne0 // GGML_TYPES[ttype].blck_size
     b = np.frombuffer(raw, np.uint8).reshape(ne1 // 8, 8, nb, bs)          # group, row, block, byte
-    scales = b[..., :hdr].reshape(ne1 // 8, 8, nb, hdr // 2, 2).transpose(0, 2, 3, 1, 4)  # g, i, d|m, r, 2
-    qs = b[..., hdr:].reshape(ne1 // 8, 8, nb, 4, 4).transpose(0, 2, 3, 1, 4)          # g, i, k, r, j
-    return np.concatenate([scales.reshape(ne1 // 8, nb, -1), qs.reshape(ne1 // 8, nb, -1)], axis=2).tobytes()
+    out, at = [], 0
+    for n, step in parts:
+        f = b[..., at:at + n].reshape(ne1 // 8, 8, nb, n // step, step).transpose(0, 2, 3, 1, 4)  # g, i, k, r, j
+        out.append(f.reshape(ne1 // 8, nb, -1))
+        at += n
+    return np.concatenate(out, axis=2).tobytes()
 
 
 def deinterleave_r8(raw, ttype, ne0, ne1):
     """The inverse of interleave_r8: the tensor's bytes as the file has them."""
-    hdr, bs = _r8_parts(ttype)
-    nb = ne0 // 32
+    parts = _r8_parts(ttype)
+    bs, nb = sum(n for n, _ in parts), ne0 // GGML_TYPES[ttype].blck_size
     b = np.frombuffer(raw, np.uint8).reshape(ne1 // 8, nb, 8 * bs)
-    scales = b[..., :8 * hdr].reshape(ne1 // 8, nb, hdr // 2, 8, 2).transpose(0, 3, 1, 2, 4)  # g, r, i, d|m, 2
-    qs = b[..., 8 * hdr:].reshape(ne1 // 8, nb, 4, 8, 4).transpose(0, 3, 1, 2, 4)             # g, r, i, k, j
-    return np.concatenate([scales.reshape(ne1 // 8, 8, nb, hdr), qs.reshape(ne1 // 8, 8, nb, 16)], axis=3).tobytes()
+    out, at = [], 0
+    for n, step in parts:
+        f = b[..., at:at + 8 * n].reshape(ne1 // 8, nb, n // step, 8, step).transpose(0, 3, 1, 2, 4)  # g, r, i, k, j
+        out.append(f.reshape(ne1 // 8, 8, nb, n))
+        at += 8 * n
+    return np.concatenate(out, axis=3).tobytes()

@@ -1,4 +1,4 @@
-"""The row-interleaved weights (ggml_blocks.h: block_q4_0x8, block_q4_1x8). The engine's
+"""The row-interleaved weights (ggml_blocks.h: block_q4_0x8, block_q4_1x8, block_q4_Kx8). The engine's
 interleaving agrees with the NumPy spec (ggml_types.interleave_r8); the 8-row kernels agree
 with the exact-arithmetic reference and give every (row, token) the same bits whether the
 tokens come 1 or 4 at a time and on any thread count; a Model interleaves what it says, the
@@ -28,31 +28,37 @@ def K():
 
 
 def weights(data, ttype, ne0, ne1):
-    raw = b"".join(data.draw(blocks(ttype, n_blocks=ne0 // 32))[0] for _ in range(ne1))
+    raw = b"".join(data.draw(blocks(ttype, n_blocks=ne0 // QK(ttype)))[0] for _ in range(ne1))
     return np.frombuffer(raw, np.uint8)
+
+
+def QK(ttype):
+    return T.GGML_TYPES[ttype].blck_size
 
 
 @R8
 @given(data=st.data(), nb=st.integers(1, 5), groups=st.integers(1, 4), nth=st.integers(1, 3))
 @settings(max_examples=30)
 def test_interleaving_follows_the_spec_and_undoes(ttype, data, nb, groups, nth):
-    w = weights(data, ttype, 32 * nb, 8 * groups)
-    packed = E.repack_twin(ttype, w, 32 * nb, 8 * groups, nth)
-    assert packed.tobytes() == T.interleave_r8(w.tobytes(), ttype, 32 * nb, 8 * groups)
-    assert T.deinterleave_r8(packed.tobytes(), ttype, 32 * nb, 8 * groups) == w.tobytes()
+    ne0 = QK(ttype) * nb
+    w = weights(data, ttype, ne0, 8 * groups)
+    packed = E.repack_twin(ttype, w, ne0, 8 * groups, nth)
+    assert packed.tobytes() == T.interleave_r8(w.tobytes(), ttype, ne0, 8 * groups)
+    assert T.deinterleave_r8(packed.tobytes(), ttype, ne0, 8 * groups) == w.tobytes()
 
 
 @R8
 @given(data=st.data(), nb=st.integers(1, 6), groups=st.integers(1, 3), n_tok=st.integers(1, 9))
 @settings(max_examples=40)
 def test_8_row_kernels_match_the_exact_reference(K, ttype, data, nb, groups, n_tok):
-    ne0, ne1 = 32 * nb, 8 * groups
+    ne0, ne1 = QK(ttype) * nb, 8 * groups
     w = weights(data, ttype, ne0, ne1)
     x = np.stack([data.draw(vectors(ne0)) for _ in range(n_tok)]).astype(np.float32)
     out = E.matmul_twin(K, ttype, w, ne0, ne1, x, interleave=True)
     # dequantized weights times the dequantized 8-bit activations, in float64
     wf = Q.dequantize(ttype, w, ne0 * ne1).astype(np.float64).reshape(ne1, ne0)
-    af = np.stack([Q.dequantize(T.Q8_1, Q.quantize(T.Q8_1, r), ne0).astype(np.float64) for r in x])
+    vt = T.GGML_TYPES[ttype].vec_dot_type
+    af = np.stack([Q.dequantize(vt, Q.quantize(vt, r), ne0).astype(np.float64) for r in x])
     exact = af @ wf.T
     bound = 4e-6 * (np.abs(af) @ np.abs(wf).T) + 1e-30
     assert (np.abs(out - exact) <= bound).all()
@@ -63,7 +69,7 @@ def test_8_row_kernels_match_the_exact_reference(K, ttype, data, nb, groups, n_t
 @settings(max_examples=25)
 def test_8_row_kernels_give_the_same_bits_one_token_or_four_and_on_any_thread_count(K, ttype, data, nb, groups,
                                                                                      n_tok):
-    ne0, ne1 = 32 * nb, 8 * groups
+    ne0, ne1 = QK(ttype) * nb, 8 * groups
     w = weights(data, ttype, ne0, ne1)
     x = np.stack([data.draw(vectors(ne0)) for _ in range(n_tok)]).astype(np.float32)
     batch = E.matmul_twin(K, ttype, w, ne0, ne1, x, interleave=True)
@@ -81,15 +87,17 @@ def test_only_q4_0_and_q4_1_interleave(K):
         E.repack_twin(T.Q4_0, np.zeros(7 * 18, np.uint8), 32, 7)
 
 
-@pytest.mark.parametrize("ftype", ["q4_0", "q4_1"])
+@pytest.mark.parametrize("ftype", ["q4_0", "q4_1", "q4_K_S"])
 def test_models_interleave_the_same_with_and_without_mmap(tmp_path_factory, ftype):
     path = tiny_model(tmp_path_factory.mktemp("r8"), ftype)
     tokens = [1, 5, 60, 7, 250, 9, 10]
     mapped = guanaco_rt.Model(path)
     inmem = guanaco_rt.Model(path, mmap=False)
     generic = guanaco_rt.Model(path, isa="generic")
-    layers = [n for n in mapped.file.tensors if n.startswith("layers.") and mapped.file.tensors[n].n_rows > 1]
-    expected = sum(mapped.file.tensors[n].nbytes for n in layers)
+    layers = [t for n, t in mapped.file.tensors.items()
+              if n.startswith("layers.") and t.n_rows > 1 and t.type in T.R8_TYPES]
+    expected = sum(t.nbytes for t in layers)
+    assert expected
     assert mapped.repacked_bytes == inmem.repacked_bytes == expected
     assert generic.repacked_bytes == 0
     for name in mapped.file.tensors:

@@ -570,6 +570,108 @@ cdef void dot_r8_x4_q4_1_avx2(int n, float* s, int64_t s_stride, const void* vx,
                               int64_t y_stride) noexcept nogil:
     dot_r8_tokens(<const tokens4*>NULL, n, s, s_stride, <const uint8_t*>vx, sizeof(block_q4_1x8), True, vy, y_stride)
 
+# q4_K, 8 rows at once (block_q4_Kx8): per sub-block the integer sums as above, then each
+# row's 6-bit scale (from the 8 rows' packed scales, unpacked 8 at a time) in its two i16
+# lanes for one madd; the minimums through the q8_K block sums, per pair of sub-blocks.
+ctypedef struct tokens2:
+    char t[2]
+ctypedef fused ktokens:
+    tokens1
+    tokens2
+
+cdef inline __m256i lane_bytes(int b0, int b1) noexcept nogil:
+    # pshufb mask: in every 32-bit lane, its byte b0 and byte b1 as two u16
+    cdef int v[4]
+    cdef int p
+    for p in range(4):
+        v[p] = (4 * p + b0) | 0x8000 | ((4 * p + b1) << 16) | <int>0x80000000
+    return _mm256_setr_epi32(v[0], v[1], v[2], v[3], v[0], v[1], v[2], v[3])
+
+cdef inline int32_t bsum_pair(const block_q8_K* y, int j) noexcept nogil:
+    # the q8_K sums of sub-blocks j and j+1 (32 weights each) as two i16 in one i32
+    cdef int a = y.bsums[2 * j] + y.bsums[2 * j + 1], b = y.bsums[2 * j + 2] + y.bsums[2 * j + 3]
+    return <int32_t>((a & 0xFFFF) | (b << 16))
+
+cdef inline __m256i min_pair(__m256i mins, int b, const block_q8_K* y, int j) noexcept nogil:
+    # per row: m_j * sum_j + m_j+1 * sum_j+1, the mins at bytes b, b+1 of each row's lane
+    return _mm256_madd_epi16(_mm256_shuffle_epi8(mins, lane_bytes(b, b + 1)), _mm256_set1_epi32(bsum_pair(y, j)))
+
+cdef inline void dot_r8_q4_K_tokens(const ktokens* count, int n, float* s, int64_t s_stride, const uint8_t* xb,
+                                    const void* vy, int64_t y_stride) noexcept nogil:
+    cdef int T = sizeof(ktokens)
+    cdef const block_q8_K* y[2]
+    cdef __m256 acc[2]
+    cdef __m256 accm[2]
+    cdef __m256i sumi[2]
+    cdef __m256i lo16[2]
+    cdef __m256i hi16[2]
+    cdef __m256i m4 = _mm256_set1_epi8(0x0F), k1 = _mm256_set1_epi32(0x3f3f3f3f)
+    cdef __m256i k2 = _mm256_set1_epi32(0x0f0f0f0f), k3 = _mm256_set1_epi32(0x03030303)
+    cdef __m256i w0, w1, w2, sc, sl, sh, mn_lo, mn_hi, p, lo, hi, msum
+    cdef __m256 d8, dm8
+    cdef const uint8_t* blk
+    cdef const int8_t* q8
+    cdef int i, c, k, t
+    for t in range(T):
+        y[t] = <const block_q8_K*>(<const uint8_t*>vy + t * y_stride)
+        acc[t] = _mm256_setzero_ps()
+        accm[t] = _mm256_setzero_ps()
+    for i in range(n // QK_K):
+        blk = xb + i * sizeof(block_q4_Kx8)
+        w0 = _mm256_loadu_si256(<const __m256i*>(blk + 32))
+        w1 = _mm256_loadu_si256(<const __m256i*>(blk + 64))
+        w2 = _mm256_loadu_si256(<const __m256i*>(blk + 96))
+        for t in range(T):
+            sumi[t] = _mm256_setzero_si256()
+        for c in range(4):
+            for t in range(T):
+                lo16[t] = _mm256_setzero_si256()
+                hi16[t] = _mm256_setzero_si256()
+            for k in range(8):
+                p = _mm256_loadu_si256(<const __m256i*>(blk + 128 + 256 * c + 32 * k))
+                lo = _mm256_and_si256(p, m4)
+                hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4)
+                for t in range(T):
+                    q8 = y[t][i].qs + 64 * c + 4 * k
+                    lo16[t] = _mm256_add_epi16(lo16[t], _mm256_maddubs_epi16(lo, bcast4(q8)))
+                    hi16[t] = _mm256_add_epi16(hi16[t], _mm256_maddubs_epi16(hi, bcast4(q8 + 32)))
+            # the scales of sub-blocks 2c, 2c+1: bytes 2c % 4 and 2c % 4 + 1 of word 0 (c < 2) or
+            # of word 2 with word 0's top bits (unpack_k4_scales, 8 rows at a time)
+            if c < 2:
+                sc = _mm256_and_si256(w0, k1)
+            else:
+                sc = _mm256_or_si256(_mm256_and_si256(w2, k2),
+                                     _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(w0, 6), k3), 4))
+            sl = _mm256_shuffle_epi8(sc, lane_bytes(2 * (c % 2), 2 * (c % 2)))
+            sh = _mm256_shuffle_epi8(sc, lane_bytes(2 * (c % 2) + 1, 2 * (c % 2) + 1))
+            for t in range(T):
+                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(_mm256_madd_epi16(lo16[t], sl),
+                                                                     _mm256_madd_epi16(hi16[t], sh)))
+        mn_lo = _mm256_and_si256(w1, k1)
+        mn_hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(w2, 4), k2),
+                                _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(w1, 6), k3), 4))
+        d8 = _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>blk))
+        dm8 = _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>(blk + 16)))
+        for t in range(T):
+            msum = _mm256_add_epi32(
+                _mm256_add_epi32(min_pair(mn_lo, 0, y[t] + i, 0), min_pair(mn_lo, 2, y[t] + i, 2)),
+                _mm256_add_epi32(min_pair(mn_hi, 0, y[t] + i, 4), min_pair(mn_hi, 2, y[t] + i, 6)))
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d8, _mm256_set1_ps(y[t][i].d)), _mm256_cvtepi32_ps(sumi[t]), acc[t])
+            accm[t] = _mm256_fmadd_ps(_mm256_mul_ps(dm8, _mm256_set1_ps(y[t][i].d)), _mm256_cvtepi32_ps(msum), accm[t])
+    for t in range(T):
+        _mm256_storeu_ps(s + t * s_stride, _mm256_sub_ps(acc[t], accm[t]))
+
+cdef void dot_r8_q4_K_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                           int64_t y_stride) noexcept nogil:
+    dot_r8_q4_K_tokens(<const tokens1*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
+
+cdef void dot_r8_x4_q4_K_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                              int64_t y_stride) noexcept nogil:
+    # two tokens at a time: four would not fit the 16 vector registers
+    dot_r8_q4_K_tokens(<const tokens2*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
+    dot_r8_q4_K_tokens(<const tokens2*>NULL, n, s + 2 * s_stride, s_stride, <const uint8_t*>vx,
+                       <const uint8_t*>vy + 2 * y_stride, y_stride)
+
 cdef void vec_dot_q4_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                                     int64_t y_stride) noexcept nogil:
     cdef const block_q4_K* x = <const block_q4_K*>vx
@@ -924,6 +1026,8 @@ TABLE.types[GGML_TYPE_Q3_K].vec_dot = vec_dot_q3_K_q8_K_avx2
 TABLE.types[GGML_TYPE_Q3_K].vec_dot_x4 = vec_dot_q3_K_q8_K_x4_avx2
 TABLE.types[GGML_TYPE_Q4_K].vec_dot = vec_dot_q4_K_q8_K_avx2
 TABLE.types[GGML_TYPE_Q4_K].vec_dot_x4 = vec_dot_q4_K_q8_K_x4_avx2
+TABLE.types[GGML_TYPE_Q4_K].dot_r8 = dot_r8_q4_K_avx2
+TABLE.types[GGML_TYPE_Q4_K].dot_r8_x4 = dot_r8_x4_q4_K_avx2
 TABLE.types[GGML_TYPE_Q5_K].vec_dot = vec_dot_q5_K_q8_K_avx2
 TABLE.types[GGML_TYPE_Q5_K].vec_dot_x4 = vec_dot_q5_K_q8_K_x4_avx2
 TABLE.types[GGML_TYPE_Q6_K].vec_dot = vec_dot_q6_K_q8_K_avx2

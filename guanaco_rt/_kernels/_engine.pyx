@@ -21,8 +21,8 @@ import mmap
 
 import numpy as np
 
-from guanaco_rt._kernels.ggml_blocks cimport (GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_Q4_1, GGML_TYPE_Q8_1,
-                                              GGML_TYPE_COUNT, block_q8_1, QK8_1)
+from guanaco_rt._kernels.ggml_blocks cimport (GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_Q4_1, GGML_TYPE_Q4_K,
+                                              GGML_TYPE_Q8_1, GGML_TYPE_COUNT, block_q8_1, QK8_1)
 from guanaco_rt._kernels._common cimport gr_openmp_enabled, gr_omp_max_threads, gr_cpu_has_avx2
 from guanaco_rt._kernels._isa cimport isa_kernels_t, vec_dot_fn, vec_dot_x4_fn, dot_r8_fn, ISA_CAPSULE
 from guanaco_rt._kernels._quants cimport type_traits_t, type_traits, row_size, fp32_to_fp16, from_float_fn
@@ -88,12 +88,14 @@ cdef void pack_q8_1_x4(uint8_t* rows, int64_t stride, int64_t nb) noexcept nogil
 
 cdef void repack_r8(uint8_t* dst, const uint8_t* src, int type, int64_t nb, int64_t nb1, int64_t ne1,
                     int nth) noexcept nogil:
-    # W (ne1 rows of nb1 bytes: nb blocks of q4_0 or q4_1) -> dst, each 8 rows interleaved as
-    # ggml_blocks.h lays out block_q4_0x8 / block_q4_1x8: group g's nb blocks at dst + 8 g nb1
+    # W (ne1 rows of nb1 bytes: nb blocks of q4_0, q4_1 or q4_K) -> dst, each 8 rows
+    # interleaved as ggml_blocks.h lays out block_q4_0x8 / block_q4_1x8 / block_q4_Kx8:
+    # group g's nb blocks at dst + 8 g nb1
     cdef int64_t g, i
-    cdef int r, k
-    cdef int hdr = 4 if type == GGML_TYPE_Q4_1 else 2       # d (and m) before qs in a block
-    cdef int64_t bs = hdr + 16, xs = 8 * bs
+    cdef int r, k, w
+    cdef int kq = type == GGML_TYPE_Q4_K
+    cdef int hdr = 4 if (type == GGML_TYPE_Q4_1 or kq) else 2     # d (and m / dmin) before the rest
+    cdef int64_t bs = 144 if kq else hdr + 16, xs = 8 * bs
     cdef uint8_t* o
     cdef const uint8_t* b
     for g in prange(ne1 // 8, schedule='static', num_threads=nth):
@@ -103,9 +105,15 @@ cdef void repack_r8(uint8_t* dst, const uint8_t* src, int type, int64_t nb, int6
                 b = src + (8 * g + r) * nb1 + i * bs
                 memcpy(o + 2 * r, b, 2)                  # d[r]
                 if hdr == 4:
-                    memcpy(o + 16 + 2 * r, b + 2, 2)     # m[r]
-                for k in range(4):
-                    memcpy(o + 8 * hdr + 32 * k + 4 * r, b + hdr + 4 * k, 4)
+                    memcpy(o + 16 + 2 * r, b + 2, 2)     # m[r] / dmin[r]
+                if kq:
+                    for w in range(3):
+                        memcpy(o + 32 + 32 * w + 4 * r, b + 4 + 4 * w, 4)
+                    for k in range(32):                   # k = 8 c + k'
+                        memcpy(o + 128 + 32 * k + 4 * r, b + 16 + 4 * k, 4)
+                else:
+                    for k in range(4):
+                        memcpy(o + 8 * hdr + 32 * k + 4 * r, b + hdr + 4 * k, 4)
 
 cdef void rows_q(const isa_kernels_t* K, float* out, const tensor_t* W, int64_t lo, int64_t hi,
                  const uint8_t* xq, int64_t xq_stride, int n_tok) noexcept nogil:
@@ -630,7 +638,7 @@ cdef class Engine:
             dst = np.frombuffer(anon, np.uint8)
             self.copies.append(anon)
         with nogil:
-            repack_r8(&dst[0], src, t.type, t.ne0 // QK8_1, t.nb1, t.ne1, nth)
+            repack_r8(&dst[0], src, t.type, t.ne0 // t.tt.blck_size, t.nb1, t.ne1, nth)
         t.data = &dst[0]
         t.r8 = 1
         self.repacked.append((off, n))

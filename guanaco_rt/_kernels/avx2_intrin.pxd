@@ -76,6 +76,7 @@ cdef extern from "immintrin.h" nogil:
     __m256 _mm256_cvtph_ps(__m128i)
     __m256i _mm256_permute2x128_si256(__m256i, __m256i, int)
     __m256i _mm256_slli_epi32(__m256i, int)
+    __m256i _mm256_srli_epi32(__m256i, int)
     __m256i _mm256_sub_epi32(__m256i, __m256i)
     __m256i _mm256_broadcastsi128_si256(__m128i)
     __m128i _mm_loadl_epi64(const __m128i*)
