@@ -7,7 +7,7 @@ Sessions in any number of threads; holds no per-conversation state.
 from __future__ import annotations
 
 import logging
-import mmap
+import mmap as mmap_module
 import os
 import time
 from typing import Sequence
@@ -147,6 +147,12 @@ class Model:
             ks = default_kernels() if isa is None else kernel_set(isa)
             self._fingerprint = None
             inplace = None
+            if self.mmap and hasattr(mmap_module, "MADV_NOHUGEPAGE") and \
+                    any(ks.interleaves(t.type) for t in self.file.tensors.values()):
+                # the page cache may hold the file in 2 MiB folios, and a fault maps a whole one:
+                # touching a tensor next to an interleaved one would map back up to 2 MiB of the
+                # pages released for it. Pages of 4 KiB map only what is read.
+                self._mm.madvise(mmap_module.MADV_NOHUGEPAGE)
             if not self.mmap:
                 self.fingerprint                 # of the file's bytes, before any are interleaved
                 inplace = np.frombuffer(self._mm.obj, dtype=np.uint8)
@@ -166,10 +172,10 @@ class Model:
     def _release(self, off, n):
         # the engine reads its own interleaved copy of these bytes now: drop the file's pages
         # from this process (they stay in the page cache, and come back if tensor_data reads them)
-        page = mmap.PAGESIZE
+        page = mmap_module.PAGESIZE
         lo, hi = -(-off // page) * page, (off + n) // page * page
         if hi > lo:
-            self._mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            self._mm.madvise(mmap_module.MADV_DONTNEED, lo, hi - lo)
 
     @property
     def repacked_bytes(self) -> int:

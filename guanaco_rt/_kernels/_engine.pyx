@@ -55,6 +55,10 @@ cdef class KernelSet:
     def __repr__(self):
         return f"KernelSet({self.isa!r})"
 
+    def interleaves(self, int ttype):
+        """Whether matrices of this ggml type get their rows interleaved at load (8-row kernels)."""
+        return 0 <= ttype < GGML_TYPE_COUNT and self.k.types[ttype].dot_r8 != NULL
+
 
 # ---- matmul --------------------------------------------------------------------------
 cdef void quantize_rows(const isa_kernels_t* K, uint8_t* out, int64_t out_stride, const float* x, int64_t n,
