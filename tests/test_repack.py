@@ -1,4 +1,4 @@
-"""The row-interleaved weights (ggml_blocks.h: block_q4_0x8, block_q4_1x8, block_q4_Kx8). The engine's
+"""The row-interleaved weights (ggml_blocks.h: block_q4_0x8 ... block_q5_Kx8). The engine's
 interleaving agrees with the NumPy spec (ggml_types.interleave_r8); the 8-row kernels agree
 with the exact-arithmetic reference and give every (row, token) the same bits whether the
 tokens come 1 or 4 at a time and on any thread count; a Model interleaves what it says, the
@@ -87,7 +87,7 @@ def test_only_q4_0_and_q4_1_interleave(K):
         E.repack_twin(T.Q4_0, np.zeros(7 * 18, np.uint8), 32, 7)
 
 
-@pytest.mark.parametrize("ftype", ["q4_0", "q4_1", "q4_K_S"])
+@pytest.mark.parametrize("ftype", ["q4_0", "q4_1", "q4_K_S", "q5_K_M"])
 def test_models_interleave_the_same_with_and_without_mmap(tmp_path_factory, ftype):
     path = tiny_model(tmp_path_factory.mktemp("r8"), ftype)
     tokens = [1, 5, 60, 7, 250, 9, 10]

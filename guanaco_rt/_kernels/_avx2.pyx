@@ -570,7 +570,7 @@ cdef void dot_r8_x4_q4_1_avx2(int n, float* s, int64_t s_stride, const void* vx,
                               int64_t y_stride) noexcept nogil:
     dot_r8_tokens(<const tokens4*>NULL, n, s, s_stride, <const uint8_t*>vx, sizeof(block_q4_1x8), True, vy, y_stride)
 
-# q4_K, 8 rows at once (block_q4_Kx8): per sub-block the integer sums as above, then each
+# q4_K and q5_K, 8 rows at once (block_q4_Kx8, block_q5_Kx8): per sub-block the integer sums as above, then each
 # row's 6-bit scale (from the 8 rows' packed scales, unpacked 8 at a time) in its two i16
 # lanes for one madd; the minimums through the q8_K block sums, per pair of sub-blocks.
 ctypedef struct tokens2:
@@ -596,45 +596,49 @@ cdef inline __m256i min_pair(__m256i mins, int b, const block_q8_K* y, int j) no
     # per row: m_j * sum_j + m_j+1 * sum_j+1, the mins at bytes b, b+1 of each row's lane
     return _mm256_madd_epi16(_mm256_shuffle_epi8(mins, lane_bytes(b, b + 1)), _mm256_set1_epi32(bsum_pair(y, j)))
 
-cdef inline void dot_r8_q4_K_tokens(const ktokens* count, int n, float* s, int64_t s_stride, const uint8_t* xb,
-                                    const void* vy, int64_t y_stride) noexcept nogil:
+# the block kind as a type too, for the same reason as the token count
+ctypedef struct kind_q4_K:
+    char q[4]
+ctypedef struct kind_q5_K:
+    char q[5]
+ctypedef fused kquant:
+    kind_q4_K
+    kind_q5_K
+
+cdef inline void dot_r8_k_tokens(const kquant* kind, const ktokens* count, int n, float* s, int64_t s_stride,
+                                 const uint8_t* xb, const void* vy, int64_t y_stride) noexcept nogil:
+    # q4_K, or q5_K with its 5th bits: weights up to 31, so the i16 sums take 4 maddubs at a
+    # time (2 * 31 * 128 each), not 8
     cdef int T = sizeof(ktokens)
+    cdef bint five = sizeof(kquant) == 5
+    cdef int64_t x_size = sizeof(block_q5_Kx8) if five else sizeof(block_q4_Kx8)
+    cdef int qs_off = 128 + 256 if five else 128
+    cdef int per = 4 if five else 8          # maddubs per i16 sum
     cdef const block_q8_K* y[2]
     cdef __m256 acc[2]
     cdef __m256 accm[2]
     cdef __m256i sumi[2]
     cdef __m256i lo16[2]
     cdef __m256i hi16[2]
-    cdef __m256i m4 = _mm256_set1_epi8(0x0F), k1 = _mm256_set1_epi32(0x3f3f3f3f)
+    cdef __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1), k1 = _mm256_set1_epi32(0x3f3f3f3f)
     cdef __m256i k2 = _mm256_set1_epi32(0x0f0f0f0f), k3 = _mm256_set1_epi32(0x03030303)
-    cdef __m256i w0, w1, w2, sc, sl, sh, mn_lo, mn_hi, p, lo, hi, msum
+    cdef __m256i w0, w1, w2, sc, sl, sh, mn_lo, mn_hi, p, h, lo, hi, msum
     cdef __m256 d8, dm8
     cdef const uint8_t* blk
     cdef const int8_t* q8
-    cdef int i, c, k, t
+    cdef int i, c, k, k0, t
     for t in range(T):
         y[t] = <const block_q8_K*>(<const uint8_t*>vy + t * y_stride)
         acc[t] = _mm256_setzero_ps()
         accm[t] = _mm256_setzero_ps()
     for i in range(n // QK_K):
-        blk = xb + i * sizeof(block_q4_Kx8)
+        blk = xb + i * x_size
         w0 = _mm256_loadu_si256(<const __m256i*>(blk + 32))
         w1 = _mm256_loadu_si256(<const __m256i*>(blk + 64))
         w2 = _mm256_loadu_si256(<const __m256i*>(blk + 96))
         for t in range(T):
             sumi[t] = _mm256_setzero_si256()
         for c in range(4):
-            for t in range(T):
-                lo16[t] = _mm256_setzero_si256()
-                hi16[t] = _mm256_setzero_si256()
-            for k in range(8):
-                p = _mm256_loadu_si256(<const __m256i*>(blk + 128 + 256 * c + 32 * k))
-                lo = _mm256_and_si256(p, m4)
-                hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4)
-                for t in range(T):
-                    q8 = y[t][i].qs + 64 * c + 4 * k
-                    lo16[t] = _mm256_add_epi16(lo16[t], _mm256_maddubs_epi16(lo, bcast4(q8)))
-                    hi16[t] = _mm256_add_epi16(hi16[t], _mm256_maddubs_epi16(hi, bcast4(q8 + 32)))
             # the scales of sub-blocks 2c, 2c+1: bytes 2c % 4 and 2c % 4 + 1 of word 0 (c < 2) or
             # of word 2 with word 0's top bits (unpack_k4_scales, 8 rows at a time)
             if c < 2:
@@ -644,9 +648,29 @@ cdef inline void dot_r8_q4_K_tokens(const ktokens* count, int n, float* s, int64
                                      _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(w0, 6), k3), 4))
             sl = _mm256_shuffle_epi8(sc, lane_bytes(2 * (c % 2), 2 * (c % 2)))
             sh = _mm256_shuffle_epi8(sc, lane_bytes(2 * (c % 2) + 1, 2 * (c % 2) + 1))
-            for t in range(T):
-                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(_mm256_madd_epi16(lo16[t], sl),
-                                                                     _mm256_madd_epi16(hi16[t], sh)))
+            k0 = 0
+            while k0 < 8:
+                for t in range(T):
+                    lo16[t] = _mm256_setzero_si256()
+                    hi16[t] = _mm256_setzero_si256()
+                for k in range(k0, k0 + per):
+                    p = _mm256_loadu_si256(<const __m256i*>(blk + qs_off + 256 * c + 32 * k))
+                    lo = _mm256_and_si256(p, m4)
+                    hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4)
+                    if five:     # bit 2c (2c+1) of the row's qh byte: 16 more for sub-block 2c (2c+1)
+                        h = _mm256_loadu_si256(<const __m256i*>(blk + 128 + 32 * k))
+                        lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * c), one),
+                                                                   4))
+                        hi = _mm256_or_si256(hi, _mm256_slli_epi16(
+                            _mm256_and_si256(_mm256_srli_epi16(h, 2 * c + 1), one), 4))
+                    for t in range(T):
+                        q8 = y[t][i].qs + 64 * c + 4 * k
+                        lo16[t] = _mm256_add_epi16(lo16[t], _mm256_maddubs_epi16(lo, bcast4(q8)))
+                        hi16[t] = _mm256_add_epi16(hi16[t], _mm256_maddubs_epi16(hi, bcast4(q8 + 32)))
+                for t in range(T):
+                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(_mm256_madd_epi16(lo16[t], sl),
+                                                                         _mm256_madd_epi16(hi16[t], sh)))
+                k0 += per
         mn_lo = _mm256_and_si256(w1, k1)
         mn_hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(w2, 4), k2),
                                 _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(w1, 6), k3), 4))
@@ -663,14 +687,25 @@ cdef inline void dot_r8_q4_K_tokens(const ktokens* count, int n, float* s, int64
 
 cdef void dot_r8_q4_K_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                            int64_t y_stride) noexcept nogil:
-    dot_r8_q4_K_tokens(<const tokens1*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
+    dot_r8_k_tokens(<const kind_q4_K*>NULL, <const tokens1*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
 
 cdef void dot_r8_x4_q4_K_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                               int64_t y_stride) noexcept nogil:
     # two tokens at a time: four would not fit the 16 vector registers
-    dot_r8_q4_K_tokens(<const tokens2*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
-    dot_r8_q4_K_tokens(<const tokens2*>NULL, n, s + 2 * s_stride, s_stride, <const uint8_t*>vx,
-                       <const uint8_t*>vy + 2 * y_stride, y_stride)
+    dot_r8_k_tokens(<const kind_q4_K*>NULL, <const tokens2*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
+    dot_r8_k_tokens(<const kind_q4_K*>NULL, <const tokens2*>NULL, n, s + 2 * s_stride, s_stride, <const uint8_t*>vx,
+                    <const uint8_t*>vy + 2 * y_stride, y_stride)
+
+cdef void dot_r8_q5_K_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                           int64_t y_stride) noexcept nogil:
+    dot_r8_k_tokens(<const kind_q5_K*>NULL, <const tokens1*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
+
+cdef void dot_r8_x4_q5_K_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                              int64_t y_stride) noexcept nogil:
+    # two tokens at a time: four would not fit the 16 vector registers
+    dot_r8_k_tokens(<const kind_q5_K*>NULL, <const tokens2*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
+    dot_r8_k_tokens(<const kind_q5_K*>NULL, <const tokens2*>NULL, n, s + 2 * s_stride, s_stride, <const uint8_t*>vx,
+                    <const uint8_t*>vy + 2 * y_stride, y_stride)
 
 cdef void vec_dot_q4_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                                     int64_t y_stride) noexcept nogil:
@@ -1030,6 +1065,8 @@ TABLE.types[GGML_TYPE_Q4_K].dot_r8 = dot_r8_q4_K_avx2
 TABLE.types[GGML_TYPE_Q4_K].dot_r8_x4 = dot_r8_x4_q4_K_avx2
 TABLE.types[GGML_TYPE_Q5_K].vec_dot = vec_dot_q5_K_q8_K_avx2
 TABLE.types[GGML_TYPE_Q5_K].vec_dot_x4 = vec_dot_q5_K_q8_K_x4_avx2
+TABLE.types[GGML_TYPE_Q5_K].dot_r8 = dot_r8_q5_K_avx2
+TABLE.types[GGML_TYPE_Q5_K].dot_r8_x4 = dot_r8_x4_q5_K_avx2
 TABLE.types[GGML_TYPE_Q6_K].vec_dot = vec_dot_q6_K_q8_K_avx2
 TABLE.types[GGML_TYPE_Q6_K].vec_dot_x4 = vec_dot_q6_K_q8_K_x4_avx2
 TABLE.types[GGML_TYPE_Q8_1].quantize = quantize_row_q8_1_avx2

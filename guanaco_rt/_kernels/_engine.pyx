@@ -22,7 +22,7 @@ import mmap
 import numpy as np
 
 from guanaco_rt._kernels.ggml_blocks cimport (GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_Q4_1, GGML_TYPE_Q4_K,
-                                              GGML_TYPE_Q8_1, GGML_TYPE_COUNT, block_q8_1, QK8_1)
+                                              GGML_TYPE_Q5_K, GGML_TYPE_Q8_1, GGML_TYPE_COUNT, block_q8_1, QK8_1)
 from guanaco_rt._kernels._common cimport gr_openmp_enabled, gr_omp_max_threads, gr_cpu_has_avx2
 from guanaco_rt._kernels._isa cimport isa_kernels_t, vec_dot_fn, vec_dot_x4_fn, dot_r8_fn, ISA_CAPSULE
 from guanaco_rt._kernels._quants cimport type_traits_t, type_traits, row_size, fp32_to_fp16, from_float_fn
@@ -92,14 +92,15 @@ cdef void pack_q8_1_x4(uint8_t* rows, int64_t stride, int64_t nb) noexcept nogil
 
 cdef void repack_r8(uint8_t* dst, const uint8_t* src, int type, int64_t nb, int64_t nb1, int64_t ne1,
                     int nth) noexcept nogil:
-    # W (ne1 rows of nb1 bytes: nb blocks of q4_0, q4_1 or q4_K) -> dst, each 8 rows
-    # interleaved as ggml_blocks.h lays out block_q4_0x8 / block_q4_1x8 / block_q4_Kx8:
+    # W (ne1 rows of nb1 bytes: nb blocks of q4_0, q4_1, q4_K or q5_K) -> dst, each 8 rows
+    # interleaved as ggml_blocks.h lays out block_q4_0x8 / block_q4_1x8 / block_q4_Kx8 / q5_Kx8:
     # group g's nb blocks at dst + 8 g nb1
     cdef int64_t g, i
     cdef int r, k, w
-    cdef int kq = type == GGML_TYPE_Q4_K
+    cdef int kq = type == GGML_TYPE_Q4_K or type == GGML_TYPE_Q5_K
+    cdef int qh = 32 if type == GGML_TYPE_Q5_K else 0            # q5_K's qh bytes per row, before qs
     cdef int hdr = 4 if (type == GGML_TYPE_Q4_1 or kq) else 2     # d (and m / dmin) before the rest
-    cdef int64_t bs = 144 if kq else hdr + 16, xs = 8 * bs
+    cdef int64_t bs = 144 + qh if kq else hdr + 16, xs = 8 * bs
     cdef uint8_t* o
     cdef const uint8_t* b
     for g in prange(ne1 // 8, schedule='static', num_threads=nth):
@@ -113,8 +114,10 @@ cdef void repack_r8(uint8_t* dst, const uint8_t* src, int type, int64_t nb, int6
                 if kq:
                     for w in range(3):
                         memcpy(o + 32 + 32 * w + 4 * r, b + 4 + 4 * w, 4)
-                    for k in range(32):                   # k = 8 c + k'
+                    for k in range(qh // 4):
                         memcpy(o + 128 + 32 * k + 4 * r, b + 16 + 4 * k, 4)
+                    for k in range(32):                   # k = 8 c + k'
+                        memcpy(o + 128 + 8 * qh + 32 * k + 4 * r, b + 16 + qh + 4 * k, 4)
                 else:
                     for k in range(4):
                         memcpy(o + 8 * hdr + 32 * k + 4 * r, b + hdr + 4 * k, 4)

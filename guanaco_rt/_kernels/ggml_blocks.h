@@ -90,6 +90,10 @@ typedef struct { ggml_fp16_t d[8]; ggml_fp16_t m[8]; uint8_t qs[8 * QK4_1 / 2]; 
  * r's qs[32*c + 4*k + j] (chunk c = sub-blocks 2c, low nibbles, and 2c+1, high). */
 typedef struct { ggml_fp16_t d[8]; ggml_fp16_t dmin[8]; uint8_t scales[8 * K_SCALE_SIZE]; uint8_t qs[8 * QK_K / 2]; }
     block_q4_Kx8;
+/* q5_K: as block_q4_Kx8, with the 8 rows' qh words between scales and qs:
+ * qh[32*k + 4*r + j] = row r's qh[4*k + j] (bit b of it: the 5th bit of sub-block b). */
+typedef struct { ggml_fp16_t d[8]; ggml_fp16_t dmin[8]; uint8_t scales[8 * K_SCALE_SIZE]; uint8_t qh[8 * QK_K / 8];
+                 uint8_t qs[8 * QK_K / 2]; } block_q5_Kx8;
 
 #pragma pack(pop)
 
@@ -108,5 +112,6 @@ _Static_assert(sizeof(block_q8_K) == 292, "block_q8_K: wrong size/padding");
 _Static_assert(sizeof(block_q4_0x8) == 8 * sizeof(block_q4_0), "block_q4_0x8: wrong size/padding");
 _Static_assert(sizeof(block_q4_1x8) == 8 * sizeof(block_q4_1), "block_q4_1x8: wrong size/padding");
 _Static_assert(sizeof(block_q4_Kx8) == 8 * sizeof(block_q4_K), "block_q4_Kx8: wrong size/padding");
+_Static_assert(sizeof(block_q5_Kx8) == 8 * sizeof(block_q5_K), "block_q5_Kx8: wrong size/padding");
 
 #endif

@@ -81,6 +81,12 @@ cdef extern from "ggml_blocks.h" nogil:
         ggml_fp16_t dmin[8]
         uint8_t scales[96]
         uint8_t qs[1024]
+    ctypedef struct block_q5_Kx8:
+        ggml_fp16_t d[8]
+        ggml_fp16_t dmin[8]
+        uint8_t scales[96]
+        uint8_t qh[256]
+        uint8_t qs[1024]
 
 cdef enum:  # ggml_type ids, as the files store them
     GGML_TYPE_F32 = 0
