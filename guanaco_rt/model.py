@@ -111,11 +111,11 @@ def _gguf_tokenizer(vocab, path):
 class Model:
     """A LLaMA/Guanaco model from a ggjt v3 ``.bin`` file.
 
-    The weights stay in a read-only mmap; nothing is dequantized at load. The q4_0 and
-    q4_1 matrices, when the kernels have 8-row variants for them (AVX2), are the exception:
-    each 8 rows are interleaved at load into memory of their own (``repacked_bytes``), and
-    the file pages they came from are handed back, so the process holds one copy, never
-    two. The file must not change while the Model is open: each evaluation first checks
+    The weights stay in a read-only mmap; nothing is dequantized at load. The q4_0, q4_1,
+    q4_K and q5_K matrices, when the kernels have 8-row variants for them (AVX2), are the
+    exception: each 8 rows are interleaved at load into memory of their own
+    (``repacked_bytes``), and the file pages they came from are handed back, so the process
+    holds one copy, never two. The file must not change while the Model is open: each evaluation first checks
     its size, mtime and inode and raises ModelFileChangedError if they moved (a truncation
     under a live mapping would otherwise kill the process with SIGBUS). ``mmap=False``
     reads the file into memory instead (no such check, the file can change freely; costs
