@@ -707,6 +707,18 @@ cdef void dot_r8_x4_q5_K_avx2(int n, float* s, int64_t s_stride, const void* vx,
     dot_r8_k_tokens(<const kind_q5_K*>NULL, <const tokens2*>NULL, n, s + 2 * s_stride, s_stride, <const uint8_t*>vx,
                     <const uint8_t*>vy + 2 * y_stride, y_stride)
 
+cdef inline void k4_mins_x4(const uint8_t* scales, ggml_fp16_t dmin, const block_q8_K** y, int i, __m256i* sc16,
+                            __m256* accm, __m256i* sumi) noexcept nogil:
+    # q4_K / q5_K for 4 tokens: the block's scales into sc16 (unpack_k4_scales), each token's
+    # dmin * (mins . bsums) into accm[t], as the one-row kernels; sumi[t] zeroed
+    cdef __m256i mins16 = unpack_k4_scales(scales, sc16)
+    cdef float dmx = _cvtsh_ss(dmin)
+    cdef int t
+    for t in range(4):
+        accm[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * dmx), _mm256_cvtepi32_ps(
+            _mm256_madd_epi16(mins16, _mm256_loadu_si256(<const __m256i*>y[t][i].bsums))), accm[t])
+        sumi[t] = _mm256_setzero_si256()
+
 cdef void vec_dot_q4_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                                     int64_t y_stride) noexcept nogil:
     cdef const block_q4_K* x = <const block_q4_K*>vx
@@ -716,8 +728,8 @@ cdef void vec_dot_q4_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const voi
     cdef __m256i sumi[4]
     cdef __m256i m4 = _mm256_set1_epi8(0xF)
     cdef __m256i shuf[8]
-    cdef __m256i mins16, sc16, q4bits, ql, qh, sl, sh
-    cdef float dx, dmx
+    cdef __m256i sc16, q4bits, ql, qh, sl, sh
+    cdef float dx
     cdef int i, j, t
     rows4(vy, y_stride, <const void**>y)
     zero4(acc)
@@ -725,15 +737,8 @@ cdef void vec_dot_q4_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const voi
     for j in range(8):
         shuf[j] = elem_shuffle(j)
     for i in range(n // QK_K):
-        mins16 = unpack_k4_scales(x[i].scales, &sc16)
+        k4_mins_x4(x[i].scales, x[i].dmin, y, i, &sc16, accm, sumi)
         dx = _cvtsh_ss(x[i].d)
-        dmx = _cvtsh_ss(x[i].dmin)
-        for t in range(4):
-            accm[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * dmx),
-                                      _mm256_cvtepi32_ps(_mm256_madd_epi16(
-                                          mins16, _mm256_loadu_si256(<const __m256i*>y[t][i].bsums))),
-                                      accm[t])
-            sumi[t] = _mm256_setzero_si256()
         for j in range(4):
             q4bits = _mm256_loadu_si256(<const __m256i*>(x[i].qs + 32 * j))
             ql = _mm256_and_si256(q4bits, m4)
@@ -862,8 +867,8 @@ cdef void vec_dot_q5_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const voi
     cdef __m256i bit4 = _mm256_set1_epi8(0x10)
     cdef __m256i zero = _mm256_setzero_si256()
     cdef __m256i shuf[8]
-    cdef __m256i mins16, sc16, hbits, q5bits, ql, qh, sl, sh
-    cdef float dx, dmx
+    cdef __m256i sc16, hbits, q5bits, ql, qh, sl, sh
+    cdef float dx
     cdef int i, j, t
     rows4(vy, y_stride, <const void**>y)
     zero4(acc)
@@ -871,15 +876,8 @@ cdef void vec_dot_q5_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const voi
     for j in range(8):
         shuf[j] = elem_shuffle(j)
     for i in range(n // QK_K):
-        mins16 = unpack_k4_scales(x[i].scales, &sc16)
+        k4_mins_x4(x[i].scales, x[i].dmin, y, i, &sc16, accm, sumi)
         dx = _cvtsh_ss(x[i].d)
-        dmx = _cvtsh_ss(x[i].dmin)
-        for t in range(4):
-            accm[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * dmx),
-                                      _mm256_cvtepi32_ps(_mm256_madd_epi16(
-                                          mins16, _mm256_loadu_si256(<const __m256i*>y[t][i].bsums))),
-                                      accm[t])
-            sumi[t] = _mm256_setzero_si256()
         hbits = _mm256_loadu_si256(<const __m256i*>x[i].qh)
         for j in range(4):
             q5bits = _mm256_loadu_si256(<const __m256i*>(x[i].qs + 32 * j))
