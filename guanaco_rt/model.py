@@ -115,11 +115,11 @@ class Model:
     q4_K and q5_K matrices, when the kernels have 8-row variants for them (AVX2), are the
     exception: each 8 rows are interleaved at load into memory of their own
     (``repacked_bytes``), and the file pages they came from are handed back, so the process
-    holds one copy, never two. The file must not change while the Model is open: each evaluation first checks
-    its size, mtime and inode and raises ModelFileChangedError if they moved (a truncation
-    under a live mapping would otherwise kill the process with SIGBUS). ``mmap=False``
-    reads the file into memory instead (no such check, the file can change freely; costs
-    RAM; the interleaving then happens in place).
+    holds one copy, never two. The file must not change while the Model is open: each
+    evaluation first checks its size, mtime and inode and raises ModelFileChangedError if
+    they moved (a truncation under a live mapping would otherwise kill the process with
+    SIGBUS). ``mmap=False`` reads the file into memory instead (no such check, the file can
+    change freely; costs RAM; the interleaving then happens in place).
     ``n_threads`` is the default for sessions on this model (None: GUANACO_RT_THREADS or
     the physical cores). ``isa`` picks the kernels ("generic", "avx2"); None: the best
     this CPU runs, or GUANACO_RT_ISA.
