@@ -8,11 +8,10 @@ sub-block. They agree with the generic kernels up to float summation order
 (tests/test_isa.py).
 """
 from libc.stdint cimport uint8_t, int8_t, uint16_t, int32_t, int64_t
-from libc.string cimport memcpy
 from cpython.pycapsule cimport PyCapsule_New
 
 from guanaco_rt._kernels.ggml_blocks cimport *
-from guanaco_rt._kernels._common cimport fp16_to_fp32, fill_fp16_table
+from guanaco_rt._kernels._common cimport fp16_to_fp32, fill_fp16_table, load_u32
 from guanaco_rt._kernels._isa cimport isa_kernels_t, ISA_CAPSULE
 from guanaco_rt._kernels.avx2_intrin cimport *
 from guanaco_rt._kernels._avx2_blocks cimport *
@@ -482,9 +481,7 @@ DEF PREFETCH = 1024
 
 cdef inline __m256i bcast4(const int8_t* p) noexcept nogil:
     # 4 activation bytes into every 32-bit lane
-    cdef int32_t v
-    memcpy(&v, p, 4)
-    return _mm256_set1_epi32(v)
+    return _mm256_set1_epi32(<int>load_u32(<const uint8_t*>p))
 
 cdef inline void r8_sums(const uint8_t* qs, const block_q8_1** y, int i, int T, __m256i* sum16) noexcept nogil:
     # sum16[t] (16 x i16, lanes 2r and 2r+1 from row r) adds up to row r's sum of q * y_t over
@@ -707,17 +704,37 @@ cdef void dot_r8_x4_q5_K_avx2(int n, float* s, int64_t s_stride, const void* vx,
     dot_r8_k_tokens(<const kind_q5_K*>NULL, <const tokens2*>NULL, n, s + 2 * s_stride, s_stride, <const uint8_t*>vx,
                     <const uint8_t*>vy + 2 * y_stride, y_stride)
 
-cdef inline void k4_mins_x4(const uint8_t* scales, ggml_fp16_t dmin, const block_q8_K** y, int i, __m256i* sc16,
-                            __m256* accm, __m256i* sumi) noexcept nogil:
-    # q4_K / q5_K for 4 tokens: the block's scales into sc16 (unpack_k4_scales), each token's
-    # dmin * (mins . bsums) into accm[t], as the one-row kernels; sumi[t] zeroed
-    cdef __m256i mins16 = unpack_k4_scales(scales, sc16)
-    cdef float dmx = _cvtsh_ss(dmin)
+# The 4-token k-quant kernels share their per-block float steps, each token's in the order of
+# the one-row kernel: mins_x4 (the minimums' term; zeroes the integer sums), offset_x4 (a
+# constant weight offset), sums_x4 (the block's scaled sums), store4_diff (the final reductions).
+cdef inline void mins_x4(__m256i mins16, float dmx, const block_q8_K** y, int i, __m256* accm,
+                         __m256i* sumi) noexcept nogil:
+    # accm[t] += (y_t.d * dmin) * (mins16 . bsums of token t's block i); sumi[t] = 0
     cdef int t
     for t in range(4):
         accm[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * dmx), _mm256_cvtepi32_ps(
             _mm256_madd_epi16(mins16, _mm256_loadu_si256(<const __m256i*>y[t][i].bsums))), accm[t])
         sumi[t] = _mm256_setzero_si256()
+
+cdef inline void sums_x4(float dx, const block_q8_K** y, int i, const __m256i* sumi, __m256* acc) noexcept nogil:
+    # acc[t] += (y_t.d * d) * sumi[t]
+    cdef int t
+    for t in range(4):
+        acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * dx), _mm256_cvtepi32_ps(sumi[t]), acc[t])
+
+cdef inline void offset_x4(__m256i scales, int shift, const block_q8_K** y, int i, __m256i* sumi) noexcept nogil:
+    # sumi[t] -= (scales . bsums of token t's block i) << shift: a constant offset of the
+    # weights (q3_K's -4, q6_K's -32) through the block sums
+    cdef int t
+    for t in range(4):
+        sumi[t] = _mm256_sub_epi32(sumi[t], _mm256_slli_epi32(
+            _mm256_madd_epi16(scales, _mm256_loadu_si256(<const __m256i*>y[t][i].bsums)), shift))
+
+cdef inline void store4_diff(float* s, int64_t s_stride, const __m256* acc, const __m256* accm) noexcept nogil:
+    # s_t = hsum(acc_t) - hsum(accm_t)
+    cdef int t
+    for t in range(4):
+        s[t * s_stride] = hsum_float_8(acc[t]) - hsum_float_8(accm[t])
 
 cdef void vec_dot_q4_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                                     int64_t y_stride) noexcept nogil:
@@ -737,7 +754,7 @@ cdef void vec_dot_q4_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const voi
     for j in range(8):
         shuf[j] = elem_shuffle(j)
     for i in range(n // QK_K):
-        k4_mins_x4(x[i].scales, x[i].dmin, y, i, &sc16, accm, sumi)
+        mins_x4(unpack_k4_scales(x[i].scales, &sc16), _cvtsh_ss(x[i].dmin), y, i, accm, sumi)
         dx = _cvtsh_ss(x[i].d)
         for j in range(4):
             q4bits = _mm256_loadu_si256(<const __m256i*>(x[i].qs + 32 * j))
@@ -748,10 +765,8 @@ cdef void vec_dot_q4_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const voi
             for t in range(4):
                 sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(k_madd(sl, ql, y[t][i].qs + 64 * j),
                                                                      k_madd(sh, qh, y[t][i].qs + 64 * j + 32)))
-        for t in range(4):
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * dx), _mm256_cvtepi32_ps(sumi[t]), acc[t])
-    for t in range(4):
-        s[t * s_stride] = hsum_float_8(acc[t]) - hsum_float_8(accm[t])
+        sums_x4(dx, y, i, sumi, acc)
+    store4_diff(s, s_stride, acc, accm)
 
 cdef inline void k_madd4(__m256i sc, __m256i q, const block_q8_K** y, int i, int off, __m256i* sumi) noexcept nogil:
     # sumi[t] += k_madd(sc, q, bytes off.. of token t's block i), t = 0..3
@@ -772,8 +787,8 @@ cdef void vec_dot_q2_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const voi
     cdef __m256i shuf[4]
     cdef __m256i q2bits, scales, mins, half
     cdef __m128i raw
-    cdef float dx, dmx
-    cdef int i, j, k, t
+    cdef float dx
+    cdef int i, j, k
     rows4(vy, y_stride, <const void**>y)
     zero4(acc)
     zero4(accm)
@@ -784,11 +799,7 @@ cdef void vec_dot_q2_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const voi
         mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), m4))
         scales = _mm256_cvtepu8_epi16(_mm_and_si128(raw, m4))
         dx = _cvtsh_ss(x[i].d)
-        dmx = _cvtsh_ss(x[i].dmin)
-        for t in range(4):
-            accm[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * dmx), _mm256_cvtepi32_ps(
-                _mm256_madd_epi16(mins, _mm256_loadu_si256(<const __m256i*>y[t][i].bsums))), accm[t])
-            sumi[t] = _mm256_setzero_si256()
+        mins_x4(mins, _cvtsh_ss(x[i].dmin), y, i, accm, sumi)
         for j in range(2):
             if j == 0:
                 half = _mm256_set_m128i(_mm256_castsi256_si128(scales), _mm256_castsi256_si128(scales))
@@ -799,10 +810,8 @@ cdef void vec_dot_q2_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const voi
             k_madd4(_mm256_shuffle_epi8(half, shuf[1]), q2_chunk(q2bits, 1, m3), y, i, 128 * j + 32, sumi)
             k_madd4(_mm256_shuffle_epi8(half, shuf[2]), q2_chunk(q2bits, 2, m3), y, i, 128 * j + 64, sumi)
             k_madd4(_mm256_shuffle_epi8(half, shuf[3]), q2_chunk(q2bits, 3, m3), y, i, 128 * j + 96, sumi)
-        for t in range(4):
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * dx), _mm256_cvtepi32_ps(sumi[t]), acc[t])
-    for t in range(4):
-        s[t * s_stride] = hsum_float_8(acc[t]) - hsum_float_8(accm[t])
+        sums_x4(dx, y, i, sumi, acc)
+    store4_diff(s, s_stride, acc, accm)
 
 cdef void vec_dot_q3_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                                     int64_t y_stride) noexcept nogil:
@@ -814,7 +823,6 @@ cdef void vec_dot_q3_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const voi
     cdef __m256i m3 = _mm256_set1_epi8(3)
     cdef __m256i shuf[4]
     cdef __m256i scales, hbits, lo, hi, q0, q1
-    cdef float dx
     cdef int i, k, t
     rows4(vy, y_stride, <const void**>y)
     zero4(acc)
@@ -846,11 +854,8 @@ cdef void vec_dot_q3_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const voi
                 sumi)
         k_madd4(_mm256_shuffle_epi8(hi, shuf[3]), _mm256_or_si256(q2_chunk(q1, 3, m3), q3_hbit4(hbits, 7)), y, i, 224,
                 sumi)
-        dx = _cvtsh_ss(x[i].d)
-        for t in range(4):
-            sumi[t] = _mm256_sub_epi32(sumi[t], _mm256_slli_epi32(
-                _mm256_madd_epi16(scales, _mm256_loadu_si256(<const __m256i*>y[t][i].bsums)), 2))
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * dx), _mm256_cvtepi32_ps(sumi[t]), acc[t])
+        offset_x4(scales, 2, y, i, sumi)
+        sums_x4(_cvtsh_ss(x[i].d), y, i, sumi, acc)
     for t in range(4):
         s[t * s_stride] = hsum_float_8(acc[t])
 
@@ -876,7 +881,7 @@ cdef void vec_dot_q5_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const voi
     for j in range(8):
         shuf[j] = elem_shuffle(j)
     for i in range(n // QK_K):
-        k4_mins_x4(x[i].scales, x[i].dmin, y, i, &sc16, accm, sumi)
+        mins_x4(unpack_k4_scales(x[i].scales, &sc16), _cvtsh_ss(x[i].dmin), y, i, accm, sumi)
         dx = _cvtsh_ss(x[i].d)
         hbits = _mm256_loadu_si256(<const __m256i*>x[i].qh)
         for j in range(4):
@@ -891,10 +896,8 @@ cdef void vec_dot_q5_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const voi
             for t in range(4):
                 sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(k_madd(sl, ql, y[t][i].qs + 64 * j),
                                                                      k_madd(sh, qh, y[t][i].qs + 64 * j + 32)))
-        for t in range(4):
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * dx), _mm256_cvtepi32_ps(sumi[t]), acc[t])
-    for t in range(4):
-        s[t * s_stride] = hsum_float_8(acc[t]) - hsum_float_8(accm[t])
+        sums_x4(dx, y, i, sumi, acc)
+    store4_diff(s, s_stride, acc, accm)
 
 cdef void vec_dot_q6_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                                     int64_t y_stride) noexcept nogil:
@@ -925,11 +928,8 @@ cdef void vec_dot_q6_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const voi
                 sc = _mm256_shuffle_epi8(half, shuf[k])
                 for t in range(4):
                     sumi[t] = _mm256_add_epi32(sumi[t], k_madd(sc, q, y[t][i].qs + 128 * j + 32 * k))
-        for t in range(4):
-            # the -32 offset through the block sums, as q6_K_block_sumi
-            sumi[t] = _mm256_sub_epi32(sumi[t], _mm256_slli_epi32(
-                _mm256_madd_epi16(scales, _mm256_loadu_si256(<const __m256i*>y[t][i].bsums)), 5))
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * _cvtsh_ss(x[i].d)), _mm256_cvtepi32_ps(sumi[t]), acc[t])
+        offset_x4(scales, 5, y, i, sumi)      # the -32 offset, as q6_K_block_sumi
+        sums_x4(_cvtsh_ss(x[i].d), y, i, sumi, acc)
     for t in range(4):
         s[t * s_stride] = hsum_float_8(acc[t])
 
