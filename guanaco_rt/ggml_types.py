@@ -141,22 +141,25 @@ def tensor_type_for(ftype_name, name, shape, layer, n_layer):
     return t
 
 
-# ---- row-interleaved copies (ggml_blocks.h: block_q4_0x8 ... block_q5_Kx8) -------------
-# The engine interleaves each 8 rows of a q4_0 / q4_1 / q4_K / q5_K weight at load, for kernels that
-# put 8 rows in the 8 lanes of one register; these two functions are the layout's spec.
-R8_TYPES = (2, 3, 12, 13)   # Q4_0, Q4_1, Q4_K, Q5_K
+# ---- row-interleaved copies (ggml_blocks.h: block_q4_0x8 ... block_q6_Kx8) -------------
+# The engine interleaves each 8 rows of a q4_0 / q4_1 / q4_K / q5_K / q6_K weight at load, for kernels
+# that put 8 rows in the 8 lanes of one register; these two functions are the layout's spec.
+R8_TYPES = (2, 3, 12, 13, 14)   # Q4_0, Q4_1, Q4_K, Q5_K, Q6_K
 
 
 def _r8_parts(ttype):
-    """[(bytes in a block, bytes per row and step)]: each field, interleaved 8 rows at a time
-    in steps of the given size (f16 scales 2 bytes; the rest 4)."""
+    """[(bytes in a block, bytes per row and step)]: each field in the file's order, interleaved
+    8 rows at a time in steps of the given size (f16 scales and q6_K's scale pairs 2 bytes; the
+    rest 4). _engine.r8_parts is the same table."""
+    if ttype == 14:
+        return [(128, 4), (64, 4), (16, 2), (2, 2)]                                  # ql, qh, scales, d
     if ttype in (12, 13):
         return [(2, 2), (2, 2), (12, 4)] + [(32, 4)] * (ttype == 13) + [(128, 4)]   # d, dmin, scales, (qh,) qs
     return [(2, 2)] * (2 if ttype == 3 else 1) + [(16, 4)]   # d (, m), qs
 
 
 def interleave_r8(raw, ttype, ne0, ne1):
-    """Bytes of a (ne1 rows of ne0) q4_0/q4_1/q4_K/q5_K tensor -> the same bytes, each 8 rows interleaved."""
+    """Bytes of a (ne1 rows of ne0) tensor of an R8_TYPES type -> the same bytes, each 8 rows interleaved."""
     parts = _r8_parts(ttype)
     bs, nb = sum(n for n, _ in parts), ne0 // GGML_TYPES[ttype].blck_size
     b = np.frombuffer(raw, np.uint8).reshape(ne1 // 8, 8, nb, bs)          # group, row, block, byte

@@ -1,4 +1,4 @@
-"""The row-interleaved weights (ggml_blocks.h: block_q4_0x8 ... block_q5_Kx8). The engine's
+"""The row-interleaved weights (ggml_blocks.h: block_q4_0x8 ... block_q6_Kx8). The engine's
 interleaving agrees with the NumPy spec (ggml_types.interleave_r8); the 8-row kernels agree
 with the exact-arithmetic reference and give every (row, token) the same bits whether the
 tokens come 1 or 4 at a time and on any thread count; a Model interleaves what it says, the
@@ -79,7 +79,7 @@ def test_8_row_kernels_give_the_same_bits_one_token_or_four_and_on_any_thread_co
     assert np.array_equal(batch, E.matmul_twin(K, ttype, w, ne0, ne1, x, n_threads=3, interleave=True))
 
 
-def test_only_q4_0_and_q4_1_interleave(K):
+def test_only_types_with_8_row_kernels_interleave(K):
     w = np.zeros(8 * 34, np.uint8)
     with pytest.raises(ValueError, match="no 8-row kernels"):
         E.matmul_twin(K, T.Q8_0, w, 32, 8, np.zeros((1, 32), np.float32), interleave=True)
@@ -87,7 +87,7 @@ def test_only_q4_0_and_q4_1_interleave(K):
         E.repack_twin(T.Q4_0, np.zeros(7 * 18, np.uint8), 32, 7)
 
 
-@pytest.mark.parametrize("ftype", ["q4_0", "q4_1", "q4_K_S", "q5_K_M"])
+@pytest.mark.parametrize("ftype", ["q4_0", "q4_1", "q4_K_S", "q5_K_M", "q6_K"])
 def test_models_interleave_the_same_with_and_without_mmap(tmp_path_factory, ftype):
     path = tiny_model(tmp_path_factory.mktemp("r8"), ftype)
     tokens = [1, 5, 60, 7, 250, 9, 10]

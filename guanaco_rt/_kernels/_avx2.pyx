@@ -704,6 +704,90 @@ cdef void dot_r8_x4_q5_K_avx2(int n, float* s, int64_t s_stride, const void* vx,
     dot_r8_k_tokens(<const kind_q5_K*>NULL, <const tokens2*>NULL, n, s + 2 * s_stride, s_stride, <const uint8_t*>vx,
                     <const uint8_t*>vy + 2 * y_stride, y_stride)
 
+# q6_K, 8 rows at once (block_q6_Kx8). Weights reach 63, so each maddubs goes straight to i32
+# with its sub-block's scale (one madd); the -32 goes through the q8_K block sums, per pair of
+# sub-blocks, as in the one-row kernel. Tokens 1 or 4 (the tokens type above).
+cdef inline __m256i word_dup(int e) noexcept nogil:
+    # pshufb mask: in every 32-bit lane, its i16 number e (0 or 1) twice
+    cdef int v[4]
+    cdef int p, b
+    for p in range(4):
+        b = 4 * p + 2 * e
+        v[p] = b | (b + 1) << 8 | b << 16 | (b + 1) << 24
+    return _mm256_setr_epi32(v[0], v[1], v[2], v[3], v[0], v[1], v[2], v[3])
+
+cdef inline __m256i q6_r8_pair(const uint8_t* blk, int p) noexcept nogil:
+    # lane r: row r's scales of sub-blocks 2p and 2p+1 as two i16
+    return _mm256_cvtepi8_epi16(_mm_loadu_si128(<const __m128i*>(blk + 1536 + 16 * p)))
+
+cdef inline __m256i q6_r8_quarter(__m256i ql, __m256i qh, int qd) noexcept nogil:
+    # the 6-bit weights of quarter qd (0..3: ql low nibble with qh bits 0-1, ...) of 4
+    # consecutive positions of each row
+    cdef __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30)
+    cdef __m256i lo = _mm256_and_si256(ql if qd < 2 else _mm256_srli_epi16(ql, 4), m4)
+    if qd == 0:
+        qh = _mm256_slli_epi16(qh, 4)
+    elif qd == 1:
+        qh = _mm256_slli_epi16(qh, 2)
+    elif qd == 3:
+        qh = _mm256_srli_epi16(qh, 2)
+    return _mm256_or_si256(lo, _mm256_and_si256(qh, m30))
+
+cdef inline void dot_r8_q6_tokens(const tokens* count, int n, float* s, int64_t s_stride, const uint8_t* xb,
+                                  const void* vy, int64_t y_stride) noexcept nogil:
+    cdef int T = sizeof(tokens)
+    cdef const block_q8_K* y[4]
+    cdef __m256 acc[4]
+    cdef __m256i sumi[4]
+    cdef __m256i sc[4]
+    cdef __m256i ql0, ql1, qh, w
+    cdef __m256 d8
+    cdef __m256i dup0 = word_dup(0), dup1 = word_dup(1)
+    cdef const uint8_t* blk
+    cdef int i, h, e, k, qd, p, t, pos
+    for t in range(T):
+        y[t] = <const block_q8_K*>(<const uint8_t*>vy + t * y_stride)
+        acc[t] = _mm256_setzero_ps()
+    for i in range(n // QK_K):
+        blk = xb + i * sizeof(block_q6_Kx8)
+        if T == 1:
+            _mm_prefetch(<const char*>(blk + PREFETCH), _MM_HINT_T0)
+        # the offset first: sumi = -sum_j sc_j bsums_j, times 32 below
+        for t in range(T):
+            sumi[t] = _mm256_setzero_si256()
+            for p in range(8):
+                sumi[t] = _mm256_sub_epi32(sumi[t], _mm256_madd_epi16(
+                    q6_r8_pair(blk, p), _mm256_set1_epi32(<int>load_u32(<const uint8_t*>(y[t][i].bsums + 2 * p)))))
+            sumi[t] = _mm256_slli_epi32(sumi[t], 5)
+        for h in range(2):
+            for e in range(2):
+                # positions 16e..16e+15 of each quarter of half h: sub-block 8h + 2qd + e
+                for qd in range(4):
+                    sc[qd] = _mm256_shuffle_epi8(q6_r8_pair(blk, 4 * h + qd), dup1 if e else dup0)
+                for k in range(4 * e, 4 * e + 4):
+                    ql0 = _mm256_loadu_si256(<const __m256i*>(blk + 32 * (16 * h + k)))
+                    ql1 = _mm256_loadu_si256(<const __m256i*>(blk + 32 * (16 * h + 8 + k)))
+                    qh = _mm256_loadu_si256(<const __m256i*>(blk + 1024 + 32 * (8 * h + k)))
+                    for qd in range(4):
+                        w = q6_r8_quarter(ql0 if qd % 2 == 0 else ql1, qh, qd)
+                        pos = 128 * h + 32 * qd + 4 * k
+                        for t in range(T):
+                            sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(
+                                _mm256_maddubs_epi16(w, bcast4(y[t][i].qs + pos)), sc[qd]))
+        d8 = _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>(blk + 1664)))
+        for t in range(T):
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d8, _mm256_set1_ps(y[t][i].d)), _mm256_cvtepi32_ps(sumi[t]), acc[t])
+    for t in range(T):
+        _mm256_storeu_ps(s + t * s_stride, acc[t])
+
+cdef void dot_r8_q6_K_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                           int64_t y_stride) noexcept nogil:
+    dot_r8_q6_tokens(<const tokens1*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
+
+cdef void dot_r8_x4_q6_K_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                              int64_t y_stride) noexcept nogil:
+    dot_r8_q6_tokens(<const tokens4*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
+
 # The 4-token k-quant kernels share their per-block float steps, each token's in the order of
 # the one-row kernel: mins_x4 (the minimums' term; zeroes the integer sums), offset_x4 (a
 # constant weight offset), sums_x4 (the block's scaled sums), store4_diff (the final reductions).
@@ -1067,6 +1151,8 @@ TABLE.types[GGML_TYPE_Q5_K].dot_r8 = dot_r8_q5_K_avx2
 TABLE.types[GGML_TYPE_Q5_K].dot_r8_x4 = dot_r8_x4_q5_K_avx2
 TABLE.types[GGML_TYPE_Q6_K].vec_dot = vec_dot_q6_K_q8_K_avx2
 TABLE.types[GGML_TYPE_Q6_K].vec_dot_x4 = vec_dot_q6_K_q8_K_x4_avx2
+TABLE.types[GGML_TYPE_Q6_K].dot_r8 = dot_r8_q6_K_avx2
+TABLE.types[GGML_TYPE_Q6_K].dot_r8_x4 = dot_r8_x4_q6_K_avx2
 TABLE.types[GGML_TYPE_Q8_1].quantize = quantize_row_q8_1_avx2
 TABLE.kv_dot = kv_dot
 TABLE.kv_axpy = kv_axpy

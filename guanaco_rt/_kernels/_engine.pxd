@@ -91,6 +91,7 @@ cdef class State:
 
 cdef void quantize_rows(const isa_kernels_t* K, uint8_t* out, int64_t out_stride, const float* x, int64_t n,
                         int n_tok, int vt, int nth) noexcept nogil
+cdef int r8_parts(int type, int* size, int* step) noexcept nogil
 cdef void repack_r8(uint8_t* dst, const uint8_t* src, int type, int64_t nb, int64_t nb1, int64_t ne1,
                     int nth) noexcept nogil
 cdef void matmul_q(const isa_kernels_t* K, float** outs, const tensor_t** Ws, int nw,

@@ -21,8 +21,9 @@ import mmap
 
 import numpy as np
 
-from guanaco_rt._kernels.ggml_blocks cimport (GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_Q4_1, GGML_TYPE_Q4_K,
-                                              GGML_TYPE_Q5_K, GGML_TYPE_Q8_1, GGML_TYPE_COUNT, block_q8_1, QK8_1)
+from guanaco_rt._kernels.ggml_blocks cimport (GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_Q4_0, GGML_TYPE_Q4_1,
+                                              GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K, GGML_TYPE_Q8_1,
+                                              GGML_TYPE_COUNT, block_q8_1, QK8_1)
 from guanaco_rt._kernels._common cimport gr_openmp_enabled, gr_omp_max_threads, gr_cpu_has_avx2
 from guanaco_rt._kernels._isa cimport isa_kernels_t, vec_dot_fn, vec_dot_x4_fn, dot_r8_fn, ISA_CAPSULE
 from guanaco_rt._kernels._quants cimport type_traits_t, type_traits, row_size, fp32_to_fp16, from_float_fn
@@ -90,37 +91,61 @@ cdef void pack_q8_1_x4(uint8_t* rows, int64_t stride, int64_t nb) noexcept nogil
             dst[8 * i + t] = y[i].d
             dst[8 * i + 4 + t] = y[i].s
 
+cdef int r8_parts(int type, int* size, int* step) noexcept nogil:
+    # the fields of one block in the file's order: (bytes, bytes per row and step), as
+    # ggml_types._r8_parts; returns how many (0: the type has no interleaved layout)
+    cdef int n = 0
+    if type == GGML_TYPE_Q6_K:                                  # ql, qh, scales (pairs), d
+        size[0], step[0], size[1], step[1], size[2], step[2], size[3], step[3] = 128, 4, 64, 4, 16, 2, 2, 2
+        return 4
+    if type == GGML_TYPE_Q4_0 or type == GGML_TYPE_Q4_1:       # d (, m), qs
+        size[0], step[0] = 2, 2
+        n = 1
+        if type == GGML_TYPE_Q4_1:
+            size[1], step[1] = 2, 2
+            n = 2
+        size[n], step[n] = 16, 4
+        return n + 1
+    if type == GGML_TYPE_Q4_K or type == GGML_TYPE_Q5_K:       # d, dmin, scales, (qh,) qs
+        size[0], step[0], size[1], step[1], size[2], step[2] = 2, 2, 2, 2, 12, 4
+        n = 3
+        if type == GGML_TYPE_Q5_K:
+            size[3], step[3] = 32, 4
+            n = 4
+        size[n], step[n] = 128, 4
+        return n + 1
+    return 0
+
 cdef void repack_r8(uint8_t* dst, const uint8_t* src, int type, int64_t nb, int64_t nb1, int64_t ne1,
                     int nth) noexcept nogil:
-    # W (ne1 rows of nb1 bytes: nb blocks of q4_0, q4_1, q4_K or q5_K) -> dst, each 8 rows
-    # interleaved as ggml_blocks.h lays out block_q4_0x8 / block_q4_1x8 / block_q4_Kx8 / q5_Kx8:
-    # group g's nb blocks at dst + 8 g nb1
-    cdef int64_t g, i
-    cdef int r, k, w
-    cdef int kq = type == GGML_TYPE_Q4_K or type == GGML_TYPE_Q5_K
-    cdef int qh = 32 if type == GGML_TYPE_Q5_K else 0            # q5_K's qh bytes per row, before qs
-    cdef int hdr = 4 if (type == GGML_TYPE_Q4_1 or kq) else 2     # d (and m / dmin) before the rest
-    cdef int64_t bs = 144 + qh if kq else hdr + 16, xs = 8 * bs
+    # W (ne1 rows of nb1 bytes: nb blocks of an r8_parts type) -> dst, each 8 rows interleaved
+    # as ggml_blocks.h lays out block_q4_0x8 ... block_q6_Kx8: field f of row r, in steps of
+    # step_f bytes, at 8 * (its offset in a block) + 8 * step_f * k + step_f * r; group g's nb
+    # blocks at dst + 8 g nb1
+    cdef int size[5]
+    cdef int step[5]
+    cdef int n = r8_parts(type, size, step)
+    cdef int64_t g, i, bs = 0
+    cdef int f, r, k, at
     cdef uint8_t* o
     cdef const uint8_t* b
+    for f in range(n):
+        bs += size[f]
     for g in prange(ne1 // 8, schedule='static', num_threads=nth):
         for i in range(nb):
-            o = dst + (g * nb + i) * xs
             for r in range(8):
+                at = 0
                 b = src + (8 * g + r) * nb1 + i * bs
-                memcpy(o + 2 * r, b, 2)                  # d[r]
-                if hdr == 4:
-                    memcpy(o + 16 + 2 * r, b + 2, 2)     # m[r] / dmin[r]
-                if kq:
-                    for w in range(3):
-                        memcpy(o + 32 + 32 * w + 4 * r, b + 4 + 4 * w, 4)
-                    for k in range(qh // 4):
-                        memcpy(o + 128 + 32 * k + 4 * r, b + 16 + 4 * k, 4)
-                    for k in range(32):                   # k = 8 c + k'
-                        memcpy(o + 128 + 8 * qh + 32 * k + 4 * r, b + 16 + qh + 4 * k, 4)
-                else:
-                    for k in range(4):
-                        memcpy(o + 8 * hdr + 32 * k + 4 * r, b + hdr + 4 * k, 4)
+                o = dst + (g * nb + i) * 8 * bs
+                for f in range(n):
+                    # constant sizes, so each memcpy is one move
+                    if step[f] == 4:
+                        for k in range(size[f] // 4):
+                            memcpy(o + 8 * at + 32 * k + 4 * r, b + at + 4 * k, 4)
+                    else:
+                        for k in range(size[f] // 2):
+                            memcpy(o + 8 * at + 16 * k + 2 * r, b + at + 2 * k, 2)
+                    at = at + size[f]
 
 cdef void rows_q(const isa_kernels_t* K, float* out, const tensor_t* W, int64_t lo, int64_t hi,
                  const uint8_t* xq, int64_t xq_stride, int n_tok) noexcept nogil:

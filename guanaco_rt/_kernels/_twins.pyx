@@ -5,8 +5,8 @@ from libc.stdint cimport uint8_t, int64_t
 
 import numpy as np
 
-from guanaco_rt._kernels._engine cimport (KernelSet, tensor_t, quantize_rows, matmul_q, repack_r8, rmsnorm, rope,
-                                          rope_freqs, softmax, silu_mul, attention, state_t, gov_next, gov_record,
+from guanaco_rt._kernels._engine cimport (KernelSet, tensor_t, quantize_rows, matmul_q, repack_r8, r8_parts, rmsnorm,
+                                          rope, rope_freqs, softmax, silu_mul, attention, state_t, gov_next, gov_record,
                                           gov_reset, gov_threads)
 from guanaco_rt._kernels._quants cimport type_traits_t, type_traits, row_size
 from guanaco_rt._kernels.ggml_blocks cimport GGML_TYPE_Q8_1
@@ -83,9 +83,13 @@ def matmul_twin(KernelSet K, int t, const uint8_t[::1] w, int64_t ne0, int64_t n
 
 
 def repack_twin(int t, const uint8_t[::1] w, int64_t ne0, int64_t ne1, int n_threads=1):
-    """W (ne1 rows of ne0, q4_0, q4_1, q4_K or q5_K) with each 8 rows interleaved, as the engine does at load"""
+    """W (ne1 rows of ne0, of a type with an interleaved layout) with each 8 rows interleaved, as the engine
+    does at load"""
     cdef const type_traits_t* tt = weight_traits(t)
-    if t not in (2, 3, 12, 13) or ne1 % 8 or ne0 < 1 or ne0 % tt.blck_size or w.shape[0] != row_size(tt, ne0) * ne1:
+    cdef int size[5]
+    cdef int step[5]
+    if (r8_parts(t, size, step) == 0 or ne1 % 8 or ne0 < 1 or ne0 % tt.blck_size
+            or w.shape[0] != row_size(tt, ne0) * ne1):
         raise ValueError(f"type {t}, shape ({ne0}, {ne1}), {w.shape[0]} bytes: not an interleavable tensor")
     out = np.empty(w.shape[0], np.uint8)
     cdef uint8_t[::1] o = out

@@ -87,6 +87,11 @@ cdef extern from "ggml_blocks.h" nogil:
         uint8_t scales[96]
         uint8_t qh[256]
         uint8_t qs[1024]
+    ctypedef struct block_q6_Kx8:
+        uint8_t ql[1024]
+        uint8_t qh[512]
+        int8_t scales[128]
+        ggml_fp16_t d[8]
 
 cdef enum:  # ggml_type ids, as the files store them
     GGML_TYPE_F32 = 0
