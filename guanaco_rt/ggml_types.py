@@ -142,15 +142,17 @@ def tensor_type_for(ftype_name, name, shape, layer, n_layer):
 
 
 # ---- row-interleaved copies (ggml_blocks.h: block_q4_0x8 ... block_q6_Kx8) -------------
-# The engine interleaves each 8 rows of a q4_0 / q4_1 / q4_K / q5_K / q6_K weight at load, for kernels
-# that put 8 rows in the 8 lanes of one register; these two functions are the layout's spec.
-R8_TYPES = (2, 3, 12, 13, 14)   # Q4_0, Q4_1, Q4_K, Q5_K, Q6_K
+# The engine interleaves each 8 rows of a q4_0 / q4_1 / q2_K / q4_K / q5_K / q6_K weight at load, for
+# kernels that put 8 rows in the 8 lanes of one register; these two functions are the layout's spec.
+R8_TYPES = (2, 3, 10, 12, 13, 14)   # Q4_0, Q4_1, Q2_K, Q4_K, Q5_K, Q6_K
 
 
 def _r8_parts(ttype):
     """[(bytes in a block, bytes per row and step)]: each field in the file's order, interleaved
-    8 rows at a time in steps of the given size (f16 scales and q6_K's scale pairs 2 bytes; the
-    rest 4). _engine.r8_parts is the same table."""
+    8 rows at a time in steps of the given size (f16 scales and q2_K/q6_K's scale pairs 2 bytes;
+    the rest 4). _engine.r8_parts is the same table."""
+    if ttype == 10:
+        return [(16, 2), (64, 4), (2, 2), (2, 2)]                                     # scales, qs, d, dmin
     if ttype == 14:
         return [(128, 4), (64, 4), (16, 2), (2, 2)]                                  # ql, qh, scales, d
     if ttype in (12, 13):

@@ -87,7 +87,7 @@ def test_only_types_with_8_row_kernels_interleave(K):
         E.repack_twin(T.Q4_0, np.zeros(7 * 18, np.uint8), 32, 7)
 
 
-@pytest.mark.parametrize("ftype", ["q4_0", "q4_1", "q4_K_S", "q5_K_M", "q6_K"])
+@pytest.mark.parametrize("ftype", ["q4_0", "q4_1", "q2_K", "q4_K_S", "q5_K_M", "q6_K"])
 def test_models_interleave_the_same_with_and_without_mmap(tmp_path_factory, ftype):
     path = tiny_model(tmp_path_factory.mktemp("r8"), ftype)
     tokens = [1, 5, 60, 7, 250, 9, 10]

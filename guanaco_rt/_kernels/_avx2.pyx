@@ -808,6 +808,74 @@ cdef void dot_r8_x4_q6_K_avx2(int n, float* s, int64_t s_stride, const void* vx,
                               int64_t y_stride) noexcept nogil:
     dot_r8_q6_tokens(<const tokens4*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
 
+# q2_K, 8 rows at once (block_q2_Kx8). Weights 0..3: a sub-block's 4 maddubs add up in i16
+# (4 * 2 * 3 * 128 at most), then one madd with each row's 4-bit scale; the minimums go
+# through the q8_K block sums, per pair of sub-blocks. Tokens 1 or 4.
+cdef inline __m256i q2_r8_pair(const uint8_t* blk, int p) noexcept nogil:
+    # lane r: row r's scale bytes (scale | min << 4) of sub-blocks 2p and 2p+1 as two u16
+    return _mm256_cvtepu8_epi16(_mm_loadu_si128(<const __m128i*>(blk + 16 * p)))
+
+cdef inline void dot_r8_q2_tokens(const tokens* count, int n, float* s, int64_t s_stride, const uint8_t* xb,
+                                  const void* vy, int64_t y_stride) noexcept nogil:
+    cdef int T = sizeof(tokens)
+    cdef const block_q8_K* y[4]
+    cdef __m256 acc[4]
+    cdef __m256 accm[4]
+    cdef __m256i sumi[4]
+    cdef __m256i s16[4]
+    cdef __m256i m3 = _mm256_set1_epi8(3), low4 = _mm256_set1_epi16(0x0F)
+    cdef __m256i dup0 = word_dup(0), dup1 = word_dup(1)
+    cdef __m256i w, sc, msum
+    cdef __m256 d8, dm8
+    cdef const uint8_t* blk
+    cdef int i, h, b, e, k, p, t
+    for t in range(T):
+        y[t] = <const block_q8_K*>(<const uint8_t*>vy + t * y_stride)
+        acc[t] = _mm256_setzero_ps()
+        accm[t] = _mm256_setzero_ps()
+    for i in range(n // QK_K):
+        blk = xb + i * sizeof(block_q2_Kx8)
+        if T == 1:
+            prefetch_ahead(blk, sizeof(block_q2_Kx8))
+        for t in range(T):
+            sumi[t] = _mm256_setzero_si256()
+        for h in range(2):
+            for b in range(4):
+                # bit pair b of each byte of half h: positions 32b..32b+31, sub-blocks 2p and 2p+1
+                p = 4 * h + b
+                for e in range(2):
+                    sc = _mm256_shuffle_epi8(_mm256_and_si256(q2_r8_pair(blk, p), low4), dup1 if e else dup0)
+                    for t in range(T):
+                        s16[t] = _mm256_setzero_si256()
+                    for k in range(4 * e, 4 * e + 4):
+                        w = _mm256_and_si256(_mm256_srli_epi16(
+                            _mm256_loadu_si256(<const __m256i*>(blk + 128 + 32 * (8 * h + k))), 2 * b), m3)
+                        for t in range(T):
+                            s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(
+                                w, bcast4(y[t][i].qs + 128 * h + 32 * b + 4 * k)))
+                    for t in range(T):
+                        sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(s16[t], sc))
+        d8 = _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>(blk + 640)))
+        dm8 = _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>(blk + 656)))
+        for t in range(T):
+            msum = _mm256_setzero_si256()
+            for p in range(8):
+                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(
+                    _mm256_srli_epi16(q2_r8_pair(blk, p), 4),
+                    _mm256_set1_epi32(<int>load_u32(<const uint8_t*>(y[t][i].bsums + 2 * p)))))
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d8, _mm256_set1_ps(y[t][i].d)), _mm256_cvtepi32_ps(sumi[t]), acc[t])
+            accm[t] = _mm256_fmadd_ps(_mm256_mul_ps(dm8, _mm256_set1_ps(y[t][i].d)), _mm256_cvtepi32_ps(msum), accm[t])
+    for t in range(T):
+        _mm256_storeu_ps(s + t * s_stride, _mm256_sub_ps(acc[t], accm[t]))
+
+cdef void dot_r8_q2_K_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                           int64_t y_stride) noexcept nogil:
+    dot_r8_q2_tokens(<const tokens1*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
+
+cdef void dot_r8_x4_q2_K_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                              int64_t y_stride) noexcept nogil:
+    dot_r8_q2_tokens(<const tokens4*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
+
 # The 4-token k-quant kernels share their per-block float steps, each token's in the order of
 # the one-row kernel: mins_x4 (the minimums' term; zeroes the integer sums), offset_x4 (a
 # constant weight offset), sums_x4 (the block's scaled sums), store4_diff (the final reductions).
@@ -1159,6 +1227,8 @@ TABLE.types[GGML_TYPE_Q8_0].vec_dot = vec_dot_q8_0_q8_1_avx2
 TABLE.types[GGML_TYPE_Q8_0].vec_dot_x4 = vec_dot_q8_0_q8_1_x4_avx2
 TABLE.types[GGML_TYPE_Q2_K].vec_dot = vec_dot_q2_K_q8_K_avx2
 TABLE.types[GGML_TYPE_Q2_K].vec_dot_x4 = vec_dot_q2_K_q8_K_x4_avx2
+TABLE.types[GGML_TYPE_Q2_K].dot_r8 = dot_r8_q2_K_avx2
+TABLE.types[GGML_TYPE_Q2_K].dot_r8_x4 = dot_r8_x4_q2_K_avx2
 TABLE.types[GGML_TYPE_Q3_K].vec_dot = vec_dot_q3_K_q8_K_avx2
 TABLE.types[GGML_TYPE_Q3_K].vec_dot_x4 = vec_dot_q3_K_q8_K_x4_avx2
 TABLE.types[GGML_TYPE_Q4_K].vec_dot = vec_dot_q4_K_q8_K_avx2

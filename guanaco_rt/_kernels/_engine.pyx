@@ -22,8 +22,8 @@ import mmap
 import numpy as np
 
 from guanaco_rt._kernels.ggml_blocks cimport (GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_Q4_0, GGML_TYPE_Q4_1,
-                                              GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K, GGML_TYPE_Q8_1,
-                                              GGML_TYPE_COUNT, block_q8_1, QK8_1)
+                                              GGML_TYPE_Q2_K, GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K,
+                                              GGML_TYPE_Q8_1, GGML_TYPE_COUNT, block_q8_1, QK8_1)
 from guanaco_rt._kernels._common cimport gr_openmp_enabled, gr_omp_max_threads, gr_cpu_has_avx2
 from guanaco_rt._kernels._isa cimport isa_kernels_t, vec_dot_fn, vec_dot_x4_fn, dot_r8_fn, ISA_CAPSULE
 from guanaco_rt._kernels._quants cimport type_traits_t, type_traits, row_size, fp32_to_fp16, from_float_fn
@@ -97,6 +97,9 @@ cdef int r8_parts(int type, int* size, int* step) noexcept nogil:
     cdef int n = 0
     if type == GGML_TYPE_Q6_K:                                  # ql, qh, scales (pairs), d
         size[0], step[0], size[1], step[1], size[2], step[2], size[3], step[3] = 128, 4, 64, 4, 16, 2, 2, 2
+        return 4
+    if type == GGML_TYPE_Q2_K:                                  # scales (pairs), qs, d, dmin
+        size[0], step[0], size[1], step[1], size[2], step[2], size[3], step[3] = 16, 2, 64, 4, 2, 2, 2, 2
         return 4
     if type == GGML_TYPE_Q4_0 or type == GGML_TYPE_Q4_1:       # d (, m), qs
         size[0], step[0] = 2, 2

@@ -97,6 +97,10 @@ typedef struct { ggml_fp16_t d[8]; ggml_fp16_t dmin[8]; uint8_t scales[8 * K_SCA
 /* q6_K, its fields in the file's order: ql[32*k + 4*r + j] = row r's ql[4*k + j], qh the same
  * way; scales[16*p + 2*r + e] = row r's scales[2*p + e] (sub-blocks 2p, 2p+1 side by side, so
  * one sign extension gives each row's pair in its 32-bit lane); d[r]. */
+/* q2_K the same way: scales[16*p + 2*r + e] = row r's scales[2*p + e]; qs[32*k + 4*r + j] = row
+ * r's qs[4*k + j]; d[r]; dmin[r]. */
+typedef struct { uint8_t scales[8 * QK_K / 16]; uint8_t qs[8 * QK_K / 4]; ggml_fp16_t d[8]; ggml_fp16_t dmin[8]; }
+    block_q2_Kx8;
 typedef struct { uint8_t ql[8 * QK_K / 2]; uint8_t qh[8 * QK_K / 4]; int8_t scales[8 * QK_K / 16]; ggml_fp16_t d[8]; }
     block_q6_Kx8;
 
@@ -118,6 +122,7 @@ _Static_assert(sizeof(block_q4_0x8) == 8 * sizeof(block_q4_0), "block_q4_0x8: wr
 _Static_assert(sizeof(block_q4_1x8) == 8 * sizeof(block_q4_1), "block_q4_1x8: wrong size/padding");
 _Static_assert(sizeof(block_q4_Kx8) == 8 * sizeof(block_q4_K), "block_q4_Kx8: wrong size/padding");
 _Static_assert(sizeof(block_q5_Kx8) == 8 * sizeof(block_q5_K), "block_q5_Kx8: wrong size/padding");
+_Static_assert(sizeof(block_q2_Kx8) == 8 * sizeof(block_q2_K), "block_q2_Kx8: wrong size/padding");
 _Static_assert(sizeof(block_q6_Kx8) == 8 * sizeof(block_q6_K), "block_q6_Kx8: wrong size/padding");
 
 #endif

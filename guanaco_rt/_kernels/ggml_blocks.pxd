@@ -87,6 +87,11 @@ cdef extern from "ggml_blocks.h" nogil:
         uint8_t scales[96]
         uint8_t qh[256]
         uint8_t qs[1024]
+    ctypedef struct block_q2_Kx8:
+        uint8_t scales[128]
+        uint8_t qs[512]
+        ggml_fp16_t d[8]
+        ggml_fp16_t dmin[8]
     ctypedef struct block_q6_Kx8:
         uint8_t ql[1024]
         uint8_t qh[512]
