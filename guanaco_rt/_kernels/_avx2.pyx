@@ -611,118 +611,157 @@ cdef inline __m256i min_pair(__m256i mins, int b, const block_q8_K* y, int j) no
     # per row: m_j * sum_j + m_j+1 * sum_j+1, the mins at bytes b, b+1 of each row's lane
     return _mm256_madd_epi16(_mm256_shuffle_epi8(mins, lane_bytes(b, b + 1)), _mm256_set1_epi32(bsum_pair(y, j)))
 
-# the block kind as a type too, for the same reason as the token count
-ctypedef struct kind_q4_K:
-    char q[4]
-ctypedef struct kind_q5_K:
-    char q[5]
-ctypedef fused kquant:
-    kind_q4_K
-    kind_q5_K
+cdef inline __m256i k4_r8_scales(__m256i w0, __m256i w2, int c) noexcept nogil:
+    # the 6-bit scales of sub-blocks 2c, 2c+1 of 8 rows: bytes 2c % 4 and 2c % 4 + 1 of word 0
+    # (c < 2) or of word 2 with word 0's top bits (unpack_k4_scales, 8 rows at a time)
+    if c < 2:
+        return _mm256_and_si256(w0, _mm256_set1_epi32(0x3f3f3f3f))
+    return _mm256_or_si256(_mm256_and_si256(w2, _mm256_set1_epi32(0x0f0f0f0f)), _mm256_slli_epi32(
+        _mm256_and_si256(_mm256_srli_epi32(w0, 6), _mm256_set1_epi32(0x03030303)), 4))
 
-cdef inline void dot_r8_k_tokens(const kquant* kind, const ktokens* count, int n, float* s, int64_t s_stride,
+cdef inline __m256i k4_r8_mins(const uint8_t* blk, __m256i w1, __m256i w2, const block_q8_K* y) noexcept nogil:
+    # per row: sum_j m_j * bsums of sub-block j (the minimums' term of block_q4_Kx8 / q5_Kx8)
+    cdef __m256i k1 = _mm256_set1_epi32(0x3f3f3f3f), k2 = _mm256_set1_epi32(0x0f0f0f0f)
+    cdef __m256i mn_lo = _mm256_and_si256(w1, k1)
+    cdef __m256i mn_hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(w2, 4), k2), _mm256_slli_epi32(
+        _mm256_and_si256(_mm256_srli_epi32(w1, 6), _mm256_set1_epi32(0x03030303)), 4))
+    return _mm256_add_epi32(_mm256_add_epi32(min_pair(mn_lo, 0, y, 0), min_pair(mn_lo, 2, y, 2)),
+                            _mm256_add_epi32(min_pair(mn_hi, 0, y, 4), min_pair(mn_hi, 2, y, 6)))
+
+cdef inline void dot_r8_k_tokens(const ktokens* count, int n, float* s, int64_t s_stride,
                                  const uint8_t* xb, const void* vy, int64_t y_stride) noexcept nogil:
-    # q4_K, or q5_K with its 5th bits: weights up to 31, so the i16 sums take 4 maddubs at a
-    # time (2 * 31 * 128 each), not 8
+    # q4_K: weights up to 15, so the i16 sums take all 8 maddubs of a sub-block (2 * 15 * 128 each)
     cdef int T = sizeof(ktokens)
-    cdef bint five = sizeof(kquant) == 5
-    cdef int64_t x_size = sizeof(block_q5_Kx8) if five else sizeof(block_q4_Kx8)
-    cdef int qs_off = 128 + 256 if five else 128
-    cdef int per = 4 if five else 8          # maddubs per i16 sum
     cdef const block_q8_K* y[2]
     cdef __m256 acc[2]
     cdef __m256 accm[2]
     cdef __m256i sumi[2]
     cdef __m256i lo16[2]
     cdef __m256i hi16[2]
-    cdef __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1), k1 = _mm256_set1_epi32(0x3f3f3f3f)
-    cdef __m256i k2 = _mm256_set1_epi32(0x0f0f0f0f), k3 = _mm256_set1_epi32(0x03030303)
-    cdef __m256i w0, w1, w2, sc, sl, sh, mn_lo, mn_hi, p, h, lo, hi, msum
+    cdef __m256i m4 = _mm256_set1_epi8(0x0F)
+    cdef __m256i w0, w1, w2, sc, sl, sh, p, lo, hi
     cdef __m256 d8, dm8
     cdef const uint8_t* blk
     cdef const int8_t* q8
-    cdef int i, c, k, k0, t
+    cdef int i, c, k, t
     for t in range(T):
         y[t] = <const block_q8_K*>(<const uint8_t*>vy + t * y_stride)
         acc[t] = _mm256_setzero_ps()
         accm[t] = _mm256_setzero_ps()
     for i in range(n // QK_K):
-        blk = xb + i * x_size
+        blk = xb + i * sizeof(block_q4_Kx8)
         if T == 1:
-            prefetch_ahead(blk, x_size)
+            prefetch_ahead(blk, sizeof(block_q4_Kx8))
         w0 = _mm256_loadu_si256(<const __m256i*>(blk + 32))
         w1 = _mm256_loadu_si256(<const __m256i*>(blk + 64))
         w2 = _mm256_loadu_si256(<const __m256i*>(blk + 96))
         for t in range(T):
             sumi[t] = _mm256_setzero_si256()
         for c in range(4):
-            # the scales of sub-blocks 2c, 2c+1: bytes 2c % 4 and 2c % 4 + 1 of word 0 (c < 2) or
-            # of word 2 with word 0's top bits (unpack_k4_scales, 8 rows at a time)
-            if c < 2:
-                sc = _mm256_and_si256(w0, k1)
-            else:
-                sc = _mm256_or_si256(_mm256_and_si256(w2, k2),
-                                     _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(w0, 6), k3), 4))
+            sc = k4_r8_scales(w0, w2, c)
             sl = _mm256_shuffle_epi8(sc, lane_bytes(2 * (c % 2), 2 * (c % 2)))
             sh = _mm256_shuffle_epi8(sc, lane_bytes(2 * (c % 2) + 1, 2 * (c % 2) + 1))
-            k0 = 0
-            while k0 < 8:
+            for t in range(T):
+                lo16[t] = _mm256_setzero_si256()
+                hi16[t] = _mm256_setzero_si256()
+            for k in range(8):
+                p = _mm256_loadu_si256(<const __m256i*>(blk + 128 + 256 * c + 32 * k))
+                lo = _mm256_and_si256(p, m4)
+                hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4)
                 for t in range(T):
-                    lo16[t] = _mm256_setzero_si256()
-                    hi16[t] = _mm256_setzero_si256()
-                for k in range(k0, k0 + per):
-                    p = _mm256_loadu_si256(<const __m256i*>(blk + qs_off + 256 * c + 32 * k))
-                    lo = _mm256_and_si256(p, m4)
-                    hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4)
-                    if five:     # bit 2c (2c+1) of the row's qh byte: 16 more for sub-block 2c (2c+1)
-                        h = _mm256_loadu_si256(<const __m256i*>(blk + 128 + 32 * k))
-                        lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * c), one),
-                                                                   4))
-                        hi = _mm256_or_si256(hi, _mm256_slli_epi16(
-                            _mm256_and_si256(_mm256_srli_epi16(h, 2 * c + 1), one), 4))
-                    for t in range(T):
-                        q8 = y[t][i].qs + 64 * c + 4 * k
-                        lo16[t] = _mm256_add_epi16(lo16[t], _mm256_maddubs_epi16(lo, bcast4(q8)))
-                        hi16[t] = _mm256_add_epi16(hi16[t], _mm256_maddubs_epi16(hi, bcast4(q8 + 32)))
-                for t in range(T):
-                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(_mm256_madd_epi16(lo16[t], sl),
-                                                                         _mm256_madd_epi16(hi16[t], sh)))
-                k0 += per
-        mn_lo = _mm256_and_si256(w1, k1)
-        mn_hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(w2, 4), k2),
-                                _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(w1, 6), k3), 4))
+                    q8 = y[t][i].qs + 64 * c + 4 * k
+                    lo16[t] = _mm256_add_epi16(lo16[t], _mm256_maddubs_epi16(lo, bcast4(q8)))
+                    hi16[t] = _mm256_add_epi16(hi16[t], _mm256_maddubs_epi16(hi, bcast4(q8 + 32)))
+            for t in range(T):
+                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(_mm256_madd_epi16(lo16[t], sl),
+                                                                     _mm256_madd_epi16(hi16[t], sh)))
         d8 = _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>blk))
         dm8 = _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>(blk + 16)))
         for t in range(T):
-            msum = _mm256_add_epi32(
-                _mm256_add_epi32(min_pair(mn_lo, 0, y[t] + i, 0), min_pair(mn_lo, 2, y[t] + i, 2)),
-                _mm256_add_epi32(min_pair(mn_hi, 0, y[t] + i, 4), min_pair(mn_hi, 2, y[t] + i, 6)))
             acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d8, _mm256_set1_ps(y[t][i].d)), _mm256_cvtepi32_ps(sumi[t]), acc[t])
-            accm[t] = _mm256_fmadd_ps(_mm256_mul_ps(dm8, _mm256_set1_ps(y[t][i].d)), _mm256_cvtepi32_ps(msum), accm[t])
+            accm[t] = _mm256_fmadd_ps(_mm256_mul_ps(dm8, _mm256_set1_ps(y[t][i].d)),
+                                      _mm256_cvtepi32_ps(k4_r8_mins(blk, w1, w2, y[t] + i)), accm[t])
     for t in range(T):
         _mm256_storeu_ps(s + t * s_stride, _mm256_sub_ps(acc[t], accm[t]))
 
 cdef void dot_r8_q4_K_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                            int64_t y_stride) noexcept nogil:
-    dot_r8_k_tokens(<const kind_q4_K*>NULL, <const tokens1*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
+    dot_r8_k_tokens(<const tokens1*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
 
 cdef void dot_r8_x4_q4_K_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                               int64_t y_stride) noexcept nogil:
     # two tokens at a time: four would not fit the 16 vector registers
-    dot_r8_k_tokens(<const kind_q4_K*>NULL, <const tokens2*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
-    dot_r8_k_tokens(<const kind_q4_K*>NULL, <const tokens2*>NULL, n, s + 2 * s_stride, s_stride, <const uint8_t*>vx,
+    dot_r8_k_tokens(<const tokens2*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
+    dot_r8_k_tokens(<const tokens2*>NULL, n, s + 2 * s_stride, s_stride, <const uint8_t*>vx,
                     <const uint8_t*>vy + 2 * y_stride, y_stride)
+
+cdef inline __m256i fifth_bit(__m256i h, int b) noexcept nogil:
+    # bit b of every byte of h, moved to bit 4 (its value in a 5-bit weight); 16-bit shifts
+    # carry bits across bytes, but the mask keeps only the byte's own
+    if b <= 4:
+        h = _mm256_slli_epi16(h, 4 - b)
+    else:
+        h = _mm256_srli_epi16(h, b - 4)
+    return _mm256_and_si256(h, _mm256_set1_epi8(0x10))
+
+cdef inline void dot_r8_q5_tokens(const tokens* count, int n, float* s, int64_t s_stride,
+                                  const uint8_t* xb, const void* vy, int64_t y_stride) noexcept nogil:
+    # q5_K: as q4_K with the 5th bits, but the weights reach 31 and the decoding costs more, so
+    # 4 tokens share one decoding and each maddubs goes straight to i32 with its scale (one madd)
+    cdef int T = sizeof(tokens)
+    cdef const block_q8_K* y[4]
+    cdef __m256 acc[4]
+    cdef __m256 accm[4]
+    cdef __m256i sumi[4]
+    cdef __m256i m4 = _mm256_set1_epi8(0x0F)
+    cdef __m256i w0, w1, w2, sc, sl, sh, p, h, lo, hi
+    cdef __m256 d8, dm8
+    cdef const uint8_t* blk
+    cdef const int8_t* q8
+    cdef int i, c, k, t
+    for t in range(T):
+        y[t] = <const block_q8_K*>(<const uint8_t*>vy + t * y_stride)
+        acc[t] = _mm256_setzero_ps()
+        accm[t] = _mm256_setzero_ps()
+    for i in range(n // QK_K):
+        blk = xb + i * sizeof(block_q5_Kx8)
+        if T == 1:
+            prefetch_ahead(blk, sizeof(block_q5_Kx8))
+        w0 = _mm256_loadu_si256(<const __m256i*>(blk + 32))
+        w1 = _mm256_loadu_si256(<const __m256i*>(blk + 64))
+        w2 = _mm256_loadu_si256(<const __m256i*>(blk + 96))
+        for t in range(T):
+            sumi[t] = _mm256_setzero_si256()
+        for c in range(4):
+            sc = k4_r8_scales(w0, w2, c)
+            sl = _mm256_shuffle_epi8(sc, lane_bytes(2 * (c % 2), 2 * (c % 2)))
+            sh = _mm256_shuffle_epi8(sc, lane_bytes(2 * (c % 2) + 1, 2 * (c % 2) + 1))
+            for k in range(8):
+                p = _mm256_loadu_si256(<const __m256i*>(blk + 384 + 256 * c + 32 * k))
+                h = _mm256_loadu_si256(<const __m256i*>(blk + 128 + 32 * k))
+                lo = _mm256_or_si256(_mm256_and_si256(p, m4), fifth_bit(h, 2 * c))
+                hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(p, 4), m4), fifth_bit(h, 2 * c + 1))
+                for t in range(T):
+                    q8 = y[t][i].qs + 64 * c + 4 * k
+                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(lo, bcast4(q8)), sl),
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(hi, bcast4(q8 + 32)), sh)))
+        d8 = _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>blk))
+        dm8 = _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>(blk + 16)))
+        for t in range(T):
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d8, _mm256_set1_ps(y[t][i].d)), _mm256_cvtepi32_ps(sumi[t]), acc[t])
+            accm[t] = _mm256_fmadd_ps(_mm256_mul_ps(dm8, _mm256_set1_ps(y[t][i].d)),
+                                      _mm256_cvtepi32_ps(k4_r8_mins(blk, w1, w2, y[t] + i)), accm[t])
+    for t in range(T):
+        _mm256_storeu_ps(s + t * s_stride, _mm256_sub_ps(acc[t], accm[t]))
 
 cdef void dot_r8_q5_K_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                            int64_t y_stride) noexcept nogil:
-    dot_r8_k_tokens(<const kind_q5_K*>NULL, <const tokens1*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
+    dot_r8_q5_tokens(<const tokens1*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
 
 cdef void dot_r8_x4_q5_K_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                               int64_t y_stride) noexcept nogil:
-    # two tokens at a time: four would not fit the 16 vector registers
-    dot_r8_k_tokens(<const kind_q5_K*>NULL, <const tokens2*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
-    dot_r8_k_tokens(<const kind_q5_K*>NULL, <const tokens2*>NULL, n, s + 2 * s_stride, s_stride, <const uint8_t*>vx,
-                    <const uint8_t*>vy + 2 * y_stride, y_stride)
+    dot_r8_q5_tokens(<const tokens4*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
 
 # q6_K, 8 rows at once (block_q6_Kx8). Weights reach 63, so each maddubs goes straight to i32
 # with its sub-block's scale (one madd); the -32 goes through the q8_K block sums, per pair of
