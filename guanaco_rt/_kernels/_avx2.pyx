@@ -588,11 +588,6 @@ cdef void dot_r8_x4_q4_1_avx2(int n, float* s, int64_t s_stride, const void* vx,
 # q4_K and q5_K, 8 rows at once (block_q4_Kx8, block_q5_Kx8): per sub-block the integer sums as above, then each
 # row's 6-bit scale (from the 8 rows' packed scales, unpacked 8 at a time) in its two i16
 # lanes for one madd; the minimums through the q8_K block sums, per pair of sub-blocks.
-ctypedef struct tokens2:
-    char t[2]
-ctypedef fused ktokens:
-    tokens1
-    tokens2
 
 cdef inline __m256i lane_bytes(int b0, int b1) noexcept nogil:
     # pshufb mask: in every 32-bit lane, its byte b0 and byte b1 as two u16
@@ -628,22 +623,22 @@ cdef inline __m256i k4_r8_mins(const uint8_t* blk, __m256i w1, __m256i w2, const
     return _mm256_add_epi32(_mm256_add_epi32(min_pair(mn_lo, 0, y, 0), min_pair(mn_lo, 2, y, 2)),
                             _mm256_add_epi32(min_pair(mn_hi, 0, y, 4), min_pair(mn_hi, 2, y, 6)))
 
-cdef inline void dot_r8_k_tokens(const ktokens* count, int n, float* s, int64_t s_stride,
-                                 const uint8_t* xb, const void* vy, int64_t y_stride) noexcept nogil:
-    # q4_K: weights up to 15, so the i16 sums take all 8 maddubs of a sub-block (2 * 15 * 128 each)
-    cdef int T = sizeof(ktokens)
-    cdef const block_q8_K* y[2]
-    cdef __m256 acc[2]
-    cdef __m256 accm[2]
-    cdef __m256i sumi[2]
-    cdef __m256i lo16[2]
-    cdef __m256i hi16[2]
+cdef inline void dot_r8_q4k_tokens(const tokens* count, int n, float* s, int64_t s_stride,
+                                   const uint8_t* xb, const void* vy, int64_t y_stride) noexcept nogil:
+    # q4_K: weights up to 15, so a sub-block's 8 maddubs add up in i16 (2 * 15 * 128 each).
+    # One sub-block at a time (the low nibbles of a chunk, then the high): one i16 sum per
+    # token, so 4 tokens fit the registers and share each decoding
+    cdef int T = sizeof(tokens)
+    cdef const block_q8_K* y[4]
+    cdef __m256 acc[4]
+    cdef __m256 accm[4]
+    cdef __m256i sumi[4]
+    cdef __m256i s16[4]
     cdef __m256i m4 = _mm256_set1_epi8(0x0F)
-    cdef __m256i w0, w1, w2, sc, sl, sh, p, lo, hi
+    cdef __m256i w0, w1, w2, sc, p
     cdef __m256 d8, dm8
     cdef const uint8_t* blk
-    cdef const int8_t* q8
-    cdef int i, c, k, t
+    cdef int i, c, b, k, t
     for t in range(T):
         y[t] = <const block_q8_K*>(<const uint8_t*>vy + t * y_stride)
         acc[t] = _mm256_setzero_ps()
@@ -658,23 +653,18 @@ cdef inline void dot_r8_k_tokens(const ktokens* count, int n, float* s, int64_t 
         for t in range(T):
             sumi[t] = _mm256_setzero_si256()
         for c in range(4):
-            sc = k4_r8_scales(w0, w2, c)
-            sl = _mm256_shuffle_epi8(sc, lane_bytes(2 * (c % 2), 2 * (c % 2)))
-            sh = _mm256_shuffle_epi8(sc, lane_bytes(2 * (c % 2) + 1, 2 * (c % 2) + 1))
-            for t in range(T):
-                lo16[t] = _mm256_setzero_si256()
-                hi16[t] = _mm256_setzero_si256()
-            for k in range(8):
-                p = _mm256_loadu_si256(<const __m256i*>(blk + 128 + 256 * c + 32 * k))
-                lo = _mm256_and_si256(p, m4)
-                hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4)
+            for b in range(2):             # sub-block 2c + b: the low (b = 0) or high nibbles
+                sc = _mm256_shuffle_epi8(k4_r8_scales(w0, w2, c), lane_bytes(2 * (c % 2) + b, 2 * (c % 2) + b))
                 for t in range(T):
-                    q8 = y[t][i].qs + 64 * c + 4 * k
-                    lo16[t] = _mm256_add_epi16(lo16[t], _mm256_maddubs_epi16(lo, bcast4(q8)))
-                    hi16[t] = _mm256_add_epi16(hi16[t], _mm256_maddubs_epi16(hi, bcast4(q8 + 32)))
-            for t in range(T):
-                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(_mm256_madd_epi16(lo16[t], sl),
-                                                                     _mm256_madd_epi16(hi16[t], sh)))
+                    s16[t] = _mm256_setzero_si256()
+                for k in range(8):
+                    p = _mm256_loadu_si256(<const __m256i*>(blk + 128 + 256 * c + 32 * k))
+                    p = _mm256_and_si256(_mm256_srli_epi16(p, 4) if b else p, m4)
+                    for t in range(T):
+                        s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(
+                            p, bcast4(y[t][i].qs + 64 * c + 32 * b + 4 * k)))
+                for t in range(T):
+                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(s16[t], sc))
         d8 = _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>blk))
         dm8 = _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>(blk + 16)))
         for t in range(T):
@@ -686,14 +676,11 @@ cdef inline void dot_r8_k_tokens(const ktokens* count, int n, float* s, int64_t 
 
 cdef void dot_r8_q4_K_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                            int64_t y_stride) noexcept nogil:
-    dot_r8_k_tokens(<const tokens1*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
+    dot_r8_q4k_tokens(<const tokens1*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
 
 cdef void dot_r8_x4_q4_K_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                               int64_t y_stride) noexcept nogil:
-    # two tokens at a time: four would not fit the 16 vector registers
-    dot_r8_k_tokens(<const tokens2*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
-    dot_r8_k_tokens(<const tokens2*>NULL, n, s + 2 * s_stride, s_stride, <const uint8_t*>vx,
-                    <const uint8_t*>vy + 2 * y_stride, y_stride)
+    dot_r8_q4k_tokens(<const tokens4*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
 
 cdef inline __m256i fifth_bit(__m256i h, int b) noexcept nogil:
     # bit b of every byte of h, moved to bit 4 (its value in a 5-bit weight); 16-bit shifts
