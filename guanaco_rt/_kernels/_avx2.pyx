@@ -501,6 +501,10 @@ cdef inline __m256i bcast4(const int8_t* p) noexcept nogil:
     # 4 activation bytes into every 32-bit lane
     return _mm256_set1_epi32(<int>load_u32(<const uint8_t*>p))
 
+cdef inline __m256 r8_scaled(__m256 d8, float dy, __m256i v, __m256 acc) noexcept nogil:
+    # acc + (d8 * dy) * v: a block's 8 rows of integer sums into a float accumulator
+    return _mm256_fmadd_ps(_mm256_mul_ps(d8, _mm256_set1_ps(dy)), _mm256_cvtepi32_ps(v), acc)
+
 cdef inline void r8_sums(const uint8_t* qs, const block_q8_1** y, int i, int T, __m256i* sum16) noexcept nogil:
     # sum16[t] (16 x i16, lanes 2r and 2r+1 from row r) adds up to row r's sum of q * y_t over
     # block i. i16 holds it: 8 maddubs lanes of at most 2 * 15 * 127 each
@@ -555,8 +559,7 @@ cdef inline void dot_r8_tokens(const tokens* count, int n, float* s, int64_t s_s
         r8_sums(blk + qs_off, y, i, T, sum16)
         d8 = _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>blk))
         for t in range(T):
-            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d8, _mm256_set1_ps(y[t][i].d)),
-                                     _mm256_cvtepi32_ps(_mm256_madd_epi16(sum16[t], ones)), acc[t])
+            acc[t] = r8_scaled(d8, y[t][i].d, _mm256_madd_epi16(sum16[t], ones), acc[t])
     # the minimum's term in a second pass over the (now cached) scales: fewer live registers
     for i in range(nb):
         blk = xb + i * x_size
@@ -614,7 +617,7 @@ cdef inline __m256i k4_r8_scales(__m256i w0, __m256i w2, int c) noexcept nogil:
     return _mm256_or_si256(_mm256_and_si256(w2, _mm256_set1_epi32(0x0f0f0f0f)), _mm256_slli_epi32(
         _mm256_and_si256(_mm256_srli_epi32(w0, 6), _mm256_set1_epi32(0x03030303)), 4))
 
-cdef inline __m256i k4_r8_mins(const uint8_t* blk, __m256i w1, __m256i w2, const block_q8_K* y) noexcept nogil:
+cdef inline __m256i k4_r8_mins(__m256i w1, __m256i w2, const block_q8_K* y) noexcept nogil:
     # per row: sum_j m_j * bsums of sub-block j (the minimums' term of block_q4_Kx8 / q5_Kx8)
     cdef __m256i k1 = _mm256_set1_epi32(0x3f3f3f3f), k2 = _mm256_set1_epi32(0x0f0f0f0f)
     cdef __m256i mn_lo = _mm256_and_si256(w1, k1)
@@ -668,9 +671,8 @@ cdef inline void dot_r8_q4k_tokens(const tokens* count, int n, float* s, int64_t
         d8 = _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>blk))
         dm8 = _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>(blk + 16)))
         for t in range(T):
-            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d8, _mm256_set1_ps(y[t][i].d)), _mm256_cvtepi32_ps(sumi[t]), acc[t])
-            accm[t] = _mm256_fmadd_ps(_mm256_mul_ps(dm8, _mm256_set1_ps(y[t][i].d)),
-                                      _mm256_cvtepi32_ps(k4_r8_mins(blk, w1, w2, y[t] + i)), accm[t])
+            acc[t] = r8_scaled(d8, y[t][i].d, sumi[t], acc[t])
+            accm[t] = r8_scaled(dm8, y[t][i].d, k4_r8_mins(w1, w2, y[t] + i), accm[t])
     for t in range(T):
         _mm256_storeu_ps(s + t * s_stride, _mm256_sub_ps(acc[t], accm[t]))
 
@@ -736,9 +738,8 @@ cdef inline void dot_r8_q5_tokens(const tokens* count, int n, float* s, int64_t 
         d8 = _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>blk))
         dm8 = _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>(blk + 16)))
         for t in range(T):
-            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d8, _mm256_set1_ps(y[t][i].d)), _mm256_cvtepi32_ps(sumi[t]), acc[t])
-            accm[t] = _mm256_fmadd_ps(_mm256_mul_ps(dm8, _mm256_set1_ps(y[t][i].d)),
-                                      _mm256_cvtepi32_ps(k4_r8_mins(blk, w1, w2, y[t] + i)), accm[t])
+            acc[t] = r8_scaled(d8, y[t][i].d, sumi[t], acc[t])
+            accm[t] = r8_scaled(dm8, y[t][i].d, k4_r8_mins(w1, w2, y[t] + i), accm[t])
     for t in range(T):
         _mm256_storeu_ps(s + t * s_stride, _mm256_sub_ps(acc[t], accm[t]))
 
@@ -822,7 +823,7 @@ cdef inline void dot_r8_q6_tokens(const tokens* count, int n, float* s, int64_t 
                                 _mm256_maddubs_epi16(w, bcast4(y[t][i].qs + pos)), sc[qd]))
         d8 = _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>(blk + 1664)))
         for t in range(T):
-            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d8, _mm256_set1_ps(y[t][i].d)), _mm256_cvtepi32_ps(sumi[t]), acc[t])
+            acc[t] = r8_scaled(d8, y[t][i].d, sumi[t], acc[t])
     for t in range(T):
         _mm256_storeu_ps(s + t * s_stride, acc[t])
 
@@ -889,8 +890,8 @@ cdef inline void dot_r8_q2_tokens(const tokens* count, int n, float* s, int64_t 
                 msum = _mm256_add_epi32(msum, _mm256_madd_epi16(
                     _mm256_srli_epi16(q2_r8_pair(blk, p), 4),
                     _mm256_set1_epi32(<int>load_u32(<const uint8_t*>(y[t][i].bsums + 2 * p)))))
-            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d8, _mm256_set1_ps(y[t][i].d)), _mm256_cvtepi32_ps(sumi[t]), acc[t])
-            accm[t] = _mm256_fmadd_ps(_mm256_mul_ps(dm8, _mm256_set1_ps(y[t][i].d)), _mm256_cvtepi32_ps(msum), accm[t])
+            acc[t] = r8_scaled(d8, y[t][i].d, sumi[t], acc[t])
+            accm[t] = r8_scaled(dm8, y[t][i].d, msum, accm[t])
     for t in range(T):
         _mm256_storeu_ps(s + t * s_stride, _mm256_sub_ps(acc[t], accm[t]))
 
