@@ -626,63 +626,26 @@ cdef inline __m256i k4_r8_mins(__m256i w1, __m256i w2, const block_q8_K* y) noex
     return _mm256_add_epi32(_mm256_add_epi32(min_pair(mn_lo, 0, y, 0), min_pair(mn_lo, 2, y, 2)),
                             _mm256_add_epi32(min_pair(mn_hi, 0, y, 4), min_pair(mn_hi, 2, y, 6)))
 
-cdef inline void dot_r8_q4k_tokens(const tokens* count, int n, float* s, int64_t s_stride,
-                                   const uint8_t* xb, const void* vy, int64_t y_stride) noexcept nogil:
+cdef inline void q4k_r8_chunk(const uint8_t* blk, __m256i sc, int c, const block_q8_K** y, int i, int T,
+                              __m256i* sumi) noexcept nogil:
     # q4_K: weights up to 15, so a sub-block's 8 maddubs add up in i16 (2 * 15 * 128 each).
-    # One sub-block at a time (the low nibbles of a chunk, then the high): one i16 sum per
+    # One sub-block at a time (the low nibbles of chunk c, then the high): one i16 sum per
     # token, so 4 tokens fit the registers and share each decoding
-    cdef int T = sizeof(tokens)
-    cdef const block_q8_K* y[4]
-    cdef __m256 acc[4]
-    cdef __m256 accm[4]
-    cdef __m256i sumi[4]
     cdef __m256i s16[4]
     cdef __m256i m4 = _mm256_set1_epi8(0x0F)
-    cdef __m256i w0, w1, w2, sc, p
-    cdef __m256 d8, dm8
-    cdef const uint8_t* blk
-    cdef int i, c, b, k, t
-    for t in range(T):
-        y[t] = <const block_q8_K*>(<const uint8_t*>vy + t * y_stride)
-        acc[t] = _mm256_setzero_ps()
-        accm[t] = _mm256_setzero_ps()
-    for i in range(n // QK_K):
-        blk = xb + i * sizeof(block_q4_Kx8)
-        if T == 1:
-            prefetch_ahead(blk, sizeof(block_q4_Kx8))
-        w0 = _mm256_loadu_si256(<const __m256i*>(blk + 32))
-        w1 = _mm256_loadu_si256(<const __m256i*>(blk + 64))
-        w2 = _mm256_loadu_si256(<const __m256i*>(blk + 96))
+    cdef __m256i p, scb
+    cdef int b, k, t
+    for b in range(2):
+        scb = _mm256_shuffle_epi8(sc, lane_bytes(2 * (c % 2) + b, 2 * (c % 2) + b))
         for t in range(T):
-            sumi[t] = _mm256_setzero_si256()
-        for c in range(4):
-            for b in range(2):             # sub-block 2c + b: the low (b = 0) or high nibbles
-                sc = _mm256_shuffle_epi8(k4_r8_scales(w0, w2, c), lane_bytes(2 * (c % 2) + b, 2 * (c % 2) + b))
-                for t in range(T):
-                    s16[t] = _mm256_setzero_si256()
-                for k in range(8):
-                    p = _mm256_loadu_si256(<const __m256i*>(blk + 128 + 256 * c + 32 * k))
-                    p = _mm256_and_si256(_mm256_srli_epi16(p, 4) if b else p, m4)
-                    for t in range(T):
-                        s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(
-                            p, bcast4(y[t][i].qs + 64 * c + 32 * b + 4 * k)))
-                for t in range(T):
-                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(s16[t], sc))
-        d8 = _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>blk))
-        dm8 = _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>(blk + 16)))
+            s16[t] = _mm256_setzero_si256()
+        for k in range(8):
+            p = _mm256_loadu_si256(<const __m256i*>(blk + 128 + 256 * c + 32 * k))
+            p = _mm256_and_si256(_mm256_srli_epi16(p, 4) if b else p, m4)
+            for t in range(T):
+                s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(p, bcast4(y[t][i].qs + 64 * c + 32 * b + 4 * k)))
         for t in range(T):
-            acc[t] = r8_scaled(d8, y[t][i].d, sumi[t], acc[t])
-            accm[t] = r8_scaled(dm8, y[t][i].d, k4_r8_mins(w1, w2, y[t] + i), accm[t])
-    for t in range(T):
-        _mm256_storeu_ps(s + t * s_stride, _mm256_sub_ps(acc[t], accm[t]))
-
-cdef void dot_r8_q4_K_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
-                           int64_t y_stride) noexcept nogil:
-    dot_r8_q4k_tokens(<const tokens1*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
-
-cdef void dot_r8_x4_q4_K_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
-                              int64_t y_stride) noexcept nogil:
-    dot_r8_q4k_tokens(<const tokens4*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
+            sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(s16[t], scb))
 
 cdef inline __m256i fifth_bit(__m256i h, int b) noexcept nogil:
     # bit b of every byte of h, moved to bit 4 (its value in a 5-bit weight); 16-bit shifts
@@ -693,48 +656,69 @@ cdef inline __m256i fifth_bit(__m256i h, int b) noexcept nogil:
         h = _mm256_srli_epi16(h, b - 4)
     return _mm256_and_si256(h, _mm256_set1_epi8(0x10))
 
-cdef inline void dot_r8_q5_tokens(const tokens* count, int n, float* s, int64_t s_stride,
+cdef inline void q5k_r8_chunk(const uint8_t* blk, __m256i sc, int c, const block_q8_K** y, int i, int T,
+                              __m256i* sumi) noexcept nogil:
+    # q5_K: the weights reach 31 and the decoding costs more, so each maddubs goes straight to
+    # i32 with its scale (one madd), leaving only the i32 sums live and 4 tokens per decoding
+    cdef __m256i m4 = _mm256_set1_epi8(0x0F)
+    cdef __m256i sl = _mm256_shuffle_epi8(sc, lane_bytes(2 * (c % 2), 2 * (c % 2)))
+    cdef __m256i sh = _mm256_shuffle_epi8(sc, lane_bytes(2 * (c % 2) + 1, 2 * (c % 2) + 1))
+    cdef __m256i p, h, lo, hi
+    cdef const int8_t* q8
+    cdef int k, t
+    for k in range(8):
+        p = _mm256_loadu_si256(<const __m256i*>(blk + 384 + 256 * c + 32 * k))
+        h = _mm256_loadu_si256(<const __m256i*>(blk + 128 + 32 * k))
+        lo = _mm256_or_si256(_mm256_and_si256(p, m4), fifth_bit(h, 2 * c))
+        hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(p, 4), m4), fifth_bit(h, 2 * c + 1))
+        for t in range(T):
+            q8 = y[t][i].qs + 64 * c + 4 * k
+            sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(
+                _mm256_madd_epi16(_mm256_maddubs_epi16(lo, bcast4(q8)), sl),
+                _mm256_madd_epi16(_mm256_maddubs_epi16(hi, bcast4(q8 + 32)), sh)))
+
+# the block kind as a type too, for the same reason as the token count
+ctypedef struct kind_q4_K:
+    char q[4]
+ctypedef struct kind_q5_K:
+    char q[5]
+ctypedef fused k4kind:
+    kind_q4_K
+    kind_q5_K
+
+cdef inline void dot_r8_k4_tokens(const k4kind* kind, const tokens* count, int n, float* s, int64_t s_stride,
                                   const uint8_t* xb, const void* vy, int64_t y_stride) noexcept nogil:
-    # q5_K: as q4_K with the 5th bits, but the weights reach 31 and the decoding costs more, so
-    # 4 tokens share one decoding and each maddubs goes straight to i32 with its scale (one madd)
+    # q4_K and q5_K: per chunk of 2 sub-blocks the integer sums (q4k_r8_chunk, q5k_r8_chunk),
+    # then the block's float steps and the minimums' term, shared
     cdef int T = sizeof(tokens)
+    cdef bint five = sizeof(k4kind) == 5
+    cdef int64_t x_size = sizeof(block_q5_Kx8) if five else sizeof(block_q4_Kx8)
     cdef const block_q8_K* y[4]
     cdef __m256 acc[4]
     cdef __m256 accm[4]
     cdef __m256i sumi[4]
-    cdef __m256i m4 = _mm256_set1_epi8(0x0F)
-    cdef __m256i w0, w1, w2, sc, sl, sh, p, h, lo, hi
+    cdef __m256i w0, w1, w2
     cdef __m256 d8, dm8
     cdef const uint8_t* blk
-    cdef const int8_t* q8
-    cdef int i, c, k, t
+    cdef int i, c, t
     for t in range(T):
         y[t] = <const block_q8_K*>(<const uint8_t*>vy + t * y_stride)
         acc[t] = _mm256_setzero_ps()
         accm[t] = _mm256_setzero_ps()
     for i in range(n // QK_K):
-        blk = xb + i * sizeof(block_q5_Kx8)
+        blk = xb + i * x_size
         if T == 1:
-            prefetch_ahead(blk, sizeof(block_q5_Kx8))
+            prefetch_ahead(blk, x_size)
         w0 = _mm256_loadu_si256(<const __m256i*>(blk + 32))
         w1 = _mm256_loadu_si256(<const __m256i*>(blk + 64))
         w2 = _mm256_loadu_si256(<const __m256i*>(blk + 96))
         for t in range(T):
             sumi[t] = _mm256_setzero_si256()
         for c in range(4):
-            sc = k4_r8_scales(w0, w2, c)
-            sl = _mm256_shuffle_epi8(sc, lane_bytes(2 * (c % 2), 2 * (c % 2)))
-            sh = _mm256_shuffle_epi8(sc, lane_bytes(2 * (c % 2) + 1, 2 * (c % 2) + 1))
-            for k in range(8):
-                p = _mm256_loadu_si256(<const __m256i*>(blk + 384 + 256 * c + 32 * k))
-                h = _mm256_loadu_si256(<const __m256i*>(blk + 128 + 32 * k))
-                lo = _mm256_or_si256(_mm256_and_si256(p, m4), fifth_bit(h, 2 * c))
-                hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(p, 4), m4), fifth_bit(h, 2 * c + 1))
-                for t in range(T):
-                    q8 = y[t][i].qs + 64 * c + 4 * k
-                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(lo, bcast4(q8)), sl),
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(hi, bcast4(q8 + 32)), sh)))
+            if five:
+                q5k_r8_chunk(blk, k4_r8_scales(w0, w2, c), c, y, i, T, sumi)
+            else:
+                q4k_r8_chunk(blk, k4_r8_scales(w0, w2, c), c, y, i, T, sumi)
         d8 = _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>blk))
         dm8 = _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>(blk + 16)))
         for t in range(T):
@@ -743,13 +727,21 @@ cdef inline void dot_r8_q5_tokens(const tokens* count, int n, float* s, int64_t 
     for t in range(T):
         _mm256_storeu_ps(s + t * s_stride, _mm256_sub_ps(acc[t], accm[t]))
 
+cdef void dot_r8_q4_K_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                           int64_t y_stride) noexcept nogil:
+    dot_r8_k4_tokens(<const kind_q4_K*>NULL, <const tokens1*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
+
+cdef void dot_r8_x4_q4_K_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                              int64_t y_stride) noexcept nogil:
+    dot_r8_k4_tokens(<const kind_q4_K*>NULL, <const tokens4*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
+
 cdef void dot_r8_q5_K_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                            int64_t y_stride) noexcept nogil:
-    dot_r8_q5_tokens(<const tokens1*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
+    dot_r8_k4_tokens(<const kind_q5_K*>NULL, <const tokens1*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
 
 cdef void dot_r8_x4_q5_K_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
                               int64_t y_stride) noexcept nogil:
-    dot_r8_q5_tokens(<const tokens4*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
+    dot_r8_k4_tokens(<const kind_q5_K*>NULL, <const tokens4*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
 
 # q6_K, 8 rows at once (block_q6_Kx8). Weights reach 63, so each maddubs goes straight to i32
 # with its sub-block's scale (one madd); the -32 goes through the q8_K block sums, per pair of

@@ -93,30 +93,27 @@ cdef void pack_q8_1_x4(uint8_t* rows, int64_t stride, int64_t nb) noexcept nogil
 
 cdef int r8_parts(int type, int* size, int* step) noexcept nogil:
     # the fields of one block in the file's order: (bytes, bytes per row and step), as
-    # ggml_types._r8_parts; returns how many (0: the type has no interleaved layout)
-    cdef int n = 0
-    if type == GGML_TYPE_Q6_K:                                  # ql, qh, scales (pairs), d
-        size[0], step[0], size[1], step[1], size[2], step[2], size[3], step[3] = 128, 4, 64, 4, 16, 2, 2, 2
-        return 4
+    # ggml_types._r8_parts and the x8 structs of ggml_blocks.h; returns how many (0: the type
+    # has no interleaved layout)
+    if type == GGML_TYPE_Q4_0:                                  # d, qs
+        size[0], step[0], size[1], step[1] = 2, 2, 16, 4
+        return 2
+    if type == GGML_TYPE_Q4_1:                                  # d, m, qs
+        size[0], step[0], size[1], step[1], size[2], step[2] = 2, 2, 2, 2, 16, 4
+        return 3
     if type == GGML_TYPE_Q2_K:                                  # scales (pairs), qs, d, dmin
         size[0], step[0], size[1], step[1], size[2], step[2], size[3], step[3] = 16, 2, 64, 4, 2, 2, 2, 2
         return 4
-    if type == GGML_TYPE_Q4_0 or type == GGML_TYPE_Q4_1:       # d (, m), qs
-        size[0], step[0] = 2, 2
-        n = 1
-        if type == GGML_TYPE_Q4_1:
-            size[1], step[1] = 2, 2
-            n = 2
-        size[n], step[n] = 16, 4
-        return n + 1
-    if type == GGML_TYPE_Q4_K or type == GGML_TYPE_Q5_K:       # d, dmin, scales, (qh,) qs
-        size[0], step[0], size[1], step[1], size[2], step[2] = 2, 2, 2, 2, 12, 4
-        n = 3
-        if type == GGML_TYPE_Q5_K:
-            size[3], step[3] = 32, 4
-            n = 4
-        size[n], step[n] = 128, 4
-        return n + 1
+    if type == GGML_TYPE_Q4_K:                                  # d, dmin, scales, qs
+        size[0], step[0], size[1], step[1], size[2], step[2], size[3], step[3] = 2, 2, 2, 2, 12, 4, 128, 4
+        return 4
+    if type == GGML_TYPE_Q5_K:                                  # d, dmin, scales, qh, qs
+        size[0], step[0], size[1], step[1], size[2], step[2], size[3], step[3] = 2, 2, 2, 2, 12, 4, 32, 4
+        size[4], step[4] = 128, 4
+        return 5
+    if type == GGML_TYPE_Q6_K:                                  # ql, qh, scales (pairs), d
+        size[0], step[0], size[1], step[1], size[2], step[2], size[3], step[3] = 128, 4, 64, 4, 16, 2, 2, 2
+        return 4
     return 0
 
 cdef void repack_r8(uint8_t* dst, const uint8_t* src, int type, int64_t nb, int64_t nb1, int64_t ne1,
