@@ -330,8 +330,11 @@ def test_14_a_fifo_is_refused_at_once(tmp_path):
 # ---- 15. Ctrl-C during a generation that prints nothing ------------------------------------
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_15_sigint_stops_generation_within_a_token(path):
+    # Ctrl-C as a terminal delivers it: a child started from a background job (nohup, `cmd &`
+    # in a script) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler
     code = f"""
-import time, guanaco_rt
+import signal, time, guanaco_rt
+signal.signal(signal.SIGINT, signal.default_int_handler)
 m = guanaco_rt.Model({path!r}, n_threads=1)
 s = guanaco_rt.Session(m, n_ctx=4096, context_policy="shift")
 print("ready", flush=True)
@@ -343,11 +346,15 @@ except KeyboardInterrupt:
     print("interrupted after", time.perf_counter() - t0, flush=True)
 """
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=HERE)
-    assert p.stdout.readline().strip() == "ready"
-    time.sleep(1.0)
-    t0 = time.perf_counter()
-    p.send_signal(signal.SIGINT)
-    out, _ = p.communicate(timeout=30)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        time.sleep(1.0)
+        t0 = time.perf_counter()
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=30)
+    finally:
+        p.kill()                  # a child that did not stop would generate on past the test
+        p.communicate()
     assert "interrupted" in out
     assert time.perf_counter() - t0 < 1.0
 
