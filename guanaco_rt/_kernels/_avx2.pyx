@@ -20,36 +20,29 @@ ISA = "avx2"
 
 DEF PREFETCH = 4096
 
-cdef inline void prefetch_ahead(const uint8_t* p, int64_t n) noexcept nogil:
-    # every cache line of the n bytes PREFETCH ahead of p. A token's pass reads each weight
-    # once, and with the hardware prefetcher alone these loops waited on memory: a 7B-size
-    # q6_K matrix streamed at 11.5 GB/s on 2 threads, 20.8 with this (q4_0 16 -> 20.8).
-    # The 8-row k-quant loops call it per slice of a block (prefetch_slice); the others keep a
-    # cursor (prefetch_until)
-    cdef int64_t off
-    for off in range(0, n, 64):
-        _mm_prefetch(<const char*>(p + PREFETCH + off), _MM_HINT_T0)
-
 cdef inline const uint8_t* prefetch_until(const uint8_t* pf, const uint8_t* end) noexcept nogil:
-    # the lines from pf to PREFETCH past end, each once; returns the next one. A loop's step is
-    # rarely a line (q8_0: 68 bytes a pair; q4_0x8: 144 a block), and prefetch_ahead per step
-    # asked for up to 2.9x the lines read: issue slots for nothing. 7B q8_0 generation 3.51 ->
-    # 3.75 tok/s (median of 5 alternating pairs, every pair faster); the other types unchanged
+    # the lines from pf to PREFETCH past end, each once; returns the next one. A token's pass
+    # reads each weight once, and with the hardware prefetcher alone the one-token loops waited
+    # on memory: a 7B-size q6_K matrix streamed at 11.5 GB/s on 2 threads, 20.8 with a prefetch
+    # (q4_0 16 -> 20.8). Each loop keeps its cursor pf, starting PREFETCH past its first byte:
+    # a step is rarely a line (q8_0: 68 bytes a pair; q4_0x8: 144 a block), and asking for
+    # every line of each step asked for up to 2.9x the lines read, issue slots for nothing
+    # (7B q8_0 generation 3.51 -> 3.75 tok/s, median of 5 alternating pairs, every pair faster)
     while pf < end + PREFETCH:
         _mm_prefetch(<const char*>pf, _MM_HINT_T0)
         pf += 64
     return pf
 
 cdef inline void prefetch_slice(const uint8_t* blk, int64_t size, int idx, int nslices) noexcept nogil:
-    # slice idx of nslices of prefetch_ahead(blk, size), for the 8-row k-quant blocks (672-1680
-    # bytes): their lines requested a few at a time through the block, not all 11-27 at its
-    # start, where they waited on the core's outstanding-miss slots. A lone 7B-size matrix on 2
-    # threads, matmuls per 3 s, 4 alternating rounds: q6_K +12%, q5_K +13%, q4_K +6%, q2_K +2%;
-    # 7B q6_K generation 2.46 -> 3.05 tok/s (median of 5 alternating pairs, every pair faster)
+    # slice idx of nslices of the size bytes at blk, PREFETCH ahead, for the 8-row k-quant
+    # blocks (672-1680 bytes): their lines requested a few at a time through the block, not all
+    # 11-27 at its start, where they waited on the core's outstanding-miss slots. A lone
+    # 7B-size matrix on 2 threads, matmuls per 3 s, 4 alternating rounds: q6_K +12%, q5_K +13%,
+    # q4_K +6%, q2_K +2%; 7B q6_K generation 2.46 -> 3.05 tok/s (median of 5 alternating pairs)
     cdef int64_t step = ((size + nslices - 1) // nslices + 63) // 64 * 64
     cdef int64_t lo = idx * step
     if lo < size:
-        prefetch_ahead(blk + lo, min(step, size - lo))
+        prefetch_until(blk + lo + PREFETCH, blk + min(lo + step, size))
 
 # f16 -> f32 of the weight scales: the 32-weight block kernels look them up in the
 # fp16 table (two loads) rather than vpinsrw + vcvtph2ps (two shuffle/convert uops on the
