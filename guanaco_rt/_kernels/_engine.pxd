@@ -95,7 +95,7 @@ cdef int r8_parts(int type, int* size, int* step) noexcept nogil
 cdef void repack_r8(uint8_t* dst, const uint8_t* src, int type, int64_t nb, int64_t nb1, int64_t ne1,
                     int nth) noexcept nogil
 cdef void matmul_q(const isa_kernels_t* K, float** outs, const tensor_t** Ws, int nw,
-                   const uint8_t* xq, int64_t xq_stride, int n_tok, int nth) noexcept nogil
+                   const uint8_t* xq, int64_t xq_stride, int n_tok, int nth, bint glu) noexcept nogil
 cdef double monotonic() noexcept nogil
 cdef int decode_one(const model_t* m, state_t* s, int32_t tok) noexcept nogil
 cdef int gov_threads(const state_t* s) noexcept nogil

@@ -78,7 +78,7 @@ def matmul_twin(KernelSet K, int t, const uint8_t[::1] w, int64_t ne0, int64_t n
         with nogil:
             quantize_rows(&K.k, &a[0], qs, &x[0, 0], ne0, n_tok, tt.vec_dot_type, max(1, n_threads))
             op = &o[0, 0]
-            matmul_q(&K.k, &op, &wp, 1, &a[0], qs, n_tok, max(1, n_threads))
+            matmul_q(&K.k, &op, &wp, 1, &a[0], qs, n_tok, max(1, n_threads), False)
     return out
 
 
