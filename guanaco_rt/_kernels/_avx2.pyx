@@ -558,6 +558,18 @@ ctypedef fused tokens:
     tokens1
     tokens4
 
+cdef inline void r8_min_term(const uint8_t* blk, bint has_m, const block_q8_1** y, int i, int T,
+                             __m256* accm) noexcept nogil:
+    # accm[t] += m * s_t for block i (blk) of 8 rows: m its minimums (q4_1), or -8 d (q4_0)
+    cdef __m256 m8
+    cdef int t
+    if has_m:
+        m8 = _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>(blk + 16)))
+    else:
+        m8 = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>blk)), _mm256_set1_ps(-8.0))
+    for t in range(T):
+        accm[t] = _mm256_fmadd_ps(m8, _mm256_set1_ps(y[t][i].s), accm[t])
+
 cdef inline void dot_r8_tokens(const tokens* count, int n, float* s, int64_t s_stride, const uint8_t* xb,
                                int64_t x_size, bint has_m, const void* vy, int64_t y_stride) noexcept nogil:
     # x = d * q + m with q unsigned 4-bit: q4_1 (has_m), or q4_0 with m = -8 d.
@@ -568,7 +580,7 @@ cdef inline void dot_r8_tokens(const tokens* count, int n, float* s, int64_t s_s
     cdef __m256 acc[4]
     cdef __m256 accm[4]
     cdef __m256i ones = _mm256_set1_epi16(1)
-    cdef __m256 d8, m8
+    cdef __m256 d8
     cdef const uint8_t* blk
     cdef int64_t qs_off = 32 if has_m else 16
     cdef int i, t, nb = n // QK8_1
@@ -585,15 +597,14 @@ cdef inline void dot_r8_tokens(const tokens* count, int n, float* s, int64_t s_s
         d8 = _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>blk))
         for t in range(T):
             acc[t] = r8_scaled(d8, y[t][i].d, _mm256_madd_epi16(sum16[t], ones), acc[t])
-    # the minimum's term in a second pass over the (now cached) scales: fewer live registers
-    for i in range(nb):
-        blk = xb + i * x_size
-        if has_m:
-            m8 = _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>(blk + 16)))
-        else:
-            m8 = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>blk)), _mm256_set1_ps(-8.0))
-        for t in range(T):
-            accm[t] = _mm256_fmadd_ps(m8, _mm256_set1_ps(y[t][i].s), accm[t])
+        if T == 1:
+            r8_min_term(blk, has_m, y, i, T, accm)
+    # 4 tokens: the minimum's term in a second pass over the (now cached) scales, with fewer
+    # live registers. One token has them to spare, and a second pass left the memory idle
+    # (nothing prefetched while it ran)
+    if T > 1:
+        for i in range(nb):
+            r8_min_term(xb + i * x_size, has_m, y, i, T, accm)
     for t in range(T):
         _mm256_storeu_ps(s + t * s_stride, _mm256_add_ps(acc[t], accm[t]))
 
