@@ -112,7 +112,7 @@ class Model:
     """A LLaMA/Guanaco model from a ggjt v3 ``.bin`` file.
 
     The weights stay in a read-only mmap; nothing is dequantized at load. The q4_0, q4_1,
-    q2_K, q4_K, q5_K and q6_K matrices, when the kernels have 8-row variants for them (AVX2), are the
+    q8_0, q2_K, q4_K, q5_K and q6_K matrices, when the kernels have 8-row variants for them (AVX2), are the
     exception: each 8 rows are interleaved at load into memory of their own
     (``repacked_bytes``), and the file pages they came from are handed back, so the process
     holds one copy, never two. The file must not change while the Model is open: each

@@ -82,12 +82,12 @@ def test_8_row_kernels_give_the_same_bits_one_token_or_four_and_on_any_thread_co
 def test_only_types_with_8_row_kernels_interleave(K):
     w = np.zeros(8 * 34, np.uint8)
     with pytest.raises(ValueError, match="no 8-row kernels"):
-        E.matmul_twin(K, T.Q8_0, w, 32, 8, np.zeros((1, 32), np.float32), interleave=True)
+        E.matmul_twin(K, T.Q5_0, w[:8 * 22], 32, 8, np.zeros((1, 32), np.float32), interleave=True)
     with pytest.raises(ValueError, match="not an interleavable"):
         E.repack_twin(T.Q4_0, np.zeros(7 * 18, np.uint8), 32, 7)
 
 
-@pytest.mark.parametrize("ftype", ["q4_0", "q4_1", "q2_K", "q4_K_S", "q5_K_M", "q6_K"])
+@pytest.mark.parametrize("ftype", ["q4_0", "q4_1", "q8_0", "q2_K", "q4_K_S", "q5_K_M", "q6_K"])
 def test_models_interleave_the_same_with_and_without_mmap(tmp_path_factory, ftype):
     path = tiny_model(tmp_path_factory.mktemp("r8"), ftype)
     tokens = [1, 5, 60, 7, 250, 9, 10]

@@ -624,6 +624,55 @@ cdef void dot_r8_x4_q4_1_avx2(int n, float* s, int64_t s_stride, const void* vx,
                               int64_t y_stride) noexcept nogil:
     dot_r8_tokens(<const tokens4*>NULL, n, s, s_stride, <const uint8_t*>vx, sizeof(block_q4_1x8), True, vy, y_stride)
 
+# q8_0, 8 rows at once (block_q8_0x8): the 8 rows' d (f16), then their qs in steps of 4
+# bytes: vector k holds bytes 4k..4k+3 of every row, against the same 4
+# activation bytes. The sign trick of the one-row kernel (|qx| x sign(y, qx), at most
+# 2 * 128 * 127 per i16 lane) and a madd per vector, so each i32 lane sums one row.
+# Against the one-row kernel, the float work (scale, convert, FMA) and the final
+# horizontal sum are shared by 8 rows.
+
+cdef inline void dot_r8_q8_tokens(const tokens* count, int n, float* s, int64_t s_stride, const uint8_t* xb,
+                                  const void* vy, int64_t y_stride) noexcept nogil:
+    cdef int T = sizeof(tokens)
+    cdef const block_q8_1* y[4]
+    cdef __m256i sum32[4]
+    cdef __m256 acc[4]
+    cdef __m256i ones = _mm256_set1_epi16(1)
+    cdef __m256i w, aw
+    cdef __m256 d8
+    cdef const uint8_t* blk
+    cdef int64_t x_size = sizeof(block_q8_0x8)
+    cdef int i, k, t, nb = n // QK8_0
+    for t in range(T):
+        y[t] = <const block_q8_1*>(<const uint8_t*>vy + t * y_stride)
+        acc[t] = _mm256_setzero_ps()
+    cdef const uint8_t* pf = xb + PREFETCH
+    for i in range(nb):
+        blk = xb + i * x_size
+        for t in range(T):
+            sum32[t] = _mm256_setzero_si256()
+        for k in range(8):
+            if T == 1:
+                pf = prefetch_until(pf, blk + 48 + 32 * k)
+            w = _mm256_loadu_si256(<const __m256i*>(blk + 16 + 32 * k))
+            aw = _mm256_sign_epi8(w, w)
+            for t in range(T):
+                sum32[t] = _mm256_add_epi32(sum32[t], _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(aw, _mm256_sign_epi8(bcast4(y[t][i].qs + 4 * k), w)), ones))
+        d8 = _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>blk))
+        for t in range(T):
+            acc[t] = r8_scaled(d8, y[t][i].d, sum32[t], acc[t])
+    for t in range(T):
+        _mm256_storeu_ps(s + t * s_stride, acc[t])
+
+cdef void dot_r8_q8_0_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                           int64_t y_stride) noexcept nogil:
+    dot_r8_q8_tokens(<const tokens1*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
+
+cdef void dot_r8_x4_q8_0_avx2(int n, float* s, int64_t s_stride, const void* vx, const void* vy,
+                              int64_t y_stride) noexcept nogil:
+    dot_r8_q8_tokens(<const tokens4*>NULL, n, s, s_stride, <const uint8_t*>vx, vy, y_stride)
+
 # q4_K and q5_K, 8 rows at once (block_q4_Kx8, block_q5_Kx8): per sub-block the integer sums as above, then each
 # row's 6-bit scale (from the 8 rows' packed scales, unpacked 8 at a time) in its two i16
 # lanes for one madd; the minimums through the q8_K block sums, per pair of sub-blocks.
@@ -1274,6 +1323,8 @@ TABLE.types[GGML_TYPE_Q4_0].dot_r8 = dot_r8_q4_0_avx2
 TABLE.types[GGML_TYPE_Q4_0].dot_r8_x4 = dot_r8_x4_q4_0_avx2
 TABLE.types[GGML_TYPE_Q4_1].dot_r8 = dot_r8_q4_1_avx2
 TABLE.types[GGML_TYPE_Q4_1].dot_r8_x4 = dot_r8_x4_q4_1_avx2
+TABLE.types[GGML_TYPE_Q8_0].dot_r8 = dot_r8_q8_0_avx2
+TABLE.types[GGML_TYPE_Q8_0].dot_r8_x4 = dot_r8_x4_q8_0_avx2
 TABLE.types[GGML_TYPE_Q5_0].vec_dot = vec_dot_q5_0_q8_1_avx2
 TABLE.types[GGML_TYPE_Q5_0].vec_dot_x4 = vec_dot_q5_0_q8_1_x4_avx2
 TABLE.types[GGML_TYPE_Q5_1].vec_dot = vec_dot_q5_1_q8_1_avx2

@@ -22,6 +22,7 @@ import mmap
 import numpy as np
 
 from guanaco_rt._kernels.ggml_blocks cimport (GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_Q4_0, GGML_TYPE_Q4_1,
+                                              GGML_TYPE_Q8_0,
                                               GGML_TYPE_Q2_K, GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K,
                                               GGML_TYPE_Q8_1, GGML_TYPE_COUNT, block_q8_1, QK8_1)
 from guanaco_rt._kernels._common cimport gr_openmp_enabled, gr_omp_max_threads, gr_cpu_has_avx2
@@ -98,6 +99,9 @@ cdef int r8_parts(int type, int* size, int* step) noexcept nogil:
     # has no interleaved layout)
     if type == GGML_TYPE_Q4_0:                                  # d, qs
         size[0], step[0], size[1], step[1] = 2, 2, 16, 4
+        return 2
+    if type == GGML_TYPE_Q8_0:                                  # d, qs
+        size[0], step[0], size[1], step[1] = 2, 2, 32, 4
         return 2
     if type == GGML_TYPE_Q4_1:                                  # d, m, qs
         size[0], step[0], size[1], step[1], size[2], step[2] = 2, 2, 2, 2, 16, 4

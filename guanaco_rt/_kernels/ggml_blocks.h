@@ -85,6 +85,8 @@ typedef struct { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; } block_q8_
  * Same size as the 8 blocks they replace. */
 typedef struct { ggml_fp16_t d[8]; uint8_t qs[8 * QK4_0 / 2]; } block_q4_0x8;
 typedef struct { ggml_fp16_t d[8]; ggml_fp16_t m[8]; uint8_t qs[8 * QK4_1 / 2]; } block_q4_1x8;
+/* q8_0 the same way: d[r]; qs[32*k + 4*r + j] = row r's qs[4*k + j] (k = 0..7, j = 0..3). */
+typedef struct { ggml_fp16_t d[8]; int8_t qs[8 * QK8_0]; } block_q8_0x8;
 /* q4_K the same way: d[r], dmin[r]; scales[32*w + 4*r + b] = row r's scales[4*w + b] (the 3
  * words of 8 rows side by side, so 8 rows unpack at once); qs[256*c + 32*k + 4*r + j] = row
  * r's qs[32*c + 4*k + j] (chunk c = sub-blocks 2c, low nibbles, and 2c+1, high). */
@@ -120,6 +122,7 @@ _Static_assert(sizeof(block_q6_K) == 210, "block_q6_K: wrong size/padding");
 _Static_assert(sizeof(block_q8_K) == 292, "block_q8_K: wrong size/padding");
 _Static_assert(sizeof(block_q4_0x8) == 8 * sizeof(block_q4_0), "block_q4_0x8: wrong size/padding");
 _Static_assert(sizeof(block_q4_1x8) == 8 * sizeof(block_q4_1), "block_q4_1x8: wrong size/padding");
+_Static_assert(sizeof(block_q8_0x8) == 8 * sizeof(block_q8_0), "block_q8_0x8: wrong size/padding");
 _Static_assert(sizeof(block_q4_Kx8) == 8 * sizeof(block_q4_K), "block_q4_Kx8: wrong size/padding");
 _Static_assert(sizeof(block_q5_Kx8) == 8 * sizeof(block_q5_K), "block_q5_Kx8: wrong size/padding");
 _Static_assert(sizeof(block_q2_Kx8) == 8 * sizeof(block_q2_K), "block_q2_Kx8: wrong size/padding");

@@ -76,6 +76,9 @@ cdef extern from "ggml_blocks.h" nogil:
         ggml_fp16_t d[8]
         ggml_fp16_t m[8]
         uint8_t qs[128]
+    ctypedef struct block_q8_0x8:
+        ggml_fp16_t d[8]
+        int8_t qs[256]
     ctypedef struct block_q4_Kx8:
         ggml_fp16_t d[8]
         ggml_fp16_t dmin[8]
