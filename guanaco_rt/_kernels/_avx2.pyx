@@ -625,11 +625,12 @@ cdef void dot_r8_x4_q4_1_avx2(int n, float* s, int64_t s_stride, const void* vx,
     dot_r8_tokens(<const tokens4*>NULL, n, s, s_stride, <const uint8_t*>vx, sizeof(block_q4_1x8), True, vy, y_stride)
 
 # q8_0, 8 rows at once (block_q8_0x8): the 8 rows' d (f16), then their qs in steps of 4
-# bytes: vector k holds bytes 4k..4k+3 of every row, against the same 4
-# activation bytes. The sign trick of the one-row kernel (|qx| x sign(y, qx), at most
-# 2 * 128 * 127 per i16 lane) and a madd per vector, so each i32 lane sums one row.
-# Against the one-row kernel, the float work (scale, convert, FMA) and the final
-# horizontal sum are shared by 8 rows.
+# bytes, so vector k holds bytes 4k..4k+3 of every row, all against the same 4 activation
+# bytes. The sign trick of the one-row kernel (|qx| x sign(y, qx): at most 2 * 128 * 127 in
+# an i16 lane) and a madd per vector, so each i32 lane sums one row. The float work (scale,
+# convert, FMA) and the horizontal sum that the one-row kernel pays per row are shared by
+# 8 rows: 7B q8_0 prompt 10.4 -> 14.9 tok/s, generation 3.41 -> 3.88 (alternating pairs).
+# One token asks for the block's lines as its vectors go (as prefetch_slice), not 4-5 at once.
 
 cdef inline void dot_r8_q8_tokens(const tokens* count, int n, float* s, int64_t s_stride, const uint8_t* xb,
                                   const void* vy, int64_t y_stride) noexcept nogil:
