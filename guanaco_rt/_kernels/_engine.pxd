@@ -43,6 +43,9 @@ cdef struct gov_t:
     int n_one, n_multi   # tokens decoded on one / on nth threads (statistics)
     double t_one, t_multi  # seconds per token on each setting (moving averages; 0: not yet)
     double best_multi    # the fastest recent token on nth threads (slowly forgotten)
+    # a try in flight (decode_one): given up once behind the current setting's pace (gov_try_check)
+    double try_t0, try_pace, try_dt   # its start, seconds a layer to beat (0: no check), its estimate
+    int try_keep                      # the current setting's threads, for the rest of a given-up try
 
 cdef struct state_t:
     int n_ctx, n_batch, nth, kv_f16

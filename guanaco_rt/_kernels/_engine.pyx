@@ -417,6 +417,8 @@ cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok,
         matmul(m, s, s.xb2, &L.w2, s.hb, n_tok)
         for i in range(<int64_t>n_tok * E):
             s.x[i] += s.xb2[i]
+        if s.gov.try_pace > 0:
+            gov_try_check(s, l + 1, m.n_layer)
     if s.cancel:
         return 1
     first = 0 if all_logits else n_tok - 1
@@ -455,15 +457,34 @@ cdef double monotonic() noexcept nogil:
     return ts.tv_sec + ts.tv_nsec * 1e-9
 
 cdef int decode_one(const model_t* m, state_t* s, int32_t tok) noexcept nogil:
-    # forward() of one token on the threads the governor picks, timed for it; 1 when cancelled
+    # forward() of one token on the threads the governor picks, timed for it; 1 when cancelled.
+    # A try of the other setting that falls behind the current one's pace goes back to the
+    # current setting for the rest of the token (gov_try_check): a lost try costs about a
+    # layer, not a token. Switching still takes a whole token that wins.
     cdef int nth = s.nth, use = gov_next(s), rc
     cdef double t0 = monotonic()
+    s.gov.try_dt = 0
+    s.gov.try_pace = 0
+    if s.gov.trying:
+        s.gov.try_t0 = t0
+        s.gov.try_pace = (s.gov.t_one if s.gov.one else s.gov.t_multi) / m.n_layer
+        s.gov.try_keep = 1 if s.gov.one else nth
     s.nth = use
     rc = forward(m, s, &tok, 1, s.logits, False)
     s.nth = nth
+    s.gov.try_pace = 0
     if rc == 0:
-        gov_record(s, use, monotonic() - t0)
+        gov_record(s, use, s.gov.try_dt if s.gov.try_dt > 0 else monotonic() - t0)
     return rc
+
+cdef void gov_try_check(state_t* s, int done, int n_layer) noexcept nogil:
+    # a try, done layers in: behind the current setting's pace, it is lost; its time is
+    # extrapolated to a token, and the rest of the token runs on the current setting
+    cdef double el = monotonic() - s.gov.try_t0
+    if el > done * s.gov.try_pace:
+        s.gov.try_dt = el * n_layer / done
+        s.gov.try_pace = 0
+        s.nth = s.gov.try_keep
 
 # ---- the thread governor ----------------------------------------------------------------
 # With a core busy elsewhere, a team of nth threads that splits every matmul evenly runs at
