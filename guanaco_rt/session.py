@@ -147,7 +147,8 @@ class Session:
 
     def thread_stats(self) -> dict:
         """How decoding used its threads (adaptive_threads): tokens on one thread and on
-        n_threads, seconds per token on each, and which is the current setting."""
+        n_threads, seconds per token on each, which is the current setting, and how many
+        times a prompt or a first token found a core busy (``busy_core_found``)."""
         self._check_open()
         return self._state.thread_stats()
 

@@ -2,15 +2,24 @@
 is faster now (a core busy elsewhere makes a team slower than one thread alone), without
 changing a bit of the results. The policy is tested on made-up timings (governor_twin);
 real sessions check the bits and the bookkeeping."""
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
 import guanaco_rt
-from guanaco_rt._kernels._twins import governor_twin
+from guanaco_rt._kernels._twins import governor_twin, team_run_wait_twin
 
 from helpers import tiny_model
 
 FREE = (0.020, 0.011)     # s/token on one thread, on two: two threads win
 BUSY = (0.020, 0.060)     # a core busy elsewhere: the pair waits for its descheduled half
+# a prompt's look for a busy core: (s its 2 threads waited on run queues, s of work), as measured
+# in 20 ms windows on 7B q4_0 with one of 2 cores busy (0.45 of the time per thread) and idle (0.01)
+LOOK_BUSY = (2 * 0.45 * 0.020, 0.020)
+LOOK_IDLE = (2 * 0.01 * 0.020, 0.020)
 
 
 def test_two_threads_stay_when_they_win():
@@ -33,6 +42,76 @@ def test_contention_that_comes_and_goes():
     back = used.index(2, 400 + 1) if 2 in used[401:] else None
     assert back is not None and used[400 + 600:].count(2) >= 0.97 * 200     # back on two threads
     assert all(u in (1, 2) for u in used)
+
+
+def test_a_busy_core_seen_in_the_prompt_puts_decoding_on_one_thread_from_the_first_token():
+    used, prompt = governor_twin(2, [BUSY] * 1000, probe=LOOK_BUSY)
+    assert used[:4] == [1, 1, 1, 1] and prompt[0] == 1
+    assert used[4] == 2                                # one recheck of two threads, in case the look was wrong
+    assert used.count(2) <= 6                          # then tries that back off (32, 64, ... tokens apart)
+    assert prompt[-1] == 1
+
+
+def test_a_wrong_look_is_undone_after_a_few_tokens():
+    used, prompt = governor_twin(2, [FREE] * 1000, probe=LOOK_BUSY)
+    assert used[:5] == [1, 1, 1, 1, 2]
+    assert used[5:].count(2) >= 0.97 * len(used[5:]) and prompt[-1] == 2
+
+
+def test_an_idle_machine_is_not_taken_for_busy():
+    for timings in ([FREE] * 300, [BUSY] * 300):
+        assert governor_twin(2, timings, probe=LOOK_IDLE) == governor_twin(2, timings)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="run-queue waits are read from Linux's /proc")
+def test_the_team_reads_its_run_queue_wait():
+    a = team_run_wait_twin(2)
+    b = team_run_wait_twin(2)
+    assert 0 <= a <= b
+    assert team_run_wait_twin(1) >= 0
+
+
+BUSY_CORE_RUN = """
+import json, os, sys
+os.sched_setaffinity(0, {cpus})        # before OpenMP's threads exist: they inherit it
+import guanaco_rt
+m = guanaco_rt.Model(sys.argv[1], n_threads=2)
+out = []
+for i in range(3):
+    s = guanaco_rt.Session(m, n_ctx=256, n_threads=2)
+    s.eval(list(range(10, 110)))
+    after_prompt = s.thread_stats()
+    for t in range(4):
+        s.eval([200 + t])
+    out.append((after_prompt, s.thread_stats()))
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or team_run_wait_twin(1) < 0,
+                    reason="needs Linux's per-thread run-queue wait (/proc/thread-self/schedstat)")
+def test_a_core_kept_busy_moves_a_session_to_one_thread_during_its_prompt(smollm2):
+    # two CPUs, one of them spun by another process: the prompt's look sees the team wait
+    # for it, and decoding starts on one thread (timings would take a slow token to learn it)
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs 2 CPUs")
+    two = set(cpus[:2])
+    spin_code = f"import os\nos.sched_setaffinity(0, {{{cpus[0]}}})\nwhile True: pass"
+    spin = subprocess.Popen([sys.executable, "-c", spin_code])
+    try:
+        r = subprocess.run([sys.executable, "-c", BUSY_CORE_RUN.format(cpus=two), smollm2], capture_output=True,
+                           text=True, timeout=300)
+    finally:
+        spin.kill()
+        spin.wait()
+    assert r.returncode == 0, r.stderr
+    runs = json.loads(r.stdout)
+    found = [after_prompt["busy_core_found"] == 1 and after_prompt["on_one_thread"] for after_prompt, _ in runs]
+    assert sum(found) >= 2, runs                       # 30 of 30 sessions in a measurement
+    for (after_prompt, end), hit in zip(runs, found):
+        if hit:
+            assert end["one_thread_tokens"] == 4 and end["multi_thread_tokens"] == 0
 
 
 def test_a_single_thread_setting_is_left_alone():

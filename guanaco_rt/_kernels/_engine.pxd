@@ -46,6 +46,12 @@ cdef struct gov_t:
     # a try in flight (decode_one): given up once behind the current setting's pace (gov_try_check)
     double try_t0, try_pace, try_dt   # its start, seconds a layer to beat (0: no check), its estimate
     int try_keep                      # the current setting's threads, for the rest of a given-up try
+    # a look for a busy core (gov_probe_start / gov_probe_check): the team's run-queue wait
+    # over the first GOV_PROBE_MIN seconds of a prompt, or of the first token on nth threads
+    double probe_t0      # its start (0: none in flight)
+    int64_t probe_wait   # the team's run-queue wait at its start, ns (team_run_wait)
+    int probe_hit        # it found a core busy in the call in flight (decode_one then records no time)
+    int n_busy           # times it found one (statistics)
 
 cdef struct state_t:
     int n_ctx, n_batch, nth, kv_f16
@@ -105,6 +111,8 @@ cdef int gov_threads(const state_t* s) noexcept nogil
 cdef int gov_next(state_t* s) noexcept nogil
 cdef void gov_record(state_t* s, int used, double dt) noexcept nogil
 cdef void gov_reset(gov_t* g, int on) noexcept nogil
+cdef int64_t team_run_wait(int nth) noexcept nogil
+cdef void gov_probe_judge(state_t* s, double wait, double el) noexcept nogil
 cdef void rmsnorm(float* out, const float* x, const float* w, int n, float eps) noexcept nogil
 cdef void rope(float* x, int n_head, int head_dim, int n_rot, const double* freqs, int pos) noexcept nogil
 cdef void rope_freqs(double* out, int n_rot, double base) noexcept nogil

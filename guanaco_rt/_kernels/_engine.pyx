@@ -12,7 +12,9 @@ buffers are typed memoryviews, the kernel table a capsule.
 from libc.stdint cimport uint8_t, uint16_t, int32_t, int64_t
 from libc.string cimport memcpy, memset, memmove
 from libc.math cimport sqrtf, expf, cos, sin, pow
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, free, strtoll
+from posix.fcntl cimport open as c_open, O_RDONLY
+from posix.unistd cimport read as c_read, close as c_close
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from cython.parallel cimport prange
 from cpython.pycapsule cimport PyCapsule_GetPointer
@@ -419,6 +421,8 @@ cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok,
             s.x[i] += s.xb2[i]
         if s.gov.try_pace > 0:
             gov_try_check(s, l + 1, m.n_layer)
+        if s.gov.probe_t0 > 0:
+            gov_probe_check(s)
     if s.cancel:
         return 1
     first = 0 if all_logits else n_tok - 1
@@ -440,6 +444,7 @@ cdef int prefill(const model_t* m, state_t* s, const int32_t* ids, int n, float*
     if n == 1 and all_logits == NULL:          # one token, as a decode loop of the caller's
         return 0 if decode_one(m, s, ids[0]) else 1
     s.nth = gov_threads(s)
+    gov_probe_start(s)                         # a busy core moves the rest of the prompt to one thread
     while start < n:
         nb = min(s.n_batch, n - start)
         if forward(m, s, ids + start, nb,
@@ -449,6 +454,8 @@ cdef int prefill(const model_t* m, state_t* s, const int32_t* ids, int n, float*
             break
         start += nb
     s.nth = nth
+    s.gov.probe_t0 = 0
+    s.gov.probe_hit = 0
     return start if rc else n
 
 cdef double monotonic() noexcept nogil:
@@ -460,7 +467,8 @@ cdef int decode_one(const model_t* m, state_t* s, int32_t tok) noexcept nogil:
     # forward() of one token on the threads the governor picks, timed for it; 1 when cancelled.
     # A try of the other setting that falls behind the current one's pace goes back to the
     # current setting for the rest of the token (gov_try_check): a lost try costs about a
-    # layer, not a token. Switching still takes a whole token that wins.
+    # layer, not a token. Switching still takes a whole token that wins. The first token on
+    # nth threads has no pace to keep; a look for a busy core stands in (gov_probe_check).
     cdef int nth = s.nth, use = gov_next(s), rc
     cdef double t0 = monotonic()
     s.gov.try_dt = 0
@@ -470,10 +478,16 @@ cdef int decode_one(const model_t* m, state_t* s, int32_t tok) noexcept nogil:
         s.gov.try_pace = (s.gov.t_one if s.gov.one else s.gov.t_multi) / m.n_layer
         s.gov.try_keep = 1 if s.gov.one else nth
     s.nth = use
+    if use > 1 and s.gov.t_multi <= 0 and not s.gov.trying:
+        gov_probe_start(s)
     rc = forward(m, s, &tok, 1, s.logits, False)
     s.nth = nth
     s.gov.try_pace = 0
-    if rc == 0:
+    s.gov.probe_t0 = 0
+    if s.gov.probe_hit:                   # begun on nth threads, ended on one: no time to learn from
+        s.gov.probe_hit = 0
+        s.gov.n_multi += 1
+    elif rc == 0:
         gov_record(s, use, s.gov.try_dt if s.gov.try_dt > 0 else monotonic() - t0)
     return rc
 
@@ -500,12 +514,95 @@ cdef enum:
 
 cdef double GOV_MARGIN = 0.9   # the other setting must be 10% faster to take over
 cdef double GOV_JUMP = 2.0     # a token on nth threads this many times the best recent one: try one now
+# A look for a busy core: over its first GOV_PROBE_MIN seconds, a prompt (or a first token) on
+# nth threads reads how long the team's threads waited on a run queue. A core shared with one
+# other busy thread makes its waits about 0.45 of the wall time per thread (windows of 20 ms,
+# 5th percentile 0.26); an idle machine about 0.01 (95th percentile 0.02). Above GOV_PROBE_BUSY
+# the rest of the call runs on one thread, which becomes the current setting, and a try of nth
+# comes GOV_PROBE_RECHECK tokens later in case the look was wrong.
+cdef double GOV_PROBE_MIN = 0.02
+cdef double GOV_PROBE_BUSY = 0.15
+cdef enum:
+    GOV_PROBE_RECHECK = 4
 
 cdef void gov_reset(gov_t* g, int on) noexcept nogil:
     memset(g, 0, sizeof(gov_t))
     g.on = on
     g.countdown = GOV_FIRST_TRY
     g.backoff = GOV_TRY_MULTI_MIN
+
+cdef int64_t thread_run_wait() noexcept nogil:
+    # ns the calling thread has waited on a run queue: the second field of Linux's
+    # /proc/thread-self/schedstat ("on-cpu ns, run-queue wait ns, timeslices"); -1 when unreadable
+    cdef char buf[128]
+    cdef char* p
+    cdef char* e
+    cdef long long v
+    cdef int fd = c_open(b"/proc/thread-self/schedstat", O_RDONLY)
+    cdef ssize_t n
+    if fd < 0:
+        return -1
+    n = c_read(fd, buf, sizeof(buf) - 1)
+    c_close(fd)
+    if n <= 0:
+        return -1
+    buf[n] = 0
+    strtoll(buf, &p, 10)
+    v = strtoll(p, &e, 10)
+    return v if e != p and v >= 0 else -1
+
+cdef int64_t team_run_wait(int nth) noexcept nogil:
+    # the run-queue wait of a team of nth threads, summed (one iteration each, as the matmuls'
+    # teams: libgomp reuses the calling thread's pool); -1 when any thread cannot read it
+    cdef int _c
+    cdef int64_t w, total = 0
+    cdef int bad = 0
+    for _c in prange(nth, schedule='static', num_threads=nth):
+        w = thread_run_wait()
+        if w < 0:
+            bad += 1
+        else:
+            total += w
+    return -1 if bad else total
+
+cdef void gov_probe_start(state_t* s) noexcept nogil:
+    # look for a busy core over the call about to run on s.nth threads (gov_probe_check)
+    cdef int64_t w
+    s.gov.probe_t0 = 0
+    s.gov.probe_hit = 0
+    if not s.gov.on or s.nth < 2:
+        return
+    w = team_run_wait(s.nth)
+    if w >= 0:
+        s.gov.probe_wait = w
+        s.gov.probe_t0 = monotonic()
+
+cdef void gov_probe_check(state_t* s) noexcept nogil:
+    # after a layer: once GOV_PROBE_MIN has passed, judge the team's waits; a busy core moves
+    # the rest of the call and the current setting to one thread
+    cdef gov_t* g = &s.gov
+    cdef double el = monotonic() - g.probe_t0
+    cdef int64_t w
+    if el < GOV_PROBE_MIN:
+        return
+    g.probe_t0 = 0
+    w = team_run_wait(s.nth)
+    if w >= 0:
+        gov_probe_judge(s, (w - g.probe_wait) * 1e-9, el)
+
+cdef void gov_probe_judge(state_t* s, double wait, double el) noexcept nogil:
+    # s.nth threads waited ``wait`` s in all on run queues over ``el`` s of work: a busy core
+    # moves the rest of the call (s.nth) and the current setting to one thread
+    cdef gov_t* g = &s.gov
+    if wait <= GOV_PROBE_BUSY * el * s.nth:
+        return
+    s.nth = 1
+    g.probe_hit = 1
+    g.n_busy += 1
+    g.one = 1
+    g.trying = 0
+    g.countdown = GOV_PROBE_RECHECK
+    g.backoff = GOV_TRY_MULTI_MIN // 2   # a lost recheck waits GOV_TRY_MULTI_MIN for the next
 
 cdef int gov_threads(const state_t* s) noexcept nogil:
     # the current setting (prompt batches follow it; they never try the other)
@@ -905,7 +1002,7 @@ cdef class State:
         per token, and whether one thread is the current setting."""
         cdef gov_t* g = &self.s.gov
         return {"one_thread_tokens": g.n_one, "multi_thread_tokens": g.n_multi, "s_per_token_one": g.t_one,
-                "s_per_token_multi": g.t_multi, "on_one_thread": bool(g.one)}
+                "s_per_token_multi": g.t_multi, "on_one_thread": bool(g.one), "busy_core_found": g.n_busy}
 
     def cancel(self, bint flag=True):
         # a plain int store; the forward pass reads it between layers, the decode loop per token

@@ -7,7 +7,7 @@ import numpy as np
 
 from guanaco_rt._kernels._engine cimport (KernelSet, tensor_t, quantize_rows, matmul_q, repack_r8, r8_parts, rmsnorm,
                                           rope, rope_freqs, softmax, silu_mul, attention, state_t, gov_next, gov_record,
-                                          gov_reset, gov_threads)
+                                          gov_reset, gov_threads, gov_probe_judge, team_run_wait)
 from guanaco_rt._kernels._quants cimport type_traits_t, type_traits, row_size
 from guanaco_rt._kernels.ggml_blocks cimport GGML_TYPE_Q8_1
 
@@ -179,15 +179,19 @@ def attention_twin(KernelSet K, const float[:, ::1] q, k_cache, v_cache, int n_p
     return out
 
 
-def governor_twin(int n_threads, timings):
+def governor_twin(int n_threads, timings, probe=None):
     """The thread governor fed with made-up timings: for each (s on one thread, s on
     n_threads) pair, the threads it runs that token on. -> (threads per token, setting of
-    the prompt batches after each token)."""
+    the prompt batches after each token). probe: (s the team waited on run queues, s of
+    work), judged first, as a prompt's look for a busy core is."""
     cdef state_t st
     cdef int use
     cdef double dt
     st.nth = n_threads
     gov_reset(&st.gov, 1)
+    if probe is not None:
+        gov_probe_judge(&st, probe[0], probe[1])
+        st.nth = n_threads
     used, prompt = [], []
     for one, multi in timings:
         use = gov_next(&st)
@@ -196,3 +200,10 @@ def governor_twin(int n_threads, timings):
         used.append(use)
         prompt.append(gov_threads(&st))
     return used, prompt
+
+
+def team_run_wait_twin(int n_threads):
+    """ns a team of n_threads OpenMP threads has waited on run queues, summed (-1: unreadable)"""
+    with nogil:
+        w = team_run_wait(max(1, n_threads))
+    return w
