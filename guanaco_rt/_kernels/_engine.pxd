@@ -47,9 +47,10 @@ cdef struct gov_t:
     double try_t0, try_pace, try_dt   # its start, seconds a layer to beat (0: no check), its estimate
     int try_keep                      # the current setting's threads, for the rest of a given-up try
     # a look for a busy core (gov_probe_start / gov_probe_check): the team's run-queue wait
-    # over the first GOV_PROBE_MIN seconds of a prompt, or of the first token on nth threads
-    double probe_t0      # its start (0: none in flight)
-    int64_t probe_wait   # the team's run-queue wait at its start, ns (team_run_wait)
+    # over a window early in a prompt, or in the first token on nth threads
+    double probe_t0      # the call's start (0: no look in flight)
+    double probe_w0      # the window's start (0: not open yet)
+    int64_t probe_wait   # the team's run-queue wait when the window opened, ns (team_run_wait)
     int probe_hit        # it found a core busy in the call in flight (decode_one then records no time)
     int n_busy           # times it found one (statistics)
 

@@ -514,13 +514,16 @@ cdef enum:
 
 cdef double GOV_MARGIN = 0.9   # the other setting must be 10% faster to take over
 cdef double GOV_JUMP = 2.0     # a token on nth threads this many times the best recent one: try one now
-# A look for a busy core: over its first GOV_PROBE_MIN seconds, a prompt (or a first token) on
-# nth threads reads how long the team's threads waited on a run queue. A core shared with one
-# other busy thread makes its waits about 0.45 of the wall time per thread (windows of 20 ms,
-# 5th percentile 0.26); an idle machine about 0.01 (95th percentile 0.02). Above GOV_PROBE_BUSY
-# the rest of the call runs on one thread, which becomes the current setting, and a try of nth
-# comes GOV_PROBE_RECHECK tokens later in case the look was wrong.
-cdef double GOV_PROBE_MIN = 0.02
+# A look for a busy core: a prompt (or a first token) on nth threads reads how long the
+# team's threads waited on a run queue over a window of GOV_PROBE_WINDOW seconds that opens
+# GOV_PROBE_WARM seconds into the call. The warm-up skips a burst at the start of work after
+# a pause: a spinning process at nice 19 held a core from our team for the first 30-80 ms
+# (0.6 of the time waiting), then let it be (0.01). A core shared with a spinning process at
+# nice 0 makes the waits 0.3-0.5 of the time per thread, an idle machine about 0.01. Above
+# GOV_PROBE_BUSY the rest of the call runs on one thread, which becomes the current setting,
+# and a try of nth comes GOV_PROBE_RECHECK tokens later in case the look was wrong.
+cdef double GOV_PROBE_WARM = 0.1
+cdef double GOV_PROBE_WINDOW = 0.04
 cdef double GOV_PROBE_BUSY = 0.15
 cdef enum:
     GOV_PROBE_RECHECK = 4
@@ -567,28 +570,35 @@ cdef int64_t team_run_wait(int nth) noexcept nogil:
 
 cdef void gov_probe_start(state_t* s) noexcept nogil:
     # look for a busy core over the call about to run on s.nth threads (gov_probe_check)
-    cdef int64_t w
     s.gov.probe_t0 = 0
+    s.gov.probe_w0 = 0
     s.gov.probe_hit = 0
-    if not s.gov.on or s.nth < 2:
-        return
-    w = team_run_wait(s.nth)
-    if w >= 0:
-        s.gov.probe_wait = w
+    if s.gov.on and s.nth > 1:
         s.gov.probe_t0 = monotonic()
 
 cdef void gov_probe_check(state_t* s) noexcept nogil:
-    # after a layer: once GOV_PROBE_MIN has passed, judge the team's waits; a busy core moves
-    # the rest of the call and the current setting to one thread
+    # after a layer: open the window once the warm-up has passed, judge it once it is
+    # GOV_PROBE_WINDOW long; a busy core moves the rest of the call and the current setting
+    # to one thread. A call that ends first leaves the governor's timing to decide.
     cdef gov_t* g = &s.gov
-    cdef double el = monotonic() - g.probe_t0
+    cdef double now = monotonic()
     cdef int64_t w
-    if el < GOV_PROBE_MIN:
+    if g.probe_w0 <= 0:
+        if now - g.probe_t0 < GOV_PROBE_WARM:
+            return
+        w = team_run_wait(s.nth)
+        if w < 0:
+            g.probe_t0 = 0                # no run-queue figures on this system
+        else:
+            g.probe_wait = w
+            g.probe_w0 = monotonic()
+        return
+    if now - g.probe_w0 < GOV_PROBE_WINDOW:
         return
     g.probe_t0 = 0
     w = team_run_wait(s.nth)
     if w >= 0:
-        gov_probe_judge(s, (w - g.probe_wait) * 1e-9, el)
+        gov_probe_judge(s, (w - g.probe_wait) * 1e-9, now - g.probe_w0)
 
 cdef void gov_probe_judge(state_t* s, double wait, double el) noexcept nogil:
     # s.nth threads waited ``wait`` s in all on run queues over ``el`` s of work: a busy core
