@@ -136,8 +136,9 @@ def main():
     p.add_argument("--model", nargs="+", default=None, metavar="FILE",
                    help="these model files instead of --ftype (e.g. a GGUF file; 'demo': the demo model)")
     p.add_argument("--pairs", type=int, default=0,
-                   help="instead of the table: N back-to-back pairs of the first runtime and llama.cpp, in "
-                        "alternating order; prints the median and quartiles of the paired ratios")
+                   help="instead of the table: N back-to-back pairs of the first and the second runtime "
+                        "(llama.cpp by default), in alternating order; prints the median and quartiles of the "
+                        "paired ratios")
     p.add_argument("--gguf", action="store_true",
                    help="every runtime reads a GGUF copy of the --ftype file (written beside it once): the "
                         "current llama.cpp reads GGUF only")
@@ -154,18 +155,18 @@ def main():
 
 def _paired(a, targets):
     import statistics
-    mine = a.runtimes[0]
+    mine, other = a.runtimes[0], a.runtimes[1]
     for ft, path in targets:
         path = path or model_path(ft, a.models_dir, a.gguf)
         ratios = {"prompt_tps": [], "gen_tps": []}
         for i in range(a.pairs):
-            order = [mine, "llama.cpp"] if i % 2 == 0 else ["llama.cpp", mine]
+            order = [mine, other] if i % 2 == 0 else [other, mine]
             r = {k: run(sys.executable if k.startswith("guanaco_rt") else a.peer_python, k, path, a) for k in order}
             if any("error" in v for v in r.values()):
                 print(f"{ft}: {r}")
                 return
             for k in ratios:
-                ratios[k].append(r[mine][k] / r["llama.cpp"][k])
+                ratios[k].append(r[mine][k] / r[other][k])
         out = []
         for k, v in ratios.items():
             v = sorted(v)
@@ -181,7 +182,10 @@ def _main(a):
     else:
         targets = [(ft, None) for ft in a.ftype]
     if a.pairs:
-        print(f"| model | threads | pairs | {a.runtimes[0]} / llama.cpp prompt: median (quartiles) | generation |")
+        if len(a.runtimes) < 2 or a.runtimes[0] == a.runtimes[1]:
+            raise SystemExit("--pairs compares the first two --runtimes: give two different ones")
+        print(f"| model | threads | pairs | {a.runtimes[0]} / {a.runtimes[1]} prompt: median (quartiles) "
+              "| generation |")
         print("|---|---|---|---|---|")
         return _paired(a, targets)
     for ft, path in targets:
