@@ -486,7 +486,8 @@ cdef int decode_one(const model_t* m, state_t* s, int32_t tok) noexcept nogil:
     s.gov.probe_t0 = 0
     if s.gov.probe_hit:                   # begun on nth threads, ended on one: no time to learn from
         s.gov.probe_hit = 0
-        s.gov.n_multi += 1
+        if rc == 0:
+            s.gov.n_multi += 1
     elif rc == 0:
         gov_record(s, use, s.gov.try_dt if s.gov.try_dt > 0 else monotonic() - t0)
     return rc
@@ -1009,7 +1010,8 @@ cdef class State:
 
     def thread_stats(self):
         """The governor's view: tokens decoded on one / on n_threads threads, their seconds
-        per token, and whether one thread is the current setting."""
+        per token, whether one thread is the current setting, and how many times a prompt or
+        a first token found a core busy (gov_probe_check)."""
         cdef gov_t* g = &self.s.gov
         return {"one_thread_tokens": g.n_one, "multi_thread_tokens": g.n_multi, "s_per_token_one": g.t_one,
                 "s_per_token_multi": g.t_multi, "on_one_thread": bool(g.one), "busy_core_found": g.n_busy}
