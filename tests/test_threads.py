@@ -90,7 +90,7 @@ print(json.dumps(out))
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or team_run_wait_twin(1) < 0,
                     reason="needs Linux's per-thread run-queue wait (/proc/thread-self/schedstat)")
-def test_a_core_kept_busy_moves_a_session_to_one_thread_during_its_prompt(smollm2):
+def test_a_core_kept_busy_moves_a_session_to_one_thread_during_its_prompt(smollm2, tmp_path):
     # two CPUs, one of them spun by another process: the prompt's look sees the team wait
     # for it, and decoding starts on one thread (timings would take a slow token to learn it)
     cpus = sorted(os.sched_getaffinity(0))
@@ -100,8 +100,9 @@ def test_a_core_kept_busy_moves_a_session_to_one_thread_during_its_prompt(smollm
     spin_code = f"import os\nos.sched_setaffinity(0, {{{cpus[0]}}})\nwhile True: pass"
     spin = subprocess.Popen([sys.executable, "-c", spin_code])
     try:
+        # run from outside the source tree: the installed package, as a user has it
         r = subprocess.run([sys.executable, "-c", BUSY_CORE_RUN.format(cpus=two), smollm2], capture_output=True,
-                           text=True, timeout=300)
+                           text=True, timeout=300, cwd=tmp_path)
     finally:
         spin.kill()
         spin.wait()
