@@ -1215,7 +1215,7 @@ cdef void vec_dot_q6_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const voi
 # head_dim is a multiple of 8 for every LLaMA shape; a scalar tail covers the rest.
 
 
-cdef float kv_dot(const float* q, const void* kv, int64_t off, int n, int f16) noexcept nogil:
+cdef inline float kv_dot(const float* q, const void* kv, int64_t off, int n, int f16) noexcept nogil:
     cdef __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps()
     cdef int i = 0
     cdef float acc
@@ -1244,28 +1244,68 @@ cdef float kv_dot(const float* q, const void* kv, int64_t off, int n, int f16) n
             i += 1
     return acc
 
-cdef void kv_axpy(float* out, float a, const void* kv, int64_t off, int n, int f16) noexcept nogil:
-    cdef __m256 va = _mm256_set1_ps(a)
-    cdef int i = 0
-    cdef const float* vf
-    cdef const uint16_t* vh
+DEF KV_AHEAD = 8
+
+cdef inline void kv_prefetch(const void* kv, int64_t at, int n, int f16) noexcept nogil:
+    # the lines of a cache row from element at, n elements (rows of one head are n_embd_kv
+    # apart: a page or more, where the hardware prefetcher does not follow)
+    cdef const char* b = <const char*>kv + at * (2 if f16 else 4)
+    cdef int k
+    for k in range(0, n * (2 if f16 else 4), 64):
+        _mm_prefetch(b + k, _MM_HINT_T0)
+
+cdef void kv_scores(float* a, const float* q, const void* kv, int64_t off, int64_t stride, int n_pos, int n,
+                    float scale, int f16) noexcept nogil:
+    # one call per head and token, not per position: the dot products inline, with no
+    # indirect call between them
+    cdef int p
+    for p in range(n_pos):
+        if p + KV_AHEAD < n_pos:
+            kv_prefetch(kv, off + (p + KV_AHEAD) * stride, n, f16)
+        a[p] = kv_dot(q, kv, off + p * stride, n, f16) * scale
+
+cdef inline __m256 kv_row8(const void* kv, int64_t at, int f16) noexcept nogil:
+    # 8 values of a cache row from element at, as floats
     if f16:
-        vh = (<const uint16_t*>kv) + off
-        while i + 8 <= n:
-            _mm256_storeu_ps(out + i, _mm256_fmadd_ps(va, _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>(vh + i))),
-                                                      _mm256_loadu_ps(out + i)))
-            i += 8
-        while i < n:
-            out[i] += a * fp16_to_fp32(vh[i])
-            i += 1
-    else:
-        vf = (<const float*>kv) + off
-        while i + 8 <= n:
-            _mm256_storeu_ps(out + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(vf + i), _mm256_loadu_ps(out + i)))
-            i += 8
-        while i < n:
-            out[i] += a * vf[i]
-            i += 1
+        return _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>((<const uint16_t*>kv) + at)))
+    return _mm256_loadu_ps((<const float*>kv) + at)
+
+cdef void kv_mix(float* out, const float* a, const void* kv, int64_t off, int64_t stride, int n_pos, int n,
+                 int f16) noexcept nogil:
+    # 64 output lanes at a time held in 8 registers across all positions: per element the same
+    # fma from p = 0 up as adding a * row p into out one position at a time, without loading
+    # and storing out at every position
+    cdef __m256 acc[8]
+    cdef __m256 va
+    cdef int i = 0, j, p
+    cdef float x
+    while i + 64 <= n:
+        for j in range(8):
+            acc[j] = _mm256_setzero_ps()
+        for p in range(n_pos):
+            if p + KV_AHEAD < n_pos:
+                kv_prefetch(kv, off + (p + KV_AHEAD) * stride + i, 64, f16)
+            va = _mm256_set1_ps(a[p])
+            for j in range(8):
+                acc[j] = _mm256_fmadd_ps(va, kv_row8(kv, off + p * stride + i + 8 * j, f16), acc[j])
+        for j in range(8):
+            _mm256_storeu_ps(out + i + 8 * j, acc[j])
+        i += 64
+    while i + 8 <= n:
+        acc[0] = _mm256_setzero_ps()
+        for p in range(n_pos):
+            acc[0] = _mm256_fmadd_ps(_mm256_set1_ps(a[p]), kv_row8(kv, off + p * stride + i, f16), acc[0])
+        _mm256_storeu_ps(out + i, acc[0])
+        i += 8
+    while i < n:
+        x = 0.0
+        for p in range(n_pos):
+            if f16:
+                x += a[p] * fp16_to_fp32((<const uint16_t*>kv)[off + p * stride + i])
+            else:
+                x += a[p] * (<const float*>kv)[off + p * stride + i]
+        out[i] = x
+        i += 1
 
 
 # ---- activation quantizer ------------------------------------------------------------
@@ -1351,8 +1391,8 @@ TABLE.types[GGML_TYPE_Q6_K].vec_dot_x4 = vec_dot_q6_K_q8_K_x4_avx2
 TABLE.types[GGML_TYPE_Q6_K].dot_r8 = dot_r8_q6_K_avx2
 TABLE.types[GGML_TYPE_Q6_K].dot_r8_x4 = dot_r8_x4_q6_K_avx2
 TABLE.types[GGML_TYPE_Q8_1].quantize = quantize_row_q8_1_avx2
-TABLE.kv_dot = kv_dot
-TABLE.kv_axpy = kv_axpy
+TABLE.kv_scores = kv_scores
+TABLE.kv_mix = kv_mix
 fill_fp16_table()
 
 

@@ -52,10 +52,10 @@ cdef class KernelSet:
                 self.k.types[t].vec_dot_x4 = g.types[t].vec_dot_x4
             if self.k.types[t].quantize == NULL and type_traits(t) != NULL:
                 self.k.types[t].quantize = type_traits(t).from_float
-        if self.k.kv_dot == NULL:
-            self.k.kv_dot = g.kv_dot
-        if self.k.kv_axpy == NULL:
-            self.k.kv_axpy = g.kv_axpy
+        if self.k.kv_scores == NULL:
+            self.k.kv_scores = g.kv_scores
+        if self.k.kv_mix == NULL:
+            self.k.kv_mix = g.kv_mix
 
     def __repr__(self):
         return f"KernelSet({self.isa!r})"
@@ -348,7 +348,7 @@ cdef void attention(const isa_kernels_t* K, float* out, const float* q, const vo
     # up to n_past + n_tok - 1 filled; query head h reads KV head h / (n_head / n_head_kv)
     # (grouped-query attention; n_head_kv == n_head is plain multi-head). att: (n_head,
     # n_ctx) scratch, a row per head.
-    cdef int h, t, p, pos, kvh
+    cdef int h, t, pos, kvh
     cdef int n_embd = n_head * head_dim
     cdef int n_embd_kv = n_head_kv * head_dim
     cdef int group = n_head // n_head_kv
@@ -362,14 +362,11 @@ cdef void attention(const isa_kernels_t* K, float* out, const float* q, const vo
         kvh = h // group
         for t in range(n_tok):
             pos = n_past + t
-            for p in range(pos + 1):
-                a[p] = K.kv_dot(q + t * n_embd + h * head_dim, k_cache, <int64_t>p * n_embd_kv + kvh * head_dim,
-                                head_dim, f16) * scale
+            K.kv_scores(a, q + t * n_embd + h * head_dim, k_cache, kvh * head_dim, n_embd_kv, pos + 1, head_dim,
+                        scale, f16)
             softmax(a, pos + 1)
             o = out + t * n_embd + h * head_dim
-            memset(o, 0, head_dim * sizeof(float))
-            for p in range(pos + 1):
-                K.kv_axpy(o, a[p], v_cache, <int64_t>p * n_embd_kv + kvh * head_dim, head_dim, f16)
+            K.kv_mix(o, a, v_cache, kvh * head_dim, n_embd_kv, pos + 1, head_dim, f16)
 
 cdef inline void* kv_layer(void* cache, int64_t off, int f16) noexcept nogil:
     return <void*>((<uint16_t*>cache) + off) if f16 else <void*>((<float*>cache) + off)

@@ -264,35 +264,42 @@ cdef void vec_dot_q6_K_q8_K_generic(int n, float* s, const void* vx, const void*
     s[0] = sumf
 
 
-# ---- attention inner loops: q . k and out += a * v over one head, f32 or f16 rows ----
+# ---- attention inner loops over one head: q . k for every position, then sum a * v ----
 
-cdef float kv_dot(const float* q, const void* kv, int64_t off, int n, int f16) noexcept nogil:
-    cdef float acc = 0.0
-    cdef int i
+cdef void kv_scores(float* a, const float* q, const void* kv, int64_t off, int64_t stride, int n_pos, int n,
+                    float scale, int f16) noexcept nogil:
+    cdef float acc
+    cdef int i, p
     cdef const float* kf
     cdef const uint16_t* kh
-    if f16:
-        kh = (<const uint16_t*>kv) + off
-        for i in range(n):
-            acc += q[i] * fp16_to_fp32(kh[i])
-    else:
-        kf = (<const float*>kv) + off
-        for i in range(n):
-            acc += q[i] * kf[i]
-    return acc
+    for p in range(n_pos):
+        acc = 0.0
+        if f16:
+            kh = (<const uint16_t*>kv) + off + p * stride
+            for i in range(n):
+                acc += q[i] * fp16_to_fp32(kh[i])
+        else:
+            kf = (<const float*>kv) + off + p * stride
+            for i in range(n):
+                acc += q[i] * kf[i]
+        a[p] = acc * scale
 
-cdef void kv_axpy(float* out, float a, const void* kv, int64_t off, int n, int f16) noexcept nogil:
-    cdef int i
+cdef void kv_mix(float* out, const float* a, const void* kv, int64_t off, int64_t stride, int n_pos, int n,
+                 int f16) noexcept nogil:
+    cdef int i, p
     cdef const float* vf
     cdef const uint16_t* vh
-    if f16:
-        vh = (<const uint16_t*>kv) + off
-        for i in range(n):
-            out[i] += a * fp16_to_fp32(vh[i])
-    else:
-        vf = (<const float*>kv) + off
-        for i in range(n):
-            out[i] += a * vf[i]
+    for i in range(n):
+        out[i] = 0.0
+    for p in range(n_pos):
+        if f16:
+            vh = (<const uint16_t*>kv) + off + p * stride
+            for i in range(n):
+                out[i] += a[p] * fp16_to_fp32(vh[i])
+        else:
+            vf = (<const float*>kv) + off + p * stride
+            for i in range(n):
+                out[i] += a[p] * vf[i]
 
 
 # ---- the table ------------------------------------------------------------------------
@@ -310,8 +317,8 @@ TABLE.types[GGML_TYPE_Q3_K].vec_dot = vec_dot_q3_K_q8_K_generic
 TABLE.types[GGML_TYPE_Q4_K].vec_dot = vec_dot_q4_K_q8_K_generic
 TABLE.types[GGML_TYPE_Q5_K].vec_dot = vec_dot_q5_K_q8_K_generic
 TABLE.types[GGML_TYPE_Q6_K].vec_dot = vec_dot_q6_K_q8_K_generic
-TABLE.kv_dot = kv_dot
-TABLE.kv_axpy = kv_axpy
+TABLE.kv_scores = kv_scores
+TABLE.kv_mix = kv_mix
 fill_fp16_table()
 
 

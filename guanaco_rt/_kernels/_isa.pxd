@@ -21,10 +21,14 @@ ctypedef void (*vec_dot_x4_fn)(int n, float* s, int64_t s_stride, const void* x,
 # the same float operations in the same order (identical bits)
 ctypedef void (*dot_r8_fn)(int n, float* s, int64_t s_stride, const void* x, const void* y,
                            int64_t y_stride) noexcept nogil
-# <q, kv[off:off + n]> with kv f32 or f16 (f16 != 0)
-ctypedef float (*kv_dot_fn)(const float* q, const void* kv, int64_t off, int n, int f16) noexcept nogil
-# out += a * kv[off:off + n]
-ctypedef void (*kv_axpy_fn)(float* out, float a, const void* kv, int64_t off, int n, int f16) noexcept nogil
+# attention over one head, kv f32 or f16 (f16 != 0), position p's row at kv[off + p * stride:][:n]:
+# a[p] = <q, row p> * scale for p < n_pos (each as one dot product, in a fixed order)
+ctypedef void (*kv_scores_fn)(float* a, const float* q, const void* kv, int64_t off, int64_t stride, int n_pos,
+                              int n, float scale, int f16) noexcept nogil
+# out[:n] = sum over p < n_pos of a[p] * row p, each element summed from p = 0 up, one fma (or
+# the unit's a * x + acc) per position
+ctypedef void (*kv_mix_fn)(float* out, const float* a, const void* kv, int64_t off, int64_t stride, int n_pos,
+                           int n, int f16) noexcept nogil
 
 cdef struct type_kernels_t:
     vec_dot_fn vec_dot          # NULL: not specialised (generic: not a weight type)
@@ -39,8 +43,8 @@ cdef struct type_kernels_t:
 cdef struct isa_kernels_t:
     const char* name
     type_kernels_t types[GGML_TYPE_COUNT]
-    kv_dot_fn kv_dot
-    kv_axpy_fn kv_axpy
+    kv_scores_fn kv_scores
+    kv_mix_fn kv_mix
 
 cdef extern from *:
     """
