@@ -1215,33 +1215,30 @@ cdef void vec_dot_q6_K_q8_K_x4_avx2(int n, float* s, int64_t s_stride, const voi
 # head_dim is a multiple of 8 for every LLaMA shape; a scalar tail covers the rest.
 
 
+cdef inline __m256 kv_row8(const void* kv, int64_t at, int f16) noexcept nogil:
+    # 8 values of a cache row from element at, as floats
+    if f16:
+        return _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>((<const uint16_t*>kv) + at)))
+    return _mm256_loadu_ps((<const float*>kv) + at)
+
+cdef inline float kv_at(const void* kv, int64_t at, int f16) noexcept nogil:
+    # one value of a cache row, as a float (the scalar tails)
+    if f16:
+        return fp16_to_fp32((<const uint16_t*>kv)[at])
+    return (<const float*>kv)[at]
+
 cdef inline float kv_dot(const float* q, const void* kv, int64_t off, int n, int f16) noexcept nogil:
     cdef __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps()
     cdef int i = 0
     cdef float acc
-    cdef const float* kf
-    cdef const uint16_t* kh
-    if f16:
-        kh = (<const uint16_t*>kv) + off
-        while i + 16 <= n:
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>(kh + i))), a0)
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8),
-                                 _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>(kh + i + 8))), a1)
-            i += 16
-        acc = hsum_float_8(_mm256_add_ps(a0, a1))
-        while i < n:
-            acc += q[i] * fp16_to_fp32(kh[i])
-            i += 1
-    else:
-        kf = (<const float*>kv) + off
-        while i + 16 <= n:
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(kf + i), a0)
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), _mm256_loadu_ps(kf + i + 8), a1)
-            i += 16
-        acc = hsum_float_8(_mm256_add_ps(a0, a1))
-        while i < n:
-            acc += q[i] * kf[i]
-            i += 1
+    while i + 16 <= n:
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), kv_row8(kv, off + i, f16), a0)
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), kv_row8(kv, off + i + 8, f16), a1)
+        i += 16
+    acc = hsum_float_8(_mm256_add_ps(a0, a1))
+    while i < n:
+        acc += q[i] * kv_at(kv, off + i, f16)
+        i += 1
     return acc
 
 DEF KV_AHEAD = 8
@@ -1263,12 +1260,6 @@ cdef void kv_scores(float* a, const float* q, const void* kv, int64_t off, int64
         if p + KV_AHEAD < n_pos:
             kv_prefetch(kv, off + (p + KV_AHEAD) * stride, n, f16)
         a[p] = kv_dot(q, kv, off + p * stride, n, f16) * scale
-
-cdef inline __m256 kv_row8(const void* kv, int64_t at, int f16) noexcept nogil:
-    # 8 values of a cache row from element at, as floats
-    if f16:
-        return _mm256_cvtph_ps(_mm_loadu_si128(<const __m128i*>((<const uint16_t*>kv) + at)))
-    return _mm256_loadu_ps((<const float*>kv) + at)
 
 cdef void kv_mix(float* out, const float* a, const void* kv, int64_t off, int64_t stride, int n_pos, int n,
                  int f16) noexcept nogil:
@@ -1300,10 +1291,7 @@ cdef void kv_mix(float* out, const float* a, const void* kv, int64_t off, int64_
     while i < n:
         x = 0.0
         for p in range(n_pos):
-            if f16:
-                x += a[p] * fp16_to_fp32((<const uint16_t*>kv)[off + p * stride + i])
-            else:
-                x += a[p] * (<const float*>kv)[off + p * stride + i]
+            x += a[p] * kv_at(kv, off + p * stride + i, f16)
         out[i] = x
         i += 1
 
