@@ -1,5 +1,6 @@
-"""The fuzz harness in CI: every saved finding replays cleanly, then a short coverage-guided
-run per target (benchmarks/fuzz.py; 25 s each, GUANACO_RT_FUZZ_SECONDS to change)."""
+"""The fuzz harness: every saved finding replays cleanly (in the default run), then a short
+coverage-guided run per target (benchmarks/fuzz.py; 25 s each, GUANACO_RT_FUZZ_SECONDS to
+change), marked `fuzz` because it is slow: `pytest -m fuzz`, a separate step of .ci/run."""
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ def test_saved_findings_replay_cleanly():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+@pytest.mark.fuzz
 @pytest.mark.parametrize("target", ["ggjt", "gguf", "state", "tokenizer"])
 def test_short_fuzz_run_finds_nothing(target, tmp_path):
     r = subprocess.run([sys.executable, FUZZ, "--target", target, "--seconds", str(SECONDS), "--artifacts",
