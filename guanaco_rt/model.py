@@ -277,8 +277,9 @@ class Model:
 
         chunk = 16 << 20
 
-        def digest(t):
-            data = memoryview(self.tensor_data(t.name))
+        def digest(item):
+            name, t = item
+            data = memoryview(self.tensor_data(name))
             h = hashlib.sha256()
             for lo in range(0, len(data), chunk):
                 h.update(data[lo:lo + chunk])
@@ -287,7 +288,7 @@ class Model:
                 self._release(t.offset, t.nbytes)     # the engine reads its own copy: drop the pages again
             return h.digest()
 
-        tensors = list(self.file.tensors.values())
+        tensors = list(self.file.tensors.items())
         with ThreadPoolExecutor(max_workers=max(1, min(self.n_threads, len(tensors)))) as pool:
             digests = list(pool.map(digest, tensors))
         h = hashlib.sha256()
@@ -297,7 +298,7 @@ class Model:
             vocab = [(t.encode(), sc) for t, sc in zip(vocab["tokens"], vocab["scores"])]
         for text, score in vocab:
             h.update(len(text).to_bytes(4, "little") + text + repr(score).encode())
-        for t, d in zip(tensors, digests):
+        for (_, t), d in zip(tensors, digests):
             h.update(f"{t.name}:{t.type}:{t.shape}:{t.offset}:{t.nbytes}".encode() + d)
         self.check_file()                    # the bytes hashed were the file's
         return h.digest()
