@@ -115,12 +115,20 @@ def load(g):
         if name in NAMES:
             tensors[NAMES[name]] = t
             continue
-        parts = name.split(".")
-        if len(parts) == 4 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in LAYER_NAMES \
-                and parts[3] == "weight" and int(parts[1]) < n_layer:
-            tensors[f"layers.{int(parts[1])}.{LAYER_NAMES[parts[2]]}.weight"] = t
-        elif name.startswith("rope_freqs") or name.endswith("rope_freqs.weight"):
+        if name.startswith("rope_freqs") or name.endswith("rope_freqs.weight"):
             raise FormatError(g.path, f"tensor {name!r}", "per-dimension RoPE frequencies are not supported")
+        parts = name.split(".")
+        if len(parts) == 4 and parts[0] == "blk" and parts[2] in LAYER_NAMES and parts[3] == "weight":
+            # llama.cpp looks tensors up by the name it formats with "blk.%d.": a layer number
+            # spelled otherwise ("00", "+1", "²", Arabic-Indic digits) is a tensor it never reads;
+            # here it is refused rather than read as, or over, another layer
+            layer = parts[1]
+            if not (layer.isascii() and layer.isdigit() and str(int(layer)) == layer):
+                raise FormatError(g.path, f"tensor {name!r}", f"layer number {layer!r} is not written as llama.cpp "
+                                                             "writes it (blk.%d.: ASCII digits, no leading zero)")
+            if int(layer) >= n_layer:
+                raise FormatError(g.path, f"tensor {name!r}", f"layer {layer} is past llama.block_count {n_layer}")
+            tensors[f"layers.{layer}.{LAYER_NAMES[parts[2]]}.weight"] = t
         # other tensors (none in llama files) are left alone
     for need in ["tok_embeddings.weight", "norm.weight"] + [f"layers.{i}.{v}.weight" for i in range(n_layer)
                                                            for v in LAYER_NAMES.values()]:
