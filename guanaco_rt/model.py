@@ -11,6 +11,7 @@ import mmap as mmap_module
 import os
 import threading
 import time
+import weakref
 from typing import Sequence
 
 import numpy as np
@@ -137,6 +138,7 @@ class Model:
         self.path = os.fspath(path)
         self.mmap = bool(mmap)
         self._fh, self._mm, size, self._stat = open_mapped(self.path, copy=not self.mmap)
+        weakref.finalize(self, self._fh.close)  # a Model dropped without close() does not leak the descriptor
         # the SIGBUS guard covers the mapping from here on: the parser's reads too
         self._guard = GuardedBuffer(self._mm) if self.mmap else None
         if not self.mmap:
