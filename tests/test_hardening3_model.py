@@ -84,6 +84,40 @@ def test_8_truncation_during_a_generation_is_an_error_not_sigbus(path, tmp_path,
     assert r.stdout.count("REFUSED after") == 2 and "NOT" not in r.stdout, r.stdout
 
 
+GUARD_UNIT = """
+import mmap, os, sys
+import numpy as np
+from guanaco_rt._kernels._mapguard import GuardedBuffer
+path, which = sys.argv[1], sys.argv[2]
+with open(path, "wb") as f:
+    f.write(bytes(range(256)) * 64)                  # 16 KiB
+f = open(path, "rb")
+mine = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+g = GuardedBuffer(mine)
+a = np.frombuffer(g, np.uint8)
+other = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)   # not registered
+print("before", g.guarded, g.faulted, int(a[:4096].sum()), flush=True)
+os.truncate(path, 4096)
+if which == "guarded":
+    head, tail = int(a[:4096].sum()), int(a[4096:].sum())
+    print("after", g.faulted, head, tail, flush=True)
+else:
+    print("foreign", int(other[8192]), flush=True)   # dies with SIGBUS, as without the guard
+"""
+
+
+@pytest.mark.parametrize("faulthandler", [False, True], ids=["plain", "faulthandler"])
+def test_8_the_guard_zeroes_only_its_own_mapping(tmp_path, faulthandler):
+    p = tmp_path / "f.bin"
+    r = run_child(GUARD_UNIT, p, "guarded", faulthandler=faulthandler)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    # the pages still in the file keep their bytes, the ones past the new end read as zeros
+    assert r.stdout.split("\n")[:2] == ["before True False 522240", "after True 522240 0"], r.stdout
+    r = run_child(GUARD_UNIT, p, "foreign", faulthandler=faulthandler)
+    assert r.returncode == -7 and "foreign" not in r.stdout, (r.returncode, r.stdout, r.stderr[-2000:])
+    assert ("Bus error" in r.stderr) == faulthandler, r.stderr      # the previous handler still runs
+
+
 def test_8_truncation_from_another_thread_during_a_prompt(path, tmp_path):
     # the OpenMP workers hit the missing pages too; whichever call sees it raises, none dies
     p = tmp_path / "m.bin"
