@@ -141,6 +141,9 @@ class Model:
         weakref.finalize(self, self._fh.close)  # a Model dropped without close() does not leak the descriptor
         # the SIGBUS guard covers the mapping from here on: the parser's reads too
         self._guard = GuardedBuffer(self._mm) if self.mmap else None
+        if self._guard is not None and not self._guard.guarded:
+            log.warning("guanaco_rt: %s: too many mapped models in this process for the SIGBUS guard; a truncation "
+                        "of this file during a call will kill the process", self.path)
         if not self.mmap:
             self._fh.close()                     # a copy in memory: nothing to watch
         try:
