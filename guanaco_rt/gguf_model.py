@@ -14,7 +14,9 @@ the tensors); tokenizer.ggml.model ("llama": SentencePiece; "gpt2": byte-level B
 tokenizer.ggml.merges and the pre-tokenizer tokenizer.ggml.pre names), tokens, scores,
 token_type, bos/eos/unknown/eot_token_id, add_bos_token, add_eos_token, add_space_prefix.
 Refused: any other architecture, rope scaling other than linear, tensor types this
-runtime has no kernels for (gguf_file), n_vocab or n_ff that disagree with the tensors.
+runtime has no kernels for (gguf_file), n_vocab or n_ff that disagree with the tensors,
+a layer tensor whose number is not written as llama.cpp writes it ("blk.%d.") or is past
+block_count.
 n_vocab and n_ff are taken from the tensors (token_embd rows, ffn_gate rows).
 """
 from dataclasses import dataclass
