@@ -50,9 +50,6 @@ cdef class GuardedBuffer:
     def __getbuffer__(self, Py_buffer *buffer, int flags):
         PyBuffer_FillInfo(buffer, self, self.view.buf, self.view.len, 1, flags)
 
-    def __releasebuffer__(self, Py_buffer *buffer):
-        pass
-
     def __dealloc__(self):
         # nothing reads the mapping any more (every export of it is gone): forget the range
         # before the mapping can be unmapped and its addresses reused
