@@ -41,7 +41,7 @@ def run_child(code, *args, faulthandler=False, timeout=120):
 
 # ---- 8. the file truncated during a call ----------------------------------------------------
 TRUNCATE_IN_CALLBACK = """
-import os, sys
+import os, shutil, sys
 import guanaco_rt
 from guanaco_rt.errors import ModelFileChangedError
 path, isa = sys.argv[1], sys.argv[2]
@@ -52,7 +52,9 @@ n = 0
 def cut(piece):
     global n
     n += 1
-    if n == 3:                       # mid-generation: the next token reads pages that are gone
+    if n == 3 and len(sys.argv) > 3:   # mid-generation: another file copied over this one
+        shutil.copyfile(sys.argv[3], path)
+    elif n == 3:                       # mid-generation: the next token reads pages that are gone
         os.truncate(path, 4096)
 try:
     s.generate([1, 5, 6], max_new_tokens=40, temperature=0, callback=cut)
@@ -116,6 +118,16 @@ def test_8_the_guard_zeroes_only_its_own_mapping(tmp_path, faulthandler):
     r = run_child(GUARD_UNIT, p, "foreign", faulthandler=faulthandler)
     assert r.returncode == -7 and "foreign" not in r.stdout, (r.returncode, r.stdout, r.stderr[-2000:])
     assert ("Bus error" in r.stderr) == faulthandler, r.stderr      # the previous handler still runs
+
+
+def test_8_a_file_copied_over_during_a_generation_fails_that_call(root, path, tmp_path):
+    p = tmp_path / "m.bin"
+    shutil.copy(path, p)
+    other = tiny_model(root, "q4_0", n_vocab=600, seed=7)       # same shape and size, other weights
+    r = run_child(TRUNCATE_IN_CALLBACK, p, "generic", other)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr[-2000:])
+    assert "CAUGHT during the call" in r.stdout and "changed" in r.stdout, r.stdout
+    assert r.stdout.count("REFUSED after") == 2 and "NOT" not in r.stdout, r.stdout
 
 
 def test_8_truncation_from_another_thread_during_a_prompt(path, tmp_path):
