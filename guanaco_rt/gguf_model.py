@@ -125,11 +125,12 @@ def load(g):
             # spelled otherwise ("00", "+1", "²", Arabic-Indic digits) is a tensor it never reads;
             # here it is refused rather than read as, or over, another layer
             layer = parts[1]
-            if not (layer.isascii() and layer.isdigit() and str(int(layer)) == layer):
+            if not (layer.isascii() and layer.isdigit() and (layer == "0" or layer[0] != "0")):
                 raise FormatError(g.path, f"tensor {name!r}", f"layer number {layer!r} is not written as llama.cpp "
                                                              "writes it (blk.%d.: ASCII digits, no leading zero)")
-            if int(layer) >= n_layer:
-                raise FormatError(g.path, f"tensor {name!r}", f"layer {layer} is past llama.block_count {n_layer}")
+            if len(layer) > 9 or int(layer) >= n_layer:     # (int() of 4301+ digits is a ValueError)
+                raise FormatError(g.path, f"tensor {name[:80]!r}", f"layer {layer[:20]} is past llama.block_count "
+                                                                   f"{n_layer}")
             tensors[f"layers.{layer}.{LAYER_NAMES[parts[2]]}.weight"] = t
         # other tensors (none in llama files) are left alone
     for need in ["tok_embeddings.weight", "norm.weight"] + [f"layers.{i}.{v}.weight" for i in range(n_layer)
