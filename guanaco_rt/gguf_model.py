@@ -126,8 +126,9 @@ def load(g):
             # here it is refused rather than read as, or over, another layer
             layer = parts[1]
             if not (layer.isascii() and layer.isdigit() and (layer == "0" or layer[0] != "0")):
-                raise FormatError(g.path, f"tensor {name!r}", f"layer number {layer!r} is not written as llama.cpp "
-                                                             "writes it (blk.%d.: ASCII digits, no leading zero)")
+                raise FormatError(g.path, f"tensor {name[:80]!r}", f"layer number {layer[:20]!r} is not written as "
+                                                                   "llama.cpp writes it (blk.%d.: ASCII digits, no "
+                                                                   "leading zero)")
             if len(layer) > 9 or int(layer) >= n_layer:     # (int() of 4301+ digits is a ValueError)
                 raise FormatError(g.path, f"tensor {name[:80]!r}", f"layer {layer[:20]} is past llama.block_count "
                                                                    f"{n_layer}")
