@@ -282,11 +282,20 @@ def open_mmap(path, copy=False):
     """Map ``path`` read-only (or, with ``copy``, read it into memory); returns (buffer, size,
     (size, mtime_ns, inode, device)). Only a regular file is opened: a FIFO or a device
     would block or stream forever. An empty file is a FormatError, not a crash."""
+    f, buf, size, ident = open_mapped(path, copy)
+    f.close()
+    return buf, size, ident
+
+
+def open_mapped(path, copy=False):
+    """As open_mmap, but also hands back the open file (first), so that the caller can
+    fstat the very file it mapped later on, whatever happens to the path."""
     path = os.fspath(path)
     st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):
         raise FormatError(path, "path", "not a regular file (a FIFO, device or directory cannot hold a model)")
-    with open(path, "rb") as f:
+    f = open(path, "rb")
+    try:
         st = os.fstat(f.fileno())
         size = st.st_size
         if size < 8:
@@ -296,5 +305,8 @@ def open_mmap(path, copy=False):
             data = bytearray(size)
             if f.readinto(data) != size:
                 raise FormatError(path, "size", f"file shrank while being read (expected {size} bytes)")
-            return memoryview(data).toreadonly(), size, ident
-        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), size, ident
+            return f, memoryview(data).toreadonly(), size, ident
+        return f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), size, ident
+    except BaseException:
+        f.close()
+        raise

@@ -151,6 +151,20 @@ class _Cursor:
         self.fail(fld, f"value type {vtype} is not a GGUF type (0..12)")
 
 
+def check_overlaps(path, tensors):
+    """Refuse two tensors whose data share a byte: with the weights interleaved in place
+    (mmap=False) the second would be rewritten through the first (all-NaN logits), and
+    no writer produces such a file."""
+    prev = None
+    for t in sorted(tensors, key=lambda t: (t.offset, t.offset + t.nbytes)):
+        if prev is not None and t.offset < prev.offset + prev.nbytes:
+            raise FormatError(path, f"tensor {t.name!r} data",
+                              f"bytes [{t.offset}, {t.offset + t.nbytes}) overlap those of tensor {prev.name!r} "
+                              f"[{prev.offset}, {prev.offset + prev.nbytes})")
+        if prev is None or t.offset + t.nbytes > prev.offset + prev.nbytes:
+            prev = t
+
+
 def is_gguf(buf):
     return len(buf) >= 4 and bytes(buf[:4]) == GGUF_MAGIC
 
@@ -219,4 +233,5 @@ def parse(path, buf):
         if start + nbytes > c.size:
             c.fail(fld + " data", f"bytes [{start}, {start + nbytes}) run past the end of the file ({c.size})")
         tensors[name] = GGUFTensor(name, ttype, dims, start, nbytes)
+    check_overlaps(str(path), tensors.values())
     return GGUFFile(str(path), c.size, version, metadata, types, tensors, alignment, data_offset)

@@ -14,7 +14,9 @@ the tensors); tokenizer.ggml.model ("llama": SentencePiece; "gpt2": byte-level B
 tokenizer.ggml.merges and the pre-tokenizer tokenizer.ggml.pre names), tokens, scores,
 token_type, bos/eos/unknown/eot_token_id, add_bos_token, add_eos_token, add_space_prefix.
 Refused: any other architecture, rope scaling other than linear, tensor types this
-runtime has no kernels for (gguf_file), n_vocab or n_ff that disagree with the tensors.
+runtime has no kernels for (gguf_file), n_vocab or n_ff that disagree with the tensors,
+a layer tensor whose number is not written as llama.cpp writes it ("blk.%d.") or is past
+block_count.
 n_vocab and n_ff are taken from the tensors (token_embd rows, ffn_gate rows).
 """
 from dataclasses import dataclass
@@ -115,12 +117,22 @@ def load(g):
         if name in NAMES:
             tensors[NAMES[name]] = t
             continue
-        parts = name.split(".")
-        if len(parts) == 4 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in LAYER_NAMES \
-                and parts[3] == "weight" and int(parts[1]) < n_layer:
-            tensors[f"layers.{int(parts[1])}.{LAYER_NAMES[parts[2]]}.weight"] = t
-        elif name.startswith("rope_freqs") or name.endswith("rope_freqs.weight"):
+        if name.startswith("rope_freqs") or name.endswith("rope_freqs.weight"):
             raise FormatError(g.path, f"tensor {name!r}", "per-dimension RoPE frequencies are not supported")
+        parts = name.split(".")
+        if len(parts) == 4 and parts[0] == "blk" and parts[2] in LAYER_NAMES and parts[3] == "weight":
+            # llama.cpp looks tensors up by the name it formats with "blk.%d.": a layer number
+            # spelled otherwise ("00", "+1", "²", Arabic-Indic digits) is a tensor it never reads;
+            # here it is refused rather than read as, or over, another layer
+            layer = parts[1]
+            if not (layer.isascii() and layer.isdigit() and (layer == "0" or layer[0] != "0")):
+                raise FormatError(g.path, f"tensor {name[:80]!r}", f"layer number {layer[:20]!r} is not written as "
+                                                                   "llama.cpp writes it (blk.%d.: ASCII digits, no "
+                                                                   "leading zero)")
+            if len(layer) > 9 or int(layer) >= n_layer:     # (int() of 4301+ digits is a ValueError)
+                raise FormatError(g.path, f"tensor {name[:80]!r}", f"layer {layer[:20]} is past llama.block_count "
+                                                                   f"{n_layer}")
+            tensors[f"layers.{layer}.{LAYER_NAMES[parts[2]]}.weight"] = t
         # other tensors (none in llama files) are left alone
     for need in ["tok_embeddings.weight", "norm.weight"] + [f"layers.{i}.{v}.weight" for i in range(n_layer)
                                                            for v in LAYER_NAMES.values()]:

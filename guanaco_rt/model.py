@@ -9,17 +9,20 @@ from __future__ import annotations
 import logging
 import mmap as mmap_module
 import os
+import threading
 import time
+import weakref
 from typing import Sequence
 
 import numpy as np
 
 from . import gguf_file, gguf_model
 from ._kernels._engine import Engine
+from ._kernels._mapguard import GuardedBuffer
 from ._kernels.dispatch import default_kernels, kernel_set
 from .bpe import BPETokenizer
 from .errors import ModelClosedError, ModelFileChangedError
-from .ggml_file import open_mmap, parse
+from .ggml_file import open_mapped, parse
 from .ggml_types import deinterleave_r8
 from .tokenizer import Tokenizer
 
@@ -116,10 +119,13 @@ class Model:
     exception: each 8 rows are interleaved at load into memory of their own
     (``repacked_bytes``), and the file pages they came from are handed back, so the process
     holds one copy, never two. The file must not change while the Model is open: each
-    evaluation first checks its size, mtime and inode and raises ModelFileChangedError if
-    they moved (a truncation under a live mapping would otherwise kill the process with
-    SIGBUS). ``mmap=False`` reads the file into memory instead (no such check, the file can
-    change freely; costs RAM; the interleaving then happens in place).
+    call checks, before and after, the size and mtime of the open file (fstat: renaming,
+    unlinking or replacing the path is harmless, the mapping keeps the old file) and
+    raises ModelFileChangedError if they moved. A truncation during a call would kill the
+    process with SIGBUS: a guard (_kernels/mapguard.h) turns a fault on the mapping into
+    zero pages, the call finishes on them and raises ModelFileChangedError instead, and the
+    Model refuses every later call. ``mmap=False`` reads the file into memory instead (no
+    such check, the file can change freely; costs RAM; the interleaving then happens in place).
     ``n_threads`` is the default for sessions on this model (None: GUANACO_RT_THREADS or
     the physical cores). ``isa`` picks the kernels ("generic", "avx2"); None: the best
     this CPU runs, or GUANACO_RT_ISA.
@@ -131,7 +137,15 @@ class Model:
         self.n_threads = default_threads() if n_threads is None else check_threads(n_threads)
         self.path = os.fspath(path)
         self.mmap = bool(mmap)
-        self._mm, size, self._stat = open_mmap(self.path, copy=not self.mmap)
+        self._fh, self._mm, size, self._stat = open_mapped(self.path, copy=not self.mmap)
+        weakref.finalize(self, self._fh.close)  # a Model dropped without close() does not leak the descriptor
+        # the SIGBUS guard covers the mapping from here on: the parser's reads too
+        self._guard = GuardedBuffer(self._mm) if self.mmap else None
+        if self._guard is not None and not self._guard.guarded:
+            log.warning("guanaco_rt: %s: too many mapped models in this process for the SIGBUS guard; a truncation "
+                        "of this file during a call will kill the process", self.path)
+        if not self.mmap:
+            self._fh.close()                     # a copy in memory: nothing to watch
         try:
             rope = {}
             if gguf_file.is_gguf(self._mm):
@@ -142,10 +156,11 @@ class Model:
             else:
                 self.file = parse(self.path, self._mm)
                 self.tokenizer = Tokenizer(self.file.vocab, self.path)
-            self._buf = np.frombuffer(self._mm, dtype=np.uint8)
+            self._buf = np.frombuffer(self._mm if self._guard is None else self._guard, dtype=np.uint8)
             specs = {name: (t.offset, t.type, t.shape[0], t.n_rows) for name, t in self.file.tensors.items()}
             ks = default_kernels() if isa is None else kernel_set(isa)
             self._fingerprint = None
+            self._fp_lock = threading.Lock()
             inplace = None
             if self.mmap and hasattr(mmap_module, "MADV_NOHUGEPAGE") and \
                     any(ks.interleaves(t.type) for t in self.file.tensors.values()):
@@ -154,15 +169,19 @@ class Model:
                 # pages released for it. Pages of 4 KiB map only what is read.
                 self._mm.madvise(mmap_module.MADV_NOHUGEPAGE)
             if not self.mmap:
-                self.fingerprint                 # of the file's bytes, before any are interleaved
                 inplace = np.frombuffer(self._mm.obj, dtype=np.uint8)
             self._engine = Engine(self.hparams.as_dict(), self._buf, specs, ks, eps, inplace=inplace,
                                   n_threads=self.n_threads, release=self._release if self.mmap else None, **rope)
             self._repacked = {off for off, _ in self._engine.repacked}
+            self.check_file()                    # the load read every page: did the file shrink meanwhile?
         except BaseException:
-            self._buf = None
+            self._engine = self._buf = self._guard = None
             if hasattr(self._mm, "close"):
-                self._mm.close()
+                try:
+                    self._mm.close()
+                except BufferError:              # still exported (a traceback's frame): GC unmaps it
+                    pass
+            self._fh.close()
             raise
         self.eps = eps
         self.load_time = time.perf_counter() - t0
@@ -190,16 +209,30 @@ class Model:
         """Raise unless the weights are still what was loaded: not closed, file unchanged."""
         if self._engine is None:
             raise ModelClosedError(f"{self.path}: this Model is closed")
-        if self.mmap:
-            try:
-                st = os.stat(self.path)
-                now = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
-            except OSError as e:
-                now = (f"stat failed: {e.strerror}",)
-            if now != self._stat:
-                raise ModelFileChangedError(
-                    f"{self.path}: the file changed under the memory-mapped model (size, mtime, inode, device "
-                    f"{self._stat} -> {now}); reload it, or load with Model(path, mmap=False)")
+        self.check_file()
+
+    def check_file(self) -> None:
+        """Raise ModelFileChangedError if the mapped file changed since it was loaded: its size
+        or mtime moved (fstat of the file held open, so a rename, unlink or replacement of the
+        path does not count), or a read found pages gone (the SIGBUS guard zeroed them; every
+        result computed since is garbage). Sessions call it before and after each call; once
+        it has raised, it always raises. Nothing to check for ``mmap=False`` or once closed."""
+        if not self.mmap or self._fh is None or self._fh.closed:
+            return
+        guard = self._guard
+        if guard is not None and guard.faulted:
+            raise ModelFileChangedError(
+                f"{self.path}: the file shrank under the memory-mapped model during a call (a read past its new "
+                f"end was caught and the result discarded); reload it, or load with Model(path, mmap=False)")
+        try:
+            st = os.fstat(self._fh.fileno())
+            now = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+        except (OSError, ValueError) as e:
+            now = (f"fstat failed: {e}",)
+        if now != self._stat:
+            raise ModelFileChangedError(
+                f"{self.path}: the file changed under the memory-mapped model (size, mtime, inode, device "
+                f"{self._stat} -> {now}); reload it, or load with Model(path, mmap=False)")
 
     @property
     def hparams(self):
@@ -228,28 +261,64 @@ class Model:
 
     @property
     def fingerprint(self) -> bytes:
-        """32 bytes that identify this model file: a SHA-256 of its header, vocab, tensor
-        table and the first 4 KiB of every tensor. Session states carry it."""
+        """32 bytes that identify this model: a SHA-256 over its hparams, vocab, tensor table
+        and a SHA-256 of every byte of every tensor (as the file has them). Session states
+        carry it, and load_state refuses a state whose model differs in any weight.
+
+        Computed on first use (save_state, load_state, or reading this) and kept: a plain
+        load does not pay for reading every page. It costs one pass over the weights, the
+        tensors hashed on up to ``n_threads`` threads (hashlib drops the GIL), about 1 GB/s
+        per core with SHA extensions; see the README for a 7B figure."""
+        self._check_open()
         if self._fingerprint is None:
-            import hashlib
-            h = hashlib.sha256()
-            h.update(repr(sorted(self.hparams.as_dict().items())).encode())
-            vocab = self.file.vocab
-            if isinstance(vocab, dict):          # GGUF
-                vocab = [(t.encode(), sc) for t, sc in zip(vocab["tokens"], vocab["scores"])]
-            for text, score in vocab:
-                h.update(len(text).to_bytes(4, "little") + text + repr(score).encode())
-            for t in self.file.tensors.values():
-                h.update(f"{t.name}:{t.type}:{t.shape}:{t.offset}".encode())
-                h.update(self._buf[t.offset:t.offset + min(4096, t.nbytes)].tobytes())
-            self._fingerprint = h.digest()
+            with self._fp_lock:
+                if self._fingerprint is None:
+                    self._fingerprint = self._hash_weights()
         return self._fingerprint
+
+    def _hash_weights(self):
+        import hashlib
+        from concurrent.futures import ThreadPoolExecutor
+
+        chunk = 16 << 20
+
+        def digest(item):
+            name, t = item
+            data = memoryview(self.tensor_data(name))
+            h = hashlib.sha256()
+            for lo in range(0, len(data), chunk):
+                h.update(data[lo:lo + chunk])
+            del data
+            if self.mmap and t.offset in self._repacked:
+                self._release(t.offset, t.nbytes)     # the engine reads its own copy: drop the pages again
+            return h.digest()
+
+        tensors = list(self.file.tensors.items())
+        with ThreadPoolExecutor(max_workers=max(1, min(self.n_threads, len(tensors)))) as pool:
+            digests = list(pool.map(digest, tensors))
+        h = hashlib.sha256()
+        h.update(repr(sorted(self.hparams.as_dict().items())).encode())
+        vocab = self.file.vocab
+        if isinstance(vocab, dict):          # GGUF
+            vocab = [(t.encode(), sc) for t, sc in zip(vocab["tokens"], vocab["scores"])]
+        for text, score in vocab:
+            h.update(len(text).to_bytes(4, "little") + text + repr(score).encode())
+        for (_, t), d in zip(tensors, digests):
+            h.update(f"{t.name}:{t.type}:{t.shape}:{t.offset}:{t.nbytes}".encode() + d)
+        self.check_file()                    # the bytes hashed were the file's
+        return h.digest()
+
+    def _check_open(self):
+        if self._engine is None:
+            raise ModelClosedError(f"{self.path}: this Model is closed")
 
     def tensor_data(self, name: str) -> np.ndarray:
         """One tensor's bytes as the file has them (uint8, read-only): a view into the mmap, or,
         for a tensor interleaved in place (``mmap=False``), a copy put back in file order."""
+        self._check_open()
+        buf = self._buf
         t = self.file.tensors[name]
-        data = self._buf[t.offset:t.offset + t.nbytes]
+        data = buf[t.offset:t.offset + t.nbytes]
         if not self.mmap and t.offset in self._repacked:
             data = np.frombuffer(deinterleave_r8(data, t.type, t.shape[0], t.n_rows), np.uint8)
         return data
@@ -259,6 +328,9 @@ class Model:
         self._engine = None
         self._buf = None
         self._mm = None
+        self._guard = None
+        if self._fh is not None:
+            self._fh.close()
 
     def __enter__(self) -> Model:
         return self

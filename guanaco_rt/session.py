@@ -191,6 +191,7 @@ class Session:
         with self._cancel_lock:       # a cancel() that saw this call running lands before this clear
             self._state.cancel(False)
             self._busy.release()
+        self.model.check_file()       # the file changed during the call: its result is garbage, raise instead
 
     def cancel(self) -> None:
         """Stop the running eval or generation within one layer's work. Any thread may call
