@@ -39,6 +39,12 @@ def test_openai_api_snippet(smollm2):
     assert out.count("The capital of France is Paris.") == 2 and " Paris" in out
 
 
+def test_gguf_snippet_runs_from_any_folder(smollm2):
+    # run as written from the tests folder, not the demo model's cache folder
+    out = run("import guanaco_rt\n" + python_block("GGUF files") + "\nprint(ids[:3])")
+    assert "Paris" in out
+
+
 @pytest.mark.langchain
 def test_langchain_snippet(smollm2):
     pytest.importorskip("langchain_core")
