@@ -15,7 +15,7 @@ import regex
 
 from ._kernels._bpe import MergeTable
 from .errors import FormatError, GuanacoError
-from .tokenizer import byte_table, check_text
+from .tokenizer import byte_table, check_text, special_spellings, split_special
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 # bytes a vocabulary must have a token for: those of tab, newline, CR, printable ASCII and
@@ -87,10 +87,8 @@ class BPETokenizer:
                               "vocabulary needs tokens for tab, newline, CR, printable ASCII and the UTF-8 bytes "
                               "of U+0080..U+3FFFF")
         self._merges(merges, enc, path)
-        # special tokens (control, user-defined) are matched whole, longest first, when allowed
-        self.special = sorted((t for t, ty in zip(tokens, types) if ty in (CONTROL, USER_DEFINED) and t),
-                              key=len, reverse=True)
-        self.special_rx = regex.compile("|".join(regex.escape(t) for t in self.special)) if self.special else None
+        # special tokens split out of the text before the pre-tokenizer, as llama.cpp does
+        self.special, self.user_defined = special_spellings(tokens, types)
         self.byte_enc = enc
         token_bytes = []
         for i, (tok, ty) in enumerate(zip(tokens, types)):
@@ -156,19 +154,16 @@ class BPETokenizer:
 
     def encode(self, text, bos=None, eos=False, special=False):
         """text -> ids. ``bos`` None: the file's add_bos_token. ``special``: text that spells a
-        special token (``<|im_start|>``) becomes that token, as llama.cpp's parse_special;
-        otherwise it is ordinary text."""
+        control token (``<|im_start|>``) becomes that token, as llama.cpp's parse_special;
+        otherwise it is ordinary text. User-defined tokens are split out either way (llama.cpp
+        and HF do too)."""
         check_text(text)
         ids = []
-        if special and self.special_rx is not None:
-            last = 0
-            for m in self.special_rx.finditer(text):
-                ids += self._encode_text(text[last:m.start()])
-                ids.append(self.ids[m.group()])
-                last = m.end()
-            ids += self._encode_text(text[last:])
-        else:
-            ids = self._encode_text(text)
+        for frag in split_special(text, self.special if special else self.user_defined):
+            if type(frag) is int:
+                ids.append(frag)
+            else:
+                ids += self._encode_text(frag)
         if self.add_bos if bos is None else bos:
             if self.bos_id is None:
                 raise GuanacoError(f"{self.path}: this vocabulary has no BOS token")

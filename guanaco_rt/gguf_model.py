@@ -167,9 +167,12 @@ def _vocab(g, n_vocab):
         raise FormatError(g.path, "tokenizer.ggml.token_type", "token_type / scores lengths differ from the tokens")
     ids = {}
     for key in ("bos", "eos", "unknown", "eot"):
-        v = g.metadata.get(f"tokenizer.ggml.{key}_token_id")
-        if v is not None and not (isinstance(v, int) and 0 <= v < n_vocab):
-            raise FormatError(g.path, f"tokenizer.ggml.{key}_token_id", f"{v!r} is outside [0, {n_vocab})")
+        name = f"tokenizer.ggml.{key}_token_id"
+        v = g.metadata.get(name)
+        if v is not None and (g.types[name] not in INTS or isinstance(v, bool)):   # a bool is no token id
+            raise FormatError(g.path, name, f"{v!r} has type {g.types[name]}, expected an integer token id")
+        if v is not None and not 0 <= v < n_vocab:
+            raise FormatError(g.path, name, f"{v!r} is outside [0, {n_vocab})")
         ids[key] = v
     merges, pre = [], None
     if model == "gpt2":
