@@ -21,7 +21,7 @@ from .bpe import BPETokenizer
 from .errors import ModelClosedError, ModelFileChangedError
 from .ggml_file import open_mmap, parse
 from .ggml_types import deinterleave_r8
-from .tokenizer import BOS_ID, EOS_ID, UNK_ID, UNKNOWN, Tokenizer
+from .tokenizer import Tokenizer
 
 log = logging.getLogger("guanaco_rt")
 
@@ -99,13 +99,9 @@ def physical_cores():
 
 def _gguf_tokenizer(vocab, path):
     if vocab["model"] == "llama":
-        # a key the file leaves out: llama.cpp's defaults for SentencePiece vocabularies (unk: the
-        # piece typed UNKNOWN, if there is one)
-        unk = vocab["types"].index(UNKNOWN) if UNKNOWN in vocab["types"] else UNK_ID
-        ids = [vocab[k] if vocab[k] is not None else (d if d < len(vocab["tokens"]) else None)
-               for k, d in (("bos", BOS_ID), ("eos", EOS_ID), ("unknown", unk))]
         tok = Tokenizer(None, path, pieces=list(zip(vocab["tokens"], vocab["scores"], vocab["types"])),
-                        add_space_prefix=vocab["add_space_prefix"], bos_id=ids[0], eos_id=ids[1], unk_id=ids[2])
+                        add_space_prefix=vocab["add_space_prefix"], bos_id=vocab["bos"], eos_id=vocab["eos"],
+                        unk_id=vocab["unknown"])
     else:
         tok = BPETokenizer(vocab["tokens"], vocab["types"], vocab["merges"], vocab["pre"], vocab["bos"], vocab["eos"],
                            vocab["add_bos"], path)

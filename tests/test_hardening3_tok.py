@@ -240,3 +240,22 @@ def test_bpe_one_long_pretoken_is_not_quadratic(smollm2):
     r = subprocess.run([sys.executable, "-c", code, smollm2], capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 0, r.stderr
     assert int(r.stdout) > 1000
+
+
+def test_add_bos_without_a_bos_id_is_refused_at_load():
+    # llama.cpp: "add_bos_token is true, but bos_token_id is not set" (a byte-level vocabulary
+    # has no default ids)
+    from types import SimpleNamespace
+
+    from guanaco_rt.gguf_model import _vocab
+    enc, _ = byte_alphabet()
+    tokens = [enc[b] for b in range(256)]
+    meta = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.merges": ["a b"],
+            "tokenizer.ggml.add_bos_token": True}
+    types = {"tokenizer.ggml.model": "string", "tokenizer.ggml.tokens": "array[string]",
+             "tokenizer.ggml.merges": "array[string]", "tokenizer.ggml.add_bos_token": "bool"}
+    g = SimpleNamespace(path="nobos.gguf", metadata=meta, types=types)
+    with pytest.raises(FormatError, match="nobos.gguf.*add_bos_token.*bos_token_id is not set"):
+        _vocab(g, 256)
+    meta["tokenizer.ggml.bos_token_id"], types["tokenizer.ggml.bos_token_id"] = 7, "u32"
+    assert _vocab(g, 256)["bos"] == 7
