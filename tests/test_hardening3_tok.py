@@ -168,6 +168,14 @@ def test_spm_chat_uses_the_template_and_the_files_ids(spm_model):
     assert prompt[:2] == [ID["<|begin|>"], ID["[INST]"]] and ID["[/INST]"] in prompt
 
 
+def test_spm_chat_completion_answers(spm_model):
+    # the server's /v1/chat/completions path (it answered 500 on these files)
+    with guanaco_rt.LLM(spm_model, n_ctx=128, n_threads=1) as llm:
+        r = llm.create_chat_completion([{"role": "user", "content": "Hello"}], max_tokens=2, seed=0)
+    assert r["choices"][0]["finish_reason"] in ("length", "stop")
+    assert r["usage"]["prompt_tokens"] >= 4           # <|begin|> [INST] ... [/INST]
+
+
 # ---- SentencePiece: the file's BOS / EOS / UNK ----------------------------------------
 def test_spm_uses_the_files_bos_eos_unk(spm_model):
     tok = spm_model.tokenizer
