@@ -1,9 +1,10 @@
 """Byte-level BPE tokenizer (GGUF tokenizer.ggml.model "gpt2"), as llama.cpp runs it.
 
-Owns: splitting text at special tokens (only when the caller allows, as llama.cpp's
-parse_special), the pre-tokenizer regexes that tokenizer.ggml.pre names, the byte-level
-alphabet, merging by rank, and the bytes each token stands for (``byte_table`` for the C
-decode loop). Does not know about models.
+Owns: the pre-tokenizer regexes that tokenizer.ggml.pre names, the byte-level alphabet,
+the symbols and merge table the C merge loop (_kernels/_bpe.pyx, O(n log n) in a
+pre-token's length) runs on, and the bytes each token stands for (``byte_table`` for the
+C decode loop). Special tokens are split out first by tokenizer.split_special, as for
+SentencePiece. Does not know about models.
 
 Pre-tokenizers (llama.cpp's llama-vocab.cpp): each regex of the list splits every
 piece the previous one left, keeping both the matches and the text between them.

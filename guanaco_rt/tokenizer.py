@@ -1,10 +1,11 @@
-"""SentencePiece tokenizer rebuilt from a ggjt file's vocab.
+"""SentencePiece tokenizer rebuilt from a ggjt file's vocab (or a GGUF "llama" one).
 
 Owns: turning the (text bytes, score) pairs that the 2023 convert.py wrote into
 a SentencePiece BPE model (piece types rebuilt, since the file does not store
-them), exact encoding and decoding through the ``sentencepiece`` package, and the
-bytes each token stands for (``byte_table``, which the C decode loop turns into
-text incrementally). Does not know about models.
+them), exact encoding and decoding through the ``sentencepiece`` package, splitting
+special tokens out of text first (``split_special``, llama.cpp's parse_special, shared
+with the byte-level BPE), and the bytes each token stands for (``byte_table``, which
+the C decode loop turns into text incrementally). Does not know about models.
 
 convert.py wrote: ``<unk>`` as " \\u2047 ", control tokens (``<s>``, ``</s>``)
 as empty strings, byte tokens ``<0xNN>`` as the one raw byte, every other piece
