@@ -16,7 +16,7 @@ import regex
 
 from ._kernels._bpe import MergeTable
 from .errors import FormatError, GuanacoError
-from .tokenizer import byte_table, check_text, special_spellings, split_special
+from .tokenizer import byte_table, special_spellings, split_parts
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 # bytes a vocabulary must have a token for: those of tab, newline, CR, printable ASCII and
@@ -158,9 +158,13 @@ class BPETokenizer:
         control token (``<|im_start|>``) becomes that token, as llama.cpp's parse_special;
         otherwise it is ordinary text. User-defined tokens are split out either way (llama.cpp
         and HF do too)."""
-        check_text(text)
+        return self.encode_parts([(text, special)], bos, eos)
+
+    def encode_parts(self, parts, bos=None, eos=False):
+        """[(text, special)] -> the ids of the joined text, each part's special spellings parsed
+        only if its flag says so (tokenizer.split_parts)."""
         ids = []
-        for frag in split_special(text, self.special if special else self.user_defined):
+        for frag in split_parts(parts, self.special, self.user_defined):
             if type(frag) is int:
                 ids.append(frag)
             else:

@@ -141,6 +141,23 @@ def split_special(text, specials):
     return frags
 
 
+def split_parts(parts, specials, user_defined):
+    """[(text, special)] -> the fragments of the joined text, as split_special, but a
+    spelling counts only inside a part that allows it (``special`` True: ``specials``, else
+    ``user_defined``) and never across two parts; text left either side of a part boundary
+    stays one fragment, so it encodes as the joined text would. This is HF's
+    split_special_tokens for a chat prompt: the template's text True, each message False."""
+    frags = []
+    for text, special in parts:
+        check_text(text)
+        for f in split_special(text, specials if special else user_defined):
+            if type(f) is str and frags and type(frags[-1]) is str:
+                frags[-1] += f
+            else:
+                frags.append(f)
+    return frags
+
+
 def _unique(pieces):
     out, seen = [], set()
     for i, (piece, score, ptype) in enumerate(pieces):
@@ -227,10 +244,14 @@ class Tokenizer:
         user-defined tokens are split out either way (llama.cpp does too). Every text fragment
         is encoded on its own, with the dummy-prefix space: llama.cpp adds it to the first
         fragment and to each one after a special token, and a fragment always is one of those."""
+        return self.encode_parts([(text, special)], bos, eos)
+
+    def encode_parts(self, parts, bos=None, eos=False):
+        """[(text, special)] -> the ids of the joined text, each part's special spellings parsed
+        only if its flag says so (split_parts)."""
         bos = self.add_bos if bos is None else bos
-        check_text(text)
         ids = []
-        for frag in split_special(text, self.special if special else self.user_defined):
+        for frag in split_parts(parts, self.special, self.user_defined):
             if type(frag) is int:
                 ids.append(frag)
             else:
