@@ -119,3 +119,17 @@ def test_merge_queue_on_long_runs_equals_hf(tok_pair):
     ours, hf = tok_pair
     for text in ("a" * 20000, "中" * 4000, " " * 5000 + "x", "ab" * 7000, "🦙" * 3000):
         assert ours.encode(text) == hf.encode(text).ids
+
+
+def test_merge_table_edges():
+    from guanaco_rt._kernels._bpe import MergeTable
+    i32 = lambda *x: np.array(x, np.int32)     # noqa: E731
+    # symbols 0 'a', 1 'b'; merges: a a -> 2 (rank 0), 2 2 -> 3 (rank 1), a a again (ignored: rank 0 wins)
+    t = MergeTable(i32(0, 2, 0), i32(0, 2, 0), i32(2, 3, 1), 4)
+    assert t.merge(i32()).tolist() == [] and t.merge(i32(1)).tolist() == [1]
+    assert t.merge(i32(0, 0, 0, 0, 0, 0, 0, 0, 0)).tolist() == [3, 3, 0]      # leftmost pairs first
+    assert t.merge(i32(0, 1, 0, 0, 1)).tolist() == [0, 1, 2, 1]
+    with pytest.raises(ValueError, match="outside"):
+        t.merge(i32(0, 4))
+    with pytest.raises(ValueError, match="symbol ids"):
+        MergeTable(i32(0), i32(5), i32(1), 4)
