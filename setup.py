@@ -1,8 +1,8 @@
 """Build of guanaco_rt's Cython kernels.
 
 The runtime (_quants: block formats; _engine: forward pass and State; _sampling;
-_decode; _twins: Python-callable twins of the kernels, for tests; _mapguard: the SIGBUS
-guard of the model's mapping) is compiled once,
+_decode; _bpe: the byte-level BPE merge loop; _twins: Python-callable twins of the kernels,
+for tests; _mapguard: the SIGBUS guard of the model's mapping) is compiled once,
 with no ISA flags. Each ISA unit (_generic: none; _avx2: -mavx2 -mfma -mf16c) holds
 only its dot products and attention loops and fills one kernel table; the runtime
 picks a table at import, by cpuid. Adding an ISA means adding one unit here and in
@@ -36,7 +36,7 @@ except ImportError:  # pragma: no cover - very old setuptools
 HERE = os.path.dirname(os.path.abspath(__file__))
 KDIR = os.path.join("guanaco_rt", "_kernels")
 DEBUG = os.environ.get("GUANACO_RT_DEBUG", "") not in ("", "0")
-RUNTIME = ["_quants", "_engine", "_sampling", "_decode", "_twins", "_mapguard"]
+RUNTIME = ["_quants", "_engine", "_sampling", "_decode", "_twins", "_mapguard", "_bpe"]
 AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c"]
 
 

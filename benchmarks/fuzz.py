@@ -11,6 +11,9 @@ Targets (each input must end in the documented typed error or succeed; anything 
   gguf       a GGUF file: FormatError, or its metadata and tensor index
   state      a Session.load_state blob: StateError (the session unchanged), or loaded
   tokenizer  arbitrary text: token ids in range, or ValueError for invalid Unicode
+  bpe        arbitrary text through a byte-level BPE (a small vocabulary trained here, with
+             control and user-defined tokens), with and without special tokens: ids in range,
+             the text back from them, and within a time budget per input (2 s + 10 s per MB)
 Each target runs in its own process; the summary line per target gives executions
 and findings.
 """
@@ -22,10 +25,11 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TARGETS = ("ggjt", "gguf", "state", "tokenizer")
+TARGETS = ("ggjt", "gguf", "state", "tokenizer", "bpe")
 
 CHILD = r'''
-import os, sys, tempfile
+import os, sys, tempfile, time
+from collections import Counter
 import atheris
 with atheris.instrument_imports():
     import guanaco_rt
@@ -81,7 +85,48 @@ def one_text(data):
     assert all(0 <= i < model.n_vocab for i in ids)
     model.detokenize(ids)
 
-fn = {"ggjt": one_ggjt, "gguf": one_gguf, "state": one_state, "tokenizer": one_text}[target]
+def toy_bpe(corpus, n_merges):
+    # a byte-level BPE trained on corpus by the textbook loop: every byte has a token
+    from guanaco_rt.bpe import BPETokenizer, byte_alphabet
+    enc, _ = byte_alphabet()
+    words = [[enc[b] for b in w.encode()] for w in corpus.split(" ")]
+    merges, tokens = [], [enc[b] for b in range(256)]
+    for _ in range(n_merges):
+        pairs = Counter((w[i], w[i + 1]) for w in words for i in range(len(w) - 1))
+        if not pairs:
+            break
+        (a, b), _ = pairs.most_common(1)[0]
+        merges.append(f"{a} {b}")
+        tokens.append(a + b)
+        for w in words:
+            i = 0
+            while i < len(w) - 1:
+                if (w[i], w[i + 1]) == (a, b):
+                    w[i:i + 2] = [a + b]
+                i += 1
+    tokens += ["<|im_start|>", "<|im_end|>", "<|user|>"]
+    types = [1] * (len(tokens) - 3) + [3, 3, 4]
+    return BPETokenizer(tokens, types, merges, "default", path="toy-bpe")
+
+if target == "bpe":
+    bpe = toy_bpe("aaaaaaaa aaaa abababab the quick brown fox 中文中文文本 日本語 🦙🦙 ééé 1234 12 \n\n  x", 120)
+
+def one_bpe(data):
+    fdp = atheris.FuzzedDataProvider(data)
+    special = fdp.ConsumeBool()
+    text = fdp.ConsumeUnicode(len(data))
+    t0 = time.perf_counter()
+    try:
+        ids = bpe.encode(text, special=special)
+    except ValueError:       # a lone surrogate: documented
+        return
+    dt = time.perf_counter() - t0
+    assert dt < 2.0 + 10.0 * len(data) / 1e6, f"{dt:.2f} s for {len(data)} bytes"
+    assert all(0 <= i < bpe.n_vocab for i in ids)
+    if not special:
+        assert bpe.decode(ids) == text
+
+fn = {"ggjt": one_ggjt, "gguf": one_gguf, "state": one_state, "tokenizer": one_text, "bpe": one_bpe}[target]
 gguf_seed = os.path.join(work, "seed.gguf")
 if target == "gguf" and not os.path.exists(gguf_seed):
     import gguf
@@ -93,6 +138,7 @@ if target == "gguf" and not os.path.exists(gguf_seed):
     w.add_tensor("q", np.zeros((2, 34), np.uint8), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
 seeds = {"ggjt": open(seed_path, "rb").read(), "state": good_state, "tokenizer": "Hello wörld ### Human:".encode(),
+         "bpe": b"\x00" + ("a" * 5000 + " the <|im_start|>user 中文" * 3).encode(),
          "gguf": open(gguf_seed, "rb").read() if target == "gguf" else b""}
 if "-replay" in sys.argv:
     n = 0

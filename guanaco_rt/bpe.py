@@ -1,9 +1,10 @@
 """Byte-level BPE tokenizer (GGUF tokenizer.ggml.model "gpt2"), as llama.cpp runs it.
 
-Owns: splitting text at special tokens (only when the caller allows, as llama.cpp's
-parse_special), the pre-tokenizer regexes that tokenizer.ggml.pre names, the byte-level
-alphabet, merging by rank, and the bytes each token stands for (``byte_table`` for the C
-decode loop). Does not know about models.
+Owns: the pre-tokenizer regexes that tokenizer.ggml.pre names, the byte-level alphabet,
+the symbols and merge table the C merge loop (_kernels/_bpe.pyx, O(n log n) in a
+pre-token's length) runs on, and the bytes each token stands for (``byte_table`` for the
+C decode loop). Special tokens are split out first by tokenizer.split_special, as for
+SentencePiece. Does not know about models.
 
 Pre-tokenizers (llama.cpp's llama-vocab.cpp): each regex of the list splits every
 piece the previous one left, keeping both the matches and the text between them.
@@ -13,10 +14,17 @@ import functools
 import numpy as np
 import regex
 
+from ._kernels._bpe import MergeTable
 from .errors import FormatError, GuanacoError
-from .tokenizer import byte_table, check_text
+from .tokenizer import byte_table, special_spellings, split_parts
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+# bytes a vocabulary must have a token for: those of tab, newline, CR, printable ASCII and
+# every character of U+0080..U+3FFFF (lead bytes C2..F0, continuation bytes 80..BF). Real
+# vocabularies lack some of the others (SmolLM2: a few ASCII controls, C0 C1 F1 F2 F5..FF);
+# llama.cpp drops such a byte, and so do we.
+REQUIRED_BYTES = [9, 10, 13] + list(range(0x20, 0x7F)) + list(range(0x80, 0xC0)) + list(range(0xC2, 0xF1))
+CACHE_PIECE_CHARS = 256      # longer pre-tokens are not cached (the cache must not hold megabytes)
 
 GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 LLAMA3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -71,17 +79,17 @@ class BPETokenizer:
         self.add_bos = bool(add_bos) and bos_id is not None
         self.regexes = [regex.compile(r) for r in PRE_TOKENIZERS[pre]]
         self.ids = {t: i for i, t in enumerate(tokens)}
-        self.ranks = {}
-        for r, m in enumerate(merges):
-            a, sep, b = m.partition(" ")
-            if not sep:
-                raise FormatError(path, f"tokenizer.ggml.merges[{r}]", f"{m!r} is not two pieces")
-            self.ranks.setdefault((a, b), r)
-        # special tokens (control, user-defined) are matched whole, longest first, when allowed
-        self.special = sorted((t for t, ty in zip(tokens, types) if ty in (CONTROL, USER_DEFINED) and t),
-                              key=len, reverse=True)
-        self.special_rx = regex.compile("|".join(regex.escape(t) for t in self.special)) if self.special else None
         enc, dec = byte_alphabet()
+        missing = [b for b in REQUIRED_BYTES if enc[b] not in self.ids]
+        if missing:
+            raise FormatError(path, "tokenizer.ggml.tokens", f"has no token for the byte(s) "
+                              f"{', '.join(f'0x{b:02X}' for b in missing[:16])}{' ...' if len(missing) > 16 else ''}"
+                              f" ({len(missing)} missing): text with them would be dropped; a byte-level BPE "
+                              "vocabulary needs tokens for tab, newline, CR, printable ASCII and the UTF-8 bytes "
+                              "of U+0080..U+3FFFF")
+        self._merges(merges, enc, path)
+        # special tokens split out of the text before the pre-tokenizer, as llama.cpp does
+        self.special, self.user_defined = special_spellings(tokens, types)
         self.byte_enc = enc
         token_bytes = []
         for i, (tok, ty) in enumerate(zip(tokens, types)):
@@ -99,29 +107,43 @@ class BPETokenizer:
         self._cache = {}
 
     # -- encoding -----------------------------------------------------------------------
+    def _merges(self, merges, enc, path):
+        """Every string the merges name (and the 256 byte-level characters) gets a symbol id;
+        the merge table maps a pair of symbols to its rank and the merged symbol."""
+        sym = {}
+        for b in range(256):
+            sym.setdefault(enc[b], len(sym))
+        left, right, merged = (np.empty(len(merges), np.int32) for _ in range(3))
+        for r, m in enumerate(merges):
+            a, sep, b = m.partition(" ")
+            if not sep:
+                raise FormatError(path, f"tokenizer.ggml.merges[{r}]", f"{m!r} is not two pieces")
+            left[r] = sym.setdefault(a, len(sym))
+            right[r] = sym.setdefault(b, len(sym))
+            merged[r] = sym.setdefault(a + b, len(sym))
+        self._table = MergeTable(left, right, merged, len(sym))
+        self._byte_sym = np.array([sym[enc[b]] for b in range(256)], np.int32)   # byte -> its symbol
+        self._sym_text = list(sym)                                                # symbol -> its string
+        self._sym_tok = np.array([self.ids.get(t, -1) for t in self._sym_text], np.int64)  # -1: no token
+
     def _bpe(self, piece):
-        """One pre-token (text) -> token ids, merging the lowest-ranked pair first."""
+        """One pre-token (text) -> token ids, merging the lowest-ranked pair first (the
+        leftmost of equals), in O(n log n) (_kernels/_bpe.pyx)."""
         ids = self._cache.get(piece)
         if ids is not None:
             return ids
-        syms = [self.byte_enc[b] for b in piece.encode("utf-8")]
-        while len(syms) > 1:
-            best, at = None, -1
-            for i in range(len(syms) - 1):
-                r = self.ranks.get((syms[i], syms[i + 1]))
-                if r is not None and (best is None or r < best):
-                    best, at = r, i
-            if best is None:
-                break
-            syms[at:at + 2] = [syms[at] + syms[at + 1]]
-        out = []
-        for s in syms:
-            i = self.ids.get(s)
-            if i is None:      # no token for a merged symbol: fall back to its single bytes
-                out += [self.ids[c] for c in s if c in self.ids]
-            else:
-                out.append(i)
-        if len(self._cache) < 1 << 16:
+        syms = self._table.merge(self._byte_sym[np.frombuffer(piece.encode("utf-8"), np.uint8)])
+        toks = self._sym_tok[syms]
+        if (toks >= 0).all():
+            out = toks.tolist()
+        else:
+            out = []
+            for s, t in zip(syms.tolist(), toks.tolist()):
+                if t >= 0:
+                    out.append(t)
+                else:      # no token for a merged symbol: its single bytes (the ones that have one)
+                    out += [self.ids[c] for c in self._sym_text[s] if c in self.ids]
+        if len(piece) <= CACHE_PIECE_CHARS and len(self._cache) < 1 << 16:
             self._cache[piece] = out
         return out
 
@@ -133,19 +155,20 @@ class BPETokenizer:
 
     def encode(self, text, bos=None, eos=False, special=False):
         """text -> ids. ``bos`` None: the file's add_bos_token. ``special``: text that spells a
-        special token (``<|im_start|>``) becomes that token, as llama.cpp's parse_special;
-        otherwise it is ordinary text."""
-        check_text(text)
+        control token (``<|im_start|>``) becomes that token, as llama.cpp's parse_special;
+        otherwise it is ordinary text. User-defined tokens are split out either way (llama.cpp
+        and HF do too)."""
+        return self.encode_parts([(text, special)], bos, eos)
+
+    def encode_parts(self, parts, bos=None, eos=False):
+        """[(text, special)] -> the ids of the joined text, each part's special spellings parsed
+        only if its flag says so (tokenizer.split_parts)."""
         ids = []
-        if special and self.special_rx is not None:
-            last = 0
-            for m in self.special_rx.finditer(text):
-                ids += self._encode_text(text[last:m.start()])
-                ids.append(self.ids[m.group()])
-                last = m.end()
-            ids += self._encode_text(text[last:])
-        else:
-            ids = self._encode_text(text)
+        for frag in split_parts(parts, self.special, self.user_defined):
+            if type(frag) is int:
+                ids.append(frag)
+            else:
+                ids += self._encode_text(frag)
         if self.add_bos if bos is None else bos:
             if self.bos_id is None:
                 raise GuanacoError(f"{self.path}: this vocabulary has no BOS token")

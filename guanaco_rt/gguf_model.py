@@ -12,7 +12,9 @@ rope.scaling.type ("none" or "linear") with rope.scaling.factor,
 attention.layer_norm_rms_epsilon (default 1e-5), feed_forward_length (checked against
 the tensors); tokenizer.ggml.model ("llama": SentencePiece; "gpt2": byte-level BPE with
 tokenizer.ggml.merges and the pre-tokenizer tokenizer.ggml.pre names), tokens, scores,
-token_type, bos/eos/unknown/eot_token_id, add_bos_token, add_eos_token, add_space_prefix.
+token_type, bos/eos/unknown/eot_token_id (a SentencePiece vocabulary without them: 1, 2 and the
+UNKNOWN piece, as llama.cpp), add_bos_token, add_eos_token (refused when true and the id is
+not set), add_space_prefix.
 Refused: any other architecture, rope scaling other than linear, tensor types this
 runtime has no kernels for (gguf_file), n_vocab or n_ff that disagree with the tensors,
 a layer tensor whose number is not written as llama.cpp writes it ("blk.%d.") or is past
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 
 from .errors import FormatError
 from .ggml_types import FTYPES
+from .tokenizer import UNKNOWN
 
 NAMES = {"token_embd.weight": "tok_embeddings.weight", "output_norm.weight": "norm.weight",
          "output.weight": "output.weight"}
@@ -179,10 +182,19 @@ def _vocab(g, n_vocab):
         raise FormatError(g.path, "tokenizer.ggml.token_type", "token_type / scores lengths differ from the tokens")
     ids = {}
     for key in ("bos", "eos", "unknown", "eot"):
-        v = g.metadata.get(f"tokenizer.ggml.{key}_token_id")
-        if v is not None and not (isinstance(v, int) and 0 <= v < n_vocab):
-            raise FormatError(g.path, f"tokenizer.ggml.{key}_token_id", f"{v!r} is outside [0, {n_vocab})")
+        name = f"tokenizer.ggml.{key}_token_id"
+        v = g.metadata.get(name)
+        if v is not None and (g.types[name] not in INTS or isinstance(v, bool)):   # a bool is no token id
+            raise FormatError(g.path, name, f"{v!r} has type {g.types[name]}, expected an integer token id")
+        if v is not None and not 0 <= v < n_vocab:
+            raise FormatError(g.path, name, f"{v!r} is outside [0, {n_vocab})")
         ids[key] = v
+    if model == "llama":
+        # keys the file leaves out: llama.cpp's defaults for SentencePiece (unk: the piece typed UNKNOWN)
+        unk = types.index(UNKNOWN) if UNKNOWN in types else 0
+        for key, default in (("bos", 1), ("eos", 2), ("unknown", unk)):
+            if ids[key] is None and default < n_vocab:
+                ids[key] = default
     merges, pre = [], None
     if model == "gpt2":
         merges = _get(g, "tokenizer.ggml.merges", ("array[string]",))
@@ -194,6 +206,10 @@ def _vocab(g, n_vocab):
         if not isinstance(v, bool):
             raise FormatError(g.path, f"tokenizer.ggml.{key}", f"{v!r} is not a bool")
         flags[key] = v
+    for key, id_key in (("add_bos_token", "bos"), ("add_eos_token", "eos")):
+        if flags[key] and ids[id_key] is None:      # llama.cpp refuses this at load too
+            raise FormatError(g.path, f"tokenizer.ggml.{key}", f"is true, but tokenizer.ggml.{id_key}_token_id "
+                                                                "is not set")
     return {"model": model, "tokens": tokens, "types": types, "scores": scores, **ids, "merges": merges,
             "pre": pre, "add_bos": flags["add_bos_token"], "add_eos": flags["add_eos_token"],
             "add_space_prefix": flags["add_space_prefix"]}

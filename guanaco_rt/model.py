@@ -103,7 +103,8 @@ def physical_cores():
 def _gguf_tokenizer(vocab, path):
     if vocab["model"] == "llama":
         tok = Tokenizer(None, path, pieces=list(zip(vocab["tokens"], vocab["scores"], vocab["types"])),
-                        add_space_prefix=vocab["add_space_prefix"])
+                        add_space_prefix=vocab["add_space_prefix"], bos_id=vocab["bos"], eos_id=vocab["eos"],
+                        unk_id=vocab["unknown"])
     else:
         tok = BPETokenizer(vocab["tokens"], vocab["types"], vocab["merges"], vocab["pre"], vocab["bos"], vocab["eos"],
                            vocab["add_bos"], path)

@@ -1,10 +1,11 @@
-"""SentencePiece tokenizer rebuilt from a ggjt file's vocab.
+"""SentencePiece tokenizer rebuilt from a ggjt file's vocab (or a GGUF "llama" one).
 
 Owns: turning the (text bytes, score) pairs that the 2023 convert.py wrote into
 a SentencePiece BPE model (piece types rebuilt, since the file does not store
-them), exact encoding and decoding through the ``sentencepiece`` package, and the
-bytes each token stands for (``byte_table``, which the C decode loop turns into
-text incrementally). Does not know about models.
+them), exact encoding and decoding through the ``sentencepiece`` package, splitting
+special tokens out of text first (``split_special``, llama.cpp's parse_special, shared
+with the byte-level BPE), and the bytes each token stands for (``byte_table``, which
+the C decode loop turns into text incrementally). Does not know about models.
 
 convert.py wrote: ``<unk>`` as " \\u2047 ", control tokens (``<s>``, ``</s>``)
 as empty strings, byte tokens ``<0xNN>`` as the one raw byte, every other piece
@@ -103,6 +104,60 @@ def check_text(text):
                          "decode bytes with errors='replace' first") from None
 
 
+def special_spellings(pieces_or_tokens, types, skip=()):
+    """The tokens llama.cpp splits out of text before encoding it (its special-token cache):
+    CONTROL, USER_DEFINED and UNKNOWN ones with a non-empty spelling, longest (in UTF-8
+    bytes) first, ties by id. -> (with special parsing: [(spelling, id)], without: the
+    USER_DEFINED ones only, which llama.cpp splits out of any text)."""
+    found = [(t, i, ty) for i, (t, ty) in enumerate(zip(pieces_or_tokens, types))
+             if ty in (UNKNOWN, CONTROL, USER_DEFINED) and t and i not in skip]
+    found.sort(key=lambda x: (-len(x[0].encode("utf-8")), x[1]))
+    return [(t, i) for t, i, _ in found], [(t, i) for t, i, ty in found if ty == USER_DEFINED]
+
+
+def split_special(text, specials):
+    """text -> fragments, each a str (text to encode) or an int (a special token's id), as
+    llama.cpp's tokenizer_st_partition: for each special token in turn (longest first), every
+    text fragment left is cut at each occurrence of its spelling, left to right. (Not the
+    leftmost-longest match: of two overlapping spellings the longer wins wherever it is.)"""
+    frags = [text] if text else []
+    for spelling, tid in specials:
+        if spelling not in text:
+            continue
+        out = []
+        for f in frags:
+            if type(f) is int or spelling not in f:
+                out.append(f)
+                continue
+            start = 0
+            while (at := f.find(spelling, start)) >= 0:
+                if at > start:
+                    out.append(f[start:at])
+                out.append(tid)
+                start = at + len(spelling)
+            if start < len(f):
+                out.append(f[start:])
+        frags = out
+    return frags
+
+
+def split_parts(parts, specials, user_defined):
+    """[(text, special)] -> the fragments of the joined text, as split_special, but a
+    spelling counts only inside a part that allows it (``special`` True: ``specials``, else
+    ``user_defined``) and never across two parts; text left either side of a part boundary
+    stays one fragment, so it encodes as the joined text would. This is HF's
+    split_special_tokens for a chat prompt: the template's text True, each message False."""
+    frags = []
+    for text, special in parts:
+        check_text(text)
+        for f in split_special(text, specials if special else user_defined):
+            if type(f) is str and frags and type(frags[-1]) is str:
+                frags[-1] += f
+            else:
+                frags.append(f)
+    return frags
+
+
 def _unique(pieces):
     out, seen = [], set()
     for i, (piece, score, ptype) in enumerate(pieces):
@@ -113,8 +168,9 @@ def _unique(pieces):
     return out
 
 
-def model_proto(pieces, add_space_prefix=True):
-    """Serialized sentencepiece ModelProto for LLaMA's tokenizer settings."""
+def model_proto(pieces, add_space_prefix=True, ids=(UNK_ID, BOS_ID, EOS_ID)):
+    """Serialized sentencepiece ModelProto for LLaMA's tokenizer settings; ``ids``: the
+    unk, bos and eos ids (None: none)."""
     body = bytearray()
     for piece, score, ptype in pieces:
         sp = _f_bytes(1, piece.encode("utf-8")) + _f_float(2, score) + _f_varint(3, ptype)
@@ -124,7 +180,7 @@ def model_proto(pieces, add_space_prefix=True):
                + _f_varint(4, len(pieces))      # vocab_size
                + _f_varint(25, 1)               # split_digits
                + _f_varint(35, 1 if has_bytes else 0)  # byte_fallback
-               + _f_varint(40, UNK_ID) + _f_varint(41, BOS_ID) + _f_varint(42, EOS_ID)
+               + b"".join(_f_varint(40 + k, -1 if i is None else i) for k, i in enumerate(ids))
                + _f_varint(43, -1))             # pad_id
     normalizer = (_f_bytes(1, b"identity")
                   + _f_varint(3, 1 if add_space_prefix else 0)   # add_dummy_prefix
@@ -135,20 +191,37 @@ def model_proto(pieces, add_space_prefix=True):
 
 
 class Tokenizer:
-    """Exact SentencePiece BPE over the file's vocab. ``encode`` adds BOS (id 1) by default."""
+    """Exact SentencePiece BPE over the file's vocab. ``encode`` adds BOS by default.
 
-    def __init__(self, vocab, path="<vocab>", pieces=None, add_space_prefix=True):
+    The special ids are the file's (GGUF: tokenizer.ggml.bos/eos/unknown_token_id; ggjt
+    files store none, and use LLaMA's 1, 2 and 0). The UNKNOWN-type piece SentencePiece
+    emits is the one at ``unk_id``."""
+
+    def __init__(self, vocab, path="<vocab>", pieces=None, add_space_prefix=True, bos_id=BOS_ID, eos_id=EOS_ID,
+                 unk_id=UNK_ID):
         # vocab: the ggjt (text bytes, score) pairs; or pieces: [(piece, score, type)] as a
         # GGUF file stores them (tokenizer.ggml.model "llama")
         self.pieces = rebuild_pieces(vocab, path) if pieces is None else _unique(pieces)
         self.n_vocab = len(self.pieces)
+        if unk_id is not None and self.pieces[unk_id][2] != UNKNOWN:
+            # SentencePiece emits the one piece typed UNKNOWN: make it the file's unk id
+            self.pieces = [(p, sc, CONTROL if t == UNKNOWN else t) for p, sc, t in self.pieces]
+            p, sc, _ = self.pieces[unk_id]
+            self.pieces[unk_id] = (p, sc, UNKNOWN)
         self.sp = spm.SentencePieceProcessor()
         try:
-            self.sp.LoadFromSerializedProto(model_proto(self.pieces, add_space_prefix))
+            self.sp.LoadFromSerializedProto(model_proto(self.pieces, add_space_prefix, (unk_id, bos_id, eos_id)))
         except Exception as e:  # sentencepiece raises RuntimeError / OSError on a bad model
             raise FormatError(path, "vocab", f"cannot build a SentencePiece model: {e}") from None
-        self.bos_id, self.eos_id, self.unk_id = BOS_ID, EOS_ID, UNK_ID
+        self.path = path
+        self.bos_id, self.eos_id, self.unk_id = bos_id, eos_id, unk_id
         self.add_bos = True          # a GGUF file may say otherwise (tokenizer.ggml.add_bos_token)
+        # spellings split out of the text before SentencePiece sees it (llama.cpp's parse_special);
+        # a ggjt file stores no spelling for its control tokens but <s> </s> <unk>: skip the invented ones
+        names = ("<dup{}>",) if pieces is not None else ("<dup{}>", "<ctrl{}>")
+        invented = {i for i, (p, _, _) in enumerate(self.pieces) if p in {n.format(i) for n in names}}
+        self.special, self.user_defined = special_spellings([p for p, _, _ in self.pieces],
+                                                            [t for _, _, t in self.pieces], invented)
         # every token's bytes as flat arrays, for the C text stage of the decode loop
         token_bytes = [self._bytes_of(i) for i in range(self.n_vocab)]
         # the decode loop strips the dummy-prefix space of the first NORMAL piece, if there is one
@@ -166,14 +239,30 @@ class Tokenizer:
         return piece.replace("\u2581", " ").encode("utf-8")
 
     def encode(self, text, bos=None, eos=False, special=False):
-        """text -> ids, BOS first unless ``bos`` is False. ``special`` (spelling control
-        tokens in the text) is a byte-level BPE feature so far."""
-        if special:
-            raise GuanacoError("special-token parsing is not supported for SentencePiece vocabularies yet")
+        """text -> ids, BOS first unless ``bos`` is False. ``special``: text spelling a
+        control token (``[INST]``, ``<s>``) becomes that token, as llama.cpp's parse_special;
+        user-defined tokens are split out either way (llama.cpp does too). Every text fragment
+        is encoded on its own, with the dummy-prefix space: llama.cpp adds it to the first
+        fragment and to each one after a special token, and a fragment always is one of those."""
+        return self.encode_parts([(text, special)], bos, eos)
+
+    def encode_parts(self, parts, bos=None, eos=False):
+        """[(text, special)] -> the ids of the joined text, each part's special spellings parsed
+        only if its flag says so (split_parts)."""
         bos = self.add_bos if bos is None else bos
-        check_text(text)
-        ids = self.sp.encode(text) if text else []
-        return ([BOS_ID] if bos else []) + list(ids) + ([EOS_ID] if eos else [])
+        ids = []
+        for frag in split_parts(parts, self.special, self.user_defined):
+            if type(frag) is int:
+                ids.append(frag)
+            else:
+                ids += self.sp.encode(frag)
+        if bos:
+            if self.bos_id is None:
+                raise GuanacoError(f"{self.path}: this vocabulary has no BOS token")
+            ids = [self.bos_id] + ids
+        if eos and self.eos_id is not None:
+            ids.append(self.eos_id)
+        return ids
 
     def decode(self, ids):
         ids = [int(i) for i in ids]

@@ -268,3 +268,38 @@ def sample_chain(logits, history, p, rng):
     probs = probs / probs.sum()
     i = int(rng.choice(len(probs), p=probs))
     return int(order[i]), top, order, probs
+
+
+# ---- byte-level BPE ------------------------------------------------------------------
+def bpe_merge_ranks(merges):
+    """tokenizer.ggml.merges -> {(left, right): rank}, the first of duplicates winning."""
+    ranks = {}
+    for r, m in enumerate(merges):
+        a, _, b = m.partition(" ")
+        ranks.setdefault((a, b), r)
+    return ranks
+
+
+def bpe_pretoken(ranks, ids, piece):
+    """One pre-token -> token ids by the plain quadratic loop (guanaco_rt's before the
+    merge queue): merge the lowest-ranked adjacent pair, the leftmost of equals, until
+    no pair has a merge; a merged symbol with no token falls back to its single bytes."""
+    from guanaco_rt.bpe import byte_alphabet
+    enc, _ = byte_alphabet()
+    syms = [enc[b] for b in piece.encode("utf-8")]
+    while len(syms) > 1:
+        best, at = None, -1
+        for i in range(len(syms) - 1):
+            r = ranks.get((syms[i], syms[i + 1]))
+            if r is not None and (best is None or r < best):
+                best, at = r, i
+        if best is None:
+            break
+        syms[at:at + 2] = [syms[at] + syms[at + 1]]
+    out = []
+    for s in syms:
+        if s in ids:
+            out.append(ids[s])
+        else:
+            out += [ids[c] for c in s if c in ids]
+    return out

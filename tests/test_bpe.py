@@ -10,7 +10,7 @@ tokenizers = pytest.importorskip("tokenizers")
 from tokenizers import Regex, pre_tokenizers  # noqa: E402
 
 import guanaco_rt  # noqa: E402
-from guanaco_rt.bpe import GPT2, LLAMA3, BPETokenizer, byte_alphabet  # noqa: E402
+from guanaco_rt.bpe import GPT2, LLAMA3, BPETokenizer, _split, byte_alphabet  # noqa: E402
 
 TEXT = """The quick brown fox jumps over the lazy dog. It's 12:45 on 2026-11-28; prices rose 3.75%!
     Indented line with	tabs and  double  spaces.\n\n\nHe said: "don't", 'I'll', we've, they're, she'd.
@@ -89,3 +89,47 @@ def test_model_tokenize_uses_the_files_flags(smollm2):
 
 def test_gpt2_regex_is_the_published_one():
     assert GPT2 == r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+
+
+RANKS = {}
+RUN_CHARS = list("aeé e1 \n\t'") + ["中", "語", "🦙", "ё", "\u0301"]
+
+
+@given(runs=st.lists(st.tuples(st.sampled_from(RUN_CHARS), st.integers(1, 120)), min_size=1, max_size=6))
+@settings(max_examples=150, deadline=None)
+def test_merge_queue_equals_the_plain_loop_and_hf(tok_pair, vocab, runs):
+    # runs of one character (long pre-tokens: where the quadratic loop was slow), CJK, emoji,
+    # combining marks: each pre-token's ids from the C merge queue equal the plain loop's
+    # (tests/reference.py) and the whole text's equal HF tokenizers'
+    from reference import bpe_merge_ranks, bpe_pretoken
+    ours, hf = tok_pair
+    text = "".join(c * n for c, n in runs)
+    ranks = RANKS.get(id(vocab)) or RANKS.setdefault(id(vocab), bpe_merge_ranks(vocab["merges"]))
+    pieces = [text]
+    for rx in ours.regexes:
+        pieces = _split(pieces, rx)
+    for p in pieces:
+        assert ours._bpe(p) == bpe_pretoken(ranks, ours.ids, p), p
+    ids = ours.encode(text)
+    assert ids == hf.encode(text).ids
+    assert ours.decode(ids) == text
+
+
+def test_merge_queue_on_long_runs_equals_hf(tok_pair):
+    ours, hf = tok_pair
+    for text in ("a" * 20000, "中" * 4000, " " * 5000 + "x", "ab" * 7000, "🦙" * 3000):
+        assert ours.encode(text) == hf.encode(text).ids
+
+
+def test_merge_table_edges():
+    from guanaco_rt._kernels._bpe import MergeTable
+    i32 = lambda *x: np.array(x, np.int32)     # noqa: E731
+    # symbols 0 'a', 1 'b'; merges: a a -> 2 (rank 0), 2 2 -> 3 (rank 1), a a again (ignored: rank 0 wins)
+    t = MergeTable(i32(0, 2, 0), i32(0, 2, 0), i32(2, 3, 1), 4)
+    assert t.merge(i32()).tolist() == [] and t.merge(i32(1)).tolist() == [1]
+    assert t.merge(i32(0, 0, 0, 0, 0, 0, 0, 0, 0)).tolist() == [3, 3, 0]      # leftmost pairs first
+    assert t.merge(i32(0, 1, 0, 0, 1)).tolist() == [0, 1, 2, 1]
+    with pytest.raises(ValueError, match="outside"):
+        t.merge(i32(0, 4))
+    with pytest.raises(ValueError, match="symbol ids"):
+        MergeTable(i32(0), i32(5), i32(1), 4)
