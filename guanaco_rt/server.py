@@ -97,6 +97,11 @@ def _in_thread(fn):
     return fut
 
 
+def _closing(response):
+    response.headers["Connection"] = "close"
+    return response
+
+
 class _BodyTooLarge(InvalidRequestError):
     """The request body is over MAX_BODY (HTTP 413)."""
 
@@ -187,18 +192,21 @@ def create_app(llm: LLM, api_key: str | None = None, max_queue: int = 64, server
 
     def endpoint(method, allowed):
         async def handle(request: Request):
+            # The key, then admission, then the body: a refused request costs no upload. A
+            # refusal with the body unread closes the connection, else uvicorn would read on
+            # (and drop) the rest of it to reach the next request.
             if not authorized(request):
-                return error(401, "invalid API key: pass it as 'Authorization: Bearer KEY'", code="invalid_api_key")
-            # admission before the body: a refused request costs no upload
+                return _closing(error(401, "invalid API key: pass it as 'Authorization: Bearer KEY'",
+                                      code="invalid_api_key"))
             if not admission.enter():
-                return error(429, f"the server is busy: {admission.limit} requests in flight or waiting",
-                             type_="server_busy", code="server_busy")
+                return _closing(error(429, f"the server is busy: {admission.limit} requests in flight or waiting",
+                                      type_="server_busy", code="server_busy"))
             streaming = False                   # True once the SSE relay owns the admission slot
             try:
                 try:
                     args = await read_json(request, allowed)
                 except _BodyTooLarge as e:
-                    return error(413, str(e), code="request_too_large")
+                    return _closing(error(413, str(e), code="request_too_large"))
                 except InvalidRequestError as e:
                     return error(400, str(e), param=e.param, code=e.code)
                 response = await run(request, method, args)
