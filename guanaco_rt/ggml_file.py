@@ -21,7 +21,7 @@ import struct
 from dataclasses import dataclass, field
 
 from .errors import FormatError, UnsupportedVersionError
-from .ggml_types import F32, FTYPES, GGML_TYPES, LEGACY_FTYPES, WEIGHT_TYPES, type_label
+from .ggml_types import F32, FTYPES, GGML_TYPES, LEGACY_FTYPES, WEIGHT_TYPES, type_name
 
 MAGIC_GGJT = 0x67676A74
 MAGIC_GGMF = 0x67676D66
@@ -240,7 +240,7 @@ def _read_tensors(c, hp):
         where = f"tensor '{name}'"
         if ttype not in GGML_TYPES or ttype not in WEIGHT_TYPES:
             raise FormatError(c.path, f"{where}: type",
-                              f"{type_label(ttype)} is not a weight type this runtime reads "
+                              f"value {ttype} ({type_name(ttype)}) is not a supported ggml weight type "
                               f"({', '.join(GGML_TYPES[i].name for i in WEIGHT_TYPES)})")
         for k, d in enumerate(dims):
             _check_range(c.path, f"{where}: ne[{k}]", d, 1, (1 << 31) - 1)

@@ -83,6 +83,11 @@ GGML_TYPE_NAMES = {
 }
 
 
+def type_name(ttype):
+    """ggml's name of a type id ("BF16"), or "not a ggml type"."""
+    return GGML_TYPE_NAMES.get(ttype, "not a ggml type")
+
+
 def type_label(ttype):
     """A ggml type id as an error message names it: "BF16 (ggml type 30)", or
     "ggml type 99 (not a ggml type)"."""
