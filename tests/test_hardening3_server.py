@@ -10,6 +10,8 @@ import threading
 
 import pytest
 
+import guanaco_rt
+
 from helpers import free_port
 
 httpx = pytest.importorskip("httpx")
@@ -18,7 +20,7 @@ from test_server import KEY, NO_END, Server  # noqa: E402
 
 pytestmark = pytest.mark.server
 MB = 1 << 20
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(guanaco_rt.__file__)))   # the guanaco_rt under test
 
 
 def _hwm_mb(pid):
