@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
@@ -207,6 +207,9 @@ def create_app(llm: LLM, api_key: str | None = None, max_queue: int = 64, server
                     args = await read_json(request, allowed)
                 except _BodyTooLarge as e:
                     return _closing(error(413, str(e), code="request_too_large"))
+                except ClientDisconnect:            # gone mid-upload: nobody reads an answer
+                    log.info("client gone during the upload: %s", request.url.path)
+                    return _closing(error(400, "the client disconnected during the upload"))
                 except InvalidRequestError as e:
                     return error(400, str(e), param=e.param, code=e.code)
                 response = await run(request, method, args)
