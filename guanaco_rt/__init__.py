@@ -1,4 +1,4 @@
-"""guanaco_rt: run Guanaco / LLaMA ggjt v3 (.ggmlv3.*.bin) models inside Python apps."""
+"""guanaco_rt: run Guanaco / LLaMA models (ggjt v3 .ggmlv3.*.bin and GGUF files) inside Python apps."""
 import logging
 
 from .api import LLM

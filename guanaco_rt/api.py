@@ -46,7 +46,7 @@ from typing import Iterator
 from .chat import DEFAULT_STOP, guanaco_prompt
 from .errors import ContextFullError, InvalidRequestError
 from .model import Model, default_threads
-from .sampling import Sampler, SamplingParams
+from .sampling import DEFAULTS, Sampler, SamplingParams
 from .session import Session, common_prefix
 
 MAX_TOP_LOGPROBS = 20
@@ -280,11 +280,13 @@ class LLM:
             _number("seed", seed, 0, 2**64 - 1, integer=True)
         return n, seed
 
-    def create_completion(self, prompt: str | list[int], max_tokens: int | None = 16, temperature: float = 0.8,
-                          top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05, typical_p: float = 1.0,
+    def create_completion(self, prompt: str | list[int], max_tokens: int | None = 16,
+                          temperature: float = DEFAULTS["temperature"], top_p: float = DEFAULTS["top_p"],
+                          top_k: int = DEFAULTS["top_k"], min_p: float = DEFAULTS["min_p"],
+                          typical_p: float = DEFAULTS["typical_p"],
                           stop: str | list[str] | None = None, seed: int | None = None,
                           frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
-                          repeat_penalty: float = 1.0, logit_bias: dict | None = None,
+                          repeat_penalty: float = DEFAULTS["repetition_penalty"], logit_bias: dict | None = None,
                           logprobs: int | None = None, echo: bool = False, n: int = 1, stream: bool = False,
                           stream_options: dict | None = None, cancel: CancelHandle | None = None):
         """OpenAI's /v1/completions: a ``text_completion`` dict, or with ``stream`` an iterator
@@ -317,10 +319,11 @@ class LLM:
         return _complete(req, cancel)
 
     def create_chat_completion(self, messages: list[dict], max_tokens: int | None = None,
-                               temperature: float = 0.8, top_p: float = 0.95, top_k: int = 40,
-                               min_p: float = 0.05, typical_p: float = 1.0, stop: str | list[str] | None = None,
+                               temperature: float = DEFAULTS["temperature"], top_p: float = DEFAULTS["top_p"],
+                               top_k: int = DEFAULTS["top_k"], min_p: float = DEFAULTS["min_p"],
+                               typical_p: float = DEFAULTS["typical_p"], stop: str | list[str] | None = None,
                                seed: int | None = None, frequency_penalty: float = 0.0,
-                               presence_penalty: float = 0.0, repeat_penalty: float = 1.0,
+                               presence_penalty: float = 0.0, repeat_penalty: float = DEFAULTS["repetition_penalty"],
                                logit_bias: dict | None = None, logprobs: bool = False,
                                top_logprobs: int | None = None, n: int = 1, stream: bool = False,
                                stream_options: dict | None = None, max_completion_tokens: int | None = None,

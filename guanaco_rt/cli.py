@@ -53,20 +53,24 @@ def _bias(text):
     return tok, bias
 
 
-def _sampling_args(p, greedy=False):
+def _sampling_args(p):
+    # the library's own defaults, so that a command gives what the same call gives
+    from .sampling import DEFAULTS as D
     g = p.add_argument_group("sampling")
-    g.add_argument("--temperature", "--temp", type=_float(0, 1e6), default=0.0 if greedy else 0.8,
+    g.add_argument("--temperature", "--temp", type=_float(0, 1e6), default=D["temperature"],
                    help="0 = greedy (default %(default)s)")
-    g.add_argument("--top-k", type=_int(-1, I32), default=40, help="<= 0 disables (default %(default)s)")
-    g.add_argument("--top-p", type=_float(0, 1), default=0.95, help="1 disables (default %(default)s)")
-    g.add_argument("--min-p", type=_float(0, 1), default=0.0, help="0 disables (default %(default)s)")
-    g.add_argument("--typical-p", type=_float(0, 1), default=1.0, help="1 disables (default %(default)s)")
-    g.add_argument("--repeat-penalty", type=_float(1e-6, 1e6), default=1.0 if greedy else 1.1,
-                   help="1 disables (default %(default)s)")
-    g.add_argument("--repeat-last-n", type=_int(0, I32), default=64,
+    g.add_argument("--top-k", type=_int(-1, I32), default=D["top_k"], help="<= 0 disables (default %(default)s)")
+    g.add_argument("--top-p", type=_float(0, 1), default=D["top_p"], help="1 disables (default %(default)s)")
+    g.add_argument("--min-p", type=_float(0, 1), default=D["min_p"], help="0 disables (default %(default)s)")
+    g.add_argument("--typical-p", type=_float(0, 1), default=D["typical_p"], help="1 disables (default %(default)s)")
+    g.add_argument("--repeat-penalty", type=_float(1e-6, 1e6), default=D["repetition_penalty"],
+                   help="divide the logits of recent tokens by this; 1 disables (default %(default)s)")
+    g.add_argument("--repeat-last-n", type=_int(0, I32), default=D["repeat_last_n"],
                    help="window of the penalties (default %(default)s)")
-    g.add_argument("--frequency-penalty", type=_float(-1e6, 1e6), default=0.0)
-    g.add_argument("--presence-penalty", type=_float(-1e6, 1e6), default=0.0)
+    g.add_argument("--frequency-penalty", type=_float(-1e6, 1e6), default=D["frequency_penalty"],
+                   help="subtract this times a token's count in the window (OpenAI's; default %(default)s)")
+    g.add_argument("--presence-penalty", type=_float(-1e6, 1e6), default=D["presence_penalty"],
+                   help="subtract this from every token in the window (OpenAI's; default %(default)s)")
     g.add_argument("--logit-bias", action="append", type=_bias, default=[], metavar="ID=BIAS",
                    help="add BIAS to token ID's logit (repeatable; -inf bans it)")
     g.add_argument("--seed", type=_int(0, 2**64 - 1), default=None, help="RNG seed (default: random)")
@@ -74,6 +78,7 @@ def _sampling_args(p, greedy=False):
 
 def _session_args(p):
     from .model import MAX_THREADS
+    from .sampling import CLI_CONTEXT_POLICY
     p.add_argument("model", nargs="?", default=None,
                    help="a ggjt v3 (.ggmlv3.*.bin) or GGUF model file (default: the demo model, fetched on first use)")
     p.add_argument("-c", "--ctx-size", type=_int(2, MAX_CTX), default=2048,
@@ -83,13 +88,14 @@ def _session_args(p):
                    help="threads (default: GUANACO_RT_THREADS, else the physical cores); on a busy machine "
                         "fewer threads than cores can be faster")
     p.add_argument("--kv-f16", action="store_true", help="keep the KV cache in f16 (half the memory)")
-    p.add_argument("--context-policy", choices=["error", "shift"], default="shift",
-                   help="when the context fills: raise, or drop the oldest tokens (default %(default)s)")
+    p.add_argument("--context-policy", choices=["error", "shift"], default=CLI_CONTEXT_POLICY,
+                   help="when the context fills: stop with an error, or drop the oldest tokens (chat: the "
+                        "oldest turns) and go on (default %(default)s; the library's Session default is error)")
 
 
 def _prompt_args(p, n_predict):
     _session_args(p)
-    p.add_argument("-p", "--prompt", required=True)
+    p.add_argument("-p", "--prompt", required=True, help="the prompt text")
     p.add_argument("-n", "--n-predict", type=_int(0, MAX_CTX), default=n_predict,
                    help="tokens to generate (default %(default)s)")
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
@@ -313,15 +319,37 @@ def cmd_generate(a):
     return 0
 
 
+def _line_editing():
+    """Arrow keys and history for input() when a person types: importing readline is what
+    turns them on. True if on."""
+    if not sys.stdin.isatty():
+        return False
+    try:
+        import readline  # noqa: F401
+    except ImportError:                      # a Python built without it
+        return False
+    return True
+
+
+def _chat_labels(session):
+    """(the user's prompt, the reply's prefix) in the model's own role names: Guanaco's
+    ``### Human:`` turns for its format, the template's roles for a chat-template model."""
+    if session.template is None:
+        return "### Human: ", "### Assistant: "
+    return "user: ", "assistant: "
+
+
 def cmd_chat(a):
     _, s = _open(a)
     if a.system is not None:
         s.conversation.system = a.system
     params = _params(a)
+    _line_editing()
+    you, reply = _chat_labels(s)
     print("guanaco-rt chat: type a message; /help for commands", file=sys.stderr)
     while True:
         try:
-            line = input("### Human: ")
+            line = input(you)
         except EOFError:
             break
         line = line.strip()
@@ -331,7 +359,7 @@ def cmd_chat(a):
             if _chat_command(s, line):
                 break
             continue
-        sys.stdout.write("### Assistant: ")
+        sys.stdout.write(reply)
         first = [True]
 
         def show(piece):
@@ -396,8 +424,9 @@ def _chat_command(s, line):
 
 def cmd_run(a):
     """Greedy generation, printed as it comes."""
+    from .sampling import DEFAULTS
     a.temperature, a.repeat_penalty = 0.0, 1.0
-    a.top_k, a.top_p, a.min_p, a.typical_p, a.repeat_last_n = 40, 1.0, 0.0, 1.0, 64
+    a.top_k, a.top_p, a.min_p, a.typical_p, a.repeat_last_n = 40, 1.0, 0.0, 1.0, DEFAULTS["repeat_last_n"]
     a.frequency_penalty = a.presence_penalty = 0.0
     a.logit_bias, a.seed = [], 0
     a.quiet_prompt = False
@@ -467,21 +496,22 @@ def cmd_pull_demo(a):
 
 def cmd_serve(a):
     try:
-        from .server import serve
+        from .server import check_bind, serve
     except ImportError as e:
-        print(f"guanaco-rt: error: the server needs the [server] extra (pip install 'guanaco_rt[server]'): {e}",
-              file=sys.stderr)
+        print(f"guanaco-rt: error: the server needs the 'server' extra (Starlette and uvicorn); from a checkout of "
+              f"guanaco_rt: pip install '.[server]' ({e})", file=sys.stderr)
         return 2
     from .api import LLM
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     api_key = a.api_key or os.environ.get("GUANACO_RT_API_KEY") or None
+    check_bind(a.host, api_key, a.insecure_no_key, warn=False)      # before the model loads: fail fast
     llm = LLM(_model_path(a), n_ctx=a.ctx_size, n_sessions=a.parallel, n_threads=a.threads,
               n_batch=a.batch_size, kv_f16=a.kv_f16, model_name=a.model_name)
     logging.getLogger("guanaco_rt.server").info(
         "serving %s on http://%s:%d/v1 (%d session(s) of %d tokens, %d thread(s) each%s)", llm.model_name, a.host,
         a.port, a.parallel, a.ctx_size, llm.pool.session_kw["n_threads"], ", API key required" if api_key else "")
     try:
-        serve(llm, a.host, a.port, api_key, a.max_queue)
+        serve(llm, a.host, a.port, api_key, a.max_queue, insecure_no_key=a.insecure_no_key)
     finally:
         llm.close()
     return 0
@@ -496,79 +526,101 @@ def cmd_config(a):
 PRESETS = {"7B": (4096, 32, 32), "13B": (5120, 40, 40), "tiny": (256, 4, 2)}
 
 
-def main(argv=None):
+def build_parser():
+    from . import __version__
     from .ggml_types import FTYPE_BY_NAME
-    p = argparse.ArgumentParser(prog="guanaco-rt", description="Run Guanaco / LLaMA ggjt v3 models.")
+    p = argparse.ArgumentParser(prog="guanaco-rt",
+                                description="Run LLaMA-family models (Guanaco's ggjt v3 .bin files and GGUF files).")
+    p.add_argument("--version", action="version", version=f"guanaco-rt {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    # -v after the subcommand too; SUPPRESS: absent there, it leaves the top level's value
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log to stderr")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("info", help="hparams (GGUF: the metadata) and every tensor's name, shape, type and size")
-    s.add_argument("model")
-    s.add_argument("--json", action="store_true")
+    def command(name, help):
+        return sub.add_parser(name, help=help, description=help, parents=[common])
+
+    s = command("info", "hparams (GGUF: the metadata) and every tensor's name, shape, type and size")
+    s.add_argument("model", help="a ggjt v3 (.ggmlv3.*.bin) or GGUF model file")
+    s.add_argument("--json", action="store_true", help="print it all as one JSON object")
     s.set_defaults(fn=cmd_info)
 
-    s = sub.add_parser("run", help="greedy generation from a prompt, printed as it comes")
+    s = command("run", "greedy generation from a prompt, printed as it comes")
     _prompt_args(s, n_predict=64)
     s.set_defaults(fn=cmd_run)
 
-    s = sub.add_parser("generate", help="sampled generation with every sampling option")
+    s = command("generate", "sampled generation with every sampling option")
     _prompt_args(s, n_predict=128)
     s.add_argument("--quiet-prompt", action="store_true", help="do not echo the prompt")
     _sampling_args(s)
     s.set_defaults(fn=cmd_generate)
 
-    s = sub.add_parser("chat", help="interactive Guanaco chat (/reset, /save FILE, /load FILE)")
+    s = command("chat", "interactive chat in the model's format (/reset, /save FILE, /load FILE)")
     _session_args(s)
-    s.add_argument("-n", "--n-predict", type=int, default=256)
-    s.add_argument("--system", default=None, help="system line (default: Guanaco's)")
+    s.add_argument("-n", "--n-predict", type=_int(1, MAX_CTX), default=256,
+                   help="most tokens in one reply (default %(default)s)")
+    s.add_argument("--system", default=None, help="system message (default: the template's, or Guanaco's)")
     s.add_argument("--stats", action="store_true", help="after each reply, show its tokens/s")
     _sampling_args(s)
     s.set_defaults(fn=cmd_chat)
 
-    s = sub.add_parser("random-model", help="write a random-weight model (for tests and benchmarks)")
-    s.add_argument("output")
-    s.add_argument("--ftype", default="q4_0", choices=sorted(FTYPE_BY_NAME))
+    s = command("random-model", "write a random-weight ggjt v3 model (for tests and benchmarks)")
+    s.add_argument("output", help="the file to write")
+    s.add_argument("--ftype", default="q4_0", choices=sorted(FTYPE_BY_NAME),
+                   help="the weights' type, as llama.cpp names a file's (default %(default)s)")
     s.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="shape: 7B (4096/32/32), 13B, tiny (256/4/2); overrides --n-embd/--n-head/--n-layer")
-    s.add_argument("--n-vocab", type=_int(3, 1 << 20), default=32000)
-    s.add_argument("--n-embd", type=_int(32, 1 << 16), default=256)
-    s.add_argument("--n-mult", type=_int(1, 1 << 16), default=256)
-    s.add_argument("--n-head", type=_int(1, 1024), default=4)
-    s.add_argument("--n-layer", type=_int(1, 1024), default=2)
+    s.add_argument("--n-vocab", type=_int(3, 1 << 20), default=32000, help="vocabulary size (default %(default)s)")
+    s.add_argument("--n-embd", type=_int(32, 1 << 16), default=256, help="embedding width (default %(default)s)")
+    s.add_argument("--n-mult", type=_int(1, 1 << 16), default=256,
+                   help="the feed-forward width is rounded up to a multiple of this (default %(default)s)")
+    s.add_argument("--n-head", type=_int(1, 1024), default=4, help="attention heads (default %(default)s)")
+    s.add_argument("--n-layer", type=_int(1, 1024), default=2, help="layers (default %(default)s)")
     s.add_argument("--vocab-gguf", default=None, help="take the vocab from a GGUF vocab file")
-    s.add_argument("--seed", type=_int(0, 2**32 - 1), default=0)
+    s.add_argument("--seed", type=_int(0, 2**32 - 1), default=0, help="seed of the weights (default %(default)s)")
     s.set_defaults(fn=cmd_random_model)
 
-    s = sub.add_parser("perplexity", help="perplexity on a text file (llama.cpp's method): PPL = value +/- error")
-    s.add_argument("model")
-    s.add_argument("textfile")
+    s = command("perplexity", "perplexity on a text file (llama.cpp's method): PPL = value +/- error")
+    s.add_argument("model", help="a ggjt v3 or GGUF model file")
+    s.add_argument("textfile", help="UTF-8 text to score")
     s.add_argument("-c", "--ctx-size", type=_int(4, 1 << 16), default=512, help="chunk length (default %(default)s)")
-    s.add_argument("-b", "--batch-size", type=_int(1, 1 << 16), default=64)
-    s.add_argument("-t", "--threads", type=_int(1, 256), default=None)
+    s.add_argument("-b", "--batch-size", type=_int(1, 1 << 16), default=64,
+                   help="tokens evaluated at once (default %(default)s)")
+    s.add_argument("-t", "--threads", type=_int(1, 256), default=None,
+                   help="threads (default: GUANACO_RT_THREADS, else the physical cores)")
     s.set_defaults(fn=cmd_perplexity)
 
-    s = sub.add_parser("pull-demo", help="fetch and verify the demo model (SmolLM2-135M-Instruct) into the cache")
+    s = command("pull-demo", "fetch and verify the demo model (SmolLM2-135M-Instruct) into the cache")
     s.set_defaults(fn=cmd_pull_demo)
 
-    s = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions)")
+    s = command("serve", "an OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions)")
     s.add_argument("model", nargs="?", default=None, help="a GGUF or ggjt v3 model file (default: the demo model)")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=_int(0, 65535), default=8000)
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default %(default)s); any other than loopback needs --api-key")
+    s.add_argument("--port", type=_int(0, 65535), default=8000, help="TCP port (default %(default)s)")
     s.add_argument("--parallel", type=_int(1, 256), default=1, help="generations at once, one session each")
     s.add_argument("--max-queue", type=_int(0, 1 << 16), default=64,
                    help="requests that may wait for a session; more get HTTP 429 (default %(default)s)")
     s.add_argument("-c", "--ctx-size", type=_int(16, MAX_CTX), default=2048, help="context per session")
-    s.add_argument("-b", "--batch-size", type=_int(1, MAX_CTX), default=64)
+    s.add_argument("-b", "--batch-size", type=_int(1, MAX_CTX), default=64,
+                   help="prompt tokens evaluated at once (default %(default)s)")
     s.add_argument("-t", "--threads", type=_int(1, 256), default=None,
                    help="threads per session (default: the cores shared out among the sessions)")
     s.add_argument("--api-key", default=None, help="require this key (default: GUANACO_RT_API_KEY, else none)")
+    s.add_argument("--insecure-no-key", action="store_true",
+                   help="allow a --host beyond loopback without an API key (anyone who reaches the port may use it)")
     s.add_argument("--model-name", default=None, help="the model id clients see (default: the file name)")
     s.add_argument("--kv-f16", action="store_true", help="keep the KV caches in f16 (half the memory)")
     s.set_defaults(fn=cmd_serve)
 
-    s = sub.add_parser("config", help="ISA, OpenMP and thread count in use")
+    s = command("config", "ISA, OpenMP and thread count in use")
     s.set_defaults(fn=cmd_config)
+    return p
 
+
+def main(argv=None):
+    p = build_parser()
     a = p.parse_args(argv)
     if getattr(a, "preset", None):
         a.n_embd, a.n_head, a.n_layer = PRESETS[a.preset]

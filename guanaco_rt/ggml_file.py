@@ -21,7 +21,7 @@ import struct
 from dataclasses import dataclass, field
 
 from .errors import FormatError, UnsupportedVersionError
-from .ggml_types import F32, FTYPES, GGML_TYPES, LEGACY_FTYPES, WEIGHT_TYPES
+from .ggml_types import F32, FTYPES, GGML_TYPES, LEGACY_FTYPES, WEIGHT_TYPES, type_name
 
 MAGIC_GGJT = 0x67676A74
 MAGIC_GGMF = 0x67676D66
@@ -169,8 +169,10 @@ def _read_magic(c):
                                       "re-convert the model to ggjt v3")
     if magic == MAGIC_GGUF:
         raise UnsupportedVersionError(c.path, "magic",
-                                      "this is a GGUF file; guanaco_rt reads the ggjt v3 (.ggmlv3.*.bin) format")
-    raise FormatError(c.path, "magic", f"0x{magic:08x} is not a ggml model file (expected 0x{MAGIC_GGJT:08x} 'ggjt')")
+                                      "this is a GGUF file; this reader takes ggjt v3 (.ggmlv3.*.bin) files, "
+                                      "guanaco_rt.Model opens both")
+    raise FormatError(c.path, "magic", f"0x{magic:08x} is not a model file guanaco_rt reads (expected ggjt v3, "
+                                       f"magic 0x{MAGIC_GGJT:08x} 'ggjt', or GGUF v2/v3, magic 'GGUF')")
 
 
 def _read_hparams(c, version):
@@ -238,7 +240,8 @@ def _read_tensors(c, hp):
         where = f"tensor '{name}'"
         if ttype not in GGML_TYPES or ttype not in WEIGHT_TYPES:
             raise FormatError(c.path, f"{where}: type",
-                              f"value {ttype} is not a supported ggml weight type ({WEIGHT_TYPES})")
+                              f"value {ttype} ({type_name(ttype)}) is not a supported ggml weight type "
+                              f"({', '.join(GGML_TYPES[i].name for i in WEIGHT_TYPES)})")
         for k, d in enumerate(dims):
             _check_range(c.path, f"{where}: ne[{k}]", d, 1, (1 << 31) - 1)
         t = GGML_TYPES[ttype]

@@ -69,6 +69,30 @@ GGML_TYPES = {t.id: t for t in [
     GGMLType(Q8_K, "Q8_K", QK_K, Q8_K, False, (("d", F, 1), ("qs", I8, 256), ("bsums", I16, 16))),
 ]}
 TYPE_BY_NAME = {t.name: t for t in GGML_TYPES.values()}
+
+# Every value of ggml's enum ggml_type to date (ggml.h), so that an error can name a type
+# we do not read; "(removed)": ids ggml once used and retired.
+GGML_TYPE_NAMES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 4: "Q4_2 (removed)", 5: "Q4_3 (removed)", 6: "Q5_0", 7: "Q5_1",
+    8: "Q8_0", 9: "Q8_1", 10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K",
+    16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S", 23: "IQ4_XS",
+    24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M", 30: "BF16",
+    31: "Q4_0_4_4 (removed)", 32: "Q4_0_4_8 (removed)", 33: "Q4_0_8_8 (removed)", 34: "TQ1_0", 35: "TQ2_0",
+    36: "IQ4_NL_4_4 (removed)", 37: "IQ4_NL_4_8 (removed)", 38: "IQ4_NL_8_8 (removed)", 39: "MXFP4", 40: "NVFP4",
+    41: "Q1_0",
+}
+
+
+def type_name(ttype):
+    """ggml's name of a type id ("BF16"), or "not a ggml type"."""
+    return GGML_TYPE_NAMES.get(ttype, "not a ggml type")
+
+
+def type_label(ttype):
+    """A ggml type id as an error message names it: "BF16 (ggml type 30)", or
+    "ggml type 99 (not a ggml type)"."""
+    name = GGML_TYPE_NAMES.get(ttype)
+    return f"ggml type {ttype} (not a ggml type)" if name is None else f"{name} (ggml type {ttype})"
 WEIGHT_TYPES = sorted(t.id for t in GGML_TYPES.values() if t.weight)
 
 

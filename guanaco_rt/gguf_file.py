@@ -26,7 +26,7 @@ import struct
 from dataclasses import dataclass, field
 
 from .errors import FormatError, UnsupportedVersionError
-from .ggml_types import GGML_TYPES
+from .ggml_types import GGML_TYPES, type_label
 
 GGUF_MAGIC = b"GGUF"
 VERSIONS = (2, 3)
@@ -216,7 +216,7 @@ def parse(path, buf):
         if name in tensors:
             c.fail(f"tensor[{i}].name", f"duplicate tensor name {name!r}")
         if ttype not in GGML_TYPES or not GGML_TYPES[ttype].weight:
-            c.fail(fld + " type", f"ggml type {ttype} is not one this runtime reads "
+            c.fail(fld + " type", f"{type_label(ttype)} is not one this runtime reads "
                                   f"({', '.join(t.name for t in GGML_TYPES.values() if t.weight)})")
         t = GGML_TYPES[ttype]
         if any(d < 1 or d > 1 << 40 for d in dims):

@@ -1,4 +1,4 @@
-"""Model: a ggjt v3 file mapped read-only, validated, with its tokenizer and kernels.
+"""Model: a ggjt v3 or GGUF file mapped read-only, validated, with its tokenizer and kernels.
 
 Owns: the mmap and its lifetime, the tensor pointers handed to the kernels, the
 tokenizer, and the thread-count default. Shared read-only by any number of
@@ -113,7 +113,7 @@ def _gguf_tokenizer(vocab, path):
 
 
 class Model:
-    """A LLaMA/Guanaco model from a ggjt v3 ``.bin`` file.
+    """A LLaMA-family model from a ggjt v3 ``.bin`` file (Guanaco's) or a GGUF v2/v3 file.
 
     The weights stay in a read-only mmap; nothing is dequantized at load. The q4_0, q4_1,
     q8_0, q2_K, q4_K, q5_K and q6_K matrices, when the kernels have 8-row variants for them (AVX2), are the

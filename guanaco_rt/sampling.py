@@ -17,18 +17,39 @@ import numpy as np
 
 from ._kernels._sampling import SamplerCore
 
+# The one source of the defaults: SamplingParams (so Session), LLM (so the server and the
+# adapters) and the command line all read them from here. Today's llama.cpp and
+# llama-cpp-python use the same values.
+DEFAULTS = {
+    "temperature": 0.8,
+    "top_k": 40,                    # <= 0: off
+    "top_p": 0.95,                  # >= 1: off
+    "min_p": 0.05,                  # <= 0: off
+    "typical_p": 1.0,               # >= 1: off
+    "repetition_penalty": 1.0,      # 1: off (the API's repeat_penalty)
+    "repeat_last_n": 64,
+    "frequency_penalty": 0.0,
+    "presence_penalty": 0.0,
+}
+# What a Session does when its context fills: a library call raises ContextFullError
+# rather than drop text unasked; the interactive command line drops the oldest tokens (a
+# chat: the oldest turns) so that a conversation can go on. LLM and the server need
+# neither: a generation ends with finish_reason "length" at the context's end.
+CONTEXT_POLICY = "error"
+CLI_CONTEXT_POLICY = "shift"
+
 
 @dataclass
 class SamplingParams:
-    temperature: float = 0.8
-    top_k: int = 40                 # <= 0: off
-    top_p: float = 0.95             # >= 1: off
-    min_p: float = 0.0              # <= 0: off
-    typical_p: float = 1.0          # >= 1: off
-    repetition_penalty: float = 1.1  # 1: off
-    repeat_last_n: int = 64
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
+    temperature: float = DEFAULTS["temperature"]
+    top_k: int = DEFAULTS["top_k"]
+    top_p: float = DEFAULTS["top_p"]
+    min_p: float = DEFAULTS["min_p"]
+    typical_p: float = DEFAULTS["typical_p"]
+    repetition_penalty: float = DEFAULTS["repetition_penalty"]
+    repeat_last_n: int = DEFAULTS["repeat_last_n"]
+    frequency_penalty: float = DEFAULTS["frequency_penalty"]
+    presence_penalty: float = DEFAULTS["presence_penalty"]
     logit_bias: dict = field(default_factory=dict)   # token id -> added logit (-inf bans)
     n_probs: int = 0                # >0: return the top-N log-probabilities per token
 

@@ -5,6 +5,9 @@ Owns: the routes (/v1/models, /v1/completions, /v1/chat/completions with SSE str
 /health), the API key, admission (``n_sessions`` generations at once on one shared
 Model, up to ``max_queue`` more waiting in line, 429 beyond), OpenAI-style error JSON
 with the right 4xx status, and cancelling a generation the moment its client goes.
+A request is judged before its body is read (the key, then admission), and the body is
+read in chunks up to ``MAX_BODY`` (413 beyond, or at once for a larger Content-Length),
+so a large or slow upload costs at most ``MAX_BODY`` of memory per admitted request.
 
 Each generation runs on a thread of its own that holds a pooled Session; the event
 loop only relays chunks. A client that disconnects -- mid-stream or while waiting for
@@ -14,18 +17,21 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import logging
+import socket
 import threading
 import time
 
+import numpy as np
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from .api import LLM, CancelHandle
-from .errors import InvalidRequestError
+from .errors import GuanacoError, InvalidRequestError
 from .results import DONE, relay
 
 log = logging.getLogger("guanaco_rt.server")
@@ -39,6 +45,9 @@ CHAT_ARGS = {"messages", "max_tokens", "max_completion_tokens", "temperature", "
 # accepted and without effect here
 IGNORED_ARGS = {"model", "user", "store", "metadata", "service_tier", "parallel_tool_calls", "best_of"}
 MAX_BODY = 8 << 20
+# Arrays and objects nested deeper than this are refused before json.loads sees them (whose
+# own recursion ends at the interpreter's limit); a request needs 4 or 5 levels.
+MAX_JSON_DEPTH = 64
 
 
 def error(status, message, type_="invalid_request_error", param=None, code=None):
@@ -86,6 +95,77 @@ def _in_thread(fn):
     return fut
 
 
+def _closing(response):
+    response.headers["Connection"] = "close"
+    return response
+
+
+class _BodyTooLarge(InvalidRequestError):
+    """The request body is over MAX_BODY (HTTP 413)."""
+
+
+async def _read_body(request):
+    """The body, read chunk by chunk and refused (_BodyTooLarge) the moment it passes
+    MAX_BODY; a declared Content-Length over the limit is refused before any of it is read."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            n = int(declared)
+        except ValueError:
+            raise InvalidRequestError(f"Content-Length {declared[:40]!r} is not a number") from None
+        if n > MAX_BODY:
+            raise _BodyTooLarge(f"the request body of {n} bytes is over the limit of {MAX_BODY} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise _BodyTooLarge(f"the request body is over the limit of {MAX_BODY} bytes "
+                                f"(stopped reading at {len(body)})")
+    return bytes(body)
+
+
+def _json_depth(body, chunk=1 << 20):
+    """The deepest nesting of arrays and objects in ``body``, brackets inside strings not
+    counted. One linear pass, ``chunk`` bytes at a time (a regular expression over the
+    strings can take quadratic time on unclosed ones). For text that is not JSON, some
+    number (json.loads refuses such text anyway)."""
+    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
+        return 0                             # the common case, without a scan
+    deepest = depth = 0
+    inside = 0                               # 1: the chunk starts inside a string
+    run = 0                                  # backslashes just before the chunk
+    for at in range(0, len(body), chunk):
+        c = np.frombuffer(body, np.uint8, count=min(chunk, len(body) - at), offset=at)
+        idx = np.arange(len(c), dtype=np.int32)
+        last_other = np.maximum.accumulate(np.where(c == 0x5C, -1, idx))
+        runs = idx - last_other + np.where(last_other < 0, run, 0)    # backslashes ending at i
+        before = np.concatenate(([run], runs[:-1]))
+        quote = (c == 0x22) & (before % 2 == 0)                      # a quote no backslash escapes
+        in_string = (np.cumsum(quote, dtype=np.int32) + inside) % 2 == 1
+        opens = ((c == 0x5B) | (c == 0x7B)) & ~in_string             # [ {
+        closes = ((c == 0x5D) | (c == 0x7D)) & ~in_string            # ] }
+        levels = np.cumsum(opens.astype(np.int8) - closes, dtype=np.int32) + depth
+        deepest = max(deepest, int(levels.max()))
+        if deepest > MAX_JSON_DEPTH:
+            break
+        depth, inside, run = int(levels[-1]), (inside + int(quote.sum())) % 2, int(runs[-1])
+    return deepest
+
+
+def _parse_json(body):
+    """Request bytes -> a JSON value; InvalidRequestError for anything else (bad UTF-8,
+    bad JSON, nesting deeper than MAX_JSON_DEPTH)."""
+    depth = _json_depth(body)
+    if depth > MAX_JSON_DEPTH:
+        raise InvalidRequestError(f"the body nests arrays/objects deeper than the limit of {MAX_JSON_DEPTH}")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidRequestError(f"the body is not valid JSON: {e}") from None
+    except RecursionError:                   # not reached after the depth check; kept as a backstop
+        raise InvalidRequestError(f"the body nests too deeply (limit {MAX_JSON_DEPTH})") from None
+
+
 async def _wait_disconnect(request):
     while True:
         msg = await request.receive()
@@ -107,13 +187,7 @@ def create_app(llm: LLM, api_key: str | None = None, max_queue: int = 64, server
         return hmac.compare_digest(got.encode(), f"Bearer {api_key}".encode())
 
     async def read_json(request, allowed):
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            raise InvalidRequestError(f"request body of {len(body)} bytes is over the limit {MAX_BODY}")
-        try:
-            req = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise InvalidRequestError(f"the body is not valid JSON: {e}") from None
+        req = _parse_json(await _read_body(request))
         if not isinstance(req, dict):
             raise InvalidRequestError("the body must be a JSON object")
         unknown = sorted(set(req) - allowed - IGNORED_ARGS)
@@ -134,50 +208,66 @@ def create_app(llm: LLM, api_key: str | None = None, max_queue: int = 64, server
 
     def endpoint(method, allowed):
         async def handle(request: Request):
+            # The key, then admission, then the body: a refused request costs no upload. A
+            # refusal with the body unread closes the connection, else uvicorn would read on
+            # (and drop) the rest of it to reach the next request.
             if not authorized(request):
-                return error(401, "invalid API key: pass it as 'Authorization: Bearer KEY'", code="invalid_api_key")
-            try:
-                args = await read_json(request, allowed)
-            except InvalidRequestError as e:
-                return error(400, str(e), param=e.param, code=e.code)
+                return _closing(error(401, "invalid API key: pass it as 'Authorization: Bearer KEY'",
+                                      code="invalid_api_key"))
             if not admission.enter():
-                return error(429, f"the server is busy: {admission.limit} requests in flight or waiting",
-                             type_="server_busy", code="server_busy")
-            t0 = time.perf_counter()
-            stream = bool(args.get("stream", False))
-            handle = CancelHandle()
-            if not stream:
-                args["cancel"] = handle
-            fut = _in_thread(lambda: method(**args))
-            if not stream:
-                # a client that leaves while its reply is generated cancels the generation
-                watcher = asyncio.ensure_future(_wait_disconnect(request))
-                await asyncio.wait({fut, watcher}, return_when=asyncio.FIRST_COMPLETED)
-                watcher.cancel()
-                if not fut.done():
-                    t_gone = time.perf_counter()
-                    handle.cancel()
-                    await asyncio.wait({fut})
-                    log.info("client gone: %s ended %.1f ms after the disconnect", request.url.path,
-                             (time.perf_counter() - t_gone) * 1e3)
+                return _closing(error(429, f"the server is busy: {admission.limit} requests in flight or waiting",
+                                      type_="server_busy", code="server_busy"))
+            streaming = False                   # True once the SSE relay owns the admission slot
             try:
-                result = await fut
-            except (InvalidRequestError, ValueError, TypeError) as e:
-                admission.leave()
-                return error(400, str(e), param=getattr(e, "param", None), code=getattr(e, "code", None))
-            except Exception as e:                      # a failure of ours: logged, and a 500 without a traceback
-                admission.leave()
-                log.error("request failed: %s: %s", type(e).__name__, e)
-                return error(500, f"{type(e).__name__}: {e}", type_="server_error")
-            if stream:
-                return StreamingResponse(_sse(request, result, t0), media_type="text/event-stream",
-                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-            admission.leave()
-            choices = result["choices"]
-            _log_done(request, result.get("usage"), choices[0].get("finish_reason") if choices else None, t0)
-            return JSONResponse(result)
+                try:
+                    args = await read_json(request, allowed)
+                except _BodyTooLarge as e:
+                    return _closing(error(413, str(e), code="request_too_large"))
+                except ClientDisconnect:            # gone mid-upload: nobody reads an answer
+                    log.info("client gone during the upload: %s", request.url.path)
+                    return _closing(error(400, "the client disconnected during the upload"))
+                except InvalidRequestError as e:
+                    return error(400, str(e), param=e.param, code=e.code)
+                response = await run(request, method, args)
+                streaming = isinstance(response, StreamingResponse)
+                return response
+            finally:
+                if not streaming:
+                    admission.leave()
 
         return handle
+
+    async def run(request, method, args):
+        t0 = time.perf_counter()
+        stream = bool(args.get("stream", False))
+        handle = CancelHandle()
+        if not stream:
+            args["cancel"] = handle
+        fut = _in_thread(lambda: method(**args))
+        if not stream:
+            # a client that leaves while its reply is generated cancels the generation
+            watcher = asyncio.ensure_future(_wait_disconnect(request))
+            await asyncio.wait({fut, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            watcher.cancel()
+            if not fut.done():
+                t_gone = time.perf_counter()
+                handle.cancel()
+                await asyncio.wait({fut})
+                log.info("client gone: %s ended %.1f ms after the disconnect", request.url.path,
+                         (time.perf_counter() - t_gone) * 1e3)
+        try:
+            result = await fut
+        except (InvalidRequestError, ValueError, TypeError) as e:
+            return error(400, str(e), param=getattr(e, "param", None), code=getattr(e, "code", None))
+        except Exception as e:                      # a failure of ours: logged, and a 500 without a traceback
+            log.error("request failed: %s: %s", type(e).__name__, e)
+            return error(500, f"{type(e).__name__}: {e}", type_="server_error")
+        if stream:
+            return StreamingResponse(_sse(request, result, t0), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        choices = result["choices"]
+        _log_done(request, result.get("usage"), choices[0].get("finish_reason") if choices else None, t0)
+        return JSONResponse(result)
 
     async def _sse(request, chunks, t0):
         queue, thread = relay(chunks, "guanaco_rt-stream")     # an exception is sent as an error event
@@ -236,6 +326,41 @@ def create_app(llm: LLM, api_key: str | None = None, max_queue: int = 64, server
     return app if server_id is None else _with_header(app, b"x-guanaco-server", server_id.encode())
 
 
+def _non_loopback(host):
+    """The addresses ``host`` stands for that are not loopback ([] when it is loopback only;
+    a name that does not resolve counts as not loopback)."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as e:
+        return [f"{host} (does not resolve: {e})"]
+    out = []
+    for info in infos:
+        addr = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        if not addr.is_loopback:
+            out.append(str(addr))
+    return sorted(set(out))
+
+
+def check_bind(host: str, api_key: str | None, insecure_no_key: bool = False, warn: bool = True) -> None:
+    """Refuse (GuanacoError) to listen beyond loopback without an API key, unless
+    ``insecure_no_key``; then log a warning (``warn``). Any address other than 127.0.0.0/8 and ::1
+    (0.0.0.0, ::, a LAN address, a name that resolves to one) is public here."""
+    if api_key:
+        return
+    public = _non_loopback(host)
+    if not public:
+        return
+    if not insecure_no_key:
+        raise GuanacoError(f"--host {host} listens beyond this machine ({', '.join(public)}) and no API key is set: "
+                           "pass --api-key KEY (or set GUANACO_RT_API_KEY), bind 127.0.0.1, or pass "
+                           "--insecure-no-key to serve anyone who can reach the port")
+    if warn:
+        log.warning("serving on %s (%s) WITHOUT an API key (--insecure-no-key): anyone who can reach the port can "
+                    "use it", host, ", ".join(public))
+
+
 def _with_header(app, name, value):
     async def wrapped(scope, receive, send):
         async def send_with(message):
@@ -247,7 +372,9 @@ def _with_header(app, name, value):
 
 
 def serve(llm: LLM, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, max_queue: int = 64,
-          log_level: str = "info") -> None:
-    """Run the server in this process until interrupted (uvicorn)."""
+          log_level: str = "info", insecure_no_key: bool = False) -> None:
+    """Run the server in this process until interrupted (uvicorn). A ``host`` beyond
+    loopback needs ``api_key``, or ``insecure_no_key`` (check_bind)."""
     import uvicorn
+    check_bind(host, api_key, insecure_no_key)
     uvicorn.run(create_app(llm, api_key, max_queue), host=host, port=port, log_level=log_level)

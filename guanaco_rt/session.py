@@ -32,7 +32,7 @@ from .chat import DEFAULT_STOP, ChatTemplate, Conversation
 from .errors import Cancelled, ContextFullError, GuanacoError, ModelClosedError, SessionBusyError, StateError
 from .model import check_threads, usable_threads
 from .results import AsyncTextStream, GenerationResult, TextStream, Timings
-from .sampling import Sampler, SamplingParams
+from .sampling import CONTEXT_POLICY, Sampler, SamplingParams
 
 if TYPE_CHECKING:
     from .model import Model
@@ -93,7 +93,7 @@ class Session:
     """
 
     def __init__(self, model: Model, n_ctx: int = 2048, n_batch: int = 64, n_threads: int | None = None,
-                 kv_f16: bool = False, seed: int | None = None, context_policy: str = "error", n_keep: int = 1,
+                 kv_f16: bool = False, seed: int | None = None, context_policy: str = CONTEXT_POLICY, n_keep: int = 1,
                  system: str | None = None, template: str | None = None, adaptive_threads: bool = True):
         for name, v, lo in (("n_ctx", n_ctx, 2), ("n_batch", n_batch, 1), ("n_keep", n_keep, 0)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):

@@ -1,4 +1,5 @@
-"""LangChain adapters (the ``langchain`` extra: ``pip install 'guanaco_rt[langchain]'``).
+"""LangChain adapters (the ``langchain`` extra; from a checkout of guanaco_rt,
+``pip install '.[langchain]'``).
 
 ``ChatGuanaco`` is a langchain-core chat model and ``GuanacoLLM`` a text-completion LLM,
 both over a ``guanaco_rt.LLM`` (one Model and its session pool, shareable between
@@ -14,14 +15,19 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Optional
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models.chat_models import BaseChatModel
-from langchain_core.language_models.llms import LLM as _LangChainLLM
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, GenerationChunk
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
 from ..api import LLM
+from ..sampling import DEFAULTS
+from . import missing_extra
+
+try:
+    from langchain_core.callbacks import CallbackManagerForLLMRun
+    from langchain_core.language_models.chat_models import BaseChatModel
+    from langchain_core.language_models.llms import LLM as _LangChainLLM
+    from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+    from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, GenerationChunk
+    from pydantic import BaseModel, ConfigDict, Field, model_validator
+except ModuleNotFoundError as e:
+    raise missing_extra(__name__, "langchain", e) from e
 
 SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "frequency_penalty", "presence_penalty",
             "seed", "logit_bias")
@@ -39,11 +45,11 @@ class _GuanacoFields(BaseModel):
     n_ctx: int = 2048
     n_sessions: int = 1
     max_tokens: Optional[int] = 256
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 40
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
+    temperature: float = DEFAULTS["temperature"]
+    top_p: float = DEFAULTS["top_p"]
+    top_k: int = DEFAULTS["top_k"]
+    min_p: float = DEFAULTS["min_p"]
+    repeat_penalty: float = DEFAULTS["repetition_penalty"]
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     seed: Optional[int] = None

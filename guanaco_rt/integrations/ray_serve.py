@@ -1,4 +1,5 @@
-"""The OpenAI routes as Ray Serve replicas (the ``ray`` extra: ``pip install 'guanaco_rt[ray]'``).
+"""The OpenAI routes as Ray Serve replicas (the ``ray`` extra; from a checkout of guanaco_rt:
+``pip install '.[ray]'``).
 
 Each replica holds one Model and its session pool and serves the same routes as
 ``guanaco-rt serve`` (guanaco_rt.server); Ray Serve's proxy spreads requests over the
@@ -22,10 +23,15 @@ more replicas on a node than it has cores.
 """
 from __future__ import annotations
 
-from ray import serve
-
 from ..api import LLM
-from ..server import create_app
+from . import missing_extra
+
+try:
+    from ray import serve
+
+    from ..server import create_app
+except ModuleNotFoundError as e:
+    raise missing_extra(__name__, "ray", e) from e
 
 
 @serve.ingress()
