@@ -23,6 +23,8 @@ import mmap
 
 import numpy as np
 
+from guanaco_rt.errors import ModelClosedError
+
 from guanaco_rt._kernels.ggml_blocks cimport (GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_Q4_0, GGML_TYPE_Q4_1,
                                               GGML_TYPE_Q8_0,
                                               GGML_TYPE_Q2_K, GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K,
@@ -527,10 +529,37 @@ cdef enum:
     GOV_PROBE_RECHECK = 4
 
 cdef void gov_reset(gov_t* g, int on) noexcept nogil:
+    # a fresh governor. Its Engine's record (g.last) of one thread winning last -- a session
+    # before it, or the load -- starts it on one thread, with a recheck of nth a few tokens
+    # in, as after a look that found a core busy: a short call ends before its own timings
+    # or look could move it, and a team with a descheduled member ran the demo's 22-token
+    # prompts at 24-53 tok/s against 82-114 on one thread (one of 2 cores spun).
+    cdef gov_last_t* last = g.last
     memset(g, 0, sizeof(gov_t))
+    g.last = last
     g.on = on
     g.countdown = GOV_FIRST_TRY
     g.backoff = GOV_TRY_MULTI_MIN
+    if on and last != NULL and last.known and last.one:
+        g.one = 1
+        g.countdown = GOV_PROBE_RECHECK
+        g.backoff = GOV_TRY_MULTI_MIN // 2
+
+cdef inline void gov_note(gov_t* g) noexcept nogil:
+    # the current setting was just decided: the Engine's record follows it
+    if g.last != NULL:
+        g.last.one = g.one
+        g.last.known = 1
+
+cdef int gov_pick(int one, double t_one, double t_multi) noexcept nogil:
+    # the setting (1: one thread) after a measurement: seconds per unit of work on one
+    # thread and on nth (0: not measured); the other setting takes over when it is
+    # GOV_MARGIN faster than the current one, so noise does not flip it back and forth
+    if t_one <= 0 or t_multi <= 0:
+        return one
+    if one:
+        return 0 if t_multi < GOV_MARGIN * t_one else 1
+    return 1 if t_one < GOV_MARGIN * t_multi else 0
 
 cdef int64_t thread_run_wait() noexcept nogil:
     # ns the calling thread has waited on a run queue: the second field of Linux's
@@ -611,6 +640,7 @@ cdef void gov_probe_judge(state_t* s, double wait, double el) noexcept nogil:
     g.trying = 0
     g.countdown = GOV_PROBE_RECHECK
     g.backoff = GOV_TRY_MULTI_MIN // 2   # a lost recheck waits GOV_TRY_MULTI_MIN for the next
+    gov_note(g)
 
 cdef int gov_threads(const state_t* s) noexcept nogil:
     # the current setting (prompt batches follow it; they never try the other)
@@ -645,7 +675,7 @@ cdef void gov_record(state_t* s, int used, double dt) noexcept nogil:
             g.t_multi = dt
         else:
             g.t_one = dt
-        if dt < GOV_MARGIN * (g.t_one if g.one else g.t_multi):
+        if gov_pick(g.one, g.t_one, g.t_multi) != g.one:
             g.one = not g.one             # it wins: switch, and check back soon
             g.backoff = GOV_TRY_MULTI_MIN
             g.countdown = GOV_TRY_MULTI_MIN if g.one else GOV_TRY_ONE_EVERY
@@ -654,6 +684,7 @@ cdef void gov_record(state_t* s, int used, double dt) noexcept nogil:
             g.countdown = g.backoff
         else:
             g.countdown = GOV_TRY_ONE_EVERY
+        gov_note(g)
         return
     if multi:
         g.t_multi = dt if g.t_multi <= 0 else 0.75 * g.t_multi + 0.25 * dt
@@ -663,6 +694,93 @@ cdef void gov_record(state_t* s, int used, double dt) noexcept nogil:
     else:
         g.t_one = dt if g.t_one <= 0 else 0.75 * g.t_one + 0.25 * dt
     g.countdown -= 1
+
+# ---- the load's interleaving threads ------------------------------------------------
+# The load interleaves every matrix of a dot_r8 type (repack_r8): a parallel copy of most
+# of the model, one team join per tensor. With a core busy elsewhere each join waits for the
+# team's descheduled member: on a loaded 2-core machine the demo model loaded in 4.8-8.1 s on
+# 2 threads against 1.1-1.9 s on one. So the load times its own work, per byte: the first
+# tensor on nth threads (it starts OpenMP's pool: not timed), then LOAD_SAMPLES on each
+# setting in turn, then the faster (gov_pick, as decoding chooses). While one thread wins,
+# nth is tried again LOAD_TRY_MIN tensors later, the interval doubling up to LOAD_TRY_MAX;
+# while nth wins, one is tried every LOAD_TRY_ONE tensors. The thread count never changes
+# the bytes written.
+cdef enum:
+    LOAD_SAMPLES = 2
+    LOAD_TRY_MIN = 8
+    LOAD_TRY_MAX = 64
+    LOAD_TRY_ONE = 32
+
+cdef void load_reset(load_gov_t* lg, int nth) noexcept nogil:
+    memset(lg, 0, sizeof(load_gov_t))
+    lg.nth = nth
+    lg.backoff = LOAD_TRY_MIN
+
+cdef int load_next(load_gov_t* lg) noexcept nogil:
+    # threads for the next tensor
+    if lg.nth < 2:
+        return 1
+    if lg.k == 0:
+        return lg.nth
+    if lg.k <= 2 * LOAD_SAMPLES:
+        return 1 if lg.k % 2 else lg.nth
+    lg.trying = lg.countdown <= 0
+    if lg.trying:
+        return lg.nth if lg.one else 1
+    return 1 if lg.one else lg.nth
+
+cdef void load_record(load_gov_t* lg, int used, double dt, double nbytes) noexcept nogil:
+    # the tensor of nbytes interleaved on ``used`` threads took dt seconds
+    cdef int j = lg.k
+    cdef double t
+    if lg.nth < 2 or nbytes <= 0 or dt < 0:
+        return
+    lg.k += 1
+    if j == 0:
+        return
+    if j <= 2 * LOAD_SAMPLES:
+        if used > 1:
+            lg.s_multi += dt
+            lg.b_multi += nbytes
+        else:
+            lg.s_one += dt
+            lg.b_one += nbytes
+        if j == 2 * LOAD_SAMPLES:
+            lg.t_one = max(lg.s_one, 1e-9) / lg.b_one
+            lg.t_multi = max(lg.s_multi, 1e-9) / lg.b_multi
+            lg.one = gov_pick(0, lg.t_one, lg.t_multi)
+            lg.countdown = LOAD_TRY_MIN if lg.one else LOAD_TRY_ONE
+        return
+    t = max(dt, 1e-9) / nbytes
+    if lg.trying:
+        lg.trying = 0
+        if used > 1:
+            lg.t_multi = t
+        else:
+            lg.t_one = t
+        if gov_pick(lg.one, lg.t_one, lg.t_multi) != lg.one:
+            lg.one = not lg.one
+            lg.backoff = LOAD_TRY_MIN
+            lg.countdown = LOAD_TRY_MIN if lg.one else LOAD_TRY_ONE
+        elif lg.one:
+            lg.backoff = min(2 * lg.backoff, <int>LOAD_TRY_MAX)
+            lg.countdown = lg.backoff
+        else:
+            lg.countdown = LOAD_TRY_ONE
+        return
+    if used > 1:
+        lg.t_multi = 0.75 * lg.t_multi + 0.25 * t
+    else:
+        lg.t_one = 0.75 * lg.t_one + 0.25 * t
+    lg.countdown -= 1
+
+cdef int load_busy(const load_gov_t* lg) noexcept nogil:
+    # whether the load saw a core busy: one thread won, and by more than memory bandwidth or
+    # fork/join costs explain (a team GOV_JUMP times slower per byte). Then the Engine's
+    # first States start on one thread (gov_reset); a plain win of one thread does not say
+    # that matmuls, which compute far more per byte, would lose on nth
+    return lg.nth > 1 and lg.one and lg.t_one > 0 and lg.t_multi > GOV_JUMP * lg.t_one
+
 
 cdef void shift_kv(const model_t* m, state_t* s, int n_keep, int n_discard) noexcept nogil:
     # drop positions [n_keep, n_keep + n_discard) of the sequence: later K/V entries move down
@@ -741,9 +859,11 @@ cdef class Engine:
     def __cinit__(self, dict hparams, const uint8_t[::1] buf, dict tensors, KernelSet kernels, float eps=1e-6,
                   double rope_base=10000.0, double rope_freq_scale=1.0, bint repack=True, object inplace=None,
                   int n_threads=1, object release=None):
-        cdef int l, E, Ekv, i
+        cdef int l, E, Ekv, i, nw, use
+        cdef double dt
         cdef layer_t* L
         cdef tensor_t* ws[7]
+        cdef load_gov_t lg
         self.m.layers = NULL
         self.buf = buf
         self.kernels = kernels
@@ -799,23 +919,40 @@ cdef class Engine:
             L.ffn_norm = f32_vector(buf, p + "ffn_norm.weight", tensors[p + "ffn_norm.weight"], E)
         self.copies = []
         self.repacked = []
+        self.load_threads = {"threads": n_threads, "one_thread_tensors": 0, "multi_thread_tensors": 0,
+                             "busy_core_found": False}
         if not repack:
             return
-        for l in range(self.m.n_layer):
-            L = &self.m.layers[l]
-            ws[0], ws[1], ws[2], ws[3], ws[4], ws[5], ws[6] = &L.wq, &L.wk, &L.wv, &L.wo, &L.w1, &L.w3, &L.w2
-            for i in range(7):
-                self._interleave(ws[i], inplace, n_threads, release)
-        if out_spec is not tensors["tok_embeddings.weight"]:
-            self._interleave(&self.m.output, inplace, n_threads, release)
+        load_reset(&lg, max(1, n_threads))
+        for l in range(self.m.n_layer + 1):
+            nw = 7
+            if l < self.m.n_layer:
+                L = &self.m.layers[l]
+                ws[0], ws[1], ws[2], ws[3], ws[4], ws[5], ws[6] = &L.wq, &L.wk, &L.wv, &L.wo, &L.w1, &L.w3, &L.w2
+            else:
+                ws[0] = &self.m.output
+                nw = 0 if out_spec is tensors["tok_embeddings.weight"] else 1
+            for i in range(nw):
+                use = load_next(&lg)
+                dt = self._interleave(ws[i], inplace, use, release)
+                if dt >= 0:
+                    load_record(&lg, use, dt, ws[i].nb1 * ws[i].ne1)
+                    self.load_threads["one_thread_tensors" if use == 1 else "multi_thread_tensors"] += 1
+        self.load_threads["threads"] = 1 if n_threads < 2 or lg.one else n_threads
+        if load_busy(&lg):
+            self.gov_last.known = 1
+            self.gov_last.one = 1
+            self.load_threads["busy_core_found"] = True
 
-    cdef _interleave(self, tensor_t* t, object inplace, int nth, object release):
-        # t's rows, 8 at a time, into the layout of its dot_r8 kernel (repack_r8)
+    cdef double _interleave(self, tensor_t* t, object inplace, int nth, object release) except? -2:
+        # t's rows, 8 at a time, into the layout of its dot_r8 kernel (repack_r8) on nth
+        # threads; -> the seconds that took (load_record), -1 when t is not interleaved
         cdef int64_t off = t.data - &self.buf[0], n = t.nb1 * t.ne1
         cdef uint8_t[::1] dst, scratch
         cdef const uint8_t* src = t.data
+        cdef double t0, dt
         if self.m.k.types[t.type].dot_r8 == NULL or t.ne1 % 8:
-            return
+            return -1
         if inplace is not None:
             dst = inplace[off:off + n]
             scratch = np.array(dst)          # one tensor's worth
@@ -829,12 +966,15 @@ cdef class Engine:
             dst = np.frombuffer(anon, np.uint8)
             self.copies.append(anon)
         with nogil:
+            t0 = monotonic()
             repack_r8(&dst[0], src, t.type, t.ne0 // t.tt.blck_size, t.nb1, t.ne1, nth)
+            dt = monotonic() - t0
         t.data = &dst[0]
         t.r8 = 1
         self.repacked.append((off, n))
         if release is not None:
             release(off, n)
+        return dt
 
     def __dealloc__(self):
         free(self.m.layers)
@@ -852,8 +992,12 @@ cdef class State:
     """
 
     def __cinit__(self, Engine engine, int n_ctx, int n_batch, bint kv_f16=False, int n_threads=1):
-        cdef model_t* m = &engine.m
-        cdef int E = m.n_embd
+        cdef model_t* m
+        cdef int E
+        if engine is None:       # a closed Model's: there are no weights to run
+            raise ModelClosedError("State needs an Engine (a loaded model's weights), got None")
+        m = &engine.m
+        E = m.n_embd
         if n_ctx < 1 or not 1 <= n_batch <= n_ctx:
             raise ValueError(f"n_ctx {n_ctx} and n_batch {n_batch} must satisfy 1 <= n_batch <= n_ctx")
         self.engine = engine
@@ -874,6 +1018,7 @@ cdef class State:
         self.s.n_ctx = n_ctx
         self.s.n_batch = n_batch
         self.s.nth = max(1, n_threads)
+        self.s.gov.last = &engine.gov_last
         gov_reset(&self.s.gov, 1)
         self.s.kv_f16 = kv_f16
         self.s.k_cache = &self.k_cache[0]
@@ -1008,10 +1153,12 @@ cdef class State:
     def thread_stats(self):
         """The governor's view: tokens decoded on one / on n_threads threads, their seconds
         per token, whether one thread is the current setting, and how many times a prompt or
-        a first token found a core busy (gov_probe_check)."""
+        a first token found a core busy (gov_probe_check); ``model_on_one_thread``: what the
+        model's sessions (or its load) last found best, which a new session starts on."""
         cdef gov_t* g = &self.s.gov
         return {"one_thread_tokens": g.n_one, "multi_thread_tokens": g.n_multi, "s_per_token_one": g.t_one,
-                "s_per_token_multi": g.t_multi, "on_one_thread": bool(g.one), "busy_core_found": g.n_busy}
+                "s_per_token_multi": g.t_multi, "on_one_thread": bool(g.one), "busy_core_found": g.n_busy,
+                "model_on_one_thread": bool(g.last.known and g.last.one)}
 
     def cancel(self, bint flag=True):
         # a plain int store; the forward pass reads it between layers, the decode loop per token
