@@ -67,11 +67,12 @@ cdef struct load_gov_t:
     # nth threads, timed per byte; the same choice as the decode governor's (gov_pick)
     int nth
     int k                # tensors timed so far (the first, on nth threads, warms the pool and is not)
+    int decided          # the samples are in (or the first pair already said a core is busy)
     int one              # the current setting is one thread
     int trying           # the tensor in flight tries the other setting
-    int countdown        # tensors on the current setting until the next try
-    int backoff          # the interval of tries while one thread wins (doubles, capped)
-    double s_one, b_one, s_multi, b_multi   # seconds and bytes of the first samples on each setting
+    int countdown        # while nth wins: tensors until the next try of one thread
+    double since, wait   # while one wins: seconds on it since the last try of nth, and before the next
+    double s_one, b_one, s_multi, b_multi   # seconds and bytes of the samples on each setting
     double t_one, t_multi                   # seconds per byte on each setting (latest estimate; 0: not yet)
 
 cdef struct state_t:

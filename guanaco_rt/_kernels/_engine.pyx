@@ -698,23 +698,24 @@ cdef void gov_record(state_t* s, int used, double dt) noexcept nogil:
 # ---- the load's interleaving threads ------------------------------------------------
 # The load interleaves every matrix of a dot_r8 type (repack_r8): a parallel copy of most
 # of the model, one team join per tensor. With a core busy elsewhere each join waits for the
-# team's descheduled member: on a loaded 2-core machine the demo model loaded in 4.8-8.1 s on
-# 2 threads against 1.1-1.9 s on one. So the load times its own work, per byte: the first
-# tensor on nth threads (it starts OpenMP's pool: not timed), then LOAD_SAMPLES on each
-# setting in turn, then the faster (gov_pick, as decoding chooses). While one thread wins,
-# nth is tried again LOAD_TRY_MIN tensors later, the interval doubling up to LOAD_TRY_MAX;
-# while nth wins, one is tried every LOAD_TRY_ONE tensors. The thread count never changes
-# the bytes written.
+# team's descheduled member, whatever the tensor's size: on a loaded 2-core machine the demo
+# model loaded in 4.8-8.1 s on 2 threads against 1.1-1.9 s on one (its 1.7 ms tensors took
+# 45 ms each on 2). So the load times its own work, per byte: the first tensor on nth
+# threads (it starts OpenMP's pool: not timed), then LOAD_SAMPLES on each setting in turn,
+# then the faster (gov_pick, as decoding chooses); a first pair that says a core is busy
+# (load_busy) decides at once. While nth wins, one thread is tried every LOAD_TRY_ONE
+# tensors (such a try costs at most a tensor's time again). While one wins, nth is tried
+# again once LOAD_TRY_RATIO times the last try's seconds have gone by on one thread: tries
+# of a losing team then cost about 1/LOAD_TRY_RATIO of the load, and a core that frees up
+# is found within about that share of it. The thread count never changes the bytes written.
 cdef enum:
     LOAD_SAMPLES = 2
-    LOAD_TRY_MIN = 8
-    LOAD_TRY_MAX = 64
     LOAD_TRY_ONE = 32
+cdef double LOAD_TRY_RATIO = 10.0
 
 cdef void load_reset(load_gov_t* lg, int nth) noexcept nogil:
     memset(lg, 0, sizeof(load_gov_t))
     lg.nth = nth
-    lg.backoff = LOAD_TRY_MIN
 
 cdef int load_next(load_gov_t* lg) noexcept nogil:
     # threads for the next tensor
@@ -722,12 +723,20 @@ cdef int load_next(load_gov_t* lg) noexcept nogil:
         return 1
     if lg.k == 0:
         return lg.nth
-    if lg.k <= 2 * LOAD_SAMPLES:
+    if not lg.decided:
         return 1 if lg.k % 2 else lg.nth
-    lg.trying = lg.countdown <= 0
+    lg.trying = lg.since >= lg.wait if lg.one else lg.countdown <= 0
     if lg.trying:
         return lg.nth if lg.one else 1
     return 1 if lg.one else lg.nth
+
+cdef inline void load_settle(load_gov_t* lg, double try_s) noexcept nogil:
+    # the setting is (re)decided; try_s: what a try of nth threads would cost (s)
+    if lg.one:
+        lg.since = 0
+        lg.wait = LOAD_TRY_RATIO * try_s
+    else:
+        lg.countdown = LOAD_TRY_ONE
 
 cdef void load_record(load_gov_t* lg, int used, double dt, double nbytes) noexcept nogil:
     # the tensor of nbytes interleaved on ``used`` threads took dt seconds
@@ -738,18 +747,20 @@ cdef void load_record(load_gov_t* lg, int used, double dt, double nbytes) noexce
     lg.k += 1
     if j == 0:
         return
-    if j <= 2 * LOAD_SAMPLES:
+    if not lg.decided:
         if used > 1:
             lg.s_multi += dt
             lg.b_multi += nbytes
         else:
             lg.s_one += dt
             lg.b_one += nbytes
-        if j == 2 * LOAD_SAMPLES:
+        if j % 2 == 0:                    # a pair is in
             lg.t_one = max(lg.s_one, 1e-9) / lg.b_one
             lg.t_multi = max(lg.s_multi, 1e-9) / lg.b_multi
             lg.one = gov_pick(0, lg.t_one, lg.t_multi)
-            lg.countdown = LOAD_TRY_MIN if lg.one else LOAD_TRY_ONE
+            if j == 2 * LOAD_SAMPLES or load_busy(lg):
+                lg.decided = 1
+                load_settle(lg, lg.t_multi * nbytes)
         return
     t = max(dt, 1e-9) / nbytes
     if lg.trying:
@@ -758,28 +769,28 @@ cdef void load_record(load_gov_t* lg, int used, double dt, double nbytes) noexce
             lg.t_multi = t
         else:
             lg.t_one = t
-        if gov_pick(lg.one, lg.t_one, lg.t_multi) != lg.one:
-            lg.one = not lg.one
-            lg.backoff = LOAD_TRY_MIN
-            lg.countdown = LOAD_TRY_MIN if lg.one else LOAD_TRY_ONE
-        elif lg.one:
-            lg.backoff = min(2 * lg.backoff, <int>LOAD_TRY_MAX)
-            lg.countdown = lg.backoff
-        else:
-            lg.countdown = LOAD_TRY_ONE
+        lg.one = gov_pick(lg.one, lg.t_one, lg.t_multi)
+        load_settle(lg, lg.t_multi * nbytes)
         return
     if used > 1:
         lg.t_multi = 0.75 * lg.t_multi + 0.25 * t
+        lg.countdown -= 1
     else:
         lg.t_one = 0.75 * lg.t_one + 0.25 * t
-    lg.countdown -= 1
+        lg.since += dt
+
+cdef double LOAD_BUSY_WAIT = 0.002
 
 cdef int load_busy(const load_gov_t* lg) noexcept nogil:
     # whether the load saw a core busy: one thread won, and by more than memory bandwidth or
-    # fork/join costs explain (a team GOV_JUMP times slower per byte). Then the Engine's
-    # first States start on one thread (gov_reset); a plain win of one thread does not say
-    # that matmuls, which compute far more per byte, would lose on nth
-    return lg.nth > 1 and lg.one and lg.t_one > 0 and lg.t_multi > GOV_JUMP * lg.t_one
+    # fork/join costs explain: a team GOV_JUMP times slower per byte, that lost at least
+    # LOAD_BUSY_WAIT s over its samples (a join that waits for a descheduled member loses a
+    # scheduler slice, ms; an idle machine's join costs tens of us, which a tiny model's
+    # tensors can make as long as the copy itself). Then the Engine's first States start on
+    # one thread (gov_reset); a plain win of one thread does not say that matmuls, which
+    # compute far more per byte, would lose on nth
+    return (lg.nth > 1 and lg.one and lg.t_one > 0 and lg.t_multi > GOV_JUMP * lg.t_one
+            and (lg.t_multi - lg.t_one) * lg.b_multi >= LOAD_BUSY_WAIT)
 
 
 cdef void shift_kv(const model_t* m, state_t* s, int n_keep, int n_discard) noexcept nogil:
@@ -920,7 +931,7 @@ cdef class Engine:
         self.copies = []
         self.repacked = []
         self.load_threads = {"threads": n_threads, "one_thread_tensors": 0, "multi_thread_tensors": 0,
-                             "busy_core_found": False}
+                             "one_thread_s": 0.0, "multi_thread_s": 0.0, "busy_core_found": False}
         if not repack:
             return
         load_reset(&lg, max(1, n_threads))
@@ -938,6 +949,7 @@ cdef class Engine:
                 if dt >= 0:
                     load_record(&lg, use, dt, ws[i].nb1 * ws[i].ne1)
                     self.load_threads["one_thread_tensors" if use == 1 else "multi_thread_tensors"] += 1
+                    self.load_threads["one_thread_s" if use == 1 else "multi_thread_s"] += dt
         self.load_threads["threads"] = 1 if n_threads < 2 or lg.one else n_threads
         if load_busy(&lg):
             self.gov_last.known = 1
