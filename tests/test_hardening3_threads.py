@@ -290,3 +290,47 @@ def test_a_core_kept_busy_at_load_puts_the_load_and_the_first_short_call_on_one_
         assert lt["one_thread_tensors"] + lt["multi_thread_tensors"] == 210     # 30 layers x 7 (the output is tied)
         if lt["busy_core_found"]:
             assert after["multi_thread_tokens"] == 0
+
+
+BUSY_SHORT_CALLS = """
+import json, os, sys, time
+os.sched_setaffinity(0, {cpus})
+import guanaco_rt
+out = []
+for i in range(3):
+    # the generic kernels interleave nothing at load: only a call can find the busy core
+    m = guanaco_rt.Model(sys.argv[1], n_threads=2, isa="generic")
+    s1 = guanaco_rt.Session(m, n_ctx=64, n_threads=2)
+    first = s1.thread_stats()
+    t0 = time.perf_counter()
+    s1.eval(m.tokenize("Hi there"))
+    dt = time.perf_counter() - t0
+    s2 = guanaco_rt.Session(m, n_ctx=64, n_threads=2)
+    out.append((m._engine.load_threads, first, s1.thread_stats(), s2.thread_stats(), dt))
+    s1.close(); s2.close(); m.close()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs os.sched_setaffinity")
+def test_a_short_call_that_found_a_busy_core_starts_the_next_session_on_one_thread(smollm2):
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs 2 CPUs")
+    spin = subprocess.Popen([sys.executable, "-c", f"import os\nos.sched_setaffinity(0, {{{cpus[0]}}})\n"
+                             "while True: pass"])
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(guanaco_rt.__file__)))
+    try:
+        r = subprocess.run([sys.executable, "-c", BUSY_SHORT_CALLS.format(cpus=set(cpus[:2])), smollm2],
+                           capture_output=True, text=True, timeout=300, env=env)
+    finally:
+        spin.kill()
+        spin.wait()
+    assert r.returncode == 0, r.stderr
+    runs = json.loads(r.stdout)
+    for load, first, _, _, _ in runs:
+        assert load["one_thread_tensors"] + load["multi_thread_tensors"] == 0
+        assert not first["on_one_thread"]                  # nothing known yet: the first call starts on 2
+    hits = [s1["busy_core_found"] == 1 and s2["on_one_thread"] and s2["model_on_one_thread"]
+            for _, _, s1, s2, _ in runs]
+    assert sum(hits) >= 2, runs

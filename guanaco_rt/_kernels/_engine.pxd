@@ -60,6 +60,8 @@ cdef struct gov_t:
     double probe_w0      # the window's start (0: not open yet)
     int64_t probe_wait   # the team's run-queue wait when the window opened, ns (team_run_wait)
     int probe_hit        # it found a core busy in the call in flight (decode_one then records no time)
+    double early_w0      # a short call's window, from its first layer (0: not open; -1: no figures)
+    int64_t early_wait   # the team's run-queue wait then, ns (gov_probe_end)
     int n_busy           # times it found one (statistics)
 
 cdef struct load_gov_t:
