@@ -114,6 +114,11 @@ def test_the_affinity_mask_limits_the_default(machine):
     assert model_mod.default_threads() == 3
 
 
+def test_a_huge_machine_is_capped_at_the_thread_limit(machine):
+    machine(300)
+    assert model_mod.default_threads() == model_mod.MAX_THREADS
+
+
 def test_the_environment_still_overrides(machine, monkeypatch):
     machine(8, extra={"/sys/fs/cgroup/cpu.max": "100000 100000\n"})
     monkeypatch.setenv("GUANACO_RT_THREADS", "3")
