@@ -172,6 +172,17 @@ def test_the_load_finding_a_busy_core_starts_the_first_call_on_one_thread():
     assert prompt == 1 and used[4:] == [2, 2, 2, 2]        # wrong: undone at the recheck
 
 
+def test_a_stale_record_is_not_followed():
+    # prompt-only work never tries two threads from one: after GOV_LAST_TTL (10 s) without a
+    # decision, a new session looks afresh
+    (prompt, used), = twins.governor_calls_twin(2, [[FREE] * 3], load_found_busy=True, age=11.0)
+    assert prompt == 2
+    (p0, _), (p1, _) = twins.governor_calls_twin(2, [[BUSY] * 6, [BUSY] * 6], age=11.0)
+    assert p0 == 2 and p1 == 2
+    (p0, _), (p1, _) = twins.governor_calls_twin(2, [[BUSY] * 6, [BUSY] * 6], age=9.0)
+    assert p1 == 1
+
+
 def test_a_single_thread_model_ignores_the_record():
     for prompt, used in twins.governor_calls_twin(1, [[BUSY] * 5] * 2, load_found_busy=True):
         assert prompt == 1 and set(used) == {1}

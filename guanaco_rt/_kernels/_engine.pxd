@@ -39,6 +39,7 @@ cdef struct gov_last_t:
     # Plain int stores from any thread, like State.cancel
     int known            # a call, or the load's interleaving (load_gov_t), has decided
     int one              # one thread won
+    double at            # when (monotonic s); older than GOV_LAST_TTL, it is not followed
 
 cdef struct gov_t:
     # the thread governor (gov_next / gov_record): 1 or nth threads per decoded token
@@ -138,6 +139,7 @@ cdef int gov_next(state_t* s) noexcept nogil
 cdef void gov_record(state_t* s, int used, double dt) noexcept nogil
 cdef void gov_reset(gov_t* g, int on) noexcept nogil
 cdef int gov_pick(int one, double t_one, double t_multi) noexcept nogil
+cdef int gov_last_one(const gov_last_t* last) noexcept nogil
 cdef void load_reset(load_gov_t* lg, int nth) noexcept nogil
 cdef int load_next(load_gov_t* lg) noexcept nogil
 cdef void load_record(load_gov_t* lg, int used, double dt, double nbytes) noexcept nogil

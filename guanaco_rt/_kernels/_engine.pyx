@@ -523,6 +523,7 @@ cdef double GOV_JUMP = 2.0     # a token on nth threads this many times the best
 # nice 0 makes the waits 0.3-0.5 of the time per thread, an idle machine about 0.01. Above
 # GOV_PROBE_BUSY the rest of the call runs on one thread, which becomes the current setting,
 # and a try of nth comes GOV_PROBE_RECHECK tokens later in case the look was wrong.
+cdef double GOV_LAST_TTL = 10.0   # s an Engine's record of one thread winning is followed (gov_last_one)
 cdef double GOV_PROBE_WARM = 0.1
 cdef double GOV_PROBE_WINDOW = 0.04
 cdef double GOV_PROBE_BUSY = 0.15
@@ -541,7 +542,7 @@ cdef void gov_reset(gov_t* g, int on) noexcept nogil:
     g.on = on
     g.countdown = GOV_FIRST_TRY
     g.backoff = GOV_TRY_MULTI_MIN
-    if on and last != NULL and last.known and last.one:
+    if on and gov_last_one(last):
         g.one = 1
         g.countdown = GOV_PROBE_RECHECK
         g.backoff = GOV_TRY_MULTI_MIN // 2
@@ -551,6 +552,14 @@ cdef inline void gov_note(gov_t* g) noexcept nogil:
     if g.last != NULL:
         g.last.one = g.one
         g.last.known = 1
+        g.last.at = monotonic()
+
+cdef int gov_last_one(const gov_last_t* last) noexcept nogil:
+    # whether a new State starts on one thread: the record says one thread won, GOV_LAST_TTL
+    # ago at most. Sessions that decode renew it (each try decides again); a stale one is
+    # not followed, so prompt-only work (which never tries nth from one thread) goes back to
+    # nth once a busy spell is over, and a spell that lasts costs one look per GOV_LAST_TTL
+    return last != NULL and last.known and last.one and monotonic() - last.at < GOV_LAST_TTL
 
 cdef int gov_pick(int one, double t_one, double t_multi) noexcept nogil:
     # the setting (1: one thread) after a measurement: seconds per unit of work on one
@@ -981,6 +990,7 @@ cdef class Engine:
         if load_busy(&lg):
             self.gov_last.known = 1
             self.gov_last.one = 1
+            self.gov_last.at = monotonic()
             self.load_threads["busy_core_found"] = True
 
     cdef double _interleave(self, tensor_t* t, object inplace, int nth, object release) except? -2:
@@ -1192,12 +1202,13 @@ cdef class State:
     def thread_stats(self):
         """The governor's view: tokens decoded on one / on n_threads threads, their seconds
         per token, whether one thread is the current setting, and how many times a prompt or
-        a first token found a core busy (gov_probe_check); ``model_on_one_thread``: what the
-        model's sessions (or its load) last found best, which a new session starts on."""
+        a first token found a core busy (gov_probe_check); ``model_on_one_thread``: whether the
+        model's sessions (or its load) last found one thread best, within the last 10 s: a
+        new session then starts there."""
         cdef gov_t* g = &self.s.gov
         return {"one_thread_tokens": g.n_one, "multi_thread_tokens": g.n_multi, "s_per_token_one": g.t_one,
                 "s_per_token_multi": g.t_multi, "on_one_thread": bool(g.one), "busy_core_found": g.n_busy,
-                "model_on_one_thread": bool(g.last.known and g.last.one)}
+                "model_on_one_thread": bool(gov_last_one(g.last))}
 
     def cancel(self, bint flag=True):
         # a plain int store; the forward pass reads it between layers, the decode loop per token

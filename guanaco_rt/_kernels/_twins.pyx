@@ -8,7 +8,8 @@ import numpy as np
 from guanaco_rt._kernels._engine cimport (KernelSet, tensor_t, quantize_rows, matmul_q, repack_r8, r8_parts, rmsnorm,
                                           rope, rope_freqs, softmax, silu_mul, attention, state_t, gov_next, gov_record,
                                           gov_reset, gov_threads, gov_probe_judge, team_run_wait, gov_last_t,
-                                          gov_pick, load_gov_t, load_reset, load_next, load_record, load_busy)
+                                          gov_pick, load_gov_t, load_reset, load_next, load_record, load_busy,
+                                          monotonic)
 from libc.string cimport memset
 from guanaco_rt._kernels._quants cimport type_traits_t, type_traits, row_size
 from guanaco_rt._kernels.ggml_blocks cimport GGML_TYPE_Q8_1
@@ -211,11 +212,12 @@ def gov_pick_twin(bint one, double t_one, double t_multi):
     return bool(gov_pick(one, t_one, t_multi))
 
 
-def governor_calls_twin(int n_threads, calls, bint load_found_busy=False):
+def governor_calls_twin(int n_threads, calls, bint load_found_busy=False, double age=0.0):
     """Successive calls, each on a new State of one Engine (sharing its record of the last
     best setting), fed with made-up timings as governor_twin. calls: a list of calls, each
     a list of (s on one thread, s on n_threads) per decoded token. load_found_busy: the
-    load's interleaving found a core busy (load_busy). -> per call (threads its prompt
+    load's interleaving found a core busy (load_busy). age: seconds that pass between
+    calls (the record's age when the next one starts). -> per call (threads its prompt
     starts on, threads per token)."""
     cdef gov_last_t last
     cdef state_t st
@@ -224,8 +226,11 @@ def governor_calls_twin(int n_threads, calls, bint load_found_busy=False):
     if load_found_busy:
         last.known = 1
         last.one = 1
+        last.at = monotonic() - age
     out = []
     for timings in calls:
+        if out:
+            last.at -= age
         memset(&st, 0, sizeof(state_t))
         st.nth = n_threads
         st.gov.last = &last
