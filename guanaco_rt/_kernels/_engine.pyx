@@ -741,9 +741,10 @@ cdef void gov_record(state_t* s, int used, double dt) noexcept nogil:
 # then the faster (gov_pick, as decoding chooses); a first pair that says a core is busy
 # (load_busy) decides at once. While nth wins, one thread is tried every LOAD_TRY_ONE
 # tensors (such a try costs at most a tensor's time again). While one wins, nth is tried
-# again once LOAD_TRY_RATIO times the last try's seconds have gone by on one thread: tries
-# of a losing team then cost about 1/LOAD_TRY_RATIO of the load, and a core that frees up
-# is found within about that share of it. The thread count never changes the bytes written.
+# again once LOAD_TRY_RATIO times what a try costs (nth's seconds per byte, times the last
+# tensor's bytes) has gone by on one thread: tries of a losing team then cost about
+# 1/LOAD_TRY_RATIO of the load, and a core that frees up is found within about that share
+# of it. The thread count never changes the bytes written.
 cdef enum:
     LOAD_SAMPLES = 2
     LOAD_TRY_ONE = 32
