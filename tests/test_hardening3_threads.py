@@ -299,6 +299,8 @@ def test_a_core_kept_busy_at_load_puts_the_load_and_the_first_short_call_on_one_
         spin.wait()
     assert r.returncode == 0, r.stderr
     runs = json.loads(r.stdout)
+    if all(lt["one_thread_tensors"] + lt["multi_thread_tensors"] == 0 for lt, _, _ in runs):
+        pytest.skip("these kernels interleave nothing at load (no AVX2, or GUANACO_RT_ISA)")
     hits = [lt["threads"] == 1 and lt["busy_core_found"] and before["on_one_thread"] and after["on_one_thread"]
             for lt, before, after in runs]
     assert sum(hits) >= 2, runs
