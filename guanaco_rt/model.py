@@ -7,6 +7,7 @@ Sessions in any number of threads; holds no per-conversation state.
 from __future__ import annotations
 
 import logging
+import math
 import mmap as mmap_module
 import os
 import threading
@@ -58,46 +59,121 @@ def check_threads(n, what="n_threads"):
 
 
 def default_threads():
-    """GUANACO_RT_THREADS if set, else the physical cores."""
+    """GUANACO_RT_THREADS if set, else the physical cores this process may run on (its CPU
+    affinity: taskset, cpusets), no more than its cgroup's CPU quota allows, rounded up
+    (docker --cpus=1.5, a Kubernetes CPU limit: 2). A team larger than the quota is
+    throttled every period, and its joins wait for the throttled members."""
     env = os.environ.get("GUANACO_RT_THREADS", "").strip()
     if env:
         try:
             return check_threads(int(env), "GUANACO_RT_THREADS")
         except ValueError as e:
             raise ValueError(f"GUANACO_RT_THREADS={env!r}: {e}") from None
-    return physical_cores()
+    n = physical_cores()
+    quota = cgroup_cpu_limit()
+    if quota is not None:
+        n = min(n, max(1, math.ceil(quota)))
+    return max(1, min(n, MAX_THREADS))
+
+
+def _read_text(path):
+    """A small system file's text, or None when it cannot be read (tests replace this)."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _affinity():
+    """The CPUs this process may run on, or None where the OS does not say."""
+    try:
+        return os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        return None
 
 
 def physical_cores():
     """Physical cores this process may run on (hyperthreads count once)."""
-    try:
-        allowed = os.sched_getaffinity(0)
-    except AttributeError:
-        allowed = None
-    try:
-        cores, cpu = set(), None
-        with open("/proc/cpuinfo") as f:
-            phys = core = None
-            for line in f:
-                k, _, v = line.partition(":")
-                k = k.strip()
-                if k == "processor":
-                    cpu = int(v)
-                elif k == "physical id":
-                    phys = v.strip()
-                elif k == "core id":
-                    core = v.strip()
-                elif not line.strip() and cpu is not None:
-                    if allowed is None or cpu in allowed:
-                        cores.add((phys, core))
-                    cpu = phys = core = None
-            if cpu is not None and (allowed is None or cpu in allowed):
+    allowed = _affinity()
+    cores, cpu, phys, core = set(), None, None, None
+    for line in ((_read_text("/proc/cpuinfo") or "") + "\n").splitlines():
+        k, _, v = line.partition(":")
+        k = k.strip()
+        if k == "processor":
+            try:
+                cpu = int(v)
+            except ValueError:
+                cpu = None
+        elif k == "physical id":
+            phys = v.strip()
+        elif k == "core id":
+            core = v.strip()
+        elif not line.strip() and cpu is not None:
+            if allowed is None or cpu in allowed:
                 cores.add((phys, core))
-        if cores and all(c != (None, None) for c in cores):
-            return len(cores)
-    except OSError:
-        pass
+            cpu = phys = core = None
+    if cores and all(c != (None, None) for c in cores):
+        return len(cores)
     return len(allowed) if allowed else (os.cpu_count() or 1)
+
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def parse_cpu_max(text):
+    """cgroup v2 ``cpu.max`` ("$QUOTA $PERIOD" in microseconds; QUOTA "max": no limit) ->
+    the CPUs it allows, e.g. 1.5; None: no limit, or not a quota."""
+    parts = (text or "").split()
+    if not parts or parts[0] == "max":
+        return None
+    try:
+        quota = int(parts[0])
+        period = int(parts[1]) if len(parts) > 1 else 100000
+    except ValueError:
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def parse_cfs_quota(quota_text, period_text):
+    """cgroup v1 ``cpu.cfs_quota_us`` (-1: no limit) and ``cpu.cfs_period_us`` -> the CPUs
+    they allow; None: no limit, or not a quota."""
+    try:
+        quota, period = int((quota_text or "").strip()), int((period_text or "").strip())
+    except ValueError:
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def cgroup_cpu_limit(root=CGROUP_ROOT):
+    """The CPUs this process's cgroups allow, the tightest of its own and its ancestors'
+    quotas (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``); None: no quota.
+    A container sees its own cgroup at the mount's root, a host process at the path that
+    /proc/self/cgroup names: both are read."""
+    v2, v1 = [], []
+    for line in (_read_text("/proc/self/cgroup") or "").splitlines():
+        hid, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hid == "0" and not controllers:
+            v2.append(path)
+        elif "cpu" in controllers.split(","):
+            v1.append((controllers, path))
+    limits = []
+
+    def dirs(base, path):
+        parts = [p for p in path.split("/") if p and p not in (".", "..")]
+        return [os.path.join(base, *parts[:i]) for i in range(len(parts), -1, -1)]
+
+    for path in v2 or ["/"]:
+        for d in dirs(root, path):
+            limits.append(parse_cpu_max(_read_text(os.path.join(d, "cpu.max"))))
+    for controllers, path in v1 or [("cpu", "/")]:
+        for mount in dict.fromkeys((controllers, "cpu")):
+            for d in dirs(os.path.join(root, mount), path):
+                limits.append(parse_cfs_quota(_read_text(os.path.join(d, "cpu.cfs_quota_us")),
+                                              _read_text(os.path.join(d, "cpu.cfs_period_us"))))
+    limits = [x for x in limits if x is not None]
+    return min(limits) if limits else None
 
 
 def _gguf_tokenizer(vocab, path):

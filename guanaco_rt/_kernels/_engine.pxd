@@ -33,9 +33,18 @@ cdef struct model_t:
     layer_t* layers              # (n_layer,)
     const double* freqs          # (n_rot/2,) the RoPE frequencies, rope_freqs()
 
+cdef struct gov_last_t:
+    # what a Model's governors last found best, shared by its States (an Engine's): a new
+    # State starts on it, so a short call does not begin on a setting already known to lose.
+    # Plain int stores from any thread, like State.cancel
+    int known            # a call, or the load's interleaving (load_gov_t), has decided
+    int one              # one thread won
+    double at            # when (monotonic s); older than GOV_LAST_TTL, it is not followed
+
 cdef struct gov_t:
     # the thread governor (gov_next / gov_record): 1 or nth threads per decoded token
     int on               # adapt (Session(adaptive_threads=True)); off: always nth
+    gov_last_t* last     # the Engine's record (NULL: none), written whenever the setting is decided
     int one              # the current setting is one thread
     int trying           # the token in flight tries the other setting
     int countdown        # tokens on the current setting until the next try
@@ -52,7 +61,22 @@ cdef struct gov_t:
     double probe_w0      # the window's start (0: not open yet)
     int64_t probe_wait   # the team's run-queue wait when the window opened, ns (team_run_wait)
     int probe_hit        # it found a core busy in the call in flight (decode_one then records no time)
+    double early_w0      # a short call's window, from its first layer (0: not open; -1: no figures)
+    int64_t early_wait   # the team's run-queue wait then, ns (gov_probe_end)
     int n_busy           # times it found one (statistics)
+
+cdef struct load_gov_t:
+    # the threads of the load's interleaving (load_next / load_record): each tensor on 1 or
+    # nth threads, timed per byte; the same choice as the decode governor's (gov_pick)
+    int nth
+    int k                # tensors timed so far (the first, on nth threads, warms the pool and is not)
+    int decided          # the samples are in (or the first pair already said a core is busy)
+    int one              # the current setting is one thread
+    int trying           # the tensor in flight tries the other setting
+    int countdown        # while nth wins: tensors until the next try of one thread
+    double since, wait   # while one wins: seconds on it since the last try of nth, and before the next
+    double s_one, b_one, s_multi, b_multi   # seconds and bytes of the samples on each setting
+    double t_one, t_multi                   # seconds per byte on each setting (latest estimate; 0: not yet)
 
 cdef struct state_t:
     int n_ctx, n_batch, nth, kv_f16
@@ -86,8 +110,10 @@ cdef class Engine:
     cdef const uint8_t[::1] buf
     cdef list copies                 # the anonymous mappings that hold interleaved tensors (repack_r8)
     cdef readonly list repacked      # (byte offset in buf, bytes) of every tensor interleaved at load
-    cdef _interleave(self, tensor_t* t, object inplace, int nth, object release)
+    cdef double _interleave(self, tensor_t* t, object inplace, int nth, object release) except? -2
     cdef double[::1] freqs
+    cdef gov_last_t gov_last         # what its States' governors last found best (gov_t.last)
+    cdef readonly dict load_threads  # the interleaving's thread choice: {"threads", "one_thread_tensors", ...}
 
 cdef class State:
     cdef state_t s
@@ -112,6 +138,12 @@ cdef int gov_threads(const state_t* s) noexcept nogil
 cdef int gov_next(state_t* s) noexcept nogil
 cdef void gov_record(state_t* s, int used, double dt) noexcept nogil
 cdef void gov_reset(gov_t* g, int on) noexcept nogil
+cdef int gov_pick(int one, double t_one, double t_multi) noexcept nogil
+cdef int gov_last_one(const gov_last_t* last) noexcept nogil
+cdef void load_reset(load_gov_t* lg, int nth) noexcept nogil
+cdef int load_next(load_gov_t* lg) noexcept nogil
+cdef void load_record(load_gov_t* lg, int used, double dt, double nbytes) noexcept nogil
+cdef int load_busy(const load_gov_t* lg) noexcept nogil
 cdef int64_t team_run_wait(int nth) noexcept nogil
 cdef void gov_probe_judge(state_t* s, double wait, double el) noexcept nogil
 cdef void rmsnorm(float* out, const float* x, const float* w, int n, float eps) noexcept nogil

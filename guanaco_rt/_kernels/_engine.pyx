@@ -23,6 +23,8 @@ import mmap
 
 import numpy as np
 
+from guanaco_rt.errors import ModelClosedError
+
 from guanaco_rt._kernels.ggml_blocks cimport (GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_Q4_0, GGML_TYPE_Q4_1,
                                               GGML_TYPE_Q8_0,
                                               GGML_TYPE_Q2_K, GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K,
@@ -450,6 +452,7 @@ cdef int prefill(const model_t* m, state_t* s, const int32_t* ids, int n, float*
             rc = 1
             break
         start += nb
+    gov_probe_end(s)
     s.nth = nth
     s.gov.probe_t0 = 0
     s.gov.probe_hit = 0
@@ -520,6 +523,7 @@ cdef double GOV_JUMP = 2.0     # a token on nth threads this many times the best
 # nice 0 makes the waits 0.3-0.5 of the time per thread, an idle machine about 0.01. Above
 # GOV_PROBE_BUSY the rest of the call runs on one thread, which becomes the current setting,
 # and a try of nth comes GOV_PROBE_RECHECK tokens later in case the look was wrong.
+cdef double GOV_LAST_TTL = 10.0   # s an Engine's record of one thread winning is followed (gov_last_one)
 cdef double GOV_PROBE_WARM = 0.1
 cdef double GOV_PROBE_WINDOW = 0.04
 cdef double GOV_PROBE_BUSY = 0.15
@@ -527,10 +531,45 @@ cdef enum:
     GOV_PROBE_RECHECK = 4
 
 cdef void gov_reset(gov_t* g, int on) noexcept nogil:
+    # a fresh governor. Its Engine's record (g.last) of one thread winning last -- a session
+    # before it, or the load -- starts it on one thread, with a recheck of nth a few tokens
+    # in, as after a look that found a core busy: a short call ends before its own timings
+    # or look could move it, and a team with a descheduled member ran the demo's 22-token
+    # prompts at 24-53 tok/s against 82-114 on one thread (one of 2 cores spun).
+    cdef gov_last_t* last = g.last
     memset(g, 0, sizeof(gov_t))
+    g.last = last
     g.on = on
     g.countdown = GOV_FIRST_TRY
     g.backoff = GOV_TRY_MULTI_MIN
+    if on and gov_last_one(last):
+        g.one = 1
+        g.countdown = GOV_PROBE_RECHECK
+        g.backoff = GOV_TRY_MULTI_MIN // 2
+
+cdef inline void gov_note(gov_t* g) noexcept nogil:
+    # the current setting was just decided: the Engine's record follows it
+    if g.last != NULL:
+        g.last.one = g.one
+        g.last.known = 1
+        g.last.at = monotonic()
+
+cdef int gov_last_one(const gov_last_t* last) noexcept nogil:
+    # whether a new State starts on one thread: the record says one thread won, GOV_LAST_TTL
+    # ago at most. Sessions that decode renew it (each try decides again); a stale one is
+    # not followed, so prompt-only work (which never tries nth from one thread) goes back to
+    # nth once a busy spell is over, and a spell that lasts costs one look per GOV_LAST_TTL
+    return last != NULL and last.known and last.one and monotonic() - last.at < GOV_LAST_TTL
+
+cdef int gov_pick(int one, double t_one, double t_multi) noexcept nogil:
+    # the setting (1: one thread) after a measurement: seconds per unit of work on one
+    # thread and on nth (0: not measured); the other setting takes over when it is
+    # GOV_MARGIN faster than the current one, so noise does not flip it back and forth
+    if t_one <= 0 or t_multi <= 0:
+        return one
+    if one:
+        return 0 if t_multi < GOV_MARGIN * t_one else 1
+    return 1 if t_one < GOV_MARGIN * t_multi else 0
 
 cdef int64_t thread_run_wait() noexcept nogil:
     # ns the calling thread has waited on a run queue: the second field of Linux's
@@ -571,6 +610,7 @@ cdef void gov_probe_start(state_t* s) noexcept nogil:
     s.gov.probe_t0 = 0
     s.gov.probe_w0 = 0
     s.gov.probe_hit = 0
+    s.gov.early_w0 = 0
     if s.gov.on and s.nth > 1:
         s.gov.probe_t0 = monotonic()
 
@@ -581,6 +621,13 @@ cdef void gov_probe_check(state_t* s) noexcept nogil:
     cdef gov_t* g = &s.gov
     cdef double now = monotonic()
     cdef int64_t w
+    if g.early_w0 == 0:                   # the first layer: a window for a short call (gov_probe_end)
+        w = team_run_wait(s.nth)
+        g.early_wait = w
+        g.early_w0 = monotonic() if w >= 0 else -1
+        if w < 0:
+            g.probe_t0 = 0                # no run-queue figures on this system
+        return
     if g.probe_w0 <= 0:
         if now - g.probe_t0 < GOV_PROBE_WARM:
             return
@@ -598,6 +645,24 @@ cdef void gov_probe_check(state_t* s) noexcept nogil:
     if w >= 0:
         gov_probe_judge(s, (w - g.probe_wait) * 1e-9, now - g.probe_w0)
 
+cdef void gov_probe_end(state_t* s) noexcept nogil:
+    # a prompt that ended before its look was judged (shorter than GOV_PROBE_WARM +
+    # GOV_PROBE_WINDOW) is judged over all of it from its first layer, for the calls after it.
+    # The warm-up skips the burst a nice-19 spinner holds a core for at the start of work;
+    # a short call is all start, so what it waited is what the next short call would wait
+    cdef gov_t* g = &s.gov
+    cdef double el
+    cdef int64_t w
+    if g.probe_t0 <= 0 or g.early_w0 <= 0:
+        return
+    el = monotonic() - g.early_w0
+    g.probe_t0 = 0
+    if el < GOV_PROBE_WINDOW:
+        return
+    w = team_run_wait(s.nth)
+    if w >= 0:
+        gov_probe_judge(s, (w - g.early_wait) * 1e-9, el)
+
 cdef void gov_probe_judge(state_t* s, double wait, double el) noexcept nogil:
     # s.nth threads waited ``wait`` s in all on run queues over ``el`` s of work: a busy core
     # moves the rest of the call (s.nth) and the current setting to one thread
@@ -611,6 +676,7 @@ cdef void gov_probe_judge(state_t* s, double wait, double el) noexcept nogil:
     g.trying = 0
     g.countdown = GOV_PROBE_RECHECK
     g.backoff = GOV_TRY_MULTI_MIN // 2   # a lost recheck waits GOV_TRY_MULTI_MIN for the next
+    gov_note(g)
 
 cdef int gov_threads(const state_t* s) noexcept nogil:
     # the current setting (prompt batches follow it; they never try the other)
@@ -645,7 +711,7 @@ cdef void gov_record(state_t* s, int used, double dt) noexcept nogil:
             g.t_multi = dt
         else:
             g.t_one = dt
-        if dt < GOV_MARGIN * (g.t_one if g.one else g.t_multi):
+        if gov_pick(g.one, g.t_one, g.t_multi) != g.one:
             g.one = not g.one             # it wins: switch, and check back soon
             g.backoff = GOV_TRY_MULTI_MIN
             g.countdown = GOV_TRY_MULTI_MIN if g.one else GOV_TRY_ONE_EVERY
@@ -654,6 +720,7 @@ cdef void gov_record(state_t* s, int used, double dt) noexcept nogil:
             g.countdown = g.backoff
         else:
             g.countdown = GOV_TRY_ONE_EVERY
+        gov_note(g)
         return
     if multi:
         g.t_multi = dt if g.t_multi <= 0 else 0.75 * g.t_multi + 0.25 * dt
@@ -663,6 +730,105 @@ cdef void gov_record(state_t* s, int used, double dt) noexcept nogil:
     else:
         g.t_one = dt if g.t_one <= 0 else 0.75 * g.t_one + 0.25 * dt
     g.countdown -= 1
+
+# ---- the load's interleaving threads ------------------------------------------------
+# The load interleaves every matrix of a dot_r8 type (repack_r8): a parallel copy of most
+# of the model, one team join per tensor. With a core busy elsewhere each join waits for the
+# team's descheduled member, whatever the tensor's size: on a loaded 2-core machine the demo
+# model loaded in 4.8-8.1 s on 2 threads against 1.1-1.9 s on one (its 1.7 ms tensors took
+# 45 ms each on 2). So the load times its own work, per byte: the first tensor on nth
+# threads (it starts OpenMP's pool: not timed), then LOAD_SAMPLES on each setting in turn,
+# then the faster (gov_pick, as decoding chooses); a first pair that says a core is busy
+# (load_busy) decides at once. While nth wins, one thread is tried every LOAD_TRY_ONE
+# tensors (such a try costs at most a tensor's time again). While one wins, nth is tried
+# again once LOAD_TRY_RATIO times what a try costs (nth's seconds per byte, times the last
+# tensor's bytes) has gone by on one thread: tries of a losing team then cost about
+# 1/LOAD_TRY_RATIO of the load, and a core that frees up is found within about that share
+# of it. The thread count never changes the bytes written.
+cdef enum:
+    LOAD_SAMPLES = 2
+    LOAD_TRY_ONE = 32
+cdef double LOAD_TRY_RATIO = 10.0
+
+cdef void load_reset(load_gov_t* lg, int nth) noexcept nogil:
+    memset(lg, 0, sizeof(load_gov_t))
+    lg.nth = nth
+
+cdef int load_next(load_gov_t* lg) noexcept nogil:
+    # threads for the next tensor
+    if lg.nth < 2:
+        return 1
+    if lg.k == 0:
+        return lg.nth
+    if not lg.decided:
+        return 1 if lg.k % 2 else lg.nth
+    lg.trying = lg.since >= lg.wait if lg.one else lg.countdown <= 0
+    if lg.trying:
+        return lg.nth if lg.one else 1
+    return 1 if lg.one else lg.nth
+
+cdef inline void load_settle(load_gov_t* lg, double try_s) noexcept nogil:
+    # the setting is (re)decided; try_s: what a try of nth threads would cost (s)
+    if lg.one:
+        lg.since = 0
+        lg.wait = LOAD_TRY_RATIO * try_s
+    else:
+        lg.countdown = LOAD_TRY_ONE
+
+cdef void load_record(load_gov_t* lg, int used, double dt, double nbytes) noexcept nogil:
+    # the tensor of nbytes interleaved on ``used`` threads took dt seconds
+    cdef int j = lg.k
+    cdef double t
+    if lg.nth < 2 or nbytes <= 0 or dt < 0:
+        return
+    lg.k += 1
+    if j == 0:
+        return
+    if not lg.decided:
+        if used > 1:
+            lg.s_multi += dt
+            lg.b_multi += nbytes
+        else:
+            lg.s_one += dt
+            lg.b_one += nbytes
+        if j % 2 == 0:                    # a pair is in
+            lg.t_one = max(lg.s_one, 1e-9) / lg.b_one
+            lg.t_multi = max(lg.s_multi, 1e-9) / lg.b_multi
+            lg.one = gov_pick(0, lg.t_one, lg.t_multi)
+            if j == 2 * LOAD_SAMPLES or load_busy(lg):
+                lg.decided = 1
+                load_settle(lg, lg.t_multi * nbytes)
+        return
+    t = max(dt, 1e-9) / nbytes
+    if lg.trying:
+        lg.trying = 0
+        if used > 1:
+            lg.t_multi = t
+        else:
+            lg.t_one = t
+        lg.one = gov_pick(lg.one, lg.t_one, lg.t_multi)
+        load_settle(lg, lg.t_multi * nbytes)
+        return
+    if used > 1:
+        lg.t_multi = 0.75 * lg.t_multi + 0.25 * t
+        lg.countdown -= 1
+    else:
+        lg.t_one = 0.75 * lg.t_one + 0.25 * t
+        lg.since += dt
+
+cdef double LOAD_BUSY_WAIT = 0.002
+
+cdef int load_busy(const load_gov_t* lg) noexcept nogil:
+    # whether the load saw a core busy: one thread won, and by more than memory bandwidth or
+    # fork/join costs explain: a team GOV_JUMP times slower per byte, that lost at least
+    # LOAD_BUSY_WAIT s over its samples (a join that waits for a descheduled member loses a
+    # scheduler slice, ms; an idle machine's join costs tens of us, which a tiny model's
+    # tensors can make as long as the copy itself). Then the Engine's first States start on
+    # one thread (gov_reset); a plain win of one thread does not say that matmuls, which
+    # compute far more per byte, would lose on nth
+    return (lg.nth > 1 and lg.one and lg.t_one > 0 and lg.t_multi > GOV_JUMP * lg.t_one
+            and (lg.t_multi - lg.t_one) * lg.b_multi >= LOAD_BUSY_WAIT)
+
 
 cdef void shift_kv(const model_t* m, state_t* s, int n_keep, int n_discard) noexcept nogil:
     # drop positions [n_keep, n_keep + n_discard) of the sequence: later K/V entries move down
@@ -741,9 +907,11 @@ cdef class Engine:
     def __cinit__(self, dict hparams, const uint8_t[::1] buf, dict tensors, KernelSet kernels, float eps=1e-6,
                   double rope_base=10000.0, double rope_freq_scale=1.0, bint repack=True, object inplace=None,
                   int n_threads=1, object release=None):
-        cdef int l, E, Ekv, i
+        cdef int l, E, Ekv, i, nw, use
+        cdef double dt
         cdef layer_t* L
         cdef tensor_t* ws[7]
+        cdef load_gov_t lg
         self.m.layers = NULL
         self.buf = buf
         self.kernels = kernels
@@ -799,23 +967,42 @@ cdef class Engine:
             L.ffn_norm = f32_vector(buf, p + "ffn_norm.weight", tensors[p + "ffn_norm.weight"], E)
         self.copies = []
         self.repacked = []
+        self.load_threads = {"threads": n_threads, "one_thread_tensors": 0, "multi_thread_tensors": 0,
+                             "one_thread_s": 0.0, "multi_thread_s": 0.0, "busy_core_found": False}
         if not repack:
             return
-        for l in range(self.m.n_layer):
-            L = &self.m.layers[l]
-            ws[0], ws[1], ws[2], ws[3], ws[4], ws[5], ws[6] = &L.wq, &L.wk, &L.wv, &L.wo, &L.w1, &L.w3, &L.w2
-            for i in range(7):
-                self._interleave(ws[i], inplace, n_threads, release)
-        if out_spec is not tensors["tok_embeddings.weight"]:
-            self._interleave(&self.m.output, inplace, n_threads, release)
+        load_reset(&lg, max(1, n_threads))
+        for l in range(self.m.n_layer + 1):
+            nw = 7
+            if l < self.m.n_layer:
+                L = &self.m.layers[l]
+                ws[0], ws[1], ws[2], ws[3], ws[4], ws[5], ws[6] = &L.wq, &L.wk, &L.wv, &L.wo, &L.w1, &L.w3, &L.w2
+            else:
+                ws[0] = &self.m.output
+                nw = 0 if out_spec is tensors["tok_embeddings.weight"] else 1
+            for i in range(nw):
+                use = load_next(&lg)
+                dt = self._interleave(ws[i], inplace, use, release)
+                if dt >= 0:
+                    load_record(&lg, use, dt, ws[i].nb1 * ws[i].ne1)
+                    self.load_threads["one_thread_tensors" if use == 1 else "multi_thread_tensors"] += 1
+                    self.load_threads["one_thread_s" if use == 1 else "multi_thread_s"] += dt
+        self.load_threads["threads"] = 1 if n_threads < 2 or lg.one else n_threads
+        if load_busy(&lg):
+            self.gov_last.known = 1
+            self.gov_last.one = 1
+            self.gov_last.at = monotonic()
+            self.load_threads["busy_core_found"] = True
 
-    cdef _interleave(self, tensor_t* t, object inplace, int nth, object release):
-        # t's rows, 8 at a time, into the layout of its dot_r8 kernel (repack_r8)
+    cdef double _interleave(self, tensor_t* t, object inplace, int nth, object release) except? -2:
+        # t's rows, 8 at a time, into the layout of its dot_r8 kernel (repack_r8) on nth
+        # threads; -> the seconds that took (load_record), -1 when t is not interleaved
         cdef int64_t off = t.data - &self.buf[0], n = t.nb1 * t.ne1
         cdef uint8_t[::1] dst, scratch
         cdef const uint8_t* src = t.data
+        cdef double t0, dt
         if self.m.k.types[t.type].dot_r8 == NULL or t.ne1 % 8:
-            return
+            return -1
         if inplace is not None:
             dst = inplace[off:off + n]
             scratch = np.array(dst)          # one tensor's worth
@@ -829,12 +1016,15 @@ cdef class Engine:
             dst = np.frombuffer(anon, np.uint8)
             self.copies.append(anon)
         with nogil:
+            t0 = monotonic()
             repack_r8(&dst[0], src, t.type, t.ne0 // t.tt.blck_size, t.nb1, t.ne1, nth)
+            dt = monotonic() - t0
         t.data = &dst[0]
         t.r8 = 1
         self.repacked.append((off, n))
         if release is not None:
             release(off, n)
+        return dt
 
     def __dealloc__(self):
         free(self.m.layers)
@@ -852,8 +1042,12 @@ cdef class State:
     """
 
     def __cinit__(self, Engine engine, int n_ctx, int n_batch, bint kv_f16=False, int n_threads=1):
-        cdef model_t* m = &engine.m
-        cdef int E = m.n_embd
+        cdef model_t* m
+        cdef int E
+        if engine is None:       # a closed Model's: there are no weights to run
+            raise ModelClosedError("State needs an Engine (a loaded model's weights), got None")
+        m = &engine.m
+        E = m.n_embd
         if n_ctx < 1 or not 1 <= n_batch <= n_ctx:
             raise ValueError(f"n_ctx {n_ctx} and n_batch {n_batch} must satisfy 1 <= n_batch <= n_ctx")
         self.engine = engine
@@ -874,6 +1068,7 @@ cdef class State:
         self.s.n_ctx = n_ctx
         self.s.n_batch = n_batch
         self.s.nth = max(1, n_threads)
+        self.s.gov.last = &engine.gov_last
         gov_reset(&self.s.gov, 1)
         self.s.kv_f16 = kv_f16
         self.s.k_cache = &self.k_cache[0]
@@ -1008,10 +1203,13 @@ cdef class State:
     def thread_stats(self):
         """The governor's view: tokens decoded on one / on n_threads threads, their seconds
         per token, whether one thread is the current setting, and how many times a prompt or
-        a first token found a core busy (gov_probe_check)."""
+        a first token found a core busy (gov_probe_check); ``model_on_one_thread``: whether the
+        model's sessions (or its load) last found one thread best, within the last 10 s: a
+        new session then starts there."""
         cdef gov_t* g = &self.s.gov
         return {"one_thread_tokens": g.n_one, "multi_thread_tokens": g.n_multi, "s_per_token_one": g.t_one,
-                "s_per_token_multi": g.t_multi, "on_one_thread": bool(g.one), "busy_core_found": g.n_busy}
+                "s_per_token_multi": g.t_multi, "on_one_thread": bool(g.one), "busy_core_found": g.n_busy,
+                "model_on_one_thread": bool(gov_last_one(g.last))}
 
     def cancel(self, bint flag=True):
         # a plain int store; the forward pass reads it between layers, the decode loop per token

@@ -7,7 +7,10 @@ import numpy as np
 
 from guanaco_rt._kernels._engine cimport (KernelSet, tensor_t, quantize_rows, matmul_q, repack_r8, r8_parts, rmsnorm,
                                           rope, rope_freqs, softmax, silu_mul, attention, state_t, gov_next, gov_record,
-                                          gov_reset, gov_threads, gov_probe_judge, team_run_wait)
+                                          gov_reset, gov_threads, gov_probe_judge, team_run_wait, gov_last_t,
+                                          gov_pick, load_gov_t, load_reset, load_next, load_record, load_busy,
+                                          monotonic)
+from libc.string cimport memset
 from guanaco_rt._kernels._quants cimport type_traits_t, type_traits, row_size
 from guanaco_rt._kernels.ggml_blocks cimport GGML_TYPE_Q8_1
 
@@ -187,6 +190,7 @@ def governor_twin(int n_threads, timings, probe=None):
     cdef state_t st
     cdef int use
     cdef double dt
+    memset(&st, 0, sizeof(state_t))
     st.nth = n_threads
     gov_reset(&st.gov, 1)
     if probe is not None:
@@ -200,6 +204,60 @@ def governor_twin(int n_threads, timings, probe=None):
         used.append(use)
         prompt.append(gov_threads(&st))
     return used, prompt
+
+
+def gov_pick_twin(bint one, double t_one, double t_multi):
+    """The governor's choice after a measurement: True for one thread, given the current
+    setting and the seconds per unit of work on one thread and on n threads (0: unknown)."""
+    return bool(gov_pick(one, t_one, t_multi))
+
+
+def governor_calls_twin(int n_threads, calls, bint load_found_busy=False, double age=0.0):
+    """Successive calls, each on a new State of one Engine (sharing its record of the last
+    best setting), fed with made-up timings as governor_twin. calls: a list of calls, each
+    a list of (s on one thread, s on n_threads) per decoded token. load_found_busy: the
+    load's interleaving found a core busy (load_busy). age: seconds that pass between
+    calls (the record's age when the next one starts). -> per call (threads its prompt
+    starts on, threads per token)."""
+    cdef gov_last_t last
+    cdef state_t st
+    cdef int use
+    memset(&last, 0, sizeof(gov_last_t))
+    if load_found_busy:
+        last.known = 1
+        last.one = 1
+        last.at = monotonic() - age
+    out = []
+    for timings in calls:
+        if out:
+            last.at -= age
+        memset(&st, 0, sizeof(state_t))
+        st.nth = n_threads
+        st.gov.last = &last
+        gov_reset(&st.gov, 1)
+        prompt = gov_threads(&st)
+        used = []
+        for one, multi in timings:
+            use = gov_next(&st)
+            gov_record(&st, use, one if use == 1 else multi)
+            used.append(use)
+        out.append((prompt, used))
+    return out
+
+
+def load_governor_twin(int n_threads, timings):
+    """The load's interleaving threads fed with made-up timings: for each tensor, (s per
+    byte on one thread, s per byte on n_threads). -> (threads per tensor, whether it
+    reports a busy core to the Engine's States (load_busy))."""
+    cdef load_gov_t lg
+    cdef int use
+    load_reset(&lg, n_threads)
+    used = []
+    for one, multi in timings:
+        use = load_next(&lg)
+        load_record(&lg, use, one if use == 1 else multi, 1.0)
+        used.append(use)
+    return used, bool(load_busy(&lg))
 
 
 def team_run_wait_twin(int n_threads):
