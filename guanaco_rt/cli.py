@@ -85,8 +85,8 @@ def _session_args(p):
                    help="context length n_ctx (default %(default)s)")
     p.add_argument("-b", "--batch-size", type=_int(1, MAX_CTX), default=64, help="prompt batch (default %(default)s)")
     p.add_argument("-t", "--threads", type=_int(1, MAX_THREADS), default=None,
-                   help="threads (default: GUANACO_RT_THREADS, else the physical cores); on a busy machine "
-                        "fewer threads than cores can be faster")
+                   help="threads (default: GUANACO_RT_THREADS, else the physical cores this process may use, "
+                        "within its cgroup quota); on a busy machine fewer threads than cores can be faster")
     p.add_argument("--kv-f16", action="store_true", help="keep the KV cache in f16 (half the memory)")
     p.add_argument("--context-policy", choices=["error", "shift"], default=CLI_CONTEXT_POLICY,
                    help="when the context fills: stop with an error, or drop the oldest tokens (chat: the "
@@ -588,7 +588,8 @@ def build_parser():
     s.add_argument("-b", "--batch-size", type=_int(1, 1 << 16), default=64,
                    help="tokens evaluated at once (default %(default)s)")
     s.add_argument("-t", "--threads", type=_int(1, 256), default=None,
-                   help="threads (default: GUANACO_RT_THREADS, else the physical cores)")
+                   help="threads (default: GUANACO_RT_THREADS, else the physical cores this process may use, "
+                        "within its cgroup quota)")
     s.set_defaults(fn=cmd_perplexity)
 
     s = command("pull-demo", "fetch and verify the demo model (SmolLM2-135M-Instruct) into the cache")

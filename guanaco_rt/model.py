@@ -203,9 +203,9 @@ class Model:
     zero pages, the call finishes on them and raises ModelFileChangedError instead, and the
     Model refuses every later call. ``mmap=False`` reads the file into memory instead (no
     such check, the file can change freely; costs RAM; the interleaving then happens in place).
-    ``n_threads`` is the default for sessions on this model (None: GUANACO_RT_THREADS or
-    the physical cores). ``isa`` picks the kernels ("generic", "avx2"); None: the best
-    this CPU runs, or GUANACO_RT_ISA.
+    ``n_threads`` is the default for sessions on this model (None: GUANACO_RT_THREADS, else
+    the physical cores this process may use, within its cgroup's CPU quota). ``isa`` picks
+    the kernels ("generic", "avx2"); None: the best this CPU runs, or GUANACO_RT_ISA.
     """
 
     def __init__(self, path: str | os.PathLike[str], n_threads: int | None = None, eps: float = 1e-6,
