@@ -200,7 +200,7 @@ class Model:
     unlinking or replacing the path is harmless, the mapping keeps the old file) and
     raises ModelFileChangedError if they moved. A truncation during a call would kill the
     process with SIGBUS: a guard (_kernels/mapguard.h) turns a fault on the mapping into
-    zero pages, the call finishes on them and raises ModelFileChangedError instead, and the
+    zero pages, the call stops at its next layer and raises ModelFileChangedError instead, and the
     Model refuses every later call. ``mmap=False`` reads the file into memory instead (no
     such check, the file can change freely; costs RAM; the interleaving then happens in place).
     ``n_threads`` is the default for sessions on this model (None: GUANACO_RT_THREADS, else
@@ -248,7 +248,8 @@ class Model:
             if not self.mmap:
                 inplace = np.frombuffer(self._mm.obj, dtype=np.uint8)
             self._engine = Engine(self.hparams.as_dict(), self._buf, specs, ks, eps, inplace=inplace,
-                                  n_threads=self.n_threads, release=self._release if self.mmap else None, **rope)
+                                  n_threads=self.n_threads, release=self._release if self.mmap else None,
+                                  guard=self._guard, **rope)
             self._repacked = {off for off, _ in self._engine.repacked}
             self.check_file()                    # the load read every page: did the file shrink meanwhile?
         except BaseException:

@@ -61,6 +61,7 @@ try:
     print("NOT RAISED")
 except ModelFileChangedError as e:
     print("CAUGHT during the call:", e)
+print("pieces", n)
 for call in (lambda: s.generate([1, 5], max_new_tokens=4, temperature=0),
              lambda: guanaco_rt.Session(m, n_ctx=64)):
     try:
@@ -84,6 +85,9 @@ def test_8_truncation_during_a_generation_is_an_error_not_sigbus(path, tmp_path,
     assert r.returncode == 0, (r.returncode, r.stdout, r.stderr[-2000:])       # -7: killed by SIGBUS
     assert "CAUGHT during the call" in r.stdout and "shrank" in r.stdout and "m.bin" in r.stdout, r.stdout
     assert r.stdout.count("REFUSED after") == 2 and "NOT" not in r.stdout, r.stdout
+    # the call stops at the fault (the next layer), not after 40 tokens of zero weights
+    pieces = int(r.stdout.split("pieces ")[1].split()[0])
+    assert pieces <= 5, r.stdout
 
 
 GUARD_UNIT = """

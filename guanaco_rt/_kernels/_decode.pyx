@@ -343,7 +343,7 @@ cdef class Decoder:
         while True:
             if self.steps >= self.max_new:
                 return self._finish(DEC_LENGTH)
-            if s.cancel:
+            if s.cancel or (m.file_fault != NULL and m.file_fault[0]):
                 return self._finish(DEC_CANCELLED)
             if self.poll_signals:
                 now = monotonic()

@@ -32,6 +32,9 @@ cdef struct model_t:
     const float* norm            # (n_embd,)
     layer_t* layers              # (n_layer,)
     const double* freqs          # (n_rot/2,) the RoPE frequencies, rope_freqs()
+    # the SIGBUS guard's flag of the weights' mapping (NULL: none), set when the file shrank
+    # under it: calls stop as if cancelled, and the Model raises ModelFileChangedError
+    const int* file_fault
 
 cdef struct gov_last_t:
     # what a Model's governors last found best, shared by its States (an Engine's): a new
@@ -108,6 +111,7 @@ cdef class Engine:
     cdef model_t m
     cdef readonly KernelSet kernels
     cdef const uint8_t[::1] buf
+    cdef object guard                # the GuardedBuffer whose flag m.file_fault points into (kept alive)
     cdef list copies                 # the anonymous mappings that hold interleaved tensors (repack_r8)
     cdef readonly list repacked      # (byte offset in buf, bytes) of every tensor interleaved at load
     cdef double _interleave(self, tensor_t* t, object inplace, int nth, object release) except? -2

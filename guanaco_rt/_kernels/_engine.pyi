@@ -14,7 +14,8 @@ class Engine:
     load_threads: dict[str, Any]
     def __init__(self, hparams: dict[str, int], buf: Any, tensors: dict[str, tuple[int, int, int, int]],
                  kernels: KernelSet, eps: float = ..., rope_base: float = ..., rope_freq_scale: float = ...,
-                 repack: bool = ..., inplace: Any = ..., n_threads: int = ..., release: Any = ...) -> None: ...
+                 repack: bool = ..., inplace: Any = ..., n_threads: int = ..., release: Any = ...,
+                 guard: Any = ...) -> None: ...
 
 class State:
     engine: Engine

@@ -18,6 +18,7 @@ from posix.unistd cimport read as c_read, close as c_close
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from cython.parallel cimport prange
 from cpython.pycapsule cimport PyCapsule_GetPointer
+from guanaco_rt._kernels._mapguard cimport GuardedBuffer
 
 import mmap
 
@@ -389,7 +390,7 @@ cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok,
     for t in range(n_tok):
         m.tok_embeddings.tt.to_float(m.tok_embeddings.data + tokens[t] * m.tok_embeddings.nb1, s.x + t * E, E)
     for l in range(m.n_layer):
-        if s.cancel:
+        if s.cancel or (m.file_fault != NULL and m.file_fault[0]):
             return 1
         L = &m.layers[l]
         # attention block
@@ -422,7 +423,7 @@ cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok,
             gov_try_check(s, l + 1, m.n_layer)
         if s.gov.probe_t0 > 0:
             gov_probe_check(s)
-    if s.cancel:
+    if s.cancel or (m.file_fault != NULL and m.file_fault[0]):
         return 1
     first = 0 if all_logits else n_tok - 1
     for t in range(first, n_tok):
@@ -901,12 +902,14 @@ cdef class Engine:
     ``buf`` that the engine no longer reads; ``release(offset, bytes)``, if given, is called
     with each as soon as it is done (the caller can then drop those pages: no two copies at
     once). The token embeddings (and a tied output) stay as they are: rows of them are
-    looked up one at a time.
+    looked up one at a time. ``guard``: the GuardedBuffer ``buf`` reads through; once its
+    file shrinks under it, every evaluation and decode loop stops at its next layer as if
+    cancelled (the Model then raises ModelFileChangedError for that call).
     """
 
     def __cinit__(self, dict hparams, const uint8_t[::1] buf, dict tensors, KernelSet kernels, float eps=1e-6,
                   double rope_base=10000.0, double rope_freq_scale=1.0, bint repack=True, object inplace=None,
-                  int n_threads=1, object release=None):
+                  int n_threads=1, object release=None, GuardedBuffer guard=None):
         cdef int l, E, Ekv, i, nw, use
         cdef double dt
         cdef layer_t* L
@@ -914,6 +917,8 @@ cdef class Engine:
         cdef load_gov_t lg
         self.m.layers = NULL
         self.buf = buf
+        self.guard = guard
+        self.m.file_fault = guard.fault_flag() if guard is not None else NULL
         self.kernels = kernels
         self.m.k = &kernels.k
         self.m.n_vocab = hparams["n_vocab"]

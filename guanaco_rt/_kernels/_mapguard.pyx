@@ -15,13 +15,16 @@ cdef extern from "mapguard.h" nogil:
     int grt_guard_register(const void *base, size_t length)
     void grt_guard_unregister(int slot)
     int grt_guard_faulted(int slot)
+    const int *grt_guard_flag(int slot)
 
 
 cdef class GuardedBuffer:
     """A read-only buffer over ``obj`` whose SIGBUS faults turn into zero pages and a flag."""
-    cdef Py_buffer view           # of obj: holds it (and so the mapping) alive
-    cdef bint has_view
-    cdef int slot                 # registry slot, -1: not guarded
+
+    cdef const int* fault_flag(self) noexcept:
+        # the flag the handler sets, for the forward pass to poll (NULL: not guarded); valid
+        # for as long as this object lives
+        return grt_guard_flag(self.slot)
 
     def __cinit__(self, obj):
         self.slot = -1

@@ -140,6 +140,15 @@ static void grt_guard_unregister(int slot)
         __atomic_store_n(&grt_slots[slot].base, (uintptr_t)0, __ATOMIC_RELEASE);
 }
 
+/* The slot's flag itself (NULL for no slot), for a loop to poll between steps: valid while
+ * the slot stays registered (the owner of the GuardedBuffer keeps it alive). */
+static const int *grt_guard_flag(int slot)
+{
+    if (slot < 0 || slot >= GRT_GUARD_SLOTS)
+        return NULL;
+    return &grt_slots[slot].faulted;
+}
+
 static int grt_guard_faulted(int slot)
 {
     if (slot < 0 || slot >= GRT_GUARD_SLOTS)
