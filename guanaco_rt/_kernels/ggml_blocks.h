@@ -9,6 +9,15 @@
 
 typedef uint16_t ggml_fp16_t;   /* IEEE half, bits only */
 
+/* ggml_type ids, as the files store them (the ones this runtime computes with) */
+enum ggml_type {
+    GGML_TYPE_F32 = 0, GGML_TYPE_F16 = 1, GGML_TYPE_Q4_0 = 2, GGML_TYPE_Q4_1 = 3,
+    GGML_TYPE_Q5_0 = 6, GGML_TYPE_Q5_1 = 7, GGML_TYPE_Q8_0 = 8, GGML_TYPE_Q8_1 = 9,
+    GGML_TYPE_Q2_K = 10, GGML_TYPE_Q3_K = 11, GGML_TYPE_Q4_K = 12, GGML_TYPE_Q5_K = 13,
+    GGML_TYPE_Q6_K = 14, GGML_TYPE_Q8_K = 15,
+    GGML_TYPE_COUNT = 16
+};
+
 #define QK4_0 32
 #define QK4_1 32
 #define QK5_0 32

@@ -101,19 +101,20 @@ cdef extern from "ggml_blocks.h" nogil:
         int8_t scales[128]
         ggml_fp16_t d[8]
 
-cdef enum:  # ggml_type ids, as the files store them
-    GGML_TYPE_F32 = 0
-    GGML_TYPE_F16 = 1
-    GGML_TYPE_Q4_0 = 2
-    GGML_TYPE_Q4_1 = 3
-    GGML_TYPE_Q5_0 = 6
-    GGML_TYPE_Q5_1 = 7
-    GGML_TYPE_Q8_0 = 8
-    GGML_TYPE_Q8_1 = 9
-    GGML_TYPE_Q2_K = 10
-    GGML_TYPE_Q3_K = 11
-    GGML_TYPE_Q4_K = 12
-    GGML_TYPE_Q5_K = 13
-    GGML_TYPE_Q6_K = 14
-    GGML_TYPE_Q8_K = 15
-    GGML_TYPE_COUNT = 16
+cdef extern from "ggml_blocks.h" nogil:
+    enum:  # ggml_type ids, as the files store them (values in ggml_blocks.h)
+        GGML_TYPE_F32
+        GGML_TYPE_F16
+        GGML_TYPE_Q4_0
+        GGML_TYPE_Q4_1
+        GGML_TYPE_Q5_0
+        GGML_TYPE_Q5_1
+        GGML_TYPE_Q8_0
+        GGML_TYPE_Q8_1
+        GGML_TYPE_Q2_K
+        GGML_TYPE_Q3_K
+        GGML_TYPE_Q4_K
+        GGML_TYPE_Q5_K
+        GGML_TYPE_Q6_K
+        GGML_TYPE_Q8_K
+        GGML_TYPE_COUNT
