@@ -9,6 +9,7 @@ space: the model's first token carries its own leading space.
 """
 import re
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -98,8 +99,12 @@ class _Limits:
 
     def __init__(self, seconds, chars):
         self.seconds, self.chars = seconds, chars
-        self.deadline = None
-        self.spent = 0
+        # per thread: one template serves an LLM's concurrent requests, each with its own budget
+        self._run = threading.local()
+
+    deadline = property(lambda self: getattr(self._run, "deadline", None),
+                        lambda self, v: setattr(self._run, "deadline", v))
+    spent = property(lambda self: getattr(self._run, "spent", 0), lambda self, v: setattr(self._run, "spent", v))
 
     def start(self):
         self.deadline = time.monotonic() + self.seconds
@@ -168,8 +173,6 @@ class ChatTemplate:
 
     def __init__(self, source, bos_token="", eos_token="", specials=(), max_seconds=MAX_RENDER_SECONDS,
                  max_chars=MAX_RENDER_CHARS):
-        if not isinstance(source, str):
-            raise TypeError(f"the chat template must be a str, got {type(source).__name__}")
         self.source = source
         self.bos_token, self.eos_token = bos_token, eos_token
         # the vocabulary's special-token spellings (control and user-defined tokens), for prompt_ids
@@ -180,7 +183,8 @@ class ChatTemplate:
             self.special_rx = regex.compile("|".join(regex.escape(t) for t in self.spellings))
         self.limits = _Limits(max_seconds, max_chars)
         self._template = None
-        self._error = None
+        self._error = None if isinstance(source, str) else \
+            f"the chat template is a {type(source).__name__}, not a string"
 
     # -- the sandbox -----------------------------------------------------------------------
     def _environment(self):

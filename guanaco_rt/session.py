@@ -72,9 +72,10 @@ def chat_format(model, template=None):
     """A model's chat format -> (its source, a ChatTemplate or None for Guanaco's turns).
     ``template``: "guanaco", a Jinja2 chat template, or None -- the model's own (a GGUF
     file's tokenizer.chat_template, else Guanaco's)."""
+    own = None
     if template is None:
-        template = getattr(model.file, "metadata", {}).get("tokenizer.chat_template") or "guanaco"
-    if not isinstance(template, str):
+        template = own = getattr(model.file, "metadata", {}).get("tokenizer.chat_template") or "guanaco"
+    elif not isinstance(template, str):
         raise TypeError(f"template must be a str, got {type(template).__name__}")
     if template == "guanaco":
         return template, None
@@ -87,7 +88,9 @@ def chat_format(model, template=None):
     # user-defined tokens, the ones tokenize(special=True) matches
     types = vocab.get("types", []) if isinstance(vocab, dict) else []
     specials = [t for t, ty in zip(pieces, types) if ty in (CONTROL, USER_DEFINED)]
-    return template, ChatTemplate(template, *spell, specials=specials)
+    # the file's own template, when it is not even a string, fails the chat calls, not the Session
+    return (template if own is None or isinstance(own, str) else None), ChatTemplate(template, *spell,
+                                                                                      specials=specials)
 
 
 def common_prefix(a, b):

@@ -291,6 +291,36 @@ except ChatTemplateError as e:
     assert "typed:" in r.stdout and "time limit" in r.stdout, r.stdout + r.stderr
 
 
+def test_7_each_thread_has_its_own_deadline():
+    # an LLM shares one template among its request threads: short renders ending must not
+    # clear the deadline of a long one running beside them
+    t = ChatTemplate("{% for m in messages %}{% for i in range(m.content|length) %}{% for j in range(m.content|length)"
+                     " %}{% endfor %}{% endfor %}{{ m.content }}{% endfor %}", max_seconds=1.0)
+    stop = threading.Event()
+
+    def short_ones():
+        while not stop.is_set():
+            assert t.render([{"role": "user", "content": "hi"}]) == "hi"
+
+    helper = threading.Thread(target=short_ones, daemon=True)
+    helper.start()
+    try:
+        done, err = in_thread(lambda: t.render([{"role": "user", "content": "x" * 100000}]), timeout=60)
+    finally:
+        stop.set()
+        helper.join()
+    assert done and isinstance(err, ChatTemplateError) and "time limit" in str(err), err
+
+
+def test_7_a_chat_template_that_is_not_a_string_fails_chat_only(demo, monkeypatch):
+    monkeypatch.setitem(demo.file.metadata, "tokenizer.chat_template", 42)
+    s = guanaco_rt.Session(demo, n_ctx=128, n_threads=1)          # was TypeError
+    assert s.generate("Hello", max_new_tokens=1, temperature=0).finish_reason
+    with pytest.raises(ChatTemplateError, match="not a string"):
+        s.chat("hi", max_new_tokens=1)
+    assert s.fork().template is not None
+
+
 @pytest.mark.parametrize("source, what", [
     ("{% for %}", "does not parse"),
     ("{{ 1 / 0 }}", "ZeroDivisionError"),
