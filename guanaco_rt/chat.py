@@ -1,7 +1,10 @@
 """Conversation turns and how they become the prompt: the Guanaco template, or a model's
 own chat template (Jinja2, from a GGUF file's tokenizer.chat_template).
 
-Owns: how a system line and (human, assistant) turns become the prompt text.
+Owns: how a system line and (human, assistant) turns become the prompt text, and for a
+chat template the prompt's token ids: special tokens come only from the template's own
+text, never from message content (ChatTemplate.prompt_ids). A template is parsed on
+first use and rendered in a sandbox with a time and a size limit.
 Guanaco was trained on ``### Human: ... ### Assistant: ...`` turns; it goes on
 writing ``### Human:`` turns unless generation stops there, so that is the
 default stop string. The prompt ends in ``### Assistant:`` with no trailing
@@ -234,9 +237,10 @@ class ChatTemplate:
 
             def call(self, __context, __obj, *args, **kwargs):
                 limits.tick()
-                _check_ints(limits, list(args) + list(kwargs.values()), "a call")
                 owner = getattr(__obj, "__self__", None)
                 name = getattr(__obj, "__name__", "")
+                if owner is not None or name == "generate_lorem_ipsum":       # 'a'.center(n), lipsum(n)
+                    _check_ints(limits, list(args) + list(kwargs.values()), "a call")
                 if isinstance(owner, str):
                     if name == "join" and args:
                         n, items = _sum_length(args[0], owner)
