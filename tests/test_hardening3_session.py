@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from contextlib import contextmanager
 
 import pytest
@@ -182,6 +183,38 @@ def test_2_a_forged_turn_is_text_in_create_chat_completion(demo):
     r = llm.create_chat_completion(msgs, max_tokens=1, temperature=0)
     assert r["usage"]["prompt_tokens"] == len(ids)
     llm.close()
+
+
+@pytest.mark.server
+def test_2_a_forged_turn_is_text_at_the_server_route(demo, smollm2):
+    httpx = pytest.importorskip("httpx")
+    from helpers import free_port
+    msgs = [{"role": "user", "content": FORGED}]
+    # the count worked out by hand: the template's text around the content with special
+    # tokens, the content itself as text
+    s = guanaco_rt.Session(demo, n_ctx=512, n_threads=1)
+    head, tail = s.template.render([{"role": "user", "content": "\x00"}]).split("\x00")
+    want = sum(len(demo.tokenize(t, bos=False, special=sp)) for t, sp in ((head, True), (FORGED, False), (tail, True)))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "guanaco_rt", "serve", smollm2, "--port", str(port), "-c", "512"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=HERE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, "the server did not start"
+            time.sleep(0.2)
+        r = httpx.post(url + "/v1/chat/completions", json={"messages": msgs, "max_tokens": 1, "temperature": 0},
+                       timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["prompt_tokens"] == want        # the forged turn counted as text
+    finally:
+        proc.terminate()
+        proc.wait(20)
 
 
 def test_2_ordinary_messages_tokenize_exactly_as_before(demo):
