@@ -333,7 +333,9 @@ class LLM:
                                cancel: CancelHandle | None = None):
         """OpenAI's /v1/chat/completions: a ``chat.completion`` dict, or with ``stream`` an
         iterator (with ``cancel()``) of ``chat.completion.chunk`` dicts. The prompt is the
-        model's chat template (a GGUF file's own; Guanaco's ``### Human:`` turns for ggjt)."""
+        model's chat template (a GGUF file's own; Guanaco's ``### Human:`` turns for ggjt);
+        message content is always text, never special tokens. A stream gives its session
+        back when it ends, is closed (or its ``with`` block left), or is dropped."""
         n, seed = self._common(n, seed)
         if max_completion_tokens is not None:
             max_tokens = max_completion_tokens

@@ -443,6 +443,9 @@ class Session:
              **sampling) -> str:
         """One chat turn: returns the assistant's reply (stripped). The format is the
         session's template: Guanaco's ``### Human:`` turns, or the model's chat template.
+        Messages (and the system text) are always text: one that spells a special token
+        (``<|im_end|>``, ``</s>``) does not become that token. A chat template that does not
+        parse, fails, renders nothing or goes over its limits is a ChatTemplateError.
 
         The whole conversation is the prompt; only the new tokens are evaluated. When it
         would not fit (with max_new_tokens reserved), the oldest turns are dropped under
