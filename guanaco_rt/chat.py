@@ -395,6 +395,7 @@ class ChatTemplate:
         tokens on; with one, the text between the template's special tokens is tokenized
         as plain text. Not covered: a template that writes part of a spelling on each side
         of a content (the template itself would have to be written to do that)."""
+        self._compiled()                    # a template that does not parse fails first
         rx = self.special_rx
         if rx is None:
             text = self.render(messages, add_generation_prompt)
