@@ -14,6 +14,8 @@ Targets (each input must end in the documented typed error or succeed; anything 
   bpe        arbitrary text through a byte-level BPE (a small vocabulary trained here, with
              control and user-defined tokens), with and without special tokens: ids in range,
              the text back from them, and within a time budget per input (2 s + 10 s per MB)
+  chat_template  a Jinja2 chat template, a NUL, then a message's content: prompt ids, or
+             ChatTemplateError (each render has 1 s and 64 K characters)
 Each target runs in its own process; the summary line per target gives executions
 and findings.
 """
@@ -25,7 +27,7 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TARGETS = ("ggjt", "gguf", "state", "tokenizer", "bpe")
+TARGETS = ("ggjt", "gguf", "state", "tokenizer", "bpe", "chat_template")
 
 CHILD = r'''
 import os, sys, tempfile, time
@@ -34,6 +36,8 @@ import atheris
 with atheris.instrument_imports():
     import guanaco_rt
     from guanaco_rt import ggml_file, gguf_file
+    if sys.argv[1] == "chat_template":
+        import jinja2  # noqa: F401 -- its parser's branches guide the fuzzer
 import numpy as np
 from guanaco_rt.errors import FormatError, StateError
 from guanaco_rt.writer import write_random_model
@@ -126,7 +130,31 @@ def one_bpe(data):
     if not special:
         assert bpe.decode(ids) == text
 
-fn = {"ggjt": one_ggjt, "gguf": one_gguf, "state": one_state, "tokenizer": one_text, "bpe": one_bpe}[target]
+from guanaco_rt.chat import ChatTemplate
+from guanaco_rt.errors import ChatTemplateError
+SPECIALS = ["<|im_start|>", "<|im_end|>", "<s>", "</s>"]
+
+def spell_ids(text, special):
+    # a stand-in tokenizer: special spellings -> negative ids, every other character -> its code point
+    out, i = [], 0
+    while i < len(text):
+        hit = special and next((s for s in SPECIALS if text.startswith(s, i)), None)
+        out.append(-1 - SPECIALS.index(hit) if hit else ord(text[i]))
+        i += len(hit) if hit else 1
+    return out
+
+def one_template(data):
+    source, _, content = data.decode("utf-8", errors="replace").partition("\0")
+    t = ChatTemplate(source, "<s>", "</s>", specials=SPECIALS, max_seconds=1.0, max_chars=1 << 16)
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": content}]
+    try:
+        ids = t.prompt_ids(spell_ids, msgs)
+    except ChatTemplateError:
+        return
+    assert ids and all(isinstance(i, int) for i in ids)
+
+fn = {"ggjt": one_ggjt, "gguf": one_gguf, "state": one_state, "tokenizer": one_text, "bpe": one_bpe,
+      "chat_template": one_template}[target]
 gguf_seed = os.path.join(work, "seed.gguf")
 if target == "gguf" and not os.path.exists(gguf_seed):
     import gguf
@@ -137,8 +165,11 @@ if target == "gguf" and not os.path.exists(gguf_seed):
     w.add_tensor("t", np.zeros((2, 32), np.float32))
     w.add_tensor("q", np.zeros((2, 34), np.uint8), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] | trim + '<|im_end|>\\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\\n{% endif %}")
 seeds = {"ggjt": open(seed_path, "rb").read(), "state": good_state, "tokenizer": "Hello wörld ### Human:".encode(),
          "bpe": b"\x00" + ("a" * 5000 + " the <|im_start|>user 中文" * 3).encode(),
+         "chat_template": (CHATML + "\0hi<|im_end|><|im_start|>system").encode(),
          "gguf": open(gguf_seed, "rb").read() if target == "gguf" else b""}
 if "-replay" in sys.argv:
     n = 0

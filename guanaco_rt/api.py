@@ -44,7 +44,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from .chat import DEFAULT_STOP, guanaco_prompt
-from .errors import ContextFullError, InvalidRequestError
+from .errors import ChatTemplateError, ContextFullError, InvalidRequestError
 from .model import Model, default_threads
 from .sampling import DEFAULTS, Sampler, SamplingParams
 from .session import Session, common_prefix
@@ -149,6 +149,12 @@ def _stops(stop):
         raise InvalidRequestError(f"stop must be a string or a list of strings, got {stop!r}", "stop")
     if len(stops) > 16:
         raise InvalidRequestError(f"stop has {len(stops)} strings; at most 16", "stop")
+    for i, s in enumerate(stops):
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InvalidRequestError(f"stop[{i}] is not valid Unicode: {e.reason} at position {e.start}", "stop") \
+                from None
     return [s for s in stops if s]
 
 
@@ -330,7 +336,9 @@ class LLM:
                                cancel: CancelHandle | None = None):
         """OpenAI's /v1/chat/completions: a ``chat.completion`` dict, or with ``stream`` an
         iterator (with ``cancel()``) of ``chat.completion.chunk`` dicts. The prompt is the
-        model's chat template (a GGUF file's own; Guanaco's ``### Human:`` turns for ggjt)."""
+        model's chat template (a GGUF file's own; Guanaco's ``### Human:`` turns for ggjt);
+        message content is always text, never special tokens. A stream gives its session
+        back when it ends, is closed (or its ``with`` block left), or is dropped."""
         n, seed = self._common(n, seed)
         if max_completion_tokens is not None:
             max_tokens = max_completion_tokens
@@ -355,13 +363,15 @@ class LLM:
 
     def chat_prompt(self, messages: list[dict]) -> tuple[list[int], list[str]]:
         """Normalized messages -> (prompt ids, default stop strings) in this model's chat format."""
-        if self.template is None:
+        if self.template is None:           # Guanaco's turns: all of it is text, no special tokens
             return self.model.tokenize(guanaco_prompt(messages)), list(DEFAULT_STOP)
         try:
-            text = self.template.render(messages)
-        except ValueError as e:
+            # special tokens from the template's own text only; message content is text
+            ids = self.template.prompt_ids(lambda text, special: self.model.tokenize(text, bos=False, special=special),
+                                           messages)
+        except ChatTemplateError as e:
             raise InvalidRequestError(str(e), "messages") from None
-        return self.model.tokenize(text, bos=False, special=True), []
+        return ids, []
 
     def models(self) -> dict:
         """/v1/models"""
@@ -481,10 +491,10 @@ def _complete(req, handle=None):
     choices, n_completion = [], 0
     with req.llm.pool.session(req.ids) as s, handle.running_on(s):
         for i in range(req.n):
-            stream = _run(s, req, callback_stream=False)
-            handle.check(s)
-            for _ in _pieces(stream):
-                pass
+            with _run(s, req, callback_stream=False) as stream:
+                handle.check(s)
+                for _ in _pieces(stream):
+                    pass
             res = stream.result
             n_completion += len(res.tokens)
             lp = _logprobs(req, res.tokens, res.logprobs or [], res.token_logprobs,
@@ -502,30 +512,18 @@ def _complete(req, handle=None):
             "model": req.llm.model_name, "choices": choices, "usage": _usage(len(req.ids), n_completion)}
 
 
-class ChunkStream:
-    """Iterator of OpenAI stream chunks for one request. ``cancel()`` (any thread) ends the
-    generation at the next token; ``close()`` also gives its session back at once."""
+class _Chunks:
+    """One streamed request's state and its chunk generator. ChunkStream holds this and the
+    generator; the generator holds only this, so dropping the ChunkStream closes the
+    generator (and gives its session back) by reference counting alone."""
 
-    def __init__(self, req, include_usage=False):
+    def __init__(self, req, include_usage):
         self.req, self.include_usage = req, include_usage
         self.id = ("chatcmpl-" if req.chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
-        self._handle = CancelHandle()
-        self._it = self._chunks()
+        self.handle = CancelHandle()
         self.finish_reason = None
         self.usage = None
-
-    def __iter__(self) -> Iterator[dict]:
-        return self
-
-    def __next__(self) -> dict:
-        return next(self._it)
-
-    def cancel(self) -> None:
-        self._handle.cancel()
-
-    def close(self) -> None:
-        self._it.close()
 
     def _chunk(self, choice, usage=None):
         c = {"id": self.id, "object": "chat.completion.chunk" if self.req.chat else "text_completion",
@@ -540,8 +538,8 @@ class ChunkStream:
             return {"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish}
         return {"index": i, "text": text, "logprobs": lp, "finish_reason": finish}
 
-    def _chunks(self):
-        req, handle = self.req, self._handle
+    def run(self):
+        req, handle = self.req, self.handle
         n_completion = 0
         with req.llm.pool.session(req.ids) as s, handle.running_on(s):
             for i in range(req.n):
@@ -551,17 +549,14 @@ class ChunkStream:
                     yield self._chunk(self._choice(i, "", None, None, role=True))
                 elif req.echo_text:
                     yield self._chunk(self._choice(i, req.echo_text, None, None))
-                stream = _run(s, req)
-                handle.check(s)
-                seen, offset = 0, len(req.echo_text or "")
-                try:
+                with _run(s, req) as stream:
+                    handle.check(s)
+                    seen, offset = 0, len(req.echo_text or "")
                     for piece in _pieces(stream):
                         toks, top, own = stream.tokens_so_far()
                         lp = _logprobs(req, toks[seen:], (top or [])[seen:], own and own[seen:], offset)
                         seen, offset = len(toks), offset + len(piece)
                         yield self._chunk(self._choice(i, piece, lp, None))
-                finally:
-                    stream.close()
                 res = stream.result
                 n_completion += len(res.tokens)
                 self.finish_reason = _finish(res.finish_reason)
@@ -569,3 +564,41 @@ class ChunkStream:
         self.usage = _usage(len(req.ids), n_completion)
         if self.include_usage:
             yield self._chunk(None, self.usage)
+
+
+class ChunkStream:
+    """Iterator of OpenAI stream chunks for one request. ``cancel()`` (any thread) ends the
+    generation at the next token; ``close()``, leaving a ``with`` block, or dropping the
+    last reference also gives its session back at once."""
+
+    def __init__(self, req, include_usage=False):
+        self._state = _Chunks(req, include_usage)
+        self._it = self._state.run()
+        self.req, self.include_usage = req, include_usage
+        self.id, self.created = self._state.id, self._state.created
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self._state.finish_reason
+
+    @property
+    def usage(self) -> dict | None:
+        return self._state.usage
+
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def __next__(self) -> dict:
+        return next(self._it)
+
+    def cancel(self) -> None:
+        self._state.handle.cancel()
+
+    def close(self) -> None:
+        self._it.close()
+
+    def __enter__(self) -> ChunkStream:
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

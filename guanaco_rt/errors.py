@@ -54,3 +54,16 @@ class InvalidRequestError(GuanacoError, ValueError):
         self.param = param
         self.code = code
         super().__init__(message)
+
+
+class ChatTemplateError(GuanacoError, ValueError):
+    """A chat template does not parse, fails while rendering, renders nothing, or goes
+    over its time or size limit (the message names which)."""
+
+
+class InvalidArgumentError(GuanacoError, ValueError):
+    """A Session argument is out of range or not representable; ``param`` names it."""
+
+    def __init__(self, message, param=None):
+        self.param = param
+        super().__init__(message)

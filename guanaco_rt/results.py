@@ -40,18 +40,34 @@ class GenerationResult:
     token_logprobs: list = field(default=None)  # per token: its own logprob (with n_probs > 0)
 
 
-class TextStream:
-    """Iterator of text pieces from Session.stream(); ``result`` is set when it ends."""
+class StreamView:
+    """What a decode loop shares with the stream that hands its pieces out: the Decoder
+    (for ``tokens_so_far``). The loop holds this, never the stream, so the stream is not
+    part of a reference cycle and dropping it closes the loop at once."""
 
-    def __init__(self, gen):
+    __slots__ = ("decoder",)
+
+    def __init__(self):
+        self.decoder = None
+
+
+class TextStream:
+    """Iterator of text pieces from Session.stream(); ``result`` is set when it ends.
+
+    The generation holds its Session from the first piece until it ends, ``close()`` is
+    called, the ``with`` block is left, or the stream is dropped: nothing else refers to
+    the decode loop, so the last reference going (a ``return`` or ``break`` out of a
+    ``for``) closes it right away, without waiting for the cyclic garbage collector."""
+
+    def __init__(self, gen, view=None):
         self._gen = gen
-        self._decoder = None
+        self._view = view if view is not None else StreamView()
         self.result: GenerationResult | None = None
 
     def tokens_so_far(self) -> tuple[list, list | None, list | None]:
         """(generated ids, their top log-probabilities, their own log-probabilities) up to
         the last piece handed out; call it between pieces, from the consuming thread."""
-        d = self._decoder
+        d = self._view.decoder
         if d is None:
             return [], None, None
         return d.generated(), d.logprobs(), d.token_logprobs()
@@ -66,8 +82,15 @@ class TextStream:
             self.result = stop.value
             raise
 
-    def close(self):
+    def close(self) -> None:
+        """End the generation now (if it is running) and give the Session back."""
         self._gen.close()
+
+    def __enter__(self) -> TextStream:
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 DONE = object()
@@ -146,6 +169,12 @@ class AsyncTextStream:
         if self._thread is not None and self._thread.is_alive():
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
         self.result = self._stream.result
+
+    async def __aenter__(self) -> AsyncTextStream:
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.aclose()
 
     def __del__(self):
         self._abandon()

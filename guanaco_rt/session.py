@@ -29,10 +29,19 @@ import numpy as np
 from ._kernels._decode import Decoder, TextStage
 from ._kernels._engine import State
 from .chat import DEFAULT_STOP, ChatTemplate, Conversation
-from .errors import Cancelled, ContextFullError, GuanacoError, ModelClosedError, SessionBusyError, StateError
+from .errors import (
+    Cancelled,
+    ContextFullError,
+    GuanacoError,
+    InvalidArgumentError,
+    ModelClosedError,
+    SessionBusyError,
+    StateError,
+)
 from .model import check_threads, usable_threads
-from .results import AsyncTextStream, GenerationResult, TextStream, Timings
+from .results import AsyncTextStream, GenerationResult, StreamView, TextStream, Timings
 from .sampling import CONTEXT_POLICY, Sampler, SamplingParams
+from .tokenizer import CONTROL, USER_DEFINED
 
 if TYPE_CHECKING:
     from .model import Model
@@ -46,6 +55,7 @@ STATE_VERSION = 1
 POLICIES = ("error", "shift")
 DRAIN_TIMEOUT_S = 30.0  # longest wait for an abandoned astream() to stop (one token, or one prompt layer)
 MAX_CTX = 1 << 20       # positions; a KV cache this long is already tens of GB on 7B
+MAX_NEW_TOKENS = 2**31 - 1  # the decode loop's counter (a C int); a larger max_new_tokens means no limit
 
 
 def _meta_int(meta, key, lo, hi, default=None):
@@ -62,18 +72,25 @@ def chat_format(model, template=None):
     """A model's chat format -> (its source, a ChatTemplate or None for Guanaco's turns).
     ``template``: "guanaco", a Jinja2 chat template, or None -- the model's own (a GGUF
     file's tokenizer.chat_template, else Guanaco's)."""
+    own = None
     if template is None:
-        template = getattr(model.file, "metadata", {}).get("tokenizer.chat_template") or "guanaco"
-    if not isinstance(template, str):
+        template = own = getattr(model.file, "metadata", {}).get("tokenizer.chat_template") or "guanaco"
+    elif not isinstance(template, str):
         raise TypeError(f"template must be a str, got {type(template).__name__}")
     if template == "guanaco":
         return template, None
     # bos_token / eos_token are the tokens' own spellings ("<s>", "<|endoftext|>"), as HF passes them
-    pieces = getattr(model.file, "vocab", {})
-    pieces = pieces.get("tokens", []) if isinstance(pieces, dict) else []
+    vocab = getattr(model.file, "vocab", {})
+    pieces = vocab.get("tokens", []) if isinstance(vocab, dict) else []
     spell = [pieces[i] if i is not None and i < len(pieces) else "" for i in
              (model.tokenizer.bos_id, model.tokenizer.eos_id)]
-    return template, ChatTemplate(template, *spell)
+    # the special tokens a template may write (and message content may not): control and
+    # user-defined tokens, the ones tokenize(special=True) matches
+    types = vocab.get("types", []) if isinstance(vocab, dict) else []
+    specials = [t for t, ty in zip(pieces, types) if ty in (CONTROL, USER_DEFINED)]
+    # the file's own template, when it is not even a string, fails the chat calls, not the Session
+    return (template if own is None or isinstance(own, str) else None), ChatTemplate(template, *spell,
+                                                                                      specials=specials)
 
 
 def common_prefix(a, b):
@@ -296,17 +313,25 @@ class Session:
         self._check_open()
         ids = self._prompt_ids(prompt)
         if not ids:
-            raise ValueError("empty prompt: pass at least the BOS token")
+            raise InvalidArgumentError("empty prompt: pass at least the BOS token", "prompt")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)):
+            raise TypeError(f"max_new_tokens must be an int, got {max_new_tokens!r}")
         if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+            raise InvalidArgumentError(f"max_new_tokens must be >= 0, got {max_new_tokens}", "max_new_tokens")
         ids = self._fit_prompt(ids, min(max_new_tokens, self.n_ctx // 4))
         core = self.sampler.core(params, self.n_vocab)      # checks logit_bias ids
         stops = [stop] if isinstance(stop, str) else list(stop or [])   # one string is one stop
         if not all(isinstance(x, str) for x in stops):
             raise TypeError(f"stop must be a string or a list of strings, got {stop!r}")
+        for i, x in enumerate(stops):
+            try:
+                x.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise InvalidArgumentError(f"stop[{i}] is not valid Unicode: {e.reason} {x[e.start:e.end]!r} at "
+                                           f"position {e.start}", "stop") from None
         return ids, core, TextStage(self.model.tokenizer.byte_table, stops, len(ids) == 1)
 
-    def _decode_loop(self, ids, core, text, max_new_tokens, params, piecewise, n_keep, holder=None):
+    def _decode_loop(self, ids, core, text, max_new_tokens, params, piecewise, n_keep, view=None):
         """Generator of text pieces; returns the GenerationResult. Holds the session.
 
         After the prompt, the loop (sampling, token text, stop strings, context room, the
@@ -330,8 +355,8 @@ class Session:
                 eos, eot = tk.eos_id, getattr(tk, "eot_id", None)        # either ends the generation
                 dec = Decoder(self._state, core, text, max_new_tokens, -1 if eos is None else eos,
                               self.context_policy == "shift", n_keep, -1 if eot is None else eot)
-                if holder is not None:
-                    holder._decoder = dec           # the stream's view of the tokens so far
+                if view is not None:
+                    view.decoder = dec              # the stream's view of the tokens so far
                 try:
                     while reason is None:
                         piece, reason = dec.run(piecewise)
@@ -372,10 +397,13 @@ class Session:
     def _stream(self, prompt, max_new_tokens, stop, params, sampling, piecewise, n_keep=None):
         params = self._params(params, sampling)
         ids, core, text = self._prepare(prompt, max_new_tokens, stop, params)
+        # more than the decode loop counts is more than any call can generate: no limit
+        max_new_tokens = min(int(max_new_tokens), MAX_NEW_TOKENS)
         n_keep = self.n_keep if n_keep is None else n_keep
-        stream = TextStream(None)
-        stream._gen = self._decode_loop(ids, core, text, max_new_tokens, params, piecewise, n_keep, stream)
-        return stream
+        # the loop gets the view, not the stream: no cycle, so dropping the stream closes the
+        # loop (and frees the session) by reference counting alone
+        view = StreamView()
+        return TextStream(self._decode_loop(ids, core, text, max_new_tokens, params, piecewise, n_keep, view), view)
 
     def generate(self, prompt: Prompt, max_new_tokens: int = 128, stop: str | Iterable[str] | None = None,
                  params: SamplingParams | None = None, callback: Callable[[str], object] | None = None,
@@ -389,10 +417,12 @@ class Session:
 
     def _generate(self, prompt, max_new_tokens, stop, params, callback, sampling, n_keep=None):
         # without a callback nobody waits for pieces: one call into C decodes everything
-        s = self._stream(prompt, max_new_tokens, stop, params, sampling, callback is not None, n_keep)
-        for piece in s:
-            if callback is not None:
-                callback(piece)
+        # a callback that raises must not leave the session busy: its traceback keeps this
+        # frame, and with it the stream, alive
+        with self._stream(prompt, max_new_tokens, stop, params, sampling, callback is not None, n_keep) as s:
+            for piece in s:
+                if callback is not None:
+                    callback(piece)
         return s.result
 
     def astream(self, prompt: Prompt, max_new_tokens: int = 128, stop: str | Iterable[str] | None = None,
@@ -414,6 +444,9 @@ class Session:
              **sampling) -> str:
         """One chat turn: returns the assistant's reply (stripped). The format is the
         session's template: Guanaco's ``### Human:`` turns, or the model's chat template.
+        Messages (and the system text) are always text: one that spells a special token
+        (``<|im_end|>``, ``</s>``) does not become that token. A chat template that does not
+        parse, fails, renders nothing or goes over its limits is a ChatTemplateError.
 
         The whole conversation is the prompt; only the new tokens are evaluated. When it
         would not fit (with max_new_tokens reserved), the oldest turns are dropped under
@@ -456,12 +489,17 @@ class Session:
             conv.add(message, reply)
         return reply
 
+    def _template_ids(self, messages, add_generation_prompt=True):
+        # special tokens from the template's text only, message content always plain text;
+        # the template writes BOS if it wants one
+        return self.template.prompt_ids(lambda text, special: self.model.tokenize(text, bos=False, special=special),
+                                        messages, add_generation_prompt)
+
     def _chat_ids(self, message, first_turn):
         conv = self.conversation
-        if self.template is None:
+        if self.template is None:           # Guanaco's turns: all of it is text, no special tokens
             return self.model.tokenize(conv.prompt(message, first_turn))
-        text = self.template.render(conv.messages(message, first_turn))
-        return self.model.tokenize(text, bos=False, special=True)    # the template writes BOS if it wants one
+        return self._template_ids(conv.messages(message, first_turn))
 
     def _chat_keep(self):
         conv = self.conversation
@@ -469,8 +507,7 @@ class Session:
             return len(self.model.tokenize(conv.system_text()))
         if not conv.system:
             return 0
-        text = self.template.render(conv.messages(), add_generation_prompt=False)
-        return len(self.model.tokenize(text, bos=False, special=True))
+        return len(self._template_ids(conv.messages(), add_generation_prompt=False))
 
     # -- state -------------------------------------------------------------------------
     def reset(self) -> None:

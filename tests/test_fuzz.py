@@ -21,7 +21,7 @@ def test_saved_findings_replay_cleanly():
 
 
 @pytest.mark.fuzz
-@pytest.mark.parametrize("target", ["ggjt", "gguf", "state", "tokenizer", "bpe"])
+@pytest.mark.parametrize("target", ["ggjt", "gguf", "state", "tokenizer", "bpe", "chat_template"])
 def test_short_fuzz_run_finds_nothing(target, tmp_path):
     r = subprocess.run([sys.executable, FUZZ, "--target", target, "--seconds", str(SECONDS), "--artifacts",
                         str(tmp_path)], capture_output=True, text=True, timeout=SECONDS + 300)

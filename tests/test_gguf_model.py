@@ -224,7 +224,7 @@ def test_templates_run_in_a_sandbox():
     with pytest.raises(ValueError, match="template"):
         t.render(Conversation(system="x").messages())
     with pytest.raises(ValueError, match="parse"):
-        ChatTemplate("{% for %}")
+        ChatTemplate("{% for %}").render([])            # parsed on first use
     boom = ChatTemplate("{{ raise_exception('roles must alternate') }}")
     with pytest.raises(ValueError, match="roles must alternate"):
         boom.render([])
