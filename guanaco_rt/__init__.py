@@ -5,9 +5,11 @@ from .api import LLM
 from .demo import demo_model_path
 from .errors import (
     Cancelled,
+    ChatTemplateError,
     ContextFullError,
     FormatError,
     GuanacoError,
+    InvalidArgumentError,
     InvalidRequestError,
     ModelClosedError,
     ModelFileChangedError,
@@ -41,4 +43,4 @@ def show_config() -> dict:
 __all__ = ["Model", "Session", "SamplingParams", "GenerationResult", "Timings", "show_config", "__version__",
            "GuanacoError", "FormatError", "UnsupportedVersionError", "ContextFullError", "SessionBusyError",
            "StateError", "Cancelled", "ModelClosedError", "ModelFileChangedError", "perplexity", "PerplexityResult",
-           "demo_model_path", "LLM", "InvalidRequestError"]
+           "demo_model_path", "LLM", "InvalidRequestError", "ChatTemplateError", "InvalidArgumentError"]

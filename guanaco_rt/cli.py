@@ -308,7 +308,7 @@ def cmd_generate(a):
         if a.stop is None and s.template is None:
             from .chat import DEFAULT_STOP
             stops = DEFAULT_STOP
-        stream = s.stream(s._chat_ids(a.prompt, 0), max_new_tokens=a.n_predict, stop=stops, params=_params(a))
+        stream = s.stream(s.chat_prompt(a.prompt), max_new_tokens=a.n_predict, stop=stops, params=_params(a))
     else:
         stream = s.stream(a.prompt, max_new_tokens=a.n_predict, stop=stops, params=_params(a))
         if not a.quiet_prompt:

@@ -495,6 +495,12 @@ class Session:
         return self.template.prompt_ids(lambda text, special: self.model.tokenize(text, bos=False, special=special),
                                         messages, add_generation_prompt)
 
+    def chat_prompt(self, message: str) -> list[int]:
+        """The token ids ``chat(message)`` would start from: the conversation so far and this
+        user turn in the model's chat format, the assistant's turn opened. Message content is
+        always text (never special tokens)."""
+        return self._chat_ids(message, 0)
+
     def _chat_ids(self, message, first_turn):
         conv = self.conversation
         if self.template is None:           # Guanaco's turns: all of it is text, no special tokens

@@ -452,3 +452,13 @@ def test_11_a_stop_string_with_a_lone_surrogate_is_named(model):
         llm.create_completion("Hello", max_tokens=2, stop="\udcff")
     assert info.value.param == "stop"
     llm.close()
+
+
+def test_chat_prompt_is_what_chat_evaluates(demo):
+    # the public twin of chat's prompt (the CLI's generate --chat uses it)
+    s = guanaco_rt.Session(demo, n_ctx=256, n_threads=1, seed=0, system="Be brief.")
+    want = s.chat_prompt("Hi <|im_end|>")
+    s.chat("Hi <|im_end|>", max_new_tokens=2, temperature=0)
+    assert s.tokens[:len(want)] == want
+    again = s.chat_prompt("And?")
+    assert again[:len(want)] == want and len(again) > len(want)
