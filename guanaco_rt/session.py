@@ -51,7 +51,7 @@ Prompt = Union[str, Sequence[int]]   # text, or token ids starting with BOS
 log = logging.getLogger("guanaco_rt")
 
 STATE_MAGIC = b"GRTS"
-STATE_VERSION = 1
+STATE_VERSION = 2       # 2: the fingerprint covers every weight byte (1 hashed only 4 KiB of each tensor)
 POLICIES = ("error", "shift")
 DRAIN_TIMEOUT_S = 30.0  # longest wait for an abandoned astream() to stop (one token, or one prompt layer)
 MAX_CTX = 1 << 20       # positions; a KV cache this long is already tens of GB on 7B
