@@ -15,8 +15,8 @@ import numpy as np
 import regex
 
 from ._kernels._bpe import MergeTable
-from .errors import FormatError, GuanacoError
-from .tokenizer import byte_table, special_spellings, split_parts
+from .errors import FormatError
+from .tokenizer import PartsEncoder, byte_table, special_spellings
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 # bytes a vocabulary must have a token for: those of tab, newline, CR, printable ASCII and
@@ -65,7 +65,7 @@ def _split(pieces, rx):
     return out
 
 
-class BPETokenizer:
+class BPETokenizer(PartsEncoder):
     """Exact byte-level BPE over a GGUF vocabulary and merges list."""
 
     def __init__(self, tokens, types, merges, pre="default", bos_id=None, eos_id=None, add_bos=False,
@@ -159,23 +159,6 @@ class BPETokenizer:
         otherwise it is ordinary text. User-defined tokens are split out either way (llama.cpp
         and HF do too)."""
         return self.encode_parts([(text, special)], bos, eos)
-
-    def encode_parts(self, parts, bos=None, eos=False):
-        """[(text, special)] -> the ids of the joined text, each part's special spellings parsed
-        only if its flag says so (tokenizer.split_parts)."""
-        ids = []
-        for frag in split_parts(parts, self.special, self.user_defined):
-            if type(frag) is int:
-                ids.append(frag)
-            else:
-                ids += self._encode_text(frag)
-        if self.add_bos if bos is None else bos:
-            if self.bos_id is None:
-                raise GuanacoError(f"{self.path}: this vocabulary has no BOS token")
-            ids = [self.bos_id] + ids
-        if eos and self.eos_id is not None:
-            ids.append(self.eos_id)
-        return ids
 
     # -- decoding -----------------------------------------------------------------------
     def decode(self, ids):

@@ -190,7 +190,29 @@ def model_proto(pieces, add_space_prefix=True, ids=(UNK_ID, BOS_ID, EOS_ID)):
     return bytes(body)
 
 
-class Tokenizer:
+class PartsEncoder:
+    """encode_parts for both vocabularies: special tokens split out (split_parts), each text
+    fragment through the class's own _encode_text, then BOS/EOS as asked."""
+
+    def encode_parts(self, parts, bos=None, eos=False):
+        """[(text, special)] -> the ids of the joined text, each part's special spellings parsed
+        only if its flag says so (split_parts). ``bos`` None: the file's add_bos_token."""
+        ids = []
+        for frag in split_parts(parts, self.special, self.user_defined):
+            if type(frag) is int:
+                ids.append(frag)
+            else:
+                ids += self._encode_text(frag)
+        if self.add_bos if bos is None else bos:
+            if self.bos_id is None:
+                raise GuanacoError(f"{self.path}: this vocabulary has no BOS token")
+            ids = [self.bos_id] + ids
+        if eos and self.eos_id is not None:
+            ids.append(self.eos_id)
+        return ids
+
+
+class Tokenizer(PartsEncoder):
     """Exact SentencePiece BPE over the file's vocab. ``encode`` adds BOS by default.
 
     The special ids are the file's (GGUF: tokenizer.ggml.bos/eos/unknown_token_id; ggjt
@@ -246,23 +268,8 @@ class Tokenizer:
         fragment and to each one after a special token, and a fragment always is one of those."""
         return self.encode_parts([(text, special)], bos, eos)
 
-    def encode_parts(self, parts, bos=None, eos=False):
-        """[(text, special)] -> the ids of the joined text, each part's special spellings parsed
-        only if its flag says so (split_parts)."""
-        bos = self.add_bos if bos is None else bos
-        ids = []
-        for frag in split_parts(parts, self.special, self.user_defined):
-            if type(frag) is int:
-                ids.append(frag)
-            else:
-                ids += self.sp.encode(frag)
-        if bos:
-            if self.bos_id is None:
-                raise GuanacoError(f"{self.path}: this vocabulary has no BOS token")
-            ids = [self.bos_id] + ids
-        if eos and self.eos_id is not None:
-            ids.append(self.eos_id)
-        return ids
+    def _encode_text(self, text):
+        return self.sp.encode(text)
 
     def decode(self, ids):
         ids = [int(i) for i in ids]
