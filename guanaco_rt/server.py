@@ -95,6 +95,24 @@ def _in_thread(fn):
     return fut
 
 
+class _RelayResponse(StreamingResponse):
+    """A streamed reply that owns an admission slot. Its body (_sse) gives the slot back when
+    it ends, however it ends; but a body that never starts (the client left before the
+    reply's first byte, so ``send`` failed at once) runs no code at all: then ``unstarted()``
+    gives back the slot and the stream."""
+
+    def __init__(self, body, started, unstarted, **kw):
+        super().__init__(body, **kw)
+        self._started, self._unstarted = started, unstarted
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if not self._started():
+                self._unstarted()
+
+
 def _closing(response):
     response.headers["Connection"] = "close"
     return response
@@ -263,13 +281,20 @@ def create_app(llm: LLM, api_key: str | None = None, max_queue: int = 64, server
             log.error("request failed: %s: %s", type(e).__name__, e)
             return error(500, f"{type(e).__name__}: {e}", type_="server_error")
         if stream:
-            return StreamingResponse(_sse(request, result, t0), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            started = []
+
+            def unstarted():
+                result.close()
+                admission.leave()
+            return _RelayResponse(_sse(request, result, t0, started), lambda: bool(started), unstarted,
+                                  media_type="text/event-stream",
+                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         choices = result["choices"]
         _log_done(request, result.get("usage"), choices[0].get("finish_reason") if choices else None, t0)
         return JSONResponse(result)
 
-    async def _sse(request, chunks, t0):
+    async def _sse(request, chunks, t0, started):
+        started.append(True)                 # from here on, this body's finally gives the slot back
         queue, thread = relay(chunks, "guanaco_rt-stream")     # an exception is sent as an error event
         ended = False
         try:

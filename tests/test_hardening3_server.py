@@ -225,3 +225,52 @@ def test_insecure_no_key_starts_with_a_warning(smollm2, monkeypatch):
         assert "WITHOUT an API key" in s.logs()
     finally:
         s.stop()
+
+
+def _asgi_post(app, path, body, send):
+    """One POST through the ASGI app in this process, with the given ``send``."""
+    import asyncio
+    import json as _json
+    data = _json.dumps(body).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "root_path": "", "headers": [(b"content-type", b"application/json"),
+                                          (b"content-length", str(len(data)).encode())],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    sent = []
+
+    async def receive():
+        if not sent:
+            sent.append(True)
+            return {"type": "http.request", "body": data, "more_body": False}
+        await asyncio.sleep(3600)
+
+    async def main():
+        try:
+            await app(scope, receive, send)
+        except OSError:
+            pass
+    asyncio.run(main())
+
+
+def test_a_stream_whose_client_left_before_its_first_byte_frees_its_slot(smollm2):
+    # the one session and no queue: a streamed reply that never starts (send fails at once)
+    # must give back its admission slot and its session, or every later request is a 429
+    from guanaco_rt.server import create_app
+    llm = guanaco_rt.LLM(smollm2, n_ctx=128, n_sessions=1, n_threads=1)
+    app = create_app(llm, max_queue=0)
+    body = {"prompt": "Hi", "max_tokens": 4, "stream": True}
+
+    async def gone(message):
+        raise OSError("the client is gone")
+    _asgi_post(app, "/v1/completions", body, gone)
+    statuses = []
+
+    async def keep(message):
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+    for _ in range(2):
+        _asgi_post(app, "/v1/completions", dict(body, stream=False), keep)
+    assert statuses == [200, 200], statuses
+    assert llm.pool.busy == 0
+    llm.close()
