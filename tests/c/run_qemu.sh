@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The NEON unit against generic.c: guanaco_rt/_kernels/isa/neon.c built twice (baseline
+# ARMv8.0, and ARMv8.2 + dotprod) and linked with generic.c into tests/c/test_neon.c, a
+# static aarch64 binary, run under qemu-aarch64 with -cpu max (dotprod: both builds run) and
+# -cpu cortex-a57 (no dotprod: the baseline build, and the run-time check must say so).
+# On an aarch64 host it builds with the host's gcc and runs natively, once.
+# Needs: apt-get install -y gcc-aarch64-linux-gnu qemu-user. Exit 77 when they are missing.
+#
+# A full aarch64 run of the Python package under emulation (slow: the build alone takes
+# tens of minutes), from a Debian host as root:
+#   apt-get install -y debootstrap qemu-user-static binfmt-support
+#   debootstrap --arch=arm64 --foreign bookworm /srv/arm64 http://deb.debian.org/debian
+#   cp /usr/bin/qemu-aarch64-static /srv/arm64/usr/bin/      # binfmt runs arm64 ELF through it
+#   chroot /srv/arm64 /debootstrap/debootstrap --second-stage
+#   chroot /srv/arm64 apt-get install -y python3 python3-venv python3-dev gcc g++
+#   cp -r <checkout> /srv/arm64/root/guanaco_rt && chroot /srv/arm64 sh -c \
+#     'cd /root/guanaco_rt && python3 -m venv /v && /v/bin/pip install ".[test]" &&
+#      cd tests && /v/bin/pytest -q test_kernels.py test_isa.py'
+#   then the demo model: /v/bin/python -m guanaco_rt <demo model file> "What is the capital of France?"
+# (lscpu inside shows aarch64; qemu-user's default CPU model has dotprod and i8mm.)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+K=guanaco_rt/_kernels
+OUT=${TMPDIR:-/tmp}/guanaco_neon_test.$$
+mkdir -p "$OUT"
+trap 'rm -rf "$OUT"' EXIT
+if [ "$(uname -m)" = aarch64 ]; then
+    CC=${CC:-gcc}; RUN=(); STATIC=()
+else
+    CC=aarch64-linux-gnu-gcc; RUN=(qemu-aarch64); STATIC=(-static)
+    for tool in "$CC" qemu-aarch64; do
+        command -v "$tool" >/dev/null || { echo "skipped: $tool not found (apt-get install -y gcc-aarch64-linux-gnu qemu-user)"; exit 77; }
+    done
+fi
+FLAGS=(-std=c11 -O2 -Wall -Wextra -Werror -ffp-contract=off -I "$K")
+"$CC" "${FLAGS[@]}" -march=armv8-a -c "$K/isa/generic.c" -o "$OUT/generic.o"
+"$CC" "${FLAGS[@]}" -march=armv8-a -c "$K/isa/neon.c" -o "$OUT/neon.o"
+"$CC" "${FLAGS[@]}" -march=armv8.2-a+dotprod -c "$K/isa/neon.c" -o "$OUT/neon_dotprod.o"
+"$CC" "${FLAGS[@]}" -march=armv8-a "${STATIC[@]}" tests/c/test_neon.c "$OUT/generic.o" "$OUT/neon.o" \
+    "$OUT/neon_dotprod.o" -lm -o "$OUT/test_neon"
+if [ ${#RUN[@]} -eq 0 ]; then
+    "$OUT/test_neon"
+else
+    echo "== qemu-aarch64 -cpu max"
+    qemu-aarch64 -cpu max "$OUT/test_neon" --expect-dotprod=1
+    echo "== qemu-aarch64 -cpu cortex-a57"
+    qemu-aarch64 -cpu cortex-a57 "$OUT/test_neon" --expect-dotprod=0
+fi
