@@ -24,6 +24,13 @@
 
 #define INLINE static inline __attribute__((always_inline))
 
+/* IEEE half -> float with FCVT (exact, as generic's conversion) */
+INLINE float h2f(ggml_fp16_t h) {
+    __fp16 v;
+    memcpy(&v, &h, 2);
+    return (float)v;
+}
+
 /* acc + the products of a and b, summed in 32-bit lanes (which lane holds which product
  * differs between the two builds; every caller sums the lanes or scales them alike) */
 INLINE int32x4_t dot16(int32x4_t acc, int8x16_t a, int8x16_t b) {
@@ -51,7 +58,7 @@ INLINE void decode32(int type, const uint8_t *b, int8x16_t *w, float *dx, float 
     switch (type) {
     case GGML_TYPE_Q8_0: {
         const block_q8_0 *x = (const block_q8_0 *)b;
-        *dx = gr_fp16_to_fp32(x->d);
+        *dx = h2f(x->d);
         w[0] = vld1q_s8(x->qs);
         w[1] = vld1q_s8(x->qs + 16);
         return;
@@ -59,7 +66,7 @@ INLINE void decode32(int type, const uint8_t *b, int8x16_t *w, float *dx, float 
     case GGML_TYPE_Q4_0: case GGML_TYPE_Q4_1: {
         const block_q4_1 *x1 = (const block_q4_1 *)b;
         const uint8_t *q = type == GGML_TYPE_Q4_0 ? ((const block_q4_0 *)b)->qs : x1->qs;
-        *dx = gr_fp16_to_fp32(x1->d);      /* d first in both */
+        *dx = h2f(x1->d);      /* d first in both */
         qs = vld1q_u8(q);
         lo = vandq_u8(qs, m4);
         hi = vshrq_n_u8(qs, 4);
@@ -67,7 +74,7 @@ INLINE void decode32(int type, const uint8_t *b, int8x16_t *w, float *dx, float 
             lo = vsubq_u8(lo, vdupq_n_u8(8));
             hi = vsubq_u8(hi, vdupq_n_u8(8));
         } else {
-            *mx = gr_fp16_to_fp32(x1->m);
+            *mx = h2f(x1->m);
         }
         break;
     }
@@ -75,7 +82,7 @@ INLINE void decode32(int type, const uint8_t *b, int8x16_t *w, float *dx, float 
         const block_q5_1 *x1 = (const block_q5_1 *)b;
         const block_q5_0 *x0 = (const block_q5_0 *)b;
         const uint8x16_t m16 = vdupq_n_u8(0x10);
-        *dx = gr_fp16_to_fp32(x0->d);
+        *dx = h2f(x0->d);
         qh = gr_load_u32(type == GGML_TYPE_Q5_0 ? x0->qh : x1->qh);
         qs = vld1q_u8(type == GGML_TYPE_Q5_0 ? x0->qs : x1->qs);
         lo = vorrq_u8(vandq_u8(qs, m4), vandq_u8(bits16(qh, 0), m16));
@@ -84,7 +91,7 @@ INLINE void decode32(int type, const uint8_t *b, int8x16_t *w, float *dx, float 
             lo = vsubq_u8(lo, m16);
             hi = vsubq_u8(hi, m16);
         } else {
-            *mx = gr_fp16_to_fp32(x1->m);
+            *mx = h2f(x1->m);
         }
     }
     }
@@ -142,8 +149,8 @@ INLINE void decode_q2_K(const block_q2_K *x, ksuper_t *k) {
         k->sc[j] = x->scales[j] & 0xF;
         k->mn[j] = x->scales[j] >> 4;
     }
-    k->d = gr_fp16_to_fp32(x->d);
-    k->dmin = gr_fp16_to_fp32(x->dmin);
+    k->d = h2f(x->d);
+    k->dmin = h2f(x->dmin);
 }
 
 INLINE void decode_q3_K(const block_q3_K *x, ksuper_t *k) {
@@ -163,7 +170,7 @@ INLINE void decode_q3_K(const block_q3_K *x, ksuper_t *k) {
     gr_unpack_q3_K_scales(x->scales, sc);
     for (int j = 0; j < 16; j++)
         k->sc[j] = sc[j];
-    k->d = gr_fp16_to_fp32(x->d);
+    k->d = h2f(x->d);
 }
 
 /* q4_K (qh NULL) and q5_K: chunk c of 32 bytes holds sub-block 2c in its low nibbles and 2c+1
@@ -189,8 +196,8 @@ INLINE void decode_q45_K(ggml_fp16_t d, ggml_fp16_t dmin, const uint8_t *scales,
         k->sc[2 * j] = k->sc[2 * j + 1] = sc;
         k->mn[2 * j] = k->mn[2 * j + 1] = mn;
     }
-    k->d = gr_fp16_to_fp32(d);
-    k->dmin = gr_fp16_to_fp32(dmin);
+    k->d = h2f(d);
+    k->dmin = h2f(dmin);
 }
 
 INLINE void decode_q6_K(const block_q6_K *x, ksuper_t *k) {
@@ -212,7 +219,7 @@ INLINE void decode_q6_K(const block_q6_K *x, ksuper_t *k) {
     }
     for (int j = 0; j < 16; j++)
         k->sc[j] = x->scales[j];
-    k->d = gr_fp16_to_fp32(x->d);
+    k->d = h2f(x->d);
 }
 
 INLINE void decode_k(int type, const uint8_t *b, ksuper_t *k) {
@@ -256,6 +263,7 @@ INLINE void dot_k(int type, size_t bsize, const int T, int n, float *s, int64_t 
             const block_q8_K *yb = &y[t][i];
             int32x4_t acc = vdupq_n_s32(0);
             int summs = 0;
+#pragma GCC unroll 16
             for (int j = 0; j < 16; j++)                /* each 16's products times its scale */
                 acc = vmlaq_n_s32(acc, dot16(vdupq_n_s32(0), k.w[j], vld1q_s8(yb->qs + 16 * j)), k.sc[j]);
             if (has_min) {                               /* the minimums against the 16-sums of y */
@@ -293,13 +301,13 @@ INLINE void dot_float(int f16, int n, float *s, const void *vx, const void *vy) 
         acc[3] = vaddq_f64(acc[3], vcvt_high_f64_f32(p1));
     }
     for (; i < n; i++)
-        tail += (f16 ? gr_fp16_to_fp32(((const ggml_fp16_t *)vx)[i]) : ((const float *)vx)[i]) * y[i];
+        tail += (f16 ? h2f(((const ggml_fp16_t *)vx)[i]) : ((const float *)vx)[i]) * y[i];
     *s = (float)(vaddvq_f64(vaddq_f64(vaddq_f64(acc[0], acc[1]), vaddq_f64(acc[2], acc[3]))) + tail);
 }
 
 /* ---- attention inner loops over one head ----------------------------------------------- */
 INLINE float kv_at(const void *kv, int64_t at, int f16) {
-    return f16 ? gr_fp16_to_fp32(((const ggml_fp16_t *)kv)[at]) : ((const float *)kv)[at];
+    return f16 ? h2f(((const ggml_fp16_t *)kv)[at]) : ((const float *)kv)[at];
 }
 
 /* 4 rows' elements i..i+3 (rows r0..r3) -> c[m] = element i+m of the 4 rows */
