@@ -91,6 +91,43 @@ static void fill_activation(int blck, uint8_t *y, int n, int mode) {
     }
 }
 
+/* the fields of one block in file order, as (bytes, step) with step 4 or 2: how the engine
+ * interleaves 8 rows (ggml_blocks.h's x8 layouts; _engine.r8_parts); 0: no such layout */
+static int r8_parts(int type, int *size, int *step) {
+    static const int P[][12] = {
+        {GGML_TYPE_Q4_0, 2, 2, 2, 16, 4},          {GGML_TYPE_Q8_0, 2, 2, 2, 32, 4},
+        {GGML_TYPE_Q4_1, 3, 2, 2, 2, 2, 16, 4},    {GGML_TYPE_Q2_K, 4, 16, 2, 64, 4, 2, 2, 2, 2},
+        {GGML_TYPE_Q4_K, 4, 2, 2, 2, 2, 12, 4, 128, 4},
+        {GGML_TYPE_Q5_K, 5, 2, 2, 2, 2, 12, 4, 32, 4, 128, 4},
+        {GGML_TYPE_Q6_K, 4, 128, 4, 64, 4, 16, 2, 2, 2},
+    };
+    for (size_t k = 0; k < sizeof P / sizeof P[0]; k++) {
+        if (P[k][0] != type)
+            continue;
+        for (int f = 0; f < P[k][1]; f++) {
+            size[f] = P[k][2 + 2 * f];
+            step[f] = P[k][3 + 2 * f];
+        }
+        return P[k][1];
+    }
+    return 0;
+}
+
+/* 8 rows of nb blocks (row r at src + r * nb * bs) -> dst, interleaved block by block:
+ * field f of row r, in steps of step_f bytes, at 8 * (its offset) + 8 * step_f * k + step_f * r */
+static void repack8(uint8_t *dst, const uint8_t *src, int type, int nb, size_t bs) {
+    int size[5], step[5], nf = r8_parts(type, size, step);
+    for (int i = 0; i < nb; i++) {
+        for (int r = 0; r < 8; r++) {
+            const uint8_t *b = src + (r * nb + i) * bs;
+            uint8_t *o = dst + i * 8 * bs;
+            for (int f = 0, at = 0; f < nf; at += size[f], f++)
+                for (int k = 0; k < size[f] / step[f]; k++)
+                    memcpy(o + 8 * at + 8 * step[f] * k + step[f] * r, b + at + step[f] * k, step[f]);
+        }
+    }
+}
+
 static int failures = 0;
 
 static void report(const char *isa, const char *type, const char *kernel, int cases, int bad, const char *how) {
@@ -141,6 +178,55 @@ static void check_quantized(const isa_kernels_t *u) {
         report(u->name, TYPES[k].name, "vec_dot", cases, bad, "bits equal");
         if (u->types[t].vec_dot_x4)
             report(u->name, TYPES[k].name, "vec_dot_x4", cases4, bad4, "bits equal");
+    }
+}
+
+/* dot_r8 / dot_r8_x4: 8 rows interleaved as the engine does at load, 4 tokens; each (row,
+ * token) against generic's vec_dot of the row as the file has it */
+static void check_r8(const isa_kernels_t *u) {
+    static const int nblocks[] = {1, 2, 3, 8, 17};
+    for (size_t k = 0; k < sizeof TYPES / sizeof TYPES[0]; k++) {
+        const int t = TYPES[k].type, blck = TYPES[k].blck;
+        const size_t bs = TYPES[k].size, ysize = blck == 32 ? sizeof(block_q8_1) : sizeof(block_q8_K);
+        int size[5], step[5], cases = 0, bad1 = 0, bad4 = 0;
+        if (!u->types[t].dot_r8)
+            continue;
+        if (!u->types[t].dot_r8_x4 || !r8_parts(t, size, step)) {
+            report(u->name, TYPES[k].name, "dot_r8", 1, 1, "");
+            continue;
+        }
+        for (size_t c = 0; c < sizeof nblocks / sizeof nblocks[0]; c++) {
+            const int nb = blck == 32 ? nblocks[c] : (nblocks[c] + 1) / 2, n = nb * blck;
+            const int64_t ystride = (int64_t)(nb * ysize + n), sstride = 11;
+            uint8_t *w = malloc(8 * nb * bs), *wp = malloc(8 * nb * bs), *y = malloc(4 * ystride);
+            for (int trial = 0; trial < 12; trial++) {
+                const int mode = trial < 3 ? trial : 0;
+                float ref[4][8], one[8], four[4 * 11];
+                fill_weights(t, bs, w, 8 * nb, trial == 1 ? 2 : trial == 2 ? 1 : mode);
+                for (int r = 0; r < 4; r++)
+                    fill_activation(blck, y + r * ystride, n, mode);
+                repack8(wp, w, t, nb, bs);
+                for (int tok = 0; tok < 4; tok++)
+                    for (int r = 0; r < 8; r++)
+                        gr_isa_generic.types[t].vec_dot(n, &ref[tok][r], w + r * nb * bs, y + tok * ystride);
+                u->types[t].dot_r8_x4(n, four, sstride, wp, y, ystride);
+                for (int tok = 0; tok < 4; tok++) {
+                    u->types[t].dot_r8(n, one, 0, wp, y + tok * ystride, 0);
+                    for (int r = 0; r < 8; r++) {
+                        cases++;
+                        bad1 += !same_bits(one[r], ref[tok][r]);
+                        bad4 += !same_bits(four[sstride * tok + r], ref[tok][r]);
+                        if (!same_bits(one[r], ref[tok][r]) && bad1 < 4)
+                            printf("    %s n=%d row %d: %.9g, generic %.9g\n", TYPES[k].name, n, r, one[r], ref[tok][r]);
+                    }
+                }
+            }
+            free(w);
+            free(wp);
+            free(y);
+        }
+        report(u->name, TYPES[k].name, "dot_r8", cases, bad1, "bits equal");
+        report(u->name, TYPES[k].name, "dot_r8_x4", cases, bad4, "bits equal");
     }
 }
 
@@ -221,6 +307,7 @@ static void check_attention(const isa_kernels_t *u) {
 static void check_unit(const isa_kernels_t *u) {
     int before = failures;
     check_quantized(u);
+    check_r8(u);
     check_float(u);
     check_attention(u);
     if (failures == before)
