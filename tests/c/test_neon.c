@@ -1,17 +1,18 @@
-/* The NEON unit (both builds linked in: gr_isa_neon, and gr_isa_neon_dotprod where the CPU
- * has dotprod) against generic.c, on random valid blocks (finite f16 scales) and on
+/* The NEON unit (its three builds linked in: gr_isa_neon; gr_isa_neon_dotprod and
+ * gr_isa_neon_i8mm where the CPU has dotprod, i8mm) against generic.c, on random valid blocks (finite f16 scales) and on
  * saturated ones (every weight and activation byte at its extreme), for several lengths n.
  * One line per kernel; exit status 1 on any mismatch. tests/c/run_qemu.sh builds and runs it.
  *
- *   test_neon [--expect-dotprod=0|1]   (checks what the run-time CPU check answers) */
+ *   test_neon [--expect-dotprod=0|1] [--expect-i8mm=0|1]   (what the run-time checks must answer) */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "isa/generic.h"
 
-extern const isa_kernels_t gr_isa_neon, gr_isa_neon_dotprod;
+extern const isa_kernels_t gr_isa_neon, gr_isa_neon_dotprod, gr_isa_neon_i8mm;
 int gr_neon_cpu_has_dotprod(void);
+int gr_neon_cpu_has_i8mm(void);
 
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
 static uint64_t rnd(void) {                           /* xorshift64* */
@@ -315,11 +316,12 @@ static void check_unit(const isa_kernels_t *u) {
 }
 
 int main(int argc, char **argv) {
-    int has_dp = gr_neon_cpu_has_dotprod();
-    printf("cpu: dotprod %s\n", has_dp ? "yes" : "no");
+    const int has_dp = gr_neon_cpu_has_dotprod(), has_mm = gr_neon_cpu_has_i8mm();
+    printf("cpu: dotprod %s, i8mm %s\n", has_dp ? "yes" : "no", has_mm ? "yes" : "no");
     for (int i = 1; i < argc; i++) {
-        if (strncmp(argv[i], "--expect-dotprod=", 17) == 0 && atoi(argv[i] + 17) != has_dp) {
-            printf("FAIL: the run-time check says dotprod %d, expected %s\n", has_dp, argv[i] + 17);
+        int dp = strncmp(argv[i], "--expect-dotprod=", 17) == 0, mm = strncmp(argv[i], "--expect-i8mm=", 14) == 0;
+        if ((dp && atoi(argv[i] + 17) != has_dp) || (mm && atoi(argv[i] + 14) != has_mm)) {
+            printf("FAIL: the run-time check disagrees with %s\n", argv[i]);
             failures++;
         }
     }
@@ -328,6 +330,10 @@ int main(int argc, char **argv) {
         check_unit(&gr_isa_neon_dotprod);
     else
         printf("neon_dotprod: skipped, this CPU lacks dotprod (ASIMDDP)\n");
+    if (has_mm)
+        check_unit(&gr_isa_neon_i8mm);
+    else
+        printf("neon_i8mm: skipped, this CPU lacks i8mm (or dotprod)\n");
     printf("%s\n", failures ? "FAILED" : "PASSED");
     return failures ? 1 : 0;
 }
