@@ -7,18 +7,14 @@
 # On an aarch64 host it builds with the host's gcc and runs natively, once.
 # Needs: apt-get install -y gcc-aarch64-linux-gnu qemu-user. Exit 77 when they are missing.
 #
-# A full aarch64 run of the Python package under emulation (slow: the build alone takes
-# tens of minutes), from a Debian host as root:
-#   apt-get install -y debootstrap qemu-user-static binfmt-support
-#   debootstrap --arch=arm64 --foreign bookworm /srv/arm64 http://deb.debian.org/debian
-#   cp /usr/bin/qemu-aarch64-static /srv/arm64/usr/bin/      # binfmt runs arm64 ELF through it
-#   chroot /srv/arm64 /debootstrap/debootstrap --second-stage
-#   chroot /srv/arm64 apt-get install -y python3 python3-venv python3-dev gcc g++
-#   cp -r <checkout> /srv/arm64/root/guanaco_rt && chroot /srv/arm64 sh -c \
-#     'cd /root/guanaco_rt && python3 -m venv /v && /v/bin/pip install ".[test]" &&
-#      cd tests && /v/bin/pytest -q test_kernels.py test_isa.py'
-#   then the demo model: /v/bin/python -m guanaco_rt <demo model file> "What is the capital of France?"
-# (lscpu inside shows aarch64; qemu-user's default CPU model has dotprod and i8mm.)
+# A full aarch64 run of the Python package under emulation: tests/c/run_arm_python.sh (by
+# hand: minutes, network, root). An arm64 Debian root from debootstrap --arch=arm64 --foreign
+# (its packages unpacked with dpkg-deb -x: no binfmt_misc needed; with binfmt and
+# qemu-user-static, chroot ROOT /debootstrap/debootstrap --second-stage and pip install the
+# package inside instead), the Cython modules cross-compiled against its Python headers, the
+# NEON tables loaded through tests/c/neon_try.c, and the root's python3 run by
+# qemu-aarch64 -L ROOT: the demo model answers the France question with the generic unit and
+# every NEON build, logits compared bit for bit with each other and with x86's generic unit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 K=guanaco_rt/_kernels
