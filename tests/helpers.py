@@ -77,3 +77,17 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def child():
+    """subprocess keywords for a child Python that must import the guanaco_rt under test, as
+    installed or as built in place: its folder first on PYTHONPATH, and this folder as the
+    working directory, where no unbuilt source tree (a fresh checkout's ./guanaco_rt, which
+    `python -c` and `-m` would put first on sys.path) can shadow it."""
+    import guanaco_rt
+    root = os.path.dirname(os.path.dirname(os.path.abspath(guanaco_rt.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    return {"env": env, "cwd": TESTS_DIR}

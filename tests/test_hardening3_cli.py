@@ -18,7 +18,7 @@ import guanaco_rt
 from guanaco_rt import cli
 from guanaco_rt.errors import FormatError
 
-from helpers import tiny_model
+from helpers import TESTS_DIR, tiny_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(guanaco_rt.__file__)))   # the guanaco_rt under test
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
@@ -78,7 +78,7 @@ def test_chat_edits_lines_with_readline_on_a_terminal(ggjt):
     leader, follower = pty.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "guanaco_rt", "chat", ggjt, "-c", "64", "-t", "1"],
                             stdin=follower, stdout=follower, stderr=follower, env={**ENV, "TERM": "xterm"},
-                            close_fds=True)
+                            cwd=TESTS_DIR, close_fds=True)
     os.close(follower)
     seen = b""
 
@@ -230,13 +230,15 @@ def test_langchain_adapter_defaults():
 def test_integrations_name_their_extra(module, blocked, extra):
     code = f"import sys; sys.modules[{blocked!r}] = None\ntry:\n    import {module}\n" \
            f"except ModuleNotFoundError as e:\n    print(type(e).__name__, e)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV,
+                         cwd=TESTS_DIR)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ModuleNotFoundError") and f"pip install '.[{extra}]'" in out.stdout, out.stdout
 
 
 def test_serve_hint_names_the_checkout_install():
     code = "import sys; sys.modules['starlette'] = None\nfrom guanaco_rt.cli import main\nsys.exit(main(['serve']))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV,
+                         cwd=TESTS_DIR)
     assert out.returncode == 2
     assert "pip install '.[server]'" in out.stderr and "guanaco_rt[server]" not in out.stderr, out.stderr

@@ -17,9 +17,7 @@ import guanaco_rt
 from guanaco_rt import gguf_file
 from guanaco_rt.errors import FormatError, ModelClosedError, ModelFileChangedError, StateError
 
-from helpers import FileLayout, tiny_model
-
-PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(guanaco_rt.__file__)))
+from helpers import FileLayout, child, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +32,8 @@ def path(root):
 
 def run_child(code, *args, faulthandler=False, timeout=120):
     """Run ``code`` in a fresh interpreter that imports this guanaco_rt (installed or built in place)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [PKG_ROOT, os.environ.get("PYTHONPATH")])))
     cmd = [sys.executable] + (["-X", "faulthandler"] if faulthandler else []) + ["-c", textwrap.dedent(code)]
-    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=timeout, **child())
 
 
 # ---- 8. the file truncated during a call ----------------------------------------------------

@@ -2,7 +2,6 @@
 body, reads at most MAX_BODY of it, refuses deep JSON with a 400, and will not listen
 beyond loopback without an API key. Live server processes, raw sockets where a client
 library would hide what is sent. Run alone with ``pytest -m server``."""
-import os
 import socket
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 
 import guanaco_rt
 
-from helpers import free_port
+from helpers import child, free_port
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
@@ -21,7 +20,6 @@ from test_server import KEY, NO_END, Server  # noqa: E402
 
 pytestmark = pytest.mark.server
 MB = 1 << 20
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(guanaco_rt.__file__)))   # the guanaco_rt under test
 
 
 def _hwm_mb(pid):
@@ -194,9 +192,8 @@ sys.exit(main(sys.argv[1:]))
 def test_public_bind_without_a_key_refuses_to_start(host, monkeypatch):
     monkeypatch.delenv("GUANACO_RT_API_KEY", raising=False)
     # refused before the model loads: no model argument is needed, nothing listens
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", FAKE_RESOLVER, "serve", "--host", host, "--port", str(free_port())],
-                         capture_output=True, text=True, timeout=120, env=env)
+                         capture_output=True, text=True, timeout=120, **child())
     assert out.returncode == 2, out.stderr
     assert f"--host {host}" in out.stderr and "--api-key" in out.stderr and "--insecure-no-key" in out.stderr
     assert "Traceback" not in out.stderr

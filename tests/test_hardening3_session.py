@@ -17,7 +17,7 @@ from guanaco_rt import LLM, InvalidRequestError, SessionBusyError
 from guanaco_rt.chat import ChatTemplate
 from guanaco_rt.errors import ChatTemplateError, InvalidArgumentError
 
-from helpers import tiny_model
+from helpers import child, tiny_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NO_EOS = {"logit_bias": {2: -100.0}, "temperature": 0}     # the random model never ends on its own
@@ -197,7 +197,7 @@ def test_2_a_forged_turn_is_text_at_the_server_route(demo, smollm2):
     want = sum(len(demo.tokenize(t, bos=False, special=sp)) for t, sp in ((head, True), (FORGED, False), (tail, True)))
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "guanaco_rt", "serve", smollm2, "--port", str(port), "-c", "512"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=HERE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **child())
     try:
         url = f"http://127.0.0.1:{port}"
         for _ in range(300):
@@ -319,8 +319,7 @@ try:
 except ChatTemplateError as e:
     print("typed:", e)
 """
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       cwd=os.path.join(HERE, ".."))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, **child())
     assert "typed:" in r.stdout and "time limit" in r.stdout, r.stdout + r.stderr
 
 

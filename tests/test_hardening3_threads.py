@@ -19,7 +19,7 @@ from guanaco_rt._kernels import _twins as twins
 from guanaco_rt._kernels._engine import State
 from guanaco_rt.errors import GuanacoError, ModelClosedError
 
-from helpers import tiny_model
+from helpers import child, tiny_model
 
 FREE = (0.020, 0.011)     # s/token on one thread, on two: two threads win
 BUSY = (0.020, 0.060)     # a core busy elsewhere
@@ -290,10 +290,9 @@ def test_a_core_kept_busy_at_load_puts_the_load_and_the_first_short_call_on_one_
         pytest.skip("needs 2 CPUs")
     spin = subprocess.Popen([sys.executable, "-c", f"import os\nos.sched_setaffinity(0, {{{cpus[0]}}})\n"
                              "while True: pass"])
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(guanaco_rt.__file__)))
     try:
         r = subprocess.run([sys.executable, "-c", BUSY_LOAD.format(cpus=set(cpus[:2])), smollm2],
-                           capture_output=True, text=True, timeout=300, env=env)
+                           capture_output=True, text=True, timeout=300, **child())
     finally:
         spin.kill()
         spin.wait()
@@ -337,10 +336,9 @@ def test_a_short_call_that_found_a_busy_core_starts_the_next_session_on_one_thre
         pytest.skip("needs 2 CPUs")
     spin = subprocess.Popen([sys.executable, "-c", f"import os\nos.sched_setaffinity(0, {{{cpus[0]}}})\n"
                              "while True: pass"])
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(guanaco_rt.__file__)))
     try:
         r = subprocess.run([sys.executable, "-c", BUSY_SHORT_CALLS.format(cpus=set(cpus[:2])), smollm2],
-                           capture_output=True, text=True, timeout=300, env=env)
+                           capture_output=True, text=True, timeout=300, **child())
     finally:
         spin.kill()
         spin.wait()

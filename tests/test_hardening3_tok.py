@@ -23,6 +23,8 @@ from guanaco_rt.errors import FormatError
 from guanaco_rt.tokenizer import Tokenizer
 from guanaco_rt.writer import random_tensor_bytes, vocab_from_gguf
 
+from helpers import child
+
 HELLO = 15043          # "\u2581Hello" in the LLaMA vocabulary
 # (spelling, type) appended to the LLaMA vocabulary, ids 32000...
 ADDED = [("[INST]", 3), ("[/INST]", 3), ("<|begin|>", 3), ("<|end|>", 3), ("<|user|>", 4), ("@@x>", 3), ("<@@", 3)]
@@ -277,8 +279,7 @@ def test_bpe_one_long_pretoken_is_not_quadratic(smollm2):
     # (16 KB: 10-31 s); the merge queue takes well under a second
     code = ("import guanaco_rt, sys; m = guanaco_rt.Model(sys.argv[1]);"
             "ids = m.tokenize('a' * (1 << 20) + ' ' + '\u4e2d' * 50000); print(len(ids))")
-    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
-    r = subprocess.run([sys.executable, "-c", code, smollm2], capture_output=True, text=True, timeout=60, env=env)
+    r = subprocess.run([sys.executable, "-c", code, smollm2], capture_output=True, text=True, timeout=60, **child())
     assert r.returncode == 0, r.stderr
     assert int(r.stdout) > 1000
 
