@@ -236,7 +236,7 @@ class LLM:
         self._owns_model = not isinstance(model, Model)
         if n_threads is None:
             n_threads = max(1, default_threads() // max(1, n_sessions))
-        self.model = Model(model, n_threads=n_threads) if self._owns_model else model
+        self.model: Model = model if isinstance(model, Model) else Model(model, n_threads=n_threads)
         self.model_name = model_name or os.path.basename(str(self.model.path))
         self.n_ctx = n_ctx
         self.pool = SessionPool(self.model, n_sessions, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads,

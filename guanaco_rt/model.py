@@ -13,7 +13,7 @@ import os
 import threading
 import time
 import weakref
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -208,6 +208,10 @@ class Model:
     the kernels ("generic", "avx2"); None: the best this CPU runs, or GUANACO_RT_ISA.
     """
 
+    _engine: Engine | None              # None once closed
+    _buf: np.ndarray | None             # the weights' bytes (uint8), None once closed
+    _fingerprint: bytes | None          # computed on first use
+
     def __init__(self, path: str | os.PathLike[str], n_threads: int | None = None, eps: float = 1e-6,
                  isa: str | None = None, mmap: bool = True):
         t0 = time.perf_counter()
@@ -233,7 +237,10 @@ class Model:
             else:
                 self.file = parse(self.path, self._mm)
                 self.tokenizer = Tokenizer(self.file.vocab, self.path)
-            self._buf = np.frombuffer(self._mm if self._guard is None else self._guard, dtype=np.uint8)
+            # the mapping, or the guard that exports it (the buffer protocol, which typing states
+            # only from Python 3.12 on)
+            src: Any = self._mm if self._guard is None else self._guard
+            self._buf = np.frombuffer(src, dtype=np.uint8)
             specs = {name: (t.offset, t.type, t.shape[0], t.n_rows) for name, t in self.file.tensors.items()}
             ks = default_kernels() if isa is None else kernel_set(isa)
             self._fingerprint = None
@@ -304,7 +311,7 @@ class Model:
                 f"end was caught and the result discarded); reload it, or load with Model(path, mmap=False)")
         try:
             st = os.fstat(self._fh.fileno())
-            now = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+            now: tuple[object, ...] = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
         except (OSError, ValueError) as e:
             now = (f"fstat failed: {e}",)
         if now != self._stat:
@@ -348,11 +355,13 @@ class Model:
         tensors hashed on up to ``n_threads`` threads (hashlib drops the GIL), about 1 GB/s
         per core with SHA extensions; see the README for a 7B figure."""
         self._check_open()
-        if self._fingerprint is None:
+        fp = self._fingerprint
+        if fp is None:
             with self._fp_lock:
                 if self._fingerprint is None:
                     self._fingerprint = self._hash_weights()
-        return self._fingerprint
+                fp = self._fingerprint
+        return fp
 
     def _hash_weights(self):
         import hashlib
@@ -395,6 +404,8 @@ class Model:
         for a tensor interleaved in place (``mmap=False``), a copy put back in file order."""
         self._check_open()
         buf = self._buf
+        if buf is None:                          # closed by another thread since the check
+            raise ModelClosedError(f"{self.path}: this Model is closed")
         t = self.file.tensors[name]
         data = buf[t.offset:t.offset + t.nbytes]
         if not self.mmap and t.offset in self._repacked:

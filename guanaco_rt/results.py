@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import threading
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Any, Generator, Iterator
+
+if TYPE_CHECKING:
+    from .session import Session
 
 
 @dataclass
@@ -36,8 +39,8 @@ class GenerationResult:
     tokens: list
     finish_reason: str            # "stop" | "length" | "eos" | "cancelled"
     timings: Timings
-    logprobs: list = field(default=None)  # per token: [(id, logprob)] of the top n_probs
-    token_logprobs: list = field(default=None)  # per token: its own logprob (with n_probs > 0)
+    logprobs: list | None = field(default=None)  # per token: [(id, logprob)] of the top n_probs
+    token_logprobs: list | None = field(default=None)  # per token: its own logprob (with n_probs > 0)
 
 
 class StreamView:
@@ -59,7 +62,7 @@ class TextStream:
     the decode loop, so the last reference going (a ``return`` or ``break`` out of a
     ``for``) closes it right away, without waiting for the cyclic garbage collector."""
 
-    def __init__(self, gen, view=None):
+    def __init__(self, gen: Generator[str, None, GenerationResult], view: StreamView | None = None) -> None:
         self._gen = gen
         self._view = view if view is not None else StreamView()
         self.result: GenerationResult | None = None
@@ -129,33 +132,33 @@ class AsyncTextStream:
     consumer leaves early, the generation is cancelled right away: by ``aclose()``, or
     when the iterator is dropped (``break`` out of ``async for``)."""
 
-    def __init__(self, session, stream):
+    def __init__(self, session: Session, stream: TextStream) -> None:
         self._session = session
         self._stream = stream
-        self._queue = None
-        self._thread = None
+        self._queue: asyncio.Queue[Any] | None = None     # the items relay() hands over
+        self._thread: threading.Thread | None = None
         self._ended = False
         self.result: GenerationResult | None = None
 
     def __aiter__(self) -> AsyncTextStream:
         return self
 
-    def _start(self):
+    def _start(self) -> asyncio.Queue[Any]:
         # the worker must not hold self (relay's thread holds only the stream): dropping self cancels
         self._queue, self._thread = relay(self._stream, "guanaco_rt-astream")
+        return self._queue
 
     async def __anext__(self) -> str:
         if self._ended:
             raise StopAsyncIteration
-        if self._thread is None:
-            self._start()
-        item = await self._queue.get()
+        queue = self._queue if self._queue is not None else self._start()
+        item = await queue.get()
         if item is DONE or isinstance(item, BaseException):
             self._ended = True
             self.result = self._stream.result
-            if item is DONE:
-                raise StopAsyncIteration
-            raise item
+            if isinstance(item, BaseException):
+                raise item
+            raise StopAsyncIteration
         return item
 
     def _abandon(self):

@@ -12,6 +12,7 @@ the GIL; this module holds the settings, their checks and the RNG.
 """
 import math
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from ._kernels._sampling import SamplerCore
 # The one source of the defaults: SamplingParams (so Session), LLM (so the server and the
 # adapters) and the command line all read them from here. Today's llama.cpp and
 # llama-cpp-python use the same values.
-DEFAULTS = {
+DEFAULTS: dict[str, Any] = {          # floats, and the counts top_k and repeat_last_n
     "temperature": 0.8,
     "top_k": 40,                    # <= 0: off
     "top_p": 0.95,                  # >= 1: off

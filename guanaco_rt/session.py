@@ -121,18 +121,19 @@ class Session:
             raise GuanacoError(f"n_ctx={n_ctx} is above the limit {MAX_CTX}")
         if context_policy not in POLICIES:
             raise GuanacoError(f"context_policy must be one of {POLICIES}, got {context_policy!r}")
-        if getattr(model, "_engine", None) is None:
+        engine = getattr(model, "_engine", None)
+        if engine is None:
             raise ModelClosedError(f"{getattr(model, 'path', model)}: this Model is closed")
         model._check_usable()
         self.model = model
         self.n_ctx = int(n_ctx)
         self.n_batch = int(min(n_batch, n_ctx))
-        self.n_threads = model.n_threads if n_threads is None else check_threads(n_threads)
+        n_threads = model.n_threads if n_threads is None else check_threads(n_threads)
         self.kv_f16 = bool(kv_f16)
         self.context_policy = context_policy
         self.n_keep = int(n_keep)
         self.seed = seed
-        self._state = State(model._engine, self.n_ctx, self.n_batch, self.kv_f16, self.n_threads)
+        self._state: State | None = State(engine, self.n_ctx, self.n_batch, self.kv_f16, n_threads)
         # decoding times each token and runs the next on 1 or n_threads threads, whichever is
         # faster now (a core busy elsewhere makes a team slower than one thread); the
         # results are the same bits either way
@@ -166,20 +167,39 @@ class Session:
         """How decoding used its threads (adaptive_threads): tokens on one thread and on
         n_threads, seconds per token on each, which is the current setting, and how many
         times a prompt or a first token found a core busy (``busy_core_found``)."""
-        self._check_open()
-        return self._state.thread_stats()
+        return self._check_open().thread_stats()
 
     @property
     def n_vocab(self) -> int:
         return self.model.n_vocab
 
+    @property
+    def n_threads(self) -> int:
+        """The threads each call may use (the engine's State holds it: the one place it is
+        kept). Setting it changes what the next call runs on, and starts the thread governor
+        afresh on the new count; not while a call runs (SessionBusyError)."""
+        return self._check_open().n_threads
+
+    @n_threads.setter
+    def n_threads(self, n: int) -> None:
+        n = check_threads(n)
+        state = self._check_open()
+        if not self._busy.acquire(blocking=False):
+            raise SessionBusyError("n_threads cannot change while this Session runs a call")
+        try:
+            state.n_threads = n
+        finally:
+            self._busy.release()
+
     # -- busy / cancel ---------------------------------------------------------------
-    def _check_open(self):
+    def _check_open(self) -> State:
+        # -> the State (the session's engine state), which close() drops
         if self._state is None:
             raise ModelClosedError("this Session is closed")
+        return self._state
 
-    def _enter(self):
-        self._check_open()
+    def _enter(self) -> State:
+        state = self._check_open()
         if not self._busy.acquire(blocking=False) and not (
                 self._draining is not None and self._busy.acquire(timeout=DRAIN_TIMEOUT_S)):
             raise SessionBusyError("this Session is busy with another call (another thread, or a stream that is "
@@ -192,6 +212,7 @@ class Session:
         except BaseException:
             self._busy.release()
             raise
+        return state
 
     def _fit_threads(self):
         # OpenMP's thread pool does not survive os.fork(): a child that used it with more
@@ -201,8 +222,7 @@ class Session:
         if n != self.n_threads:
             log.warning("guanaco_rt: this process was forked after OpenMP started; the Session runs on %d "
                         "thread(s) instead of %d", n, self.n_threads)
-            self.n_threads = n
-            self._state.n_threads = n
+            self._state.n_threads = n          # under _enter's lock: not through the property
 
     def _leave(self):
         with self._cancel_lock:       # a cancel() that saw this call running lands before this clear
@@ -518,9 +538,9 @@ class Session:
     # -- state -------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget every evaluated token and the conversation (the cache is overwritten lazily)."""
-        self._enter()
+        state = self._enter()
         try:
-            self._state.truncate(0)
+            state.truncate(0)
             self.conversation.clear()
             self._chat_first_turn = 0
         finally:
@@ -529,11 +549,11 @@ class Session:
     def save_state(self) -> bytes:
         """A compact, versioned blob: the n_past used KV entries, the tokens, the last logits,
         the sampler's RNG, the conversation, and the model's fingerprint."""
-        self._enter()
+        state = self._enter()
         try:
             n = self.n_past
-            logits = self._state.logits()
-            k, v = self._state.export_kv()
+            logits = state.logits()
+            k, v = state.export_kv()
             meta = {"n_past": n, "n_layer": self.model.hparams.n_layer, "n_embd": self.model.hparams.n_embd,
                     "n_vocab": self.n_vocab, "kv": "f16" if self.kv_f16 else "f32",
                     "has_logits": logits is not None, "rng": self.sampler.state,
@@ -549,11 +569,11 @@ class Session:
         finally:
             self._leave()
 
-    def load_state(self, blob: bytes) -> None:
+    def load_state(self, blob: bytes | bytearray | memoryview) -> None:
         """Restore a save_state() blob; refused (StateError) if it is from another model,
         malformed, or larger than this session's n_ctx."""
         blob = memoryview(bytes(blob))
-        self._enter()
+        state = self._enter()
         try:
             head = 4 + 4 + 32 + 8
             if len(blob) < head or bytes(blob[:4]) != STATE_MAGIC:
@@ -589,7 +609,7 @@ class Session:
             hp = self.model.hparams
             if (meta.get("n_layer"), meta.get("n_embd"), meta.get("n_vocab")) != (hp.n_layer, hp.n_embd, hp.n_vocab):
                 raise StateError("state shape does not match this model")
-            n_kv = self._state.n_embd_kv
+            n_kv = state.n_embd_kv
             kv_bytes = hp.n_layer * n * n_kv * np.dtype(kvt).itemsize
             logit_bytes = 4 * self.n_vocab if has_logits else 0
             need = head + mlen + 4 * n + logit_bytes + 2 * kv_bytes
@@ -607,7 +627,7 @@ class Session:
             k = np.frombuffer(blob, kvt, hp.n_layer * n * n_kv, pos).reshape(shape).astype(own)
             v = np.frombuffer(blob, kvt, hp.n_layer * n * n_kv, pos + kv_bytes).reshape(shape).astype(own)
             # everything is checked: from here on nothing can fail half way
-            self._state.import_kv(tokens, k, v, logits)
+            state.import_kv(tokens, k, v, logits)
             self.sampler.set_state(meta["rng"])
             self.conversation = Conversation(system=system, turns=[tuple(t) for t in turns])
             self._chat_first_turn = first_turn
@@ -618,7 +638,7 @@ class Session:
         """A new Session on the same model that starts from this one's evaluated prefix,
         conversation and sampler state. Keyword arguments override its settings."""
         kw = dict(n_ctx=self.n_ctx, n_batch=self.n_batch, n_threads=self.n_threads, kv_f16=self.kv_f16,
-                  adaptive_threads=self._state.adaptive_threads,
+                  adaptive_threads=self._check_open().adaptive_threads,
                   seed=self.seed, context_policy=self.context_policy, n_keep=self.n_keep,
                   template=self._template_source)
         kw.update(overrides)

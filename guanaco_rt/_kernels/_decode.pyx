@@ -14,6 +14,8 @@ from libc.string cimport memcpy, memcmp, memmove
 
 import threading
 
+cimport cython
+
 import numpy as np
 from cpython.exc cimport PyErr_CheckSignals
 
@@ -334,6 +336,7 @@ cdef class Decoder:
         self.status = reason
         return reason
 
+    @cython.nonecheck(False)      # self is never None here, and a check would need the GIL
     cdef int _loop(self, bint until_text) noexcept nogil:
         cdef state_t* s = &self.st.s
         cdef const model_t* m = &self.st.engine.m

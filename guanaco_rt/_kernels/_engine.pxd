@@ -4,6 +4,18 @@ from libc.stdint cimport uint8_t, int32_t, int64_t
 
 from guanaco_rt._kernels._isa cimport isa_kernels_t
 from guanaco_rt._kernels._quants cimport type_traits_t
+# monotonic: cimported from here by _decode as well
+from guanaco_rt._kernels._governor cimport gov_t, gov_last_t, monotonic
+
+cdef enum:
+    PARALLEL_MIN_WORK = 1 << 16   # multiply-adds (or elements) below which a loop runs on one thread
+
+cdef inline int team_threads(int nth, int64_t rows, int64_t cols, int64_t n_tok) noexcept nogil:
+    # the threads for a loop of rows x cols x n_tok multiply-adds (elements: cols = n_tok = 1)
+    # on up to nth: small work runs on one, where a fork/join would cost more than it saves.
+    # The one place this is decided; int64, since a 7B layer's attention over 8192 positions
+    # in a batch of 64 is 2^31 multiply-adds, which a product of ints wrapped to < 0
+    return 1 if rows * cols * n_tok < PARALLEL_MIN_WORK else nth
 
 cdef struct tensor_t:
     const uint8_t* data          # (ne1 rows of nb1 bytes), in the read-only mmap
@@ -36,54 +48,10 @@ cdef struct model_t:
     # under it: calls stop as if cancelled, and the Model raises ModelFileChangedError
     const int* file_fault
 
-cdef struct gov_last_t:
-    # what a Model's governors last found best, shared by its States (an Engine's): a new
-    # State starts on it, so a short call does not begin on a setting already known to lose.
-    # Plain int stores from any thread, like State.cancel
-    int known            # a call, or the load's interleaving (load_gov_t), has decided
-    int one              # one thread won
-    double at            # when (monotonic s); older than GOV_LAST_TTL, it is not followed
-
-cdef struct gov_t:
-    # the thread governor (gov_next / gov_record): 1 or nth threads per decoded token
-    int on               # adapt (Session(adaptive_threads=True)); off: always nth
-    gov_last_t* last     # the Engine's record (NULL: none), written whenever the setting is decided
-    int one              # the current setting is one thread
-    int trying           # the token in flight tries the other setting
-    int countdown        # tokens on the current setting until the next try
-    int backoff          # the interval of tries while one thread wins (doubles, capped)
-    int n_one, n_multi   # tokens decoded on one / on nth threads (statistics)
-    double t_one, t_multi  # seconds per token on each setting (moving averages; 0: not yet)
-    double best_multi    # the fastest recent token on nth threads (slowly forgotten)
-    # a try in flight (decode_one): given up once behind the current setting's pace (gov_try_check)
-    double try_t0, try_pace, try_dt   # its start, seconds a layer to beat (0: no check), its estimate
-    int try_keep                      # the current setting's threads, for the rest of a given-up try
-    # a look for a busy core (gov_probe_start / gov_probe_check): the team's run-queue wait
-    # over a window early in a prompt, or in the first token on nth threads
-    double probe_t0      # the call's start (0: no look in flight)
-    double probe_w0      # the window's start (0: not open yet)
-    int64_t probe_wait   # the team's run-queue wait when the window opened, ns (team_run_wait)
-    int probe_hit        # it found a core busy in the call in flight (decode_one then records no time)
-    double early_w0      # a short call's window, from its first layer (0: not open; -1: no figures)
-    int64_t early_wait   # the team's run-queue wait then, ns (gov_probe_end)
-    int n_busy           # times it found one (statistics)
-
-cdef struct load_gov_t:
-    # the threads of the load's interleaving (load_next / load_record): each tensor on 1 or
-    # nth threads, timed per byte; the same choice as the decode governor's (gov_pick)
-    int nth
-    int k                # tensors timed so far (the first, on nth threads, warms the pool and is not)
-    int decided          # the samples are in (or the first pair already said a core is busy)
-    int one              # the current setting is one thread
-    int trying           # the tensor in flight tries the other setting
-    int countdown        # while nth wins: tensors until the next try of one thread
-    double since, wait   # while one wins: seconds on it since the last try of nth, and before the next
-    double s_one, b_one, s_multi, b_multi   # seconds and bytes of the samples on each setting
-    double t_one, t_multi                   # seconds per byte on each setting (latest estimate; 0: not yet)
-
 cdef struct state_t:
-    int n_ctx, n_batch, nth, kv_f16
-    gov_t gov
+    int n_ctx, n_batch, kv_f16
+    int nth              # the threads of the call in flight, as its governor answers (gov.n: the limit)
+    gov_t gov            # the thread governor (_governor.pyx), the one owner of the thread count
     int32_t* tokens      # (n_ctx,) the sequence: the ids whose K/V are at positions 0..n_past-1
     int n_past
     float* logits        # (n_vocab,) after tokens[n_past - 1], valid when have_logits
@@ -136,20 +104,8 @@ cdef void repack_r8(uint8_t* dst, const uint8_t* src, int type, int64_t nb, int6
                     int nth) noexcept nogil
 cdef void matmul_q(const isa_kernels_t* K, float** outs, const tensor_t** Ws, int nw,
                    const uint8_t* xq, int64_t xq_stride, int n_tok, int nth, bint glu) noexcept nogil
-cdef double monotonic() noexcept nogil
 cdef int decode_one(const model_t* m, state_t* s, int32_t tok) noexcept nogil
-cdef int gov_threads(const state_t* s) noexcept nogil
-cdef int gov_next(state_t* s) noexcept nogil
-cdef void gov_record(state_t* s, int used, double dt) noexcept nogil
-cdef void gov_reset(gov_t* g, int on) noexcept nogil
-cdef int gov_pick(int one, double t_one, double t_multi) noexcept nogil
-cdef int gov_last_one(const gov_last_t* last) noexcept nogil
-cdef void load_reset(load_gov_t* lg, int nth) noexcept nogil
-cdef int load_next(load_gov_t* lg) noexcept nogil
-cdef void load_record(load_gov_t* lg, int used, double dt, double nbytes) noexcept nogil
-cdef int load_busy(const load_gov_t* lg) noexcept nogil
-cdef int64_t team_run_wait(int nth) noexcept nogil
-cdef void gov_probe_judge(state_t* s, double wait, double el) noexcept nogil
+cdef int attention_threads(int nth, int n_head, int head_dim, int n_past, int n_tok) noexcept nogil
 cdef void rmsnorm(float* out, const float* x, const float* w, int n, float eps) noexcept nogil
 cdef void rope(float* x, int n_head, int head_dim, int n_rot, const double* freqs, int pos) noexcept nogil
 cdef void rope_freqs(double* out, int n_rot, double base) noexcept nogil

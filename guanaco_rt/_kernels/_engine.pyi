@@ -2,27 +2,33 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import Self, disjoint_base
 
+@disjoint_base
 class KernelSet:
     isa: str
-    def __init__(self, isa: str, table: Any, generic_table: Any) -> None: ...
+    def __new__(cls, isa: str, table: Any, generic_table: Any) -> Self: ...
+    def interleaves(self, ttype: int) -> bool: ...
 
+@disjoint_base
 class Engine:
     kernels: KernelSet
     n_vocab: int
     repacked: list[tuple[int, int]]
     load_threads: dict[str, Any]
-    def __init__(self, hparams: dict[str, int], buf: Any, tensors: dict[str, tuple[int, int, int, int]],
-                 kernels: KernelSet, eps: float = ..., rope_base: float = ..., rope_freq_scale: float = ...,
+    def __new__(cls, hparams: dict[str, int], buf: Any, tensors: dict[str, tuple[int, int, int, int]],
+                kernels: KernelSet, eps: float = ..., rope_base: float = ..., rope_freq_scale: float = ...,
                  repack: bool = ..., inplace: Any = ..., n_threads: int = ..., release: Any = ...,
-                 guard: Any = ...) -> None: ...
+                 guard: Any = ...) -> Self: ...
 
+@disjoint_base
 class State:
     engine: Engine
     n_past: int
     n_ctx: int
+    n_embd_kv: int
     n_threads: int
-    def __init__(self, engine: Engine, n_ctx: int, n_batch: int, kv_f16: bool = ..., n_threads: int = ...) -> None: ...
+    def __new__(cls, engine: Engine, n_ctx: int, n_batch: int, kv_f16: bool = ..., n_threads: int = ...) -> Self: ...
     def tokens(self) -> list[int]: ...
     has_logits: bool
     def logits(self) -> npt.NDArray[np.float32] | None: ...

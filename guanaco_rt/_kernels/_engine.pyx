@@ -4,18 +4,17 @@ rows, RMSNorm, RoPE (ggml mode 0), softmax, SiLU gate, causal attention over the
 cache, and the State that owns one sequence (tokens, n_past, logits, KV cache).
 
 The ISA-specific inner loops (dot products, attention's q.k and a*v) come from a
-KernelSet: an ISA unit's table with the generic unit's entries filling its gaps.
+KernelSet: an ISA unit's table with the generic unit's entries filling its gaps. How
+many threads each call runs on is the thread governor's (_governor.pyx): a call asks it
+at its start, after each layer and at its end, and runs on the threads it answers.
 Everything here runs without the GIL and allocates nothing per token: the buffers
 live in state_t, sized once by State. Integer addresses never cross into Python:
 buffers are typed memoryviews, the kernel table a capsule.
 """
 from libc.stdint cimport uint8_t, uint16_t, int32_t, int64_t
-from libc.string cimport memcpy, memset, memmove
+from libc.string cimport memcpy, memmove
 from libc.math cimport sqrtf, expf, cos, sin, pow
-from libc.stdlib cimport malloc, free, strtoll
-from posix.fcntl cimport open as c_open, O_RDONLY
-from posix.unistd cimport read as c_read, close as c_close
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from libc.stdlib cimport malloc, free
 from cython.parallel cimport prange
 from cpython.pycapsule cimport PyCapsule_GetPointer
 from guanaco_rt._kernels._mapguard cimport GuardedBuffer
@@ -33,9 +32,11 @@ from guanaco_rt._kernels.ggml_blocks cimport (GGML_TYPE_F32, GGML_TYPE_F16, GGML
 from guanaco_rt._kernels._common cimport gr_openmp_enabled, gr_omp_max_threads, gr_cpu_has_avx2
 from guanaco_rt._kernels._isa cimport isa_kernels_t, vec_dot_fn, vec_dot_x4_fn, dot_r8_fn, ISA_CAPSULE
 from guanaco_rt._kernels._quants cimport type_traits_t, type_traits, row_size, fp32_to_fp16, from_float_fn
+from guanaco_rt._kernels._governor cimport (gov_init, gov_set_threads, gov_reset, gov_prompt_start, gov_prompt_end,
+                                            gov_token_start, gov_token_end, gov_layer_done, gov_last_one,
+                                            gov_last_note, load_gov_t, load_reset, load_next, load_record, load_busy)
 
 cdef enum:
-    PARALLEL_MIN_WORK = 1 << 16   # weights x tokens below which a matmul runs on one thread
     ROW_TILE = 32                 # rows of a one-row-layout matrix per pass over a batch (rows_q)
 
 
@@ -211,8 +212,7 @@ cdef void matmul_q(const isa_kernels_t* K, float** outs, const tensor_t** Ws, in
     cdef int64_t chunks[3]
     for w in range(nw):
         work += Ws[w].ne0 * Ws[w].ne1 * n_tok
-    if work < PARALLEL_MIN_WORK * nw:
-        nth = 1
+    nth = team_threads(nth, work // nw, 1, 1)    # the tensors' mean
     if nth == 1:
         for w in range(nw):
             rows_q(K, outs[w], Ws[w], 0, Ws[w].ne1, xq, xq_stride, n_tok)
@@ -318,7 +318,8 @@ cdef void silu_mul(float* a, const float* b, int64_t n) noexcept nogil:
 
 cdef void silu_mul_par(float* a, const float* b, int64_t n, int nth) noexcept nogil:
     cdef int64_t c, per
-    if nth < 2 or n < PARALLEL_MIN_WORK:      # one token's n_ff: on one thread (see matmul_q)
+    nth = team_threads(nth, n, 1, 1)          # one token's n_ff: on one thread (see matmul_q)
+    if nth < 2:
         silu_mul(a, b, n)
         return
     per = (n + nth - 1) // nth
@@ -358,8 +359,7 @@ cdef void attention(const isa_kernels_t* K, float* out, const float* q, const vo
     cdef float scale = 1.0 / sqrtf(<float>head_dim)
     cdef float* a
     cdef float* o
-    if n_head * (n_past + n_tok) * head_dim * n_tok < PARALLEL_MIN_WORK:
-        nth = 1
+    nth = attention_threads(nth, n_head, head_dim, n_past, n_tok)
     for h in prange(n_head, schedule='static', num_threads=nth):
         a = att + h * n_ctx
         kvh = h // group
@@ -370,6 +370,11 @@ cdef void attention(const isa_kernels_t* K, float* out, const float* q, const vo
             softmax(a, pos + 1)
             o = out + t * n_embd + h * head_dim
             K.kv_mix(o, a, v_cache, kvh * head_dim, n_embd_kv, pos + 1, head_dim, f16)
+
+cdef int attention_threads(int nth, int n_head, int head_dim, int n_past, int n_tok) noexcept nogil:
+    # attention's team: n_tok queries against n_past + n_tok positions, each a q.k and an a*v
+    # over n_head heads of head_dim
+    return team_threads(nth, <int64_t>n_head * head_dim, <int64_t>n_past + n_tok, n_tok)
 
 cdef inline void* kv_layer(void* cache, int64_t off, int f16) noexcept nogil:
     return <void*>((<uint16_t*>cache) + off) if f16 else <void*>((<float*>cache) + off)
@@ -419,10 +424,7 @@ cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok,
         matmul(m, s, s.xb2, &L.w2, s.hb, n_tok)
         for i in range(<int64_t>n_tok * E):
             s.x[i] += s.xb2[i]
-        if s.gov.try_pace > 0:
-            gov_try_check(s, l + 1, m.n_layer)
-        if s.gov.probe_t0 > 0:
-            gov_probe_check(s)
+        s.nth = gov_layer_done(&s.gov, s.nth, l + 1, m.n_layer)
     if s.cancel or (m.file_fault != NULL and m.file_fault[0]):
         return 1
     first = 0 if all_logits else n_tok - 1
@@ -439,12 +441,11 @@ cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok,
 cdef int prefill(const model_t* m, state_t* s, const int32_t* ids, int n, float* all_logits) noexcept nogil:
     # ids (n,) in batches of n_batch; all_logits (n, n_vocab) or NULL (last logits only, in
     # s.logits). Returns the number of tokens evaluated: n, or fewer when cancelled (every
-    # complete batch stays in the sequence). Runs on the governor's current setting.
-    cdef int start = 0, nb, rc = 0, nth = s.nth
+    # complete batch stays in the sequence). Runs on the threads the governor answers.
+    cdef int start = 0, nb, rc = 0
     if n == 1 and all_logits == NULL:          # one token, as a decode loop of the caller's
         return 0 if decode_one(m, s, ids[0]) else 1
-    s.nth = gov_threads(s)
-    gov_probe_start(s)                         # a busy core moves the rest of the prompt to one thread
+    s.nth = gov_prompt_start(&s.gov)
     while start < n:
         nb = min(s.n_batch, n - start)
         if forward(m, s, ids + start, nb,
@@ -453,382 +454,16 @@ cdef int prefill(const model_t* m, state_t* s, const int32_t* ids, int n, float*
             rc = 1
             break
         start += nb
-    gov_probe_end(s)
-    s.nth = nth
-    s.gov.probe_t0 = 0
-    s.gov.probe_hit = 0
+    gov_prompt_end(&s.gov, s.nth)
     return start if rc else n
 
-cdef double monotonic() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec + ts.tv_nsec * 1e-9
-
 cdef int decode_one(const model_t* m, state_t* s, int32_t tok) noexcept nogil:
-    # forward() of one token on the threads the governor picks, timed for it; 1 when cancelled.
-    # A try of the other setting that falls behind the current one's pace goes back to the
-    # current setting for the rest of the token (gov_try_check): a lost try costs about a
-    # layer, not a token. Switching still takes a whole token that wins. The first token on
-    # nth threads has no pace to keep; a look for a busy core stands in (gov_probe_check).
-    cdef int nth = s.nth, use = gov_next(s), rc
-    cdef double t0 = monotonic()
-    s.gov.try_dt = 0
-    s.gov.try_pace = 0
-    if s.gov.trying:
-        s.gov.try_t0 = t0
-        s.gov.try_pace = (s.gov.t_one if s.gov.one else s.gov.t_multi) / m.n_layer
-        s.gov.try_keep = 1 if s.gov.one else nth
-    s.nth = use
-    if use > 1 and s.gov.t_multi <= 0 and not s.gov.trying:
-        gov_probe_start(s)
+    # forward() of one token on the threads the governor answers, which times it; 1 when cancelled
+    cdef int rc
+    s.nth = gov_token_start(&s.gov, m.n_layer)
     rc = forward(m, s, &tok, 1, s.logits, False)
-    s.nth = nth
-    s.gov.try_pace = 0
-    s.gov.probe_t0 = 0
-    if s.gov.probe_hit:                   # begun on nth threads, ended on one: no time to learn from
-        s.gov.probe_hit = 0
-        if rc == 0:
-            s.gov.n_multi += 1
-    elif rc == 0:
-        gov_record(s, use, s.gov.try_dt if s.gov.try_dt > 0 else monotonic() - t0)
+    gov_token_end(&s.gov, rc == 0)
     return rc
-
-cdef void gov_try_check(state_t* s, int done, int n_layer) noexcept nogil:
-    # a try, done layers in: behind the current setting's pace, it is lost; its time is
-    # extrapolated to a token, and the rest of the token runs on the current setting
-    cdef double el = monotonic() - s.gov.try_t0
-    if el > done * s.gov.try_pace:
-        s.gov.try_dt = el * n_layer / done
-        s.gov.try_pace = 0
-        s.nth = s.gov.try_keep
-
-# ---- the thread governor ----------------------------------------------------------------
-# With a core busy elsewhere, a team of nth threads that splits every matmul evenly runs at
-# the pace of its member that the OS keeps descheduled: slower than one thread alone. The
-# decode loop times each token, and the governor runs the next one on 1 or on nth threads,
-# trying the other setting now and then. The thread count never changes the arithmetic,
-# so neither do its choices.
-cdef enum:
-    GOV_FIRST_TRY = 1          # tokens on nth threads before the first try of one thread
-    GOV_TRY_ONE_EVERY = 128    # while nth threads win: tokens between tries of one thread
-    GOV_TRY_MULTI_MIN = 32     # while one thread wins: tokens between tries of nth, doubling...
-    GOV_TRY_MULTI_MAX = 1024   # ...up to this
-
-cdef double GOV_MARGIN = 0.9   # the other setting must be 10% faster to take over
-cdef double GOV_JUMP = 2.0     # a token on nth threads this many times the best recent one: try one now
-# A look for a busy core: a prompt (or a first token) on nth threads reads how long the
-# team's threads waited on a run queue over a window of GOV_PROBE_WINDOW seconds that opens
-# GOV_PROBE_WARM seconds into the call. The warm-up skips a burst at the start of work after
-# a pause: a spinning process at nice 19 held a core from our team for the first 30-80 ms
-# (0.6 of the time waiting), then let it be (0.01). A core shared with a spinning process at
-# nice 0 makes the waits 0.3-0.5 of the time per thread, an idle machine about 0.01. Above
-# GOV_PROBE_BUSY the rest of the call runs on one thread, which becomes the current setting,
-# and a try of nth comes GOV_PROBE_RECHECK tokens later in case the look was wrong.
-cdef double GOV_LAST_TTL = 10.0   # s an Engine's record of one thread winning is followed (gov_last_one)
-cdef double GOV_PROBE_WARM = 0.1
-cdef double GOV_PROBE_WINDOW = 0.04
-cdef double GOV_PROBE_BUSY = 0.15
-cdef enum:
-    GOV_PROBE_RECHECK = 4
-
-cdef void gov_reset(gov_t* g, int on) noexcept nogil:
-    # a fresh governor. Its Engine's record (g.last) of one thread winning last -- a session
-    # before it, or the load -- starts it on one thread, with a recheck of nth a few tokens
-    # in, as after a look that found a core busy: a short call ends before its own timings
-    # or look could move it, and a team with a descheduled member ran the demo's 22-token
-    # prompts at 24-53 tok/s against 82-114 on one thread (one of 2 cores spun).
-    cdef gov_last_t* last = g.last
-    memset(g, 0, sizeof(gov_t))
-    g.last = last
-    g.on = on
-    g.countdown = GOV_FIRST_TRY
-    g.backoff = GOV_TRY_MULTI_MIN
-    if on and gov_last_one(last):
-        g.one = 1
-        g.countdown = GOV_PROBE_RECHECK
-        g.backoff = GOV_TRY_MULTI_MIN // 2
-
-cdef inline void gov_note(gov_t* g) noexcept nogil:
-    # the current setting was just decided: the Engine's record follows it
-    if g.last != NULL:
-        g.last.one = g.one
-        g.last.known = 1
-        g.last.at = monotonic()
-
-cdef int gov_last_one(const gov_last_t* last) noexcept nogil:
-    # whether a new State starts on one thread: the record says one thread won, GOV_LAST_TTL
-    # ago at most. Sessions that decode renew it (each try decides again); a stale one is
-    # not followed, so prompt-only work (which never tries nth from one thread) goes back to
-    # nth once a busy spell is over, and a spell that lasts costs one look per GOV_LAST_TTL
-    return last != NULL and last.known and last.one and monotonic() - last.at < GOV_LAST_TTL
-
-cdef int gov_pick(int one, double t_one, double t_multi) noexcept nogil:
-    # the setting (1: one thread) after a measurement: seconds per unit of work on one
-    # thread and on nth (0: not measured); the other setting takes over when it is
-    # GOV_MARGIN faster than the current one, so noise does not flip it back and forth
-    if t_one <= 0 or t_multi <= 0:
-        return one
-    if one:
-        return 0 if t_multi < GOV_MARGIN * t_one else 1
-    return 1 if t_one < GOV_MARGIN * t_multi else 0
-
-cdef int64_t thread_run_wait() noexcept nogil:
-    # ns the calling thread has waited on a run queue: the second field of Linux's
-    # /proc/thread-self/schedstat ("on-cpu ns, run-queue wait ns, timeslices"); -1 when unreadable
-    cdef char buf[128]
-    cdef char* p
-    cdef char* e
-    cdef long long v
-    cdef int fd = c_open(b"/proc/thread-self/schedstat", O_RDONLY)
-    cdef ssize_t n
-    if fd < 0:
-        return -1
-    n = c_read(fd, buf, sizeof(buf) - 1)
-    c_close(fd)
-    if n <= 0:
-        return -1
-    buf[n] = 0
-    strtoll(buf, &p, 10)
-    v = strtoll(p, &e, 10)
-    return v if e != p and v >= 0 else -1
-
-cdef int64_t team_run_wait(int nth) noexcept nogil:
-    # the run-queue wait of a team of nth threads, summed (one iteration each, as the matmuls'
-    # teams: libgomp reuses the calling thread's pool); -1 when any thread cannot read it
-    cdef int _c
-    cdef int64_t w, total = 0
-    cdef int bad = 0
-    for _c in prange(nth, schedule='static', num_threads=nth):
-        w = thread_run_wait()
-        if w < 0:
-            bad += 1
-        else:
-            total += w
-    return -1 if bad else total
-
-cdef void gov_probe_start(state_t* s) noexcept nogil:
-    # look for a busy core over the call about to run on s.nth threads (gov_probe_check)
-    s.gov.probe_t0 = 0
-    s.gov.probe_w0 = 0
-    s.gov.probe_hit = 0
-    s.gov.early_w0 = 0
-    if s.gov.on and s.nth > 1:
-        s.gov.probe_t0 = monotonic()
-
-cdef void gov_probe_check(state_t* s) noexcept nogil:
-    # after a layer: open the window once the warm-up has passed, judge it once it is
-    # GOV_PROBE_WINDOW long; a busy core moves the rest of the call and the current setting
-    # to one thread. A call that ends first leaves the governor's timing to decide.
-    cdef gov_t* g = &s.gov
-    cdef double now = monotonic()
-    cdef int64_t w
-    if g.early_w0 == 0:                   # the first layer: a window for a short call (gov_probe_end)
-        w = team_run_wait(s.nth)
-        g.early_wait = w
-        g.early_w0 = monotonic() if w >= 0 else -1
-        if w < 0:
-            g.probe_t0 = 0                # no run-queue figures on this system
-        return
-    if g.probe_w0 <= 0:
-        if now - g.probe_t0 < GOV_PROBE_WARM:
-            return
-        w = team_run_wait(s.nth)
-        if w < 0:
-            g.probe_t0 = 0                # no run-queue figures on this system
-        else:
-            g.probe_wait = w
-            g.probe_w0 = monotonic()
-        return
-    if now - g.probe_w0 < GOV_PROBE_WINDOW:
-        return
-    g.probe_t0 = 0
-    w = team_run_wait(s.nth)
-    if w >= 0:
-        gov_probe_judge(s, (w - g.probe_wait) * 1e-9, now - g.probe_w0)
-
-cdef void gov_probe_end(state_t* s) noexcept nogil:
-    # a prompt that ended before its look was judged (shorter than GOV_PROBE_WARM +
-    # GOV_PROBE_WINDOW) is judged over all of it from its first layer, for the calls after it.
-    # The warm-up skips the burst a nice-19 spinner holds a core for at the start of work;
-    # a short call is all start, so what it waited is what the next short call would wait
-    cdef gov_t* g = &s.gov
-    cdef double el
-    cdef int64_t w
-    if g.probe_t0 <= 0 or g.early_w0 <= 0:
-        return
-    el = monotonic() - g.early_w0
-    g.probe_t0 = 0
-    if el < GOV_PROBE_WINDOW:
-        return
-    w = team_run_wait(s.nth)
-    if w >= 0:
-        gov_probe_judge(s, (w - g.early_wait) * 1e-9, el)
-
-cdef void gov_probe_judge(state_t* s, double wait, double el) noexcept nogil:
-    # s.nth threads waited ``wait`` s in all on run queues over ``el`` s of work: a busy core
-    # moves the rest of the call (s.nth) and the current setting to one thread
-    cdef gov_t* g = &s.gov
-    if wait <= GOV_PROBE_BUSY * el * s.nth:
-        return
-    s.nth = 1
-    g.probe_hit = 1
-    g.n_busy += 1
-    g.one = 1
-    g.trying = 0
-    g.countdown = GOV_PROBE_RECHECK
-    g.backoff = GOV_TRY_MULTI_MIN // 2   # a lost recheck waits GOV_TRY_MULTI_MIN for the next
-    gov_note(g)
-
-cdef int gov_threads(const state_t* s) noexcept nogil:
-    # the current setting (prompt batches follow it; they never try the other)
-    if not s.gov.on or s.nth < 2:
-        return s.nth
-    return 1 if s.gov.one else s.nth
-
-cdef int gov_next(state_t* s) noexcept nogil:
-    # threads for the next decoded token: the current setting, or a try of the other
-    cdef gov_t* g = &s.gov
-    if not g.on or s.nth < 2:
-        return s.nth
-    g.trying = g.countdown <= 0
-    if g.trying:
-        return s.nth if g.one else 1
-    return 1 if g.one else s.nth
-
-cdef void gov_record(state_t* s, int used, double dt) noexcept nogil:
-    # the token decoded on ``used`` threads took dt seconds
-    cdef gov_t* g = &s.gov
-    cdef int multi = used > 1
-    if not g.on or s.nth < 2 or dt <= 0:
-        return
-    if multi:
-        g.n_multi += 1
-        g.best_multi = dt if g.best_multi <= 0 else min(dt, g.best_multi * 1.01)
-    else:
-        g.n_one += 1
-    if g.trying:                          # one token on the other setting against the average
-        g.trying = 0
-        if multi:
-            g.t_multi = dt
-        else:
-            g.t_one = dt
-        if gov_pick(g.one, g.t_one, g.t_multi) != g.one:
-            g.one = not g.one             # it wins: switch, and check back soon
-            g.backoff = GOV_TRY_MULTI_MIN
-            g.countdown = GOV_TRY_MULTI_MIN if g.one else GOV_TRY_ONE_EVERY
-        elif g.one:
-            g.backoff = min(2 * g.backoff, <int>GOV_TRY_MULTI_MAX)
-            g.countdown = g.backoff
-        else:
-            g.countdown = GOV_TRY_ONE_EVERY
-        gov_note(g)
-        return
-    if multi:
-        g.t_multi = dt if g.t_multi <= 0 else 0.75 * g.t_multi + 0.25 * dt
-        if dt > GOV_JUMP * g.best_multi:  # something took a core: try one thread next
-            g.countdown = 0
-            return
-    else:
-        g.t_one = dt if g.t_one <= 0 else 0.75 * g.t_one + 0.25 * dt
-    g.countdown -= 1
-
-# ---- the load's interleaving threads ------------------------------------------------
-# The load interleaves every matrix of a dot_r8 type (repack_r8): a parallel copy of most
-# of the model, one team join per tensor. With a core busy elsewhere each join waits for the
-# team's descheduled member, whatever the tensor's size: on a loaded 2-core machine the demo
-# model loaded in 4.8-8.1 s on 2 threads against 1.1-1.9 s on one (its 1.7 ms tensors took
-# 45 ms each on 2). So the load times its own work, per byte: the first tensor on nth
-# threads (it starts OpenMP's pool: not timed), then LOAD_SAMPLES on each setting in turn,
-# then the faster (gov_pick, as decoding chooses); a first pair that says a core is busy
-# (load_busy) decides at once. While nth wins, one thread is tried every LOAD_TRY_ONE
-# tensors (such a try costs at most a tensor's time again). While one wins, nth is tried
-# again once LOAD_TRY_RATIO times what a try costs (nth's seconds per byte, times the last
-# tensor's bytes) has gone by on one thread: tries of a losing team then cost about
-# 1/LOAD_TRY_RATIO of the load, and a core that frees up is found within about that share
-# of it. The thread count never changes the bytes written.
-cdef enum:
-    LOAD_SAMPLES = 2
-    LOAD_TRY_ONE = 32
-cdef double LOAD_TRY_RATIO = 10.0
-
-cdef void load_reset(load_gov_t* lg, int nth) noexcept nogil:
-    memset(lg, 0, sizeof(load_gov_t))
-    lg.nth = nth
-
-cdef int load_next(load_gov_t* lg) noexcept nogil:
-    # threads for the next tensor
-    if lg.nth < 2:
-        return 1
-    if lg.k == 0:
-        return lg.nth
-    if not lg.decided:
-        return 1 if lg.k % 2 else lg.nth
-    lg.trying = lg.since >= lg.wait if lg.one else lg.countdown <= 0
-    if lg.trying:
-        return lg.nth if lg.one else 1
-    return 1 if lg.one else lg.nth
-
-cdef inline void load_settle(load_gov_t* lg, double try_s) noexcept nogil:
-    # the setting is (re)decided; try_s: what a try of nth threads would cost (s)
-    if lg.one:
-        lg.since = 0
-        lg.wait = LOAD_TRY_RATIO * try_s
-    else:
-        lg.countdown = LOAD_TRY_ONE
-
-cdef void load_record(load_gov_t* lg, int used, double dt, double nbytes) noexcept nogil:
-    # the tensor of nbytes interleaved on ``used`` threads took dt seconds
-    cdef int j = lg.k
-    cdef double t
-    if lg.nth < 2 or nbytes <= 0 or dt < 0:
-        return
-    lg.k += 1
-    if j == 0:
-        return
-    if not lg.decided:
-        if used > 1:
-            lg.s_multi += dt
-            lg.b_multi += nbytes
-        else:
-            lg.s_one += dt
-            lg.b_one += nbytes
-        if j % 2 == 0:                    # a pair is in
-            lg.t_one = max(lg.s_one, 1e-9) / lg.b_one
-            lg.t_multi = max(lg.s_multi, 1e-9) / lg.b_multi
-            lg.one = gov_pick(0, lg.t_one, lg.t_multi)
-            if j == 2 * LOAD_SAMPLES or load_busy(lg):
-                lg.decided = 1
-                load_settle(lg, lg.t_multi * nbytes)
-        return
-    t = max(dt, 1e-9) / nbytes
-    if lg.trying:
-        lg.trying = 0
-        if used > 1:
-            lg.t_multi = t
-        else:
-            lg.t_one = t
-        lg.one = gov_pick(lg.one, lg.t_one, lg.t_multi)
-        load_settle(lg, lg.t_multi * nbytes)
-        return
-    if used > 1:
-        lg.t_multi = 0.75 * lg.t_multi + 0.25 * t
-        lg.countdown -= 1
-    else:
-        lg.t_one = 0.75 * lg.t_one + 0.25 * t
-        lg.since += dt
-
-cdef double LOAD_BUSY_WAIT = 0.002
-
-cdef int load_busy(const load_gov_t* lg) noexcept nogil:
-    # whether the load saw a core busy: one thread won, and by more than memory bandwidth or
-    # fork/join costs explain: a team GOV_JUMP times slower per byte, that lost at least
-    # LOAD_BUSY_WAIT s over its samples (a join that waits for a descheduled member loses a
-    # scheduler slice, ms; an idle machine's join costs tens of us, which a tiny model's
-    # tensors can make as long as the copy itself). Then the Engine's first States start on
-    # one thread (gov_reset); a plain win of one thread does not say that matmuls, which
-    # compute far more per byte, would lose on nth
-    return (lg.nth > 1 and lg.one and lg.t_one > 0 and lg.t_multi > GOV_JUMP * lg.t_one
-            and (lg.t_multi - lg.t_one) * lg.b_multi >= LOAD_BUSY_WAIT)
 
 
 cdef void shift_kv(const model_t* m, state_t* s, int n_keep, int n_discard) noexcept nogil:
@@ -994,9 +629,7 @@ cdef class Engine:
                     self.load_threads["one_thread_s" if use == 1 else "multi_thread_s"] += dt
         self.load_threads["threads"] = 1 if n_threads < 2 or lg.one else n_threads
         if load_busy(&lg):
-            self.gov_last.known = 1
-            self.gov_last.one = 1
-            self.gov_last.at = monotonic()
+            gov_last_note(&self.gov_last, 1)
             self.load_threads["busy_core_found"] = True
 
     cdef double _interleave(self, tensor_t* t, object inplace, int nth, object release) except? -2:
@@ -1072,9 +705,8 @@ cdef class State:
         self.act = np.zeros(n_batch * self.s.act_stride, np.uint8)
         self.s.n_ctx = n_ctx
         self.s.n_batch = n_batch
-        self.s.nth = max(1, n_threads)
-        self.s.gov.last = &engine.gov_last
-        gov_reset(&self.s.gov, 1)
+        gov_init(&self.s.gov, &engine.gov_last, n_threads, 1)
+        self.s.nth = self.s.gov.n
         self.s.kv_f16 = kv_f16
         self.s.k_cache = &self.k_cache[0]
         self.s.v_cache = &self.v_cache[0]
@@ -1189,12 +821,13 @@ cdef class State:
     # -- threads and cancel ------------------------------------------------------------
     @property
     def n_threads(self):
-        return self.s.nth
+        """The threads every call may use (at least 1); the governor picks 1 or this many."""
+        return self.s.gov.n
 
     @n_threads.setter
     def n_threads(self, int n):
-        self.s.nth = max(1, n)
-        gov_reset(&self.s.gov, self.s.gov.on)
+        gov_set_threads(&self.s.gov, n)
+        self.s.nth = self.s.gov.n
 
     @property
     def adaptive_threads(self):
@@ -1206,15 +839,15 @@ cdef class State:
         gov_reset(&self.s.gov, on)
 
     def thread_stats(self):
-        """The governor's view: tokens decoded on one / on n_threads threads, their seconds
-        per token, whether one thread is the current setting, and how many times a prompt or
-        a first token found a core busy (gov_probe_check); ``model_on_one_thread``: whether the
-        model's sessions (or its load) last found one thread best, within the last 10 s: a
-        new session then starts there."""
+        """The governor's view: its n_threads; tokens decoded on one / on n_threads threads,
+        their seconds per token, whether one thread is the current setting, and how many
+        times a prompt or a first token found a core busy (gov_probe_check);
+        ``model_on_one_thread``: whether the model's sessions (or its load) last found one
+        thread best, within the last 10 s: a new session then starts there."""
         cdef gov_t* g = &self.s.gov
-        return {"one_thread_tokens": g.n_one, "multi_thread_tokens": g.n_multi, "s_per_token_one": g.t_one,
-                "s_per_token_multi": g.t_multi, "on_one_thread": bool(g.one), "busy_core_found": g.n_busy,
-                "model_on_one_thread": bool(gov_last_one(g.last))}
+        return {"n_threads": g.n, "one_thread_tokens": g.n_one, "multi_thread_tokens": g.n_multi,
+                "s_per_token_one": g.t_one, "s_per_token_multi": g.t_multi, "on_one_thread": bool(g.one),
+                "busy_core_found": g.n_busy, "model_on_one_thread": bool(gov_last_one(g.last))}
 
     def cancel(self, bint flag=True):
         # a plain int store; the forward pass reads it between layers, the decode loop per token

@@ -1,7 +1,10 @@
 from typing import Any
 
+from typing_extensions import Self, disjoint_base
+
+@disjoint_base
 class GuardedBuffer:
-    def __init__(self, obj: Any) -> None: ...
+    def __new__(cls, obj: Any) -> Self: ...
     @property
     def guarded(self) -> bool: ...
     @property

@@ -5,11 +5,13 @@ from libc.stdint cimport uint8_t, int64_t
 
 import numpy as np
 
+from guanaco_rt.errors import InvalidRequestError
+
 from guanaco_rt._kernels._engine cimport (KernelSet, tensor_t, quantize_rows, matmul_q, repack_r8, r8_parts, rmsnorm,
-                                          rope, rope_freqs, softmax, silu_mul, attention, state_t, gov_next, gov_record,
-                                          gov_reset, gov_threads, gov_probe_judge, team_run_wait, gov_last_t,
-                                          gov_pick, load_gov_t, load_reset, load_next, load_record, load_busy,
-                                          monotonic)
+                                          rope, rope_freqs, softmax, silu_mul, attention, attention_threads)
+from guanaco_rt._kernels._governor cimport (gov_t, gov_last_t, gov_init, gov_next, gov_record, gov_threads,
+                                            gov_probe_judge, gov_pick, gov_try_check, team_run_wait,
+                                            load_gov_t, load_reset, load_next, load_record, load_busy, monotonic)
 from libc.string cimport memset
 from guanaco_rt._kernels._quants cimport type_traits_t, type_traits, row_size
 from guanaco_rt._kernels.ggml_blocks cimport GGML_TYPE_Q8_1
@@ -187,22 +189,20 @@ def governor_twin(int n_threads, timings, probe=None):
     n_threads) pair, the threads it runs that token on. -> (threads per token, setting of
     the prompt batches after each token). probe: (s the team waited on run queues, s of
     work), judged first, as a prompt's look for a busy core is."""
-    cdef state_t st
+    cdef gov_t g
     cdef int use
     cdef double dt
-    memset(&st, 0, sizeof(state_t))
-    st.nth = n_threads
-    gov_reset(&st.gov, 1)
+    memset(&g, 0, sizeof(gov_t))
+    gov_init(&g, NULL, n_threads, 1)
     if probe is not None:
-        gov_probe_judge(&st, probe[0], probe[1])
-        st.nth = n_threads
+        gov_probe_judge(&g, g.n, probe[0], probe[1])
     used, prompt = [], []
     for one, multi in timings:
-        use = gov_next(&st)
+        use = gov_next(&g)
         dt = one if use == 1 else multi
-        gov_record(&st, use, dt)
+        gov_record(&g, use, dt)
         used.append(use)
-        prompt.append(gov_threads(&st))
+        prompt.append(gov_threads(&g))
     return used, prompt
 
 
@@ -220,7 +220,7 @@ def governor_calls_twin(int n_threads, calls, bint load_found_busy=False, double
     calls (the record's age when the next one starts). -> per call (threads its prompt
     starts on, threads per token)."""
     cdef gov_last_t last
-    cdef state_t st
+    cdef gov_t g
     cdef int use
     memset(&last, 0, sizeof(gov_last_t))
     if load_found_busy:
@@ -231,18 +231,61 @@ def governor_calls_twin(int n_threads, calls, bint load_found_busy=False, double
     for timings in calls:
         if out:
             last.at -= age
-        memset(&st, 0, sizeof(state_t))
-        st.nth = n_threads
-        st.gov.last = &last
-        gov_reset(&st.gov, 1)
-        prompt = gov_threads(&st)
+        memset(&g, 0, sizeof(gov_t))
+        gov_init(&g, &last, n_threads, 1)
+        prompt = gov_threads(&g)
         used = []
         for one, multi in timings:
-            use = gov_next(&st)
-            gov_record(&st, use, one if use == 1 else multi)
+            use = gov_next(&g)
+            gov_record(&g, use, one if use == 1 else multi)
             used.append(use)
         out.append((prompt, used))
     return out
+
+
+def gov_try_twin(int n_threads, bint one, double t_one, double t_multi, int n_layer, layer_times):
+    """A try of the other setting, abandoned once behind the current one's pace: the governor
+    on n_threads, on one thread (one) or on n_threads, with seconds per token t_one and
+    t_multi on each, starts a token that tries the other setting; layer_times[i] is the
+    seconds since the token's start when layer i + 1 ends. -> (threads the token starts on,
+    threads after each layer, seconds per token the governor then records for the try, its
+    setting afterwards: True for one thread)."""
+    cdef gov_t g
+    cdef int nth, l = 0
+    if n_threads < 2 or n_layer < 1 or t_one <= 0 or t_multi <= 0 or len(layer_times) > n_layer:
+        raise InvalidRequestError(f"a try needs n_threads >= 2 ({n_threads}), n_layer >= 1 ({n_layer}), paces > 0 "
+                                  f"({t_one}, {t_multi}) and at most n_layer layer times ({len(layer_times)})")
+    memset(&g, 0, sizeof(gov_t))
+    gov_init(&g, NULL, n_threads, 1)
+    g.one = one
+    g.t_one = t_one
+    g.t_multi = t_multi
+    g.countdown = 0                       # the next token tries the other setting
+    nth = gov_next(&g)
+    start = nth
+    # the state gov_token_start leaves, with the clock left out: the layer times stand in
+    g.try_dt = 0
+    g.try_pace = (t_one if one else t_multi) / n_layer
+    g.try_keep = 1 if one else n_threads
+    after = []
+    el = 0.0
+    for el in layer_times:
+        l += 1
+        if g.try_pace > 0:
+            nth = gov_try_check(&g, nth, l, n_layer, el)
+        after.append(nth)
+    dt = g.try_dt if g.try_dt > 0 else el
+    gov_record(&g, start, dt)
+    return start, after, dt, bool(g.one)
+
+
+def attention_threads_twin(int n_threads, int n_head, int head_dim, int n_past, int n_tok):
+    """The threads attention() runs on for n_tok queries after n_past positions, n_head heads of
+    head_dim, given n_threads (1: the work is too small for a team)."""
+    if n_threads < 1 or n_head < 1 or head_dim < 1 or n_past < 0 or n_tok < 1:
+        raise InvalidRequestError(f"bad attention sizes: n_threads {n_threads}, n_head {n_head}, "
+                                  f"head_dim {head_dim}, n_past {n_past}, n_tok {n_tok}")
+    return attention_threads(n_threads, n_head, head_dim, n_past, n_tok)
 
 
 def load_governor_twin(int n_threads, timings):

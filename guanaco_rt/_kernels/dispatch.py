@@ -14,7 +14,7 @@ from . import _engine, _generic
 log = logging.getLogger("guanaco_rt")
 
 ISAS = ("generic", "avx2")
-_SETS = {}
+_SETS: dict[str, _engine.KernelSet] = {}
 
 
 def available_isas():

@@ -59,6 +59,7 @@ def app(model: str | None = None, *, num_replicas: int = 2, ray_actor_options: d
     model, fetched on each node that lacks it). ``llm_kw``: n_ctx, n_sessions, n_threads,
     kv_f16, api_key, max_queue, model_name (as guanaco-rt serve)."""
     opts = {"num_cpus": llm_kw.get("n_threads") or 1, **(ray_actor_options or {})}
-    dep = serve.deployment(GuanacoReplica, name=name, num_replicas=num_replicas, ray_actor_options=opts,
-                           max_ongoing_requests=max(8, llm_kw.get("n_sessions", 1) + llm_kw.get("max_queue", 64)))
+    dep = serve.deployment(name=name, num_replicas=num_replicas, ray_actor_options=opts,
+                           max_ongoing_requests=max(8, llm_kw.get("n_sessions", 1) + llm_kw.get("max_queue", 64))
+                           )(GuanacoReplica)
     return dep.bind(model, **llm_kw)
