@@ -16,11 +16,18 @@ Units are listed worst first: dispatch picks the last default unit the CPU runs.
 
 X86 = ("x86_64", "amd64", "i386", "i686")
 _AVX2 = ("-mavx2", "-mfma", "-mf16c")
+_AVX512 = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mavx512vbmi") + _AVX2
 
 UNITS = (
     dict(name="generic", source="_generic.pyx", flags=(), features=(), fallback=None, arch=(), default=True),
     dict(name="avx2", source="_avx2.pyx", flags=_AVX2, features=("avx2", "fma", "f16c"), fallback="generic",
          arch=X86, default=True),
+    # the AVX-512 unit's own source at AVX2 width: its kernels tested on any AVX2 CPU
+    dict(name="avx512_at256", source="isa/avx512.c", flags=_AVX2 + ("-DGR_WIDTH=256",),
+         features=("avx2", "fma", "f16c"), fallback="avx2", arch=X86, default=False),
+    dict(name="avx512", source="isa/avx512.c", flags=_AVX512,
+         features=("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vnni", "avx512vbmi", "avx2", "fma", "f16c"),
+         fallback="avx2", arch=X86, default=True),
 )
 
 
