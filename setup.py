@@ -19,6 +19,7 @@ without it the build warns loudly and the kernels run on one thread.
 Cython runs, and the compiler is probed, only when extensions are built (not for
 an sdist). GUANACO_RT_DEBUG=1 turns Cython's bounds and wraparound checks back on.
 """
+import glob
 import os
 import platform
 import shutil
@@ -113,7 +114,13 @@ def isa_units():
         if not os.path.exists(shim) or open(shim).read() != text:
             with open(shim, "w") as f:
                 f.write(text)
-        out.append((mod, [shim, os.path.join(KDIR, u["source"])], flags + [f"-DGR_UNIT_TABLE=gr_isa_{u['name']}"]))
+        # and its own object of the source: two units may build one source (with other flags)
+        src = os.path.join(shims, mod + "_unit.c")
+        text = f'#include "{u["source"]}"\n'
+        if not os.path.exists(src) or open(src).read() != text:
+            with open(src, "w") as f:
+                f.write(text)
+        out.append((mod, [shim, src], flags + [f"-DGR_UNIT_TABLE=gr_isa_{u['name']}"]))
     return out
 
 
@@ -125,9 +132,11 @@ def extensions():
     omp_c, omp_l = openmp_flags()
     base = ["-O3", "-fno-strict-aliasing", "-ffp-contract=off"]
     mods = [(name, [os.path.join(KDIR, name + ".pyx")], []) for name in RUNTIME] + isa_units()
+    # a C unit's source reaches its module through an #include: rebuild when it (or a header) changes
+    depends = sorted(glob.glob(os.path.join(KDIR, "*.h")) + glob.glob(os.path.join(KDIR, "isa", "*.[ch]")))
     exts = [Extension(f"guanaco_rt._kernels.{name}", sources,
                       include_dirs=[KDIR, numpy.get_include()],   # numpy/random/bitgen.h: the sampler's RNG
-                      extra_compile_args=base + flags + omp_c, extra_link_args=omp_l)
+                      extra_compile_args=base + flags + omp_c, extra_link_args=omp_l, depends=depends)
             for name, sources, flags in mods]
     directives = {
         "language_level": 3,

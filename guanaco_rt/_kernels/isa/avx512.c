@@ -11,9 +11,8 @@
  * vector layer right below; the kernels use only it.
  *
  * The 8-row kernels: lane r of each 32-byte step of a block_*x8 holds 4 weights of row r
- * (ggml_blocks.h); a 512-bit register holds two consecutive steps, rows in lanes 0-7 and
- * 8-15, against an activation vector with the step's 4 bytes in lanes 0-7 and the next
- * step's in lanes 8-15. Each row's integer sums are exact, and after them every (row, token)
+ * (ggml_blocks.h); a 512-bit register holds two consecutive steps (vi_load_w). Each row's
+ * integer sums are exact, and after them every (row, token)
  * gets the float operations of the avx2 unit's 8-row kernels in the same order: the results
  * are the avx2 unit's bits, at either width (tests/test_isa.py checks it). */
 #include <immintrin.h>
@@ -48,15 +47,29 @@ typedef __m512 vf;
 #define vf_add(a, b) _mm512_add_ps(a, b)
 #define vf_load_f16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
 static inline float vf_hsum(vf x);
-/* the activation bytes p[0..3] in lanes 0-7 and p[4..7] in lanes 8-15 */
+/* Two steps of an 8-row block in one register, lane 2r holding row r's 4 weights of the first
+ * step and lane 2r + 1 those of the second: one permute of the weights, which the tokens share,
+ * lets each token's activation bytes of the two steps (p[0..3], p[4..7]) come with a
+ * broadcast load (rather than one permute per token and step) */
+static inline vi vi_load_w(const void *p) {
+    return _mm512_permutexvar_epi32(_mm512_set_epi32(15, 7, 14, 6, 13, 5, 12, 4, 11, 3, 10, 2, 9, 1, 8, 0),
+                                    _mm512_loadu_si512(p));
+}
 static inline vi bcast_step(const int8_t *p) {
-    return _mm512_permutexvar_epi32(_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
-                                    _mm512_castsi128_si512(_mm_loadl_epi64((const __m128i *)p)));
+    int64_t v;
+    memcpy(&v, p, 8);
+    return _mm512_set1_epi64(v);
 }
-/* each row's sum: its lanes r and 8 + r */
-static inline __m256i rows8(vi v) {
-    return _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
+/* each row's sum: its lanes 2r and 2r + 1 (the carry out of the low dword lands in the high,
+ * which the narrowing drops) */
+static inline __m256i rows8(vi v) { return _mm512_cvtepi64_epi32(_mm512_add_epi64(v, _mm512_srli_epi64(v, 32))); }
+/* a per-row i32 (lane r of v) in both lanes of row r, for vi_mullo */
+static inline vi rows_wide(__m256i v) {
+    vi q = _mm512_cvtepu32_epi64(v);
+    return _mm512_or_si512(q, _mm512_slli_epi64(q, 32));
 }
+#define vi_mullo(a, b) _mm512_mullo_epi32(a, b)
+#define vi_add32(a, b) _mm512_add_epi32(a, b)
 /* |w| and y with w's sign (y where w > 0, -y where w < 0; w = 0 zeroes the product anyway) */
 static inline vi abs8(vi w) { return _mm512_abs_epi8(w); }
 static inline vi sign_by(vi y, vi w) { return _mm512_mask_sub_epi8(y, _mm512_movepi8_mask(w), _mm512_setzero_si512(), y); }
@@ -85,17 +98,25 @@ typedef __m256 vf;
 #define vf_add(a, b) _mm256_add_ps(a, b)
 #define vf_load_f16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
 static inline float vf_hsum(vf x);
+#define vi_load_w(p) vi_load(p)
 static inline vi bcast_step(const int8_t *p) {
     int32_t v;
     memcpy(&v, p, 4);
     return _mm256_set1_epi32(v);
 }
 static inline __m256i rows8(vi v) { return v; }
+static inline vi rows_wide(__m256i v) { return v; }
+#define vi_mullo(a, b) _mm256_mullo_epi32(a, b)
+#define vi_add32(a, b) _mm256_add_epi32(a, b)
 static inline vi abs8(vi w) { return _mm256_sign_epi8(w, w); }
 static inline vi sign_by(vi y, vi w) { return _mm256_sign_epi8(y, w); }
 #endif
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
+/* the small constant loops of a kernel, written out: their indices pick fields and shifts */
+#define UNROLL _Pragma("GCC unroll 16")
+/* the outer loops of a big block stay loops: written out, gcc interleaved their work and spilled */
+#define NO_UNROLL _Pragma("GCC unroll 1")
 
 static inline float hsum8(__m256 x) {
     __m128 r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
@@ -123,7 +144,7 @@ static inline int32_t load_i32(const void *p) {
 /* the lines from pf to PREFETCH past end, each once; returns the next one */
 static inline const uint8_t *prefetch_until(const uint8_t *pf, const uint8_t *end) {
     while (pf < end + PREFETCH) {
-        _mm_prefetch((const char *)pf, _MM_HINT_T0);
+        __builtin_prefetch(pf, 0, 3);      /* (gcc 12 dropped _mm_prefetch here) */
         pf += 64;
     }
     return pf;
@@ -148,7 +169,7 @@ static inline float kv_at(const void *kv, int64_t at, int f16) {
 static inline void kv_prefetch(const void *kv, int64_t at, int n, int f16) {
     const char *b = (const char *)kv + at * (f16 ? 2 : 4);
     for (int k = 0; k < n * (f16 ? 2 : 4); k += 64)
-        _mm_prefetch(b + k, _MM_HINT_T0);
+        __builtin_prefetch(b + k, 0, 3);
 }
 
 static void kv_scores(float *a, const float *q, const void *kv, int64_t off, int64_t stride, int n_pos, int n,
@@ -231,23 +252,24 @@ ALWAYS_INLINE void r8_q4(int T, int has_m, int n, float *s, int64_t s_stride, co
         const uint8_t *blk = (const uint8_t *)vx + i * x_size;
         const ggml_fp16_t *d = has_m ? ((const block_q4_1x8 *)blk)->d : ((const block_q4_0x8 *)blk)->d;
         const uint8_t *qs = has_m ? ((const block_q4_1x8 *)blk)->qs : ((const block_q4_0x8 *)blk)->qs;
-        vi lo[4], hi[4];        /* per token: low nibbles (weights 4k+j), high (16+4k+j) */
+        vi sum[4];              /* per token: low nibbles (weights 4k+j) and high (16+4k+j) */
         __m256 d8, m8;
         if (T == 1)
             pf = prefetch_until(pf, blk + x_size);
         for (int t = 0; t < T; t++)
-            lo[t] = hi[t] = vi_zero();
+            sum[t] = vi_zero();
+        UNROLL
         for (int k = 0; k < 4; k += STEPS) {
-            vi p = vi_load(qs + 32 * k), pl = vi_and(p, m4), ph = vi_and(vi_srli16(p, 4), m4);
+            vi p = vi_load_w(qs + 32 * k), pl = vi_and(p, m4), ph = vi_and(vi_srli16(p, 4), m4);
             for (int t = 0; t < T; t++) {
-                lo[t] = dpbusd(lo[t], pl, bcast_step(y[t][i].qs + 4 * k));
-                hi[t] = dpbusd(hi[t], ph, bcast_step(y[t][i].qs + 16 + 4 * k));
+                sum[t] = dpbusd(dpbusd(sum[t], pl, bcast_step(y[t][i].qs + 4 * k)), ph,
+                                bcast_step(y[t][i].qs + 16 + 4 * k));
             }
         }
         d8 = f16x8(d);
         m8 = has_m ? f16x8(((const block_q4_1x8 *)blk)->m) : _mm256_mul_ps(d8, _mm256_set1_ps(-8.0f));
         for (int t = 0; t < T; t++) {
-            acc[t] = r8_scaled(d8, y[t][i].d, _mm256_add_epi32(rows8(lo[t]), rows8(hi[t])), acc[t]);
+            acc[t] = r8_scaled(d8, y[t][i].d, rows8(sum[t]), acc[t]);
             accm[t] = _mm256_fmadd_ps(m8, _mm256_set1_ps(y[t][i].s), accm[t]);
         }
     }
@@ -270,8 +292,9 @@ ALWAYS_INLINE void r8_q8(int T, int n, float *s, int64_t s_stride, const void *v
         __m256 d8;
         for (int t = 0; t < T; t++)
             sum[t] = vi_zero();
+        UNROLL
         for (int k = 0; k < 8; k += STEPS) {
-            vi w = vi_load(b->qs + 32 * k), aw = abs8(w);
+            vi w = vi_load_w(b->qs + 32 * k), aw = abs8(w);
             if (T == 1)
                 pf = prefetch_until(pf, (const uint8_t *)(b->qs + 32 * k + 32 * STEPS));
             for (int t = 0; t < T; t++)
@@ -290,6 +313,7 @@ ALWAYS_INLINE void r8_q8(int T, int n, float *s, int64_t s_stride, const void *v
 static inline __m256i lane_bytes(int b0, int b1) {
     /* pshufb mask: in every 32-bit lane, its byte b0 and byte b1 as two u16 */
     int v[4];
+    UNROLL
     for (int p = 0; p < 4; p++)
         v[p] = (4 * p + b0) | 0x8000 | ((4 * p + b1) << 16) | (int)0x80000000;
     return _mm256_setr_epi32(v[0], v[1], v[2], v[3], v[0], v[1], v[2], v[3]);
@@ -337,33 +361,36 @@ ALWAYS_INLINE void r8_q4_K(int T, int n, float *s, int64_t s_stride, const void 
         __m256i w0 = _mm256_loadu_si256((const __m256i *)b->scales);
         __m256i w1 = _mm256_loadu_si256((const __m256i *)(b->scales + 32));
         __m256i w2 = _mm256_loadu_si256((const __m256i *)(b->scales + 64));
-        __m256i sumi[4];
+        vi sumi[4];            /* per token, unreduced: each row's sum over its two lanes */
         __m256 d8, dm8;
         for (int t = 0; t < T; t++)
-            sumi[t] = _mm256_setzero_si256();
+            sumi[t] = vi_zero();
+        NO_UNROLL
         for (int c = 0; c < 4; c++) {
             __m256i sc = k4_r8_scales(w0, w2, c);
-            if (T == 1)
-                prefetch_slice(b, sizeof(block_q4_Kx8), c, 4);
+            UNROLL
             for (int h = 0; h < 2; h++) {     /* sub-block 2c + h: low nibbles of chunk c, then high */
-                __m256i scb = lane_byte(sc, 2 * (c % 2) + h);
+                if (T == 1)
+                    prefetch_slice(b, sizeof(block_q4_Kx8), 2 * c + h, 8);
+                vi scb = rows_wide(lane_byte(sc, 2 * (c % 2) + h));
                 vi s32[4];
                 for (int t = 0; t < T; t++)
                     s32[t] = vi_zero();
+                UNROLL
                 for (int k = 0; k < 8; k += STEPS) {
-                    vi p = vi_load(b->qs + 256 * c + 32 * k);
+                    vi p = vi_load_w(b->qs + 256 * c + 32 * k);
                     p = vi_and(h ? vi_srli16(p, 4) : p, m4);
                     for (int t = 0; t < T; t++)
                         s32[t] = dpbusd(s32[t], p, bcast_step(y[t][i].qs + 64 * c + 32 * h + 4 * k));
                 }
                 for (int t = 0; t < T; t++)
-                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_mullo_epi32(rows8(s32[t]), scb));
+                    sumi[t] = vi_add32(sumi[t], vi_mullo(s32[t], scb));
             }
         }
         d8 = f16x8(b->d);
         dm8 = f16x8(b->dmin);
         for (int t = 0; t < T; t++) {
-            acc[t] = r8_scaled(d8, y[t][i].d, sumi[t], acc[t]);
+            acc[t] = r8_scaled(d8, y[t][i].d, rows8(sumi[t]), acc[t]);
             accm[t] = r8_scaled(dm8, y[t][i].d, k4_r8_mins(w1, w2, y[t] + i), accm[t]);
         }
     }
@@ -399,38 +426,45 @@ ALWAYS_INLINE void r8_q6_K(int T, int n, float *s, int64_t s_stride, const void 
     for (int i = 0; i < n / QK_K; i++) {
         const block_q6_Kx8 *b = (const block_q6_Kx8 *)vx + i;
         __m256i sumi[4];
+        vi wide[4];            /* per token, unreduced: the sub-blocks' scaled sums */
         for (int t = 0; t < T; t++) {       /* the offset first: -32 * sum_j sc_j bsums_j */
             sumi[t] = _mm256_setzero_si256();
+            UNROLL
             for (int p = 0; p < 8; p++)
                 sumi[t] = _mm256_sub_epi32(sumi[t], _mm256_madd_epi16(q6_r8_pair(b, p),
                                                                       _mm256_set1_epi32(load_i32(y[t][i].bsums + 2 * p))));
             sumi[t] = _mm256_slli_epi32(sumi[t], 5);
+            wide[t] = vi_zero();
         }
+        NO_UNROLL
         for (int h = 0; h < 2; h++) {
+            NO_UNROLL
             for (int e = 0; e < 2; e++) {
                 /* positions 16e..16e+15 of quarter qd of half h: sub-block 8h + 2qd + e. One
                  * sub-block at a time, so only T sums are live (the steps' loads hit L1) */
-                if (T == 1)
-                    prefetch_slice(b, sizeof(block_q6_Kx8), 2 * h + e, 4);
+                UNROLL
                 for (int qd = 0; qd < 4; qd++) {
+                    if (T == 1)       /* 16 slices: 4 were 2x slower (measured at 512 and 256 bits) */
+                        prefetch_slice(b, sizeof(block_q6_Kx8), 8 * h + 4 * e + qd, 16);
                     __m256i pair = q6_r8_pair(b, 4 * h + qd);
-                    __m256i sc = e ? _mm256_srai_epi32(pair, 16) : _mm256_srai_epi32(_mm256_slli_epi32(pair, 16), 16);
+                    vi sc = rows_wide(e ? _mm256_srai_epi32(pair, 16) : _mm256_srai_epi32(_mm256_slli_epi32(pair, 16), 16));
                     vi s32[4];
                     for (int t = 0; t < T; t++)
                         s32[t] = vi_zero();
+                    UNROLL
                     for (int k = 4 * e; k < 4 * e + 4; k += STEPS) {
-                        vi w = q6_r8_quarter(vi_load(b->ql + 32 * (16 * h + 8 * (qd % 2) + k)),
-                                             vi_load(b->qh + 32 * (8 * h + k)), qd);
+                        vi w = q6_r8_quarter(vi_load_w(b->ql + 32 * (16 * h + 8 * (qd % 2) + k)),
+                                             vi_load_w(b->qh + 32 * (8 * h + k)), qd);
                         for (int t = 0; t < T; t++)
                             s32[t] = dpbusd(s32[t], w, bcast_step(y[t][i].qs + 128 * h + 32 * qd + 4 * k));
                     }
                     for (int t = 0; t < T; t++)
-                        sumi[t] = _mm256_add_epi32(sumi[t], _mm256_mullo_epi32(rows8(s32[t]), sc));
+                        wide[t] = vi_add32(wide[t], vi_mullo(s32[t], sc));
                 }
             }
         }
         for (int t = 0; t < T; t++)
-            acc[t] = r8_scaled(f16x8(b->d), y[t][i].d, sumi[t], acc[t]);
+            acc[t] = r8_scaled(f16x8(b->d), y[t][i].d, _mm256_add_epi32(sumi[t], rows8(wide[t])), acc[t]);
     }
     for (int t = 0; t < T; t++)
         _mm256_storeu_ps(s + t * s_stride, acc[t]);
