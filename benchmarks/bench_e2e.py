@@ -169,6 +169,7 @@ def _paired(a, targets):
     for ft, path in targets:
         path = path or model_path(ft, a.models_dir, a.gguf)
         ratios = {"prompt_tps": [], "gen_tps": []}
+        absolute = {mine: {k: [] for k in ratios}, other: {k: [] for k in ratios}}
         for i in range(a.pairs):
             order = [mine, other] if i % 2 == 0 else [other, mine]
             r = {k: run(sys.executable if k.startswith("guanaco_rt") else a.peer_python, k, path, a) for k in order}
@@ -177,11 +178,16 @@ def _paired(a, targets):
                 return
             for k in ratios:
                 ratios[k].append(r[mine][k] / r[other][k])
+                for kind in (mine, other):
+                    absolute[kind][k].append(r[kind][k])
         out = []
         for k, v in ratios.items():
             v = sorted(v)
             out.append(f"{k.split('_')[0]} {statistics.median(v):.2f} ({v[len(v) // 4]:.2f}-{v[3 * len(v) // 4]:.2f})")
         print(f"| {ft} | {a.threads} | {a.pairs} | " + " | ".join(out) + " |")
+        print("    tok/s, median: " + "; ".join(
+            f"{kind} prompt {statistics.median(v['prompt_tps']):.2f} gen {statistics.median(v['gen_tps']):.2f}"
+            for kind, v in absolute.items()))
 
 
 def _main(a):
