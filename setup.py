@@ -3,10 +3,13 @@
 The runtime (_quants: block formats; _engine: forward pass and State; _sampling;
 _decode; _bpe: the byte-level BPE merge loop; _twins: Python-callable twins of the kernels,
 for tests; _mapguard: the SIGBUS guard of the model's mapping) is compiled once,
-with no ISA flags. Each ISA unit (_generic: none; _avx2: -mavx2 -mfma -mf16c) holds
-only its dot products and attention loops and fills one kernel table; the runtime
-picks a table at import, by cpuid. Adding an ISA means adding one unit here and in
-_kernels/dispatch.py. Never -march=native.
+with no ISA flags. Each ISA unit holds only its dot products and attention loops and
+fills one kernel table; the runtime picks a table by cpuid. The units, their sources and
+flags are listed once, in guanaco_rt/_kernels/isa_list.py, which this file and
+_kernels/dispatch.py both read: adding an ISA is one source and one line there. A C unit
+(isa/<name>.c) is compiled with a copy of the shim _isa_unit.pyx into the module
+_isa_<name>, with the unit's flags; a unit whose flags the compiler refuses is left out
+(show_config lists what was built). Never -march=native.
 
 -ffp-contract=off keeps the compiler from fusing a*b+c into FMAs behind our back:
 the scalar parts of a unit built with -mfma must round as the generic spec does
@@ -16,6 +19,7 @@ without it the build warns loudly and the kernels run on one thread.
 Cython runs, and the compiler is probed, only when extensions are built (not for
 an sdist). GUANACO_RT_DEBUG=1 turns Cython's bounds and wraparound checks back on.
 """
+import glob
 import os
 import platform
 import shutil
@@ -37,7 +41,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 KDIR = os.path.join("guanaco_rt", "_kernels")
 DEBUG = os.environ.get("GUANACO_RT_DEBUG", "") not in ("", "0")
 RUNTIME = ["_quants", "_governor", "_engine", "_sampling", "_decode", "_twins", "_mapguard", "_bpe"]
-AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c"]
+
+
+def _isa_list():
+    # loaded by path: importing guanaco_rt would need the extensions this file builds
+    spec = {}
+    with open(os.path.join(HERE, KDIR, "isa_list.py")) as f:
+        exec(compile(f.read(), "isa_list.py", "exec"), spec)
+    return spec["UNITS"], spec["module_of"]
 
 
 def _try_compile(code, cflags, ldflags):
@@ -79,11 +90,38 @@ def openmp_flags():
 
 
 def isa_units():
-    """(module name, flags) of every ISA unit this compiler can build for this machine type."""
-    units = [("_generic", [])]
-    if platform.machine().lower() in ("x86_64", "amd64") and _try_compile("int main(void){return 0;}", AVX2_FLAGS, []):
-        units.append(("_avx2", AVX2_FLAGS))
-    return units
+    """(module name, sources, flags) of every ISA unit this compiler can build for this machine type."""
+    units, module_of = _isa_list()
+    machine = platform.machine().lower()
+    out = []
+    shims = os.path.join("build", "isa_units")
+    for u in units:
+        flags = list(u["flags"])
+        if u["arch"] and machine not in u["arch"]:
+            continue
+        if flags and not _try_compile("int main(void){return 0;}", flags, []):
+            sys.stderr.write(f"guanaco_rt: the compiler refuses {' '.join(flags)}: the {u['name']} unit is not built\n")
+            continue
+        mod = module_of(u)
+        if u["source"].endswith(".pyx"):
+            out.append((mod, [os.path.join(KDIR, u["source"])], flags))
+            continue
+        # a C unit: its own copy of the shim (Cython names a module's init after its file)
+        os.makedirs(shims, exist_ok=True)
+        shim = os.path.join(shims, mod + ".pyx")
+        with open(os.path.join(KDIR, "_isa_unit.pyx")) as f:
+            text = f.read()
+        if not os.path.exists(shim) or open(shim).read() != text:
+            with open(shim, "w") as f:
+                f.write(text)
+        # and its own object of the source: two units may build one source (with other flags)
+        src = os.path.join(shims, mod + "_unit.c")
+        text = f'#include "{u["source"]}"\n'
+        if not os.path.exists(src) or open(src).read() != text:
+            with open(src, "w") as f:
+                f.write(text)
+        out.append((mod, [shim, src], flags + [f"-DGR_UNIT_TABLE=gr_isa_{u['name']}"]))
+    return out
 
 
 def extensions():
@@ -93,11 +131,13 @@ def extensions():
 
     omp_c, omp_l = openmp_flags()
     base = ["-O3", "-fno-strict-aliasing", "-ffp-contract=off"]
-    mods = [(name, []) for name in RUNTIME] + isa_units()
-    exts = [Extension(f"guanaco_rt._kernels.{name}", [os.path.join(KDIR, name + ".pyx")],
+    mods = [(name, [os.path.join(KDIR, name + ".pyx")], []) for name in RUNTIME] + isa_units()
+    # a C unit's source reaches its module through an #include: rebuild when it (or a header) changes
+    depends = sorted(glob.glob(os.path.join(KDIR, "*.h")) + glob.glob(os.path.join(KDIR, "isa", "*.[ch]")))
+    exts = [Extension(f"guanaco_rt._kernels.{name}", sources,
                       include_dirs=[KDIR, numpy.get_include()],   # numpy/random/bitgen.h: the sampler's RNG
-                      extra_compile_args=base + flags + omp_c, extra_link_args=omp_l)
-            for name, flags in mods]
+                      extra_compile_args=base + flags + omp_c, extra_link_args=omp_l, depends=depends)
+            for name, sources, flags in mods]
     directives = {
         "language_level": 3,
         "boundscheck": DEBUG,

@@ -15,7 +15,11 @@ are looked up in --peer-python (default: this interpreter); a missing peer is sk
 Prints a Markdown table with the ratios to llama.cpp (else to the first runtime).
 
 Runtimes: guanaco_rt (the default: adaptive threads), guanaco_rt@N (N threads),
-guanaco_rt/fixed (the thread governor off), llama.cpp, ctransformers. Contention: with
+guanaco_rt/fixed (the thread governor off), llama.cpp, ctransformers. --isa U1 U2 ... runs each
+guanaco_rt runtime once per kernel unit (named e.g. guanaco_rt+avx512); the AVX-512 unit against
+the AVX2 unit, alternating pairs:
+
+    python benchmarks/bench_e2e.py --model demo --isa avx512 avx2 --runtimes guanaco_rt@1 --pairs 5 Contention: with
 one of 2 cores busy, the default against one thread and against the governor off:
 
     python benchmarks/bench_e2e.py --ftype q4_0 --busy-cores 1 --runtimes guanaco_rt@1 guanaco_rt guanaco_rt/fixed
@@ -42,9 +46,10 @@ if kind.startswith("guanaco_rt"):
     # guanaco_rt: the default (adaptive threads); guanaco_rt@N: N threads; guanaco_rt/fixed: the
     # thread governor off (always n_threads, as before it existed)
     import guanaco_rt
+    kind, _, isa = kind.partition("+")
     if "@" in kind:
         n_threads = int(kind.split("@")[1])
-    m = guanaco_rt.Model(path, n_threads=n_threads)
+    m = guanaco_rt.Model(path, n_threads=n_threads, isa=isa or None)
     s = guanaco_rt.Session(m, n_ctx=n_prompt + n_gen + 8, n_batch=n_batch, kv_f16=True,
                            adaptive_threads=not kind.endswith("/fixed"))
     load = time.perf_counter() - t0
@@ -142,9 +147,14 @@ def main():
     p.add_argument("--gguf", action="store_true",
                    help="every runtime reads a GGUF copy of the --ftype file (written beside it once): the "
                         "current llama.cpp reads GGUF only")
+    p.add_argument("--isa", nargs="+", default=None, metavar="UNIT",
+                   help="run each guanaco_rt runtime once per kernel unit (guanaco_rt+UNIT; see guanaco-rt config)")
     p.add_argument("--busy-cores", type=int, default=0,
                    help="keep this many cores busy (a spinning process each) during every run: contention")
     a = p.parse_args()
+    if a.isa:
+        a.runtimes = [f"{k}+{u}" if k.startswith("guanaco_rt") else k for k in a.runtimes
+                      for u in (a.isa if k.startswith("guanaco_rt") else [None])]
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(a.busy_cores)]
     try:
         _main(a)
@@ -159,6 +169,7 @@ def _paired(a, targets):
     for ft, path in targets:
         path = path or model_path(ft, a.models_dir, a.gguf)
         ratios = {"prompt_tps": [], "gen_tps": []}
+        absolute = {mine: {k: [] for k in ratios}, other: {k: [] for k in ratios}}
         for i in range(a.pairs):
             order = [mine, other] if i % 2 == 0 else [other, mine]
             r = {k: run(sys.executable if k.startswith("guanaco_rt") else a.peer_python, k, path, a) for k in order}
@@ -167,14 +178,21 @@ def _paired(a, targets):
                 return
             for k in ratios:
                 ratios[k].append(r[mine][k] / r[other][k])
+                for kind in (mine, other):
+                    absolute[kind][k].append(r[kind][k])
         out = []
         for k, v in ratios.items():
             v = sorted(v)
             out.append(f"{k.split('_')[0]} {statistics.median(v):.2f} ({v[len(v) // 4]:.2f}-{v[3 * len(v) // 4]:.2f})")
         print(f"| {ft} | {a.threads} | {a.pairs} | " + " | ".join(out) + " |")
+        print("    tok/s, median: " + "; ".join(
+            f"{kind} prompt {statistics.median(v['prompt_tps']):.2f} gen {statistics.median(v['gen_tps']):.2f}"
+            for kind, v in absolute.items()))
 
 
 def _main(a):
+    from guanaco_rt._kernels import _engine
+    print(f"CPU features: {' '.join(sorted(_engine.cpu_features()))}")
     rows = []
     if a.model:
         from guanaco_rt import demo_model_path

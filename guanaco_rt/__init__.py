@@ -31,11 +31,12 @@ logging.getLogger("guanaco_rt").addHandler(logging.NullHandler())
 
 
 def show_config() -> dict:
-    """Which kernels run here: ISA, OpenMP, default thread count. Returns a dict and prints nothing."""
-    from ._kernels import _engine
-    from ._kernels.dispatch import available_isas, default_kernels
+    """Which kernels run here: the ISA unit chosen and why, every unit's state (built, run by
+    this CPU, loaded: a unit that fails to load shows its error here, and "isa" is then None),
+    the CPU's features, OpenMP, default thread count. Returns a dict and prints nothing."""
+    from ._kernels import _engine, dispatch
     from .model import default_threads
-    return {"version": __version__, "isa": default_kernels().isa, "available_isas": available_isas(),
+    return {"version": __version__, **dispatch.config(), "cpu_features": sorted(_engine.cpu_features()),
             "openmp": _engine.openmp_enabled(), "omp_max_threads": _engine.omp_max_threads(),
             "default_threads": default_threads()}
 

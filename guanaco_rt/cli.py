@@ -519,8 +519,9 @@ def cmd_serve(a):
 
 def cmd_config(a):
     from . import show_config
-    print(json.dumps(show_config(), indent=1))
-    return 0
+    cfg = show_config()
+    print(json.dumps(cfg, indent=1))
+    return 0 if cfg["isa"] else 1      # a unit this CPU runs failed to load (its error is in the output)
 
 
 PRESETS = {"7B": (4096, 32, 32), "13B": (5120, 40, 40), "tiny": (256, 4, 2)}
@@ -615,7 +616,7 @@ def build_parser():
     s.add_argument("--kv-f16", action="store_true", help="keep the KV caches in f16 (half the memory)")
     s.set_defaults(fn=cmd_serve)
 
-    s = command("config", "ISA, OpenMP and thread count in use")
+    s = command("config", "the ISA units built, the one in use and why; OpenMP and thread count")
     s.set_defaults(fn=cmd_config)
     return p
 

@@ -1,20 +1,25 @@
 """Invariance: every ISA unit agrees with the generic unit (within float summation
 order for one dot product; bit for bit for whole forward passes, since the order is
-fixed per unit and thread count), and forcing an ISA through GUANACO_RT_ISA works."""
+fixed per unit and thread count), the units whose 8-row kernels do the avx2 unit's float
+steps give its bits, forcing an ISA through GUANACO_RT_ISA works, the list of units is
+what setup.py and the dispatcher share, and a unit that fails to load is an error."""
+import json
 import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import guanaco_rt
 from guanaco_rt import ggml_types as T
+from guanaco_rt._kernels import _engine, dispatch
 from guanaco_rt._kernels import _quants as Q
 from guanaco_rt._kernels import _twins as E
 from guanaco_rt._kernels.dispatch import available_isas, kernel_set
+from guanaco_rt._kernels.isa_list import UNITS
 
 from helpers import tiny_model
 from strategies import ALL_WEIGHT_TYPES, blocks, vectors
@@ -96,3 +101,110 @@ def test_forward_agrees_across_isas_in_one_process(S, tmp_path_factory, ftype):
     cos = (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() > 0.9999
     assert not np.array_equal(a, b)     # really two different units
+
+
+# ---- the C units (isa_list.py) and their fallback chains ------------------------------------------
+# Units whose 8-row kernels do the avx2 unit's float steps after exact integer sums: the same bits
+SAME_BITS_AS_AVX2 = ("avx512", "avx512_at256")
+
+
+def own_r8_types(isa):
+    """the weight types whose 8-row kernels this unit supplies itself (not its fallbacks)"""
+    return [t for t in T.R8_TYPES if kernel_set(isa).sources.get((t, "dot_r8")) == isa]
+
+
+def r8_units():
+    return [(u, t) for u in SAME_BITS_AS_AVX2 for t in T.R8_TYPES if u in available_isas() and t in own_r8_types(u)]
+
+
+@pytest.mark.parametrize("isa", SAME_BITS_AS_AVX2)
+def test_units_the_cpu_runs_supply_8_row_kernels(isa):
+    # AVX-512 body at AVX2 width runs wherever avx2 does: on an AVX2 machine its kernels are tested
+    if dispatch.unit_status(isa) != "ok":
+        pytest.skip(f"ISA unit {isa}: {dispatch.unit_status(isa)}")
+    assert {T.Q4_0, T.Q4_1, T.Q8_0, T.Q4_K, T.Q6_K} <= set(own_r8_types(isa))
+
+
+@pytest.mark.parametrize("isa,ttype", r8_units() or [("none", 0)],
+                         ids=lambda v: T.GGML_TYPES[v].name if isinstance(v, int) else v)
+@given(data=st.data(), nb=st.integers(1, 5), groups=st.integers(1, 3), n_tok=st.integers(1, 9),
+       nth=st.integers(1, 2))
+@settings(max_examples=25)
+def test_8_row_kernels_give_the_avx2_units_bits(isa, ttype, data, nb, groups, n_tok, nth):
+    # integer sums (vpdpbusd, or maddubs + madd at 256 bits) are exact; the float steps are avx2's
+    if isa == "none":
+        pytest.skip("no unit with its own 8-row kernels runs on this CPU")
+    qk = T.GGML_TYPES[ttype].blck_size
+    ne0, ne1 = qk * nb, 8 * groups
+    w = np.frombuffer(b"".join(data.draw(blocks(ttype, n_blocks=nb))[0] for _ in range(ne1)), np.uint8)
+    x = np.stack([data.draw(vectors(ne0)) for _ in range(n_tok)]).astype(np.float32)
+    ours = E.matmul_twin(kernel_set(isa), ttype, w, ne0, ne1, x, nth, interleave=True)
+    assert np.array_equal(ours, E.matmul_twin(kernel_set("avx2"), ttype, w, ne0, ne1, x, 1, interleave=True))
+
+
+def test_kernel_sets_take_each_pair_whole_from_the_first_unit_that_has_it():
+    # the gaps of a unit's table are filled along its chain (avx512 -> avx2 -> generic), a type's
+    # (vec_dot, vec_dot_x4) and (dot_r8, dot_r8_x4) each from one unit
+    for isa in available_isas():
+        K = kernel_set(isa)
+        assert K.chain == tuple(dispatch.chain(isa)) and K.chain[-1] == "generic"
+        for t in ALL_WEIGHT_TYPES:
+            for kind in ("vec_dot", "dot_r8"):
+                own = [u for u in K.chain if kernel_set(u).sources.get((t, kind)) == u]
+                assert K.sources.get((t, kind)) == (own[0] if own else None), (isa, t, kind)
+
+
+def test_setup_and_the_dispatcher_read_one_list_of_units():
+    names = [u["name"] for u in UNITS]
+    assert dispatch.ISAS == tuple(names) and len(set(names)) == len(names)
+    for u in UNITS:
+        assert u["fallback"] is None or names.index(u["fallback"]) < names.index(u["name"]), u
+        assert os.path.exists(os.path.join(os.path.dirname(dispatch.__file__), u["source"])), u
+    with open(os.path.join(HERE, "..", "setup.py")) as f:
+        assert "isa_list.py" in f.read()
+    cfg = guanaco_rt.show_config()
+    assert set(cfg["units"]) == set(names)
+    assert cfg["isa"] in available_isas() and cfg["kernel_chain"] == dispatch.chain(cfg["isa"])
+    for name, status in cfg["units"].items():
+        assert (status == "ok") == (name in available_isas()), (name, status)
+
+
+def test_cpu_features_come_from_cpuid_and_xgetbv():
+    f = _engine.cpu_features()
+    assert ({"avx2", "fma", "f16c"} <= f) == _engine.cpu_has_avx2()
+    assert "avx512f" in f or not {"avx512bw", "avx512vl", "avx512vnni"} & f
+    for u in UNITS:    # a unit the CPU lacks is named with what it lacks
+        status = dispatch.unit_status(u["name"])
+        assert status in ("ok", "not built") or status.startswith("cpu lacks ") or status.startswith("failed")
+        if status.startswith("cpu lacks "):
+            assert set(status.split()[2:]) == set(u["features"]) - f
+
+
+def test_a_unit_the_cpu_runs_that_fails_to_load_is_an_error_not_a_fallback(monkeypatch):
+    best = [u["name"] for u in UNITS if u["default"] and dispatch.unit_status(u["name"]) == "ok"][-1]
+    if best == "generic":
+        pytest.skip("only the generic unit runs on this CPU")
+    monkeypatch.delenv("GUANACO_RT_ISA", raising=False)
+    monkeypatch.setitem(dispatch._MODULES, best, ImportError("undefined symbol: gr_missing"))
+    monkeypatch.setattr(dispatch, "_SETS", {})
+    cfg = guanaco_rt.show_config()
+    assert cfg["units"][best] == "failed to load: undefined symbol: gr_missing"
+    assert cfg["isa"] is None and best in cfg["isa_why"] and "GUANACO_RT_ISA" in cfg["isa_why"]
+    assert best not in cfg["available_isas"]
+    with pytest.raises(guanaco_rt.GuanacoError, match=f"{best} kernel unit failed to load"):
+        dispatch.default_kernels()
+    # forcing a unit that loads is the way out; forcing the broken one names it
+    monkeypatch.setenv("GUANACO_RT_ISA", dispatch.chain(best)[1])
+    assert dispatch.default_kernels().isa == dispatch.chain(best)[1]
+    monkeypatch.setenv("GUANACO_RT_ISA", best)
+    with pytest.raises(guanaco_rt.GuanacoError, match="gr_missing"):
+        dispatch.default_kernels()
+
+
+def test_guanaco_rt_config_lists_the_units_and_why():
+    out = subprocess.run([sys.executable, "-m", "guanaco_rt", "config"], capture_output=True, text=True, check=True,
+                         cwd=HERE, env={**os.environ, "GUANACO_RT_ISA": ""}).stdout
+    cfg = json.loads(out)
+    assert set(cfg["units"]) == {u["name"] for u in UNITS}
+    assert cfg["isa"] == [u["name"] for u in UNITS if u["default"] and u["name"] in available_isas()][-1]
+    assert cfg["isa_why"].startswith("the best unit this CPU runs")

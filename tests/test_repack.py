@@ -22,9 +22,10 @@ pytestmark = pytest.mark.skipif(not R8_ISAS, reason="no unit with 8-row kernels 
 R8 = pytest.mark.parametrize("ttype", T.R8_TYPES, ids=lambda t: T.GGML_TYPES[t].name)
 
 
-@pytest.fixture(scope="module")
-def K():
-    return kernel_set(R8_ISAS[0])
+@pytest.fixture(scope="module", params=R8_ISAS or ["none"])
+def K(request):
+    """every unit with 8-row kernels that this CPU runs"""
+    return kernel_set(request.param)
 
 
 def weights(data, ttype, ne0, ne1):

@@ -1,5 +1,5 @@
 """Cython kernels: the runtime (_quants, _engine, _sampling, _decode), compiled once,
-and one unit per ISA (_generic, _avx2); see dispatch.py for the choice."""
+and one unit per ISA (listed in isa_list.py); see dispatch.py for the choice."""
 try:
     from . import _engine  # noqa: F401
 except ImportError as e:  # the usual cause: importing from a source checkout that was never built

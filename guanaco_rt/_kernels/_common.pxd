@@ -10,6 +10,8 @@ cdef extern from "_platform.h" nogil:
     int gr_openmp_enabled()
     int gr_omp_max_threads()
     int gr_cpu_has_avx2()
+    unsigned long long gr_cpu_features()
+    const char* GR_CPU_FEATURE_NAMES
 
 cdef inline float fp16_compute(uint16_t h) noexcept nogil:
     cdef int sign = (h >> 15) & 1

@@ -74,6 +74,9 @@ cdef struct state_t:
 cdef class KernelSet:
     cdef isa_kernels_t k
     cdef readonly str isa
+    cdef readonly tuple chain        # the units whose tables fill it, the unit first (isa_list.py fallbacks)
+    cdef readonly dict sources       # {(ggml type, "vec_dot" | "dot_r8"): unit}: who supplies each pair
+    cdef object tables               # the capsules (kept alive: the table points into their modules)
 
 cdef class Engine:
     cdef model_t m

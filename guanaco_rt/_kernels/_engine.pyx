@@ -29,7 +29,8 @@ from guanaco_rt._kernels.ggml_blocks cimport (GGML_TYPE_F32, GGML_TYPE_F16, GGML
                                               GGML_TYPE_Q8_0,
                                               GGML_TYPE_Q2_K, GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K,
                                               GGML_TYPE_Q8_1, GGML_TYPE_COUNT, block_q8_1, QK8_1)
-from guanaco_rt._kernels._common cimport gr_openmp_enabled, gr_omp_max_threads, gr_cpu_has_avx2
+from guanaco_rt._kernels._common cimport (gr_openmp_enabled, gr_omp_max_threads, gr_cpu_has_avx2, gr_cpu_features,
+                                          GR_CPU_FEATURE_NAMES)
 from guanaco_rt._kernels._isa cimport isa_kernels_t, vec_dot_fn, vec_dot_x4_fn, dot_r8_fn, ISA_CAPSULE
 from guanaco_rt._kernels._quants cimport type_traits_t, type_traits, row_size, fp32_to_fp16, from_float_fn
 from guanaco_rt._kernels._governor cimport (gov_init, gov_set_threads, gov_reset, gov_prompt_start, gov_prompt_end,
@@ -42,24 +43,47 @@ cdef enum:
 
 # ---- the kernel set ------------------------------------------------------------------
 cdef class KernelSet:
-    """An ISA unit's kernel table, the generic unit's entries filling what it leaves NULL."""
+    """An ISA unit's kernel table, its gaps filled along its chain of fallback units
+    (isa_list.py: avx512 -> avx2 -> generic). A type's one-row pair (vec_dot, vec_dot_x4)
+    comes whole from the first unit of the chain that has its vec_dot, its 8-row pair
+    (dot_r8, dot_r8_x4) whole from the first that has its dot_r8: the two kernels of a pair
+    give the same bits only within one unit, and a matrix always runs on one pair."""
 
-    def __cinit__(self, str isa, object table, object generic_table):
-        cdef const isa_kernels_t* a = <const isa_kernels_t*>PyCapsule_GetPointer(table, ISA_CAPSULE)
-        cdef const isa_kernels_t* g = <const isa_kernels_t*>PyCapsule_GetPointer(generic_table, ISA_CAPSULE)
-        cdef int t
+    def __cinit__(self, str isa, list chain):
+        # chain: [(unit name, its table's capsule), ...], the unit first and generic last
+        cdef const isa_kernels_t* u
+        cdef int t, have_row, have_r8
+        cdef list tables = [<size_t>PyCapsule_GetPointer(cap, ISA_CAPSULE) for _, cap in chain]
         self.isa = isa
-        self.k = a[0]
+        self.chain = tuple(name for name, _ in chain)
+        self.tables = tuple(cap for _, cap in chain)
+        self.sources = {}
+        memset(&self.k, 0, sizeof(isa_kernels_t))
+        self.k.name = (<const isa_kernels_t*><size_t>tables[0]).name
         for t in range(GGML_TYPE_COUNT):
-            if self.k.types[t].vec_dot == NULL:
-                self.k.types[t].vec_dot = g.types[t].vec_dot
-                self.k.types[t].vec_dot_x4 = g.types[t].vec_dot_x4
+            have_row = have_r8 = 0
+            for i, addr in enumerate(tables):
+                u = <const isa_kernels_t*><size_t>addr
+                if not have_row and u.types[t].vec_dot != NULL:
+                    self.k.types[t].vec_dot = u.types[t].vec_dot
+                    self.k.types[t].vec_dot_x4 = u.types[t].vec_dot_x4
+                    self.sources[(t, "vec_dot")] = self.chain[i]
+                    have_row = 1
+                if not have_r8 and u.types[t].dot_r8 != NULL:
+                    self.k.types[t].dot_r8 = u.types[t].dot_r8
+                    self.k.types[t].dot_r8_x4 = u.types[t].dot_r8_x4
+                    self.sources[(t, "dot_r8")] = self.chain[i]
+                    have_r8 = 1
+                if self.k.types[t].quantize == NULL:
+                    self.k.types[t].quantize = u.types[t].quantize
             if self.k.types[t].quantize == NULL and type_traits(t) != NULL:
                 self.k.types[t].quantize = type_traits(t).from_float
-        if self.k.kv_scores == NULL:
-            self.k.kv_scores = g.kv_scores
-        if self.k.kv_mix == NULL:
-            self.k.kv_mix = g.kv_mix
+        for addr in tables:
+            u = <const isa_kernels_t*><size_t>addr
+            if self.k.kv_scores == NULL:
+                self.k.kv_scores = u.kv_scores
+            if self.k.kv_mix == NULL:
+                self.k.kv_mix = u.kv_mix
 
     def __repr__(self):
         return f"KernelSet({self.isa!r})"
@@ -864,3 +888,9 @@ def omp_max_threads():
 
 def cpu_has_avx2():
     return bool(gr_cpu_has_avx2())
+
+
+def cpu_features():
+    """The ISA features (isa_list.py's names) this CPU has and the OS enables: cpuid and xgetbv."""
+    cdef unsigned long long f = gr_cpu_features()
+    return frozenset(n for i, n in enumerate(GR_CPU_FEATURE_NAMES.decode().split()) if f >> i & 1)

@@ -21,6 +21,53 @@ static inline int gr_cpu_has_avx2(void) {
 #endif
 }
 
+/* The x86 features the ISA units need (isa_list.py), usable only where the CPU has them and
+ * the OS saves their registers (xgetbv: XCR0 bits 1-2 for YMM, 5-7 for the AVX-512 opmask
+ * and ZMM state). Bit i of gr_cpu_features() is word i of GR_CPU_FEATURE_NAMES. */
+#define GR_CPU_FEATURE_NAMES "avx fma f16c avx2 avx512f avx512bw avx512vl avx512dq avx512vnni avx512vbmi " \
+                             "avx512bf16 avxvnni"
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+static inline unsigned long long gr_xgetbv0(void) {
+    unsigned int lo, hi;
+    __asm__ volatile(".byte 0x0f, 0x01, 0xd0" : "=a"(lo), "=d"(hi) : "c"(0));   /* xgetbv, ecx = 0 */
+    return ((unsigned long long)hi << 32) | lo;
+}
+static inline unsigned long long gr_cpu_features(void) {
+    unsigned int a, b, c, d, b7 = 0, c7 = 0, a71 = 0, x, y, z;
+    unsigned long long f = 0, xcr0;
+    int ymm, zmm;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27)))   /* no OSXSAVE: no AVX state */
+        return 0;
+    xcr0 = gr_xgetbv0();
+    ymm = (xcr0 & 0x6) == 0x6;
+    zmm = ymm && (xcr0 & 0xe0) == 0xe0;
+    if (__get_cpuid_max(0, 0) >= 7) {
+        __cpuid_count(7, 0, x, b7, c7, z);
+        __cpuid_count(7, 1, a71, x, y, z);
+    }
+    if (!ymm || !(c & (1u << 28)))
+        return 0;
+    f |= 1ull << 0;                                             /* avx */
+    f |= (unsigned long long)((c >> 12) & 1) << 1;             /* fma */
+    f |= (unsigned long long)((c >> 29) & 1) << 2;             /* f16c */
+    f |= (unsigned long long)((b7 >> 5) & 1) << 3;             /* avx2 */
+    if (zmm) {
+        f |= (unsigned long long)((b7 >> 16) & 1) << 4;        /* avx512f */
+        f |= (unsigned long long)((b7 >> 30) & 1) << 5;        /* avx512bw */
+        f |= (unsigned long long)((b7 >> 31) & 1) << 6;        /* avx512vl */
+        f |= (unsigned long long)((b7 >> 17) & 1) << 7;        /* avx512dq */
+        f |= (unsigned long long)((c7 >> 11) & 1) << 8;        /* avx512vnni */
+        f |= (unsigned long long)((c7 >> 1) & 1) << 9;         /* avx512vbmi */
+        f |= (unsigned long long)((a71 >> 5) & 1) << 10;       /* avx512bf16 */
+    }
+    f |= (unsigned long long)((a71 >> 4) & 1) << 11;           /* avxvnni */
+    return f;
+}
+#else
+static inline unsigned long long gr_cpu_features(void) { return 0; }
+#endif
+
 /* fp16 -> fp32 lookup table, 256 KiB, one per compiled module (static): filled by
  * fill_fp16_table() in _common.pxd when the module is imported. */
 __attribute__((unused)) static float gr_fp16_table[65536];

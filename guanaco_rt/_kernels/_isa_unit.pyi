@@ -1,0 +1,5 @@
+from typing import Any
+
+ISA: str
+
+def kernel_table() -> Any: ...

@@ -1,0 +1,36 @@
+"""The ISA units: one line each. setup.py (which loads this file by path, without importing
+the package) builds them; dispatch.py picks one at run time. Data only: no imports.
+
+Adding an ISA is one source and one line here. Each line:
+  name      the unit's name (GUANACO_RT_ISA=name forces it; show_config reports it)
+  source    its source, relative to guanaco_rt/_kernels: a Cython unit (.pyx, module _<name>)
+            or a C unit (.c: defines ``const isa_kernels_t gr_isa_<name>``, isa_table.h; setup.py
+            compiles it with the shim _isa_unit.pyx into the module _isa_<name>)
+  flags     its compile flags (never -march=native)
+  features  the CPU features it needs, as _engine.cpu_features() names them
+  fallback  the unit whose kernels fill the gaps of its table (None: the end of the chain)
+  arch      the platform.machine() values it builds on (empty: all)
+  default   whether dispatch may choose it unaided (False: tests and GUANACO_RT_ISA only)
+Units are listed worst first: dispatch picks the last default unit the CPU runs.
+"""
+
+X86 = ("x86_64", "amd64", "i386", "i686")
+_AVX2 = ("-mavx2", "-mfma", "-mf16c")
+_AVX512 = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mavx512vbmi") + _AVX2
+
+UNITS = (
+    dict(name="generic", source="_generic.pyx", flags=(), features=(), fallback=None, arch=(), default=True),
+    dict(name="avx2", source="_avx2.pyx", flags=_AVX2, features=("avx2", "fma", "f16c"), fallback="generic",
+         arch=X86, default=True),
+    # the AVX-512 unit's own source at AVX2 width: its kernels tested on any AVX2 CPU
+    dict(name="avx512_at256", source="isa/avx512.c", flags=_AVX2 + ("-DGR_WIDTH=256",),
+         features=("avx2", "fma", "f16c"), fallback="avx2", arch=X86, default=False),
+    dict(name="avx512", source="isa/avx512.c", flags=_AVX512,
+         features=("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vnni", "avx512vbmi", "avx2", "fma", "f16c"),
+         fallback="avx2", arch=X86, default=True),
+)
+
+
+def module_of(unit):
+    """The extension module (in guanaco_rt._kernels) that holds a unit."""
+    return "_" + unit["name"] if unit["source"].endswith(".pyx") else "_isa_" + unit["name"]
