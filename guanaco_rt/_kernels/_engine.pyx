@@ -12,7 +12,7 @@ live in state_t, sized once by State. Integer addresses never cross into Python:
 buffers are typed memoryviews, the kernel table a capsule.
 """
 from libc.stdint cimport uint8_t, uint16_t, int32_t, int64_t
-from libc.string cimport memcpy, memmove
+from libc.string cimport memcpy, memmove, memset
 from libc.math cimport sqrtf, expf, cos, sin, pow
 from libc.stdlib cimport malloc, free
 from cython.parallel cimport prange
@@ -53,17 +53,18 @@ cdef class KernelSet:
         # chain: [(unit name, its table's capsule), ...], the unit first and generic last
         cdef const isa_kernels_t* u
         cdef int t, have_row, have_r8
-        cdef list tables = [<size_t>PyCapsule_GetPointer(cap, ISA_CAPSULE) for _, cap in chain]
         self.isa = isa
         self.chain = tuple(name for name, _ in chain)
         self.tables = tuple(cap for _, cap in chain)
         self.sources = {}
         memset(&self.k, 0, sizeof(isa_kernels_t))
-        self.k.name = (<const isa_kernels_t*><size_t>tables[0]).name
+        # the tables are read through their capsules (kept alive in self.tables): no address
+        # becomes a Python integer
+        self.k.name = (<const isa_kernels_t*>PyCapsule_GetPointer(self.tables[0], ISA_CAPSULE)).name
         for t in range(GGML_TYPE_COUNT):
             have_row = have_r8 = 0
-            for i, addr in enumerate(tables):
-                u = <const isa_kernels_t*><size_t>addr
+            for i, cap in enumerate(self.tables):
+                u = <const isa_kernels_t*>PyCapsule_GetPointer(cap, ISA_CAPSULE)
                 if not have_row and u.types[t].vec_dot != NULL:
                     self.k.types[t].vec_dot = u.types[t].vec_dot
                     self.k.types[t].vec_dot_x4 = u.types[t].vec_dot_x4
@@ -78,8 +79,8 @@ cdef class KernelSet:
                     self.k.types[t].quantize = u.types[t].quantize
             if self.k.types[t].quantize == NULL and type_traits(t) != NULL:
                 self.k.types[t].quantize = type_traits(t).from_float
-        for addr in tables:
-            u = <const isa_kernels_t*><size_t>addr
+        for cap in self.tables:
+            u = <const isa_kernels_t*>PyCapsule_GetPointer(cap, ISA_CAPSULE)
             if self.k.kv_scores == NULL:
                 self.k.kv_scores = u.kv_scores
             if self.k.kv_mix == NULL:
