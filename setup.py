@@ -157,6 +157,22 @@ class BuildExt(build_ext):
         if not self.parallel:
             self.parallel = os.cpu_count() or 1   # the units compile independently
 
+    def build_extension(self, ext):
+        super().build_extension(ext)
+        self._unit_stub(ext.name, os.path.dirname(self.get_ext_fullpath(ext.name)))
+
+    def copy_extensions_to_source(self):
+        super().copy_extensions_to_source()     # an in-place build: the stubs go beside the modules too
+        for ext in self.extensions:
+            self._unit_stub(ext.name, KDIR)
+
+    def _unit_stub(self, name, folder):
+        # a C unit's module is made from the shared shim: it gets the shim's typing stub under
+        # its own name
+        mod = name.rsplit(".", 1)[-1]
+        if mod.startswith("_isa_") and mod != "_isa_unit":
+            self.copy_file(os.path.join(KDIR, "_isa_unit.pyi"), os.path.join(folder, mod + ".pyi"))
+
 
 setup(ext_modules=[Extension("guanaco_rt._kernels._engine", [])],   # placeholder: BuildExt replaces it
       cmdclass={"build_ext": BuildExt})
