@@ -100,12 +100,15 @@ def test_forward_agrees_across_isas_in_one_process(S, tmp_path_factory, ftype):
     assert np.abs(a - b).max() <= 0.02 * np.abs(a).max()
     cos = (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() > 0.9999
-    assert not np.array_equal(a, b)     # really two different units
+    if S.isa not in SAME_BITS_AS_GENERIC:
+        assert not np.array_equal(a, b)     # really two different units
 
 
 # ---- the C units (isa_list.py) and their fallback chains ------------------------------------------
 # Units whose 8-row kernels do the avx2 unit's float steps after exact integer sums: the same bits
 SAME_BITS_AS_AVX2 = ("avx512", "avx512_at256")
+# Units whose every quantized kernel does the generic unit's float steps in its order (neon.c)
+SAME_BITS_AS_GENERIC = ("neon", "neon_dotprod", "neon_i8mm")
 
 
 def own_r8_types(isa):
@@ -175,7 +178,7 @@ def test_cpu_features_come_from_cpuid_and_xgetbv():
     assert "avx512f" in f or not {"avx512bw", "avx512vl", "avx512vnni"} & f
     for u in UNITS:    # a unit the CPU lacks is named with what it lacks
         status = dispatch.unit_status(u["name"])
-        assert status in ("ok", "not built") or status.startswith("cpu lacks ") or status.startswith("failed")
+        assert status in ("ok", "not built") or status.startswith(("not for ", "cpu lacks ", "failed"))
         if status.startswith("cpu lacks "):
             assert set(status.split()[2:]) == set(u["features"]) - f
 

@@ -21,11 +21,13 @@ static inline int gr_cpu_has_avx2(void) {
 #endif
 }
 
-/* The x86 features the ISA units need (isa_list.py), usable only where the CPU has them and
- * the OS saves their registers (xgetbv: XCR0 bits 1-2 for YMM, 5-7 for the AVX-512 opmask
- * and ZMM state). Bit i of gr_cpu_features() is word i of GR_CPU_FEATURE_NAMES. */
+/* The features the ISA units need (isa_list.py). On x86 usable only where the CPU has them
+ * and the OS saves their registers (xgetbv: XCR0 bits 1-2 for YMM, 5-7 for the AVX-512
+ * opmask and ZMM state); on aarch64 Advanced SIMD is always there, dotprod and i8mm are
+ * optional (getauxval on Linux, sysctlbyname on macOS: isa/neon_cpu.h). Bit i of
+ * gr_cpu_features() is word i of GR_CPU_FEATURE_NAMES. */
 #define GR_CPU_FEATURE_NAMES "avx fma f16c avx2 avx512f avx512bw avx512vl avx512dq avx512vnni avx512vbmi " \
-                             "avx512bf16 avxvnni"
+                             "avx512bf16 avxvnni neon dotprod i8mm"
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #include <cpuid.h>
 static inline unsigned long long gr_xgetbv0(void) {
@@ -62,6 +64,16 @@ static inline unsigned long long gr_cpu_features(void) {
         f |= (unsigned long long)((a71 >> 5) & 1) << 10;       /* avx512bf16 */
     }
     f |= (unsigned long long)((a71 >> 4) & 1) << 11;           /* avxvnni */
+    return f;
+}
+#elif defined(__aarch64__)
+#include "isa/neon_cpu.h"
+static inline unsigned long long gr_cpu_features(void) {
+    unsigned long long f = 1ull << 12;                          /* neon */
+    if (gr_cpu_has_dotprod()) {
+        f |= 1ull << 13;                                        /* dotprod */
+        f |= (unsigned long long)(gr_cpu_has_i8mm() != 0) << 14;   /* i8mm (its build needs dotprod too) */
+    }
     return f;
 }
 #else

@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import platform
 
 from ..errors import GuanacoError
 from . import _engine
@@ -51,7 +52,11 @@ def missing_features(name):
 
 
 def unit_status(name):
-    """One unit's state here: 'ok', 'not built', 'cpu lacks <features>', or 'failed to load: <error>'."""
+    """One unit's state here: 'ok', 'not for <machine>', 'not built', 'cpu lacks <features>', or
+    'failed to load: <error>'."""
+    arch = _BY_NAME[name]["arch"]
+    if arch and platform.machine().lower() not in arch:
+        return f"not for {platform.machine()} (built on {', '.join(arch)})"
     if not built(name):
         return "not built"
     lacks = missing_features(name)

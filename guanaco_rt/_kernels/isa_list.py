@@ -15,6 +15,7 @@ Units are listed worst first: dispatch picks the last default unit the CPU runs.
 """
 
 X86 = ("x86_64", "amd64", "i386", "i686")
+ARM64 = ("aarch64", "arm64")
 _AVX2 = ("-mavx2", "-mfma", "-mf16c")
 _AVX512 = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mavx512vbmi") + _AVX2
 
@@ -28,6 +29,13 @@ UNITS = (
     dict(name="avx512", source="isa/avx512.c", flags=_AVX512,
          features=("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vnni", "avx512vbmi", "avx2", "fma", "f16c"),
          fallback="avx2", arch=X86, default=True),
+    # aarch64: isa/neon.c built three times; each names its table after the build (neon.c)
+    dict(name="neon", source="isa/neon.c", flags=("-march=armv8-a",), features=("neon",), fallback="generic",
+         arch=ARM64, default=True),
+    dict(name="neon_dotprod", source="isa/neon.c", flags=("-march=armv8.2-a+dotprod",),
+         features=("neon", "dotprod"), fallback="generic", arch=ARM64, default=True),
+    dict(name="neon_i8mm", source="isa/neon.c", flags=("-march=armv8.2-a+dotprod+i8mm",),
+         features=("neon", "dotprod", "i8mm"), fallback="generic", arch=ARM64, default=True),
 )
 
 
