@@ -13,9 +13,9 @@
 #                                           `auditwheel show`, install it into a fresh venv and
 #                                           run it there with no compiler on PATH.
 #
-# The sdist is built in both modes (python -m build --sdist). ARM wheels carry the generic
-# kernels only (no NEON unit yet): setup.py builds _avx2 on x86_64 alone, and dispatch.py
-# picks the best unit the CPU has at import.
+# The sdist is built in both modes (python -m build --sdist). setup.py builds the units of
+# isa_list.py for the wheel's machine type (x86: generic, avx2, avx512; aarch64: generic and
+# the three NEON builds), and dispatch.py picks the best one the CPU runs on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
