@@ -266,6 +266,23 @@ def test_the_kernel_state_refuses_no_model():
     assert isinstance(e.value, GuanacoError)
 
 
+def beside_a_spinner(script, model):
+    """Run ``script`` (a child pinned to 2 CPUs) while a spinner keeps the first busy -> its JSON."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs 2 CPUs")
+    spin = subprocess.Popen([sys.executable, "-c", f"import os\nos.sched_setaffinity(0, {{{cpus[0]}}})\n"
+                             "while True: pass"])
+    try:
+        r = subprocess.run([sys.executable, "-c", script.format(cpus=set(cpus[:2])), model],
+                           capture_output=True, text=True, timeout=300, **child())
+    finally:
+        spin.kill()
+        spin.wait()
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
 BUSY_LOAD = """
 import json, os, sys
 os.sched_setaffinity(0, {cpus})        # before OpenMP's threads exist: they inherit it
@@ -285,19 +302,7 @@ print(json.dumps(out))
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs os.sched_setaffinity")
 def test_a_core_kept_busy_at_load_puts_the_load_and_the_first_short_call_on_one_thread(smollm2):
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        pytest.skip("needs 2 CPUs")
-    spin = subprocess.Popen([sys.executable, "-c", f"import os\nos.sched_setaffinity(0, {{{cpus[0]}}})\n"
-                             "while True: pass"])
-    try:
-        r = subprocess.run([sys.executable, "-c", BUSY_LOAD.format(cpus=set(cpus[:2])), smollm2],
-                           capture_output=True, text=True, timeout=300, **child())
-    finally:
-        spin.kill()
-        spin.wait()
-    assert r.returncode == 0, r.stderr
-    runs = json.loads(r.stdout)
+    runs = beside_a_spinner(BUSY_LOAD, smollm2)
     if all(lt["one_thread_tensors"] + lt["multi_thread_tensors"] == 0 for lt, _, _ in runs):
         pytest.skip("these kernels interleave nothing at load (no AVX2, or GUANACO_RT_ISA)")
     hits = [lt["threads"] == 1 and lt["busy_core_found"] and before["on_one_thread"] and after["on_one_thread"]
@@ -331,19 +336,7 @@ print(json.dumps(out))
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs os.sched_setaffinity")
 def test_a_short_call_that_found_a_busy_core_starts_the_next_session_on_one_thread(smollm2):
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        pytest.skip("needs 2 CPUs")
-    spin = subprocess.Popen([sys.executable, "-c", f"import os\nos.sched_setaffinity(0, {{{cpus[0]}}})\n"
-                             "while True: pass"])
-    try:
-        r = subprocess.run([sys.executable, "-c", BUSY_SHORT_CALLS.format(cpus=set(cpus[:2])), smollm2],
-                           capture_output=True, text=True, timeout=300, **child())
-    finally:
-        spin.kill()
-        spin.wait()
-    assert r.returncode == 0, r.stderr
-    runs = json.loads(r.stdout)
+    runs = beside_a_spinner(BUSY_SHORT_CALLS, smollm2)
     for load, first, _, _, _ in runs:
         assert load["one_thread_tensors"] + load["multi_thread_tensors"] == 0
         assert not first["on_one_thread"]                  # nothing known yet: the first call starts on 2
