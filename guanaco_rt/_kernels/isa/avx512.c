@@ -470,6 +470,99 @@ ALWAYS_INLINE void r8_q6_K(int T, int n, float *s, int64_t s_stride, const void 
         _mm256_storeu_ps(s + t * s_stride, acc[t]);
 }
 
+/* ---- one-row kernels (vec_dot, vec_dot_x4) of q4_0, q4_1, q8_0 against q8_1 ------------- */
+/* One 32-weight block fills 8 i32 lanes, so a register holds BPV consecutive blocks; each
+ * block's integer sum is exact (vpdpbusd, or maddubs + madd at 256 bits: no pair sum reaches
+ * the i16 limit since q8_1 holds no -128), then per block and token one fma of
+ * (dx * dy) * sum into one of two accumulators (even and odd registers: two short chains).
+ * q4_1's m * s terms go to a float of their own, in block order. The 1- and 4-token
+ * kernels are one body: each token gets the same float operations in the same order. */
+#define BPV (VF_LANES / 8)
+#if GR_WIDTH == 512
+static inline vi join_blocks(__m256i a, __m256i b) { return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1); }
+static inline vf join_scales(float a, float b) {
+    return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(a)), _mm256_set1_ps(b), 1);
+}
+#define vi_to_vf(v) _mm512_cvtepi32_ps(v)
+#else
+static inline vi join_blocks(__m256i a, __m256i b) { (void)b; return a; }
+static inline vf join_scales(float a, float b) { (void)b; return _mm256_set1_ps(a); }
+#define vi_to_vf(v) _mm256_cvtepi32_ps(v)
+#endif
+
+enum { ROW_Q4_0, ROW_Q4_1, ROW_Q8_0 };
+
+/* a block's 32 weights in order, as bytes: q8_0's q and q4_0's q - 8 signed, q4_1's q unsigned */
+ALWAYS_INLINE __m256i row_block_bytes(int kind, const uint8_t *b) {
+    __m128i q;
+    __m256i w;
+    if (kind == ROW_Q8_0)
+        return _mm256_loadu_si256((const __m256i *)((const block_q8_0 *)b)->qs);
+    q = _mm_loadu_si128((const __m128i *)(kind == ROW_Q4_1 ? ((const block_q4_1 *)b)->qs : ((const block_q4_0 *)b)->qs));
+    w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0F));
+    return kind == ROW_Q4_0 ? _mm256_sub_epi8(w, _mm256_set1_epi8(8)) : w;
+}
+
+ALWAYS_INLINE void row_dot(int T, int kind, int n, float *s, int64_t s_stride, const void *vx, const void *vy,
+                           int64_t y_stride) {
+    const int64_t x_size = kind == ROW_Q8_0 ? sizeof(block_q8_0)
+                           : kind == ROW_Q4_1 ? sizeof(block_q4_1) : sizeof(block_q4_0);
+    const uint8_t *xb = (const uint8_t *)vx;
+    const int nb = n / QK8_1;
+    const block_q8_1 *y[4];
+    vf acc[4][2];
+    float sm[4];
+    const uint8_t *pf = xb + PREFETCH;
+    for (int t = 0; t < T; t++) {
+        y[t] = Y_ROW(block_q8_1, vy, y_stride, t);
+        acc[t][0] = acc[t][1] = vf_zero();
+        sm[t] = 0.0f;
+    }
+    for (int i0 = 0; i0 < nb; i0 += 2 * BPV) {
+        UNROLL
+        for (int c = 0; c < 2; c++) {
+            const int i = i0 + c * BPV;
+            if (i >= nb)
+                break;
+            /* at 512 bits the upper half is block i + 1, or zeros past the last block */
+            const int two = BPV == 2 && i + 1 < nb;
+            const uint8_t *b0 = xb + i * x_size, *b1 = xb + (i + two) * x_size;
+            const float d0 = f16_to_f32(*(const ggml_fp16_t *)b0), d1 = two ? f16_to_f32(*(const ggml_fp16_t *)b1) : 0.0f;
+            vi w = join_blocks(row_block_bytes(kind, b0), two ? row_block_bytes(kind, b1) : _mm256_setzero_si256());
+            vi aw = kind == ROW_Q4_1 ? w : abs8(w);
+            if (T == 1)
+                pf = prefetch_until(pf, b1 + x_size);
+            for (int t = 0; t < T; t++) {
+                const block_q8_1 *yt = y[t];
+                vi yv = join_blocks(_mm256_loadu_si256((const __m256i *)yt[i].qs),
+                                    two ? _mm256_loadu_si256((const __m256i *)yt[i + 1].qs) : _mm256_setzero_si256());
+                vi sum = dpbusd(vi_zero(), aw, kind == ROW_Q4_1 ? yv : sign_by(yv, w));
+                acc[t][c] = vf_fma(join_scales(d0 * yt[i].d, two ? d1 * yt[i + 1].d : 0.0f), vi_to_vf(sum), acc[t][c]);
+                if (kind == ROW_Q4_1) {
+                    sm[t] += f16_to_f32(((const block_q4_1 *)b0)->m) * yt[i].s;
+                    if (two)
+                        sm[t] += f16_to_f32(((const block_q4_1 *)b1)->m) * yt[i + 1].s;
+                }
+            }
+        }
+    }
+    for (int t = 0; t < T; t++) {
+        float r = vf_hsum(vf_add(acc[t][0], acc[t][1]));
+        s[t * s_stride] = kind == ROW_Q4_1 ? r + sm[t] : r;
+    }
+}
+
+#define ROW_PAIR(name, kind)                                                                                      \
+    static void vec_dot_##name(int n, float *s, const void *vx, const void *vy) {                                \
+        row_dot(1, kind, n, s, 0, vx, vy, 0);                                                                     \
+    }                                                                                                             \
+    static void vec_dot_x4_##name(int n, float *s, int64_t s_stride, const void *vx, const void *vy, int64_t ys) { \
+        row_dot(4, kind, n, s, s_stride, vx, vy, ys);                                                             \
+    }
+ROW_PAIR(q4_0, ROW_Q4_0)
+ROW_PAIR(q4_1, ROW_Q4_1)
+ROW_PAIR(q8_0, ROW_Q8_0)
+
 /* ---- the table: one function per (type, token count), each a body above --------------- */
 #define R8_PAIR(name, call)                                                                                     \
     static void dot_r8_##name(int n, float *s, int64_t s_stride, const void *vx, const void *vy, int64_t ys) {  \
@@ -489,9 +582,18 @@ R8_PAIR(q6_K, r8_q6_K)
 const isa_kernels_t UNIT_TABLE = {
     .name = UNIT_NAME,
     .types = {
-        [GGML_TYPE_Q4_0] = {.dot_r8 = dot_r8_q4_0, .dot_r8_x4 = dot_r8_x4_q4_0},
-        [GGML_TYPE_Q4_1] = {.dot_r8 = dot_r8_q4_1, .dot_r8_x4 = dot_r8_x4_q4_1},
-        [GGML_TYPE_Q8_0] = {.dot_r8 = dot_r8_q8_0, .dot_r8_x4 = dot_r8_x4_q8_0},
+        [GGML_TYPE_Q4_0] = {.vec_dot = vec_dot_q4_0,
+                              .vec_dot_x4 = vec_dot_x4_q4_0,
+                              .dot_r8 = dot_r8_q4_0,
+                              .dot_r8_x4 = dot_r8_x4_q4_0},
+        [GGML_TYPE_Q4_1] = {.vec_dot = vec_dot_q4_1,
+                              .vec_dot_x4 = vec_dot_x4_q4_1,
+                              .dot_r8 = dot_r8_q4_1,
+                              .dot_r8_x4 = dot_r8_x4_q4_1},
+        [GGML_TYPE_Q8_0] = {.vec_dot = vec_dot_q8_0,
+                              .vec_dot_x4 = vec_dot_x4_q8_0,
+                              .dot_r8 = dot_r8_q8_0,
+                              .dot_r8_x4 = dot_r8_x4_q8_0},
         [GGML_TYPE_Q4_K] = {.dot_r8 = dot_r8_q4_K, .dot_r8_x4 = dot_r8_x4_q4_K},
         [GGML_TYPE_Q6_K] = {.dot_r8 = dot_r8_q6_K, .dot_r8_x4 = dot_r8_x4_q6_K},
     },
