@@ -1,8 +1,9 @@
 /* The AVX-512 unit (F, BW, VL, DQ, VNNI, VBMI): the attention loops at 16 floats a register,
  * and the 8-row interleaved kernels (dot_r8, dot_r8_x4) of q4_0, q4_1, q8_0, q4_K and q6_K with
  * VNNI's vpdpbusd (4 u8 x s8 products summed into each i32 lane: one instruction where AVX2
- * needs maddubs, madd and an add). What it leaves out its fallback unit, avx2, fills
- * (_engine.KernelSet).
+ * needs maddubs, madd and an add), and the one-row kernels (vec_dot, vec_dot_x4) of q4_0, q4_1
+ * and q8_0, for the matrices not interleaved. What it leaves out its fallback unit, avx2,
+ * fills (_engine.KernelSet).
  *
  * One source, two widths (isa_list.py): GR_WIDTH=512 is the avx512 unit; GR_WIDTH=256 builds
  * the same bodies with AVX2 only (vpdpbusd as maddubs + madd + add, which gives the same
