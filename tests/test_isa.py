@@ -128,6 +128,15 @@ def test_units_the_cpu_runs_supply_8_row_kernels(isa):
     assert {T.Q4_0, T.Q4_1, T.Q8_0, T.Q4_K, T.Q6_K} <= set(own_r8_types(isa))
 
 
+@pytest.mark.parametrize("isa", SAME_BITS_AS_AVX2)
+def test_units_the_cpu_runs_supply_one_row_kernels_of_the_32_weight_types(isa):
+    # the matrices not interleaved (the demo model's tied Q8_0 output, small ones) run the unit's
+    # own vec_dot and vec_dot_x4, not its fallback's; their bits: test_kernels' K fixture
+    if dispatch.unit_status(isa) != "ok":
+        pytest.skip(f"ISA unit {isa}: {dispatch.unit_status(isa)}")
+    assert all(kernel_set(isa).sources.get((t, "vec_dot")) == isa for t in (T.Q4_0, T.Q4_1, T.Q8_0))
+
+
 @pytest.mark.parametrize("isa,ttype", r8_units() or [("none", 0)],
                          ids=lambda v: T.GGML_TYPES[v].name if isinstance(v, int) else v)
 @given(data=st.data(), nb=st.integers(1, 5), groups=st.integers(1, 3), n_tok=st.integers(1, 9),
