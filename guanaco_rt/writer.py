@@ -153,9 +153,9 @@ def synthetic_vocab(n_vocab):
     return vocab
 
 
-def vocab_from_gguf(path):
-    """The vocab of a GGUF file (e.g. ../shared/data/ggml-vocab-llama-spm.gguf) written the
-    way the 2023 convert.py wrote it into ggjt files. Needs the ``gguf`` package."""
+def gguf_vocab_arrays(path):
+    """A GGUF file's vocabulary as written: (token pieces, scores, token types), three lists
+    of n_vocab. Needs the ``gguf`` package."""
     import gguf
     r = gguf.GGUFReader(path)
 
@@ -166,6 +166,13 @@ def vocab_from_gguf(path):
     tokens = [bytes(p).decode("utf-8") for p in field("tokenizer.ggml.tokens")]
     scores = [float(p[0]) for p in field("tokenizer.ggml.scores")]
     types = [int(p[0]) for p in field("tokenizer.ggml.token_type")]
+    return tokens, scores, types
+
+
+def vocab_from_gguf(path):
+    """The vocab of a GGUF file (e.g. ../shared/data/ggml-vocab-llama-spm.gguf) written the
+    way the 2023 convert.py wrote it into ggjt files. Needs the ``gguf`` package."""
+    tokens, scores, types = gguf_vocab_arrays(path)
     out = []
     for piece, score, ttype in zip(tokens, scores, types):
         if ttype == 2:      # unknown

@@ -21,7 +21,7 @@ from guanaco_rt import ggml_types as T
 from guanaco_rt.bpe import BPETokenizer, byte_alphabet
 from guanaco_rt.errors import FormatError
 from guanaco_rt.tokenizer import Tokenizer
-from guanaco_rt.writer import random_tensor_bytes, vocab_from_gguf
+from guanaco_rt.writer import gguf_vocab_arrays, random_tensor_bytes, vocab_from_gguf
 
 from helpers import child
 
@@ -35,16 +35,7 @@ TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[
 
 
 def llama_pieces(shared_data):
-    r = gguf.GGUFReader(os.path.join(shared_data, "ggml-vocab-llama-spm.gguf"))
-
-    def field(name):
-        f = r.fields[name]
-        return [f.parts[i] for i in f.data]
-
-    tokens = [bytes(p).decode("utf-8") for p in field("tokenizer.ggml.tokens")]
-    scores = [float(p[0]) for p in field("tokenizer.ggml.scores")]
-    types = [int(p[0]) for p in field("tokenizer.ggml.token_type")]
-    return tokens, scores, types
+    return gguf_vocab_arrays(os.path.join(shared_data, "ggml-vocab-llama-spm.gguf"))
 
 
 def write_spm_gguf(path, shared_data, ids=None, flags=None, template=TEMPLATE, n_embd=32, seed=0):
