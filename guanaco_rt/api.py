@@ -48,6 +48,7 @@ from .errors import ChatTemplateError, ContextFullError, InvalidRequestError
 from .model import Model, default_threads
 from .sampling import DEFAULTS, Sampler, SamplingParams
 from .session import Session, common_prefix
+from .tokenizer import unicode_problem
 
 MAX_TOP_LOGPROBS = 20
 ROLES = ("system", "developer", "user", "assistant")
@@ -150,11 +151,9 @@ def _stops(stop):
     if len(stops) > 16:
         raise InvalidRequestError(f"stop has {len(stops)} strings; at most 16", "stop")
     for i, s in enumerate(stops):
-        try:
-            s.encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise InvalidRequestError(f"stop[{i}] is not valid Unicode: {e.reason} at position {e.start}", "stop") \
-                from None
+        problem = unicode_problem(s)
+        if problem:
+            raise InvalidRequestError(f"stop[{i}] is not valid Unicode: {problem}", "stop")
     return [s for s in stops if s]
 
 

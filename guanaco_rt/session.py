@@ -41,7 +41,7 @@ from .errors import (
 from .model import check_threads, usable_threads
 from .results import AsyncTextStream, GenerationResult, StreamView, TextStream, Timings
 from .sampling import CONTEXT_POLICY, Sampler, SamplingParams
-from .tokenizer import CONTROL, USER_DEFINED
+from .tokenizer import CONTROL, USER_DEFINED, unicode_problem
 
 if TYPE_CHECKING:
     from .model import Model
@@ -344,11 +344,9 @@ class Session:
         if not all(isinstance(x, str) for x in stops):
             raise TypeError(f"stop must be a string or a list of strings, got {stop!r}")
         for i, x in enumerate(stops):
-            try:
-                x.encode("utf-8")
-            except UnicodeEncodeError as e:
-                raise InvalidArgumentError(f"stop[{i}] is not valid Unicode: {e.reason} {x[e.start:e.end]!r} at "
-                                           f"position {e.start}", "stop") from None
+            problem = unicode_problem(x)
+            if problem:
+                raise InvalidArgumentError(f"stop[{i}] is not valid Unicode: {problem}", "stop")
         return ids, core, TextStage(self.model.tokenizer.byte_table, stops, len(ids) == 1)
 
     def _decode_loop(self, ids, core, text, max_new_tokens, params, piecewise, n_keep, view=None):

@@ -92,16 +92,24 @@ def byte_table(token_bytes, normal):
     return np.frombuffer(b"".join(token_bytes) + b"\0", np.uint8), offs, np.asarray(normal, np.uint8)
 
 
+def unicode_problem(text):
+    """What keeps UTF-8 from encoding ``text`` (a lone surrogate: "surrogates not allowed
+    '\\ud800' at position 3"), or None when it encodes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"{e.reason} {text[e.start:e.end]!r} at position {e.start}"
+    return None
+
+
 def check_text(text):
     """Text to encode must be a str that UTF-8 can encode: a lone surrogate would make
     sentencepiece raise an untyped RuntimeError."""
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise ValueError(f"text is not valid Unicode: {e.reason} {text[e.start:e.end]!r} at position {e.start}; "
-                         "decode bytes with errors='replace' first") from None
+    problem = unicode_problem(text)
+    if problem:
+        raise ValueError(f"text is not valid Unicode: {problem}; decode bytes with errors='replace' first")
 
 
 def special_spellings(pieces_or_tokens, types, skip=()):
