@@ -366,8 +366,7 @@ class LLM:
             return self.model.tokenize(guanaco_prompt(messages)), list(DEFAULT_STOP)
         try:
             # special tokens from the template's own text only; message content is text
-            ids = self.template.prompt_ids(lambda text, special: self.model.tokenize(text, bos=False, special=special),
-                                           messages)
+            ids = self.template.model_prompt_ids(self.model, messages)
         except ChatTemplateError as e:
             raise InvalidRequestError(str(e), "messages") from None
         return ids, []

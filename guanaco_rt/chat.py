@@ -380,6 +380,12 @@ class ChatTemplate:
         return "".join(out)
 
     # -- tokens ------------------------------------------------------------------------------
+    def model_prompt_ids(self, model, messages, add_generation_prompt=True):
+        """prompt_ids with ``model``'s tokenizer, no BOS added (the template writes one if it
+        wants it): what Session.chat and LLM's chat completions evaluate."""
+        return self.prompt_ids(lambda text, special: model.tokenize(text, bos=False, special=special), messages,
+                               add_generation_prompt)
+
     def prompt_ids(self, tokenize, messages, add_generation_prompt=True):
         """Messages -> prompt token ids, ``tokenize(text, special)`` turning text into ids.
 

@@ -507,12 +507,6 @@ class Session:
             conv.add(message, reply)
         return reply
 
-    def _template_ids(self, messages, add_generation_prompt=True):
-        # special tokens from the template's text only, message content always plain text;
-        # the template writes BOS if it wants one
-        return self.template.prompt_ids(lambda text, special: self.model.tokenize(text, bos=False, special=special),
-                                        messages, add_generation_prompt)
-
     def chat_prompt(self, message: str) -> list[int]:
         """The token ids ``chat(message)`` would start from: the conversation so far and this
         user turn in the model's chat format, the assistant's turn opened. Message content is
@@ -523,7 +517,7 @@ class Session:
         conv = self.conversation
         if self.template is None:           # Guanaco's turns: all of it is text, no special tokens
             return self.model.tokenize(conv.prompt(message, first_turn))
-        return self._template_ids(conv.messages(message, first_turn))
+        return self.template.model_prompt_ids(self.model, conv.messages(message, first_turn))
 
     def _chat_keep(self):
         conv = self.conversation
@@ -531,7 +525,7 @@ class Session:
             return len(self.model.tokenize(conv.system_text()))
         if not conv.system:
             return 0
-        return len(self._template_ids(conv.messages(), add_generation_prompt=False))
+        return len(self.template.model_prompt_ids(self.model, conv.messages(), add_generation_prompt=False))
 
     # -- state -------------------------------------------------------------------------
     def reset(self) -> None:
