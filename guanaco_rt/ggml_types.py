@@ -168,7 +168,7 @@ def tensor_type_for(ftype_name, name, shape, layer, n_layer):
 # ---- row-interleaved copies (ggml_blocks.h: block_q4_0x8 ... block_q6_Kx8) -------------
 # The engine interleaves each 8 rows of a q4_0 / q4_1 / q8_0 / q2_K / q4_K / q5_K / q6_K weight at load, for
 # kernels that put 8 rows in the 8 lanes of one register; these two functions are the layout's spec.
-R8_TYPES = (2, 3, 8, 10, 12, 13, 14)   # Q4_0, Q4_1, Q8_0, Q2_K, Q4_K, Q5_K, Q6_K
+R8_TYPES = (2, 3, 6, 7, 8, 10, 11, 12, 13, 14)   # Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K ... Q6_K
 
 
 def _r8_parts(ttype):
@@ -179,11 +179,13 @@ def _r8_parts(ttype):
         return [(16, 2), (64, 4), (2, 2), (2, 2)]                                     # scales, qs, d, dmin
     if ttype == 14:
         return [(128, 4), (64, 4), (16, 2), (2, 2)]                                  # ql, qh, scales, d
+    if ttype == 11:
+        return [(32, 4), (64, 4), (12, 4), (2, 2)]                                    # hmask, qs, scales, d
     if ttype in (12, 13):
         return [(2, 2), (2, 2), (12, 4)] + [(32, 4)] * (ttype == 13) + [(128, 4)]   # d, dmin, scales, (qh,) qs
     if ttype == 8:
         return [(2, 2), (32, 4)]                                                    # d, qs
-    return [(2, 2)] * (2 if ttype == 3 else 1) + [(16, 4)]   # d (, m), qs
+    return [(2, 2)] * (2 if ttype in (3, 7) else 1) + [(4, 4)] * (ttype in (6, 7)) + [(16, 4)]  # d (, m) (, qh), qs
 
 
 def interleave_r8(raw, ttype, ne0, ne1):

@@ -26,7 +26,7 @@ import numpy as np
 from guanaco_rt.errors import ModelClosedError
 
 from guanaco_rt._kernels.ggml_blocks cimport (GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_Q4_0, GGML_TYPE_Q4_1,
-                                              GGML_TYPE_Q8_0,
+                                              GGML_TYPE_Q5_0, GGML_TYPE_Q5_1, GGML_TYPE_Q8_0, GGML_TYPE_Q3_K,
                                               GGML_TYPE_Q2_K, GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K,
                                               GGML_TYPE_Q8_1, GGML_TYPE_COUNT, block_q8_1, QK8_1)
 from guanaco_rt._kernels._common cimport (gr_openmp_enabled, gr_omp_max_threads, gr_cpu_has_avx2, gr_cpu_features,
@@ -137,6 +137,15 @@ cdef int r8_parts(int type, int* size, int* step) noexcept nogil:
     if type == GGML_TYPE_Q4_1:                                  # d, m, qs
         size[0], step[0], size[1], step[1], size[2], step[2] = 2, 2, 2, 2, 16, 4
         return 3
+    if type == GGML_TYPE_Q5_0:                                  # d, qh, qs
+        size[0], step[0], size[1], step[1], size[2], step[2] = 2, 2, 4, 4, 16, 4
+        return 3
+    if type == GGML_TYPE_Q5_1:                                  # d, m, qh, qs
+        size[0], step[0], size[1], step[1], size[2], step[2], size[3], step[3] = 2, 2, 2, 2, 4, 4, 16, 4
+        return 4
+    if type == GGML_TYPE_Q3_K:                                  # hmask, qs, scales, d
+        size[0], step[0], size[1], step[1], size[2], step[2], size[3], step[3] = 32, 4, 64, 4, 12, 4, 2, 2
+        return 4
     if type == GGML_TYPE_Q2_K:                                  # scales (pairs), qs, d, dmin
         size[0], step[0], size[1], step[1], size[2], step[2], size[3], step[3] = 16, 2, 64, 4, 2, 2, 2, 2
         return 4

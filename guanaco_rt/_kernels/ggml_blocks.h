@@ -94,6 +94,10 @@ typedef struct { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; } block_q8_
  * Same size as the 8 blocks they replace. */
 typedef struct { ggml_fp16_t d[8]; uint8_t qs[8 * QK4_0 / 2]; } block_q4_0x8;
 typedef struct { ggml_fp16_t d[8]; ggml_fp16_t m[8]; uint8_t qs[8 * QK4_1 / 2]; } block_q4_1x8;
+/* q5_0 / q5_1: as q4_0 / q4_1, with the 8 rows' qh words (bit j: the 5th bit of weight j) side by
+ * side before qs: qh[4*r + j] = row r's qh[j] */
+typedef struct { ggml_fp16_t d[8]; uint8_t qh[8 * 4]; uint8_t qs[8 * QK5_0 / 2]; } block_q5_0x8;
+typedef struct { ggml_fp16_t d[8]; ggml_fp16_t m[8]; uint8_t qh[8 * 4]; uint8_t qs[8 * QK5_1 / 2]; } block_q5_1x8;
 /* q8_0 the same way: d[r]; qs[32*k + 4*r + j] = row r's qs[4*k + j] (k = 0..7, j = 0..3). */
 typedef struct { ggml_fp16_t d[8]; int8_t qs[8 * QK8_0]; } block_q8_0x8;
 /* q4_K the same way: d[r], dmin[r]; scales[32*w + 4*r + b] = row r's scales[4*w + b] (the 3
@@ -112,6 +116,10 @@ typedef struct { ggml_fp16_t d[8]; ggml_fp16_t dmin[8]; uint8_t scales[8 * K_SCA
  * r's qs[4*k + j]; d[r]; dmin[r]. */
 typedef struct { uint8_t scales[8 * QK_K / 16]; uint8_t qs[8 * QK_K / 4]; ggml_fp16_t d[8]; ggml_fp16_t dmin[8]; }
     block_q2_Kx8;
+/* q3_K the same way, its fields in the file's order: hmask[32*k + 4*r + j] = row r's hmask[4*k + j],
+ * qs likewise, scales[32*w + 4*r + b] = row r's scales[4*w + b] (as block_q4_Kx8's), d[r]. */
+typedef struct { uint8_t hmask[8 * QK_K / 8]; uint8_t qs[8 * QK_K / 4]; uint8_t scales[8 * 12]; ggml_fp16_t d[8]; }
+    block_q3_Kx8;
 typedef struct { uint8_t ql[8 * QK_K / 2]; uint8_t qh[8 * QK_K / 4]; int8_t scales[8 * QK_K / 16]; ggml_fp16_t d[8]; }
     block_q6_Kx8;
 
@@ -131,6 +139,9 @@ _Static_assert(sizeof(block_q6_K) == 210, "block_q6_K: wrong size/padding");
 _Static_assert(sizeof(block_q8_K) == 292, "block_q8_K: wrong size/padding");
 _Static_assert(sizeof(block_q4_0x8) == 8 * sizeof(block_q4_0), "block_q4_0x8: wrong size/padding");
 _Static_assert(sizeof(block_q4_1x8) == 8 * sizeof(block_q4_1), "block_q4_1x8: wrong size/padding");
+_Static_assert(sizeof(block_q5_0x8) == 8 * sizeof(block_q5_0), "block_q5_0x8: wrong size/padding");
+_Static_assert(sizeof(block_q5_1x8) == 8 * sizeof(block_q5_1), "block_q5_1x8: wrong size/padding");
+_Static_assert(sizeof(block_q3_Kx8) == 8 * sizeof(block_q3_K), "block_q3_Kx8: wrong size/padding");
 _Static_assert(sizeof(block_q8_0x8) == 8 * sizeof(block_q8_0), "block_q8_0x8: wrong size/padding");
 _Static_assert(sizeof(block_q4_Kx8) == 8 * sizeof(block_q4_K), "block_q4_Kx8: wrong size/padding");
 _Static_assert(sizeof(block_q5_Kx8) == 8 * sizeof(block_q5_K), "block_q5_Kx8: wrong size/padding");

@@ -1,0 +1,263 @@
+/* The 8-row kernels of the x86 unit (x86.c includes this after its vector layer): dot_r8 and
+ * dot_r8_x4 of every weight type, each type's one body instantiated per token count (1, 4) and,
+ * through the vector layer, per width. See x86.c for what the layer gives. */
+/* ---- 8-row kernels: the float steps, shared by every type and both widths ------------- */
+/* acc + (d8 * dy) * v: a block's 8 rows of integer sums into a float accumulator */
+static inline __m256 r8_scaled(__m256 d8, float dy, __m256i v, __m256 acc) {
+    return _mm256_fmadd_ps(_mm256_mul_ps(d8, _mm256_set1_ps(dy)), _mm256_cvtepi32_ps(v), acc);
+}
+static inline __m256 f16x8(const ggml_fp16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+#define Y_ROW(T, vy, y_stride, t) ((const T *)((const uint8_t *)(vy) + (t) * (y_stride)))
+
+/* q4_0 and q4_1 (block_q4_0x8, block_q4_1x8), T tokens: x = d * q + m with q unsigned 4-bit,
+ * m = -8 d for q4_0. acc: d * dy * sum(q y) per block; accm, its own chain: m * s (q8_1's
+ * s = dy * sum(y)); s = acc + accm, as the avx2 unit's dot_r8_tokens */
+ALWAYS_INLINE void r8_q4(int T, int has_m, int n, float *s, int64_t s_stride, const void *vx, const void *vy,
+                         int64_t y_stride) {
+    const int64_t x_size = has_m ? sizeof(block_q4_1x8) : sizeof(block_q4_0x8);
+    const block_q8_1 *y[4];
+    __m256 acc[4], accm[4];
+    const vi m4 = vi_set1_8(0x0F);
+    const uint8_t *pf = (const uint8_t *)vx + PREFETCH;
+    for (int t = 0; t < T; t++) {
+        y[t] = Y_ROW(block_q8_1, vy, y_stride, t);
+        acc[t] = accm[t] = _mm256_setzero_ps();
+    }
+    for (int i = 0; i < n / QK8_1; i++) {
+        const uint8_t *blk = (const uint8_t *)vx + i * x_size;
+        const ggml_fp16_t *d = has_m ? ((const block_q4_1x8 *)blk)->d : ((const block_q4_0x8 *)blk)->d;
+        const uint8_t *qs = has_m ? ((const block_q4_1x8 *)blk)->qs : ((const block_q4_0x8 *)blk)->qs;
+        vi sum[4];              /* per token: low nibbles (weights 4k+j) and high (16+4k+j) */
+        __m256 d8, m8;
+        if (T == 1)
+            pf = prefetch_until(pf, blk + x_size);
+        for (int t = 0; t < T; t++)
+            sum[t] = vi_zero();
+        UNROLL
+        for (int k = 0; k < 4; k += STEPS) {
+            vi p = vi_load_w(qs + 32 * k), pl = vi_and(p, m4), ph = vi_and(vi_srli16(p, 4), m4);
+            for (int t = 0; t < T; t++) {
+                sum[t] = dpbusd(dpbusd(sum[t], pl, bcast_step(y[t][i].qs + 4 * k)), ph,
+                                bcast_step(y[t][i].qs + 16 + 4 * k));
+            }
+        }
+        d8 = f16x8(d);
+        m8 = has_m ? f16x8(((const block_q4_1x8 *)blk)->m) : _mm256_mul_ps(d8, _mm256_set1_ps(-8.0f));
+        for (int t = 0; t < T; t++) {
+            acc[t] = r8_scaled(d8, y[t][i].d, rows8(sum[t]), acc[t]);
+            accm[t] = _mm256_fmadd_ps(m8, _mm256_set1_ps(y[t][i].s), accm[t]);
+        }
+    }
+    for (int t = 0; t < T; t++)
+        _mm256_storeu_ps(s + t * s_stride, _mm256_add_ps(acc[t], accm[t]));
+}
+
+/* q8_0 (block_q8_0x8): signed weights, so |w| against y with w's sign (q8_1 holds no -128) */
+ALWAYS_INLINE void r8_q8(int T, int n, float *s, int64_t s_stride, const void *vx, const void *vy, int64_t y_stride) {
+    const block_q8_1 *y[4];
+    __m256 acc[4];
+    const uint8_t *pf = (const uint8_t *)vx + PREFETCH;
+    for (int t = 0; t < T; t++) {
+        y[t] = Y_ROW(block_q8_1, vy, y_stride, t);
+        acc[t] = _mm256_setzero_ps();
+    }
+    for (int i = 0; i < n / QK8_0; i++) {
+        const block_q8_0x8 *b = (const block_q8_0x8 *)vx + i;
+        vi sum[4];
+        __m256 d8;
+        for (int t = 0; t < T; t++)
+            sum[t] = vi_zero();
+        UNROLL
+        for (int k = 0; k < 8; k += STEPS) {
+            vi w = vi_load_w(b->qs + 32 * k), aw = abs8(w);
+            if (T == 1)
+                pf = prefetch_until(pf, (const uint8_t *)(b->qs + 32 * k + 32 * STEPS));
+            for (int t = 0; t < T; t++)
+                sum[t] = dpbusd(sum[t], aw, sign_by(bcast_step(y[t][i].qs + 4 * k), w));
+        }
+        d8 = f16x8(b->d);
+        for (int t = 0; t < T; t++)
+            acc[t] = r8_scaled(d8, y[t][i].d, rows8(sum[t]), acc[t]);
+    }
+    for (int t = 0; t < T; t++)
+        _mm256_storeu_ps(s + t * s_stride, acc[t]);
+}
+
+/* q4_K (block_q4_Kx8): per sub-block each row's integer sum, times its 6-bit scale; the
+ * minimums through the q8_K block sums, per pair of sub-blocks (the avx2 unit's helpers) */
+static inline __m256i lane_bytes(int b0, int b1) {
+    /* pshufb mask: in every 32-bit lane, its byte b0 and byte b1 as two u16 */
+    int v[4];
+    UNROLL
+    for (int p = 0; p < 4; p++)
+        v[p] = (4 * p + b0) | 0x8000 | ((4 * p + b1) << 16) | (int)0x80000000;
+    return _mm256_setr_epi32(v[0], v[1], v[2], v[3], v[0], v[1], v[2], v[3]);
+}
+static inline int32_t bsum_pair(const block_q8_K *y, int j) {
+    /* the q8_K sums of sub-blocks j and j+1 (32 weights each) as two i16 in one i32 */
+    int a = y->bsums[2 * j] + y->bsums[2 * j + 1], b = y->bsums[2 * j + 2] + y->bsums[2 * j + 3];
+    return (int32_t)((uint32_t)(a & 0xFFFF) | ((uint32_t)b << 16));
+}
+static inline __m256i min_pair(__m256i mins, int b, const block_q8_K *y, int j) {
+    return _mm256_madd_epi16(_mm256_shuffle_epi8(mins, lane_bytes(b, b + 1)), _mm256_set1_epi32(bsum_pair(y, j)));
+}
+/* the 6-bit scales of sub-blocks 2c, 2c+1 of 8 rows: bytes 2c % 4 and 2c % 4 + 1 of word 0
+ * (c < 2), or of word 2 with word 0's top bits (block_q4_K's packing, 8 rows at a time) */
+static inline __m256i k4_r8_scales(__m256i w0, __m256i w2, int c) {
+    if (c < 2)
+        return _mm256_and_si256(w0, _mm256_set1_epi32(0x3f3f3f3f));
+    return _mm256_or_si256(_mm256_and_si256(w2, _mm256_set1_epi32(0x0f0f0f0f)),
+                           _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(w0, 6), _mm256_set1_epi32(0x03030303)), 4));
+}
+/* per row: sum_j m_j * bsums of sub-block j */
+static inline __m256i k4_r8_mins(__m256i w1, __m256i w2, const block_q8_K *y) {
+    __m256i mn_lo = _mm256_and_si256(w1, _mm256_set1_epi32(0x3f3f3f3f));
+    __m256i mn_hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(w2, 4), _mm256_set1_epi32(0x0f0f0f0f)),
+                                    _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(w1, 6),
+                                                                       _mm256_set1_epi32(0x03030303)), 4));
+    return _mm256_add_epi32(_mm256_add_epi32(min_pair(mn_lo, 0, y, 0), min_pair(mn_lo, 2, y, 2)),
+                            _mm256_add_epi32(min_pair(mn_hi, 0, y, 4), min_pair(mn_hi, 2, y, 6)));
+}
+/* byte b of every 32-bit lane, as an i32 */
+static inline __m256i lane_byte(__m256i v, int b) {
+    return _mm256_and_si256(_mm256_srli_epi32(v, 8 * b), _mm256_set1_epi32(0xFF));
+}
+
+ALWAYS_INLINE void r8_q4_K(int T, int n, float *s, int64_t s_stride, const void *vx, const void *vy, int64_t y_stride) {
+    const block_q8_K *y[4];
+    __m256 acc[4], accm[4];
+    const vi m4 = vi_set1_8(0x0F);
+    for (int t = 0; t < T; t++) {
+        y[t] = Y_ROW(block_q8_K, vy, y_stride, t);
+        acc[t] = accm[t] = _mm256_setzero_ps();
+    }
+    for (int i = 0; i < n / QK_K; i++) {
+        const block_q4_Kx8 *b = (const block_q4_Kx8 *)vx + i;
+        __m256i w0 = _mm256_loadu_si256((const __m256i *)b->scales);
+        __m256i w1 = _mm256_loadu_si256((const __m256i *)(b->scales + 32));
+        __m256i w2 = _mm256_loadu_si256((const __m256i *)(b->scales + 64));
+        vi sumi[4];            /* per token, unreduced: each row's sum over its two lanes */
+        __m256 d8, dm8;
+        for (int t = 0; t < T; t++)
+            sumi[t] = vi_zero();
+        NO_UNROLL
+        for (int c = 0; c < 4; c++) {
+            __m256i sc = k4_r8_scales(w0, w2, c);
+            UNROLL
+            for (int h = 0; h < 2; h++) {     /* sub-block 2c + h: low nibbles of chunk c, then high */
+                if (T == 1)
+                    prefetch_slice(b, sizeof(block_q4_Kx8), 2 * c + h, 8);
+                vi scb = rows_wide(lane_byte(sc, 2 * (c % 2) + h));
+                vi s32[4];
+                for (int t = 0; t < T; t++)
+                    s32[t] = vi_zero();
+                UNROLL
+                for (int k = 0; k < 8; k += STEPS) {
+                    vi p = vi_load_w(b->qs + 256 * c + 32 * k);
+                    p = vi_and(h ? vi_srli16(p, 4) : p, m4);
+                    for (int t = 0; t < T; t++)
+                        s32[t] = dpbusd(s32[t], p, bcast_step(y[t][i].qs + 64 * c + 32 * h + 4 * k));
+                }
+                for (int t = 0; t < T; t++)
+                    sumi[t] = vi_add32(sumi[t], vi_mullo(s32[t], scb));
+            }
+        }
+        d8 = f16x8(b->d);
+        dm8 = f16x8(b->dmin);
+        for (int t = 0; t < T; t++) {
+            acc[t] = r8_scaled(d8, y[t][i].d, rows8(sumi[t]), acc[t]);
+            accm[t] = r8_scaled(dm8, y[t][i].d, k4_r8_mins(w1, w2, y[t] + i), accm[t]);
+        }
+    }
+    for (int t = 0; t < T; t++)
+        _mm256_storeu_ps(s + t * s_stride, _mm256_sub_ps(acc[t], accm[t]));
+}
+
+/* q6_K (block_q6_Kx8): weights 0..63 against y, each sub-block's sum times its scale; the
+ * -32 through the q8_K block sums, first */
+static inline __m256i q6_r8_pair(const block_q6_Kx8 *b, int p) {
+    /* lane r: row r's scales of sub-blocks 2p and 2p+1 as two i16 */
+    return _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b->scales + 16 * p)));
+}
+/* the 6-bit weights of quarter qd (0..3: ql low nibbles with qh bits 0-1, ...) */
+static inline vi q6_r8_quarter(vi ql, vi qh, int qd) {
+    vi lo = vi_and(qd < 2 ? ql : vi_srli16(ql, 4), vi_set1_8(0x0F));
+    if (qd == 0)
+        qh = vi_slli16(qh, 4);
+    else if (qd == 1)
+        qh = vi_slli16(qh, 2);
+    else if (qd == 3)
+        qh = vi_srli16(qh, 2);
+    return vi_or(lo, vi_and(qh, vi_set1_8(0x30)));
+}
+
+ALWAYS_INLINE void r8_q6_K(int T, int n, float *s, int64_t s_stride, const void *vx, const void *vy, int64_t y_stride) {
+    const block_q8_K *y[4];
+    __m256 acc[4];
+    for (int t = 0; t < T; t++) {
+        y[t] = Y_ROW(block_q8_K, vy, y_stride, t);
+        acc[t] = _mm256_setzero_ps();
+    }
+    for (int i = 0; i < n / QK_K; i++) {
+        const block_q6_Kx8 *b = (const block_q6_Kx8 *)vx + i;
+        __m256i sumi[4];
+        vi wide[4];            /* per token, unreduced: the sub-blocks' scaled sums */
+        for (int t = 0; t < T; t++) {       /* the offset first: -32 * sum_j sc_j bsums_j */
+            sumi[t] = _mm256_setzero_si256();
+            UNROLL
+            for (int p = 0; p < 8; p++)
+                sumi[t] = _mm256_sub_epi32(sumi[t], _mm256_madd_epi16(q6_r8_pair(b, p),
+                                                                      _mm256_set1_epi32(load_i32(y[t][i].bsums + 2 * p))));
+            sumi[t] = _mm256_slli_epi32(sumi[t], 5);
+            wide[t] = vi_zero();
+        }
+        NO_UNROLL
+        for (int h = 0; h < 2; h++) {
+            NO_UNROLL
+            for (int e = 0; e < 2; e++) {
+                /* positions 16e..16e+15 of quarter qd of half h: sub-block 8h + 2qd + e. One
+                 * sub-block at a time, so only T sums are live (the steps' loads hit L1) */
+                UNROLL
+                for (int qd = 0; qd < 4; qd++) {
+                    if (T == 1)       /* 16 slices: 4 were 2x slower (measured at 512 and 256 bits) */
+                        prefetch_slice(b, sizeof(block_q6_Kx8), 8 * h + 4 * e + qd, 16);
+                    __m256i pair = q6_r8_pair(b, 4 * h + qd);
+                    vi sc = rows_wide(e ? _mm256_srai_epi32(pair, 16) : _mm256_srai_epi32(_mm256_slli_epi32(pair, 16), 16));
+                    vi s32[4];
+                    for (int t = 0; t < T; t++)
+                        s32[t] = vi_zero();
+                    UNROLL
+                    for (int k = 4 * e; k < 4 * e + 4; k += STEPS) {
+                        vi w = q6_r8_quarter(vi_load_w(b->ql + 32 * (16 * h + 8 * (qd % 2) + k)),
+                                             vi_load_w(b->qh + 32 * (8 * h + k)), qd);
+                        for (int t = 0; t < T; t++)
+                            s32[t] = dpbusd(s32[t], w, bcast_step(y[t][i].qs + 128 * h + 32 * qd + 4 * k));
+                    }
+                    for (int t = 0; t < T; t++)
+                        wide[t] = vi_add32(wide[t], vi_mullo(s32[t], sc));
+                }
+            }
+        }
+        for (int t = 0; t < T; t++)
+            acc[t] = r8_scaled(f16x8(b->d), y[t][i].d, _mm256_add_epi32(sumi[t], rows8(wide[t])), acc[t]);
+    }
+    for (int t = 0; t < T; t++)
+        _mm256_storeu_ps(s + t * s_stride, acc[t]);
+}
+
+/* ---- one function per (type, token count), each a body above --------------------------- */
+#define R8_PAIR(name, call)                                                                                     \
+    static void dot_r8_##name(int n, float *s, int64_t s_stride, const void *vx, const void *vy, int64_t ys) {  \
+        call(1, n, s, s_stride, vx, vy, ys);                                                                    \
+    }                                                                                                           \
+    static void dot_r8_x4_##name(int n, float *s, int64_t s_stride, const void *vx, const void *vy, int64_t ys) { \
+        call(4, n, s, s_stride, vx, vy, ys);                                                                    \
+    }
+#define R8_Q4_0(T, ...) r8_q4(T, 0, __VA_ARGS__)
+#define R8_Q4_1(T, ...) r8_q4(T, 1, __VA_ARGS__)
+R8_PAIR(q4_0, R8_Q4_0)
+R8_PAIR(q4_1, R8_Q4_1)
+R8_PAIR(q8_0, r8_q8)
+R8_PAIR(q4_K, r8_q4_K)
+R8_PAIR(q6_K, r8_q6_K)
+
