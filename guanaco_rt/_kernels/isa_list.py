@@ -24,9 +24,9 @@ UNITS = (
     dict(name="avx2", source="_avx2.pyx", flags=_AVX2, features=("avx2", "fma", "f16c"), fallback="generic",
          arch=X86, default=True),
     # the AVX-512 unit's own source at AVX2 width: its kernels tested on any AVX2 CPU
-    dict(name="avx512_at256", source="isa/avx512.c", flags=_AVX2 + ("-DGR_WIDTH=256",),
+    dict(name="avx512_at256", source="isa/x86.c", flags=_AVX2 + ("-DGR_WIDTH=256",),
          features=("avx2", "fma", "f16c"), fallback="avx2", arch=X86, default=False),
-    dict(name="avx512", source="isa/avx512.c", flags=_AVX512,
+    dict(name="avx512", source="isa/x86.c", flags=_AVX512,
          features=("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vnni", "avx512vbmi", "avx2", "fma", "f16c"),
          fallback="avx2", arch=X86, default=True),
     # aarch64: isa/neon.c built three times; each names its table after the build (neon.c)
