@@ -1,7 +1,7 @@
 """Invariance: every ISA unit agrees with the generic unit (within float summation
 order for one dot product; bit for bit for whole forward passes, since the order is
-fixed per unit and thread count), the units whose 8-row kernels do the avx2 unit's float
-steps give its bits, forcing an ISA through GUANACO_RT_ISA works, the list of units is
+fixed per unit and thread count), the x86 units (one source, isa/x86.c, at several widths)
+give the same bits, forcing an ISA through GUANACO_RT_ISA works, the list of units is
 what setup.py and the dispatcher share, and a unit that fails to load is an error."""
 import json
 import os
@@ -105,8 +105,8 @@ def test_forward_agrees_across_isas_in_one_process(S, tmp_path_factory, ftype):
 
 
 # ---- the C units (isa_list.py) and their fallback chains ------------------------------------------
-# Units whose 8-row kernels do the avx2 unit's float steps after exact integer sums: the same bits
-SAME_BITS_AS_AVX2 = ("avx512", "avx512_at256")
+# isa/x86.c's builds: exact integer sums, then the same float steps at every width: the same bits
+X86_UNITS = ("avx2", "vnni256", "avx_vnni", "avx512")
 # Units whose every quantized kernel does the generic unit's float steps in its order (neon.c)
 SAME_BITS_AS_GENERIC = ("neon", "neon_dotprod", "neon_i8mm")
 
@@ -116,36 +116,32 @@ def own_r8_types(isa):
     return [t for t in T.R8_TYPES if kernel_set(isa).sources.get((t, "dot_r8")) == isa]
 
 
-def r8_units():
-    return [(u, t) for u in SAME_BITS_AS_AVX2 for t in T.R8_TYPES if u in available_isas() and t in own_r8_types(u)]
+def x86_r8_units():
+    """(unit, type) of the x86 units this CPU runs but avx2 (the one they are compared with)"""
+    return [(u, t) for u in X86_UNITS[1:] for t in T.R8_TYPES if u in available_isas() and t in own_r8_types(u)]
 
 
-@pytest.mark.parametrize("isa", SAME_BITS_AS_AVX2)
-def test_units_the_cpu_runs_supply_8_row_kernels(isa):
-    # AVX-512 body at AVX2 width runs wherever avx2 does: on an AVX2 machine its kernels are tested
+@pytest.mark.parametrize("isa", X86_UNITS)
+def test_x86_units_interleave_every_weight_type(isa):
+    # every weight type runs on the unit's own 8-row kernels (the x86 units have no one-row ones:
+    # a matrix's < 8 tail rows take the generic unit's); the avx2 build runs on any AVX2 CPU, so
+    # the width-generic bodies are tested there too
     if dispatch.unit_status(isa) != "ok":
         pytest.skip(f"ISA unit {isa}: {dispatch.unit_status(isa)}")
-    assert {T.Q4_0, T.Q4_1, T.Q8_0, T.Q4_K, T.Q6_K} <= set(own_r8_types(isa))
+    assert set(own_r8_types(isa)) == set(T.R8_TYPES)
+    assert all(kernel_set(isa).interleaves(t) for t in T.R8_TYPES)
+    assert kernel_set(isa).chain == (isa, "generic")
 
 
-@pytest.mark.parametrize("isa", SAME_BITS_AS_AVX2)
-def test_units_the_cpu_runs_supply_one_row_kernels_of_the_32_weight_types(isa):
-    # the matrices not interleaved (the demo model's tied Q8_0 output, small ones) run the unit's
-    # own vec_dot and vec_dot_x4, not its fallback's; their bits: test_kernels' K fixture
-    if dispatch.unit_status(isa) != "ok":
-        pytest.skip(f"ISA unit {isa}: {dispatch.unit_status(isa)}")
-    assert all(kernel_set(isa).sources.get((t, "vec_dot")) == isa for t in (T.Q4_0, T.Q4_1, T.Q8_0))
-
-
-@pytest.mark.parametrize("isa,ttype", r8_units() or [("none", 0)],
+@pytest.mark.parametrize("isa,ttype", x86_r8_units() or [("none", 0)],
                          ids=lambda v: T.GGML_TYPES[v].name if isinstance(v, int) else v)
 @given(data=st.data(), nb=st.integers(1, 5), groups=st.integers(1, 3), n_tok=st.integers(1, 9),
        nth=st.integers(1, 2))
 @settings(max_examples=25)
-def test_8_row_kernels_give_the_avx2_units_bits(isa, ttype, data, nb, groups, n_tok, nth):
-    # integer sums (vpdpbusd, or maddubs + madd at 256 bits) are exact; the float steps are avx2's
+def test_x86_units_give_the_same_bits_at_every_width(isa, ttype, data, nb, groups, n_tok, nth):
+    # integer sums (vpdpbusd, or maddubs + madd in the avx2 build) are exact; the float steps are one body's
     if isa == "none":
-        pytest.skip("no unit with its own 8-row kernels runs on this CPU")
+        pytest.skip("no second x86 unit runs on this CPU")
     qk = T.GGML_TYPES[ttype].blck_size
     ne0, ne1 = qk * nb, 8 * groups
     w = np.frombuffer(b"".join(data.draw(blocks(ttype, n_blocks=nb))[0] for _ in range(ne1)), np.uint8)
@@ -155,7 +151,7 @@ def test_8_row_kernels_give_the_avx2_units_bits(isa, ttype, data, nb, groups, n_
 
 
 def test_kernel_sets_take_each_pair_whole_from_the_first_unit_that_has_it():
-    # the gaps of a unit's table are filled along its chain (avx512 -> avx2 -> generic), a type's
+    # the gaps of a unit's table are filled along its chain (e.g. neon_i8mm -> generic), a type's
     # (vec_dot, vec_dot_x4) and (dot_r8, dot_r8_x4) each from one unit
     for isa in available_isas():
         K = kernel_set(isa)

@@ -117,7 +117,8 @@ def choose():
         if status == "ok":
             why = "the best unit this CPU runs"
             return u["name"], why + (f" ({'; '.join(skipped)})" if skipped else "")
-        skipped.append(f"{u['name']}: {status}")
+        if not status.startswith("not for "):        # another machine type's units: no news
+            skipped.append(f"{u['name']}: {status}")
     raise GuanacoError("no kernel unit runs here: " + "; ".join(skipped))
 
 

@@ -69,37 +69,7 @@ cdef extern from "ggml_blocks.h" nogil:
         float d
         int8_t qs[256]
         int16_t bsums[16]
-    ctypedef struct block_q4_0x8:
-        ggml_fp16_t d[8]
-        uint8_t qs[128]
-    ctypedef struct block_q4_1x8:
-        ggml_fp16_t d[8]
-        ggml_fp16_t m[8]
-        uint8_t qs[128]
-    ctypedef struct block_q8_0x8:
-        ggml_fp16_t d[8]
-        int8_t qs[256]
-    ctypedef struct block_q4_Kx8:
-        ggml_fp16_t d[8]
-        ggml_fp16_t dmin[8]
-        uint8_t scales[96]
-        uint8_t qs[1024]
-    ctypedef struct block_q5_Kx8:
-        ggml_fp16_t d[8]
-        ggml_fp16_t dmin[8]
-        uint8_t scales[96]
-        uint8_t qh[256]
-        uint8_t qs[1024]
-    ctypedef struct block_q2_Kx8:
-        uint8_t scales[128]
-        uint8_t qs[512]
-        ggml_fp16_t d[8]
-        ggml_fp16_t dmin[8]
-    ctypedef struct block_q6_Kx8:
-        uint8_t ql[1024]
-        uint8_t qh[512]
-        int8_t scales[128]
-        ggml_fp16_t d[8]
+    # (the 8-row interleaved layouts, block_q4_0x8 ..., are used by the C units only)
 
 cdef extern from "ggml_blocks.h" nogil:
     enum:  # ggml_type ids, as the files store them (values in ggml_blocks.h)

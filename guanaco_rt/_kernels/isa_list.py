@@ -17,18 +17,22 @@ Units are listed worst first: dispatch picks the last default unit the CPU runs.
 X86 = ("x86_64", "amd64", "i386", "i686")
 ARM64 = ("aarch64", "arm64")
 _AVX2 = ("-mavx2", "-mfma", "-mf16c")
+_AVX2_F = ("avx2", "fma", "f16c")
 _AVX512 = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mavx512vbmi") + _AVX2
+_AVX512_F = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vnni", "avx512vbmi") + _AVX2_F
 
 UNITS = (
-    dict(name="generic", source="_generic.pyx", flags=(), features=(), fallback=None, arch=(), default=True),
-    dict(name="avx2", source="_avx2.pyx", flags=_AVX2, features=("avx2", "fma", "f16c"), fallback="generic",
-         arch=X86, default=True),
-    # the AVX-512 unit's own source at AVX2 width: its kernels tested on any AVX2 CPU
-    dict(name="avx512_at256", source="isa/x86.c", flags=_AVX2 + ("-DGR_WIDTH=256",),
-         features=("avx2", "fma", "f16c"), fallback="avx2", arch=X86, default=False),
-    dict(name="avx512", source="isa/x86.c", flags=_AVX512,
-         features=("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vnni", "avx512vbmi", "avx2", "fma", "f16c"),
-         fallback="avx2", arch=X86, default=True),
+    dict(name="generic", source="isa/generic.c", flags=(), features=(), fallback=None, arch=(), default=True),
+    # x86: isa/x86.c built four times, at 256 bits (three ways to the int8 dot products) and 512
+    dict(name="avx2", source="isa/x86.c", flags=_AVX2 + ("-DGR_WIDTH=256",), features=_AVX2_F,
+         fallback="generic", arch=X86, default=True),
+    # the avx_vnni body on CPUs with AVX-512 VNNI but not AVX-VNNI (Zen 4, Xeons before Sapphire Rapids)
+    dict(name="vnni256", source="isa/x86.c", flags=_AVX512 + ("-DGR_WIDTH=256",), features=_AVX512_F,
+         fallback="generic", arch=X86, default=False),
+    dict(name="avx_vnni", source="isa/x86.c", flags=_AVX2 + ("-mavxvnni", "-DGR_WIDTH=256"),
+         features=_AVX2_F + ("avxvnni",), fallback="generic", arch=X86, default=True),
+    dict(name="avx512", source="isa/x86.c", flags=_AVX512 + ("-DGR_WIDTH=512",), features=_AVX512_F,
+         fallback="generic", arch=X86, default=True),
     # aarch64: isa/neon.c built three times; each names its table after the build (neon.c)
     dict(name="neon", source="isa/neon.c", flags=("-march=armv8-a",), features=("neon",), fallback="generic",
          arch=ARM64, default=True),

@@ -45,10 +45,13 @@ INC=(-I "$K" -I "$ROOT/usr/lib/python3/dist-packages/numpy/core/include" -I "$RO
      -I "$ROOT/usr/include")
 for c in "$K"/_*.c; do
     m=$(basename "$c" .c)
-    [ "$m" = _avx2 ] && continue
     aarch64-linux-gnu-gcc -O3 -fno-strict-aliasing -ffp-contract=off -fwrapv -fopenmp -fPIC -shared "${INC[@]}" \
         -o "$STAGE/$K/$m.cpython-311-aarch64-linux-gnu.so" "$c" &
 done
+# the generic unit: setup.py's copy of the shim _isa_unit.pyx (cythonized by the x86 build) with isa/generic.c
+aarch64-linux-gnu-gcc -O3 -fno-strict-aliasing -ffp-contract=off -fwrapv -fPIC -shared "${INC[@]}" \
+    -DGR_UNIT_TABLE=gr_isa_generic -o "$STAGE/$K/_isa_generic.cpython-311-aarch64-linux-gnu.so" \
+    build/isa_units/_isa_generic.c "$K/isa/generic.c" &
 F=(-std=c11 -O3 -ffp-contract=off -fPIC -I "$K")
 aarch64-linux-gnu-gcc "${F[@]}" -march=armv8-a -c "$K/isa/neon.c" -o "$STAGE/neon.o"
 aarch64-linux-gnu-gcc "${F[@]}" -march=armv8.2-a+dotprod -c "$K/isa/neon.c" -o "$STAGE/neon_dotprod.o"

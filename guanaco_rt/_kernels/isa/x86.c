@@ -1,21 +1,21 @@
-/* The AVX-512 unit (F, BW, VL, DQ, VNNI, VBMI): the attention loops at 16 floats a register,
- * and the 8-row interleaved kernels (dot_r8, dot_r8_x4) of q4_0, q4_1, q8_0, q4_K and q6_K with
- * VNNI's vpdpbusd (4 u8 x s8 products summed into each i32 lane: one instruction where AVX2
- * needs maddubs, madd and an add), and the one-row kernels (vec_dot, vec_dot_x4) of q4_0, q4_1
- * and q8_0, for the matrices not interleaved. What it leaves out its fallback unit, avx2,
- * fills (_engine.KernelSet).
- *
- * One source, two widths (isa_list.py): GR_WIDTH=512 is the avx512 unit; GR_WIDTH=256 builds
- * the same bodies with AVX2 only (vpdpbusd as maddubs + madd + add, which gives the same
- * integers: no pair sum here reaches the i16 limit), the test-only unit avx512_at256, so
- * that every kernel below runs and is tested on any AVX2 CPU. The width-dependent part is the
- * vector layer right below; the kernels use only it.
+/* The x86 units: one source, built once per unit of isa_list.py with its own flags.
+ *   avx2      GR_WIDTH=256, AVX2 + FMA + F16C: vpdpbusd emulated as maddubs + madd + add
+ *   avx_vnni  GR_WIDTH=256 with AVX-VNNI (Alder Lake and later cores): the VEX vpdpbusd
+ *   vnni256   GR_WIDTH=256 with AVX-512 VL + VNNI: the EVEX vpdpbusd on ymm (test-only: the
+ *             avx_vnni body, run on CPUs with AVX-512 but without AVX-VNNI)
+ *   avx512    GR_WIDTH=512, AVX-512 F/BW/VL/DQ + VNNI + VBMI
+ * What it holds: the attention loops (kv_scores, kv_mix) at 8 or 16 floats a register, the q8_1
+ * activation quantizer, and the 8-row interleaved kernels (dot_r8, dot_r8_x4) of every weight
+ * type, in x86_r8.h: each type's body written once, instantiated by the compiler per token count
+ * (1, 4) and, through the vector layer below, per width. A unit declares the layout it wants by
+ * what its table fills: every weight type here is interleaved 8 rows at a time at load, so the
+ * one-row kernels (vec_dot) come from the fallback unit, generic, for the few tail rows of a
+ * matrix whose row count is not a multiple of 8 (_engine.rows_q).
  *
  * The 8-row kernels: lane r of each 32-byte step of a block_*x8 holds 4 weights of row r
  * (ggml_blocks.h); a 512-bit register holds two consecutive steps (vi_load_w). Each row's
- * integer sums are exact, and after them every (row, token)
- * gets the float operations of the avx2 unit's 8-row kernels in the same order: the results
- * are the avx2 unit's bits, at either width (tests/test_isa.py checks it). */
+ * integer sums are exact, and after them every (row, token) gets the same float operations in
+ * the same order at every width: all four units give the same bits (tests/test_isa.py). */
 #include <immintrin.h>
 #include <string.h>
 #include "isa_table.h"
@@ -27,7 +27,6 @@
 /* ---- the vector layer: vi (bytes), vf (floats), at GR_WIDTH bits -------------------- */
 #if GR_WIDTH == 512
 #define UNIT_NAME "avx512"
-#define UNIT_TABLE gr_isa_avx512
 typedef __m512i vi;
 typedef __m512 vf;
 #define VF_LANES 16
@@ -75,8 +74,6 @@ static inline vi rows_wide(__m256i v) {
 static inline vi abs8(vi w) { return _mm512_abs_epi8(w); }
 static inline vi sign_by(vi y, vi w) { return _mm512_mask_sub_epi8(y, _mm512_movepi8_mask(w), _mm512_setzero_si512(), y); }
 #else
-#define UNIT_NAME "avx512_at256"
-#define UNIT_TABLE gr_isa_avx512_at256
 typedef __m256i vi;
 typedef __m256 vf;
 #define VF_LANES 8
@@ -88,9 +85,18 @@ typedef __m256 vf;
 #define vi_or(a, b) _mm256_or_si256(a, b)
 #define vi_srli16(a, n) _mm256_srli_epi16(a, n)
 #define vi_slli16(a, n) _mm256_slli_epi16(a, n)
+#if defined(__AVXVNNI__) && !defined(__AVX512VNNI__)
+#define UNIT_NAME "avx_vnni"
+#define dpbusd(acc, u, s) _mm256_dpbusd_avx_epi32(acc, u, s)
+#elif defined(__AVX512VNNI__)
+#define UNIT_NAME "vnni256"
+#define dpbusd(acc, u, s) _mm256_dpbusd_epi32(acc, u, s)
+#else
+#define UNIT_NAME "avx2"
 /* vpdpbusd without VNNI: exact while no u8 x s8 pair sum passes the i16 limit (true of
  * every kernel here: at most 2 * 128 * 127) */
 #define dpbusd(acc, u, s) _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)))
+#endif
 #define vf_zero() _mm256_setzero_ps()
 #define vf_set1(x) _mm256_set1_ps(x)
 #define vf_load(p) _mm256_loadu_ps(p)
@@ -229,127 +235,63 @@ static void kv_mix(float *out, const float *a, const void *kv, int64_t off, int6
 
 #include "x86_r8.h"
 
-/* ---- one-row kernels (vec_dot, vec_dot_x4) of q4_0, q4_1, q8_0 against q8_1 ------------- */
-/* One 32-weight block a 256-bit register at either width: its integer sum exact (vpdpbusd on
- * ymm, or maddubs + madd at the 256-bit build: no pair sum reaches the i16 limit since q8_1
- * holds no -128; q4_0's 8 * y: 8 * 127 * 2), then per block and token one fma of (dx * dy) * sum into one of two
- * accumulators (even and odd blocks: two short chains). q4_1's m * s terms go to two sums
- * of their own, the same way (a lane per token). The 1- and 4-token kernels are one body: each token gets the
- * same float operations in the same order. Two blocks a 512-bit register (inserts for the
- * weights, the activations and the scales) measured 0.68-0.94x the avx2 unit's speed on Zen 4 */
-#if GR_WIDTH == 512
-#define dpbusd_y(acc, u, s) _mm256_dpbusd_epi32(acc, u, s)
-#else
-#define dpbusd_y(acc, u, s) _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)))
-#endif
-
-enum { ROW_Q4_0, ROW_Q4_1, ROW_Q8_0 };
-
-/* a block's 32 weights in order, as bytes: q8_0's q signed, q4_0's and q4_1's q unsigned (the
- * 16 nibble bytes broadcast to both lanes, the high lane shifted by 4: no shuffle) */
-ALWAYS_INLINE __m256i row_block_bytes(int kind, const uint8_t *b) {
-    __m256i q;
-    if (kind == ROW_Q8_0)
-        return _mm256_loadu_si256((const __m256i *)((const block_q8_0 *)b)->qs);
-    q = _mm256_broadcastsi128_si256(
-        _mm_loadu_si128((const __m128i *)(kind == ROW_Q4_1 ? ((const block_q4_1 *)b)->qs : ((const block_q4_0 *)b)->qs)));
-    return _mm256_and_si256(_mm256_srlv_epi64(q, _mm256_set_epi64x(4, 4, 0, 0)), _mm256_set1_epi8(0x0F));
+/* ---- the q8_1 activation quantizer ------------------------------------------------------ */
+/* roundf, 8 at a time: truncate, then step away from zero where the dropped part is >= 0.5
+ * (v - trunc(v) is exact); _mm256_round_ps's nearest mode would round ties to even */
+static inline __m256 round_half_away(__m256 v) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    __m256 far = _mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_sub_ps(v, t)), _mm256_set1_ps(0.5f), _CMP_GE_OQ);
+    return _mm256_add_ps(t, _mm256_and_ps(far, _mm256_or_ps(_mm256_and_ps(v, sign), _mm256_set1_ps(1.0f))));
 }
 
-/* a block's exact integer sums (8 lanes): q8_0 by the sign trick, q4_0 as q * y - 8 * y */
-ALWAYS_INLINE __m256i row_block_sum(int kind, __m256i w, __m256i aw, __m256i yv) {
-    const __m256i z = _mm256_setzero_si256();
-    if (kind == ROW_Q8_0)
-        return dpbusd_y(z, aw, _mm256_sign_epi8(yv, w));
-    if (kind == ROW_Q4_0)
-        return _mm256_sub_epi32(dpbusd_y(z, w, yv), dpbusd_y(z, _mm256_set1_epi8(8), yv));
-    return dpbusd_y(z, w, yv);
-}
-
-ALWAYS_INLINE void row_dot(int T, int kind, int n, float *s, int64_t s_stride, const void *vx, const void *vy,
-                           int64_t y_stride) {
-    const int64_t x_size = kind == ROW_Q8_0 ? sizeof(block_q8_0)
-                           : kind == ROW_Q4_1 ? sizeof(block_q4_1) : sizeof(block_q4_0);
-    const uint8_t *xb = (const uint8_t *)vx;
-    const int nb = n / QK8_1;
-    const block_q8_1 *y[4];
-    __m256 acc[4][2];
-    /* q4_1's m * s terms: 4 tokens in the lanes of sm, one in sm1 (per lane the same operations) */
-    __m128 sm[2] = {_mm_setzero_ps(), _mm_setzero_ps()};
-    float sm1[2] = {0.0f, 0.0f};
-    /* 4 tokens: row 0's packed [d0 d1 d2 d3 s0 s1 s2 s3] per block (pack_q8_1_x4), one load */
-    const float *ds = (const float *)((const uint8_t *)vy + nb * sizeof(block_q8_1));
-    const uint8_t *pf = xb + PREFETCH;
-    for (int t = 0; t < T; t++) {
-        y[t] = Y_ROW(block_q8_1, vy, y_stride, t);
-        acc[t][0] = acc[t][1] = _mm256_setzero_ps();
-    }
-    for (int i0 = 0; i0 < nb; i0 += 2) {
-        if (T == 1)
-            pf = prefetch_until(pf, xb + (i0 + 2) * x_size);
-        UNROLL
-        for (int c = 0; c < 2; c++) {
-            const int i = i0 + c;
-            if (i >= nb)
-                break;
-            const uint8_t *b = xb + i * x_size;
-            const float d = f16_to_f32(*(const ggml_fp16_t *)b);
-            __m256i w = row_block_bytes(kind, b);
-            __m256i aw = kind == ROW_Q8_0 ? _mm256_sign_epi8(w, w) : w;
-            const __m128 dd = T == 4 ? _mm_mul_ps(_mm_set1_ps(d), _mm_loadu_ps(ds + 8 * i)) : _mm_setzero_ps();
-            if (kind == ROW_Q4_1 && T == 4)
-                sm[c] = _mm_add_ps(sm[c], _mm_mul_ps(_mm_set1_ps(f16_to_f32(((const block_q4_1 *)b)->m)),
-                                                     _mm_loadu_ps(ds + 8 * i + 4)));
-            else if (kind == ROW_Q4_1)
-                sm1[c] += f16_to_f32(((const block_q4_1 *)b)->m) * y[0][i].s;
-            for (int t = 0; t < T; t++) {
-                const block_q8_1 *yt = y[t] + i;
-                __m256i yv = _mm256_loadu_si256((const __m256i *)yt->qs);
-                __m256i sum = row_block_sum(kind, w, aw, yv);
-                const __m256 sc = T == 4 ? _mm256_permutevar8x32_ps(_mm256_castps128_ps256(dd), _mm256_set1_epi32(t))
-                                         : _mm256_set1_ps(d * yt->d);
-                acc[t][c] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(sum), acc[t][c]);
-            }
-        }
-    }
-    float m_terms[4];
-    _mm_storeu_ps(m_terms, _mm_add_ps(sm[0], sm[1]));
-    if (T == 1)
-        m_terms[0] = sm1[0] + sm1[1];
-    for (int t = 0; t < T; t++) {
-        float r = hsum8(_mm256_add_ps(acc[t][0], acc[t][1]));
-        s[t * s_stride] = kind == ROW_Q4_1 ? r + m_terms[t] : r;
+/* the bytes of _quants.quantize_row_q8_1 (tests/test_isa.py): d = amax / 127, q = roundf(x * (1 / d)),
+ * s = d * sum(q) */
+static void quantize_row_q8_1(const float *x, void *vy, int64_t k) {
+    block_q8_1 *y = (block_q8_1 *)vy;
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int64_t i = 0; i < k / QK8_1; i++) {
+        __m256 v[4], m;
+        __m256i q[4], p, qsum;
+        __m128 h;
+        __m128i s4;
+        float amax, d, id;
+        for (int j = 0; j < 4; j++)
+            v[j] = _mm256_loadu_ps(x + i * QK8_1 + 8 * j);
+        m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                          _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+        h = _mm_max_ps(_mm256_extractf128_ps(m, 1), _mm256_castps256_ps128(m));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_movehdup_ps(h));
+        amax = _mm_cvtss_f32(h);
+        d = amax / 127.0f;
+        id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[i].d = d;
+        for (int j = 0; j < 4; j++)
+            q[j] = _mm256_cvttps_epi32(round_half_away(_mm256_mul_ps(v[j], _mm256_set1_ps(id))));
+        qsum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        /* i32 -> i8: the two packs interleave the 128-bit lanes; the permute restores the order */
+        p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)y[i].qs, p);
+        s4 = _mm_add_epi32(_mm256_extracti128_si256(qsum, 1), _mm256_castsi256_si128(qsum));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+        y[i].s = d * (float)_mm_cvtsi128_si32(s4);
     }
 }
 
-#define ROW_PAIR(name, kind)                                                                                      \
-    static void vec_dot_##name(int n, float *s, const void *vx, const void *vy) {                                \
-        row_dot(1, kind, n, s, 0, vx, vy, 0);                                                                     \
-    }                                                                                                             \
-    static void vec_dot_x4_##name(int n, float *s, int64_t s_stride, const void *vx, const void *vy, int64_t ys) { \
-        row_dot(4, kind, n, s, s_stride, vx, vy, ys);                                                             \
-    }
-ROW_PAIR(q4_0, ROW_Q4_0)
-ROW_PAIR(q4_1, ROW_Q4_1)
-ROW_PAIR(q8_0, ROW_Q8_0)
-
-const isa_kernels_t UNIT_TABLE = {
+/* ---- the table (setup.py names it gr_isa_<unit>) ----------------------------------------- */
+#define R8(name) {.dot_r8 = dot_r8_##name, .dot_r8_x4 = dot_r8_x4_##name}
+const isa_kernels_t GR_UNIT_TABLE = {
     .name = UNIT_NAME,
     .types = {
-        [GGML_TYPE_Q4_0] = {.vec_dot = vec_dot_q4_0,
-                              .vec_dot_x4 = vec_dot_x4_q4_0,
-                              .dot_r8 = dot_r8_q4_0,
-                              .dot_r8_x4 = dot_r8_x4_q4_0},
-        [GGML_TYPE_Q4_1] = {.vec_dot = vec_dot_q4_1,
-                              .vec_dot_x4 = vec_dot_x4_q4_1,
-                              .dot_r8 = dot_r8_q4_1,
-                              .dot_r8_x4 = dot_r8_x4_q4_1},
-        [GGML_TYPE_Q8_0] = {.vec_dot = vec_dot_q8_0,
-                              .vec_dot_x4 = vec_dot_x4_q8_0,
-                              .dot_r8 = dot_r8_q8_0,
-                              .dot_r8_x4 = dot_r8_x4_q8_0},
-        [GGML_TYPE_Q4_K] = {.dot_r8 = dot_r8_q4_K, .dot_r8_x4 = dot_r8_x4_q4_K},
-        [GGML_TYPE_Q6_K] = {.dot_r8 = dot_r8_q6_K, .dot_r8_x4 = dot_r8_x4_q6_K},
+        [GGML_TYPE_Q4_0] = R8(q4_0),
+        [GGML_TYPE_Q4_1] = R8(q4_1),
+        [GGML_TYPE_Q8_0] = R8(q8_0),
+        [GGML_TYPE_Q4_K] = R8(q4_K),
+        [GGML_TYPE_Q6_K] = R8(q6_K),
+        [GGML_TYPE_Q8_1] = {.quantize = quantize_row_q8_1},
     },
     .kv_scores = kv_scores,
     .kv_mix = kv_mix,

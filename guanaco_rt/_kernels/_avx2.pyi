@@ -1,5 +1,0 @@
-from typing import Any
-
-ISA: str
-
-def kernel_table() -> Any: ...
