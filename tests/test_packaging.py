@@ -67,8 +67,8 @@ def test_sdist_holds_what_the_readme_names(tmp_path):
     assert "benchmarks/README.md" in wanted and "tools/build_wheels.sh" in wanted
     assert not [p for p in wanted if p not in names and not any(n.startswith(p + "/") for n in names)]
     for pkg in ("guanaco_rt/integrations/langchain.py", "guanaco_rt/integrations/ray_serve.py",
-                "guanaco_rt/server.py", "guanaco_rt/_kernels/_avx2.pyx", "tests/test_server.py", ".ci/run",
-                "guanaco_rt/_kernels/isa/avx512.c", "guanaco_rt/_kernels/isa_list.py",
+                "guanaco_rt/server.py", "guanaco_rt/_kernels/_engine.pyx", "tests/test_server.py", ".ci/run",
+                "guanaco_rt/_kernels/isa/x86.c", "guanaco_rt/_kernels/isa/x86_r8.h", "guanaco_rt/_kernels/isa_list.py",
                 "guanaco_rt/_kernels/isa_unit.h"):
         assert pkg in names, pkg
 
