@@ -9,6 +9,23 @@ static inline __m256 r8_scaled(__m256 d8, float dy, __m256i v, __m256 acc) {
 static inline __m256 f16x8(const ggml_fp16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 #define Y_ROW(T, vy, y_stride, t) ((const T *)((const uint8_t *)(vy) + (t) * (y_stride)))
 
+/* A sub-block's sum over a few steps of small weights, then times each row's i32 scale sc. At 512
+ * bits vpdpbusd into i32 lanes and vpmulld; at 256 bits (no VNNI) maddubs added up in i16 lanes and
+ * one madd with the scale in both i16 halves of each row's lane: exact while a sub-block's steps'
+ * pair sums add up within i16 (the callers say by how much), and one add a step fewer than the
+ * emulated vpdpbusd */
+#if GR_WIDTH == 512
+#define dp_small(acc, u, s) dpbusd(acc, u, s)
+static inline vi scale_wide(__m256i sc) { return rows_wide(sc); }
+#define scaled_sum(acc, wsc) vi_mullo(acc, wsc)
+#else
+#define dp_small(acc, u, s) _mm256_add_epi16(acc, _mm256_maddubs_epi16(u, s))
+static inline vi scale_wide(__m256i sc) {
+    return _mm256_or_si256(_mm256_and_si256(sc, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(sc, 16));
+}
+#define scaled_sum(acc, wsc) _mm256_madd_epi16(acc, wsc)
+#endif
+
 /* q4_0, q4_1, q5_0, q5_1 (block_q4_0x8 ... block_q5_1x8), T tokens: x = d * q + m with q unsigned
  * (4 bits, or 5 with has_qh), m = -8 d for q4_0, -16 d for q5_0. acc: d * dy * sum(q y) per block;
  * accm, its own chain: m * s (q8_1's s = dy * sum(y)); s = acc + accm, as the avx2 unit's
@@ -180,7 +197,7 @@ ALWAYS_INLINE void r8_q4_K(int T, int five, int n, float *s, int64_t s_stride, c
             for (int h = 0; h < 2; h++) {     /* sub-block 2c + h: low nibbles of chunk c, then high */
                 if (T == 1)
                     prefetch_slice(b, x_size, 2 * c + h, 8);
-                vi scb = rows_wide(lane_byte(sc, 2 * (c % 2) + h));
+                vi scb = five ? rows_wide(lane_byte(sc, 2 * (c % 2) + h)) : scale_wide(lane_byte(sc, 2 * (c % 2) + h));
                 vi s32[4];
                 for (int t = 0; t < T; t++)
                     s32[t] = vi_zero();
@@ -190,11 +207,13 @@ ALWAYS_INLINE void r8_q4_K(int T, int five, int n, float *s, int64_t s_stride, c
                     p = vi_and(h ? vi_srli16(p, 4) : p, m4);
                     if (five)
                         p = vi_or(p, fifth_bit(vi_load_w(qh + 32 * k), 2 * c + h));
-                    for (int t = 0; t < T; t++)
-                        s32[t] = dpbusd(s32[t], p, bcast_step(y[t][i].qs + 64 * c + 32 * h + 4 * k));
+                    for (int t = 0; t < T; t++) {     /* q4_K's 8 steps: 8 * 2 * 15 * 128 at most */
+                        const int8_t *ys = y[t][i].qs + 64 * c + 32 * h + 4 * k;
+                        s32[t] = five ? dpbusd(s32[t], p, bcast_step(ys)) : dp_small(s32[t], p, bcast_step(ys));
+                    }
                 }
                 for (int t = 0; t < T; t++)
-                    sumi[t] = vi_add32(sumi[t], vi_mullo(s32[t], scb));
+                    sumi[t] = vi_add32(sumi[t], five ? vi_mullo(s32[t], scb) : scaled_sum(s32[t], scb));
             }
         }
         d8 = f16x8(b->d);
@@ -337,32 +356,30 @@ ALWAYS_INLINE void r8_q2_K(int T, int three, int n, float *s, int64_t s_stride, 
         }
         NO_UNROLL
         for (int h = 0; h < 2; h++) {
-            UNROLL
+            NO_UNROLL        /* one sub-block's sums live at a time: written out, gcc interleaved and spilled */
             for (int bp = 0; bp < 4; bp++) {
                 const __m256i pair = three ? sc3[2 * h + bp / 2] : q2_r8_pair(b2, 4 * h + bp);
                 UNROLL
                 for (int e = 0; e < 2; e++) {        /* sub-block 8h + 2bp + e: steps 4e..4e+3 */
                     if (T == 1)
                         prefetch_slice(b2, x_size, 8 * h + 2 * bp + e, 16);
-                    vi sc = rows_wide(three ? _mm256_srai_epi32(_mm256_slli_epi32(pair, 24 - 8 * (2 * (bp % 2) + e)), 24)
-                                            : _mm256_and_si256(_mm256_srli_epi32(pair, 16 * e), _mm256_set1_epi32(0x0F)));
+                    vi sc = scale_wide(three ? _mm256_srai_epi32(_mm256_slli_epi32(pair, 24 - 8 * (2 * (bp % 2) + e)), 24)
+                                             : _mm256_and_si256(_mm256_srli_epi32(pair, 16 * e), _mm256_set1_epi32(0x0F)));
                     vi s32[4];
                     for (int t = 0; t < T; t++)
                         s32[t] = vi_zero();
                     UNROLL
                     for (int k = 4 * e; k < 4 * e + 4; k += STEPS) {
                         vi w = vi_and(vi_srli16(vi_load_w(qs + 32 * (8 * h + k)), 2 * bp), vi_set1_8(3));
-                        if (three) {    /* hmask bit 4h + bp to bit 2 */
-                            vi hm = vi_load_w(b3->hmask + 32 * k);
-                            hm = h ? vi_srli16(hm, 4) : hm;
-                            hm = bp >= 2 ? vi_srli16(hm, bp - 2) : vi_slli16(hm, 2 - bp);
-                            w = vi_or(w, vi_and(hm, vi_set1_8(4)));
+                        if (three) {    /* hmask bit 4h + bp to bit 2 (of the same byte: 4h + bp < 8) */
+                            vi hm = vi_srli16(vi_load_w(b3->hmask + 32 * k), 4 * h + bp);
+                            w = vi_or(w, vi_and(vi_slli16(hm, 2), vi_set1_8(4)));
                         }
-                        for (int t = 0; t < T; t++)
-                            s32[t] = dpbusd(s32[t], w, bcast_step(y[t][i].qs + 128 * h + 32 * bp + 4 * k));
+                        for (int t = 0; t < T; t++)       /* 4 steps' pair sums: 4 * 2 * 7 * 128 at most */
+                            s32[t] = dp_small(s32[t], w, bcast_step(y[t][i].qs + 128 * h + 32 * bp + 4 * k));
                     }
                     for (int t = 0; t < T; t++)
-                        wide[t] = vi_add32(wide[t], vi_mullo(s32[t], sc));
+                        wide[t] = vi_add32(wide[t], scaled_sum(s32[t], sc));
                 }
             }
         }
