@@ -18,12 +18,14 @@ static inline __m256 f16x8(const ggml_fp16_t *p) { return _mm256_cvtph_ps(_mm_lo
 #define dp_small(acc, u, s) dpbusd(acc, u, s)
 static inline vi scale_wide(__m256i sc) { return rows_wide(sc); }
 #define scaled_sum(acc, wsc) vi_mullo(acc, wsc)
+#define K5_GROUP 8                 /* q5_K's steps a group: no limit in i32 lanes */
 #else
 #define dp_small(acc, u, s) _mm256_add_epi16(acc, _mm256_maddubs_epi16(u, s))
 static inline vi scale_wide(__m256i sc) {
     return _mm256_or_si256(_mm256_and_si256(sc, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(sc, 16));
 }
 #define scaled_sum(acc, wsc) _mm256_madd_epi16(acc, wsc)
+#define K5_GROUP 4
 #endif
 
 /* q4_0, q4_1, q5_0, q5_1 (block_q4_0x8 ... block_q5_1x8), T tokens: x = d * q + m with q unsigned
@@ -172,6 +174,7 @@ static inline vi fifth_bit(vi h, int b) {
 ALWAYS_INLINE void r8_q4_K(int T, int five, int n, float *s, int64_t s_stride, const void *vx, const void *vy,
                            int64_t y_stride) {
     const int64_t x_size = five ? sizeof(block_q5_Kx8) : sizeof(block_q4_Kx8);
+    const int grp = five ? K5_GROUP : 8;
     const block_q8_K *y[4];
     __m256 acc[4], accm[4];
     const vi m4 = vi_set1_8(0x0F);
@@ -197,23 +200,26 @@ ALWAYS_INLINE void r8_q4_K(int T, int five, int n, float *s, int64_t s_stride, c
             for (int h = 0; h < 2; h++) {     /* sub-block 2c + h: low nibbles of chunk c, then high */
                 if (T == 1)
                     prefetch_slice(b, x_size, 2 * c + h, 8);
-                vi scb = five ? rows_wide(lane_byte(sc, 2 * (c % 2) + h)) : scale_wide(lane_byte(sc, 2 * (c % 2) + h));
-                vi s32[4];
-                for (int t = 0; t < T; t++)
-                    s32[t] = vi_zero();
+                const vi scb = scale_wide(lane_byte(sc, 2 * (c % 2) + h));
+                /* the sub-block's 8 steps in groups whose pair sums stay within i16 at 256 bits:
+                 * q4_K all 8 (8 * 2 * 15 * 128), q5_K 4 (4 * 2 * 31 * 128) */
                 UNROLL
-                for (int k = 0; k < 8; k += STEPS) {
-                    vi p = vi_load_w(qs + 256 * c + 32 * k);
-                    p = vi_and(h ? vi_srli16(p, 4) : p, m4);
-                    if (five)
-                        p = vi_or(p, fifth_bit(vi_load_w(qh + 32 * k), 2 * c + h));
-                    for (int t = 0; t < T; t++) {     /* q4_K's 8 steps: 8 * 2 * 15 * 128 at most */
-                        const int8_t *ys = y[t][i].qs + 64 * c + 32 * h + 4 * k;
-                        s32[t] = five ? dpbusd(s32[t], p, bcast_step(ys)) : dp_small(s32[t], p, bcast_step(ys));
+                for (int g = 0; g < 8; g += grp) {
+                    vi s32[4];
+                    for (int t = 0; t < T; t++)
+                        s32[t] = vi_zero();
+                    UNROLL
+                    for (int k = g; k < g + grp; k += STEPS) {
+                        vi p = vi_load_w(qs + 256 * c + 32 * k);
+                        p = vi_and(h ? vi_srli16(p, 4) : p, m4);
+                        if (five)
+                            p = vi_or(p, fifth_bit(vi_load_w(qh + 32 * k), 2 * c + h));
+                        for (int t = 0; t < T; t++)
+                            s32[t] = dp_small(s32[t], p, bcast_step(y[t][i].qs + 64 * c + 32 * h + 4 * k));
                     }
+                    for (int t = 0; t < T; t++)
+                        sumi[t] = vi_add32(sumi[t], scaled_sum(s32[t], scb));
                 }
-                for (int t = 0; t < T; t++)
-                    sumi[t] = vi_add32(sumi[t], five ? vi_mullo(s32[t], scb) : scaled_sum(s32[t], scb));
             }
         }
         d8 = f16x8(b->d);
