@@ -9,20 +9,24 @@ static inline __m256 r8_scaled(__m256 d8, float dy, __m256i v, __m256 acc) {
 static inline __m256 f16x8(const ggml_fp16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 #define Y_ROW(T, vy, y_stride, t) ((const T *)((const uint8_t *)(vy) + (t) * (y_stride)))
 
-/* A sub-block's sum over a few steps of small weights, then times each row's i32 scale sc. At 512
- * bits vpdpbusd into i32 lanes and vpmulld; at 256 bits (no VNNI) maddubs added up in i16 lanes and
- * one madd with the scale in both i16 halves of each row's lane: exact while a sub-block's steps'
- * pair sums add up within i16 (the callers say by how much), and one add a step fewer than the
- * emulated vpdpbusd */
+/* A sub-block's sum over a few steps of small weights, then times each row's scale: signed byte B
+ * of its 32-bit lane of sc (scale_of). At 512 bits vpdpbusd into i32 lanes and vpmulld; at 256
+ * bits (no VNNI) maddubs added up in i16 lanes and one madd with the scale in both i16 halves of
+ * each row's lane: exact while a sub-block's steps' pair sums add up within i16 (the callers say
+ * by how much), and a madd a step fewer than the emulated vpdpbusd */
 #if GR_WIDTH == 512
 #define dp_small(acc, u, s) dpbusd(acc, u, s)
-static inline vi scale_wide(__m256i sc) { return rows_wide(sc); }
+static inline vi scale_of(__m256i sc, int B) { return rows_wide(_mm256_srai_epi32(_mm256_slli_epi32(sc, 24 - 8 * B), 24)); }
 #define scaled_sum(acc, wsc) vi_mullo(acc, wsc)
 #define K5_GROUP 8                 /* q5_K's steps a group: no limit in i32 lanes */
 #else
 #define dp_small(acc, u, s) _mm256_add_epi16(acc, _mm256_maddubs_epi16(u, s))
-static inline vi scale_wide(__m256i sc) {
-    return _mm256_or_si256(_mm256_and_si256(sc, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(sc, 16));
+static inline vi scale_of(__m256i sc, int B) {
+    /* byte B of each lane into the high byte of both its i16 (pshufb indices 4p + B; 0x80 + B still
+     * zeroes the low bytes), then >> 8 */
+    const __m256i at = _mm256_add_epi8(_mm256_setr_epi32(0x00800080, 0x04800480, 0x08800880, 0x0C800C80, 0x00800080,
+                                                         0x04800480, 0x08800880, 0x0C800C80), _mm256_set1_epi8((char)B));
+    return _mm256_srai_epi16(_mm256_shuffle_epi8(sc, at), 8);
 }
 #define scaled_sum(acc, wsc) _mm256_madd_epi16(acc, wsc)
 #define K5_GROUP 4
@@ -158,11 +162,6 @@ static inline __m256i k4_r8_mins(__m256i w1, __m256i w2, const block_q8_K *y) {
     return _mm256_add_epi32(_mm256_add_epi32(min_pair(mn_lo, 0, y, 0), min_pair(mn_lo, 2, y, 2)),
                             _mm256_add_epi32(min_pair(mn_hi, 0, y, 4), min_pair(mn_hi, 2, y, 6)));
 }
-/* byte b of every 32-bit lane, as an i32 */
-static inline __m256i lane_byte(__m256i v, int b) {
-    return _mm256_and_si256(_mm256_srli_epi32(v, 8 * b), _mm256_set1_epi32(0xFF));
-}
-
 /* bit b of every byte of h at bit 4 (a 5-bit weight's top bit); the 16-bit shifts carry bits
  * across bytes, but the mask keeps only each byte's own */
 static inline vi fifth_bit(vi h, int b) {
@@ -200,7 +199,7 @@ ALWAYS_INLINE void r8_q4_K(int T, int five, int n, float *s, int64_t s_stride, c
             for (int h = 0; h < 2; h++) {     /* sub-block 2c + h: low nibbles of chunk c, then high */
                 if (T == 1)
                     prefetch_slice(b, x_size, 2 * c + h, 8);
-                const vi scb = scale_wide(lane_byte(sc, 2 * (c % 2) + h));
+                const vi scb = scale_of(sc, 2 * (c % 2) + h);
                 /* the sub-block's 8 steps in groups whose pair sums stay within i16 at 256 bits:
                  * q4_K all 8 (8 * 2 * 15 * 128), q5_K 4 (4 * 2 * 31 * 128) */
                 UNROLL
@@ -364,13 +363,13 @@ ALWAYS_INLINE void r8_q2_K(int T, int three, int n, float *s, int64_t s_stride, 
         for (int h = 0; h < 2; h++) {
             NO_UNROLL        /* one sub-block's sums live at a time: written out, gcc interleaved and spilled */
             for (int bp = 0; bp < 4; bp++) {
-                const __m256i pair = three ? sc3[2 * h + bp / 2] : q2_r8_pair(b2, 4 * h + bp);
+                const __m256i pair = three ? sc3[2 * h + bp / 2]
+                                           : _mm256_and_si256(q2_r8_pair(b2, 4 * h + bp), _mm256_set1_epi16(0x0F));
                 UNROLL
                 for (int e = 0; e < 2; e++) {        /* sub-block 8h + 2bp + e: steps 4e..4e+3 */
                     if (T == 1)
                         prefetch_slice(b2, x_size, 8 * h + 2 * bp + e, 16);
-                    vi sc = scale_wide(three ? _mm256_srai_epi32(_mm256_slli_epi32(pair, 24 - 8 * (2 * (bp % 2) + e)), 24)
-                                             : _mm256_and_si256(_mm256_srli_epi32(pair, 16 * e), _mm256_set1_epi32(0x0F)));
+                    vi sc = scale_of(pair, three ? 2 * (bp % 2) + e : 2 * e);
                     vi s32[4];
                     for (int t = 0; t < T; t++)
                         s32[t] = vi_zero();
