@@ -39,7 +39,7 @@ static inline vi scale_of(__m256i sc, int B) {
 /* per step k (0..3) of q5's 5th bits, lane r (the step's 8 rows, all alike): the 4 bits of the row's
  * qh word (shifted by 8 * (k / 2)) that step k's bytes need, and the multiplier taking bit i of
  * them to bit 4 of byte i (bit i lands at i + 7j + 4 for each j: only j = i hits a bit 4, no two
- * terms overlap, so no carries). Loaded with vi_load_w, as the weights are, to get each lane's */
+ * terms overlap, so no carries). Loaded with vi_load_w, as the weights are: each lane gets its step's */
 #define Q5_ROW(v) v, v, v, v, v, v, v, v
 static const uint32_t q5_mask[4 * 8] = {Q5_ROW(0x0Fu), Q5_ROW(0xF0u), Q5_ROW(0x0Fu), Q5_ROW(0xF0u)};
 static const uint32_t q5_mul[4 * 8] = {Q5_ROW(0x02040810u), Q5_ROW(0x00204081u), Q5_ROW(0x02040810u),
