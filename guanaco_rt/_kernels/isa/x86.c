@@ -26,6 +26,7 @@
 
 /* ---- the vector layer: vi (bytes), vf (floats), at GR_WIDTH bits -------------------- */
 #if GR_WIDTH == 512
+#define GR_VNNI 1
 #define UNIT_NAME "avx512"
 typedef __m512i vi;
 typedef __m512 vf;
@@ -86,12 +87,15 @@ typedef __m256 vf;
 #define vi_srli16(a, n) _mm256_srli_epi16(a, n)
 #define vi_slli16(a, n) _mm256_slli_epi16(a, n)
 #if defined(__AVXVNNI__) && !defined(__AVX512VNNI__)
+#define GR_VNNI 1
 #define UNIT_NAME "avx_vnni"
 #define dpbusd(acc, u, s) _mm256_dpbusd_avx_epi32(acc, u, s)
 #elif defined(__AVX512VNNI__)
+#define GR_VNNI 1
 #define UNIT_NAME "vnni256"
 #define dpbusd(acc, u, s) _mm256_dpbusd_epi32(acc, u, s)
 #else
+#define GR_VNNI 0
 #define UNIT_NAME "avx2"
 /* vpdpbusd without VNNI: exact while no u8 x s8 pair sum passes the i16 limit (true of
  * every kernel here: at most 2 * 128 * 127) */
@@ -117,6 +121,29 @@ static inline vi rows_wide(__m256i v) { return v; }
 #define vi_add32(a, b) _mm256_add_epi32(a, b)
 static inline vi abs8(vi w) { return _mm256_sign_epi8(w, w); }
 static inline vi sign_by(vi y, vi w) { return _mm256_sign_epi8(y, w); }
+#endif
+
+/* A sub-block's sum over a few steps of small weights, then times each row's scale: signed byte B
+ * of its 32-bit lane of sc (scale_of). The VNNI builds: vpdpbusd into i32 lanes and vpmulld, at
+ * either width. The avx2 build: maddubs added up in i16 lanes and one madd with the scale in both
+ * i16 halves of each row's lane, exact while a sub-block's steps' pair sums add up within i16 (the
+ * callers say by how much), and a madd a step fewer than the emulated vpdpbusd */
+#if GR_VNNI
+#define dp_small(acc, u, s) dpbusd(acc, u, s)
+static inline vi scale_of(__m256i sc, int B) { return rows_wide(_mm256_srai_epi32(_mm256_slli_epi32(sc, 24 - 8 * B), 24)); }
+#define scaled_sum(acc, wsc) vi_mullo(acc, wsc)
+#define K5_GROUP 8                 /* q5_K's steps a group: no limit in i32 lanes */
+#else
+#define dp_small(acc, u, s) _mm256_add_epi16(acc, _mm256_maddubs_epi16(u, s))
+static inline vi scale_of(__m256i sc, int B) {
+    /* byte B of each lane into the high byte of both its i16 (pshufb indices 4p + B; 0x80 + B still
+     * zeroes the low bytes), then >> 8 */
+    const __m256i at = _mm256_add_epi8(_mm256_setr_epi32(0x00800080, 0x04800480, 0x08800880, 0x0C800C80, 0x00800080,
+                                                         0x04800480, 0x08800880, 0x0C800C80), _mm256_set1_epi8((char)B));
+    return _mm256_srai_epi16(_mm256_shuffle_epi8(sc, at), 8);
+}
+#define scaled_sum(acc, wsc) _mm256_madd_epi16(acc, wsc)
+#define K5_GROUP 4
 #endif
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
@@ -288,8 +315,13 @@ const isa_kernels_t GR_UNIT_TABLE = {
     .types = {
         [GGML_TYPE_Q4_0] = R8(q4_0),
         [GGML_TYPE_Q4_1] = R8(q4_1),
+        [GGML_TYPE_Q5_0] = R8(q5_0),
+        [GGML_TYPE_Q5_1] = R8(q5_1),
         [GGML_TYPE_Q8_0] = R8(q8_0),
+        [GGML_TYPE_Q2_K] = R8(q2_K),
+        [GGML_TYPE_Q3_K] = R8(q3_K),
         [GGML_TYPE_Q4_K] = R8(q4_K),
+        [GGML_TYPE_Q5_K] = R8(q5_K),
         [GGML_TYPE_Q6_K] = R8(q6_K),
         [GGML_TYPE_Q8_1] = {.quantize = quantize_row_q8_1},
     },

@@ -9,12 +9,30 @@ static inline __m256 r8_scaled(__m256 d8, float dy, __m256i v, __m256 acc) {
 static inline __m256 f16x8(const ggml_fp16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 #define Y_ROW(T, vy, y_stride, t) ((const T *)((const uint8_t *)(vy) + (t) * (y_stride)))
 
-/* q4_0 and q4_1 (block_q4_0x8, block_q4_1x8), T tokens: x = d * q + m with q unsigned 4-bit,
- * m = -8 d for q4_0. acc: d * dy * sum(q y) per block; accm, its own chain: m * s (q8_1's
- * s = dy * sum(y)); s = acc + accm, as the avx2 unit's dot_r8_tokens */
-ALWAYS_INLINE void r8_q4(int T, int has_m, int n, float *s, int64_t s_stride, const void *vx, const void *vy,
-                         int64_t y_stride) {
-    const int64_t x_size = has_m ? sizeof(block_q4_1x8) : sizeof(block_q4_0x8);
+/* q4_0, q4_1, q5_0, q5_1 (block_q4_0x8 ... block_q5_1x8), T tokens: x = d * q + m with q unsigned
+ * (4 bits, or 5 with has_qh), m = -8 d for q4_0, -16 d for q5_0. acc: d * dy * sum(q y) per block;
+ * accm, its own chain: m * s (q8_1's s = dy * sum(y)); s = acc + accm, as the avx2 unit's
+ * dot_r8_tokens. The pair sums stay within i16: 2 * 31 * 127 */
+/* per step k (0..3) of q5's 5th bits, lane r (the step's 8 rows, all alike): the 4 bits of the row's
+ * qh word (shifted by 8 * (k / 2)) that step k's bytes need, and the multiplier taking bit i of
+ * them to bit 4 of byte i (bit i lands at i + 7j + 4 for each j: only j = i hits a bit 4, no two
+ * terms overlap, so no carries). Loaded with vi_load_w, as the weights are: each lane gets its step's */
+#define Q5_ROW(v) v, v, v, v, v, v, v, v
+static const uint32_t q5_mask[4 * 8] = {Q5_ROW(0x0Fu), Q5_ROW(0xF0u), Q5_ROW(0x0Fu), Q5_ROW(0xF0u)};
+static const uint32_t q5_mul[4 * 8] = {Q5_ROW(0x02040810u), Q5_ROW(0x00204081u), Q5_ROW(0x02040810u),
+                                       Q5_ROW(0x00204081u)};
+/* the 5th bits (0x10) of step k's weights: low nibbles' (weights 4k + j: qh bits 4k + j) or high
+ * nibbles' (16 + 4k + j) */
+static inline vi q5_bits(__m256i qh, int k, int high) {
+    vi h = rows_wide(_mm256_srli_epi32(qh, 16 * high + 8 * (k / 2)));
+    return vi_and(vi_mullo(vi_and(h, vi_load_w(q5_mask + 8 * k)), vi_load_w(q5_mul + 8 * k)), vi_set1_8(0x10));
+}
+
+ALWAYS_INLINE void r8_q4(int T, int has_m, int has_qh, int n, float *s, int64_t s_stride, const void *vx,
+                         const void *vy, int64_t y_stride) {
+    const int64_t x_size = has_qh ? (has_m ? sizeof(block_q5_1x8) : sizeof(block_q5_0x8))
+                                  : (has_m ? sizeof(block_q4_1x8) : sizeof(block_q4_0x8));
+    const int64_t qs_off = (has_m ? 32 : 16) + (has_qh ? 32 : 0);    /* qh (if any) right before qs */
     const block_q8_1 *y[4];
     __m256 acc[4], accm[4];
     const vi m4 = vi_set1_8(0x0F);
@@ -24,9 +42,8 @@ ALWAYS_INLINE void r8_q4(int T, int has_m, int n, float *s, int64_t s_stride, co
         acc[t] = accm[t] = _mm256_setzero_ps();
     }
     for (int i = 0; i < n / QK8_1; i++) {
-        const uint8_t *blk = (const uint8_t *)vx + i * x_size;
-        const ggml_fp16_t *d = has_m ? ((const block_q4_1x8 *)blk)->d : ((const block_q4_0x8 *)blk)->d;
-        const uint8_t *qs = has_m ? ((const block_q4_1x8 *)blk)->qs : ((const block_q4_0x8 *)blk)->qs;
+        const uint8_t *blk = (const uint8_t *)vx + i * x_size, *qs = blk + qs_off;
+        const __m256i qh = has_qh ? _mm256_loadu_si256((const __m256i *)(qs - 32)) : _mm256_setzero_si256();
         vi sum[4];              /* per token: low nibbles (weights 4k+j) and high (16+4k+j) */
         __m256 d8, m8;
         if (T == 1)
@@ -36,13 +53,17 @@ ALWAYS_INLINE void r8_q4(int T, int has_m, int n, float *s, int64_t s_stride, co
         UNROLL
         for (int k = 0; k < 4; k += STEPS) {
             vi p = vi_load_w(qs + 32 * k), pl = vi_and(p, m4), ph = vi_and(vi_srli16(p, 4), m4);
+            if (has_qh) {
+                pl = vi_or(pl, q5_bits(qh, k, 0));
+                ph = vi_or(ph, q5_bits(qh, k, 1));
+            }
             for (int t = 0; t < T; t++) {
                 sum[t] = dpbusd(dpbusd(sum[t], pl, bcast_step(y[t][i].qs + 4 * k)), ph,
                                 bcast_step(y[t][i].qs + 16 + 4 * k));
             }
         }
-        d8 = f16x8(d);
-        m8 = has_m ? f16x8(((const block_q4_1x8 *)blk)->m) : _mm256_mul_ps(d8, _mm256_set1_ps(-8.0f));
+        d8 = f16x8((const ggml_fp16_t *)blk);
+        m8 = has_m ? f16x8((const ggml_fp16_t *)blk + 8) : _mm256_mul_ps(d8, _mm256_set1_ps(has_qh ? -16.0f : -8.0f));
         for (int t = 0; t < T; t++) {
             acc[t] = r8_scaled(d8, y[t][i].d, rows8(sum[t]), acc[t]);
             accm[t] = _mm256_fmadd_ps(m8, _mm256_set1_ps(y[t][i].s), accm[t]);
@@ -118,12 +139,18 @@ static inline __m256i k4_r8_mins(__m256i w1, __m256i w2, const block_q8_K *y) {
     return _mm256_add_epi32(_mm256_add_epi32(min_pair(mn_lo, 0, y, 0), min_pair(mn_lo, 2, y, 2)),
                             _mm256_add_epi32(min_pair(mn_hi, 0, y, 4), min_pair(mn_hi, 2, y, 6)));
 }
-/* byte b of every 32-bit lane, as an i32 */
-static inline __m256i lane_byte(__m256i v, int b) {
-    return _mm256_and_si256(_mm256_srli_epi32(v, 8 * b), _mm256_set1_epi32(0xFF));
+/* bit b of every byte of h at bit 4 (a 5-bit weight's top bit); the 16-bit shifts carry bits
+ * across bytes, but the mask keeps only each byte's own */
+static inline vi fifth_bit(vi h, int b) {
+    return vi_and(b <= 4 ? vi_slli16(h, 4 - b) : vi_srli16(h, b - 4), vi_set1_8(0x10));
 }
 
-ALWAYS_INLINE void r8_q4_K(int T, int n, float *s, int64_t s_stride, const void *vx, const void *vy, int64_t y_stride) {
+/* q4_K, and q5_K (five: the 5th bit of sub-block b from bit b of the qh byte at the weight's
+ * place; weights up to 31, pair sums 2 * 31 * 128 within i16) */
+ALWAYS_INLINE void r8_q4_K(int T, int five, int n, float *s, int64_t s_stride, const void *vx, const void *vy,
+                           int64_t y_stride) {
+    const int64_t x_size = five ? sizeof(block_q5_Kx8) : sizeof(block_q4_Kx8);
+    const int grp = five ? K5_GROUP : 8;
     const block_q8_K *y[4];
     __m256 acc[4], accm[4];
     const vi m4 = vi_set1_8(0x0F);
@@ -132,7 +159,9 @@ ALWAYS_INLINE void r8_q4_K(int T, int n, float *s, int64_t s_stride, const void 
         acc[t] = accm[t] = _mm256_setzero_ps();
     }
     for (int i = 0; i < n / QK_K; i++) {
-        const block_q4_Kx8 *b = (const block_q4_Kx8 *)vx + i;
+        /* d, dmin and scales sit alike in both layouts */
+        const block_q4_Kx8 *b = (const block_q4_Kx8 *)((const uint8_t *)vx + i * x_size);
+        const uint8_t *qh = ((const block_q5_Kx8 *)b)->qh, *qs = five ? ((const block_q5_Kx8 *)b)->qs : b->qs;
         __m256i w0 = _mm256_loadu_si256((const __m256i *)b->scales);
         __m256i w1 = _mm256_loadu_si256((const __m256i *)(b->scales + 32));
         __m256i w2 = _mm256_loadu_si256((const __m256i *)(b->scales + 64));
@@ -146,20 +175,27 @@ ALWAYS_INLINE void r8_q4_K(int T, int n, float *s, int64_t s_stride, const void 
             UNROLL
             for (int h = 0; h < 2; h++) {     /* sub-block 2c + h: low nibbles of chunk c, then high */
                 if (T == 1)
-                    prefetch_slice(b, sizeof(block_q4_Kx8), 2 * c + h, 8);
-                vi scb = rows_wide(lane_byte(sc, 2 * (c % 2) + h));
-                vi s32[4];
-                for (int t = 0; t < T; t++)
-                    s32[t] = vi_zero();
+                    prefetch_slice(b, x_size, 2 * c + h, 8);
+                const vi scb = scale_of(sc, 2 * (c % 2) + h);
+                /* the sub-block's 8 steps in groups whose pair sums stay within i16 at 256 bits:
+                 * q4_K all 8 (8 * 2 * 15 * 128), q5_K 4 (4 * 2 * 31 * 128) */
                 UNROLL
-                for (int k = 0; k < 8; k += STEPS) {
-                    vi p = vi_load_w(b->qs + 256 * c + 32 * k);
-                    p = vi_and(h ? vi_srli16(p, 4) : p, m4);
+                for (int g = 0; g < 8; g += grp) {
+                    vi s32[4];
                     for (int t = 0; t < T; t++)
-                        s32[t] = dpbusd(s32[t], p, bcast_step(y[t][i].qs + 64 * c + 32 * h + 4 * k));
+                        s32[t] = vi_zero();
+                    UNROLL
+                    for (int k = g; k < g + grp; k += STEPS) {
+                        vi p = vi_load_w(qs + 256 * c + 32 * k);
+                        p = vi_and(h ? vi_srli16(p, 4) : p, m4);
+                        if (five)
+                            p = vi_or(p, fifth_bit(vi_load_w(qh + 32 * k), 2 * c + h));
+                        for (int t = 0; t < T; t++)
+                            s32[t] = dp_small(s32[t], p, bcast_step(y[t][i].qs + 64 * c + 32 * h + 4 * k));
+                    }
+                    for (int t = 0; t < T; t++)
+                        sumi[t] = vi_add32(sumi[t], scaled_sum(s32[t], scb));
                 }
-                for (int t = 0; t < T; t++)
-                    sumi[t] = vi_add32(sumi[t], vi_mullo(s32[t], scb));
             }
         }
         d8 = f16x8(b->d);
@@ -245,6 +281,118 @@ ALWAYS_INLINE void r8_q6_K(int T, int n, float *s, int64_t s_stride, const void 
         _mm256_storeu_ps(s + t * s_stride, acc[t]);
 }
 
+/* q2_K and q3_K (block_q2_Kx8, block_q3_Kx8): 16 sub-blocks of 16, each weight's 2 low bits in qs
+ * (bit pair bp of step 8h + k: weight 128h + 32bp + 4k + j, sub-block 8h + 2bp + k / 4), q3_K's
+ * third in hmask (bit 4h + bp of step k). Per sub-block each row's sum, times its scale. q2_K: x =
+ * d sc q - dmin m, the minimums through the q8_K block sums on a chain of their own (the avx2
+ * unit's dot_r8_q2_tokens); q3_K: x = d (sc - 32) (u - 4) with u = low2 + 4 hbit (0..7), the -4
+ * through the block sums times each sub-block's (sc - 32), first, as q6_K's -32 */
+static inline __m256i q2_r8_pair(const block_q2_Kx8 *b, int p) {
+    /* lane r: row r's scale bytes (sc | m << 4) of sub-blocks 2p and 2p+1 as two u16 */
+    return _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(b->scales + 16 * p)));
+}
+/* the 6-bit scales of sub-blocks 4g..4g+3 of 8 rows less 32, as signed bytes: low nibbles from word
+ * g % 2 (nibble g / 2), high bits from word 2 (bits 2g, 2g+1): block_q3_K's packing, 8 rows at once */
+static inline __m256i k3_r8_scales(const block_q3_Kx8 *b, int g) {
+    __m256i lo = _mm256_srli_epi32(_mm256_loadu_si256((const __m256i *)(b->scales + 32 * (g % 2))), 4 * (g / 2));
+    __m256i hi = _mm256_srli_epi32(_mm256_loadu_si256((const __m256i *)(b->scales + 64)), 2 * g);
+    hi = _mm256_slli_epi32(_mm256_and_si256(hi, _mm256_set1_epi8(3)), 4);
+    return _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(lo, _mm256_set1_epi8(0x0F)), hi), _mm256_set1_epi8(32));
+}
+static inline int32_t i16_pair(int a, int b) { return (int32_t)((uint32_t)(a & 0xFFFF) | ((uint32_t)b << 16)); }
+
+ALWAYS_INLINE void r8_q2_K(int T, int three, int n, float *s, int64_t s_stride, const void *vx, const void *vy,
+                           int64_t y_stride) {
+    const int64_t x_size = three ? sizeof(block_q3_Kx8) : sizeof(block_q2_Kx8);
+    const block_q8_K *y[4];
+    __m256 acc[4], accm[4];
+    for (int t = 0; t < T; t++) {
+        y[t] = Y_ROW(block_q8_K, vy, y_stride, t);
+        acc[t] = accm[t] = _mm256_setzero_ps();
+    }
+    for (int i = 0; i < n / QK_K; i++) {
+        const block_q2_Kx8 *b2 = (const block_q2_Kx8 *)((const uint8_t *)vx + i * x_size);
+        const block_q3_Kx8 *b3 = (const block_q3_Kx8 *)b2;
+        const uint8_t *qs = three ? b3->qs : b2->qs;
+        __m256i sc3[4], sumi[4];
+        vi wide[4];            /* per token, unreduced: the sub-blocks' scaled sums */
+        for (int t = 0; t < T; t++) {
+            sumi[t] = _mm256_setzero_si256();
+            wide[t] = vi_zero();
+        }
+        if (three) {           /* the offset first: -4 * sum_j (sc_j - 32) bsums_j */
+            UNROLL
+            for (int g = 0; g < 4; g++) {
+                sc3[g] = k3_r8_scales(b3, g);
+                /* i16 lanes: bytes 0 and 2 of each row's lane (sub-blocks 4g, 4g+2), bytes 1 and 3 */
+                __m256i ev = _mm256_srai_epi16(_mm256_slli_epi16(sc3[g], 8), 8), od = _mm256_srai_epi16(sc3[g], 8);
+                for (int t = 0; t < T; t++) {
+                    const int16_t *bs = y[t][i].bsums + 4 * g;
+                    sumi[t] = _mm256_sub_epi32(sumi[t], _mm256_add_epi32(
+                        _mm256_madd_epi16(ev, _mm256_set1_epi32(i16_pair(bs[0], bs[2]))),
+                        _mm256_madd_epi16(od, _mm256_set1_epi32(i16_pair(bs[1], bs[3])))));
+                }
+            }
+            for (int t = 0; t < T; t++)
+                sumi[t] = _mm256_slli_epi32(sumi[t], 2);
+        }
+        /* the sub-blocks of BPG bit pairs from each load of a step: 4 for one token (1.1-1.2x), 1 for
+         * four (4 at 512 bits: 0.87x; the 4 written out at 256 bits: gcc interleaved and spilled) */
+        const int BPG = T == 1 ? 4 : 1;
+        NO_UNROLL
+        for (int h = 0; h < 2; h++) {
+            NO_UNROLL
+            for (int bg = 0; bg < 4; bg += BPG) {
+                UNROLL
+                for (int e = 0; e < 2; e++) {        /* sub-blocks 8h + 2bp + e: steps 4e..4e+3 */
+                    if (T == 1)
+                        prefetch_slice(b2, x_size, 2 * ((4 * h + bg) / BPG) + e, 32 / BPG);
+                    vi s32[4][4];
+                    for (int u = 0; u < BPG; u++)
+                        for (int t = 0; t < T; t++)
+                            s32[u][t] = vi_zero();
+                    UNROLL
+                    for (int k = 4 * e; k < 4 * e + 4; k += STEPS) {
+                        const vi q = vi_load_w(qs + 32 * (8 * h + k));
+                        const vi hm = three ? vi_load_w(b3->hmask + 32 * k) : vi_zero();
+                        UNROLL
+                        for (int u = 0; u < BPG; u++) {
+                            const int bp = bg + u;
+                            vi w = vi_and(vi_srli16(q, 2 * bp), vi_set1_8(3));
+                            if (three)  /* hmask bit 4h + bp to bit 2 (of the same byte: 4h + bp < 8) */
+                                w = vi_or(w, vi_and(vi_slli16(vi_srli16(hm, 4 * h + bp), 2), vi_set1_8(4)));
+                            for (int t = 0; t < T; t++)   /* 4 steps' pair sums: 4 * 2 * 7 * 128 at most */
+                                s32[u][t] = dp_small(s32[u][t], w, bcast_step(y[t][i].qs + 128 * h + 32 * bp + 4 * k));
+                        }
+                    }
+                    UNROLL
+                    for (int u = 0; u < BPG; u++) {
+                        const int bp = bg + u;
+                        vi sc = three ? scale_of(sc3[2 * h + bp / 2], 2 * (bp % 2) + e)
+                                      : scale_of(_mm256_and_si256(q2_r8_pair(b2, 4 * h + bp), _mm256_set1_epi16(0x0F)), 2 * e);
+                        for (int t = 0; t < T; t++)
+                            wide[t] = vi_add32(wide[t], scaled_sum(s32[u][t], sc));
+                    }
+                }
+            }
+        }
+        const __m256 d8 = f16x8(three ? b3->d : b2->d);
+        for (int t = 0; t < T; t++) {
+            acc[t] = r8_scaled(d8, y[t][i].d, _mm256_add_epi32(sumi[t], rows8(wide[t])), acc[t]);
+            if (!three) {      /* the minimums: sum_j m_j bsums_j */
+                __m256i msum = _mm256_setzero_si256();
+                UNROLL
+                for (int p = 0; p < 8; p++)
+                    msum = _mm256_add_epi32(msum, _mm256_madd_epi16(_mm256_srli_epi16(q2_r8_pair(b2, p), 4),
+                                                                    _mm256_set1_epi32(load_i32(y[t][i].bsums + 2 * p))));
+                accm[t] = r8_scaled(f16x8(b2->dmin), y[t][i].d, msum, accm[t]);
+            }
+        }
+    }
+    for (int t = 0; t < T; t++)
+        _mm256_storeu_ps(s + t * s_stride, _mm256_sub_ps(acc[t], accm[t]));
+}
+
 /* ---- one function per (type, token count), each a body above --------------------------- */
 #define R8_PAIR(name, call)                                                                                     \
     static void dot_r8_##name(int n, float *s, int64_t s_stride, const void *vx, const void *vy, int64_t ys) {  \
@@ -253,11 +401,22 @@ ALWAYS_INLINE void r8_q6_K(int T, int n, float *s, int64_t s_stride, const void 
     static void dot_r8_x4_##name(int n, float *s, int64_t s_stride, const void *vx, const void *vy, int64_t ys) { \
         call(4, n, s, s_stride, vx, vy, ys);                                                                    \
     }
-#define R8_Q4_0(T, ...) r8_q4(T, 0, __VA_ARGS__)
-#define R8_Q4_1(T, ...) r8_q4(T, 1, __VA_ARGS__)
+#define R8_Q4_0(T, ...) r8_q4(T, 0, 0, __VA_ARGS__)
+#define R8_Q4_1(T, ...) r8_q4(T, 1, 0, __VA_ARGS__)
+#define R8_Q5_0(T, ...) r8_q4(T, 0, 1, __VA_ARGS__)
+#define R8_Q5_1(T, ...) r8_q4(T, 1, 1, __VA_ARGS__)
 R8_PAIR(q4_0, R8_Q4_0)
 R8_PAIR(q4_1, R8_Q4_1)
+R8_PAIR(q5_0, R8_Q5_0)
+R8_PAIR(q5_1, R8_Q5_1)
 R8_PAIR(q8_0, r8_q8)
-R8_PAIR(q4_K, r8_q4_K)
+#define R8_Q4_K(T, ...) r8_q4_K(T, 0, __VA_ARGS__)
+#define R8_Q5_K(T, ...) r8_q4_K(T, 1, __VA_ARGS__)
+R8_PAIR(q4_K, R8_Q4_K)
+R8_PAIR(q5_K, R8_Q5_K)
 R8_PAIR(q6_K, r8_q6_K)
+#define R8_Q2_K(T, ...) r8_q2_K(T, 0, __VA_ARGS__)
+#define R8_Q3_K(T, ...) r8_q2_K(T, 1, __VA_ARGS__)
+R8_PAIR(q2_K, R8_Q2_K)
+R8_PAIR(q3_K, R8_Q3_K)
 
