@@ -90,7 +90,7 @@ cdef class KernelSet:
         return f"KernelSet({self.isa!r})"
 
     def interleaves(self, int ttype):
-        """Whether matrices of this ggml type get their rows interleaved at load (8-row kernels)."""
+        """Whether matrices of this ggml type (of 8 rows or more) get their rows interleaved at load (8-row kernels)."""
         return 0 <= ttype < GGML_TYPE_COUNT and self.k.types[ttype].dot_r8 != NULL
 
 
