@@ -167,7 +167,8 @@ def tensor_type_for(ftype_name, name, shape, layer, n_layer):
 
 # ---- row-interleaved copies (ggml_blocks.h: block_q4_0x8 ... block_q6_Kx8) -------------
 # The engine interleaves each 8 rows of a q4_0 / q4_1 / q8_0 / q2_K / q4_K / q5_K / q6_K weight at load, for
-# kernels that put 8 rows in the 8 lanes of one register; these two functions are the layout's spec.
+# kernels that put 8 rows in the 8 lanes of one register (the last ne1 % 8 rows stay as they are, after the
+# groups); these two functions are the layout's spec.
 R8_TYPES = (2, 3, 6, 7, 8, 10, 11, 12, 13, 14)   # Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K ... Q6_K
 
 
@@ -189,26 +190,29 @@ def _r8_parts(ttype):
 
 
 def interleave_r8(raw, ttype, ne0, ne1):
-    """Bytes of a (ne1 rows of ne0) tensor of an R8_TYPES type -> the same bytes, each 8 rows interleaved."""
+    """Bytes of a (ne1 >= 8 rows of ne0) tensor of an R8_TYPES type -> the same bytes, each whole 8 rows
+    interleaved, the last ne1 % 8 rows as they are after the groups (the groups take the bytes of their rows)."""
     parts = _r8_parts(ttype)
-    bs, nb = sum(n for n, _ in parts), ne0 // GGML_TYPES[ttype].blck_size
-    b = np.frombuffer(raw, np.uint8).reshape(ne1 // 8, 8, nb, bs)          # group, row, block, byte
+    bs, nb, g = sum(n for n, _ in parts), ne0 // GGML_TYPES[ttype].blck_size, ne1 // 8
+    raw = np.frombuffer(raw, np.uint8)
+    b = raw[:g * 8 * nb * bs].reshape(g, 8, nb, bs)                        # group, row, block, byte
     out, at = [], 0
     for n, step in parts:
-        f = b[..., at:at + n].reshape(ne1 // 8, 8, nb, n // step, step).transpose(0, 2, 3, 1, 4)  # g, i, k, r, j
-        out.append(f.reshape(ne1 // 8, nb, -1))
+        f = b[..., at:at + n].reshape(g, 8, nb, n // step, step).transpose(0, 2, 3, 1, 4)  # g, i, k, r, j
+        out.append(f.reshape(g, nb, -1))
         at += n
-    return np.concatenate(out, axis=2).tobytes()
+    return np.concatenate(out, axis=2).tobytes() + raw[g * 8 * nb * bs:].tobytes()
 
 
 def deinterleave_r8(raw, ttype, ne0, ne1):
     """The inverse of interleave_r8: the tensor's bytes as the file has them."""
     parts = _r8_parts(ttype)
-    bs, nb = sum(n for n, _ in parts), ne0 // GGML_TYPES[ttype].blck_size
-    b = np.frombuffer(raw, np.uint8).reshape(ne1 // 8, nb, 8 * bs)
+    bs, nb, g = sum(n for n, _ in parts), ne0 // GGML_TYPES[ttype].blck_size, ne1 // 8
+    raw = np.frombuffer(raw, np.uint8)
+    b = raw[:g * 8 * nb * bs].reshape(g, nb, 8 * bs)
     out, at = [], 0
     for n, step in parts:
-        f = b[..., at:at + 8 * n].reshape(ne1 // 8, nb, n // step, 8, step).transpose(0, 3, 1, 2, 4)  # g, r, i, k, j
-        out.append(f.reshape(ne1 // 8, 8, nb, n))
+        f = b[..., at:at + 8 * n].reshape(g, nb, n // step, 8, step).transpose(0, 3, 1, 2, 4)  # g, r, i, k, j
+        out.append(f.reshape(g, 8, nb, n))
         at += 8 * n
-    return np.concatenate(out, axis=3).tobytes()
+    return np.concatenate(out, axis=3).tobytes() + raw[g * 8 * nb * bs:].tobytes()

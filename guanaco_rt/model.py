@@ -194,8 +194,9 @@ class Model:
     The weights stay in a read-only mmap; nothing is dequantized at load. The q4_0, q4_1,
     q8_0, q2_K, q4_K, q5_K and q6_K matrices, when the kernels have 8-row variants for them (AVX2), are the
     exception: each 8 rows are interleaved at load into memory of their own
-    (``repacked_bytes``), and the file pages they came from are handed back, so the process
-    holds one copy, never two. The file must not change while the Model is open: each
+    (``repacked_bytes``; a matrix's last n_rows % 8 rows are copied as they are, and a tied
+    output's token embeddings are interleaved with it), and the file pages they came from
+    are handed back, so the process holds one copy, never two. The file must not change while the Model is open: each
     call checks, before and after, the size and mtime of the open file (fstat: renaming,
     unlinking or replacing the path is harmless, the mapping keeps the old file) and
     raises ModelFileChangedError if they moved. A truncation during a call would kill the

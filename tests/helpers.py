@@ -91,3 +91,66 @@ def child():
     root = os.path.dirname(os.path.dirname(os.path.abspath(guanaco_rt.__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     return {"env": env, "cwd": TESTS_DIR}
+
+
+def tiny_gguf(tmp_root, wtype, emb_type=None, n_vocab=300, tied=True, n_embd=256, n_head=4, n_head_kv=2, n_layer=2,
+              n_ff=512, seed=0):
+    """A small LLaMA GGUF file with random weights of type ``wtype`` (the embeddings ``emb_type``, default
+    wtype) and a SentencePiece vocabulary of ``n_vocab`` >= 260 pieces; ``tied``: no output.weight (the output
+    multiplies by the token embeddings, as SmolLM2's does). Written once per session."""
+    import gguf
+
+    from guanaco_rt.writer import random_tensor_bytes
+
+    emb_type = wtype if emb_type is None else emb_type
+    key = ("gguf", wtype, emb_type, n_vocab, tied, n_embd, n_head, n_head_kv, n_layer, n_ff, seed)
+    if key in _CACHE:
+        return _CACHE[key]
+    path = os.path.join(str(tmp_root), "tiny-" + "-".join(map(str, key)) + ".gguf")
+    pieces = [("<unk>", 0.0, 2), ("<s>", 0.0, 3), ("</s>", 0.0, 3)] + [(f"<0x{b:02X}>", 0.0, 6) for b in range(256)]
+    words = [f"\u2581{a}{b}" for a in "abcdefghijklmnopqrstuvwxyz" for b in ["", *"abcdefghijklmnopqrstuvwxyz"]]
+    pieces += [(w, -float(i), 1) for i, w in enumerate(words[:n_vocab - len(pieces)])]
+    hd = n_embd // n_head
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_block_count(n_layer)
+    w.add_embedding_length(n_embd)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_rope_dimension_count(hd)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_tokenizer_model("llama")
+    w.add_token_list([p for p, _, _ in pieces])
+    w.add_token_scores([s for _, s, _ in pieces])
+    w.add_token_types([t for _, _, t in pieces])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    rng = np.random.default_rng(seed)
+
+    def add(name, ttype, shape):           # shape in ggml order (ne0 first)
+        raw = np.frombuffer(random_tensor_bytes(ttype, shape, rng), np.uint8)
+        if ttype == 0:                     # F32
+            w.add_tensor(name, raw.view(np.float32).reshape(tuple(reversed(shape))))
+        else:
+            w.add_tensor(name, raw.reshape(int(np.prod(shape[1:])), -1), raw_dtype=gguf.GGMLQuantizationType(ttype))
+
+    add("token_embd.weight", emb_type, (n_embd, len(pieces)))
+    for i in range(n_layer):
+        add(f"blk.{i}.attn_norm.weight", 0, (n_embd,))
+        add(f"blk.{i}.attn_q.weight", wtype, (n_embd, n_embd))
+        add(f"blk.{i}.attn_k.weight", wtype, (n_embd, n_head_kv * hd))
+        add(f"blk.{i}.attn_v.weight", wtype, (n_embd, n_head_kv * hd))
+        add(f"blk.{i}.attn_output.weight", wtype, (n_embd, n_embd))
+        add(f"blk.{i}.ffn_norm.weight", 0, (n_embd,))
+        add(f"blk.{i}.ffn_gate.weight", wtype, (n_embd, n_ff))
+        add(f"blk.{i}.ffn_up.weight", wtype, (n_embd, n_ff))
+        add(f"blk.{i}.ffn_down.weight", wtype, (n_ff, n_embd))
+    add("output_norm.weight", 0, (n_embd,))
+    if not tied:
+        add("output.weight", emb_type, (n_embd, len(pieces)))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    _CACHE[key] = path
+    return path

@@ -57,10 +57,11 @@ def test_logits_match_reference_and_peer(root, ftype, shape):
     # separates them, except where a value sits on a rounding edge of the 8-bit
     # quantization and one step flips. A flip moves its position by ~1%, and every later
     # one through the KV cache, so only the first position is held to float rounding (the
-    # kernels' own arithmetic is checked exactly in test_kernels and test_repack)
+    # kernels' own arithmetic is checked exactly in test_kernels and test_repack). The output
+    # (300 rows) runs on the 8-row kernels too: q4_0's leave 1.5e-6 at e512 (one-row: 1.3e-7)
     qref = ReferenceModel(m, quantize_acts=True).forward(TOKENS)
     e = rel_err(ours, qref, scale)
-    assert e[0] < 1e-6 and e.max() < 0.02, e
+    assert e[0] < 3e-6 and e.max() < 0.02, e
     peer = ctransformers_logits(path, TOKENS)
     assert rel_err(ours, peer, scale).max() < PEER_TOL[ftype]
     assert cosine(ours, peer).min() > MIN_COS

@@ -122,8 +122,8 @@ def test_models_interleave_the_same_with_and_without_mmap(tmp_path_factory, ftyp
     mapped = guanaco_rt.Model(path)
     inmem = guanaco_rt.Model(path, mmap=False)
     generic = guanaco_rt.Model(path, isa="generic")
-    layers = [t for n, t in mapped.file.tensors.items()
-              if n.startswith("layers.") and t.n_rows > 1 and t.type in T.R8_TYPES]
+    layers = [t for n, t in mapped.file.tensors.items()      # the output too (300 rows: a tail of 4)
+              if n != "tok_embeddings.weight" and t.n_rows > 1 and t.type in T.R8_TYPES]
     expected = sum(t.nbytes for t in layers)
     assert expected
     assert mapped.repacked_bytes == inmem.repacked_bytes == expected

@@ -24,7 +24,8 @@ cdef struct tensor_t:
     int64_t ne0                  # row length (input dim)
     int64_t ne1                  # rows (output dim)
     int64_t nb1                  # bytes per row
-    int r8                       # 1: each 8 rows interleaved (block_q4_0x8, ...; repack_r8), not in the mmap
+    int r8                       # 1: each whole 8 rows interleaved (block_q4_0x8, ...; repack_r8), the
+    #                              last ne1 % 8 as the file has them after the groups; not in the mmap
 
 cdef struct layer_t:
     tensor_t wq, wo              # (n_embd rows of n_embd)
@@ -70,6 +71,7 @@ cdef struct state_t:
     float* hb2           # (n_batch, n_ff)
     uint8_t* act         # (n_batch, act_stride) quantized activations
     int64_t act_stride
+    uint8_t* emb_row     # (tok_embeddings.nb1,) an interleaved embedding row in the file's order (embed_rows)
 
 cdef class KernelSet:
     cdef isa_kernels_t k
@@ -97,7 +99,7 @@ cdef class State:
     cdef int32_t[::1] tokens_buf
     cdef float[::1] logits_buf
     cdef float[:, ::1] x, xb, xb2, q, k, v, att, hb, hb2
-    cdef uint8_t[::1] act
+    cdef uint8_t[::1] act, emb_row
     cdef _kv_view(self, uint8_t[::1] cache)
 
 cdef void quantize_rows(const isa_kernels_t* K, uint8_t* out, int64_t out_stride, const float* x, int64_t n,
@@ -105,6 +107,8 @@ cdef void quantize_rows(const isa_kernels_t* K, uint8_t* out, int64_t out_stride
 cdef int r8_parts(int type, int* size, int* step) noexcept nogil
 cdef void repack_r8(uint8_t* dst, const uint8_t* src, int type, int64_t nb, int64_t nb1, int64_t ne1,
                     int nth) noexcept nogil
+cdef void gather_r8(uint8_t* dst, const tensor_t* W, int64_t row) noexcept nogil
+cdef void embed_rows(float* out, const tensor_t* W, const int32_t* tokens, int n_tok, uint8_t* scratch) noexcept nogil
 cdef void matmul_q(const isa_kernels_t* K, float** outs, const tensor_t** Ws, int nw,
                    const uint8_t* xq, int64_t xq_stride, int n_tok, int nth, bint glu) noexcept nogil
 cdef int decode_one(const model_t* m, state_t* s, int32_t tok) noexcept nogil

@@ -90,7 +90,7 @@ cdef class KernelSet:
         return f"KernelSet({self.isa!r})"
 
     def interleaves(self, int ttype):
-        """Whether matrices of this ggml type get their rows interleaved at load (8-row kernels)."""
+        """Whether matrices of this ggml type (of 8 rows or more) get their rows interleaved at load (8-row kernels)."""
         return 0 <= ttype < GGML_TYPE_COUNT and self.k.types[ttype].dot_r8 != NULL
 
 
@@ -161,61 +161,104 @@ cdef int r8_parts(int type, int* size, int* step) noexcept nogil:
         return 4
     return 0
 
+cdef inline void r8_move(uint8_t* grp, uint8_t* blk, int r, int n, const int* size, const int* step,
+                         bint put) noexcept nogil:
+    # one block of row r between the file's order (blk) and its group's interleaved block
+    # (grp), as ggml_blocks.h lays out block_q4_0x8 ... block_q6_Kx8: field f of row r, in
+    # steps of step_f bytes, at 8 * (its offset in a block) + 8 * step_f * k + step_f * r.
+    # put: blk -> grp (repack_r8), else grp -> blk (gather_r8). The one place the layout is
+    # walked; the sizes are constant, so each memcpy is one move
+    cdef int f, k, at = 0
+    for f in range(n):
+        if step[f] == 4:
+            for k in range(size[f] // 4):
+                if put:
+                    memcpy(grp + 8 * at + 32 * k + 4 * r, blk + at + 4 * k, 4)
+                else:
+                    memcpy(blk + at + 4 * k, grp + 8 * at + 32 * k + 4 * r, 4)
+        else:
+            for k in range(size[f] // 2):
+                if put:
+                    memcpy(grp + 8 * at + 16 * k + 2 * r, blk + at + 2 * k, 2)
+                else:
+                    memcpy(blk + at + 2 * k, grp + 8 * at + 16 * k + 2 * r, 2)
+        at = at + size[f]
+
 cdef void repack_r8(uint8_t* dst, const uint8_t* src, int type, int64_t nb, int64_t nb1, int64_t ne1,
                     int nth) noexcept nogil:
-    # W (ne1 rows of nb1 bytes: nb blocks of an r8_parts type) -> dst, each 8 rows interleaved
-    # as ggml_blocks.h lays out block_q4_0x8 ... block_q6_Kx8: field f of row r, in steps of
-    # step_f bytes, at 8 * (its offset in a block) + 8 * step_f * k + step_f * r; group g's nb
-    # blocks at dst + 8 g nb1
+    # W (ne1 rows of nb1 bytes: nb blocks of an r8_parts type) -> dst: each whole 8 rows
+    # interleaved (r8_move), group g's nb blocks at dst + 8 g nb1, so the groups take exactly
+    # the bytes of the rows they replace; the last ne1 % 8 rows (the tail) follow as the file
+    # has them, where they were
     cdef int size[5]
     cdef int step[5]
     cdef int n = r8_parts(type, size, step)
-    cdef int64_t g, i, bs = 0
-    cdef int f, r, k, at
-    cdef uint8_t* o
-    cdef const uint8_t* b
+    cdef int64_t g, i, bs = 0, rows = ne1 // 8 * 8
+    cdef int f, r
     for f in range(n):
         bs += size[f]
     for g in prange(ne1 // 8, schedule='static', num_threads=nth):
         for i in range(nb):
             for r in range(8):
-                at = 0
-                b = src + (8 * g + r) * nb1 + i * bs
-                o = dst + (g * nb + i) * 8 * bs
-                for f in range(n):
-                    # constant sizes, so each memcpy is one move
-                    if step[f] == 4:
-                        for k in range(size[f] // 4):
-                            memcpy(o + 8 * at + 32 * k + 4 * r, b + at + 4 * k, 4)
-                    else:
-                        for k in range(size[f] // 2):
-                            memcpy(o + 8 * at + 16 * k + 2 * r, b + at + 2 * k, 2)
-                    at = at + size[f]
+                r8_move(dst + (g * nb + i) * 8 * bs, <uint8_t*>src + (8 * g + r) * nb1 + i * bs, r, n, size, step,
+                        True)
+    if ne1 > rows and dst != src:
+        memcpy(dst + rows * nb1, src + rows * nb1, (ne1 - rows) * nb1)
+
+cdef void gather_r8(uint8_t* dst, const tensor_t* W, int64_t row) noexcept nogil:
+    # row `row` of W (r8: its groups interleaved by repack_r8) -> dst (nb1 bytes), in the
+    # file's order; a tail row is a copy
+    cdef int size[5]
+    cdef int step[5]
+    cdef int n = r8_parts(W.type, size, step)
+    cdef int64_t i, g = row // 8, nb = W.ne0 // W.tt.blck_size, bs = W.nb1 // nb
+    if row >= W.ne1 // 8 * 8:
+        memcpy(dst, W.data + row * W.nb1, W.nb1)
+        return
+    for i in range(nb):
+        r8_move(<uint8_t*>W.data + (g * nb + i) * 8 * bs, dst + i * bs, <int>(row % 8), n, size, step, False)
+
+cdef void embed_rows(float* out, const tensor_t* W, const int32_t* tokens, int n_tok, uint8_t* scratch) noexcept nogil:
+    # the rows `tokens` of W (n_vocab rows of ne0), dequantized -> out (n_tok, ne0). An
+    # interleaved W (a tied output's) is read row by row through scratch (nb1 bytes): the
+    # row's fields gathered back into the file's order, then dequantized as the file's row
+    cdef int t
+    for t in range(n_tok):
+        if W.r8:
+            gather_r8(scratch, W, tokens[t])
+            W.tt.to_float(scratch, out + t * W.ne0, W.ne0)
+        else:
+            W.tt.to_float(W.data + tokens[t] * W.nb1, out + t * W.ne0, W.ne0)
 
 cdef void rows_q(const isa_kernels_t* K, float* out, const tensor_t* W, int64_t lo, int64_t hi,
                  const uint8_t* xq, int64_t xq_stride, int n_tok) noexcept nogil:
     # rows lo..hi-1 of W (ne1, ne0) @ xq (n_tok, ne0)^T -> out (n_tok, ne1). Each weight row
-    # (or interleaved group of 8, lo and hi then multiples of 8) is read once and dotted with
-    # every token while in cache. One-row layouts go ROW_TILE rows at a time, each 4 tokens
+    # (or interleaved group of 8) is read once and dotted with every token while in cache.
+    # An interleaved W's groups (lo a multiple of 8, hi too or ne1) run on the 8-row kernels,
+    # its tail rows (the last ne1 % 8, as the file has them) on the one-row ones.
+    # One-row layouts go ROW_TILE rows at a time, each 4 tokens
     # against all of them: a batch's activations (64 tokens of a 7B layer: 278-748 KB) fill
     # the L2, and a pass over them per row left the 4-token kernel waiting on them. 7B q8_0
     # prompt 7.99 -> 9.05 tok/s (4 alternating pairs; 8 rows +11%, 32 +13% on one matrix).
     # An interleaved group already uses each token's load 8 times; tiling those did not help.
-    cdef int64_t i, i0, i1, k
+    cdef int64_t i, i0, i1, k, g_end
     cdef int t, t4
     cdef vec_dot_fn dot = K.types[W.type].vec_dot
     cdef vec_dot_x4_fn dot4 = K.types[W.type].vec_dot_x4
     cdef dot_r8_fn r8 = K.types[W.type].dot_r8, r8x4 = K.types[W.type].dot_r8_x4
     cdef int n = <int>W.ne0
     cdef int64_t out_stride = W.ne1
-    cdef int n4 = (n_tok // 4) * 4 if (dot4 != NULL or W.r8) else 0
+    cdef int n4 = (n_tok // 4) * 4
     if W.r8:
-        for i in range(lo, hi, 8):
+        g_end = min(hi, W.ne1 // 8 * 8)
+        for i in range(lo, g_end, 8):
             for t4 in range(0, n4, 4):
                 r8x4(n, out + t4 * out_stride + i, out_stride, W.data + i * W.nb1, xq + t4 * xq_stride, xq_stride)
             for t in range(n4, n_tok):
                 r8(n, out + t * out_stride + i, out_stride, W.data + i * W.nb1, xq + t * xq_stride, xq_stride)
-        return
+        lo = max(lo, g_end)
+    if dot4 == NULL:
+        n4 = 0
     for k in range(0, (hi - lo + ROW_TILE - 1) // ROW_TILE):
         i0 = lo + k * ROW_TILE
         i1 = min(i0 + ROW_TILE, hi)
@@ -426,8 +469,7 @@ cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok,
     cdef float* outs[3]
     cdef const tensor_t* ws[3]
     s.have_logits = 0
-    for t in range(n_tok):
-        m.tok_embeddings.tt.to_float(m.tok_embeddings.data + tokens[t] * m.tok_embeddings.nb1, s.x + t * E, E)
+    embed_rows(s.x, &m.tok_embeddings, tokens, n_tok, s.emb_row)
     for l in range(m.n_layer):
         if s.cancel or (m.file_fault != NULL and m.file_fault[0]):
             return 1
@@ -570,8 +612,10 @@ cdef class Engine:
     caller owns), over their own bytes. ``repacked`` lists the (offset, bytes) ranges of
     ``buf`` that the engine no longer reads; ``release(offset, bytes)``, if given, is called
     with each as soon as it is done (the caller can then drop those pages: no two copies at
-    once). The token embeddings (and a tied output) stay as they are: rows of them are
-    looked up one at a time. ``guard``: the GuardedBuffer ``buf`` reads through; once its
+    once). Each whole 8 rows are interleaved; a matrix's last ne1 % 8 rows stay as they are,
+    after its groups. A tied output is interleaved as any matrix, and the token lookup reads
+    its rows back in the file's order; untied token embeddings stay as they are (they are
+    only looked up). ``guard``: the GuardedBuffer ``buf`` reads through; once its
     file shrinks under it, every evaluation and decode loop stops at its next layer as if
     cancelled (the Model then raises ModelFileChangedError for that call).
     """
@@ -652,8 +696,10 @@ cdef class Engine:
                 L = &self.m.layers[l]
                 ws[0], ws[1], ws[2], ws[3], ws[4], ws[5], ws[6] = &L.wq, &L.wk, &L.wv, &L.wo, &L.w1, &L.w3, &L.w2
             else:
+                # a tied output is the token embeddings: interleaved once, for both (embed_rows
+                # reads its rows back in the file's order); untied embeddings are only looked up
                 ws[0] = &self.m.output
-                nw = 0 if out_spec is tensors["tok_embeddings.weight"] else 1
+                nw = 1
             for i in range(nw):
                 use = load_next(&lg)
                 dt = self._interleave(ws[i], inplace, use, release)
@@ -661,6 +707,8 @@ cdef class Engine:
                     load_record(&lg, use, dt, ws[i].nb1 * ws[i].ne1)
                     self.load_threads["one_thread_tensors" if use == 1 else "multi_thread_tensors"] += 1
                     self.load_threads["one_thread_s" if use == 1 else "multi_thread_s"] += dt
+        if out_spec is tensors["tok_embeddings.weight"]:
+            self.m.tok_embeddings = self.m.output
         self.load_threads["threads"] = 1 if n_threads < 2 or lg.one else n_threads
         if load_busy(&lg):
             gov_last_note(&self.gov_last, 1)
@@ -668,12 +716,13 @@ cdef class Engine:
 
     cdef double _interleave(self, tensor_t* t, object inplace, int nth, object release) except? -2:
         # t's rows, 8 at a time, into the layout of its dot_r8 kernel (repack_r8) on nth
-        # threads; -> the seconds that took (load_record), -1 when t is not interleaved
+        # threads, the last ne1 % 8 as they are; -> the seconds that took (load_record), -1
+        # when t is not interleaved (fewer than 8 rows run on the one-row kernels)
         cdef int64_t off = t.data - &self.buf[0], n = t.nb1 * t.ne1
         cdef uint8_t[::1] dst, scratch
         cdef const uint8_t* src = t.data
         cdef double t0, dt
-        if self.m.k.types[t.type].dot_r8 == NULL or t.ne1 % 8:
+        if self.m.k.types[t.type].dot_r8 == NULL or t.ne1 < 8:
             return -1
         if inplace is not None:
             dst = inplace[off:off + n]
@@ -737,6 +786,7 @@ cdef class State:
         # 1.25, plus 1 in the first row of a group of 4 for its packed scales, pack_q8_1_x4)
         self.s.act_stride = max(m.n_embd, m.n_ff) * 4
         self.act = np.zeros(n_batch * self.s.act_stride, np.uint8)
+        self.emb_row = np.zeros(m.tok_embeddings.nb1, np.uint8)
         self.s.n_ctx = n_ctx
         self.s.n_batch = n_batch
         gov_init(&self.s.gov, &engine.gov_last, n_threads, 1)
@@ -751,6 +801,7 @@ cdef class State:
         self.s.att = &self.att[0, 0]
         self.s.hb, self.s.hb2 = &self.hb[0, 0], &self.hb2[0, 0]
         self.s.act = &self.act[0]
+        self.s.emb_row = &self.emb_row[0]
 
     # -- the sequence ----------------------------------------------------------------
     @property

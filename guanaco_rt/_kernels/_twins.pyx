@@ -1,14 +1,15 @@
 # cython: language_level=3
 """Thin Python-callable twins of the engine's nogil kernels, for tests and benchmarks:
 each checks its arguments, then runs the kernel the forward pass runs."""
-from libc.stdint cimport uint8_t, int64_t
+from libc.stdint cimport uint8_t, int32_t, int64_t
 
 import numpy as np
 
 from guanaco_rt.errors import InvalidRequestError
 
 from guanaco_rt._kernels._engine cimport (KernelSet, tensor_t, quantize_rows, matmul_q, repack_r8, r8_parts, rmsnorm,
-                                          rope, rope_freqs, softmax, silu_mul, attention, attention_threads)
+                                          rope, rope_freqs, softmax, silu_mul, attention, attention_threads,
+                                          embed_rows)
 from guanaco_rt._kernels._governor cimport (gov_t, gov_last_t, gov_init, gov_next, gov_record, gov_threads,
                                             gov_probe_judge, gov_pick, gov_try_check, team_run_wait,
                                             load_gov_t, load_reset, load_next, load_record, load_busy, monotonic)
@@ -43,7 +44,8 @@ def matmul_twin(KernelSet K, int t, const uint8_t[::1] w, int64_t ne0, int64_t n
                 int n_threads=1, bint interleave=False, bint interleaved=False):
     """W (ne1 rows of ne0, type t) @ x (n_tok, ne0)^T -> (n_tok, ne1), activations quantized as the engine does.
     ``interleave``: W's rows interleaved 8 at a time first, as the engine does at load (the
-    kernel set must have 8-row kernels for t, and ne1 be a multiple of 8); ``interleaved``: w
+    kernel set must have 8-row kernels for t, and ne1 be at least 8: the last ne1 % 8 rows stay
+    as they are and run on the one-row kernels); ``interleaved``: w
     already is (repack_twin's output), for timing the kernels alone"""
     cdef const type_traits_t* tt = weight_traits(t)
     cdef const type_traits_t* vt = type_traits(tt.vec_dot_type)
@@ -71,8 +73,8 @@ def matmul_twin(KernelSet K, int t, const uint8_t[::1] w, int64_t ne0, int64_t n
     W.nb1 = row_size(tt, ne0)
     W.r8 = 0
     if interleave or interleaved:
-        if K.k.types[t].dot_r8 == NULL or ne1 % 8:
-            raise ValueError(f"no 8-row kernels for type {t} in {K.isa}, or {ne1} rows not a multiple of 8")
+        if K.k.types[t].dot_r8 == NULL or ne1 < 8:
+            raise ValueError(f"no 8-row kernels for type {t} in {K.isa}, or {ne1} rows < 8")
         if not interleaved:
             packed = np.empty(W.nb1 * ne1, np.uint8)
             pk = packed
@@ -88,18 +90,57 @@ def matmul_twin(KernelSet K, int t, const uint8_t[::1] w, int64_t ne0, int64_t n
 
 
 def repack_twin(int t, const uint8_t[::1] w, int64_t ne0, int64_t ne1, int n_threads=1):
-    """W (ne1 rows of ne0, of a type with an interleaved layout) with each 8 rows interleaved, as the engine
-    does at load"""
+    """W (ne1 >= 8 rows of ne0, of a type with an interleaved layout) with each whole 8 rows interleaved and
+    the last ne1 % 8 as they are, as the engine does at load"""
     cdef const type_traits_t* tt = weight_traits(t)
     cdef int size[5]
     cdef int step[5]
-    if (r8_parts(t, size, step) == 0 or ne1 % 8 or ne0 < 1 or ne0 % tt.blck_size
+    if (r8_parts(t, size, step) == 0 or ne1 < 8 or ne0 < 1 or ne0 % tt.blck_size
             or w.shape[0] != row_size(tt, ne0) * ne1):
         raise ValueError(f"type {t}, shape ({ne0}, {ne1}), {w.shape[0]} bytes: not an interleavable tensor")
     out = np.empty(w.shape[0], np.uint8)
     cdef uint8_t[::1] o = out
     with nogil:
         repack_r8(&o[0], &w[0], t, ne0 // tt.blck_size, row_size(tt, ne0), ne1, max(1, n_threads))
+    return out
+
+
+def embedding_twin(int t, const uint8_t[::1] w, int64_t ne0, int64_t ne1, const int32_t[::1] rows,
+                   bint interleave=False):
+    """The rows ``rows`` of W (ne1 rows of ne0, type t, as the file has them), dequantized by the
+    engine's token lookup (embed_rows) -> (len(rows), ne0) float32. ``interleave``: from W's
+    interleaved copy (repack_r8, as a tied output's embeddings are at load)"""
+    cdef const type_traits_t* tt = weight_traits(t)
+    cdef int size[5]
+    cdef int step[5]
+    cdef int i
+    cdef tensor_t W
+    if ne0 < 1 or ne1 < 1 or ne0 % tt.blck_size or w.shape[0] != row_size(tt, ne0) * ne1:
+        raise ValueError(f"type {t}, shape ({ne0}, {ne1}), {w.shape[0]} bytes: not a matrix of that shape")
+    if interleave and (r8_parts(t, size, step) == 0 or ne1 < 8):
+        raise ValueError(f"type {t}, {ne1} rows: not an interleavable tensor")
+    for i in range(rows.shape[0]):
+        if not 0 <= rows[i] < ne1:
+            raise ValueError(f"row {rows[i]} outside [0, {ne1})")
+    W.tt = tt
+    W.type = t
+    W.ne0 = ne0
+    W.ne1 = ne1
+    W.nb1 = row_size(tt, ne0)
+    W.data = &w[0]
+    W.r8 = 0
+    packed = np.empty(w.shape[0], np.uint8)
+    cdef uint8_t[::1] pk = packed
+    if interleave:
+        repack_r8(&pk[0], &w[0], t, ne0 // tt.blck_size, W.nb1, ne1, 1)
+        W.data = &pk[0]
+        W.r8 = 1
+    out = np.zeros((rows.shape[0], ne0), np.float32)
+    cdef float[:, ::1] o = out
+    cdef uint8_t[::1] scratch = np.zeros(W.nb1, np.uint8)
+    if rows.shape[0]:
+        with nogil:
+            embed_rows(&o[0, 0], &W, &rows[0], rows.shape[0], &scratch[0])
     return out
 
 
