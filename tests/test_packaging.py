@@ -26,7 +26,7 @@ def test_typing_files_ship_with_every_compiled_module():
     assert os.path.exists(os.path.join(PKG, "py.typed"))
     kdir = os.path.join(PKG, "_kernels")
     compiled = {f.split(".")[0] for f in os.listdir(kdir) if f.endswith((".so", ".pyd"))}
-    assert compiled >= {"_quants", "_engine", "_sampling", "_decode", "_twins", "_generic"}
+    assert compiled >= {"_quants", "_engine", "_sampling", "_decode", "_twins", "_isa_generic"}
     for mod in compiled:
         assert os.path.exists(os.path.join(kdir, mod + ".pyi")), mod
 
