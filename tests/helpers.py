@@ -93,38 +93,51 @@ def child():
     return {"env": env, "cwd": TESTS_DIR}
 
 
-def tiny_gguf(tmp_root, wtype, emb_type=None, n_vocab=300, tied=True, n_embd=256, n_head=4, n_head_kv=2, n_layer=2,
-              n_ff=512, seed=0):
-    """A small LLaMA GGUF file with random weights of type ``wtype`` (the embeddings ``emb_type``, default
-    wtype) and a SentencePiece vocabulary of ``n_vocab`` >= 260 pieces; ``tied``: no output.weight (the output
-    multiplies by the token embeddings, as SmolLM2's does). Written once per session."""
+def spm_vocab(n_vocab=300):
+    """A SentencePiece vocabulary of n_vocab >= 260 pieces (the first 300 always the same)"""
+    pieces = [("<unk>", 0.0, 2), ("<s>", 0.0, 3), ("</s>", 0.0, 3)]
+    pieces += [(f"<0x{b:02X}>", 0.0, 6) for b in range(256)]
+    words = [f"\u2581{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + list("abcdefghijklmn") + ["\u2581"]
+    words += [f"\u2581{a}{b}" for a in "abcdefghijklmnopqrstuvwxyz" for b in "abcdefghijklmnopqrstuvwxyz"]
+    pieces += [(w, -float(i), 1) for i, w in enumerate(words)]
+    return pieces[:n_vocab]
+
+
+def write_llama_gguf(path, n_embd=192, n_head=6, n_head_kv=2, n_layer=2, n_ff=320, wtype=3, emb_type=8,  # Q4_1, Q8_0
+                     tied=True, rope_base=100000.0, scaling=None, eps=1e-5, seed=0, flags=None, n_vocab=300):
+    """A small LLaMA GGUF file with random weights of type ``wtype`` (the embeddings ``emb_type``) and
+    spm_vocab(n_vocab); ``tied``: no output.weight (the output multiplies by the token embeddings, as
+    SmolLM2's does)"""
     import gguf
 
     from guanaco_rt.writer import random_tensor_bytes
 
-    emb_type = wtype if emb_type is None else emb_type
-    key = ("gguf", wtype, emb_type, n_vocab, tied, n_embd, n_head, n_head_kv, n_layer, n_ff, seed)
-    if key in _CACHE:
-        return _CACHE[key]
-    path = os.path.join(str(tmp_root), "tiny-" + "-".join(map(str, key)) + ".gguf")
-    pieces = [("<unk>", 0.0, 2), ("<s>", 0.0, 3), ("</s>", 0.0, 3)] + [(f"<0x{b:02X}>", 0.0, 6) for b in range(256)]
-    words = [f"\u2581{a}{b}" for a in "abcdefghijklmnopqrstuvwxyz" for b in ["", *"abcdefghijklmnopqrstuvwxyz"]]
-    pieces += [(w, -float(i), 1) for i, w in enumerate(words[:n_vocab - len(pieces)])]
+    pieces = spm_vocab(n_vocab)
+    n_vocab = len(pieces)
     hd = n_embd // n_head
-    w = gguf.GGUFWriter(path, "llama")
+    w = gguf.GGUFWriter(str(path), "llama")
     w.add_block_count(n_layer)
     w.add_embedding_length(n_embd)
     w.add_feed_forward_length(n_ff)
     w.add_head_count(n_head)
     w.add_head_count_kv(n_head_kv)
     w.add_rope_dimension_count(hd)
-    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(rope_base)
+    w.add_layer_norm_rms_eps(eps)
+    if scaling:
+        w.add_string("llama.rope.scaling.type", scaling[0])
+        w.add_float32("llama.rope.scaling.factor", scaling[1])
     w.add_tokenizer_model("llama")
     w.add_token_list([p for p, _, _ in pieces])
     w.add_token_scores([s for _, s, _ in pieces])
     w.add_token_types([t for _, _, t in pieces])
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
+    for key, value in (flags or {}).items():
+        if isinstance(value, bool):
+            w.add_bool(f"tokenizer.ggml.{key}", value)
+        else:
+            w.add_uint32(f"tokenizer.ggml.{key}", value)
     rng = np.random.default_rng(seed)
 
     def add(name, ttype, shape):           # shape in ggml order (ne0 first)
@@ -132,9 +145,10 @@ def tiny_gguf(tmp_root, wtype, emb_type=None, n_vocab=300, tied=True, n_embd=256
         if ttype == 0:                     # F32
             w.add_tensor(name, raw.view(np.float32).reshape(tuple(reversed(shape))))
         else:
-            w.add_tensor(name, raw.reshape(int(np.prod(shape[1:])), -1), raw_dtype=gguf.GGMLQuantizationType(ttype))
+            rows = int(np.prod(shape[1:]))
+            w.add_tensor(name, raw.reshape(rows, -1), raw_dtype=gguf.GGMLQuantizationType(ttype))
 
-    add("token_embd.weight", emb_type, (n_embd, len(pieces)))
+    add("token_embd.weight", emb_type, (n_embd, n_vocab))
     for i in range(n_layer):
         add(f"blk.{i}.attn_norm.weight", 0, (n_embd,))
         add(f"blk.{i}.attn_q.weight", wtype, (n_embd, n_embd))
@@ -147,10 +161,21 @@ def tiny_gguf(tmp_root, wtype, emb_type=None, n_vocab=300, tied=True, n_embd=256
         add(f"blk.{i}.ffn_down.weight", wtype, (n_ff, n_embd))
     add("output_norm.weight", 0, (n_embd,))
     if not tied:
-        add("output.weight", emb_type, (n_embd, len(pieces)))
+        add("output.weight", emb_type, (n_embd, n_vocab))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    _CACHE[key] = path
-    return path
+    return str(path)
+
+
+def tiny_gguf(tmp_root, wtype, emb_type=None, n_vocab=300, tied=True, n_embd=256, n_head=4, n_head_kv=2, n_layer=2,
+              n_ff=512, seed=0):
+    """write_llama_gguf's file (RoPE base 10000), written once per session"""
+    key = ("gguf", wtype, emb_type, n_vocab, tied, n_embd, n_head, n_head_kv, n_layer, n_ff, seed)
+    if key not in _CACHE:
+        path = os.path.join(str(tmp_root), "tiny-" + "-".join(map(str, key)) + ".gguf")
+        _CACHE[key] = write_llama_gguf(path, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv, n_layer=n_layer,
+                                       n_ff=n_ff, wtype=wtype, emb_type=wtype if emb_type is None else emb_type,
+                                       tied=tied, rope_base=10000.0, seed=seed, n_vocab=n_vocab)
+    return _CACHE[key]

@@ -8,79 +8,11 @@ import pytest
 import guanaco_rt
 from guanaco_rt import ggml_types as T
 from guanaco_rt.errors import FormatError
-from guanaco_rt.writer import random_tensor_bytes
 
+from helpers import write_llama_gguf
 from reference import ReferenceModel
 
-GQ = gguf.GGMLQuantizationType
 TOKENS = [1, 5, 60, 7, 250, 9, 10, 11, 42, 99, 3, 17]
-
-
-def spm_vocab():
-    pieces = [("<unk>", 0.0, 2), ("<s>", 0.0, 3), ("</s>", 0.0, 3)]
-    pieces += [(f"<0x{b:02X}>", 0.0, 6) for b in range(256)]
-    words = [f"\u2581{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + list("abcdefghijklmn") + ["\u2581"]
-    pieces += [(w, -float(i), 1) for i, w in enumerate(words)]
-    return pieces                                  # 300 pieces
-
-
-def write_llama_gguf(path, n_embd=192, n_head=6, n_head_kv=2, n_layer=2, n_ff=320, wtype=T.Q4_1, emb_type=T.Q8_0,
-                     tied=True, rope_base=100000.0, scaling=None, eps=1e-5, seed=0, flags=None):
-    pieces = spm_vocab()
-    n_vocab = len(pieces)
-    hd = n_embd // n_head
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_block_count(n_layer)
-    w.add_embedding_length(n_embd)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_head_kv)
-    w.add_rope_dimension_count(hd)
-    w.add_rope_freq_base(rope_base)
-    w.add_layer_norm_rms_eps(eps)
-    if scaling:
-        w.add_string("llama.rope.scaling.type", scaling[0])
-        w.add_float32("llama.rope.scaling.factor", scaling[1])
-    w.add_tokenizer_model("llama")
-    w.add_token_list([p for p, _, _ in pieces])
-    w.add_token_scores([s for _, s, _ in pieces])
-    w.add_token_types([t for _, _, t in pieces])
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    for key, value in (flags or {}).items():
-        if isinstance(value, bool):
-            w.add_bool(f"tokenizer.ggml.{key}", value)
-        else:
-            w.add_uint32(f"tokenizer.ggml.{key}", value)
-    rng = np.random.default_rng(seed)
-
-    def add(name, ttype, shape):           # shape in ggml order (ne0 first)
-        raw = np.frombuffer(random_tensor_bytes(ttype, shape, rng), np.uint8)
-        if ttype == T.F32:
-            w.add_tensor(name, raw.view(np.float32).reshape(tuple(reversed(shape))))
-        else:
-            rows = int(np.prod(shape[1:]))
-            w.add_tensor(name, raw.reshape(rows, -1), raw_dtype=GQ(ttype))
-
-    add("token_embd.weight", emb_type, (n_embd, n_vocab))
-    for i in range(n_layer):
-        add(f"blk.{i}.attn_norm.weight", T.F32, (n_embd,))
-        add(f"blk.{i}.attn_q.weight", wtype, (n_embd, n_embd))
-        add(f"blk.{i}.attn_k.weight", wtype, (n_embd, n_head_kv * hd))
-        add(f"blk.{i}.attn_v.weight", wtype, (n_embd, n_head_kv * hd))
-        add(f"blk.{i}.attn_output.weight", wtype, (n_embd, n_embd))
-        add(f"blk.{i}.ffn_norm.weight", T.F32, (n_embd,))
-        add(f"blk.{i}.ffn_gate.weight", wtype, (n_embd, n_ff))
-        add(f"blk.{i}.ffn_up.weight", wtype, (n_embd, n_ff))
-        add(f"blk.{i}.ffn_down.weight", wtype, (n_ff, n_embd))
-    add("output_norm.weight", T.F32, (n_embd,))
-    if not tied:
-        add("output.weight", emb_type, (n_embd, n_vocab))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return str(path)
 
 
 CASES = {

@@ -132,7 +132,10 @@ static inline vi sign_by(vi y, vi w) { return _mm256_sign_epi8(y, w); }
 #define dp_small(acc, u, s) dpbusd(acc, u, s)
 static inline vi scale_of(__m256i sc, int B) { return rows_wide(_mm256_srai_epi32(_mm256_slli_epi32(sc, 24 - 8 * B), 24)); }
 #define scaled_sum(acc, wsc) vi_mullo(acc, wsc)
-#define K5_GROUP 8                 /* q5_K's steps a group: no limit in i32 lanes */
+/* scale_of for scales held as i16 pairs: i16 number e of each row's lane */
+static inline vi scale_of16(__m256i pair, int e) {
+    return rows_wide(e ? _mm256_srai_epi32(pair, 16) : _mm256_srai_epi32(_mm256_slli_epi32(pair, 16), 16));
+}
 #else
 #define dp_small(acc, u, s) _mm256_add_epi16(acc, _mm256_maddubs_epi16(u, s))
 static inline vi scale_of(__m256i sc, int B) {
@@ -142,9 +145,17 @@ static inline vi scale_of(__m256i sc, int B) {
                                                          0x04800480, 0x08800880, 0x0C800C80), _mm256_set1_epi8((char)B));
     return _mm256_srai_epi16(_mm256_shuffle_epi8(sc, at), 8);
 }
+static inline vi scale_of16(__m256i pair, int e) {
+    /* bytes 2e, 2e + 1 of each lane, twice (pshufb indexes within a 128-bit half: 4p + 2e) */
+    const __m256i at = _mm256_add_epi8(_mm256_setr_epi32(0x01000100, 0x05040504, 0x09080908, 0x0D0C0D0C, 0x01000100,
+                                                         0x05040504, 0x09080908, 0x0D0C0D0C), _mm256_set1_epi8((char)(2 * e)));
+    return _mm256_shuffle_epi8(pair, at);
+}
 #define scaled_sum(acc, wsc) _mm256_madd_epi16(acc, wsc)
-#define K5_GROUP 4
 #endif
+/* how many steps (4 weights a row each) dp_small may add, of weights up to max_u, before scaled_sum:
+ * each step adds 2 pair sums of at most 2 * max_u * 128 to an i16 lane */
+#define SMALL_STEPS(max_u) (GR_VNNI ? 8 : 32767 / (256 * (max_u)))
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 /* the small constant loops of a kernel, written out: their indices pick fields and shifts */

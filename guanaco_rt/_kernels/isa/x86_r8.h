@@ -150,7 +150,7 @@ static inline vi fifth_bit(vi h, int b) {
 ALWAYS_INLINE void r8_q4_K(int T, int five, int n, float *s, int64_t s_stride, const void *vx, const void *vy,
                            int64_t y_stride) {
     const int64_t x_size = five ? sizeof(block_q5_Kx8) : sizeof(block_q4_Kx8);
-    const int grp = five ? K5_GROUP : 8;
+    const int grp = five ? SMALL_STEPS(31) : SMALL_STEPS(15);
     const block_q8_K *y[4];
     __m256 acc[4], accm[4];
     const vi m4 = vi_set1_8(0x0F);
@@ -257,20 +257,23 @@ ALWAYS_INLINE void r8_q6_K(int T, int n, float *s, int64_t s_stride, const void 
                 for (int qd = 0; qd < 4; qd++) {
                     if (T == 1)       /* 16 slices: 4 were 2x slower (measured at 512 and 256 bits) */
                         prefetch_slice(b, sizeof(block_q6_Kx8), 8 * h + 4 * e + qd, 16);
-                    __m256i pair = q6_r8_pair(b, 4 * h + qd);
-                    vi sc = rows_wide(e ? _mm256_srai_epi32(pair, 16) : _mm256_srai_epi32(_mm256_slli_epi32(pair, 16), 16));
-                    vi s32[4];
+                    const vi sc = scale_of16(q6_r8_pair(b, 4 * h + qd), e);
+                    vi s16[4];
                     for (int t = 0; t < T; t++)
-                        s32[t] = vi_zero();
+                        s16[t] = vi_zero();
                     UNROLL
                     for (int k = 4 * e; k < 4 * e + 4; k += STEPS) {
                         vi w = q6_r8_quarter(vi_load_w(b->ql + 32 * (16 * h + 8 * (qd % 2) + k)),
                                              vi_load_w(b->qh + 32 * (8 * h + k)), qd);
                         for (int t = 0; t < T; t++)
-                            s32[t] = dpbusd(s32[t], w, bcast_step(y[t][i].qs + 128 * h + 32 * qd + 4 * k));
+                            s16[t] = dp_small(s16[t], w, bcast_step(y[t][i].qs + 128 * h + 32 * qd + 4 * k));
+                        if ((k + STEPS) % SMALL_STEPS(63) == 0 || k + STEPS == 4 * e + 4) {   /* weights < 64 */
+                            for (int t = 0; t < T; t++) {
+                                wide[t] = vi_add32(wide[t], scaled_sum(s16[t], sc));
+                                s16[t] = vi_zero();
+                            }
+                        }
                     }
-                    for (int t = 0; t < T; t++)
-                        wide[t] = vi_add32(wide[t], vi_mullo(s32[t], sc));
                 }
             }
         }
