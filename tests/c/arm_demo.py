@@ -26,7 +26,8 @@ def main(out, units, against=None):
     if any(name.startswith("neon") for name in units):
         from guanaco_rt._kernels import _neon_try
         for name in units[1:]:
-            dispatch._SETS[name] = _engine.KernelSet(name, _neon_try.kernel_table(name), _isa_generic.kernel_table())
+            dispatch._SETS[name] = _engine.KernelSet(name, [(name, _neon_try.kernel_table(name)),
+                                                             ("generic", _isa_generic.kernel_table())])
         print(f"{platform.machine()}: the best NEON build for this CPU is {_neon_try.best()}")
     path = guanaco_rt.demo_model_path(fetch=False)
     logits, bad = {}, 0
