@@ -126,12 +126,13 @@ static inline vi sign_by(vi y, vi w) { return _mm256_sign_epi8(y, w); }
 /* A sub-block's sum over a few steps of small weights, then times each row's scale: signed byte B
  * of its 32-bit lane of sc (scale_of). The VNNI builds: vpdpbusd into i32 lanes and vpmulld, at
  * either width. The avx2 build: maddubs added up in i16 lanes and one madd with the scale in both
- * i16 halves of each row's lane, exact while a sub-block's steps' pair sums add up within i16 (the
+ * i16 halves of each row's lane (small_i32: with 1), exact while a sub-block's steps' pair sums add up within i16 (the
  * callers say by how much), and a madd a step fewer than the emulated vpdpbusd */
 #if GR_VNNI
 #define dp_small(acc, u, s) dpbusd(acc, u, s)
 static inline vi scale_of(__m256i sc, int B) { return rows_wide(_mm256_srai_epi32(_mm256_slli_epi32(sc, 24 - 8 * B), 24)); }
 #define scaled_sum(acc, wsc) vi_mullo(acc, wsc)
+#define small_i32(acc) (acc)
 /* scale_of for scales held as i16 pairs: i16 number e of each row's lane */
 static inline vi scale_of16(__m256i pair, int e) {
     return rows_wide(e ? _mm256_srai_epi32(pair, 16) : _mm256_srai_epi32(_mm256_slli_epi32(pair, 16), 16));
@@ -152,6 +153,7 @@ static inline vi scale_of16(__m256i pair, int e) {
     return _mm256_shuffle_epi8(pair, at);
 }
 #define scaled_sum(acc, wsc) _mm256_madd_epi16(acc, wsc)
+#define small_i32(acc) _mm256_madd_epi16(acc, _mm256_set1_epi16(1))
 #endif
 /* how many steps (4 weights a row each) dp_small may add, of weights up to max_u, before scaled_sum:
  * each step adds 2 pair sums of at most 2 * max_u * 128 to an i16 lane */

@@ -28,6 +28,13 @@ static inline vi q5_bits(__m256i qh, int k, int high) {
     return vi_and(vi_mullo(vi_and(h, vi_load_w(q5_mask + 8 * k)), vi_load_w(q5_mul + 8 * k)), vi_set1_8(0x10));
 }
 
+/* accm + m * s for one block of 8 rows: m their minimums (q4_1, q5_1), or -8 d (q4_0), -16 d (q5_0) */
+ALWAYS_INLINE __m256 r8_min_term(const uint8_t *blk, int has_m, int has_qh, float s, __m256 accm) {
+    const __m256 m8 = has_m ? f16x8((const ggml_fp16_t *)blk + 8)
+                            : _mm256_mul_ps(f16x8((const ggml_fp16_t *)blk), _mm256_set1_ps(has_qh ? -16.0f : -8.0f));
+    return _mm256_fmadd_ps(m8, _mm256_set1_ps(s), accm);
+}
+
 ALWAYS_INLINE void r8_q4(int T, int has_m, int has_qh, int n, float *s, int64_t s_stride, const void *vx,
                          const void *vy, int64_t y_stride) {
     const int64_t x_size = has_qh ? (has_m ? sizeof(block_q5_1x8) : sizeof(block_q5_0x8))
@@ -45,7 +52,7 @@ ALWAYS_INLINE void r8_q4(int T, int has_m, int has_qh, int n, float *s, int64_t 
         const uint8_t *blk = (const uint8_t *)vx + i * x_size, *qs = blk + qs_off;
         const __m256i qh = has_qh ? _mm256_loadu_si256((const __m256i *)(qs - 32)) : _mm256_setzero_si256();
         vi sum[4];              /* per token: low nibbles (weights 4k+j) and high (16+4k+j) */
-        __m256 d8, m8;
+        __m256 d8;
         if (T == 1)
             pf = prefetch_until(pf, blk + x_size);
         for (int t = 0; t < T; t++)
@@ -57,18 +64,26 @@ ALWAYS_INLINE void r8_q4(int T, int has_m, int has_qh, int n, float *s, int64_t 
                 pl = vi_or(pl, q5_bits(qh, k, 0));
                 ph = vi_or(ph, q5_bits(qh, k, 1));
             }
-            for (int t = 0; t < T; t++) {
-                sum[t] = dpbusd(dpbusd(sum[t], pl, bcast_step(y[t][i].qs + 4 * k)), ph,
-                                bcast_step(y[t][i].qs + 16 + 4 * k));
+            for (int t = 0; t < T; t++) {     /* 4 bits: 8 steps in i16 (SMALL_STEPS(15)); 5: i32 */
+                const vi yl = bcast_step(y[t][i].qs + 4 * k), yh = bcast_step(y[t][i].qs + 16 + 4 * k);
+                sum[t] = has_qh ? dpbusd(dpbusd(sum[t], pl, yl), ph, yh) : dp_small(dp_small(sum[t], pl, yl), ph, yh);
             }
         }
+        if (!has_qh)
+            for (int t = 0; t < T; t++)
+                sum[t] = small_i32(sum[t]);
         d8 = f16x8((const ggml_fp16_t *)blk);
-        m8 = has_m ? f16x8((const ggml_fp16_t *)blk + 8) : _mm256_mul_ps(d8, _mm256_set1_ps(has_qh ? -16.0f : -8.0f));
-        for (int t = 0; t < T; t++) {
+        for (int t = 0; t < T; t++)
             acc[t] = r8_scaled(d8, y[t][i].d, rows8(sum[t]), acc[t]);
-            accm[t] = _mm256_fmadd_ps(m8, _mm256_set1_ps(y[t][i].s), accm[t]);
-        }
+        if (T == 1)
+            accm[0] = r8_min_term(blk, has_m, has_qh, y[0][i].s, accm[0]);
     }
+    /* 4 tokens: the minimums' term in a second pass over the (now cached) scales, with fewer live
+     * registers (the same chain, so the same bits); one token has them to spare, and a second pass
+     * would leave the memory idle (nothing prefetched while it ran) */
+    for (int i = 0; T > 1 && i < n / QK8_1; i++)
+        for (int t = 0; t < T; t++)
+            accm[t] = r8_min_term((const uint8_t *)vx + i * x_size, has_m, has_qh, y[t][i].s, accm[t]);
     for (int t = 0; t < T; t++)
         _mm256_storeu_ps(s + t * s_stride, _mm256_add_ps(acc[t], accm[t]));
 }
