@@ -52,7 +52,9 @@ def main():
     print("| type | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
     for name in a.types:
-        t = T.TYPE_BY_NAME[name]
+        t = {k.lower(): v for k, v in T.TYPE_BY_NAME.items()}.get(name.lower())
+        if t is None:
+            raise SystemExit(f"--types: {name!r} is not one of {sorted(T.TYPE_BY_NAME)}")
         w = np.frombuffer(random_tensor_bytes(t.id, (a.cols, a.rows), rng), np.uint8)
         sets = {isa: kernel_set(isa) for isa in isas}
         r8 = {isa: not a.no_interleave and K.interleaves(t.id) and a.rows % 8 == 0 for isa, K in sets.items()}

@@ -22,7 +22,7 @@ from ._kernels._engine import Engine
 from ._kernels._mapguard import GuardedBuffer
 from ._kernels.dispatch import default_kernels, kernel_set
 from .bpe import BPETokenizer
-from .errors import ModelClosedError, ModelFileChangedError
+from .errors import GuanacoError, InvalidArgumentError, ModelClosedError, ModelFileChangedError
 from .ggml_file import open_mapped, parse
 from .ggml_types import deinterleave_r8
 from .tokenizer import Tokenizer
@@ -206,7 +206,9 @@ class Model:
     such check, the file can change freely; costs RAM; the interleaving then happens in place).
     ``n_threads`` is the default for sessions on this model (None: GUANACO_RT_THREADS, else
     the physical cores this process may use, within its cgroup's CPU quota). ``isa`` picks
-    the kernels ("generic", "avx2"); None: the best this CPU runs, or GUANACO_RT_ISA.
+    the kernel unit ("generic", "avx2", "avx512", ...; ``guanaco-rt config`` lists them; a name this
+    machine cannot run is an InvalidArgumentError); None: GUANACO_RT_ISA, else the best this CPU
+    runs. ``Model.isa`` says which it runs.
     """
 
     _engine: Engine | None              # None once closed
@@ -243,7 +245,14 @@ class Model:
             src: Any = self._mm if self._guard is None else self._guard
             self._buf = np.frombuffer(src, dtype=np.uint8)
             specs = {name: (t.offset, t.type, t.shape[0], t.n_rows) for name, t in self.file.tensors.items()}
-            ks = default_kernels() if isa is None else kernel_set(isa)
+            if isa is None:
+                ks = default_kernels()
+            else:
+                try:
+                    ks = kernel_set(isa, source="isa")
+                except GuanacoError as e:
+                    raise InvalidArgumentError(f"{self.path}: {e}", param="isa") from None
+            self.isa: str = ks.isa                 # the kernel unit this Model runs on
             self._fingerprint = None
             self._fp_lock = threading.Lock()
             inplace = None

@@ -85,6 +85,19 @@ def test_unknown_isa_is_refused():
     assert r.returncode == 0 and "avx9000" in r.stdout
 
 
+def test_a_model_says_its_unit_and_refuses_a_bad_isa_argument(tmp_path_factory):
+    # Model(isa=...) names the argument, not the environment variable, any case; Model.isa says the unit
+    path = tiny_model(tmp_path_factory.getbasetemp(), "q4_0")
+    assert guanaco_rt.Model(path, isa="GENERIC").isa == "generic"
+    assert guanaco_rt.Model(path).isa == dispatch.choose()[0]
+    lacking = [u["name"] for u in UNITS if dispatch.unit_status(u["name"]) != "ok"]
+    for bad in ["avx9000"] + lacking[:1]:
+        with pytest.raises(guanaco_rt.errors.InvalidArgumentError) as e:
+            guanaco_rt.Model(path, isa=bad)
+        assert e.value.param == "isa" and f"isa={bad!r}" in str(e.value) and "GUANACO_RT_ISA" not in str(e.value)
+        assert str(path) in str(e.value)
+
+
 @pytest.mark.parametrize("ftype", ["q4_0", "q4_K_M", "q6_K"])
 def test_forward_agrees_across_isas_in_one_process(S, tmp_path_factory, ftype):
     # units are chosen per Model, so two ISAs run side by side without a subprocess

@@ -56,7 +56,7 @@ def unit_status(name):
     'failed to load: <error>'."""
     arch = _BY_NAME[name]["arch"]
     if arch and platform.machine().lower() not in arch:
-        return f"not for {platform.machine()} (built on {', '.join(arch)})"
+        return f"not for {platform.machine()} (a unit for {', '.join(arch)} only)"
     if not built(name):
         return "not built"
     lacks = missing_features(name)
@@ -83,16 +83,20 @@ def chain(name):
     return out
 
 
-def kernel_set(isa):
-    """The KernelSet of one ISA unit (built once). GuanacoError if this CPU cannot run it."""
+def kernel_set(isa, source="GUANACO_RT_ISA"):
+    """The KernelSet of one ISA unit (built once; the name in any case). GuanacoError if this CPU
+    cannot run it or no unit has that name; ``source`` names where the name came from."""
+    isa = isa.strip().lower()
     if isa not in _SETS:
         if isa not in _BY_NAME:
-            raise GuanacoError(f"GUANACO_RT_ISA={isa!r} is not one of {ISAS}")
+            raise GuanacoError(f"{source}={isa!r} is not one of {ISAS}")
         links = []
         for name in chain(isa):
             status = unit_status(name)
             if status != "ok":
-                raise GuanacoError(f"the {name} kernel unit (for {isa}) cannot run here: {status}")
+                runs = [u for u in available_isas() if _BY_NAME[u]["default"]]
+                what = f"the {name} kernel unit" + (f" (in {isa}'s chain)" if name != isa else "")
+                raise GuanacoError(f"{source}={isa!r}: {what} cannot run here: {status} (this machine runs {runs})")
             links.append((name, _import(name).kernel_table()))
         _SETS[isa] = _engine.KernelSet(isa, links)
     return _SETS[isa]
