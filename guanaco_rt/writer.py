@@ -240,6 +240,19 @@ def _file_order(shapes):
     return [(n, shapes[n]) for n in head] + [(n, shapes[n]) for n in names if n not in head]
 
 
+def add_spm_vocab(w, pieces, bos_id=1, eos_id=2, unk_id=None):
+    """A SentencePiece vocabulary (pieces: (text, score, type) each) into a gguf.GGUFWriter's
+    metadata, as llama.cpp's converters write it (tokenizer.ggml.*); unk_id None: no unk key."""
+    w.add_tokenizer_model("llama")
+    w.add_token_list([p for p, _, _ in pieces])
+    w.add_token_scores([s for _, s, _ in pieces])
+    w.add_token_types([t for _, _, t in pieces])
+    w.add_bos_token_id(bos_id)
+    w.add_eos_token_id(eos_id)
+    if unk_id is not None:
+        w.add_unk_token_id(unk_id)
+
+
 def ggjt_to_gguf(src, dst, eps=1e-6, n_ctx=2048):
     """Write a GGUF v3 copy of the ggjt v3 file ``src`` to ``dst``: the same tensor bytes
     under GGUF's names, the hparams as ``llama.*`` keys (``eps``: the RMSNorm epsilon, which
@@ -275,14 +288,7 @@ def ggjt_to_gguf(src, dst, eps=1e-6, n_ctx=2048):
         w.add_head_count_kv(hp.n_head)
         w.add_rope_dimension_count(hp.n_rot)
         w.add_layer_norm_rms_eps(eps)
-        pieces = rebuild_pieces(f.vocab, src)
-        w.add_tokenizer_model("llama")
-        w.add_token_list([p for p, _, _ in pieces])
-        w.add_token_scores([s for _, s, _ in pieces])
-        w.add_token_types([t for _, _, t in pieces])
-        w.add_bos_token_id(1)
-        w.add_eos_token_id(2)
-        w.add_unk_token_id(0)
+        add_spm_vocab(w, rebuild_pieces(f.vocab, src), unk_id=0)
         buf = np.frombuffer(mm, np.uint8)
         for name, t in f.tensors.items():
             layer = name.split(".", 2)

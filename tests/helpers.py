@@ -110,7 +110,7 @@ def write_llama_gguf(path, n_embd=192, n_head=6, n_head_kv=2, n_layer=2, n_ff=32
     SmolLM2's does)"""
     import gguf
 
-    from guanaco_rt.writer import random_tensor_bytes
+    from guanaco_rt.writer import add_spm_vocab, random_tensor_bytes
 
     pieces = spm_vocab(n_vocab)
     n_vocab = len(pieces)
@@ -127,12 +127,7 @@ def write_llama_gguf(path, n_embd=192, n_head=6, n_head_kv=2, n_layer=2, n_ff=32
     if scaling:
         w.add_string("llama.rope.scaling.type", scaling[0])
         w.add_float32("llama.rope.scaling.factor", scaling[1])
-    w.add_tokenizer_model("llama")
-    w.add_token_list([p for p, _, _ in pieces])
-    w.add_token_scores([s for _, s, _ in pieces])
-    w.add_token_types([t for _, _, t in pieces])
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
+    add_spm_vocab(w, pieces)
     for key, value in (flags or {}).items():
         if isinstance(value, bool):
             w.add_bool(f"tokenizer.ggml.{key}", value)
