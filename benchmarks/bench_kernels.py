@@ -20,6 +20,7 @@ from guanaco_rt._kernels import _engine
 from guanaco_rt._kernels._twins import matmul_twin, repack_twin
 from guanaco_rt._kernels.dispatch import available_isas, kernel_set
 from guanaco_rt._kernels.isa_list import UNITS
+from guanaco_rt.errors import GuanacoError
 from guanaco_rt.writer import random_tensor_bytes
 
 TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "F16"]
@@ -45,6 +46,11 @@ def main():
     rng = np.random.default_rng(0)
     test_only = {u["name"] for u in UNITS if not u["default"]}
     isas = a.isa or [i for i in available_isas() if i not in test_only]
+    for isa in isas:               # a unit this machine cannot run: one line, not a traceback
+        try:
+            kernel_set(isa, source="--isa")
+        except GuanacoError as e:
+            raise SystemExit(f"bench_kernels: {e}")
     cols = [f"{isa} t{n} x{tok}" for isa in isas for n in a.threads for tok in a.tokens]
     print(f"CPU features: {' '.join(sorted(_engine.cpu_features()))}")
     print(f"GB/s of weights ({a.rows} x {a.cols}; 'x8' = 8 tokens per weight pass, counted once per token; "

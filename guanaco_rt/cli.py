@@ -519,7 +519,13 @@ def cmd_serve(a):
 
 def cmd_config(a):
     from . import show_config
-    cfg = show_config()
+    from ._kernels import dispatch
+    try:
+        cfg = show_config()
+    except GuanacoError as e:          # a GUANACO_RT_ISA this machine cannot run: what it can, and why not
+        print(json.dumps({"units": dispatch.config_units(), "error": str(e)}, indent=1))
+        print(f"guanaco-rt: error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(cfg, indent=1))
     return 0 if cfg["isa"] else 1      # a unit this CPU runs failed to load (its error is in the output)
 

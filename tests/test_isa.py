@@ -77,6 +77,16 @@ def test_forcing_an_isa_through_the_environment(isa):
     assert f'"isa": "{isa}"' in out
 
 
+def test_config_with_a_unit_this_machine_cannot_run_shows_the_units_and_why():
+    # `guanaco-rt config` with a bad GUANACO_RT_ISA: rc 2, the error, and still every unit's state
+    r = subprocess.run([sys.executable, "-m", "guanaco_rt", "config"], env={**os.environ, "GUANACO_RT_ISA": "avx9000"},
+                       capture_output=True, text=True, cwd=HERE)
+    assert r.returncode == 2 and "avx9000" in r.stderr
+    out = json.loads(r.stdout)
+    assert set(out["units"]) == {u["name"] for u in UNITS} and "avx9000" in out["error"]
+    assert all(out["units"][u] == "ok" for u in available_isas())
+
+
 def test_unknown_isa_is_refused():
     # a typed error where the kernels are first needed, not an import failure
     code = "import guanaco_rt\ntry:\n    guanaco_rt.show_config()\nexcept guanaco_rt.GuanacoError as e:\n    print(e)"

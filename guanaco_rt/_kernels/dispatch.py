@@ -135,11 +135,16 @@ def default_kernels():
     return ks
 
 
+def config_units():
+    """{unit: its state here (unit_status)} for every unit of isa_list.py"""
+    return {u["name"]: unit_status(u["name"]) for u in UNITS}
+
+
 def config():
     """What show_config reports about the kernels: every unit of isa_list.py with its state,
     the one chosen and why, or (isa None) the error that prevents a choice. A bad
     GUANACO_RT_ISA raises GuanacoError, as it does at the first Model."""
-    out = {"units": {u["name"]: unit_status(u["name"]) for u in UNITS}, "available_isas": available_isas()}
+    out = {"units": config_units(), "available_isas": available_isas()}
     try:
         out["isa"], out["isa_why"] = choose()
         out["kernel_chain"] = list(kernel_set(out["isa"]).chain)
