@@ -166,7 +166,7 @@ def tensor_type_for(ftype_name, name, shape, layer, n_layer):
 
 
 # ---- row-interleaved copies (ggml_blocks.h: block_q4_0x8 ... block_q6_Kx8) -------------
-# The engine interleaves each 8 rows of a q4_0 / q4_1 / q8_0 / q2_K / q4_K / q5_K / q6_K weight at load, for
+# The engine interleaves each 8 rows of an R8_TYPES weight (every quantized type) at load, for
 # kernels that put 8 rows in the 8 lanes of one register (the last ne1 % 8 rows stay as they are, after the
 # groups); these two functions are the layout's spec.
 R8_TYPES = (2, 3, 6, 7, 8, 10, 11, 12, 13, 14)   # Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K ... Q6_K

@@ -191,8 +191,8 @@ def _gguf_tokenizer(vocab, path):
 class Model:
     """A LLaMA-family model from a ggjt v3 ``.bin`` file (Guanaco's) or a GGUF v2/v3 file.
 
-    The weights stay in a read-only mmap; nothing is dequantized at load. The q4_0, q4_1,
-    q8_0, q2_K, q4_K, q5_K and q6_K matrices, when the kernels have 8-row variants for them (AVX2), are the
+    The weights stay in a read-only mmap; nothing is dequantized at load. The quantized
+    matrices whose type the kernels have 8-row variants for (every one on x86 with AVX2) are the
     exception: each 8 rows are interleaved at load into memory of their own
     (``repacked_bytes``; a matrix's last n_rows % 8 rows are copied as they are, and a tied
     output's token embeddings are interleaved with it), and the file pages they came from

@@ -129,9 +129,9 @@ def embedding_twin(int t, const uint8_t[::1] w, int64_t ne0, int64_t ne1, const 
     W.nb1 = row_size(tt, ne0)
     W.data = &w[0]
     W.r8 = 0
-    packed = np.empty(w.shape[0], np.uint8)
-    cdef uint8_t[::1] pk = packed
+    cdef uint8_t[::1] pk
     if interleave:
+        pk = np.empty(w.shape[0], np.uint8)
         repack_r8(&pk[0], &w[0], t, ne0 // tt.blck_size, W.nb1, ne1, 1)
         W.data = &pk[0]
         W.r8 = 1

@@ -186,7 +186,7 @@ static inline int32_t load_i32(const void *p) {
     return v;
 }
 
-/* ---- prefetching (the avx2 unit's, measured there) ------------------------------------ */
+/* ---- prefetching (as the Cython avx2 unit this replaced did it, measured there) ------------ */
 #define PREFETCH 4096
 /* the lines from pf to PREFETCH past end, each once; returns the next one */
 static inline const uint8_t *prefetch_until(const uint8_t *pf, const uint8_t *end) {

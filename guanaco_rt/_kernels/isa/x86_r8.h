@@ -8,11 +8,13 @@ static inline __m256 r8_scaled(__m256 d8, float dy, __m256i v, __m256 acc) {
 }
 static inline __m256 f16x8(const ggml_fp16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 #define Y_ROW(T, vy, y_stride, t) ((const T *)((const uint8_t *)(vy) + (t) * (y_stride)))
+/* a and b as the two i16 of one i32 (a low), for a madd against i16 pairs */
+static inline int32_t i16_pair(int a, int b) { return (int32_t)((uint32_t)(a & 0xFFFF) | ((uint32_t)b << 16)); }
 
 /* q4_0, q4_1, q5_0, q5_1 (block_q4_0x8 ... block_q5_1x8), T tokens: x = d * q + m with q unsigned
  * (4 bits, or 5 with has_qh), m = -8 d for q4_0, -16 d for q5_0. acc: d * dy * sum(q y) per block;
- * accm, its own chain: m * s (q8_1's s = dy * sum(y)); s = acc + accm, as the avx2 unit's
- * dot_r8_tokens. The pair sums stay within i16: 2 * 31 * 127 */
+ * accm, its own chain: m * s (q8_1's s = dy * sum(y)); s = acc + accm. The pair sums stay
+ * within i16: 2 * 31 * 127 */
 /* per step k (0..3) of q5's 5th bits, lane r (the step's 8 rows, all alike): the 4 bits of the row's
  * qh word (shifted by 8 * (k / 2)) that step k's bytes need, and the multiplier taking bit i of
  * them to bit 4 of byte i (bit i lands at i + 7j + 4 for each j: only j = i hits a bit 4, no two
@@ -120,7 +122,7 @@ ALWAYS_INLINE void r8_q8(int T, int n, float *s, int64_t s_stride, const void *v
 }
 
 /* q4_K (block_q4_Kx8): per sub-block each row's integer sum, times its 6-bit scale; the
- * minimums through the q8_K block sums, per pair of sub-blocks (the avx2 unit's helpers) */
+ * minimums through the q8_K block sums, per pair of sub-blocks */
 static inline __m256i lane_bytes(int b0, int b1) {
     /* pshufb mask: in every 32-bit lane, its byte b0 and byte b1 as two u16 */
     int v[4];
@@ -131,8 +133,7 @@ static inline __m256i lane_bytes(int b0, int b1) {
 }
 static inline int32_t bsum_pair(const block_q8_K *y, int j) {
     /* the q8_K sums of sub-blocks j and j+1 (32 weights each) as two i16 in one i32 */
-    int a = y->bsums[2 * j] + y->bsums[2 * j + 1], b = y->bsums[2 * j + 2] + y->bsums[2 * j + 3];
-    return (int32_t)((uint32_t)(a & 0xFFFF) | ((uint32_t)b << 16));
+    return i16_pair(y->bsums[2 * j] + y->bsums[2 * j + 1], y->bsums[2 * j + 2] + y->bsums[2 * j + 3]);
 }
 static inline __m256i min_pair(__m256i mins, int b, const block_q8_K *y, int j) {
     return _mm256_madd_epi16(_mm256_shuffle_epi8(mins, lane_bytes(b, b + 1)), _mm256_set1_epi32(bsum_pair(y, j)));
@@ -282,7 +283,9 @@ ALWAYS_INLINE void r8_q6_K(int T, int n, float *s, int64_t s_stride, const void 
                                              vi_load_w(b->qh + 32 * (8 * h + k)), qd);
                         for (int t = 0; t < T; t++)
                             s16[t] = dp_small(s16[t], w, bcast_step(y[t][i].qs + 128 * h + 32 * qd + 4 * k));
-                        if ((k + STEPS) % SMALL_STEPS(63) == 0 || k + STEPS == 4 * e + 4) {   /* weights < 64 */
+                        /* weights < 64: widen every SMALL_STEPS(63) steps and at the sub-block's end (a group
+                         * loop as r8_q4_K's measured 0.6-0.75x here at 8 tokens: gcc spilled) */
+                        if ((k + STEPS) % SMALL_STEPS(63) == 0 || k + STEPS == 4 * e + 4) {
                             for (int t = 0; t < T; t++) {
                                 wide[t] = vi_add32(wide[t], scaled_sum(s16[t], sc));
                                 s16[t] = vi_zero();
@@ -302,9 +305,9 @@ ALWAYS_INLINE void r8_q6_K(int T, int n, float *s, int64_t s_stride, const void 
 /* q2_K and q3_K (block_q2_Kx8, block_q3_Kx8): 16 sub-blocks of 16, each weight's 2 low bits in qs
  * (bit pair bp of step 8h + k: weight 128h + 32bp + 4k + j, sub-block 8h + 2bp + k / 4), q3_K's
  * third in hmask (bit 4h + bp of step k). Per sub-block each row's sum, times its scale. q2_K: x =
- * d sc q - dmin m, the minimums through the q8_K block sums on a chain of their own (the avx2
- * unit's dot_r8_q2_tokens); q3_K: x = d (sc - 32) (u - 4) with u = low2 + 4 hbit (0..7), the -4
- * through the block sums times each sub-block's (sc - 32), first, as q6_K's -32 */
+ * d sc q - dmin m, the minimums through the q8_K block sums on a chain of their own; q3_K:
+ * x = d (sc - 32) (u - 4) with u = low2 + 4 hbit (0..7), the -4 through the block sums times each
+ * sub-block's (sc - 32), first, as q6_K's -32 */
 static inline __m256i q2_r8_pair(const block_q2_Kx8 *b, int p) {
     /* lane r: row r's scale bytes (sc | m << 4) of sub-blocks 2p and 2p+1 as two u16 */
     return _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(b->scales + 16 * p)));
@@ -317,7 +320,6 @@ static inline __m256i k3_r8_scales(const block_q3_Kx8 *b, int g) {
     hi = _mm256_slli_epi32(_mm256_and_si256(hi, _mm256_set1_epi8(3)), 4);
     return _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(lo, _mm256_set1_epi8(0x0F)), hi), _mm256_set1_epi8(32));
 }
-static inline int32_t i16_pair(int a, int b) { return (int32_t)((uint32_t)(a & 0xFFFF) | ((uint32_t)b << 16)); }
 
 ALWAYS_INLINE void r8_q2_K(int T, int three, int n, float *s, int64_t s_stride, const void *vx, const void *vy,
                            int64_t y_stride) {
