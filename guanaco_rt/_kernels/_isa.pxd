@@ -25,7 +25,7 @@ cdef extern from "isa_table.h" nogil:
 
     ctypedef struct isa_kernels_t:
         const char* name
-        type_kernels_t types[16]     # GGML_TYPE_COUNT (isa_table.h sizes it)
+        type_kernels_t types[36]     # GGML_TYPE_COUNT (isa_table.h sizes it)
         kv_scores_fn kv_scores
         kv_mix_fn kv_mix
 

@@ -87,4 +87,16 @@ cdef extern from "ggml_blocks.h" nogil:
         GGML_TYPE_Q5_K
         GGML_TYPE_Q6_K
         GGML_TYPE_Q8_K
+        GGML_TYPE_IQ2_XXS
+        GGML_TYPE_IQ2_XS
+        GGML_TYPE_IQ3_XXS
+        GGML_TYPE_IQ1_S
+        GGML_TYPE_IQ4_NL
+        GGML_TYPE_IQ3_S
+        GGML_TYPE_IQ2_S
+        GGML_TYPE_IQ4_XS
+        GGML_TYPE_IQ1_M
+        GGML_TYPE_BF16
+        GGML_TYPE_TQ1_0
+        GGML_TYPE_TQ2_0
         GGML_TYPE_COUNT

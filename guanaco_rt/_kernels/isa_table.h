@@ -58,6 +58,6 @@ typedef struct {
     kv_mix_fn kv_mix;
 } isa_kernels_t;
 
-_Static_assert(GGML_TYPE_COUNT == 16, "_isa.pxd sizes isa_kernels_t.types as 16: change both");
+_Static_assert(GGML_TYPE_COUNT == 36, "_isa.pxd sizes isa_kernels_t.types as 36: change both");
 
 #endif
