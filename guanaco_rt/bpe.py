@@ -29,11 +29,22 @@ CACHE_PIECE_CHARS = 256      # longer pre-tokens are not cached (the cache must 
 GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 LLAMA3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
           r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Qwen2, 2.5 and 3: LLAMA3's split with single digits
+QWEN2 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+         r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Qwen3.5: QWEN2 with combining marks (\p{M}) kept in words
+QWEN35 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
+          r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 PRE_TOKENIZERS = {
     "default": [GPT2], "gpt2": [GPT2], "gpt-2": [GPT2],
-    "llama-bpe": [LLAMA3], "llama3": [LLAMA3],
+    "llama-bpe": [LLAMA3], "llama3": [LLAMA3], "llama-v3": [LLAMA3],
+    "qwen2": [QWEN2], "deepseek-r1-qwen": [QWEN2], "qwen35": [QWEN35],
     "smollm": [r"\p{N}", GPT2], "starcoder": [r"\p{N}", GPT2], "refact": [r"\p{N}", GPT2],
 }
+# pre-tokenizers whose vocabulary is looked up before merging: a pre-token that is a token
+# is that token, even where the merges would not build it (llama.cpp's ignore_merges; HF's
+# tokenizer.json says "ignore_merges": true for Llama 3). Such files add BOS unless they say not.
+IGNORE_MERGES = {"llama-bpe", "llama3", "llama-v3"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -78,6 +89,7 @@ class BPETokenizer(PartsEncoder):
         self.bos_id, self.eos_id, self.unk_id = bos_id, eos_id, None
         self.add_bos = bool(add_bos) and bos_id is not None
         self.regexes = [regex.compile(r) for r in PRE_TOKENIZERS[pre]]
+        self.ignore_merges = pre in IGNORE_MERGES
         self.ids = {t: i for i, t in enumerate(tokens)}
         enc, dec = byte_alphabet()
         missing = [b for b in REQUIRED_BYTES if enc[b] not in self.ids]
@@ -132,6 +144,10 @@ class BPETokenizer(PartsEncoder):
         ids = self._cache.get(piece)
         if ids is not None:
             return ids
+        if self.ignore_merges:
+            whole = self.ids.get("".join(self.byte_enc[b] for b in piece.encode("utf-8")))
+            if whole is not None:
+                return [whole]
         syms = self._table.merge(self._byte_sym[np.frombuffer(piece.encode("utf-8"), np.uint8)])
         toks = self._sym_tok[syms]
         if (toks >= 0).all():

@@ -12,8 +12,10 @@ rope.scaling.type ("none" or "linear") with rope.scaling.factor,
 attention.layer_norm_rms_epsilon (default 1e-5), feed_forward_length (checked against
 the tensors); tokenizer.ggml.model ("llama": SentencePiece; "gpt2": byte-level BPE with
 tokenizer.ggml.merges and the pre-tokenizer tokenizer.ggml.pre names), tokens, scores,
-token_type, bos/eos/unknown/eot_token_id (a SentencePiece vocabulary without them: 1, 2 and the
-UNKNOWN piece, as llama.cpp), add_bos_token, add_eos_token (refused when true and the id is
+token_type, bos/eos/unknown/eot/eom/sep/padding_token_id (a SentencePiece vocabulary without
+them: 1, 2 and the UNKNOWN piece, as llama.cpp; eot and eom, and the end-of-generation set,
+also found by the tokens' text as llama.cpp finds them), add_bos_token (default: true for
+SentencePiece and the Llama 3 pre-tokenizers), add_eos_token (refused when true and the id is
 not set), add_space_prefix.
 Refused: any other architecture, rope scaling other than linear, tensor types this
 runtime has no kernels for (gguf_file), n_vocab or n_ff that disagree with the tensors,
@@ -23,9 +25,25 @@ n_vocab and n_ff are taken from the tensors (token_embd rows, ffn_gate rows).
 """
 from dataclasses import dataclass
 
+from .bpe import IGNORE_MERGES
 from .errors import FormatError
 from .ggml_types import FTYPES
-from .tokenizer import UNKNOWN
+from .tokenizer import CONTROL, UNKNOWN, USER_DEFINED
+
+# tokenizer.ggml.<key>_token_id, each an id in [0, n_vocab) when set
+SPECIAL_IDS = ("bos", "eos", "unknown", "eot", "eom", "sep", "padding")
+# tokens llama.cpp adds to its end-of-generation set by their text (llama-vocab.cpp): the
+# end of a turn or of the text in the families this runtime reads and their relatives
+# (left out: its harmony, solar-open, minimax and gemma4-only spellings, and "</s>", which it
+# adds for one OCR model: Qwen's vocabulary has "</s>" as ordinary text, and in a SentencePiece
+# one it is the EOS anyway)
+EOG_SPELLINGS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>",
+                 "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>", "<end_of_utterance>", "<eos>",
+                 "<｜end▁of▁sentence｜>")
+# of those, the ones it takes for the end-of-turn id when the file sets none (llama.cpp takes
+# whichever its hash map yields first; we take the first in this order)
+EOT_SPELLINGS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<EOT>", "_<EOT>",
+                 "<|end_of_text|>", "<end_of_utterance>", "<｜end▁of▁sentence｜>")
 
 NAMES = {"token_embd.weight": "tok_embeddings.weight", "output_norm.weight": "norm.weight",
          "output.weight": "output.weight"}
@@ -181,7 +199,7 @@ def _vocab(g, n_vocab):
     if len(types) != n_vocab or len(scores) != n_vocab:
         raise FormatError(g.path, "tokenizer.ggml.token_type", "token_type / scores lengths differ from the tokens")
     ids = {}
-    for key in ("bos", "eos", "unknown", "eot"):
+    for key in SPECIAL_IDS:
         name = f"tokenizer.ggml.{key}_token_id"
         v = g.metadata.get(name)
         if v is not None and (g.types[name] not in INTS or isinstance(v, bool)):   # a bool is no token id
@@ -199,8 +217,9 @@ def _vocab(g, n_vocab):
     if model == "gpt2":
         merges = _get(g, "tokenizer.ggml.merges", ("array[string]",))
         pre = _get(g, "tokenizer.ggml.pre", ("string",), default="default")
+    types, ids["eot"], ids["eom"], eog = _end_of_generation(tokens, types, ids)
     flags = {}
-    for key, default in (("add_bos_token", model == "llama"), ("add_eos_token", False),
+    for key, default in (("add_bos_token", model == "llama" or pre in IGNORE_MERGES), ("add_eos_token", False),
                          ("add_space_prefix", model == "llama")):
         v = g.metadata.get(f"tokenizer.ggml.{key}", default)
         if not isinstance(v, bool):
@@ -210,6 +229,32 @@ def _vocab(g, n_vocab):
         if flags[key] and ids[id_key] is None:      # llama.cpp refuses this at load too
             raise FormatError(g.path, f"tokenizer.ggml.{key}", f"is true, but tokenizer.ggml.{id_key}_token_id "
                                                                 "is not set")
-    return {"model": model, "tokens": tokens, "types": types, "scores": scores, **ids, "merges": merges,
+    return {"model": model, "tokens": tokens, "types": types, "scores": scores, **ids, "eog": eog, "merges": merges,
             "pre": pre, "add_bos": flags["add_bos_token"], "add_eos": flags["add_eos_token"],
             "add_space_prefix": flags["add_space_prefix"]}
+
+
+def _end_of_generation(tokens, types, ids):
+    """llama.cpp's end-of-generation set, found as it finds it: the file's eos, eot and eom
+    ids, plus every token spelled as one of EOG_SPELLINGS (a file seldom sets eot_token_id:
+    Qwen's <|im_end|>, Gemma's <end_of_turn>, Llama 3's <|eot_id|> are found by their text).
+    The first EOT_SPELLINGS token (in that order) is the eot id when the file sets none, and
+    <|eom_id|> the eom id. Such a token typed NORMAL (or anything but CONTROL and USER_DEFINED)
+    becomes CONTROL, as in llama.cpp, so a chat template's text that spells it is that token.
+    -> (types, eot id, eom id, sorted EOG ids)."""
+    where = {}
+    for i, t in enumerate(tokens):
+        if t in EOG_SPELLINGS:
+            where.setdefault(t, i)
+    eot, eom = ids["eot"], ids["eom"]
+    if eot is None:
+        eot = next((where[t] for t in EOT_SPELLINGS if t in where), None)
+    if eom is None:
+        eom = where.get("<|eom_id|>")
+    eog = set(where.values()) | {i for i in (ids["eos"], eot, eom) if i is not None}
+    plain = [i for i in where.values() if types[i] not in (CONTROL, USER_DEFINED)]
+    if plain:
+        types = list(types)
+        for i in plain:
+            types[i] = CONTROL
+    return types, eot, eom, sorted(eog)

@@ -185,6 +185,9 @@ def _gguf_tokenizer(vocab, path):
         tok = BPETokenizer(vocab["tokens"], vocab["types"], vocab["merges"], vocab["pre"], vocab["bos"], vocab["eos"],
                            vocab["add_bos"], path)
     tok.add_bos, tok.add_eos, tok.eot_id = vocab["add_bos"], vocab["add_eos"], vocab["eot"]
+    # the other special ids the file names, and the tokens that end a generation (eos, eot,
+    # eom and the end-of-turn tokens llama.cpp finds by their text: gguf_model)
+    tok.eom_id, tok.sep_id, tok.pad_id, tok.eog_ids = vocab["eom"], vocab["sep"], vocab["padding"], vocab["eog"]
     return tok
 
 

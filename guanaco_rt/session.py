@@ -372,7 +372,8 @@ class Session:
                 tk = self.model.tokenizer
                 eos, eot = tk.eos_id, getattr(tk, "eot_id", None)        # either ends the generation
                 dec = Decoder(self._state, core, text, max_new_tokens, -1 if eos is None else eos,
-                              self.context_policy == "shift", n_keep, -1 if eot is None else eot)
+                              self.context_policy == "shift", n_keep, -1 if eot is None else eot,
+                              getattr(tk, "eog_ids", ()))                 # and so does any EOG token
                 if view is not None:
                     view.decoder = dec              # the stream's view of the tokens so far
                 try:

@@ -50,6 +50,7 @@ cdef class Decoder:
     cdef double[::1] tok_lp         # (cap,) the generated token's own log-probability (n_probs > 0)
     cdef int n_gen, steps, max_new, cap
     cdef int eos_id, eot_id, shift, n_keep, status
+    cdef uint8_t[::1] eog           # (n_vocab,) 1: the token ends the generation, as EOS does
     cdef readonly int n_shifts, n_discarded
     cdef bint poll_signals           # on the main thread: let Python run signal handlers now and then
     cdef double next_poll

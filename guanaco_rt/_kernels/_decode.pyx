@@ -292,7 +292,7 @@ cdef class Decoder:
     """
 
     def __cinit__(self, State state, SamplerCore sampler, TextStage text, int max_new, int eos_id, bint shift,
-                  int n_keep, int eot_id=-1):
+                  int n_keep, int eot_id=-1, eog_ids=()):
         if sampler.S.n_vocab != state.engine.m.n_vocab or text.T.voc.n_vocab != state.engine.m.n_vocab:
             raise ValueError("sampler, vocab table and model disagree on n_vocab")
         if state.s.n_past < 1 or not state.s.have_logits:
@@ -306,6 +306,12 @@ cdef class Decoder:
         self.max_new = max_new
         self.eos_id = eos_id
         self.eot_id = eot_id          # end of turn (chat models): ends generation as EOS does; -1 none
+        # every other end-of-generation token (the vocabulary's EOG set: <|im_end|>, <end_of_turn>, ...)
+        self.eog = np.zeros(state.engine.m.n_vocab, np.uint8)
+        for i in eog_ids:
+            if not 0 <= i < state.engine.m.n_vocab:
+                raise ValueError(f"end-of-generation token id {i} outside [0, {state.engine.m.n_vocab})")
+            self.eog[i] = 1
         self.shift = shift
         self.n_keep = n_keep
         self.status = DEC_RUNNING
@@ -361,7 +367,7 @@ cdef class Decoder:
             self.steps += 1
             if tok < 0:
                 return self._finish(DEC_NO_CANDIDATES)
-            if tok == self.eos_id or tok == self.eot_id:
+            if tok == self.eos_id or tok == self.eot_id or self.eog[tok]:
                 return self._finish(DEC_EOS)
             self.gen[self.n_gen] = tok
             if self.sampler.S.p.n_probs > 0:
