@@ -16,6 +16,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from .errors import ChatTemplateError
 
@@ -165,8 +166,9 @@ def _sum_length(items, sep=""):
 class ChatTemplate:
     """A Jinja2 chat template rendered as HF transformers renders it: in an immutable
     sandbox (a template cannot touch Python objects or the file system), trim_blocks and
-    lstrip_blocks, loop controls, ``raise_exception``, ``tojson``, with ``messages``,
-    ``add_generation_prompt``, ``bos_token`` and ``eos_token``.
+    lstrip_blocks, loop controls, ``raise_exception``, ``strftime_now``, ``tojson``, with
+    ``messages``, ``add_generation_prompt``, ``bos_token``, ``eos_token``, ``tools`` and
+    ``documents`` (None), and whatever ``variables`` adds (``enable_thinking``).
 
     The template is parsed on first use, so a template that does not parse fails the
     chat call (ChatTemplateError), not the Session or the plain generations. A render
@@ -175,8 +177,11 @@ class ChatTemplate:
     ChatTemplateError naming the limit, as is any other failure of the template."""
 
     def __init__(self, source, bos_token="", eos_token="", specials=(), max_seconds=MAX_RENDER_SECONDS,
-                 max_chars=MAX_RENDER_CHARS):
+                 max_chars=MAX_RENDER_CHARS, variables=None):
         self.source = source
+        # more template variables, HF's apply_chat_template(..., **kwargs): {"enable_thinking": False}
+        # for Qwen3 (messages, add_generation_prompt, bos_token and eos_token are always the call's)
+        self.variables = dict(variables or {})
         self.bos_token, self.eos_token = bos_token, eos_token
         # the vocabulary's special-token spellings (control and user-defined tokens), for prompt_ids
         self.spellings = sorted({t for t in specials if t}, key=len, reverse=True)
@@ -207,9 +212,18 @@ class ChatTemplate:
         def raise_exception(message):
             raise TemplateError(message)
 
-        def tojson(x, indent=None, **kw):
+        def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+            # HF's: Jinja's own escapes HTML characters; the options are json.dumps's
             _check_ints(limits, [indent], "tojson")
-            return json.dumps(x, ensure_ascii=False, indent=indent)
+            return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                              sort_keys=sort_keys)
+
+        def strftime_now(fmt):
+            # today's date in a system prompt (Llama 3.1's "Today Date: 05 Dec 2026"), as HF gives it
+            if not isinstance(fmt, str):
+                raise ChatTemplateError(f"strftime_now takes a format string, got {type(fmt).__name__}")
+            limits.size(len(fmt) * 16, "a strftime_now date")
+            return datetime.now().strftime(fmt)
 
         class Bounded(ImmutableSandboxedEnvironment):
             # intercepted operators are also never folded at compile time ('a' * 10**10 would
@@ -273,6 +287,7 @@ class ChatTemplate:
 
         env = Bounded(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
         env.globals["raise_exception"] = raise_exception
+        env.globals["strftime_now"] = strftime_now
         env.filters["tojson"] = tojson
 
         def bounded_filter(name, f):
@@ -357,13 +372,15 @@ class ChatTemplate:
             limits.deadline = None
 
     def render(self, messages, add_generation_prompt=True):
-        """The template's text for ``messages`` (bounded, see the class)."""
+        """The template's text for ``messages`` (bounded, see the class), with the variables HF
+        gives a template (``tools`` and ``documents`` None) and the template's ``variables``."""
         template = self._compiled()
         out, n = [], 0
         try:
             with self._bounded():
-                for chunk in template.generate(messages=messages, add_generation_prompt=add_generation_prompt,
-                                               bos_token=self.bos_token, eos_token=self.eos_token):
+                for chunk in template.generate({"tools": None, "documents": None, **self.variables,
+                                                "messages": messages, "add_generation_prompt": add_generation_prompt,
+                                                "bos_token": self.bos_token, "eos_token": self.eos_token}):
                     n += len(chunk)
                     if n > self.limits.chars:
                         raise ChatTemplateError(f"the chat template's output is over its limit of "

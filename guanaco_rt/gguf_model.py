@@ -229,7 +229,16 @@ def _vocab(g, n_vocab):
         if flags[key] and ids[id_key] is None:      # llama.cpp refuses this at load too
             raise FormatError(g.path, f"tokenizer.ggml.{key}", f"is true, but tokenizer.ggml.{id_key}_token_id "
                                                                 "is not set")
-    return {"model": model, "tokens": tokens, "types": types, "scores": scores, **ids, "eog": eog, "merges": merges,
+    rstrip = []
+    name = g.metadata.get("general.name")
+    if isinstance(name, str) and ("phi-3" in name.lower() or "phi3" in name.lower()):
+        # llama.cpp's rule (by the model's name): Phi-3's special tokens strip the whitespace
+        # after them, but <unk>, <s> and <|endoftext|>; "</s>" too
+        rstrip = [i for i, (t, ty) in enumerate(zip(tokens, types))
+                  if (t and ty in (UNKNOWN, CONTROL, USER_DEFINED) and t not in ("<unk>", "<s>", "<|endoftext|>"))
+                  or t == "</s>"]
+    return {"model": model, "tokens": tokens, "types": types, "scores": scores, **ids, "eog": eog, "rstrip": rstrip,
+            "merges": merges,
             "pre": pre, "add_bos": flags["add_bos_token"], "add_eos": flags["add_eos_token"],
             "add_space_prefix": flags["add_space_prefix"]}
 

@@ -188,6 +188,7 @@ def _gguf_tokenizer(vocab, path):
     # the other special ids the file names, and the tokens that end a generation (eos, eot,
     # eom and the end-of-turn tokens llama.cpp finds by their text: gguf_model)
     tok.eom_id, tok.sep_id, tok.pad_id, tok.eog_ids = vocab["eom"], vocab["sep"], vocab["padding"], vocab["eog"]
+    tok.rstrip_ids = frozenset(vocab["rstrip"])
     return tok
 
 

@@ -166,6 +166,23 @@ def split_parts(parts, specials, user_defined):
     return frags
 
 
+ASCII_SPACE = " \t\n\v\f\r"      # C's isspace, which llama.cpp strips with
+
+
+def strip_after(frags, rstrip):
+    """Fragments (split_special's) with the whitespace after each token of ``rstrip`` removed,
+    and a text fragment left empty dropped: llama.cpp's RSTRIP attribute, which it gives Phi-3's
+    special tokens (HF's tokenizer.json says "rstrip": true for them)."""
+    out = []
+    for f in frags:
+        if type(f) is str and out and type(out[-1]) is int and out[-1] in rstrip:
+            f = f.lstrip(ASCII_SPACE)
+            if not f:
+                continue
+        out.append(f)
+    return out
+
+
 def _unique(pieces):
     out, seen = [], set()
     for i, (piece, score, ptype) in enumerate(pieces):
@@ -202,11 +219,16 @@ class PartsEncoder:
     """encode_parts for both vocabularies: special tokens split out (split_parts), each text
     fragment through the class's own _encode_text, then BOS/EOS as asked."""
 
+    rstrip_ids = frozenset()     # special tokens that eat the whitespace after them (strip_after)
+
     def encode_parts(self, parts, bos=None, eos=False):
         """[(text, special)] -> the ids of the joined text, each part's special spellings parsed
         only if its flag says so (split_parts). ``bos`` None: the file's add_bos_token."""
         ids = []
-        for frag in split_parts(parts, self.special, self.user_defined):
+        frags = split_parts(parts, self.special, self.user_defined)
+        if self.rstrip_ids:
+            frags = strip_after(frags, self.rstrip_ids)
+        for frag in frags:
             if type(frag) is int:
                 ids.append(frag)
             else:
