@@ -501,7 +501,7 @@ class Session:
         self._chat_first_turn = first
         # a context shift inside the reply keeps the system text
         if stop is None:
-            stop = DEFAULT_STOP if self.template is None else []     # template models end their turn with EOS
+            stop = DEFAULT_STOP if self.template is None else []     # template models end their turn with an EOG token
         res = self._generate(ids, max_new_tokens, stop, params, callback, sampling, n_keep=self._chat_keep())
         reply = res.text.strip()
         if res.finish_reason != "cancelled":
