@@ -12,7 +12,7 @@ rope.scaling.type ("none" or "linear") with rope.scaling.factor,
 attention.layer_norm_rms_epsilon (default 1e-5), feed_forward_length (checked against
 the tensors); tokenizer.ggml.model ("llama": SentencePiece; "gpt2": byte-level BPE with
 tokenizer.ggml.merges and the pre-tokenizer tokenizer.ggml.pre names), tokens, scores,
-token_type, bos/eos/unknown/eot/eom/sep/padding_token_id (a SentencePiece vocabulary without
+token_type, bos/eos/unknown/eot/eom/seperator/padding_token_id (a SentencePiece vocabulary without
 them: 1, 2 and the UNKNOWN piece, as llama.cpp; eot and eom, and the end-of-generation set,
 also found by the tokens' text as llama.cpp finds them), add_bos_token (default: true for
 SentencePiece and the Llama 3 pre-tokenizers), add_eos_token (refused when true and the id is
@@ -30,8 +30,10 @@ from .errors import FormatError
 from .ggml_types import FTYPES
 from .tokenizer import CONTROL, UNKNOWN, USER_DEFINED
 
-# tokenizer.ggml.<key>_token_id, each an id in [0, n_vocab) when set
-SPECIAL_IDS = ("bos", "eos", "unknown", "eot", "eom", "sep", "padding")
+# our name -> tokenizer.ggml.<key>_token_id, each an id in [0, n_vocab) when set (GGUF spells
+# the separator "seperator")
+SPECIAL_IDS = {"bos": "bos", "eos": "eos", "unknown": "unknown", "eot": "eot", "eom": "eom", "sep": "seperator",
+               "padding": "padding"}
 # tokens llama.cpp adds to its end-of-generation set by their text (llama-vocab.cpp): the
 # end of a turn or of the text in the families this runtime reads and their relatives
 # (left out: its harmony, solar-open, minimax and gemma4-only spellings, and "</s>", which it
@@ -199,8 +201,8 @@ def _vocab(g, n_vocab):
     if len(types) != n_vocab or len(scores) != n_vocab:
         raise FormatError(g.path, "tokenizer.ggml.token_type", "token_type / scores lengths differ from the tokens")
     ids = {}
-    for key in SPECIAL_IDS:
-        name = f"tokenizer.ggml.{key}_token_id"
+    for key, spelled in SPECIAL_IDS.items():
+        name = f"tokenizer.ggml.{spelled}_token_id"
         v = g.metadata.get(name)
         if v is not None and (g.types[name] not in INTS or isinstance(v, bool)):   # a bool is no token id
             raise FormatError(g.path, name, f"{v!r} has type {g.types[name]}, expected an integer token id")

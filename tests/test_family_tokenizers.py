@@ -115,6 +115,18 @@ def test_phi3_sentencepiece_matches_hf_gguf_conversion(vocabs, tmp_path_factory)
     assert not bad, f"{len(bad)} of {len(texts)} differ from transformers, first: {bad[0]!r}"
 
 
+def test_phi3_chat_tokens_eat_the_whitespace_after_them(vocabs):
+    """The ids llama.cpp gives (its RSTRIP for a model named Phi-3; HF's tokenizer.json has
+    "rstrip": true): the newline after <|user|>, <|end|>, <|assistant|> is not a token, and
+    the next text gets its dummy-prefix space; <|endoftext|> keeps what follows it. Before:
+    [32010, 29871, 13, 10994, 32007, 29871, 13, 32001, 29871, 13]."""
+    _, tok = vocabs("phi-3")
+    assert tok.encode("<|user|>\nHello<|end|>\n<|assistant|>\n", bos=False, special=True) == \
+        [32010, 15043, 32007, 32001]
+    assert tok.encode("<|system|>\n  x <|endoftext|> y", bos=False, special=True) == \
+        [32006, 921, 29871, 32000, 29871, 343]
+
+
 # ---- special ids and the end-of-generation set ------------------------------------------------
 @pytest.mark.parametrize("name, want", [
     ("qwen2", dict(bos=151643, eos=151643, eot=151645, padding=151643, add_bos=False,
@@ -302,3 +314,41 @@ def test_gemma_generation_ends_on_end_of_turn(shared_data, tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def write_bpe_vocab(path, vocab, types=None, ids=None):
+    """A vocab-only GGUF of a byte-level vocabulary (as loaded), with other token types and
+    tokenizer.ggml.<key>_token_id values."""
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(vocab["pre"])
+    w.add_token_list(vocab["tokens"])
+    w.add_token_types(types or vocab["types"])
+    w.add_token_merges(vocab["merges"])
+    for key, value in (ids or {}).items():
+        w.add_uint32(f"tokenizer.ggml.{key}_token_id", value)
+    _finish(w)
+    return str(path)
+
+
+def test_end_of_generation_rules(vocabs, tmp_path):
+    """The file's eot/eom/sep/padding ids are read (the eot one wins over the text search);
+    an end-of-turn spelling typed NORMAL becomes CONTROL (llama.cpp does the same), so a
+    template's text that spells it is that one token; an id past n_vocab is refused by name."""
+    vocab, _ = vocabs("qwen2")
+    tokens = vocab["tokens"]
+    im_start, im_end = tokens.index("<|im_start|>"), tokens.index("<|im_end|>")
+    types = list(vocab["types"])
+    types[im_end] = 1
+    path = write_bpe_vocab(tmp_path / "v.gguf", vocab, types,
+                           {"eos": 151643, "eot": im_start, "eom": 151646, "seperator": 151647, "padding": 151648})
+    got, tok = fv.load_vocab(path)
+    assert (got["eot"], got["eom"], got["sep"], got["padding"]) == (im_start, 151646, 151647, 151648)
+    assert (tok.eot_id, tok.eom_id, tok.sep_id, tok.pad_id) == (im_start, 151646, 151647, 151648)
+    assert set(tok.eog_ids) == {151643, im_start, im_end, 151646}
+    assert got["types"][im_end] == 3
+    assert tok.encode("a<|im_end|>", bos=False, special=True) == [64, im_end]
+    assert im_end not in tok.encode("a<|im_end|>", bos=False, special=False)
+    bad = write_bpe_vocab(tmp_path / "bad.gguf", vocab, ids={"eom": len(tokens)})
+    with pytest.raises(guanaco_rt.FormatError, match=r"tokenizer\.ggml\.eom_token_id.*outside"):
+        fv.load_vocab(bad)
