@@ -173,3 +173,19 @@ def test_qwen3_session_without_thinking(vocabs, tmp_path):
         text = hf(source, [{"role": "user", "content": "Hi"}], True, "", "<|im_end|>", enable_thinking=False)
         assert text.endswith("<think>\n\n</think>\n\n")
         assert s.chat_prompt("Hi") == fv.hf_bpe(vocab, "qwen2").encode(text, add_special_tokens=False).ids
+
+
+def test_gemma3_session_uses_the_files_template(shared_data, tmp_path):
+    """A Gemma-style file carrying Gemma 3's template: the Session's chat prompt is HF's text
+    (system folded into the user turn) as tokens, with one BOS (the template's, none added),
+    and a reply that starts with <end_of_turn> ends there."""
+    from test_family_tokenizers import write_gemma_style
+    with guanaco_rt.Model(write_gemma_style(tmp_path / "g.gguf", shared_data, n_embd=32), n_threads=1) as m:
+        s = guanaco_rt.Session(m, n_ctx=256, system="Be brief.")
+        text = hf(fv.template("google-gemma-3-it"), [{"role": "system", "content": "Be brief."},
+                                                    {"role": "user", "content": "Hi"}], True, "<bos>", "<eos>")
+        assert text == "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"
+        ids = s.chat_prompt("Hi")
+        assert ids == m.tokenize(text, bos=False, special=True) and ids[0] == 2 and ids.count(2) == 1
+        assert s.chat("Hi", max_new_tokens=8, logit_bias={5: 100.0}, temperature=0.0) == ""
+        assert s.last_result.finish_reason == "eos"
