@@ -219,7 +219,7 @@ class PartsEncoder:
     """encode_parts for both vocabularies: special tokens split out (split_parts), each text
     fragment through the class's own _encode_text, then BOS/EOS as asked."""
 
-    rstrip_ids = frozenset()     # special tokens that eat the whitespace after them (strip_after)
+    rstrip_ids: frozenset[int] = frozenset()     # special tokens that eat the whitespace after them (strip_after)
 
     def encode_parts(self, parts, bos=None, eos=False):
         """[(text, special)] -> the ids of the joined text, each part's special spellings parsed
