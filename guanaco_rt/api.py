@@ -189,6 +189,18 @@ def _text_of(content, i):
     raise InvalidRequestError(f"messages[{i}].content must be a string or a list of text parts", f"messages[{i}]")
 
 
+def _template_kwargs(kw) -> dict | None:
+    """chat_template_kwargs: a JSON object of variables for the chat template, or None."""
+    if kw is None:
+        return None
+    if not isinstance(kw, dict) or not all(isinstance(k, str) and k.isidentifier() for k in kw):
+        raise InvalidRequestError("chat_template_kwargs must be an object whose keys are names", "chat_template_kwargs")
+    reserved = sorted(set(kw) & {"messages", "add_generation_prompt", "bos_token", "eos_token"})
+    if reserved:
+        raise InvalidRequestError(f"chat_template_kwargs cannot set {', '.join(reserved)}", "chat_template_kwargs")
+    return kw
+
+
 def normalize_messages(messages) -> list[dict]:
     """OpenAI chat messages -> [{"role", "content"}] with text content; anything else is an
     InvalidRequestError naming the message (tool calls and images are not supported)."""
@@ -332,11 +344,13 @@ class LLM:
                                logit_bias: dict | None = None, logprobs: bool = False,
                                top_logprobs: int | None = None, n: int = 1, stream: bool = False,
                                stream_options: dict | None = None, max_completion_tokens: int | None = None,
-                               cancel: CancelHandle | None = None):
+                               cancel: CancelHandle | None = None, chat_template_kwargs: dict | None = None):
         """OpenAI's /v1/chat/completions: a ``chat.completion`` dict, or with ``stream`` an
         iterator (with ``cancel()``) of ``chat.completion.chunk`` dicts. The prompt is the
         model's chat template (a GGUF file's own; Guanaco's ``### Human:`` turns for ggjt);
-        message content is always text, never special tokens. A stream gives its session
+        message content is always text, never special tokens. ``chat_template_kwargs``: more
+        variables for the chat template, as vLLM's and llama.cpp's servers take them
+        (``{"enable_thinking": false}`` for Qwen3). A stream gives its session
         back when it ends, is closed (or its ``with`` block left), or is dropped."""
         n, seed = self._common(n, seed)
         if max_completion_tokens is not None:
@@ -348,7 +362,7 @@ class LLM:
             if not logprobs:
                 raise InvalidRequestError("top_logprobs needs logprobs=true", "top_logprobs")
         msgs = normalize_messages(messages)
-        ids, default_stop = self.chat_prompt(msgs)
+        ids, default_stop = self.chat_prompt(msgs, _template_kwargs(chat_template_kwargs))
         stops = _stops(stop) if stop is not None else default_stop
         params = self._sampling(temperature, top_p, top_k, min_p, typical_p, frequency_penalty, presence_penalty,
                                 repeat_penalty, logit_bias, max(1, top_logprobs or 0) if logprobs else 0)
@@ -360,13 +374,14 @@ class LLM:
 
     __call__ = create_completion
 
-    def chat_prompt(self, messages: list[dict]) -> tuple[list[int], list[str]]:
-        """Normalized messages -> (prompt ids, default stop strings) in this model's chat format."""
+    def chat_prompt(self, messages: list[dict], variables: dict | None = None) -> tuple[list[int], list[str]]:
+        """Normalized messages -> (prompt ids, default stop strings) in this model's chat format;
+        ``variables``: the chat template's extra variables (Guanaco's turns have none)."""
         if self.template is None:           # Guanaco's turns: all of it is text, no special tokens
             return self.model.tokenize(guanaco_prompt(messages)), list(DEFAULT_STOP)
         try:
             # special tokens from the template's own text only; message content is text
-            ids = self.template.model_prompt_ids(self.model, messages)
+            ids = self.template.model_prompt_ids(self.model, messages, variables=variables)
         except ChatTemplateError as e:
             raise InvalidRequestError(str(e), "messages") from None
         return ids, []

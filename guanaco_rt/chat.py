@@ -371,14 +371,16 @@ class ChatTemplate:
             sys.settrace(before)
             limits.deadline = None
 
-    def render(self, messages, add_generation_prompt=True):
+    def render(self, messages, add_generation_prompt=True, variables=None):
         """The template's text for ``messages`` (bounded, see the class), with the variables HF
-        gives a template (``tools`` and ``documents`` None) and the template's ``variables``."""
+        gives a template (``tools`` and ``documents`` None), the template's ``variables`` and
+        this call's (HF's apply_chat_template keyword arguments, OpenAI servers'
+        chat_template_kwargs)."""
         template = self._compiled()
         out, n = [], 0
         try:
             with self._bounded():
-                for chunk in template.generate({"tools": None, "documents": None, **self.variables,
+                for chunk in template.generate({"tools": None, "documents": None, **self.variables, **(variables or {}),
                                                 "messages": messages, "add_generation_prompt": add_generation_prompt,
                                                 "bos_token": self.bos_token, "eos_token": self.eos_token}):
                     n += len(chunk)
@@ -397,13 +399,13 @@ class ChatTemplate:
         return "".join(out)
 
     # -- tokens ------------------------------------------------------------------------------
-    def model_prompt_ids(self, model, messages, add_generation_prompt=True):
+    def model_prompt_ids(self, model, messages, add_generation_prompt=True, variables=None):
         """prompt_ids with ``model``'s tokenizer, no BOS added (the template writes one if it
         wants it): what Session.chat and LLM's chat completions evaluate."""
         return self.prompt_ids(lambda text, special: model.tokenize(text, bos=False, special=special), messages,
-                               add_generation_prompt)
+                               add_generation_prompt, variables)
 
-    def prompt_ids(self, tokenize, messages, add_generation_prompt=True):
+    def prompt_ids(self, tokenize, messages, add_generation_prompt=True, variables=None):
         """Messages -> prompt token ids, ``tokenize(text, special)`` turning text into ids.
 
         The rule: a special token (a control or user-defined token of the vocabulary, such
@@ -421,7 +423,7 @@ class ChatTemplate:
         self._compiled()                    # a template that does not parse fails first
         rx = self.special_rx
         if rx is None:
-            text = self.render(messages, add_generation_prompt)
+            text = self.render(messages, add_generation_prompt, variables)
             if not text:
                 raise ChatTemplateError(f"the chat template rendered nothing for {len(messages)} message(s)")
             return tokenize(text, False)
@@ -452,7 +454,7 @@ class ChatTemplate:
                         for i in pos:
                             chars[i] = stand_in[c[i]]
                         m["content"] = "".join(chars)
-        text = self.render(messages, add_generation_prompt)
+        text = self.render(messages, add_generation_prompt, variables)
         if not text:
             raise ChatTemplateError(f"the chat template rendered nothing for {len(messages)} message(s)")
         restore = str.maketrans(back) if back else None

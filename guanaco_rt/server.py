@@ -41,7 +41,7 @@ COMPLETION_ARGS = {"prompt", "max_tokens", "temperature", "top_p", "top_k", "min
                    "stream", "stream_options"}
 CHAT_ARGS = {"messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_p",
              "typical_p", "stop", "seed", "frequency_penalty", "presence_penalty", "repeat_penalty", "logit_bias",
-             "logprobs", "top_logprobs", "n", "stream", "stream_options"}
+             "logprobs", "top_logprobs", "n", "stream", "stream_options", "chat_template_kwargs"}
 # accepted and without effect here
 IGNORED_ARGS = {"model", "user", "store", "metadata", "service_tier", "parallel_tool_calls", "best_of"}
 MAX_BODY = 8 << 20

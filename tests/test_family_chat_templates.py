@@ -189,3 +189,28 @@ def test_gemma3_session_uses_the_files_template(shared_data, tmp_path):
         assert ids == m.tokenize(text, bos=False, special=True) and ids[0] == 2 and ids.count(2) == 1
         assert s.chat("Hi", max_new_tokens=8, logit_bias={5: 100.0}, temperature=0.0) == ""
         assert s.last_result.finish_reason == "eos"
+
+
+def test_chat_completions_take_chat_template_kwargs(vocabs, tmp_path):
+    """LLM.create_chat_completion(chat_template_kwargs=...) (vLLM's and llama.cpp's servers'
+    name): Qwen3 without thinking gets HF's prompt for apply_chat_template(...,
+    enable_thinking=False); the reply ends at <|im_end|> with finish_reason "stop"; a
+    malformed value is an InvalidRequestError naming the field."""
+    from test_family_tokenizers import write_bpe_model
+    vocab, _ = vocabs("qwen2")
+    source = fv.template("Qwen-Qwen3-0.6B")
+    messages = [{"role": "user", "content": "Hi"}]
+    with guanaco_rt.LLM(write_bpe_model(tmp_path / "qwen3.gguf", vocab), n_ctx=256, n_threads=1,
+                        template=source) as llm:
+        ref = fv.hf_bpe(vocab, "qwen2")
+        for kw in ({}, {"enable_thinking": False}, {"enable_thinking": True}):
+            ids, _ = llm.chat_prompt(messages, kw)
+            assert ids == ref.encode(hf(source, messages, True, "", "<|im_end|>", **kw), add_special_tokens=False).ids
+        im_end = vocab["tokens"].index("<|im_end|>")
+        out = llm.create_chat_completion(messages, max_tokens=8, logit_bias={str(im_end): 100},
+                                         chat_template_kwargs={"enable_thinking": False})
+        assert out["choices"][0]["finish_reason"] == "stop" and out["choices"][0]["message"]["content"] == ""
+        assert out["usage"]["prompt_tokens"] == len(llm.chat_prompt(messages, {"enable_thinking": False})[0])
+        for bad in (["enable_thinking"], {"messages": []}, {"not a name": 1}):
+            with pytest.raises(guanaco_rt.InvalidRequestError, match="chat_template_kwargs"):
+                llm.create_chat_completion(messages, max_tokens=1, chat_template_kwargs=bad)
