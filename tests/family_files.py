@@ -125,9 +125,12 @@ def hf_shapes(config):
     return out
 
 
+EMB_STD = 0.25      # logits of std ~3 at n_embd 128, as a trained model's: softmax not one-hot
+
+
 def random_hf_weights(config, seed=0):
     """Random float32 HF weights: matrices ~ N(0, 1/in), embeddings and an untied output ~
-    N(0, 1) (Gemma's embeddings N(0, 0.09): it multiplies them by sqrt(n_embd)), norms around their identity (1,
+    N(0, EMB_STD^2) (Gemma's embeddings N(0, 0.01): it multiplies them by sqrt(n_embd)), norms around their identity (1,
     or 0 for Gemma's 1 + w), biases ~ N(0, 0.5) so they matter."""
     rng = np.random.default_rng(seed)
     gemma = family_of(config) == "gemma3"
@@ -138,7 +141,7 @@ def random_hf_weights(config, seed=0):
         elif name.endswith(".bias"):
             w = rng.normal(0.0, 0.5, shape)
         elif name in ("model.embed_tokens.weight", "lm_head.weight"):
-            w = rng.normal(0.0, 0.3 if gemma and name == "model.embed_tokens.weight" else 1.0, shape)
+            w = rng.normal(0.0, 0.1 if gemma and name == "model.embed_tokens.weight" else EMB_STD, shape)
         else:
             w = rng.normal(0.0, 1.0 / math.sqrt(shape[1]), shape)
         out[name] = w.astype(np.float32)
@@ -212,10 +215,14 @@ def to_gguf_tensors(config, hf):
 
 
 # ---- vocabularies ---------------------------------------------------------------------------
-def spm_pieces(n_vocab, gemma=False):
+PHI3_SPECIALS = ["<|endoftext|>", "<|assistant|>", "<|end|>", "<|user|>", "<|system|>"]
+
+
+def spm_pieces(n_vocab, family="llama"):
     """(text, score, type) SentencePiece pieces: control tokens, the 256 byte pieces, words.
-    Gemma's order: <pad> <eos> <bos> <unk>; otherwise <unk> <s> </s>."""
-    if gemma:
+    Gemma's order: <pad> <eos> <bos> <unk>; otherwise <unk> <s> </s>. Phi-3's vocabulary ends
+    with its chat tokens (llama.cpp refuses a phi3 file without them: it looks <|end|> up)."""
+    if family == "gemma3":
         pieces = [("<pad>", 0.0, 3), ("<eos>", 0.0, 3), ("<bos>", 0.0, 3), ("<unk>", 0.0, 2)]
     else:
         pieces = [("<unk>", 0.0, 2), ("<s>", 0.0, 3), ("</s>", 0.0, 3)]
@@ -223,6 +230,8 @@ def spm_pieces(n_vocab, gemma=False):
     words = [f"\u2581{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + list("abcdefghijklmnopqrstuvwxyz")
     words += [f"\u2581{a}{b}" for a in "abcdefghijklmnopqrstuvwxyz" for b in "aeiou"]
     pieces += [(w, -float(i), 1) for i, w in enumerate(words)]
+    if family == "phi3":
+        return pieces[:n_vocab - len(PHI3_SPECIALS)] + [(t, 0.0, 3) for t in PHI3_SPECIALS]
     return pieces[:n_vocab]
 
 
@@ -258,16 +267,17 @@ def add_vocab(w, family, n_vocab):
     """The tokenizer.ggml.* keys the converter writes for ``family`` (a tiny vocab of n_vocab)."""
     from guanaco_rt.writer import add_spm_vocab
     if family in ("llama", "phi3", "gemma3"):
-        gemma = family == "gemma3"
-        pieces = spm_pieces(n_vocab, gemma=gemma)
-        if gemma:
+        pieces = spm_pieces(n_vocab, family)
+        if family == "gemma3":
             add_spm_vocab(w, pieces, bos_id=2, eos_id=1, unk_id=3)
             w.add_pad_token_id(0)
             w.add_add_space_prefix(False)
+        elif family == "phi3":            # eos and pad <|endoftext|>, as Phi-3-mini's
+            eot = len(pieces) - len(PHI3_SPECIALS)
+            add_spm_vocab(w, pieces, bos_id=1, eos_id=eot, unk_id=0)
+            w.add_pad_token_id(eot)
         else:
             add_spm_vocab(w, pieces, bos_id=1, eos_id=2, unk_id=0)
-            if family == "phi3":
-                w.add_pad_token_id(0)
         w.add_tokenizer_pre("default")
         w.add_add_bos_token(True)
         w.add_add_eos_token(False)
@@ -295,7 +305,14 @@ def vocab_size(family, n_vocab):
     merges before n_vocab; the config's vocab_size must match it)."""
     if family in ("llama3", "qwen2", "qwen3"):
         return len(gpt2_vocab(n_vocab, ["a", "b", "c"])[0])
-    return len(spm_pieces(n_vocab, gemma=family == "gemma3"))
+    return len(spm_pieces(n_vocab, family))
+
+
+def family_prompts(n_vocab, lengths=(12, 16, 20), seed=5):
+    """Prompts of random ids (the first 1) of ``lengths`` (the default ones are longer than
+    the gemma3 file's 6-token window)."""
+    rng = np.random.default_rng(seed)
+    return [[1] + [int(t) for t in rng.integers(3, n_vocab - 3, n - 1)] for n in lengths]
 
 
 # ---- the file ------------------------------------------------------------------------------
