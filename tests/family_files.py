@@ -398,7 +398,8 @@ def family_file(root, family, wtype="f16", emb_type=None, n_embd=None, n_layer=2
     if n_embd is None:
         n_embd = 256 if "q4_K" in (wtype, emb_type) else 128
     config = hf_config(family, n_embd=n_embd, n_layer=n_layer, n_vocab=vocab_size(family, n_vocab))
-    path = os.path.join(os.fspath(root), f"tiny-{family}-{wtype}-{emb_type or wtype}-e{n_embd}-l{n_layer}-s{seed}.gguf")
+    path = os.path.join(os.fspath(root), f"tiny-{family}-{wtype}-{emb_type or wtype}-e{n_embd}"
+                                         f"-l{config['num_hidden_layers']}-s{seed}.gguf")
     if not os.path.exists(path):
         write_family_gguf(path + ".part", config, wtype, emb_type, seed)
         os.replace(path + ".part", path)

@@ -132,6 +132,22 @@ def test_llama3_rope_freqs_are_hfs_scaled_frequencies(root, torch_ok):
     np.testing.assert_allclose(hf, default_inv_freq(config) / factors, rtol=1e-6)
 
 
+@pytest.mark.parametrize("family,change", [
+    ("gemma3", {"sliding_window": 64}),              # no token beyond the window
+    ("gemma3", {"rope_local_base_freq": 1e6}),       # the sliding layers on the global base
+    ("gemma3", {"rope_theta": 1e4}),                 # the global layer on the local base
+    ("llama3", {"rope_scaling": None}),              # rope_freqs ignored
+])
+def test_the_files_exercise_what_a_runtime_could_miss(root, torch_ok, family, change):
+    """The prompts are long enough, and the file's parameters far enough apart, that a runtime
+    missing one of these is outside the Q8_0 bound below (and 1000x outside F16's)."""
+    path, config = family_file(root, family, "f16")
+    prompt = family_prompts(config["vocab_size"])[-1]
+    want = reference(path, config).logits(prompt)
+    other = HFReference({**config, **change}, path).logits(prompt)
+    assert rel_err(other, want).max() > REL_TOL["q8_0"]
+
+
 # ---- guanaco_rt against the reference ---------------------------------------------------------
 @pytest.mark.parametrize("family,wtype", CASES)
 def test_logits_and_greedy_match_hf(root, torch_ok, family, wtype):
