@@ -119,28 +119,9 @@ def real_prompts(path, peer_python):
         return [m.tokenize(t) for t in TEXTS]
 
 
-class RealReference:
-    """transformers' model of a real GGUF file (its own GGUF loader), in float64."""
-
-    def __init__(self, path):
-        import torch
-        import transformers
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
-        d, name = os.path.split(os.path.abspath(path))
-        self.torch = torch
-        self.model = transformers.AutoModelForCausalLM.from_pretrained(
-            d, gguf_file=name, dtype=torch.float64, attn_implementation="eager").eval()
-
-    def logits(self, tokens):
-        with self.torch.no_grad():
-            out = self.model(input_ids=self.torch.tensor([list(tokens)]), use_cache=False)
-        return out.logits[0].to(self.torch.float64).numpy()
-
-
 def main(argv=None):
     from family_files import FAMILIES, TYPES, family_file, family_prompts
-    from family_reference import HFReference
+    from family_reference import HFReference, TransformersGGUFReference
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     ap.add_argument("--types", nargs="+", default=["f16", "q8_0", "q4_K"], choices=sorted(TYPES))
@@ -168,7 +149,7 @@ def main(argv=None):
         cases.append((fam, os.path.basename(path)[:24], key, path, prompts))
         jobs[key] = (path, prompts)
         try:
-            ref = RealReference(path)
+            ref = TransformersGGUFReference(path)
             refs[key] = [ref.logits(p) for p in prompts]
             del ref
         except Exception as e:

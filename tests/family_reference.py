@@ -136,6 +136,25 @@ def default_inv_freq(config):
     return 1.0 / base ** (np.arange(0, d, 2, dtype=np.float64) / d)
 
 
+class TransformersGGUFReference:
+    """transformers' model of a (real) GGUF file, read by its own GGUF loader, in float64."""
+
+    def __init__(self, path):
+        torch, transformers = require_torch()
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+        d, name = os.path.split(os.path.abspath(path))
+        self.torch = torch
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(
+            d, gguf_file=name, dtype=torch.float64, attn_implementation="eager").eval()
+
+    def logits(self, tokens):
+        """float64 (len(tokens), n_vocab)"""
+        with self.torch.no_grad():
+            out = self.model(input_ids=self.torch.tensor([list(tokens)], dtype=self.torch.long), use_cache=False)
+        return out.logits[0].to(self.torch.float64).numpy()
+
+
 def transformers_gguf_state_dict(path):
     """(state dict, None) as transformers' own GGUF loader builds it from the file (float64
     numpy), or (None, why) when this transformers cannot read the file's architecture or
