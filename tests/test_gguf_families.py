@@ -35,6 +35,7 @@ def write_family_gguf(path, arch, n_embd=128, n_head=4, n_head_kv=2, head_dim=No
     pieces = spm_vocab(300)
     n_vocab = len(pieces)
     w = gguf.GGUFWriter(str(path), arch)
+    w.add_context_length(128)                       # llama.cpp needs it (to run these files beside us)
     w.add_block_count(n_layer)
     w.add_embedding_length(n_embd)
     w.add_feed_forward_length(n_ff)
