@@ -1,21 +1,11 @@
 # cython: language_level=3
-# The LLaMA forward pass and the state it runs on (see _engine.pyx).
+# The forward pass of every family and the state it runs on (see _engine.pyx).
 from libc.stdint cimport uint8_t, int32_t, int64_t
 
 from guanaco_rt._kernels._isa cimport isa_kernels_t
 from guanaco_rt._kernels._quants cimport type_traits_t
 # monotonic: cimported from here by _decode as well
 from guanaco_rt._kernels._governor cimport gov_t, gov_last_t, monotonic
-
-cdef enum:
-    PARALLEL_MIN_WORK = 1 << 16   # multiply-adds (or elements) below which a loop runs on one thread
-
-cdef inline int team_threads(int nth, int64_t rows, int64_t cols, int64_t n_tok) noexcept nogil:
-    # the threads for a loop of rows x cols x n_tok multiply-adds (elements: cols = n_tok = 1)
-    # on up to nth: small work runs on one, where a fork/join would cost more than it saves.
-    # The one place this is decided; int64, since a 7B layer's attention over 8192 positions
-    # in a batch of 64 is 2^31 multiply-adds, which a product of ints wrapped to < 0
-    return 1 if rows * cols * n_tok < PARALLEL_MIN_WORK else nth
 
 cdef struct tensor_t:
     const uint8_t* data          # (ne1 rows of nb1 bytes), in the read-only mmap
@@ -133,16 +123,6 @@ cdef void embed_rows(float* out, const tensor_t* W, const int32_t* tokens, int n
 cdef void matmul_q(const isa_kernels_t* K, float** outs, const tensor_t** Ws, int nw,
                    const uint8_t* xq, int64_t xq_stride, int n_tok, int nth, int glu) noexcept nogil
 cdef int decode_one(const model_t* m, state_t* s, int32_t tok) noexcept nogil
-cdef int attention_threads(int nth, int n_head, int head_dim, int n_past, int n_tok) noexcept nogil
-cdef void rmsnorm(float* out, const float* x, const float* w, int n, float eps) noexcept nogil
-cdef void rope(float* x, int n_head, int head_dim, int n_rot, const double* freqs, int pos, int neox) noexcept nogil
-cdef void rope_freqs(double* out, int n_rot, double base) noexcept nogil
-cdef void softmax(float* x, int n) noexcept nogil
-cdef void silu_mul(float* a, const float* b, int64_t n) noexcept nogil
-cdef void gelu_mul(float* a, const float* b, int64_t n) noexcept nogil
-cdef void attention(const isa_kernels_t* K, float* out, const float* q, const void* k_cache, const void* v_cache,
-                    float* att, int n_tok, int n_past, int n_head, int n_head_kv, int head_dim, int n_ctx, int f16,
-                    int nth, float scale, int n_swa) noexcept nogil
 cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok, float* logits,
                  bint all_logits) noexcept nogil
 cdef void shift_kv(const model_t* m, state_t* s, int n_keep, int n_discard) noexcept nogil

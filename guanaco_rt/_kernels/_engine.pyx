@@ -1,7 +1,9 @@
 # cython: language_level=3
-"""The LLaMA forward pass, compiled once for every ISA: matmul with prange over output
-rows, RMSNorm, RoPE (ggml mode 0), softmax, SiLU gate, causal attention over the KV
-cache, and the State that owns one sequence (tokens, n_past, logits, KV cache).
+"""The forward pass of every family, compiled once for every ISA: matmul with prange over
+output rows, the SiLU / GELU gate fused into it, the layer loop that strings together the
+elementwise operations and attention of _ops.pyx, and the State that owns one sequence
+(tokens, n_past, logits, KV cache). A family's differences are fields of model_t and
+layer_t (NULL or 0 where it has none), not copies of forward().
 
 The ISA-specific inner loops (dot products, attention's q.k and a*v) come from a
 KernelSet: an ISA unit's table with the generic unit's entries filling its gaps. How
@@ -13,7 +15,7 @@ buffers are typed memoryviews, the kernel table a capsule.
 """
 from libc.stdint cimport uint8_t, uint16_t, int32_t, int64_t
 from libc.string cimport memcpy, memmove, memset
-from libc.math cimport sqrtf, expf, tanhf, cos, sin, pow
+from libc.math cimport sqrtf
 from libc.stdlib cimport malloc, free
 from cython.parallel cimport prange
 from cpython.pycapsule cimport PyCapsule_GetPointer
@@ -32,7 +34,9 @@ from guanaco_rt._kernels.ggml_blocks cimport (GGML_TYPE_F32, GGML_TYPE_F16, GGML
 from guanaco_rt._kernels._common cimport (gr_openmp_enabled, gr_omp_max_threads, gr_cpu_has_avx2, gr_cpu_features,
                                           GR_CPU_FEATURE_NAMES)
 from guanaco_rt._kernels._isa cimport isa_kernels_t, vec_dot_fn, vec_dot_x4_fn, dot_r8_fn, ISA_CAPSULE
-from guanaco_rt._kernels._quants cimport type_traits_t, type_traits, row_size, fp32_to_fp16, from_float_fn
+from guanaco_rt._kernels._quants cimport type_traits_t, type_traits, row_size, from_float_fn
+from guanaco_rt._kernels._ops cimport (team_threads, kv_layer, rmsnorm, rope, rope_freqs, silu_mul, gelu_mul,
+                                       store_kv, attention, add_bias, head_norm, add_residual)
 from guanaco_rt._kernels._governor cimport (gov_init, gov_set_threads, gov_reset, gov_prompt_start, gov_prompt_end,
                                             gov_token_start, gov_token_end, gov_layer_done, gov_last_one,
                                             gov_last_note, load_gov_t, load_reset, load_next, load_record, load_busy)
@@ -325,6 +329,20 @@ cdef inline void gate_rows(float** outs, int64_t ne1, int64_t lo, int64_t hi, in
         else:
             silu_mul(outs[0] + t * ne1 + lo, outs[1] + t * ne1 + lo, hi - lo)
 
+cdef void gate_par(float* a, const float* b, int64_t n, int nth, int glu) noexcept nogil:
+    # a = silu(a) * b (GLU_GELU: gelu_mul) on up to nth threads
+    cdef int64_t c, per
+    cdef float* ab[2]
+    ab[0], ab[1] = a, <float*>b
+    nth = team_threads(nth, n, 1, 1)          # one token's n_ff: on one thread (see matmul_q)
+    if nth < 2:
+        gate_rows(ab, n, 0, n, 1, glu)
+        return
+    per = (n + nth - 1) // nth
+    for c in prange(nth, schedule='static', num_threads=nth):
+        if c * per < n:
+            gate_rows(ab, n, c * per, min(n, c * per + per), 1, glu)
+
 cdef void matmul_n(const model_t* m, state_t* s, float** outs, const tensor_t** Ws, int nw,
                    const float* x, int n_tok, int glu) noexcept nogil:
     # Ws[w] @ x (n_tok, ne0) -> outs[w] (n_tok, Ws[w].ne1), quantizing x once for all of them,
@@ -345,139 +363,6 @@ cdef inline void matmul(const model_t* m, state_t* s, float* out, const tensor_t
                         int n_tok) noexcept nogil:
     # W @ x (n_tok, W.ne0) -> out (n_tok, W.ne1)
     matmul_n(m, s, &out, &W, 1, x, n_tok, GLU_NONE)
-
-# ---- elementwise ---------------------------------------------------------------
-cdef void rmsnorm(float* out, const float* x, const float* w, int n, float eps) noexcept nogil:
-    # out = x / sqrt(mean(x^2) + eps) * w
-    cdef double ss = 0.0
-    cdef int i
-    cdef float scale
-    for i in range(n):
-        ss += x[i] * x[i]
-    scale = 1.0 / sqrtf(<float>(ss / n) + eps)
-    for i in range(n):
-        out[i] = x[i] * scale * w[i]
-
-cdef void rope(float* x, int n_head, int head_dim, int n_rot, const double* freqs, int pos, int neox) noexcept nogil:
-    # in each head rotate the pairs (x[a], x[b]) by the angle pos * freqs[i] (rope_freqs),
-    # i < n_rot/2: ggml mode 0 (LLaMA) pairs adjacent elements, a = 2i, b = 2i + 1; NEOX
-    # (Qwen, Phi-3, Gemma: HF's rotate_half) pairs the halves, a = i, b = i + n_rot/2
-    cdef int h, i, a, b
-    cdef double theta, c, sn
-    cdef float x0, x1
-    cdef float* p
-    for i in range(n_rot // 2):
-        theta = pos * freqs[i]
-        c = cos(theta)
-        sn = sin(theta)
-        if neox:
-            a, b = i, i + n_rot // 2
-        else:
-            a, b = 2 * i, 2 * i + 1
-        for h in range(n_head):
-            p = x + h * head_dim
-            x0 = p[a]
-            x1 = p[b]
-            p[a] = <float>(x0 * c - x1 * sn)
-            p[b] = <float>(x0 * sn + x1 * c)
-
-cdef void softmax(float* x, int n) noexcept nogil:
-    cdef float mx = x[0]
-    cdef double total = 0.0
-    cdef int i
-    cdef float inv
-    for i in range(1, n):
-        if x[i] > mx:
-            mx = x[i]
-    for i in range(n):
-        x[i] = expf(x[i] - mx)
-        total += x[i]
-    inv = <float>(1.0 / total)
-    for i in range(n):
-        x[i] *= inv
-
-cdef void silu_mul(float* a, const float* b, int64_t n) noexcept nogil:
-    # a = silu(a) * b, silu(z) = z / (1 + e^-z)
-    cdef int64_t i
-    for i in range(n):
-        a[i] = a[i] / (1.0 + expf(-a[i])) * b[i]
-
-cdef void gelu_mul(float* a, const float* b, int64_t n) noexcept nogil:
-    # a = gelu(a) * b, gelu's tanh form (ggml_gelu, HF gelu_pytorch_tanh):
-    # gelu(z) = z/2 (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3)))
-    cdef int64_t i
-    cdef float z
-    for i in range(n):
-        z = a[i]
-        a[i] = 0.5 * z * (1.0 + tanhf(0.7978845608028654 * z * (1.0 + 0.044715 * z * z))) * b[i]
-
-cdef void gate_par(float* a, const float* b, int64_t n, int nth, int glu) noexcept nogil:
-    # a = silu(a) * b (GLU_GELU: gelu_mul) on up to nth threads
-    cdef int64_t c, per
-    cdef float* ab[2]
-    ab[0], ab[1] = a, <float*>b
-    nth = team_threads(nth, n, 1, 1)          # one token's n_ff: on one thread (see matmul_q)
-    if nth < 2:
-        gate_rows(ab, n, 0, n, 1, glu)
-        return
-    per = (n + nth - 1) // nth
-    for c in prange(nth, schedule='static', num_threads=nth):
-        if c * per < n:
-            gate_rows(ab, n, c * per, min(n, c * per + per), 1, glu)
-
-cdef void rope_freqs(double* out, int n_rot, double base) noexcept nogil:
-    # the RoPE frequencies, the one place they are computed: out[i] = base^(-2i/n_rot), i < n_rot/2
-    cdef int i
-    for i in range(n_rot // 2):
-        out[i] = pow(base, -2.0 * i / n_rot)
-
-# ---- attention -----------------------------------------------------------------------
-cdef void store_kv(void* cache, int64_t off, const float* src, int64_t n, int f16) noexcept nogil:
-    cdef int64_t i
-    cdef uint16_t* h
-    if f16:
-        h = (<uint16_t*>cache) + off
-        for i in range(n):
-            h[i] = fp32_to_fp16(src[i])
-    else:
-        memcpy((<float*>cache) + off, src, n * 4)
-
-cdef void attention(const isa_kernels_t* K, float* out, const float* q, const void* k_cache, const void* v_cache,
-                    float* att, int n_tok, int n_past, int n_head, int n_head_kv, int head_dim, int n_ctx, int f16,
-                    int nth, float scale, int n_swa) noexcept nogil:
-    # out (n_tok, n_head * head_dim) = per head softmax(scale q k^T) v over positions lo..pos,
-    # pos = n_past + t (causal), lo = 0, or with a sliding window (n_swa > 0) the last n_swa:
-    # lo = max(0, pos + 1 - n_swa), as llama.cpp's mask (pos - p >= n_swa is masked) and HF's.
-    # k_cache, v_cache: this layer's (n_ctx, n_embd_kv), positions
-    # up to n_past + n_tok - 1 filled; query head h reads KV head h / (n_head / n_head_kv)
-    # (grouped-query attention; n_head_kv == n_head is plain multi-head). att: (n_head,
-    # n_ctx) scratch, a row per head.
-    cdef int h, t, pos, kvh, lo
-    cdef int n_embd = n_head * head_dim
-    cdef int n_embd_kv = n_head_kv * head_dim
-    cdef int group = n_head // n_head_kv
-    cdef float* a
-    cdef float* o
-    nth = attention_threads(nth, n_head, head_dim, n_past, n_tok)
-    for h in prange(n_head, schedule='static', num_threads=nth):
-        a = att + h * n_ctx
-        kvh = h // group
-        for t in range(n_tok):
-            pos = n_past + t
-            lo = max(0, pos + 1 - n_swa) if n_swa > 0 else 0
-            K.kv_scores(a, q + t * n_embd + h * head_dim, k_cache, <int64_t>lo * n_embd_kv + kvh * head_dim,
-                        n_embd_kv, pos + 1 - lo, head_dim, scale, f16)
-            softmax(a, pos + 1 - lo)
-            o = out + t * n_embd + h * head_dim
-            K.kv_mix(o, a, v_cache, <int64_t>lo * n_embd_kv + kvh * head_dim, n_embd_kv, pos + 1 - lo, head_dim, f16)
-
-cdef int attention_threads(int nth, int n_head, int head_dim, int n_past, int n_tok) noexcept nogil:
-    # attention's team: n_tok queries against n_past + n_tok positions, each a q.k and an a*v
-    # over n_head heads of head_dim
-    return team_threads(nth, <int64_t>n_head * head_dim, <int64_t>n_past + n_tok, n_tok)
-
-cdef inline void* kv_layer(void* cache, int64_t off, int f16) noexcept nogil:
-    return <void*>((<uint16_t*>cache) + off) if f16 else <void*>((<float*>cache) + off)
 
 # ---- forward -------------------------------------------------------------------------
 cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok, float* logits,
@@ -545,31 +430,6 @@ cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok,
     s.n_past = n_past + n_tok
     s.have_logits = 1
     return 0
-
-cdef inline void add_bias(float* x, const float* b, int n_tok, int n) noexcept nogil:
-    # x (n_tok, n) += b (n,), when there is one
-    cdef int t, i
-    if b != NULL:
-        for t in range(n_tok):
-            for i in range(n):
-                x[t * n + i] += b[i]
-
-cdef inline void head_norm(float* x, const float* w, int n_head, int head_dim, float eps) noexcept nogil:
-    # each head of x (n_head, head_dim) RMS-normed in place with w (head_dim,), when there is one
-    cdef int h
-    if w != NULL:
-        for h in range(n_head):
-            rmsnorm(x + h * head_dim, x + h * head_dim, w, head_dim, eps)
-
-cdef inline void add_residual(float* x, float* y, const float* post_norm, int n_tok, int E, float eps) noexcept nogil:
-    # x (n_tok, E) += y, y RMS-normed first with post_norm (E,) when there is one
-    cdef int64_t i
-    cdef int t
-    if post_norm != NULL:
-        for t in range(n_tok):
-            rmsnorm(y + t * E, y + t * E, post_norm, E, eps)
-    for i in range(<int64_t>n_tok * E):
-        x[i] += y[i]
 
 cdef int prefill(const model_t* m, state_t* s, const int32_t* ids, int n, float* all_logits) noexcept nogil:
     # ids (n,) in batches of n_batch; all_logits (n, n_vocab) or NULL (last logits only, in

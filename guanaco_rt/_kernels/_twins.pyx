@@ -7,9 +7,8 @@ import numpy as np
 
 from guanaco_rt.errors import InvalidRequestError
 
-from guanaco_rt._kernels._engine cimport (KernelSet, tensor_t, quantize_rows, matmul_q, repack_r8, r8_parts, rmsnorm,
-                                          rope, rope_freqs, softmax, silu_mul, attention, attention_threads,
-                                          embed_rows)
+from guanaco_rt._kernels._engine cimport KernelSet, tensor_t, quantize_rows, matmul_q, repack_r8, r8_parts, embed_rows
+from guanaco_rt._kernels._ops cimport rmsnorm, rope, rope_freqs, softmax, silu_mul, attention, attention_threads
 from guanaco_rt._kernels._governor cimport (gov_t, gov_last_t, gov_init, gov_next, gov_record, gov_threads,
                                             gov_probe_judge, gov_pick, gov_try_check, team_run_wait,
                                             load_gov_t, load_reset, load_next, load_record, load_busy, monotonic)
