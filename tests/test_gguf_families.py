@@ -195,12 +195,18 @@ def test_batches_threads_and_decode_agree(root, case):
         np.testing.assert_allclose(s.eval([t]), full[i], rtol=0, atol=2e-5 * np.abs(full).max())
 
 
-def test_context_shift_rotates_keys_in_neox_mode(root):
-    """After dropping positions, the keys re-rotated in place give the logits of a sequence
-    evaluated at the new positions (the kept tokens' K/V at shifted positions are exact
-    for RoPE: only the dropped tokens' influence on them differs, so use a 1-layer model
-    where keys do not depend on earlier tokens)."""
-    path = write_family_gguf(root / "shift.gguf", "qwen2", n_layer=1)
+SHIFT = {"qwen2": ("qwen2", dict()), "gemma3-local": ("gemma3", dict(n_swa=6, head_dim=64)),
+         "llama3": ("llama", dict(llama3=LLAMA3, rope_base=500000.0))}
+
+
+@pytest.mark.parametrize("case", sorted(SHIFT))
+def test_context_shift_rotates_keys_in_the_family_mode(root, case):
+    """After dropping positions, the keys re-rotated in place (NEOX, Gemma's local RoPE base,
+    Llama 3's frequency factors) give the logits of a sequence evaluated at the new
+    positions. Exact only where a kept token's K/V do not depend on the dropped ones: a
+    1-layer model."""
+    arch, kw = SHIFT[case]
+    path = write_family_gguf(root / f"shift-{case}.gguf", arch, n_layer=1, **kw)
     m = guanaco_rt.Model(path)
     s = guanaco_rt.Session(m, n_ctx=32)
     s.eval(TOKENS[:12])
