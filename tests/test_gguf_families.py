@@ -324,3 +324,23 @@ def test_real_gemma3_answers_and_matches_the_float_reference(gemma3_270m):
     # measured: 0.079 / 0.988 (llama.cpp on the same file and prompt: 0.071 / 0.995); the
     # greedy token agrees with the reference's at every position
     assert (ours.argmax(1) == ref.argmax(1)).all() and cos > 0.98 and rel < 0.15
+
+
+def test_phi3_fused_parts_are_interleaved_like_whole_tensors(root):
+    """The row ranges of attn_qkv / ffn_up are matrices of their own to the engine: each is
+    interleaved at load (in place with mmap=False), and reads back as the file's rows."""
+    path = write_family_gguf(root / "phi3-views.gguf", "phi3", wtype=T.Q4_0, n_embd=256, n_ff=512)
+    mapped, inmem = guanaco_rt.Model(path), guanaco_rt.Model(path, mmap=False)
+    if not mapped._engine.kernels.interleaves(T.Q4_0):
+        pytest.skip(f"the {mapped.isa} unit has no 8-row kernels for q4_0")
+    raw = np.fromfile(path, np.uint8)
+    qkv = next(t for t in gguf.GGUFReader(path).tensors if t.name == "blk.0.attn_qkv.weight")
+    start = int(qkv.data_offset)
+    assert mapped.repacked_bytes == inmem.repacked_bytes >= qkv.n_bytes
+    for name, lo in (("layers.0.attention.wq.weight", 0), ("layers.0.attention.wk.weight", 256),
+                     ("layers.0.attention.wv.weight", 384)):
+        row = qkv.n_bytes // 512
+        want = raw[start + lo * row:start + (lo + mapped.tensors[name].shape[1]) * row]
+        np.testing.assert_array_equal(inmem.tensor_data(name), want)
+    a = guanaco_rt.Session(mapped, n_ctx=32).eval(TOKENS, all_logits=True)
+    np.testing.assert_array_equal(guanaco_rt.Session(inmem, n_ctx=32).eval(TOKENS, all_logits=True), a)
