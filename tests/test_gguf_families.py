@@ -344,3 +344,10 @@ def test_phi3_fused_parts_are_interleaved_like_whole_tensors(root):
         np.testing.assert_array_equal(inmem.tensor_data(name), want)
     a = guanaco_rt.Session(mapped, n_ctx=32).eval(TOKENS, all_logits=True)
     np.testing.assert_array_equal(guanaco_rt.Session(inmem, n_ctx=32).eval(TOKENS, all_logits=True), a)
+
+
+def test_info_names_the_family(root, capsys):
+    from guanaco_rt.cli import main
+    main(["info", write_family_gguf(root / "info.gguf", "qwen3")])
+    assert "family:  qwen3 (runs; the families this runtime runs: llama, qwen2, qwen3, phi3, gemma3)" in \
+        capsys.readouterr().out
