@@ -1,6 +1,7 @@
 """Build of guanaco_rt's Cython kernels.
 
-The runtime (_quants: block formats; _engine: forward pass and State; _sampling;
+The runtime (_quants: block formats; _ops: a layer's elementwise ops and attention;
+_engine: matmuls, the forward pass and State; _sampling;
 _decode; _bpe: the byte-level BPE merge loop; _twins: Python-callable twins of the kernels,
 for tests; _mapguard: the SIGBUS guard of the model's mapping) is compiled once,
 with no ISA flags. Each ISA unit holds only its dot products and attention loops and
@@ -40,7 +41,7 @@ except ImportError:  # pragma: no cover - very old setuptools
 HERE = os.path.dirname(os.path.abspath(__file__))
 KDIR = os.path.join("guanaco_rt", "_kernels")
 DEBUG = os.environ.get("GUANACO_RT_DEBUG", "") not in ("", "0")
-RUNTIME = ["_quants", "_governor", "_engine", "_sampling", "_decode", "_twins", "_mapguard", "_bpe"]
+RUNTIME = ["_quants", "_governor", "_ops", "_engine", "_sampling", "_decode", "_twins", "_mapguard", "_bpe"]
 
 
 def _isa_list():

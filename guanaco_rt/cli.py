@@ -154,6 +154,10 @@ def cmd_info_gguf(a, buf):
                          indent=1))
         return 0
     print(f"file:    {g.path} ({g.size / 1e9:.3f} GB, GGUF v{g.version}, alignment {g.alignment})")
+    from .gguf_model import ARCHS
+    arch = g.metadata.get("general.architecture")
+    print(f"family:  {arch} ({'runs' if arch in ARCHS else 'not supported'}; the families this runtime runs: "
+          f"{', '.join(ARCHS)})")
     print("metadata:")
     for k, v in g.metadata.items():
         print(f"  {k} ({g.types[k]}) = {_short(v)}")

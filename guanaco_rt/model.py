@@ -193,7 +193,8 @@ def _gguf_tokenizer(vocab, path):
 
 
 class Model:
-    """A LLaMA-family model from a ggjt v3 ``.bin`` file (Guanaco's) or a GGUF v2/v3 file.
+    """A model from a ggjt v3 ``.bin`` file (Guanaco's: LLaMA) or a GGUF v2/v3 file of one of the
+    families gguf_model.ARCHS names: llama (Llama 3.x rope factors included), qwen2, qwen3, phi3, gemma3.
 
     The weights stay in a read-only mmap; nothing is dequantized at load. The quantized
     matrices whose type the kernels have 8-row variants for (every one on x86 with AVX2) are the

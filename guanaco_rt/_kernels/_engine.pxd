@@ -1,21 +1,11 @@
 # cython: language_level=3
-# The LLaMA forward pass and the state it runs on (see _engine.pyx).
+# The forward pass of every family and the state it runs on (see _engine.pyx).
 from libc.stdint cimport uint8_t, int32_t, int64_t
 
 from guanaco_rt._kernels._isa cimport isa_kernels_t
 from guanaco_rt._kernels._quants cimport type_traits_t
 # monotonic: cimported from here by _decode as well
 from guanaco_rt._kernels._governor cimport gov_t, gov_last_t, monotonic
-
-cdef enum:
-    PARALLEL_MIN_WORK = 1 << 16   # multiply-adds (or elements) below which a loop runs on one thread
-
-cdef inline int team_threads(int nth, int64_t rows, int64_t cols, int64_t n_tok) noexcept nogil:
-    # the threads for a loop of rows x cols x n_tok multiply-adds (elements: cols = n_tok = 1)
-    # on up to nth: small work runs on one, where a fork/join would cost more than it saves.
-    # The one place this is decided; int64, since a 7B layer's attention over 8192 positions
-    # in a batch of 64 is 2^31 multiply-adds, which a product of ints wrapped to < 0
-    return 1 if rows * cols * n_tok < PARALLEL_MIN_WORK else nth
 
 cdef struct tensor_t:
     const uint8_t* data          # (ne1 rows of nb1 bytes), in the read-only mmap
@@ -27,24 +17,45 @@ cdef struct tensor_t:
     int r8                       # 1: each whole 8 rows interleaved (block_q4_0x8, ...; repack_r8), the
     #                              last ne1 % 8 as the file has them after the groups; not in the mmap
 
+cdef enum:
+    GLU_NONE = 0                  # matmul_q's gate: none,
+    GLU_SILU = 1                  # silu(w1 x) * (w3 x) (SwiGLU: LLaMA, Qwen, Phi-3),
+    GLU_GELU = 2                  # gelu_tanh(w1 x) * (w3 x) (GeGLU: Gemma)
+
 cdef struct layer_t:
-    tensor_t wq, wo              # (n_embd rows of n_embd)
+    tensor_t wq                  # (n_embd_q rows of n_embd)
+    tensor_t wo                  # (n_embd rows of n_embd_q)
     tensor_t wk, wv              # (n_embd_kv rows of n_embd)
     tensor_t w1, w3              # (n_ff rows of n_embd)
     tensor_t w2                  # (n_embd rows of n_ff)
     const float* attention_norm  # (n_embd,)
     const float* ffn_norm        # (n_embd,)
+    # what the families add; NULL / 0 where a family has none (LLaMA: all of them)
+    const float* bq              # (n_embd_q,) bias of wq (Qwen2)
+    const float* bk              # (n_embd_kv,)
+    const float* bv              # (n_embd_kv,)
+    const float* q_norm          # (head_dim,) RMSNorm of each query head before RoPE (Qwen3, Gemma 3)
+    const float* k_norm          # (head_dim,) the same for each key head
+    const float* attn_post_norm  # (n_embd,) RMSNorm of the attention output before the residual (Gemma 3)
+    const float* ffn_post_norm   # (n_embd,) the same for the feed-forward output
+    const double* freqs          # (n_rot/2,) this layer's RoPE frequencies (Gemma 3: local and global differ)
+    int n_swa                    # sliding window: attend to the last n_swa positions only; 0: to all
 
 cdef struct model_t:
     int n_vocab, n_embd, n_head, n_layer, n_rot, n_ff, head_dim
     int n_head_kv, n_embd_kv     # key/value heads (grouped-query attention: n_head is a multiple)
+    int n_embd_q                 # n_head * head_dim: n_embd, except where key_length says otherwise (Qwen3, Gemma 3)
     float eps
+    int rope_neox                # 0: RoPE rotates adjacent pairs (ggml mode 0, LLaMA); 1: the two halves (NEOX)
+    int glu                      # GLU_SILU or GLU_GELU
+    float embd_scale             # token embeddings times this (Gemma 3: sqrt(n_embd)); 1: none
+    float attn_scale             # q.k times this: 1/sqrt(head_dim) unless the family says otherwise
     const isa_kernels_t* k       # the dot products and attention loops this model runs with
     tensor_t tok_embeddings      # (n_vocab rows of n_embd)
     tensor_t output              # (n_vocab rows of n_embd); tok_embeddings when the model ties them
     const float* norm            # (n_embd,)
     layer_t* layers              # (n_layer,)
-    const double* freqs          # (n_rot/2,) the RoPE frequencies, rope_freqs()
+    const double* freqs          # (n_rot/2,) the RoPE frequencies, rope_freqs(); a layer's own in layer_t
     # the SIGBUS guard's flag of the weights' mapping (NULL: none), set when the file shrank
     # under it: calls stop as if cancelled, and the Model raises ModelFileChangedError
     const int* file_fault
@@ -61,9 +72,9 @@ cdef struct state_t:
     void* k_cache        # (n_layer, n_ctx, n_embd_kv) f32 or f16
     void* v_cache        # (n_layer, n_ctx, n_embd_kv) f32 or f16
     float* x             # (n_batch, n_embd) residual stream
-    float* xb            # (n_batch, n_embd) normed block input, then attention output
+    float* xb            # (n_batch, max(n_embd, n_embd_q)) normed block input, then attention output
     float* xb2           # (n_batch, n_embd) block output before the residual add
-    float* q             # (n_batch, n_embd)
+    float* q             # (n_batch, n_embd_q)
     float* k             # (n_batch, n_embd_kv) new keys before they enter the cache
     float* v             # (n_batch, n_embd_kv) new values
     float* att           # (n_head, n_ctx) attention scores, one row per head
@@ -88,7 +99,7 @@ cdef class Engine:
     cdef list copies                 # the anonymous mappings that hold interleaved tensors (repack_r8)
     cdef readonly list repacked      # (byte offset in buf, bytes) of every tensor interleaved at load
     cdef double _interleave(self, tensor_t* t, object inplace, int nth, object release) except? -2
-    cdef double[::1] freqs
+    cdef double[:, ::1] freqs
     cdef gov_last_t gov_last         # what its States' governors last found best (gov_t.last)
     cdef readonly dict load_threads  # the interleaving's thread choice: {"threads", "one_thread_tensors", ...}
 
@@ -110,17 +121,8 @@ cdef void repack_r8(uint8_t* dst, const uint8_t* src, int type, int64_t nb, int6
 cdef void gather_r8(uint8_t* dst, const tensor_t* W, int64_t row) noexcept nogil
 cdef void embed_rows(float* out, const tensor_t* W, const int32_t* tokens, int n_tok, uint8_t* scratch) noexcept nogil
 cdef void matmul_q(const isa_kernels_t* K, float** outs, const tensor_t** Ws, int nw,
-                   const uint8_t* xq, int64_t xq_stride, int n_tok, int nth, bint glu) noexcept nogil
+                   const uint8_t* xq, int64_t xq_stride, int n_tok, int nth, int glu) noexcept nogil
 cdef int decode_one(const model_t* m, state_t* s, int32_t tok) noexcept nogil
-cdef int attention_threads(int nth, int n_head, int head_dim, int n_past, int n_tok) noexcept nogil
-cdef void rmsnorm(float* out, const float* x, const float* w, int n, float eps) noexcept nogil
-cdef void rope(float* x, int n_head, int head_dim, int n_rot, const double* freqs, int pos) noexcept nogil
-cdef void rope_freqs(double* out, int n_rot, double base) noexcept nogil
-cdef void softmax(float* x, int n) noexcept nogil
-cdef void silu_mul(float* a, const float* b, int64_t n) noexcept nogil
-cdef void attention(const isa_kernels_t* K, float* out, const float* q, const void* k_cache, const void* v_cache,
-                    float* att, int n_tok, int n_past, int n_head, int n_head_kv, int head_dim, int n_ctx, int f16,
-                    int nth) noexcept nogil
 cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok, float* logits,
                  bint all_logits) noexcept nogil
 cdef void shift_kv(const model_t* m, state_t* s, int n_keep, int n_discard) noexcept nogil

@@ -1,7 +1,9 @@
 # cython: language_level=3
-"""The LLaMA forward pass, compiled once for every ISA: matmul with prange over output
-rows, RMSNorm, RoPE (ggml mode 0), softmax, SiLU gate, causal attention over the KV
-cache, and the State that owns one sequence (tokens, n_past, logits, KV cache).
+"""The forward pass of every family, compiled once for every ISA: matmul with prange over
+output rows, the SiLU / GELU gate fused into it, the layer loop that strings together the
+elementwise operations and attention of _ops.pyx, and the State that owns one sequence
+(tokens, n_past, logits, KV cache). A family's differences are fields of model_t and
+layer_t (NULL or 0 where it has none), not copies of forward().
 
 The ISA-specific inner loops (dot products, attention's q.k and a*v) come from a
 KernelSet: an ISA unit's table with the generic unit's entries filling its gaps. How
@@ -13,7 +15,7 @@ buffers are typed memoryviews, the kernel table a capsule.
 """
 from libc.stdint cimport uint8_t, uint16_t, int32_t, int64_t
 from libc.string cimport memcpy, memmove, memset
-from libc.math cimport sqrtf, expf, cos, sin, pow
+from libc.math cimport sqrtf
 from libc.stdlib cimport malloc, free
 from cython.parallel cimport prange
 from cpython.pycapsule cimport PyCapsule_GetPointer
@@ -32,7 +34,9 @@ from guanaco_rt._kernels.ggml_blocks cimport (GGML_TYPE_F32, GGML_TYPE_F16, GGML
 from guanaco_rt._kernels._common cimport (gr_openmp_enabled, gr_omp_max_threads, gr_cpu_has_avx2, gr_cpu_features,
                                           GR_CPU_FEATURE_NAMES)
 from guanaco_rt._kernels._isa cimport isa_kernels_t, vec_dot_fn, vec_dot_x4_fn, dot_r8_fn, ISA_CAPSULE
-from guanaco_rt._kernels._quants cimport type_traits_t, type_traits, row_size, fp32_to_fp16, from_float_fn
+from guanaco_rt._kernels._quants cimport type_traits_t, type_traits, row_size, from_float_fn
+from guanaco_rt._kernels._ops cimport (team_threads, kv_layer, rmsnorm, rope, rope_freqs, silu_mul, gelu_mul,
+                                       store_kv, attention, add_bias, head_norm, add_residual)
 from guanaco_rt._kernels._governor cimport (gov_init, gov_set_threads, gov_reset, gov_prompt_start, gov_prompt_end,
                                             gov_token_start, gov_token_end, gov_layer_done, gov_last_one,
                                             gov_last_note, load_gov_t, load_reset, load_next, load_record, load_busy)
@@ -270,7 +274,7 @@ cdef void rows_q(const isa_kernels_t* K, float* out, const tensor_t* W, int64_t 
                 dot(n, out + t * out_stride + i, W.data + i * W.nb1, xq + t * xq_stride)
 
 cdef void matmul_q(const isa_kernels_t* K, float** outs, const tensor_t** Ws, int nw,
-                   const uint8_t* xq, int64_t xq_stride, int n_tok, int nth, bint glu) noexcept nogil:
+                   const uint8_t* xq, int64_t xq_stride, int n_tok, int nth, int glu) noexcept nogil:
     # Ws[w] @ xq -> outs[w] for the nw <= 3 tensors that share the input xq (wq/wk/wv, w1/w3):
     # one parallel region for all of them, over chunks of rows (whole groups of 8) that the
     # threads take as they come, 8 per thread and tensor. Not fixed slices: on a shared
@@ -279,7 +283,8 @@ cdef void matmul_q(const isa_kernels_t* K, float** outs, const tensor_t** Ws, in
     # (Each fork/join can cost tens of microseconds when libgomp throttles its spinning,
     # which it does once more of its threads exist than cores: e.g. sessions driven from
     # several Python threads.)
-    # glu (nw == 2, w1/w3 of equal ne1): then also outs[0] = silu(outs[0]) * outs[1], each
+    # glu (nw == 2, w1/w3 of equal ne1; GLU_SILU or GLU_GELU): then also outs[0] = silu(outs[0])
+    # * outs[1] (or gelu's), each
     # chunk of rows of both tensors in one task that gates its rows as it finishes. A separate
     # gate after the join ran on one thread while the other waited (11008 expf a token, 2% of
     # 7B q4_0 generation); per element it is the same silu_mul, so the result is too.
@@ -294,7 +299,7 @@ cdef void matmul_q(const isa_kernels_t* K, float** outs, const tensor_t** Ws, in
         for w in range(nw):
             rows_q(K, outs[w], Ws[w], 0, Ws[w].ne1, xq, xq_stride, n_tok)
         if glu:
-            gate_rows(outs, Ws[0].ne1, 0, Ws[0].ne1, n_tok)
+            gate_rows(outs, Ws[0].ne1, 0, Ws[0].ne1, n_tok, glu)
         return
     for w in range(nw):
         rows[w] = ((Ws[w].ne1 + 8 * nth - 1) // (8 * nth) + 7) // 8 * 8
@@ -313,16 +318,33 @@ cdef void matmul_q(const isa_kernels_t* K, float** outs, const tensor_t** Ws, in
         rows_q(K, outs[w], Ws[w], lo, hi, xq, xq_stride, n_tok)
         if glu:
             rows_q(K, outs[1], Ws[1], lo, hi, xq, xq_stride, n_tok)
-            gate_rows(outs, Ws[0].ne1, lo, hi, n_tok)
+            gate_rows(outs, Ws[0].ne1, lo, hi, n_tok, glu)
 
-cdef inline void gate_rows(float** outs, int64_t ne1, int64_t lo, int64_t hi, int n_tok) noexcept nogil:
-    # rows lo..hi-1 of every token: outs[0] = silu(outs[0]) * outs[1], both (n_tok, ne1)
+cdef inline void gate_rows(float** outs, int64_t ne1, int64_t lo, int64_t hi, int n_tok, int glu) noexcept nogil:
+    # rows lo..hi-1 of every token: outs[0] = silu(outs[0]) * outs[1] (GLU_GELU: gelu's), both (n_tok, ne1)
     cdef int t
     for t in range(n_tok):
-        silu_mul(outs[0] + t * ne1 + lo, outs[1] + t * ne1 + lo, hi - lo)
+        if glu == GLU_GELU:
+            gelu_mul(outs[0] + t * ne1 + lo, outs[1] + t * ne1 + lo, hi - lo)
+        else:
+            silu_mul(outs[0] + t * ne1 + lo, outs[1] + t * ne1 + lo, hi - lo)
+
+cdef void gate_par(float* a, const float* b, int64_t n, int nth, int glu) noexcept nogil:
+    # a = silu(a) * b (GLU_GELU: gelu_mul) on up to nth threads
+    cdef int64_t c, per
+    cdef float* ab[2]
+    ab[0], ab[1] = a, <float*>b
+    nth = team_threads(nth, n, 1, 1)          # one token's n_ff: on one thread (see matmul_q)
+    if nth < 2:
+        gate_rows(ab, n, 0, n, 1, glu)
+        return
+    per = (n + nth - 1) // nth
+    for c in prange(nth, schedule='static', num_threads=nth):
+        if c * per < n:
+            gate_rows(ab, n, c * per, min(n, c * per + per), 1, glu)
 
 cdef void matmul_n(const model_t* m, state_t* s, float** outs, const tensor_t** Ws, int nw,
-                   const float* x, int n_tok, bint glu) noexcept nogil:
+                   const float* x, int n_tok, int glu) noexcept nogil:
     # Ws[w] @ x (n_tok, ne0) -> outs[w] (n_tok, Ws[w].ne1), quantizing x once for all of them,
     # and with glu the gate outs[0] = silu(outs[0]) * outs[1] (see matmul_q); tensors that
     # pair with different activation formats run one after the other
@@ -330,9 +352,9 @@ cdef void matmul_n(const model_t* m, state_t* s, float** outs, const tensor_t** 
     for w in range(1, nw):
         if Ws[w].tt.vec_dot_type != vt or Ws[w].ne0 != Ws[0].ne0:
             for u in range(nw):
-                matmul_n(m, s, &outs[u], &Ws[u], 1, x, n_tok, False)
+                matmul_n(m, s, &outs[u], &Ws[u], 1, x, n_tok, GLU_NONE)
             if glu:
-                silu_mul_par(outs[0], outs[1], <int64_t>n_tok * Ws[0].ne1, s.nth)
+                gate_par(outs[0], outs[1], <int64_t>n_tok * Ws[0].ne1, s.nth, glu)
             return
     quantize_rows(m.k, s.act, s.act_stride, x, Ws[0].ne0, n_tok, vt, s.nth)
     matmul_q(m.k, outs, Ws, nw, s.act, s.act_stride, n_tok, s.nth, glu)
@@ -340,121 +362,7 @@ cdef void matmul_n(const model_t* m, state_t* s, float** outs, const tensor_t** 
 cdef inline void matmul(const model_t* m, state_t* s, float* out, const tensor_t* W, const float* x,
                         int n_tok) noexcept nogil:
     # W @ x (n_tok, W.ne0) -> out (n_tok, W.ne1)
-    matmul_n(m, s, &out, &W, 1, x, n_tok, False)
-
-# ---- elementwise ---------------------------------------------------------------
-cdef void rmsnorm(float* out, const float* x, const float* w, int n, float eps) noexcept nogil:
-    # out = x / sqrt(mean(x^2) + eps) * w
-    cdef double ss = 0.0
-    cdef int i
-    cdef float scale
-    for i in range(n):
-        ss += x[i] * x[i]
-    scale = 1.0 / sqrtf(<float>(ss / n) + eps)
-    for i in range(n):
-        out[i] = x[i] * scale * w[i]
-
-cdef void rope(float* x, int n_head, int head_dim, int n_rot, const double* freqs, int pos) noexcept nogil:
-    # ggml mode 0: in each head rotate adjacent pairs (x[2i], x[2i+1]), 2i < n_rot,
-    # by the angle pos * freqs[i] (rope_freqs)
-    cdef int h, i
-    cdef double theta, c, sn
-    cdef float x0, x1
-    cdef float* p
-    for i in range(n_rot // 2):
-        theta = pos * freqs[i]
-        c = cos(theta)
-        sn = sin(theta)
-        for h in range(n_head):
-            p = x + h * head_dim + 2 * i
-            x0 = p[0]
-            x1 = p[1]
-            p[0] = <float>(x0 * c - x1 * sn)
-            p[1] = <float>(x0 * sn + x1 * c)
-
-cdef void softmax(float* x, int n) noexcept nogil:
-    cdef float mx = x[0]
-    cdef double total = 0.0
-    cdef int i
-    cdef float inv
-    for i in range(1, n):
-        if x[i] > mx:
-            mx = x[i]
-    for i in range(n):
-        x[i] = expf(x[i] - mx)
-        total += x[i]
-    inv = <float>(1.0 / total)
-    for i in range(n):
-        x[i] *= inv
-
-cdef void silu_mul(float* a, const float* b, int64_t n) noexcept nogil:
-    # a = silu(a) * b, silu(z) = z / (1 + e^-z)
-    cdef int64_t i
-    for i in range(n):
-        a[i] = a[i] / (1.0 + expf(-a[i])) * b[i]
-
-cdef void silu_mul_par(float* a, const float* b, int64_t n, int nth) noexcept nogil:
-    cdef int64_t c, per
-    nth = team_threads(nth, n, 1, 1)          # one token's n_ff: on one thread (see matmul_q)
-    if nth < 2:
-        silu_mul(a, b, n)
-        return
-    per = (n + nth - 1) // nth
-    for c in prange(nth, schedule='static', num_threads=nth):
-        if c * per < n:
-            silu_mul(a + c * per, b + c * per, min(per, n - c * per))
-
-cdef void rope_freqs(double* out, int n_rot, double base) noexcept nogil:
-    # the RoPE frequencies, the one place they are computed: out[i] = base^(-2i/n_rot), i < n_rot/2
-    cdef int i
-    for i in range(n_rot // 2):
-        out[i] = pow(base, -2.0 * i / n_rot)
-
-# ---- attention -----------------------------------------------------------------------
-cdef void store_kv(void* cache, int64_t off, const float* src, int64_t n, int f16) noexcept nogil:
-    cdef int64_t i
-    cdef uint16_t* h
-    if f16:
-        h = (<uint16_t*>cache) + off
-        for i in range(n):
-            h[i] = fp32_to_fp16(src[i])
-    else:
-        memcpy((<float*>cache) + off, src, n * 4)
-
-cdef void attention(const isa_kernels_t* K, float* out, const float* q, const void* k_cache, const void* v_cache,
-                    float* att, int n_tok, int n_past, int n_head, int n_head_kv, int head_dim, int n_ctx, int f16,
-                    int nth) noexcept nogil:
-    # out (n_tok, n_embd) = per head softmax(q k^T / sqrt(head_dim)) v over positions 0..pos,
-    # pos = n_past + t (causal). k_cache, v_cache: this layer's (n_ctx, n_embd_kv), positions
-    # up to n_past + n_tok - 1 filled; query head h reads KV head h / (n_head / n_head_kv)
-    # (grouped-query attention; n_head_kv == n_head is plain multi-head). att: (n_head,
-    # n_ctx) scratch, a row per head.
-    cdef int h, t, pos, kvh
-    cdef int n_embd = n_head * head_dim
-    cdef int n_embd_kv = n_head_kv * head_dim
-    cdef int group = n_head // n_head_kv
-    cdef float scale = 1.0 / sqrtf(<float>head_dim)
-    cdef float* a
-    cdef float* o
-    nth = attention_threads(nth, n_head, head_dim, n_past, n_tok)
-    for h in prange(n_head, schedule='static', num_threads=nth):
-        a = att + h * n_ctx
-        kvh = h // group
-        for t in range(n_tok):
-            pos = n_past + t
-            K.kv_scores(a, q + t * n_embd + h * head_dim, k_cache, kvh * head_dim, n_embd_kv, pos + 1, head_dim,
-                        scale, f16)
-            softmax(a, pos + 1)
-            o = out + t * n_embd + h * head_dim
-            K.kv_mix(o, a, v_cache, kvh * head_dim, n_embd_kv, pos + 1, head_dim, f16)
-
-cdef int attention_threads(int nth, int n_head, int head_dim, int n_past, int n_tok) noexcept nogil:
-    # attention's team: n_tok queries against n_past + n_tok positions, each a q.k and an a*v
-    # over n_head heads of head_dim
-    return team_threads(nth, <int64_t>n_head * head_dim, <int64_t>n_past + n_tok, n_tok)
-
-cdef inline void* kv_layer(void* cache, int64_t off, int f16) noexcept nogil:
-    return <void*>((<uint16_t*>cache) + off) if f16 else <void*>((<float*>cache) + off)
+    matmul_n(m, s, &out, &W, 1, x, n_tok, GLU_NONE)
 
 # ---- forward -------------------------------------------------------------------------
 cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok, float* logits,
@@ -462,7 +370,10 @@ cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok,
     # tokens (n_tok <= n_batch,) at positions n_past.. -> logits (n_tok or 1, n_vocab). On
     # success the tokens join the sequence (n_past += n_tok) and 0 is returned; 1 when
     # cancelled: the cache past n_past is then partly written, the sequence unchanged.
-    cdef int E = m.n_embd, Ekv = m.n_embd_kv, n_past = s.n_past
+    # Each family's differences are fields of model_t / layer_t, NULL or 0 where it has none
+    # (LLaMA: all of them): biases, Q/K norms, post-norms, embedding scale, RoPE mode and
+    # per-layer frequencies, sliding window, GLU kind.
+    cdef int E = m.n_embd, Ekv = m.n_embd_kv, Eq = m.n_embd_q, n_past = s.n_past
     cdef int t, l, first
     cdef int64_t i, layer_off = <int64_t>s.n_ctx * Ekv
     cdef const layer_t* L
@@ -470,6 +381,9 @@ cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok,
     cdef const tensor_t* ws[3]
     s.have_logits = 0
     embed_rows(s.x, &m.tok_embeddings, tokens, n_tok, s.emb_row)
+    if m.embd_scale != 1.0:
+        for i in range(<int64_t>n_tok * E):
+            s.x[i] *= m.embd_scale
     for l in range(m.n_layer):
         if s.cancel or (m.file_fault != NULL and m.file_fault[0]):
             return 1
@@ -479,27 +393,30 @@ cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok,
             rmsnorm(s.xb + t * E, s.x + t * E, L.attention_norm, E, m.eps)
         outs[0], outs[1], outs[2] = s.q, s.k, s.v
         ws[0], ws[1], ws[2] = &L.wq, &L.wk, &L.wv
-        matmul_n(m, s, outs, ws, 3, s.xb, n_tok, False)
+        matmul_n(m, s, outs, ws, 3, s.xb, n_tok, GLU_NONE)
+        add_bias(s.q, L.bq, n_tok, Eq)
+        add_bias(s.k, L.bk, n_tok, Ekv)
+        add_bias(s.v, L.bv, n_tok, Ekv)
         for t in range(n_tok):
-            rope(s.q + t * E, m.n_head, m.head_dim, m.n_rot, m.freqs, n_past + t)
-            rope(s.k + t * Ekv, m.n_head_kv, m.head_dim, m.n_rot, m.freqs, n_past + t)
+            head_norm(s.q + t * Eq, L.q_norm, m.n_head, m.head_dim, m.eps)
+            head_norm(s.k + t * Ekv, L.k_norm, m.n_head_kv, m.head_dim, m.eps)
+            rope(s.q + t * Eq, m.n_head, m.head_dim, m.n_rot, L.freqs, n_past + t, m.rope_neox)
+            rope(s.k + t * Ekv, m.n_head_kv, m.head_dim, m.n_rot, L.freqs, n_past + t, m.rope_neox)
         store_kv(s.k_cache, l * layer_off + <int64_t>n_past * Ekv, s.k, <int64_t>n_tok * Ekv, s.kv_f16)
         store_kv(s.v_cache, l * layer_off + <int64_t>n_past * Ekv, s.v, <int64_t>n_tok * Ekv, s.kv_f16)
         attention(m.k, s.xb, s.q, kv_layer(s.k_cache, l * layer_off, s.kv_f16),
                   kv_layer(s.v_cache, l * layer_off, s.kv_f16), s.att, n_tok, n_past, m.n_head, m.n_head_kv,
-                  m.head_dim, s.n_ctx, s.kv_f16, s.nth)
+                  m.head_dim, s.n_ctx, s.kv_f16, s.nth, m.attn_scale, L.n_swa)
         matmul(m, s, s.xb2, &L.wo, s.xb, n_tok)
-        for i in range(<int64_t>n_tok * E):
-            s.x[i] += s.xb2[i]
+        add_residual(s.x, s.xb2, L.attn_post_norm, n_tok, E, m.eps)
         # feed-forward block
         for t in range(n_tok):
             rmsnorm(s.xb + t * E, s.x + t * E, L.ffn_norm, E, m.eps)
         outs[0], outs[1] = s.hb, s.hb2
         ws[0], ws[1] = &L.w1, &L.w3
-        matmul_n(m, s, outs, ws, 2, s.xb, n_tok, True)      # s.hb = silu(w1 @ xb) * (w3 @ xb)
+        matmul_n(m, s, outs, ws, 2, s.xb, n_tok, m.glu)     # s.hb = silu(w1 @ xb) * (w3 @ xb), or gelu's
         matmul(m, s, s.xb2, &L.w2, s.hb, n_tok)
-        for i in range(<int64_t>n_tok * E):
-            s.x[i] += s.xb2[i]
+        add_residual(s.x, s.xb2, L.ffn_post_norm, n_tok, E, m.eps)
         s.nth = gov_layer_done(&s.gov, s.nth, l + 1, m.n_layer)
     if s.cancel or (m.file_fault != NULL and m.file_fault[0]):
         return 1
@@ -545,7 +462,9 @@ cdef int decode_one(const model_t* m, state_t* s, int32_t tok) noexcept nogil:
 cdef void shift_kv(const model_t* m, state_t* s, int n_keep, int n_discard) noexcept nogil:
     # drop positions [n_keep, n_keep + n_discard) of the sequence: later K/V entries move down
     # and their keys are re-rotated by -n_discard positions (RoPE angles add), as if they
-    # had been evaluated n_discard positions earlier. Values only move. The logits stay valid.
+    # had been evaluated n_discard positions earlier, in the model's RoPE mode with each
+    # layer's frequencies. Values only move. The logits stay valid. A sliding-window layer
+    # keeps every position too (attention() looks at the last n_swa), so it shifts the same.
     cdef int E = m.n_embd_kv
     cdef int l, p
     cdef int64_t src, dst, layer_off = <int64_t>s.n_ctx * E
@@ -559,7 +478,7 @@ cdef void shift_kv(const model_t* m, state_t* s, int n_keep, int n_discard) noex
                 f16.to_float(<const uint16_t*>s.k_cache + src, tmp, E)
             else:
                 memcpy(tmp, <float*>s.k_cache + src, E * sizeof(float))
-            rope(tmp, m.n_head_kv, m.head_dim, m.n_rot, m.freqs, -n_discard)
+            rope(tmp, m.n_head_kv, m.head_dim, m.n_rot, m.layers[l].freqs, -n_discard, m.rope_neox)
             store_kv(s.k_cache, dst, tmp, E, s.kv_f16)
             if s.kv_f16:
                 memmove(<uint16_t*>s.v_cache + dst, <uint16_t*>s.v_cache + src, E * 2)
@@ -596,6 +515,10 @@ cdef const float* f32_vector(const uint8_t[::1] buf, str name, tuple spec, int n
         raise ValueError(f"{name}: expected F32 ({n},), got type {t.type} ({t.ne0}, {t.ne1})")
     return <const float*>t.data
 
+cdef const float* optional_vector(const uint8_t[::1] buf, str name, dict tensors, int n) except? NULL:
+    # f32_vector of tensors[name], NULL when the model has none
+    return f32_vector(buf, name, tensors[name], n) if name in tensors else NULL
+
 cdef check_matrix(tensor_t t, str name, int64_t ne0, int64_t ne1):
     if t.ne0 != ne0 or t.ne1 != ne1:
         raise ValueError(f"{name}: shape ({t.ne0}, {t.ne1}), expected ({ne0}, {ne1})")
@@ -618,16 +541,26 @@ cdef class Engine:
     only looked up). ``guard``: the GuardedBuffer ``buf`` reads through; once its
     file shrinks under it, every evaluation and decode loop stops at its next layer as if
     cancelled (the Model then raises ModelFileChangedError for that call).
+
+    The family (gguf_model.py) comes as keys of ``hparams``, each defaulting to LLaMA's:
+    ``head_dim`` (n_embd // n_head), ``rope_neox`` (False), ``glu`` ("silu" or "gelu"),
+    ``embd_scale`` (1), ``attn_scale`` (0: 1/sqrt(head_dim)), ``n_swa`` and ``swa_pattern``
+    (layer l has the window when l % swa_pattern < swa_pattern - 1; 0: none) with
+    ``rope_base_swa`` / ``rope_freq_scale_swa`` for those layers; and as optional tensors:
+    ``rope_freqs.weight`` (n_rot/2: each frequency divided by its factor, Llama 3),
+    per layer ``attention.wq.bias`` / ``wk`` / ``wv``, ``attention.q_norm.weight`` /
+    ``k_norm``, ``attention_post_norm.weight`` and ``ffn_post_norm.weight``.
     """
 
     def __cinit__(self, dict hparams, const uint8_t[::1] buf, dict tensors, KernelSet kernels, float eps=1e-6,
                   double rope_base=10000.0, double rope_freq_scale=1.0, bint repack=True, object inplace=None,
                   int n_threads=1, object release=None, GuardedBuffer guard=None):
-        cdef int l, E, Ekv, i, nw, use
+        cdef int l, E, Ekv, Eq, i, nw, use, n_swa, swa_pattern
         cdef double dt
         cdef layer_t* L
         cdef tensor_t* ws[7]
         cdef load_gov_t lg
+        cdef const float* factors
         self.m.layers = NULL
         self.buf = buf
         self.guard = guard
@@ -644,8 +577,19 @@ cdef class Engine:
         if min(self.m.n_vocab, E, self.m.n_head, self.m.n_head_kv, self.m.n_layer, self.m.n_ff) < 1 or \
                 E % self.m.n_head or self.m.n_head % self.m.n_head_kv:
             raise ValueError(f"bad model shape {hparams}")
-        self.m.head_dim = E // self.m.n_head
+        self.m.head_dim = hparams.get("head_dim", E // self.m.n_head)
+        if self.m.head_dim < 1:
+            raise ValueError(f"bad model shape {hparams}")
         self.m.n_embd_kv = Ekv = self.m.n_head_kv * self.m.head_dim
+        self.m.n_embd_q = Eq = self.m.n_head * self.m.head_dim
+        self.m.rope_neox = hparams.get("rope_neox", False)
+        glu = hparams.get("glu", "silu")
+        if glu not in ("silu", "gelu"):
+            raise ValueError(f"glu {glu!r} is not silu or gelu")
+        self.m.glu = GLU_GELU if glu == "gelu" else GLU_SILU
+        self.m.embd_scale = hparams.get("embd_scale", 1.0)
+        self.m.attn_scale = hparams.get("attn_scale", 0.0) or 1.0 / sqrtf(<float>self.m.head_dim)
+        n_swa, swa_pattern = hparams.get("n_swa", 0), hparams.get("swa_pattern", 0)
         if self.m.n_rot < 0 or self.m.n_rot % 2 or self.m.n_rot > self.m.head_dim:
             raise ValueError(f"n_rot {self.m.n_rot} must be even and <= head_dim {self.m.head_dim}")
         self.m.eps = eps
@@ -656,11 +600,19 @@ cdef class Engine:
         check_matrix(self.m.tok_embeddings, "tok_embeddings.weight", E, self.m.n_vocab)
         check_matrix(self.m.output, "output.weight", E, self.m.n_vocab)
         self.m.norm = f32_vector(buf, "norm.weight", tensors["norm.weight"], E)
-        self.freqs = np.zeros(max(1, self.m.n_rot // 2), np.float64)
-        rope_freqs(&self.freqs[0], self.m.n_rot, rope_base)
+        # row 0: every layer's RoPE frequencies; row 1: the sliding-window layers' (Gemma 3)
+        self.freqs = np.zeros((2, max(1, self.m.n_rot // 2)), np.float64)
+        rope_freqs(&self.freqs[0, 0], self.m.n_rot, rope_base)
+        rope_freqs(&self.freqs[1, 0], self.m.n_rot, hparams.get("rope_base_swa", rope_base))
         for i in range(self.m.n_rot // 2):      # linear RoPE scaling: positions divided by the factor
-            self.freqs[i] *= rope_freq_scale
-        self.m.freqs = &self.freqs[0]
+            self.freqs[0, i] *= rope_freq_scale
+            self.freqs[1, i] *= hparams.get("rope_freq_scale_swa", rope_freq_scale)
+        if "rope_freqs.weight" in tensors:      # Llama 3: ggml_rope_ext's freq_factors divide each frequency
+            factors = f32_vector(buf, "rope_freqs.weight", tensors["rope_freqs.weight"], max(1, self.m.n_rot // 2))
+            for i in range(self.m.n_rot // 2):
+                self.freqs[0, i] /= factors[i]
+                self.freqs[1, i] /= factors[i]
+        self.m.freqs = &self.freqs[0, 0]
         self.m.layers = <layer_t*>malloc(self.m.n_layer * sizeof(layer_t))
         if self.m.layers == NULL:
             raise MemoryError()
@@ -674,15 +626,24 @@ cdef class Engine:
             L.w1 = make_tensor(buf, p + "feed_forward.w1.weight", tensors[p + "feed_forward.w1.weight"])
             L.w2 = make_tensor(buf, p + "feed_forward.w2.weight", tensors[p + "feed_forward.w2.weight"])
             L.w3 = make_tensor(buf, p + "feed_forward.w3.weight", tensors[p + "feed_forward.w3.weight"])
-            check_matrix(L.wq, p + "attention.wq.weight", E, E)
+            check_matrix(L.wq, p + "attention.wq.weight", E, Eq)
             check_matrix(L.wk, p + "attention.wk.weight", E, Ekv)
             check_matrix(L.wv, p + "attention.wv.weight", E, Ekv)
-            check_matrix(L.wo, p + "attention.wo.weight", E, E)
+            check_matrix(L.wo, p + "attention.wo.weight", Eq, E)
             check_matrix(L.w1, p + "feed_forward.w1.weight", E, self.m.n_ff)
             check_matrix(L.w3, p + "feed_forward.w3.weight", E, self.m.n_ff)
             check_matrix(L.w2, p + "feed_forward.w2.weight", self.m.n_ff, E)
             L.attention_norm = f32_vector(buf, p + "attention_norm.weight", tensors[p + "attention_norm.weight"], E)
             L.ffn_norm = f32_vector(buf, p + "ffn_norm.weight", tensors[p + "ffn_norm.weight"], E)
+            L.bq = optional_vector(buf, p + "attention.wq.bias", tensors, Eq)
+            L.bk = optional_vector(buf, p + "attention.wk.bias", tensors, Ekv)
+            L.bv = optional_vector(buf, p + "attention.wv.bias", tensors, Ekv)
+            L.q_norm = optional_vector(buf, p + "attention.q_norm.weight", tensors, self.m.head_dim)
+            L.k_norm = optional_vector(buf, p + "attention.k_norm.weight", tensors, self.m.head_dim)
+            L.attn_post_norm = optional_vector(buf, p + "attention_post_norm.weight", tensors, E)
+            L.ffn_post_norm = optional_vector(buf, p + "ffn_post_norm.weight", tensors, E)
+            L.n_swa = n_swa if swa_pattern > 0 and l % swa_pattern < swa_pattern - 1 else 0
+            L.freqs = &self.freqs[1 if L.n_swa else 0, 0]
         self.copies = []
         self.repacked = []
         self.load_threads = {"threads": n_threads, "one_thread_tensors": 0, "multi_thread_tensors": 0,
@@ -777,14 +738,16 @@ cdef class State:
         self.v_cache = np.zeros(kv_bytes, np.uint8)
         self.tokens_buf = np.zeros(n_ctx, np.int32)
         self.logits_buf = np.zeros(m.n_vocab, np.float32)
-        self.x, self.xb, self.xb2, self.q = [np.zeros((n_batch, E), np.float32) for _ in range(4)]
+        self.x, self.xb2 = [np.zeros((n_batch, E), np.float32) for _ in range(2)]
+        self.xb = np.zeros((n_batch, max(E, m.n_embd_q)), np.float32)
+        self.q = np.zeros((n_batch, m.n_embd_q), np.float32)
         self.k, self.v = [np.zeros((n_batch, m.n_embd_kv), np.float32) for _ in range(2)]
         self.att = np.zeros((m.n_head, n_ctx), np.float32)
         self.hb = np.zeros((n_batch, m.n_ff), np.float32)
         self.hb2 = np.zeros((n_batch, m.n_ff), np.float32)
         # activations of any format take at most 4 bytes per element (f32 for f16 weights; q8_1
         # 1.25, plus 1 in the first row of a group of 4 for its packed scales, pack_q8_1_x4)
-        self.s.act_stride = max(m.n_embd, m.n_ff) * 4
+        self.s.act_stride = max(m.n_embd, m.n_embd_q, m.n_ff) * 4
         self.act = np.zeros(n_batch * self.s.act_stride, np.uint8)
         self.emb_row = np.zeros(m.tok_embeddings.nb1, np.uint8)
         self.s.n_ctx = n_ctx

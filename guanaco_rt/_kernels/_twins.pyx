@@ -7,13 +7,13 @@ import numpy as np
 
 from guanaco_rt.errors import InvalidRequestError
 
-from guanaco_rt._kernels._engine cimport (KernelSet, tensor_t, quantize_rows, matmul_q, repack_r8, r8_parts, rmsnorm,
-                                          rope, rope_freqs, softmax, silu_mul, attention, attention_threads,
-                                          embed_rows)
+from guanaco_rt._kernels._engine cimport KernelSet, tensor_t, quantize_rows, matmul_q, repack_r8, r8_parts, embed_rows
+from guanaco_rt._kernels._ops cimport rmsnorm, rope, rope_freqs, softmax, silu_mul, attention, attention_threads
 from guanaco_rt._kernels._governor cimport (gov_t, gov_last_t, gov_init, gov_next, gov_record, gov_threads,
                                             gov_probe_judge, gov_pick, gov_try_check, team_run_wait,
                                             load_gov_t, load_reset, load_next, load_record, load_busy, monotonic)
 from libc.string cimport memset
+from libc.math cimport sqrtf
 from guanaco_rt._kernels._quants cimport type_traits_t, type_traits, row_size
 from guanaco_rt._kernels.ggml_blocks cimport GGML_TYPE_Q8_1
 
@@ -174,8 +174,8 @@ def rmsnorm_twin(const float[::1] x, const float[::1] w, float eps):
     return out
 
 
-def rope_twin(float[:, ::1] x, int n_head, int n_rot, int n_past, double base=10000.0):
-    """in place on x (n_tok, n_embd); token t sits at position n_past + t"""
+def rope_twin(float[:, ::1] x, int n_head, int n_rot, int n_past, double base=10000.0, bint neox=False):
+    """in place on x (n_tok, n_embd); token t sits at position n_past + t; neox: rotate halves"""
     if n_head < 1 or x.shape[1] % n_head or n_rot < 0 or n_rot > x.shape[1] // n_head or n_rot % 2:
         raise ValueError("bad rope shape")
     cdef int hd = x.shape[1] // n_head
@@ -183,7 +183,7 @@ def rope_twin(float[:, ::1] x, int n_head, int n_rot, int n_past, double base=10
     rope_freqs(&f[0], n_rot, base)
     cdef int t
     for t in range(x.shape[0]):
-        rope(&x[t, 0], n_head, hd, n_rot, &f[0], n_past + t)
+        rope(&x[t, 0], n_head, hd, n_rot, &f[0], n_past + t, neox)
 
 
 def softmax_twin(float[::1] x):
@@ -199,9 +199,9 @@ def silu_mul_twin(float[::1] a, const float[::1] b):
 
 
 def attention_twin(KernelSet K, const float[:, ::1] q, k_cache, v_cache, int n_past, int n_head, int n_threads=1,
-                   n_head_kv=None):
+                   n_head_kv=None, int n_swa=0):
     """q (n_tok, n_embd); k_cache, v_cache (n_ctx, n_embd_kv) float32 or float16, filled up
-    to n_past + n_tok -> (n_tok, n_embd)"""
+    to n_past + n_tok -> (n_tok, n_embd); n_swa > 0: each query sees the last n_swa positions"""
     cdef int n_tok = q.shape[0]
     cdef int E = q.shape[1]
     cdef int hkv = n_head if n_head_kv is None else n_head_kv
@@ -221,7 +221,7 @@ def attention_twin(KernelSet K, const float[:, ::1] q, k_cache, v_cache, int n_p
     cdef float[:, ::1] a = np.zeros((n_head, n_ctx), dtype=np.float32)
     with nogil:
         attention(&K.k, &o[0, 0], &q[0, 0], &kc[0], &vc[0], &a[0, 0], n_tok, n_past, n_head, hkv, E // n_head,
-                  n_ctx, f16, max(1, n_threads))
+                  n_ctx, f16, max(1, n_threads), 1.0 / sqrtf(<float>(E // n_head)), n_swa)
     return out
 
 

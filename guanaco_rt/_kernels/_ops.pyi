@@ -1,0 +1,1 @@
+# _ops has no Python-visible names: its functions are cdef, cimported by _engine and _twins.
