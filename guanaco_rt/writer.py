@@ -14,10 +14,13 @@ import numpy as np
 
 from .ggml_file import ALIGNMENT, GGJT_VERSION, MAGIC_GGJT, HParams, expected_shapes
 from .ggml_types import (
+    BF16,
     F16,
     F32,
     FTYPE_BY_NAME,
     GGML_TYPES,
+    IQ4_NL,
+    IQ4_XS,
     Q2_K,
     Q3_K,
     Q4_0,
@@ -46,6 +49,8 @@ _SCALE_SPREAD = {
     Q4_K: (167.0, 7.5),       # dmin = 7.5 d
     Q5_K: (335.0, 15.5),      # dmin = 15.5 d
     Q6_K: (1350.0, None),
+    IQ4_NL: (67.4, None),     # the RMS of kvalues_iq4nl
+    IQ4_XS: (1246.0, None),   # times that of the sub-block scales, -32..31
 }
 
 
@@ -59,6 +64,9 @@ def random_tensor_bytes(ttype, shape, rng, std=None):
         return (rng.standard_normal(ne0 * n_rows, dtype=np.float32) * std).astype("<f4").tobytes()
     if ttype == F16:
         return (rng.standard_normal(ne0 * n_rows, dtype=np.float32) * std).astype("<f2").tobytes()
+    if ttype == BF16:          # the top halves of f32 values (truncated)
+        x = (rng.standard_normal(ne0 * n_rows, dtype=np.float32) * std).astype("<f4")
+        return (x.view("<u4") >> 16).astype("<u2").tobytes()
     t = GGML_TYPES[ttype]
     nb = ne0 // t.blck_size * n_rows
     raw = np.frombuffer(rng.bytes(nb * t.type_size), dtype=np.uint8).reshape(nb, t.type_size).copy()
