@@ -27,7 +27,8 @@ def blocks(draw, ttype, n_blocks=None, scale_lo=1e-3, scale_hi=1.0, any_finite_s
     if ttype == T.F16:
         vals = draw(st.lists(finite_f16(-100, 100), min_size=n, max_size=n))
         return np.array(vals, np.float16).tobytes(), n
-    if ttype == T.BF16:            # finite floats cut to their top 16 bits
+    if ttype == T.BF16:            # finite floats cut to their top 16 bits; rows long enough for the vector loops
+        n = draw(st.integers(1, 300)) if n_blocks is None else n
         vals = np.array(draw(st.lists(st.floats(-100, 100, width=32), min_size=n, max_size=n)), np.float32)
         return (vals.view(np.uint32) >> 16).astype(np.uint16).tobytes(), n
     seed = draw(st.integers(0, 2**32 - 1))
