@@ -192,9 +192,9 @@ def _r8_parts(ttype):
         return [(2, 2), (2, 2), (12, 4)] + [(32, 4)] * (ttype == 13) + [(128, 4)]   # d, dmin, scales, (qh,) qs
     if ttype == 8:
         return [(2, 2), (32, 4)]                                                    # d, qs
-    if ttype == 23:
+    if ttype == 23:                                                                 # (IQ4_NL: as Q4_0, below)
         return [(2, 2), (2, 2), (4, 4), (128, 4)]                                     # d, scales_h, scales_l, qs
-    return [(2, 2)] * (2 if ttype in (3, 7) else 1) + [(4, 4)] * (ttype in (6, 7)) + [(16, 4)]  # d (, m) (, qh), qs (IQ4_NL: as Q4_0)
+    return [(2, 2)] * (2 if ttype in (3, 7) else 1) + [(4, 4)] * (ttype in (6, 7)) + [(16, 4)]  # d (, m) (, qh), qs
 
 
 def interleave_r8(raw, ttype, ne0, ne1):

@@ -474,8 +474,10 @@ def block_layouts():
         "Q8_K": (sizeof(b8k), {"d": <size_t>&b8k.d - <size_t>&b8k, "qs": <size_t>&b8k.qs - <size_t>&b8k,
                                "bsums": <size_t>&b8k.bsums - <size_t>&b8k}),
         "IQ4_NL": (sizeof(bnl), {"d": <size_t>&bnl.d - <size_t>&bnl, "qs": <size_t>&bnl.qs - <size_t>&bnl}),
-        "IQ4_XS": (sizeof(bxs), {"d": <size_t>&bxs.d - <size_t>&bxs, "scales_h": <size_t>&bxs.scales_h - <size_t>&bxs,
-                                 "scales_l": <size_t>&bxs.scales_l - <size_t>&bxs, "qs": <size_t>&bxs.qs - <size_t>&bxs}),
+        "IQ4_XS": (sizeof(bxs), {"d": <size_t>&bxs.d - <size_t>&bxs,
+                                 "scales_h": <size_t>&bxs.scales_h - <size_t>&bxs,
+                                 "scales_l": <size_t>&bxs.scales_l - <size_t>&bxs,
+                                 "qs": <size_t>&bxs.qs - <size_t>&bxs}),
     }
 
 
