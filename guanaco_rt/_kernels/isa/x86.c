@@ -5,8 +5,8 @@
  *             avx_vnni body, run on CPUs with AVX-512 but without AVX-VNNI)
  *   avx512    GR_WIDTH=512, AVX-512 F/BW/VL/DQ + VNNI + VBMI
  * What it holds: the attention loops (kv_scores, kv_mix) at 8 or 16 floats a register, the q8_1
- * activation quantizer, and the 8-row interleaved kernels (dot_r8, dot_r8_x4) of every weight
- * type, in x86_r8.h: each type's body written once, instantiated by the compiler per token count
+ * activation quantizer, BF16's one-row vec_dot, and the 8-row interleaved kernels (dot_r8, dot_r8_x4)
+ * of every quantized weight type, in x86_r8.h: each type's body written once, instantiated by the compiler per token count
  * (1, 4) and, through the vector layer below, per width. A unit declares the layout it wants by
  * what its table fills: every weight type here is interleaved 8 rows at a time at load, so the
  * one-row kernels (vec_dot) come from the fallback unit, generic, for the few tail rows of a
