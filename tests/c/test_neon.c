@@ -104,6 +104,7 @@ static int r8_parts(int type, int *size, int *step) {
         {GGML_TYPE_Q4_K, 4, 2, 2, 2, 2, 12, 4, 128, 4},
         {GGML_TYPE_Q5_K, 5, 2, 2, 2, 2, 12, 4, 32, 4, 128, 4},
         {GGML_TYPE_Q6_K, 4, 128, 4, 64, 4, 16, 2, 2, 2},
+        {GGML_TYPE_IQ4_NL, 2, 2, 2, 16, 4},
     };
     for (size_t k = 0; k < sizeof P / sizeof P[0]; k++) {
         if (P[k][0] != type)

@@ -474,6 +474,7 @@ INSTANCES_R8(dot_r8_k, q2_K, GGML_TYPE_Q2_K)
 INSTANCES_R8(dot_r8_k, q4_K, GGML_TYPE_Q4_K)
 INSTANCES_R8(dot_r8_k, q5_K, GGML_TYPE_Q5_K)
 INSTANCES_R8(dot_r8_k, q6_K, GGML_TYPE_Q6_K)
+INSTANCES_R8(dot_r8_32, iq4_nl, GGML_TYPE_IQ4_NL)
 
 #define ROW(TYPE, name) [TYPE] = {.vec_dot = vec_dot_##name##_neon, .vec_dot_x4 = vec_dot_x4_##name##_neon}
 #define ROW_R8(TYPE, name)                                                                                     \
@@ -502,7 +503,7 @@ const isa_kernels_t NEON_TABLE = {
         ROW_R8(GGML_TYPE_Q4_0, q4_0), ROW_R8(GGML_TYPE_Q4_1, q4_1), ROW(GGML_TYPE_Q5_0, q5_0),
         ROW(GGML_TYPE_Q5_1, q5_1), ROW_R8(GGML_TYPE_Q8_0, q8_0), ROW_R8(GGML_TYPE_Q2_K, q2_K),
         ROW(GGML_TYPE_Q3_K, q3_K), ROW_R8(GGML_TYPE_Q4_K, q4_K), ROW_R8(GGML_TYPE_Q5_K, q5_K),
-        ROW_R8(GGML_TYPE_Q6_K, q6_K), ROW(GGML_TYPE_IQ4_NL, iq4_nl), ROW(GGML_TYPE_IQ4_XS, iq4_xs),
+        ROW_R8(GGML_TYPE_Q6_K, q6_K), ROW_R8(GGML_TYPE_IQ4_NL, iq4_nl), ROW(GGML_TYPE_IQ4_XS, iq4_xs),
     },
     .kv_scores = kv_scores_neon,
     .kv_mix = kv_mix_neon,

@@ -5,10 +5,11 @@
  *             avx_vnni body, run on CPUs with AVX-512 but without AVX-VNNI)
  *   avx512    GR_WIDTH=512, AVX-512 F/BW/VL/DQ + VNNI + VBMI
  * What it holds: the attention loops (kv_scores, kv_mix) at 8 or 16 floats a register, the q8_1
- * activation quantizer, BF16's one-row vec_dot, and the 8-row interleaved kernels (dot_r8, dot_r8_x4)
- * of every quantized weight type, in x86_r8.h: each type's body written once, instantiated by the compiler per token count
- * (1, 4) and, through the vector layer below, per width. A unit declares the layout it wants by
- * what its table fills: every weight type here is interleaved 8 rows at a time at load, so the
+ * activation quantizer, BF16's one-row vec_dot, and the 8-row interleaved kernels (dot_r8,
+ * dot_r8_x4) of every quantized weight type, in x86_r8.h: each type's body written once,
+ * instantiated by the compiler per token count (1, 4) and, through the vector layer below, per
+ * width. A unit declares the layout it wants by what its table fills: every quantized weight type
+ * here is interleaved 8 rows at a time at load, so the
  * one-row kernels (vec_dot) come from the fallback unit, generic, for the few tail rows of a
  * matrix whose row count is not a multiple of 8 (_engine.rows_q).
  *
@@ -47,8 +48,9 @@ typedef __m512 vf;
 #define vf_fma(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define vf_add(a, b) _mm512_add_ps(a, b)
 #define vf_load_f16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
-#define vf_load_bf16(p) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
-#define vi_bcast16(p) _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(p)))   /* 16 bytes in each 128-bit lane */
+#define vf_load_bf16(p) \
+    _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
+#define vi_bcast16(p) _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(p)))   /* 16 bytes, each 128-bit lane */
 #define vi_shuffle8(t, i) _mm512_shuffle_epi8(t, i)                                   /* within each 128-bit lane */
 static inline float vf_hsum(vf x);
 /* Two steps of an 8-row block in one register, lane 2r holding row r's 4 weights of the first

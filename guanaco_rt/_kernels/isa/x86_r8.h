@@ -447,8 +447,10 @@ ALWAYS_INLINE void r8_iq4_nl(int T, int n, float *s, int64_t s_stride, const voi
         for (int k = 0; k < 4; k += STEPS) {
             vi wl, wh;
             iq4_step(lut, b->qs + 32 * k, &wl, &wh);
-            for (int t = 0; t < T; t++)
-                sum[t] = sdot(sdot(sum[t], wl, bcast_step(y[t][i].qs + 4 * k)), wh, bcast_step(y[t][i].qs + 16 + 4 * k));
+            for (int t = 0; t < T; t++) {
+                const int8_t *q8 = y[t][i].qs + 4 * k;
+                sum[t] = sdot(sdot(sum[t], wl, bcast_step(q8)), wh, bcast_step(q8 + 16));
+            }
         }
         const __m256 d8 = f16x8(b->d);
         for (int t = 0; t < T; t++)
