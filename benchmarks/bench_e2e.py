@@ -10,6 +10,9 @@ of the same tensors (guanaco_rt.writer.ggjt_to_gguf):
     python benchmarks/bench_e2e.py --gguf --ftype q4_0 q4_K_M q8_0 q2_K q5_K_M q6_K \
         --runtimes guanaco_rt llama.cpp --peer-python PY --repeat 3
 
+The types only GGUF has (iq4_nl, iq4_xs, bf16) are GGUF copies of the q4_0 file's shapes with
+random blocks of the type: --ftype iq4_nl iq4_xs.
+
 The file is written with guanaco_rt's writer if missing (benchmarks/models/). Peers
 are looked up in --peer-python (default: this interpreter); a missing peer is skipped.
 Prints a Markdown table with the ratios to llama.cpp (else to the first runtime).
@@ -78,10 +81,19 @@ print(json.dumps({"load_s": load, "prompt_tps": n_prompt / tp, "gen_tps": n_gen 
 '''
 
 
+# types no ggjt file has: GGUF only, the q4_0 file's tensors as random blocks of the type
+RETYPED = {"iq4_nl": 20, "iq4_xs": 23, "bf16": 30}
+
+
 def model_path(ftype, models_dir, gguf=False):
     path = os.path.join(models_dir, f"random-7B.ggmlv3.{ftype}.bin")
     copy = os.path.join(models_dir, f"random-7B.{ftype}.gguf")
-    if gguf and os.path.exists(copy):
+    if (gguf or ftype in RETYPED) and os.path.exists(copy):
+        return copy
+    if ftype in RETYPED:
+        from guanaco_rt.writer import ggjt_to_gguf
+        print(f"writing {copy} ...", file=sys.stderr)
+        ggjt_to_gguf(model_path("q4_0", models_dir), copy, retype=RETYPED[ftype])
         return copy
     if not os.path.exists(path):
         from guanaco_rt.writer import write_random_model

@@ -47,8 +47,9 @@ class GGMLType:
 
 F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1 = 0, 1, 2, 3, 6, 7, 8, 9
 Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K = 10, 11, 12, 13, 14, 15
+IQ4_NL, IQ4_XS, BF16 = 20, 23, 30
 
-H, U8, I8, I16, F = "<f2", "u1", "i1", "<i2", "<f4"
+H, U8, I8, I16, U16, F = "<f2", "u1", "i1", "<i2", "<u2", "<f4"
 GGML_TYPES = {t.id: t for t in [
     GGMLType(F32, "F32", 1, F32, True, (("x", F, 1),)),
     GGMLType(F16, "F16", 1, F32, True, (("x", H, 1),)),
@@ -67,6 +68,11 @@ GGML_TYPES = {t.id: t for t in [
                                               ("qs", U8, 128))),
     GGMLType(Q6_K, "Q6_K", QK_K, Q8_K, True, (("ql", U8, 128), ("qh", U8, 64), ("scales", I8, 16), ("d", H, 1))),
     GGMLType(Q8_K, "Q8_K", QK_K, Q8_K, False, (("d", F, 1), ("qs", I8, 256), ("bsums", I16, 16))),
+    # the non-linear 4-bit types (values from kvalues_iq4nl) and bfloat16 (bits only: NumPy has no bf16)
+    GGMLType(IQ4_NL, "IQ4_NL", 32, Q8_1, True, (("d", H, 1), ("qs", U8, 16))),
+    GGMLType(IQ4_XS, "IQ4_XS", QK_K, Q8_K, True, (("d", H, 1), ("scales_h", U16, 1), ("scales_l", U8, 4),
+                                                  ("qs", U8, 128))),
+    GGMLType(BF16, "BF16", 1, F32, True, (("x", U16, 1),)),
 ]}
 TYPE_BY_NAME = {t.name: t for t in GGML_TYPES.values()}
 
@@ -169,7 +175,7 @@ def tensor_type_for(ftype_name, name, shape, layer, n_layer):
 # The engine interleaves each 8 rows of an R8_TYPES weight (every quantized type) at load, for
 # kernels that put 8 rows in the 8 lanes of one register (the last ne1 % 8 rows stay as they are, after the
 # groups); these two functions are the layout's spec.
-R8_TYPES = (2, 3, 6, 7, 8, 10, 11, 12, 13, 14)   # Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K ... Q6_K
+R8_TYPES = (2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 20, 23)   # Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K ... Q6_K, IQ4_NL, IQ4_XS
 
 
 def _r8_parts(ttype):
@@ -186,6 +192,8 @@ def _r8_parts(ttype):
         return [(2, 2), (2, 2), (12, 4)] + [(32, 4)] * (ttype == 13) + [(128, 4)]   # d, dmin, scales, (qh,) qs
     if ttype == 8:
         return [(2, 2), (32, 4)]                                                    # d, qs
+    if ttype == 23:                                                                 # (IQ4_NL: as Q4_0, below)
+        return [(2, 2), (2, 2), (4, 4), (128, 4)]                                     # d, scales_h, scales_l, qs
     return [(2, 2)] * (2 if ttype in (3, 7) else 1) + [(4, 4)] * (ttype in (6, 7)) + [(16, 4)]  # d (, m) (, qh), qs
 
 

@@ -14,10 +14,13 @@ import numpy as np
 
 from .ggml_file import ALIGNMENT, GGJT_VERSION, MAGIC_GGJT, HParams, expected_shapes
 from .ggml_types import (
+    BF16,
     F16,
     F32,
     FTYPE_BY_NAME,
     GGML_TYPES,
+    IQ4_NL,
+    IQ4_XS,
     Q2_K,
     Q3_K,
     Q4_0,
@@ -46,6 +49,8 @@ _SCALE_SPREAD = {
     Q4_K: (167.0, 7.5),       # dmin = 7.5 d
     Q5_K: (335.0, 15.5),      # dmin = 15.5 d
     Q6_K: (1350.0, None),
+    IQ4_NL: (67.4, None),     # the RMS of kvalues_iq4nl
+    IQ4_XS: (1246.0, None),   # times that of the sub-block scales, -32..31
 }
 
 
@@ -59,6 +64,9 @@ def random_tensor_bytes(ttype, shape, rng, std=None):
         return (rng.standard_normal(ne0 * n_rows, dtype=np.float32) * std).astype("<f4").tobytes()
     if ttype == F16:
         return (rng.standard_normal(ne0 * n_rows, dtype=np.float32) * std).astype("<f2").tobytes()
+    if ttype == BF16:          # the top halves of f32 values (truncated)
+        x = (rng.standard_normal(ne0 * n_rows, dtype=np.float32) * std).astype("<f4")
+        return (x.view("<u4") >> 16).astype("<u2").tobytes()
     t = GGML_TYPES[ttype]
     nb = ne0 // t.blck_size * n_rows
     raw = np.frombuffer(rng.bytes(nb * t.type_size), dtype=np.uint8).reshape(nb, t.type_size).copy()
@@ -253,7 +261,7 @@ def add_spm_vocab(w, pieces, bos_id=1, eos_id=2, unk_id=None):
         w.add_unk_token_id(unk_id)
 
 
-def ggjt_to_gguf(src, dst, eps=1e-6, n_ctx=2048):
+def ggjt_to_gguf(src, dst, eps=1e-6, n_ctx=2048, retype=None):
     """Write a GGUF v3 copy of the ggjt v3 file ``src`` to ``dst``: the same tensor bytes
     under GGUF's names, the hparams as ``llama.*`` keys (``eps``: the RMSNorm epsilon, which
     ggjt files do not store; guanaco_rt and the 2023 llama.cpp use 1e-6) and the vocab
@@ -261,7 +269,9 @@ def ggjt_to_gguf(src, dst, eps=1e-6, n_ctx=2048):
     give the same logits.
 
     Tensors are copied as they are: the ggjt Q/K rows are already in the order GGUF's llama
-    files use (ggml's RoPE on adjacent pairs).
+    files use (ggml's RoPE on adjacent pairs). ``retype``: a ggml type id; every quantized 2-D
+    tensor becomes random blocks of that type instead (a file of a type ggjt never had, for
+    benchmarks: IQ4_NL, IQ4_XS, BF16).
     """
     import gguf
 
@@ -290,14 +300,17 @@ def ggjt_to_gguf(src, dst, eps=1e-6, n_ctx=2048):
         w.add_layer_norm_rms_eps(eps)
         add_spm_vocab(w, rebuild_pieces(f.vocab, src), unk_id=0)
         buf = np.frombuffer(mm, np.uint8)
+        rng = np.random.default_rng(7)
         for name, t in f.tensors.items():
             layer = name.split(".", 2)
             gname = f"blk.{layer[1]}.{to_gguf[layer[2]]}" if layer[0] == "layers" else to_gguf[name]
-            data = buf[t.offset:t.offset + t.nbytes]
-            if t.type == F32:
+            data, ttype = buf[t.offset:t.offset + t.nbytes], t.type
+            if retype is not None and t.type != F32 and len(t.shape) == 2:
+                data, ttype = np.frombuffer(random_tensor_bytes(retype, t.shape, rng), np.uint8), retype
+            if ttype == F32:
                 w.add_tensor(gname, data.view(np.float32).reshape(tuple(reversed(t.shape))))
             else:
-                w.add_tensor(gname, data.reshape(t.n_rows, -1), raw_dtype=gguf.GGMLQuantizationType(t.type))
+                w.add_tensor(gname, data.reshape(t.n_rows, -1), raw_dtype=gguf.GGMLQuantizationType(ttype))
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()

@@ -8,7 +8,7 @@ from guanaco_rt import ggml_types as T
 F16_FIELDS = {t.id: [t.offset(f) for f in t.scale_fields] for t in T.GGML_TYPES.values()
               if t.weight and t.blck_size > 1}
 QUANT_WEIGHT_TYPES = sorted(F16_FIELDS)
-ALL_WEIGHT_TYPES = [T.F32, T.F16] + QUANT_WEIGHT_TYPES
+ALL_WEIGHT_TYPES = [T.F32, T.F16, T.BF16] + QUANT_WEIGHT_TYPES
 
 
 def finite_f16(lo=-65504.0, hi=65504.0):
@@ -27,6 +27,10 @@ def blocks(draw, ttype, n_blocks=None, scale_lo=1e-3, scale_hi=1.0, any_finite_s
     if ttype == T.F16:
         vals = draw(st.lists(finite_f16(-100, 100), min_size=n, max_size=n))
         return np.array(vals, np.float16).tobytes(), n
+    if ttype == T.BF16:            # finite floats cut to their top 16 bits; rows long enough for the vector loops
+        n = draw(st.integers(1, 300)) if n_blocks is None else n
+        vals = np.array(draw(st.lists(st.floats(-100, 100, width=32), min_size=n, max_size=n)), np.float32)
+        return (vals.view(np.uint32) >> 16).astype(np.uint16).tobytes(), n
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     raw = rng.integers(0, 256, size=(nb, t.type_size), dtype=np.uint8)

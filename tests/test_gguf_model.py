@@ -21,6 +21,11 @@ CASES = {
     "mha-q4_0-linear-scaling": dict(n_head_kv=6, wtype=T.Q4_0, scaling=("linear", 4.0)),
     "gqa-k-quants": dict(n_embd=256, n_head=8, n_head_kv=4, n_ff=512, wtype=T.Q4_K, emb_type=T.Q6_K, eps=1e-6),
     "mqa-q5_0": dict(n_head_kv=1, wtype=T.Q5_0),
+    # the types llama.cpp's k-quant files of widths not a multiple of 256 fall back to, and BF16 originals
+    "gqa-tied-iq4_nl": dict(wtype=T.IQ4_NL, emb_type=T.IQ4_NL),
+    "gqa-untied-iq4_xs": dict(n_embd=256, n_head=8, n_head_kv=4, n_ff=512, wtype=T.IQ4_XS, emb_type=T.IQ4_XS,
+                              tied=False),
+    "gqa-tied-bf16": dict(wtype=T.BF16, emb_type=T.BF16),
 }
 
 

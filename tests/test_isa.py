@@ -173,6 +173,21 @@ def test_x86_units_give_the_same_bits_at_every_width(isa, ttype, data, nb, group
     assert np.array_equal(ours, E.matmul_twin(kernel_set("avx2"), ttype, w, ne0, ne1, x, 1, interleave=True))
 
 
+@given(data=st.data())
+@settings(max_examples=50)
+def test_x86_bf16_rows_give_the_same_bits_at_every_width(data):
+    # bf16 matrices stay one row a row (no interleave); the x86 vec_dot sums in 16 lanes at both widths
+    units = [u for u in X86_UNITS if u in available_isas()]
+    if len(units) < 2:
+        pytest.skip("no second x86 unit runs on this CPU")
+    raw, n = data.draw(blocks(T.BF16))
+    x = data.draw(vectors(n))
+    w = np.frombuffer(raw, np.uint8)
+    got = {u: E.vec_dot(kernel_set(u), T.BF16, w, x.view(np.uint8), n) for u in units}
+    assert all(kernel_set(u).sources[(T.BF16, "vec_dot")] == u for u in units)
+    assert len(set(got.values())) == 1, got
+
+
 def test_kernel_sets_take_each_pair_whole_from_the_first_unit_that_has_it():
     # the gaps of a unit's table are filled along its chain (e.g. neon_i8mm -> generic), a type's
     # (vec_dot, vec_dot_x4) and (dot_r8, dot_r8_x4) each from one unit

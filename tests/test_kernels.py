@@ -93,7 +93,7 @@ def test_vec_dot_matches_exact_arithmetic(K, ttype, data):
     assert abs(ours - exact) <= 2e-6 * mag + 1e-30, (ours, exact, mag)
 
 
-@pytest.mark.parametrize("ttype", QUANT_WEIGHT_TYPES + [T.F16, T.F32], ids=lambda t: T.GGML_TYPES[t].name)
+@pytest.mark.parametrize("ttype", QUANT_WEIGHT_TYPES + [T.F16, T.BF16, T.F32], ids=lambda t: T.GGML_TYPES[t].name)
 @given(data=st.data())
 def test_matmul_matches_reference(K, ttype, data):
     t = T.GGML_TYPES[ttype]

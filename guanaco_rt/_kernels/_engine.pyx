@@ -30,7 +30,8 @@ from guanaco_rt.errors import ModelClosedError
 from guanaco_rt._kernels.ggml_blocks cimport (GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_Q4_0, GGML_TYPE_Q4_1,
                                               GGML_TYPE_Q5_0, GGML_TYPE_Q5_1, GGML_TYPE_Q8_0, GGML_TYPE_Q3_K,
                                               GGML_TYPE_Q2_K, GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K,
-                                              GGML_TYPE_Q8_1, GGML_TYPE_COUNT, block_q8_1, QK8_1)
+                                              GGML_TYPE_Q8_1, GGML_TYPE_COUNT, block_q8_1, QK8_1, GGML_TYPE_IQ4_NL,
+                                              GGML_TYPE_IQ4_XS)
 from guanaco_rt._kernels._common cimport (gr_openmp_enabled, gr_omp_max_threads, gr_cpu_has_avx2, gr_cpu_features,
                                           GR_CPU_FEATURE_NAMES)
 from guanaco_rt._kernels._isa cimport isa_kernels_t, vec_dot_fn, vec_dot_x4_fn, dot_r8_fn, ISA_CAPSULE
@@ -132,12 +133,15 @@ cdef int r8_parts(int type, int* size, int* step) noexcept nogil:
     # the fields of one block in the file's order: (bytes, bytes per row and step), as
     # ggml_types._r8_parts and the x8 structs of ggml_blocks.h; returns how many (0: the type
     # has no interleaved layout)
-    if type == GGML_TYPE_Q4_0:                                  # d, qs
+    if type == GGML_TYPE_Q4_0 or type == GGML_TYPE_IQ4_NL:      # d, qs
         size[0], step[0], size[1], step[1] = 2, 2, 16, 4
         return 2
     if type == GGML_TYPE_Q8_0:                                  # d, qs
         size[0], step[0], size[1], step[1] = 2, 2, 32, 4
         return 2
+    if type == GGML_TYPE_IQ4_XS:                                # d, scales_h, scales_l, qs
+        size[0], step[0], size[1], step[1], size[2], step[2], size[3], step[3] = 2, 2, 2, 2, 4, 4, 128, 4
+        return 4
     if type == GGML_TYPE_Q4_1:                                  # d, m, qs
         size[0], step[0], size[1], step[1], size[2], step[2] = 2, 2, 2, 2, 16, 4
         return 3

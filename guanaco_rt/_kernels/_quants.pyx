@@ -277,6 +277,40 @@ cdef void dequantize_row_q6_K(const void* vx, float* y, int64_t k) noexcept nogi
             qh += 32
             sc += 8
 
+cdef void dequantize_row_iq4_nl(const void* vx, float* y, int64_t k) noexcept nogil:
+    cdef const block_iq4_nl* x = <const block_iq4_nl*>vx
+    cdef int64_t i
+    cdef int j
+    cdef float d
+    for i in range(k // QK4_NL):
+        d = fp16_to_fp32(x[i].d)
+        for j in range(16):
+            y[i*32 + j] = d * kvalues_iq4nl[x[i].qs[j] & 0x0F]
+            y[i*32 + j + 16] = d * kvalues_iq4nl[x[i].qs[j] >> 4]
+
+cdef void dequantize_row_iq4_xs(const void* vx, float* y, int64_t k) noexcept nogil:
+    cdef const block_iq4_xs* x = <const block_iq4_xs*>vx
+    cdef int64_t i
+    cdef int ib, j, ls
+    cdef float dl
+    for i in range(k // QK_K):
+        for ib in range(8):
+            ls = ((x[i].scales_l[ib // 2] >> (4 * (ib % 2))) & 0x0F) | (((x[i].scales_h >> (2 * ib)) & 3) << 4)
+            dl = fp16_to_fp32(x[i].d) * (ls - 32)
+            for j in range(16):
+                y[j] = dl * kvalues_iq4nl[x[i].qs[16*ib + j] & 0x0F]
+                y[j + 16] = dl * kvalues_iq4nl[x[i].qs[16*ib + j] >> 4]
+            y += 32
+
+cdef void dequantize_row_bf16(const void* vx, float* y, int64_t k) noexcept nogil:
+    # bf16 -> f32 is exact: the 16 bits are the float's top half
+    cdef const uint16_t* x = <const uint16_t*>vx
+    cdef int64_t i
+    cdef uint32_t bits
+    for i in range(k):
+        bits = (<uint32_t>x[i]) << 16
+        memcpy(&y[i], &bits, 4)
+
 # ---- quantize activations: x (k,) -> y ----------------------------------------
 cdef void quantize_row_f32(const float* x, void* vy, int64_t k) noexcept nogil:
     memcpy(vy, x, k * 4)
@@ -365,6 +399,12 @@ TRAITS[GGML_TYPE_Q6_K] = type_traits_t(blck_size=QK_K, type_size=sizeof(block_q6
                                        to_float=dequantize_row_q6_K, from_float=NULL)
 TRAITS[GGML_TYPE_Q8_K] = type_traits_t(blck_size=QK_K, type_size=sizeof(block_q8_K), vec_dot_type=GGML_TYPE_Q8_K,
                                        to_float=dequantize_row_q8_K, from_float=quantize_row_q8_K)
+TRAITS[GGML_TYPE_IQ4_NL] = type_traits_t(blck_size=QK4_NL, type_size=sizeof(block_iq4_nl), vec_dot_type=GGML_TYPE_Q8_1,
+                                         to_float=dequantize_row_iq4_nl, from_float=NULL)
+TRAITS[GGML_TYPE_IQ4_XS] = type_traits_t(blck_size=QK_K, type_size=sizeof(block_iq4_xs), vec_dot_type=GGML_TYPE_Q8_K,
+                                         to_float=dequantize_row_iq4_xs, from_float=NULL)
+TRAITS[GGML_TYPE_BF16] = type_traits_t(blck_size=1, type_size=2, vec_dot_type=GGML_TYPE_F32,
+                                       to_float=dequantize_row_bf16, from_float=NULL)
 fill_fp16_table()
 
 
@@ -407,6 +447,8 @@ def block_layouts():
     cdef block_q5_K b5k
     cdef block_q6_K b6k
     cdef block_q8_K b8k
+    cdef block_iq4_nl bnl
+    cdef block_iq4_xs bxs
     return {
         "Q4_0": (sizeof(b40), {"d": <size_t>&b40.d - <size_t>&b40, "qs": <size_t>&b40.qs - <size_t>&b40}),
         "Q4_1": (sizeof(b41), {"d": <size_t>&b41.d - <size_t>&b41, "m": <size_t>&b41.m - <size_t>&b41,
@@ -431,6 +473,11 @@ def block_layouts():
                                "scales": <size_t>&b6k.scales - <size_t>&b6k, "d": <size_t>&b6k.d - <size_t>&b6k}),
         "Q8_K": (sizeof(b8k), {"d": <size_t>&b8k.d - <size_t>&b8k, "qs": <size_t>&b8k.qs - <size_t>&b8k,
                                "bsums": <size_t>&b8k.bsums - <size_t>&b8k}),
+        "IQ4_NL": (sizeof(bnl), {"d": <size_t>&bnl.d - <size_t>&bnl, "qs": <size_t>&bnl.qs - <size_t>&bnl}),
+        "IQ4_XS": (sizeof(bxs), {"d": <size_t>&bxs.d - <size_t>&bxs,
+                                 "scales_h": <size_t>&bxs.scales_h - <size_t>&bxs,
+                                 "scales_l": <size_t>&bxs.scales_l - <size_t>&bxs,
+                                 "qs": <size_t>&bxs.qs - <size_t>&bxs}),
     }
 
 

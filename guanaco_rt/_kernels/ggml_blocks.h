@@ -90,6 +90,24 @@ typedef struct { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K 
  * scale is chosen from the signed maximum). bsums[j] = sum of qs[16j:16j+16]. */
 typedef struct { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; } block_q8_K;
 
+/* The 16 values of a 4-bit index of the non-linear types (IQ4_NL, IQ4_XS): a fixed table, closer
+ * together near zero, where most weights are. The one copy every unit and _quants read. */
+static const int8_t kvalues_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+#define QK4_NL 32
+
+/* non-linear 4-bit, 32 weights, x = d * kvalues_iq4nl[q], 4.5 bits per weight. Nibbles as block_q4_0:
+ * qs[j] holds weight j's index in its low nibble, weight j+16's in its high. */
+typedef struct { ggml_fp16_t d; uint8_t qs[QK4_NL / 2]; } block_iq4_nl;
+
+/* non-linear 4-bit k-quant: 8 sub-blocks of 32, x = d * (ls - 32) * kvalues_iq4nl[q], 4.25 bits per
+ * weight; no minimums. Sub-block j's 6-bit ls: low 4 bits in nibble j % 2 of scales_l[j / 2] (so bits
+ * 4j..4j+3 of scales_l read as a little-endian uint32), high 2 bits at bits 2j, 2j+1 of scales_h. qs:
+ * 16 bytes per sub-block, nibbles as block_iq4_nl (qs[16j + l]: weights 32j + l, low, and 32j + 16 + l). */
+typedef struct { ggml_fp16_t d; uint16_t scales_h; uint8_t scales_l[QK_K / 64]; uint8_t qs[QK_K / 2]; } block_iq4_xs;
+
+/* bfloat16: the top 16 bits of an IEEE float (f32 = bits << 16); one weight, not a block */
+typedef uint16_t ggml_bf16_t;
+
 /* Row-interleaved copies of q4_0 / q4_1, made at load (never stored in a file): block i of
  * 8 consecutive rows r = 0..7 in one struct, so a kernel gets 8 rows' dot products in the 8
  * lanes of one register. d[r] (and m[r]) are row r's; qs[32*k + 4*r + j] = row r's
@@ -126,6 +144,13 @@ typedef struct { uint8_t hmask[8 * QK_K / 8]; uint8_t qs[8 * QK_K / 4]; uint8_t 
 typedef struct { uint8_t ql[8 * QK_K / 2]; uint8_t qh[8 * QK_K / 4]; int8_t scales[8 * QK_K / 16]; ggml_fp16_t d[8]; }
     block_q6_Kx8;
 
+/* iq4_nl: as block_q4_0x8 (d[r]; qs[32*k + 4*r + j] = row r's qs[4*k + j]). */
+typedef struct { ggml_fp16_t d[8]; uint8_t qs[8 * QK4_NL / 2]; } block_iq4_nlx8;
+/* iq4_xs, its fields in the file's order: d[r]; scales_h[r]; scales_l[4*r + b] = row r's scales_l[b]
+ * (one uint32 lane per row); qs[32*k + 4*r + j] = row r's qs[4*k + j] (sub-block s: steps 4s..4s+3). */
+typedef struct { ggml_fp16_t d[8]; uint16_t scales_h[8]; uint8_t scales_l[8 * QK_K / 64]; uint8_t qs[8 * QK_K / 2]; }
+    block_iq4_xsx8;
+
 #pragma pack(pop)
 
 _Static_assert(sizeof(block_q4_0) == 18, "block_q4_0: wrong size/padding");
@@ -140,6 +165,10 @@ _Static_assert(sizeof(block_q4_K) == 144, "block_q4_K: wrong size/padding");
 _Static_assert(sizeof(block_q5_K) == 176, "block_q5_K: wrong size/padding");
 _Static_assert(sizeof(block_q6_K) == 210, "block_q6_K: wrong size/padding");
 _Static_assert(sizeof(block_q8_K) == 292, "block_q8_K: wrong size/padding");
+_Static_assert(sizeof(block_iq4_nl) == 18, "block_iq4_nl: wrong size/padding");
+_Static_assert(sizeof(block_iq4_xs) == 136, "block_iq4_xs: wrong size/padding");
+_Static_assert(sizeof(block_iq4_nlx8) == 8 * sizeof(block_iq4_nl), "block_iq4_nlx8: wrong size/padding");
+_Static_assert(sizeof(block_iq4_xsx8) == 8 * sizeof(block_iq4_xs), "block_iq4_xsx8: wrong size/padding");
 _Static_assert(sizeof(block_q4_0x8) == 8 * sizeof(block_q4_0), "block_q4_0x8: wrong size/padding");
 _Static_assert(sizeof(block_q4_1x8) == 8 * sizeof(block_q4_1), "block_q4_1x8: wrong size/padding");
 _Static_assert(sizeof(block_q5_0x8) == 8 * sizeof(block_q5_0), "block_q5_0x8: wrong size/padding");

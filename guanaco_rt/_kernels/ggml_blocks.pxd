@@ -15,6 +15,7 @@ cdef extern from "ggml_blocks.h" nogil:
         QK8_1
         QK_K
         K_SCALE_SIZE
+        QK4_NL
 
     ctypedef struct block_q4_0:
         ggml_fp16_t d
@@ -69,6 +70,15 @@ cdef extern from "ggml_blocks.h" nogil:
         float d
         int8_t qs[256]
         int16_t bsums[16]
+    const int8_t kvalues_iq4nl[16]
+    ctypedef struct block_iq4_nl:
+        ggml_fp16_t d
+        uint8_t qs[16]
+    ctypedef struct block_iq4_xs:
+        ggml_fp16_t d
+        uint16_t scales_h
+        uint8_t scales_l[4]
+        uint8_t qs[128]
     # (the 8-row interleaved layouts, block_q4_0x8 ..., are used by the C units only)
 
 cdef extern from "ggml_blocks.h" nogil:

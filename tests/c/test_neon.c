@@ -39,6 +39,7 @@ static const struct { int type; const char *name; size_t size; int blck; } TYPES
     {GGML_TYPE_Q8_0, "q8_0", sizeof(block_q8_0), 32}, {GGML_TYPE_Q2_K, "q2_K", sizeof(block_q2_K), QK_K},
     {GGML_TYPE_Q3_K, "q3_K", sizeof(block_q3_K), QK_K}, {GGML_TYPE_Q4_K, "q4_K", sizeof(block_q4_K), QK_K},
     {GGML_TYPE_Q5_K, "q5_K", sizeof(block_q5_K), QK_K}, {GGML_TYPE_Q6_K, "q6_K", sizeof(block_q6_K), QK_K},
+    {GGML_TYPE_IQ4_NL, "iq4_nl", sizeof(block_iq4_nl), 32}, {GGML_TYPE_IQ4_XS, "iq4_xs", sizeof(block_iq4_xs), QK_K},
 };
 
 /* nb blocks of a type: random bytes (mode 0), all 0x00 (1) or all 0xFF (2), then finite scales */
@@ -58,6 +59,8 @@ static void fill_weights(int type, size_t size, uint8_t *w, int nb, int mode) {
         case GGML_TYPE_Q4_K: ((block_q4_K *)b)->d = rnd_scale(); ((block_q4_K *)b)->dmin = rnd_scale(); break;
         case GGML_TYPE_Q5_K: ((block_q5_K *)b)->d = rnd_scale(); ((block_q5_K *)b)->dmin = rnd_scale(); break;
         case GGML_TYPE_Q6_K: ((block_q6_K *)b)->d = rnd_scale(); break;
+        case GGML_TYPE_IQ4_NL: ((block_iq4_nl *)b)->d = rnd_scale(); break;
+        case GGML_TYPE_IQ4_XS: ((block_iq4_xs *)b)->d = rnd_scale(); break;
         }
     }
 }
@@ -101,6 +104,7 @@ static int r8_parts(int type, int *size, int *step) {
         {GGML_TYPE_Q4_K, 4, 2, 2, 2, 2, 12, 4, 128, 4},
         {GGML_TYPE_Q5_K, 5, 2, 2, 2, 2, 12, 4, 32, 4, 128, 4},
         {GGML_TYPE_Q6_K, 4, 128, 4, 64, 4, 16, 2, 2, 2},
+        {GGML_TYPE_IQ4_NL, 2, 2, 2, 16, 4},
     };
     for (size_t k = 0; k < sizeof P / sizeof P[0]; k++) {
         if (P[k][0] != type)

@@ -25,6 +25,15 @@ static void vec_dot_f16_generic(int n, float *s, const void *vx, const void *vy)
     *s = (float)acc;
 }
 
+static void vec_dot_bf16_generic(int n, float *s, const void *vx, const void *vy) {
+    const ggml_bf16_t *x = vx;
+    const float *y = vy;
+    double acc = 0.0;
+    for (int i = 0; i < n; i++)
+        acc += gr_bf16_to_fp32(x[i]) * y[i];
+    *s = (float)acc;
+}
+
 /* ---- 32-weight blocks against q8_1 ---- */
 static void vec_dot_q4_0_q8_1_generic(int n, float *s, const void *vx, const void *vy) {
     const block_q4_0 *x = vx;
@@ -94,6 +103,19 @@ static void vec_dot_q8_0_q8_1_generic(int n, float *s, const void *vx, const voi
         int sumi = 0;
         for (int j = 0; j < 32; j++)
             sumi += x[i].qs[j] * y[i].qs[j];
+        sumf += sumi * gr_fp16_to_fp32(x[i].d) * y[i].d;
+    }
+    *s = sumf;
+}
+
+static void vec_dot_iq4_nl_q8_1_generic(int n, float *s, const void *vx, const void *vy) {
+    const block_iq4_nl *x = vx;
+    const block_q8_1 *y = vy;
+    float sumf = 0.0f;
+    for (int i = 0; i < n / QK8_1; i++) {
+        int sumi = 0;
+        for (int j = 0; j < 16; j++)
+            sumi += kvalues_iq4nl[x[i].qs[j] & 0x0F] * y[i].qs[j] + kvalues_iq4nl[x[i].qs[j] >> 4] * y[i].qs[j + 16];
         sumf += sumi * gr_fp16_to_fp32(x[i].d) * y[i].d;
     }
     *s = sumf;
@@ -217,6 +239,26 @@ static void vec_dot_q6_K_q8_K_generic(int n, float *s, const void *vx, const voi
     *s = sumf;
 }
 
+/* iq4_xs: each sub-block's integer sum times its 6-bit scale less 32, one float step per super-block */
+static void vec_dot_iq4_xs_q8_K_generic(int n, float *s, const void *vx, const void *vy) {
+    const block_iq4_xs *x = vx;
+    const block_q8_K *y = vy;
+    float sumf = 0.0f;
+    for (int i = 0; i < n / QK_K; i++) {
+        int isum = 0;
+        for (int ib = 0; ib < 8; ib++) {
+            const uint8_t *qs = x[i].qs + 16 * ib;
+            const int8_t *q8 = y[i].qs + 32 * ib;
+            int ls = ((x[i].scales_l[ib / 2] >> 4 * (ib % 2)) & 0xF) | (((x[i].scales_h >> 2 * ib) & 3) << 4), sub = 0;
+            for (int l = 0; l < 16; l++)
+                sub += kvalues_iq4nl[qs[l] & 0xF] * q8[l] + kvalues_iq4nl[qs[l] >> 4] * q8[l + 16];
+            isum += (ls - 32) * sub;
+        }
+        sumf += gr_fp16_to_fp32(x[i].d) * y[i].d * isum;
+    }
+    *s = sumf;
+}
+
 /* ---- attention inner loops over one head: q . k for every position, then sum a * v ---- */
 static inline float kv_at(const void *kv, int64_t at, int f16) {
     return f16 ? gr_fp16_to_fp32(((const ggml_fp16_t *)kv)[at]) : ((const float *)kv)[at];
@@ -257,6 +299,9 @@ const isa_kernels_t gr_isa_generic = {
         [GGML_TYPE_Q4_K] = {.vec_dot = vec_dot_q4_K_q8_K_generic},
         [GGML_TYPE_Q5_K] = {.vec_dot = vec_dot_q5_K_q8_K_generic},
         [GGML_TYPE_Q6_K] = {.vec_dot = vec_dot_q6_K_q8_K_generic},
+        [GGML_TYPE_IQ4_NL] = {.vec_dot = vec_dot_iq4_nl_q8_1_generic},
+        [GGML_TYPE_IQ4_XS] = {.vec_dot = vec_dot_iq4_xs_q8_K_generic},
+        [GGML_TYPE_BF16] = {.vec_dot = vec_dot_bf16_generic},
     },
     .kv_scores = kv_scores_generic,
     .kv_mix = kv_mix_generic,

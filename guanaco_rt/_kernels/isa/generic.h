@@ -26,6 +26,14 @@ static inline float gr_fp16_to_fp32(ggml_fp16_t h) {
     return v;
 }
 
+/* bfloat16 -> float, exact: its bits are the float's top half */
+static inline float gr_bf16_to_fp32(ggml_bf16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float v;
+    memcpy(&v, &bits, 4);
+    return v;
+}
+
 static inline uint32_t gr_load_u32(const uint8_t *p) {
     uint32_t v;
     memcpy(&v, p, 4);

@@ -61,6 +61,15 @@ INLINE void decode32(int type, const uint8_t *b, int8x16_t *w, float *dx, float 
     uint8x16_t qs, lo, hi;
     uint32_t qh;
     switch (type) {
+    case GGML_TYPE_IQ4_NL: {   /* each nibble an index into kvalues_iq4nl: one table lookup */
+        const block_iq4_nl *x = (const block_iq4_nl *)b;
+        const int8x16_t kv = vld1q_s8(kvalues_iq4nl);
+        *dx = h2f(x->d);
+        qs = vld1q_u8(x->qs);
+        w[0] = vqtbl1q_s8(kv, vandq_u8(qs, m4));
+        w[1] = vqtbl1q_s8(kv, vshrq_n_u8(qs, 4));
+        return;
+    }
     case GGML_TYPE_Q8_0: {
         const block_q8_0 *x = (const block_q8_0 *)b;
         *dx = h2f(x->d);
@@ -227,8 +236,24 @@ INLINE void decode_q6_K(const block_q6_K *x, ksuper_t *k) {
     k->d = h2f(x->d);
 }
 
+/* iq4_xs: sub-block j's 32 weights looked up in kvalues_iq4nl (w[2j]: low nibbles, w[2j+1]: high),
+ * its 6-bit scale less 32 for both of its 16s; no minimums */
+INLINE void decode_iq4_xs(const block_iq4_xs *x, ksuper_t *k) {
+    const int8x16_t kv = vld1q_s8(kvalues_iq4nl);
+    const uint8x16_t m4 = vdupq_n_u8(0x0F);
+    for (int j = 0; j < 8; j++) {
+        uint8x16_t q = vld1q_u8(x->qs + 16 * j);
+        k->w[2 * j] = vqtbl1q_s8(kv, vandq_u8(q, m4));
+        k->w[2 * j + 1] = vqtbl1q_s8(kv, vshrq_n_u8(q, 4));
+        k->sc[2 * j] = k->sc[2 * j + 1] =
+            (((x->scales_l[j / 2] >> 4 * (j % 2)) & 0xF) | (((x->scales_h >> 2 * j) & 3) << 4)) - 32;
+    }
+    k->d = h2f(x->d);
+}
+
 INLINE void decode_k(int type, const uint8_t *b, ksuper_t *k) {
     switch (type) {
+    case GGML_TYPE_IQ4_XS: decode_iq4_xs((const block_iq4_xs *)b, k); return;
     case GGML_TYPE_Q2_K: decode_q2_K((const block_q2_K *)b, k); return;
     case GGML_TYPE_Q3_K: decode_q3_K((const block_q3_K *)b, k); return;
     case GGML_TYPE_Q4_K: {
@@ -250,7 +275,7 @@ INLINE float k_block(int type, const ksuper_t *k, float dy, int isum, int summs)
     switch (type) {
     case GGML_TYPE_Q2_K: return dy * k->d * isum - dy * k->dmin * summs;
     case GGML_TYPE_Q4_K: case GGML_TYPE_Q5_K: return k->d * dy * isum - k->dmin * dy * summs;
-    default: return k->d * dy * isum;             /* q3_K, q6_K */
+    default: return k->d * dy * isum;             /* q3_K, q6_K, iq4_xs */
     }
 }
 
@@ -429,6 +454,8 @@ INSTANCES(dot_k, q3_K, GGML_TYPE_Q3_K, block_q3_K)
 INSTANCES(dot_k, q4_K, GGML_TYPE_Q4_K, block_q4_K)
 INSTANCES(dot_k, q5_K, GGML_TYPE_Q5_K, block_q5_K)
 INSTANCES(dot_k, q6_K, GGML_TYPE_Q6_K, block_q6_K)
+INSTANCES(dot32, iq4_nl, GGML_TYPE_IQ4_NL, block_iq4_nl)
+INSTANCES(dot_k, iq4_xs, GGML_TYPE_IQ4_XS, block_iq4_xs)
 
 /* dot_r8_<type>_neon and dot_r8_x4_<type>_neon (neon_r8.h) */
 #define INSTANCES_R8(body, name, TYPE)                                                                       \
@@ -447,6 +474,7 @@ INSTANCES_R8(dot_r8_k, q2_K, GGML_TYPE_Q2_K)
 INSTANCES_R8(dot_r8_k, q4_K, GGML_TYPE_Q4_K)
 INSTANCES_R8(dot_r8_k, q5_K, GGML_TYPE_Q5_K)
 INSTANCES_R8(dot_r8_k, q6_K, GGML_TYPE_Q6_K)
+INSTANCES_R8(dot_r8_32, iq4_nl, GGML_TYPE_IQ4_NL)
 
 #define ROW(TYPE, name) [TYPE] = {.vec_dot = vec_dot_##name##_neon, .vec_dot_x4 = vec_dot_x4_##name##_neon}
 #define ROW_R8(TYPE, name)                                                                                     \
@@ -475,7 +503,7 @@ const isa_kernels_t NEON_TABLE = {
         ROW_R8(GGML_TYPE_Q4_0, q4_0), ROW_R8(GGML_TYPE_Q4_1, q4_1), ROW(GGML_TYPE_Q5_0, q5_0),
         ROW(GGML_TYPE_Q5_1, q5_1), ROW_R8(GGML_TYPE_Q8_0, q8_0), ROW_R8(GGML_TYPE_Q2_K, q2_K),
         ROW(GGML_TYPE_Q3_K, q3_K), ROW_R8(GGML_TYPE_Q4_K, q4_K), ROW_R8(GGML_TYPE_Q5_K, q5_K),
-        ROW_R8(GGML_TYPE_Q6_K, q6_K),
+        ROW_R8(GGML_TYPE_Q6_K, q6_K), ROW_R8(GGML_TYPE_IQ4_NL, iq4_nl), ROW(GGML_TYPE_IQ4_XS, iq4_xs),
     },
     .kv_scores = kv_scores_neon,
     .kv_mix = kv_mix_neon,

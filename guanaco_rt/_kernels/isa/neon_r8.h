@@ -66,13 +66,14 @@ INLINE void r8_sums(int8x16_t w[][2], const int K, const int8_t *const *yq, cons
     }
 }
 
-/* q4_0, q4_1, q8_0: s[t * s_stride + r] = <row r, y_t> */
+/* q4_0, q4_1, q8_0, iq4_nl (laid out as q4_0; its nibbles index kvalues_iq4nl): s[t * s_stride + r] = <row r, y_t> */
 INLINE void dot_r8_32(int type, const int T, int n, float *s, int64_t s_stride, const void *vx, const void *vy,
                       int64_t y_stride) {
     const block_q8_1 *y[4];
     float32x4_t acc[4][2];
     const uint8x16_t m4 = vdupq_n_u8(0x0F);
-    const int8x16_t eight = vdupq_n_s8(type == GGML_TYPE_Q4_0 ? 8 : 0);
+    const int8x16_t eight = vdupq_n_s8(type == GGML_TYPE_Q4_0 ? 8 : 0), kv = vld1q_s8(kvalues_iq4nl);
+    const int as_q4_0 = type == GGML_TYPE_Q4_0 || type == GGML_TYPE_IQ4_NL;     /* block_iq4_nlx8: q4_0x8's layout */
     for (int t = 0; t < T; t++) {
         y[t] = (const block_q8_1 *)((const uint8_t *)vy + t * y_stride);
         acc[t][0] = acc[t][1] = vdupq_n_f32(0.0f);
@@ -81,8 +82,8 @@ INLINE void dot_r8_32(int type, const int T, int n, float *s, int64_t s_stride, 
         const block_q4_0x8 *x0 = (const block_q4_0x8 *)vx + i;
         const block_q4_1x8 *x1 = (const block_q4_1x8 *)vx + i;
         const block_q8_0x8 *x8 = (const block_q8_0x8 *)vx + i;
-        const uint8_t *qs = type == GGML_TYPE_Q4_0 ? x0->qs : type == GGML_TYPE_Q4_1 ? x1->qs : (const uint8_t *)x8->qs;
-        const ggml_fp16_t *d = type == GGML_TYPE_Q4_0 ? x0->d : type == GGML_TYPE_Q4_1 ? x1->d : x8->d;
+        const uint8_t *qs = as_q4_0 ? x0->qs : type == GGML_TYPE_Q4_1 ? x1->qs : (const uint8_t *)x8->qs;
+        const ggml_fp16_t *d = as_q4_0 ? x0->d : type == GGML_TYPE_Q4_1 ? x1->d : x8->d;
         const float32x4_t dx[2] = {h2f4(d), h2f4(d + 4)};
         int8x16_t w[8][2];          /* weights 4k..4k+3 (4-bit: k < 4 low nibbles, k >= 4 high) */
         for (int k = 0; k < (type == GGML_TYPE_Q8_0 ? 8 : 4); k++) {
@@ -90,6 +91,9 @@ INLINE void dot_r8_32(int type, const int T, int n, float *s, int64_t s_stride, 
                 uint8x16_t v = vld1q_u8(qs + 32 * k + 16 * h);
                 if (type == GGML_TYPE_Q8_0) {
                     w[k][h] = vreinterpretq_s8_u8(v);
+                } else if (type == GGML_TYPE_IQ4_NL) {
+                    w[k][h] = vqtbl1q_s8(kv, vandq_u8(v, m4));
+                    w[k + 4][h] = vqtbl1q_s8(kv, vshrq_n_u8(v, 4));
                 } else {
                     w[k][h] = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, m4)), eight);
                     w[k + 4][h] = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), eight);

@@ -5,10 +5,11 @@
  *             avx_vnni body, run on CPUs with AVX-512 but without AVX-VNNI)
  *   avx512    GR_WIDTH=512, AVX-512 F/BW/VL/DQ + VNNI + VBMI
  * What it holds: the attention loops (kv_scores, kv_mix) at 8 or 16 floats a register, the q8_1
- * activation quantizer, and the 8-row interleaved kernels (dot_r8, dot_r8_x4) of every weight
- * type, in x86_r8.h: each type's body written once, instantiated by the compiler per token count
- * (1, 4) and, through the vector layer below, per width. A unit declares the layout it wants by
- * what its table fills: every weight type here is interleaved 8 rows at a time at load, so the
+ * activation quantizer, BF16's one-row vec_dot, and the 8-row interleaved kernels (dot_r8,
+ * dot_r8_x4) of every quantized weight type, in x86_r8.h: each type's body written once,
+ * instantiated by the compiler per token count (1, 4) and, through the vector layer below, per
+ * width. A unit declares the layout it wants by what its table fills: every quantized weight type
+ * here is interleaved 8 rows at a time at load, so the
  * one-row kernels (vec_dot) come from the fallback unit, generic, for the few tail rows of a
  * matrix whose row count is not a multiple of 8 (_engine.rows_q).
  *
@@ -47,6 +48,10 @@ typedef __m512 vf;
 #define vf_fma(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define vf_add(a, b) _mm512_add_ps(a, b)
 #define vf_load_f16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
+#define vf_load_bf16(p) \
+    _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
+#define vi_bcast16(p) _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(p)))   /* 16 bytes, each 128-bit lane */
+#define vi_shuffle8(t, i) _mm512_shuffle_epi8(t, i)                                   /* within each 128-bit lane */
 static inline float vf_hsum(vf x);
 /* Two steps of an 8-row block in one register, lane 2r holding row r's 4 weights of the first
  * step and lane 2r + 1 those of the second: one permute of the weights, which the tokens share,
@@ -108,6 +113,9 @@ typedef __m256 vf;
 #define vf_fma(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define vf_add(a, b) _mm256_add_ps(a, b)
 #define vf_load_f16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
+#define vf_load_bf16(p) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
+#define vi_bcast16(p) _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(p)))
+#define vi_shuffle8(t, i) _mm256_shuffle_epi8(t, i)
 static inline float vf_hsum(vf x);
 #define vi_load_w(p) vi_load(p)
 static inline vi bcast_step(const int8_t *p) {
@@ -275,6 +283,44 @@ static void kv_mix(float *out, const float *a, const void *kv, int64_t off, int6
 
 #include "x86_r8.h"
 
+/* ---- bf16 weights against f32 activations: one row (bf16 matrices are not interleaved) ---- */
+/* Per 16 floats one fma per element into 16 lanes (one register at 512 bits, two at 256), 4 chains,
+ * then the same additions in the same order at both widths: the same bits (tests/test_isa.py) */
+#define V16 (16 / VF_LANES)
+static inline void fma16_bf16(vf *a, const ggml_bf16_t *x, const float *y) {
+    for (int v = 0; v < V16; v++)
+        a[v] = vf_fma(vf_load_bf16(x + VF_LANES * v), vf_load(y + VF_LANES * v), a[v]);
+}
+static void vec_dot_bf16(int n, float *s, const void *vx, const void *vy) {
+    const ggml_bf16_t *x = vx;
+    const float *y = vy;
+    vf a[4][V16], t[V16];
+    int i = 0;
+    float acc;
+    for (int c = 0; c < 4; c++)
+        for (int v = 0; v < V16; v++)
+            a[c][v] = vf_zero();
+    for (; i + 64 <= n; i += 64)
+        for (int c = 0; c < 4; c++)
+            fma16_bf16(a[c], x + i + 16 * c, y + i + 16 * c);
+    for (; i + 16 <= n; i += 16)
+        fma16_bf16(a[0], x + i, y + i);
+    for (int v = 0; v < V16; v++)
+        t[v] = vf_add(vf_add(a[0][v], a[1][v]), vf_add(a[2][v], a[3][v]));
+#if GR_WIDTH == 512
+    acc = vf_hsum(t[0]);                 /* hsum8 of its two halves' sum */
+#else
+    acc = hsum8(vf_add(t[0], t[1]));
+#endif
+    for (; i < n; i++) {
+        uint32_t bits = (uint32_t)x[i] << 16;
+        float w;
+        memcpy(&w, &bits, 4);
+        acc += w * y[i];
+    }
+    *s = acc;
+}
+
 /* ---- the q8_1 activation quantizer ------------------------------------------------------ */
 /* roundf, 8 at a time: truncate, then step away from zero where the dropped part is >= 0.5
  * (v - trunc(v) is exact); _mm256_round_ps's nearest mode would round ties to even */
@@ -336,6 +382,9 @@ const isa_kernels_t GR_UNIT_TABLE = {
         [GGML_TYPE_Q4_K] = R8(q4_K),
         [GGML_TYPE_Q5_K] = R8(q5_K),
         [GGML_TYPE_Q6_K] = R8(q6_K),
+        [GGML_TYPE_IQ4_NL] = R8(iq4_nl),
+        [GGML_TYPE_IQ4_XS] = R8(iq4_xs),
+        [GGML_TYPE_BF16] = {.vec_dot = vec_dot_bf16},
         [GGML_TYPE_Q8_1] = {.quantize = quantize_row_q8_1},
     },
     .kv_scores = kv_scores,

@@ -413,6 +413,102 @@ ALWAYS_INLINE void r8_q2_K(int T, int three, int n, float *s, int64_t s_stride, 
         _mm256_storeu_ps(s + t * s_stride, _mm256_sub_ps(acc[t], accm[t]));
 }
 
+/* iq4_nl and iq4_xs (block_iq4_nlx8, block_iq4_xsx8): each nibble indexes kvalues_iq4nl, looked up
+ * with a byte shuffle (the table in every 128-bit lane). Weights and activations are both signed and
+ * q8_K can hold -128, so |y| is the unsigned operand and w with y's sign the signed one: |y| <= 128
+ * fits a u8, |w| <= 127 negates safely, and avx2's pair sums (2 * 128 * 127) stay within i16 */
+static inline vi sdot(vi acc, vi w, vi y) { return dpbusd(acc, abs8(y), sign_by(w, y)); }
+/* the 32 weights of step k (and k + 1 at 512 bits) of 8 rows: low nibbles (weights 4k + j) and high
+ * (16 + 4k + j) of a sub-block's 16 bytes, looked up */
+static inline void iq4_step(vi lut, const uint8_t *qs, vi *wl, vi *wh) {
+    const vi p = vi_load_w(qs), m4 = vi_set1_8(0x0F);
+    *wl = vi_shuffle8(lut, vi_and(p, m4));
+    *wh = vi_shuffle8(lut, vi_and(vi_srli16(p, 4), m4));
+}
+
+ALWAYS_INLINE void r8_iq4_nl(int T, int n, float *s, int64_t s_stride, const void *vx, const void *vy,
+                             int64_t y_stride) {
+    const block_q8_1 *y[4];
+    __m256 acc[4];
+    const vi lut = vi_bcast16(kvalues_iq4nl);
+    const uint8_t *pf = (const uint8_t *)vx + PREFETCH;
+    for (int t = 0; t < T; t++) {
+        y[t] = Y_ROW(block_q8_1, vy, y_stride, t);
+        acc[t] = _mm256_setzero_ps();
+    }
+    for (int i = 0; i < n / QK4_NL; i++) {
+        const block_iq4_nlx8 *b = (const block_iq4_nlx8 *)vx + i;
+        vi sum[4];
+        if (T == 1)
+            pf = prefetch_until(pf, (const uint8_t *)(b + 1));
+        for (int t = 0; t < T; t++)
+            sum[t] = vi_zero();
+        UNROLL
+        for (int k = 0; k < 4; k += STEPS) {
+            vi wl, wh;
+            iq4_step(lut, b->qs + 32 * k, &wl, &wh);
+            for (int t = 0; t < T; t++) {
+                const int8_t *q8 = y[t][i].qs + 4 * k;
+                sum[t] = sdot(sdot(sum[t], wl, bcast_step(q8)), wh, bcast_step(q8 + 16));
+            }
+        }
+        const __m256 d8 = f16x8(b->d);
+        for (int t = 0; t < T; t++)
+            acc[t] = r8_scaled(d8, y[t][i].d, rows8(sum[t]), acc[t]);
+    }
+    for (int t = 0; t < T; t++)
+        _mm256_storeu_ps(s + t * s_stride, acc[t]);
+}
+
+/* iq4_xs: per sub-block each row's sum (in i32: at most 32 * 127 * 128), times its ls - 32 */
+ALWAYS_INLINE void r8_iq4_xs(int T, int n, float *s, int64_t s_stride, const void *vx, const void *vy,
+                             int64_t y_stride) {
+    const block_q8_K *y[4];
+    __m256 acc[4];
+    const vi lut = vi_bcast16(kvalues_iq4nl);
+    for (int t = 0; t < T; t++) {
+        y[t] = Y_ROW(block_q8_K, vy, y_stride, t);
+        acc[t] = _mm256_setzero_ps();
+    }
+    for (int i = 0; i < n / QK_K; i++) {
+        const block_iq4_xsx8 *b = (const block_iq4_xsx8 *)vx + i;
+        /* lane r: row r's scales_l as a uint32 (nibble j: sub-block j's low 4 bits), its scales_h */
+        const __m256i sl = _mm256_loadu_si256((const __m256i *)b->scales_l);
+        const __m256i sh = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)b->scales_h));
+        vi sumi[4];            /* per token, unreduced: the sub-blocks' scaled sums */
+        for (int t = 0; t < T; t++)
+            sumi[t] = vi_zero();
+        NO_UNROLL
+        for (int ib = 0; ib < 8; ib++) {
+            if (T == 1)
+                prefetch_slice(b, sizeof(block_iq4_xsx8), ib, 8);
+            const __m256i ls = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi32(sl, 4 * ib), _mm256_set1_epi32(0x0F)),
+                _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(sh, 2 * ib), _mm256_set1_epi32(3)), 4));
+            const vi sc = rows_wide(_mm256_sub_epi32(ls, _mm256_set1_epi32(32)));
+            vi s32[4];
+            for (int t = 0; t < T; t++)
+                s32[t] = vi_zero();
+            UNROLL
+            for (int k = 0; k < 4; k += STEPS) {
+                vi wl, wh;
+                iq4_step(lut, b->qs + 32 * (4 * ib + k), &wl, &wh);
+                for (int t = 0; t < T; t++) {
+                    const int8_t *q8 = y[t][i].qs + 32 * ib + 4 * k;
+                    s32[t] = sdot(sdot(s32[t], wl, bcast_step(q8)), wh, bcast_step(q8 + 16));
+                }
+            }
+            for (int t = 0; t < T; t++)
+                sumi[t] = vi_add32(sumi[t], vi_mullo(s32[t], sc));
+        }
+        const __m256 d8 = f16x8(b->d);
+        for (int t = 0; t < T; t++)
+            acc[t] = r8_scaled(d8, y[t][i].d, rows8(sumi[t]), acc[t]);
+    }
+    for (int t = 0; t < T; t++)
+        _mm256_storeu_ps(s + t * s_stride, acc[t]);
+}
+
 /* ---- one function per (type, token count), each a body above --------------------------- */
 #define R8_PAIR(name, call)                                                                                     \
     static void dot_r8_##name(int n, float *s, int64_t s_stride, const void *vx, const void *vy, int64_t ys) {  \
@@ -439,4 +535,5 @@ R8_PAIR(q6_K, r8_q6_K)
 #define R8_Q3_K(T, ...) r8_q2_K(T, 1, __VA_ARGS__)
 R8_PAIR(q2_K, R8_Q2_K)
 R8_PAIR(q3_K, R8_Q3_K)
-
+R8_PAIR(iq4_nl, r8_iq4_nl)
+R8_PAIR(iq4_xs, r8_iq4_xs)
