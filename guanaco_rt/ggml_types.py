@@ -47,8 +47,9 @@ class GGMLType:
 
 F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1 = 0, 1, 2, 3, 6, 7, 8, 9
 Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K = 10, 11, 12, 13, 14, 15
+IQ2_XXS, IQ2_XS, IQ3_XXS, IQ1_S, IQ3_S, IQ2_S, IQ1_M, TQ1_0, TQ2_0 = 16, 17, 18, 19, 21, 22, 29, 34, 35
 
-H, U8, I8, I16, F = "<f2", "u1", "i1", "<i2", "<f4"
+H, U8, I8, I16, U16, F = "<f2", "u1", "i1", "<i2", "<u2", "<f4"
 GGML_TYPES = {t.id: t for t in [
     GGMLType(F32, "F32", 1, F32, True, (("x", F, 1),)),
     GGMLType(F16, "F16", 1, F32, True, (("x", H, 1),)),
@@ -67,6 +68,18 @@ GGML_TYPES = {t.id: t for t in [
                                               ("qs", U8, 128))),
     GGMLType(Q6_K, "Q6_K", QK_K, Q8_K, True, (("ql", U8, 128), ("qh", U8, 64), ("scales", I8, 16), ("d", H, 1))),
     GGMLType(Q8_K, "Q8_K", QK_K, Q8_K, False, (("d", F, 1), ("qs", I8, 256), ("bsums", I16, 16))),
+    # ---- i-quants and ternary types (issue 23), all paired with q8_K as in ggml. IQ1_M has no
+    # f16 field: its scale is spread over the top nibbles of scales (ggml_blocks.h, iq1m_scale)
+    GGMLType(IQ2_XXS, "IQ2_XXS", QK_K, Q8_K, True, (("d", H, 1), ("qs", U16, 32))),
+    GGMLType(IQ2_XS, "IQ2_XS", QK_K, Q8_K, True, (("d", H, 1), ("qs", U16, 32), ("scales", U8, 8))),
+    GGMLType(IQ2_S, "IQ2_S", QK_K, Q8_K, True, (("d", H, 1), ("qs", U8, 64), ("qh", U8, 8), ("scales", U8, 8))),
+    GGMLType(IQ3_XXS, "IQ3_XXS", QK_K, Q8_K, True, (("d", H, 1), ("qs", U8, 96))),
+    GGMLType(IQ3_S, "IQ3_S", QK_K, Q8_K, True, (("d", H, 1), ("qs", U8, 64), ("qh", U8, 8), ("signs", U8, 32),
+                                                ("scales", U8, 4))),
+    GGMLType(IQ1_S, "IQ1_S", QK_K, Q8_K, True, (("d", H, 1), ("qs", U8, 32), ("qh", U16, 8))),
+    GGMLType(IQ1_M, "IQ1_M", QK_K, Q8_K, True, (("qs", U8, 32), ("qh", U8, 16), ("scales", U8, 8))),
+    GGMLType(TQ1_0, "TQ1_0", QK_K, Q8_K, True, (("qs", U8, 48), ("qh", U8, 4), ("d", H, 1))),
+    GGMLType(TQ2_0, "TQ2_0", QK_K, Q8_K, True, (("qs", U8, 64), ("d", H, 1))),
 ]}
 TYPE_BY_NAME = {t.name: t for t in GGML_TYPES.values()}
 
@@ -81,6 +94,14 @@ GGML_TYPE_NAMES = {
     36: "IQ4_NL_4_4 (removed)", 37: "IQ4_NL_4_8 (removed)", 38: "IQ4_NL_8_8 (removed)", 39: "MXFP4", 40: "NVFP4",
     41: "Q1_0",
 }
+
+
+def iq1m_scale(blocks):
+    """The f16 scale of each IQ1_M block (a structured array of GGML_TYPES[IQ1_M].dtype): the top
+    nibbles of its four little-endian uint16 scale words, word 0's lowest."""
+    w = np.ascontiguousarray(blocks["scales"]).view("<u2").reshape(-1, 4).astype(np.uint16)
+    bits = (w[:, 0] >> 12) | ((w[:, 1] >> 8) & 0x00F0) | ((w[:, 2] >> 4) & 0x0F00) | (w[:, 3] & 0xF000)
+    return bits.astype(np.uint16).view("<f2")
 
 
 def type_name(ttype):

@@ -277,6 +277,189 @@ cdef void dequantize_row_q6_K(const void* vx, float* y, int64_t k) noexcept nogi
             qh += 32
             sc += 8
 
+# ---- i-quants and ternary types (issue 23): layouts at ggml_blocks.h, lattices in iq_grids.h.
+# Every product below is exact in float32 (an f16 scale times a few-bit integer times a grid
+# value), so these agree bit for bit with any implementation that computes in float32.
+cdef extern from "iq_grids.h" nogil:
+    const uint8_t gr_iq2xxs_grid[256][8]
+    const uint8_t gr_iq2xs_grid[512][8]
+    const uint8_t gr_iq2s_grid[1024][8]
+    const uint8_t gr_iq3xxs_grid[256][4]
+    const uint8_t gr_iq3s_grid[512][4]
+    const int8_t gr_iq1s_grid[2048][8]
+    const uint8_t gr_ksigns_iq2xs[128]
+
+
+cdef inline float signed_by(float v, uint8_t signs, int j) noexcept nogil:
+    return -v if (signs >> j) & 1 else v
+
+
+cdef void dequantize_row_iq2_xxs(const void* vx, float* y, int64_t k) noexcept nogil:
+    cdef const block_iq2_xxs* x = <const block_iq2_xxs*>vx
+    cdef int64_t i
+    cdef int g, l, j
+    cdef uint32_t w0, w1
+    cdef uint8_t signs
+    cdef float d, db
+    for i in range(k // QK_K):
+        d = fp16_to_fp32(x[i].d)
+        for g in range(8):
+            w0 = x[i].qs[4*g] | (<uint32_t>x[i].qs[4*g + 1] << 16)
+            w1 = x[i].qs[4*g + 2] | (<uint32_t>x[i].qs[4*g + 3] << 16)
+            db = d * (<float>0.5 + <float>(w1 >> 28)) * <float>0.25
+            for l in range(4):
+                signs = gr_ksigns_iq2xs[(w1 >> (7*l)) & 127]
+                for j in range(8):
+                    y[j] = signed_by(db * gr_iq2xxs_grid[(w0 >> (8*l)) & 255][j], signs, j)
+                y += 8
+
+cdef void dequantize_row_iq2_xs(const void* vx, float* y, int64_t k) noexcept nogil:
+    cdef const block_iq2_xs* x = <const block_iq2_xs*>vx
+    cdef int64_t i
+    cdef int g, l, j
+    cdef uint16_t q
+    cdef uint8_t signs
+    cdef float d, db
+    for i in range(k // QK_K):
+        d = fp16_to_fp32(x[i].d)
+        for g in range(8):
+            for l in range(4):
+                db = d * (<float>0.5 + <float>((x[i].scales[g] >> (4 * (l // 2))) & 15)) * <float>0.25
+                q = x[i].qs[4*g + l]
+                signs = gr_ksigns_iq2xs[q >> 9]
+                for j in range(8):
+                    y[j] = signed_by(db * gr_iq2xs_grid[q & 511][j], signs, j)
+                y += 8
+
+cdef void dequantize_row_iq2_s(const void* vx, float* y, int64_t k) noexcept nogil:
+    cdef const block_iq2_s* x = <const block_iq2_s*>vx
+    cdef int64_t i
+    cdef int g, l, j, kk
+    cdef float d, db
+    for i in range(k // QK_K):
+        d = fp16_to_fp32(x[i].d)
+        for g in range(8):
+            for l in range(4):
+                kk = 4*g + l
+                db = d * (<float>0.5 + <float>((x[i].scales[g] >> (4 * (l // 2))) & 15)) * <float>0.25
+                for j in range(8):
+                    y[j] = signed_by(db * gr_iq2s_grid[x[i].qs[kk] | (((x[i].qh[g] >> (2*l)) & 3) << 8)][j],
+                                     x[i].qs[32 + kk], j)
+                y += 8
+
+cdef void dequantize_row_iq3_xxs(const void* vx, float* y, int64_t k) noexcept nogil:
+    cdef const block_iq3_xxs* x = <const block_iq3_xxs*>vx
+    cdef int64_t i
+    cdef int g, l, j
+    cdef uint32_t w
+    cdef uint8_t signs
+    cdef float d, db
+    for i in range(k // QK_K):
+        d = fp16_to_fp32(x[i].d)
+        for g in range(8):
+            w = load_u32(&x[i].qs[64 + 4*g])
+            db = d * (<float>0.5 + <float>(w >> 28)) * <float>0.5
+            for l in range(4):
+                signs = gr_ksigns_iq2xs[(w >> (7*l)) & 127]
+                for j in range(4):
+                    y[j] = signed_by(db * gr_iq3xxs_grid[x[i].qs[8*g + 2*l]][j], signs, j)
+                    y[j + 4] = signed_by(db * gr_iq3xxs_grid[x[i].qs[8*g + 2*l + 1]][j], signs, j + 4)
+                y += 8
+
+cdef void dequantize_row_iq3_s(const void* vx, float* y, int64_t k) noexcept nogil:
+    cdef const block_iq3_s* x = <const block_iq3_s*>vx
+    cdef int64_t i
+    cdef int g, kk, j
+    cdef float d, db
+    for i in range(k // QK_K):
+        d = fp16_to_fp32(x[i].d)
+        for g in range(8):
+            db = d * <float>(1 + 2 * ((x[i].scales[g // 2] >> (4 * (g % 2))) & 15))
+            for kk in range(8*g, 8*g + 8):          # 4 weights per index
+                for j in range(4):
+                    y[j] = signed_by(db * gr_iq3s_grid[x[i].qs[kk] | (((x[i].qh[kk // 8] >> (kk % 8)) & 1) << 8)][j],
+                                     x[i].signs[kk // 2], 4 * (kk % 2) + j)
+                y += 4
+
+cdef void dequantize_row_iq1_s(const void* vx, float* y, int64_t k) noexcept nogil:
+    cdef const block_iq1_s* x = <const block_iq1_s*>vx
+    cdef int64_t i
+    cdef int g, l, j
+    cdef uint16_t qh
+    cdef float d, dl, delta
+    for i in range(k // QK_K):
+        d = fp16_to_fp32(x[i].d)
+        for g in range(8):
+            qh = x[i].qh[g]
+            dl = d * <float>(2 * ((qh >> 12) & 7) + 1)
+            delta = -IQ1S_DELTA if qh & 0x8000 else IQ1S_DELTA
+            for l in range(4):
+                for j in range(8):
+                    y[j] = dl * (gr_iq1s_grid[x[i].qs[4*g + l] | (((qh >> (3*l)) & 7) << 8)][j] + delta)
+                y += 8
+
+cdef float iq1m_scale(const uint8_t* scales) noexcept nogil:
+    # the f16 scale of a block_iq1_m: the top nibbles of its 4 uint16 scale words
+    cdef uint16_t w0 = scales[0] | (scales[1] << 8), w1 = scales[2] | (scales[3] << 8)
+    cdef uint16_t w2 = scales[4] | (scales[5] << 8), w3 = scales[6] | (scales[7] << 8)
+    return fp16_to_fp32(<uint16_t>((w0 >> 12) | ((w1 >> 8) & 0x00F0) | ((w2 >> 4) & 0x0F00) | (w3 & 0xF000)))
+
+cdef void dequantize_row_iq1_m(const void* vx, float* y, int64_t k) noexcept nogil:
+    cdef const block_iq1_m* x = <const block_iq1_m*>vx
+    cdef int64_t i
+    cdef int g, l, j
+    cdef uint16_t sc
+    cdef uint8_t nib
+    cdef float d, dl, delta
+    for i in range(k // QK_K):
+        d = iq1m_scale(x[i].scales)
+        for g in range(8):
+            sc = x[i].scales[2 * (g // 2)] | (x[i].scales[2 * (g // 2) + 1] << 8)
+            for l in range(4):
+                dl = d * <float>(2 * ((sc >> (6 * (g % 2) + 3 * (l // 2))) & 7) + 1)
+                nib = (x[i].qh[2*g + l // 2] >> (4 * (l % 2))) & 15
+                delta = -IQ1M_DELTA if nib & 8 else IQ1M_DELTA
+                for j in range(8):
+                    y[j] = dl * (gr_iq1s_grid[x[i].qs[4*g + l] | ((nib & 7) << 8)][j] + delta)
+                y += 8
+
+cdef inline int tq1_digit(uint8_t byte, int pw) noexcept nogil:
+    # the base-3 digit of a TQ1_0 byte that multiplying by pw = 3^p brings to the top (p = 0: the
+    # most significant), as 0, 1 or 2: the product wraps to 8 bits on purpose
+    return (<uint16_t><uint8_t>(byte * pw) * 3) >> 8
+
+cdef void dequantize_row_tq1_0(const void* vx, float* y, int64_t k) noexcept nogil:
+    cdef const block_tq1_0* x = <const block_tq1_0*>vx
+    cdef int64_t i
+    cdef int p, m, pw
+    cdef float d
+    for i in range(k // QK_K):
+        d = fp16_to_fp32(x[i].d)
+        pw = 1
+        for p in range(5):
+            for m in range(32):
+                y[32*p + m] = d * <float>(tq1_digit(x[i].qs[m], pw) - 1)
+            for m in range(16):
+                y[160 + 16*p + m] = d * <float>(tq1_digit(x[i].qs[32 + m], pw) - 1)
+            if p < 4:
+                for m in range(4):
+                    y[240 + 4*p + m] = d * <float>(tq1_digit(x[i].qh[m], pw) - 1)
+            pw *= 3
+        y += QK_K
+
+cdef void dequantize_row_tq2_0(const void* vx, float* y, int64_t k) noexcept nogil:
+    cdef const block_tq2_0* x = <const block_tq2_0*>vx
+    cdef int64_t i
+    cdef int c, p, m
+    cdef float d
+    for i in range(k // QK_K):
+        d = fp16_to_fp32(x[i].d)
+        for c in range(2):
+            for p in range(4):
+                for m in range(32):
+                    y[128*c + 32*p + m] = d * <float>(((x[i].qs[32*c + m] >> (2*p)) & 3) - 1)
+        y += QK_K
+
 # ---- quantize activations: x (k,) -> y ----------------------------------------
 cdef void quantize_row_f32(const float* x, void* vy, int64_t k) noexcept nogil:
     memcpy(vy, x, k * 4)
@@ -365,6 +548,25 @@ TRAITS[GGML_TYPE_Q6_K] = type_traits_t(blck_size=QK_K, type_size=sizeof(block_q6
                                        to_float=dequantize_row_q6_K, from_float=NULL)
 TRAITS[GGML_TYPE_Q8_K] = type_traits_t(blck_size=QK_K, type_size=sizeof(block_q8_K), vec_dot_type=GGML_TYPE_Q8_K,
                                        to_float=dequantize_row_q8_K, from_float=quantize_row_q8_K)
+# ---- i-quants and ternary types (issue 23): every one pairs with q8_K, as in ggml
+TRAITS[GGML_TYPE_IQ2_XXS] = type_traits_t(blck_size=QK_K, type_size=sizeof(block_iq2_xxs), vec_dot_type=GGML_TYPE_Q8_K,
+                                          to_float=dequantize_row_iq2_xxs, from_float=NULL)
+TRAITS[GGML_TYPE_IQ2_XS] = type_traits_t(blck_size=QK_K, type_size=sizeof(block_iq2_xs), vec_dot_type=GGML_TYPE_Q8_K,
+                                         to_float=dequantize_row_iq2_xs, from_float=NULL)
+TRAITS[GGML_TYPE_IQ2_S] = type_traits_t(blck_size=QK_K, type_size=sizeof(block_iq2_s), vec_dot_type=GGML_TYPE_Q8_K,
+                                        to_float=dequantize_row_iq2_s, from_float=NULL)
+TRAITS[GGML_TYPE_IQ3_XXS] = type_traits_t(blck_size=QK_K, type_size=sizeof(block_iq3_xxs), vec_dot_type=GGML_TYPE_Q8_K,
+                                          to_float=dequantize_row_iq3_xxs, from_float=NULL)
+TRAITS[GGML_TYPE_IQ3_S] = type_traits_t(blck_size=QK_K, type_size=sizeof(block_iq3_s), vec_dot_type=GGML_TYPE_Q8_K,
+                                        to_float=dequantize_row_iq3_s, from_float=NULL)
+TRAITS[GGML_TYPE_IQ1_S] = type_traits_t(blck_size=QK_K, type_size=sizeof(block_iq1_s), vec_dot_type=GGML_TYPE_Q8_K,
+                                        to_float=dequantize_row_iq1_s, from_float=NULL)
+TRAITS[GGML_TYPE_IQ1_M] = type_traits_t(blck_size=QK_K, type_size=sizeof(block_iq1_m), vec_dot_type=GGML_TYPE_Q8_K,
+                                        to_float=dequantize_row_iq1_m, from_float=NULL)
+TRAITS[GGML_TYPE_TQ1_0] = type_traits_t(blck_size=QK_K, type_size=sizeof(block_tq1_0), vec_dot_type=GGML_TYPE_Q8_K,
+                                        to_float=dequantize_row_tq1_0, from_float=NULL)
+TRAITS[GGML_TYPE_TQ2_0] = type_traits_t(blck_size=QK_K, type_size=sizeof(block_tq2_0), vec_dot_type=GGML_TYPE_Q8_K,
+                                        to_float=dequantize_row_tq2_0, from_float=NULL)
 fill_fp16_table()
 
 
@@ -407,6 +609,15 @@ def block_layouts():
     cdef block_q5_K b5k
     cdef block_q6_K b6k
     cdef block_q8_K b8k
+    cdef block_iq2_xxs i2xxs
+    cdef block_iq2_xs i2xs
+    cdef block_iq2_s i2s
+    cdef block_iq3_xxs i3xxs
+    cdef block_iq3_s i3s
+    cdef block_iq1_s i1s
+    cdef block_iq1_m i1m
+    cdef block_tq1_0 t1
+    cdef block_tq2_0 t2
     return {
         "Q4_0": (sizeof(b40), {"d": <size_t>&b40.d - <size_t>&b40, "qs": <size_t>&b40.qs - <size_t>&b40}),
         "Q4_1": (sizeof(b41), {"d": <size_t>&b41.d - <size_t>&b41, "m": <size_t>&b41.m - <size_t>&b41,
@@ -431,6 +642,23 @@ def block_layouts():
                                "scales": <size_t>&b6k.scales - <size_t>&b6k, "d": <size_t>&b6k.d - <size_t>&b6k}),
         "Q8_K": (sizeof(b8k), {"d": <size_t>&b8k.d - <size_t>&b8k, "qs": <size_t>&b8k.qs - <size_t>&b8k,
                                "bsums": <size_t>&b8k.bsums - <size_t>&b8k}),
+        # ---- i-quants and ternary types (issue 23)
+        "IQ2_XXS": (sizeof(i2xxs), {"d": <size_t>&i2xxs.d - <size_t>&i2xxs, "qs": <size_t>&i2xxs.qs - <size_t>&i2xxs}),
+        "IQ2_XS": (sizeof(i2xs), {"d": <size_t>&i2xs.d - <size_t>&i2xs, "qs": <size_t>&i2xs.qs - <size_t>&i2xs,
+                                  "scales": <size_t>&i2xs.scales - <size_t>&i2xs}),
+        "IQ2_S": (sizeof(i2s), {"d": <size_t>&i2s.d - <size_t>&i2s, "qs": <size_t>&i2s.qs - <size_t>&i2s,
+                                "qh": <size_t>&i2s.qh - <size_t>&i2s, "scales": <size_t>&i2s.scales - <size_t>&i2s}),
+        "IQ3_XXS": (sizeof(i3xxs), {"d": <size_t>&i3xxs.d - <size_t>&i3xxs, "qs": <size_t>&i3xxs.qs - <size_t>&i3xxs}),
+        "IQ3_S": (sizeof(i3s), {"d": <size_t>&i3s.d - <size_t>&i3s, "qs": <size_t>&i3s.qs - <size_t>&i3s,
+                                "qh": <size_t>&i3s.qh - <size_t>&i3s, "signs": <size_t>&i3s.signs - <size_t>&i3s,
+                                "scales": <size_t>&i3s.scales - <size_t>&i3s}),
+        "IQ1_S": (sizeof(i1s), {"d": <size_t>&i1s.d - <size_t>&i1s, "qs": <size_t>&i1s.qs - <size_t>&i1s,
+                                "qh": <size_t>&i1s.qh - <size_t>&i1s}),
+        "IQ1_M": (sizeof(i1m), {"qs": <size_t>&i1m.qs - <size_t>&i1m, "qh": <size_t>&i1m.qh - <size_t>&i1m,
+                                "scales": <size_t>&i1m.scales - <size_t>&i1m}),
+        "TQ1_0": (sizeof(t1), {"qs": <size_t>&t1.qs - <size_t>&t1, "qh": <size_t>&t1.qh - <size_t>&t1,
+                               "d": <size_t>&t1.d - <size_t>&t1}),
+        "TQ2_0": (sizeof(t2), {"qs": <size_t>&t2.qs - <size_t>&t2, "d": <size_t>&t2.d - <size_t>&t2}),
     }
 
 
