@@ -96,12 +96,14 @@ GGML_TYPE_NAMES = {
 }
 
 
-def iq1m_scale(blocks):
-    """The f16 scale of each IQ1_M block (a structured array of GGML_TYPES[IQ1_M].dtype): the top
-    nibbles of its four little-endian uint16 scale words, word 0's lowest."""
-    w = np.ascontiguousarray(blocks["scales"]).view("<u2").reshape(-1, 4).astype(np.uint16)
-    bits = (w[:, 0] >> 12) | ((w[:, 1] >> 8) & 0x00F0) | ((w[:, 2] >> 4) & 0x0F00) | (w[:, 3] & 0xF000)
-    return bits.astype(np.uint16).view("<f2")
+def with_iq1m_scale(scales, d):
+    """IQ1_M's 8 scale bytes of each block (uint8 (nb, 8)) with the f16 block scale d (nb,) put in
+    the top nibbles of its four little-endian uint16 words (word w: bits 4w..4w+3 of d), the
+    3-bit sub-block scales kept: -> uint8 (nb, 8)."""
+    w = np.ascontiguousarray(scales, np.uint8).view("<u2").reshape(-1, 4).astype(np.uint16)
+    bits = np.asarray(d, np.float16).view(np.uint16).reshape(-1, 1)
+    top = ((bits >> (4 * np.arange(4, dtype=np.uint16))) & 0xF) << 12
+    return ((w & 0x0FFF) | top).astype("<u2").view(np.uint8).reshape(-1, 8)
 
 
 def type_name(ttype):

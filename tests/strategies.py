@@ -41,7 +41,7 @@ def blocks(draw, ttype, n_blocks=None, scale_lo=1e-3, scale_hi=1.0, any_finite_s
         raw[:, off:off + 2] = vals.view(np.uint8).reshape(nb, 2)
     if ttype == T.IQ1_M:
         d = draw(_scales(nb, rng, scale_lo, scale_hi, any_finite_scale))
-        raw[:, IQ1M_SCALES:IQ1M_SCALES + 8] = _with_iq1m_scale(raw[:, IQ1M_SCALES:IQ1M_SCALES + 8], d)
+        raw[:, IQ1M_SCALES:IQ1M_SCALES + 8] = T.with_iq1m_scale(raw[:, IQ1M_SCALES:IQ1M_SCALES + 8], d)
     return raw.tobytes(), n
 
 
@@ -51,15 +51,6 @@ def _scales(nb, rng, scale_lo, scale_hi, any_finite_scale):
     sign = rng.choice([-1.0, 1.0], size=nb)
     return st.lists(st.floats(scale_lo, scale_hi), min_size=nb, max_size=nb).map(
         lambda m: (np.array(m) * sign).astype(np.float16))
-
-
-def _with_iq1m_scale(scales, d):
-    """IQ1_M's 8 scale bytes per block with their top nibbles replaced by the f16 d (word w's top
-    nibble holds bits 4w..4w+3 of d)."""
-    w = np.ascontiguousarray(scales).view("<u2").reshape(-1, 4).astype(np.uint16)
-    bits = np.asarray(d, np.float16).view(np.uint16).reshape(-1, 1)
-    top = ((bits >> (4 * np.arange(4, dtype=np.uint16))) & 0xF) << 12
-    return ((w & 0x0FFF) | top).astype("<u2").view(np.uint8).reshape(-1, 8)
 
 
 @st.composite
