@@ -5,6 +5,8 @@ test_kernels.py and test_isa.py, which cover every weight type of ggml_types; th
 test_iq_grids.py.)"""
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import guanaco_rt
 from guanaco_rt import ggml_types as T
@@ -12,6 +14,7 @@ from guanaco_rt._kernels.dispatch import available_isas
 
 from helpers import tiny_gguf
 from reference import ReferenceModel
+from strategies import blocks, vectors
 
 IQ_TYPES = [T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, T.IQ3_S, T.IQ1_S, T.IQ1_M, T.TQ1_0, T.TQ2_0]
 TOKENS = [1, 5, 60, 7, 250, 9, 10, 11, 42, 99, 3, 17]
@@ -56,3 +59,34 @@ def test_every_unit_of_this_cpu_runs_the_file(root, ttype):
         # activation quantizer are their own: a last-bit difference may move a later q8 rounding
         assert np.abs(out - base).max() <= 0.02 * np.abs(base).max(), isa
         assert cosine(out, base).min() > 0.9999, isa
+
+
+X86_IQ_TYPES = [T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, T.IQ3_S, T.TQ2_0]     # isa/x86_iq.h
+
+
+def own_vec_dot_units(ttype):
+    from guanaco_rt._kernels.dispatch import kernel_set
+    return [u for u in available_isas() if u != "generic" and kernel_set(u).sources.get((ttype, "vec_dot")) == u]
+
+
+@pytest.mark.parametrize("ttype", X86_IQ_TYPES, ids=lambda t: T.GGML_TYPES[t].name)
+@given(data=st.data())
+@settings(max_examples=30, deadline=None)
+def test_x86_one_row_kernels_give_the_generic_bits(ttype, data):
+    # exact integer sums, then the generic unit's float steps in its order: the same bits, also
+    # where the activation holds -128 (q8_K can; a negated q8 byte could not)
+    from guanaco_rt._kernels import _quants as Q
+    from guanaco_rt._kernels import _twins as E
+    from guanaco_rt._kernels.dispatch import kernel_set
+    units = own_vec_dot_units(ttype)
+    if not units:
+        pytest.skip("no x86 unit of this CPU has its own kernel for the type")
+    raw, n = data.draw(blocks(ttype))
+    x = data.draw(vectors(n))
+    if data.draw(st.booleans()):
+        x[data.draw(st.integers(0, n - 1))] = 4 * float(np.abs(x).max()) + 1.0   # -> q8 = -128
+    act = Q.quantize(T.Q8_K, x)
+    w = np.frombuffer(raw, np.uint8)
+    want = E.vec_dot(kernel_set("generic"), ttype, w, act, n)
+    for u in units:
+        assert E.vec_dot(kernel_set(u), ttype, w, act, n) == want, u
