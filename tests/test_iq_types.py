@@ -61,7 +61,7 @@ def test_every_unit_of_this_cpu_runs_the_file(root, ttype):
         assert cosine(out, base).min() > 0.9999, isa
 
 
-X86_IQ_TYPES = [T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, T.IQ3_S, T.TQ2_0]     # isa/x86_iq.h
+X86_IQ_TYPES = [T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, T.IQ3_S, T.IQ1_S, T.IQ1_M, T.TQ2_0]     # isa/x86_iq.h
 
 
 def own_vec_dot_units(ttype):

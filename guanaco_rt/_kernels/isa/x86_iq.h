@@ -1,4 +1,4 @@
-/* One-row q8_K dot products of the most downloaded i-quants and of TQ2_0 (issue 23), included by
+/* One-row q8_K dot products of the i-quants but IQ4 and of TQ2_0 (issue 23), included by
  * x86.c: 256-bit code, the same in all four x86 builds (a block's 32-weight groups are gathered
  * from the lattice one row at a time, which a wider register would not speed up). These types are
  * not interleaved 8 rows at a time: the engine runs them one row per call.
@@ -186,3 +186,66 @@ static void vec_dot_tq2_0_q8_K(int n, float *s, const void *vx, const void *vy) 
     }
     *s = sumf;
 }
+
+/* IQ1_S / IQ1_M: the lattice values are -1, 0, 1 (signed: the product is |q8| x (grid with q8's
+ * sign) as above); the +-1/8 offsets go into the same integer as generic_iq.h's, 8 x grid sum +
+ * offset sum, IQ1_S's through the activation's block sums, IQ1_M's (one sign per 8 weights) through
+ * a +-1 byte vector like the grid's */
+static inline __m256i iq1_dot32(__m256i grid, __m256i y, __m256i scale16) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(y), _mm256_sign_epi8(grid, y)), scale16);
+}
+
+#define IQ1_ROW(k) (long long)iq_row8((const uint8_t *)gr_iq1s_grid[k])
+
+static void vec_dot_iq1_s_q8_K(int n, float *s, const void *vx, const void *vy) {
+    const block_iq1_s *x = vx;
+    const block_q8_K *y = vy;
+    float sumf = 0.0f;
+    for (int i = 0; i < n / QK_K; i++) {
+        __m256i acc = _mm256_setzero_si256();
+        int idelta = 0;
+        for (int g = 0; g < 8; g++) {
+            const uint8_t *qs = x[i].qs + 4 * g;
+            int qh = x[i].qh[g], ls = 2 * ((qh >> 12) & 7) + 1;
+            __m256i grid = _mm256_set_epi64x(IQ1_ROW(qs[3] | ((qh >> 9) & 7) << 8), IQ1_ROW(qs[2] | ((qh >> 6) & 7) << 8),
+                                             IQ1_ROW(qs[1] | ((qh >> 3) & 7) << 8), IQ1_ROW(qs[0] | (qh & 7) << 8));
+            __m256i yv = _mm256_loadu_si256((const __m256i *)(y[i].qs + 32 * g));
+            acc = _mm256_add_epi32(acc, iq1_dot32(grid, yv, _mm256_set1_epi16((short)ls)));
+            idelta += ls * (qh & 0x8000 ? -1 : 1) * (y[i].bsums[2 * g] + y[i].bsums[2 * g + 1]);
+        }
+        sumf += _cvtsh_ss(x[i].d) * y[i].d * (8 * iq_hsum_i32(acc) + idelta);
+    }
+    *s = IQ1S_DELTA * sumf;
+}
+
+static void vec_dot_iq1_m_q8_K(int n, float *s, const void *vx, const void *vy) {
+    const block_iq1_m *x = vx;
+    const block_q8_K *y = vy;
+    float sumf = 0.0f;
+    for (int i = 0; i < n / QK_K; i++) {
+        const uint8_t *sc = x[i].scales;
+        uint16_t w[4];
+        for (int k = 0; k < 4; k++)
+            w[k] = (uint16_t)(sc[2 * k] | sc[2 * k + 1] << 8);
+        unsigned short d = (unsigned short)((w[0] >> 12) | ((w[1] >> 8) & 0x00F0) | ((w[2] >> 4) & 0x0F00) | (w[3] & 0xF000));
+        __m256i acc = _mm256_setzero_si256(), accd = _mm256_setzero_si256();
+        for (int g = 0; g < 8; g++) {
+            const uint8_t *qs = x[i].qs + 4 * g;
+            int qh0 = x[i].qh[2 * g], qh1 = x[i].qh[2 * g + 1];
+            __m256i grid = _mm256_set_epi64x(IQ1_ROW(qs[3] | (qh1 >> 4 & 7) << 8), IQ1_ROW(qs[2] | (qh1 & 7) << 8),
+                                             IQ1_ROW(qs[1] | (qh0 >> 4 & 7) << 8), IQ1_ROW(qs[0] | (qh0 & 7) << 8));
+#define IQ1M_DELTA8(b) ((b) ? -1LL : 0x0101010101010101LL)      /* 8 bytes of -1 or of +1 */
+            __m256i delta = _mm256_set_epi64x(IQ1M_DELTA8(qh1 & 0x80), IQ1M_DELTA8(qh1 & 0x08),
+                                              IQ1M_DELTA8(qh0 & 0x80), IQ1M_DELTA8(qh0 & 0x08));
+#undef IQ1M_DELTA8
+            int sh = 6 * (g % 2);
+            __m256i sc16 = iq_scales16(2 * ((w[g / 2] >> sh) & 7) + 1, 2 * ((w[g / 2] >> (sh + 3)) & 7) + 1);
+            __m256i yv = _mm256_loadu_si256((const __m256i *)(y[i].qs + 32 * g));
+            acc = _mm256_add_epi32(acc, iq1_dot32(grid, yv, sc16));
+            accd = _mm256_add_epi32(accd, iq1_dot32(delta, yv, sc16));
+        }
+        sumf += _cvtsh_ss(d) * y[i].d * (8 * iq_hsum_i32(acc) + iq_hsum_i32(accd));
+    }
+    *s = IQ1M_DELTA * sumf;
+}
+#undef IQ1_ROW
