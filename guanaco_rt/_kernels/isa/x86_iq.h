@@ -163,26 +163,26 @@ static void vec_dot_iq3_s_q8_K(int n, float *s, const void *vx, const void *vy) 
     *s = sumf;
 }
 
-/* TQ2_0: sum of (t - 1) q8 = sum of t q8 - sum of q8 (the activation's block sums) */
+/* TQ2_0: sum of (t - 1) q8 = sum of t q8 - sum of q8 (the activation's block sums). The 8 steps'
+ * pair sums add up in i16 lanes (each at most 8 x 2 x 3 x 128 = 6144), less the 16 block sums (each
+ * at most 2048), then one madd */
 static void vec_dot_tq2_0_q8_K(int n, float *s, const void *vx, const void *vy) {
     const block_tq2_0 *x = vx;
     const block_q8_K *y = vy;
     const __m256i three = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
     float sumf = 0.0f;
     for (int i = 0; i < n / QK_K; i++) {
-        __m256i acc = _mm256_setzero_si256();
+        __m256i s16 = _mm256_setzero_si256();
         for (int c = 0; c < 2; c++) {
             __m256i v = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * c));
             for (int p = 0; p < 4; p++) {
                 __m256i t = _mm256_and_si256(_mm256_srli_epi16(v, 2 * p), three);
                 __m256i q = _mm256_loadu_si256((const __m256i *)(y[i].qs + 128 * c + 32 * p));
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(t, q), ones));
+                s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(t, q));
             }
         }
-        int qsum = 0;
-        for (int j = 0; j < QK_K / 16; j++)
-            qsum += y[i].bsums[j];
-        sumf += _cvtsh_ss(x[i].d) * y[i].d * (iq_hsum_i32(acc) - qsum);
+        s16 = _mm256_sub_epi16(s16, _mm256_loadu_si256((const __m256i *)y[i].bsums));
+        sumf += _cvtsh_ss(x[i].d) * y[i].d * iq_hsum_i32(_mm256_madd_epi16(s16, ones));
     }
     *s = sumf;
 }
