@@ -1,13 +1,15 @@
-/* One-row q8_K dot products of the i-quants but IQ4 and of TQ2_0 (issue 23), included by
- * x86.c: 256-bit code, the same in all four x86 builds (a block's 32-weight groups are gathered
- * from the lattice one row at a time, which a wider register would not speed up). These types are
- * not interleaved 8 rows at a time: the engine runs them one row per call.
+/* q8_K dot products of the i-quants but IQ4 and of TQ2_0 (issue 23), included by x86.c: 256-bit
+ * code, the same in all four x86 builds (a block's 32-weight groups are gathered from the lattice
+ * one row at a time, which a wider register would not speed up). These types are not interleaved
+ * 8 rows at a time: one weight row per call, with 1 token (vec_dot) or, for the five lattice types
+ * with signs, 4 tokens sharing each gathered group (vec_dot_x4: prompts).
  *
  * Each block's integer sum is exact and the float steps after it are the generic unit's
  * (generic_iq.h) in its order, so every x86 unit gives the generic unit's bits for these types.
  * The signs go onto the lattice values (at most 62, so negating them stays in int8), and the
  * product is |q8| x (signed grid with q8's sign): q8_K can hold -128, which a negated q8 could not.
  * Pair sums stay within i16: 2 x 128 x 62 = 15872. */
+#include <stddef.h>
 #include "iq_grids.h"
 
 static inline uint64_t iq_row8(const uint8_t *row) {
@@ -29,18 +31,25 @@ static inline int iq_hsum_i32(__m256i v) {
     return _mm_cvtsi128_si32(s);
 }
 
-/* the 4 sign bytes of 32 weights (byte l: bit j set, weight 8l + j negative) as one signs4 word ->
- * the 32 lattice values with their signs, times 32 q8 values, times an i16 scale per 16 weights
- * (scale16), summed into 8 i32 lanes */
-static inline __m256i iq_dot32(__m256i grid, uint32_t signs4, const int8_t *q8, __m256i scale16) {
+/* One 32-weight group g of a block: its lattice values with their signs (int8: at most 62, so a
+ * negated value stays in range) and its odd scale for weights 0..15 and 16..31 (i16 lanes). Built
+ * once per group and shared by the tokens of a call (the gathering is most of the cost). */
+typedef struct { __m256i gs, sc; } iq_group;
+
+/* 32 lattice values and the 4 sign bytes of their weights (byte l: bit j set, weight 8l + j
+ * negative), as one signs4 word -> the values with their signs */
+static inline __m256i iq_signed(__m256i grid, uint32_t signs4) {
     const __m256i spread = _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL, 0x0101010101010101LL, 0);
     const __m256i bits = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
     __m256i s = _mm256_shuffle_epi8(_mm256_set1_epi32((int)signs4), spread);
     __m256i neg = _mm256_cmpeq_epi8(_mm256_and_si256(s, bits), bits);
-    __m256i gs = _mm256_sign_epi8(grid, _mm256_or_si256(neg, _mm256_set1_epi8(1)));
+    return _mm256_sign_epi8(grid, _mm256_or_si256(neg, _mm256_set1_epi8(1)));
+}
+
+/* a group times 32 q8 values, each 16 times its scale, in 8 i32 lanes */
+static inline __m256i iq_mul(iq_group q, const int8_t *q8) {
     __m256i y = _mm256_loadu_si256((const __m256i *)q8);
-    __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(y), _mm256_sign_epi8(gs, y));
-    return _mm256_madd_epi16(p, scale16);
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(y), _mm256_sign_epi8(q.gs, y)), q.sc);
 }
 
 static inline uint32_t iq_ksigns4(uint32_t w) {     /* 4 x 7 stored sign bits -> 4 sign bytes */
@@ -52,116 +61,111 @@ static inline __m256i iq_scales16(int lo, int hi) {  /* weights 0..15 times lo, 
     return _mm256_set_m128i(_mm_set1_epi16((short)hi), _mm_set1_epi16((short)lo));
 }
 
-static void vec_dot_iq2_xxs_q8_K(int n, float *s, const void *vx, const void *vy) {
+static inline iq_group iq2_xxs_group(const void *vx, int g) {
     const block_iq2_xxs *x = vx;
-    const block_q8_K *y = vy;
-    float sumf = 0.0f;
-    for (int i = 0; i < n / QK_K; i++) {
-        __m256i acc = _mm256_setzero_si256();
-        for (int g = 0; g < 8; g++) {
-            uint32_t w0 = x[i].qs[4 * g] | (uint32_t)x[i].qs[4 * g + 1] << 16;
-            uint32_t w1 = x[i].qs[4 * g + 2] | (uint32_t)x[i].qs[4 * g + 3] << 16;
-            __m256i grid = _mm256_set_epi64x((long long)iq_row8(gr_iq2xxs_grid[w0 >> 24]),
-                                             (long long)iq_row8(gr_iq2xxs_grid[(w0 >> 16) & 255]),
-                                             (long long)iq_row8(gr_iq2xxs_grid[(w0 >> 8) & 255]),
-                                             (long long)iq_row8(gr_iq2xxs_grid[w0 & 255]));
-            int ls = 2 * (int)(w1 >> 28) + 1;
-            acc = _mm256_add_epi32(acc, iq_dot32(grid, iq_ksigns4(w1), y[i].qs + 32 * g, iq_scales16(ls, ls)));
-        }
-        sumf += _cvtsh_ss(x[i].d) * y[i].d * iq_hsum_i32(acc);
-    }
-    *s = 0.125f * sumf;
+    uint32_t w0 = x->qs[4 * g] | (uint32_t)x->qs[4 * g + 1] << 16, w1 = x->qs[4 * g + 2] | (uint32_t)x->qs[4 * g + 3] << 16;
+    __m256i grid = _mm256_set_epi64x((long long)iq_row8(gr_iq2xxs_grid[w0 >> 24]),
+                                     (long long)iq_row8(gr_iq2xxs_grid[(w0 >> 16) & 255]),
+                                     (long long)iq_row8(gr_iq2xxs_grid[(w0 >> 8) & 255]),
+                                     (long long)iq_row8(gr_iq2xxs_grid[w0 & 255]));
+    int ls = 2 * (int)(w1 >> 28) + 1;
+    return (iq_group){iq_signed(grid, iq_ksigns4(w1)), iq_scales16(ls, ls)};
 }
 
-static void vec_dot_iq2_xs_q8_K(int n, float *s, const void *vx, const void *vy) {
+static inline iq_group iq2_xs_group(const void *vx, int g) {
     const block_iq2_xs *x = vx;
-    const block_q8_K *y = vy;
-    float sumf = 0.0f;
-    for (int i = 0; i < n / QK_K; i++) {
-        __m256i acc = _mm256_setzero_si256();
-        for (int g = 0; g < 8; g++) {
-            const uint16_t *q = x[i].qs + 4 * g;
-            __m256i grid = _mm256_set_epi64x((long long)iq_row8(gr_iq2xs_grid[q[3] & 511]),
-                                             (long long)iq_row8(gr_iq2xs_grid[q[2] & 511]),
-                                             (long long)iq_row8(gr_iq2xs_grid[q[1] & 511]),
-                                             (long long)iq_row8(gr_iq2xs_grid[q[0] & 511]));
-            uint32_t signs = gr_ksigns_iq2xs[q[0] >> 9] | (uint32_t)gr_ksigns_iq2xs[q[1] >> 9] << 8 |
-                             (uint32_t)gr_ksigns_iq2xs[q[2] >> 9] << 16 | (uint32_t)gr_ksigns_iq2xs[q[3] >> 9] << 24;
-            __m256i sc = iq_scales16(2 * (x[i].scales[g] & 15) + 1, 2 * (x[i].scales[g] >> 4) + 1);
-            acc = _mm256_add_epi32(acc, iq_dot32(grid, signs, y[i].qs + 32 * g, sc));
-        }
-        sumf += _cvtsh_ss(x[i].d) * y[i].d * iq_hsum_i32(acc);
-    }
-    *s = 0.125f * sumf;
+    const uint16_t *q = x->qs + 4 * g;
+    __m256i grid = _mm256_set_epi64x((long long)iq_row8(gr_iq2xs_grid[q[3] & 511]),
+                                     (long long)iq_row8(gr_iq2xs_grid[q[2] & 511]),
+                                     (long long)iq_row8(gr_iq2xs_grid[q[1] & 511]),
+                                     (long long)iq_row8(gr_iq2xs_grid[q[0] & 511]));
+    uint32_t signs = gr_ksigns_iq2xs[q[0] >> 9] | (uint32_t)gr_ksigns_iq2xs[q[1] >> 9] << 8 |
+                     (uint32_t)gr_ksigns_iq2xs[q[2] >> 9] << 16 | (uint32_t)gr_ksigns_iq2xs[q[3] >> 9] << 24;
+    return (iq_group){iq_signed(grid, signs), iq_scales16(2 * (x->scales[g] & 15) + 1, 2 * (x->scales[g] >> 4) + 1)};
 }
 
-static void vec_dot_iq2_s_q8_K(int n, float *s, const void *vx, const void *vy) {
+static inline iq_group iq2_s_group(const void *vx, int g) {
     const block_iq2_s *x = vx;
-    const block_q8_K *y = vy;
-    float sumf = 0.0f;
-    for (int i = 0; i < n / QK_K; i++) {
-        __m256i acc = _mm256_setzero_si256();
-        for (int g = 0; g < 8; g++) {
-            const uint8_t *qs = x[i].qs + 4 * g;
-            int qh = x[i].qh[g];
-            __m256i grid = _mm256_set_epi64x((long long)iq_row8(gr_iq2s_grid[qs[3] | (qh << 2 & 0x300)]),
-                                             (long long)iq_row8(gr_iq2s_grid[qs[2] | (qh << 4 & 0x300)]),
-                                             (long long)iq_row8(gr_iq2s_grid[qs[1] | (qh << 6 & 0x300)]),
-                                             (long long)iq_row8(gr_iq2s_grid[qs[0] | (qh << 8 & 0x300)]));
-            uint32_t signs;
-            memcpy(&signs, x[i].qs + QK_K / 8 + 4 * g, 4);
-            __m256i sc = iq_scales16(2 * (x[i].scales[g] & 15) + 1, 2 * (x[i].scales[g] >> 4) + 1);
-            acc = _mm256_add_epi32(acc, iq_dot32(grid, signs, y[i].qs + 32 * g, sc));
-        }
-        sumf += _cvtsh_ss(x[i].d) * y[i].d * iq_hsum_i32(acc);
-    }
-    *s = 0.125f * sumf;
+    const uint8_t *qs = x->qs + 4 * g;
+    int qh = x->qh[g];
+    __m256i grid = _mm256_set_epi64x((long long)iq_row8(gr_iq2s_grid[qs[3] | (qh << 2 & 0x300)]),
+                                     (long long)iq_row8(gr_iq2s_grid[qs[2] | (qh << 4 & 0x300)]),
+                                     (long long)iq_row8(gr_iq2s_grid[qs[1] | (qh << 6 & 0x300)]),
+                                     (long long)iq_row8(gr_iq2s_grid[qs[0] | (qh << 8 & 0x300)]));
+    uint32_t signs;
+    memcpy(&signs, x->qs + QK_K / 8 + 4 * g, 4);
+    return (iq_group){iq_signed(grid, signs), iq_scales16(2 * (x->scales[g] & 15) + 1, 2 * (x->scales[g] >> 4) + 1)};
 }
 
-static void vec_dot_iq3_xxs_q8_K(int n, float *s, const void *vx, const void *vy) {
+static inline iq_group iq3_xxs_group(const void *vx, int g) {
     const block_iq3_xxs *x = vx;
-    const block_q8_K *y = vy;
-    float sumf = 0.0f;
-    for (int i = 0; i < n / QK_K; i++) {
-        __m256i acc = _mm256_setzero_si256();
-        for (int g = 0; g < 8; g++) {
-            const uint8_t *q = x[i].qs + 8 * g;
-            uint32_t w;
-            memcpy(&w, x[i].qs + QK_K / 4 + 4 * g, 4);
-            __m256i grid = _mm256_set_epi32((int)iq_row4(gr_iq3xxs_grid[q[7]]), (int)iq_row4(gr_iq3xxs_grid[q[6]]),
-                                            (int)iq_row4(gr_iq3xxs_grid[q[5]]), (int)iq_row4(gr_iq3xxs_grid[q[4]]),
-                                            (int)iq_row4(gr_iq3xxs_grid[q[3]]), (int)iq_row4(gr_iq3xxs_grid[q[2]]),
-                                            (int)iq_row4(gr_iq3xxs_grid[q[1]]), (int)iq_row4(gr_iq3xxs_grid[q[0]]));
-            int ls = 2 * (int)(w >> 28) + 1;
-            acc = _mm256_add_epi32(acc, iq_dot32(grid, iq_ksigns4(w), y[i].qs + 32 * g, iq_scales16(ls, ls)));
-        }
-        sumf += _cvtsh_ss(x[i].d) * y[i].d * iq_hsum_i32(acc);
-    }
-    *s = 0.25f * sumf;
+    const uint8_t *q = x->qs + 8 * g;
+    uint32_t w;
+    memcpy(&w, x->qs + QK_K / 4 + 4 * g, 4);
+    __m256i grid = _mm256_set_epi32((int)iq_row4(gr_iq3xxs_grid[q[7]]), (int)iq_row4(gr_iq3xxs_grid[q[6]]),
+                                    (int)iq_row4(gr_iq3xxs_grid[q[5]]), (int)iq_row4(gr_iq3xxs_grid[q[4]]),
+                                    (int)iq_row4(gr_iq3xxs_grid[q[3]]), (int)iq_row4(gr_iq3xxs_grid[q[2]]),
+                                    (int)iq_row4(gr_iq3xxs_grid[q[1]]), (int)iq_row4(gr_iq3xxs_grid[q[0]]));
+    int ls = 2 * (int)(w >> 28) + 1;
+    return (iq_group){iq_signed(grid, iq_ksigns4(w)), iq_scales16(ls, ls)};
 }
 
-static void vec_dot_iq3_s_q8_K(int n, float *s, const void *vx, const void *vy) {
+static inline iq_group iq3_s_group(const void *vx, int g) {
     const block_iq3_s *x = vx;
-    const block_q8_K *y = vy;
-    float sumf = 0.0f;
-    for (int i = 0; i < n / QK_K; i++) {
-        __m256i acc = _mm256_setzero_si256();
-        for (int g = 0; g < 8; g++) {
-            const uint8_t *q = x[i].qs + 8 * g;
-            int qh = x[i].qh[g];
+    const uint8_t *q = x->qs + 8 * g;
+    int qh = x->qh[g];
 #define IQ3S_ROW(m) (int)iq_row4(gr_iq3s_grid[q[m] | ((qh >> (m)) & 1) << 8])
-            __m256i grid = _mm256_set_epi32(IQ3S_ROW(7), IQ3S_ROW(6), IQ3S_ROW(5), IQ3S_ROW(4),
-                                            IQ3S_ROW(3), IQ3S_ROW(2), IQ3S_ROW(1), IQ3S_ROW(0));
+    __m256i grid = _mm256_set_epi32(IQ3S_ROW(7), IQ3S_ROW(6), IQ3S_ROW(5), IQ3S_ROW(4),
+                                    IQ3S_ROW(3), IQ3S_ROW(2), IQ3S_ROW(1), IQ3S_ROW(0));
 #undef IQ3S_ROW
-            uint32_t signs;
-            memcpy(&signs, x[i].signs + 4 * g, 4);
-            int ls = 2 * ((x[i].scales[g / 2] >> 4 * (g % 2)) & 15) + 1;
-            acc = _mm256_add_epi32(acc, iq_dot32(grid, signs, y[i].qs + 32 * g, iq_scales16(ls, ls)));
-        }
-        sumf += _cvtsh_ss(x[i].d) * y[i].d * iq_hsum_i32(acc);
-    }
-    *s = sumf;
+    uint32_t signs;
+    memcpy(&signs, x->signs + 4 * g, 4);
+    int ls = 2 * ((x->scales[g / 2] >> 4 * (g % 2)) & 15) + 1;
+    return (iq_group){iq_signed(grid, signs), iq_scales16(ls, ls)};
 }
+
+/* s[t * s_stride] = <x, y + t * y_stride bytes> for t < T (1: vec_dot, 4: vec_dot_x4), each token
+ * with the generic unit's float steps: per block d * y.d * (exact integer sum), then times factor.
+ * Every block here starts with its f16 d (ggml_blocks.h; checked below). */
+static inline void iq_dot_body(int n, float *s, int64_t s_stride, const void *vx, const void *vy, int64_t y_stride,
+                               int T, size_t bsize, iq_group (*group)(const void *, int), float factor) {
+    float sumf[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int i = 0; i < n / QK_K; i++) {
+        const void *blk = (const uint8_t *)vx + i * bsize;
+        __m256i acc[4];
+        for (int t = 0; t < T; t++)
+            acc[t] = _mm256_setzero_si256();
+        for (int g = 0; g < 8; g++) {
+            iq_group q = group(blk, g);
+            for (int t = 0; t < T; t++)
+                acc[t] = _mm256_add_epi32(acc[t], iq_mul(q, ((const block_q8_K *)((const char *)vy + t * y_stride) + i)->qs + 32 * g));
+        }
+        ggml_fp16_t d;
+        memcpy(&d, blk, sizeof d);
+        for (int t = 0; t < T; t++)
+            sumf[t] += _cvtsh_ss(d) * ((const block_q8_K *)((const char *)vy + t * y_stride) + i)->d * iq_hsum_i32(acc[t]);
+    }
+    for (int t = 0; t < T; t++)
+        s[t * s_stride] = factor * sumf[t];
+}
+_Static_assert(offsetof(block_iq2_xxs, d) == 0 && offsetof(block_iq2_xs, d) == 0 && offsetof(block_iq2_s, d) == 0 &&
+               offsetof(block_iq3_xxs, d) == 0 && offsetof(block_iq3_s, d) == 0, "iq_dot_body reads d first");
+
+/* the pair of kernels of one type; factor: the constant of its scales (generic_iq.h) */
+#define IQ_KERNELS(name, factor)                                                                                    \
+    static void vec_dot_##name##_q8_K(int n, float *s, const void *vx, const void *vy) {                            \
+        iq_dot_body(n, s, 0, vx, vy, 0, 1, sizeof(block_##name), name##_group, factor);                             \
+    }                                                                                                               \
+    static void vec_dot_x4_##name##_q8_K(int n, float *s, int64_t s_stride, const void *vx, const void *vy,         \
+                                         int64_t y_stride) {                                                        \
+        iq_dot_body(n, s, s_stride, vx, vy, y_stride, 4, sizeof(block_##name), name##_group, factor);               \
+    }
+IQ_KERNELS(iq2_xxs, 0.125f)
+IQ_KERNELS(iq2_xs, 0.125f)
+IQ_KERNELS(iq2_s, 0.125f)
+IQ_KERNELS(iq3_xxs, 0.25f)
+IQ_KERNELS(iq3_s, 1.0f)
+#undef IQ_KERNELS
 
 /* TQ2_0: sum of (t - 1) q8 = sum of t q8 - sum of q8 (the activation's block sums). The 8 steps'
  * pair sums add up in i16 lanes (each at most 8 x 2 x 3 x 128 = 6144), less the 16 block sums (each
