@@ -48,6 +48,7 @@ class GGMLType:
 F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1 = 0, 1, 2, 3, 6, 7, 8, 9
 Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K = 10, 11, 12, 13, 14, 15
 IQ4_NL, IQ4_XS, BF16 = 20, 23, 30
+IQ2_XXS, IQ2_XS, IQ3_XXS, IQ1_S, IQ3_S, IQ2_S, IQ1_M, TQ1_0, TQ2_0 = 16, 17, 18, 19, 21, 22, 29, 34, 35
 
 H, U8, I8, I16, U16, F = "<f2", "u1", "i1", "<i2", "<u2", "<f4"
 GGML_TYPES = {t.id: t for t in [
@@ -73,6 +74,18 @@ GGML_TYPES = {t.id: t for t in [
     GGMLType(IQ4_XS, "IQ4_XS", QK_K, Q8_K, True, (("d", H, 1), ("scales_h", U16, 1), ("scales_l", U8, 4),
                                                   ("qs", U8, 128))),
     GGMLType(BF16, "BF16", 1, F32, True, (("x", U16, 1),)),
+    # ---- i-quants and ternary types (issue 23), all paired with q8_K as in ggml. IQ1_M has no
+    # f16 field: its scale is spread over the top nibbles of scales (ggml_blocks.h, iq1m_scale)
+    GGMLType(IQ2_XXS, "IQ2_XXS", QK_K, Q8_K, True, (("d", H, 1), ("qs", U16, 32))),
+    GGMLType(IQ2_XS, "IQ2_XS", QK_K, Q8_K, True, (("d", H, 1), ("qs", U16, 32), ("scales", U8, 8))),
+    GGMLType(IQ2_S, "IQ2_S", QK_K, Q8_K, True, (("d", H, 1), ("qs", U8, 64), ("qh", U8, 8), ("scales", U8, 8))),
+    GGMLType(IQ3_XXS, "IQ3_XXS", QK_K, Q8_K, True, (("d", H, 1), ("qs", U8, 96))),
+    GGMLType(IQ3_S, "IQ3_S", QK_K, Q8_K, True, (("d", H, 1), ("qs", U8, 64), ("qh", U8, 8), ("signs", U8, 32),
+                                                ("scales", U8, 4))),
+    GGMLType(IQ1_S, "IQ1_S", QK_K, Q8_K, True, (("d", H, 1), ("qs", U8, 32), ("qh", U16, 8))),
+    GGMLType(IQ1_M, "IQ1_M", QK_K, Q8_K, True, (("qs", U8, 32), ("qh", U8, 16), ("scales", U8, 8))),
+    GGMLType(TQ1_0, "TQ1_0", QK_K, Q8_K, True, (("qs", U8, 48), ("qh", U8, 4), ("d", H, 1))),
+    GGMLType(TQ2_0, "TQ2_0", QK_K, Q8_K, True, (("qs", U8, 64), ("d", H, 1))),
 ]}
 TYPE_BY_NAME = {t.name: t for t in GGML_TYPES.values()}
 
@@ -87,6 +100,16 @@ GGML_TYPE_NAMES = {
     36: "IQ4_NL_4_4 (removed)", 37: "IQ4_NL_4_8 (removed)", 38: "IQ4_NL_8_8 (removed)", 39: "MXFP4", 40: "NVFP4",
     41: "Q1_0",
 }
+
+
+def with_iq1m_scale(scales, d):
+    """IQ1_M's 8 scale bytes of each block (uint8 (nb, 8)) with the f16 block scale d (nb,) put in
+    the top nibbles of its four little-endian uint16 words (word w: bits 4w..4w+3 of d), the
+    3-bit sub-block scales kept: -> uint8 (nb, 8)."""
+    w = np.ascontiguousarray(scales, np.uint8).view("<u2").reshape(-1, 4).astype(np.uint16)
+    bits = np.asarray(d, np.float16).view(np.uint16).reshape(-1, 1)
+    top = ((bits >> (4 * np.arange(4, dtype=np.uint16))) & 0xF) << 12
+    return ((w & 0x0FFF) | top).astype("<u2").view(np.uint8).reshape(-1, 8)
 
 
 def type_name(ttype):

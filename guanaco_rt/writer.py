@@ -12,6 +12,7 @@ import struct
 
 import numpy as np
 
+from . import ggml_types as T
 from .ggml_file import ALIGNMENT, GGJT_VERSION, MAGIC_GGJT, HParams, expected_shapes
 from .ggml_types import (
     BF16,
@@ -51,6 +52,16 @@ _SCALE_SPREAD = {
     Q6_K: (1350.0, None),
     IQ4_NL: (67.4, None),     # the RMS of kvalues_iq4nl
     IQ4_XS: (1246.0, None),   # times that of the sub-block scales, -32..31
+    # ---- i-quants and ternary types (issue 23): the std of their weights at d = 1 (random bits)
+    T.IQ2_XXS: (53.0, None),
+    T.IQ2_XS: (56.0, None),
+    T.IQ2_S: (56.0, None),
+    T.IQ3_XXS: (142.0, None),
+    T.IQ3_S: (140.0, None),
+    T.IQ1_S: (7.2, None),
+    T.IQ1_M: (7.2, None),     # its d lives in the top nibbles of scales (ggml_types.with_iq1m_scale)
+    T.TQ1_0: (0.82, None),
+    T.TQ2_0: (0.82, None),    # 2-bit fields 0..2 only, as the quantizer writes them
 }
 
 
@@ -73,6 +84,13 @@ def random_tensor_bytes(ttype, shape, rng, std=None):
     spread, mult = _SCALE_SPREAD[ttype]
     scale_fields = t.scale_fields          # d first, then m / dmin
     d = (std / spread) * rng.uniform(0.5, 1.5, nb).astype(np.float32)
+    if ttype == T.TQ2_0:                   # t = 3 decodes, but no quantizer writes it: keep 0..2
+        tq = rng.integers(0, 3, size=(nb, 64, 4), dtype=np.uint8) << np.array([0, 2, 4, 6], np.uint8)
+        raw[:, :64] = np.bitwise_or.reduce(tq, axis=2)
+    if ttype == T.IQ1_M:
+        off = t.offset("scales")
+        raw[:, off:off + 8] = T.with_iq1m_scale(raw[:, off:off + 8], d.astype(np.float16))
+        return raw.tobytes()
     d_off = t.offset(scale_fields[0])
     raw[:, d_off:d_off + 2] = d.astype("<f2").view(np.uint8).reshape(nb, 2)
     if mult is not None:

@@ -13,7 +13,10 @@ from guanaco_rt import ggml_types as T
 
 GGUF_TYPE = {T.F32: GQ.F32, T.F16: GQ.F16, T.Q4_0: GQ.Q4_0, T.Q4_1: GQ.Q4_1, T.Q5_0: GQ.Q5_0, T.Q5_1: GQ.Q5_1,
              T.Q8_0: GQ.Q8_0, T.Q2_K: GQ.Q2_K, T.Q3_K: GQ.Q3_K, T.Q4_K: GQ.Q4_K, T.Q5_K: GQ.Q5_K,
-             T.Q6_K: GQ.Q6_K, T.IQ4_NL: GQ.IQ4_NL, T.IQ4_XS: GQ.IQ4_XS, T.BF16: GQ.BF16}
+             T.Q6_K: GQ.Q6_K, T.IQ4_NL: GQ.IQ4_NL, T.IQ4_XS: GQ.IQ4_XS, T.BF16: GQ.BF16,
+             # ---- i-quants and ternary types (issue 23)
+             T.IQ2_XXS: GQ.IQ2_XXS, T.IQ2_XS: GQ.IQ2_XS, T.IQ2_S: GQ.IQ2_S, T.IQ3_XXS: GQ.IQ3_XXS, T.IQ3_S: GQ.IQ3_S,
+             T.IQ1_S: GQ.IQ1_S, T.IQ1_M: GQ.IQ1_M, T.TQ1_0: GQ.TQ1_0, T.TQ2_0: GQ.TQ2_0}
 
 
 def dequantize(ttype, data, n):

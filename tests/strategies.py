@@ -7,6 +7,7 @@ from guanaco_rt import ggml_types as T
 # byte offsets of the f16 scale fields of each quantized weight type, from the layout table
 F16_FIELDS = {t.id: [t.offset(f) for f in t.scale_fields] for t in T.GGML_TYPES.values()
               if t.weight and t.blck_size > 1}
+IQ1M_SCALES = T.GGML_TYPES[T.IQ1_M].offset("scales")   # IQ1_M's f16 scale: the top nibbles of 4 words
 QUANT_WEIGHT_TYPES = sorted(F16_FIELDS)
 ALL_WEIGHT_TYPES = [T.F32, T.F16, T.BF16] + QUANT_WEIGHT_TYPES
 
@@ -42,7 +43,18 @@ def blocks(draw, ttype, n_blocks=None, scale_lo=1e-3, scale_hi=1.0, any_finite_s
             sign = rng.choice([-1.0, 1.0], size=nb)
             vals = (mag * sign).astype(np.float16)
         raw[:, off:off + 2] = vals.view(np.uint8).reshape(nb, 2)
+    if ttype == T.IQ1_M:
+        d = draw(_scales(nb, rng, scale_lo, scale_hi, any_finite_scale))
+        raw[:, IQ1M_SCALES:IQ1M_SCALES + 8] = T.with_iq1m_scale(raw[:, IQ1M_SCALES:IQ1M_SCALES + 8], d)
     return raw.tobytes(), n
+
+
+def _scales(nb, rng, scale_lo, scale_hi, any_finite_scale):
+    if any_finite_scale:
+        return st.lists(finite_f16(), min_size=nb, max_size=nb).map(lambda v: np.array(v, np.float16))
+    sign = rng.choice([-1.0, 1.0], size=nb)
+    return st.lists(st.floats(scale_lo, scale_hi), min_size=nb, max_size=nb).map(
+        lambda m: (np.array(m) * sign).astype(np.float16))
 
 
 @st.composite

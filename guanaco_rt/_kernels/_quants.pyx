@@ -310,6 +310,8 @@ cdef void dequantize_row_bf16(const void* vx, float* y, int64_t k) noexcept nogi
     for i in range(k):
         bits = (<uint32_t>x[i]) << 16
         memcpy(&y[i], &bits, 4)
+# ---- i-quants and ternary types (issue 23): their dequantizers, in a file of their own
+include "_quants_iq.pxi"
 
 # ---- quantize activations: x (k,) -> y ----------------------------------------
 cdef void quantize_row_f32(const float* x, void* vy, int64_t k) noexcept nogil:
@@ -405,6 +407,25 @@ TRAITS[GGML_TYPE_IQ4_XS] = type_traits_t(blck_size=QK_K, type_size=sizeof(block_
                                          to_float=dequantize_row_iq4_xs, from_float=NULL)
 TRAITS[GGML_TYPE_BF16] = type_traits_t(blck_size=1, type_size=2, vec_dot_type=GGML_TYPE_F32,
                                        to_float=dequantize_row_bf16, from_float=NULL)
+# ---- i-quants and ternary types (issue 23): every one pairs with q8_K, as in ggml
+TRAITS[GGML_TYPE_IQ2_XXS] = type_traits_t(blck_size=QK_K, type_size=sizeof(block_iq2_xxs), vec_dot_type=GGML_TYPE_Q8_K,
+                                          to_float=dequantize_row_iq2_xxs, from_float=NULL)
+TRAITS[GGML_TYPE_IQ2_XS] = type_traits_t(blck_size=QK_K, type_size=sizeof(block_iq2_xs), vec_dot_type=GGML_TYPE_Q8_K,
+                                         to_float=dequantize_row_iq2_xs, from_float=NULL)
+TRAITS[GGML_TYPE_IQ2_S] = type_traits_t(blck_size=QK_K, type_size=sizeof(block_iq2_s), vec_dot_type=GGML_TYPE_Q8_K,
+                                        to_float=dequantize_row_iq2_s, from_float=NULL)
+TRAITS[GGML_TYPE_IQ3_XXS] = type_traits_t(blck_size=QK_K, type_size=sizeof(block_iq3_xxs), vec_dot_type=GGML_TYPE_Q8_K,
+                                          to_float=dequantize_row_iq3_xxs, from_float=NULL)
+TRAITS[GGML_TYPE_IQ3_S] = type_traits_t(blck_size=QK_K, type_size=sizeof(block_iq3_s), vec_dot_type=GGML_TYPE_Q8_K,
+                                        to_float=dequantize_row_iq3_s, from_float=NULL)
+TRAITS[GGML_TYPE_IQ1_S] = type_traits_t(blck_size=QK_K, type_size=sizeof(block_iq1_s), vec_dot_type=GGML_TYPE_Q8_K,
+                                        to_float=dequantize_row_iq1_s, from_float=NULL)
+TRAITS[GGML_TYPE_IQ1_M] = type_traits_t(blck_size=QK_K, type_size=sizeof(block_iq1_m), vec_dot_type=GGML_TYPE_Q8_K,
+                                        to_float=dequantize_row_iq1_m, from_float=NULL)
+TRAITS[GGML_TYPE_TQ1_0] = type_traits_t(blck_size=QK_K, type_size=sizeof(block_tq1_0), vec_dot_type=GGML_TYPE_Q8_K,
+                                        to_float=dequantize_row_tq1_0, from_float=NULL)
+TRAITS[GGML_TYPE_TQ2_0] = type_traits_t(blck_size=QK_K, type_size=sizeof(block_tq2_0), vec_dot_type=GGML_TYPE_Q8_K,
+                                        to_float=dequantize_row_tq2_0, from_float=NULL)
 fill_fp16_table()
 
 
@@ -449,6 +470,15 @@ def block_layouts():
     cdef block_q8_K b8k
     cdef block_iq4_nl bnl
     cdef block_iq4_xs bxs
+    cdef block_iq2_xxs i2xxs
+    cdef block_iq2_xs i2xs
+    cdef block_iq2_s i2s
+    cdef block_iq3_xxs i3xxs
+    cdef block_iq3_s i3s
+    cdef block_iq1_s i1s
+    cdef block_iq1_m i1m
+    cdef block_tq1_0 t1
+    cdef block_tq2_0 t2
     return {
         "Q4_0": (sizeof(b40), {"d": <size_t>&b40.d - <size_t>&b40, "qs": <size_t>&b40.qs - <size_t>&b40}),
         "Q4_1": (sizeof(b41), {"d": <size_t>&b41.d - <size_t>&b41, "m": <size_t>&b41.m - <size_t>&b41,
@@ -478,6 +508,23 @@ def block_layouts():
                                  "scales_h": <size_t>&bxs.scales_h - <size_t>&bxs,
                                  "scales_l": <size_t>&bxs.scales_l - <size_t>&bxs,
                                  "qs": <size_t>&bxs.qs - <size_t>&bxs}),
+        # ---- i-quants and ternary types (issue 23)
+        "IQ2_XXS": (sizeof(i2xxs), {"d": <size_t>&i2xxs.d - <size_t>&i2xxs, "qs": <size_t>&i2xxs.qs - <size_t>&i2xxs}),
+        "IQ2_XS": (sizeof(i2xs), {"d": <size_t>&i2xs.d - <size_t>&i2xs, "qs": <size_t>&i2xs.qs - <size_t>&i2xs,
+                                  "scales": <size_t>&i2xs.scales - <size_t>&i2xs}),
+        "IQ2_S": (sizeof(i2s), {"d": <size_t>&i2s.d - <size_t>&i2s, "qs": <size_t>&i2s.qs - <size_t>&i2s,
+                                "qh": <size_t>&i2s.qh - <size_t>&i2s, "scales": <size_t>&i2s.scales - <size_t>&i2s}),
+        "IQ3_XXS": (sizeof(i3xxs), {"d": <size_t>&i3xxs.d - <size_t>&i3xxs, "qs": <size_t>&i3xxs.qs - <size_t>&i3xxs}),
+        "IQ3_S": (sizeof(i3s), {"d": <size_t>&i3s.d - <size_t>&i3s, "qs": <size_t>&i3s.qs - <size_t>&i3s,
+                                "qh": <size_t>&i3s.qh - <size_t>&i3s, "signs": <size_t>&i3s.signs - <size_t>&i3s,
+                                "scales": <size_t>&i3s.scales - <size_t>&i3s}),
+        "IQ1_S": (sizeof(i1s), {"d": <size_t>&i1s.d - <size_t>&i1s, "qs": <size_t>&i1s.qs - <size_t>&i1s,
+                                "qh": <size_t>&i1s.qh - <size_t>&i1s}),
+        "IQ1_M": (sizeof(i1m), {"qs": <size_t>&i1m.qs - <size_t>&i1m, "qh": <size_t>&i1m.qh - <size_t>&i1m,
+                                "scales": <size_t>&i1m.scales - <size_t>&i1m}),
+        "TQ1_0": (sizeof(t1), {"qs": <size_t>&t1.qs - <size_t>&t1, "qh": <size_t>&t1.qh - <size_t>&t1,
+                               "d": <size_t>&t1.d - <size_t>&t1}),
+        "TQ2_0": (sizeof(t2), {"qs": <size_t>&t2.qs - <size_t>&t2, "d": <size_t>&t2.d - <size_t>&t2}),
     }
 
 

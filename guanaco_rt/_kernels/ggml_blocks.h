@@ -150,6 +150,66 @@ typedef struct { ggml_fp16_t d[8]; uint8_t qs[8 * QK4_NL / 2]; } block_iq4_nlx8;
  * (one uint32 lane per row); qs[32*k + 4*r + j] = row r's qs[4*k + j] (sub-block s: steps 4s..4s+3). */
 typedef struct { ggml_fp16_t d[8]; uint16_t scales_h[8]; uint8_t scales_l[8 * QK_K / 64]; uint8_t qs[8 * QK_K / 2]; }
     block_iq4_xsx8;
+/* ---- i-quants and ternary types (issue 23): 256 weights a block, each paired with q8_K ----
+ * The i-quants store a group of 8 (IQ3: 4) weights as an index into a lattice (iq_grids.h, the
+ * weights' magnitudes, or IQ1's values -1/0/1) and, where signed, 7 sign bits per 8 weights that
+ * index gr_ksigns_iq2xs (the 8th sign makes the minus count even). "ls" below is a block scale's
+ * stored 4- or 3-bit field; grid[k][j] is weight j of row k. */
+
+/* IQ2_XXS, 2.0625 bits per weight: 8 groups of 32 weights, each two uint32 words
+ * w0 = qs[4g] | qs[4g+1] << 16, w1 = qs[4g+2] | qs[4g+3] << 16. Byte l of w0 indexes
+ * gr_iq2xxs_grid for weights 8l..8l+7; bits 7l..7l+6 of w1 are their sign bits; ls = w1 >> 28.
+ * x = d * (0.5 + ls) / 4 * grid * sign. */
+typedef struct { ggml_fp16_t d; uint16_t qs[QK_K / 8]; } block_iq2_xxs;
+
+/* IQ2_XS, 2.3125 bits per weight: qs[k] for weights 8k..8k+7: index qs[k] & 511 into
+ * gr_iq2xs_grid, sign bits qs[k] >> 9. scales[g]: the low nibble is ls of weights 32g..32g+15,
+ * the high nibble of 32g+16..32g+31. x = d * (0.5 + ls) / 4 * grid * sign. */
+typedef struct { ggml_fp16_t d; uint16_t qs[QK_K / 8]; uint8_t scales[QK_K / 32]; } block_iq2_xs;
+
+/* IQ2_S, 2.5625 bits per weight: qs[0:32] the low 8 bits of the 10-bit index (into gr_iq2s_grid)
+ * of weights 8k..8k+7, bits 2l, 2l+1 of qh[g] its high 2 bits (k = 4g + l); qs[32 + k] the 8 sign
+ * bits of those weights, stored whole; scales as block_iq2_xs. x = d * (0.5 + ls) / 4 * grid * sign. */
+typedef struct { ggml_fp16_t d; uint8_t qs[QK_K / 4]; uint8_t qh[QK_K / 32]; uint8_t scales[QK_K / 32]; }
+    block_iq2_s;
+
+/* IQ3_XXS, 3.0625 bits per weight: qs[0:64] one gr_iq3xxs_grid index per 4 weights; qs[64:96] 8
+ * little-endian uint32 words, word g for weights 32g..32g+31: bits 7l..7l+6 the sign bits of
+ * weights 32g+8l..32g+8l+7, ls = word >> 28. x = d * (0.5 + ls) / 2 * grid * sign. */
+typedef struct { ggml_fp16_t d; uint8_t qs[3 * QK_K / 8]; } block_iq3_xxs;
+
+/* IQ3_S, 3.4375 bits per weight: a 9-bit gr_iq3s_grid index per 4 weights, the low 8 bits in qs[k]
+ * (weights 4k..4k+3) and the 9th in bit k % 8 of qh[k / 8]; signs[k] the 8 sign bits of weights
+ * 8k..8k+7, stored whole; scales[p]: the low nibble is ls of weights 64p..64p+31, the high nibble of
+ * 64p+32..64p+63. x = d * (1 + 2 * ls) * grid * sign. */
+typedef struct { ggml_fp16_t d; uint8_t qs[QK_K / 4]; uint8_t qh[QK_K / 32]; uint8_t signs[QK_K / 8];
+                 uint8_t scales[QK_K / 64]; } block_iq3_s;
+
+/* IQ1_S, 1.5625 bits per weight: an 11-bit gr_iq1s_grid index per 8 weights, qs[k] its low 8 bits
+ * (weights 8k..8k+7, k = 4g + l), bits 3l..3l+2 of qh[g] its high 3; of qh[g], bits 12-14 are ls
+ * and bit 15 the sign of delta for weights 32g..32g+31. x = d * (2 * ls + 1) * (grid + delta),
+ * delta = +-1/8 (IQ1S_DELTA). */
+typedef struct { ggml_fp16_t d; uint8_t qs[QK_K / 8]; uint16_t qh[QK_K / 32]; } block_iq1_s;
+
+/* IQ1_M, 1.75 bits per weight, no separate scale: the f16 block scale d is the top nibbles of the
+ * four little-endian uint16 words of scales, word 0's lowest. Index of weights 8k..8k+7 (k = 4g + l):
+ * qs[k] | (bits 0-2 of nibble l of qh[2g..2g+1]) << 8, bit 3 of that nibble the sign of its delta.
+ * 3-bit ls of weights 16h..16h+15 (h = 2g + e): bits 6(g % 2) + 3e of word g / 2.
+ * x = d * (2 * ls + 1) * (grid + delta), delta = +-1/8. */
+typedef struct { uint8_t qs[QK_K / 8]; uint8_t qh[QK_K / 16]; uint8_t scales[QK_K / 32]; } block_iq1_m;
+#define IQ1S_DELTA 0.125f
+#define IQ1M_DELTA 0.125f
+
+/* TQ1_0, 1.6875 bits per weight, ternary x = d * (t - 1), t in {0, 1, 2}: five t's a byte as the
+ * base-3 digits of a fraction, byte = ceil(256 * (t4 + 3 t3 + 9 t2 + 27 t1 + 81 t0) / 243) (t0 the
+ * first): the digit at position p is ((uint8_t)(byte * 3^p) * 3) >> 8. qs[0:32]: digit p of byte m
+ * is weight 32p + m; qs[32:48]: weight 160 + 16p + m for byte 32 + m; qh[4] four digits a byte,
+ * weight 240 + 4p + m. */
+typedef struct { uint8_t qs[(QK_K - 4 * QK_K / 64) / 5]; uint8_t qh[QK_K / 64]; ggml_fp16_t d; } block_tq1_0;
+
+/* TQ2_0, 2.0625 bits per weight, x = d * (t - 1): bits 2p, 2p+1 of qs[32c + m] are t of weight
+ * 128c + 32p + m. */
+typedef struct { uint8_t qs[QK_K / 4]; ggml_fp16_t d; } block_tq2_0;
 
 #pragma pack(pop)
 
@@ -179,5 +239,16 @@ _Static_assert(sizeof(block_q4_Kx8) == 8 * sizeof(block_q4_K), "block_q4_Kx8: wr
 _Static_assert(sizeof(block_q5_Kx8) == 8 * sizeof(block_q5_K), "block_q5_Kx8: wrong size/padding");
 _Static_assert(sizeof(block_q2_Kx8) == 8 * sizeof(block_q2_K), "block_q2_Kx8: wrong size/padding");
 _Static_assert(sizeof(block_q6_Kx8) == 8 * sizeof(block_q6_K), "block_q6_Kx8: wrong size/padding");
+
+/* i-quants and ternary types (issue 23) */
+_Static_assert(sizeof(block_iq2_xxs) == 66, "block_iq2_xxs: wrong size/padding");
+_Static_assert(sizeof(block_iq2_xs) == 74, "block_iq2_xs: wrong size/padding");
+_Static_assert(sizeof(block_iq2_s) == 82, "block_iq2_s: wrong size/padding");
+_Static_assert(sizeof(block_iq3_xxs) == 98, "block_iq3_xxs: wrong size/padding");
+_Static_assert(sizeof(block_iq3_s) == 110, "block_iq3_s: wrong size/padding");
+_Static_assert(sizeof(block_iq1_s) == 50, "block_iq1_s: wrong size/padding");
+_Static_assert(sizeof(block_iq1_m) == 56, "block_iq1_m: wrong size/padding");
+_Static_assert(sizeof(block_tq1_0) == 54, "block_tq1_0: wrong size/padding");
+_Static_assert(sizeof(block_tq2_0) == 66, "block_tq2_0: wrong size/padding");
 
 #endif

@@ -80,6 +80,45 @@ cdef extern from "ggml_blocks.h" nogil:
         uint8_t scales_l[4]
         uint8_t qs[128]
     # (the 8-row interleaved layouts, block_q4_0x8 ..., are used by the C units only)
+    # ---- i-quants and ternary types (issue 23)
+    ctypedef struct block_iq2_xxs:
+        ggml_fp16_t d
+        uint16_t qs[32]
+    ctypedef struct block_iq2_xs:
+        ggml_fp16_t d
+        uint16_t qs[32]
+        uint8_t scales[8]
+    ctypedef struct block_iq2_s:
+        ggml_fp16_t d
+        uint8_t qs[64]
+        uint8_t qh[8]
+        uint8_t scales[8]
+    ctypedef struct block_iq3_xxs:
+        ggml_fp16_t d
+        uint8_t qs[96]
+    ctypedef struct block_iq3_s:
+        ggml_fp16_t d
+        uint8_t qs[64]
+        uint8_t qh[8]
+        uint8_t signs[32]
+        uint8_t scales[4]
+    ctypedef struct block_iq1_s:
+        ggml_fp16_t d
+        uint8_t qs[32]
+        uint16_t qh[8]
+    ctypedef struct block_iq1_m:
+        uint8_t qs[32]
+        uint8_t qh[16]
+        uint8_t scales[8]
+    ctypedef struct block_tq1_0:
+        uint8_t qs[48]
+        uint8_t qh[4]
+        ggml_fp16_t d
+    ctypedef struct block_tq2_0:
+        uint8_t qs[64]
+        ggml_fp16_t d
+    float IQ1S_DELTA
+    float IQ1M_DELTA
 
 cdef extern from "ggml_blocks.h" nogil:
     enum:  # ggml_type ids, as the files store them (values in ggml_blocks.h)

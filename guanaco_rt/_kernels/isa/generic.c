@@ -6,6 +6,7 @@
  * block, then one float expression per block, as ggml's scalar branch. s[0] = <x, y> over
  * n elements. Build with -std=c11 -ffp-contract=off (generic.h says why). */
 #include "generic.h"
+#include "generic_iq.h"   /* the i-quants and ternary types */
 
 /* ---- f32 / f16 weights against f32 activations: float products summed in double ---- */
 static void vec_dot_f32_generic(int n, float *s, const void *vx, const void *vy) {
@@ -302,6 +303,16 @@ const isa_kernels_t gr_isa_generic = {
         [GGML_TYPE_IQ4_NL] = {.vec_dot = vec_dot_iq4_nl_q8_1_generic},
         [GGML_TYPE_IQ4_XS] = {.vec_dot = vec_dot_iq4_xs_q8_K_generic},
         [GGML_TYPE_BF16] = {.vec_dot = vec_dot_bf16_generic},
+        /* ---- i-quants and ternary types (issue 23): generic_iq.h */
+        [GGML_TYPE_IQ2_XXS] = {.vec_dot = vec_dot_iq2_xxs_q8_K_generic},
+        [GGML_TYPE_IQ2_XS] = {.vec_dot = vec_dot_iq2_xs_q8_K_generic},
+        [GGML_TYPE_IQ2_S] = {.vec_dot = vec_dot_iq2_s_q8_K_generic},
+        [GGML_TYPE_IQ3_XXS] = {.vec_dot = vec_dot_iq3_xxs_q8_K_generic},
+        [GGML_TYPE_IQ3_S] = {.vec_dot = vec_dot_iq3_s_q8_K_generic},
+        [GGML_TYPE_IQ1_S] = {.vec_dot = vec_dot_iq1_s_q8_K_generic},
+        [GGML_TYPE_IQ1_M] = {.vec_dot = vec_dot_iq1_m_q8_K_generic},
+        [GGML_TYPE_TQ1_0] = {.vec_dot = vec_dot_tq1_0_q8_K_generic},
+        [GGML_TYPE_TQ2_0] = {.vec_dot = vec_dot_tq2_0_q8_K_generic},
     },
     .kv_scores = kv_scores_generic,
     .kv_mix = kv_mix_generic,

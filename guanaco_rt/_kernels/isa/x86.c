@@ -11,7 +11,8 @@
  * width. A unit declares the layout it wants by what its table fills: every quantized weight type
  * here is interleaved 8 rows at a time at load, so the
  * one-row kernels (vec_dot) come from the fallback unit, generic, for the few tail rows of a
- * matrix whose row count is not a multiple of 8 (_engine.rows_q).
+ * matrix whose row count is not a multiple of 8 (_engine.rows_q). The exceptions, the i-quants
+ * IQ2_XXS/IQ2_XS/IQ2_S/IQ3_XXS/IQ3_S/IQ1_S/IQ1_M and TQ2_0, have one-row kernels of their own (x86_iq.h).
  *
  * The 8-row kernels: lane r of each 32-byte step of a block_*x8 holds 4 weights of row r
  * (ggml_blocks.h); a 512-bit register holds two consecutive steps (vi_load_w). Each row's
@@ -282,6 +283,7 @@ static void kv_mix(float *out, const float *a, const void *kv, int64_t off, int6
 }
 
 #include "x86_r8.h"
+#include "x86_iq.h"   /* one-row kernels of the i-quants and TQ2_0 */
 
 /* ---- bf16 weights against f32 activations: one row (bf16 matrices are not interleaved) ---- */
 /* Per 16 floats one fma per element into 16 lanes (one register at 512 bits, two at 256), 4 chains,
@@ -386,6 +388,15 @@ const isa_kernels_t GR_UNIT_TABLE = {
         [GGML_TYPE_IQ4_XS] = R8(iq4_xs),
         [GGML_TYPE_BF16] = {.vec_dot = vec_dot_bf16},
         [GGML_TYPE_Q8_1] = {.quantize = quantize_row_q8_1},
+        /* ---- i-quants and ternary types (issue 23): one row a call (x86_iq.h); TQ1_0 from generic */
+        [GGML_TYPE_IQ2_XXS] = {.vec_dot = vec_dot_iq2_xxs_q8_K, .vec_dot_x4 = vec_dot_x4_iq2_xxs_q8_K},
+        [GGML_TYPE_IQ2_XS] = {.vec_dot = vec_dot_iq2_xs_q8_K, .vec_dot_x4 = vec_dot_x4_iq2_xs_q8_K},
+        [GGML_TYPE_IQ2_S] = {.vec_dot = vec_dot_iq2_s_q8_K, .vec_dot_x4 = vec_dot_x4_iq2_s_q8_K},
+        [GGML_TYPE_IQ3_XXS] = {.vec_dot = vec_dot_iq3_xxs_q8_K, .vec_dot_x4 = vec_dot_x4_iq3_xxs_q8_K},
+        [GGML_TYPE_IQ3_S] = {.vec_dot = vec_dot_iq3_s_q8_K, .vec_dot_x4 = vec_dot_x4_iq3_s_q8_K},
+        [GGML_TYPE_IQ1_S] = {.vec_dot = vec_dot_iq1_s_q8_K},
+        [GGML_TYPE_IQ1_M] = {.vec_dot = vec_dot_iq1_m_q8_K},
+        [GGML_TYPE_TQ2_0] = {.vec_dot = vec_dot_tq2_0_q8_K},
     },
     .kv_scores = kv_scores,
     .kv_mix = kv_mix,

@@ -1,0 +1,255 @@
+/* q8_K dot products of the i-quants but IQ4 and of TQ2_0 (issue 23), included by x86.c: 256-bit
+ * code, the same in all four x86 builds (a block's 32-weight groups are gathered from the lattice
+ * one row at a time, which a wider register would not speed up). These types are not interleaved
+ * 8 rows at a time: one weight row per call, with 1 token (vec_dot) or, for the five lattice types
+ * with signs, 4 tokens sharing each gathered group (vec_dot_x4: prompts).
+ *
+ * Each block's integer sum is exact and the float steps after it are the generic unit's
+ * (generic_iq.h) in its order, so every x86 unit gives the generic unit's bits for these types.
+ * The signs go onto the lattice values (at most 62, so negating them stays in int8), and the
+ * product is |q8| x (signed grid with q8's sign): q8_K can hold -128, which a negated q8 could not.
+ * Pair sums stay within i16: 2 x 128 x 62 = 15872. */
+#include <stddef.h>
+#include "iq_grids.h"
+
+static inline uint64_t iq_row8(const uint8_t *row) {
+    uint64_t v;
+    memcpy(&v, row, 8);
+    return v;
+}
+
+static inline uint32_t iq_row4(const uint8_t *row) {
+    uint32_t v;
+    memcpy(&v, row, 4);
+    return v;
+}
+
+static inline int iq_hsum_i32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_extracti128_si256(v, 1), _mm256_castsi256_si128(v));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* One 32-weight group g of a block: its lattice values with their signs (int8: at most 62, so a
+ * negated value stays in range) and its odd scale for weights 0..15 and 16..31 (i16 lanes). Built
+ * once per group and shared by the tokens of a call (the gathering is most of the cost). */
+typedef struct { __m256i gs, sc; } iq_group;
+
+/* 32 lattice values and the 4 sign bytes of their weights (byte l: bit j set, weight 8l + j
+ * negative), as one signs4 word -> the values with their signs */
+static inline __m256i iq_signed(__m256i grid, uint32_t signs4) {
+    const __m256i spread = _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL, 0x0101010101010101LL, 0);
+    const __m256i bits = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    __m256i s = _mm256_shuffle_epi8(_mm256_set1_epi32((int)signs4), spread);
+    __m256i neg = _mm256_cmpeq_epi8(_mm256_and_si256(s, bits), bits);
+    return _mm256_sign_epi8(grid, _mm256_or_si256(neg, _mm256_set1_epi8(1)));
+}
+
+/* a group times 32 q8 values, each 16 times its scale, in 8 i32 lanes */
+static inline __m256i iq_mul(iq_group q, const int8_t *q8) {
+    __m256i y = _mm256_loadu_si256((const __m256i *)q8);
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(y), _mm256_sign_epi8(q.gs, y)), q.sc);
+}
+
+static inline uint32_t iq_ksigns4(uint32_t w) {     /* 4 x 7 stored sign bits -> 4 sign bytes */
+    return gr_ksigns_iq2xs[w & 127] | (uint32_t)gr_ksigns_iq2xs[(w >> 7) & 127] << 8 |
+           (uint32_t)gr_ksigns_iq2xs[(w >> 14) & 127] << 16 | (uint32_t)gr_ksigns_iq2xs[(w >> 21) & 127] << 24;
+}
+
+static inline __m256i iq_scales16(int lo, int hi) {  /* weights 0..15 times lo, 16..31 times hi */
+    return _mm256_set_m128i(_mm_set1_epi16((short)hi), _mm_set1_epi16((short)lo));
+}
+
+static inline iq_group iq2_xxs_group(const void *vx, int g) {
+    const block_iq2_xxs *x = vx;
+    uint32_t w0 = x->qs[4 * g] | (uint32_t)x->qs[4 * g + 1] << 16, w1 = x->qs[4 * g + 2] | (uint32_t)x->qs[4 * g + 3] << 16;
+    __m256i grid = _mm256_set_epi64x((long long)iq_row8(gr_iq2xxs_grid[w0 >> 24]),
+                                     (long long)iq_row8(gr_iq2xxs_grid[(w0 >> 16) & 255]),
+                                     (long long)iq_row8(gr_iq2xxs_grid[(w0 >> 8) & 255]),
+                                     (long long)iq_row8(gr_iq2xxs_grid[w0 & 255]));
+    int ls = 2 * (int)(w1 >> 28) + 1;
+    return (iq_group){iq_signed(grid, iq_ksigns4(w1)), iq_scales16(ls, ls)};
+}
+
+static inline iq_group iq2_xs_group(const void *vx, int g) {
+    const block_iq2_xs *x = vx;
+    const uint16_t *q = x->qs + 4 * g;
+    __m256i grid = _mm256_set_epi64x((long long)iq_row8(gr_iq2xs_grid[q[3] & 511]),
+                                     (long long)iq_row8(gr_iq2xs_grid[q[2] & 511]),
+                                     (long long)iq_row8(gr_iq2xs_grid[q[1] & 511]),
+                                     (long long)iq_row8(gr_iq2xs_grid[q[0] & 511]));
+    uint32_t signs = gr_ksigns_iq2xs[q[0] >> 9] | (uint32_t)gr_ksigns_iq2xs[q[1] >> 9] << 8 |
+                     (uint32_t)gr_ksigns_iq2xs[q[2] >> 9] << 16 | (uint32_t)gr_ksigns_iq2xs[q[3] >> 9] << 24;
+    return (iq_group){iq_signed(grid, signs), iq_scales16(2 * (x->scales[g] & 15) + 1, 2 * (x->scales[g] >> 4) + 1)};
+}
+
+static inline iq_group iq2_s_group(const void *vx, int g) {
+    const block_iq2_s *x = vx;
+    const uint8_t *qs = x->qs + 4 * g;
+    int qh = x->qh[g];
+    __m256i grid = _mm256_set_epi64x((long long)iq_row8(gr_iq2s_grid[qs[3] | (qh << 2 & 0x300)]),
+                                     (long long)iq_row8(gr_iq2s_grid[qs[2] | (qh << 4 & 0x300)]),
+                                     (long long)iq_row8(gr_iq2s_grid[qs[1] | (qh << 6 & 0x300)]),
+                                     (long long)iq_row8(gr_iq2s_grid[qs[0] | (qh << 8 & 0x300)]));
+    uint32_t signs;
+    memcpy(&signs, x->qs + QK_K / 8 + 4 * g, 4);
+    return (iq_group){iq_signed(grid, signs), iq_scales16(2 * (x->scales[g] & 15) + 1, 2 * (x->scales[g] >> 4) + 1)};
+}
+
+static inline iq_group iq3_xxs_group(const void *vx, int g) {
+    const block_iq3_xxs *x = vx;
+    const uint8_t *q = x->qs + 8 * g;
+    uint32_t w;
+    memcpy(&w, x->qs + QK_K / 4 + 4 * g, 4);
+    __m256i grid = _mm256_set_epi32((int)iq_row4(gr_iq3xxs_grid[q[7]]), (int)iq_row4(gr_iq3xxs_grid[q[6]]),
+                                    (int)iq_row4(gr_iq3xxs_grid[q[5]]), (int)iq_row4(gr_iq3xxs_grid[q[4]]),
+                                    (int)iq_row4(gr_iq3xxs_grid[q[3]]), (int)iq_row4(gr_iq3xxs_grid[q[2]]),
+                                    (int)iq_row4(gr_iq3xxs_grid[q[1]]), (int)iq_row4(gr_iq3xxs_grid[q[0]]));
+    int ls = 2 * (int)(w >> 28) + 1;
+    return (iq_group){iq_signed(grid, iq_ksigns4(w)), iq_scales16(ls, ls)};
+}
+
+static inline iq_group iq3_s_group(const void *vx, int g) {
+    const block_iq3_s *x = vx;
+    const uint8_t *q = x->qs + 8 * g;
+    int qh = x->qh[g];
+#define IQ3S_ROW(m) (int)iq_row4(gr_iq3s_grid[q[m] | ((qh >> (m)) & 1) << 8])
+    __m256i grid = _mm256_set_epi32(IQ3S_ROW(7), IQ3S_ROW(6), IQ3S_ROW(5), IQ3S_ROW(4),
+                                    IQ3S_ROW(3), IQ3S_ROW(2), IQ3S_ROW(1), IQ3S_ROW(0));
+#undef IQ3S_ROW
+    uint32_t signs;
+    memcpy(&signs, x->signs + 4 * g, 4);
+    int ls = 2 * ((x->scales[g / 2] >> 4 * (g % 2)) & 15) + 1;
+    return (iq_group){iq_signed(grid, signs), iq_scales16(ls, ls)};
+}
+
+/* s[t * s_stride] = <x, y + t * y_stride bytes> for t < T (1: vec_dot, 4: vec_dot_x4), each token
+ * with the generic unit's float steps: per block d * y.d * (exact integer sum), then times factor.
+ * Every block here starts with its f16 d (ggml_blocks.h; checked below). */
+static inline void iq_dot_body(int n, float *s, int64_t s_stride, const void *vx, const void *vy, int64_t y_stride,
+                               int T, size_t bsize, iq_group (*group)(const void *, int), float factor) {
+    float sumf[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int i = 0; i < n / QK_K; i++) {
+        const void *blk = (const uint8_t *)vx + i * bsize;
+        __m256i acc[4];
+        for (int t = 0; t < T; t++)
+            acc[t] = _mm256_setzero_si256();
+        for (int g = 0; g < 8; g++) {
+            iq_group q = group(blk, g);
+            for (int t = 0; t < T; t++)
+                acc[t] = _mm256_add_epi32(acc[t], iq_mul(q, ((const block_q8_K *)((const char *)vy + t * y_stride) + i)->qs + 32 * g));
+        }
+        ggml_fp16_t d;
+        memcpy(&d, blk, sizeof d);
+        for (int t = 0; t < T; t++)
+            sumf[t] += _cvtsh_ss(d) * ((const block_q8_K *)((const char *)vy + t * y_stride) + i)->d * iq_hsum_i32(acc[t]);
+    }
+    for (int t = 0; t < T; t++)
+        s[t * s_stride] = factor * sumf[t];
+}
+_Static_assert(offsetof(block_iq2_xxs, d) == 0 && offsetof(block_iq2_xs, d) == 0 && offsetof(block_iq2_s, d) == 0 &&
+               offsetof(block_iq3_xxs, d) == 0 && offsetof(block_iq3_s, d) == 0, "iq_dot_body reads d first");
+
+/* the pair of kernels of one type; factor: the constant of its scales (generic_iq.h) */
+#define IQ_KERNELS(name, factor)                                                                                    \
+    static void vec_dot_##name##_q8_K(int n, float *s, const void *vx, const void *vy) {                            \
+        iq_dot_body(n, s, 0, vx, vy, 0, 1, sizeof(block_##name), name##_group, factor);                             \
+    }                                                                                                               \
+    static void vec_dot_x4_##name##_q8_K(int n, float *s, int64_t s_stride, const void *vx, const void *vy,         \
+                                         int64_t y_stride) {                                                        \
+        iq_dot_body(n, s, s_stride, vx, vy, y_stride, 4, sizeof(block_##name), name##_group, factor);               \
+    }
+IQ_KERNELS(iq2_xxs, 0.125f)
+IQ_KERNELS(iq2_xs, 0.125f)
+IQ_KERNELS(iq2_s, 0.125f)
+IQ_KERNELS(iq3_xxs, 0.25f)
+IQ_KERNELS(iq3_s, 1.0f)
+#undef IQ_KERNELS
+
+/* TQ2_0: sum of (t - 1) q8 = sum of t q8 - sum of q8 (the activation's block sums). The 8 steps'
+ * pair sums add up in i16 lanes (each at most 8 x 2 x 3 x 128 = 6144), less the 16 block sums (each
+ * at most 2048), then one madd */
+static void vec_dot_tq2_0_q8_K(int n, float *s, const void *vx, const void *vy) {
+    const block_tq2_0 *x = vx;
+    const block_q8_K *y = vy;
+    const __m256i three = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
+    float sumf = 0.0f;
+    for (int i = 0; i < n / QK_K; i++) {
+        __m256i s16 = _mm256_setzero_si256();
+        for (int c = 0; c < 2; c++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * c));
+            for (int p = 0; p < 4; p++) {
+                __m256i t = _mm256_and_si256(_mm256_srli_epi16(v, 2 * p), three);
+                __m256i q = _mm256_loadu_si256((const __m256i *)(y[i].qs + 128 * c + 32 * p));
+                s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(t, q));
+            }
+        }
+        s16 = _mm256_sub_epi16(s16, _mm256_loadu_si256((const __m256i *)y[i].bsums));
+        sumf += _cvtsh_ss(x[i].d) * y[i].d * iq_hsum_i32(_mm256_madd_epi16(s16, ones));
+    }
+    *s = sumf;
+}
+
+/* IQ1_S / IQ1_M: the lattice values are -1, 0, 1 (signed: the product is |q8| x (grid with q8's
+ * sign) as above); the +-1/8 offsets go into the same integer as generic_iq.h's, 8 x grid sum +
+ * offset sum, IQ1_S's through the activation's block sums, IQ1_M's (one sign per 8 weights) through
+ * a +-1 byte vector like the grid's */
+static inline __m256i iq1_dot32(__m256i grid, __m256i y, __m256i scale16) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(y), _mm256_sign_epi8(grid, y)), scale16);
+}
+
+#define IQ1_ROW(k) (long long)iq_row8((const uint8_t *)gr_iq1s_grid[k])
+
+static void vec_dot_iq1_s_q8_K(int n, float *s, const void *vx, const void *vy) {
+    const block_iq1_s *x = vx;
+    const block_q8_K *y = vy;
+    float sumf = 0.0f;
+    for (int i = 0; i < n / QK_K; i++) {
+        __m256i acc = _mm256_setzero_si256();
+        int idelta = 0;
+        for (int g = 0; g < 8; g++) {
+            const uint8_t *qs = x[i].qs + 4 * g;
+            int qh = x[i].qh[g], ls = 2 * ((qh >> 12) & 7) + 1;
+            __m256i grid = _mm256_set_epi64x(IQ1_ROW(qs[3] | ((qh >> 9) & 7) << 8), IQ1_ROW(qs[2] | ((qh >> 6) & 7) << 8),
+                                             IQ1_ROW(qs[1] | ((qh >> 3) & 7) << 8), IQ1_ROW(qs[0] | (qh & 7) << 8));
+            __m256i yv = _mm256_loadu_si256((const __m256i *)(y[i].qs + 32 * g));
+            acc = _mm256_add_epi32(acc, iq1_dot32(grid, yv, _mm256_set1_epi16((short)ls)));
+            idelta += ls * (qh & 0x8000 ? -1 : 1) * (y[i].bsums[2 * g] + y[i].bsums[2 * g + 1]);
+        }
+        sumf += _cvtsh_ss(x[i].d) * y[i].d * (8 * iq_hsum_i32(acc) + idelta);
+    }
+    *s = IQ1S_DELTA * sumf;
+}
+
+static void vec_dot_iq1_m_q8_K(int n, float *s, const void *vx, const void *vy) {
+    const block_iq1_m *x = vx;
+    const block_q8_K *y = vy;
+    float sumf = 0.0f;
+    for (int i = 0; i < n / QK_K; i++) {
+        const uint8_t *sc = x[i].scales;
+        uint16_t w[4];
+        for (int k = 0; k < 4; k++)
+            w[k] = (uint16_t)(sc[2 * k] | sc[2 * k + 1] << 8);
+        unsigned short d = (unsigned short)((w[0] >> 12) | ((w[1] >> 8) & 0x00F0) | ((w[2] >> 4) & 0x0F00) | (w[3] & 0xF000));
+        __m256i acc = _mm256_setzero_si256(), accd = _mm256_setzero_si256();
+        for (int g = 0; g < 8; g++) {
+            const uint8_t *qs = x[i].qs + 4 * g;
+            int qh0 = x[i].qh[2 * g], qh1 = x[i].qh[2 * g + 1];
+            __m256i grid = _mm256_set_epi64x(IQ1_ROW(qs[3] | (qh1 >> 4 & 7) << 8), IQ1_ROW(qs[2] | (qh1 & 7) << 8),
+                                             IQ1_ROW(qs[1] | (qh0 >> 4 & 7) << 8), IQ1_ROW(qs[0] | (qh0 & 7) << 8));
+#define IQ1M_DELTA8(b) ((b) ? -1LL : 0x0101010101010101LL)      /* 8 bytes of -1 or of +1 */
+            __m256i delta = _mm256_set_epi64x(IQ1M_DELTA8(qh1 & 0x80), IQ1M_DELTA8(qh1 & 0x08),
+                                              IQ1M_DELTA8(qh0 & 0x80), IQ1M_DELTA8(qh0 & 0x08));
+#undef IQ1M_DELTA8
+            int sh = 6 * (g % 2);
+            __m256i sc16 = iq_scales16(2 * ((w[g / 2] >> sh) & 7) + 1, 2 * ((w[g / 2] >> (sh + 3)) & 7) + 1);
+            __m256i yv = _mm256_loadu_si256((const __m256i *)(y[i].qs + 32 * g));
+            acc = _mm256_add_epi32(acc, iq1_dot32(grid, yv, sc16));
+            accd = _mm256_add_epi32(accd, iq1_dot32(delta, yv, sc16));
+        }
+        sumf += _cvtsh_ss(d) * y[i].d * (8 * iq_hsum_i32(acc) + iq_hsum_i32(accd));
+    }
+    *s = IQ1M_DELTA * sumf;
+}
+#undef IQ1_ROW
