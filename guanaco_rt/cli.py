@@ -158,6 +158,12 @@ def cmd_info_gguf(a, buf):
     arch = g.metadata.get("general.architecture")
     print(f"family:  {arch} ({'runs' if arch in ARCHS else 'not supported'}; the families this runtime runs: "
           f"{', '.join(ARCHS)})")
+    from .ggml_types import GGML_TYPES, WEIGHT_TYPES
+    counts = {}
+    for t in g.tensors.values():
+        counts[t.type_name] = counts.get(t.type_name, 0) + 1
+    print(f"types:   {', '.join(f'{n} x{c}' for n, c in counts.items())} (the types this runtime reads: "
+          f"{', '.join(GGML_TYPES[t].name for t in WEIGHT_TYPES)})")
     print("metadata:")
     for k, v in g.metadata.items():
         print(f"  {k} ({g.types[k]}) = {_short(v)}")

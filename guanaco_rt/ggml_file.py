@@ -21,7 +21,7 @@ import struct
 from dataclasses import dataclass, field
 
 from .errors import FormatError, UnsupportedVersionError
-from .ggml_types import F32, FTYPES, GGML_TYPES, LEGACY_FTYPES, WEIGHT_TYPES, type_name
+from .ggml_types import F32, FTYPES, GGJT_WEIGHT_TYPES, GGML_TYPES, LEGACY_FTYPES, type_name
 
 MAGIC_GGJT = 0x67676A74
 MAGIC_GGMF = 0x67676D66
@@ -238,10 +238,10 @@ def _read_tensors(c, hp):
         except UnicodeDecodeError:
             raise FormatError(c.path, f"{where}: name", f"{raw!r} is not UTF-8") from None
         where = f"tensor '{name}'"
-        if ttype not in GGML_TYPES or ttype not in WEIGHT_TYPES:
+        if ttype not in GGJT_WEIGHT_TYPES:
             raise FormatError(c.path, f"{where}: type",
-                              f"value {ttype} ({type_name(ttype)}) is not a supported ggml weight type "
-                              f"({', '.join(GGML_TYPES[i].name for i in WEIGHT_TYPES)})")
+                              f"value {ttype} ({type_name(ttype)}) is not a ggml weight type of ggjt v3 files "
+                              f"({', '.join(GGML_TYPES[i].name for i in GGJT_WEIGHT_TYPES)})")
         for k, d in enumerate(dims):
             _check_range(c.path, f"{where}: ne[{k}]", d, 1, (1 << 31) - 1)
         t = GGML_TYPES[ttype]

@@ -1,4 +1,4 @@
-"""The ggml block types and llama ftypes as the 2023 ggjt v3 files use them.
+"""The ggml block types and llama ftypes: the 2023 ggjt v3 files' and the GGUF types read today.
 
 Owns: type ids, block sizes, the layout of every block as a NumPy dtype (the one
 Python description the writer and the tests derive from; the kernels' C structs in
@@ -123,6 +123,8 @@ def type_label(ttype):
     name = GGML_TYPE_NAMES.get(ttype)
     return f"ggml type {ttype} (not a ggml type)" if name is None else f"{name} (ggml type {ttype})"
 WEIGHT_TYPES = sorted(t.id for t in GGML_TYPES.values() if t.weight)
+# the ones a ggjt v3 file can hold: ggml's types of mid-2023 (F32 .. Q6_K); BF16 and the i-quants came with GGUF
+GGJT_WEIGHT_TYPES = [t for t in WEIGHT_TYPES if t <= Q6_K]
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,11 @@ FTYPES = {f.id: f for f in [
 FTYPE_BY_NAME = {f.name: f for f in FTYPES.values()}
 # 4 was "mostly Q4_1, some F16"; 5 and 6 were the withdrawn Q4_2 / Q4_3.
 LEGACY_FTYPES = {4: "mostly Q4_1 with some F16", 5: "Q4_2 (withdrawn)", 6: "Q4_3 (withdrawn)"}
+# llama_ftype values GGUF files of today's llama.cpp may carry in general.file_type, beyond the
+# table above (the name only: a GGUF file's tensors carry their own types; ggjt files never had these)
+GGUF_FTYPE_NAMES = {19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL",
+                    26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16",
+                    36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4_MOE"}
 # The 14 Guanaco files
 GUANACO_FTYPES = ["q2_K", "q3_K_L", "q3_K_M", "q3_K_S", "q4_0", "q4_1", "q4_K_M", "q4_K_S",
                   "q5_0", "q5_1", "q5_K_M", "q5_K_S", "q6_K", "q8_0"]

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 from .bpe import IGNORE_MERGES
 from .errors import FormatError
-from .ggml_types import FTYPES
+from .ggml_types import FTYPES, GGUF_FTYPE_NAMES
 from .gguf_file import GGUFTensor
 from .tokenizer import CONTROL, UNKNOWN, USER_DEFINED
 
@@ -120,7 +120,9 @@ class GGUFHParams:
 
     @property
     def ftype_name(self):
-        return FTYPES[self.ftype].name if self.ftype in FTYPES else f"ftype {self.ftype}"
+        if self.ftype in FTYPES:
+            return FTYPES[self.ftype].name
+        return GGUF_FTYPE_NAMES.get(self.ftype, f"ftype {self.ftype}")
 
     def as_dict(self):
         return {"n_vocab": self.n_vocab, "n_embd": self.n_embd, "n_head": self.n_head, "n_head_kv": self.n_head_kv,

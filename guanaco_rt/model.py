@@ -195,6 +195,9 @@ def _gguf_tokenizer(vocab, path):
 class Model:
     """A model from a ggjt v3 ``.bin`` file (Guanaco's: LLaMA) or a GGUF v2/v3 file of one of the
     families gguf_model.ARCHS names: llama (Llama 3.x rope factors included), qwen2, qwen3, phi3, gemma3.
+    Weight types (ggml_types.WEIGHT_TYPES): F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, the k-quants
+    Q2_K..Q6_K, IQ4_NL, IQ4_XS, the i-quants IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S and the
+    ternary TQ1_0, TQ2_0 (ggjt files: the 2023 types only, as ggjt had them).
 
     The weights stay in a read-only mmap; nothing is dequantized at load. The quantized
     matrices whose type the kernels have 8-row variants for (every one on x86 with AVX2) are the

@@ -153,6 +153,8 @@ def _tensor_patch(small, name, field, value):
     ("type", 9, ["type", "value 9"]),          # Q8_1 is an activation format only
     ("type", 77, ["type", "value 77"]),
     ("type", -3, ["type", "-3"]),
+    ("type", 20, ["type", "value 20", "IQ4_NL", "ggjt v3"]),   # GGUF-era types: no ggjt file holds them
+    ("type", 30, ["type", "value 30", "BF16", "ggjt v3"]),
     ("ne0", -32, ["ne[0]", "-32"]),
     ("ne0", 0, ["ne[0]"]),
     ("ne0", 48, ["ne[0]", "48", "block size 32"]),
