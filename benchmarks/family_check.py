@@ -1,12 +1,13 @@
 """Per model family: how far guanaco_rt's logits and llama.cpp's are from float64, on the
 same tiny random-weight GGUF files.
 
-    PYTHONPATH=. python benchmarks/family_check.py
-    PYTHONPATH=. python benchmarks/family_check.py --families llama gemma3 --types q8_0 --seeds 0 1 2
-    PYTHONPATH=. python benchmarks/family_check.py --peer-python /work/peer-llama/bin/python --peer-kv f32
+    python benchmarks/family_check.py
+    python benchmarks/family_check.py --families llama gemma3 --types q8_0 --seeds 0 1 2
+    python benchmarks/family_check.py --peer-python /work/peer-llama/bin/python --peer-kv f32
 
-Run from the repository root with the package built in place (``python setup.py build_ext
---inplace``), in a Python that has torch and transformers (the float64 reference) and gguf.
+Run with the package installed (``pip install .``) or, with PYTHONPATH=. from the repository
+root, built in place (``python setup.py build_ext --inplace``), in a Python that has torch and
+transformers (the float64 reference) and gguf.
 The files are tests/family_files.py's (written as llama.cpp's convert_hf_to_gguf.py writes
 them) into --dir; the reference is tests/family_reference.py's: HF transformers' own model of
 the family in float64, with the weights gguf-py reads back from the file. llama.cpp runs in

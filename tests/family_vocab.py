@@ -5,7 +5,7 @@ same tokens and merges. See tests/data/vocab/README.md for where each file comes
 Qwen2 (Apache-2.0) and Phi-3 (MIT) are in tests/data/vocab, xz-compressed. Llama 3's
 (Llama 3 Community License) and Qwen3.5's are fetched on first use from the llama-cpp-python
 source distribution on PyPI, which ships llama.cpp's models/ folder, checked by SHA-256 and
-cached in ~/.cache/guanaco_rt/llama.cpp-vocab; a test that needs one skips when it cannot be
+cached in the demo model's cache folder (llama.cpp-vocab/); a test that needs one skips when it cannot be
 fetched (offline), saying why.
 """
 import hashlib
@@ -19,13 +19,15 @@ import tempfile
 
 import pytest
 
+from guanaco_rt.demo import cache_dir
+
 DATA = os.path.join(os.path.dirname(__file__), "data", "vocab")
 TEMPLATES = os.path.join(os.path.dirname(__file__), "data", "templates")
 SDIST = "llama-cpp-python==0.3.36"
 SDIST_MODELS = "llama_cpp_python-0.3.36/vendor/llama.cpp/models/"
 FETCHED = {"llama-bpe": "97272e430d53bc7688f52d5e0ad8ea8f163ede9f1bbd1694feaa504797d5d96e",
            "qwen35": "63ed952ff338996cf0bdf24a7b10015124273f75c6dc9bb427356aa3f67ec62c"}
-CACHE = os.path.join(os.path.expanduser("~"), ".cache", "guanaco_rt", "llama.cpp-vocab")
+CACHE = os.path.join(cache_dir(), "llama.cpp-vocab")   # GUANACO_RT_CACHE, as the demo model's
 
 # the pre-tokenizer regexes as the families' tokenizer.json files write them (llama.cpp rewrites
 # the case-insensitive group; HF's Rust `tokenizers` runs them as they are)

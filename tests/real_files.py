@@ -91,3 +91,10 @@ SMOLLM2_PROMPTS = {
     "def fibonacci(n):\n    if n < 2:\n        return n\n": [1604, 3987, 46477, 24, 94, 727, 472, 585, 304, 2067,
                                                               216, 34, 42, 448, 1003, 304, 198],
 }
+
+
+if __name__ == "__main__":
+    # python tests/real_files.py: fetch the real Gemma 3 270M file into the cache and print its path
+    # (run as a script, the checkout root is not first on sys.path: the installed package is imported)
+    from guanaco_rt.demo import cache_dir
+    print(fetch(GEMMA3_270M, cache_dir()))

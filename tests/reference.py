@@ -235,7 +235,9 @@ def sample_chain(logits, history, p, rng):
     top = None
     if p.n_probs:
         lp = _log_softmax(x)
-        idx = np.argsort(-lp, kind="stable")[:p.n_probs]
+        # ranked by the penalized logits (as the sampler ranks them): two logits one ulp apart can
+        # round to the same log-probability, which would leave them in id order
+        idx = np.argsort(-x, kind="stable")[:p.n_probs]
         top = [(int(i), float(lp[i])) for i in idx]
     if p.temperature <= 0:
         best = int(np.argmax(x))

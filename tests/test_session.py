@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -534,6 +534,12 @@ PARAMS = st.builds(
 @given(p=PARAMS, seed=st.integers(0, 2**32), n=st.sampled_from([1, 2, 7, 60, 300, 3000]), ties=st.booleans(),
        hist=st.lists(st.integers(0, 2999), max_size=12))
 @settings(max_examples=300)
+# two penalized logits one ulp apart (-3.5000000000000004, -3.5) whose log-probabilities round
+# equal: the top-n order is the logits' (a new user's fresh clone found it)
+@example(p=SamplingParams(temperature=0.0, top_k=0, top_p=0.05, min_p=0.0, typical_p=0.2, repetition_penalty=0.8,
+                          repeat_last_n=4, frequency_penalty=0.2, presence_penalty=0.5,
+                          logit_bias={0: -1.5, 6: -1.5, 4: -1.5}, n_probs=5),
+         seed=1297529, n=7, ties=True, hist=[0, 3, 3, 3])
 def test_sampler_equals_numpy_reference(p, seed, n, ties, hist):
     """The C chain (penalties, filters, draw, top log-probs) == the NumPy chain in
     tests/reference.py, fed the same logits, history and RNG stream."""
