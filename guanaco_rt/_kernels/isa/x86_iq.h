@@ -191,6 +191,56 @@ static void vec_dot_tq2_0_q8_K(int n, float *s, const void *vx, const void *vy) 
     *s = sumf;
 }
 
+/* TQ1_0: sum of (t - 1) q8 = sum of t q8 - sum of q8, as TQ2_0. A byte's digit p (generic_iq.h's
+ * tq1_digit) is (uint8_t)(byte * 3^p) * 3 >> 8: the byte times 3^p by adds that wrap as the uint8_t
+ * product does, then the top of x * 3 without widening: avg(x', avg(x', 0)) with x' = x - 1
+ * (saturating) is ((x * 3) >> 1) within 1 below, and its bits 6, 7 are (x * 3) >> 8 for every
+ * byte (checked over all 256). Pair sums add up in i16 lanes: at most 10 x 2 x 2 x 128 = 5120,
+ * less the 16 block sums (each at most 2048) */
+static inline __m256i tq1_top(__m256i x) {      /* (x * 3) >> 8 of each byte: 0, 1 or 2 */
+    x = _mm256_subs_epu8(x, _mm256_set1_epi8(1));
+    x = _mm256_avg_epu8(x, _mm256_avg_epu8(x, _mm256_setzero_si256()));
+    return _mm256_and_si256(_mm256_srli_epi16(x, 6), _mm256_set1_epi8(3));
+}
+
+static inline __m256i tq1_times3(__m256i x) { return _mm256_add_epi8(x, _mm256_add_epi8(x, x)); }
+/* x * 9 mod 256 per byte: x * 8 by a 16-bit shift with the bits the low byte pushed into the high
+ * one masked off, plus x */
+static inline __m256i tq1_times9(__m256i x) {
+    return _mm256_add_epi8(_mm256_and_si256(_mm256_slli_epi16(x, 3), _mm256_set1_epi8((char)0xF8)), x);
+}
+static inline __m256i tq1_dot(__m256i x, const int8_t *q8) {
+    return _mm256_maddubs_epi16(tq1_top(x), _mm256_loadu_si256((const __m256i *)q8));
+}
+
+static void vec_dot_tq1_0_q8_K(int n, float *s, const void *vx, const void *vy) {
+    const block_tq1_0 *x = vx;
+    const block_q8_K *y = vy;
+    float sumf = 0.0f;
+    for (int i = 0; i < n / QK_K; i++) {
+        const int8_t *q8 = y[i].qs;
+        /* qs[0:32]: digit p of byte m is weight 32p + m; the byte times 1, 3, 9, 27, 81 as a tree */
+        __m256i v0 = _mm256_loadu_si256((const __m256i *)x[i].qs), v1 = tq1_times3(v0), v2 = tq1_times9(v0);
+        __m256i v3 = tq1_times9(v1), v4 = tq1_times9(v2);
+        /* qs[32:48]: digit p of byte m is weight 160 + 16p + m, two digits a register (p, p + 1) */
+        __m128i b0 = _mm_loadu_si128((const __m128i *)(x[i].qs + 32));
+        __m256i w01 = _mm256_set_m128i(_mm_add_epi8(b0, _mm_add_epi8(b0, b0)), b0), w23 = tq1_times9(w01);
+        /* digit 4 of qs[32:48] (weights 224..239) and the 4 digits of qh[0:4] (weight 240 + 4p + m:
+         * qh[m] times 1, 3, 9, 27 in dword p) */
+        __m256i h0 = _mm256_set1_epi32((int)load_i32(x[i].qh)), h1 = tq1_times3(h0);
+        __m256i h = _mm256_blend_epi32(_mm256_blend_epi32(h0, h1, 0x22), tq1_times9(_mm256_blend_epi32(h0, h1, 0x88)), 0xCC);
+        __m256i w4h = _mm256_set_m128i(_mm256_castsi256_si128(h), _mm256_castsi256_si128(tq1_times9(w23)));
+        __m256i s0 = _mm256_add_epi16(tq1_dot(v0, q8), tq1_dot(v1, q8 + 32));
+        __m256i s1 = _mm256_add_epi16(tq1_dot(v2, q8 + 64), tq1_dot(v3, q8 + 96));
+        __m256i s2 = _mm256_add_epi16(tq1_dot(v4, q8 + 128), tq1_dot(w01, q8 + 160));
+        __m256i s3 = _mm256_sub_epi16(_mm256_add_epi16(tq1_dot(w23, q8 + 192), tq1_dot(w4h, q8 + 224)),
+                                      _mm256_loadu_si256((const __m256i *)y[i].bsums));
+        __m256i s16 = _mm256_add_epi16(_mm256_add_epi16(s0, s1), _mm256_add_epi16(s2, s3));
+        sumf += _cvtsh_ss(x[i].d) * y[i].d * iq_hsum_i32(_mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
+    }
+    *s = sumf;
+}
+
 /* IQ1_S / IQ1_M: the lattice values are -1, 0, 1 (signed: the product is |q8| x (grid with q8's
  * sign) as above); the +-1/8 offsets go into the same integer as generic_iq.h's, 8 x grid sum +
  * offset sum, IQ1_S's through the activation's block sums, IQ1_M's (one sign per 8 weights) through
@@ -201,6 +251,29 @@ static inline __m256i iq1_dot32(__m256i grid, __m256i y, __m256i scale16) {
 
 #define IQ1_ROW(k) (long long)iq_row8((const uint8_t *)gr_iq1s_grid[k])
 
+/* the 16 lattice indices qs[k] | (qh[k / 4] >> 3 (k % 4) & 7) << 8 of 4 groups, i16 lane k (qh[k / 4]
+ * times 256, 32, 4 or, for k % 4 = 3, shifted right once, masked to bits 8..10) */
+static inline __m256i iq1s_indices16(const uint8_t *qs, const uint16_t *qh) {
+    __m256i q = _mm256_broadcastsi128_si256(_mm_loadl_epi64((const __m128i *)qh));
+    q = _mm256_shuffle_epi8(q, _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3,
+                                                4, 5, 4, 5, 4, 5, 4, 5, 6, 7, 6, 7, 6, 7, 6, 7));
+    __m256i top = _mm256_blend_epi16(_mm256_mullo_epi16(q, _mm256_set1_epi64x(0x0001000400200100LL)),
+                                     _mm256_srli_epi16(q, 1), 0x88);
+    return _mm256_or_si256(_mm256_and_si256(top, _mm256_set1_epi16(0x700)),
+                           _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)qs)));
+}
+
+/* 4 lattice rows of 8 bytes, each a load (the indices come from memory: one load each, not a
+ * shift and a move out of a register) */
+static inline __m256i iq_rows4(const uint8_t (*grid)[8], const uint16_t *k) {
+    return _mm256_set_epi64x((long long)iq_row8(grid[k[3]]), (long long)iq_row8(grid[k[2]]),
+                             (long long)iq_row8(grid[k[1]]), (long long)iq_row8(grid[k[0]]));
+}
+
+/* the indices of IQ_CHUNK blocks are worked out first, into a table on the stack, and read back
+ * by the lookups later (read back at once, the narrow loads would wait for the wide stores) */
+#define IQ_CHUNK 16
+
 /* IQ1_S without a sign step: grid + 1 is 0, 1 or 2, a u8 that multiplies q8 (-128 included) as
  * it is, and sum (grid + 1) q8 = sum grid q8 + S (S: the group's 32 q8 values, from the block sums).
  * So a block's integer 8 x grid sum + offset sum is, with M_g = sum (grid + 1) q8 of group g,
@@ -208,17 +281,18 @@ static inline __m256i iq1_dot32(__m256i grid, __m256i y, __m256i scale16) {
  * the first part from maddubs and a madd with 8 ls_g, the second one madd of the block sums with
  * ls_g (sgn_g - 8) (both halves of group g's pair): i32 lanes, at most 8 x 122880 + 16 x 276480.
  * No branch on a sign (random signs mispredict half the time). Two groups a step. */
-static inline __m256i iq1s_grid4(const uint8_t *qs, int qh) {
-    return _mm256_set_epi64x(IQ1_ROW(qs[3] | (qh >> 9 & 7) << 8), IQ1_ROW(qs[2] | (qh >> 6 & 7) << 8),
-                             IQ1_ROW(qs[1] | (qh >> 3 & 7) << 8), IQ1_ROW(qs[0] | (qh & 7) << 8));
-}
-
 static void vec_dot_iq1_s_q8_K(int n, float *s, const void *vx, const void *vy) {
     const block_iq1_s *x = vx;
     const block_q8_K *y = vy;
-    const __m256i one8 = _mm256_set1_epi8(1);
     float sumf = 0.0f;
+    uint16_t idx[IQ_CHUNK][32];
     for (int i = 0; i < n / QK_K; i++) {
+        const uint16_t *k = idx[i % IQ_CHUNK];
+        if (i % IQ_CHUNK == 0)
+            for (int c = i; c < n / QK_K && c < i + IQ_CHUNK; c++) {
+                _mm256_storeu_si256((__m256i *)idx[c - i], iq1s_indices16(x[c].qs, x[c].qh));
+                _mm256_storeu_si256((__m256i *)(idx[c - i] + 16), iq1s_indices16(x[c].qs + 16, x[c].qh + 4));
+            }
         /* per group (i16 lane g): ls = 2 * (qh >> 12 & 7) + 1, then 8 ls and ls (sgn - 8) */
         __m128i qh = _mm_loadu_si128((const __m128i *)x[i].qh);
         __m128i ls = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(qh, 11), _mm_set1_epi16(14)), _mm_set1_epi16(1));
@@ -230,8 +304,8 @@ static void vec_dot_iq1_s_q8_K(int n, float *s, const void *vx, const void *vy) 
 #if GR_WIDTH == 512
         __m512i acc2 = _mm512_zextsi256_si512(acc);
         for (int g = 0; g < 8; g += 2) {
-            __m512i grid = _mm512_inserti64x4(_mm512_castsi256_si512(iq1s_grid4(x[i].qs + 4 * g, x[i].qh[g])),
-                                              iq1s_grid4(x[i].qs + 4 * g + 4, x[i].qh[g + 1]), 1);
+            __m512i grid = _mm512_inserti64x4(_mm512_castsi256_si512(iq_rows4((const uint8_t (*)[8])gr_iq1s_grid, k + 4 * g)),
+                                              iq_rows4((const uint8_t (*)[8])gr_iq1s_grid, k + 4 * g + 4), 1);
             __m512i sc = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16(ls8[g])),
                                             _mm256_set1_epi16(ls8[g + 1]), 1);
             __m512i p = _mm512_maddubs_epi16(_mm512_add_epi8(grid, _mm512_set1_epi8(1)),
@@ -240,10 +314,11 @@ static void vec_dot_iq1_s_q8_K(int n, float *s, const void *vx, const void *vy) 
         }
         acc = _mm256_add_epi32(_mm512_castsi512_si256(acc2), _mm512_extracti64x4_epi64(acc2, 1));
 #else
+        const __m256i one8 = _mm256_set1_epi8(1);
         for (int g = 0; g < 8; g += 2) {
-            __m256i p0 = _mm256_maddubs_epi16(_mm256_add_epi8(iq1s_grid4(x[i].qs + 4 * g, x[i].qh[g]), one8),
+            __m256i p0 = _mm256_maddubs_epi16(_mm256_add_epi8(iq_rows4((const uint8_t (*)[8])gr_iq1s_grid, k + 4 * g), one8),
                                               _mm256_loadu_si256((const __m256i *)(y[i].qs + 32 * g)));
-            __m256i p1 = _mm256_maddubs_epi16(_mm256_add_epi8(iq1s_grid4(x[i].qs + 4 * g + 4, x[i].qh[g + 1]), one8),
+            __m256i p1 = _mm256_maddubs_epi16(_mm256_add_epi8(iq_rows4((const uint8_t (*)[8])gr_iq1s_grid, k + 4 * g + 4), one8),
                                               _mm256_loadu_si256((const __m256i *)(y[i].qs + 32 * g + 32)));
             acc = _mm256_add_epi32(acc, _mm256_add_epi32(_mm256_madd_epi16(p0, _mm256_set1_epi16(ls8[g])),
                                                          _mm256_madd_epi16(p1, _mm256_set1_epi16(ls8[g + 1]))));
