@@ -152,10 +152,16 @@ _Static_assert(offsetof(block_iq2_xxs, d) == 0 && offsetof(block_iq2_xs, d) == 0
                offsetof(block_iq3_xxs, d) == 0 && offsetof(block_iq3_s, d) == 0, "iq_dot_body reads d first");
 
 /* the pair of kernels of one type; factor: the constant of its scales (generic_iq.h) */
-#define IQ_KERNELS(name, factor)                                                                                    \
+#if GR_WIDTH == 512
+#define IQ_VEC_DOT(name, factor)          /* vec_dot: the 512-bit body below */
+#else
+#define IQ_VEC_DOT(name, factor)                                                                                    \
     static void vec_dot_##name##_q8_K(int n, float *s, const void *vx, const void *vy) {                            \
         iq_dot_body(n, s, 0, vx, vy, 0, 1, sizeof(block_##name), name##_group, factor);                             \
-    }                                                                                                               \
+    }
+#endif
+#define IQ_KERNELS(name, factor)                                                                                    \
+    IQ_VEC_DOT(name, factor)                                                                                        \
     static void vec_dot_x4_##name##_q8_K(int n, float *s, int64_t s_stride, const void *vx, const void *vy,         \
                                          int64_t y_stride) {                                                        \
         iq_dot_body(n, s, s_stride, vx, vy, y_stride, 4, sizeof(block_##name), name##_group, factor);               \
@@ -166,6 +172,183 @@ IQ_KERNELS(iq2_s, 0.125f)
 IQ_KERNELS(iq3_xxs, 0.25f)
 IQ_KERNELS(iq3_s, 1.0f)
 #undef IQ_KERNELS
+#undef IQ_VEC_DOT
+
+#if GR_WIDTH == 512
+/* ---- one token at 512 bits: two groups (64 weights) a step --------------------------------
+ * A block's 256 sign bits come out of vectors in a few steps (the 7-bit fields of the XXS and XS
+ * types through VBMI: vpmultishiftqb cuts them into bytes, vpermi2b looks all up in the 128-byte
+ * gr_ksigns_iq2xs at once) as four 64-bit masks; the product of a pair is then
+ * |q8| x (grid, negated where the weight's sign and q8's differ): one kxor and one masked
+ * subtract, exact with -128 as above. The scales: one i16 per 8 or 16 weights of the block in a
+ * vector, spread over each pair's 32 maddubs lanes by one vpermw. */
+static const uint16_t iq_lane16[32] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+                                       16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31};
+
+typedef struct {
+    __m512i grid[4];       /* pair p's lattice values, weights 64p..64p + 63 */
+    uint64_t neg[4];       /* bit j of neg[p]: weight 64p + j negative */
+    __m512i sc;            /* the block's scales, 2 ls + 1, as i16 lanes (see each type) */
+} iq_block512;
+
+ALWAYS_INLINE __m512i iq_rows8(const uint8_t (*grid)[8], int k0, int k1, int k2, int k3, int k4, int k5, int k6, int k7) {
+    return _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm256_set_epi64x((long long)iq_row8(grid[k3]), (long long)iq_row8(grid[k2]),
+                                                 (long long)iq_row8(grid[k1]), (long long)iq_row8(grid[k0]))),
+        _mm256_set_epi64x((long long)iq_row8(grid[k7]), (long long)iq_row8(grid[k6]), (long long)iq_row8(grid[k5]),
+                          (long long)iq_row8(grid[k4])), 1);
+}
+
+#define IQ_ROW4(m) (int)iq_row4(grid[k[m]])
+#define IQ_ROWS16                                                                                                  \
+    _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set_epi32(IQ_ROW4(7), IQ_ROW4(6), IQ_ROW4(5), IQ_ROW4(4),      \
+                                                               IQ_ROW4(3), IQ_ROW4(2), IQ_ROW4(1), IQ_ROW4(0))),    \
+                       _mm256_set_epi32(IQ_ROW4(15), IQ_ROW4(14), IQ_ROW4(13), IQ_ROW4(12), IQ_ROW4(11), IQ_ROW4(10), \
+                                        IQ_ROW4(9), IQ_ROW4(8)), 1)
+/* 16 rows of 4 bytes, indices k[0..15] (bytes, or i16 worked out beforehand) */
+ALWAYS_INLINE __m512i iq_rows16_u8(const uint8_t (*grid)[4], const uint8_t *k) { return IQ_ROWS16; }
+ALWAYS_INLINE __m512i iq_rows16_u16(const uint8_t (*grid)[4], const uint16_t *k) { return IQ_ROWS16; }
+#undef IQ_ROWS16
+#undef IQ_ROW4
+
+/* bytes holding 7-bit sign fields (bit 7 ignored) -> the sign bytes (gr_ksigns_iq2xs) */
+static inline __m512i iq_ksigns64(__m512i fields) {
+    return _mm512_permutex2var_epi8(_mm512_loadu_si512((const void *)gr_ksigns_iq2xs), fields,
+                                    _mm512_loadu_si512((const void *)(gr_ksigns_iq2xs + 64)));
+}
+
+/* the 32 sign bytes of a block, weight order, into neg[4] */
+static inline void iq_store_neg(uint64_t *neg, __m256i bytes) { _mm256_storeu_si256((__m256i *)neg, bytes); }
+
+/* 4 x 7 sign bits at bit 0 of each 32-bit word (XXS types: one word per group, here in the low
+ * half of each qword) -> its 4 sign bytes in that qword's low 4 bytes */
+static inline __m256i iq_signs_of_words(__m512i w) {
+    /* vpmultishiftqb: bytes 0..3 of each qword the 8 bits from bit 0, 7, 14, 21 */
+    return _mm512_cvtepi64_epi32(iq_ksigns64(_mm512_multishift_epi64_epi8(_mm512_set1_epi64(0x150E0700150E0700LL), w)));
+}
+
+static inline void iq2_xxs_block512(iq_block512 *b, const void *vx) {
+    const block_iq2_xxs *x = vx;
+    const uint8_t *q = (const uint8_t *)x->qs;      /* group g: index bytes 8g..8g+3, then word w1 */
+    __m512i v = _mm512_loadu_si512((const void *)x->qs);
+    iq_store_neg(b->neg, iq_signs_of_words(_mm512_srli_epi64(v, 32)));
+    b->sc = _mm512_or_si512(_mm512_slli_epi64(_mm512_srli_epi64(v, 60), 1), _mm512_set1_epi64(1));   /* i16 lane 4g */
+    for (int p = 0; p < 4; p++, q += 16)
+        b->grid[p] = iq_rows8(gr_iq2xxs_grid, q[0], q[1], q[2], q[3], q[8], q[9], q[10], q[11]);
+}
+
+static inline void iq3_xxs_block512(iq_block512 *b, const void *vx) {
+    const block_iq3_xxs *x = vx;
+    __m512i w = _mm512_cvtepu32_epi64(_mm256_loadu_si256((const __m256i *)(x->qs + QK_K / 4)));
+    iq_store_neg(b->neg, iq_signs_of_words(w));
+    b->sc = _mm512_or_si512(_mm512_slli_epi64(_mm512_srli_epi64(w, 28), 1), _mm512_set1_epi64(1));   /* i16 lane 4g */
+    for (int p = 0; p < 4; p++)
+        b->grid[p] = iq_rows16_u8(gr_iq3xxs_grid, x->qs + 16 * p);
+}
+
+/* the 16 scales of IQ2_XS/IQ2_S (scales[g]: low nibble weights 32g..32g+15, high 32g+16..32g+31)
+ * as 2 ls + 1 in i16 lanes 2g and 2g + 1 */
+static inline __m512i iq_scales_nibbles16(const uint8_t *scales) {
+    __m128i v = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)scales));
+    __m128i lo = _mm_and_si128(v, _mm_set1_epi16(15)), hi = _mm_srli_epi16(v, 4);
+    __m256i ls = _mm256_set_m128i(_mm_unpackhi_epi16(lo, hi), _mm_unpacklo_epi16(lo, hi));
+    return _mm512_castsi256_si512(_mm256_or_si256(_mm256_slli_epi16(ls, 1), _mm256_set1_epi16(1)));
+}
+
+static inline void iq2_xs_block512(iq_block512 *b, const void *vx) {
+    const block_iq2_xs *x = vx;
+    __m512i v = _mm512_loadu_si512((const void *)x->qs);
+    iq_store_neg(b->neg, _mm512_cvtepi16_epi8(iq_ksigns64(_mm512_srli_epi16(v, 9))));
+    b->sc = iq_scales_nibbles16(x->scales);
+    uint16_t k[32];
+    _mm512_storeu_si512((void *)k, _mm512_and_si512(v, _mm512_set1_epi16(511)));
+    for (int p = 0; p < 4; p++)
+        b->grid[p] = iq_rows8(gr_iq2xs_grid, k[8 * p], k[8 * p + 1], k[8 * p + 2], k[8 * p + 3], k[8 * p + 4],
+                              k[8 * p + 5], k[8 * p + 6], k[8 * p + 7]);
+}
+
+static inline void iq2_s_block512(iq_block512 *b, const void *vx) {
+    const block_iq2_s *x = vx;
+    iq_store_neg(b->neg, _mm256_loadu_si256((const __m256i *)(x->qs + QK_K / 8)));
+    b->sc = iq_scales_nibbles16(x->scales);
+    for (int p = 0; p < 4; p++) {
+        const uint8_t *qs = x->qs + 8 * p;
+        int h0 = x->qh[2 * p], h1 = x->qh[2 * p + 1];
+        b->grid[p] = iq_rows8(gr_iq2s_grid, qs[0] | (h0 << 8 & 0x300), qs[1] | (h0 << 6 & 0x300), qs[2] | (h0 << 4 & 0x300),
+                              qs[3] | (h0 << 2 & 0x300), qs[4] | (h1 << 8 & 0x300), qs[5] | (h1 << 6 & 0x300),
+                              qs[6] | (h1 << 4 & 0x300), qs[7] | (h1 << 2 & 0x300));
+    }
+}
+
+static inline void iq3_s_block512(iq_block512 *b, const void *vx) {
+    const block_iq3_s *x = vx;
+    iq_store_neg(b->neg, _mm256_loadu_si256((const __m256i *)x->signs));
+    /* scales[g / 2] nibble g % 2: 2 ls + 1 into i16 lane g */
+    __m128i v = _mm_cvtepu8_epi16(_mm_cvtsi32_si128((int)load_i32(x->scales)));
+    __m128i ls = _mm_unpacklo_epi16(_mm_and_si128(v, _mm_set1_epi16(15)), _mm_srli_epi16(v, 4));
+    b->sc = _mm512_castsi128_si512(_mm_or_si128(_mm_slli_epi16(ls, 1), _mm_set1_epi16(1)));
+    /* the 9-bit indices qs[k] | (qh[k / 8] >> k % 8 & 1) << 8, 32 at a time in i16 lanes e: qh[k / 8]
+     * brought to lane e by vpermw, times 2^(8 - k % 8), bit 8 kept */
+    const __m512i e = _mm512_loadu_si512((const void *)iq_lane16), m8 = _mm512_and_si512(e, _mm512_set1_epi16(7));
+    const __m512i qh = _mm512_cvtepu8_epi16(_mm256_castsi128_si256(_mm_loadl_epi64((const __m128i *)x->qh)));
+    uint16_t k[64];
+    for (int h = 0; h < 2; h++) {
+        __m512i q = _mm512_permutexvar_epi16(_mm512_add_epi16(_mm512_srli_epi16(e, 3), _mm512_set1_epi16((short)(4 * h))), qh);
+        __m512i top = _mm512_and_si512(_mm512_sllv_epi16(q, _mm512_sub_epi16(_mm512_set1_epi16(8), m8)), _mm512_set1_epi16(256));
+        _mm512_storeu_si512((void *)(k + 32 * h),
+                            _mm512_or_si512(top, _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(x->qs + 32 * h)))));
+    }
+    for (int p = 0; p < 4; p++)
+        b->grid[p] = iq_rows16_u16(gr_iq3s_grid, k + 16 * p);
+}
+
+/* s = factor * sum over blocks of d * y.d * (exact integer), the generic unit's float steps.
+ * sc_at[p]: the vpermw indices that give pair p's 32 maddubs lanes their scale */
+ALWAYS_INLINE void iq_dot512(int n, float *s, const void *vx, const void *vy, size_t bsize,
+                             void (*block)(iq_block512 *, const void *), const __m512i *sc_at, float factor) {
+    const block_q8_K *y = vy;
+    float sumf = 0.0f;
+    for (int i = 0; i < n / QK_K; i++) {
+        const void *blk = (const uint8_t *)vx + i * bsize;
+        iq_block512 b;
+        block(&b, blk);
+        __m512i acc = _mm512_setzero_si512();
+        for (int p = 0; p < 4; p++) {
+            __m512i yv = _mm512_loadu_si512((const void *)(y[i].qs + 64 * p));
+            __mmask64 k = _kxor_mask64(_cvtu64_mask64(b.neg[p]), _mm512_movepi8_mask(yv));
+            __m512i sg = _mm512_mask_sub_epi8(b.grid[p], k, _mm512_setzero_si512(), b.grid[p]);
+            acc = _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_abs_epi8(yv), sg),
+                                                          _mm512_permutexvar_epi16(sc_at[p], b.sc)));
+        }
+        ggml_fp16_t d;
+        memcpy(&d, blk, sizeof d);
+        sumf += _cvtsh_ss(d) * y[i].d * _mm512_reduce_add_epi32(acc);
+    }
+    *s = factor * sumf;
+}
+
+/* vpermw indices: lanes 0..15 take lane a, 16..31 lane b (one scale a group) */
+#define IQ_SC2(a, b) _mm512_inserti64x4(_mm512_set1_epi16(a), _mm256_set1_epi16(b), 1)
+/* lanes 8q..8q+7 take lane 4p + q (one scale per 16 weights) */
+#define IQ_SC4(p) _mm512_set_epi64(IQ_SC4_Q(p, 3), IQ_SC4_Q(p, 3), IQ_SC4_Q(p, 2), IQ_SC4_Q(p, 2), IQ_SC4_Q(p, 1), \
+                                   IQ_SC4_Q(p, 1), IQ_SC4_Q(p, 0), IQ_SC4_Q(p, 0))
+#define IQ_SC4_Q(p, q) ((4 * (p) + (q)) * 0x0001000100010001LL)
+
+#define IQ_VEC_DOT512(name, factor, at0, at1, at2, at3)                                                           \
+    static void vec_dot_##name##_q8_K(int n, float *s, const void *vx, const void *vy) {                          \
+        const __m512i sc_at[4] = {at0, at1, at2, at3};                                                             \
+        iq_dot512(n, s, vx, vy, sizeof(block_##name), name##_block512, sc_at, factor);                            \
+    }
+IQ_VEC_DOT512(iq2_xxs, 0.125f, IQ_SC2(0, 4), IQ_SC2(8, 12), IQ_SC2(16, 20), IQ_SC2(24, 28))
+IQ_VEC_DOT512(iq3_xxs, 0.25f, IQ_SC2(0, 4), IQ_SC2(8, 12), IQ_SC2(16, 20), IQ_SC2(24, 28))
+IQ_VEC_DOT512(iq2_xs, 0.125f, IQ_SC4(0), IQ_SC4(1), IQ_SC4(2), IQ_SC4(3))
+IQ_VEC_DOT512(iq2_s, 0.125f, IQ_SC4(0), IQ_SC4(1), IQ_SC4(2), IQ_SC4(3))
+IQ_VEC_DOT512(iq3_s, 1.0f, IQ_SC2(0, 1), IQ_SC2(2, 3), IQ_SC2(4, 5), IQ_SC2(6, 7))
+#undef IQ_VEC_DOT512
+#undef IQ_SC2
+#undef IQ_SC4
+#undef IQ_SC4_Q
+#endif
 
 /* TQ2_0: sum of (t - 1) q8 = sum of t q8 - sum of q8 (the activation's block sums). The 8 steps'
  * pair sums add up in i16 lanes (each at most 8 x 2 x 3 x 128 = 6144), less the 16 block sums (each
