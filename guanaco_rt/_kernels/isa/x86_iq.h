@@ -174,6 +174,10 @@ IQ_KERNELS(iq3_s, 1.0f)
 #undef IQ_KERNELS
 #undef IQ_VEC_DOT
 
+/* the indices of IQ_CHUNK blocks are worked out first, into a table on the stack, and read back
+ * by the lookups later (read back at once, the narrow loads would wait for the wide stores) */
+#define IQ_CHUNK 16
+
 #if GR_WIDTH == 512
 /* ---- one token at 512 bits: two groups (64 weights) a step --------------------------------
  * A block's 256 sign bits come out of vectors in a few steps (the 7-bit fields of the XXS and XS
@@ -227,7 +231,10 @@ static inline __m256i iq_signs_of_words(__m512i w) {
     return _mm512_cvtepi64_epi32(iq_ksigns64(_mm512_multishift_epi64_epi8(_mm512_set1_epi64(0x150E0700150E0700LL), w)));
 }
 
-static inline void iq2_xxs_block512(iq_block512 *b, const void *vx) {
+#define iq2_xxs_prep NULL
+#define iq3_xxs_prep NULL
+static inline void iq2_xxs_block512(iq_block512 *b, const void *vx, const uint16_t *k) {
+    (void)k;
     const block_iq2_xxs *x = vx;
     const uint8_t *q = (const uint8_t *)x->qs;      /* group g: index bytes 8g..8g+3, then word w1 */
     __m512i v = _mm512_loadu_si512((const void *)x->qs);
@@ -237,7 +244,8 @@ static inline void iq2_xxs_block512(iq_block512 *b, const void *vx) {
         b->grid[p] = iq_rows8(gr_iq2xxs_grid, q[0], q[1], q[2], q[3], q[8], q[9], q[10], q[11]);
 }
 
-static inline void iq3_xxs_block512(iq_block512 *b, const void *vx) {
+static inline void iq3_xxs_block512(iq_block512 *b, const void *vx, const uint16_t *k) {
+    (void)k;
     const block_iq3_xxs *x = vx;
     __m512i w = _mm512_cvtepu32_epi64(_mm256_loadu_si256((const __m256i *)(x->qs + QK_K / 4)));
     iq_store_neg(b->neg, iq_signs_of_words(w));
@@ -255,63 +263,86 @@ static inline __m512i iq_scales_nibbles16(const uint8_t *scales) {
     return _mm512_castsi256_si512(_mm256_or_si256(_mm256_slli_epi16(ls, 1), _mm256_set1_epi16(1)));
 }
 
-static inline void iq2_xs_block512(iq_block512 *b, const void *vx) {
+static inline void iq2_xs_prep(uint16_t *k, const void *vx) {
+    const block_iq2_xs *x = vx;
+    _mm512_storeu_si512((void *)k, _mm512_and_si512(_mm512_loadu_si512((const void *)x->qs), _mm512_set1_epi16(511)));
+}
+
+static inline void iq2_xs_block512(iq_block512 *b, const void *vx, const uint16_t *k) {
     const block_iq2_xs *x = vx;
     __m512i v = _mm512_loadu_si512((const void *)x->qs);
     iq_store_neg(b->neg, _mm512_cvtepi16_epi8(iq_ksigns64(_mm512_srli_epi16(v, 9))));
     b->sc = iq_scales_nibbles16(x->scales);
-    uint16_t k[32];
-    _mm512_storeu_si512((void *)k, _mm512_and_si512(v, _mm512_set1_epi16(511)));
     for (int p = 0; p < 4; p++)
         b->grid[p] = iq_rows8(gr_iq2xs_grid, k[8 * p], k[8 * p + 1], k[8 * p + 2], k[8 * p + 3], k[8 * p + 4],
                               k[8 * p + 5], k[8 * p + 6], k[8 * p + 7]);
 }
 
-static inline void iq2_s_block512(iq_block512 *b, const void *vx) {
+/* qs[k] | (qh[k / 4] >> 2 (k % 4) & 3) << 8: qh[k / 4] brought to i16 lane k by vpermw, times
+ * 2^(8 - 2 (k % 4)), bits 8, 9 kept */
+static inline void iq2_s_prep(uint16_t *k, const void *vx) {
+    const block_iq2_s *x = vx;
+    const __m512i e = _mm512_loadu_si512((const void *)iq_lane16);
+    __m512i q = _mm512_permutexvar_epi16(_mm512_srli_epi16(e, 2),
+                                         _mm512_cvtepu8_epi16(_mm256_castsi128_si256(_mm_loadl_epi64((const __m128i *)x->qh))));
+    __m512i sh = _mm512_sub_epi16(_mm512_set1_epi16(8), _mm512_slli_epi16(_mm512_and_si512(e, _mm512_set1_epi16(3)), 1));
+    __m512i top = _mm512_and_si512(_mm512_sllv_epi16(q, sh), _mm512_set1_epi16(0x300));
+    _mm512_storeu_si512((void *)k, _mm512_or_si512(top, _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)x->qs))));
+}
+
+static inline void iq2_s_block512(iq_block512 *b, const void *vx, const uint16_t *k) {
     const block_iq2_s *x = vx;
     iq_store_neg(b->neg, _mm256_loadu_si256((const __m256i *)(x->qs + QK_K / 8)));
     b->sc = iq_scales_nibbles16(x->scales);
-    for (int p = 0; p < 4; p++) {
-        const uint8_t *qs = x->qs + 8 * p;
-        int h0 = x->qh[2 * p], h1 = x->qh[2 * p + 1];
-        b->grid[p] = iq_rows8(gr_iq2s_grid, qs[0] | (h0 << 8 & 0x300), qs[1] | (h0 << 6 & 0x300), qs[2] | (h0 << 4 & 0x300),
-                              qs[3] | (h0 << 2 & 0x300), qs[4] | (h1 << 8 & 0x300), qs[5] | (h1 << 6 & 0x300),
-                              qs[6] | (h1 << 4 & 0x300), qs[7] | (h1 << 2 & 0x300));
+    for (int p = 0; p < 4; p++)
+        b->grid[p] = iq_rows8(gr_iq2s_grid, k[8 * p], k[8 * p + 1], k[8 * p + 2], k[8 * p + 3], k[8 * p + 4],
+                              k[8 * p + 5], k[8 * p + 6], k[8 * p + 7]);
+}
+
+/* the 9-bit indices qs[k] | (qh[k / 8] >> k % 8 & 1) << 8, 32 at a time in i16 lanes e: qh[k / 8]
+ * brought to lane e by vpermw, times 2^(8 - k % 8), bit 8 kept */
+static inline void iq3_s_prep(uint16_t *k, const void *vx) {
+    const block_iq3_s *x = vx;
+    const __m512i e = _mm512_loadu_si512((const void *)iq_lane16);
+    const __m512i sh = _mm512_sub_epi16(_mm512_set1_epi16(8), _mm512_and_si512(e, _mm512_set1_epi16(7)));
+    const __m512i qh = _mm512_cvtepu8_epi16(_mm256_castsi128_si256(_mm_loadl_epi64((const __m128i *)x->qh)));
+    for (int h = 0; h < 2; h++) {
+        __m512i q = _mm512_permutexvar_epi16(_mm512_add_epi16(_mm512_srli_epi16(e, 3), _mm512_set1_epi16((short)(4 * h))), qh);
+        __m512i top = _mm512_and_si512(_mm512_sllv_epi16(q, sh), _mm512_set1_epi16(256));
+        _mm512_storeu_si512((void *)(k + 32 * h),
+                            _mm512_or_si512(top, _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(x->qs + 32 * h)))));
     }
 }
 
-static inline void iq3_s_block512(iq_block512 *b, const void *vx) {
+static inline void iq3_s_block512(iq_block512 *b, const void *vx, const uint16_t *k) {
     const block_iq3_s *x = vx;
     iq_store_neg(b->neg, _mm256_loadu_si256((const __m256i *)x->signs));
     /* scales[g / 2] nibble g % 2: 2 ls + 1 into i16 lane g */
     __m128i v = _mm_cvtepu8_epi16(_mm_cvtsi32_si128((int)load_i32(x->scales)));
     __m128i ls = _mm_unpacklo_epi16(_mm_and_si128(v, _mm_set1_epi16(15)), _mm_srli_epi16(v, 4));
     b->sc = _mm512_castsi128_si512(_mm_or_si128(_mm_slli_epi16(ls, 1), _mm_set1_epi16(1)));
-    /* the 9-bit indices qs[k] | (qh[k / 8] >> k % 8 & 1) << 8, 32 at a time in i16 lanes e: qh[k / 8]
-     * brought to lane e by vpermw, times 2^(8 - k % 8), bit 8 kept */
-    const __m512i e = _mm512_loadu_si512((const void *)iq_lane16), m8 = _mm512_and_si512(e, _mm512_set1_epi16(7));
-    const __m512i qh = _mm512_cvtepu8_epi16(_mm256_castsi128_si256(_mm_loadl_epi64((const __m128i *)x->qh)));
-    uint16_t k[64];
-    for (int h = 0; h < 2; h++) {
-        __m512i q = _mm512_permutexvar_epi16(_mm512_add_epi16(_mm512_srli_epi16(e, 3), _mm512_set1_epi16((short)(4 * h))), qh);
-        __m512i top = _mm512_and_si512(_mm512_sllv_epi16(q, _mm512_sub_epi16(_mm512_set1_epi16(8), m8)), _mm512_set1_epi16(256));
-        _mm512_storeu_si512((void *)(k + 32 * h),
-                            _mm512_or_si512(top, _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(x->qs + 32 * h)))));
-    }
     for (int p = 0; p < 4; p++)
         b->grid[p] = iq_rows16_u16(gr_iq3s_grid, k + 16 * p);
 }
 
 /* s = factor * sum over blocks of d * y.d * (exact integer), the generic unit's float steps.
+ * prep (NULL: none): the lattice indices a type works out in vectors, for IQ_CHUNK blocks at a time
+ * before their lookups (read back at once, the narrow loads would wait for the wide stores).
  * sc_at[p]: the vpermw indices that give pair p's 32 maddubs lanes their scale */
 ALWAYS_INLINE void iq_dot512(int n, float *s, const void *vx, const void *vy, size_t bsize,
-                             void (*block)(iq_block512 *, const void *), const __m512i *sc_at, float factor) {
+                             void (*prep)(uint16_t *, const void *),
+                             void (*block)(iq_block512 *, const void *, const uint16_t *), const __m512i *sc_at,
+                             float factor) {
     const block_q8_K *y = vy;
     float sumf = 0.0f;
+    uint16_t idx[IQ_CHUNK][64];
     for (int i = 0; i < n / QK_K; i++) {
         const void *blk = (const uint8_t *)vx + i * bsize;
+        if (prep && i % IQ_CHUNK == 0)
+            for (int c = i; c < n / QK_K && c < i + IQ_CHUNK; c++)
+                prep(idx[c - i], (const uint8_t *)vx + c * bsize);
         iq_block512 b;
-        block(&b, blk);
+        block(&b, blk, idx[i % IQ_CHUNK]);
         __m512i acc = _mm512_setzero_si512();
         for (int p = 0; p < 4; p++) {
             __m512i yv = _mm512_loadu_si512((const void *)(y[i].qs + 64 * p));
@@ -337,7 +368,7 @@ ALWAYS_INLINE void iq_dot512(int n, float *s, const void *vx, const void *vy, si
 #define IQ_VEC_DOT512(name, factor, at0, at1, at2, at3)                                                           \
     static void vec_dot_##name##_q8_K(int n, float *s, const void *vx, const void *vy) {                          \
         const __m512i sc_at[4] = {at0, at1, at2, at3};                                                             \
-        iq_dot512(n, s, vx, vy, sizeof(block_##name), name##_block512, sc_at, factor);                            \
+        iq_dot512(n, s, vx, vy, sizeof(block_##name), name##_prep, name##_block512, sc_at, factor);                            \
     }
 IQ_VEC_DOT512(iq2_xxs, 0.125f, IQ_SC2(0, 4), IQ_SC2(8, 12), IQ_SC2(16, 20), IQ_SC2(24, 28))
 IQ_VEC_DOT512(iq3_xxs, 0.25f, IQ_SC2(0, 4), IQ_SC2(8, 12), IQ_SC2(16, 20), IQ_SC2(24, 28))
@@ -452,10 +483,6 @@ static inline __m256i iq_rows4(const uint8_t (*grid)[8], const uint16_t *k) {
     return _mm256_set_epi64x((long long)iq_row8(grid[k[3]]), (long long)iq_row8(grid[k[2]]),
                              (long long)iq_row8(grid[k[1]]), (long long)iq_row8(grid[k[0]]));
 }
-
-/* the indices of IQ_CHUNK blocks are worked out first, into a table on the stack, and read back
- * by the lookups later (read back at once, the narrow loads would wait for the wide stores) */
-#define IQ_CHUNK 16
 
 /* IQ1_S without a sign step: grid + 1 is 0, 1 or 2, a u8 that multiplies q8 (-128 included) as
  * it is, and sum (grid + 1) q8 = sum grid q8 + S (S: the group's 32 q8 values, from the block sums).
