@@ -1,8 +1,10 @@
-/* q8_K dot products of the i-quants but IQ4 and of TQ2_0 (issue 23), included by x86.c: 256-bit
- * code, the same in all four x86 builds (a block's 32-weight groups are gathered from the lattice
- * one row at a time, which a wider register would not speed up). These types are not interleaved
- * 8 rows at a time: one weight row per call, with 1 token (vec_dot) or, for the five lattice types
- * with signs, 4 tokens sharing each gathered group (vec_dot_x4: prompts).
+/* q8_K dot products of the i-quants but IQ4 and of TQ1_0/TQ2_0 (issue 23), included by x86.c:
+ * 256-bit code in all four x86 builds, except the one-token kernels of the five lattice types with
+ * signs and IQ1_S's inner step, which the 512-bit build (avx512) takes two groups at a time: there
+ * the gain is in AVX-512's masks and VBMI (sign bits worked out in vectors, one masked subtract per
+ * 64 weights), not in wider arithmetic, which Zen 4 runs as two 256-bit halves. These types are
+ * not interleaved 8 rows at a time: one weight row per call, with 1 token (vec_dot) or, for the
+ * five lattice types with signs, 4 tokens sharing each gathered group (vec_dot_x4: prompts).
  *
  * Each block's integer sum is exact and the float steps after it are the generic unit's
  * (generic_iq.h) in its order, so every x86 unit gives the generic unit's bits for these types.
