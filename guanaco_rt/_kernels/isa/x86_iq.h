@@ -408,15 +408,15 @@ static void vec_dot_tq2_0_q8_K(int n, float *s, const void *vx, const void *vy) 
 }
 
 /* TQ1_0: sum of (t - 1) q8 = sum of t q8 - sum of q8, as TQ2_0. A byte's digit p (generic_iq.h's
- * tq1_digit) is (uint8_t)(byte * 3^p) * 3 >> 8: the byte times 3^p by adds that wrap as the uint8_t
- * product does, then the top of x * 3 without widening: avg(x', avg(x', 0)) with x' = x - 1
- * (saturating) is ((x * 3) >> 1) within 1 below, and its bits 6, 7 are (x * 3) >> 8 for every
- * byte (checked over all 256). Pair sums add up in i16 lanes: at most 10 x 2 x 2 x 128 = 5120,
+ * tq1_digit) is (uint8_t)(byte * 3^p) * 3 >> 8, that is [x >= 86] + [x >= 171] of x = the byte
+ * times 3^p mod 256, worked out by adds that wrap as the uint8_t product does. The bytes are held
+ * biased, x ^ 0x80 = x + 128, so that the two tests are signed compares (x + 128 > -43 + 128,
+ * > 42 + 128); an odd multiplier keeps the bias, m (x + 128) = m x + 128 mod 256. The compares give
+ * 0, -1 or -2, the digit negated. Pair sums add up in i16 lanes: at most 10 x 2 x 2 x 128 = 5120,
  * less the 16 block sums (each at most 2048) */
-static inline __m256i tq1_top(__m256i x) {      /* (x * 3) >> 8 of each byte: 0, 1 or 2 */
-    x = _mm256_subs_epu8(x, _mm256_set1_epi8(1));
-    x = _mm256_avg_epu8(x, _mm256_avg_epu8(x, _mm256_setzero_si256()));
-    return _mm256_and_si256(_mm256_srli_epi16(x, 6), _mm256_set1_epi8(3));
+static inline __m256i tq1_top(__m256i x) {      /* biased x -> (x * 3) >> 8 of each byte: 0, 1 or 2 */
+    return _mm256_abs_epi8(_mm256_add_epi8(_mm256_cmpgt_epi8(x, _mm256_set1_epi8(-43)),
+                                           _mm256_cmpgt_epi8(x, _mm256_set1_epi8(42))));
 }
 
 static inline __m256i tq1_times3(__m256i x) { return _mm256_add_epi8(x, _mm256_add_epi8(x, x)); }
@@ -436,14 +436,16 @@ static void vec_dot_tq1_0_q8_K(int n, float *s, const void *vx, const void *vy) 
     for (int i = 0; i < n / QK_K; i++) {
         const int8_t *q8 = y[i].qs;
         /* qs[0:32]: digit p of byte m is weight 32p + m; the byte times 1, 3, 9, 27, 81 as a tree */
-        __m256i v0 = _mm256_loadu_si256((const __m256i *)x[i].qs), v1 = tq1_times3(v0), v2 = tq1_times9(v0);
+        const __m256i bias = _mm256_set1_epi8((char)0x80);
+        __m256i v0 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)x[i].qs), bias), v1 = tq1_times3(v0);
+        __m256i v2 = tq1_times9(v0);
         __m256i v3 = tq1_times9(v1), v4 = tq1_times9(v2);
         /* qs[32:48]: digit p of byte m is weight 160 + 16p + m, two digits a register (p, p + 1) */
-        __m128i b0 = _mm_loadu_si128((const __m128i *)(x[i].qs + 32));
+        __m128i b0 = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(x[i].qs + 32)), _mm256_castsi256_si128(bias));
         __m256i w01 = _mm256_set_m128i(_mm_add_epi8(b0, _mm_add_epi8(b0, b0)), b0), w23 = tq1_times9(w01);
         /* digit 4 of qs[32:48] (weights 224..239) and the 4 digits of qh[0:4] (weight 240 + 4p + m:
          * qh[m] times 1, 3, 9, 27 in dword p) */
-        __m256i h0 = _mm256_set1_epi32((int)load_i32(x[i].qh)), h1 = tq1_times3(h0);
+        __m256i h0 = _mm256_xor_si256(_mm256_set1_epi32((int)load_i32(x[i].qh)), bias), h1 = tq1_times3(h0);
         __m256i h = _mm256_blend_epi32(_mm256_blend_epi32(h0, h1, 0x22), tq1_times9(_mm256_blend_epi32(h0, h1, 0x88)), 0xCC);
         __m256i w4h = _mm256_set_m128i(_mm256_castsi256_si128(h), _mm256_castsi256_si128(tq1_times9(w23)));
         __m256i s0 = _mm256_add_epi16(tq1_dot(v0, q8), tq1_dot(v1, q8 + 32));
