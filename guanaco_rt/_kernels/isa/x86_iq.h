@@ -448,6 +448,25 @@ static void vec_dot_tq1_0_q8_K(int n, float *s, const void *vx, const void *vy) 
         __m256i h0 = _mm256_xor_si256(_mm256_set1_epi32((int)load_i32(x[i].qh)), bias), h1 = tq1_times3(h0);
         __m256i h = _mm256_blend_epi32(_mm256_blend_epi32(h0, h1, 0x22), tq1_times9(_mm256_blend_epi32(h0, h1, 0x88)), 0xCC);
         __m256i w4h = _mm256_set_m128i(_mm256_castsi256_si128(h), _mm256_castsi256_si128(tq1_times9(w23)));
+#if GR_VNNI
+        /* vpdpbusd straight into i32 lanes, two chains; the block sums widened by one madd */
+#if GR_WIDTH == 512
+#define TQ1_DP(acc, x, q) _mm256_dpbusd_epi32(acc, tq1_top(x), _mm256_loadu_si256((const __m256i *)(q)))
+#else
+#define TQ1_DP(acc, x, q) dpbusd(acc, tq1_top(x), _mm256_loadu_si256((const __m256i *)(q)))
+#endif
+        __m256i a0 = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y[i].bsums), _mm256_set1_epi16(-1));
+        __m256i a1 = TQ1_DP(_mm256_setzero_si256(), v0, q8);
+        a0 = TQ1_DP(a0, v1, q8 + 32);
+        a1 = TQ1_DP(a1, v2, q8 + 64);
+        a0 = TQ1_DP(a0, v3, q8 + 96);
+        a1 = TQ1_DP(a1, v4, q8 + 128);
+        a0 = TQ1_DP(a0, w01, q8 + 160);
+        a1 = TQ1_DP(a1, w23, q8 + 192);
+        a0 = TQ1_DP(a0, w4h, q8 + 224);
+#undef TQ1_DP
+        sumf += _cvtsh_ss(x[i].d) * y[i].d * iq_hsum_i32(_mm256_add_epi32(a0, a1));
+#else
         __m256i s0 = _mm256_add_epi16(tq1_dot(v0, q8), tq1_dot(v1, q8 + 32));
         __m256i s1 = _mm256_add_epi16(tq1_dot(v2, q8 + 64), tq1_dot(v3, q8 + 96));
         __m256i s2 = _mm256_add_epi16(tq1_dot(v4, q8 + 128), tq1_dot(w01, q8 + 160));
@@ -455,6 +474,7 @@ static void vec_dot_tq1_0_q8_K(int n, float *s, const void *vx, const void *vy) 
                                       _mm256_loadu_si256((const __m256i *)y[i].bsums));
         __m256i s16 = _mm256_add_epi16(_mm256_add_epi16(s0, s1), _mm256_add_epi16(s2, s3));
         sumf += _cvtsh_ss(x[i].d) * y[i].d * iq_hsum_i32(_mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
+#endif
     }
     *s = sumf;
 }
