@@ -61,7 +61,7 @@ def test_every_unit_of_this_cpu_runs_the_file(root, ttype):
         assert cosine(out, base).min() > 0.9999, isa
 
 
-X86_IQ_TYPES = [T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, T.IQ3_S, T.IQ1_S, T.IQ1_M, T.TQ2_0]     # isa/x86_iq.h
+X86_IQ_TYPES = [T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, T.IQ3_S, T.IQ1_S, T.IQ1_M, T.TQ1_0, T.TQ2_0]  # isa/x86_iq.h
 
 
 def own_vec_dot_units(ttype):
@@ -90,3 +90,41 @@ def test_x86_one_row_kernels_give_the_generic_bits(ttype, data):
     want = E.vec_dot(kernel_set("generic"), ttype, w, act, n)
     for u in units:
         assert E.vec_dot(kernel_set(u), ttype, w, act, n) == want, u
+
+
+@pytest.mark.parametrize("ttype", X86_IQ_TYPES, ids=lambda t: T.GGML_TYPES[t].name)
+def test_every_x86_unit_has_its_own_one_row_kernel(ttype):
+    # TQ1_0 came from generic until it had a kernel of its own (x86_iq.h)
+    from guanaco_rt._kernels.dispatch import kernel_set
+    units = [u for u in available_isas() if u in ("avx2", "avx_vnni", "vnni256", "avx512")]
+    if not units:
+        pytest.skip("this CPU runs no x86 unit")
+    for u in units:
+        assert kernel_set(u).sources.get((ttype, "vec_dot")) == u, u
+
+
+@pytest.mark.parametrize("ttype", X86_IQ_TYPES, ids=lambda t: T.GGML_TYPES[t].name)
+def test_x86_one_row_kernels_with_minus_128_in_every_block(ttype):
+    # each q8_K block's largest value quantizes to -128 (here several per block, at both ends of
+    # a 32-weight group and inside one): the kernels multiply it unnegated
+    from guanaco_rt._kernels import _quants as Q
+    from guanaco_rt._kernels import _twins as E
+    from guanaco_rt._kernels.dispatch import kernel_set
+    from guanaco_rt.writer import random_tensor_bytes
+    units = own_vec_dot_units(ttype)
+    if not units:
+        pytest.skip("no x86 unit of this CPU has its own kernel for the type")
+    rng = np.random.default_rng(int(ttype))
+    n = 8 * 256
+    for _ in range(4):
+        w = np.frombuffer(random_tensor_bytes(ttype, (n,), rng), np.uint8)
+        x = rng.standard_normal(n).astype(np.float32)
+        for b in range(0, n, 256):
+            for j in (0, 31, 77, 160 + rng.integers(0, 96)):
+                x[b + j] = 8.0
+        act = Q.quantize(T.Q8_K, x)
+        qs = np.frombuffer(act, np.uint8).reshape(n // 256, -1)[:, 4:260].view(np.int8)     # block_q8_K.qs
+        assert (qs == -128).sum() >= 4 * n // 256
+        want = E.vec_dot(kernel_set("generic"), ttype, w, act, n)
+        for u in units:
+            assert E.vec_dot(kernel_set(u), ttype, w, act, n) == want, u

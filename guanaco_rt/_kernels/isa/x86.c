@@ -12,7 +12,7 @@
  * here is interleaved 8 rows at a time at load, so the
  * one-row kernels (vec_dot) come from the fallback unit, generic, for the few tail rows of a
  * matrix whose row count is not a multiple of 8 (_engine.rows_q). The exceptions, the i-quants
- * IQ2_XXS/IQ2_XS/IQ2_S/IQ3_XXS/IQ3_S/IQ1_S/IQ1_M and TQ2_0, have one-row kernels of their own (x86_iq.h).
+ * IQ2_XXS/IQ2_XS/IQ2_S/IQ3_XXS/IQ3_S/IQ1_S/IQ1_M, TQ1_0 and TQ2_0, have one-row kernels of their own (x86_iq.h).
  *
  * The 8-row kernels: lane r of each 32-byte step of a block_*x8 holds 4 weights of row r
  * (ggml_blocks.h); a 512-bit register holds two consecutive steps (vi_load_w). Each row's
@@ -388,7 +388,7 @@ const isa_kernels_t GR_UNIT_TABLE = {
         [GGML_TYPE_IQ4_XS] = R8(iq4_xs),
         [GGML_TYPE_BF16] = {.vec_dot = vec_dot_bf16},
         [GGML_TYPE_Q8_1] = {.quantize = quantize_row_q8_1},
-        /* ---- i-quants and ternary types (issue 23): one row a call (x86_iq.h); TQ1_0 from generic */
+        /* ---- i-quants and ternary types (issue 23): one row a call (x86_iq.h) */
         [GGML_TYPE_IQ2_XXS] = {.vec_dot = vec_dot_iq2_xxs_q8_K, .vec_dot_x4 = vec_dot_x4_iq2_xxs_q8_K},
         [GGML_TYPE_IQ2_XS] = {.vec_dot = vec_dot_iq2_xs_q8_K, .vec_dot_x4 = vec_dot_x4_iq2_xs_q8_K},
         [GGML_TYPE_IQ2_S] = {.vec_dot = vec_dot_iq2_s_q8_K, .vec_dot_x4 = vec_dot_x4_iq2_s_q8_K},
@@ -396,6 +396,7 @@ const isa_kernels_t GR_UNIT_TABLE = {
         [GGML_TYPE_IQ3_S] = {.vec_dot = vec_dot_iq3_s_q8_K, .vec_dot_x4 = vec_dot_x4_iq3_s_q8_K},
         [GGML_TYPE_IQ1_S] = {.vec_dot = vec_dot_iq1_s_q8_K},
         [GGML_TYPE_IQ1_M] = {.vec_dot = vec_dot_iq1_m_q8_K},
+        [GGML_TYPE_TQ1_0] = {.vec_dot = vec_dot_tq1_0_q8_K},
         [GGML_TYPE_TQ2_0] = {.vec_dot = vec_dot_tq2_0_q8_K},
     },
     .kv_scores = kv_scores,
