@@ -121,23 +121,18 @@ cdef void dequantize_row_iq1_s(const void* vx, float* y, int64_t k) noexcept nog
                     y[j] = dl * (gr_iq1s_grid[x[i].qs[4*g + l] | (((qh >> (3*l)) & 7) << 8)][j] + delta)
                 y += 8
 
-cdef float iq1m_scale(const uint8_t* scales) noexcept nogil:
-    # the f16 scale of a block_iq1_m: the top nibbles of its 4 uint16 scale words
-    cdef uint16_t w0 = scales[0] | (scales[1] << 8), w1 = scales[2] | (scales[3] << 8)
-    cdef uint16_t w2 = scales[4] | (scales[5] << 8), w3 = scales[6] | (scales[7] << 8)
-    return fp16_to_fp32(<uint16_t>((w0 >> 12) | ((w1 >> 8) & 0x00F0) | ((w2 >> 4) & 0x0F00) | (w3 & 0xF000)))
-
 cdef void dequantize_row_iq1_m(const void* vx, float* y, int64_t k) noexcept nogil:
     cdef const block_iq1_m* x = <const block_iq1_m*>vx
     cdef int64_t i
     cdef int g, l, j
     cdef uint16_t sc
+    cdef uint16_t w[4]
     cdef uint8_t nib
     cdef float d, dl, delta
     for i in range(k // QK_K):
-        d = iq1m_scale(x[i].scales)
+        d = fp16_to_fp32(gr_iq1m_words(x[i].scales, w))
         for g in range(8):
-            sc = x[i].scales[2 * (g // 2)] | (x[i].scales[2 * (g // 2) + 1] << 8)
+            sc = w[g // 2]
             for l in range(4):
                 dl = d * <float>(2 * ((sc >> (6 * (g % 2) + 3 * (l // 2))) & 7) + 1)
                 nib = (x[i].qh[2*g + l // 2] >> (4 * (l % 2))) & 15

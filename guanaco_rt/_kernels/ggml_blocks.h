@@ -200,6 +200,14 @@ typedef struct { uint8_t qs[QK_K / 8]; uint8_t qh[QK_K / 16]; uint8_t scales[QK_
 #define IQ1S_DELTA 0.125f
 #define IQ1M_DELTA 0.125f
 
+/* IQ1_M's scales as its four uint16 words w (for the 3-bit ls) -> its f16 block scale d, the words'
+ * top nibbles: the one decoder of that field (the dequantizer and every unit's kernel call it) */
+static inline ggml_fp16_t gr_iq1m_words(const uint8_t *scales, uint16_t w[4]) {
+    for (int k = 0; k < 4; k++)
+        w[k] = (uint16_t)(scales[2 * k] | scales[2 * k + 1] << 8);
+    return (ggml_fp16_t)((w[0] >> 12) | ((w[1] >> 8) & 0x00F0) | ((w[2] >> 4) & 0x0F00) | (w[3] & 0xF000));
+}
+
 /* TQ1_0, 1.6875 bits per weight, ternary x = d * (t - 1), t in {0, 1, 2}: five t's a byte as the
  * base-3 digits of a fraction, byte = ceil(256 * (t4 + 3 t3 + 9 t2 + 27 t1 + 81 t0) / 243) (t0 the
  * first): the digit at position p is ((uint8_t)(byte * 3^p) * 3) >> 8. qs[0:32]: digit p of byte m

@@ -119,6 +119,7 @@ cdef extern from "ggml_blocks.h" nogil:
         ggml_fp16_t d
     float IQ1S_DELTA
     float IQ1M_DELTA
+    ggml_fp16_t gr_iq1m_words(const uint8_t* scales, uint16_t* w)    # IQ1_M's words -> its f16 scale
 
 cdef extern from "ggml_blocks.h" nogil:
     enum:  # ggml_type ids, as the files store them (values in ggml_blocks.h)

@@ -164,9 +164,7 @@ static void vec_dot_iq1_m_q8_K_generic(int n, float *s, const void *vx, const vo
     for (int i = 0; i < n / QK_K; i++) {
         const uint8_t *sc = x[i].scales;
         uint16_t w[4];
-        for (int k = 0; k < 4; k++)
-            w[k] = (uint16_t)(sc[2 * k] | sc[2 * k + 1] << 8);
-        ggml_fp16_t d = (ggml_fp16_t)((w[0] >> 12) | ((w[1] >> 8) & 0x00F0) | ((w[2] >> 4) & 0x0F00) | (w[3] & 0xF000));
+        ggml_fp16_t d = gr_iq1m_words(sc, w);
         const int8_t *q8 = y[i].qs;
         int isum = 0, idelta = 0;
         for (int g = 0; g < 8; g++) {

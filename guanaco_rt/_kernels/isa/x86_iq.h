@@ -570,9 +570,7 @@ static void vec_dot_iq1_m_q8_K(int n, float *s, const void *vx, const void *vy) 
     for (int i = 0; i < n / QK_K; i++) {
         const uint8_t *sc = x[i].scales;
         uint16_t w[4];
-        for (int k = 0; k < 4; k++)
-            w[k] = (uint16_t)(sc[2 * k] | sc[2 * k + 1] << 8);
-        unsigned short d = (unsigned short)((w[0] >> 12) | ((w[1] >> 8) & 0x00F0) | ((w[2] >> 4) & 0x0F00) | (w[3] & 0xF000));
+        ggml_fp16_t d = gr_iq1m_words(sc, w);
         __m256i acc = _mm256_setzero_si256(), accd = _mm256_setzero_si256();
         for (int g = 0; g < 8; g++) {
             const uint8_t *qs = x[i].qs + 4 * g;
