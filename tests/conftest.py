@@ -49,3 +49,18 @@ def smollm2():
         return demo_model_path()
     except GuanacoError as e:
         pytest.skip(f"the demo model could not be fetched: {e}")
+
+
+@pytest.fixture(scope="session")
+def vocabs(tmp_path_factory):
+    """name -> the family vocabulary tests/family_vocab.py provides (from tests/data, or fetched
+    and cached), each loaded once per run for every test file that asks."""
+    import family_vocab
+    root = tmp_path_factory.mktemp("vocab")
+    loaded = {}
+
+    def get(name):
+        if name not in loaded:
+            loaded[name] = family_vocab.load_vocab(family_vocab.vocab_path(name, root))
+        return loaded[name]
+    return get

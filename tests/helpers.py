@@ -174,3 +174,40 @@ def tiny_gguf(tmp_root, wtype, emb_type=None, n_vocab=300, tied=True, n_embd=256
                                        n_ff=n_ff, wtype=wtype, emb_type=wtype if emb_type is None else emb_type,
                                        tied=tied, rope_base=10000.0, seed=seed, n_vocab=n_vocab)
     return _CACHE[key]
+
+
+def add_one_layer_llama(w, n_embd, n_vocab, seed=0, n_head=2, n_ff=64):
+    """The LLaMA hparams and one layer of random F32 tensors (norms of ones) on a gguf.GGUFWriter
+    that has its vocabulary: a file the runtime and llama.cpp open, for tokenizer and template tests."""
+    from guanaco_rt import ggml_types as T
+    from guanaco_rt.writer import random_tensor_bytes
+    w.add_block_count(1)
+    w.add_embedding_length(n_embd)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head)
+    w.add_rope_dimension_count(n_embd // n_head)
+    w.add_layer_norm_rms_eps(1e-5)
+    rng = np.random.default_rng(seed)
+
+    def add(name, shape):
+        if len(shape) == 1:
+            w.add_tensor(name, np.ones(shape, np.float32))
+        else:
+            raw = np.frombuffer(random_tensor_bytes(T.F32, shape, rng), np.float32)
+            w.add_tensor(name, raw.reshape(tuple(reversed(shape))))
+
+    add("token_embd.weight", (n_embd, n_vocab))
+    for name, shape in (("attn_norm", (n_embd,)), ("attn_q", (n_embd, n_embd)), ("attn_k", (n_embd, n_embd)),
+                        ("attn_v", (n_embd, n_embd)), ("attn_output", (n_embd, n_embd)), ("ffn_norm", (n_embd,)),
+                        ("ffn_gate", (n_embd, n_ff)), ("ffn_up", (n_embd, n_ff)), ("ffn_down", (n_ff, n_embd))):
+        add(f"blk.0.{name}.weight", shape)
+    add("output_norm.weight", (n_embd,))
+
+
+def finish_gguf(w):
+    """Write a gguf.GGUFWriter's header, metadata and tensors, and close it."""
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()

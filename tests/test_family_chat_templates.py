@@ -113,18 +113,6 @@ def test_llama32_writes_todays_date():
 
 
 # ---- the token that ends a turn ends generation --------------------------------------------
-@pytest.fixture(scope="module")
-def vocabs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vocab")
-    loaded = {}
-
-    def get(name):
-        if name not in loaded:
-            loaded[name] = fv.load_vocab(fv.vocab_path(name, root))
-        return loaded[name]
-    return get
-
-
 @pytest.mark.parametrize("family, vocab_name, turn_end", [
     ("Qwen-Qwen2.5-7B-Instruct", "qwen2", "<|im_end|>"),
     ("Qwen-Qwen3-0.6B", "qwen2", "<|im_end|>"),

@@ -19,12 +19,12 @@ import sys
 
 import family_vocab as fv
 import gguf
-import numpy as np
 import pytest
 
 import guanaco_rt
-from guanaco_rt import ggml_types as T
-from guanaco_rt.writer import gguf_vocab_arrays, random_tensor_bytes
+from guanaco_rt.writer import gguf_vocab_arrays
+
+from helpers import add_one_layer_llama, finish_gguf
 
 # pieces of text that exercise the pre-tokenizers: scripts, digit runs, contractions in both
 # cases, whitespace runs with newlines, CR and tabs, punctuation runs, combining marks, emoji
@@ -47,18 +47,6 @@ def strings(n, seed, specials=()):
         joiners = [rng.choice(["", "", " ", "\n"]) for _ in parts]
         out.append("".join(j + p for j, p in zip(joiners, parts)))
     return out
-
-
-@pytest.fixture(scope="module")
-def vocabs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vocab")
-    loaded = {}
-
-    def get(name):
-        if name not in loaded:
-            loaded[name] = fv.load_vocab(fv.vocab_path(name, root))
-        return loaded[name]
-    return get
 
 
 # ---- llama.cpp's own test strings -------------------------------------------------------
@@ -175,42 +163,9 @@ def write_gemma_style(path, shared_data, n_embd=0):
     w.add_add_space_prefix(False)
     w.add_chat_template(fv.template("google-gemma-3-it"))
     if n_embd:
-        _add_tiny_llama(w, n_embd, len(tokens))
-    _finish(w)
+        add_one_layer_llama(w, n_embd, len(tokens))
+    finish_gguf(w)
     return str(path)
-
-
-def _add_tiny_llama(w, n_embd, n_vocab, seed=0):
-    n_head, n_ff = 2, 64
-    w.add_block_count(1)
-    w.add_embedding_length(n_embd)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_head)
-    w.add_rope_dimension_count(n_embd // n_head)
-    w.add_layer_norm_rms_eps(1e-5)
-    rng = np.random.default_rng(seed)
-
-    def add(name, shape):
-        if len(shape) == 1:
-            w.add_tensor(name, np.ones(shape, np.float32))
-        else:
-            raw = np.frombuffer(random_tensor_bytes(T.F32, shape, rng), np.float32)
-            w.add_tensor(name, raw.reshape(tuple(reversed(shape))))
-
-    add("token_embd.weight", (n_embd, n_vocab))
-    for name, shape in (("attn_norm", (n_embd,)), ("attn_q", (n_embd, n_embd)), ("attn_k", (n_embd, n_embd)),
-                        ("attn_v", (n_embd, n_embd)), ("attn_output", (n_embd, n_embd)), ("ffn_norm", (n_embd,)),
-                        ("ffn_gate", (n_embd, n_ff)), ("ffn_up", (n_embd, n_ff)), ("ffn_down", (n_ff, n_embd))):
-        add(f"blk.0.{name}.weight", shape)
-    add("output_norm.weight", (n_embd,))
-
-
-def _finish(w):
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
 
 
 @pytest.fixture(scope="module")
@@ -283,8 +238,8 @@ def write_bpe_model(path, vocab, n_embd=32):
     w.add_token_merges(vocab["merges"])
     w.add_bos_token_id(vocab["bos"])
     w.add_eos_token_id(vocab["eos"])
-    _add_tiny_llama(w, n_embd, len(vocab["tokens"]))
-    _finish(w)
+    add_one_layer_llama(w, n_embd, len(vocab["tokens"]))
+    finish_gguf(w)
     return str(path)
 
 
@@ -327,7 +282,7 @@ def write_bpe_vocab(path, vocab, types=None, ids=None):
     w.add_token_merges(vocab["merges"])
     for key, value in (ids or {}).items():
         w.add_uint32(f"tokenizer.ggml.{key}_token_id", value)
-    _finish(w)
+    finish_gguf(w)
     return str(path)
 
 

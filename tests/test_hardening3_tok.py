@@ -13,17 +13,15 @@ import subprocess
 import sys
 
 import gguf
-import numpy as np
 import pytest
 
 import guanaco_rt
-from guanaco_rt import ggml_types as T
 from guanaco_rt.bpe import BPETokenizer, byte_alphabet
 from guanaco_rt.errors import FormatError
 from guanaco_rt.tokenizer import Tokenizer
-from guanaco_rt.writer import gguf_vocab_arrays, random_tensor_bytes, vocab_from_gguf
+from guanaco_rt.writer import gguf_vocab_arrays, vocab_from_gguf
 
-from helpers import child
+from helpers import add_one_layer_llama, child, finish_gguf
 
 HELLO = 15043          # "\u2581Hello" in the LLaMA vocabulary
 # (spelling, type) appended to the LLaMA vocabulary, ids 32000...
@@ -46,15 +44,7 @@ def write_spm_gguf(path, shared_data, ids=None, flags=None, template=TEMPLATE, n
     tokens += [s for s, _ in ADDED]
     scores += [0.0] * len(ADDED)
     types += [t for _, t in ADDED]
-    n_vocab, n_head, n_ff = len(tokens), 2, 64
     w = gguf.GGUFWriter(str(path), "llama")
-    w.add_block_count(1)
-    w.add_embedding_length(n_embd)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_head)
-    w.add_rope_dimension_count(n_embd // n_head)
-    w.add_layer_norm_rms_eps(1e-5)
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
     w.add_token_scores(scores)
@@ -69,25 +59,8 @@ def write_spm_gguf(path, shared_data, ids=None, flags=None, template=TEMPLATE, n
         w.add_bool(f"tokenizer.ggml.{key}", value)
     if template:
         w.add_string("tokenizer.chat_template", template)
-    rng = np.random.default_rng(seed)
-
-    def add(name, shape):
-        if len(shape) == 1:
-            w.add_tensor(name, np.ones(shape, np.float32))
-        else:
-            raw = np.frombuffer(random_tensor_bytes(T.F32, shape, rng), np.float32)
-            w.add_tensor(name, raw.reshape(tuple(reversed(shape))))
-
-    add("token_embd.weight", (n_embd, n_vocab))
-    for name, shape in (("attn_norm", (n_embd,)), ("attn_q", (n_embd, n_embd)), ("attn_k", (n_embd, n_embd)),
-                        ("attn_v", (n_embd, n_embd)), ("attn_output", (n_embd, n_embd)), ("ffn_norm", (n_embd,)),
-                        ("ffn_gate", (n_embd, n_ff)), ("ffn_up", (n_embd, n_ff)), ("ffn_down", (n_ff, n_embd))):
-        add(f"blk.0.{name}.weight", shape)
-    add("output_norm.weight", (n_embd,))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    add_one_layer_llama(w, n_embd, len(tokens), seed)
+    finish_gguf(w)
     return str(path)
 
 
