@@ -86,6 +86,7 @@ class BPETokenizer(PartsEncoder):
                                                           f"({', '.join(sorted(PRE_TOKENIZERS))})")
         self.path = path
         self.n_vocab = len(tokens)
+        self.tokens, self.types = list(tokens), list(types)      # spellings and types, as the file has them
         self.bos_id, self.eos_id, self.unk_id = bos_id, eos_id, None
         self.add_bos = bool(add_bos) and bos_id is not None
         self.regexes = [regex.compile(r) for r in PRE_TOKENIZERS[pre]]

@@ -67,3 +67,8 @@ class InvalidArgumentError(GuanacoError, ValueError):
     def __init__(self, message, param=None):
         self.param = param
         super().__init__(message)
+
+
+class ConstraintError(InvalidArgumentError):
+    """A constraint (json_schema, regex, grammar, choices) that cannot be compiled or goes
+    over a limit; ``param`` names which, the message what the engine refused."""

@@ -41,6 +41,23 @@ class GenerationResult:
     timings: Timings
     logprobs: list | None = field(default=None)  # per token: [(id, logprob)] of the top n_probs
     token_logprobs: list | None = field(default=None)  # per token: its own logprob (with n_probs > 0)
+    parsed: Any = field(default=None)  # a json_schema constraint's value (a pydantic object for a model class)
+
+
+class ChatReply(str):
+    """Session.chat()'s reply: the text (stripped), with the generation's ``result`` and,
+    under a json_schema constraint, its ``parsed`` value."""
+
+    result: GenerationResult
+
+    def __new__(cls, text: str, result: GenerationResult):
+        self = super().__new__(cls, text)
+        self.result = result
+        return self
+
+    @property
+    def parsed(self) -> Any:
+        return self.result.parsed
 
 
 class StreamView:

@@ -29,6 +29,7 @@ import numpy as np
 from ._kernels._decode import Decoder, TextStage
 from ._kernels._engine import State
 from .chat import DEFAULT_STOP, ChatTemplate, Conversation
+from .constrain import compile_constraint
 from .errors import (
     Cancelled,
     ContextFullError,
@@ -39,7 +40,7 @@ from .errors import (
     StateError,
 )
 from .model import check_threads, usable_threads
-from .results import AsyncTextStream, GenerationResult, StreamView, TextStream, Timings
+from .results import AsyncTextStream, ChatReply, GenerationResult, StreamView, TextStream, Timings
 from .sampling import CONTEXT_POLICY, Sampler, SamplingParams
 from .tokenizer import CONTROL, USER_DEFINED, unicode_problem
 
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from .model import Model
 
 Prompt = Union[str, Sequence[int]]   # text, or token ids starting with BOS
+Schema = Union[dict, str, type, bool, None]   # a JSON schema: a dict, JSON text, a pydantic model class
 
 log = logging.getLogger("guanaco_rt")
 
@@ -327,9 +329,10 @@ class Session:
             return self.model.tokenize(prompt)
         return self._check_ids(prompt, "prompt").tolist()
 
-    def _prepare(self, prompt, max_new_tokens, stop, params):
+    def _prepare(self, prompt, max_new_tokens, stop, params, constraint=None):
         """Check and convert a generation's arguments -> (prompt ids, sampler core, text
-        stage). Runs when generate/stream is called, so bad arguments raise right there."""
+        stage, guide or None). Runs when generate/stream is called, so bad arguments (and a
+        constraint that does not compile) raise right there."""
         self._check_open()
         ids = self._prompt_ids(prompt)
         if not ids:
@@ -347,25 +350,38 @@ class Session:
             problem = unicode_problem(x)
             if problem:
                 raise InvalidArgumentError(f"stop[{i}] is not valid Unicode: {problem}", "stop")
-        return ids, core, TextStage(self.model.tokenizer.byte_table, stops, len(ids) == 1)
+        guide = constraint[0].guide(constraint[1]) if constraint is not None else None
+        return ids, core, TextStage(self.model.tokenizer.byte_table, stops, len(ids) == 1), guide
 
-    def _decode_loop(self, ids, core, text, max_new_tokens, params, piecewise, n_keep, view=None):
+    def _decode_loop(self, ids, core, text, max_new_tokens, params, piecewise, n_keep, view=None, guide=None):
         """Generator of text pieces; returns the GenerationResult. Holds the session.
 
         After the prompt, the loop (sampling, token text, stop strings, context room, the
         forward pass) runs in C without the GIL; with ``piecewise`` it comes back to
         Python once per piece of text, to hand the piece out, else only at the end (and
         when its output arrays fill up: after 1024 tokens, then each doubling).
+
+        Under a constraint (``guide``) it comes back once per token: the guide consumes
+        the token, and its next mask is computed on a worker thread while the forward pass
+        of the token runs here; the first mask while the prompt is evaluated.
         """
         self._enter()
         try:
             timings = Timings(load_ms=self.model.load_time * 1e3)
             gen, logprobs, reason, emitted = [], [] if params.n_probs else None, None, []
             token_lps = [] if params.n_probs else None
+            if guide is not None:
+                guide.start_mask()
             try:
                 self._prefill(ids, timings)
             except Cancelled:
                 reason = "cancelled"
+            except BaseException:
+                if guide is not None:
+                    guide.close()
+                raise
+            if guide is not None and reason is not None:
+                guide.close()
             t0 = time.perf_counter()
             if reason is None:
                 # the State's sequence is current whenever the loop hands a piece out
@@ -376,13 +392,23 @@ class Session:
                               getattr(tk, "eog_ids", ()))                 # and so does any EOG token
                 if view is not None:
                     view.decoder = dec              # the stream's view of the tokens so far
+                if guide is not None:
+                    dec.hold = True                 # back here after each token, before its forward pass
+                    core.set_mask(guide.mask())
                 try:
                     while reason is None:
                         piece, reason = dec.run(piecewise)
                         if piece:
                             emitted.append(piece)
                             yield piece
+                        if reason is None and dec.pending >= 0:
+                            piece, reason = self._guided_step(dec, guide)
+                            if piece:
+                                emitted.append(piece)
+                                yield piece
                 finally:
+                    if guide is not None:
+                        guide.close()
                     if dec.n_shifts:
                         log.info("context shift: %d time(s), %d tokens dropped (n_keep %d), %d left",
                                  dec.n_shifts, dec.n_discarded, n_keep, self.n_past)
@@ -391,6 +417,8 @@ class Session:
             timings.generate_ms = (time.perf_counter() - t0) * 1e3
             # the result's text is exactly what was streamed (the stop string held back)
             result = GenerationResult("".join(emitted), gen, reason, timings, logprobs, token_lps)
+            if guide is not None:
+                result.parsed = guide.parse(result.text)
             self.last_result = result
             if reason == "context_full":
                 err = ContextFullError(f"context full: {self.n_past} tokens = n_ctx {self.n_ctx} "
@@ -402,43 +430,81 @@ class Session:
         finally:
             self._leave()
 
+    @staticmethod
+    def _guided_step(dec, guide):
+        # the held token: the constraint takes it; complete -> the generation ends ("stop"),
+        # else its forward pass runs while a worker computes the next mask
+        if guide.consume(dec.pending):
+            return dec.finish()
+        guide.start_mask()
+        try:
+            piece, reason = dec.eval_pending()
+        finally:
+            guide.wait()
+        guide.mask()                        # raises if the engine failed
+        return piece, reason
+
     def _params(self, params, kw):
         if params is not None and kw:
             raise TypeError("pass either params=SamplingParams(...) or keyword arguments, not both")
         return params if params is not None else SamplingParams.from_kwargs(**kw)
 
     def stream(self, prompt: Prompt, max_new_tokens: int = 128, stop: str | Iterable[str] | None = None,
-               params: SamplingParams | None = None, **sampling) -> TextStream:
+               params: SamplingParams | None = None, *, json_schema: Schema = None, regex: str | None = None,
+               grammar: str | None = None, choices: Sequence[str] | None = None, **sampling) -> TextStream:
         """Iterator of text pieces as they are generated (never a split UTF-8 character,
-        never a piece of a stop string). ``.result`` holds the GenerationResult at the end."""
-        return self._stream(prompt, max_new_tokens, stop, params, sampling, piecewise=True)
+        never a piece of a stop string). ``.result`` holds the GenerationResult at the end.
+        The constraint keywords are generate()'s."""
+        return self._stream(prompt, max_new_tokens, stop, params, sampling, piecewise=True,
+                            constraint=self.constraint(json_schema, regex, grammar, choices))
 
-    def _stream(self, prompt, max_new_tokens, stop, params, sampling, piecewise, n_keep=None):
+    def constraint(self, json_schema: Schema = None, regex: str | None = None, grammar: str | None = None,
+                   choices: Sequence[str] | None = None, strict: bool = True):
+        """Compile the constraint of a generation call (see generate()) for this model's
+        vocabulary -> (Constraint, pydantic type or None), or None when none is given.
+        Compiled constraints are cached per (vocabulary, source). ConstraintError if it
+        cannot be compiled."""
+        return compile_constraint(self.model, json_schema=json_schema, regex=regex, grammar=grammar,
+                                  choices=choices, strict=strict)
+
+    def _stream(self, prompt, max_new_tokens, stop, params, sampling, piecewise, n_keep=None, constraint=None):
         params = self._params(params, sampling)
-        ids, core, text = self._prepare(prompt, max_new_tokens, stop, params)
+        ids, core, text, guide = self._prepare(prompt, max_new_tokens, stop, params, constraint)
         # more than the decode loop counts is more than any call can generate: no limit
         max_new_tokens = min(int(max_new_tokens), MAX_NEW_TOKENS)
         n_keep = self.n_keep if n_keep is None else n_keep
         # the loop gets the view, not the stream: no cycle, so dropping the stream closes the
         # loop (and frees the session) by reference counting alone
         view = StreamView()
-        return TextStream(self._decode_loop(ids, core, text, max_new_tokens, params, piecewise, n_keep, view), view)
+        return TextStream(self._decode_loop(ids, core, text, max_new_tokens, params, piecewise, n_keep, view, guide),
+                          view)
 
     def generate(self, prompt: Prompt, max_new_tokens: int = 128, stop: str | Iterable[str] | None = None,
-                 params: SamplingParams | None = None, callback: Callable[[str], object] | None = None,
-                 **sampling) -> GenerationResult:
+                 params: SamplingParams | None = None, callback: Callable[[str], object] | None = None, *,
+                 json_schema: Schema = None, regex: str | None = None, grammar: str | None = None,
+                 choices: Sequence[str] | None = None, **sampling) -> GenerationResult:
         """Generate a continuation of ``prompt`` (text, or token ids starting with BOS).
 
         The prompt is the whole context: the longest prefix already in the cache is reused.
         ``callback(piece)`` is called with each text piece as it comes.
-        """
-        return self._generate(prompt, max_new_tokens, stop, params, callback, sampling)
 
-    def _generate(self, prompt, max_new_tokens, stop, params, callback, sampling, n_keep=None):
+        At most one constraint shapes the text: ``json_schema`` (a dict, JSON text, or a
+        pydantic model class), ``regex``, ``grammar`` (Lark or llama.cpp's GBNF) or
+        ``choices`` (a list of strings). Each step samples only tokens the constraint allows
+        (the mask applies before the sampling chain); when it is complete the generation
+        ends with finish_reason "stop", and a JSON schema's value is in ``result.parsed``
+        (the pydantic object for a model class). Stop strings, EOS and max_new_tokens end it
+        as ever: then ``parsed`` is None if the text is incomplete.
+        """
+        return self._generate(prompt, max_new_tokens, stop, params, callback, sampling,
+                              constraint=self.constraint(json_schema, regex, grammar, choices))
+
+    def _generate(self, prompt, max_new_tokens, stop, params, callback, sampling, n_keep=None, constraint=None):
         # without a callback nobody waits for pieces: one call into C decodes everything
         # a callback that raises must not leave the session busy: its traceback keeps this
         # frame, and with it the stream, alive
-        with self._stream(prompt, max_new_tokens, stop, params, sampling, callback is not None, n_keep) as s:
+        with self._stream(prompt, max_new_tokens, stop, params, sampling, callback is not None, n_keep,
+                          constraint) as s:
             for piece in s:
                 if callback is not None:
                     callback(piece)
@@ -449,7 +515,8 @@ class Session:
         """Async iterator of text pieces (``async for``); the decode loop runs on a worker
         thread. Leaving the loop early -- break, an exception, a cancelled task -- cancels
         the generation at once, and the session's next call waits only for the token in
-        flight. Arguments are checked here, when called."""
+        flight. Arguments (stream()'s, the constraint keywords included) are checked here,
+        when called."""
         return AsyncTextStream(self, self.stream(prompt, max_new_tokens, stop, params, **sampling))
 
     def _abandon(self, thread):
@@ -459,9 +526,13 @@ class Session:
 
     # -- chat ------------------------------------------------------------------------
     def chat(self, message: str, max_new_tokens: int = 256, stop: str | Iterable[str] | None = None,
-             params: SamplingParams | None = None, callback: Callable[[str], object] | None = None,
-             **sampling) -> str:
-        """One chat turn: returns the assistant's reply (stripped). The format is the
+             params: SamplingParams | None = None, callback: Callable[[str], object] | None = None, *,
+             json_schema: Schema = None, regex: str | None = None, grammar: str | None = None,
+             choices: Sequence[str] | None = None, **sampling) -> ChatReply:
+        """One chat turn: returns the assistant's reply (stripped), a str whose ``.result``
+        is the GenerationResult and ``.parsed`` the value a ``json_schema`` constraint
+        produced (the pydantic object for a model class; None without one, or when the
+        reply is incomplete). The constraint keywords are generate()'s. The format is the
         session's template: Guanaco's ``### Human:`` turns, or the model's chat template.
         Messages (and the system text) are always text: one that spells a special token
         (``<|im_end|>``, ``</s>``) does not become that token. A chat template that does not
@@ -474,6 +545,7 @@ class Session:
         if not isinstance(message, str):
             raise TypeError(f"message must be a str, got {type(message).__name__}")
         self._check_open()
+        constraint = self.constraint(json_schema, regex, grammar, choices)
         conv = self.conversation
         reserve = min(max_new_tokens, self.n_ctx // 2)
         first = self._chat_first_turn
@@ -502,11 +574,12 @@ class Session:
         # a context shift inside the reply keeps the system text
         if stop is None:
             stop = DEFAULT_STOP if self.template is None else []     # template models end their turn with an EOG token
-        res = self._generate(ids, max_new_tokens, stop, params, callback, sampling, n_keep=self._chat_keep())
+        res = self._generate(ids, max_new_tokens, stop, params, callback, sampling, n_keep=self._chat_keep(),
+                             constraint=constraint)
         reply = res.text.strip()
         if res.finish_reason != "cancelled":
             conv.add(message, reply)
-        return reply
+        return ChatReply(reply, res)
 
     def chat_prompt(self, message: str) -> list[int]:
         """The token ids ``chat(message)`` would start from: the conversation so far and this

@@ -266,6 +266,7 @@ class Tokenizer(PartsEncoder):
         except Exception as e:  # sentencepiece raises RuntimeError / OSError on a bad model
             raise FormatError(path, "vocab", f"cannot build a SentencePiece model: {e}") from None
         self.path = path
+        self.add_space_prefix = bool(add_space_prefix)     # SentencePiece's dummy prefix: " " before the text
         self.bos_id, self.eos_id, self.unk_id = bos_id, eos_id, unk_id
         self.add_bos = True          # a GGUF file may say otherwise (tokenizer.ggml.add_bos_token)
         # spellings split out of the text before SentencePiece sees it (llama.cpp's parse_special);

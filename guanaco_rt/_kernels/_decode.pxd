@@ -52,6 +52,8 @@ cdef class Decoder:
     cdef int eos_id, eot_id, shift, n_keep, status
     cdef uint8_t[::1] eog           # (n_vocab,) 1: the token ends the generation, as EOS does
     cdef readonly int n_shifts, n_discarded
+    cdef public bint hold            # stop after each sampled token, before evaluating it (a constraint's step)
+    cdef readonly int32_t pending    # with hold: the token sampled and not yet evaluated, or -1
     cdef bint poll_signals           # on the main thread: let Python run signal handlers now and then
     cdef double next_poll
     cdef object interrupt            # what a signal handler raised

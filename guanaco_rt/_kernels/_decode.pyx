@@ -276,9 +276,10 @@ cdef enum:
     DEC_NOMEM = 6
     DEC_NO_CANDIDATES = 7    # every token banned (logit_bias -inf): nothing left to sample
     DEC_INTERRUPTED = 8      # a signal handler raised (Ctrl-C): run() re-raises it
+    DEC_DONE = 9             # the caller ended it (a constraint that reached its end): text flushed
 
 FINISH_REASONS = {DEC_LENGTH: "length", DEC_EOS: "eos", DEC_STOP: "stop", DEC_CANCELLED: "cancelled",
-                  DEC_CONTEXT_FULL: "context_full", DEC_NO_CANDIDATES: "no_candidates"}
+                  DEC_CONTEXT_FULL: "context_full", DEC_NO_CANDIDATES: "no_candidates", DEC_DONE: "stop"}
 
 cdef class Decoder:
     """One generation on a State: ``run()`` samples, decodes text, matches stop strings,
@@ -289,6 +290,11 @@ cdef class Decoder:
     joins it as it goes, so the State is current whenever run() returns. The token that
     ends generation by length or stop is sampled but not evaluated, so the logits always
     follow the sequence's last token.
+
+    With ``hold`` set, run() returns after each sampled token, before its forward pass:
+    the caller reads ``pending`` (a constraint consumes it and starts the next mask), then
+    eval_pending() runs the forward pass without the GIL while the mask is computed, or
+    finish() ends the generation there.
     """
 
     def __cinit__(self, State state, SamplerCore sampler, TextStage text, int max_new, int eos_id, bint shift,
@@ -315,6 +321,7 @@ cdef class Decoder:
         self.shift = shift
         self.n_keep = n_keep
         self.status = DEC_RUNNING
+        self.pending = -1
 
     cdef _grow(self, int cap):
         # output arrays of cap tokens, keeping what is there; the loop pauses when they are full
@@ -388,6 +395,9 @@ cdef class Decoder:
                 shift_kv(m, s, keep, discard)
                 self.n_shifts += 1
                 self.n_discarded += discard
+            if self.hold:
+                self.pending = tok
+                return DEC_RUNNING
             if decode_one(m, s, tok):
                 return self._finish(DEC_CANCELLED)
             if until_text and self.text.T.out.n > 0:
@@ -410,6 +420,8 @@ cdef class Decoder:
         raises (KeyboardInterrupt) is raised here, with the State consistent."""
         cdef int status = self.status
         self.poll_signals = threading.current_thread() is threading.main_thread()
+        if self.pending >= 0:
+            raise RuntimeError("a held token is waiting: call eval_pending() or finish() first")
         if status == DEC_RUNNING:
             if self.n_gen == self.cap:
                 self._grow(min(2 * self.cap, self.max_new))
@@ -420,6 +432,32 @@ cdef class Decoder:
         if status == DEC_INTERRUPTED:
             raise self.interrupt
         return self.text.take(), FINISH_REASONS.get(status)
+
+    def eval_pending(self):
+        """The forward pass of the held token (``hold``), without the GIL. Returns (text,
+        None), or (text, "cancelled") when cancel() stopped it."""
+        cdef int32_t tok = self.pending
+        cdef int rc
+        if tok < 0 or self.status != DEC_RUNNING:
+            raise RuntimeError("no held token to evaluate")
+        self.pending = -1
+        with nogil:
+            rc = decode_one(&self.st.engine.m, &self.st.s, tok)
+        if rc:
+            self._finish(DEC_CANCELLED)
+        if self.status == DEC_NOMEM:
+            raise MemoryError("out of memory while decoding")
+        return self.text.take(), FINISH_REASONS.get(self.status)
+
+    def finish(self):
+        """End the generation now, with finish reason "stop" (a held token stays generated and
+        unevaluated, as a token that completes a stop string). Returns (text, "stop")."""
+        if self.status == DEC_RUNNING:
+            self.pending = -1
+            self._finish(DEC_DONE)
+        if self.status == DEC_NOMEM:
+            raise MemoryError("out of memory while decoding")
+        return self.text.take(), FINISH_REASONS.get(self.status)
 
     def generated(self):
         return np.asarray(self.gen[:self.n_gen]).tolist()

@@ -24,6 +24,7 @@ cdef struct sparams_t:
     const int32_t* bias_ids     # (n_bias,) ids, in range
     const double* bias_vals     # (n_bias,) added to the logit; finite or -inf
     int n_probs                 # > 0: report the top n_probs log-probabilities
+    const uint32_t* allowed     # ((n_vocab + 31) // 32,) constraint mask: bit i % 32 of word i // 32 = i allowed
 
 cdef struct sampler_t:
     int n_vocab
@@ -48,6 +49,7 @@ cdef class SamplerCore:
     cdef double[::1] x, c, pr, sh
     cdef int32_t[::1] ids, perm, cnt, tmp
     cdef uint64_t[::1] key
+    cdef object mask                # the constraint bitmask array S.p.allowed points into, or None
     cdef _check(self, const float[::1] logits, const int32_t[::1] hist)
 
 cdef int32_t sample_token(sampler_t* S, const float* logits, const int32_t* hist, int n_hist,

@@ -11,9 +11,9 @@ C interface (bitgen_t), exactly as Generator.choice(p=...) would: cdf, divide
 by its last entry, first index whose cdf exceeds the uniform.
 tests/reference.py holds the same chain in NumPy; the two are tested equal.
 """
-from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
-from libc.math cimport exp, log, fabs, isfinite
+from libc.math cimport exp, log, fabs, isfinite, INFINITY
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
 import numpy as np
@@ -163,11 +163,19 @@ cdef void penalize(sampler_t* S, const float* logits, const int32_t* hist, int n
     cdef double* x = S.x
     cdef int i, start, c
     cdef int32_t t
+    cdef uint32_t w
     cdef double v
     for i in range(S.n_vocab):
         x[i] = logits[i]
     for i in range(p.n_bias):
         x[p.bias_ids[i]] += p.bias_vals[i]
+    if p.allowed != NULL:           # a constraint's mask: the tokens it does not allow are banned
+        for i in range(S.n_vocab):
+            w = p.allowed[i >> 5]
+            if w == 0xFFFFFFFFu:
+                continue
+            if not (w >> (i & 31)) & 1:
+                x[i] = -INFINITY
     if p.repeat_last_n <= 0 or n_hist == 0:
         return
     if p.repetition_penalty == 1.0 and p.frequency_penalty == 0.0 and p.presence_penalty == 0.0:
@@ -327,6 +335,24 @@ cdef class SamplerCore:
     @property
     def n_probs(self):
         return self.S.p.n_probs
+
+    def set_mask(self, mask):
+        """Constrain the chain from the next token on: ``mask`` is a C-contiguous int32 or
+        uint32 array of ``(n_vocab + 31) // 32`` words, token i allowed when bit i % 32 of word
+        i // 32 is set (llguidance's bitmask layout); None lifts the constraint. The array is
+        read at each draw, not copied: whoever fills it must not do so during one."""
+        cdef uint32_t[::1] words
+        if mask is None:
+            self.S.p.allowed = NULL
+            self.mask = None
+            return
+        arr = np.asarray(mask)
+        if arr.dtype not in (np.int32, np.uint32) or arr.ndim != 1 or arr.shape[0] != (self.S.n_vocab + 31) // 32:
+            raise ValueError(f"mask must be a 1-D int32/uint32 array of {(self.S.n_vocab + 31) // 32} words, "
+                             f"got {arr.dtype} {arr.shape}")
+        words = arr.view(np.uint32)
+        self.mask = arr
+        self.S.p.allowed = &words[0]
 
     @property
     def n_vocab(self):

@@ -1,0 +1,356 @@
+"""Constrained decoding: a JSON schema, a regular expression, a grammar or a list of
+choices, compiled against a model's vocabulary, masks each step's logits.
+
+Owns: the bridge to llguidance (the maintained engine llama.cpp uses; see the README's
+"Structured output" for why it and not xgrammar), the compiled-constraint cache, and the
+per-generation ``Guide`` that the decode loop drives:
+
+    step n:  sample tok_n under mask_n  ->  guide.consume(tok_n)
+             forward(tok_n) in C without the GIL  ||  mask_{n+1} on a worker thread
+             (llguidance drops the GIL too)  ->  wait for the mask  ->  step n+1
+
+so a mask that is ready before the forward pass ends costs no latency. We write no
+grammar engine of our own: every rule of JSON Schema, Lark, GBNF and regex is
+llguidance's. What we add is the vocabulary (each token's bytes as our tokenizers decode
+them, special tokens set apart so text never matches them), limits on what a request may
+ask the engine to build, and typed errors.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import ConstraintError
+from .tokenizer import CONTROL, UNKNOWN, UNUSED, USER_DEFINED
+
+MAX_SOURCE_BYTES = 256 * 1024    # a schema, grammar or regex longer than this is refused before compiling
+MAX_CHOICES = 10_000
+CACHE_SIZE = 64                  # compiled constraints kept per vocabulary (least recently used go)
+KINDS = ("json_schema", "regex", "grammar", "choices")
+
+def _engine():
+    try:
+        import llguidance
+    except ImportError as e:        # pragma: no cover - llguidance is a dependency
+        raise ConstraintError(f"constrained decoding needs the llguidance package ({e})") from None
+    return llguidance
+
+
+def token_bytes_for_engine(tokenizer, n_vocab):
+    """Each token's bytes as the engine must see them: text tokens as the decode loop writes
+    them; control, unused and unknown tokens (and user-defined ones spelled ``<...>``, as
+    llama.cpp's llguidance bridge does) as 0xFF + their spelling, which no text matches;
+    ids past the tokenizer's end (a padded embedding) as 0xFF + ``<[id]>``."""
+    blob, offs, _ = tokenizer.byte_table
+    types = _token_types(tokenizer)
+    spell = _spellings(tokenizer)
+    out = []
+    for i in range(n_vocab):
+        if i >= len(offs) - 1:
+            out.append(f"\xff<[{i}]>".encode("latin-1"))
+            continue
+        ty = types[i] if i < len(types) else CONTROL
+        b = blob[offs[i]:offs[i + 1]].tobytes()
+        special = ty in (CONTROL, UNUSED, UNKNOWN) or (
+            ty == USER_DEFINED and spell[i].startswith("<") and spell[i].endswith(">"))
+        if special or not b:
+            out.append(b"\xff" + (spell[i] or f"<[{i}]>").encode("utf-8"))
+        else:
+            out.append(b)
+    return out
+
+
+def _token_types(tokenizer):
+    pieces = getattr(tokenizer, "pieces", None)         # SentencePiece: [(piece, score, type)]
+    if pieces is not None:
+        return [t for _, _, t in pieces]
+    return list(tokenizer.types)
+
+
+def _spellings(tokenizer):
+    pieces = getattr(tokenizer, "pieces", None)
+    if pieces is not None:
+        return [p for p, _, _ in pieces]
+    return list(tokenizer.tokens)
+
+
+class _Wrapper:
+    """What llguidance's TokenizerWrapper reads: token bytes, BOS/EOS, and a tokenize
+    function (used only to turn forced text into tokens; masks come from the bytes)."""
+
+    def __init__(self, tokenizer, tokens, eos):
+        self.tokens = tokens
+        self.eos_token_id = eos[0]
+        self.bos_token_id = tokenizer.bos_id
+        self.special_token_ids = [i for i, b in enumerate(tokens) if b[:1] == b"\xff"]
+        self._tok = tokenizer
+
+    def __call__(self, text):
+        # text -> ids whose bytes are the text: SentencePiece's dummy-prefix space must not
+        # come out of it. It is encoded after a newline, whose piece joins nothing, and
+        # the newline's own ids are taken off again.
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "replace")
+        tok = self._tok
+        if not getattr(tok, "add_space_prefix", False):
+            return tok.encode(text, bos=False)
+        head = tok.encode("\n", bos=False)
+        ids = tok.encode("\n" + text, bos=False)
+        if ids[:len(head)] == head:
+            return ids[len(head):]
+        return tok.encode(text, bos=False)         # pragma: no cover - a vocabulary that merges a newline
+
+
+class Vocabulary:
+    """A model's vocabulary in the engine (built once per tokenizer: about a second for
+    50k tokens) and its cache of compiled constraints."""
+
+    def __init__(self, tokenizer, n_vocab, eog_ids) -> None:
+        llg = _engine()
+        eos = [int(i) for i in eog_ids if 0 <= int(i) < n_vocab]
+        if not eos:
+            raise ConstraintError("this model's vocabulary has no end-of-generation token: a constraint could "
+                                  "not end a generation")
+        self.n_vocab = n_vocab
+        self.tokens = token_bytes_for_engine(tokenizer, n_vocab)
+        self.lltok = llg.LLTokenizer(llg.TokenizerWrapper(_Wrapper(tokenizer, self.tokens, eos)),
+                                     n_vocab=n_vocab, eos_token=eos)
+        self.limits = llg.LLParserLimits(verbose_errors=False)
+        self._cache: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def compile(self, kind, key, make_grammar) -> Constraint:
+        """The constraint of ``kind`` whose canonical source is ``key``, compiled once and
+        kept (``make_grammar()`` -> llguidance's grammar text, called on a miss)."""
+        with self._lock:
+            hit = self._cache.get((kind, key))
+            if hit is not None:
+                self._cache.move_to_end((kind, key))
+                return hit
+        llg = _engine()
+        try:
+            grammar = make_grammar()
+        except ValueError as e:         # llguidance: not JSON, or a GBNF grammar it cannot convert
+            raise ConstraintError(f"{kind}: {e}", kind) from None
+        matcher = llg.LLMatcher(self.lltok, grammar, log_level=0, limits=self.limits)
+        if matcher.is_error():
+            raise ConstraintError(f"{kind} cannot be compiled: {matcher.get_error()}", kind)
+        c = Constraint(kind, key, self, matcher)
+        with self._lock:
+            self._cache[(kind, key)] = c
+            while len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return c
+
+
+_vocabs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_vocabs_lock = threading.Lock()
+
+
+def vocabulary(model) -> Vocabulary:
+    """The model's Vocabulary, built on first use and kept as long as its tokenizer lives."""
+    tok = model.tokenizer
+    with _vocabs_lock:
+        v = _vocabs.get(tok)
+        if v is None:
+            eog = sorted({i for i in (getattr(tok, "eog_ids", None) or ()) if i is not None}
+                         | {i for i in (tok.eos_id, getattr(tok, "eot_id", None)) if i is not None})
+            v = _vocabs[tok] = Vocabulary(tok, model.n_vocab, eog)
+        return v
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A compiled constraint on one vocabulary; share it freely. ``guide()`` starts one
+    generation's matcher from it."""
+    kind: str
+    source: str
+    vocab: Vocabulary
+    _template: Any
+
+    def guide(self, schema_type=None) -> Guide:
+        with self.vocab._lock:          # deep_copy reads the template; one at a time
+            m = self._template.deep_copy()
+        return Guide(self, m, schema_type)
+
+
+class _MaskWorker:
+    """A thread that fills a guide's mask buffer on request. Two plain locks hand the work
+    over (a lock waits in C without the GIL), so a step costs two lock operations and no
+    objects; llguidance drops the GIL while it computes."""
+
+    def __init__(self, matcher, words) -> None:
+        self._go, self._done = threading.Lock(), threading.Lock()
+        self._go.acquire()
+        self._done.acquire()
+        self._stop = False
+        self.error: BaseException | None = None
+        args = (matcher.unsafe_compute_mask_ptr, words.ctypes.data, words.nbytes)
+        self._thread = threading.Thread(target=self._run, args=args, name="guanaco_rt-mask", daemon=True)
+        self._thread.start()
+
+    def _run(self, compute, ptr, nbytes):
+        while True:
+            self._go.acquire()
+            if self._stop:
+                return
+            try:
+                compute(ptr, nbytes)
+            except BaseException as e:      # handed to the decode loop, which raises it
+                self.error = e
+            self._done.release()
+
+    def start(self):
+        self._go.release()
+
+    def wait(self):
+        self._done.acquire()
+
+    def close(self):
+        self._stop = True
+        self._go.release()
+        self._thread.join()
+
+
+class Guide:
+    """One generation's walk through a constraint: the matcher, and its mask buffer
+    (``words``: llguidance's bitmask, bit i of word i // 32 set when token i may come
+    next), filled on a worker thread while the forward pass runs. ``close()`` ends the
+    worker."""
+
+    def __init__(self, constraint, matcher, schema_type=None) -> None:
+        self.constraint = constraint
+        self.matcher = matcher
+        self.schema_type = schema_type            # a pydantic model to parse the text into, or None
+        self.words = np.full((constraint.vocab.n_vocab + 31) // 32, -1, np.int32)
+        self._worker: _MaskWorker | None = None
+        self._running = False
+
+    def start_mask(self):
+        """Begin computing the next mask on the worker thread (wait for it with ``mask()``)."""
+        if self._worker is None:
+            self._worker = _MaskWorker(self.matcher, self.words)
+        self._worker.start()
+        self._running = True
+
+    def wait(self):
+        """Let a mask in flight finish (its buffer is ours; nothing may write it after we go)."""
+        if self._running:
+            self._running = False
+            self._worker.wait()
+
+    def mask(self):
+        """The next step's mask, once the worker is done with it."""
+        self.wait()
+        err = self._worker.error if self._worker is not None else None
+        if err is not None:
+            raise ConstraintError(f"{self.constraint.kind}: the engine failed: {err}", self.constraint.kind)
+        if self.matcher.is_error():
+            raise ConstraintError(f"{self.constraint.kind}: {self.matcher.get_error()}", self.constraint.kind)
+        return self.words
+
+    def close(self):
+        self.wait()
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
+
+    def consume(self, tok) -> bool:
+        """Advance over a sampled token -> True when the constraint is complete (only an
+        end-of-generation token may follow)."""
+        if not self.matcher.consume_token(int(tok)):
+            raise ConstraintError(f"{self.constraint.kind}: token {tok} was refused: {self.matcher.get_error()}",
+                                  self.constraint.kind)
+        return self.matcher.is_stopped()
+
+    def parse(self, text):
+        """The generated text as data (a JSON schema's constraint): the pydantic object when a
+        model class gave the schema, else the JSON value; None if it is incomplete."""
+        if self.constraint.kind != "json_schema" or not self.matcher.is_accepting():
+            return None
+        if self.schema_type is not None:
+            return self.schema_type.model_validate_json(text)
+        return json.loads(text)
+
+
+def _check_source(kind, text):
+    n = len(text.encode("utf-8", "surrogatepass"))
+    if n > MAX_SOURCE_BYTES:
+        raise ConstraintError(f"{kind} is {n} bytes, above the limit {MAX_SOURCE_BYTES}", kind)
+    return text
+
+
+def schema_of(json_schema):
+    """A schema as given -> (its canonical JSON text, the pydantic model to parse into or None).
+    Accepts a dict, a JSON string, True (any JSON value) or a pydantic model class."""
+    model_type = None
+    if isinstance(json_schema, type) and hasattr(json_schema, "model_json_schema"):
+        model_type = json_schema
+        json_schema = json_schema.model_json_schema()
+    if isinstance(json_schema, str):
+        _check_source("json_schema", json_schema)
+        try:
+            json_schema = json.loads(json_schema)
+        except ValueError as e:
+            raise ConstraintError(f"json_schema is not JSON: {e}", "json_schema") from None
+    if json_schema is True:
+        json_schema = {}
+    if not isinstance(json_schema, dict):
+        raise ConstraintError(f"json_schema must be an object (a dict, JSON text or a pydantic model), "
+                              f"got {type(json_schema).__name__}", "json_schema")
+    try:
+        text = json.dumps(json_schema, allow_nan=False)     # key order kept: properties come in it
+    except (TypeError, ValueError, RecursionError) as e:
+        raise ConstraintError(f"json_schema cannot be written as JSON: {type(e).__name__}: {e}",
+                              "json_schema") from None
+    return _check_source("json_schema", text), model_type
+
+
+def compile_constraint(model, *, json_schema=None, regex=None, grammar=None, choices=None, strict=True):
+    """The keyword constraints of a generation call -> (Constraint, pydantic type or None),
+    or None when none is given. At most one may be given. ``strict``: a JSON schema keyword
+    the engine does not implement is an error (False: it is ignored, as llguidance's
+    ``lenient``). Raises ConstraintError naming what cannot be compiled."""
+    given = [(k, v) for k, v in (("json_schema", json_schema), ("regex", regex), ("grammar", grammar),
+                                 ("choices", choices)) if v is not None]
+    if not given:
+        return None
+    if len(given) > 1:
+        raise ConstraintError(f"give one constraint, not {' and '.join(k for k, _ in given)}", given[1][0])
+    kind, value = given[0]
+    llg = _engine()
+    vocab = vocabulary(model)
+    model_type = None
+    if kind == "json_schema":
+        text, model_type = schema_of(value)
+        opts = {"lenient": not strict}
+        make = lambda: llg.LLMatcher.grammar_from_json_schema(text, overrides=opts)  # noqa: E731
+        key = f"{int(bool(strict))}:{text}"
+    elif kind == "regex":
+        if not isinstance(value, str):
+            raise ConstraintError(f"regex must be a str, got {type(value).__name__}", kind)
+        key = _check_source(kind, value)
+        make = lambda: llg.LLMatcher.grammar_from_regex(key)  # noqa: E731
+    elif kind == "grammar":
+        if not isinstance(value, str):
+            raise ConstraintError(f"grammar must be a str (Lark or GBNF), got {type(value).__name__}", kind)
+        key = _check_source(kind, value)
+        make = lambda: llg.grammar_from("grammar", key)  # noqa: E731
+    else:
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+            raise ConstraintError(f"choices must be a list of strings, got {type(value).__name__}", kind)
+        items = list(value)
+        if not items or len(items) > MAX_CHOICES or not all(isinstance(x, str) and x for x in items):
+            raise ConstraintError(f"choices must be 1 to {MAX_CHOICES} non-empty strings, got {len(items)} "
+                                  f"item(s)" + ("" if all(isinstance(x, str) and x for x in items)
+                                                else " with a non-string or empty one"), kind)
+        key = _check_source(kind, json.dumps(items))
+        lark = "start: " + " | ".join(json.dumps(x) for x in items)
+        make = lambda: llg.LLMatcher.grammar_from_lark(lark)  # noqa: E731
+    return vocab.compile(kind, key, make), model_type
