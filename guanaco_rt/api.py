@@ -23,6 +23,10 @@ logit_bias              logit_bias, token id (int or its decimal string) -> bias
 logprobs (completion)   n_probs: the top N (0..20) per token, plus the token's own
 logprobs, top_logprobs  n_probs = top_logprobs (chat)
 (chat)
+response_format         json_object: any JSON object; json_schema: its ``schema``, with
+                        ``strict`` (a keyword the engine lacks is then an error, else ignored)
+json_schema, grammar,   llama.cpp's server's constraint parameters (grammar: GBNF or Lark),
+regex, choices          and Session's regex and choices
 =====================  ===============================================================
 
 Defaults are llama-cpp-python's (temperature 0.8, top_p 0.95, top_k 40, min_p 0.05,
@@ -44,7 +48,8 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from .chat import DEFAULT_STOP, guanaco_prompt
-from .errors import ChatTemplateError, ContextFullError, InvalidRequestError
+from .constrain import compile_constraint
+from .errors import ChatTemplateError, ConstraintError, ContextFullError, InvalidRequestError
 from .model import Model, default_threads
 from .sampling import DEFAULTS, Sampler, SamplingParams
 from .session import Session, common_prefix
@@ -219,13 +224,37 @@ def normalize_messages(messages) -> list[dict]:
     return out
 
 
+def _response_format(rf) -> dict:
+    """OpenAI's response_format -> the constraint keywords it stands for ({} for text)."""
+    if rf is None:
+        return {}
+    if not isinstance(rf, dict) or rf.get("type") not in ("text", "json_object", "json_schema"):
+        raise InvalidRequestError("response_format must be an object whose type is 'text', 'json_object' or "
+                                  f"'json_schema', got {rf!r:.80}", "response_format")
+    if rf["type"] == "text":
+        return {}
+    if rf["type"] == "json_object":
+        return {"json_schema": {"type": "object"}}
+    js = rf.get("json_schema")
+    if not isinstance(js, dict) or not isinstance(js.get("schema", {}), dict):
+        raise InvalidRequestError("response_format.json_schema must be an object with a 'schema' object",
+                                  "response_format.json_schema")
+    strict = js.get("strict", False)
+    if not isinstance(strict, bool) and strict is not None:
+        raise InvalidRequestError(f"response_format.json_schema.strict must be a boolean, got {strict!r}",
+                                  "response_format.json_schema.strict")
+    return {"json_schema": js.get("schema", {}), "strict": bool(strict)}
+
+
 class _Request:
     """One request's checked parameters."""
 
-    def __init__(self, llm, ids, max_tokens, stops, params, seed, n, top_n, echo_text=None, chat=False):
+    def __init__(self, llm, ids, max_tokens, stops, params, seed, n, top_n, echo_text=None, chat=False,
+                 constraint=None):
         self.llm, self.ids, self.max_tokens, self.stops, self.params = llm, ids, max_tokens, stops, params
         self.seed, self.n, self.echo_text, self.chat = seed, n, echo_text, chat
         self.top_n = top_n              # log-probabilities: None (not asked for) or how many alternatives
+        self.constraint = constraint    # compile_constraint's (Constraint, type), or None
 
 
 class LLM:
@@ -297,6 +326,24 @@ class LLM:
             _number("seed", seed, 0, 2**64 - 1, integer=True)
         return n, seed
 
+    def _constraint(self, response_format=None, json_schema=None, grammar=None, regex=None, choices=None):
+        """A request's constraint parameters, compiled (cached per schema) -> (Constraint,
+        type) or None. What cannot be compiled is an InvalidRequestError (HTTP 400) naming
+        the parameter and what the engine refused."""
+        kw = _response_format(response_format)
+        given = [k for k, v in (("json_schema", json_schema), ("grammar", grammar), ("regex", regex),
+                                ("choices", choices)) if v is not None]
+        if kw and given or len(given) > 1:
+            names = (["response_format"] if kw else []) + given
+            raise InvalidRequestError(f"give one constraint, not {' and '.join(names)}", given[-1])
+        if not kw:
+            kw = {"json_schema": json_schema, "grammar": grammar, "regex": regex, "choices": choices}
+        param = "response_format" if response_format is not None else (given[0] if given else None)
+        try:
+            return compile_constraint(self.model, **kw)
+        except ConstraintError as e:
+            raise InvalidRequestError(str(e), param) from None
+
     def create_completion(self, prompt: str | list[int], max_tokens: int | None = 16,
                           temperature: float = DEFAULTS["temperature"], top_p: float = DEFAULTS["top_p"],
                           top_k: int = DEFAULTS["top_k"], min_p: float = DEFAULTS["min_p"],
@@ -305,12 +352,17 @@ class LLM:
                           frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
                           repeat_penalty: float = DEFAULTS["repetition_penalty"], logit_bias: dict | None = None,
                           logprobs: int | None = None, echo: bool = False, n: int = 1, stream: bool = False,
-                          stream_options: dict | None = None, cancel: CancelHandle | None = None):
+                          stream_options: dict | None = None, cancel: CancelHandle | None = None,
+                          json_schema: dict | None = None, grammar: str | None = None, regex: str | None = None,
+                          choices: list[str] | None = None):
         """OpenAI's /v1/completions: a ``text_completion`` dict, or with ``stream`` an iterator
         (with ``cancel()``) of ``text_completion`` chunks. ``prompt``: text (BOS is added as
         the file says) or token ids. ``cancel``: a ``CancelHandle`` another thread may use to
-        stop a non-streamed call (a stream has its own ``cancel()``)."""
+        stop a non-streamed call (a stream has its own ``cancel()``). ``json_schema``,
+        ``grammar`` (GBNF or Lark), ``regex``, ``choices``: at most one constraint on the
+        text (see Session.generate)."""
         n, seed = self._common(n, seed)
+        constraint = self._constraint(None, json_schema, grammar, regex, choices)
         if logprobs is not None:
             _number("logprobs", logprobs, 0, MAX_TOP_LOGPROBS, integer=True)
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
@@ -330,7 +382,8 @@ class LLM:
         params = self._sampling(temperature, top_p, top_k, min_p, typical_p, frequency_penalty, presence_penalty,
                                 repeat_penalty, logit_bias, 0 if logprobs is None else max(1, logprobs))
         req = _Request(self, ids, self._max_tokens(max_tokens, len(ids), "prompt"), _stops(stop), params, seed, n,
-                       logprobs, (prompt if isinstance(prompt, str) else self.model.detokenize(ids)) if echo else None)
+                       logprobs, (prompt if isinstance(prompt, str) else self.model.detokenize(ids)) if echo else None,
+                       constraint=constraint)
         if stream:
             return ChunkStream(req, _include_usage(stream_options))
         return _complete(req, cancel)
@@ -344,15 +397,21 @@ class LLM:
                                logit_bias: dict | None = None, logprobs: bool = False,
                                top_logprobs: int | None = None, n: int = 1, stream: bool = False,
                                stream_options: dict | None = None, max_completion_tokens: int | None = None,
-                               cancel: CancelHandle | None = None, chat_template_kwargs: dict | None = None):
+                               cancel: CancelHandle | None = None, chat_template_kwargs: dict | None = None,
+                               response_format: dict | None = None, json_schema: dict | None = None,
+                               grammar: str | None = None, regex: str | None = None,
+                               choices: list[str] | None = None):
         """OpenAI's /v1/chat/completions: a ``chat.completion`` dict, or with ``stream`` an
         iterator (with ``cancel()``) of ``chat.completion.chunk`` dicts. The prompt is the
         model's chat template (a GGUF file's own; Guanaco's ``### Human:`` turns for ggjt);
         message content is always text, never special tokens. ``chat_template_kwargs``: more
         variables for the chat template, as vLLM's and llama.cpp's servers take them
         (``{"enable_thinking": false}`` for Qwen3). A stream gives its session
-        back when it ends, is closed (or its ``with`` block left), or is dropped."""
+        back when it ends, is closed (or its ``with`` block left), or is dropped.
+        ``response_format`` (OpenAI's json_object or json_schema) or one of ``json_schema``,
+        ``grammar``, ``regex``, ``choices`` constrains the reply (see Session.generate)."""
         n, seed = self._common(n, seed)
+        constraint = self._constraint(response_format, json_schema, grammar, regex, choices)
         if max_completion_tokens is not None:
             max_tokens = max_completion_tokens
         if not isinstance(logprobs, bool):
@@ -367,7 +426,7 @@ class LLM:
         params = self._sampling(temperature, top_p, top_k, min_p, typical_p, frequency_penalty, presence_penalty,
                                 repeat_penalty, logit_bias, max(1, top_logprobs or 0) if logprobs else 0)
         req = _Request(self, ids, self._max_tokens(max_tokens, len(ids), "messages"), stops, params, seed, n,
-                       (top_logprobs or 0) if logprobs else None, chat=True)
+                       (top_logprobs or 0) if logprobs else None, chat=True, constraint=constraint)
         if stream:
             return ChunkStream(req, _include_usage(stream_options))
         return _complete(req, cancel)
@@ -422,7 +481,7 @@ def _run(session, req, callback_stream=True):
     if req.seed is not None:
         session.sampler.set_state(Sampler(req.seed).state)
     return session._stream(req.ids, req.max_tokens, req.stops, req.params, {}, callback_stream,
-                           n_keep=session.n_keep)
+                           n_keep=session.n_keep, constraint=req.constraint)
 
 
 def _pieces(stream):

@@ -33,6 +33,7 @@ MAX_SOURCE_BYTES = 256 * 1024    # a schema, grammar or regex longer than this i
 MAX_CHOICES = 10_000
 CACHE_SIZE = 64                  # compiled constraints kept per vocabulary (least recently used go)
 KINDS = ("json_schema", "regex", "grammar", "choices")
+JSON_WHITESPACE = r"(?: |\n[ \t]{0,20})?"
 
 def _engine():
     try:
@@ -329,7 +330,9 @@ def compile_constraint(model, *, json_schema=None, regex=None, grammar=None, cho
     model_type = None
     if kind == "json_schema":
         text, model_type = schema_of(value)
-        opts = {"lenient": not strict}
+        # whitespace as llama.cpp's schema grammars allow it: none, one space, or a newline and up
+        # to 20 of indentation (unbounded runs let a weak model loop on blank lines)
+        opts = {"lenient": not strict, "whitespace_pattern": JSON_WHITESPACE}
         make = lambda: llg.LLMatcher.grammar_from_json_schema(text, overrides=opts)  # noqa: E731
         key = f"{int(bool(strict))}:{text}"
     elif kind == "regex":

@@ -38,10 +38,11 @@ log = logging.getLogger("guanaco_rt.server")
 
 COMPLETION_ARGS = {"prompt", "max_tokens", "temperature", "top_p", "top_k", "min_p", "typical_p", "stop", "seed",
                    "frequency_penalty", "presence_penalty", "repeat_penalty", "logit_bias", "logprobs", "echo", "n",
-                   "stream", "stream_options"}
+                   "stream", "stream_options", "json_schema", "grammar", "regex", "choices"}
 CHAT_ARGS = {"messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_p",
              "typical_p", "stop", "seed", "frequency_penalty", "presence_penalty", "repeat_penalty", "logit_bias",
-             "logprobs", "top_logprobs", "n", "stream", "stream_options", "chat_template_kwargs"}
+             "logprobs", "top_logprobs", "n", "stream", "stream_options", "chat_template_kwargs", "response_format",
+             "json_schema", "grammar", "regex", "choices"}
 # accepted and without effect here
 IGNORED_ARGS = {"model", "user", "store", "metadata", "service_tier", "parallel_tool_calls", "best_of"}
 MAX_BODY = 8 << 20

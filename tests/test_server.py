@@ -216,3 +216,39 @@ def test_readme_server_snippets(server):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     assert "Paris" in out.stdout
+
+
+def test_structured_output_with_the_openai_client(server, client):
+    """response_format through the official client: parse() with a pydantic model returns
+    the object; a json_schema stream's text validates; a schema the engine cannot
+    compile is a 400 naming response_format."""
+    pydantic = pytest.importorskip("pydantic")
+    jsonschema = pytest.importorskip("jsonschema")
+
+    class Capital(pydantic.BaseModel):
+        country: str
+        capital: str
+
+    parse = getattr(client.chat.completions, "parse", None) or client.beta.chat.completions.parse
+    r = parse(model="m", messages=FRANCE, response_format=Capital, temperature=0, max_tokens=80)
+    msg = r.choices[0].message
+    assert r.choices[0].finish_reason == "stop" and isinstance(msg.parsed, Capital)
+    assert msg.parsed == Capital.model_validate_json(msg.content)
+    schema = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 30},
+                                               "sure": {"type": "boolean"}},
+              "required": ["answer", "sure"], "additionalProperties": False}
+    stream = client.chat.completions.create(
+        model="m", messages=FRANCE, stream=True, temperature=0.7, seed=3, max_tokens=80,
+        response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema, "strict": True}})
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    jsonschema.validate(json.loads(text), schema)
+    r = client.chat.completions.create(model="m", messages=FRANCE, response_format={"type": "json_object"},
+                                       temperature=0, max_tokens=80)
+    assert isinstance(json.loads(r.choices[0].message.content), dict)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="m", messages=FRANCE, response_format={
+            "type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "strin"}, "strict": True}})
+    assert e.value.body["param"] == "response_format" and "strin" in e.value.body["message"]
+    r = client.completions.create(model="m", prompt="The capital of France is", max_tokens=5,
+                                  extra_body={"choices": [" Paris", " Lyon"]})
+    assert r.choices[0].text in (" Paris", " Lyon") and r.choices[0].finish_reason == "stop"
