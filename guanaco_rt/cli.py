@@ -103,6 +103,36 @@ def _prompt_args(p, n_predict):
     p.add_argument("--chat", action="store_true",
                    help="the prompt is one user message in the model's chat format (Guanaco's, or the file's template)")
     p.add_argument("--system", default=None, help="with --chat: a system message")
+    g = p.add_argument_group("constraint (at most one)")
+    g.add_argument("--json-schema", metavar="FILE", default=None,
+                   help="the output is JSON that fits this JSON Schema file ('-': any JSON object)")
+    g.add_argument("--grammar", metavar="FILE", default=None,
+                   help="the output fits this grammar file (llama.cpp's GBNF, or Lark)")
+    g.add_argument("--regex", default=None, help="the output matches this regular expression")
+    g.add_argument("--choice", action="append", default=None, metavar="TEXT",
+                   help="the output is one of these strings (repeatable)")
+
+
+def _read_text(path, what):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise GuanacoError(f"{what} {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _constraint_kw(a):
+    """The generation's constraint keywords from --json-schema/--grammar/--regex/--choice."""
+    kw = {}
+    if getattr(a, "json_schema", None) is not None:
+        kw["json_schema"] = {"type": "object"} if a.json_schema == "-" else _read_text(a.json_schema, "--json-schema")
+    if getattr(a, "grammar", None) is not None:
+        kw["grammar"] = _read_text(a.grammar, "--grammar")
+    if getattr(a, "regex", None) is not None:
+        kw["regex"] = a.regex
+    if getattr(a, "choice", None):
+        kw["choices"] = a.choice
+    return kw
 
 
 def _params(a):
@@ -318,9 +348,10 @@ def cmd_generate(a):
         if a.stop is None and s.template is None:
             from .chat import DEFAULT_STOP
             stops = DEFAULT_STOP
-        stream = s.stream(s.chat_prompt(a.prompt), max_new_tokens=a.n_predict, stop=stops, params=_params(a))
+        stream = s.stream(s.chat_prompt(a.prompt), max_new_tokens=a.n_predict, stop=stops, params=_params(a),
+                          **_constraint_kw(a))
     else:
-        stream = s.stream(a.prompt, max_new_tokens=a.n_predict, stop=stops, params=_params(a))
+        stream = s.stream(a.prompt, max_new_tokens=a.n_predict, stop=stops, params=_params(a), **_constraint_kw(a))
         if not a.quiet_prompt:
             sys.stdout.write(a.prompt)
     r = _print_stream(stream)
