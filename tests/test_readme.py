@@ -67,3 +67,13 @@ serve.shutdown()
 ray.shutdown()
 """
     assert "Paris" in run(code)
+
+
+def test_structured_output_snippet(smollm2):
+    pytest.importorskip("pydantic")
+    lines = run(python_block("Structured output")).splitlines()
+    assert lines[0].startswith("City(name=") and lines[0].endswith(" stop")
+    assert lines[1] in ("yes", "no")
+    assert re.fullmatch(r"[0-9]{1,2}", lines[2])
+    assert re.fullmatch(r"[0-9]{1,3} apples", lines[3])
+    assert '"city"' in "".join(lines[4:])
