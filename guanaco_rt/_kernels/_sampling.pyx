@@ -165,17 +165,24 @@ cdef void penalize(sampler_t* S, const float* logits, const int32_t* hist, int n
     cdef int32_t t
     cdef uint32_t w
     cdef double v
-    for i in range(S.n_vocab):
-        x[i] = logits[i]
+    if p.allowed == NULL:
+        for i in range(S.n_vocab):
+            x[i] = logits[i]
+    else:                           # a constraint's mask: the tokens it does not allow are banned
+        for start in range(0, S.n_vocab, 32):
+            w = p.allowed[start >> 5]
+            c = min(start + 32, S.n_vocab)
+            if w == 0xFFFFFFFFu:
+                for i in range(start, c):
+                    x[i] = logits[i]
+            elif w == 0:
+                for i in range(start, c):
+                    x[i] = -INFINITY
+            else:
+                for i in range(start, c):
+                    x[i] = logits[i] if (w >> (i - start)) & 1 else -INFINITY
     for i in range(p.n_bias):
         x[p.bias_ids[i]] += p.bias_vals[i]
-    if p.allowed != NULL:           # a constraint's mask: the tokens it does not allow are banned
-        for i in range(S.n_vocab):
-            w = p.allowed[i >> 5]
-            if w == 0xFFFFFFFFu:
-                continue
-            if not (w >> (i & 31)) & 1:
-                x[i] = -INFINITY
     if p.repeat_last_n <= 0 or n_hist == 0:
         return
     if p.repetition_penalty == 1.0 and p.frequency_penalty == 0.0 and p.presence_penalty == 0.0:
