@@ -36,7 +36,8 @@ TYPICAL = {
             "required": ["sku", "n"]}, "minItems": 1, "maxItems": 20},
         "status": {"enum": ["new", "paid", "shipped"]}, "note": {"anyOf": [{"type": "string"}, {"type": "null"}]}},
         "required": ["id", "lines", "status"]},
-    "event": {"type": "object", "properties": {"title": {"type": "string"}, "date": {"type": "string", "format": "date"},
+    "event": {"type": "object", "properties": {"title": {"type": "string"},
+                                               "date": {"type": "string", "format": "date"},
                                                "where": {"type": "object", "properties": {
                                                    "city": {"type": "string"}, "lat": {"type": "number"},
                                                    "lon": {"type": "number"}}, "required": ["city"]}},

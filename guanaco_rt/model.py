@@ -359,6 +359,20 @@ class Model:
             eos = getattr(self.tokenizer, "add_eos", False)
         return self.tokenizer.encode(text, bos=bos, eos=eos, special=special)
 
+    def embed(self, texts, pooling: str | None = None, normalize: bool = True, n_threads: int | None = None,
+              n_batch: int = 64):
+        """Embeddings of ``texts`` (a string, a list of strings, token ids, or lists of them;
+        texts tokenized as the file says) -> float32 (len(texts), n_embd), one row each; with
+        ``pooling="none"`` a list of (n_tokens, n_embd) arrays, one row per token.
+
+        The vector is the hidden state after the final norm, as llama.cpp's embeddings:
+        ``pooling`` "mean" over the tokens, "cls" (the first token's), "last", or "none";
+        None: the file's ``<arch>.pooling_type``, else "mean". ``normalize``: to unit length
+        (L2), as llama.cpp's default. Each text runs on its own sequence, in batches of
+        ``n_batch`` tokens, without the GIL and without the output matrix."""
+        from .embeddings import embed
+        return embed(self, texts, pooling, normalize, n_threads, n_batch)
+
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids)
 

@@ -148,6 +148,13 @@ class TransformersGGUFReference:
         self.model = transformers.AutoModelForCausalLM.from_pretrained(
             d, gguf_file=name, dtype=torch.float64, attn_implementation="eager").eval()
 
+    def hidden(self, tokens):
+        """float64 (len(tokens), n_embd): the hidden states after the final norm"""
+        with self.torch.no_grad():
+            out = self.model.model(input_ids=self.torch.tensor([list(tokens)], dtype=self.torch.long),
+                                   use_cache=False)
+        return out.last_hidden_state[0].to(self.torch.float64).numpy()
+
     def logits(self, tokens):
         """float64 (len(tokens), n_vocab)"""
         with self.torch.no_grad():

@@ -104,7 +104,8 @@ def spm_vocab(n_vocab=300):
 
 
 def write_llama_gguf(path, n_embd=192, n_head=6, n_head_kv=2, n_layer=2, n_ff=320, wtype=3, emb_type=8,  # Q4_1, Q8_0
-                     tied=True, rope_base=100000.0, scaling=None, eps=1e-5, seed=0, flags=None, n_vocab=300):
+                     tied=True, rope_base=100000.0, scaling=None, eps=1e-5, seed=0, flags=None, n_vocab=300,
+                     extra=None):
     """A small LLaMA GGUF file with random weights of type ``wtype`` (the embeddings ``emb_type``) and
     spm_vocab(n_vocab); ``tied``: no output.weight (the output multiplies by the token embeddings, as
     SmolLM2's does)"""
@@ -128,6 +129,11 @@ def write_llama_gguf(path, n_embd=192, n_head=6, n_head_kv=2, n_layer=2, n_ff=32
         w.add_string("llama.rope.scaling.type", scaling[0])
         w.add_float32("llama.rope.scaling.factor", scaling[1])
     add_spm_vocab(w, pieces)
+    for key, value in (extra or {}).items():       # more metadata: {key: int or str}
+        if isinstance(value, str):
+            w.add_string(key, value)
+        else:
+            w.add_uint32(key, value)
     for key, value in (flags or {}).items():
         if isinstance(value, bool):
             w.add_bool(f"tokenizer.ggml.{key}", value)

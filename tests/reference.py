@@ -176,6 +176,13 @@ class ReferenceModel:
 
     def forward(self, tokens):
         """logits (len(tokens), n_vocab) for tokens at positions 0.."""
+        w = self.w
+        return self._mm("output.weight" if "output.weight" in w else "tok_embeddings.weight",
+                        self.hidden(tokens))   # tied
+
+    def hidden(self, tokens):
+        """(len(tokens), n_embd): each token's hidden state after the final norm (what
+        embeddings pool)"""
         hp, w = self.hp, self.w
         x = w["tok_embeddings.weight"][np.asarray(tokens)]
         n = len(tokens)
@@ -193,8 +200,7 @@ class ReferenceModel:
             h = rmsnorm(x, w[p + "ffn_norm.weight"], self.eps)
             g = silu(self._mm(p + "feed_forward.w1.weight", h)) * self._mm(p + "feed_forward.w3.weight", h)
             x = x + self._mm(p + "feed_forward.w2.weight", g)
-        x = rmsnorm(x, w["norm.weight"], self.eps)
-        return self._mm("output.weight" if "output.weight" in w else "tok_embeddings.weight", x)   # tied
+        return rmsnorm(x, w["norm.weight"], self.eps)
 
 
 def dequantize_activation(vt, data, n):

@@ -83,6 +83,8 @@ cdef struct state_t:
     uint8_t* act         # (n_batch, act_stride) quantized activations
     int64_t act_stride
     uint8_t* emb_row     # (tok_embeddings.nb1,) an interleaved embedding row in the file's order (embed_rows)
+    float* hidden        # (n, n_embd) or NULL: if set, forward() writes each token's normed hidden state there
+    int64_t hidden_pos
 
 cdef class KernelSet:
     cdef isa_kernels_t k

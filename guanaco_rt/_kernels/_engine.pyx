@@ -424,6 +424,13 @@ cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok,
         s.nth = gov_layer_done(&s.gov, s.nth, l + 1, m.n_layer)
     if s.cancel or (m.file_fault != NULL and m.file_fault[0]):
         return 1
+    if s.hidden != NULL:                # embeddings: every token's normed hidden state, no logits
+        for t in range(n_tok):
+            rmsnorm(s.hidden + (s.hidden_pos + t) * E, s.x + t * E, m.norm, E, m.eps)
+        s.hidden_pos += n_tok
+        memcpy(s.tokens + n_past, tokens, n_tok * sizeof(int32_t))
+        s.n_past = n_past + n_tok
+        return 0
     first = 0 if all_logits else n_tok - 1
     for t in range(first, n_tok):
         rmsnorm(s.xb + t * E, s.x + t * E, m.norm, E, m.eps)
@@ -817,6 +824,31 @@ cdef class State:
             raise ValueError(f"all_logits must be ({n}, {n_vocab})")
         with nogil:
             done = prefill(&self.engine.m, &self.s, &ids[0], n, &all_logits[0, 0] if all_logits is not None else NULL)
+        return done
+
+    def hidden(self, const int32_t[::1] ids, float[:, ::1] out):
+        """Evaluate ``ids`` after the sequence as prefill() does, without the GIL, writing each
+        token's hidden state after the final norm (what embeddings pool) to ``out``
+        (len(ids), n_embd) instead of computing logits (the logits are then invalid).
+        Returns how many were evaluated (fewer when cancelled)."""
+        cdef int n = ids.shape[0], done, i
+        cdef int n_vocab = self.engine.m.n_vocab
+        if n < 1:
+            raise ValueError("hidden needs at least one token")
+        if self.s.n_past + n > self.s.n_ctx:
+            raise ValueError(f"{self.s.n_past} tokens + {n} new > n_ctx {self.s.n_ctx}")
+        if out.shape[0] != n or out.shape[1] != self.engine.m.n_embd:
+            raise ValueError(f"out must be ({n}, {self.engine.m.n_embd})")
+        for i in range(n):
+            if not 0 <= ids[i] < n_vocab:
+                raise ValueError(f"token id {ids[i]} outside [0, {n_vocab})")
+        self.s.hidden, self.s.hidden_pos = &out[0, 0], 0
+        self.s.have_logits = 0
+        try:
+            with nogil:
+                done = prefill(&self.engine.m, &self.s, &ids[0], n, NULL)
+        finally:
+            self.s.hidden = NULL
         return done
 
     def truncate(self, int n):
