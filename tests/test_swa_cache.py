@@ -199,6 +199,19 @@ def test_shift(gemma, kv_f16, n_past, n_keep, n_discard):
         np.testing.assert_array_equal(got, f.eval([IDS[n_past]]))
 
 
+def test_a_refill_in_the_decode_loop(gemma):
+    """A shift keeps the logits valid, so generate() samples its first token from them and the
+    decode loop evaluates it: the refill then runs there (decode_one)"""
+    s = guanaco_rt.Session(gemma, n_ctx=N_CTX, n_batch=4)
+    before = s.eval(IDS[:40])
+    s._state.shift(20, 18)
+    r = s.generate(s.tokens, max_new_tokens=2, temperature=0)
+    assert r.timings.prompt_tokens == 0 and r.tokens[0] == int(np.argmax(before))
+    assert stats(s)["refills"] == 1 and s.tokens == IDS[:20] + IDS[38:40] + r.tokens[:1]
+    np.testing.assert_array_equal(s._state.logits(), fresh(gemma, s.tokens))
+    assert r.tokens[1] == int(np.argmax(s._state.logits()))
+
+
 def test_the_shift_cases_both_happen(gemma):
     refilled = []
     for n_past, n_keep, n_discard in [(40, 1, 10), (40, 20, 18), (20, 15, 3), (40, 38, 1)]:
