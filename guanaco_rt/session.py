@@ -635,7 +635,8 @@ class Session:
             logits = np.frombuffer(blob, "<f4", self.n_vocab, pos) if logit_bytes else None
             pos += logit_bytes
             own = np.float16 if self.kv_f16 else np.float32      # an f16 state loads into an f32 cache and back
-            k, v = [], []
+            k: list[np.ndarray] = []
+            v: list[np.ndarray] = []
             for arrs, at in ((k, pos), (v, pos + kv_bytes)):
                 for r in rows:
                     arrs.append(np.frombuffer(blob, kvt, r * n_kv, at).reshape(r, n_kv).astype(own))
