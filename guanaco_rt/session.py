@@ -53,7 +53,8 @@ Schema = Union[dict, str, type, bool, None]   # a JSON schema: a dict, JSON text
 log = logging.getLogger("guanaco_rt")
 
 STATE_MAGIC = b"GRTS"
-STATE_VERSION = 2       # 2: the fingerprint covers every weight byte (1 hashed only 4 KiB of each tensor)
+STATE_VERSION = 3       # 2: the fingerprint covers every weight byte (1 hashed only 4 KiB of each tensor);
+#                         3: kv_rows, each layer's K/V rows (a sliding-window layer's last positions only)
 POLICIES = ("error", "shift")
 DRAIN_TIMEOUT_S = 30.0  # longest wait for an abandoned astream() to stop (one token, or one prompt layer)
 MAX_CTX = 1 << 20       # positions; a KV cache this long is already tens of GB on 7B
@@ -109,11 +110,17 @@ class Session:
     ``context_policy``: "error" raises ContextFullError when the context is full;
     "shift" keeps the first ``n_keep`` tokens and drops the oldest half of the rest
     (chat drops whole turns instead).
+
+    A sliding-window layer (Gemma 3's local ones) keeps K/V for its window and a margin
+    only (about 3 windows); ``swa_full`` keeps every position there too, as llama.cpp's
+    option of that name. The logits are the same bits either way; a rewind further back
+    than the margin costs an evaluation of the kept tokens again.
     """
 
     def __init__(self, model: Model, n_ctx: int = 2048, n_batch: int = 64, n_threads: int | None = None,
                  kv_f16: bool = False, seed: int | None = None, context_policy: str = CONTEXT_POLICY, n_keep: int = 1,
-                 system: str | None = None, template: str | None = None, adaptive_threads: bool = True):
+                 system: str | None = None, template: str | None = None, adaptive_threads: bool = True,
+                 swa_full: bool = False):
         for name, v, lo in (("n_ctx", n_ctx, 2), ("n_batch", n_batch, 1), ("n_keep", n_keep, 0)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 raise TypeError(f"{name} must be an int, got {v!r}")
@@ -132,10 +139,11 @@ class Session:
         self.n_batch = int(min(n_batch, n_ctx))
         n_threads = model.n_threads if n_threads is None else check_threads(n_threads)
         self.kv_f16 = bool(kv_f16)
+        self.swa_full = bool(swa_full)
         self.context_policy = context_policy
         self.n_keep = int(n_keep)
         self.seed = seed
-        self._state: State | None = State(engine, self.n_ctx, self.n_batch, self.kv_f16, n_threads)
+        self._state: State | None = State(engine, self.n_ctx, self.n_batch, self.kv_f16, n_threads, self.swa_full)
         # decoding times each token and runs the next on 1 or n_threads threads, whichever is
         # faster now (a core busy elsewhere makes a team slower than one thread); the
         # results are the same bits either way
@@ -613,15 +621,16 @@ class Session:
             self._leave()
 
     def save_state(self) -> bytes:
-        """A compact, versioned blob: the n_past used KV entries, the tokens, the last logits,
-        the sampler's RNG, the conversation, and the model's fingerprint."""
+        """A compact, versioned blob: the used KV entries (all n_past positions, a sliding-window
+        layer's last ones), the tokens, the last logits, the sampler's RNG, the conversation,
+        and the model's fingerprint."""
         state = self._enter()
         try:
             n = self.n_past
             logits = state.logits()
             k, v = state.export_kv()
             meta = {"n_past": n, "n_layer": self.model.hparams.n_layer, "n_embd": self.model.hparams.n_embd,
-                    "n_vocab": self.n_vocab, "kv": "f16" if self.kv_f16 else "f32",
+                    "n_vocab": self.n_vocab, "kv": "f16" if self.kv_f16 else "f32", "kv_rows": [len(a) for a in k],
                     "has_logits": logits is not None, "rng": self.sampler.state,
                     "system": self.conversation.system, "turns": self.conversation.turns,
                     "chat_first_turn": self._chat_first_turn}
@@ -630,7 +639,7 @@ class Session:
                      struct.pack("<Q", len(mj)), mj, np.asarray(self.tokens, "<i4").tobytes()]
             if logits is not None:
                 parts.append(logits.astype("<f4").tobytes())
-            parts += [k.tobytes(), v.tobytes()]
+            parts += [a.tobytes() for a in k] + [a.tobytes() for a in v]
             return b"".join(parts)
         finally:
             self._leave()
@@ -645,8 +654,8 @@ class Session:
             if len(blob) < head or bytes(blob[:4]) != STATE_MAGIC:
                 raise StateError("not a guanaco_rt session state (bad magic)")
             version = struct.unpack_from("<I", blob, 4)[0]
-            if version != STATE_VERSION:
-                raise StateError(f"state version {version} is not supported (expected {STATE_VERSION})")
+            if version not in (2, STATE_VERSION):
+                raise StateError(f"state version {version} is not supported (expected 2 or {STATE_VERSION})")
             if bytes(blob[8:40]) != self.model.fingerprint:
                 raise StateError("this state was saved from a different model file")
             (mlen,) = struct.unpack_from("<Q", blob, 40)
@@ -667,6 +676,12 @@ class Session:
                         isinstance(t, list) and len(t) == 2 and all(isinstance(x, str) for x in t) for t in turns):
                     raise TypeError("system must be a string and turns a list of [message, reply] strings")
                 first_turn = _meta_int(meta, "chat_first_turn", 0, len(turns), default=0)
+                rows = meta["kv_rows"] if version >= 3 else [n] * self.model.hparams.n_layer
+                if not isinstance(rows, list) or len(rows) != self.model.hparams.n_layer:
+                    raise TypeError(f"kv_rows is {str(rows)[:80]!r}, not a list of {self.model.hparams.n_layer} "
+                                    "row counts")
+                for i, r in enumerate(rows):
+                    _meta_int({f"kv_rows[{i}]": r}, f"kv_rows[{i}]", 0, n)
                 np.random.PCG64().state = meta["rng"]      # checked on a scratch generator first
             except StateError:
                 raise
@@ -676,7 +691,11 @@ class Session:
             if (meta.get("n_layer"), meta.get("n_embd"), meta.get("n_vocab")) != (hp.n_layer, hp.n_embd, hp.n_vocab):
                 raise StateError("state shape does not match this model")
             n_kv = state.n_embd_kv
-            kv_bytes = hp.n_layer * n * n_kv * np.dtype(kvt).itemsize
+            window = state.kv_stats()["window"]
+            if any(r != n for r, w in zip(rows, window) if not w) or len({r for r, w in zip(rows, window) if w}) > 1:
+                raise StateError(f"state's kv_rows {rows[:8]}... do not fit this model's layers: {n} in each layer "
+                                 "without a window, one number in the sliding-window ones")
+            kv_bytes = sum(rows) * n_kv * np.dtype(kvt).itemsize
             logit_bytes = 4 * self.n_vocab if has_logits else 0
             need = head + mlen + 4 * n + logit_bytes + 2 * kv_bytes
             if len(blob) != need:
@@ -688,10 +707,13 @@ class Session:
             pos += 4 * n
             logits = np.frombuffer(blob, "<f4", self.n_vocab, pos) if logit_bytes else None
             pos += logit_bytes
-            shape = (hp.n_layer, n, n_kv)
             own = np.float16 if self.kv_f16 else np.float32      # an f16 state loads into an f32 cache and back
-            k = np.frombuffer(blob, kvt, hp.n_layer * n * n_kv, pos).reshape(shape).astype(own)
-            v = np.frombuffer(blob, kvt, hp.n_layer * n * n_kv, pos + kv_bytes).reshape(shape).astype(own)
+            k: list[np.ndarray] = []
+            v: list[np.ndarray] = []
+            for arrs, at in ((k, pos), (v, pos + kv_bytes)):
+                for r in rows:
+                    arrs.append(np.frombuffer(blob, kvt, r * n_kv, at).reshape(r, n_kv).astype(own))
+                    at += r * n_kv * np.dtype(kvt).itemsize
             # everything is checked: from here on nothing can fail half way
             state.import_kv(tokens, k, v, logits)
             self.sampler.set_state(meta["rng"])
@@ -704,6 +726,7 @@ class Session:
         """A new Session on the same model that starts from this one's evaluated prefix,
         conversation and sampler state. Keyword arguments override its settings."""
         kw = dict(n_ctx=self.n_ctx, n_batch=self.n_batch, n_threads=self.n_threads, kv_f16=self.kv_f16,
+                  swa_full=self.swa_full,
                   adaptive_threads=self._check_open().adaptive_threads,
                   seed=self.seed, context_policy=self.context_policy, n_keep=self.n_keep,
                   template=self._template_source)

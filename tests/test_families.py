@@ -183,6 +183,29 @@ def test_logits_and_greedy_match_hf(root, torch_ok, family, wtype):
             assert g == w, f"{family} {wtype}: greedy token {i} is {g}, HF's is {w} (margin {margin:.3g})"
 
 
+def test_gemma3_local_rows_slide_and_match_hf(root, torch_ok):
+    """The gemma3 file's 6-token window with local K/V rows that slide (17 rows at n_batch 2,
+    n_ctx 24: State.kv_stats): the 20-token prompt and greedy decoding past them, against
+    HF's full recompute, and bit for bit the full cache's (swa_full)."""
+    path, config = family_file(root, "gemma3", "f16")
+    m = open_ours(path, "gemma3")
+    prompt = family_prompts(config["vocab_size"])[-1]
+    ref = reference(path, config)
+    want = ref.logits(prompt)
+    s, f = (guanaco_rt.Session(m, n_ctx=24, n_batch=2, swa_full=full) for full in (False, True))
+    got = s.eval(prompt, all_logits=True)
+    assert s._state.kv_stats()["rows"][0] == 17 and s._state.kv_stats()["swa_first"] > 0
+    assert rel_err(got, want).max() < REL_TOL["f16"] and mean_kl(got, want) < MAX_KL["f16"]
+    np.testing.assert_array_equal(got, f.eval(prompt, all_logits=True))
+    want_toks, margins = ref.greedy(prompt, N_GREEDY)
+    got_toks = [int(t) for t in s.generate(prompt, max_new_tokens=N_GREEDY, temperature=0).tokens]
+    assert got_toks == f.generate(prompt, max_new_tokens=N_GREEDY, temperature=0).tokens
+    for g, w, margin in zip(got_toks, want_toks, margins):
+        if margin < 2 * REL_TOL["f16"] * np.abs(want).max():
+            break
+        assert g == w
+
+
 # ---- a real file ------------------------------------------------------------------------------
 def real_gemma3(root):
     """The Gemma 3 270M file from PyPI, once guanaco_rt opens the gemma3 architecture (asked of

@@ -298,7 +298,7 @@ def test_shifted_cache_matches_fresh_evaluation(one_layer, kv_f16):
     fresh = guanaco_rt.Session(model, n_ctx=len(ids), kv_f16=kv_f16)
     fresh.eval(kept)
     for a, b in zip(s._state.export_kv(), fresh._state.export_kv()):
-        a, b = a.astype(np.float32), b.astype(np.float32)
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)     # (n_layer, n_past, n_embd_kv)
         np.testing.assert_allclose(a, b, rtol=0, atol=(2e-3 if kv_f16 else 1e-5) * np.abs(b).max())
     nxt = s.eval([42])
     ref = fresh.eval([42])

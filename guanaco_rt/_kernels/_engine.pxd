@@ -69,8 +69,19 @@ cdef struct state_t:
     float* logits        # (n_vocab,) after tokens[n_past - 1], valid when have_logits
     int have_logits
     int cancel           # set from another thread: stop at the next layer
-    void* k_cache        # (n_layer, n_ctx, n_embd_kv) f32 or f16
-    void* v_cache        # (n_layer, n_ctx, n_embd_kv) f32 or f16
+    void* k_cache        # each layer's rows (kv_off) of n_embd_kv, f32 or f16
+    void* v_cache        # the same for the values
+    # the KV rows of each layer: a layer without a window holds positions 0..n_past-1 in rows
+    # 0..n_ctx-1; a sliding-window layer (layer_t.n_swa) holds positions swa_base..n_past-1 in
+    # rows 0..swa_rows-1 (swa_room slides them down; swa_refill evaluates again what a rewind
+    # or shift left behind swa_base)
+    int64_t* kv_off      # (n_layer,) the element where each layer's rows start
+    int n_swa            # the longest window of the model's layers (0: none)
+    int swa_rows         # rows of a sliding-window layer: n_ctx, or fewer (State)
+    int swa_keep         # positions behind n_past that a slide keeps: the window and a margin for rewinds
+    int swa_base         # the position in row 0 of the sliding-window layers
+    int swa_refills      # how many times swa_refill evaluated the sequence again
+    int32_t* redo        # (n_ctx,) swa_refill's copy of the tokens it evaluates again
     float* x             # (n_batch, n_embd) residual stream
     float* xb            # (n_batch, max(n_embd, n_embd_q)) normed block input, then attention output
     float* xb2           # (n_batch, n_embd) block output before the residual add
@@ -109,11 +120,13 @@ cdef class State:
     cdef state_t s
     cdef readonly Engine engine
     cdef uint8_t[::1] k_cache, v_cache
+    cdef int64_t[::1] kv_off_buf
+    cdef int32_t[::1] redo_buf
     cdef int32_t[::1] tokens_buf
     cdef float[::1] logits_buf
     cdef float[:, ::1] x, xb, xb2, q, k, v, att, hb, hb2
     cdef uint8_t[::1] act, emb_row
-    cdef _kv_view(self, uint8_t[::1] cache)
+    cdef _kv_rows(self, uint8_t[::1] cache, int l)
 
 cdef void quantize_rows(const isa_kernels_t* K, uint8_t* out, int64_t out_stride, const float* x, int64_t n,
                         int n_tok, int vt, int nth) noexcept nogil

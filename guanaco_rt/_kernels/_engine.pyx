@@ -373,16 +373,21 @@ cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok,
                  bint all_logits) noexcept nogil:
     # tokens (n_tok <= n_batch,) at positions n_past.. -> logits (n_tok or 1, n_vocab). On
     # success the tokens join the sequence (n_past += n_tok) and 0 is returned; 1 when
-    # cancelled: the cache past n_past is then partly written, the sequence unchanged.
+    # cancelled: the cache past n_past is then partly written, the sequence unchanged (unless
+    # the sliding-window layers needed swa_refill first: then it is the tokens that refill did).
     # Each family's differences are fields of model_t / layer_t, NULL or 0 where it has none
     # (LLaMA: all of them): biases, Q/K norms, post-norms, embedding scale, RoPE mode and
     # per-layer frequencies, sliding window, GLU kind.
-    cdef int E = m.n_embd, Ekv = m.n_embd_kv, Eq = m.n_embd_q, n_past = s.n_past
-    cdef int t, l, first
-    cdef int64_t i, layer_off = <int64_t>s.n_ctx * Ekv
+    cdef int E = m.n_embd, Ekv = m.n_embd_kv, Eq = m.n_embd_q, n_past
+    cdef int t, l, first, b
+    cdef int64_t i
     cdef const layer_t* L
     cdef float* outs[3]
     cdef const tensor_t* ws[3]
+    if swa_stale(s) and swa_refill(m, s):
+        return 1
+    n_past = s.n_past
+    swa_room(m, s, n_tok)
     s.have_logits = 0
     embed_rows(s.x, &m.tok_embeddings, tokens, n_tok, s.emb_row)
     if m.embd_scale != 1.0:
@@ -406,10 +411,13 @@ cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok,
             head_norm(s.k + t * Ekv, L.k_norm, m.n_head_kv, m.head_dim, m.eps)
             rope(s.q + t * Eq, m.n_head, m.head_dim, m.n_rot, L.freqs, n_past + t, m.rope_neox)
             rope(s.k + t * Ekv, m.n_head_kv, m.head_dim, m.n_rot, L.freqs, n_past + t, m.rope_neox)
-        store_kv(s.k_cache, l * layer_off + <int64_t>n_past * Ekv, s.k, <int64_t>n_tok * Ekv, s.kv_f16)
-        store_kv(s.v_cache, l * layer_off + <int64_t>n_past * Ekv, s.v, <int64_t>n_tok * Ekv, s.kv_f16)
-        attention(m.k, s.xb, s.q, kv_layer(s.k_cache, l * layer_off, s.kv_f16),
-                  kv_layer(s.v_cache, l * layer_off, s.kv_f16), s.att, n_tok, n_past, m.n_head, m.n_head_kv,
+        # a sliding-window layer's row of position p is p - swa_base: attention() over n_past - b
+        # positions sees the same window, rows lo - b.., as it would over all of them
+        b = s.swa_base if L.n_swa else 0
+        store_kv(s.k_cache, s.kv_off[l] + <int64_t>(n_past - b) * Ekv, s.k, <int64_t>n_tok * Ekv, s.kv_f16)
+        store_kv(s.v_cache, s.kv_off[l] + <int64_t>(n_past - b) * Ekv, s.v, <int64_t>n_tok * Ekv, s.kv_f16)
+        attention(m.k, s.xb, s.q, kv_layer(s.k_cache, s.kv_off[l], s.kv_f16),
+                  kv_layer(s.v_cache, s.kv_off[l], s.kv_f16), s.att, n_tok, n_past - b, m.n_head, m.n_head_kv,
                   m.head_dim, s.n_ctx, s.kv_f16, s.nth, m.attn_scale, L.n_swa)
         matmul(m, s, s.xb2, &L.wo, s.xb, n_tok)
         add_residual(s.x, s.xb2, L.attn_post_norm, n_tok, E, m.eps)
@@ -464,10 +472,60 @@ cdef int prefill(const model_t* m, state_t* s, const int32_t* ids, int n, float*
 cdef int decode_one(const model_t* m, state_t* s, int32_t tok) noexcept nogil:
     # forward() of one token on the threads the governor answers, which times it; 1 when cancelled
     cdef int rc
+    if swa_stale(s):          # a refill first, run and timed as the prompt it is, not as this token
+        s.nth = gov_prompt_start(&s.gov)
+        rc = swa_refill(m, s)
+        gov_prompt_end(&s.gov, s.nth)
+        if rc:
+            return 1
     s.nth = gov_token_start(&s.gov, m.n_layer)
     rc = forward(m, s, &tok, 1, s.logits, False)
     gov_token_end(&s.gov, rc == 0)
     return rc
+
+
+# ---- the sliding-window layers' rows ----------------------------------------------------
+cdef inline bint swa_stale(const state_t* s) noexcept nogil:
+    # whether the sliding-window layers lack a position the next token attends to: they hold
+    # swa_base..n_past-1, it needs n_past - n_swa + 1.. (a rewind or a shift went behind swa_base)
+    return s.swa_base > 0 and s.swa_base > s.n_past - s.n_swa + 1
+
+cdef void swa_room(const model_t* m, state_t* s, int n_tok) noexcept nogil:
+    # room for n_tok positions after n_past in the sliding-window layers' swa_rows rows: when
+    # they would run past them, the last swa_keep positions (n_swa - 1 for the window, the rest
+    # for rewinds) move down to row 0. swa_rows - swa_keep >= max(n_batch, n_swa): at most one
+    # move per n_swa decoded tokens, 2 rows a token
+    cdef int l, drop
+    cdef int w = 2 if s.kv_f16 else 4
+    cdef int64_t E = m.n_embd_kv
+    if s.n_past + n_tok - s.swa_base <= s.swa_rows:
+        return
+    drop = s.n_past - s.swa_keep - s.swa_base
+    for l in range(m.n_layer):
+        if m.layers[l].n_swa:
+            memmove(<uint8_t*>s.k_cache + s.kv_off[l] * w, <uint8_t*>s.k_cache + (s.kv_off[l] + drop * E) * w,
+                    s.swa_keep * E * w)
+            memmove(<uint8_t*>s.v_cache + s.kv_off[l] * w, <uint8_t*>s.v_cache + (s.kv_off[l] + drop * E) * w,
+                    s.swa_keep * E * w)
+    s.swa_base += drop
+
+cdef int swa_refill(const model_t* m, state_t* s) noexcept nogil:
+    # swa_stale: evaluate the sequence again from its first token, in batches of n_batch, every
+    # layer's K/V rewritten. A position's K/V do not depend on how the tokens were batched (the
+    # 4- and 8-token kernels give the one-token kernels' bits), so these are the bits a full
+    # cache would hold. 1 when cancelled: the sequence is then the tokens evaluated so far
+    cdef int n = s.n_past, nb
+    memcpy(s.redo, s.tokens, n * sizeof(int32_t))
+    s.n_past = 0
+    s.swa_base = 0
+    s.have_logits = 0
+    if n:
+        s.swa_refills += 1
+    while s.n_past < n:
+        nb = min(s.n_batch, n - s.n_past)
+        if forward(m, s, s.redo + s.n_past, nb, s.logits, False):
+            return 1
+    return 0
 
 
 cdef void shift_kv(const model_t* m, state_t* s, int n_keep, int n_discard) noexcept nogil:
@@ -475,16 +533,22 @@ cdef void shift_kv(const model_t* m, state_t* s, int n_keep, int n_discard) noex
     # and their keys are re-rotated by -n_discard positions (RoPE angles add), as if they
     # had been evaluated n_discard positions earlier, in the model's RoPE mode with each
     # layer's frequencies. Values only move. The logits stay valid. A sliding-window layer
-    # keeps every position too (attention() looks at the last n_swa), so it shifts the same.
+    # holds positions b = swa_base.. in its rows: those it holds of the kept ones stay where
+    # they are, and what it holds from n_keep + n_discard on moves down behind them, to rows
+    # from b' = its new swa_base: b when b <= n_keep, else max(n_keep, b - n_discard). Should
+    # the next token's window reach kept positions behind b', the next evaluation refills.
     cdef int E = m.n_embd_kv
-    cdef int l, p
-    cdef int64_t src, dst, layer_off = <int64_t>s.n_ctx * E
+    cdef int l, p, b, nb
+    cdef int64_t src, dst
     cdef float* tmp = s.k          # (n_embd_kv,) scratch: the first row of the new-keys buffer
     cdef const type_traits_t* f16 = type_traits(GGML_TYPE_F16)
+    cdef int swa_base = s.swa_base if s.swa_base <= n_keep else max(n_keep, s.swa_base - n_discard)
     for l in range(m.n_layer):
-        for p in range(n_keep + n_discard, s.n_past):
-            src = l * layer_off + <int64_t>p * E
-            dst = src - <int64_t>n_discard * E
+        b = s.swa_base if m.layers[l].n_swa else 0
+        nb = swa_base if m.layers[l].n_swa else 0
+        for p in range(max(b, n_keep + n_discard), s.n_past):
+            src = s.kv_off[l] + <int64_t>(p - b) * E
+            dst = s.kv_off[l] + <int64_t>(p - n_discard - nb) * E
             if s.kv_f16:
                 f16.to_float(<const uint16_t*>s.k_cache + src, tmp, E)
             else:
@@ -497,6 +561,7 @@ cdef void shift_kv(const model_t* m, state_t* s, int n_keep, int n_discard) noex
                 memmove(<float*>s.v_cache + dst, <float*>s.v_cache + src, E * 4)
     memmove(s.tokens + n_keep, s.tokens + n_keep + n_discard, (s.n_past - n_keep - n_discard) * sizeof(int32_t))
     s.n_past -= n_discard
+    s.swa_base = swa_base
 
 
 # ---- Python-facing objects -----------------------------------------------------------
@@ -732,11 +797,20 @@ cdef class State:
     scratch buffers of the forward pass, sized once (n_ctx, n_batch). The only owner of
     the sequence: prefill, decode (_decode.Decoder), shift and KV export/import all go
     through it. ``cancel()`` may be called from any thread.
+
+    A sliding-window layer (Gemma 3's local layers) keeps K/V rows for its window, the
+    positions a rewind may go back to, and a batch: 2 n_swa - 1 + max(n_batch, n_swa) rows
+    instead of n_ctx (state_t.swa_rows), unless ``swa_full`` or n_ctx is no more. A rewind
+    (truncate) or a shift whose next window reaches behind what those rows hold makes the
+    next evaluation evaluate the sequence again first: the same logits, at a prompt's cost
+    (``kv_stats()["refills"]`` counts them).
     """
 
-    def __cinit__(self, Engine engine, int n_ctx, int n_batch, bint kv_f16=False, int n_threads=1):
+    def __cinit__(self, Engine engine, int n_ctx, int n_batch, bint kv_f16=False, int n_threads=1,
+                  bint swa_full=False):
         cdef model_t* m
-        cdef int E
+        cdef int E, l
+        cdef int64_t total = 0
         if engine is None:       # a closed Model's: there are no weights to run
             raise ModelClosedError("State needs an Engine (a loaded model's weights), got None")
         m = &engine.m
@@ -744,9 +818,19 @@ cdef class State:
         if n_ctx < 1 or not 1 <= n_batch <= n_ctx:
             raise ValueError(f"n_ctx {n_ctx} and n_batch {n_batch} must satisfy 1 <= n_batch <= n_ctx")
         self.engine = engine
-        kv_bytes = m.n_layer * <int64_t>n_ctx * m.n_embd_kv * (2 if kv_f16 else 4)
-        self.k_cache = np.zeros(kv_bytes, np.uint8)
-        self.v_cache = np.zeros(kv_bytes, np.uint8)
+        self.s.n_swa = max([m.layers[l].n_swa for l in range(m.n_layer)])
+        self.s.swa_rows = self.s.swa_keep = n_ctx
+        # a slide keeps the window behind the next token and n_swa more for rewinds
+        if self.s.n_swa and not swa_full and 2 * <int64_t>self.s.n_swa - 1 + max(n_batch, self.s.n_swa) < n_ctx:
+            self.s.swa_keep = 2 * self.s.n_swa - 1
+            self.s.swa_rows = self.s.swa_keep + max(n_batch, self.s.n_swa)
+        self.kv_off_buf = np.zeros(m.n_layer, np.int64)
+        for l in range(m.n_layer):
+            self.kv_off_buf[l] = total
+            total += <int64_t>(self.s.swa_rows if m.layers[l].n_swa else n_ctx) * m.n_embd_kv
+        self.k_cache = np.zeros(total * (2 if kv_f16 else 4), np.uint8)
+        self.v_cache = np.zeros(total * (2 if kv_f16 else 4), np.uint8)
+        self.redo_buf = np.zeros(n_ctx if self.s.n_swa else 1, np.int32)
         self.tokens_buf = np.zeros(n_ctx, np.int32)
         self.logits_buf = np.zeros(m.n_vocab, np.float32)
         self.x, self.xb2 = [np.zeros((n_batch, E), np.float32) for _ in range(2)]
@@ -768,6 +852,8 @@ cdef class State:
         self.s.kv_f16 = kv_f16
         self.s.k_cache = &self.k_cache[0]
         self.s.v_cache = &self.v_cache[0]
+        self.s.kv_off = &self.kv_off_buf[0]
+        self.s.redo = &self.redo_buf[0]
         self.s.tokens = &self.tokens_buf[0]
         self.s.logits = &self.logits_buf[0]
         self.s.x, self.s.xb, self.s.xb2 = &self.x[0, 0], &self.xb[0, 0], &self.xb2[0, 0]
@@ -853,7 +939,8 @@ cdef class State:
 
     def truncate(self, int n):
         """Keep the first n tokens of the sequence (their K/V stay; later entries are
-        overwritten by the next evaluation)."""
+        overwritten by the next evaluation). Sliding-window layers that no longer hold the
+        window behind n make the next evaluation refill (see the class)."""
         if not 0 <= n <= self.s.n_past:
             raise ValueError(f"truncate to {n} outside [0, n_past {self.s.n_past}]")
         if n < self.s.n_past:
@@ -868,14 +955,26 @@ cdef class State:
             shift_kv(&self.engine.m, &self.s, n_keep, n_discard)
 
     def export_kv(self):
-        """(k, v): copies of the used cache entries, (n_layer, n_past, n_embd_kv) float32 or float16"""
-        n = self.s.n_past
-        return self._kv_view(self.k_cache)[:, :n].copy(), self._kv_view(self.v_cache)[:, :n].copy()
+        """(k, v): lists of copies of each layer's used cache entries, (rows, n_embd_kv) float32
+        or float16: the last ``rows`` positions of the sequence, all n_past of them except in
+        a sliding-window layer, which holds fewer once its rows have slid (kv_stats)"""
+        cdef int l
+        k, v = [], []
+        for l in range(self.engine.m.n_layer):
+            rows = max(0, self.s.n_past - (self.s.swa_base if self.engine.m.layers[l].n_swa else 0))
+            k.append(self._kv_rows(self.k_cache, l)[:rows].copy())
+            v.append(self._kv_rows(self.v_cache, l)[:rows].copy())
+        return k, v
 
     def import_kv(self, tokens, k, v, logits=None):
-        """Replace the sequence: ``tokens`` with K/V entries ``k``, ``v`` (n_layer, n, n_embd_kv, the
-        cache's dtype) and, if given, the logits after the last token. All or nothing."""
+        """Replace the sequence: ``tokens`` with K/V entries ``k``, ``v`` (as export_kv gives them:
+        per layer (rows, n_embd_kv) in the cache's dtype, the last rows of the n tokens; rows n
+        in a layer without a window, one number for all the sliding-window layers) and, if
+        given, the logits after the last token. A sliding-window layer keeps the last swa_keep
+        rows it is given; given fewer than its window needs, the next evaluation refills.
+        All or nothing."""
         cdef model_t* m = &self.engine.m
+        cdef int l
         ids = np.asarray(tokens, np.int64).reshape(-1)
         n = ids.size
         dt = np.float16 if self.s.kv_f16 else np.float32
@@ -883,24 +982,53 @@ cdef class State:
             raise ValueError(f"{n} tokens > n_ctx {self.s.n_ctx}")
         if n and (ids.min() < 0 or ids.max() >= m.n_vocab):
             raise ValueError(f"token ids outside [0, {m.n_vocab})")
-        for arr in (k, v):
-            if arr.dtype != dt or arr.shape != (m.n_layer, n, m.n_embd_kv):
-                raise ValueError(f"K/V must be {np.dtype(dt).name} {(m.n_layer, n, m.n_embd_kv)}")
+        if len(k) != m.n_layer or len(v) != m.n_layer:
+            raise ValueError(f"K/V must have {m.n_layer} layers, got {len(k)} and {len(v)}")
+        swa_rows = set()
+        for l in range(m.n_layer):
+            for arr in (k[l], v[l]):
+                if arr.dtype != dt or arr.ndim != 2 or arr.shape[1] != m.n_embd_kv or arr.shape[0] != k[l].shape[0] \
+                        or not 0 <= arr.shape[0] <= n or (not m.layers[l].n_swa and arr.shape[0] != n):
+                    raise ValueError(f"layer {l}: K/V must be {np.dtype(dt).name} (rows, {m.n_embd_kv}) with rows "
+                                     f"{n}" + (" or fewer (a sliding-window layer)" if m.layers[l].n_swa else "") +
+                                     f", got {arr.dtype} {arr.shape}")
+            if m.layers[l].n_swa:
+                swa_rows.add(k[l].shape[0])
+        if len(swa_rows) > 1:
+            raise ValueError(f"the sliding-window layers' K/V must hold as many rows each, got {sorted(swa_rows)}")
         if logits is not None and np.shape(logits) != (m.n_vocab,):
             raise ValueError(f"logits must be ({m.n_vocab},)")
-        self._kv_view(self.k_cache)[:, :n] = k
-        self._kv_view(self.v_cache)[:, :n] = v
+        keep = min(swa_rows.pop() if swa_rows else 0, self.s.swa_keep)
+        for l in range(m.n_layer):
+            rows = keep if m.layers[l].n_swa else n
+            self._kv_rows(self.k_cache, l)[:rows] = k[l][k[l].shape[0] - rows:]
+            self._kv_rows(self.v_cache, l)[:rows] = v[l][v[l].shape[0] - rows:]
         np.asarray(self.tokens_buf)[:n] = ids
         self.s.n_past = n
+        self.s.swa_base = n - keep if self.s.n_swa else 0
         self.s.have_logits = 0
         if logits is not None:
             np.asarray(self.logits_buf)[:] = logits
             self.s.have_logits = 1
 
-    cdef _kv_view(self, uint8_t[::1] cache):
+    cdef _kv_rows(self, uint8_t[::1] cache, int l):
+        # layer l's rows of cache, (rows, n_embd_kv) float32 or float16
         cdef model_t* m = &self.engine.m
-        return np.asarray(cache).view(np.float16 if self.s.kv_f16 else np.float32).reshape(
-            m.n_layer, self.s.n_ctx, m.n_embd_kv)
+        rows = self.s.swa_rows if m.layers[l].n_swa else self.s.n_ctx
+        w = 2 if self.s.kv_f16 else 4
+        return np.asarray(cache)[self.s.kv_off[l] * w:(self.s.kv_off[l] + rows * m.n_embd_kv) * w].view(
+            np.float16 if self.s.kv_f16 else np.float32).reshape(rows, m.n_embd_kv)
+
+    def kv_stats(self):
+        """The KV cache: ``bytes`` allocated (keys and values), each layer's ``rows`` and
+        ``window`` (0: none), the positions the sliding-window layers hold (``swa_first``..n_past),
+        how many positions a slide keeps (``swa_keep``), and how many times they made an
+        evaluation refill the sequence (``refills``)."""
+        cdef model_t* m = &self.engine.m
+        return {"bytes": self.k_cache.shape[0] + self.v_cache.shape[0],
+                "rows": [self.s.swa_rows if m.layers[l].n_swa else self.s.n_ctx for l in range(m.n_layer)],
+                "window": [m.layers[l].n_swa for l in range(m.n_layer)], "swa_first": self.s.swa_base,
+                "swa_keep": self.s.swa_keep, "refills": self.s.swa_refills}
 
     # -- threads and cancel ------------------------------------------------------------
     @property
