@@ -232,6 +232,11 @@ def call_grammar(model, tools, syntax, parallel, name=None, lead="") -> str:
         if name is not None and f["name"] != name:
             continue
         schema = dict(f.get("parameters") or EMPTY_PARAMETERS)
+        if "properties" in schema and "additionalProperties" not in schema:
+            # a function takes the parameters it declares: as llama.cpp's schema grammars, no
+            # others unless the schema says so (a small model otherwise invents keys until
+            # max_tokens)
+            schema["additionalProperties"] = False
         schema["x-guidance"] = {"whitespace_pattern": JSON_WHITESPACE, "lenient": not f.get("strict", False)}
         head = f'{{"name": {json.dumps(f["name"])}, "{syntax.args_key}": '
         rules.append(f"fn_{k}: {json.dumps(head)} args_{k} \"}}\"")
@@ -280,6 +285,16 @@ class CallReader:
                                 + syntax.args_key + "\": ")
 
     def feed(self, piece) -> list[dict]:
+        """The deltas ``piece`` completes, one per call (as OpenAI sends them)."""
+        out: list[dict] = []
+        for d in self._feed(piece):
+            if out and out[-1]["index"] == d["index"]:
+                out[-1]["function"]["arguments"] += d["function"]["arguments"]
+            else:
+                out.append(d)
+        return out
+
+    def _feed(self, piece):
         self.buf += piece
         deltas = []
         while True:

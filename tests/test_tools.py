@@ -239,7 +239,8 @@ def test_llama3_syntax_and_call_reader():
     text = '{"name": "get_weather", "parameters": {"city": "Oslo", "unit": "c"}}'
     r = tc.CallReader(tc.LLAMA3)
     deltas = [d for i in range(0, len(text), 3) for d in r.feed(text[i:i + 3])]
-    assert deltas[0]["function"] == {"name": "get_weather", "arguments": ""} and deltas[0]["id"].startswith("call_")
+    assert deltas[0]["function"]["name"] == "get_weather" and deltas[0]["id"].startswith("call_")
+    assert all(set(d) == {"index", "function"} for d in deltas[1:])
     assert "".join(d["function"]["arguments"] for d in deltas) == '{"city": "Oslo", "unit": "c"}'
     assert r.complete() == r.calls and r.n_done == 1
     two = tc.call_text("a", {"x": 1}) + "\n" + tc.call_text("b", {"y": [1, 2]})
