@@ -249,3 +249,31 @@ def test_llama3_syntax_and_call_reader():
         r.feed(ch)
     assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in r.complete()] == \
            [("a", {"x": 1}), ("b", {"y": [1, 2]})]
+
+
+def test_llama31_template_renders_tools_and_calls_in_its_syntax(vocabs, tmp_path):
+    """Llama 3.1's template with the llama-bpe vocabulary: the prompt with tools, a past call
+    (arguments an object) and a tool result (the ipython turn) is HF's; a required call is
+    written as Llama 3's {"name", "parameters"} JSON and comes back as an OpenAI call."""
+    from test_family_tokenizers import write_bpe_model
+    from transformers.utils.chat_template_utils import render_jinja_template
+    vocab, _ = vocabs("llama-bpe")
+    source = fv.template("meta-llama-Llama-3.1-8B-Instruct")
+    schema = {"type": "object", "properties": {"unit": {"enum": ["c", "f"]}}, "required": ["unit"]}
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": schema}}]
+    with LLM(write_bpe_model(tmp_path / "llama3.gguf", vocab), n_ctx=512, n_threads=1, template=source) as llm:
+        assert tc.syntax_for(llm.template) is tc.LLAMA3
+        msgs = normalize_messages(WORKED + [{"role": "user", "content": "And Paris?"}])
+        ids, _ = llm.chat_prompt(msgs, None, tc.check_tools(tools))
+        hf_msgs = [WORKED[0], {"role": "assistant", "tool_calls": [
+            {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "London"}}}]},
+                   {"role": "tool", "content": WORKED[2]["content"]}, {"role": "user", "content": "And Paris?"}]
+        rendered, _ = render_jinja_template(conversations=[hf_msgs], tools=tools, chat_template=source,
+                                            add_generation_prompt=True, bos_token="<|begin_of_text|>",
+                                            eos_token="<|eot_id|>")
+        assert '{"name": "get_weather", "parameters": {"city": "London"}}' in rendered[0]
+        assert ids == fv.hf_bpe(vocab, "llama-bpe").encode(rendered[0], add_special_tokens=False).ids
+        r = llm.create_chat_completion(msgs, tools=tools, tool_choice="required", max_tokens=40, temperature=0)
+        (c,) = r["choices"][0]["message"]["tool_calls"]
+        assert c["function"]["name"] == "get_weather" and r["choices"][0]["finish_reason"] == "tool_calls"
+        jsonschema.validate(json.loads(c["function"]["arguments"]), schema)
