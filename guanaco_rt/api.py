@@ -42,6 +42,7 @@ shares one Model across threads with the GIL released, and errors are typed
 from __future__ import annotations
 
 import collections
+import json
 import os
 import threading
 import time
@@ -488,6 +489,7 @@ class LLM:
         system message (guanaco_rt.tools.FALLBACK_INTRO) when ``offer``; past calls and tool
         results become text for such a template."""
         if tc.takes_tools(self.template):
+            _no_special_spelling(self.template, messages, tools)
             messages = tc.native_messages(messages)
             if tools:
                 variables = {**(variables or {}), "tools": tools}
@@ -517,6 +519,23 @@ class LLM:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _no_special_spelling(template, messages, tools):
+    """The template writes tools and calls' arguments as JSON of its own (message content is
+    guarded by ChatTemplate.prompt_ids, these are not): one that spells a special token
+    (``<|im_end|>``) would become that token, so it is refused, naming where it is."""
+    rx = template.special_rx
+    if rx is None:
+        return
+    spots = [(f"tools[{i}]", t) for i, t in enumerate(tools or [])]
+    spots += [(f"messages[{i}].tool_calls[{j}].function", c["function"])
+              for i, m in enumerate(messages) for j, c in enumerate(m.get("tool_calls") or [])]
+    for where, value in spots:
+        hit = rx.search(json.dumps(value, ensure_ascii=False))
+        if hit:
+            raise InvalidRequestError(f"{where} spells the special token {hit.group()!r}, which this chat template "
+                                      "would write as that token", where)
 
 
 def _include_usage(opts):
