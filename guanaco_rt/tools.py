@@ -26,6 +26,7 @@ import re
 import uuid
 import weakref
 from dataclasses import dataclass
+from typing import Any
 
 from .constrain import JSON_WHITESPACE, compile_constraint, vocabulary
 from .errors import ConstraintError, InvalidRequestError
@@ -103,7 +104,8 @@ def check_tools(tools) -> list[dict]:
         if strict is not None and not isinstance(strict, bool):
             raise InvalidRequestError(f"{where}.function.strict must be a boolean, got {strict!r}",
                                       f"{where}.function.strict")
-        fn = {"name": name, **({"description": desc} if desc is not None else {}), "parameters": params}
+        fn: dict[str, Any] = {"name": name, **({"description": desc} if desc is not None else {}),
+                              "parameters": params}
         if strict:
             fn["strict"] = True
         out.append({"type": "function", "function": fn})

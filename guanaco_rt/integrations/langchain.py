@@ -31,7 +31,8 @@ try:
     from langchain_core.callbacks import CallbackManagerForLLMRun
     from langchain_core.language_models.chat_models import BaseChatModel
     from langchain_core.language_models.llms import LLM as _LangChainLLM
-    from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+    from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
+    from langchain_core.messages.tool import tool_call_chunk
     from langchain_core.output_parsers.openai_tools import JsonOutputKeyToolsParser, PydanticToolsParser
     from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, GenerationChunk
     from langchain_core.runnables import RunnableLambda, RunnableMap, RunnablePassthrough
@@ -104,13 +105,13 @@ class ChatGuanaco(_GuanacoFields, BaseChatModel):
             role = ROLE_OF.get(m.type)
             if role is None:
                 raise ValueError(f"ChatGuanaco takes system, human, ai and tool messages, not {m.type!r}")
-            msg = {"role": role, "content": m.content}
-            if m.type == "ai" and m.tool_calls:
+            msg: dict[str, Any] = {"role": role, "content": m.content}
+            if isinstance(m, AIMessage) and m.tool_calls:
                 msg["tool_calls"] = [{"id": tc["id"], "type": "function",
                                       "function": {"name": tc["name"], "arguments": json.dumps(tc["args"])}}
                                      for tc in m.tool_calls]
                 msg["content"] = m.content or None
-            elif m.type == "tool":
+            elif isinstance(m, ToolMessage):
                 msg["tool_call_id"] = m.tool_call_id
                 if not isinstance(m.content, str):
                     msg["content"] = json.dumps(m.content)
@@ -133,7 +134,7 @@ class ChatGuanaco(_GuanacoFields, BaseChatModel):
             kwargs["tool_choice"] = tool_choice
         return self.bind(tools=formatted, **kwargs)
 
-    def with_structured_output(self, schema: Union[dict, type], *, method: str = "json_schema",
+    def with_structured_output(self, schema: Any, *, method: str = "json_schema",
                                include_raw: bool = False, strict: Optional[bool] = None, **kwargs: Any):
         """A runnable that answers with ``schema``'s data: a pydantic object for a pydantic
         model, else a dict. ``method``: 'json_schema' (the reply is the JSON, constrained to
@@ -143,6 +144,8 @@ class ChatGuanaco(_GuanacoFields, BaseChatModel):
         if kwargs:
             raise ValueError(f"with_structured_output got unsupported arguments {sorted(kwargs)}")
         is_model = isinstance(schema, type) and hasattr(schema, "model_json_schema")
+        parser: Any
+        fmt: dict[str, Any]
         if method == "function_calling":
             tool = convert_to_openai_tool(schema, strict=strict)
             name = tool["function"]["name"]
@@ -194,8 +197,8 @@ class ChatGuanaco(_GuanacoFields, BaseChatModel):
                 choice = c["choices"][0]
                 text = choice["delta"].get("content") or ""
                 meta = {"finish_reason": choice["finish_reason"]} if choice["finish_reason"] else {}
-                calls = [{"name": d.get("function", {}).get("name"), "args": d.get("function", {}).get("arguments"),
-                          "id": d.get("id"), "index": d["index"], "type": "tool_call_chunk"}
+                calls = [tool_call_chunk(name=d.get("function", {}).get("name"),
+                                         args=d.get("function", {}).get("arguments"), id=d.get("id"), index=d["index"])
                          for d in choice["delta"].get("tool_calls") or []]
                 if not text and not meta and not calls:
                     continue
