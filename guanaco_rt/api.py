@@ -34,7 +34,9 @@ parallel_tool_calls     a reply with calls has message.tool_calls, finish "tool_
 Defaults are llama-cpp-python's (temperature 0.8, top_p 0.95, top_k 40, min_p 0.05,
 no repeat penalty; 16 tokens for a completion, up to the context's end for a chat).
 finish_reason is "stop" (a stop string, EOS or end of turn), "length" (max_tokens or
-a full context) or, for a generation cancelled with ``cancel()``, "cancelled".
+a full context), "tool_calls" (a reply with complete calls; one cut short is left out)
+or, for a generation cancelled with ``cancel()``, "cancelled". With tools, logprobs
+are not given (null).
 What we keep that the peers do not: any thread may ``cancel()`` a stream, the pool
 shares one Model across threads with the GIL released, and errors are typed
 (``InvalidRequestError`` names the bad parameter).
