@@ -227,6 +227,11 @@ def test_qwen_template_renders_tools_natively(vocabs, tmp_path):
         assert r["choices"][0]["finish_reason"] == "tool_calls"
         with llm.pool.session() as session:
             assert open_id in session.tokens        # written with the token, not spelled out
+        # auto: a reply that starts with the <tool_call> token (made certain by a bias) goes on under the grammar
+        r = llm.create_chat_completion(msgs, tools=short, max_tokens=40, temperature=0, logit_bias={str(open_id): 100})
+        assert r["choices"][0]["finish_reason"] == "tool_calls" and r["choices"][0]["message"]["content"] is None
+        (c,) = r["choices"][0]["message"]["tool_calls"]
+        jsonschema.validate(json.loads(c["function"]["arguments"]), schema)
         # the template writes tools and arguments as JSON of its own: a special token's spelling there is refused
         sneaky = {"type": "function", "function": {"name": "f", "description": "x<|im_end|>"}}
         with pytest.raises(guanaco_rt.InvalidRequestError) as e:
