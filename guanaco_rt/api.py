@@ -27,12 +27,16 @@ response_format         json_object: any JSON object; json_schema: its ``schema`
                         ``strict`` (a keyword the engine lacks is then an error, else ignored)
 json_schema, grammar,   llama.cpp's server's constraint parameters (grammar: GBNF or Lark),
 regex, choices          and Session's regex and choices
+tools, tool_choice,     the same (see guanaco_rt.tools for how tools reach the model);
+parallel_tool_calls     a reply with calls has message.tool_calls, finish "tool_calls"
 =====================  ===============================================================
 
 Defaults are llama-cpp-python's (temperature 0.8, top_p 0.95, top_k 40, min_p 0.05,
 no repeat penalty; 16 tokens for a completion, up to the context's end for a chat).
 finish_reason is "stop" (a stop string, EOS or end of turn), "length" (max_tokens or
-a full context) or, for a generation cancelled with ``cancel()``, "cancelled".
+a full context), "tool_calls" (a reply with complete calls; one cut short is left out)
+or, for a generation cancelled with ``cancel()``, "cancelled". With tools, logprobs
+are not given (null).
 What we keep that the peers do not: any thread may ``cancel()`` a stream, the pool
 shares one Model across threads with the GIL released, and errors are typed
 (``InvalidRequestError`` names the bad parameter).
@@ -40,6 +44,7 @@ shares one Model across threads with the GIL released, and errors are typed
 from __future__ import annotations
 
 import collections
+import json
 import os
 import threading
 import time
@@ -47,6 +52,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Iterator
 
+from . import tools as tc
 from .chat import DEFAULT_STOP, guanaco_prompt
 from .constrain import compile_constraint
 from .errors import ChatTemplateError, ConstraintError, ContextFullError, InvalidRequestError
@@ -56,7 +62,7 @@ from .session import Session, common_prefix
 from .tokenizer import unicode_problem
 
 MAX_TOP_LOGPROBS = 20
-ROLES = ("system", "developer", "user", "assistant")
+ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 class SessionPool:
@@ -207,8 +213,10 @@ def _template_kwargs(kw) -> dict | None:
 
 
 def normalize_messages(messages) -> list[dict]:
-    """OpenAI chat messages -> [{"role", "content"}] with text content; anything else is an
-    InvalidRequestError naming the message (tool calls and images are not supported)."""
+    """OpenAI chat messages -> [{"role", "content"}] with text content, plus an assistant's
+    ``tool_calls`` (arguments parsed into objects, as HF gives them to templates; content
+    may then be None) and a tool message's ``tool_call_id``; anything else is an
+    InvalidRequestError naming the message (images are not supported)."""
     if not isinstance(messages, list) or not messages:
         raise InvalidRequestError("messages must be a non-empty list", "messages")
     out = []
@@ -219,8 +227,19 @@ def normalize_messages(messages) -> list[dict]:
         if role not in ROLES:
             raise InvalidRequestError(f"messages[{i}].role {role!r} is not one of {list(ROLES)}",
                                       f"messages[{i}].role")
-        out.append({"role": "system" if role == "developer" else role,
-                    "content": _text_of(m.get("content"), i)})
+        content = m.get("content")
+        msg = {"role": "system" if role == "developer" else role}
+        if role == "assistant" and m.get("tool_calls"):
+            msg["content"] = None if content is None else _text_of(content, i)
+            msg["tool_calls"] = tc.check_tool_calls(m["tool_calls"], i)
+        else:
+            msg["content"] = _text_of(content, i)
+        if role == "tool":
+            cid = m.get("tool_call_id")
+            if cid is not None and not isinstance(cid, str):
+                raise InvalidRequestError(f"messages[{i}].tool_call_id must be a string", f"messages[{i}].tool_call_id")
+            msg["tool_call_id"] = cid
+        out.append(msg)
     return out
 
 
@@ -250,11 +269,24 @@ class _Request:
     """One request's checked parameters."""
 
     def __init__(self, llm, ids, max_tokens, stops, params, seed, n, top_n, echo_text=None, chat=False,
-                 constraint=None):
+                 constraint=None, tools=None):
         self.llm, self.ids, self.max_tokens, self.stops, self.params = llm, ids, max_tokens, stops, params
         self.seed, self.n, self.echo_text, self.chat = seed, n, echo_text, chat
         self.top_n = top_n              # log-probabilities: None (not asked for) or how many alternatives
         self.constraint = constraint    # compile_constraint's (Constraint, type), or None
+        self.tools = tools              # a _ToolPlan when the model may call tools, else None
+
+
+class _ToolPlan:
+    """How a request's reply may call tools: ``mode`` 'auto' (text, or calls once the
+    syntax's trigger is written) or 'required' (calls only; ``name``: that function's);
+    ``constraint``: the call grammar from the reply's start."""
+
+    def __init__(self, llm, tools, mode, name, parallel):
+        self.tools, self.mode, self.name, self.parallel = tools, mode, name, parallel
+        self.syntax = tc.syntax_for(llm.template)
+        # compiled now: a schema the engine refuses fails the call, not the stream
+        self.constraint = tc.compile_tools(llm.model, tools, self.syntax, parallel, name)
 
 
 class LLM:
@@ -400,7 +432,8 @@ class LLM:
                                cancel: CancelHandle | None = None, chat_template_kwargs: dict | None = None,
                                response_format: dict | None = None, json_schema: dict | None = None,
                                grammar: str | None = None, regex: str | None = None,
-                               choices: list[str] | None = None):
+                               choices: list[str] | None = None, tools: list[dict] | None = None,
+                               tool_choice: str | dict | None = None, parallel_tool_calls: bool = True):
         """OpenAI's /v1/chat/completions: a ``chat.completion`` dict, or with ``stream`` an
         iterator (with ``cancel()``) of ``chat.completion.chunk`` dicts. The prompt is the
         model's chat template (a GGUF file's own; Guanaco's ``### Human:`` turns for ggjt);
@@ -409,9 +442,25 @@ class LLM:
         (``{"enable_thinking": false}`` for Qwen3). A stream gives its session
         back when it ends, is closed (or its ``with`` block left), or is dropped.
         ``response_format`` (OpenAI's json_object or json_schema) or one of ``json_schema``,
-        ``grammar``, ``regex``, ``choices`` constrains the reply (see Session.generate)."""
+        ``grammar``, ``regex``, ``choices`` constrains the reply (see Session.generate).
+        ``tools`` (OpenAI's function tools) may be called as ``tool_choice`` allows: 'auto'
+        (the default with tools: text, or calls written under the call grammar once the
+        model starts one), 'required' (one call or more, or exactly one without
+        ``parallel_tool_calls``), a named function, or 'none'. A reply with calls has
+        ``message.tool_calls`` (``arguments`` a JSON string that fits the function's
+        ``parameters``), ``content`` the text before them or None, and finish_reason
+        "tool_calls"; streamed, ``delta.tool_calls`` as OpenAI sends them."""
         n, seed = self._common(n, seed)
         constraint = self._constraint(response_format, json_schema, grammar, regex, choices)
+        tool_list = tc.check_tools(tools) if tools is not None else None
+        mode, name = tc.check_tool_choice(tool_choice, tool_list)
+        if not isinstance(parallel_tool_calls, bool):
+            raise InvalidRequestError(f"parallel_tool_calls must be a boolean, got {parallel_tool_calls!r}",
+                                      "parallel_tool_calls")
+        if mode != "none" and constraint is not None:
+            raise InvalidRequestError("tools that may be called and a constraint on the reply cannot go together "
+                                      "(pass tool_choice='none', or drop the constraint)", "tool_choice")
+        plan = _ToolPlan(self, tool_list, mode, name, parallel_tool_calls) if mode != "none" else None
         if max_completion_tokens is not None:
             max_tokens = max_completion_tokens
         if not isinstance(logprobs, bool):
@@ -421,21 +470,33 @@ class LLM:
             if not logprobs:
                 raise InvalidRequestError("top_logprobs needs logprobs=true", "top_logprobs")
         msgs = normalize_messages(messages)
-        ids, default_stop = self.chat_prompt(msgs, _template_kwargs(chat_template_kwargs))
+        ids, default_stop = self.chat_prompt(msgs, _template_kwargs(chat_template_kwargs), tool_list,
+                                             offer=mode != "none")
         stops = _stops(stop) if stop is not None else default_stop
         params = self._sampling(temperature, top_p, top_k, min_p, typical_p, frequency_penalty, presence_penalty,
                                 repeat_penalty, logit_bias, max(1, top_logprobs or 0) if logprobs else 0)
         req = _Request(self, ids, self._max_tokens(max_tokens, len(ids), "messages"), stops, params, seed, n,
-                       (top_logprobs or 0) if logprobs else None, chat=True, constraint=constraint)
+                       (top_logprobs or 0) if logprobs else None, chat=True, constraint=constraint, tools=plan)
         if stream:
             return ChunkStream(req, _include_usage(stream_options))
         return _complete(req, cancel)
 
     __call__ = create_completion
 
-    def chat_prompt(self, messages: list[dict], variables: dict | None = None) -> tuple[list[int], list[str]]:
+    def chat_prompt(self, messages: list[dict], variables: dict | None = None, tools: list[dict] | None = None,
+                    offer: bool = True) -> tuple[list[int], list[str]]:
         """Normalized messages -> (prompt ids, default stop strings) in this model's chat format;
-        ``variables``: the chat template's extra variables (Guanaco's turns have none)."""
+        ``variables``: the chat template's extra variables (Guanaco's turns have none).
+        ``tools`` (checked): given to a template that takes them, else described in the
+        system message (guanaco_rt.tools.FALLBACK_INTRO) when ``offer``; past calls and tool
+        results become text for such a template."""
+        if tc.takes_tools(self.template):
+            _no_special_spelling(self.template, messages, tools)
+            messages = tc.native_messages(messages)
+            if tools:
+                variables = {**(variables or {}), "tools": tools}
+        else:
+            messages = tc.fallback_messages(messages, tools if offer else None)
         if self.template is None:           # Guanaco's turns: all of it is text, no special tokens
             return self.model.tokenize(guanaco_prompt(messages)), list(DEFAULT_STOP)
         try:
@@ -462,6 +523,23 @@ class LLM:
         self.close()
 
 
+def _no_special_spelling(template, messages, tools):
+    """The template writes tools and calls' arguments as JSON of its own (message content is
+    guarded by ChatTemplate.prompt_ids, these are not): one that spells a special token
+    (``<|im_end|>``) would become that token, so it is refused, naming where it is."""
+    rx = template.special_rx
+    if rx is None:
+        return
+    spots = [(f"tools[{i}]", t) for i, t in enumerate(tools or [])]
+    spots += [(f"messages[{i}].tool_calls[{j}].function", c["function"])
+              for i, m in enumerate(messages) for j, c in enumerate(m.get("tool_calls") or [])]
+    for where, value in spots:
+        hit = rx.search(json.dumps(value, ensure_ascii=False))
+        if hit:
+            raise InvalidRequestError(f"{where} spells the special token {hit.group()!r}, which this chat template "
+                                      "would write as that token", where)
+
+
 def _include_usage(opts):
     if opts is None:
         return False
@@ -482,6 +560,90 @@ def _run(session, req, callback_stream=True):
         session.sampler.set_state(Sampler(req.seed).state)
     return session._stream(req.ids, req.max_tokens, req.stops, req.params, {}, callback_stream,
                            n_keep=session.n_keep, constraint=req.constraint)
+
+
+def _resume_point(model, ids, gen, text):
+    """Where a free reply that stopped at a call's trigger goes on under the call grammar:
+    (prompt ids + the generated tokens wholly inside ``text``, the rest of ``text`` that the
+    grammar must write first, tokens kept). The session still caches that prefix."""
+    target, acc, k = text.encode("utf-8"), b"", 0
+    for t in gen:
+        b = model.tokenizer.token_bytes(t)
+        if not target.startswith(acc + b):
+            break
+        acc, k = acc + b, k + 1
+    while k:
+        try:
+            acc.decode("utf-8")
+            break
+        except UnicodeDecodeError:      # a character split between tokens: resume before it
+            k -= 1
+            acc = acc[:len(acc) - len(model.tokenizer.token_bytes(gen[k]))]
+    return list(ids) + list(gen[:k]), target[len(acc):].decode("utf-8"), k
+
+
+def _tool_events(s, req, seen_text=None):
+    """One choice of a request that may call tools, on session ``s``: yields ("text", piece)
+    and ("calls", [tool_calls deltas]); returns (content text, calls, finish reason,
+    tokens generated). 'auto' runs free with the syntax's trigger as a stop string; if the
+    reply stopped there, it goes on from its text under the call grammar (llama.cpp's lazy
+    grammar, done as two generations on the same cached prefix)."""
+    plan, m = req.tools, req.llm.model
+    ids, budget, constraint, lead, kept, text = req.ids, req.max_tokens, plan.constraint, "", 0, ""
+    if req.seed is not None:
+        s.sampler.set_state(Sampler(req.seed).state)
+    if plan.mode == "auto":
+        with s._stream(req.ids, req.max_tokens, req.stops + [plan.syntax.trigger], req.params, {}, True,
+                       n_keep=s.n_keep) as stream:
+            for piece in _pieces(stream):
+                yield "text", piece
+        res = stream.result
+        text = res.text
+        written = b"".join(m.tokenizer.token_bytes(t) for t in res.tokens).decode("utf-8", "replace")
+        if res.finish_reason != "stop" or plan.syntax.trigger not in written[len(text):]:
+            return text, [], _finish(res.finish_reason), len(res.tokens)
+        ids, lead, kept = _resume_point(m, req.ids, res.tokens, text)
+        budget = max(0, req.max_tokens - kept)
+        constraint = tc.compile_tools(m, plan.tools, plan.syntax, plan.parallel, plan.name, lead)
+    reader = tc.CallReader(plan.syntax, len(lead))
+    held, ready, repeat = [], [], None         # deltas of a second or later call, sent once it is complete
+    with s._stream(ids, budget, [], req.params, {}, True, n_keep=s.n_keep, constraint=constraint) as stream:
+        for piece in _pieces(stream):
+            for d in reader.feed(piece):
+                (held if d["index"] else ready).append(d)
+            while held and reader.n_done > held[0]["index"]:
+                k = held[0]["index"]
+                if reader.repeats(k):
+                    # a call made again word for word: a small model looping through the
+                    # grammar's "one more call"; the reply ends before it
+                    repeat = k
+                    break
+                ready += [d for d in held if d["index"] == k]
+                held = [d for d in held if d["index"] != k]
+            if ready:
+                yield "calls", ready
+                ready = []
+            if repeat is not None:
+                n_gen = len(stream.tokens_so_far()[0])
+                break
+        else:
+            n_gen = len(stream.result.tokens)
+    calls = [c for k, c in enumerate(reader.calls) if c in reader.complete() and (repeat is None or k < repeat)]
+    # calls cut by max_tokens are left out; a reply with complete ones ends in "tool_calls"
+    reason = "tool_calls" if calls else _finish(stream.result.finish_reason)
+    return text, calls, reason, kept + n_gen
+
+
+def _run_tools(s, req, on_event=None):
+    """_tool_events to its end -> its return value (``on_event`` sees each event)."""
+    events = _tool_events(s, req)
+    try:
+        while True:
+            ev = next(events)
+            if on_event is not None:
+                on_event(ev)
+    except StopIteration as stop:
+        return stop.value
 
 
 def _pieces(stream):
@@ -563,6 +725,17 @@ def _complete(req, handle=None):
     choices, n_completion = [], 0
     with req.llm.pool.session(req.ids) as s, handle.running_on(s):
         for i in range(req.n):
+            if req.tools is not None:
+                handle.check(s)
+                text, calls, reason, n_gen = _run_tools(s, req)
+                n_completion += n_gen
+                msg = {"role": "assistant", "content": text if text.strip() or not calls else None}
+                if calls:
+                    msg["tool_calls"] = calls
+                choices.append({"index": i, "message": msg, "logprobs": None, "finish_reason": reason})
+                if handle.cancelled:
+                    break
+                continue
             with _run(s, req, callback_stream=False) as stream:
                 handle.check(s)
                 for _ in _pieces(stream):
@@ -621,6 +794,24 @@ class _Chunks:
                     yield self._chunk(self._choice(i, "", None, None, role=True))
                 elif req.echo_text:
                     yield self._chunk(self._choice(i, req.echo_text, None, None))
+                if req.tools is not None:
+                    handle.check(s)
+                    events = _tool_events(s, req)
+                    while True:
+                        try:
+                            kind, value = next(events)
+                        except StopIteration as stop:
+                            _, _, reason, n_gen = stop.value
+                            break
+                        if kind == "text":
+                            yield self._chunk(self._choice(i, value, None, None))
+                        else:
+                            yield self._chunk({"index": i, "delta": {"tool_calls": value}, "logprobs": None,
+                                               "finish_reason": None})
+                    n_completion += n_gen
+                    self.finish_reason = reason
+                    yield self._chunk(self._choice(i, "", None, reason))
+                    continue
                 with _run(s, req) as stream:
                     handle.check(s)
                     seen, offset = 0, len(req.echo_text or "")

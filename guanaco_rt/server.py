@@ -42,9 +42,9 @@ COMPLETION_ARGS = {"prompt", "max_tokens", "temperature", "top_p", "top_k", "min
 CHAT_ARGS = {"messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_p",
              "typical_p", "stop", "seed", "frequency_penalty", "presence_penalty", "repeat_penalty", "logit_bias",
              "logprobs", "top_logprobs", "n", "stream", "stream_options", "chat_template_kwargs", "response_format",
-             "json_schema", "grammar", "regex", "choices"}
+             "json_schema", "grammar", "regex", "choices", "tools", "tool_choice", "parallel_tool_calls"}
 # accepted and without effect here
-IGNORED_ARGS = {"model", "user", "store", "metadata", "service_tier", "parallel_tool_calls", "best_of"}
+IGNORED_ARGS = {"model", "user", "store", "metadata", "service_tier", "best_of"}
 MAX_BODY = 8 << 20
 # Arrays and objects nested deeper than this are refused before json.loads sees them (whose
 # own recursion ends at the interpreter's limit); a request needs 4 or 5 levels.
