@@ -77,3 +77,8 @@ def test_structured_output_snippet(smollm2):
     assert re.fullmatch(r"[0-9]{1,2}", lines[2])
     assert re.fullmatch(r"[0-9]{1,3} apples", lines[3])
     assert '"city"' in "".join(lines[4:])
+
+
+def test_tools_snippet(smollm2):
+    out = run(python_block("Tools"))
+    assert "get_weather {'city': 'Paris'}" in out
