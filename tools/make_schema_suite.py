@@ -15,7 +15,8 @@ works as well as a clone. The rule, in order (tests/data/schemas/README.md repea
    49152 tokens) with no error and no warning.
 3. The first PER_SUBSET candidates of each subset are taken.
 4. Then, for each feature of FEATURES in turn, while fewer than MIN_PER_FEATURE suite schemas
-   have it, the next candidate (all subsets merged, in key order) that has it is added.
+   have it, the next candidate (all subsets merged, in key order) that has it is added; then
+   the same for the string formats of FORMATS, MIN_PER_FORMAT each.
 
 Everything dropped is counted by reason and printed, with the make-up by feature.
 """
@@ -31,8 +32,8 @@ from collections import Counter
 SUBSETS = ("Github_easy", "Github_medium", "Kubernetes", "Snowplow", "Glaiveai2K")
 PER_SUBSET = 12
 MIN_PER_FEATURE = 8
+MIN_PER_FORMAT = 2
 MAX_BYTES = 8192
-DEMO = os.path.expanduser("~/.cache/guanaco_rt/SmolLM2-135M-Instruct.Q4_1.gguf")
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data", "schemas", "suite.jsonl")
 
 # keywords whose value is a schema, a list of schemas, or a map of name -> schema
@@ -89,12 +90,15 @@ def features(schema):
                 found.add("nested-object")
         if "minItems" in node or "maxItems" in node:
             found.add("array-bounds")
+        if isinstance(node.get("format"), str):
+            found.add("format:" + node["format"])
         stack.extend(subschemas(node))
     return found
 
 
-# the features the issue names, in the order the quotas are filled
+# the features the issue names, in the order the quotas are filled, and the string formats
 FEATURES = ("required+optional", "enum", "array-bounds", "nested-object", "anyOf", "format", "pattern")
+FORMATS = ("format:date", "format:email", "format:uuid", "format:uri")
 
 
 def has_remote_ref(schema):
@@ -124,12 +128,14 @@ def read_subset(repo, subset):
     return out
 
 
-def demo_lltokenizer(path=DEMO):
+def demo_lltokenizer(path=None):
     """llguidance's tokenizer for the demo model's vocabulary, built from our own tokenizer."""
     import llguidance
 
     from guanaco_rt import gguf_file, gguf_model
+    from guanaco_rt.demo import demo_model_path
     from guanaco_rt.model import _gguf_tokenizer
+    path = path or demo_model_path(fetch=False)
     with open(path, "rb") as f:
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     g = gguf_file.parse(path, mm)
@@ -221,9 +227,9 @@ def main(argv=None):
                 suite.append(entry)
                 taken.add(entry[0])
                 n += 1
-    for feat in FEATURES:
+    for feat, least in [(f, MIN_PER_FEATURE) for f in FEATURES] + [(f, MIN_PER_FORMAT) for f in FORMATS]:
         for entry in pool:
-            if sum(feat in features(e[3]) for e in suite) >= MIN_PER_FEATURE:
+            if sum(feat in features(e[3]) for e in suite) >= least:
                 break
             if entry[0] not in taken and entry[3] is not None and isinstance(entry[3], dict) \
                     and feat in features(entry[3]) and ok(entry):
@@ -244,7 +250,9 @@ def main(argv=None):
     print("by source:", dict(Counter(e[1] for e in suite)))
     counts = Counter(f for e in suite for f in features(e[3]))
     print("by feature:", {f: counts[f] for f in FEATURES})
-    print("other keywords:", dict(sorted((k, v) for k, v in counts.items() if k not in FEATURES)))
+    print("formats:", dict(sorted((k, v) for k, v in counts.items() if k.startswith("format:"))))
+    print("other keywords:", dict(sorted((k, v) for k, v in counts.items()
+                                         if k not in FEATURES and not k.startswith("format:"))))
     return 0
 
 
