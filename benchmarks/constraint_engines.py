@@ -85,20 +85,10 @@ class Vocab:
 
 
 def llg_tokenizer(v):
-    """llguidance.LLTokenizer: special tokens as b"\\xff" + their spelling (llguidance's rule,
-    as its llamacpp.py does), the others as their bytes; every EOG id is an EOS."""
-    import llguidance
-
-    class Wrapper:                # the attributes llguidance.TokenizerWrapper carries
-        eos_token_id, bos_token_id = v.eog[0], v.bos
-        tokens = [b"\xff" + v.spellings[i].encode() if v.special(i) else v.bytes[i] for i in range(v.n_vocab)]
-        special_token_ids = [i for i in range(v.n_vocab) if v.special(i)]
-        is_tokenizer_wrapper = True
-
-        def __call__(self, s):
-            return v.tok_exact.encode(s.decode("utf-8", "replace") if isinstance(s, bytes) else s, bos=False)
-
-    return llguidance.LLTokenizer(Wrapper(), eos_token=v.eog)
+    """llguidance.LLTokenizer (tools/make_schema_suite.lltokenizer: special tokens as b"\\xff" +
+    their spelling, every EOG id an EOS, text encoded without the dummy-prefix space)."""
+    return suite_tool.lltokenizer(v.spellings, v.types, v.bytes, v.eog, v.bos,
+                                  lambda s: v.tok_exact.encode(s, bos=False))
 
 
 def xgr_tokenizer(v):
@@ -472,12 +462,14 @@ def main(argv=None):
         engines = [built["llguidance"], built["xgrammar"]]
         comp = compile_times(engines, cases, args.repeats)
         walk = {e.name: {"fill": [], "take": []} for e in engines}
-        ends, valid_joint = Counter(), Counter()
+        ends, valid_joint, odd = Counter(), Counter(), []
         for k, (name, schema) in enumerate(cases):
             if any(name in comp[e.name]["errors"] for e in engines):
                 continue
             fill, take, text, why = joint_walk(engines, v, schema, seed=k, cap=args.cap)
             ends[why] += 1
+            if why not in ("end", "cap"):
+                odd.append(f"{name}: {why} after {len(take[0])} tokens, {text[-40:]!r}")
             for e, f_, t_ in zip(engines, fill, take):
                 walk[e.name]["fill"] += f_
                 walk[e.name]["take"] += t_
@@ -502,7 +494,7 @@ def main(argv=None):
         results[v.label] = (engines, comp, walk, ends, valid_joint, solo, mem)
 
         print("\n| engine | set-up ms | suite compiled | compile ms median / p95 / max | first mask ms median "
-              "| typical compile ms (person, weather-call, todo-list) | mask µs/token median / p95 "
+              "| typical compile ms (person, weather-call, todo-list) | mask µs/token median / p95 / max "
               "| consume µs/token median |")
         print("|---|---|---|---|---|---|---|---|")
         for e in engines:
@@ -513,9 +505,10 @@ def main(argv=None):
             w = walk[e.name]
             print(f"| {e.name} | {e.setup_s * 1e3:.0f} | {len(suite_ms)}/{len(suite)} | {stats_row(suite_ms)} | "
                   f"{statistics.median(first):.3f} | {typ} | {statistics.median(w['fill']):.1f} / "
-                  f"{pct(w['fill'], 95):.1f} | {statistics.median(w['take']):.1f} |")
+                  f"{pct(w['fill'], 95):.1f} / {max(w['fill']):.0f} | {statistics.median(w['take']):.1f} |")
         n_steps = len(walk["llguidance"]["fill"])
-        print(f"\njoint walks: {dict(ends)}, {n_steps} mask steps; instances that validate: {dict(valid_joint)}")
+        print(f"\njoint walks: {dict(ends)}, {n_steps} mask steps; instances that validate: {dict(valid_joint)}"
+              + (f"; {'; '.join(odd)}" if odd else ""))
         for e in engines:
             c, bad = solo[e.name]
             print(f"{e.name} alone, seeded random walks: {dict(c)}" + (f"; invalid: {bad[:6]}" if bad else ""))

@@ -128,10 +128,32 @@ def read_subset(repo, subset):
     return out
 
 
-def demo_lltokenizer(path=None):
-    """llguidance's tokenizer for the demo model's vocabulary, built from our own tokenizer."""
+def lltokenizer(spellings, types, token_bytes, eog, bos, encode):
+    """llguidance.LLTokenizer over one of our vocabularies: special tokens (CONTROL ones, and
+    USER_DEFINED ones spelled <...>) as b"\\xff" + their spelling, the way llguidance's
+    llamacpp.py gives them, the others as their bytes; every EOG id is an EOS. ``encode`` (str ->
+    ids) must give tokens whose bytes are exactly the text: no SentencePiece dummy-prefix space,
+    or llguidance forces " {" where the grammar says "{"."""
     import llguidance
+    special = [i for i, (t, ty) in enumerate(zip(spellings, types))
+               if ty == 3 or (ty == 4 and t.startswith("<") and t.endswith(">"))]
 
+    class Wrapper:       # the attributes llguidance.TokenizerWrapper carries
+        eos_token_id, bos_token_id = eog[0], bos
+        tokens = list(token_bytes)
+        for i in special:
+            tokens[i] = b"\xff" + spellings[i].encode()
+        special_token_ids = special
+        is_tokenizer_wrapper = True
+
+        def __call__(self, s):
+            return encode(s.decode("utf-8", "replace") if isinstance(s, bytes) else s)
+
+    return llguidance.LLTokenizer(Wrapper(), eos_token=list(eog))
+
+
+def demo_lltokenizer(path=None):
+    """llguidance's tokenizer for the demo model's vocabulary (byte-level BPE: no dummy prefix)."""
     from guanaco_rt import gguf_file, gguf_model
     from guanaco_rt.demo import demo_model_path
     from guanaco_rt.model import _gguf_tokenizer
@@ -141,18 +163,8 @@ def demo_lltokenizer(path=None):
     g = gguf_file.parse(path, mm)
     vocab = gguf_model._vocab(g, len(g.metadata["tokenizer.ggml.tokens"]))
     tok = _gguf_tokenizer(vocab, path)
-
-    class Wrapper:       # what llguidance.TokenizerWrapper reads
-        eos_token_id, bos_token_id = vocab["eog"][0], vocab["bos"]
-        tokens = [b"\xff" + t.encode() if ty in (3, 4) and t.startswith("<") else tok.token_bytes(i)
-                  for i, (t, ty) in enumerate(zip(vocab["tokens"], vocab["types"]))]
-        special_token_ids = [i for i, ty in enumerate(vocab["types"]) if ty in (3, 4)]
-        is_tokenizer_wrapper = True
-
-        def __call__(self, s):
-            return tok.encode(s.decode("utf-8", "replace") if isinstance(s, bytes) else s, bos=False)
-
-    return llguidance.LLTokenizer(Wrapper(), eos_token=list(vocab["eog"]))
+    return lltokenizer(vocab["tokens"], vocab["types"], [tok.token_bytes(i) for i in range(tok.n_vocab)],
+                       vocab["eog"], vocab["bos"], lambda s: tok.encode(s, bos=False))
 
 
 def llguidance_problem(lltok, schema):
