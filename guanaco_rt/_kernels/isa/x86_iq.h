@@ -1,8 +1,8 @@
 /* q8_K dot products of the i-quants but IQ4 and of TQ1_0/TQ2_0 (issue 23), included by x86.c:
  * 256-bit code in all four x86 builds, except the one-token kernels of the five lattice types with
- * signs and IQ1_S's inner step, which the 512-bit build (avx512) takes two groups at a time: there
- * the gain is in AVX-512's masks and VBMI (sign bits worked out in vectors, one masked subtract per
- * 64 weights), not in wider arithmetic, which Zen 4 runs as two 256-bit halves. These types are
+ * signs and IQ1_S's and IQ1_M's inner steps, which the 512-bit build (avx512) takes two groups at a
+ * time: there the gain is in AVX-512's masks and VBMI (sign bits worked out in vectors, one masked
+ * subtract per 64 weights), not in wider arithmetic, which Zen 4 runs as two 256-bit halves. These types are
  * not interleaved 8 rows at a time: one weight row per call, with 1 token (vec_dot) or, for the
  * five lattice types with signs, 4 tokens sharing each gathered group (vec_dot_x4: prompts).
  *
@@ -479,15 +479,9 @@ static void vec_dot_tq1_0_q8_K(int n, float *s, const void *vx, const void *vy) 
     *s = sumf;
 }
 
-/* IQ1_S / IQ1_M: the lattice values are -1, 0, 1 (signed: the product is |q8| x (grid with q8's
- * sign) as above); the +-1/8 offsets go into the same integer as generic_iq.h's, 8 x grid sum +
- * offset sum, IQ1_S's through the activation's block sums, IQ1_M's (one sign per 8 weights) through
- * a +-1 byte vector like the grid's */
-static inline __m256i iq1_dot32(__m256i grid, __m256i y, __m256i scale16) {
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(y), _mm256_sign_epi8(grid, y)), scale16);
-}
-
-#define IQ1_ROW(k) (long long)iq_row8((const uint8_t *)gr_iq1s_grid[k])
+/* IQ1_S / IQ1_M: the lattice values are -1, 0, 1; both multiply a u8 made of grid + 1 (0, 1, 2)
+ * with q8 as it is (-128 included) and take the offsets out through the activation's block sums,
+ * into the same integer as generic_iq.h's, 8 x grid sum + offset sum */
 
 /* the 16 lattice indices qs[k] | (qh[k / 4] >> 3 (k % 4) & 7) << 8 of 4 groups, i16 lane k (qh[k / 4]
  * times 256, 32, 4 or, for k % 4 = 3, shifted right once, masked to bits 8..10) */
@@ -563,32 +557,111 @@ static void vec_dot_iq1_s_q8_K(int n, float *s, const void *vx, const void *vy) 
     *s = IQ1S_DELTA * sumf;
 }
 
+/* IQ1_M without a sign step: per weight 8 grid + delta (delta +-1 per 8 weights), the integer
+ * generic_iq.h sums with the 3-bit scale ls_j of its 16 weights, is u - 16 with
+ * u = 8 (grid + 1) + 8 + delta in 7..25, a u8 that multiplies q8 (-128 included) as it is. So a
+ * block's 8 x grid sum + offset sum is
+ *   sum_j ls_j (sum of u q8 over 16j..16j+15) - 16 sum_j ls_j S_j     (S_j: the block sums),
+ * u from the grid row and its delta bit in one byte lookup: index grid + 1 (0, 1, 2), or 4 more
+ * where the delta is -1 (256 bits: pshufb), or grid xor 0x10 where it is -1 (512 bits: vpermb,
+ * which reads 6 bits of the index: -1 is 63). Pair sums at most 2 x 25 x 128 = 6400 (i16), times
+ * ls <= 15; i32 lanes at most 8 x 192000 + 983040. No branch on a delta sign. */
+
+/* the 16 lattice indices qs[r] | (qh[r / 2] >> 4 (r % 2) & 7) << 8 of rows 16k..16k+15 (qs, qh at
+ * the rows' bytes): i16 lane r holds qh[r / 2], times 256 (r even) or 16 (odd), masked to bits 8..10 */
+static inline __m256i iq1m_indices16(const uint8_t *qs, const uint8_t *qh) {
+    __m256i q = _mm256_broadcastsi128_si256(_mm_loadl_epi64((const __m128i *)qh));
+    q = _mm256_shuffle_epi8(q, _mm256_setr_epi8(0, -1, 0, -1, 1, -1, 1, -1, 2, -1, 2, -1, 3, -1, 3, -1,
+                                                4, -1, 4, -1, 5, -1, 5, -1, 6, -1, 6, -1, 7, -1, 7, -1));
+    __m256i top = _mm256_mullo_epi16(q, _mm256_set1_epi32(0x00100100));
+    return _mm256_or_si256(_mm256_and_si256(top, _mm256_set1_epi16(0x700)),
+                           _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)qs)));
+}
+
+/* a block's 16 scales 2 ls_j + 1 (weights 16j..16j+15), i16 lane j: ls_j is bits 3 (j % 4)..+2 of
+ * word j / 4 (gr_iq1m_words' words; their top nibbles are d), brought to bits 9..11 by one mullo */
+static inline __m256i iq1m_scales16(const uint8_t *scales) {
+    __m256i w = _mm256_broadcastsi128_si256(_mm_loadl_epi64((const __m128i *)scales));
+    w = _mm256_shuffle_epi8(w, _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3,
+                                                4, 5, 4, 5, 4, 5, 4, 5, 6, 7, 6, 7, 6, 7, 6, 7));
+    w = _mm256_mullo_epi16(w, _mm256_set1_epi64x(0x0001000800400200LL));
+    return _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(w, 8), _mm256_set1_epi16(14)), _mm256_set1_epi16(1));
+}
+
 static void vec_dot_iq1_m_q8_K(int n, float *s, const void *vx, const void *vy) {
     const block_iq1_m *x = vx;
     const block_q8_K *y = vy;
     float sumf = 0.0f;
+    uint16_t idx[IQ_CHUNK][32];
+#if GR_WIDTH == 512
+    /* u by (grid ^ 0x10 where the delta is -1) & 63: 63, 0, 1 -> 9, 17, 25; 47, 16, 17 -> 7, 15, 23 */
+    static const uint8_t u_of[64] = {[63] = 9, [0] = 17, [1] = 25, [47] = 7, [16] = 15, [17] = 23};
+    const __m512i u_tab = _mm512_loadu_si512((const void *)u_of), flip = _mm512_set1_epi8(0x10);
+    /* vpermw indices of pair p: i16 lanes 8q..8q+7 (weights 64p + 16q..) take scale 4p + q */
+    const __m512i at0 = _mm512_set_epi64(3 * 0x0001000100010001LL, 3 * 0x0001000100010001LL,
+                                         2 * 0x0001000100010001LL, 2 * 0x0001000100010001LL,
+                                         0x0001000100010001LL, 0x0001000100010001LL, 0, 0);
+    const __m512i four = _mm512_set1_epi16(4);
+#else
+    /* u by grid + 1 (+ 4 where the delta is -1): 0, 1, 2 -> 9, 17, 25; 4, 5, 6 -> 7, 15, 23 */
+    const __m256i u_tab = _mm256_setr_epi8(9, 17, 25, 0, 7, 15, 23, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                           9, 17, 25, 0, 7, 15, 23, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+#endif
     for (int i = 0; i < n / QK_K; i++) {
-        const uint8_t *sc = x[i].scales;
+        const uint16_t *k = idx[i % IQ_CHUNK];
+        if (i % IQ_CHUNK == 0)
+            for (int c = i; c < n / QK_K && c < i + IQ_CHUNK; c++) {
+                _mm256_storeu_si256((__m256i *)idx[c - i], iq1m_indices16(x[c].qs, x[c].qh));
+                _mm256_storeu_si256((__m256i *)(idx[c - i] + 16), iq1m_indices16(x[c].qs + 16, x[c].qh + 8));
+            }
         uint16_t w[4];
-        ggml_fp16_t d = gr_iq1m_words(sc, w);
-        __m256i acc = _mm256_setzero_si256(), accd = _mm256_setzero_si256();
-        for (int g = 0; g < 8; g++) {
-            const uint8_t *qs = x[i].qs + 4 * g;
-            int qh0 = x[i].qh[2 * g], qh1 = x[i].qh[2 * g + 1];
-            __m256i grid = _mm256_set_epi64x(IQ1_ROW(qs[3] | (qh1 >> 4 & 7) << 8), IQ1_ROW(qs[2] | (qh1 & 7) << 8),
-                                             IQ1_ROW(qs[1] | (qh0 >> 4 & 7) << 8), IQ1_ROW(qs[0] | (qh0 & 7) << 8));
-#define IQ1M_DELTA8(b) ((b) ? -1LL : 0x0101010101010101LL)      /* 8 bytes of -1 or of +1 */
-            __m256i delta = _mm256_set_epi64x(IQ1M_DELTA8(qh1 & 0x80), IQ1M_DELTA8(qh1 & 0x08),
-                                              IQ1M_DELTA8(qh0 & 0x80), IQ1M_DELTA8(qh0 & 0x08));
-#undef IQ1M_DELTA8
-            int sh = 6 * (g % 2);
-            __m256i sc16 = iq_scales16(2 * ((w[g / 2] >> sh) & 7) + 1, 2 * ((w[g / 2] >> (sh + 3)) & 7) + 1);
-            __m256i yv = _mm256_loadu_si256((const __m256i *)(y[i].qs + 32 * g));
-            acc = _mm256_add_epi32(acc, iq1_dot32(grid, yv, sc16));
-            accd = _mm256_add_epi32(accd, iq1_dot32(delta, yv, sc16));
+        ggml_fp16_t d = gr_iq1m_words(x[i].scales, w);
+        const __m256i sc = iq1m_scales16(x[i].scales);
+        /* less 16 ls_j S_j */
+        __m256i acc = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y[i].bsums),
+                                        _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc, 4)));
+        /* the delta bits: bit 3 of qh[m] (row 2m), bit 7 (row 2m + 1) */
+        const __m128i qh = _mm_loadu_si128((const __m128i *)x[i].qh);
+#if GR_WIDTH == 512
+        /* as bit r of dm (row r) */
+        const __m128i qh4 = _mm_slli_epi16(qh, 4);
+        uint32_t dm = (uint32_t)_mm_movemask_epi8(_mm_unpacklo_epi8(qh4, qh)) |
+                      (uint32_t)_mm_movemask_epi8(_mm_unpackhi_epi8(qh4, qh)) << 16;
+        const __m512i sc512 = _mm512_zextsi256_si512(sc);
+        __m512i acc2 = _mm512_zextsi256_si512(acc), at = at0;
+        for (int p = 0; p < 4; p++, at = _mm512_add_epi16(at, four)) {
+            __m512i grid = _mm512_inserti64x4(_mm512_castsi256_si512(iq_rows4((const uint8_t (*)[8])gr_iq1s_grid, k + 8 * p)),
+                                              iq_rows4((const uint8_t (*)[8])gr_iq1s_grid, k + 8 * p + 4), 1);
+            __m512i u = _mm512_permutexvar_epi8(_mm512_mask_xor_epi64(grid, _cvtu32_mask8(dm >> 8 * p), grid, flip), u_tab);
+            __m512i pr = _mm512_maddubs_epi16(u, _mm512_loadu_si512((const void *)(y[i].qs + 64 * p)));
+            acc2 = _mm512_dpwssd_epi32(acc2, pr, _mm512_permutexvar_epi16(at, sc512));
         }
-        sumf += _cvtsh_ss(d) * y[i].d * (8 * iq_hsum_i32(acc) + iq_hsum_i32(accd));
+        acc = _mm256_add_epi32(_mm512_castsi512_si256(acc2), _mm512_extracti64x4_epi64(acc2, 1));
+#else
+        /* as byte r of the rows' index offsets: 1, or 5 where the delta is -1 */
+        const __m128i a = _mm_and_si128(_mm_srli_epi16(qh, 1), _mm_set1_epi8(4));
+        const __m128i b = _mm_and_si128(_mm_srli_epi16(qh, 5), _mm_set1_epi8(4));
+        const __m256i one8 = _mm256_set1_epi8(1);
+        const __m256i off_lo = _mm256_or_si256(_mm256_broadcastsi128_si256(_mm_unpacklo_epi8(a, b)), one8);
+        const __m256i off_hi = _mm256_or_si256(_mm256_broadcastsi128_si256(_mm_unpackhi_epi8(a, b)), one8);
+        /* group g's scales: i32 lanes of sc pairs ls_j ls_j; lo: j = 0..3 | 8..11, hi: 4..7 | 12..15 */
+        const __m256i sc_lo = _mm256_unpacklo_epi16(sc, sc), sc_hi = _mm256_unpackhi_epi16(sc, sc);
+#pragma GCC unroll 8   /* the shuffle indices below are constants once unrolled */
+        for (int g = 0; g < 8; g++) {
+            /* rows 4g..4g+3: bytes 4 (g % 4).. of off_lo (g < 4) or off_hi, one a qword */
+            const int r = 4 * (g % 4);
+            __m256i off = _mm256_shuffle_epi8(g < 4 ? off_lo : off_hi,
+                                              _mm256_set_epi64x(0x0101010101010101LL * (r + 3), 0x0101010101010101LL * (r + 2),
+                                                                0x0101010101010101LL * (r + 1), 0x0101010101010101LL * r));
+            __m256i u = _mm256_shuffle_epi8(u_tab, _mm256_add_epi8(iq_rows4((const uint8_t (*)[8])gr_iq1s_grid, k + 4 * g), off));
+            /* scales 2g (i32 lanes 0..3) and 2g + 1 (4..7): lanes 2 (g % 2) + 4 (g / 4) and one more */
+            const int e = 2 * (g % 2) + 4 * (g / 4);
+            __m256i scg = _mm256_permutevar8x32_epi32((g / 2) % 2 ? sc_hi : sc_lo, _mm256_setr_epi32(e, e, e, e, e + 1, e + 1, e + 1, e + 1));
+            __m256i pr = _mm256_maddubs_epi16(u, _mm256_loadu_si256((const __m256i *)(y[i].qs + 32 * g)));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pr, scg));
+        }
+#endif
+        sumf += _cvtsh_ss(d) * y[i].d * iq_hsum_i32(acc);
     }
     *s = IQ1M_DELTA * sumf;
 }
-#undef IQ1_ROW
