@@ -588,20 +588,27 @@ static inline __m256i iq1m_scales16(const uint8_t *scales) {
     return _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(w, 8), _mm256_set1_epi16(14)), _mm256_set1_epi16(1));
 }
 
+/* 4 lattice rows of 8 bytes, their indices read as one 64-bit word (fewer loads than iq_rows4:
+ * here the loads, not the shuffles, run out first) */
+static inline __m256i iq_rows4w(const uint8_t (*grid)[8], const uint16_t *k) {
+    uint64_t w;
+    memcpy(&w, k, 8);
+    return _mm256_set_epi64x((long long)iq_row8(grid[w >> 48]), (long long)iq_row8(grid[(w >> 32) & 0xFFFF]),
+                             (long long)iq_row8(grid[(w >> 16) & 0xFFFF]), (long long)iq_row8(grid[w & 0xFFFF]));
+}
+
+/* One group (4 rows, 32 weights) a step at 256 bits in every unit: at 512 bits the two halves' insert
+ * costs a shuffle, and the shuffle unit is what the lattice rows' assembly keeps busy */
 static void vec_dot_iq1_m_q8_K(int n, float *s, const void *vx, const void *vy) {
     const block_iq1_m *x = vx;
     const block_q8_K *y = vy;
     float sumf = 0.0f;
     uint16_t idx[IQ_CHUNK][32];
-#if GR_WIDTH == 512
-    /* u by (grid ^ 0x10 where the delta is -1) & 63: 63, 0, 1 -> 9, 17, 25; 47, 16, 17 -> 7, 15, 23 */
-    static const uint8_t u_of[64] = {[63] = 9, [0] = 17, [1] = 25, [47] = 7, [16] = 15, [17] = 23};
-    const __m512i u_tab = _mm512_loadu_si512((const void *)u_of), flip = _mm512_set1_epi8(0x10);
-    /* vpermw indices of pair p: i16 lanes 8q..8q+7 (weights 64p + 16q..) take scale 4p + q */
-    const __m512i at0 = _mm512_set_epi64(3 * 0x0001000100010001LL, 3 * 0x0001000100010001LL,
-                                         2 * 0x0001000100010001LL, 2 * 0x0001000100010001LL,
-                                         0x0001000100010001LL, 0x0001000100010001LL, 0, 0);
-    const __m512i four = _mm512_set1_epi16(4);
+#if defined(__AVX512VBMI__) && defined(__AVX512VL__)
+    /* u by (grid ^ 0x10 where the delta is -1) & 31 (vpermb's index bits): 31, 0, 1 -> 9, 17, 25;
+     * 15, 16, 17 -> 7, 15, 23 */
+    static const uint8_t u_of[32] = {[31] = 9, [0] = 17, [1] = 25, [15] = 7, [16] = 15, [17] = 23};
+    const __m256i u_tab = _mm256_loadu_si256((const __m256i *)u_of), flip = _mm256_set1_epi8(0x10);
 #else
     /* u by grid + 1 (+ 4 where the delta is -1): 0, 1, 2 -> 9, 17, 25; 4, 5, 6 -> 7, 15, 23 */
     const __m256i u_tab = _mm256_setr_epi8(9, 17, 25, 0, 7, 15, 23, 0, 0, 0, 0, 0, 0, 0, 0, 0,
@@ -622,45 +629,44 @@ static void vec_dot_iq1_m_q8_K(int n, float *s, const void *vx, const void *vy) 
                                         _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc, 4)));
         /* the delta bits: bit 3 of qh[m] (row 2m), bit 7 (row 2m + 1) */
         const __m128i qh = _mm_loadu_si128((const __m128i *)x[i].qh);
-#if GR_WIDTH == 512
+#if defined(__AVX512VBMI__) && defined(__AVX512VL__)
         /* as bit r of dm (row r) */
         const __m128i qh4 = _mm_slli_epi16(qh, 4);
-        uint32_t dm = (uint32_t)_mm_movemask_epi8(_mm_unpacklo_epi8(qh4, qh)) |
-                      (uint32_t)_mm_movemask_epi8(_mm_unpackhi_epi8(qh4, qh)) << 16;
-        const __m512i sc512 = _mm512_zextsi256_si512(sc);
-        __m512i acc2 = _mm512_zextsi256_si512(acc), at = at0;
-        for (int p = 0; p < 4; p++, at = _mm512_add_epi16(at, four)) {
-            __m512i grid = _mm512_inserti64x4(_mm512_castsi256_si512(iq_rows4((const uint8_t (*)[8])gr_iq1s_grid, k + 8 * p)),
-                                              iq_rows4((const uint8_t (*)[8])gr_iq1s_grid, k + 8 * p + 4), 1);
-            __m512i u = _mm512_permutexvar_epi8(_mm512_mask_xor_epi64(grid, _cvtu32_mask8(dm >> 8 * p), grid, flip), u_tab);
-            __m512i pr = _mm512_maddubs_epi16(u, _mm512_loadu_si512((const void *)(y[i].qs + 64 * p)));
-            acc2 = _mm512_dpwssd_epi32(acc2, pr, _mm512_permutexvar_epi16(at, sc512));
-        }
-        acc = _mm256_add_epi32(_mm512_castsi512_si256(acc2), _mm512_extracti64x4_epi64(acc2, 1));
+        const uint32_t dm = (uint32_t)_mm_movemask_epi8(_mm_unpacklo_epi8(qh4, qh)) |
+                            (uint32_t)_mm_movemask_epi8(_mm_unpackhi_epi8(qh4, qh)) << 16;
 #else
         /* as byte r of the rows' index offsets: 1, or 5 where the delta is -1 */
         const __m128i a = _mm_and_si128(_mm_srli_epi16(qh, 1), _mm_set1_epi8(4));
         const __m128i b = _mm_and_si128(_mm_srli_epi16(qh, 5), _mm_set1_epi8(4));
-        const __m256i one8 = _mm256_set1_epi8(1);
-        const __m256i off_lo = _mm256_or_si256(_mm256_broadcastsi128_si256(_mm_unpacklo_epi8(a, b)), one8);
-        const __m256i off_hi = _mm256_or_si256(_mm256_broadcastsi128_si256(_mm_unpackhi_epi8(a, b)), one8);
+        const __m256i off_lo = _mm256_or_si256(_mm256_broadcastsi128_si256(_mm_unpacklo_epi8(a, b)), _mm256_set1_epi8(1));
+        const __m256i off_hi = _mm256_or_si256(_mm256_broadcastsi128_si256(_mm_unpackhi_epi8(a, b)), _mm256_set1_epi8(1));
+#endif
         /* group g's scales: i32 lanes of sc pairs ls_j ls_j; lo: j = 0..3 | 8..11, hi: 4..7 | 12..15 */
         const __m256i sc_lo = _mm256_unpacklo_epi16(sc, sc), sc_hi = _mm256_unpackhi_epi16(sc, sc);
 #pragma GCC unroll 8   /* the shuffle indices below are constants once unrolled */
         for (int g = 0; g < 8; g++) {
+            __m256i grid = iq_rows4w((const uint8_t (*)[8])gr_iq1s_grid, k + 4 * g);
+#if defined(__AVX512VBMI__) && defined(__AVX512VL__)
+            __m256i u = _mm256_permutexvar_epi8(_mm256_mask_xor_epi64(grid, _cvtu32_mask8((dm >> 4 * g) & 15), grid, flip), u_tab);
+#else
             /* rows 4g..4g+3: bytes 4 (g % 4).. of off_lo (g < 4) or off_hi, one a qword */
-            const int r = 4 * (g % 4);
+            const long long r = 4 * (g % 4);
             __m256i off = _mm256_shuffle_epi8(g < 4 ? off_lo : off_hi,
                                               _mm256_set_epi64x(0x0101010101010101LL * (r + 3), 0x0101010101010101LL * (r + 2),
                                                                 0x0101010101010101LL * (r + 1), 0x0101010101010101LL * r));
-            __m256i u = _mm256_shuffle_epi8(u_tab, _mm256_add_epi8(iq_rows4((const uint8_t (*)[8])gr_iq1s_grid, k + 4 * g), off));
+            __m256i u = _mm256_shuffle_epi8(u_tab, _mm256_add_epi8(grid, off));
+#endif
             /* scales 2g (i32 lanes 0..3) and 2g + 1 (4..7): lanes 2 (g % 2) + 4 (g / 4) and one more */
             const int e = 2 * (g % 2) + 4 * (g / 4);
-            __m256i scg = _mm256_permutevar8x32_epi32((g / 2) % 2 ? sc_hi : sc_lo, _mm256_setr_epi32(e, e, e, e, e + 1, e + 1, e + 1, e + 1));
+            __m256i scg = _mm256_permutevar8x32_epi32((g / 2) % 2 ? sc_hi : sc_lo,
+                                                      _mm256_setr_epi32(e, e, e, e, e + 1, e + 1, e + 1, e + 1));
             __m256i pr = _mm256_maddubs_epi16(u, _mm256_loadu_si256((const __m256i *)(y[i].qs + 32 * g)));
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+            acc = _mm256_dpwssd_epi32(acc, pr, scg);
+#else
             acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pr, scg));
-        }
 #endif
+        }
         sumf += _cvtsh_ss(d) * y[i].d * iq_hsum_i32(acc);
     }
     *s = IQ1M_DELTA * sumf;
