@@ -26,6 +26,15 @@ static inline uint32_t iq_row4(const uint8_t *row) {
     return v;
 }
 
+/* the same sum as a float (cvtdq2ps rounds as (float) does), kept in a vector register: no trip
+ * through a general register and back */
+static inline float iq_hsum_i32_f(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_extracti128_si256(v, 1), _mm256_castsi256_si128(v));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtss_f32(_mm_cvtepi32_ps(s));
+}
+
 static inline int iq_hsum_i32(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_extracti128_si256(v, 1), _mm256_castsi256_si128(v));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
@@ -383,27 +392,68 @@ IQ_VEC_DOT512(iq3_s, 1.0f, IQ_SC2(0, 1), IQ_SC2(2, 3), IQ_SC2(4, 5), IQ_SC2(6, 7
 #undef IQ_SC4_Q
 #endif
 
-/* TQ2_0: sum of (t - 1) q8 = sum of t q8 - sum of q8 (the activation's block sums). The 8 steps'
- * pair sums add up in i16 lanes (each at most 8 x 2 x 3 x 128 = 6144), less the 16 block sums (each
- * at most 2048), then one madd */
+/* TQ2_0: sum of (t - 1) q8 = sum of t q8 - sum of q8 (the activation's block sums), one block's
+ * integer sum spread over 8 i32 lanes. The VNNI builds: vpdpbusd straight into i32 lanes, two
+ * chains, the block sums widened by one madd. The avx2 build: the 8 steps' pair sums add up in i16
+ * lanes (each at most 8 x 2 x 3 x 128 = 6144), less the 16 block sums (each at most 2048), then
+ * one madd */
+static inline __m256i tq2_block(const block_tq2_0 *x, const block_q8_K *y) {
+    const __m256i three = _mm256_set1_epi8(3);
+#if GR_VNNI
+#if GR_WIDTH == 512
+#define TQ2_DP(acc, t, q) _mm256_dpbusd_epi32(acc, t, q)
+#else
+#define TQ2_DP(acc, t, q) dpbusd(acc, t, q)
+#endif
+    __m256i a0 = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y->bsums), _mm256_set1_epi16(-1));
+    __m256i a1 = _mm256_setzero_si256();
+    for (int c = 0; c < 2; c++) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * c));
+        const int8_t *q = y->qs + 128 * c;
+        a0 = TQ2_DP(a0, _mm256_and_si256(v, three), _mm256_loadu_si256((const __m256i *)q));
+        a1 = TQ2_DP(a1, _mm256_and_si256(_mm256_srli_epi16(v, 2), three), _mm256_loadu_si256((const __m256i *)(q + 32)));
+        a0 = TQ2_DP(a0, _mm256_and_si256(_mm256_srli_epi16(v, 4), three), _mm256_loadu_si256((const __m256i *)(q + 64)));
+        a1 = TQ2_DP(a1, _mm256_and_si256(_mm256_srli_epi16(v, 6), three), _mm256_loadu_si256((const __m256i *)(q + 96)));
+    }
+#undef TQ2_DP
+    return _mm256_add_epi32(a0, a1);
+#else
+    __m256i s16 = _mm256_setzero_si256();
+    for (int c = 0; c < 2; c++) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * c));
+        for (int p = 0; p < 4; p++) {
+            __m256i t = _mm256_and_si256(_mm256_srli_epi16(v, 2 * p), three);
+            __m256i q = _mm256_loadu_si256((const __m256i *)(y->qs + 128 * c + 32 * p));
+            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(t, q));
+        }
+    }
+    s16 = _mm256_sub_epi16(s16, _mm256_loadu_si256((const __m256i *)y->bsums));
+    return _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+#endif
+}
+
+/* four blocks' sums of 8 i32 lanes, as floats in lanes 0..3 (the horizontal steps shared) */
+static inline __m128 iq_hsum4_f(__m256i a, __m256i b, __m256i c, __m256i d) {
+    __m256i t = _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));   /* a0123 b.. c.. d.. | a4567 .. */
+    return _mm_cvtepi32_ps(_mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1)));
+}
+
+/* four blocks a step (their horizontal sums shared), the float steps the generic unit's, block by
+ * block in order */
 static void vec_dot_tq2_0_q8_K(int n, float *s, const void *vx, const void *vy) {
     const block_tq2_0 *x = vx;
     const block_q8_K *y = vy;
-    const __m256i three = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
-    float sumf = 0.0f;
-    for (int i = 0; i < n / QK_K; i++) {
-        __m256i s16 = _mm256_setzero_si256();
-        for (int c = 0; c < 2; c++) {
-            __m256i v = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * c));
-            for (int p = 0; p < 4; p++) {
-                __m256i t = _mm256_and_si256(_mm256_srli_epi16(v, 2 * p), three);
-                __m256i q = _mm256_loadu_si256((const __m256i *)(y[i].qs + 128 * c + 32 * p));
-                s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(t, q));
-            }
-        }
-        s16 = _mm256_sub_epi16(s16, _mm256_loadu_si256((const __m256i *)y[i].bsums));
-        sumf += _cvtsh_ss(x[i].d) * y[i].d * iq_hsum_i32(_mm256_madd_epi16(s16, ones));
+    const int nb = n / QK_K;
+    float sumf = 0.0f, f[4];
+    int i = 0;
+    for (; i + 3 < nb; i += 4) {
+        _mm_storeu_ps(f, iq_hsum4_f(tq2_block(x + i, y + i), tq2_block(x + i + 1, y + i + 1),
+                                    tq2_block(x + i + 2, y + i + 2), tq2_block(x + i + 3, y + i + 3)));
+        for (int b = 0; b < 4; b++)
+            sumf += _cvtsh_ss(x[i + b].d) * y[i + b].d * f[b];
     }
+    for (; i < nb; i++)                          /* the last nb % 4 blocks */
+        sumf += _cvtsh_ss(x[i].d) * y[i].d * iq_hsum_i32_f(tq2_block(x + i, y + i));
     *s = sumf;
 }
 
@@ -465,7 +515,7 @@ static void vec_dot_tq1_0_q8_K(int n, float *s, const void *vx, const void *vy) 
         a1 = TQ1_DP(a1, w23, q8 + 192);
         a0 = TQ1_DP(a0, w4h, q8 + 224);
 #undef TQ1_DP
-        sumf += _cvtsh_ss(x[i].d) * y[i].d * iq_hsum_i32(_mm256_add_epi32(a0, a1));
+        sumf += _cvtsh_ss(x[i].d) * y[i].d * iq_hsum_i32_f(_mm256_add_epi32(a0, a1));
 #else
         __m256i s0 = _mm256_add_epi16(tq1_dot(v0, q8), tq1_dot(v1, q8 + 32));
         __m256i s1 = _mm256_add_epi16(tq1_dot(v2, q8 + 64), tq1_dot(v3, q8 + 96));
@@ -473,7 +523,7 @@ static void vec_dot_tq1_0_q8_K(int n, float *s, const void *vx, const void *vy) 
         __m256i s3 = _mm256_sub_epi16(_mm256_add_epi16(tq1_dot(w23, q8 + 192), tq1_dot(w4h, q8 + 224)),
                                       _mm256_loadu_si256((const __m256i *)y[i].bsums));
         __m256i s16 = _mm256_add_epi16(_mm256_add_epi16(s0, s1), _mm256_add_epi16(s2, s3));
-        sumf += _cvtsh_ss(x[i].d) * y[i].d * iq_hsum_i32(_mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
+        sumf += _cvtsh_ss(x[i].d) * y[i].d * iq_hsum_i32_f(_mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
 #endif
     }
     *s = sumf;
