@@ -717,7 +717,7 @@ static void vec_dot_iq1_m_q8_K(int n, float *s, const void *vx, const void *vy) 
             acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pr, scg));
 #endif
         }
-        sumf += _cvtsh_ss(d) * y[i].d * iq_hsum_i32(acc);
+        sumf += _cvtsh_ss(d) * y[i].d * iq_hsum_i32_f(acc);
     }
     *s = IQ1M_DELTA * sumf;
 }
