@@ -393,42 +393,44 @@ IQ_VEC_DOT512(iq3_s, 1.0f, IQ_SC2(0, 1), IQ_SC2(2, 3), IQ_SC2(4, 5), IQ_SC2(6, 7
 #endif
 
 /* TQ2_0: sum of (t - 1) q8 = sum of t q8 - sum of q8 (the activation's block sums), one block's
- * integer sum spread over 8 i32 lanes. The VNNI builds: vpdpbusd straight into i32 lanes, two
- * chains, the block sums widened by one madd. The avx2 build: the 8 steps' pair sums add up in i16
- * lanes (each at most 8 x 2 x 3 x 128 = 6144), less the 16 block sums (each at most 2048), then
- * one madd */
+ * integer sum spread over 8 i32 lanes. t of step p is bits 2p, 2p + 1 of a byte, taken by a mask
+ * alone, unshifted: 4^p t, and the sums of 4^p t q8 are multiples of 4^p, shifted back exactly at
+ * the end. The VNNI builds: vpdpbusd straight into i32 lanes, one chain per step p (each 4^p t q8
+ * at most 2 x 4 x 192 x 128), the block sums widened by one madd. The avx2 build: pair sums in i16
+ * lanes, steps 0 and 2 as t (the byte shifted by 4 for step 2), steps 1 and 3 as 4 t (each chain
+ * 4 pair sums of at most 2 x 12 x 128, and the block sums, at most 2048, on the first) */
 static inline __m256i tq2_block(const block_tq2_0 *x, const block_q8_K *y) {
-    const __m256i three = _mm256_set1_epi8(3);
 #if GR_VNNI
 #if GR_WIDTH == 512
 #define TQ2_DP(acc, t, q) _mm256_dpbusd_epi32(acc, t, q)
 #else
 #define TQ2_DP(acc, t, q) dpbusd(acc, t, q)
 #endif
-    __m256i a0 = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y->bsums), _mm256_set1_epi16(-1));
-    __m256i a1 = _mm256_setzero_si256();
+    __m256i a[4];
+    a[0] = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y->bsums), _mm256_set1_epi16(-1));
+    a[1] = a[2] = a[3] = _mm256_setzero_si256();
     for (int c = 0; c < 2; c++) {
         __m256i v = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * c));
-        const int8_t *q = y->qs + 128 * c;
-        a0 = TQ2_DP(a0, _mm256_and_si256(v, three), _mm256_loadu_si256((const __m256i *)q));
-        a1 = TQ2_DP(a1, _mm256_and_si256(_mm256_srli_epi16(v, 2), three), _mm256_loadu_si256((const __m256i *)(q + 32)));
-        a0 = TQ2_DP(a0, _mm256_and_si256(_mm256_srli_epi16(v, 4), three), _mm256_loadu_si256((const __m256i *)(q + 64)));
-        a1 = TQ2_DP(a1, _mm256_and_si256(_mm256_srli_epi16(v, 6), three), _mm256_loadu_si256((const __m256i *)(q + 96)));
+        for (int p = 0; p < 4; p++)
+            a[p] = TQ2_DP(a[p], _mm256_and_si256(v, _mm256_set1_epi8((char)(3 << 2 * p))),
+                          _mm256_loadu_si256((const __m256i *)(y->qs + 128 * c + 32 * p)));
     }
 #undef TQ2_DP
-    return _mm256_add_epi32(a0, a1);
+    return _mm256_add_epi32(_mm256_add_epi32(a[0], _mm256_srai_epi32(a[1], 2)),
+                            _mm256_add_epi32(_mm256_srai_epi32(a[2], 4), _mm256_srai_epi32(a[3], 6)));
 #else
-    __m256i s16 = _mm256_setzero_si256();
+    const __m256i three = _mm256_set1_epi8(3), twelve = _mm256_set1_epi8(12);
+    __m256i s1 = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_loadu_si256((const __m256i *)y->bsums));
+    __m256i s4 = _mm256_setzero_si256();
     for (int c = 0; c < 2; c++) {
-        __m256i v = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * c));
-        for (int p = 0; p < 4; p++) {
-            __m256i t = _mm256_and_si256(_mm256_srli_epi16(v, 2 * p), three);
-            __m256i q = _mm256_loadu_si256((const __m256i *)(y->qs + 128 * c + 32 * p));
-            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(t, q));
-        }
+        __m256i v = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * c)), v4 = _mm256_srli_epi16(v, 4);
+        const int8_t *q = y->qs + 128 * c;
+        s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(_mm256_and_si256(v, three), _mm256_loadu_si256((const __m256i *)q)));
+        s4 = _mm256_add_epi16(s4, _mm256_maddubs_epi16(_mm256_and_si256(v, twelve), _mm256_loadu_si256((const __m256i *)(q + 32))));
+        s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(_mm256_and_si256(v4, three), _mm256_loadu_si256((const __m256i *)(q + 64))));
+        s4 = _mm256_add_epi16(s4, _mm256_maddubs_epi16(_mm256_and_si256(v4, twelve), _mm256_loadu_si256((const __m256i *)(q + 96))));
     }
-    s16 = _mm256_sub_epi16(s16, _mm256_loadu_si256((const __m256i *)y->bsums));
-    return _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+    return _mm256_madd_epi16(_mm256_add_epi16(s1, _mm256_srai_epi16(s4, 2)), _mm256_set1_epi16(1));
 #endif
 }
 
