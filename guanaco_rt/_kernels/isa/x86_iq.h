@@ -425,10 +425,12 @@ static inline __m256i tq2_block(const block_tq2_0 *x, const block_q8_K *y) {
     for (int c = 0; c < 2; c++) {
         __m256i v = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * c)), v4 = _mm256_srli_epi16(v, 4);
         const int8_t *q = y->qs + 128 * c;
-        s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(_mm256_and_si256(v, three), _mm256_loadu_si256((const __m256i *)q)));
-        s4 = _mm256_add_epi16(s4, _mm256_maddubs_epi16(_mm256_and_si256(v, twelve), _mm256_loadu_si256((const __m256i *)(q + 32))));
-        s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(_mm256_and_si256(v4, three), _mm256_loadu_si256((const __m256i *)(q + 64))));
-        s4 = _mm256_add_epi16(s4, _mm256_maddubs_epi16(_mm256_and_si256(v4, twelve), _mm256_loadu_si256((const __m256i *)(q + 96))));
+#define TQ2_MUL(t, at) _mm256_maddubs_epi16(t, _mm256_loadu_si256((const __m256i *)(q + (at))))
+        s1 = _mm256_add_epi16(s1, TQ2_MUL(_mm256_and_si256(v, three), 0));
+        s4 = _mm256_add_epi16(s4, TQ2_MUL(_mm256_and_si256(v, twelve), 32));
+        s1 = _mm256_add_epi16(s1, TQ2_MUL(_mm256_and_si256(v4, three), 64));
+        s4 = _mm256_add_epi16(s4, TQ2_MUL(_mm256_and_si256(v4, twelve), 96));
+#undef TQ2_MUL
     }
     return _mm256_madd_epi16(_mm256_add_epi16(s1, _mm256_srai_epi16(s4, 2)), _mm256_set1_epi16(1));
 #endif
@@ -436,7 +438,8 @@ static inline __m256i tq2_block(const block_tq2_0 *x, const block_q8_K *y) {
 
 /* four blocks' sums of 8 i32 lanes, as floats in lanes 0..3 (the horizontal steps shared) */
 static inline __m128 iq_hsum4_f(__m256i a, __m256i b, __m256i c, __m256i d) {
-    __m256i t = _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));   /* a0123 b.. c.. d.. | a4567 .. */
+    /* a0123 b0123 c0123 d0123 | a4567 b4567 c4567 d4567 */
+    __m256i t = _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
     return _mm_cvtepi32_ps(_mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1)));
 }
 
@@ -610,14 +613,15 @@ static void vec_dot_iq1_s_q8_K(int n, float *s, const void *vx, const void *vy) 
 }
 
 /* IQ1_M without a sign step: per weight 8 grid + delta (delta +-1 per 8 weights), the integer
- * generic_iq.h sums with the 3-bit scale ls_j of its 16 weights, is u - 16 with
+ * generic_iq.h sums with the odd scale sc_j = 2 ls_j + 1 of its 16 weights, is u - 16 with
  * u = 8 (grid + 1) + 8 + delta in 7..25, a u8 that multiplies q8 (-128 included) as it is. So a
  * block's 8 x grid sum + offset sum is
- *   sum_j ls_j (sum of u q8 over 16j..16j+15) - 16 sum_j ls_j S_j     (S_j: the block sums),
+ *   sum_j sc_j (sum of u q8 over 16j..16j+15) - 16 sum_j sc_j S_j     (S_j: the block sums),
  * u from the grid row and its delta bit in one byte lookup: index grid + 1 (0, 1, 2), or 4 more
- * where the delta is -1 (256 bits: pshufb), or grid xor 0x10 where it is -1 (512 bits: vpermb,
- * which reads 6 bits of the index: -1 is 63). Pair sums at most 2 x 25 x 128 = 6400 (i16), times
- * ls <= 15; i32 lanes at most 8 x 192000 + 983040. No branch on a delta sign. */
+ * where the delta is -1 (pshufb), or, on the units with AVX-512 VBMI, grid xor 0x10 where the
+ * delta is -1 (a masked xor per 8 bytes, then vpermb, which reads 5 bits of the index: -1 is 31).
+ * Pair sums at most 2 x 25 x 128 = 6400 (i16), times sc_j <= 15; i32 lanes at most 8 x 192000 +
+ * 983040. No branch on a delta sign. */
 
 /* the 16 lattice indices qs[r] | (qh[r / 2] >> 4 (r % 2) & 7) << 8 of rows 16k..16k+15 (qs, qh at
  * the rows' bytes): i16 lane r holds qh[r / 2], times 256 (r even) or 16 (odd), masked to bits 8..10 */
@@ -630,7 +634,7 @@ static inline __m256i iq1m_indices16(const uint8_t *qs, const uint8_t *qh) {
                            _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)qs)));
 }
 
-/* a block's 16 scales 2 ls_j + 1 (weights 16j..16j+15), i16 lane j: ls_j is bits 3 (j % 4)..+2 of
+/* a block's 16 scales sc_j = 2 ls_j + 1 (weights 16j..16j+15), i16 lane j: ls_j is bits 3 (j % 4)..+2 of
  * word j / 4 (gr_iq1m_words' words; their top nibbles are d), brought to bits 9..11 by one mullo */
 static inline __m256i iq1m_scales16(const uint8_t *scales) {
     __m256i w = _mm256_broadcastsi128_si256(_mm_loadl_epi64((const __m128i *)scales));
@@ -640,8 +644,7 @@ static inline __m256i iq1m_scales16(const uint8_t *scales) {
     return _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(w, 8), _mm256_set1_epi16(14)), _mm256_set1_epi16(1));
 }
 
-/* 4 lattice rows of 8 bytes, their indices read as one 64-bit word (fewer loads than iq_rows4:
- * here the loads, not the shuffles, run out first) */
+/* 4 lattice rows of 8 bytes, their indices read as one 64-bit word (3 loads fewer than iq_rows4) */
 static inline __m256i iq_rows4w(const uint8_t (*grid)[8], const uint16_t *k) {
     uint64_t w;
     memcpy(&w, k, 8);
@@ -676,7 +679,7 @@ static void vec_dot_iq1_m_q8_K(int n, float *s, const void *vx, const void *vy) 
         uint16_t w[4];
         ggml_fp16_t d = gr_iq1m_words(x[i].scales, w);
         const __m256i sc = iq1m_scales16(x[i].scales);
-        /* less 16 ls_j S_j */
+        /* less 16 sc_j S_j */
         __m256i acc = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y[i].bsums),
                                         _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc, 4)));
         /* the delta bits: bit 3 of qh[m] (row 2m), bit 7 (row 2m + 1) */
@@ -690,22 +693,23 @@ static void vec_dot_iq1_m_q8_K(int n, float *s, const void *vx, const void *vy) 
         /* as byte r of the rows' index offsets: 1, or 5 where the delta is -1 */
         const __m128i a = _mm_and_si128(_mm_srli_epi16(qh, 1), _mm_set1_epi8(4));
         const __m128i b = _mm_and_si128(_mm_srli_epi16(qh, 5), _mm_set1_epi8(4));
-        const __m256i off_lo = _mm256_or_si256(_mm256_broadcastsi128_si256(_mm_unpacklo_epi8(a, b)), _mm256_set1_epi8(1));
-        const __m256i off_hi = _mm256_or_si256(_mm256_broadcastsi128_si256(_mm_unpackhi_epi8(a, b)), _mm256_set1_epi8(1));
+        const __m256i one8 = _mm256_set1_epi8(1);
+        const __m256i off_lo = _mm256_or_si256(_mm256_broadcastsi128_si256(_mm_unpacklo_epi8(a, b)), one8);
+        const __m256i off_hi = _mm256_or_si256(_mm256_broadcastsi128_si256(_mm_unpackhi_epi8(a, b)), one8);
 #endif
-        /* group g's scales: i32 lanes of sc pairs ls_j ls_j; lo: j = 0..3 | 8..11, hi: 4..7 | 12..15 */
+        /* group g's scales: i32 lanes of pairs sc_j sc_j; lo: j = 0..3 | 8..11, hi: 4..7 | 12..15 */
         const __m256i sc_lo = _mm256_unpacklo_epi16(sc, sc), sc_hi = _mm256_unpackhi_epi16(sc, sc);
 #pragma GCC unroll 8   /* the shuffle indices below are constants once unrolled */
         for (int g = 0; g < 8; g++) {
             __m256i grid = iq_rows4w((const uint8_t (*)[8])gr_iq1s_grid, k + 4 * g);
 #if defined(__AVX512VBMI__) && defined(__AVX512VL__)
-            __m256i u = _mm256_permutexvar_epi8(_mm256_mask_xor_epi64(grid, _cvtu32_mask8((dm >> 4 * g) & 15), grid, flip), u_tab);
+            __m256i ix = _mm256_mask_xor_epi64(grid, _cvtu32_mask8((dm >> 4 * g) & 15), grid, flip);
+            __m256i u = _mm256_permutexvar_epi8(ix, u_tab);
 #else
             /* rows 4g..4g+3: bytes 4 (g % 4).. of off_lo (g < 4) or off_hi, one a qword */
-            const long long r = 4 * (g % 4);
+            const long long r = 4 * (g % 4), b8 = 0x0101010101010101LL;
             __m256i off = _mm256_shuffle_epi8(g < 4 ? off_lo : off_hi,
-                                              _mm256_set_epi64x(0x0101010101010101LL * (r + 3), 0x0101010101010101LL * (r + 2),
-                                                                0x0101010101010101LL * (r + 1), 0x0101010101010101LL * r));
+                                              _mm256_set_epi64x(b8 * (r + 3), b8 * (r + 2), b8 * (r + 1), b8 * r));
             __m256i u = _mm256_shuffle_epi8(u_tab, _mm256_add_epi8(grid, off));
 #endif
             /* scales 2g (i32 lanes 0..3) and 2g + 1 (4..7): lanes 2 (g % 2) + 4 (g / 4) and one more */
