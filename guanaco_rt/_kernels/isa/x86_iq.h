@@ -1,8 +1,8 @@
 /* q8_K dot products of the i-quants but IQ4 and of TQ1_0/TQ2_0 (issue 23), included by x86.c:
  * 256-bit code in all four x86 builds, except the one-token kernels of the five lattice types with
- * signs and IQ1_S's and IQ1_M's inner steps, which the 512-bit build (avx512) takes two groups at a
- * time: there the gain is in AVX-512's masks and VBMI (sign bits worked out in vectors, one masked
- * subtract per 64 weights), not in wider arithmetic, which Zen 4 runs as two 256-bit halves. These types are
+ * signs and IQ1_S's inner step, which the 512-bit build (avx512) takes two groups at a time: there
+ * the gain is in AVX-512's masks and VBMI (sign bits worked out in vectors, one masked subtract per
+ * 64 weights), not in wider arithmetic, which Zen 4 runs as two 256-bit halves. These types are
  * not interleaved 8 rows at a time: one weight row per call, with 1 token (vec_dot) or, for the
  * five lattice types with signs, 4 tokens sharing each gathered group (vec_dot_x4: prompts).
  *
@@ -520,7 +520,7 @@ static void vec_dot_tq1_0_q8_K(int n, float *s, const void *vx, const void *vy) 
         a1 = TQ1_DP(a1, w23, q8 + 192);
         a0 = TQ1_DP(a0, w4h, q8 + 224);
 #undef TQ1_DP
-        sumf += _cvtsh_ss(x[i].d) * y[i].d * iq_hsum_i32_f(_mm256_add_epi32(a0, a1));
+        sumf += _cvtsh_ss(x[i].d) * y[i].d * iq_hsum_i32(_mm256_add_epi32(a0, a1));
 #else
         __m256i s0 = _mm256_add_epi16(tq1_dot(v0, q8), tq1_dot(v1, q8 + 32));
         __m256i s1 = _mm256_add_epi16(tq1_dot(v2, q8 + 64), tq1_dot(v3, q8 + 96));
@@ -528,7 +528,7 @@ static void vec_dot_tq1_0_q8_K(int n, float *s, const void *vx, const void *vy) 
         __m256i s3 = _mm256_sub_epi16(_mm256_add_epi16(tq1_dot(w23, q8 + 192), tq1_dot(w4h, q8 + 224)),
                                       _mm256_loadu_si256((const __m256i *)y[i].bsums));
         __m256i s16 = _mm256_add_epi16(_mm256_add_epi16(s0, s1), _mm256_add_epi16(s2, s3));
-        sumf += _cvtsh_ss(x[i].d) * y[i].d * iq_hsum_i32_f(_mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
+        sumf += _cvtsh_ss(x[i].d) * y[i].d * iq_hsum_i32(_mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
 #endif
     }
     *s = sumf;
