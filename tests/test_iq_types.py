@@ -128,3 +128,23 @@ def test_x86_one_row_kernels_with_minus_128_in_every_block(ttype):
         want = E.vec_dot(kernel_set("generic"), ttype, w, act, n)
         for u in units:
             assert E.vec_dot(kernel_set(u), ttype, w, act, n) == want, u
+
+
+@pytest.mark.parametrize("ttype", X86_IQ_TYPES, ids=lambda t: T.GGML_TYPES[t].name)
+def test_x86_one_row_kernels_over_rows_longer_than_an_index_chunk(ttype):
+    # IQ1_S and IQ1_M work out the lattice indices of 16 blocks ahead of their lookups (x86_iq.h's
+    # IQ_CHUNK): a row of 37 blocks crosses two chunk boundaries and ends in a partial chunk
+    from guanaco_rt._kernels import _quants as Q
+    from guanaco_rt._kernels import _twins as E
+    from guanaco_rt._kernels.dispatch import kernel_set
+    from guanaco_rt.writer import random_tensor_bytes
+    units = own_vec_dot_units(ttype)
+    if not units:
+        pytest.skip("no x86 unit of this CPU has its own kernel for the type")
+    rng = np.random.default_rng(100 + int(ttype))
+    n = 37 * 256
+    w = np.frombuffer(random_tensor_bytes(ttype, (n,), rng), np.uint8)
+    act = Q.quantize(T.Q8_K, rng.standard_normal(n).astype(np.float32))
+    want = E.vec_dot(kernel_set("generic"), ttype, w, act, n)
+    for u in units:
+        assert E.vec_dot(kernel_set(u), ttype, w, act, n) == want, u

@@ -26,6 +26,15 @@ static inline uint32_t iq_row4(const uint8_t *row) {
     return v;
 }
 
+/* the same sum as a float (cvtdq2ps rounds as (float) does), kept in a vector register: no trip
+ * through a general register and back */
+static inline float iq_hsum_i32_f(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_extracti128_si256(v, 1), _mm256_castsi256_si128(v));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtss_f32(_mm_cvtepi32_ps(s));
+}
+
 static inline int iq_hsum_i32(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_extracti128_si256(v, 1), _mm256_castsi256_si128(v));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
@@ -383,27 +392,73 @@ IQ_VEC_DOT512(iq3_s, 1.0f, IQ_SC2(0, 1), IQ_SC2(2, 3), IQ_SC2(4, 5), IQ_SC2(6, 7
 #undef IQ_SC4_Q
 #endif
 
-/* TQ2_0: sum of (t - 1) q8 = sum of t q8 - sum of q8 (the activation's block sums). The 8 steps'
- * pair sums add up in i16 lanes (each at most 8 x 2 x 3 x 128 = 6144), less the 16 block sums (each
- * at most 2048), then one madd */
+/* TQ2_0: sum of (t - 1) q8 = sum of t q8 - sum of q8 (the activation's block sums), one block's
+ * integer sum spread over 8 i32 lanes. t of step p is bits 2p, 2p + 1 of a byte, taken by a mask
+ * alone, unshifted: 4^p t, and the sums of 4^p t q8 are multiples of 4^p, shifted back exactly at
+ * the end. The VNNI builds: vpdpbusd straight into i32 lanes, one chain per step p (each 4^p t q8
+ * at most 2 x 4 x 192 x 128), the block sums widened by one madd. The avx2 build: pair sums in i16
+ * lanes, steps 0 and 2 as t (the byte shifted by 4 for step 2), steps 1 and 3 as 4 t (each chain
+ * 4 pair sums of at most 2 x 12 x 128, and the block sums, at most 2048, on the first) */
+static inline __m256i tq2_block(const block_tq2_0 *x, const block_q8_K *y) {
+#if GR_VNNI
+#if GR_WIDTH == 512
+#define TQ2_DP(acc, t, q) _mm256_dpbusd_epi32(acc, t, q)
+#else
+#define TQ2_DP(acc, t, q) dpbusd(acc, t, q)
+#endif
+    __m256i a[4];
+    a[0] = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y->bsums), _mm256_set1_epi16(-1));
+    a[1] = a[2] = a[3] = _mm256_setzero_si256();
+    for (int c = 0; c < 2; c++) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * c));
+        for (int p = 0; p < 4; p++)
+            a[p] = TQ2_DP(a[p], _mm256_and_si256(v, _mm256_set1_epi8((char)(3 << 2 * p))),
+                          _mm256_loadu_si256((const __m256i *)(y->qs + 128 * c + 32 * p)));
+    }
+#undef TQ2_DP
+    return _mm256_add_epi32(_mm256_add_epi32(a[0], _mm256_srai_epi32(a[1], 2)),
+                            _mm256_add_epi32(_mm256_srai_epi32(a[2], 4), _mm256_srai_epi32(a[3], 6)));
+#else
+    const __m256i three = _mm256_set1_epi8(3), twelve = _mm256_set1_epi8(12);
+    __m256i s1 = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_loadu_si256((const __m256i *)y->bsums));
+    __m256i s4 = _mm256_setzero_si256();
+    for (int c = 0; c < 2; c++) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * c)), v4 = _mm256_srli_epi16(v, 4);
+        const int8_t *q = y->qs + 128 * c;
+#define TQ2_MUL(t, at) _mm256_maddubs_epi16(t, _mm256_loadu_si256((const __m256i *)(q + (at))))
+        s1 = _mm256_add_epi16(s1, TQ2_MUL(_mm256_and_si256(v, three), 0));
+        s4 = _mm256_add_epi16(s4, TQ2_MUL(_mm256_and_si256(v, twelve), 32));
+        s1 = _mm256_add_epi16(s1, TQ2_MUL(_mm256_and_si256(v4, three), 64));
+        s4 = _mm256_add_epi16(s4, TQ2_MUL(_mm256_and_si256(v4, twelve), 96));
+#undef TQ2_MUL
+    }
+    return _mm256_madd_epi16(_mm256_add_epi16(s1, _mm256_srai_epi16(s4, 2)), _mm256_set1_epi16(1));
+#endif
+}
+
+/* four blocks' sums of 8 i32 lanes, as floats in lanes 0..3 (the horizontal steps shared) */
+static inline __m128 iq_hsum4_f(__m256i a, __m256i b, __m256i c, __m256i d) {
+    /* a0123 b0123 c0123 d0123 | a4567 b4567 c4567 d4567 */
+    __m256i t = _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
+    return _mm_cvtepi32_ps(_mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1)));
+}
+
+/* four blocks a step (their horizontal sums shared), the float steps the generic unit's, block by
+ * block in order */
 static void vec_dot_tq2_0_q8_K(int n, float *s, const void *vx, const void *vy) {
     const block_tq2_0 *x = vx;
     const block_q8_K *y = vy;
-    const __m256i three = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
-    float sumf = 0.0f;
-    for (int i = 0; i < n / QK_K; i++) {
-        __m256i s16 = _mm256_setzero_si256();
-        for (int c = 0; c < 2; c++) {
-            __m256i v = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * c));
-            for (int p = 0; p < 4; p++) {
-                __m256i t = _mm256_and_si256(_mm256_srli_epi16(v, 2 * p), three);
-                __m256i q = _mm256_loadu_si256((const __m256i *)(y[i].qs + 128 * c + 32 * p));
-                s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(t, q));
-            }
-        }
-        s16 = _mm256_sub_epi16(s16, _mm256_loadu_si256((const __m256i *)y[i].bsums));
-        sumf += _cvtsh_ss(x[i].d) * y[i].d * iq_hsum_i32(_mm256_madd_epi16(s16, ones));
+    const int nb = n / QK_K;
+    float sumf = 0.0f, f[4];
+    int i = 0;
+    for (; i + 3 < nb; i += 4) {
+        _mm_storeu_ps(f, iq_hsum4_f(tq2_block(x + i, y + i), tq2_block(x + i + 1, y + i + 1),
+                                    tq2_block(x + i + 2, y + i + 2), tq2_block(x + i + 3, y + i + 3)));
+        for (int b = 0; b < 4; b++)
+            sumf += _cvtsh_ss(x[i + b].d) * y[i + b].d * f[b];
     }
+    for (; i < nb; i++)                          /* the last nb % 4 blocks */
+        sumf += _cvtsh_ss(x[i].d) * y[i].d * iq_hsum_i32_f(tq2_block(x + i, y + i));
     *s = sumf;
 }
 
@@ -479,15 +534,9 @@ static void vec_dot_tq1_0_q8_K(int n, float *s, const void *vx, const void *vy) 
     *s = sumf;
 }
 
-/* IQ1_S / IQ1_M: the lattice values are -1, 0, 1 (signed: the product is |q8| x (grid with q8's
- * sign) as above); the +-1/8 offsets go into the same integer as generic_iq.h's, 8 x grid sum +
- * offset sum, IQ1_S's through the activation's block sums, IQ1_M's (one sign per 8 weights) through
- * a +-1 byte vector like the grid's */
-static inline __m256i iq1_dot32(__m256i grid, __m256i y, __m256i scale16) {
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(y), _mm256_sign_epi8(grid, y)), scale16);
-}
-
-#define IQ1_ROW(k) (long long)iq_row8((const uint8_t *)gr_iq1s_grid[k])
+/* IQ1_S / IQ1_M: the lattice values are -1, 0, 1; both multiply a u8 made of grid + 1 (0, 1, 2)
+ * with q8 as it is (-128 included) and take the offsets out through the activation's block sums,
+ * into the same integer as generic_iq.h's, 8 x grid sum + offset sum */
 
 /* the 16 lattice indices qs[k] | (qh[k / 4] >> 3 (k % 4) & 7) << 8 of 4 groups, i16 lane k (qh[k / 4]
  * times 256, 32, 4 or, for k % 4 = 3, shifted right once, masked to bits 8..10) */
@@ -563,32 +612,118 @@ static void vec_dot_iq1_s_q8_K(int n, float *s, const void *vx, const void *vy) 
     *s = IQ1S_DELTA * sumf;
 }
 
+/* IQ1_M without a sign step: per weight 8 grid + delta (delta +-1 per 8 weights), the integer
+ * generic_iq.h sums with the odd scale sc_j = 2 ls_j + 1 of its 16 weights, is u - 16 with
+ * u = 8 (grid + 1) + 8 + delta in 7..25, a u8 that multiplies q8 (-128 included) as it is. So a
+ * block's 8 x grid sum + offset sum is
+ *   sum_j sc_j (sum of u q8 over 16j..16j+15) - 16 sum_j sc_j S_j     (S_j: the block sums),
+ * u from the grid row and its delta bit in one byte lookup: index grid + 1 (0, 1, 2), or 4 more
+ * where the delta is -1 (pshufb), or, on the units with AVX-512 VBMI, grid xor 0x10 where the
+ * delta is -1 (a masked xor per 8 bytes, then vpermb, which reads 5 bits of the index: -1 is 31).
+ * Pair sums at most 2 x 25 x 128 = 6400 (i16), times sc_j <= 15; i32 lanes at most 8 x 192000 +
+ * 983040. No branch on a delta sign. */
+
+/* the 16 lattice indices qs[r] | (qh[r / 2] >> 4 (r % 2) & 7) << 8 of rows 16k..16k+15 (qs, qh at
+ * the rows' bytes): i16 lane r holds qh[r / 2], times 256 (r even) or 16 (odd), masked to bits 8..10 */
+static inline __m256i iq1m_indices16(const uint8_t *qs, const uint8_t *qh) {
+    __m256i q = _mm256_broadcastsi128_si256(_mm_loadl_epi64((const __m128i *)qh));
+    q = _mm256_shuffle_epi8(q, _mm256_setr_epi8(0, -1, 0, -1, 1, -1, 1, -1, 2, -1, 2, -1, 3, -1, 3, -1,
+                                                4, -1, 4, -1, 5, -1, 5, -1, 6, -1, 6, -1, 7, -1, 7, -1));
+    __m256i top = _mm256_mullo_epi16(q, _mm256_set1_epi32(0x00100100));
+    return _mm256_or_si256(_mm256_and_si256(top, _mm256_set1_epi16(0x700)),
+                           _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)qs)));
+}
+
+/* a block's 16 scales sc_j = 2 ls_j + 1 (weights 16j..16j+15), i16 lane j: ls_j is bits 3 (j % 4)..+2 of
+ * word j / 4 (gr_iq1m_words' words; their top nibbles are d), brought to bits 9..11 by one mullo */
+static inline __m256i iq1m_scales16(const uint8_t *scales) {
+    __m256i w = _mm256_broadcastsi128_si256(_mm_loadl_epi64((const __m128i *)scales));
+    w = _mm256_shuffle_epi8(w, _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3,
+                                                4, 5, 4, 5, 4, 5, 4, 5, 6, 7, 6, 7, 6, 7, 6, 7));
+    w = _mm256_mullo_epi16(w, _mm256_set1_epi64x(0x0001000800400200LL));
+    return _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(w, 8), _mm256_set1_epi16(14)), _mm256_set1_epi16(1));
+}
+
+/* 4 lattice rows of 8 bytes, their indices read as one 64-bit word (3 loads fewer than iq_rows4) */
+static inline __m256i iq_rows4w(const uint8_t (*grid)[8], const uint16_t *k) {
+    uint64_t w;
+    memcpy(&w, k, 8);
+    return _mm256_set_epi64x((long long)iq_row8(grid[w >> 48]), (long long)iq_row8(grid[(w >> 32) & 0xFFFF]),
+                             (long long)iq_row8(grid[(w >> 16) & 0xFFFF]), (long long)iq_row8(grid[w & 0xFFFF]));
+}
+
+/* One group (4 rows, 32 weights) a step at 256 bits in every unit: at 512 bits the two halves' insert
+ * costs a shuffle, and the shuffle unit is what the lattice rows' assembly keeps busy */
 static void vec_dot_iq1_m_q8_K(int n, float *s, const void *vx, const void *vy) {
     const block_iq1_m *x = vx;
     const block_q8_K *y = vy;
     float sumf = 0.0f;
+    uint16_t idx[IQ_CHUNK][32];
+#if defined(__AVX512VBMI__) && defined(__AVX512VL__)
+    /* u by (grid ^ 0x10 where the delta is -1) & 31 (vpermb's index bits): 31, 0, 1 -> 9, 17, 25;
+     * 15, 16, 17 -> 7, 15, 23 */
+    static const uint8_t u_of[32] = {[31] = 9, [0] = 17, [1] = 25, [15] = 7, [16] = 15, [17] = 23};
+    const __m256i u_tab = _mm256_loadu_si256((const __m256i *)u_of), flip = _mm256_set1_epi8(0x10);
+#else
+    /* u by grid + 1 (+ 4 where the delta is -1): 0, 1, 2 -> 9, 17, 25; 4, 5, 6 -> 7, 15, 23 */
+    const __m256i u_tab = _mm256_setr_epi8(9, 17, 25, 0, 7, 15, 23, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                           9, 17, 25, 0, 7, 15, 23, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+#endif
     for (int i = 0; i < n / QK_K; i++) {
-        const uint8_t *sc = x[i].scales;
+        const uint16_t *k = idx[i % IQ_CHUNK];
+        if (i % IQ_CHUNK == 0)
+            for (int c = i; c < n / QK_K && c < i + IQ_CHUNK; c++) {
+                _mm256_storeu_si256((__m256i *)idx[c - i], iq1m_indices16(x[c].qs, x[c].qh));
+                _mm256_storeu_si256((__m256i *)(idx[c - i] + 16), iq1m_indices16(x[c].qs + 16, x[c].qh + 8));
+            }
         uint16_t w[4];
-        ggml_fp16_t d = gr_iq1m_words(sc, w);
-        __m256i acc = _mm256_setzero_si256(), accd = _mm256_setzero_si256();
+        ggml_fp16_t d = gr_iq1m_words(x[i].scales, w);
+        const __m256i sc = iq1m_scales16(x[i].scales);
+        /* less 16 sc_j S_j */
+        __m256i acc = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y[i].bsums),
+                                        _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc, 4)));
+        /* the delta bits: bit 3 of qh[m] (row 2m), bit 7 (row 2m + 1) */
+        const __m128i qh = _mm_loadu_si128((const __m128i *)x[i].qh);
+#if defined(__AVX512VBMI__) && defined(__AVX512VL__)
+        /* as bit r of dm (row r) */
+        const __m128i qh4 = _mm_slli_epi16(qh, 4);
+        const uint32_t dm = (uint32_t)_mm_movemask_epi8(_mm_unpacklo_epi8(qh4, qh)) |
+                            (uint32_t)_mm_movemask_epi8(_mm_unpackhi_epi8(qh4, qh)) << 16;
+#else
+        /* as byte r of the rows' index offsets: 1, or 5 where the delta is -1 */
+        const __m128i a = _mm_and_si128(_mm_srli_epi16(qh, 1), _mm_set1_epi8(4));
+        const __m128i b = _mm_and_si128(_mm_srli_epi16(qh, 5), _mm_set1_epi8(4));
+        const __m256i one8 = _mm256_set1_epi8(1);
+        const __m256i off_lo = _mm256_or_si256(_mm256_broadcastsi128_si256(_mm_unpacklo_epi8(a, b)), one8);
+        const __m256i off_hi = _mm256_or_si256(_mm256_broadcastsi128_si256(_mm_unpackhi_epi8(a, b)), one8);
+#endif
+        /* group g's scales: i32 lanes of pairs sc_j sc_j; lo: j = 0..3 | 8..11, hi: 4..7 | 12..15 */
+        const __m256i sc_lo = _mm256_unpacklo_epi16(sc, sc), sc_hi = _mm256_unpackhi_epi16(sc, sc);
+#pragma GCC unroll 8   /* the shuffle indices below are constants once unrolled */
         for (int g = 0; g < 8; g++) {
-            const uint8_t *qs = x[i].qs + 4 * g;
-            int qh0 = x[i].qh[2 * g], qh1 = x[i].qh[2 * g + 1];
-            __m256i grid = _mm256_set_epi64x(IQ1_ROW(qs[3] | (qh1 >> 4 & 7) << 8), IQ1_ROW(qs[2] | (qh1 & 7) << 8),
-                                             IQ1_ROW(qs[1] | (qh0 >> 4 & 7) << 8), IQ1_ROW(qs[0] | (qh0 & 7) << 8));
-#define IQ1M_DELTA8(b) ((b) ? -1LL : 0x0101010101010101LL)      /* 8 bytes of -1 or of +1 */
-            __m256i delta = _mm256_set_epi64x(IQ1M_DELTA8(qh1 & 0x80), IQ1M_DELTA8(qh1 & 0x08),
-                                              IQ1M_DELTA8(qh0 & 0x80), IQ1M_DELTA8(qh0 & 0x08));
-#undef IQ1M_DELTA8
-            int sh = 6 * (g % 2);
-            __m256i sc16 = iq_scales16(2 * ((w[g / 2] >> sh) & 7) + 1, 2 * ((w[g / 2] >> (sh + 3)) & 7) + 1);
-            __m256i yv = _mm256_loadu_si256((const __m256i *)(y[i].qs + 32 * g));
-            acc = _mm256_add_epi32(acc, iq1_dot32(grid, yv, sc16));
-            accd = _mm256_add_epi32(accd, iq1_dot32(delta, yv, sc16));
+            __m256i grid = iq_rows4w((const uint8_t (*)[8])gr_iq1s_grid, k + 4 * g);
+#if defined(__AVX512VBMI__) && defined(__AVX512VL__)
+            __m256i ix = _mm256_mask_xor_epi64(grid, _cvtu32_mask8((dm >> 4 * g) & 15), grid, flip);
+            __m256i u = _mm256_permutexvar_epi8(ix, u_tab);
+#else
+            /* rows 4g..4g+3: bytes 4 (g % 4).. of off_lo (g < 4) or off_hi, one a qword */
+            const long long r = 4 * (g % 4), b8 = 0x0101010101010101LL;
+            __m256i off = _mm256_shuffle_epi8(g < 4 ? off_lo : off_hi,
+                                              _mm256_set_epi64x(b8 * (r + 3), b8 * (r + 2), b8 * (r + 1), b8 * r));
+            __m256i u = _mm256_shuffle_epi8(u_tab, _mm256_add_epi8(grid, off));
+#endif
+            /* scales 2g (i32 lanes 0..3) and 2g + 1 (4..7): lanes 2 (g % 2) + 4 (g / 4) and one more */
+            const int e = 2 * (g % 2) + 4 * (g / 4);
+            __m256i scg = _mm256_permutevar8x32_epi32((g / 2) % 2 ? sc_hi : sc_lo,
+                                                      _mm256_setr_epi32(e, e, e, e, e + 1, e + 1, e + 1, e + 1));
+            __m256i pr = _mm256_maddubs_epi16(u, _mm256_loadu_si256((const __m256i *)(y[i].qs + 32 * g)));
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+            acc = _mm256_dpwssd_epi32(acc, pr, scg);
+#else
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pr, scg));
+#endif
         }
-        sumf += _cvtsh_ss(d) * y[i].d * (8 * iq_hsum_i32(acc) + iq_hsum_i32(accd));
+        sumf += _cvtsh_ss(d) * y[i].d * iq_hsum_i32_f(acc);
     }
     *s = IQ1M_DELTA * sumf;
 }
-#undef IQ1_ROW
