@@ -506,6 +506,17 @@ class LLM:
             raise InvalidRequestError(str(e), "messages") from None
         return ids, []
 
+    def create_embedding(self, input, encoding_format: str = "float", dimensions: int | None = None,
+                         pooling: str | None = None, cancel: CancelHandle | None = None) -> dict:
+        """OpenAI's /v1/embeddings: one vector per input (a string, a list of strings, token
+        ids, or lists of them), pooled (``pooling``; default the file's ``pooling_type``, else
+        mean) and normalized as llama.cpp's server does; ``encoding_format`` "float" or
+        "base64"; ``dimensions`` only as the model's width. Runs beside the chat sessions, on
+        a sequence of its own (the Model is shared). ``cancel`` is accepted for the server's
+        sake and does nothing: an embedding is one forward pass per input."""
+        from .embeddings import openai_embedding
+        return openai_embedding(self.model, self.model_name, input, encoding_format, dimensions, pooling)
+
     def models(self) -> dict:
         """/v1/models"""
         return {"object": "list", "data": [{"id": self.model_name, "object": "model", "created": self.created,

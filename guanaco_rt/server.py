@@ -2,7 +2,7 @@
 ``[server]`` extra): ``guanaco-rt serve MODEL``.
 
 Owns: the routes (/v1/models, /v1/completions, /v1/chat/completions with SSE streaming,
-/health), the API key, admission (``n_sessions`` generations at once on one shared
+/v1/embeddings, /health), the API key, admission (``n_sessions`` generations at once on one shared
 Model, up to ``max_queue`` more waiting in line, 429 beyond), OpenAI-style error JSON
 with the right 4xx status, and cancelling a generation the moment its client goes.
 A request is judged before its body is read (the key, then admission), and the body is
@@ -43,6 +43,7 @@ CHAT_ARGS = {"messages", "max_tokens", "max_completion_tokens", "temperature", "
              "typical_p", "stop", "seed", "frequency_penalty", "presence_penalty", "repeat_penalty", "logit_bias",
              "logprobs", "top_logprobs", "n", "stream", "stream_options", "chat_template_kwargs", "response_format",
              "json_schema", "grammar", "regex", "choices", "tools", "tool_choice", "parallel_tool_calls"}
+EMBEDDING_ARGS = {"input", "encoding_format", "dimensions"}
 # accepted and without effect here
 IGNORED_ARGS = {"model", "user", "store", "metadata", "service_tier", "best_of"}
 MAX_BODY = 8 << 20
@@ -290,7 +291,7 @@ def create_app(llm: LLM, api_key: str | None = None, max_queue: int = 64, server
             return _RelayResponse(_sse(request, result, t0, started), lambda: bool(started), unstarted,
                                   media_type="text/event-stream",
                                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        choices = result["choices"]
+        choices = result.get("choices", [])
         _log_done(request, result.get("usage"), choices[0].get("finish_reason") if choices else None, t0)
         return JSONResponse(result)
 
@@ -335,6 +336,7 @@ def create_app(llm: LLM, api_key: str | None = None, max_queue: int = 64, server
 
     completions = endpoint(llm.create_completion, COMPLETION_ARGS)
     chat = endpoint(llm.create_chat_completion, CHAT_ARGS)
+    embeddings = endpoint(llm.create_embedding, EMBEDDING_ARGS)
 
     async def not_found(request, exc):
         return error(404, f"no route {request.url.path}", code="not_found")
@@ -347,6 +349,7 @@ def create_app(llm: LLM, api_key: str | None = None, max_queue: int = 64, server
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
     ], exception_handlers={404: not_found, 405: bad_method})
     app.state.llm = llm
     return app if server_id is None else _with_header(app, b"x-guanaco-server", server_id.encode())

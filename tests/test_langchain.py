@@ -163,3 +163,16 @@ def test_with_structured_output(chat, method):
     jsonschema.validate(person, schema)
     out = chat.with_structured_output(BookTable, method=method, include_raw=True).invoke(ask)
     assert isinstance(out["raw"], AIMessage) and isinstance(out["parsed"], BookTable) and out["parsing_error"] is None
+
+
+def test_embeddings_adapter(llm):
+    from guanaco_rt.integrations.langchain import GuanacoEmbeddings
+    emb = GuanacoEmbeddings(llm=llm)
+    docs = ["The cat sat on the mat.", "A kitten rested on the rug.", "Quarterly revenue rose."]
+    vecs = emb.embed_documents(docs)
+    assert len(vecs) == 3 and len(vecs[0]) == llm.model.hparams.n_embd
+    assert vecs[0] == llm.model.embed(docs[0])[0].tolist()
+    q = emb.embed_query("a cat on a mat")
+    sims = [sum(a * b for a, b in zip(q, v)) for v in vecs]
+    assert sims.index(max(sims)) in (0, 1)
+    assert emb.embed_documents([]) == []

@@ -82,3 +82,12 @@ def test_structured_output_snippet(smollm2):
 def test_tools_snippet(smollm2):
     out = run(python_block("Tools"))
     assert "get_weather {'city': 'Paris'}" in out
+
+
+def test_embeddings_snippet(smollm2):
+    lines = run(python_block("Embeddings")).splitlines()
+    assert lines[0].startswith("(3, 576) [")
+    sims = [float(x) for x in lines[0].split("[", 1)[1].rstrip("]").split()]
+    assert max(sims[:2]) > sims[2]                 # the cat sentences are nearer the cat query
+    assert int(lines[1]) >= 3
+    assert lines[2].startswith("1 576 {'prompt_tokens'")

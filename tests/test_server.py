@@ -252,3 +252,22 @@ def test_structured_output_with_the_openai_client(server, client):
     r = client.completions.create(model="m", prompt="The capital of France is", max_tokens=5,
                                   extra_body={"choices": [" Paris", " Lyon"]})
     assert r.choices[0].text in (" Paris", " Lyon") and r.choices[0].finish_reason == "stop"
+
+
+def test_embeddings_endpoint(server, client):
+    r = client.embeddings.create(model="m", input=["The cat sat on the mat.", "Paris is in France."])
+    assert [d.index for d in r.data] == [0, 1] and len(r.data[0].embedding) == 576
+    assert abs(sum(x * x for x in r.data[0].embedding) - 1) < 1e-4 and r.usage.prompt_tokens > 4
+    b64 = httpx.post(server.url + "/v1/embeddings", headers={"Authorization": f"Bearer {KEY}"},
+                     json={"input": "The cat sat on the mat.", "encoding_format": "base64"}, timeout=60).json()
+    import base64
+
+    import numpy as np
+    v = np.frombuffer(base64.b64decode(b64["data"][0]["embedding"]), "<f4")
+    np.testing.assert_allclose(v, r.data[0].embedding, rtol=1e-6)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model="m", input="x", dimensions=64)
+    assert e.value.body["param"] == "dimensions"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model="m", input=[""])
+    assert e.value.body["param"] == "input"

@@ -1,9 +1,10 @@
 """LangChain adapters (the ``langchain`` extra; from a checkout of guanaco_rt,
 ``pip install '.[langchain]'``).
 
-``ChatGuanaco`` is a langchain-core chat model and ``GuanacoLLM`` a text-completion LLM,
-both over a ``guanaco_rt.LLM`` (one Model and its session pool, shareable between
-adapters and threads). They support ``invoke``/``batch``/``stream`` (and the async
+``ChatGuanaco`` is a langchain-core chat model, ``GuanacoLLM`` a text-completion LLM and
+``GuanacoEmbeddings`` an Embeddings model (``embed_documents``/``embed_query``), all over a
+``guanaco_rt.LLM`` (one Model and its session pool, shareable between adapters and
+threads). They support ``invoke``/``batch``/``stream`` (and the async
 variants, which LangChain runs on a worker thread), ``stop``, and the sampling settings
 as fields or per call::
 
@@ -29,6 +30,7 @@ from . import missing_extra
 
 try:
     from langchain_core.callbacks import CallbackManagerForLLMRun
+    from langchain_core.embeddings import Embeddings
     from langchain_core.language_models.chat_models import BaseChatModel
     from langchain_core.language_models.llms import LLM as _LangChainLLM
     from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
@@ -235,3 +237,29 @@ class GuanacoLLM(_GuanacoFields, _LangChainLLM):
                     yield chunk
         finally:
             chunks.close()
+
+
+class GuanacoEmbeddings(BaseModel, Embeddings):
+    """LangChain embeddings from a guanaco_rt.LLM's model (Model.embed: the hidden states after
+    the final norm, pooled and L2-normalized). ``pooling`` None: the file's pooling_type,
+    else mean."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    llm: Any = Field(default=None, description="a guanaco_rt.LLM; made from model_path when not given")
+    model_path: Optional[str] = None          # None: the demo model
+    pooling: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _load(self):
+        if self.llm is None:
+            self.llm = LLM(self.model_path, n_ctx=512)
+        return self
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        return self.llm.model.embed(list(texts), pooling=self.pooling).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.embed_documents([text])[0]
