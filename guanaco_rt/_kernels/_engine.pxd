@@ -127,6 +127,7 @@ cdef class State:
     cdef float[:, ::1] x, xb, xb2, q, k, v, att, hb, hb2
     cdef uint8_t[::1] act, emb_row
     cdef _kv_rows(self, uint8_t[::1] cache, int l)
+    cdef int _check_new(self, const int32_t[::1] ids, str what) except -1
 
 cdef void quantize_rows(const isa_kernels_t* K, uint8_t* out, int64_t out_stride, const float* x, int64_t n,
                         int n_tok, int vt, int nth) noexcept nogil

@@ -890,6 +890,19 @@ cdef class State:
         evaluated since the sequence was cut, or the last evaluation was cancelled)."""
         return np.array(self.logits_buf) if self.s.have_logits else None
 
+    cdef int _check_new(self, const int32_t[::1] ids, str what) except -1:
+        # ids to evaluate after the sequence: at least one, room for them, each in the vocab -> n
+        cdef int n = ids.shape[0], i
+        cdef int n_vocab = self.engine.m.n_vocab
+        if n < 1:
+            raise ValueError(f"{what} needs at least one token")
+        if self.s.n_past + n > self.s.n_ctx:
+            raise ValueError(f"{self.s.n_past} tokens + {n} new > n_ctx {self.s.n_ctx}")
+        for i in range(n):
+            if not 0 <= ids[i] < n_vocab:
+                raise ValueError(f"token id {ids[i]} outside [0, {n_vocab})")
+        return n
+
     def prefill(self, const int32_t[::1] ids, float[:, ::1] all_logits=None):
         """Evaluate ``ids`` after the sequence, in batches of n_batch, without the GIL.
 
@@ -897,15 +910,8 @@ cdef class State:
         Returns how many were evaluated: all of them, or fewer when cancelled (every
         complete batch stays in the sequence).
         """
-        cdef int n = ids.shape[0], done, i
+        cdef int n = self._check_new(ids, "prefill"), done
         cdef int n_vocab = self.engine.m.n_vocab
-        if n < 1:
-            raise ValueError("prefill needs at least one token")
-        if self.s.n_past + n > self.s.n_ctx:
-            raise ValueError(f"{self.s.n_past} tokens + {n} new > n_ctx {self.s.n_ctx}")
-        for i in range(n):
-            if not 0 <= ids[i] < n_vocab:
-                raise ValueError(f"token id {ids[i]} outside [0, {n_vocab})")
         if all_logits is not None and (all_logits.shape[0] != n or all_logits.shape[1] != n_vocab):
             raise ValueError(f"all_logits must be ({n}, {n_vocab})")
         with nogil:
@@ -917,17 +923,9 @@ cdef class State:
         token's hidden state after the final norm (what embeddings pool) to ``out``
         (len(ids), n_embd) instead of computing logits (the logits are then invalid).
         Returns how many were evaluated (fewer when cancelled)."""
-        cdef int n = ids.shape[0], done, i
-        cdef int n_vocab = self.engine.m.n_vocab
-        if n < 1:
-            raise ValueError("hidden needs at least one token")
-        if self.s.n_past + n > self.s.n_ctx:
-            raise ValueError(f"{self.s.n_past} tokens + {n} new > n_ctx {self.s.n_ctx}")
+        cdef int n = self._check_new(ids, "hidden"), done
         if out.shape[0] != n or out.shape[1] != self.engine.m.n_embd:
             raise ValueError(f"out must be ({n}, {self.engine.m.n_embd})")
-        for i in range(n):
-            if not 0 <= ids[i] < n_vocab:
-                raise ValueError(f"token id {ids[i]} outside [0, {n_vocab})")
         self.s.hidden, self.s.hidden_pos = &out[0, 0], 0
         self.s.have_logits = 0
         try:
