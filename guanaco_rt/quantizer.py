@@ -368,15 +368,19 @@ def _quantize_gguf(src, dst, ftype_name, allow_requantize, threads, progress):
                 for i, ((t, new, shape), nbytes) in enumerate(zip(plan, sizes)):
                     if progress is not None:
                         progress(i, len(plan), t.name)
-                    data = mm[t.offset:t.offset + t.nbytes]
+                    data = np.frombuffer(mm, np.uint8, t.nbytes, t.offset)    # a view: no copy
+                    n = int(np.prod(shape))
                     if new == t.type:
                         blob = data
+                    elif t.type in (T.F32, T.F16, BF16) and new not in (T.F32, T.F16):
+                        from ._kernels import _quantize
+                        blob = np.empty(nbytes, np.uint8)
+                        _quantize.quantize_raw_into(new, t.type, data, shape[0], blob, threads)
                     else:
-                        n = int(np.prod(shape))
                         x = _to_f32(data, t.type, n, src, t.name, allow_requantize)
                         blob = _from_f32(x, new, n // shape[0], shape[0], threads)
                         del x
-                    out.write(blob)
+                    out.write(memoryview(blob))
                     out.write(b"\0" * (_pad(nbytes) - nbytes))
                     types[t.name] = T.type_name(new)
                     del data, blob
@@ -389,5 +393,7 @@ def _quantize_gguf(src, dst, ftype_name, allow_requantize, threads, progress):
             raise
         return types
     finally:
-        del g
-        mm.close()
+        try:
+            mm.close()
+        except BufferError:     # an exception's traceback still holds a view of it: the GC closes it
+            pass

@@ -422,3 +422,18 @@ def dequantize_gguf_to_f32(src, dst, gguf):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def test_raw_f16_bf16_sources_equal_the_float_path():
+    """quantize_raw_into converts F16/BF16 rows on each thread: the same bytes as converting first"""
+    x = np.random.default_rng(5).standard_normal((9, 512)).astype(np.float32)
+    h = x.astype(np.float16)
+    bf = (x.view(np.uint32) >> 16).astype(np.uint16)
+    for t in ROW_TYPES.values():
+        for src_type, raw, as_f32 in ((0, x, x), (1, h, h.astype(np.float32)),
+                                      (30, bf, (bf.astype(np.uint32) << 16).view(np.float32))):
+            out = np.empty(9 * Q.row_bytes(t, 512), np.uint8)
+            Q.quantize_raw_into(t, src_type, raw.view(np.uint8).ravel(), 512, out, 2)
+            assert np.array_equal(out, Q.quantize_rows(t, as_f32, 1).ravel()), (t, src_type)
+    with pytest.raises(InvalidArgumentError, match="source type 2"):
+        Q.quantize_raw_into(2, 2, np.zeros(64, np.uint8), 32, np.zeros(18, np.uint8))

@@ -6,7 +6,10 @@ turns a (nrows, n_per_row) float32 matrix into bytes, its rows split over OpenMP
 the GIL released.
 """
 from libc.stdint cimport uint8_t, int64_t
-from cython.parallel cimport prange
+from libc.stdlib cimport malloc, free
+from cython.parallel cimport prange, parallel
+
+from guanaco_rt._kernels.ggml_blocks cimport GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_BF16
 
 import numpy as np
 
@@ -17,6 +20,8 @@ cdef extern from "quantize_rows.h" nogil:
     int grq_block_size(int type)
     int grq_block_bytes(int type)
     int grq_quantize_row(int type, const float* x, void* y, int64_t k)
+    void grq_init()
+    void grq_row_to_f32(int src_type, const void* src, float* dst, int64_t k)
 
 
 def block_size(int t):
@@ -49,6 +54,45 @@ def quantize_rows_into(int t, const float[:, ::1] x, uint8_t[:, ::1] out, int n_
     with nogil:
         for r in prange(nrows, schedule='dynamic', chunksize=4, num_threads=n_threads):
             grq_quantize_row(t, &x[r, 0], &out[r, 0], k)
+
+
+cdef void _quantize_raw(int t, int src_type, const uint8_t* src, int64_t nrows, int64_t k, uint8_t* out,
+                        int64_t rb, int n_threads) noexcept nogil:
+    # src (nrows, k) of src_type -> out (nrows, rb); F16/BF16 rows go through a float buffer per thread
+    cdef int64_t r
+    cdef int64_t es = 4 if src_type == GGML_TYPE_F32 else 2
+    cdef float* buf = NULL
+    with parallel(num_threads=n_threads):
+        buf = <float*>malloc(k * sizeof(float))
+        for r in prange(nrows, schedule='dynamic', chunksize=4):
+            if src_type == GGML_TYPE_F32:
+                grq_quantize_row(t, <const float*>(src + r * k * es), out + r * rb, k)
+            elif buf != NULL:
+                grq_row_to_f32(src_type, src + r * k * es, buf, k)
+                grq_quantize_row(t, buf, out + r * rb, k)
+        free(buf)
+
+
+def quantize_raw_into(int t, int src_type, const uint8_t[::1] src, int64_t n_per_row, uint8_t[::1] out,
+                      int n_threads=1):
+    """The bytes of (nrows, n_per_row) weights of type src_type (F32, F16 or BF16) -> out, the bytes of
+    nrows quantized rows of type t; rows spread over n_threads. Converts F16/BF16 a row at a time on
+    each thread (no float copy of the whole matrix)."""
+    if src_type not in (GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_BF16):
+        raise InvalidArgumentError(f"quantize: source type {src_type} is not F32, F16 or BF16")
+    cdef int64_t es = 4 if src_type == GGML_TYPE_F32 else 2
+    cdef int64_t rb = row_bytes(t, n_per_row)
+    if src.shape[0] % (n_per_row * es):
+        raise InvalidArgumentError(f"quantize: {src.shape[0]} source bytes are not whole rows of {n_per_row}")
+    cdef int64_t nrows = src.shape[0] // (n_per_row * es)
+    if out.shape[0] != nrows * rb:
+        raise InvalidArgumentError(f"quantize: output of {out.shape[0]} bytes for {nrows} rows of {rb} bytes")
+    if nrows == 0:
+        return
+    grq_init()
+    n_threads = max(1, min(n_threads, nrows))
+    with nogil:
+        _quantize_raw(t, src_type, &src[0], nrows, n_per_row, &out[0], rb, n_threads)
 
 
 def quantize_rows(int t, x, int n_threads=1):

@@ -558,6 +558,33 @@ static void grq_q6_K(const float* x, block_q6_K* y, int64_t k) {
     }
 }
 
+/* ---- the source rows: F32, F16 or BF16 -> float (exact conversions) ----------------------- */
+
+static float grq_f16_table[65536];   /* half bits -> float, filled once by grq_init (with the GIL) */
+static int grq_table_ready = 0;
+
+static void grq_init(void) {
+    if (grq_table_ready) return;
+    for (uint32_t h = 0; h < 65536; h++) grq_f16_table[h] = grq_f32((ggml_fp16_t)h);
+    grq_table_ready = 1;
+}
+
+/* src (k values of ggml type src_type: F32, F16 or BF16) -> dst (k,) */
+static void grq_row_to_f32(int src_type, const void* src, float* dst, int64_t k) {
+    if (src_type == GGML_TYPE_F16) {
+        const uint16_t* h = (const uint16_t*)src;
+        for (int64_t i = 0; i < k; i++) dst[i] = grq_f16_table[h[i]];
+    } else if (src_type == GGML_TYPE_BF16) {
+        const uint16_t* h = (const uint16_t*)src;
+        for (int64_t i = 0; i < k; i++) {
+            uint32_t b = (uint32_t)h[i] << 16;
+            memcpy(dst + i, &b, 4);
+        }
+    } else {
+        memcpy(dst, src, (size_t)k * 4);
+    }
+}
+
 /* ---- one entry point ---------------------------------------------------------------------- */
 
 /* weights per block and bytes per block of the types grq_quantize_row makes; 0 for the others */
