@@ -582,7 +582,7 @@ def cmd_quantize(a):
         bar(done, total, name)
     try:
         types = quantize(a.input, a.output, a.type, allow_requantize=a.allow_requantize, threads=a.threads,
-                         progress=progress)
+                         progress=progress, rules=a.rules)
     finally:
         bar.close()
     counts = {}
@@ -694,6 +694,9 @@ def build_parser():
     s.add_argument("--allow-requantize", action="store_true",
                    help="also take tensors that are already quantized (they lose precision twice)")
     s.add_argument("-t", "--threads", type=_int(1, 256), default=None, help="threads (default: all cores)")
+    s.add_argument("--rules", choices=["2026", "2025"], default="2026",
+                   help="whose per-tensor rules: llama.cpp's of 2026 (default) or of 2025 (Q2_K/Q3_K rows "
+                        "not a multiple of 256 fall back to IQ4_NL, not Q4_0)")
     s.set_defaults(fn=cmd_quantize)
     return p
 

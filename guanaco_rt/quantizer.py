@@ -36,8 +36,11 @@ ALIGNMENT = 32                    # GGUF_DEFAULT_ALIGNMENT: llama.cpp pads its o
 SPLIT_KEYS = ("split.no", "split.count", "split.tensors.count")
 
 # a tensor whose rows are not a multiple of its type's block gets this type instead (llama.cpp's
-# tensor_type_fallback); one that is not even a multiple of 32 is written F16
+# tensor_type_fallback); one that is not even a multiple of 32 is written F16. The llama.cpp of 2025
+# sent Q2_K and Q3_K to IQ4_NL; today's sends them to Q4_0.
 FALLBACK = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0}
+FALLBACK_2025 = {**FALLBACK, T.Q2_K: IQ4_NL, T.Q3_K: IQ4_NL}
+RULES = ("2026", "2025")
 
 # names llama.cpp never quantizes (tensor_allows_quantization), besides 1-D tensors and norms
 _KEEP = ("ffn_gate_inp.weight", "ffn_gate_tid2eid.weight", "altup", "laurel", "per_layer_model_proj",
@@ -64,11 +67,17 @@ def tensor_order(names):
     return sorted(names, key=lambda n: (_layer_of(n), n.encode()))
 
 
-def _category(name):
+def _category(name, rules="2026"):
     if name == "output.weight":
         return "output"
     if name in ("token_embd.weight", "per_layer_token_embd.weight"):
         return "token_embd"
+    if rules == "2025":
+        # then a fused QKV had rules of its own, MLA's kv_b none, and neither moved attn_v's counter
+        if "attn_qkv.weight" in name:
+            return "attn_qkv"
+        if "attn_kv_b.weight" in name:
+            return "other"
     for key, cat in (("attn_qkv.weight", "attn_v"), ("attn_kv_b.weight", "attn_v"), ("attn_v.weight", "attn_v"),
                      ("attn_k.weight", "attn_k"), ("attn_q.weight", "attn_q"), ("attn_output.weight", "attn_output"),
                      ("ffn_up", "ffn_up"), ("ffn_gate", "ffn_gate"), ("ffn_down", "ffn_down")):
@@ -120,11 +129,12 @@ class _TypeChooser:
     """llama_tensor_get_type for the 14 file types, with its counters (it must see the tensors
     in tensor_order)"""
 
-    def __init__(self, model, ftype_name, names):
+    def __init__(self, model, ftype_name, names, rules="2026"):
         self.m = model
         self.f = ftype_name
+        self.rules = rules
         self.default = FILE_TYPES[ftype_name][1]
-        cats = [_category(n) for n in names]
+        cats = [_category(n) for n in names]          # the count was the same in 2025
         self.n_attention_wv = cats.count("attn_v")
         self.tied = "output" not in cats
         self.n_ffn = model.n_layer
@@ -141,15 +151,19 @@ class _TypeChooser:
 
     def choose(self, name, shape):
         m, f, falcon = self.m, self.f, self.m.arch == "falcon"
-        cat = _category(name)
+        cat = _category(name, self.rules)
+        if cat == "token_embd" and self.rules == "2025" and name != "token_embd.weight":
+            cat = "token_embd_untied"         # 2025 tied only token_embd itself to the output's type
         new = self.default
         if cat == "output" or (self.tied and cat == "token_embd"):
             if falcon or shape[0] % T.GGML_TYPES[new].blck_size:
                 new = T.Q8_0
             elif new != T.Q8_0:
                 new = T.Q6_K
-        elif cat == "token_embd":
+        elif cat in ("token_embd", "token_embd_untied"):
             pass
+        elif cat == "attn_qkv":               # 2025 rules only
+            new = {"Q3_K_M": T.Q4_K, "Q3_K_L": T.Q4_K, "Q4_K_M": T.Q5_K, "Q5_K_M": T.Q6_K}.get(f, new)
         elif cat == "attn_v":
             i, n = self.i_attention_wv, self.n_attention_wv
             if f == "Q2_K":
@@ -206,7 +220,7 @@ class _TypeChooser:
         blck = T.GGML_TYPES[new].blck_size
         if shape[0] % blck:
             self.n_fallback += 1
-            new = FALLBACK[new]
+            new = (FALLBACK_2025 if self.rules == "2025" else FALLBACK)[new]
             if shape[0] % T.GGML_TYPES[new].blck_size:
                 new = T.F16
         return new
@@ -287,15 +301,19 @@ def _from_f32(x, new, nrows, n_per_row, threads):
     return out
 
 
-def quantize(src, dst, ftype, allow_requantize=False, threads=None, progress=None):
+def quantize(src, dst, ftype, allow_requantize=False, threads=None, progress=None, rules="2026"):
     """Quantize the model file ``src`` (GGUF of F32/F16/BF16 weights, or ggjt v3) into the GGUF file
     ``dst`` of file type ``ftype`` (one of FILE_TYPES, case-insensitive: "Q4_K_M", "q8_0", ...),
     byte for byte as llama.cpp's llama-quantize of the same tensor rules writes it without an
     importance matrix. ``allow_requantize``: also take already-quantized tensors (dequantized
     first, as llama.cpp does). ``threads``: rows are quantized on that many threads (default: all
-    cores). ``progress(i, n, name)`` is called before each of the n tensors. Returns a dict:
-    tensor name -> the type name it got.
+    cores). ``progress(i, n, name)`` is called before each of the n tensors. ``rules``: "2026" (the
+    default: llama.cpp since early 2026, the peer we test against) or "2025" (llama.cpp of 2025: rows
+    that are not a multiple of 256 fall back from Q2_K/Q3_K to IQ4_NL rather than Q4_0, and a fused
+    attn_qkv tensor has its own rules). Returns a dict: tensor name -> the type name it got.
     """
+    if rules not in RULES:
+        raise InvalidArgumentError(f"quantize: rules {rules!r} is not one of {', '.join(RULES)}", param="rules")
     key = str(ftype).strip().upper()
     names = {k.upper(): k for k in FILE_TYPES}
     if key not in names:
@@ -309,24 +327,24 @@ def quantize(src, dst, ftype, allow_requantize=False, threads=None, progress=Non
     if magic != b"GGUF":
         from .ggml_file import MAGIC_GGJT
         if len(magic) == 4 and struct.unpack("<I", magic)[0] == MAGIC_GGJT:
-            return _quantize_ggjt(src, dst, ftype_name, allow_requantize, threads, progress)
+            return _quantize_ggjt(src, dst, ftype_name, allow_requantize, threads, progress, rules)
         raise FormatError(src, "magic", f"{magic!r} is neither GGUF nor ggjt: not a model file quantize reads")
-    return _quantize_gguf(src, dst, ftype_name, allow_requantize, threads, progress)
+    return _quantize_gguf(src, dst, ftype_name, allow_requantize, threads, progress, rules)
 
 
-def _quantize_ggjt(src, dst, ftype_name, allow_requantize, threads, progress):
+def _quantize_ggjt(src, dst, ftype_name, allow_requantize, threads, progress, rules):
     """A ggjt v3 file goes through a GGUF copy of itself (writer.ggjt_to_gguf) next to dst"""
     from .writer import ggjt_to_gguf
     tmp = dst + ".from-ggjt.gguf"
     try:
         ggjt_to_gguf(src, tmp)
-        return _quantize_gguf(tmp, dst, ftype_name, allow_requantize, threads, progress)
+        return _quantize_gguf(tmp, dst, ftype_name, allow_requantize, threads, progress, rules)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def _quantize_gguf(src, dst, ftype_name, allow_requantize, threads, progress):
+def _quantize_gguf(src, dst, ftype_name, allow_requantize, threads, progress, rules):
     import mmap
 
     from . import gguf_file
@@ -336,7 +354,7 @@ def _quantize_gguf(src, dst, ftype_name, allow_requantize, threads, progress):
     try:
         g = gguf_file.parse(src, mm)
         order = tensor_order(list(g.tensors))
-        chooser = _TypeChooser(_model_of(g.metadata), ftype_name, order)
+        chooser = _TypeChooser(_model_of(g.metadata), ftype_name, order, rules)
         plan = []                        # (tensor, its new type, its shape without trailing 1s)
         for name in order:
             t = g.tensors[name]

@@ -437,3 +437,22 @@ def test_raw_f16_bf16_sources_equal_the_float_path():
             assert np.array_equal(out, Q.quantize_rows(t, as_f32, 1).ravel()), (t, src_type)
     with pytest.raises(InvalidArgumentError, match="source type 2"):
         Q.quantize_raw_into(2, 2, np.zeros(64, np.uint8), 32, np.zeros(18, np.uint8))
+
+
+def test_rules_2025_fall_back_to_iq4_nl(f32_576, tmp_path, peer):
+    """llama.cpp of 2025 sent 576-wide Q2_K/Q3_K tensors to IQ4_NL: the bytes are ggml's IQ4_NL"""
+    import guanaco_rt
+    from guanaco_rt import gguf_file
+    out = str(tmp_path / "q3ks-2025.gguf")
+    types = guanaco_rt.quantize(f32_576, out, "Q3_K_S", threads=2, rules="2025")
+    assert types["blk.0.attn_q.weight"] == "IQ4_NL" and types["blk.0.ffn_down.weight"] == "Q3_K"
+    now = guanaco_rt.quantize(f32_576, str(tmp_path / "q3ks.gguf"), "Q3_K_S", threads=2)
+    assert now["blk.0.attn_q.weight"] == "Q4_0"
+    gi = gguf_file.parse(f32_576, open(f32_576, "rb").read())
+    raw_in, raw_out = open(f32_576, "rb").read(), open(out, "rb").read()
+    go = gguf_file.parse(out, raw_out)
+    t, u = gi.tensors["blk.1.attn_q.weight"], go.tensors["blk.1.attn_q.weight"]
+    x = np.frombuffer(raw_in, np.float32, t.nbytes // 4, t.offset).reshape(576, 576)
+    assert raw_out[u.offset:u.offset + u.nbytes] == peer(20, x).tobytes()
+    with pytest.raises(InvalidArgumentError, match="2024"):
+        guanaco_rt.quantize(f32_576, out, "Q4_0", rules="2024")
