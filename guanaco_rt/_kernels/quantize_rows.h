@@ -17,6 +17,14 @@
 #include <string.h>
 #include "ggml_blocks.h"
 
+/* the group fitters stay out of line (and uncloned): inlined with their constant n, GCC unrolls
+ * them whole and spills; setup.py builds this module at -O2 for the same reason */
+#if defined(__GNUC__)
+#define GRQ_NOINLINE __attribute__((noinline, noclone))
+#else
+#define GRQ_NOINLINE
+#endif
+
 /* below this a group's largest |x| counts as zero (ggml's GROUP_MAX_EPS) */
 #define GRQ_EPS 1e-15f
 
@@ -224,7 +232,7 @@ static void grq_iq4_nl(const float* x, block_iq4_nl* y, int64_t k) {
 /* Symmetric fit of n weights to the levels -nmax..nmax-1, weighted by x^2 (ggml's make_qx_quants,
  * rmse_type 1, no importance): the scale from the extreme, then 18 nudged scales; the best
  * weighted least-squares one wins. L gets the levels + nmax. Returns the scale. */
-static float grq_fit_sym(int n, int nmax, const float* x, int8_t* L) {
+GRQ_NOINLINE static float grq_fit_sym(int n, int nmax, const float* x, int8_t* L) {
     float amax = 0, mx = 0;
     for (int i = 0; i < n; i++) {
         float ax = fabsf(x[i]);
@@ -264,7 +272,7 @@ static float grq_fit_sym(int n, int nmax, const float* x, int8_t* L) {
 
 /* Symmetric 3-bit fit (ggml's make_q3_quants with rmse): levels from the extreme, then up to 5
  * passes of coordinate descent, one weight at a time, on the x^2-weighted error. L as above. */
-static float grq_fit_q3(int n, int nmax, const float* x, int8_t* L) {
+GRQ_NOINLINE static float grq_fit_q3(int n, int nmax, const float* x, int8_t* L) {
     float amax = 0, mx = 0;
     for (int i = 0; i < n; i++) {
         float ax = fabsf(x[i]);
@@ -307,7 +315,7 @@ static float grq_fit_q3(int n, int nmax, const float* x, int8_t* L) {
 /* Affine fit x ~ scale*l - m, l in 0..nmax, m >= 0 (ggml's make_qkx2_quants): the min-max fit,
  * then nstep+1 trial grids, each refit by weighted least squares for scale and min; the one
  * with the least weighted error (absolute if use_mad, else squared) wins. *the_min gets m. */
-static float grq_fit_affine(int n, int nmax, const float* x, const float* w, uint8_t* L, float* the_min,
+GRQ_NOINLINE static float grq_fit_affine(int n, int nmax, const float* x, const float* w, uint8_t* L, float* the_min,
                             uint8_t* Laux, float rmin, float rdelta, int nstep, int use_mad) {
     float mn = x[0], mx = x[0];
     float sum_w = w[0], sum_x = sum_w * x[0];
