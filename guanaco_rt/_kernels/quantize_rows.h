@@ -270,6 +270,68 @@ GRQ_NOINLINE static float grq_fit_sym(int n, int nmax, const float* x, int8_t* L
     return scale;
 }
 
+/* grq_fit_sym on two groups at once, each with exactly its own sequence of float operations (so
+ * the same bits): the two groups' sums are independent chains the CPU overlaps, where one group's
+ * 16 dependent additions per trial leave it waiting on latency. Groups whose extreme is below the
+ * zero threshold go through grq_fit_sym. */
+GRQ_NOINLINE static void grq_fit_sym2(int n, int nmax, const float* xa, const float* xb, int8_t* La, int8_t* Lb,
+                                      float* sa_out, float* sb_out) {
+    float amax_a = 0, mx_a = 0, amax_b = 0, mx_b = 0;
+    for (int i = 0; i < n; i++) {
+        float a = fabsf(xa[i]), b = fabsf(xb[i]);
+        if (a > amax_a) { amax_a = a; mx_a = xa[i]; }
+        if (b > amax_b) { amax_b = b; mx_b = xb[i]; }
+    }
+    if (amax_a < GRQ_EPS || amax_b < GRQ_EPS) {
+        *sa_out = grq_fit_sym(n, nmax, xa, La);
+        *sb_out = grq_fit_sym(n, nmax, xb, Lb);
+        return;
+    }
+    float wa[32], wb[32], wxa[32], wxb[32];       /* n <= 32: w = x*x and w*x, as ggml forms them */
+    for (int i = 0; i < n; i++) {
+        wa[i] = xa[i] * xa[i]; wxa[i] = wa[i] * xa[i];
+        wb[i] = xb[i] * xb[i]; wxb[i] = wb[i] * xb[i];
+    }
+    float isa = -nmax / mx_a, isb = -nmax / mx_b;
+    float slx_a = 0, sl2_a = 0, slx_b = 0, sl2_b = 0;
+    for (int i = 0; i < n; i++) {
+        int la = grq_clamp(grq_nearest(isa * xa[i]), -nmax, nmax - 1);
+        int lb = grq_clamp(grq_nearest(isb * xb[i]), -nmax, nmax - 1);
+        La[i] = (int8_t)(la + nmax);
+        Lb[i] = (int8_t)(lb + nmax);
+        slx_a += wxa[i] * la; sl2_a += wa[i] * la * la;
+        slx_b += wxb[i] * lb; sl2_b += wb[i] * lb * lb;
+    }
+    float sc_a = sl2_a ? slx_a / sl2_a : 0.0f, sc_b = sl2_b ? slx_b / sl2_b : 0.0f;
+    float best_a = sc_a * slx_a, best_b = sc_b * slx_b;
+    for (int is = -9; is <= 9; is++) {
+        if (!is) continue;
+        isa = -(nmax + 0.1f * is) / mx_a;
+        isb = -(nmax + 0.1f * is) / mx_b;
+        slx_a = sl2_a = slx_b = sl2_b = 0;
+        for (int i = 0; i < n; i++) {
+            int la = grq_clamp(grq_nearest(isa * xa[i]), -nmax, nmax - 1);
+            int lb = grq_clamp(grq_nearest(isb * xb[i]), -nmax, nmax - 1);
+            slx_a += wxa[i] * la; sl2_a += wa[i] * la * la;
+            slx_b += wxb[i] * lb; sl2_b += wb[i] * lb * lb;
+        }
+        if (sl2_a > 0 && slx_a * slx_a > best_a * sl2_a) {
+            for (int i = 0; i < n; i++)
+                La[i] = (int8_t)(nmax + grq_clamp(grq_nearest(isa * xa[i]), -nmax, nmax - 1));
+            sc_a = slx_a / sl2_a;
+            best_a = sc_a * slx_a;
+        }
+        if (sl2_b > 0 && slx_b * slx_b > best_b * sl2_b) {
+            for (int i = 0; i < n; i++)
+                Lb[i] = (int8_t)(nmax + grq_clamp(grq_nearest(isb * xb[i]), -nmax, nmax - 1));
+            sc_b = slx_b / sl2_b;
+            best_b = sc_b * slx_b;
+        }
+    }
+    *sa_out = sc_a;
+    *sb_out = sc_b;
+}
+
 /* Symmetric 3-bit fit (ggml's make_q3_quants with rmse): levels from the extreme, then up to 5
  * passes of coordinate descent, one weight at a time, on the x^2-weighted error. L as above. */
 GRQ_NOINLINE static float grq_fit_q3(int n, int nmax, const float* x, int8_t* L) {
@@ -534,8 +596,9 @@ static void grq_q6_K(const float* x, block_q6_K* y, int64_t k) {
     float scales[QK_K / 16];
     for (int64_t i = 0; i < k / QK_K; i++, x += QK_K) {
         float max_scale = 0, max_abs = 0;
+        for (int j = 0; j < QK_K / 16; j += 2)
+            grq_fit_sym2(16, 32, x + 16 * j, x + 16 * j + 16, L + 16 * j, L + 16 * j + 16, &scales[j], &scales[j + 1]);
         for (int j = 0; j < QK_K / 16; j++) {
-            scales[j] = grq_fit_sym(16, 32, x + 16 * j, L + 16 * j);
             if (fabsf(scales[j]) > max_abs) { max_abs = fabsf(scales[j]); max_scale = scales[j]; }
         }
         if (max_abs < GRQ_EPS) {
