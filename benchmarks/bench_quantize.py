@@ -8,6 +8,10 @@ Prints one table row per type: median seconds of each and the ratio (llama.cpp /
 ours is faster), and whether the two outputs were byte-identical.
 
     python benchmarks/bench_quantize.py [--types Q4_0,Q4_K_M,Q6_K] [--rounds 3] [--threads 2]
+    python benchmarks/bench_quantize.py --rows     # the row quantizers alone, 1 thread, in one process
+
+--rows: our row quantizer and the peer's ggml_quantize_chunk (its libggml-base.so loaded here with
+ctypes) on the same 256 x 4096 rows, alternating, best of 9 each.
 
 The llama.cpp peer: GUANACO_RT_PEER_PYTHON, else /work/peer-llama/bin/python.
 """
@@ -89,6 +93,34 @@ def run_peer(python, src, dst, ftype, threads):
     return float(r.stdout.split()[-1])
 
 
+def bench_rows(python):
+    import ctypes
+    import glob
+    sys.path.insert(0, ROOT)
+    from guanaco_rt._kernels import _quantize as Q
+    site = subprocess.run([python, "-c", "import llama_cpp, os; print(os.path.dirname(llama_cpp.__file__))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    lib = ctypes.CDLL(sorted(glob.glob(os.path.join(site, "lib", "libggml-base.so*")))[-1])
+    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    x = (np.random.default_rng(0).standard_normal((256, 4096)) * 0.02).astype(np.float32)
+    out = np.empty(x.size * 2, np.uint8)
+    print("| type | ggml ms | ours ms | ggml / ours |")
+    print("|---|---|---|---|")
+    for name, t in (("Q4_0", 2), ("Q4_1", 3), ("Q5_0", 6), ("Q5_1", 7), ("Q8_0", 8), ("Q2_K", 10), ("Q3_K", 11),
+                    ("Q4_K", 12), ("Q5_K", 13), ("Q6_K", 14), ("IQ4_NL", 20)):
+        bp = bo = 1e9
+        for _ in range(9):
+            t0 = time.perf_counter()
+            lib.ggml_quantize_chunk(t, x.ctypes.data, out.ctypes.data, 0, 256, 4096, None)
+            bp = min(bp, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            Q.quantize_rows(t, x, 1)
+            bo = min(bo, time.perf_counter() - t0)
+        print(f"| {name} | {bp * 1e3:.1f} | {bo * 1e3:.1f} | {bp / bo:.2f}x |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--file", default="/tmp/bench-7Bwidth-f16.gguf")
@@ -96,9 +128,12 @@ def main():
     ap.add_argument("--types", default="Q4_0,Q8_0,Q4_K_M,Q6_K")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rows", action="store_true", help="the row quantizers alone, in one process")
     a = ap.parse_args()
     sys.path.insert(0, ROOT)
     python = os.environ.get("GUANACO_RT_PEER_PYTHON") or "/work/peer-llama/bin/python"
+    if a.rows:
+        return bench_rows(python)
     if not os.path.exists(a.file):
         write_f16_file(a.file, a.layers)
     flags = [f for f in open("/proc/cpuinfo").read().split("flags\t\t:")[1].split("\n")[0].split()

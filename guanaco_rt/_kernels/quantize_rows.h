@@ -429,16 +429,102 @@ GRQ_NOINLINE static float grq_fit_affine(int n, int nmax, const float* x, const 
     return scale;
 }
 
+/* grq_fit_affine on two groups at once (as grq_fit_sym2: the same bits, overlapped chains);
+ * a group with max == min goes through grq_fit_affine */
+GRQ_NOINLINE static void grq_fit_affine2(int n, int nmax, const float* xa, const float* xb, const float* wa,
+                                         const float* wb, uint8_t* La, uint8_t* Lb, float* min_a, float* min_b,
+                                         float* sc_a_out, float* sc_b_out, float rmin, float rdelta, int nstep,
+                                         int use_mad) {
+    float mn_a = xa[0], mx_a = xa[0], mn_b = xb[0], mx_b = xb[0];
+    float sw_a = wa[0], sx_a = sw_a * xa[0], sw_b = wb[0], sx_b = sw_b * xb[0];
+    for (int i = 1; i < n; i++) {
+        if (xa[i] < mn_a) mn_a = xa[i];
+        if (xa[i] > mx_a) mx_a = xa[i];
+        if (xb[i] < mn_b) mn_b = xb[i];
+        if (xb[i] > mx_b) mx_b = xb[i];
+        sw_a += wa[i]; sx_a += wa[i] * xa[i];
+        sw_b += wb[i]; sx_b += wb[i] * xb[i];
+    }
+    if (mn_a > 0) mn_a = 0;
+    if (mn_b > 0) mn_b = 0;
+    if (mx_a == mn_a || mx_b == mn_b) {
+        uint8_t Laux[32];
+        *sc_a_out = grq_fit_affine(n, nmax, xa, wa, La, min_a, Laux, rmin, rdelta, nstep, use_mad);
+        *sc_b_out = grq_fit_affine(n, nmax, xb, wb, Lb, min_b, Laux, rmin, rdelta, nstep, use_mad);
+        return;
+    }
+    uint8_t Xa[32], Xb[32];                       /* n <= 32: the trial levels */
+    float isa = nmax / (mx_a - mn_a), isb = nmax / (mx_b - mn_b);
+    float sc_a = 1 / isa, sc_b = 1 / isb;
+    float be_a = 0, be_b = 0;
+    for (int i = 0; i < n; i++) {
+        La[i] = (uint8_t)grq_clamp(grq_nearest(isa * (xa[i] - mn_a)), 0, nmax);
+        Lb[i] = (uint8_t)grq_clamp(grq_nearest(isb * (xb[i] - mn_b)), 0, nmax);
+        float da = sc_a * La[i] + mn_a - xa[i], db = sc_b * Lb[i] + mn_b - xb[i];
+        da = use_mad ? fabsf(da) : da * da;
+        db = use_mad ? fabsf(db) : db * db;
+        be_a += wa[i] * da;
+        be_b += wb[i] * db;
+    }
+    for (int is = 0; is <= nstep; is++) {
+        isa = (rmin + rdelta * is + nmax) / (mx_a - mn_a);
+        isb = (rmin + rdelta * is + nmax) / (mx_b - mn_b);
+        float sl_a = 0, sl2_a = 0, sxl_a = 0, sl_b = 0, sl2_b = 0, sxl_b = 0;
+        for (int i = 0; i < n; i++) {
+            int la = grq_clamp(grq_nearest(isa * (xa[i] - mn_a)), 0, nmax);
+            int lb = grq_clamp(grq_nearest(isb * (xb[i] - mn_b)), 0, nmax);
+            Xa[i] = (uint8_t)la;
+            Xb[i] = (uint8_t)lb;
+            sl_a += wa[i] * la; sl2_a += wa[i] * la * la; sxl_a += wa[i] * la * xa[i];
+            sl_b += wb[i] * lb; sl2_b += wb[i] * lb * lb; sxl_b += wb[i] * lb * xb[i];
+        }
+        float D_a = sw_a * sl2_a - sl_a * sl_a, D_b = sw_b * sl2_b - sl_b * sl_b;
+        float s_a = 0, m_a = 0, s_b = 0, m_b = 0, e_a = 0, e_b = 0;
+        if (D_a > 0) {
+            s_a = (sw_a * sxl_a - sx_a * sl_a) / D_a;
+            m_a = (sl2_a * sx_a - sl_a * sxl_a) / D_a;
+            if (m_a > 0) { m_a = 0; s_a = sxl_a / sl2_a; }
+        }
+        if (D_b > 0) {
+            s_b = (sw_b * sxl_b - sx_b * sl_b) / D_b;
+            m_b = (sl2_b * sx_b - sl_b * sxl_b) / D_b;
+            if (m_b > 0) { m_b = 0; s_b = sxl_b / sl2_b; }
+        }
+        for (int i = 0; i < n; i++) {
+            float da = s_a * Xa[i] + m_a - xa[i], db = s_b * Xb[i] + m_b - xb[i];
+            da = use_mad ? fabsf(da) : da * da;
+            db = use_mad ? fabsf(db) : db * db;
+            e_a += wa[i] * da;
+            e_b += wb[i] * db;
+        }
+        if (D_a > 0 && e_a < be_a) {
+            memcpy(La, Xa, (size_t)n);
+            be_a = e_a; sc_a = s_a; mn_a = m_a;
+        }
+        if (D_b > 0 && e_b < be_b) {
+            memcpy(Lb, Xb, (size_t)n);
+            be_b = e_b; sc_b = s_b; mn_b = m_b;
+        }
+    }
+    *min_a = -mn_a;
+    *min_b = -mn_b;
+    *sc_a_out = sc_a;
+    *sc_b_out = sc_b;
+}
+
 /* ---- k-quants: 256-weight super-blocks ---------------------------------------------------- */
 
 static void grq_q2_K(const float* x, block_q2_K* y, int64_t k) {
-    uint8_t L[QK_K], Laux[16];
-    float w[16], mins[QK_K / 16], scales[QK_K / 16];
+    uint8_t L[QK_K];
+    float w[32], mins[QK_K / 16], scales[QK_K / 16];
     for (int64_t i = 0; i < k / QK_K; i++, x += QK_K) {
         float max_scale = 0, max_min = 0;
+        for (int j = 0; j < QK_K / 16; j += 2) {
+            for (int l = 0; l < 32; l++) w[l] = fabsf(x[16 * j + l]);
+            grq_fit_affine2(16, 3, x + 16 * j, x + 16 * j + 16, w, w + 16, L + 16 * j, L + 16 * j + 16, &mins[j],
+                            &mins[j + 1], &scales[j], &scales[j + 1], -0.5f, 0.1f, 15, 1);
+        }
         for (int j = 0; j < QK_K / 16; j++) {
-            for (int l = 0; l < 16; l++) w[l] = fabsf(x[16 * j + l]);
-            scales[j] = grq_fit_affine(16, 3, x + 16 * j, w, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f, 15, 1);
             if (scales[j] > max_scale) max_scale = scales[j];
             if (mins[j] > max_min) max_min = mins[j];
         }
@@ -518,16 +604,19 @@ static void grq_q3_K(const float* x, block_q3_K* y, int64_t k) {
  * packs scales[12] and requantizes each weight to 0..nmax against the stored values. */
 static void grq_k_affine_block(const float* x, uint8_t* L, uint8_t packed[12], ggml_fp16_t* d_out,
                                ggml_fp16_t* dmin_out, int nmax, float rmin, int nstep) {
-    uint8_t Laux[32];
-    float w[32], mins[QK_K / 32], scales[QK_K / 32];
+    float w[QK_K], mins[QK_K / 32], scales[QK_K / 32];
     float max_scale = 0, max_min = 0;
     for (int j = 0; j < QK_K / 32; j++) {
         const float* xj = x + 32 * j;
         float sum_x2 = 0;
         for (int l = 0; l < 32; l++) sum_x2 += xj[l] * xj[l];
         const float av_x = sqrtf(sum_x2 / 32);
-        for (int l = 0; l < 32; l++) w[l] = av_x + fabsf(xj[l]);
-        scales[j] = grq_fit_affine(32, nmax, xj, w, L + 32 * j, &mins[j], Laux, rmin, 0.1f, nstep, 0);
+        for (int l = 0; l < 32; l++) w[32 * j + l] = av_x + fabsf(xj[l]);
+    }
+    for (int j = 0; j < QK_K / 32; j += 2)
+        grq_fit_affine2(32, nmax, x + 32 * j, x + 32 * j + 32, w + 32 * j, w + 32 * j + 32, L + 32 * j,
+                        L + 32 * j + 32, &mins[j], &mins[j + 1], &scales[j], &scales[j + 1], rmin, 0.1f, nstep, 0);
+    for (int j = 0; j < QK_K / 32; j++) {
         if (scales[j] > max_scale) max_scale = scales[j];
         if (mins[j] > max_min) max_min = mins[j];
     }
