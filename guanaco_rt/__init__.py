@@ -19,6 +19,7 @@ from .errors import (
 )
 from .metrics import PerplexityResult, perplexity
 from .model import Model
+from .quantizer import quantize
 from .results import GenerationResult, Timings
 from .sampling import SamplingParams
 from .session import Session
@@ -44,4 +45,4 @@ def show_config() -> dict:
 __all__ = ["Model", "Session", "SamplingParams", "GenerationResult", "Timings", "show_config", "__version__",
            "GuanacoError", "FormatError", "UnsupportedVersionError", "ContextFullError", "SessionBusyError",
            "StateError", "Cancelled", "ModelClosedError", "ModelFileChangedError", "perplexity", "PerplexityResult",
-           "demo_model_path", "LLM", "InvalidRequestError", "ChatTemplateError", "InvalidArgumentError"]
+           "demo_model_path", "LLM", "InvalidRequestError", "ChatTemplateError", "InvalidArgumentError", "quantize"]

@@ -574,6 +574,24 @@ def cmd_config(a):
 PRESETS = {"7B": (4096, 32, 32), "13B": (5120, 40, 40), "tiny": (256, 4, 2)}
 
 
+def cmd_quantize(a):
+    from .quantizer import quantize
+    bar = _LazyBar(f"quantizing to {a.type}", "tensor")
+
+    def progress(done, total, name):
+        bar(done, total, name)
+    try:
+        types = quantize(a.input, a.output, a.type, allow_requantize=a.allow_requantize, threads=a.threads,
+                         progress=progress, rules=a.rules)
+    finally:
+        bar.close()
+    counts = {}
+    for t in types.values():
+        counts[t] = counts.get(t, 0) + 1
+    print(f"{a.output}: {len(types)} tensors (" + ", ".join(f"{n} {t}" for t, n in sorted(counts.items())) + ")")
+    return 0
+
+
 def build_parser():
     from . import __version__
     from .ggml_types import FTYPE_BY_NAME
@@ -665,6 +683,21 @@ def build_parser():
 
     s = command("config", "the ISA units built, the one in use and why; OpenMP and thread count")
     s.set_defaults(fn=cmd_config)
+
+    s = command("quantize", "quantize an F32/F16/BF16 GGUF (or ggjt v3) model into a GGUF file of one of "
+                            "llama.cpp's types, as llama-quantize does")
+    s.add_argument("input", help="the model file to quantize")
+    s.add_argument("output", help="the GGUF file to write")
+    s.add_argument("type", type=str.upper, metavar="TYPE",
+                   choices=["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S",
+                            "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K"], help="the file type, e.g. Q4_K_M")
+    s.add_argument("--allow-requantize", action="store_true",
+                   help="also take tensors that are already quantized (they lose precision twice)")
+    s.add_argument("-t", "--threads", type=_int(1, 256), default=None, help="threads (default: all cores)")
+    s.add_argument("--rules", choices=["2026", "2025"], default="2026",
+                   help="whose per-tensor rules: llama.cpp's of 2026 (default) or of 2025 (Q2_K/Q3_K rows "
+                        "not a multiple of 256 fall back to IQ4_NL, not Q4_0)")
+    s.set_defaults(fn=cmd_quantize)
     return p
 
 
