@@ -323,7 +323,8 @@ def _prompt_feedback(note_after_s=1.0):
     return progress
 
 
-def _print_stream(stream, out=sys.stdout):
+def _print_stream(stream, out=None):
+    out = sys.stdout if out is None else out       # the one of now: a caller may have redirected it
     for piece in stream:
         out.write(piece)
         out.flush()

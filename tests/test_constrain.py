@@ -343,22 +343,22 @@ def test_hostile_schemas_are_bounded(demo):
 
 
 # -- the command line -------------------------------------------------------------------------------
-def test_cli_constraints(smollm2, tmp_path, capfd):
+def test_cli_constraints(smollm2, tmp_path, capsys):
     from guanaco_rt import cli
     schema = tmp_path / "s.json"
     schema.write_text(json.dumps({"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
                                   "required": ["city"], "additionalProperties": False}))
     assert cli.main(["run", smollm2, "-p", "Name a city in France.", "--chat", "--json-schema", str(schema),
                      "-n", "60", "-t", "1", "--no-stats"]) == 0
-    jsonschema.validate(json.loads(capfd.readouterr().out), json.loads(schema.read_text()))
+    jsonschema.validate(json.loads(capsys.readouterr().out), json.loads(schema.read_text()))
     gbnf = tmp_path / "g.gbnf"
     gbnf.write_text('root ::= "yes" | "no"\n')
     assert cli.main(["run", smollm2, "-p", "Is Paris in France?", "--chat", "--grammar", str(gbnf), "-t", "1",
                      "--no-stats"]) == 0
-    assert capfd.readouterr().out.strip() in ("yes", "no")
+    assert capsys.readouterr().out.strip() in ("yes", "no")
     bad = tmp_path / "b.json"
     bad.write_text('{"type": "strin"}')
     assert cli.main(["run", smollm2, "-p", "x", "--json-schema", str(bad), "-t", "1"]) != 0
-    assert "strin" in capfd.readouterr().err
+    assert "strin" in capsys.readouterr().err
     assert cli.main(["run", smollm2, "-p", "x", "--regex", "[0-9]+", "--choice", "a", "-t", "1"]) != 0
-    assert "one constraint" in capfd.readouterr().err
+    assert "one constraint" in capsys.readouterr().err
