@@ -62,13 +62,17 @@ def test_q8_K_can_hold_minus_128_and_q8_1_cannot():
 
 
 def _term_bound(ttype, raw):
-    """A bound on one weight's separately rounded terms (d*sc*q and m or dmin*m): where the
-    weights are exactly zero, |w * a| says nothing about the kernel's cancelling roundings."""
+    """A bound on one weight's separately rounded terms (d*sc*q and m or dmin*m), per unit of
+    activation, scaled so that 1e-6 of it, under the tests' 2e-6 relative tolerance, is about
+    nine float32 roundings (2^-24 each) of the largest such term: where the weights are near zero
+        the kernel's terms cancel, and |w * a| says nothing about their roundings. (It was 64*64,
+    below one rounding: hypothesis found a Q5_1 matrix whose column came out -2^-25, not 0.)"""
     t = T.GGML_TYPES[ttype]
     if not t.scale_fields:
         return 0.0
     blocks_ = np.frombuffer(bytes(raw), t.dtype)
-    return max(float(np.abs(blocks_[f].astype(np.float64)).max()) for f in t.scale_fields) * 64 * 64
+    biggest = max(float(np.abs(blocks_[f].astype(np.float64)).max()) for f in t.scale_fields)
+    return biggest * 64 * 64 * 64        # 1e-6 * 2e-6 * 64**3 = 8.8 * 2**-24
 
 
 def _exact_dot(ttype, raw, n, act_bytes):
