@@ -253,7 +253,11 @@ def _response_format(rf) -> dict:
     if rf["type"] == "text":
         return {}
     if rf["type"] == "json_object":
-        return {"json_schema": {"type": "object"}}
+        # llama-cpp-python and llama.cpp's server take a schema here too: {"type": "json_object", "schema": {...}}
+        schema = rf.get("schema", {"type": "object"})
+        if not isinstance(schema, dict):
+            raise InvalidRequestError("response_format.schema must be an object", "response_format.schema")
+        return {"json_schema": schema}
     js = rf.get("json_schema")
     if not isinstance(js, dict) or not isinstance(js.get("schema", {}), dict):
         raise InvalidRequestError("response_format.json_schema must be an object with a 'schema' object",

@@ -662,7 +662,7 @@ def build_parser():
     s = command("pull-demo", "fetch and verify the demo model (SmolLM2-135M-Instruct) into the cache")
     s.set_defaults(fn=cmd_pull_demo)
 
-    s = command("serve", "an OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions)")
+    s = command("serve", "an OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/embeddings)")
     s.add_argument("model", nargs="?", default=None, help="a GGUF or ggjt v3 model file (default: the demo model)")
     s.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default %(default)s); any other than loopback needs --api-key")

@@ -313,6 +313,42 @@ def schema_of(json_schema):
     return _check_source("json_schema", text), model_type
 
 
+SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas")
+NOT_SCHEMAS = ("enum", "const", "default", "examples", "required")
+MAX_INT_DIGITS = 16
+
+
+def llama_cpp_defaults(schema):
+    """The schema as llama.cpp's schema grammars read it (a copy): an object with
+    ``properties`` and no ``additionalProperties`` takes no other keys, and an integer
+    without bounds has at most 16 digits. Outputs stay valid under the schema as given;
+    without these a small model invents keys, or writes digits, until max_new_tokens.
+    ``"additionalProperties": true`` or explicit bounds say otherwise. Objects under ``allOf``
+    (whose branches share their properties), with ``$ref``, ``patternProperties`` or
+    ``unevaluatedProperties`` are left alone."""
+    def walk(node, in_allof=False):
+        if isinstance(node, list):
+            return [walk(x, in_allof) for x in node]
+        if not isinstance(node, dict):
+            return node
+        out = {}
+        for k, v in node.items():
+            if k in SCHEMA_MAPS and isinstance(v, dict):
+                out[k] = {name: walk(sub) for name, sub in v.items()}
+            elif k in NOT_SCHEMAS:
+                out[k] = v
+            else:
+                out[k] = walk(v, in_allof or k == "allOf")
+        if ("properties" in out and "additionalProperties" not in out and not in_allof
+                and not any(k in out for k in ("allOf", "$ref", "patternProperties", "unevaluatedProperties"))):
+            out["additionalProperties"] = False
+        if out.get("type") == "integer" and not any(
+                k in out for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum", "const")):
+            out["minimum"], out["maximum"] = -(10 ** MAX_INT_DIGITS - 1), 10 ** MAX_INT_DIGITS - 1
+        return out
+    return walk(schema)
+
+
 def compile_constraint(model, *, json_schema=None, regex=None, grammar=None, choices=None, strict=True):
     """The keyword constraints of a generation call -> (Constraint, pydantic type or None),
     or None when none is given. At most one may be given. ``strict``: a JSON schema keyword
@@ -333,7 +369,8 @@ def compile_constraint(model, *, json_schema=None, regex=None, grammar=None, cho
         # whitespace as llama.cpp's schema grammars allow it: none, one space, or a newline and up
         # to 20 of indentation (unbounded runs let a weak model loop on blank lines)
         opts = {"lenient": not strict, "whitespace_pattern": JSON_WHITESPACE}
-        make = lambda: llg.LLMatcher.grammar_from_json_schema(text, overrides=opts)  # noqa: E731
+        make = lambda: llg.LLMatcher.grammar_from_json_schema(  # noqa: E731
+            json.dumps(llama_cpp_defaults(json.loads(text))), overrides=opts)
         key = f"{int(bool(strict))}:{text}"
     elif kind == "regex":
         if not isinstance(value, str):

@@ -129,9 +129,12 @@ def openai_embedding(model: Model, model_name: str, inputs, encoding_format="flo
     if dimensions is not None and (isinstance(dimensions, bool) or dimensions != width):
         raise InvalidRequestError(f"dimensions {dimensions!r} is not supported: this model's embeddings have "
                                   f"{width} dimensions and cannot be shortened", "dimensions")
+    if pooling == "none":
+        raise InvalidRequestError("pooling 'none' gives a vector per token, not one per input: use Model.embed "
+                                  "for that", "pooling")
     pooling = pooling or default_pooling(model)
     if pooling == "none":
-        pooling = DEFAULT_POOLING           # one vector per input, as the API promises
+        pooling = DEFAULT_POOLING           # the file says none: one vector per input, as the API promises
     try:
         lists = token_lists(model, inputs, "input")
         vecs = embed(model, lists, pooling=pooling)

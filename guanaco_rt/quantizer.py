@@ -322,6 +322,9 @@ def quantize(src, dst, ftype, allow_requantize=False, threads=None, progress=Non
     ftype_name = names[key]
     threads = max(1, int(threads or os.cpu_count() or 1))
     src, dst = os.fspath(src), os.fspath(dst)
+    if os.path.exists(dst) and os.path.samefile(src, dst):
+        raise InvalidArgumentError(f"quantize: the output {dst} is the input file: writing it would destroy the "
+                                   f"source before it is read", param="dst")
     with open(src, "rb") as fh:
         magic = fh.read(4)
     if magic != b"GGUF":

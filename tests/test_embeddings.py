@@ -158,3 +158,9 @@ def test_demo_model_against_llama_cpp(smollm2, tmp_path):
     for pooling, vecs in theirs.items():
         for v, w in zip(m.embed(TEXTS, pooling=pooling), vecs):
             assert cos(v, np.asarray(w)) > 0.999, pooling
+
+
+def test_openai_shape_refuses_per_token_pooling(ggjt):
+    with pytest.raises(InvalidRequestError) as e:
+        openai_embedding(ggjt, "m", "x", pooling="none")
+    assert e.value.param == "pooling"

@@ -456,3 +456,12 @@ def test_rules_2025_fall_back_to_iq4_nl(f32_576, tmp_path, peer):
     assert raw_out[u.offset:u.offset + u.nbytes] == peer(20, x).tobytes()
     with pytest.raises(InvalidArgumentError, match="2024"):
         guanaco_rt.quantize(f32_576, out, "Q4_0", rules="2024")
+
+
+def test_output_that_is_the_input_is_refused(tmp_path):
+    from guanaco_rt import quantize
+    src = tmp_path / "m.gguf"
+    src.write_bytes(b"GGUF" + bytes(60))
+    with pytest.raises(InvalidArgumentError, match="is the input file"):
+        quantize(src, src, "Q4_0")
+    assert src.read_bytes() == b"GGUF" + bytes(60)
