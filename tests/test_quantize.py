@@ -339,10 +339,15 @@ def test_progress_and_threads(f32_256, tmp_path):
 
 def test_cli_quantize(f32_256, tmp_path):
     import guanaco_rt
-    env = {**os.environ, "PYTHONPATH": os.path.dirname(HERE), "GUANACO_RT_PROGRESS": "0"}
+    # the guanaco_rt under test: the checkout when built in place, else the installed one (CI
+    # installs it; the checkout's own tree is unbuilt there)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(guanaco_rt.__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+           "GUANACO_RT_PROGRESS": "0"}
     out = str(tmp_path / "cli.gguf")
+    # run from elsewhere than the checkout's root, whose guanaco_rt/ folder -m would take first
     r = subprocess.run([sys.executable, "-m", "guanaco_rt", "quantize", f32_256, out, "q4_1", "-t", "2"],
-                       capture_output=True, text=True, env=env)
+                       capture_output=True, text=True, env=env, cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert "Q4_1" in r.stdout
     api = str(tmp_path / "api.gguf")
@@ -350,10 +355,10 @@ def test_cli_quantize(f32_256, tmp_path):
     assert open(out, "rb").read() == open(api, "rb").read()
     # a quantized input without --allow-requantize: a message naming the tensor, exit status 2
     r = subprocess.run([sys.executable, "-m", "guanaco_rt", "quantize", out, str(tmp_path / "re.gguf"), "Q8_0"],
-                       capture_output=True, text=True, env=env)
+                       capture_output=True, text=True, env=env, cwd=str(tmp_path))
     assert r.returncode == 2 and "requantiz" in r.stderr and "weight" in r.stderr
     r = subprocess.run([sys.executable, "-m", "guanaco_rt", "quantize", out, str(tmp_path / "re.gguf"), "Q8_0",
-                        "--allow-requantize"], capture_output=True, text=True, env=env)
+                        "--allow-requantize"], capture_output=True, text=True, env=env, cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr
 
 
