@@ -325,7 +325,7 @@ def llama_cpp_defaults(schema):
     without these a small model invents keys, or writes digits, until max_new_tokens.
     ``"additionalProperties": true`` or explicit bounds say otherwise. Objects under ``allOf``
     (whose branches share their properties), with ``$ref``, ``patternProperties`` or
-    ``unevaluatedProperties`` are left alone."""
+    ``unevaluatedProperties``, or that require a key they do not declare, are left alone."""
     def walk(node, in_allof=False):
         if isinstance(node, list):
             return [walk(x, in_allof) for x in node]
@@ -339,7 +339,10 @@ def llama_cpp_defaults(schema):
                 out[k] = v
             else:
                 out[k] = walk(v, in_allof or k == "allOf")
-        if ("properties" in out and "additionalProperties" not in out and not in_allof
+        declared = out.get("properties")
+        needed = out.get("required") if isinstance(out.get("required"), list) else []
+        if (isinstance(declared, dict) and "additionalProperties" not in out and not in_allof
+                and all(name in declared for name in needed)      # a required key it does not declare
                 and not any(k in out for k in ("allOf", "$ref", "patternProperties", "unevaluatedProperties"))):
             out["additionalProperties"] = False
         if out.get("type") == "integer" and not any(

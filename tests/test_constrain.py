@@ -386,6 +386,9 @@ def test_llama_cpp_schema_defaults():
     assert got["$defs"]["D"]["additionalProperties"] is False
     assert got["$defs"]["D"]["properties"]["q"] == {"enum": [{"properties": 1}]}
     assert "additionalProperties" not in schema["properties"]["properties"]        # a copy
+    # a required key the object does not declare stays possible (a JSONSchemaBench schema had one)
+    loose = constrain.llama_cpp_defaults({"type": "object", "properties": {"a": {}}, "required": ["gid"]})
+    assert "additionalProperties" not in loose
 
 
 def test_unbounded_integers_end(spm):
