@@ -298,25 +298,40 @@ class LLM:
 
     ``model``: a path (GGUF or ggjt v3), an open Model, or None for the demo model.
     ``n_sessions`` sessions of ``n_ctx`` tokens each serve that many calls at once (from
-    as many threads); further calls wait in line. ``n_threads`` is per session (default:
-    the cores shared out among the sessions). ``kv_f16`` halves the cache's memory, as
+    as many threads); further calls wait in line. With more than one (unless ``batch`` is
+    False), their generations share passes over the weights (Model.batcher): each step
+    decodes the next token of every running call at the cost of little more than one,
+    on ``n_threads`` threads (default: all the cores), and a new call's prompt joins
+    ``prefill_chunk`` tokens at a time between the others' tokens. Each call's tokens and
+    log-probabilities are the same bits as alone. Without batching, ``n_threads`` is per
+    session (default: the cores shared out among the sessions). ``kv_f16`` halves the cache's memory, as
     llama.cpp's default does, and moves the logits by about as much as llama.cpp's own
     f16 cache does (on the demo model, greedy answers can change)."""
 
     def __init__(self, model: str | os.PathLike | Model | None = None, *, n_ctx: int = 2048,
                  n_sessions: int = 1, n_threads: int | None = None, n_batch: int = 64, kv_f16: bool = False,
-                 template: str | None = None, model_name: str | None = None):
+                 template: str | None = None, model_name: str | None = None, batch: bool | None = None,
+                 prefill_chunk: int = 32):
         if model is None:
             from .demo import demo_model_path
             model = demo_model_path()
         self._owns_model = not isinstance(model, Model)
+        if batch is None:
+            batch = not isinstance(n_sessions, bool) and isinstance(n_sessions, int) and n_sessions > 1
         if n_threads is None:
-            n_threads = max(1, default_threads() // max(1, n_sessions))
+            n_threads = default_threads() if batch else max(1, default_threads() // max(1, n_sessions))
         self.model: Model = model if isinstance(model, Model) else Model(model, n_threads=n_threads)
         self.model_name = model_name or os.path.basename(str(self.model.path))
         self.n_ctx = n_ctx
+        self.batcher = None
+        if batch:
+            if isinstance(n_sessions, bool) or not isinstance(n_sessions, int) or n_sessions < 1:
+                raise InvalidRequestError(f"the pool size must be an int >= 1, got {n_sessions!r}", "n_sessions")
+            self.batcher = self.model.batcher(max_seqs=n_sessions, chunk=prefill_chunk, n_threads=n_threads)
         self.pool = SessionPool(self.model, n_sessions, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads,
-                                kv_f16=kv_f16, template=template)
+                                kv_f16=kv_f16, template=template, batcher=self.batcher)
+        self._rate_lock = threading.Lock()
+        self._rate = (time.monotonic(), 0, None)        # batch_stats' last figures
         first = self.pool.acquire()             # made now: bad settings fail here, not on a request
         self.template = first.template          # every session's chat format; None: Guanaco's ### Human:
         self.pool.release(first)
@@ -526,8 +541,28 @@ class LLM:
         return {"object": "list", "data": [{"id": self.model_name, "object": "model", "created": self.created,
                                             "owned_by": "guanaco_rt"}]}
 
+    def batch_stats(self) -> dict | None:
+        """What the shared passes did (None without batching): ``passes``, their mean
+        ``occupancy`` (sequences a pass) and ``last_pass_s``, ``rows`` evaluated (prompt and
+        generated tokens), ``members`` (calls generating now), ``queued`` (sequences waiting
+        for the pass in flight), ``rows_per_s`` while a pass runs, and ``tokens_per_s``:
+        rows a second since the previous call at least a second ago (since the start at first)."""
+        if self.batcher is None:
+            return None
+        d = self.batcher.stats()
+        now = time.monotonic()
+        with self._rate_lock:
+            t, rows, rate = self._rate
+            if now - t >= 1.0 or rate is None:
+                rate = (d["rows"] - rows) / max(now - t, 1e-9)
+                self._rate = (now, d["rows"], rate)
+        d["tokens_per_s"] = rate
+        return d
+
     def close(self) -> None:
         self.pool.close()
+        if self.batcher is not None:
+            self.batcher.close()
         if self._owns_model:
             self.model.close()
 

@@ -548,10 +548,11 @@ def cmd_serve(a):
     api_key = a.api_key or os.environ.get("GUANACO_RT_API_KEY") or None
     check_bind(a.host, api_key, a.insecure_no_key, warn=False)      # before the model loads: fail fast
     llm = LLM(_model_path(a), n_ctx=a.ctx_size, n_sessions=a.parallel, n_threads=a.threads,
-              n_batch=a.batch_size, kv_f16=a.kv_f16, model_name=a.model_name)
+              n_batch=a.batch_size, kv_f16=a.kv_f16, model_name=a.model_name, prefill_chunk=a.prefill_chunk)
     logging.getLogger("guanaco_rt.server").info(
-        "serving %s on http://%s:%d/v1 (%d session(s) of %d tokens, %d thread(s) each%s)", llm.model_name, a.host,
-        a.port, a.parallel, a.ctx_size, llm.pool.session_kw["n_threads"], ", API key required" if api_key else "")
+        "serving %s on http://%s:%d/v1 (%d session(s) of %d tokens, %s%d thread(s)%s)", llm.model_name, a.host,
+        a.port, a.parallel, a.ctx_size, "decoded in one batch on " if llm.batcher is not None else "",
+        llm.pool.session_kw["n_threads"], ", API key required" if api_key else "")
     try:
         serve(llm, a.host, a.port, api_key, a.max_queue, insecure_no_key=a.insecure_no_key)
     finally:
@@ -667,14 +668,19 @@ def build_parser():
     s.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default %(default)s); any other than loopback needs --api-key")
     s.add_argument("--port", type=_int(0, 65535), default=8000, help="TCP port (default %(default)s)")
-    s.add_argument("--parallel", type=_int(1, 256), default=1, help="generations at once, one session each")
+    s.add_argument("--parallel", type=_int(1, 256), default=1,
+                   help="generations at once, one session each; more than one share each pass over the weights "
+                        "(one batch), on all the threads")
+    s.add_argument("--prefill-chunk", type=_int(1, 4096), default=32,
+                   help="with --parallel > 1: a prompt's tokens per shared pass, between the other generations' "
+                        "tokens (default %(default)s)")
     s.add_argument("--max-queue", type=_int(0, 1 << 16), default=64,
                    help="requests that may wait for a session; more get HTTP 429 (default %(default)s)")
     s.add_argument("-c", "--ctx-size", type=_int(16, MAX_CTX), default=2048, help="context per session")
     s.add_argument("-b", "--batch-size", type=_int(1, MAX_CTX), default=64,
                    help="prompt tokens evaluated at once (default %(default)s)")
     s.add_argument("-t", "--threads", type=_int(1, 256), default=None,
-                   help="threads per session (default: the cores shared out among the sessions)")
+                   help="threads (default: all the cores; with --parallel > 1 the shared passes run on them)")
     s.add_argument("--api-key", default=None, help="require this key (default: GUANACO_RT_API_KEY, else none)")
     s.add_argument("--insecure-no-key", action="store_true",
                    help="allow a --host beyond loopback without an API key (anyone who reaches the port may use it)")

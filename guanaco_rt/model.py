@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import gguf_file, gguf_model
-from ._kernels._engine import Engine
+from ._kernels._engine import Batcher, Engine
 from ._kernels._mapguard import GuardedBuffer
 from ._kernels.dispatch import default_kernels, kernel_set
 from .bpe import BPETokenizer
@@ -229,6 +229,7 @@ class Model:
         self.n_threads = default_threads() if n_threads is None else check_threads(n_threads)
         self.path = os.fspath(path)
         self.mmap = bool(mmap)
+        self._batchers: weakref.WeakSet = weakref.WeakSet()
         self._fh, self._mm, size, self._stat = open_mapped(self.path, copy=not self.mmap)
         weakref.finalize(self, self._fh.close)  # a Model dropped without close() does not leak the descriptor
         # the SIGBUS guard covers the mapping from here on: the parser's reads too
@@ -444,8 +445,30 @@ class Model:
             data = np.frombuffer(deinterleave_r8(data, t.type, t.shape[0], t.n_rows), np.uint8)
         return data
 
+    def batcher(self, max_seqs: int = 16, chunk: int = 32, n_threads: int | None = None,
+                gather_ms: float = 2.0) -> Batcher:
+        """Shared passes over the weights for Sessions made with ``batcher=`` it: their
+        decoded tokens and prompt chunks are evaluated together, the weights read once for
+        up to ``max_seqs`` sequences, on ``n_threads`` threads (default: the Model's). A
+        prompt joins ``chunk`` tokens at a time, between the other sequences' tokens. Each
+        Session's tokens and logits are the same bits as alone. ``close()`` it (or the
+        Model) when done: it runs a thread of its own."""
+        self._check_open()
+        for name, v in (("max_seqs", max_seqs), ("chunk", chunk)):
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 4096:
+                raise GuanacoError(f"batcher {name} must be an int in [1, 4096], got {v!r}")
+        if isinstance(gather_ms, bool) or not isinstance(gather_ms, (int, float)) or not 0 <= gather_ms <= 1000:
+            raise GuanacoError(f"batcher gather_ms must be a number in [0, 1000], got {gather_ms!r}")
+        n = self.n_threads if n_threads is None else check_threads(n_threads)
+        b = Batcher(self._engine, max_seqs, chunk, n, float(gather_ms))
+        self._batchers.add(b)
+        return b
+
     def close(self) -> None:
-        """Release the mapping once no session uses it any more (garbage collection does too)."""
+        """Release the mapping once no session uses it any more (garbage collection does too).
+        Its batchers stop; their Sessions evaluate alone until they close."""
+        for b in list(self._batchers):
+            b.close()
         self._engine = None
         self._buf = None
         self._mm = None

@@ -218,8 +218,11 @@ def create_app(llm: LLM, api_key: str | None = None, max_queue: int = 64, server
         return {k: v for k, v in req.items() if k in allowed}
 
     async def health(request):
-        return JSONResponse({"status": "ok", "model": llm.model_name, "sessions": llm.pool.size,
-                             "busy": llm.pool.busy, "waiting": llm.pool.waiting})
+        body = {"status": "ok", "model": llm.model_name, "sessions": llm.pool.size, "busy": llm.pool.busy,
+                "waiting": llm.pool.waiting}
+        if llm.batcher is not None:
+            body["batch"] = llm.batch_stats()
+        return JSONResponse(body)
 
     async def models(request):
         if not authorized(request):

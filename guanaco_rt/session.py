@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence, Union
 import numpy as np
 
 from ._kernels._decode import Decoder, TextStage
-from ._kernels._engine import State
+from ._kernels._engine import Batcher, State
 from .chat import DEFAULT_STOP, ChatTemplate, Conversation
 from .constrain import compile_constraint
 from .errors import (
@@ -120,7 +120,7 @@ class Session:
     def __init__(self, model: Model, n_ctx: int = 2048, n_batch: int = 64, n_threads: int | None = None,
                  kv_f16: bool = False, seed: int | None = None, context_policy: str = CONTEXT_POLICY, n_keep: int = 1,
                  system: str | None = None, template: str | None = None, adaptive_threads: bool = True,
-                 swa_full: bool = False):
+                 swa_full: bool = False, batcher: Batcher | None = None):
         for name, v, lo in (("n_ctx", n_ctx, 2), ("n_batch", n_batch, 1), ("n_keep", n_keep, 0)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 raise TypeError(f"{name} must be an int, got {v!r}")
@@ -148,6 +148,11 @@ class Session:
         # faster now (a core busy elsewhere makes a team slower than one thread); the
         # results are the same bits either way
         self._state.adaptive_threads = bool(adaptive_threads)
+        if batcher is not None:
+            if not isinstance(batcher, Batcher) or batcher.engine is not engine:
+                raise GuanacoError(f"batcher must be a Batcher of this Model (Model.batcher()), got {batcher!r}")
+            self._state.attach(batcher)
+        self.batcher = batcher
         self.sampler = Sampler(seed)
         self._template_source, self.template = chat_format(model, template)
         if system is None and self.template is not None:
@@ -235,6 +240,8 @@ class Session:
             self._state.n_threads = n          # under _enter's lock: not through the property
 
     def _leave(self):
+        if self.batcher is not None:
+            self._state.leave()       # its passes no longer wait for this session's tokens
         with self._cancel_lock:       # a cancel() that saw this call running lands before this clear
             self._state.cancel(False)
             self._busy.release()
@@ -729,7 +736,7 @@ class Session:
                   swa_full=self.swa_full,
                   adaptive_threads=self._check_open().adaptive_threads,
                   seed=self.seed, context_policy=self.context_policy, n_keep=self.n_keep,
-                  template=self._template_source)
+                  template=self._template_source, batcher=self.batcher)
         kw.update(overrides)
         other = Session(self.model, **kw)
         other.load_state(self.save_state())

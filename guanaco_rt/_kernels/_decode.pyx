@@ -19,7 +19,7 @@ cimport cython
 import numpy as np
 from cpython.exc cimport PyErr_CheckSignals
 
-from guanaco_rt._kernels._engine cimport State, state_t, model_t, shift_kv, monotonic, decode_one
+from guanaco_rt._kernels._engine cimport State, state_t, model_t, shift_kv, monotonic, step_one, batch_leave
 from guanaco_rt._kernels._sampling cimport SamplerCore, sample_token
 
 cdef int buf_put(bytebuf_t* b, const uint8_t* src, int64_t n) noexcept nogil:
@@ -323,6 +323,11 @@ cdef class Decoder:
         self.status = DEC_RUNNING
         self.pending = -1
 
+    def __dealloc__(self):
+        # abandoned while running (a stream its reader dropped): the batcher stops waiting for it
+        if self.st is not None and self.status == DEC_RUNNING and self.st.s.batch != NULL:
+            batch_leave(self.st.s.batch, &self.st.s)
+
     cdef _grow(self, int cap):
         # output arrays of cap tokens, keeping what is there; the loop pauses when they are full
         cdef int k = max(1, self.sampler.S.p.n_probs)
@@ -347,6 +352,8 @@ cdef class Decoder:
             elif rc == 1:
                 reason = DEC_STOP
         self.status = reason
+        if self.st.s.batch != NULL:         # a batcher's passes no longer wait for this sequence
+            batch_leave(self.st.s.batch, &self.st.s)
         return reason
 
     @cython.nonecheck(False)      # self is never None here, and a check would need the GIL
@@ -398,7 +405,7 @@ cdef class Decoder:
             if self.hold:
                 self.pending = tok
                 return DEC_RUNNING
-            if decode_one(m, s, tok):
+            if step_one(m, s, tok):
                 return self._finish(DEC_CANCELLED)
             if until_text and self.text.T.out.n > 0:
                 return DEC_RUNNING
@@ -442,7 +449,7 @@ cdef class Decoder:
             raise RuntimeError("no held token to evaluate")
         self.pending = -1
         with nogil:
-            rc = decode_one(&self.st.engine.m, &self.st.s, tok)
+            rc = step_one(&self.st.engine.m, &self.st.s, tok)
         if rc:
             self._finish(DEC_CANCELLED)
         if self.status == DEC_NOMEM:

@@ -1,6 +1,23 @@
 # cython: language_level=3
 # The forward pass of every family and the state it runs on (see _engine.pyx).
 from libc.stdint cimport uint8_t, int32_t, int64_t
+from posix.time cimport timespec
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+    ctypedef struct pthread_cond_t:
+        pass
+    int pthread_mutex_init(pthread_mutex_t* mu, const void* attr)
+    int pthread_mutex_destroy(pthread_mutex_t* mu)
+    int pthread_mutex_lock(pthread_mutex_t* mu)
+    int pthread_mutex_unlock(pthread_mutex_t* mu)
+    int pthread_cond_init(pthread_cond_t* cv, const void* attr)
+    int pthread_cond_destroy(pthread_cond_t* cv)
+    int pthread_cond_wait(pthread_cond_t* cv, pthread_mutex_t* mu)
+    int pthread_cond_timedwait(pthread_cond_t* cv, pthread_mutex_t* mu, const timespec* until)
+    int pthread_cond_broadcast(pthread_cond_t* cv)
+    int pthread_cond_signal(pthread_cond_t* cv)
 
 from guanaco_rt._kernels._isa cimport isa_kernels_t
 from guanaco_rt._kernels._quants cimport type_traits_t
@@ -94,8 +111,51 @@ cdef struct state_t:
     uint8_t* act         # (n_batch, act_stride) quantized activations
     int64_t act_stride
     uint8_t* emb_row     # (tok_embeddings.nb1,) an interleaved embedding row in the file's order (embed_rows)
+    batcher_t* batch     # NULL, or the batcher whose passes this sequence's decoding and prompts join
+    int member           # it is one of batch's members (batch.mu guards it)
     float* hidden        # (n, n_embd) or NULL: if set, forward() writes each token's normed hidden state there
     int64_t hidden_pos
+
+cdef struct seq_t:
+    # one sequence's part of a forward pass (forward_seqs)
+    state_t* s                   # its State: tokens, n_past, KV rows, attention scratch, logits
+    const int32_t* tokens        # (n_tok,) its next tokens
+    int n_tok
+    float* all_logits            # (n_tok, n_vocab) for every token's logits, or NULL: the last only, in s.logits
+    int rc                       # out: 0, or 1 when cancelled
+    int off                      # forward_seqs' own: its first row in the pass,
+    int n_past                   # its n_past when the pass began,
+    int base                     # and the position in row 0 of the layer in flight
+
+cdef struct slot_t:
+    # a caller's request to a batcher: its sequence's next tokens, waiting for a pass
+    seq_t q
+    slot_t* next
+    int done
+
+cdef struct batcher_t:
+    # the passes that sequences of one Engine share (Batcher): callers queue slots and wait;
+    # the batcher's thread takes what is queued, up to max_seqs sequences and max_tokens
+    # rows, runs forward_seqs() once for them, and wakes them
+    pthread_mutex_t mu
+    pthread_cond_t work          # the batcher's thread waits here for slots
+    pthread_cond_t done          # callers wait here for theirs
+    slot_t* head                 # the queue, first come first
+    int n_queued
+    int members                  # sequences in a generation (state_t.member): a pass waits up to
+    double gather                # gather seconds for each of them to queue its next token
+    int closing
+    int paused                   # no passes until resumed (Batcher.pause: a caller lines sequences up)
+    long pid                     # the process that made it (a forked child runs its sequences alone)
+    int max_seqs, max_tokens, chunk   # a pass's sequences and rows; a prompt goes chunk rows at a time
+    const model_t* m
+    state_t* w                   # the pass's buffers and threads (the Batcher's work State)
+    float* out                   # (max_seqs, n_vocab) logits of a pass
+    seq_t* seqs                  # (max_seqs,) a pass's sequences
+    slot_t** taken               # (max_seqs,) and their slots
+    # statistics
+    int64_t passes, seq_passes, rows
+    double busy_s, last_s
 
 cdef class KernelSet:
     cdef isa_kernels_t k
@@ -116,9 +176,20 @@ cdef class Engine:
     cdef gov_last_t gov_last         # what its States' governors last found best (gov_t.last)
     cdef readonly dict load_threads  # the interleaving's thread choice: {"threads", "one_thread_tensors", ...}
 
+cdef class State
+
+cdef class Batcher:
+    cdef batcher_t b
+    cdef readonly Engine engine
+    cdef State work
+    cdef float[:, ::1] out_buf
+    cdef object thread
+    cdef object __weakref__          # a Model's set of its batchers (closed with it)
+
 cdef class State:
     cdef state_t s
     cdef readonly Engine engine
+    cdef readonly Batcher batcher
     cdef uint8_t[::1] k_cache, v_cache
     cdef int64_t[::1] kv_off_buf
     cdef int32_t[::1] redo_buf
@@ -139,6 +210,8 @@ cdef void embed_rows(float* out, const tensor_t* W, const int32_t* tokens, int n
 cdef void matmul_q(const isa_kernels_t* K, float** outs, const tensor_t** Ws, int nw,
                    const uint8_t* xq, int64_t xq_stride, int n_tok, int nth, int glu) noexcept nogil
 cdef int decode_one(const model_t* m, state_t* s, int32_t tok) noexcept nogil
+cdef int step_one(const model_t* m, state_t* s, int32_t tok) noexcept nogil
+cdef void batch_leave(batcher_t* b, state_t* s) noexcept nogil
 cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok, float* logits,
                  bint all_logits) noexcept nogil
 cdef void shift_kv(const model_t* m, state_t* s, int n_keep, int n_discard) noexcept nogil

@@ -17,11 +17,14 @@ from libc.stdint cimport uint8_t, uint16_t, int32_t, int64_t
 from libc.string cimport memcpy, memmove, memset
 from libc.math cimport sqrtf
 from libc.stdlib cimport malloc, free
+from posix.unistd cimport getpid
+from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
 from cython.parallel cimport prange
 from cpython.pycapsule cimport PyCapsule_GetPointer
 from guanaco_rt._kernels._mapguard cimport GuardedBuffer
 
 import mmap
+import threading
 
 import numpy as np
 
@@ -37,7 +40,7 @@ from guanaco_rt._kernels._common cimport (gr_openmp_enabled, gr_omp_max_threads,
 from guanaco_rt._kernels._isa cimport isa_kernels_t, vec_dot_fn, vec_dot_x4_fn, dot_r8_fn, ISA_CAPSULE
 from guanaco_rt._kernels._quants cimport type_traits_t, type_traits, row_size, from_float_fn
 from guanaco_rt._kernels._ops cimport (team_threads, kv_layer, rmsnorm, rope, rope_freqs, silu_mul, gelu_mul,
-                                       store_kv, attention, add_bias, head_norm, add_residual)
+                                       store_kv, attention_head, add_bias, head_norm, add_residual)
 from guanaco_rt._kernels._governor cimport (gov_init, gov_set_threads, gov_reset, gov_prompt_start, gov_prompt_end,
                                             gov_token_start, gov_token_end, gov_layer_done, gov_last_one,
                                             gov_last_note, load_gov_t, load_reset, load_next, load_record, load_busy)
@@ -375,86 +378,161 @@ cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok,
     # success the tokens join the sequence (n_past += n_tok) and 0 is returned; 1 when
     # cancelled: the cache past n_past is then partly written, the sequence unchanged (unless
     # the sliding-window layers needed swa_refill first: then it is the tokens that refill did).
+    # forward_seqs() with the one sequence, on its own buffers and threads.
+    cdef seq_t q
+    if swa_stale(s) and swa_refill(m, s):
+        return 1
+    q.s = s
+    q.tokens = tokens
+    q.n_tok = n_tok
+    q.all_logits = logits if all_logits else NULL
+    forward_seqs(m, s, &q, 1, NULL)
+    return q.rc
+
+cdef int forward_seqs(const model_t* m, state_t* w, seq_t* seqs, int n_seq, float* out) noexcept nogil:
+    # The next tokens of n_seq sequences (seqs[i].s, none swa_stale), each at its own
+    # positions, in one pass over the weights: the rows of all of them (sum of n_tok <=
+    # w.n_batch) go through every matmul together, on w's buffers and w.nth threads;
+    # RoPE, the KV cache and attention are each sequence's own. A token's result does not
+    # depend on what else is in the pass (every kernel gives each row the bits it gives it
+    # alone), so a sequence gets the same logits alone or in any batch.
+    # The last token's logits go to each s.logits, through out (n_seq, n_vocab) when n_seq
+    # > 1; a sequence with all_logits (only alone) gets every token's there too.
+    # seqs[i].rc: 0, or 1 when cancelled (s.cancel, or the file changed): that sequence is
+    # then unchanged past n_past. Returns how many were evaluated.
     # Each family's differences are fields of model_t / layer_t, NULL or 0 where it has none
     # (LLaMA: all of them): biases, Q/K norms, post-norms, embedding scale, RoPE mode and
     # per-layer frequencies, sliding window, GLU kind.
-    cdef int E = m.n_embd, Ekv = m.n_embd_kv, Eq = m.n_embd_q, n_past
-    cdef int t, l, first, b
-    cdef int64_t i
+    cdef int E = m.n_embd, Ekv = m.n_embd_kv, Eq = m.n_embd_q
+    cdef int T = 0, t, l, i, live = n_seq, first, rows
+    cdef int64_t k
     cdef const layer_t* L
+    cdef state_t* S
     cdef float* outs[3]
     cdef const tensor_t* ws[3]
-    if swa_stale(s) and swa_refill(m, s):
-        return 1
-    n_past = s.n_past
-    swa_room(m, s, n_tok)
-    s.have_logits = 0
-    embed_rows(s.x, &m.tok_embeddings, tokens, n_tok, s.emb_row)
+    cdef float* dst
+    for i in range(n_seq):
+        S = seqs[i].s
+        seqs[i].rc = 0
+        seqs[i].off = T
+        seqs[i].n_past = S.n_past
+        T += seqs[i].n_tok
+        swa_room(m, S, seqs[i].n_tok)
+        S.have_logits = 0
+        embed_rows(w.x + <int64_t>seqs[i].off * E, &m.tok_embeddings, seqs[i].tokens, seqs[i].n_tok, w.emb_row)
     if m.embd_scale != 1.0:
-        for i in range(<int64_t>n_tok * E):
-            s.x[i] *= m.embd_scale
+        for k in range(<int64_t>T * E):
+            w.x[k] *= m.embd_scale
     for l in range(m.n_layer):
-        if s.cancel or (m.file_fault != NULL and m.file_fault[0]):
-            return 1
+        for i in range(n_seq):
+            if seqs[i].rc == 0 and (seqs[i].s.cancel or (m.file_fault != NULL and m.file_fault[0])):
+                seqs[i].rc = 1
+                live -= 1
+        if live == 0:
+            return 0
         L = &m.layers[l]
         # attention block
-        for t in range(n_tok):
-            rmsnorm(s.xb + t * E, s.x + t * E, L.attention_norm, E, m.eps)
-        outs[0], outs[1], outs[2] = s.q, s.k, s.v
+        for t in range(T):
+            rmsnorm(w.xb + t * E, w.x + t * E, L.attention_norm, E, m.eps)
+        outs[0], outs[1], outs[2] = w.q, w.k, w.v
         ws[0], ws[1], ws[2] = &L.wq, &L.wk, &L.wv
-        matmul_n(m, s, outs, ws, 3, s.xb, n_tok, GLU_NONE)
-        add_bias(s.q, L.bq, n_tok, Eq)
-        add_bias(s.k, L.bk, n_tok, Ekv)
-        add_bias(s.v, L.bv, n_tok, Ekv)
-        for t in range(n_tok):
-            head_norm(s.q + t * Eq, L.q_norm, m.n_head, m.head_dim, m.eps)
-            head_norm(s.k + t * Ekv, L.k_norm, m.n_head_kv, m.head_dim, m.eps)
-            rope(s.q + t * Eq, m.n_head, m.head_dim, m.n_rot, L.freqs, n_past + t, m.rope_neox)
-            rope(s.k + t * Ekv, m.n_head_kv, m.head_dim, m.n_rot, L.freqs, n_past + t, m.rope_neox)
-        # a sliding-window layer's row of position p is p - swa_base: attention() over n_past - b
-        # positions sees the same window, rows lo - b.., as it would over all of them
-        b = s.swa_base if L.n_swa else 0
-        store_kv(s.k_cache, s.kv_off[l] + <int64_t>(n_past - b) * Ekv, s.k, <int64_t>n_tok * Ekv, s.kv_f16)
-        store_kv(s.v_cache, s.kv_off[l] + <int64_t>(n_past - b) * Ekv, s.v, <int64_t>n_tok * Ekv, s.kv_f16)
-        attention(m.k, s.xb, s.q, kv_layer(s.k_cache, s.kv_off[l], s.kv_f16),
-                  kv_layer(s.v_cache, s.kv_off[l], s.kv_f16), s.att, n_tok, n_past - b, m.n_head, m.n_head_kv,
-                  m.head_dim, s.n_ctx, s.kv_f16, s.nth, m.attn_scale, L.n_swa)
-        matmul(m, s, s.xb2, &L.wo, s.xb, n_tok)
-        add_residual(s.x, s.xb2, L.attn_post_norm, n_tok, E, m.eps)
+        matmul_n(m, w, outs, ws, 3, w.xb, T, GLU_NONE)
+        add_bias(w.q, L.bq, T, Eq)
+        add_bias(w.k, L.bk, T, Ekv)
+        add_bias(w.v, L.bv, T, Ekv)
+        for i in range(n_seq):
+            S = seqs[i].s
+            for t in range(seqs[i].off, seqs[i].off + seqs[i].n_tok):
+                head_norm(w.q + t * Eq, L.q_norm, m.n_head, m.head_dim, m.eps)
+                head_norm(w.k + t * Ekv, L.k_norm, m.n_head_kv, m.head_dim, m.eps)
+                rope(w.q + t * Eq, m.n_head, m.head_dim, m.n_rot, L.freqs, seqs[i].n_past + t - seqs[i].off,
+                     m.rope_neox)
+                rope(w.k + t * Ekv, m.n_head_kv, m.head_dim, m.n_rot, L.freqs, seqs[i].n_past + t - seqs[i].off,
+                     m.rope_neox)
+            # a sliding-window layer's row of position p is p - swa_base: attention over n_past - b
+            # positions sees the same window, rows lo - b.., as it would over all of them
+            seqs[i].base = S.swa_base if L.n_swa else 0
+            k = S.kv_off[l] + <int64_t>(seqs[i].n_past - seqs[i].base) * Ekv
+            store_kv(S.k_cache, k, w.k + <int64_t>seqs[i].off * Ekv, <int64_t>seqs[i].n_tok * Ekv, S.kv_f16)
+            store_kv(S.v_cache, k, w.v + <int64_t>seqs[i].off * Ekv, <int64_t>seqs[i].n_tok * Ekv, S.kv_f16)
+        attention_seqs(m, seqs, n_seq, l, w.xb, w.q, w.nth)
+        matmul(m, w, w.xb2, &L.wo, w.xb, T)
+        add_residual(w.x, w.xb2, L.attn_post_norm, T, E, m.eps)
         # feed-forward block
-        for t in range(n_tok):
-            rmsnorm(s.xb + t * E, s.x + t * E, L.ffn_norm, E, m.eps)
-        outs[0], outs[1] = s.hb, s.hb2
+        for t in range(T):
+            rmsnorm(w.xb + t * E, w.x + t * E, L.ffn_norm, E, m.eps)
+        outs[0], outs[1] = w.hb, w.hb2
         ws[0], ws[1] = &L.w1, &L.w3
-        matmul_n(m, s, outs, ws, 2, s.xb, n_tok, m.glu)     # s.hb = silu(w1 @ xb) * (w3 @ xb), or gelu's
-        matmul(m, s, s.xb2, &L.w2, s.hb, n_tok)
-        add_residual(s.x, s.xb2, L.ffn_post_norm, n_tok, E, m.eps)
-        s.nth = gov_layer_done(&s.gov, s.nth, l + 1, m.n_layer)
-    if s.cancel or (m.file_fault != NULL and m.file_fault[0]):
-        return 1
-    if s.hidden != NULL:                # embeddings: every token's normed hidden state, no logits
-        for t in range(n_tok):
-            rmsnorm(s.hidden + (s.hidden_pos + t) * E, s.x + t * E, m.norm, E, m.eps)
-        s.hidden_pos += n_tok
-        memcpy(s.tokens + n_past, tokens, n_tok * sizeof(int32_t))
-        s.n_past = n_past + n_tok
+        matmul_n(m, w, outs, ws, 2, w.xb, T, m.glu)     # hb = silu(w1 @ xb) * (w3 @ xb), or gelu's
+        matmul(m, w, w.xb2, &L.w2, w.hb, T)
+        add_residual(w.x, w.xb2, L.ffn_post_norm, T, E, m.eps)
+        w.nth = gov_layer_done(&w.gov, w.nth, l + 1, m.n_layer)
+    for i in range(n_seq):
+        if seqs[i].rc == 0 and (seqs[i].s.cancel or (m.file_fault != NULL and m.file_fault[0])):
+            seqs[i].rc = 1
+            live -= 1
+    if live == 0:
         return 0
-    first = 0 if all_logits else n_tok - 1
-    for t in range(first, n_tok):
-        rmsnorm(s.xb + t * E, s.x + t * E, m.norm, E, m.eps)
-    matmul(m, s, logits, &m.output, s.xb + first * E, n_tok - first)
-    if logits != s.logits:
-        memcpy(s.logits, logits + <int64_t>(n_tok - 1 - first) * m.n_vocab, m.n_vocab * sizeof(float))
-    memcpy(s.tokens + n_past, tokens, n_tok * sizeof(int32_t))
-    s.n_past = n_past + n_tok
-    s.have_logits = 1
-    return 0
+    if n_seq == 1 and w.hidden != NULL:     # embeddings: every token's normed hidden state, no logits
+        for t in range(T):
+            rmsnorm(w.hidden + (w.hidden_pos + t) * E, w.x + t * E, m.norm, E, m.eps)
+        w.hidden_pos += T
+    else:
+        # the rows that need logits, normed into xb one after the other (row r <= its token's)
+        rows = 0
+        for i in range(n_seq):
+            first = 0 if seqs[i].all_logits != NULL else seqs[i].n_tok - 1
+            for t in range(seqs[i].off + first, seqs[i].off + seqs[i].n_tok):
+                rmsnorm(w.xb + rows * E, w.x + t * E, m.norm, E, m.eps)
+                rows += 1
+        dst = out if n_seq > 1 else (seqs[0].all_logits if seqs[0].all_logits != NULL else seqs[0].s.logits)
+        matmul(m, w, dst, &m.output, w.xb, rows)
+        rows = 0
+        for i in range(n_seq):
+            rows += seqs[i].n_tok if seqs[i].all_logits != NULL else 1
+            if dst + <int64_t>(rows - 1) * m.n_vocab != seqs[i].s.logits:
+                memcpy(seqs[i].s.logits, dst + <int64_t>(rows - 1) * m.n_vocab, m.n_vocab * sizeof(float))
+    for i in range(n_seq):
+        S = seqs[i].s
+        if seqs[i].rc == 0:
+            memcpy(S.tokens + seqs[i].n_past, seqs[i].tokens, seqs[i].n_tok * sizeof(int32_t))
+            S.n_past = seqs[i].n_past + seqs[i].n_tok
+            S.have_logits = S.hidden == NULL
+    return live
+
+cdef void attention_seqs(const model_t* m, seq_t* seqs, int n_seq, int l, float* out, const float* q,
+                         int nth) noexcept nogil:
+    # layer l's attention of every sequence's tokens (rows off.. of q and out, (T, n_embd_q)):
+    # one team over the (sequence, head) pairs, each pair attention_head() on the
+    # sequence's own cache and scratch row
+    cdef int c, i, h
+    cdef int64_t work = 0
+    cdef state_t* S
+    for i in range(n_seq):
+        work += <int64_t>m.n_head * m.head_dim * (seqs[i].n_past - seqs[i].base + seqs[i].n_tok) * seqs[i].n_tok
+    nth = team_threads(nth, work, 1, 1)
+    for c in prange(n_seq * m.n_head, schedule='dynamic', num_threads=nth):
+        i = c // m.n_head
+        h = c % m.n_head
+        S = seqs[i].s
+        if seqs[i].rc == 0:
+            attention_head(m.k, out + <int64_t>seqs[i].off * m.n_embd_q, q + <int64_t>seqs[i].off * m.n_embd_q,
+                           kv_layer(S.k_cache, S.kv_off[l], S.kv_f16), kv_layer(S.v_cache, S.kv_off[l], S.kv_f16),
+                           S.att + <int64_t>h * S.n_ctx, h, seqs[i].n_tok, seqs[i].n_past - seqs[i].base,
+                           m.n_head, m.n_head_kv, m.head_dim, S.kv_f16, m.attn_scale, m.layers[l].n_swa)
 
 cdef int prefill(const model_t* m, state_t* s, const int32_t* ids, int n, float* all_logits) noexcept nogil:
     # ids (n,) in batches of n_batch; all_logits (n, n_vocab) or NULL (last logits only, in
     # s.logits). Returns the number of tokens evaluated: n, or fewer when cancelled (every
-    # complete batch stays in the sequence). Runs on the threads the governor answers.
+    # complete batch stays in the sequence). Runs on the threads the governor answers; with a
+    # batcher (and only the last logits wanted), in its passes, chunk tokens at a time
+    # between the other sequences' tokens, so that a long prompt does not stall them.
     cdef int start = 0, nb, rc = 0
+    if s.batch != NULL and all_logits == NULL and s.hidden == NULL:
+        rc = batch_prefill(s.batch, m, s, ids, n)
+        if rc >= 0:
+            return rc
+        rc = 0
     if n == 1 and all_logits == NULL:          # one token, as a decode loop of the caller's
         return 0 if decode_one(m, s, ids[0]) else 1
     s.nth = gov_prompt_start(&s.gov)
@@ -482,6 +560,158 @@ cdef int decode_one(const model_t* m, state_t* s, int32_t tok) noexcept nogil:
     rc = forward(m, s, &tok, 1, s.logits, False)
     gov_token_end(&s.gov, rc == 0)
     return rc
+
+
+cdef int step_one(const model_t* m, state_t* s, int32_t tok) noexcept nogil:
+    # the decode loops' forward() of one token: in a pass of s's batcher, else decode_one()
+    cdef int rc
+    if s.batch != NULL:
+        rc = batch_eval(s.batch, m, s, &tok, 1)
+        if rc >= 0:
+            return rc
+    return decode_one(m, s, tok)
+
+
+# ---- passes shared by several sequences (Batcher) ----------------------------------------
+cdef int batch_eval(batcher_t* b, const model_t* m, state_t* s, const int32_t* tokens, int n) noexcept nogil:
+    # tokens (n <= b.max_tokens) after s's sequence, in one of b's passes -> 0, 1 when cancelled,
+    # -1 when b runs no more passes (closed, or this is a forked child): the caller evaluates
+    # them itself. s joins b's members (leaves with batch_leave)
+    cdef slot_t slot
+    cdef slot_t* tail
+    cdef int rc
+    if getpid() != b.pid:
+        return -1
+    if swa_stale(s):          # the window's positions first, on s's own buffers, as the prompt it is
+        s.nth = gov_prompt_start(&s.gov)
+        rc = swa_refill(m, s)
+        gov_prompt_end(&s.gov, s.nth)
+        if rc:
+            return 1
+    slot.q.s = s
+    slot.q.tokens = tokens
+    slot.q.n_tok = n
+    slot.q.all_logits = NULL
+    slot.q.rc = 0
+    slot.next = NULL
+    slot.done = 0
+    pthread_mutex_lock(&b.mu)
+    if b.closing:
+        pthread_mutex_unlock(&b.mu)
+        return -1
+    if b.head == NULL:            # appended at the tail
+        b.head = &slot
+    else:
+        tail = b.head
+        while tail.next != NULL:
+            tail = tail.next
+        tail.next = &slot
+    b.n_queued += 1
+    if not s.member:
+        s.member = 1
+        b.members += 1
+    pthread_cond_signal(&b.work)
+    while not slot.done:
+        pthread_cond_wait(&b.done, &b.mu)
+    pthread_mutex_unlock(&b.mu)
+    return slot.q.rc
+
+cdef int batch_prefill(batcher_t* b, const model_t* m, state_t* s, const int32_t* ids, int n) noexcept nogil:
+    # prefill() in b's passes, b.chunk tokens a pass -> the tokens evaluated (fewer when
+    # cancelled), -1 when b runs no more passes before the first. s leaves b's members after
+    cdef int start = 0, nb, rc = 0
+    while start < n:
+        nb = min(b.chunk, n - start)
+        rc = batch_eval(b, m, s, ids + start, nb)
+        if rc < 0 and start == 0:
+            return -1
+        if rc < 0:            # closed in between: the rest alone
+            s.nth = gov_prompt_start(&s.gov)
+            while start < n and not rc:
+                nb = min(s.n_batch, n - start)
+                rc = forward(m, s, ids + start, nb, s.logits, False)
+                if not rc:
+                    start += nb
+            gov_prompt_end(&s.gov, s.nth)
+            break
+        if rc:
+            break
+        start += nb
+    batch_leave(b, s)
+    return start
+
+cdef void batch_leave(batcher_t* b, state_t* s) noexcept nogil:
+    # s's generation ended (or it paused): a pass no longer waits for its next tokens
+    if getpid() != b.pid:
+        return
+    pthread_mutex_lock(&b.mu)
+    if s.member:
+        s.member = 0
+        b.members -= 1
+        pthread_cond_signal(&b.work)
+    pthread_mutex_unlock(&b.mu)
+
+cdef void batch_run(batcher_t* b) noexcept nogil:
+    # the batcher's thread: pass after pass until closed (and its queue empty). A pass waits
+    # up to b.gather for every member to queue (a sequence samples its next token between
+    # passes), then takes the queue first come first, up to max_seqs sequences and max_tokens
+    # rows (a slot that does not fit waits for the next pass; smaller ones behind it go)
+    cdef timespec until
+    cdef slot_t* cur
+    cdef slot_t** link
+    cdef int n, rows, i
+    cdef double t0, dt
+    pthread_mutex_lock(&b.mu)
+    while True:
+        while (b.head == NULL or b.paused) and not b.closing:
+            pthread_cond_wait(&b.work, &b.mu)
+        if b.head == NULL:
+            break
+        if b.n_queued < b.members and b.gather > 0:
+            clock_gettime(CLOCK_REALTIME, &until)
+            until.tv_nsec += <long>(b.gather * 1e9)
+            until.tv_sec += until.tv_nsec // 1000000000
+            until.tv_nsec = until.tv_nsec % 1000000000
+            while not b.closing and b.n_queued < b.members and b.n_queued < b.max_seqs:
+                if pthread_cond_timedwait(&b.work, &b.mu, &until) != 0:
+                    break
+        n = 0
+        rows = 0
+        link = &b.head
+        while link[0] != NULL and n < b.max_seqs:
+            cur = link[0]
+            if cur.q.s.cancel:                  # cancelled while it waited: nothing to evaluate
+                link[0] = cur.next
+                b.n_queued -= 1
+                cur.q.rc = 1
+                cur.done = 1
+                continue
+            if rows + cur.q.n_tok > b.max_tokens:
+                link = &cur.next
+                continue
+            link[0] = cur.next
+            b.n_queued -= 1
+            b.taken[n] = cur
+            b.seqs[n] = cur.q
+            rows += cur.q.n_tok
+            n += 1
+        pthread_mutex_unlock(&b.mu)
+        t0 = monotonic()
+        if n:
+            forward_seqs(b.m, b.w, b.seqs, n, b.out)
+        dt = monotonic() - t0
+        pthread_mutex_lock(&b.mu)
+        for i in range(n):
+            b.taken[i].q.rc = b.seqs[i].rc
+            b.taken[i].done = 1
+        if n:
+            b.passes += 1
+            b.seq_passes += n
+            b.rows += rows
+            b.busy_s += dt
+            b.last_s = dt
+        pthread_cond_broadcast(&b.done)
+    pthread_mutex_unlock(&b.mu)
 
 
 # ---- the sliding-window layers' rows ----------------------------------------------------
@@ -792,6 +1022,16 @@ cdef class Engine:
         return self.m.n_vocab
 
 
+def lazy_zeros(int64_t n):
+    """uint8 (n,) of zeros in anonymous memory that the kernel commits a 4 KiB page at a time
+    as it is written: a KV cache costs the memory of the positions it holds, not of n_ctx
+    (numpy's zeros ask for huge pages on large arrays, which commit 2 MiB of every layer's
+    rows at its first token: 118 MiB a demo-model session of n_ctx 4096, against 3 MiB)"""
+    if n < 1:
+        return np.zeros(0, np.uint8)
+    return np.frombuffer(mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE), np.uint8)
+
+
 cdef class State:
     """One sequence on an Engine: its tokens, n_past, last logits and KV cache, with the
     scratch buffers of the forward pass, sized once (n_ctx, n_batch). The only owner of
@@ -828,8 +1068,8 @@ cdef class State:
         for l in range(m.n_layer):
             self.kv_off_buf[l] = total
             total += <int64_t>(self.s.swa_rows if m.layers[l].n_swa else n_ctx) * m.n_embd_kv
-        self.k_cache = np.zeros(total * (2 if kv_f16 else 4), np.uint8)
-        self.v_cache = np.zeros(total * (2 if kv_f16 else 4), np.uint8)
+        self.k_cache = lazy_zeros(total * (2 if kv_f16 else 4))
+        self.v_cache = lazy_zeros(total * (2 if kv_f16 else 4))
         self.redo_buf = np.zeros(n_ctx if self.s.n_swa else 1, np.int32)
         self.tokens_buf = np.zeros(n_ctx, np.int32)
         self.logits_buf = np.zeros(m.n_vocab, np.float32)
@@ -1028,6 +1268,28 @@ cdef class State:
                 "window": [m.layers[l].n_swa for l in range(m.n_layer)], "swa_first": self.s.swa_base,
                 "swa_keep": self.s.swa_keep, "refills": self.s.swa_refills}
 
+    # -- a batcher's passes -------------------------------------------------------------
+    def attach(self, Batcher batcher):
+        """Decode and evaluate prompts (those that want only the last logits) in
+        ``batcher``'s passes, with the other sequences attached to it; None: alone again.
+        The logits are the same bits either way. Not while a call runs on this State."""
+        if batcher is not None and batcher.engine is not self.engine:
+            raise ValueError("the Batcher runs another Engine's weights")
+        self.leave()
+        self.batcher = batcher
+        self.s.batch = &batcher.b if batcher is not None else NULL
+
+    def leave(self):
+        """This sequence's generation paused or ended: the batcher's passes no longer wait
+        for its next token (the next one it sends joins again)."""
+        if self.s.batch != NULL:
+            with nogil:
+                batch_leave(self.s.batch, &self.s)
+
+    def __dealloc__(self):
+        if self.s.batch != NULL and self.s.member:
+            batch_leave(self.s.batch, &self.s)
+
     # -- threads and cancel ------------------------------------------------------------
     @property
     def n_threads(self):
@@ -1062,6 +1324,115 @@ cdef class State:
     def cancel(self, bint flag=True):
         # a plain int store; the forward pass reads it between layers, the decode loop per token
         self.s.cancel = 1 if flag else 0
+
+
+cdef class Batcher:
+    """Passes over the weights shared by several sequences of one Engine: each State
+    attached to it (State.attach) sends its decoded tokens and prompt chunks here, and
+    the batcher's thread evaluates what is queued in one forward_seqs() pass, its
+    weights read once for all of them, on ``n_threads`` threads. A sequence's logits are
+    the same bits alone or in a pass with any others.
+
+    ``max_seqs``: sequences a pass takes at most; ``chunk``: the tokens a prompt adds to a
+    pass (a long prompt goes chunk by chunk between the others' tokens); ``gather_ms``:
+    how long a pass waits for the sequences in a generation to send their next token."""
+
+    def __cinit__(self, Engine engine, int max_seqs=16, int chunk=32, int n_threads=1, double gather_ms=2.0):
+        if engine is None:
+            raise ModelClosedError("Batcher needs an Engine (a loaded model's weights), got None")
+        if max_seqs < 1 or chunk < 1 or n_threads < 1 or not 0 <= gather_ms <= 1000:
+            raise ValueError(f"max_seqs {max_seqs}, chunk {chunk} and n_threads {n_threads} must be >= 1 and "
+                             f"gather_ms {gather_ms} in [0, 1000]")
+        self.engine = engine
+        self.b.max_seqs = max_seqs
+        self.b.chunk = chunk
+        self.b.max_tokens = max_seqs + chunk
+        self.work = State(engine, self.b.max_tokens, self.b.max_tokens, False, n_threads)
+        self.work.adaptive_threads = False
+        self.out_buf = np.zeros((max_seqs, engine.m.n_vocab), np.float32)
+        self.b.seqs = <seq_t*>malloc(max_seqs * sizeof(seq_t))
+        self.b.taken = <slot_t**>malloc(max_seqs * sizeof(slot_t*))
+        if self.b.seqs == NULL or self.b.taken == NULL:
+            raise MemoryError()
+        pthread_mutex_init(&self.b.mu, NULL)
+        pthread_cond_init(&self.b.work, NULL)
+        pthread_cond_init(&self.b.done, NULL)
+        self.b.m = &engine.m
+        self.b.w = &self.work.s
+        self.b.out = &self.out_buf[0, 0]
+        self.b.gather = gather_ms / 1e3
+        self.b.pid = getpid()
+        self.thread = threading.Thread(target=self._run, name="guanaco_rt-batcher", daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        with nogil:
+            batch_run(&self.b)
+
+    @property
+    def max_seqs(self):
+        return self.b.max_seqs
+
+    @property
+    def chunk(self):
+        return self.b.chunk
+
+    @property
+    def n_threads(self):
+        return self.work.n_threads
+
+    @property
+    def closed(self):
+        return bool(self.b.closing)
+
+    def stats(self):
+        """``passes`` run, their mean ``occupancy`` (sequences a pass), ``rows`` evaluated,
+        ``busy_s`` (seconds in passes), ``queued`` (slots waiting now), ``members``
+        (sequences in a generation now), ``rows_per_s`` over busy_s."""
+        pthread_mutex_lock(&self.b.mu)
+        d = {"passes": self.b.passes, "rows": self.b.rows, "busy_s": self.b.busy_s, "queued": self.b.n_queued,
+             "members": self.b.members, "last_pass_s": self.b.last_s,
+             "occupancy": self.b.seq_passes / <double>self.b.passes if self.b.passes else 0.0,
+             "rows_per_s": self.b.rows / self.b.busy_s if self.b.busy_s > 0 else 0.0,
+             "max_seqs": self.b.max_seqs, "chunk": self.b.chunk}
+        pthread_mutex_unlock(&self.b.mu)
+        return d
+
+    def pause(self):
+        """No passes until resume(): sequences that send tokens meanwhile wait in line, and
+        the next pass takes them together (up to max_seqs and the rows a pass holds)."""
+        with nogil:
+            pthread_mutex_lock(&self.b.mu)
+            self.b.paused = 1
+            pthread_mutex_unlock(&self.b.mu)
+
+    def resume(self):
+        with nogil:
+            pthread_mutex_lock(&self.b.mu)
+            self.b.paused = 0
+            pthread_cond_broadcast(&self.b.work)
+            pthread_mutex_unlock(&self.b.mu)
+
+    def close(self):
+        """Run what is queued, then no more passes: attached States evaluate alone from now on."""
+        if self.b.pid != getpid():
+            return
+        with nogil:
+            pthread_mutex_lock(&self.b.mu)
+            self.b.closing = 1
+            pthread_cond_broadcast(&self.b.work)
+            pthread_mutex_unlock(&self.b.mu)
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join()
+
+    def __dealloc__(self):
+        # only once its thread ended (it holds a reference) and no State refers to it
+        free(self.b.seqs)
+        free(self.b.taken)
+        if self.b.pid:
+            pthread_cond_destroy(&self.b.done)
+            pthread_cond_destroy(&self.b.work)
+            pthread_mutex_destroy(&self.b.mu)
 
 
 def openmp_enabled():

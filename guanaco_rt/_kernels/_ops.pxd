@@ -27,6 +27,9 @@ cdef void store_kv(void* cache, int64_t off, const float* src, int64_t n, int f1
 cdef void attention(const isa_kernels_t* K, float* out, const float* q, const void* k_cache, const void* v_cache,
                     float* att, int n_tok, int n_past, int n_head, int n_head_kv, int head_dim, int n_ctx, int f16,
                     int nth, float scale, int n_swa) noexcept nogil
+cdef void attention_head(const isa_kernels_t* K, float* out, const float* q, const void* k_cache,
+                         const void* v_cache, float* a, int h, int n_tok, int n_past, int n_head, int n_head_kv,
+                         int head_dim, int f16, float scale, int n_swa) noexcept nogil
 cdef int attention_threads(int nth, int n_head, int head_dim, int n_past, int n_tok) noexcept nogil
 cdef void add_bias(float* x, const float* b, int n_tok, int n) noexcept nogil
 cdef void head_norm(float* x, const float* w, int n_head, int head_dim, float eps) noexcept nogil

@@ -106,24 +106,31 @@ cdef void attention(const isa_kernels_t* K, float* out, const float* q, const vo
     # up to n_past + n_tok - 1 filled; query head h reads KV head h / (n_head / n_head_kv)
     # (grouped-query attention; n_head_kv == n_head is plain multi-head). att: (n_head,
     # n_ctx) scratch, a row per head.
-    cdef int h, t, pos, kvh, lo
-    cdef int n_embd = n_head * head_dim
-    cdef int n_embd_kv = n_head_kv * head_dim
-    cdef int group = n_head // n_head_kv
-    cdef float* a
-    cdef float* o
+    cdef int h
     nth = attention_threads(nth, n_head, head_dim, n_past, n_tok)
     for h in prange(n_head, schedule='static', num_threads=nth):
-        a = att + h * n_ctx
-        kvh = h // group
-        for t in range(n_tok):
-            pos = n_past + t
-            lo = max(0, pos + 1 - n_swa) if n_swa > 0 else 0
-            K.kv_scores(a, q + t * n_embd + h * head_dim, k_cache, <int64_t>lo * n_embd_kv + kvh * head_dim,
-                        n_embd_kv, pos + 1 - lo, head_dim, scale, f16)
-            softmax(a, pos + 1 - lo)
-            o = out + t * n_embd + h * head_dim
-            K.kv_mix(o, a, v_cache, <int64_t>lo * n_embd_kv + kvh * head_dim, n_embd_kv, pos + 1 - lo, head_dim, f16)
+        attention_head(K, out, q, k_cache, v_cache, att + h * n_ctx, h, n_tok, n_past, n_head, n_head_kv, head_dim,
+                       f16, scale, n_swa)
+
+cdef void attention_head(const isa_kernels_t* K, float* out, const float* q, const void* k_cache,
+                         const void* v_cache, float* a, int h, int n_tok, int n_past, int n_head, int n_head_kv,
+                         int head_dim, int f16, float scale, int n_swa) noexcept nogil:
+    # attention()'s query head h, every token, with a (n_ctx,) its scratch row: the one body of
+    # attention() and of the engine's batch over several sequences (forward_seqs), each
+    # head's result the same bits whoever runs it
+    cdef int t, pos, lo
+    cdef int n_embd = n_head * head_dim
+    cdef int n_embd_kv = n_head_kv * head_dim
+    cdef int kvh = h // (n_head // n_head_kv)
+    cdef float* o
+    for t in range(n_tok):
+        pos = n_past + t
+        lo = max(0, pos + 1 - n_swa) if n_swa > 0 else 0
+        K.kv_scores(a, q + t * n_embd + h * head_dim, k_cache, <int64_t>lo * n_embd_kv + kvh * head_dim,
+                    n_embd_kv, pos + 1 - lo, head_dim, scale, f16)
+        softmax(a, pos + 1 - lo)
+        o = out + t * n_embd + h * head_dim
+        K.kv_mix(o, a, v_cache, <int64_t>lo * n_embd_kv + kvh * head_dim, n_embd_kv, pos + 1 - lo, head_dim, f16)
 
 cdef int attention_threads(int nth, int n_head, int head_dim, int n_past, int n_tok) noexcept nogil:
     # attention's team: n_tok queries against n_past + n_tok positions, each a q.k and an a*v
