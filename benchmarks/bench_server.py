@@ -1,11 +1,17 @@
-"""Server throughput: `guanaco-rt serve` on the demo model (or MODEL), driven by N concurrent
-clients with the official openai client; aggregate generated tokens/s, request latency,
-and the time from a client's disconnect to the end of its generation.
+"""Server throughput: N concurrent streaming clients (the official openai client) against
+`guanaco-rt serve` in one or more settings, and llama.cpp's `llama-server` beside it when
+given its path. Prints, per server and client count, the aggregate completion tokens/s,
+the time to first token (p50, p95) and the median request time.
 
-    python benchmarks/bench_server.py [--model FILE] [--clients 1 2 4 8] [--parallel 2] [--threads 1]
+    python benchmarks/bench_server.py [--model FILE] [--clients 1 2 4 8 16] \\
+        [--config batch:8:2 nobatch:4:1 ...] [--llama-server PATH] [--max-tokens 64] [--requests 2]
 
-Each client sends --requests chat completions of --max-tokens tokens (end-of-text banned,
-so every reply has the same length); one server per --parallel value.
+A config is MODE:PARALLEL:THREADS, MODE ``batch`` (the sessions share each pass over the
+weights, the default of --parallel > 1) or ``nobatch`` (each session decodes alone on
+THREADS threads, --no-batch). llama-server runs with -np = the largest client count,
+continuous batching and -t = --llama-threads. Every reply has --max-tokens tokens (end
+tokens banned). The servers run one after the other, so compare ratios within one run.
+Then: the time from a client's disconnect to the end of its generation (guanaco-rt).
 """
 import argparse
 import concurrent.futures
@@ -20,7 +26,8 @@ import time
 import httpx
 import openai
 
-NO_END = {"0": -100, "1": -100, "2": -100}
+PROMPT = "Write a short story about a lighthouse keeper."
+NO_END = {"0": -100, "1": -100, "2": -100}     # the end tokens of the demo's vocabulary and of LLaMA's
 
 
 def free_port():
@@ -29,45 +36,90 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start(model, parallel, threads, ctx):
-    port = free_port()
-    log = open(f"/tmp/bench_server_{port}.log", "w+")
-    args = [sys.executable, "-m", "guanaco_rt", "serve", "--port", str(port), "--parallel", str(parallel), "-c",
-            str(ctx), "-t", str(threads)] + ([model] if model else [])
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
+def cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return "?"
+    model = re.search(r"model name\s*:\s*(.*)", text)
+    flags = re.search(r"flags\s*:\s*(.*)", text)
+    simd = [x for x in (flags.group(1).split() if flags else [])
+            if x.startswith(("avx", "amx", "fma", "f16c", "sse4"))]
+    return f"{model.group(1) if model else '?'}; {' '.join(sorted(simd))}"
+
+
+def wait_up(proc, url, log):
+    for _ in range(600):
+        if proc.poll() is not None:
+            log.seek(0)
+            raise RuntimeError("the server exited:\n" + log.read()[-2000:])
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url, log
+                return
         except httpx.HTTPError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     raise RuntimeError("the server did not start")
 
 
-def load(url, n_clients, n_requests, max_tokens):
-    messages = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
+def start_guanaco(model, mode, parallel, threads, ctx):
+    port = free_port()
+    log = open(f"/tmp/bench_server_{port}.log", "w+")
+    args = [sys.executable, "-m", "guanaco_rt", "serve", "--port", str(port), "--parallel", str(parallel), "-c",
+            str(ctx), "-t", str(threads)] + (["--no-batch"] if mode == "nobatch" else []) + ([model] if model else [])
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    wait_up(proc, url, log)
+    return proc, url, log
+
+
+def start_llama_server(path, model, parallel, threads, ctx):
+    port = free_port()
+    log = open(f"/tmp/bench_llama_server_{port}.log", "w+")
+    args = [path, "-m", model, "--port", str(port), "-np", str(parallel), "-c", str(ctx * parallel), "-t",
+            str(threads), "-tb", str(threads), "--cont-batching", "--no-warmup", "-fa", "off"]
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    wait_up(proc, url, log)
+    return proc, url, log
+
+
+def load(url, n_clients, n_requests, max_tokens, bias):
+    """-> (aggregate completion tok/s, TTFTs, request times)"""
+    messages = [{"role": "user", "content": PROMPT}]
 
     def client(i):
-        c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
+        c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=900)
         out = []
         for _ in range(n_requests):
             t0 = time.perf_counter()
-            r = c.chat.completions.create(model="any", messages=messages, max_tokens=max_tokens, temperature=0.8,
-                                          seed=i, logit_bias=NO_END)
-            out.append((time.perf_counter() - t0, r.usage.completion_tokens))
+            first, n = None, 0
+            stream = c.chat.completions.create(model="any", messages=messages, max_tokens=max_tokens,
+                                               temperature=0.8, seed=i, logit_bias=bias, stream=True,
+                                               stream_options={"include_usage": True})
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content and first is None:
+                    first = time.perf_counter() - t0
+                if chunk.usage is not None:
+                    n = chunk.usage.completion_tokens
+            out.append((first if first is not None else time.perf_counter() - t0, time.perf_counter() - t0, n))
         return out
 
     t0 = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(n_clients) as ex:
         res = [x for r in ex.map(client, range(n_clients)) for x in r]
     wall = time.perf_counter() - t0
-    toks = sum(n for _, n in res)
-    return toks / wall, statistics.median(t for t, _ in res), toks
+    return sum(n for _, _, n in res) / wall, [f for f, _, _ in res], [t for _, t, _ in res]
 
 
-def disconnect_ms(url, log, rounds=5):
-    body = {"prompt": "Tell me a long story.", "max_tokens": 100000, "stream": True, "logit_bias": NO_END}
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+def disconnect_ms(url, log, bias, rounds=5):
+    body = {"prompt": "Tell me a long story.", "max_tokens": 100000, "stream": True, "logit_bias": bias}
     for _ in range(rounds):
         with httpx.Client(timeout=30) as h, h.stream("POST", url + "/v1/completions", json=body) as r:
             lines = r.iter_lines()
@@ -82,30 +134,52 @@ def disconnect_ms(url, log, rounds=5):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None)
-    p.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8])
-    p.add_argument("--parallel", type=int, nargs="+", default=[2])
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--requests", type=int, default=3)
+    p.add_argument("--model", default=None, help="a GGUF or ggjt file (default: the demo model)")
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    p.add_argument("--config", nargs="+", default=["batch:16:2"], help="MODE:PARALLEL:THREADS (see above)")
+    p.add_argument("--llama-server", default=None, help="path of llama.cpp's llama-server, to run beside")
+    p.add_argument("--llama-threads", type=int, default=2)
+    p.add_argument("--requests", type=int, default=2, help="requests per client")
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--ctx", type=int, default=512, help="context per sequence")
+    p.add_argument("--disconnect", action="store_true", help="also measure disconnect -> generation end")
     a = p.parse_args()
-    print(f"{a.max_tokens}-token chat replies, {a.requests} per client, {a.threads} thread(s) per session, "
-          f"{os.cpu_count()} cores\n")
-    print("| sessions | clients | generated tok/s (all clients) | median request s |")
-    print("|---|---|---|---|")
-    for par in a.parallel:
-        proc, url, log = start(a.model, par, a.threads, 512)
+    model = a.model
+    if model is None:
+        from guanaco_rt.demo import demo_model_path
+        model = demo_model_path()
+    print(f"CPU: {cpu_flags()}; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}")
+    print(f"model {os.path.basename(model)}; {a.max_tokens}-token streamed chat replies, {a.requests} per client\n")
+    print("| server | clients | completion tok/s (all clients) | TTFT p50 s | TTFT p95 s | median request s |")
+    print("|---|---|---|---|---|---|")
+    servers = [("guanaco-rt " + c, c) for c in a.config]
+    if a.llama_server:
+        servers.append((f"llama-server -np {max(a.clients)} -t {a.llama_threads}", None))
+    bias = NO_END
+    for name, conf in servers:
+        if conf is None:
+            proc, url, log = start_llama_server(a.llama_server, model, max(a.clients), a.llama_threads, a.ctx)
+        else:
+            mode, par, thr = conf.split(":")
+            proc, url, log = start_guanaco(model, mode, int(par), int(thr), a.ctx)
         try:
-            load(url, 1, 1, 8)                                  # warm-up
+            load(url, 1, 1, 8, bias)                                  # warm-up
             for n in a.clients:
-                tps, lat, _ = load(url, n, a.requests, a.max_tokens)
-                print(f"| {par} | {n} | {tps:.1f} | {lat:.2f} |", flush=True)
-            ms = disconnect_ms(url, log)
+                tps, ttft, req = load(url, n, a.requests, a.max_tokens, bias)
+                print(f"| {name} | {n} | {tps:.1f} | {pct(ttft, 0.5):.3f} | {pct(ttft, 0.95):.3f} | "
+                      f"{statistics.median(req):.2f} |", flush=True)
+            if conf is not None:
+                h = httpx.get(url + "/health").json()
+                if "batch" in h:
+                    b = h["batch"]
+                    print(f"|   (batch: {b['passes']} passes, occupancy {b['occupancy']:.2f}) | | | | | |", flush=True)
+                if a.disconnect:
+                    ms = disconnect_ms(url, log, bias)
+                    print(f"\n{name}: disconnect -> generation ended: median {statistics.median(ms):.1f} ms, "
+                          f"max {max(ms):.1f} ms over {len(ms)} disconnects\n")
         finally:
             proc.terminate()
             proc.wait()
-        print(f"\ndisconnect -> generation ended ({par} sessions): median {statistics.median(ms):.1f} ms, "
-              f"max {max(ms):.1f} ms over {len(ms)} disconnects\n")
 
 
 if __name__ == "__main__":

@@ -331,7 +331,7 @@ class LLM:
         self.pool = SessionPool(self.model, n_sessions, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads,
                                 kv_f16=kv_f16, template=template, batcher=self.batcher)
         self._rate_lock = threading.Lock()
-        self._rate = (time.monotonic(), 0, None)        # batch_stats' last figures
+        self._rate = collections.deque([(time.monotonic(), 0)])     # batch_stats' marks
         first = self.pool.acquire()             # made now: bad settings fail here, not on a request
         self.template = first.template          # every session's chat format; None: Guanaco's ### Human:
         self.pool.release(first)
@@ -546,17 +546,20 @@ class LLM:
         ``occupancy`` (sequences a pass) and ``last_pass_s``, ``rows`` evaluated (prompt and
         generated tokens), ``members`` (calls generating now), ``queued`` (sequences waiting
         for the pass in flight), ``rows_per_s`` while a pass runs, and ``tokens_per_s``:
-        rows a second since the previous call at least a second ago (since the start at first)."""
+        rows a second since the latest call at least a second ago (or the start)."""
         if self.batcher is None:
             return None
         d = self.batcher.stats()
         now = time.monotonic()
         with self._rate_lock:
-            t, rows, rate = self._rate
-            if now - t >= 1.0 or rate is None:
-                rate = (d["rows"] - rows) / max(now - t, 1e-9)
-                self._rate = (now, d["rows"], rate)
-        d["tokens_per_s"] = rate
+            marks = self._rate                  # (time, rows) of earlier calls, the start first
+            while len(marks) > 1 and now - marks[1][0] >= 1.0:
+                marks.popleft()                 # marks[0]: the latest at least a second ago
+            t, rows = marks[0]
+            marks.append((now, d["rows"]))
+            if len(marks) > 64:
+                del marks[1]
+        d["tokens_per_s"] = (d["rows"] - rows) / max(now - t, 1e-9)
         return d
 
     def close(self) -> None:

@@ -548,7 +548,8 @@ def cmd_serve(a):
     api_key = a.api_key or os.environ.get("GUANACO_RT_API_KEY") or None
     check_bind(a.host, api_key, a.insecure_no_key, warn=False)      # before the model loads: fail fast
     llm = LLM(_model_path(a), n_ctx=a.ctx_size, n_sessions=a.parallel, n_threads=a.threads,
-              n_batch=a.batch_size, kv_f16=a.kv_f16, model_name=a.model_name, prefill_chunk=a.prefill_chunk)
+              n_batch=a.batch_size, kv_f16=a.kv_f16, model_name=a.model_name, prefill_chunk=a.prefill_chunk,
+              batch=False if a.no_batch else None)
     logging.getLogger("guanaco_rt.server").info(
         "serving %s on http://%s:%d/v1 (%d session(s) of %d tokens, %s%d thread(s)%s)", llm.model_name, a.host,
         a.port, a.parallel, a.ctx_size, "decoded in one batch on " if llm.batcher is not None else "",
@@ -671,6 +672,9 @@ def build_parser():
     s.add_argument("--parallel", type=_int(1, 256), default=1,
                    help="generations at once, one session each; more than one share each pass over the weights "
                         "(one batch), on all the threads")
+    s.add_argument("--no-batch", action="store_true",
+                   help="with --parallel > 1: each session decodes alone, on its own share of the threads "
+                        "(the weights read once per session and token)")
     s.add_argument("--prefill-chunk", type=_int(1, 4096), default=32,
                    help="with --parallel > 1: a prompt's tokens per shared pass, between the other generations' "
                         "tokens (default %(default)s)")

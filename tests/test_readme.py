@@ -39,6 +39,12 @@ def test_openai_api_snippet(smollm2):
     assert out.count("The capital of France is Paris.") == 2 and " Paris" in out
 
 
+def test_batching_snippet(smollm2):
+    out = run(python_block("Many conversations at once"))
+    reply, occupancy = out.strip().rsplit(" ", 1)
+    assert reply == "The capital of France is Paris." and float(occupancy) > 1.5
+
+
 def test_gguf_snippet_runs_from_any_folder(smollm2):
     # run as written from the tests folder, not the demo model's cache folder
     out = run("import guanaco_rt\n" + python_block("GGUF files") + "\nprint(ids[:3])")

@@ -75,6 +75,11 @@ def test_models_and_health(server, client):
     assert m.id == "SmolLM2-135M-Instruct.Q4_1.gguf" and m.owned_by == "guanaco_rt"
     h = server.health()
     assert h["status"] == "ok" and h["sessions"] == 2
+    # --parallel 2: the two sessions share passes, and /health says how they went
+    assert h["batch"]["max_seqs"] == 2 and h["batch"]["members"] == 0 and h["batch"]["queued"] == 0
+    client.chat.completions.create(model="any", messages=FRANCE, temperature=0, max_tokens=4)
+    b = server.health()["batch"]
+    assert b["passes"] >= 4 and b["rows"] > b["passes"] and b["occupancy"] >= 1 and b["tokens_per_s"] > 0
 
 
 def test_chat_non_streaming(client):

@@ -48,6 +48,8 @@ from guanaco_rt._kernels._governor cimport (gov_init, gov_set_threads, gov_reset
 cdef enum:
     ROW_TILE = 32                 # rows of a one-row-layout matrix per pass over a batch (rows_q)
 
+cdef double GATHER_SHARE = 0.25   # a batcher's pass waits for late members up to this share of the last one
+
 
 # ---- the kernel set ------------------------------------------------------------------
 cdef class KernelSet:
@@ -653,23 +655,26 @@ cdef void batch_leave(batcher_t* b, state_t* s) noexcept nogil:
 
 cdef void batch_run(batcher_t* b) noexcept nogil:
     # the batcher's thread: pass after pass until closed (and its queue empty). A pass waits
-    # up to b.gather for every member to queue (a sequence samples its next token between
-    # passes), then takes the queue first come first, up to max_seqs sequences and max_tokens
+    # for every member to queue (a sequence samples its next token between passes, and a
+    # stream hands its text to Python), up to b.gather or a GATHER_SHARE of the last pass's
+    # time, whichever is longer (a late member would otherwise miss the pass, and the
+    # passes split into two halves that alternate), then takes the queue first come first, up to max_seqs sequences and max_tokens
     # rows (a slot that does not fit waits for the next pass; smaller ones behind it go)
     cdef timespec until
     cdef slot_t* cur
     cdef slot_t** link
     cdef int n, rows, i
-    cdef double t0, dt
+    cdef double t0, dt, wait
     pthread_mutex_lock(&b.mu)
     while True:
         while (b.head == NULL or b.paused) and not b.closing:
             pthread_cond_wait(&b.work, &b.mu)
         if b.head == NULL:
             break
-        if b.n_queued < b.members and b.gather > 0:
+        wait = max(b.gather, b.last_s * GATHER_SHARE)
+        if b.n_queued < b.members and wait > 0:
             clock_gettime(CLOCK_REALTIME, &until)
-            until.tv_nsec += <long>(b.gather * 1e9)
+            until.tv_nsec += <long>(wait * 1e9)
             until.tv_sec += until.tv_nsec // 1000000000
             until.tv_nsec = until.tv_nsec % 1000000000
             while not b.closing and b.n_queued < b.members and b.n_queued < b.max_seqs:
