@@ -115,6 +115,9 @@ class Session:
     only (about 3 windows); ``swa_full`` keeps every position there too, as llama.cpp's
     option of that name. The logits are the same bits either way; a rewind further back
     than the margin costs an evaluation of the kept tokens again.
+
+    ``batcher`` (``model.batcher()``): the session's decoding and prompts share passes over
+    the weights with the other sessions on it; the same bits as alone.
     """
 
     def __init__(self, model: Model, n_ctx: int = 2048, n_batch: int = 64, n_threads: int | None = None,
