@@ -86,7 +86,7 @@ def start_llama_server(path, model, parallel, threads, ctx):
 
 
 def load(url, n_clients, n_requests, max_tokens, bias):
-    """-> (aggregate completion tok/s, TTFTs, request times)"""
+    """-> (aggregate completion tok/s, TTFTs, request times, {(client, request): reply text})"""
     messages = [{"role": "user", "content": PROMPT}]
 
     def client(i):
@@ -94,23 +94,27 @@ def load(url, n_clients, n_requests, max_tokens, bias):
         out = []
         for _ in range(n_requests):
             t0 = time.perf_counter()
-            first, n = None, 0
+            first, n, text = None, 0, []
             stream = c.chat.completions.create(model="any", messages=messages, max_tokens=max_tokens,
                                                temperature=0.8, seed=i, logit_bias=bias, stream=True,
                                                stream_options={"include_usage": True})
             for chunk in stream:
-                if chunk.choices and chunk.choices[0].delta.content and first is None:
-                    first = time.perf_counter() - t0
+                if chunk.choices and chunk.choices[0].delta.content:
+                    text.append(chunk.choices[0].delta.content)
+                    if first is None:
+                        first = time.perf_counter() - t0
                 if chunk.usage is not None:
                     n = chunk.usage.completion_tokens
-            out.append((first if first is not None else time.perf_counter() - t0, time.perf_counter() - t0, n))
+            out.append((first if first is not None else time.perf_counter() - t0, time.perf_counter() - t0, n,
+                        (i, len(out), "".join(text))))
         return out
 
     t0 = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(n_clients) as ex:
         res = [x for r in ex.map(client, range(n_clients)) for x in r]
     wall = time.perf_counter() - t0
-    return sum(n for _, _, n in res) / wall, [f for f, _, _ in res], [t for _, t, _ in res]
+    return (sum(r[2] for r in res) / wall, [r[0] for r in res], [r[1] for r in res],
+            {r[3][:2]: r[3][2] for r in res})
 
 
 def pct(xs, q):
@@ -143,6 +147,7 @@ def main():
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--ctx", type=int, default=512, help="context per sequence")
     p.add_argument("--disconnect", action="store_true", help="also measure disconnect -> generation end")
+    p.add_argument("--warmup", type=int, default=8, help="tokens of a first request before the figures")
     a = p.parse_args()
     model = a.model
     if model is None:
@@ -163,11 +168,15 @@ def main():
             mode, par, thr = conf.split(":")
             proc, url, log = start_guanaco(model, mode, int(par), int(thr), a.ctx)
         try:
-            load(url, 1, 1, 8, bias)                                  # warm-up
+            load(url, 1, 1, a.warmup, bias)                           # warm-up
+            texts = {}          # (client, request) -> the reply: seeded, so the same at any concurrency
+            differ = 0
             for n in a.clients:
-                tps, ttft, req = load(url, n, a.requests, a.max_tokens, bias)
+                tps, ttft, req, got = load(url, n, a.requests, a.max_tokens, bias)
+                differ += sum(1 for k, v in got.items() if texts.setdefault(k, v) != v)
                 print(f"| {name} | {n} | {tps:.1f} | {pct(ttft, 0.5):.3f} | {pct(ttft, 0.95):.3f} | "
                       f"{statistics.median(req):.2f} |", flush=True)
+            print(f"|   (replies that differ from the same seed's at another client count: {differ}) | | | | | |")
             if conf is not None:
                 h = httpx.get(url + "/health").json()
                 if "batch" in h:
