@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence, Union
 
 import numpy as np
 
+from . import lora as _lora
 from ._kernels._decode import Decoder, TextStage
 from ._kernels._engine import State
 from .chat import DEFAULT_STOP, ChatTemplate, Conversation
@@ -115,12 +116,17 @@ class Session:
     only (about 3 windows); ``swa_full`` keeps every position there too, as llama.cpp's
     option of that name. The logits are the same bits either way; a rewind further back
     than the margin costs an evaluation of the kept tokens again.
+
+    ``lora``: LoRA adapters applied at run time to this session only, ``[(path or
+    lora.Adapter, scale), ...]``: each layer matrix's output gains ((x A^T) B^T) scale, in
+    float32; the Model's weights are not touched, so other sessions of it may use other
+    adapters or none. Load an adapter once with ``lora.Adapter.load`` to share it.
     """
 
     def __init__(self, model: Model, n_ctx: int = 2048, n_batch: int = 64, n_threads: int | None = None,
                  kv_f16: bool = False, seed: int | None = None, context_policy: str = CONTEXT_POLICY, n_keep: int = 1,
                  system: str | None = None, template: str | None = None, adaptive_threads: bool = True,
-                 swa_full: bool = False):
+                 swa_full: bool = False, lora=None):
         for name, v, lo in (("n_ctx", n_ctx, 2), ("n_batch", n_batch, 1), ("n_keep", n_keep, 0)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 raise TypeError(f"{name} must be an int, got {v!r}")
@@ -148,6 +154,10 @@ class Session:
         # faster now (a core busy elsewhere makes a team slower than one thread); the
         # results are the same bits either way
         self._state.adaptive_threads = bool(adaptive_threads)
+        # run-time LoRA adapters: this session's own tables; the model's weights stay shared
+        self.lora = _lora.check(model, _lora.normalize(lora))
+        if self.lora:
+            self._state.set_lora(_lora.lora_set(model, self.lora, self.n_batch))
         self.sampler = Sampler(seed)
         self._template_source, self.template = chat_format(model, template)
         if system is None and self.template is not None:

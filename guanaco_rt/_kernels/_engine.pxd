@@ -4,6 +4,7 @@ from libc.stdint cimport uint8_t, int32_t, int64_t
 
 from guanaco_rt._kernels._isa cimport isa_kernels_t
 from guanaco_rt._kernels._quants cimport type_traits_t
+from guanaco_rt._kernels._lora cimport lora_t
 # monotonic: cimported from here by _decode as well
 from guanaco_rt._kernels._governor cimport gov_t, gov_last_t, monotonic
 
@@ -96,6 +97,7 @@ cdef struct state_t:
     uint8_t* emb_row     # (tok_embeddings.nb1,) an interleaved embedding row in the file's order (embed_rows)
     float* hidden        # (n, n_embd) or NULL: if set, forward() writes each token's normed hidden state there
     int64_t hidden_pos
+    lora_t* lora         # run-time LoRA adapters (_lora.pyx), NULL: none
 
 cdef class KernelSet:
     cdef isa_kernels_t k
@@ -115,10 +117,12 @@ cdef class Engine:
     cdef double[:, ::1] freqs
     cdef gov_last_t gov_last         # what its States' governors last found best (gov_t.last)
     cdef readonly dict load_threads  # the interleaving's thread choice: {"threads", "one_thread_tensors", ...}
+    cdef tensor_t _weight(self, const uint8_t[::1] buf, str name, dict tensors, dict overrides) except *
 
 cdef class State:
     cdef state_t s
     cdef readonly Engine engine
+    cdef readonly object lora        # the LoraSet s.lora points into, or None
     cdef uint8_t[::1] k_cache, v_cache
     cdef int64_t[::1] kv_off_buf
     cdef int32_t[::1] redo_buf

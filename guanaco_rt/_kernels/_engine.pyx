@@ -36,6 +36,8 @@ from guanaco_rt._kernels._common cimport (gr_openmp_enabled, gr_omp_max_threads,
                                           GR_CPU_FEATURE_NAMES)
 from guanaco_rt._kernels._isa cimport isa_kernels_t, vec_dot_fn, vec_dot_x4_fn, dot_r8_fn, ISA_CAPSULE
 from guanaco_rt._kernels._quants cimport type_traits_t, type_traits, row_size, from_float_fn
+from guanaco_rt._kernels._lora cimport (LoraSet, lora_add, lora_has, LORA_WQ, LORA_WK, LORA_WV, LORA_WO, LORA_W1,
+                                        LORA_W3, LORA_W2)
 from guanaco_rt._kernels._ops cimport (team_threads, kv_layer, rmsnorm, rope, rope_freqs, silu_mul, gelu_mul,
                                        store_kv, attention, add_bias, head_norm, add_residual)
 from guanaco_rt._kernels._governor cimport (gov_init, gov_set_threads, gov_reset, gov_prompt_start, gov_prompt_end,
@@ -403,6 +405,9 @@ cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok,
         outs[0], outs[1], outs[2] = s.q, s.k, s.v
         ws[0], ws[1], ws[2] = &L.wq, &L.wk, &L.wv
         matmul_n(m, s, outs, ws, 3, s.xb, n_tok, GLU_NONE)
+        lora_add(s.lora, l, LORA_WQ, s.q, Eq, s.xb, n_tok, s.nth)
+        lora_add(s.lora, l, LORA_WK, s.k, Ekv, s.xb, n_tok, s.nth)
+        lora_add(s.lora, l, LORA_WV, s.v, Ekv, s.xb, n_tok, s.nth)
         add_bias(s.q, L.bq, n_tok, Eq)
         add_bias(s.k, L.bk, n_tok, Ekv)
         add_bias(s.v, L.bv, n_tok, Ekv)
@@ -420,14 +425,22 @@ cdef int forward(const model_t* m, state_t* s, const int32_t* tokens, int n_tok,
                   kv_layer(s.v_cache, s.kv_off[l], s.kv_f16), s.att, n_tok, n_past - b, m.n_head, m.n_head_kv,
                   m.head_dim, s.n_ctx, s.kv_f16, s.nth, m.attn_scale, L.n_swa)
         matmul(m, s, s.xb2, &L.wo, s.xb, n_tok)
+        lora_add(s.lora, l, LORA_WO, s.xb2, E, s.xb, n_tok, s.nth)
         add_residual(s.x, s.xb2, L.attn_post_norm, n_tok, E, m.eps)
         # feed-forward block
         for t in range(n_tok):
             rmsnorm(s.xb + t * E, s.x + t * E, L.ffn_norm, E, m.eps)
         outs[0], outs[1] = s.hb, s.hb2
         ws[0], ws[1] = &L.w1, &L.w3
-        matmul_n(m, s, outs, ws, 2, s.xb, n_tok, m.glu)     # s.hb = silu(w1 @ xb) * (w3 @ xb), or gelu's
+        if lora_has(s.lora, l, LORA_W1) or lora_has(s.lora, l, LORA_W3):    # the deltas go in before the gate
+            matmul_n(m, s, outs, ws, 2, s.xb, n_tok, GLU_NONE)
+            lora_add(s.lora, l, LORA_W1, s.hb, m.n_ff, s.xb, n_tok, s.nth)
+            lora_add(s.lora, l, LORA_W3, s.hb2, m.n_ff, s.xb, n_tok, s.nth)
+            gate_par(s.hb, s.hb2, <int64_t>n_tok * m.n_ff, s.nth, m.glu)
+        else:
+            matmul_n(m, s, outs, ws, 2, s.xb, n_tok, m.glu)     # s.hb = silu(w1 @ xb) * (w3 @ xb), or gelu's
         matmul(m, s, s.xb2, &L.w2, s.hb, n_tok)
+        lora_add(s.lora, l, LORA_W2, s.xb2, E, s.hb, n_tok, s.nth)
         add_residual(s.x, s.xb2, L.ffn_post_norm, n_tok, E, m.eps)
         s.nth = gov_layer_done(&s.gov, s.nth, l + 1, m.n_layer)
     if s.cancel or (m.file_fault != NULL and m.file_fault[0]):
@@ -630,7 +643,7 @@ cdef class Engine:
 
     def __cinit__(self, dict hparams, const uint8_t[::1] buf, dict tensors, KernelSet kernels, float eps=1e-6,
                   double rope_base=10000.0, double rope_freq_scale=1.0, bint repack=True, object inplace=None,
-                  int n_threads=1, object release=None, GuardedBuffer guard=None):
+                  int n_threads=1, object release=None, GuardedBuffer guard=None, dict overrides=None):
         cdef int l, E, Ekv, Eq, i, nw, use, n_swa, swa_pattern
         cdef double dt
         cdef layer_t* L
@@ -639,6 +652,7 @@ cdef class Engine:
         cdef const float* factors
         self.m.layers = NULL
         self.buf = buf
+        self.copies = []
         self.guard = guard
         self.m.file_fault = guard.fault_flag() if guard is not None else NULL
         self.kernels = kernels
@@ -695,13 +709,13 @@ cdef class Engine:
         for l in range(self.m.n_layer):
             p = f"layers.{l}."
             L = &self.m.layers[l]
-            L.wq = make_tensor(buf, p + "attention.wq.weight", tensors[p + "attention.wq.weight"])
-            L.wk = make_tensor(buf, p + "attention.wk.weight", tensors[p + "attention.wk.weight"])
-            L.wv = make_tensor(buf, p + "attention.wv.weight", tensors[p + "attention.wv.weight"])
-            L.wo = make_tensor(buf, p + "attention.wo.weight", tensors[p + "attention.wo.weight"])
-            L.w1 = make_tensor(buf, p + "feed_forward.w1.weight", tensors[p + "feed_forward.w1.weight"])
-            L.w2 = make_tensor(buf, p + "feed_forward.w2.weight", tensors[p + "feed_forward.w2.weight"])
-            L.w3 = make_tensor(buf, p + "feed_forward.w3.weight", tensors[p + "feed_forward.w3.weight"])
+            L.wq = self._weight(buf, p + "attention.wq.weight", tensors, overrides)
+            L.wk = self._weight(buf, p + "attention.wk.weight", tensors, overrides)
+            L.wv = self._weight(buf, p + "attention.wv.weight", tensors, overrides)
+            L.wo = self._weight(buf, p + "attention.wo.weight", tensors, overrides)
+            L.w1 = self._weight(buf, p + "feed_forward.w1.weight", tensors, overrides)
+            L.w2 = self._weight(buf, p + "feed_forward.w2.weight", tensors, overrides)
+            L.w3 = self._weight(buf, p + "feed_forward.w3.weight", tensors, overrides)
             check_matrix(L.wq, p + "attention.wq.weight", E, Eq)
             check_matrix(L.wk, p + "attention.wk.weight", E, Ekv)
             check_matrix(L.wv, p + "attention.wv.weight", E, Ekv)
@@ -720,7 +734,6 @@ cdef class Engine:
             L.ffn_post_norm = optional_vector(buf, p + "ffn_post_norm.weight", tensors, E)
             L.n_swa = n_swa if swa_pattern > 0 and l % swa_pattern < swa_pattern - 1 else 0
             L.freqs = &self.freqs[1 if L.n_swa else 0, 0]
-        self.copies = []
         self.repacked = []
         self.load_threads = {"threads": n_threads, "one_thread_tensors": 0, "multi_thread_tensors": 0,
                              "one_thread_s": 0.0, "multi_thread_s": 0.0, "busy_core_found": False}
@@ -751,16 +764,39 @@ cdef class Engine:
             gov_last_note(&self.gov_last, 1)
             self.load_threads["busy_core_found"] = True
 
+    cdef tensor_t _weight(self, const uint8_t[::1] buf, str name, dict tensors, dict overrides) except *:
+        # a layer matrix: its bytes in buf, or, when overrides has it (LoRA merged at load:
+        # a writable uint8 array of the same type and shape, which the engine keeps), there
+        cdef uint8_t[::1] own
+        if overrides is None or name not in overrides:
+            return make_tensor(buf, name, tensors[name])
+        own = overrides[name]
+        self.copies.append(overrides[name])
+        return make_tensor(own, name, (0,) + tuple(tensors[name][1:]))
+
     cdef double _interleave(self, tensor_t* t, object inplace, int nth, object release) except? -2:
         # t's rows, 8 at a time, into the layout of its dot_r8 kernel (repack_r8) on nth
         # threads, the last ne1 % 8 as they are; -> the seconds that took (load_record), -1
         # when t is not interleaved (fewer than 8 rows run on the one-row kernels)
         cdef int64_t off = t.data - &self.buf[0], n = t.nb1 * t.ne1
-        cdef uint8_t[::1] dst, scratch
+        cdef uint8_t[::1] dst, scratch, mine
         cdef const uint8_t* src = t.data
         cdef double t0, dt
         if self.m.k.types[t.type].dot_r8 == NULL or t.ne1 < 8:
             return -1
+        if not 0 <= off < self.buf.shape[0]:
+            # an override (_weight): interleaved over its own bytes, which are the engine's
+            for arr in self.copies:
+                mine = arr
+                if &mine[0] == t.data:
+                    scratch = np.array(mine)
+                    with nogil:
+                        t0 = monotonic()
+                        repack_r8(&mine[0], &scratch[0], t.type, t.ne0 // t.tt.blck_size, t.nb1, t.ne1, nth)
+                        dt = monotonic() - t0
+                    t.r8 = 1
+                    return dt
+            raise ValueError("a weight outside the model's buffer that the engine does not own")
         if inplace is not None:
             dst = inplace[off:off + n]
             scratch = np.array(dst)          # one tensor's worth
@@ -1027,6 +1063,24 @@ cdef class State:
                 "rows": [self.s.swa_rows if m.layers[l].n_swa else self.s.n_ctx for l in range(m.n_layer)],
                 "window": [m.layers[l].n_swa for l in range(m.n_layer)], "swa_first": self.s.swa_base,
                 "swa_keep": self.s.swa_keep, "refills": self.s.swa_refills}
+
+    def set_lora(self, object lora):
+        """Run-time LoRA adapters for the next evaluations: a _lora.LoraSet built for this
+        model's shapes (lora.py), or None for none. The LoraSet's scratch is this State's
+        while set: give each State its own."""
+        cdef LoraSet ls
+        cdef model_t* m = &self.engine.m
+        if lora is None:
+            self.s.lora = NULL
+            self.lora = None
+            return
+        ls = lora
+        want = (m.n_layer, m.n_embd, m.n_embd_q, m.n_embd_kv, m.n_ff)
+        if ls.shape != want:
+            raise ValueError(f"the adapters were built for (n_layer, n_embd, n_embd_q, n_embd_kv, n_ff) {ls.shape}, "
+                             f"this model is {want}")
+        self.s.lora = ls.ptr()
+        self.lora = ls
 
     # -- threads and cancel ------------------------------------------------------------
     @property

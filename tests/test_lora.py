@@ -1,0 +1,306 @@
+"""LoRA adapters: the two file formats, the check against a model, merging at load and the
+run-time delta, against a float64 forward with the adapter merged into the dequantized
+weights (tests/reference.py)."""
+import os
+import struct
+
+import numpy as np
+import pytest
+from helpers import write_llama_gguf
+from reference import ReferenceModel
+
+import guanaco_rt
+from guanaco_rt.errors import AdapterError, GuanacoError
+from guanaco_rt.lora import WHICH, Adapter, parse_spec
+
+GGUF_PART = {"attention.wq": "attn_q", "attention.wk": "attn_k", "attention.wv": "attn_v",
+             "attention.wo": "attn_output", "feed_forward.w1": "ffn_gate", "feed_forward.w3": "ffn_up",
+             "feed_forward.w2": "ffn_down"}
+DEMO_PROMPT = [1, 504, 3458, 282, 4649, 314, 2495, 30, 216, 1, 520, 9531, 198]
+SMALL_PROMPT = [1, 50, 34, 28, 249, 14, 295, 30]
+
+
+def random_weights(model, r, seed, strength=0.3, names=None):
+    """{our name: (A (r, n_in), B (n_out, r))} for every layer matrix (or ``names``), B scaled
+    so that the delta B A (with scale alpha / r = 2) has an RMS of ``strength`` times the weight's"""
+    rng = np.random.default_rng(seed)
+    ref = {}
+    out = {}
+    for name in names or [n for n in model.tensors if n.split(".", 2)[-1] in WHICH]:
+        t = model.tensors[name]
+        a = (rng.standard_normal((r, t.shape[0])) / np.sqrt(t.shape[0])).astype(np.float32)
+        b = rng.standard_normal((t.n_rows, r)).astype(np.float32)
+        if name not in ref:
+            from guanaco_rt._kernels import _quants
+            w = _quants.dequantize(t.type, np.ascontiguousarray(model.tensor_data(name)), t.shape[0] * t.n_rows)
+            ref[name] = float(np.sqrt(np.mean(w.astype(np.float64) ** 2)))
+        d = 2.0 * (b.astype(np.float64) @ a.astype(np.float64))
+        out[name] = (a, (b * (strength * ref[name] / np.sqrt(np.mean(d ** 2)))).astype(np.float32))
+    return out
+
+
+def write_gguf_adapter(path, weights, alpha, arch="llama", dtype=np.float32):
+    import gguf
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_type("adapter")
+    w.add_string("adapter.type", "lora")
+    w.add_float32("adapter.lora.alpha", float(alpha))
+    for name, (a, b) in weights.items():
+        _, i, rest = name.split(".", 2)
+        gname = f"blk.{i}.{GGUF_PART[rest.rsplit('.', 1)[0]]}.weight"
+        w.add_tensor(gname + ".lora_a", a.astype(dtype))      # (r, n_in): ne = [n_in, r]
+        w.add_tensor(gname + ".lora_b", b.astype(dtype))      # (n_out, r): ne = [r, n_out]
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return str(path)
+
+
+def write_ggla(path, weights, r, alpha):
+    """The 2023 ggml adapter, as convert-lora-to-ggml.py of mid-2023 wrote it (F32)."""
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Iiii", 0x67676C61, 1, r, alpha))
+        for name, (a, b) in weights.items():
+            for suffix, arr in ((".loraA", np.ascontiguousarray(a.T)), (".loraB", b)):   # A transposed: (n_in, r)
+                nm = (name + suffix).encode()
+                f.write(struct.pack("<iii", 2, len(nm), 0))
+                f.write(struct.pack("<ii", arr.shape[1], arr.shape[0]))              # ne0 first
+                f.write(nm)
+                f.write(b"\0" * (-f.tell() % 32))
+                f.write(arr.astype("<f4").tobytes())
+    return str(path)
+
+
+def merged_reference(model, weights, alpha, r, scale=1.0):
+    """The float64 reference forward of ``model`` with ``weights`` merged into its dequantized weights."""
+    ref = ReferenceModel(model)
+    for name, (a, b) in weights.items():
+        ref.w[name] = ref.w[name] + (scale * alpha / r) * (b.astype(np.float64) @ a.astype(np.float64))
+    return ref
+
+
+def dist(ours, ref):
+    """max over positions of max |ours - ref| / max |ref| at that position"""
+    return float((np.abs(ours - ref).max(axis=1) / np.abs(ref).max(axis=1)).max())
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("lora")
+
+
+@pytest.fixture(scope="module")
+def small(root):
+    return write_llama_gguf(root / "small.gguf", n_embd=256, n_head=4, n_head_kv=2, n_layer=2, n_ff=512, wtype=2,
+                            emb_type=8, rope_base=10000.0)
+
+
+@pytest.fixture(scope="module")
+def seven_b(root):
+    """One layer of LLaMA-7B's shapes (n_embd 4096, n_ff 11008, 32 heads), Q4_0, a small vocabulary"""
+    return write_llama_gguf(root / "7b-layer.gguf", n_embd=4096, n_head=32, n_head_kv=32, n_layer=1, n_ff=11008,
+                            wtype=2, emb_type=8, rope_base=10000.0, n_vocab=1000)
+
+
+# ---- the kernel --------------------------------------------------------------------------
+def test_lora_add_matches_float64_and_does_not_depend_on_threads_or_chunks():
+    from guanaco_rt._kernels._lora import LoraSet
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((64, 300)).astype(np.float32)
+    b = rng.standard_normal((70, 64)).astype(np.float32)
+    x = rng.standard_normal((9, 300)).astype(np.float32)
+    ref = 0.25 * (x.astype(np.float64) @ a.T.astype(np.float64)) @ b.T.astype(np.float64)
+    outs = []
+    for tmp_rows, nth in ((64, 1), (4, 2), (1, 2)):
+        out = np.ones((9, 70), np.float32)
+        LoraSet((1, 300, 300, 300, 300), [(0, 6, a, b, 0.25)], tmp_rows).add(0, 6, out, x, nth)
+        outs.append(out)
+        assert np.abs(out - 1 - ref).max() < 2e-6 * np.abs(ref).max()
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])
+
+
+# ---- the formats ----------------------------------------------------------------------------
+def test_gguf_and_ggla_adapters_read_alike(root, small):
+    m = guanaco_rt.Model(small)
+    w = random_weights(m, 8, 1)
+    ga = Adapter.load(write_gguf_adapter(root / "a.gguf", w, 16))
+    gl = Adapter.load(write_ggla(root / "a.ggla", w, 8, 16))
+    assert ga.alpha == gl.alpha == 16 and ga.rank == gl.rank == 8 and set(ga.weights) == set(w) == set(gl.weights)
+    for name, (a, b) in w.items():
+        for ad in (ga, gl):
+            np.testing.assert_array_equal(ad.weights[name][0], a)
+            np.testing.assert_array_equal(ad.weights[name][1], b)
+        assert ga.scale(name, 0.5) == 0.5 * 16 / 8
+    f16 = Adapter.load(write_gguf_adapter(root / "a16.gguf", w, 16, dtype=np.float16))
+    name = next(iter(w))
+    np.testing.assert_array_equal(f16.weights[name][1], w[name][1].astype(np.float16).astype(np.float32))
+    # the same adapter in either format: the same logits
+    a = guanaco_rt.Session(m, n_ctx=32, lora=[(str(root / "a.gguf"), 1.0)]).eval(SMALL_PROMPT[:6], all_logits=True)
+    b = guanaco_rt.Session(m, n_ctx=32, lora=[(str(root / "a.ggla"), 1.0)]).eval(SMALL_PROMPT[:6], all_logits=True)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_parse_spec():
+    assert parse_spec("a.gguf") == ("a.gguf", 1.0)
+    assert parse_spec("a.gguf:0.5") == ("a.gguf", 0.5)
+    assert parse_spec("c:/x:y.gguf") == ("c:/x:y.gguf", 1.0)
+
+
+# ---- mismatches: typed, naming the file and the tensor ------------------------------------
+def _bad(root, small, tag, mutate, ggla=False):
+    m = guanaco_rt.Model(small)
+    w = random_weights(m, 8, 2, names=["layers.1.attention.wv.weight", "layers.0.feed_forward.w2.weight"])
+    w = mutate(w) or w
+    path = write_ggla(root / f"{tag}.ggla", w, 8, 16) if ggla else write_gguf_adapter(root / f"{tag}.gguf", w, 16)
+    return m, path
+
+
+@pytest.mark.parametrize("tag,mutate,where,what", [
+    ("shape", lambda w: w.update({"layers.1.attention.wv.weight": (np.zeros((8, 100), np.float32),
+                                                                    np.zeros((128, 8), np.float32))}),
+     "layers.1.attention.wv.weight", "expected A (r, 256)"),
+    ("rank", lambda w: w.update({"layers.1.attention.wv.weight": (np.zeros((8, 256), np.float32),
+                                                                   np.zeros((128, 4), np.float32))}),
+     "layers.1.attention.wv.weight", "rank 8 but B has rank 4"),
+    ("layer", lambda w: w.update({"layers.7.attention.wv.weight": w["layers.1.attention.wv.weight"]}),
+     "layers.7.attention.wv.weight", "has no such tensor"),
+])
+def test_a_mismatched_adapter_is_a_typed_error(root, small, tag, mutate, where, what):
+    m, path = _bad(root, small, tag, mutate)
+    for make in (lambda: guanaco_rt.Session(m, lora=[(path, 1.0)]), lambda: guanaco_rt.Model(small, lora=[path])):
+        with pytest.raises(AdapterError) as e:
+            make()
+        assert path in str(e.value) and where in str(e.value) and what in str(e.value)
+
+
+def test_missing_half_wrong_header_rank_and_unsupported_tensors(root, small):
+    import gguf
+    m = guanaco_rt.Model(small)
+    path = str(root / "half.gguf")
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_type("adapter")
+    w.add_string("adapter.type", "lora")
+    w.add_tensor("blk.0.attn_q.weight.lora_a", np.zeros((8, 256), np.float32))
+    w.add_tensor("token_embd.weight.lora_a", np.zeros((8, 256), np.float32))
+    w.add_tensor("token_embd.weight.lora_b", np.zeros((300, 8), np.float32))
+    for f in (w.write_header_to_file, w.write_kv_data_to_file, w.write_tensors_to_file, w.close):
+        f()
+    with pytest.raises(AdapterError, match="blk.0|layers.0.attention.wq.weight.*no lora_b"):
+        guanaco_rt.Session(m, lora=path)
+    ww = random_weights(m, 8, 3, names=["layers.0.attention.wq.weight"])
+    wrong_r = write_ggla(root / "r.ggla", ww, 16, 16)
+    with pytest.raises(AdapterError, match=r"rank 8, but the header says r = 16"):
+        guanaco_rt.Session(m, lora=wrong_r)
+    emb = write_gguf_adapter(root / "emb.gguf", ww, 16)
+    ad = Adapter.load(emb)
+    ad.weights["tok_embeddings.weight"] = (np.zeros((8, 256), np.float32), np.zeros((300, 8), np.float32))
+    with pytest.raises(AdapterError, match="tok_embeddings.weight: LoRA on this tensor is not supported"):
+        guanaco_rt.Session(m, lora=[(ad, 1.0)])
+    with pytest.raises(AdapterError, match="adapter.type: None"):
+        guanaco_rt.Session(m, lora=small)        # a model is no adapter
+    with pytest.raises(AdapterError, match="magic"):
+        Adapter.load(os.path.join(os.path.dirname(__file__), "test_lora.py"))
+    with pytest.raises(GuanacoError):
+        guanaco_rt.Session(m, lora=[(emb, float("nan"))])
+
+
+# ---- against the float64 reference -------------------------------------------------------
+def _distances(model_path, root, r, tag, tokens, seed=5):
+    base = guanaco_rt.Model(model_path)
+    w = random_weights(base, r, seed)
+    alpha = 2 * r                       # scale 2
+    path = write_gguf_adapter(root / f"{tag}-r{r}.gguf", w, alpha)
+    ref0 = ReferenceModel(base).forward(tokens)
+    refm = merged_reference(base, w, alpha, r).forward(tokens)
+    ours0 = guanaco_rt.Session(base, n_ctx=64).eval(tokens, all_logits=True)
+    rt = guanaco_rt.Session(base, n_ctx=64, lora=[(path, 1.0)]).eval(tokens, all_logits=True)
+    merged = guanaco_rt.Model(model_path, lora=[(path, 1.0)])
+    mg = guanaco_rt.Session(merged, n_ctx=64).eval(tokens, all_logits=True)
+    own = ReferenceModel(merged).forward(tokens)        # the float64 forward of the requantized merged weights
+    d = {"base_vs_ref": dist(ours0, ref0), "runtime_vs_merged_ref": dist(rt, refm),
+         "merged_vs_merged_ref": dist(mg, refm), "merged_vs_own_ref": dist(mg, own),
+         "adapter_effect": dist(ref0, refm), "merge_s": merged.lora_stats["seconds"],
+         "merge_bytes": merged.lora_stats["bytes"]}
+    print(f"LoRA {tag} r={r}: " + ", ".join(f"{k} {v:.4g}" for k, v in d.items()))
+    return d
+
+
+@pytest.mark.parametrize("r", [8, 64])
+def test_adapted_demo_model_is_as_close_to_the_merged_reference_as_the_base(smollm2, root, r):
+    d = _distances(smollm2, root, r, "smollm2", DEMO_PROMPT)
+    assert d["adapter_effect"] > 0.1                          # the adapter changes the logits
+    # run-time: the base model's distance to its own reference, with a margin for the
+    # random draw of which 8-bit activation roundings land where
+    assert d["runtime_vs_merged_ref"] < max(1.5 * d["base_vs_ref"], 0.01)
+    # merged at load: the engine runs the requantized weights as it runs any file's
+    assert d["merged_vs_own_ref"] < max(1.5 * d["base_vs_ref"], 0.01)
+
+
+@pytest.mark.parametrize("r", [8, 64])
+def test_adapted_7b_layer_is_as_close_to_the_merged_reference_as_the_base(seven_b, root, r):
+    d = _distances(seven_b, root, r, "7b-layer", list(range(3, 11)))
+    assert d["adapter_effect"] > 0.05
+    assert d["runtime_vs_merged_ref"] < max(1.5 * d["base_vs_ref"], 0.01)
+    assert d["merged_vs_own_ref"] < max(1.5 * d["base_vs_ref"], 0.01)
+
+
+def test_runtime_and_merged_adapters_pick_the_same_tokens(smollm2, root):
+    base = guanaco_rt.Model(smollm2)
+    w = random_weights(base, 8, 7, strength=0.1)
+    path = write_gguf_adapter(root / "greedy.gguf", w, 16)
+    merged = guanaco_rt.Model(smollm2, lora=[(path, 1.0)])
+    prompts = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "The three primary colours are",
+               "Water boils at", "My favourite book is", "In 1969, humans", "The quick brown fox"]
+    differ = 0
+    for p in prompts:
+        ids = base.tokenize(p)
+        a = guanaco_rt.Session(base, n_ctx=64, lora=[(path, 1.0)]).generate(ids, max_new_tokens=8, temperature=0)
+        b = guanaco_rt.Session(merged, n_ctx=64).generate(ids, max_new_tokens=8, temperature=0)
+        c = guanaco_rt.Session(base, n_ctx=64).generate(ids, max_new_tokens=8, temperature=0)
+        assert a.tokens == b.tokens, p
+        differ += a.tokens != c.tokens
+    assert differ >= 1                                   # the adapter does change what is generated
+
+
+def test_sessions_of_one_model_use_their_own_adapters(root, small):
+    m = guanaco_rt.Model(small)
+    p1 = write_gguf_adapter(root / "s1.gguf", random_weights(m, 8, 11), 16)
+    p2 = write_ggla(root / "s2.ggla", random_weights(m, 4, 12), 4, 8)
+    plain = guanaco_rt.Session(m, n_ctx=32).eval(SMALL_PROMPT[:5], all_logits=True)
+    s1 = guanaco_rt.Session(m, n_ctx=32, lora=[(p1, 1.0)])
+    s0 = guanaco_rt.Session(m, n_ctx=32)
+    s2 = guanaco_rt.Session(m, n_ctx=32, lora=[(p2, 0.5)])
+    both = guanaco_rt.Session(m, n_ctx=32, lora=[(p1, 1.0), (p2, 0.5)])
+    x1, x0, x2, xb = (s.eval(SMALL_PROMPT[:5], all_logits=True) for s in (s1, s0, s2, both))
+    np.testing.assert_array_equal(x0, plain)                 # the model's weights are untouched
+    assert dist(x1, plain) > 0.01 and dist(x2, plain) > 0.01 and dist(x1, x2) > 0.01
+    ref = ReferenceModel(m)
+    for path, s in ((p1, 1.0), (p2, 0.5)):
+        ad = Adapter.load(path)
+        for name, (a, b) in ad.weights.items():
+            ref.w[name] = ref.w[name] + ad.scale(name, s) * (b.astype(np.float64) @ a.astype(np.float64))
+    refb = ref.forward(SMALL_PROMPT[:5])
+    assert dist(xb, refb) < max(1.5 * dist(plain, ReferenceModel(m).forward(SMALL_PROMPT[:5])), 0.01)
+    # token by token (the decode path) gives what the batch gave
+    s3 = guanaco_rt.Session(m, n_ctx=32, lora=[(p1, 1.0)])
+    for t in SMALL_PROMPT[:5]:
+        last = s3.eval([t])
+    np.testing.assert_allclose(last, x1[-1], atol=1e-4 * np.abs(x1[-1]).max())
+
+
+def test_merging_keeps_the_file_and_other_models_untouched(root, small):
+    before = open(small, "rb").read()
+    plain = guanaco_rt.Model(small)
+    x0 = guanaco_rt.Session(plain, n_ctx=32).eval(SMALL_PROMPT[:4])
+    path = write_gguf_adapter(root / "m.gguf", random_weights(plain, 8, 13), 16)
+    merged = guanaco_rt.Model(small, lora=[(path, 1.0)], mmap=False)
+    merged2 = guanaco_rt.Model(small, lora=[(path, 1.0)])
+    xm = guanaco_rt.Session(merged, n_ctx=32).eval(SMALL_PROMPT[:4])
+    np.testing.assert_array_equal(guanaco_rt.Session(merged2, n_ctx=32).eval(SMALL_PROMPT[:4]), xm)
+    assert dist(xm[None], x0[None]) > 0.01
+    np.testing.assert_array_equal(guanaco_rt.Session(plain, n_ctx=32).eval(SMALL_PROMPT[:4]), x0)
+    assert open(small, "rb").read() == before
+    assert merged.fingerprint != plain.fingerprint
+    assert merged2.lora_stats["tensors"] == 14 and os.path.getsize(small) > merged2.lora_stats["bytes"] > 0
