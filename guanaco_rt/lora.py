@@ -306,8 +306,9 @@ def merge(model, buf, adapters, n_threads=1):
             try:
                 _quantize.quantize_rows_into(t.type, np.ascontiguousarray(w), dst.reshape(n_out, -1), n_threads)
             except (GuanacoError, ValueError) as e:
-                raise AdapterError(adapters[0][0].path, f"tensor {name}", f"merging into {t.type_name} weights is not "
-                                   f"supported ({e}); apply the adapter at run time: Session(model, lora=...)") from None
+                raise AdapterError(adapters[0][0].path, f"tensor {name}", f"merging into {t.type_name} weights is "
+                                   f"not supported ({e}); apply the adapter at run time: Session(model, lora=...)"
+                                   ) from None
         out[name] = dst
     stats = {"seconds": time.perf_counter() - t0, "bytes": sum(x.nbytes for x in out.values()), "tensors": len(out)}
     return out, stats

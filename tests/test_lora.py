@@ -6,12 +6,13 @@ import struct
 
 import numpy as np
 import pytest
-from helpers import write_llama_gguf
-from reference import ReferenceModel
 
 import guanaco_rt
 from guanaco_rt.errors import AdapterError, GuanacoError
 from guanaco_rt.lora import WHICH, Adapter, parse_spec
+
+from helpers import write_llama_gguf
+from reference import ReferenceModel
 
 GGUF_PART = {"attention.wq": "attn_q", "attention.wk": "attn_k", "attention.wv": "attn_v",
              "attention.wo": "attn_output", "feed_forward.w1": "ffn_gate", "feed_forward.w3": "ffn_up",
@@ -78,6 +79,23 @@ def merged_reference(model, weights, alpha, r, scale=1.0):
     for name, (a, b) in weights.items():
         ref.w[name] = ref.w[name] + (scale * alpha / r) * (b.astype(np.float64) @ a.astype(np.float64))
     return ref
+
+
+class RuntimeReference(ReferenceModel):
+    """The engine's arithmetic with run-time adapters: each matmul's input makes the round
+    trip through the weight's 8-bit activation format, the adapter's path takes it as is."""
+
+    def __init__(self, model, weights, scale):
+        super().__init__(model, quantize_acts=True)
+        self.lora = {name: (a.astype(np.float64), b.astype(np.float64)) for name, (a, b) in weights.items()}
+        self.scale = scale
+
+    def _mm(self, name, x):
+        y = super()._mm(name, x)
+        if name in self.lora:
+            a, b = self.lora[name]
+            y = y + self.scale * (np.asarray(x, np.float32).astype(np.float64) @ a.T) @ b.T
+        return y
 
 
 def dist(ours, ref):
@@ -207,9 +225,11 @@ def test_missing_half_wrong_header_rank_and_unsupported_tensors(root, small):
 
 
 # ---- against the float64 reference -------------------------------------------------------
-def _distances(model_path, root, r, tag, tokens, seed=5):
+def _distances(model_path, root, r, tag, tokens, seed=5, strength=0.1):
     base = guanaco_rt.Model(model_path)
-    w = random_weights(base, r, seed)
+    if isinstance(tokens, str):
+        tokens = base.tokenize(tokens)
+    w = random_weights(base, r, seed, strength)
     alpha = 2 * r                       # scale 2
     path = write_gguf_adapter(root / f"{tag}-r{r}.gguf", w, alpha)
     ref0 = ReferenceModel(base).forward(tokens)
@@ -229,7 +249,7 @@ def _distances(model_path, root, r, tag, tokens, seed=5):
 
 @pytest.mark.parametrize("r", [8, 64])
 def test_adapted_demo_model_is_as_close_to_the_merged_reference_as_the_base(smollm2, root, r):
-    d = _distances(smollm2, root, r, "smollm2", DEMO_PROMPT)
+    d = _distances(smollm2, root, r, "smollm2", "The capital of France is Paris, and the capital of Germany is")
     assert d["adapter_effect"] > 0.1                          # the adapter changes the logits
     # run-time: the base model's distance to its own reference, with a margin for the
     # random draw of which 8-bit activation roundings land where
