@@ -370,3 +370,36 @@ def test_merging_keeps_the_file_and_other_models_untouched(root, small):
     assert open(small, "rb").read() == before
     assert merged.fingerprint != plain.fingerprint
     assert merged2.lora_stats["tensors"] == 14 and os.path.getsize(small) > merged2.lora_stats["bytes"] > 0
+
+
+# ---- the command line and the OpenAI-shaped API ------------------------------------------
+def test_cli_run_and_llm_take_adapters(root, small):
+    import subprocess
+    import sys
+    m = guanaco_rt.Model(small)
+    path = write_gguf_adapter(root / "cli.gguf", random_weights(m, 8, 31, 0.3), 16)
+    kw = {"max_new_tokens": 8, "temperature": 0, "repetition_penalty": 1.0}
+    want = guanaco_rt.Session(m, n_ctx=64, lora=[(path, 0.5)]).generate("a b c", **kw).tokens
+    plain = guanaco_rt.Session(m, n_ctx=64).generate("a b c", **kw).tokens
+    assert want != plain
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+
+    def run(*extra):
+        return subprocess.run([sys.executable, "-m", "guanaco_rt", "run", small, "-p", "a b c", "-n", "8", "-c", "64",
+                               "--no-stats", "-t", "1", *extra], capture_output=True, text=True, env=env, timeout=120)
+    r = run("--lora", f"{path}:0.5")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "a b c" + m.detokenize(want) + "\n"
+    r = run("--lora-merge", path)
+    assert r.returncode == 0 and r.stdout != "a b c" + m.detokenize(plain) + "\n"
+    bad = write_gguf_adapter(root / "cli-bad.gguf", {"layers.5.attention.wq.weight": random_weights(
+        m, 8, 1, names=["layers.1.attention.wq.weight"])["layers.1.attention.wq.weight"]}, 16)
+    r = run("--lora", bad)
+    assert r.returncode == 2 and "layers.5.attention.wq.weight" in r.stderr and bad in r.stderr
+    # the server's LLM: every session of its pool runs the adapter; the Model stays plain
+    llm = guanaco_rt.LLM(small, n_ctx=64, n_sessions=2, lora=[(path, 0.5)])
+    out = llm.create_completion([1] + m.tokenize("a b c", bos=False), max_tokens=8, temperature=0,
+                                repeat_penalty=1.0)
+    assert out["choices"][0]["text"] == m.detokenize(want)
+    assert guanaco_rt.Session(llm.model, n_ctx=64).generate("a b c", **kw).tokens == plain
+    llm.close()
