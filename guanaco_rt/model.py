@@ -449,14 +449,14 @@ class Model:
         for a tensor interleaved in place (``mmap=False``), a copy put back in file order. A
         weight with a LoRA merged into it (``lora=``): the merged bytes, in file order."""
         self._check_open()
-        buf = self._buf
-        if buf is None:                          # closed by another thread since the check
+        buf, engine = self._buf, self._engine
+        if buf is None or engine is None:        # closed by another thread since the check
             raise ModelClosedError(f"{self.path}: this Model is closed")
         t = self.file.tensors[name]
         data = buf[t.offset:t.offset + t.nbytes]
         if name in self._merged:                 # a LoRA merged at load: its own bytes, maybe interleaved
             data = self._merged[name]
-            if self._engine.kernels.interleaves(t.type) and t.n_rows >= 8:
+            if engine.kernels.interleaves(t.type) and t.n_rows >= 8:
                 data = np.frombuffer(deinterleave_r8(data, t.type, t.shape[0], t.n_rows), np.uint8)
             return data
         if not self.mmap and t.offset in self._repacked:
