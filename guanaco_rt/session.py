@@ -645,7 +645,7 @@ class Session:
                     "system": self.conversation.system, "turns": self.conversation.turns,
                     "chat_first_turn": self._chat_first_turn}
             mj = json.dumps(meta).encode()
-            parts = [STATE_MAGIC, struct.pack("<I", STATE_VERSION), self.model.fingerprint,
+            parts = [STATE_MAGIC, struct.pack("<I", STATE_VERSION), self._weights_id(),
                      struct.pack("<Q", len(mj)), mj, np.asarray(self.tokens, "<i4").tobytes()]
             if logits is not None:
                 parts.append(logits.astype("<f4").tobytes())
@@ -666,8 +666,9 @@ class Session:
             version = struct.unpack_from("<I", blob, 4)[0]
             if version not in (2, STATE_VERSION):
                 raise StateError(f"state version {version} is not supported (expected 2 or {STATE_VERSION})")
-            if bytes(blob[8:40]) != self.model.fingerprint:
-                raise StateError("this state was saved from a different model file")
+            if bytes(blob[8:40]) != self._weights_id():
+                raise StateError("this state was saved from a different model file, or with other LoRA adapters "
+                                 "(Session lora=)")
             (mlen,) = struct.unpack_from("<Q", blob, 40)
             if mlen > len(blob) - head:
                 raise StateError(f"metadata length {mlen} runs past the end of the {len(blob)}-byte state")
@@ -732,6 +733,17 @@ class Session:
         finally:
             self._leave()
 
+    def _weights_id(self):
+        # the model's fingerprint, or with run-time adapters a hash of it and theirs (file
+        # digest and scale): a state's K/V belong to the weights and adapters that made them
+        if not self.lora:
+            return self.model.fingerprint
+        import hashlib
+        h = hashlib.sha256(self.model.fingerprint)
+        for ad, scale in self.lora:
+            h.update(ad.digest + repr(scale).encode())
+        return h.digest()
+
     def fork(self, **overrides) -> Session:
         """A new Session on the same model that starts from this one's evaluated prefix,
         conversation and sampler state. Keyword arguments override its settings."""
@@ -739,7 +751,7 @@ class Session:
                   swa_full=self.swa_full,
                   adaptive_threads=self._check_open().adaptive_threads,
                   seed=self.seed, context_policy=self.context_policy, n_keep=self.n_keep,
-                  template=self._template_source)
+                  template=self._template_source, lora=self.lora or None)
         kw.update(overrides)
         other = Session(self.model, **kw)
         other.load_state(self.save_state())

@@ -403,3 +403,19 @@ def test_cli_run_and_llm_take_adapters(root, small):
     assert out["choices"][0]["text"] == m.detokenize(want)
     assert guanaco_rt.Session(llm.model, n_ctx=64).generate("a b c", **kw).tokens == plain
     llm.close()
+
+
+def test_fork_keeps_the_adapter_and_a_state_names_it(root, small):
+    from guanaco_rt.errors import StateError
+    m = guanaco_rt.Model(small)
+    path = write_gguf_adapter(root / "fork.gguf", random_weights(m, 8, 41, 0.3), 16)
+    s = guanaco_rt.Session(m, n_ctx=32, lora=[(path, 1.0)])
+    s.eval(SMALL_PROMPT[:4])
+    want = s.fork().eval(SMALL_PROMPT[4:6])
+    np.testing.assert_array_equal(want, s.eval(SMALL_PROMPT[4:6]))
+    state = s.save_state()
+    again = guanaco_rt.Session(m, n_ctx=32, lora=[(path, 1.0)])
+    again.load_state(state)
+    for other in (guanaco_rt.Session(m, n_ctx=32), guanaco_rt.Session(m, n_ctx=32, lora=[(path, 0.5)])):
+        with pytest.raises(StateError, match="LoRA"):
+            other.load_state(state)
