@@ -14,7 +14,7 @@ cdef enum:
 
 cdef struct lora_w_t:
     const float* a               # (r, ne0) A: one row per rank, over the matrix's input
-    const float* b               # (ne1, r) B: one row per output
+    const float* bt              # (r, ne1) B transposed: one row per rank, over the outputs
     int r                        # the rank; 0: this matrix has no adapter
     float scale                  # alpha / r times the user's scale
     int64_t ne0, ne1             # the adapted matrix's shape (input, output)

@@ -11,7 +11,7 @@ Several adapters on one matrix are one adapter of their summed rank (lora.py sta
 A rows and B columns, each B column scaled by its adapter's scale over the first's), so
 the forward pass makes one call per matrix whatever their number.
 
-Precision: float32 products with 16 float32 partial sums. The delta is a small correction
+Precision: float32 throughout (x.A: dots in 16 float32 partial sums; B: row updates). The delta is a small correction
 to a matmul whose activations the engine quantizes to 8 bits; float32 rounding of
 x.A and of the B sum (relative ~1e-7 of the delta) is orders of magnitude below that (see
 the LoRA tests: run-time adapters are as close to the float64 reference as the base model).
@@ -43,6 +43,23 @@ cdef inline float dot_f32(const float* a, const float* b, int64_t n) noexcept no
     return s
 
 
+cdef inline void axpy_rows(float* out, int64_t out_stride, const float* tmp, const lora_w_t* w, int nt,
+                           int64_t lo, int64_t hi) noexcept nogil:
+    # out[t, lo:hi] += sum_k (scale tmp[t, k]) Bt[k, lo:hi] for the nt tokens   # OUT: out
+    cdef int t, k
+    cdef int64_t j
+    cdef float cf
+    cdef float* o
+    cdef const float* b
+    for t in range(nt):
+        o = out + t * out_stride
+        for k in range(w.r):
+            cf = w.scale * tmp[t * w.r + k]
+            b = w.bt + k * w.ne1
+            for j in range(lo, hi):
+                o[j] += cf * b[j]
+
+
 cdef bint lora_has(const lora_t* a, int layer, int which) noexcept nogil:
     return a != NULL and a.w[layer * LORA_N + which].r > 0
 
@@ -51,10 +68,10 @@ cdef void lora_add(const lora_t* a, int layer, int which, float* out, int64_t ou
                    int nth) noexcept nogil:
     # out (n_tok rows of out_stride) += scale * ((x A^T) B^T), x (n_tok, ne0) contiguous   # OUT: out
     # Nothing when a is NULL or the matrix has no adapter. Tokens go tmp_rows at a time
-    # through a.tmp; step 1 splits the rank rows over threads, step 2 the output rows.
+    # through a.tmp; step 1 splits the rank rows over threads, step 2 slices of the outputs.
     cdef const lora_w_t* w
-    cdef int t0, nt, t, k, r
-    cdef int64_t j
+    cdef int t0, nt, t, k, r, c
+    cdef int64_t per
     cdef float* tmp
     if a == NULL:
         return
@@ -75,15 +92,15 @@ cdef void lora_add(const lora_t* a, int layer, int which, float* out, int64_t ou
             for k in range(r):
                 for t in range(nt):
                     tmp[t * r + k] = dot_f32(x + (t0 + t) * w.ne0, w.a + k * w.ne0, w.ne0)
-        # out (nt, ne1) += scale * tmp B^T
+        # out (nt, ne1) += scale * tmp B^T, as r row updates out += (scale tmp[t, k]) Bt[k]:
+        # contiguous over the outputs, so the compiler vectorizes them (a dot over r, 8 long
+        # at r 8, would not), each thread a slice of the outputs
         if team_threads(nth, w.ne1, r, nt) > 1:
-            for j in prange(w.ne1, schedule='static', num_threads=nth):
-                for t in range(nt):
-                    out[(t0 + t) * out_stride + j] += w.scale * dot_f32(tmp + t * r, w.b + j * r, r)
+            per = (w.ne1 + nth - 1) // nth
+            for c in prange(nth, schedule='static', num_threads=nth):
+                axpy_rows(out + t0 * out_stride, out_stride, tmp, w, nt, c * per, min(w.ne1, c * per + per))
         else:
-            for j in range(w.ne1):
-                for t in range(nt):
-                    out[(t0 + t) * out_stride + j] += w.scale * dot_f32(tmp + t * r, w.b + j * r, r)
+            axpy_rows(out + t0 * out_stride, out_stride, tmp, w, nt, 0, w.ne1)
         t0 = t0 + nt
 
 
@@ -92,7 +109,8 @@ cdef class LoraSet:
     lora.py from checked adapters; a State takes it with ``set_lora``. Its scratch makes
     it usable by one State at a time (the State's own lock covers that).
 
-    entries: [(layer, which, A float32 (r, ne0), B float32 (ne1, r), scale), ...];
+    entries: [(layer, which, A float32 (r, ne0), B float32 (ne1, r), scale), ...] (B is kept
+    transposed, a copy per LoraSet);
     shape: (n_layer, n_embd, n_embd_q, n_embd_kv, n_ff) of the model it is for;
     tmp_rows: how many tokens the scratch holds at once."""
 
@@ -115,14 +133,15 @@ cdef class LoraSet:
             if not (0 <= layer < n_layer and 0 <= which < LORA_N):
                 raise ValueError(f"LoraSet: (layer {layer}, matrix {which}) outside ({n_layer}, {LORA_N})")
             A = np.ascontiguousarray(a, np.float32)
-            B = np.ascontiguousarray(b, np.float32)
-            if A.shape[0] < 1 or A.shape[0] != B.shape[1]:
-                raise ValueError(f"LoraSet: layer {layer} matrix {which}: A {A.shape} and B {B.shape} ranks differ")
+            B = np.ascontiguousarray(np.asarray(b, np.float32).T)       # (r, ne1)
+            if A.shape[0] < 1 or A.shape[0] != B.shape[0]:
+                raise ValueError(f"LoraSet: layer {layer} matrix {which}: A {np.shape(a)} and B {np.shape(b)} ranks "
+                                 "differ")
             w = &self.lt.w[layer * LORA_N + which]
             if w.r:
                 raise ValueError(f"LoraSet: layer {layer} matrix {which} given twice")
-            w.a, w.b, w.r, w.scale = &A[0, 0], &B[0, 0], A.shape[0], scale
-            w.ne0, w.ne1 = A.shape[1], B.shape[0]
+            w.a, w.bt, w.r, w.scale = &A[0, 0], &B[0, 0], A.shape[0], scale
+            w.ne0, w.ne1 = A.shape[1], B.shape[1]
             r_max = max(r_max, w.r)
             self.arrays += [A, B]
         self.tmp_buf = np.zeros((tmp_rows, r_max), np.float32)
