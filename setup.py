@@ -41,7 +41,7 @@ except ImportError:  # pragma: no cover - very old setuptools
 HERE = os.path.dirname(os.path.abspath(__file__))
 KDIR = os.path.join("guanaco_rt", "_kernels")
 DEBUG = os.environ.get("GUANACO_RT_DEBUG", "") not in ("", "0")
-RUNTIME = ["_quants", "_governor", "_ops", "_engine", "_sampling", "_decode", "_twins", "_mapguard", "_bpe",
+RUNTIME = ["_quants", "_governor", "_ops", "_lora", "_engine", "_sampling", "_decode", "_twins", "_mapguard", "_bpe",
            "_quantize"]
 
 

@@ -52,6 +52,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Iterator
 
+from . import lora as _lora
 from . import tools as tc
 from .chat import DEFAULT_STOP, guanaco_prompt
 from .constrain import compile_constraint
@@ -306,12 +307,14 @@ class LLM:
     log-probabilities are the same bits as alone. Without batching, ``n_threads`` is per
     session (default: the cores shared out among the sessions). ``kv_f16`` halves the cache's memory, as
     llama.cpp's default does, and moves the logits by about as much as llama.cpp's own
-    f16 cache does (on the demo model, greedy answers can change)."""
+    f16 cache does (on the demo model, greedy answers can change). ``lora``: LoRA adapters
+    ``[(path, scale), ...]`` applied at run time by every session (Session's ``lora``);
+    ``lora_merge``: adapters merged into the weights at load (Model's ``lora``; a path only)."""
 
     def __init__(self, model: str | os.PathLike | Model | None = None, *, n_ctx: int = 2048,
                  n_sessions: int = 1, n_threads: int | None = None, n_batch: int = 64, kv_f16: bool = False,
                  template: str | None = None, model_name: str | None = None, batch: bool | None = None,
-                 prefill_chunk: int = 32):
+                 prefill_chunk: int = 32, lora=None, lora_merge=None):
         if model is None:
             from .demo import demo_model_path
             model = demo_model_path()
@@ -320,16 +323,21 @@ class LLM:
             batch = not isinstance(n_sessions, bool) and isinstance(n_sessions, int) and n_sessions > 1
         if n_threads is None:
             n_threads = default_threads() if batch else max(1, default_threads() // max(1, n_sessions))
-        self.model: Model = model if isinstance(model, Model) else Model(model, n_threads=n_threads)
+        if lora_merge and isinstance(model, Model):
+            raise InvalidRequestError("lora_merge needs a model path: a loaded Model's weights are shared as they are; "
+                                      "load it with Model(path, lora=...)", "lora_merge")
+        self.model: Model = model if isinstance(model, Model) else Model(model, n_threads=n_threads, lora=lora_merge)
         self.model_name = model_name or os.path.basename(str(self.model.path))
         self.n_ctx = n_ctx
+        # run-time adapters: read once, each session its own tables over the shared A and B
+        self.lora = _lora.check(self.model, _lora.normalize(lora))
         self.batcher = None
         if batch:
             if isinstance(n_sessions, bool) or not isinstance(n_sessions, int) or n_sessions < 1:
                 raise InvalidRequestError(f"the pool size must be an int >= 1, got {n_sessions!r}", "n_sessions")
             self.batcher = self.model.batcher(max_seqs=n_sessions, chunk=prefill_chunk, n_threads=n_threads)
         self.pool = SessionPool(self.model, n_sessions, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads,
-                                kv_f16=kv_f16, template=template, batcher=self.batcher)
+                                kv_f16=kv_f16, template=template, batcher=self.batcher, lora=self.lora or None)
         self._rate_lock = threading.Lock()
         self._rate = collections.deque([(time.monotonic(), 0)])     # batch_stats' marks
         first = self.pool.acquire()             # made now: bad settings fail here, not on a request

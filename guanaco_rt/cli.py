@@ -76,6 +76,15 @@ def _sampling_args(p):
     g.add_argument("--seed", type=_int(0, 2**64 - 1), default=None, help="RNG seed (default: random)")
 
 
+def _lora_spec(text):
+    """--lora FILE[:SCALE] -> (FILE, SCALE)"""
+    from .lora import parse_spec
+    path, scale = parse_spec(text)
+    if not math.isfinite(scale):
+        raise argparse.ArgumentTypeError(f"{text!r}: the scale must be a finite number")
+    return path, scale
+
+
 def _session_args(p):
     from .model import MAX_THREADS
     from .sampling import CLI_CONTEXT_POLICY
@@ -88,6 +97,12 @@ def _session_args(p):
                    help="threads (default: GUANACO_RT_THREADS, else the physical cores this process may use, "
                         "within its cgroup quota); on a busy machine fewer threads than cores can be faster")
     p.add_argument("--kv-f16", action="store_true", help="keep the KV cache in f16 (half the memory)")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]", type=_lora_spec,
+                   help="a LoRA adapter applied at run time (GGUF of llama.cpp's convert_lora_to_gguf.py, or a "
+                        "2023 ggla file), times SCALE (default 1); repeatable")
+    p.add_argument("--lora-merge", action="append", default=[], metavar="FILE[:SCALE]", type=_lora_spec,
+                   help="a LoRA adapter merged into the weights at load, requantized to their types (no run-time "
+                        "cost, but the rounding of a 4-bit type can undo much of a small adapter); repeatable")
     p.add_argument("--context-policy", choices=["error", "shift"], default=CLI_CONTEXT_POLICY,
                    help="when the context fills: stop with an error, or drop the oldest tokens (chat: the "
                         "oldest turns) and go on (default %(default)s; the library's Session default is error)")
@@ -157,10 +172,10 @@ def _model_path(a):
 
 def _open(a):
     from . import Model, Session
-    model = Model(_model_path(a), n_threads=a.threads)
+    model = Model(_model_path(a), n_threads=a.threads, lora=a.lora_merge)
     session = Session(model, n_ctx=a.ctx_size, n_batch=a.batch_size, kv_f16=a.kv_f16,
                       seed=getattr(a, "seed", None), context_policy=a.context_policy,
-                      system=getattr(a, "system", None))
+                      system=getattr(a, "system", None), lora=a.lora)
     session.prompt_progress = _prompt_feedback()
     return model, session
 
@@ -549,7 +564,7 @@ def cmd_serve(a):
     check_bind(a.host, api_key, a.insecure_no_key, warn=False)      # before the model loads: fail fast
     llm = LLM(_model_path(a), n_ctx=a.ctx_size, n_sessions=a.parallel, n_threads=a.threads,
               n_batch=a.batch_size, kv_f16=a.kv_f16, model_name=a.model_name, prefill_chunk=a.prefill_chunk,
-              batch=False if a.no_batch else None)
+              batch=False if a.no_batch else None, lora=a.lora, lora_merge=a.lora_merge)
     logging.getLogger("guanaco_rt.server").info(
         "serving %s on http://%s:%d/v1 (%d session(s) of %d tokens, %s%d thread(s)%s)", llm.model_name, a.host,
         a.port, a.parallel, a.ctx_size, "decoded in one batch on " if llm.batcher is not None else "",
@@ -690,6 +705,12 @@ def build_parser():
                    help="allow a --host beyond loopback without an API key (anyone who reaches the port may use it)")
     s.add_argument("--model-name", default=None, help="the model id clients see (default: the file name)")
     s.add_argument("--kv-f16", action="store_true", help="keep the KV caches in f16 (half the memory)")
+    s.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]", type=_lora_spec,
+                   help="a LoRA adapter applied at run time to every session (GGUF of llama.cpp's "
+                        "convert_lora_to_gguf.py, or a 2023 ggla file), times SCALE (default 1); repeatable")
+    s.add_argument("--lora-merge", action="append", default=[], metavar="FILE[:SCALE]", type=_lora_spec,
+                   help="a LoRA adapter merged into the weights at load, requantized to their types (no run-time "
+                        "cost, but the rounding of a 4-bit type can undo much of a small adapter); repeatable")
     s.set_defaults(fn=cmd_serve)
 
     s = command("config", "the ISA units built, the one in use and why; OpenMP and thread count")

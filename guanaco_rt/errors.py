@@ -72,3 +72,9 @@ class InvalidArgumentError(GuanacoError, ValueError):
 class ConstraintError(InvalidArgumentError):
     """A constraint (json_schema, regex, grammar, choices) that cannot be compiled or goes
     over a limit; ``param`` names which, the message what the engine refused."""
+
+
+class AdapterError(FormatError):
+    """A LoRA adapter file is malformed, or does not fit the model it is applied to (a
+    tensor of other shape, a missing A or B, ranks that differ, a tensor the model lacks or
+    this runtime does not adapt); ``field`` names the tensor or header field."""

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import gguf_file, gguf_model
+from . import lora as _lora
 from ._kernels._engine import Batcher, Engine
 from ._kernels._mapguard import GuardedBuffer
 from ._kernels.dispatch import default_kernels, kernel_set
@@ -217,6 +218,13 @@ class Model:
     the kernel unit ("generic", "avx2", "avx512", ...; ``guanaco-rt config`` lists them; a name this
     machine cannot run is an InvalidArgumentError); None: GUANACO_RT_ISA, else the best this CPU
     runs. ``Model.isa`` says which it runs.
+
+    ``lora``: LoRA adapters merged into the weights at load, ``[(path or lora.Adapter, scale), ...]``
+    (GGUF adapters of llama.cpp's convert_lora_to_gguf.py, or 2023 ggla files): each adapted
+    weight is dequantized, W + scale B A formed in float64, and quantized again to its own type,
+    into anonymous memory (``lora_stats``: seconds, bytes, tensors); the file is not touched.
+    Requantizing adds the type's rounding error once more; ``Session(model, lora=...)``
+    applies adapters at run time instead, exactly, per session. See guanaco_rt.lora.
     """
 
     _engine: Engine | None              # None once closed
@@ -224,7 +232,7 @@ class Model:
     _fingerprint: bytes | None          # computed on first use
 
     def __init__(self, path: str | os.PathLike[str], n_threads: int | None = None, eps: float = 1e-6,
-                 isa: str | None = None, mmap: bool = True):
+                 isa: str | None = None, mmap: bool = True, lora=None):
         t0 = time.perf_counter()
         self.n_threads = default_threads() if n_threads is None else check_threads(n_threads)
         self.path = os.fspath(path)
@@ -273,9 +281,14 @@ class Model:
                 self._mm.madvise(mmap_module.MADV_NOHUGEPAGE)
             if not self.mmap:
                 inplace = np.frombuffer(self._mm.obj, dtype=np.uint8)
+            self._merged, self.lora_stats = {}, None
+            self.lora = _lora.normalize(lora)     # [(Adapter, scale)]: merged into the weights below
+            if self.lora:
+                _lora.check(self, self.lora)
+                self._merged, self.lora_stats = _lora.merge(self, self._buf, self.lora, self.n_threads)
             self._engine = Engine(self.hparams.as_dict(), self._buf, specs, ks, eps, inplace=inplace,
                                   n_threads=self.n_threads, release=self._release if self.mmap else None,
-                                  guard=self._guard, **rope)
+                                  guard=self._guard, overrides=self._merged, **rope)
             self._repacked = {off for off, _ in self._engine.repacked}
             self.check_file()                    # the load read every page: did the file shrink meanwhile?
         except BaseException:
@@ -434,13 +447,19 @@ class Model:
 
     def tensor_data(self, name: str) -> np.ndarray:
         """One tensor's bytes as the file has them (uint8, read-only): a view into the mmap, or,
-        for a tensor interleaved in place (``mmap=False``), a copy put back in file order."""
+        for a tensor interleaved in place (``mmap=False``), a copy put back in file order. A
+        weight with a LoRA merged into it (``lora=``): the merged bytes, in file order."""
         self._check_open()
-        buf = self._buf
-        if buf is None:                          # closed by another thread since the check
+        buf, engine = self._buf, self._engine
+        if buf is None or engine is None:        # closed by another thread since the check
             raise ModelClosedError(f"{self.path}: this Model is closed")
         t = self.file.tensors[name]
         data = buf[t.offset:t.offset + t.nbytes]
+        if name in self._merged:                 # a LoRA merged at load: its own bytes, maybe interleaved
+            data = self._merged[name]
+            if engine.kernels.interleaves(t.type) and t.n_rows >= 8:
+                data = np.frombuffer(deinterleave_r8(data, t.type, t.shape[0], t.n_rows), np.uint8)
+            return data
         if not self.mmap and t.offset in self._repacked:
             data = np.frombuffer(deinterleave_r8(data, t.type, t.shape[0], t.n_rows), np.uint8)
         return data
@@ -471,6 +490,7 @@ class Model:
             b.close()
         self._engine = None
         self._buf = None
+        self._merged = {}
         self._mm = None
         self._guard = None
         if self._fh is not None:

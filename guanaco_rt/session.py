@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence, Union
 
 import numpy as np
 
+from . import lora as _lora
 from ._kernels._decode import Decoder, TextStage
 from ._kernels._engine import Batcher, State
 from .chat import DEFAULT_STOP, ChatTemplate, Conversation
@@ -118,12 +119,17 @@ class Session:
 
     ``batcher`` (``model.batcher()``): the session's decoding and prompts share passes over
     the weights with the other sessions on it; the same bits as alone.
+
+    ``lora``: LoRA adapters applied at run time to this session only, ``[(path or
+    lora.Adapter, scale), ...]``: each layer matrix's output gains ((x A^T) B^T) scale, in
+    float32; the Model's weights are not touched, so other sessions of it may use other
+    adapters or none. Load an adapter once with ``lora.Adapter.load`` to share it.
     """
 
     def __init__(self, model: Model, n_ctx: int = 2048, n_batch: int = 64, n_threads: int | None = None,
                  kv_f16: bool = False, seed: int | None = None, context_policy: str = CONTEXT_POLICY, n_keep: int = 1,
                  system: str | None = None, template: str | None = None, adaptive_threads: bool = True,
-                 swa_full: bool = False, batcher: Batcher | None = None):
+                 swa_full: bool = False, batcher: Batcher | None = None, lora=None):
         for name, v, lo in (("n_ctx", n_ctx, 2), ("n_batch", n_batch, 1), ("n_keep", n_keep, 0)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 raise TypeError(f"{name} must be an int, got {v!r}")
@@ -151,6 +157,10 @@ class Session:
         # faster now (a core busy elsewhere makes a team slower than one thread); the
         # results are the same bits either way
         self._state.adaptive_threads = bool(adaptive_threads)
+        # run-time LoRA adapters: this session's own tables; the model's weights stay shared
+        self.lora = _lora.check(model, _lora.normalize(lora))
+        if self.lora:
+            self._state.set_lora(_lora.lora_set(model, self.lora, self.n_batch))
         if batcher is not None:
             if not isinstance(batcher, Batcher) or batcher.engine is not engine:
                 raise GuanacoError(f"batcher must be a Batcher of this Model (Model.batcher()), got {batcher!r}")
@@ -645,7 +655,7 @@ class Session:
                     "system": self.conversation.system, "turns": self.conversation.turns,
                     "chat_first_turn": self._chat_first_turn}
             mj = json.dumps(meta).encode()
-            parts = [STATE_MAGIC, struct.pack("<I", STATE_VERSION), self.model.fingerprint,
+            parts = [STATE_MAGIC, struct.pack("<I", STATE_VERSION), self._weights_id(),
                      struct.pack("<Q", len(mj)), mj, np.asarray(self.tokens, "<i4").tobytes()]
             if logits is not None:
                 parts.append(logits.astype("<f4").tobytes())
@@ -666,8 +676,9 @@ class Session:
             version = struct.unpack_from("<I", blob, 4)[0]
             if version not in (2, STATE_VERSION):
                 raise StateError(f"state version {version} is not supported (expected 2 or {STATE_VERSION})")
-            if bytes(blob[8:40]) != self.model.fingerprint:
-                raise StateError("this state was saved from a different model file")
+            if bytes(blob[8:40]) != self._weights_id():
+                raise StateError("this state was saved from a different model file, or with other LoRA adapters "
+                                 "(Session lora=)")
             (mlen,) = struct.unpack_from("<Q", blob, 40)
             if mlen > len(blob) - head:
                 raise StateError(f"metadata length {mlen} runs past the end of the {len(blob)}-byte state")
@@ -732,6 +743,17 @@ class Session:
         finally:
             self._leave()
 
+    def _weights_id(self):
+        # the model's fingerprint, or with run-time adapters a hash of it and theirs (file
+        # digest and scale): a state's K/V belong to the weights and adapters that made them
+        if not self.lora:
+            return self.model.fingerprint
+        import hashlib
+        h = hashlib.sha256(self.model.fingerprint)
+        for ad, scale in self.lora:
+            h.update(ad.digest + repr(scale).encode())
+        return h.digest()
+
     def fork(self, **overrides) -> Session:
         """A new Session on the same model that starts from this one's evaluated prefix,
         conversation and sampler state. Keyword arguments override its settings."""
@@ -739,7 +761,7 @@ class Session:
                   swa_full=self.swa_full,
                   adaptive_threads=self._check_open().adaptive_threads,
                   seed=self.seed, context_policy=self.context_policy, n_keep=self.n_keep,
-                  template=self._template_source, batcher=self.batcher)
+                  template=self._template_source, batcher=self.batcher, lora=self.lora or None)
         kw.update(overrides)
         other = Session(self.model, **kw)
         other.load_state(self.save_state())

@@ -21,6 +21,7 @@ cdef extern from "<pthread.h>" nogil:
 
 from guanaco_rt._kernels._isa cimport isa_kernels_t
 from guanaco_rt._kernels._quants cimport type_traits_t
+from guanaco_rt._kernels._lora cimport lora_t
 # monotonic: cimported from here by _decode as well
 from guanaco_rt._kernels._governor cimport gov_t, gov_last_t, monotonic
 
@@ -115,6 +116,7 @@ cdef struct state_t:
     int member           # it is one of batch's members (batch.mu guards it)
     float* hidden        # (n, n_embd) or NULL: if set, forward() writes each token's normed hidden state there
     int64_t hidden_pos
+    lora_t* lora         # run-time LoRA adapters (_lora.pyx), NULL: none
 
 cdef struct seq_t:
     # one sequence's part of a forward pass (forward_seqs)
@@ -175,6 +177,7 @@ cdef class Engine:
     cdef double[:, ::1] freqs
     cdef gov_last_t gov_last         # what its States' governors last found best (gov_t.last)
     cdef readonly dict load_threads  # the interleaving's thread choice: {"threads", "one_thread_tensors", ...}
+    cdef tensor_t _weight(self, const uint8_t[::1] buf, str name, dict tensors, dict overrides) except *
 
 cdef class State
 
@@ -190,6 +193,7 @@ cdef class State:
     cdef state_t s
     cdef readonly Engine engine
     cdef readonly Batcher batcher
+    cdef readonly object lora        # the LoraSet s.lora points into, or None
     cdef uint8_t[::1] k_cache, v_cache
     cdef int64_t[::1] kv_off_buf
     cdef int32_t[::1] redo_buf

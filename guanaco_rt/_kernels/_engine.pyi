@@ -4,6 +4,8 @@ import numpy as np
 import numpy.typing as npt
 from typing_extensions import Self, disjoint_base
 
+from guanaco_rt._kernels._lora import LoraSet
+
 @disjoint_base
 class KernelSet:
     isa: str
@@ -21,7 +23,7 @@ class Engine:
     def __new__(cls, hparams: dict[str, int], buf: Any, tensors: dict[str, tuple[int, int, int, int]],
                 kernels: KernelSet, eps: float = ..., rope_base: float = ..., rope_freq_scale: float = ...,
                  repack: bool = ..., inplace: Any = ..., n_threads: int = ..., release: Any = ...,
-                 guard: Any = ...) -> Self: ...
+                 guard: Any = ..., overrides: dict[str, Any] | None = ...) -> Self: ...
 
 @disjoint_base
 class Batcher:
@@ -40,6 +42,7 @@ class Batcher:
 class State:
     engine: Engine
     batcher: Batcher | None
+    lora: LoraSet | None
     n_past: int
     n_ctx: int
     n_embd_kv: int
@@ -51,6 +54,7 @@ class State:
     def logits(self) -> npt.NDArray[np.float32] | None: ...
     def prefill(self, ids: npt.NDArray[np.int32], all_logits: npt.NDArray[np.float32] | None = ...) -> int: ...
     def hidden(self, ids: npt.NDArray[np.int32], out: npt.NDArray[np.float32]) -> int: ...
+    def set_lora(self, lora: LoraSet | None) -> None: ...
     def truncate(self, n: int) -> None: ...
     def shift(self, n_keep: int, n_discard: int) -> None: ...
     def export_kv(self) -> tuple[list[np.ndarray], list[np.ndarray]]: ...

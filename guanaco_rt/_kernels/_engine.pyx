@@ -39,6 +39,8 @@ from guanaco_rt._kernels._common cimport (gr_openmp_enabled, gr_omp_max_threads,
                                           GR_CPU_FEATURE_NAMES)
 from guanaco_rt._kernels._isa cimport isa_kernels_t, vec_dot_fn, vec_dot_x4_fn, dot_r8_fn, ISA_CAPSULE
 from guanaco_rt._kernels._quants cimport type_traits_t, type_traits, row_size, from_float_fn
+from guanaco_rt._kernels._lora cimport (LoraSet, lora_add, lora_has, LORA_WQ, LORA_WK, LORA_WV, LORA_WO, LORA_W1,
+                                        LORA_W3, LORA_W2)
 from guanaco_rt._kernels._ops cimport (team_threads, kv_layer, rmsnorm, rope, rope_freqs, silu_mul, gelu_mul,
                                        store_kv, attention_head, add_bias, head_norm, add_residual)
 from guanaco_rt._kernels._governor cimport (gov_init, gov_set_threads, gov_reset, gov_prompt_start, gov_prompt_end,
@@ -439,6 +441,10 @@ cdef int forward_seqs(const model_t* m, state_t* w, seq_t* seqs, int n_seq, floa
         outs[0], outs[1], outs[2] = w.q, w.k, w.v
         ws[0], ws[1], ws[2] = &L.wq, &L.wk, &L.wv
         matmul_n(m, w, outs, ws, 3, w.xb, T, GLU_NONE)
+        for i in range(n_seq):          # each sequence's own run-time adapters (LoRA), if any
+            lora_rows(&seqs[i], l, LORA_WQ, w.q, Eq, w.xb, E, w.nth)
+            lora_rows(&seqs[i], l, LORA_WK, w.k, Ekv, w.xb, E, w.nth)
+            lora_rows(&seqs[i], l, LORA_WV, w.v, Ekv, w.xb, E, w.nth)
         add_bias(w.q, L.bq, T, Eq)
         add_bias(w.k, L.bk, T, Ekv)
         add_bias(w.v, L.bv, T, Ekv)
@@ -459,14 +465,25 @@ cdef int forward_seqs(const model_t* m, state_t* w, seq_t* seqs, int n_seq, floa
             store_kv(S.v_cache, k, w.v + <int64_t>seqs[i].off * Ekv, <int64_t>seqs[i].n_tok * Ekv, S.kv_f16)
         attention_seqs(m, seqs, n_seq, l, w.xb, w.q, w.nth)
         matmul(m, w, w.xb2, &L.wo, w.xb, T)
+        for i in range(n_seq):
+            lora_rows(&seqs[i], l, LORA_WO, w.xb2, E, w.xb, Eq, w.nth)
         add_residual(w.x, w.xb2, L.attn_post_norm, T, E, m.eps)
         # feed-forward block
         for t in range(T):
             rmsnorm(w.xb + t * E, w.x + t * E, L.ffn_norm, E, m.eps)
         outs[0], outs[1] = w.hb, w.hb2
         ws[0], ws[1] = &L.w1, &L.w3
-        matmul_n(m, w, outs, ws, 2, w.xb, T, m.glu)     # hb = silu(w1 @ xb) * (w3 @ xb), or gelu's
+        if lora_gate(seqs, n_seq, l):     # an adapter on w1 or w3: its delta goes in before the gate
+            matmul_n(m, w, outs, ws, 2, w.xb, T, GLU_NONE)
+            for i in range(n_seq):
+                lora_rows(&seqs[i], l, LORA_W1, w.hb, m.n_ff, w.xb, E, w.nth)
+                lora_rows(&seqs[i], l, LORA_W3, w.hb2, m.n_ff, w.xb, E, w.nth)
+            gate_par(w.hb, w.hb2, <int64_t>T * m.n_ff, w.nth, m.glu)
+        else:
+            matmul_n(m, w, outs, ws, 2, w.xb, T, m.glu)     # hb = silu(w1 @ xb) * (w3 @ xb), or gelu's
         matmul(m, w, w.xb2, &L.w2, w.hb, T)
+        for i in range(n_seq):
+            lora_rows(&seqs[i], l, LORA_W2, w.xb2, E, w.hb, m.n_ff, w.nth)
         add_residual(w.x, w.xb2, L.ffn_post_norm, T, E, m.eps)
         w.nth = gov_layer_done(&w.gov, w.nth, l + 1, m.n_layer)
     for i in range(n_seq):
@@ -501,6 +518,21 @@ cdef int forward_seqs(const model_t* m, state_t* w, seq_t* seqs, int n_seq, floa
             S.n_past = seqs[i].n_past + seqs[i].n_tok
             S.have_logits = S.hidden == NULL
     return live
+
+cdef inline void lora_rows(const seq_t* q, int l, int which, float* out, int64_t out_stride, const float* x,
+                           int64_t x_stride, int nth) noexcept nogil:
+    # out += q's sequence's LoRA delta of matrix ``which`` of layer l over its rows (q.off..)
+    if q.s.lora != NULL and q.rc == 0:
+        lora_add(q.s.lora, l, which, out + <int64_t>q.off * out_stride, out_stride, x + <int64_t>q.off * x_stride,
+                 q.n_tok, nth)
+
+cdef bint lora_gate(const seq_t* seqs, int n_seq, int l) noexcept nogil:
+    # whether a sequence of the pass has an adapter on layer l's w1 or w3
+    cdef int i
+    for i in range(n_seq):
+        if lora_has(seqs[i].s.lora, l, LORA_W1) or lora_has(seqs[i].s.lora, l, LORA_W3):
+            return True
+    return False
 
 cdef void attention_seqs(const model_t* m, seq_t* seqs, int n_seq, int l, float* out, const float* q,
                          int nth) noexcept nogil:
@@ -865,7 +897,7 @@ cdef class Engine:
 
     def __cinit__(self, dict hparams, const uint8_t[::1] buf, dict tensors, KernelSet kernels, float eps=1e-6,
                   double rope_base=10000.0, double rope_freq_scale=1.0, bint repack=True, object inplace=None,
-                  int n_threads=1, object release=None, GuardedBuffer guard=None):
+                  int n_threads=1, object release=None, GuardedBuffer guard=None, dict overrides=None):
         cdef int l, E, Ekv, Eq, i, nw, use, n_swa, swa_pattern
         cdef double dt
         cdef layer_t* L
@@ -874,6 +906,7 @@ cdef class Engine:
         cdef const float* factors
         self.m.layers = NULL
         self.buf = buf
+        self.copies = []
         self.guard = guard
         self.m.file_fault = guard.fault_flag() if guard is not None else NULL
         self.kernels = kernels
@@ -930,13 +963,13 @@ cdef class Engine:
         for l in range(self.m.n_layer):
             p = f"layers.{l}."
             L = &self.m.layers[l]
-            L.wq = make_tensor(buf, p + "attention.wq.weight", tensors[p + "attention.wq.weight"])
-            L.wk = make_tensor(buf, p + "attention.wk.weight", tensors[p + "attention.wk.weight"])
-            L.wv = make_tensor(buf, p + "attention.wv.weight", tensors[p + "attention.wv.weight"])
-            L.wo = make_tensor(buf, p + "attention.wo.weight", tensors[p + "attention.wo.weight"])
-            L.w1 = make_tensor(buf, p + "feed_forward.w1.weight", tensors[p + "feed_forward.w1.weight"])
-            L.w2 = make_tensor(buf, p + "feed_forward.w2.weight", tensors[p + "feed_forward.w2.weight"])
-            L.w3 = make_tensor(buf, p + "feed_forward.w3.weight", tensors[p + "feed_forward.w3.weight"])
+            L.wq = self._weight(buf, p + "attention.wq.weight", tensors, overrides)
+            L.wk = self._weight(buf, p + "attention.wk.weight", tensors, overrides)
+            L.wv = self._weight(buf, p + "attention.wv.weight", tensors, overrides)
+            L.wo = self._weight(buf, p + "attention.wo.weight", tensors, overrides)
+            L.w1 = self._weight(buf, p + "feed_forward.w1.weight", tensors, overrides)
+            L.w2 = self._weight(buf, p + "feed_forward.w2.weight", tensors, overrides)
+            L.w3 = self._weight(buf, p + "feed_forward.w3.weight", tensors, overrides)
             check_matrix(L.wq, p + "attention.wq.weight", E, Eq)
             check_matrix(L.wk, p + "attention.wk.weight", E, Ekv)
             check_matrix(L.wv, p + "attention.wv.weight", E, Ekv)
@@ -955,7 +988,6 @@ cdef class Engine:
             L.ffn_post_norm = optional_vector(buf, p + "ffn_post_norm.weight", tensors, E)
             L.n_swa = n_swa if swa_pattern > 0 and l % swa_pattern < swa_pattern - 1 else 0
             L.freqs = &self.freqs[1 if L.n_swa else 0, 0]
-        self.copies = []
         self.repacked = []
         self.load_threads = {"threads": n_threads, "one_thread_tensors": 0, "multi_thread_tensors": 0,
                              "one_thread_s": 0.0, "multi_thread_s": 0.0, "busy_core_found": False}
@@ -986,16 +1018,39 @@ cdef class Engine:
             gov_last_note(&self.gov_last, 1)
             self.load_threads["busy_core_found"] = True
 
+    cdef tensor_t _weight(self, const uint8_t[::1] buf, str name, dict tensors, dict overrides) except *:
+        # a layer matrix: its bytes in buf, or, when overrides has it (LoRA merged at load:
+        # a writable uint8 array of the same type and shape, which the engine keeps), there
+        cdef uint8_t[::1] own
+        if overrides is None or name not in overrides:
+            return make_tensor(buf, name, tensors[name])
+        own = overrides[name]
+        self.copies.append(overrides[name])
+        return make_tensor(own, name, (0,) + tuple(tensors[name][1:]))
+
     cdef double _interleave(self, tensor_t* t, object inplace, int nth, object release) except? -2:
         # t's rows, 8 at a time, into the layout of its dot_r8 kernel (repack_r8) on nth
         # threads, the last ne1 % 8 as they are; -> the seconds that took (load_record), -1
         # when t is not interleaved (fewer than 8 rows run on the one-row kernels)
         cdef int64_t off = t.data - &self.buf[0], n = t.nb1 * t.ne1
-        cdef uint8_t[::1] dst, scratch
+        cdef uint8_t[::1] dst, scratch, mine
         cdef const uint8_t* src = t.data
         cdef double t0, dt
         if self.m.k.types[t.type].dot_r8 == NULL or t.ne1 < 8:
             return -1
+        if not 0 <= off < self.buf.shape[0]:
+            # an override (_weight): interleaved over its own bytes, which are the engine's
+            for arr in self.copies:
+                mine = arr
+                if &mine[0] == t.data:
+                    scratch = np.array(mine)
+                    with nogil:
+                        t0 = monotonic()
+                        repack_r8(&mine[0], &scratch[0], t.type, t.ne0 // t.tt.blck_size, t.nb1, t.ne1, nth)
+                        dt = monotonic() - t0
+                    t.r8 = 1
+                    return dt
+            raise ValueError("a weight outside the model's buffer that the engine does not own")
         if inplace is not None:
             dst = inplace[off:off + n]
             scratch = np.array(dst)          # one tensor's worth
@@ -1294,6 +1349,24 @@ cdef class State:
     def __dealloc__(self):
         if self.s.batch != NULL and self.s.member:
             batch_leave(self.s.batch, &self.s)
+
+    def set_lora(self, object lora):
+        """Run-time LoRA adapters for the next evaluations: a _lora.LoraSet built for this
+        model's shapes (lora.py), or None for none. The LoraSet's scratch is this State's
+        while set: give each State its own."""
+        cdef LoraSet ls
+        cdef model_t* m = &self.engine.m
+        if lora is None:
+            self.s.lora = NULL
+            self.lora = None
+            return
+        ls = lora
+        want = (m.n_layer, m.n_embd, m.n_embd_q, m.n_embd_kv, m.n_ff)
+        if ls.shape != want:
+            raise ValueError(f"the adapters were built for (n_layer, n_embd, n_embd_q, n_embd_kv, n_ff) {ls.shape}, "
+                             f"this model is {want}")
+        self.s.lora = ls.ptr()
+        self.lora = ls
 
     # -- threads and cancel ------------------------------------------------------------
     @property
