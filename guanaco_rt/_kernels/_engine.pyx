@@ -690,8 +690,9 @@ cdef void batch_run(batcher_t* b) noexcept nogil:
     # for every member to queue (a sequence samples its next token between passes, and a
     # stream hands its text to Python), up to b.gather or a GATHER_SHARE of the last pass's
     # time, whichever is longer (a late member would otherwise miss the pass, and the
-    # passes split into two halves that alternate), then takes the queue first come first, up to max_seqs sequences and max_tokens
-    # rows (a slot that does not fit waits for the next pass; smaller ones behind it go)
+    # passes split into two halves that alternate), then takes the queue first come first,
+    # up to max_seqs sequences and max_tokens rows (a slot that does not fit waits for the
+    # next pass; smaller ones behind it go)
     cdef timespec until
     cdef slot_t* cur
     cdef slot_t** link
