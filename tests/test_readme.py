@@ -45,6 +45,16 @@ def test_batching_snippet(smollm2):
     assert reply == "The capital of France is Paris." and float(occupancy) > 1.5
 
 
+def test_lora_snippet(smollm2, tmp_path):
+    import guanaco_rt
+    from test_lora import random_weights, write_gguf_adapter
+
+    with guanaco_rt.Model(smollm2) as m:
+        adapter = write_gguf_adapter(tmp_path / "adapter.gguf", random_weights(m, 8, 3, strength=0.05), 16)
+    out = run(python_block("LoRA adapters").replace('"adapter.gguf"', repr(adapter)))
+    assert "tensors" in out
+
+
 def test_gguf_snippet_runs_from_any_folder(smollm2):
     # run as written from the tests folder, not the demo model's cache folder
     out = run("import guanaco_rt\n" + python_block("GGUF files") + "\nprint(ids[:3])")
