@@ -19,6 +19,8 @@ top_k, min_p, typical_p
 frequency_penalty,      the same (OpenAI's additive penalties)
 presence_penalty
 repeat_penalty          repetition_penalty (llama.cpp's multiplicative one)
+dry_multiplier,         the same (llama-server's DRY repetition penalty; off by default)
+dry_base, ...
 logit_bias              logit_bias, token id (int or its decimal string) -> bias
 logprobs (completion)   n_probs: the top N (0..20) per token, plus the token's own
 logprobs, top_logprobs  n_probs = top_logprobs (chat)
@@ -151,6 +153,22 @@ def _number(name, v, lo=None, hi=None, integer=False):
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         raise InvalidRequestError(f"{name}={v!r} is outside [{lo}, {hi}]", name)
     return v
+
+
+def _dry(multiplier=DEFAULTS["dry_multiplier"], base=DEFAULTS["dry_base"], allowed=DEFAULTS["dry_allowed_length"],
+         last_n=DEFAULTS["dry_penalty_last_n"], breakers=None):
+    """llama-server's DRY parameters -> SamplingParams' (checked, named as the request names them)."""
+    _number("dry_multiplier", multiplier, 0)
+    _number("dry_base", base, 1)
+    _number("dry_allowed_length", allowed, 0, 2**31 - 1, integer=True)
+    _number("dry_penalty_last_n", last_n, -1, 2**31 - 1, integer=True)
+    if breakers is None:
+        breakers = DEFAULTS["dry_sequence_breakers"]
+    elif not isinstance(breakers, list) or not all(isinstance(b, str) and b for b in breakers):
+        raise InvalidRequestError(f"dry_sequence_breakers must be a list of non-empty strings, got {breakers!r:.80}",
+                                  "dry_sequence_breakers")
+    return {"dry_multiplier": float(multiplier), "dry_base": float(base), "dry_allowed_length": allowed,
+            "dry_penalty_last_n": last_n, "dry_sequence_breakers": tuple(breakers)}
 
 
 def _stops(stop):
@@ -324,7 +342,7 @@ class LLM:
 
     # -- requests -------------------------------------------------------------------------
     def _sampling(self, temperature, top_p, top_k, min_p, typical_p, frequency_penalty, presence_penalty,
-                  repeat_penalty, logit_bias, n_probs):
+                  repeat_penalty, logit_bias, n_probs, dry=()):
         _number("temperature", temperature, 0, 2)
         _number("top_p", top_p, 0, 1)
         _number("top_k", top_k, -(2**31 - 1), 2**31 - 1, integer=True)
@@ -336,13 +354,14 @@ class LLM:
         if top_p == 0:
             temperature = 0.0               # OpenAI: top_p 0 keeps only the most likely token
         bias = _logit_bias(logit_bias, self.model.n_vocab)
+        dry = _dry(*dry)
         try:
             return SamplingParams(temperature=float(temperature), top_k=top_k, top_p=float(top_p) or 1.0,
                                   min_p=float(min_p), typical_p=float(typical_p) or 1.0,
                                   repetition_penalty=float(repeat_penalty) or 1.0,
                                   frequency_penalty=float(frequency_penalty),
                                   presence_penalty=float(presence_penalty),
-                                  logit_bias=bias, n_probs=n_probs)
+                                  logit_bias=bias, n_probs=n_probs, **dry)
         except ValueError as e:
             raise InvalidRequestError(str(e)) from None
 
@@ -390,7 +409,11 @@ class LLM:
                           logprobs: int | None = None, echo: bool = False, n: int = 1, stream: bool = False,
                           stream_options: dict | None = None, cancel: CancelHandle | None = None,
                           json_schema: dict | None = None, grammar: str | None = None, regex: str | None = None,
-                          choices: list[str] | None = None):
+                          choices: list[str] | None = None, dry_multiplier: float = DEFAULTS["dry_multiplier"],
+                          dry_base: float = DEFAULTS["dry_base"],
+                          dry_allowed_length: int = DEFAULTS["dry_allowed_length"],
+                          dry_penalty_last_n: int = DEFAULTS["dry_penalty_last_n"],
+                          dry_sequence_breakers: list[str] | None = None):
         """OpenAI's /v1/completions: a ``text_completion`` dict, or with ``stream`` an iterator
         (with ``cancel()``) of ``text_completion`` chunks. ``prompt``: text (BOS is added as
         the file says) or token ids. ``cancel``: a ``CancelHandle`` another thread may use to
@@ -416,7 +439,9 @@ class LLM:
         if not ids:
             raise InvalidRequestError("the prompt is empty", "prompt")
         params = self._sampling(temperature, top_p, top_k, min_p, typical_p, frequency_penalty, presence_penalty,
-                                repeat_penalty, logit_bias, 0 if logprobs is None else max(1, logprobs))
+                                repeat_penalty, logit_bias, 0 if logprobs is None else max(1, logprobs),
+                                (dry_multiplier, dry_base, dry_allowed_length, dry_penalty_last_n,
+                                 dry_sequence_breakers))
         req = _Request(self, ids, self._max_tokens(max_tokens, len(ids), "prompt"), _stops(stop), params, seed, n,
                        logprobs, (prompt if isinstance(prompt, str) else self.model.detokenize(ids)) if echo else None,
                        constraint=constraint)
@@ -437,7 +462,12 @@ class LLM:
                                response_format: dict | None = None, json_schema: dict | None = None,
                                grammar: str | None = None, regex: str | None = None,
                                choices: list[str] | None = None, tools: list[dict] | None = None,
-                               tool_choice: str | dict | None = None, parallel_tool_calls: bool = True):
+                               tool_choice: str | dict | None = None, parallel_tool_calls: bool = True,
+                               dry_multiplier: float = DEFAULTS["dry_multiplier"],
+                               dry_base: float = DEFAULTS["dry_base"],
+                               dry_allowed_length: int = DEFAULTS["dry_allowed_length"],
+                               dry_penalty_last_n: int = DEFAULTS["dry_penalty_last_n"],
+                               dry_sequence_breakers: list[str] | None = None):
         """OpenAI's /v1/chat/completions: a ``chat.completion`` dict, or with ``stream`` an
         iterator (with ``cancel()``) of ``chat.completion.chunk`` dicts. The prompt is the
         model's chat template (a GGUF file's own; Guanaco's ``### Human:`` turns for ggjt);
@@ -478,7 +508,9 @@ class LLM:
                                              offer=mode != "none")
         stops = _stops(stop) if stop is not None else default_stop
         params = self._sampling(temperature, top_p, top_k, min_p, typical_p, frequency_penalty, presence_penalty,
-                                repeat_penalty, logit_bias, max(1, top_logprobs or 0) if logprobs else 0)
+                                repeat_penalty, logit_bias, max(1, top_logprobs or 0) if logprobs else 0,
+                                (dry_multiplier, dry_base, dry_allowed_length, dry_penalty_last_n,
+                                 dry_sequence_breakers))
         req = _Request(self, ids, self._max_tokens(max_tokens, len(ids), "messages"), stops, params, seed, n,
                        (top_logprobs or 0) if logprobs else None, chat=True, constraint=constraint, tools=plan)
         if stream:
