@@ -492,6 +492,8 @@ def cmd_run(a):
     a.temperature, a.repeat_penalty = 0.0, 1.0
     a.top_k, a.top_p, a.min_p, a.typical_p, a.repeat_last_n = 40, 1.0, 0.0, 1.0, DEFAULTS["repeat_last_n"]
     a.frequency_penalty = a.presence_penalty = 0.0
+    a.dry_multiplier, a.dry_base, a.dry_allowed_length, a.dry_penalty_last_n = 0.0, 1.75, 2, -1
+    a.dry_sequence_breaker = None
     a.logit_bias, a.seed = [], 0
     a.quiet_prompt = False
     return cmd_generate(a)
