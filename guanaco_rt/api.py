@@ -36,7 +36,8 @@ parallel_tool_calls     a reply with calls has message.tool_calls, finish "tool_
 Defaults are llama-cpp-python's (temperature 0.8, top_p 0.95, top_k 40, min_p 0.05,
 no repeat penalty; 16 tokens for a completion, up to the context's end for a chat).
 finish_reason is "stop" (a stop string, EOS or end of turn), "length" (max_tokens or
-a full context), "tool_calls" (a reply with complete calls; one cut short is left out)
+a full context; a call cut short is in tool_calls, its arguments as far as written, as
+OpenAI sends it), "tool_calls" (a reply with complete calls)
 or, for a generation cancelled with ``cancel()``, "cancelled". With tools, logprobs
 are not given (null).
 What we keep that the peers do not: any thread may ``cancel()`` a stream, the pool
@@ -254,8 +255,9 @@ def normalize_messages(messages) -> list[dict]:
             msg["content"] = _text_of(content, i)
         if role == "tool":
             cid = m.get("tool_call_id")
-            if cid is not None and not isinstance(cid, str):
-                raise InvalidRequestError(f"messages[{i}].tool_call_id must be a string", f"messages[{i}].tool_call_id")
+            if not isinstance(cid, str):    # OpenAI requires it: it ties the result to its call
+                raise InvalidRequestError(f"messages[{i}].tool_call_id must be a string (the id of the call this "
+                                          f"message answers), got {cid!r:.40}", f"messages[{i}].tool_call_id")
             msg["tool_call_id"] = cid
         out.append(msg)
     return out
@@ -542,16 +544,42 @@ class LLM:
             raise InvalidRequestError(str(e), "messages") from None
         return ids, []
 
-    def create_embedding(self, input, encoding_format: str = "float", dimensions: int | None = None,
-                         pooling: str | None = None, cancel: CancelHandle | None = None) -> dict:
+    def create_embedding(self, input, model: str | None = None, encoding_format: str = "float",
+                         dimensions: int | None = None, pooling: str | None = None,
+                         cancel: CancelHandle | None = None) -> dict:
         """OpenAI's /v1/embeddings: one vector per input (a string, a list of strings, token
         ids, or lists of them), pooled (``pooling``; default the file's ``pooling_type``, else
         mean) and normalized as llama.cpp's server does; ``encoding_format`` "float" or
         "base64"; ``dimensions`` only as the model's width. Runs beside the chat sessions, on
         a sequence of its own (the Model is shared). ``cancel`` is accepted for the server's
-        sake and does nothing: an embedding is one forward pass per input."""
+        sake and does nothing: an embedding is one forward pass per input. ``model`` is accepted
+        and ignored, as llama-cpp-python does (this LLM serves one model)."""
         from .embeddings import openai_embedding
         return openai_embedding(self.model, self.model_name, input, encoding_format, dimensions, pooling)
+
+    def embed(self, input, normalize: bool = False, truncate: bool = True, return_count: bool = False):
+        """llama-cpp-python's ``Llama.embed``: the embedding of a string (a list of floats), or
+        of each string of a list (a list of them); a file whose pooling is "none" gives one
+        vector per token instead. ``normalize``: to unit length (off by default, as there).
+        ``truncate``: an input longer than the context keeps its first n_ctx tokens (else
+        InvalidRequestError). ``return_count``: also return the number of tokens embedded."""
+        from .embeddings import default_pooling, embed, token_lists
+        from .errors import InvalidArgumentError
+        try:
+            lists = token_lists(self.model, [input] if isinstance(input, str) else input, "input")
+        except InvalidArgumentError as e:
+            raise InvalidRequestError(str(e), "input") from None
+        if truncate:
+            lists = [ids[:self.n_ctx] for ids in lists]
+        elif max(len(ids) for ids in lists) > self.n_ctx:
+            n = max(len(ids) for ids in lists)
+            raise InvalidRequestError(f"an input is {n} tokens, above this LLM's context of {self.n_ctx} "
+                                      "(truncate=True keeps the first n_ctx)", "input", "context_length_exceeded")
+        vecs = embed(self.model, lists, pooling=default_pooling(self.model), normalize=normalize,
+                     max_tokens=self.n_ctx)
+        out = [v.tolist() for v in vecs]
+        out = out[0] if isinstance(input, str) else out
+        return (out, sum(len(ids) for ids in lists)) if return_count else out
 
     def models(self) -> dict:
         """/v1/models"""
@@ -676,8 +704,11 @@ def _tool_events(s, req, seen_text=None):
         else:
             n_gen = len(stream.result.tokens)
     calls = [c for k, c in enumerate(reader.calls) if c in reader.complete() and (repeat is None or k < repeat)]
-    # calls cut by max_tokens are left out; a reply with complete ones ends in "tool_calls"
     reason = "tool_calls" if calls else _finish(stream.result.finish_reason)
+    if repeat is None and _finish(stream.result.finish_reason) == "length" and len(calls) < len(reader.calls):
+        # a call cut by max_tokens: as OpenAI, it is in the reply with the arguments written so far
+        # (not valid JSON) and the reply ends in "length", so the cut shows
+        calls, reason = list(reader.calls), "length"
     return text, calls, reason, kept + n_gen
 
 
