@@ -37,19 +37,23 @@ KINDS = ("json_schema", "regex", "grammar", "choices")
 JSON_WHITESPACE = r"(?: |\n[ \t]{0,20})?"
 # The budget close (Guide.steer). A short completion is found by walking one byte at a
 # time: a byte that closes whenever the constraint allows one (inside a JSON string its
-# quote, elsewhere } ] " , :), else content, least recently used first so that no
-# pattern holds the walk in a loop (\d+x, an e-mail's local part), whitespace last.
+# quote, elsewhere } ] " , :), else content: of the first byte each class allows
+# (punctuation, digits, lower and upper case letters), one after which a closing byte may
+# follow, else the class least recently used, each class least recently used byte first,
+# so that no pattern holds the walk in a loop (\d+x, a path's '/'), whitespace last.
 WALK_IN_STRING = b'"'
 WALK_OUTSIDE = b'}]",:'
-WALK_BODY = b"0123456789" + bytes(x for x in range(33, 127) if not chr(x).isalnum() and x not in b'"\\') \
-    + bytes(range(97, 123)) + bytes(range(65, 91))
+WALK_CLASSES = (bytes(x for x in range(33, 127) if not chr(x).isalnum() and x not in b'"\\'), b"0123456789",
+                bytes(range(97, 123)), bytes(range(65, 91)))
 WALK_TAIL = b" \n"
 CLOSE_GUARD = 32          # the close starts when the tokens left are within this of a completion's: one token
 #                           may open much more than it writes (an object with required keys)
 CLOSE_RECHECK = 16        # tokens between looks at the shortest completion while it is far off
+CLOSE_WORK = 400          # matcher calls per generated token the looks may take until the close starts (~2%
+#                           of a step of the demo model): a completion that takes more is found later
 CLOSE_TOP_K = 8           # under the close, the model's most likely allowed tokens tried for ones that still fit,
+CLOSE_KEEP = 2            # up to this many
 MAX_LITERALS = 64         # literal runs of a constraint's patterns the walk may try
-CLOSE_KEEP = 3            # up to this many
 
 def _engine():
     try:
@@ -145,8 +149,8 @@ class Vocabulary:
         for i, b in enumerate(self.tokens):
             if len(b) == 1 and b not in one:
                 one[b] = i
-        self.walk = [[one[bytes([x])] for x in part if bytes([x]) in one]
-                     for part in (WALK_IN_STRING, WALK_OUTSIDE, WALK_BODY, WALK_TAIL)]
+        part = lambda bs: [one[bytes([x])] for x in bs if bytes([x]) in one]  # noqa: E731
+        self.walk = [part(WALK_IN_STRING), part(WALK_OUTSIDE), [part(c) for c in WALK_CLASSES], part(WALK_TAIL)]
         self._cache: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
@@ -211,7 +215,8 @@ class Constraint:
             _patterns(json.loads(self.source.split(":", 1)[1]), patterns)
         else:
             return []
-        one = {self.vocab.tokens[t]: t for part in self.vocab.walk for t in part}
+        in_string, outside, classes, tail = self.vocab.walk
+        one = {self.vocab.tokens[t]: t for part in (in_string, outside, *classes, tail) for t in part}
         runs = {r for p in patterns for r in literal_runs(p)}
         return [[one[bytes([b])] for b in r] for r in sorted(runs, key=lambda r: (len(r), r))
                 if all(bytes([b]) in one for b in r)][:MAX_LITERALS]
@@ -284,6 +289,8 @@ class Guide:
         self._plan: list | None = None            # the completion the close forced the first token of
         self._closing = False                     # the close checks each step's tokens from here on
         self._last = -1                           # the last token consumed
+        self.work = 0                             # matcher calls the close's walks made
+        self._need = 0                            # the matcher calls the next far look needs in hand
 
     def start_mask(self):
         """Begin computing the next mask on the worker thread (wait for it with ``mask()``)."""
@@ -311,20 +318,22 @@ class Guide:
         return self.words
 
     # -- the budget close -----------------------------------------------------------------
-    def shortest_completion(self, cap):
+    def shortest_completion(self, cap, max_work=None):
         """-> the token ids of a short text that completes the constraint from here (an
         end-of-generation token last when the constraint ends open, as a top-level number
-        may), or None when the walk (WALK_HEAD) finds none within ``cap`` bytes. The
-        matcher is left as it was."""
+        may), or None when the walk finds none within ``cap`` bytes (or ``max_work``
+        matcher calls). The matcher is left as it was."""
         m = self.matcher
         if m.is_stopped():
             return []
         vocab = self.constraint.vocab
-        in_string, outside, body, tail = vocab.walk
-        body = list(body)
+        in_string, outside, classes, tail = vocab.walk
+        body = [list(c) for c in classes]           # each class in its order of use; the classes too
         walked = []
         quoted, escaped = self._quoted, self._escaped
-        while not m.is_accepting() and len(walked) < cap:
+        stop_at = None if max_work is None else self.work + max_work
+        while not m.is_accepting() and len(walked) < cap and (stop_at is None or self.work < stop_at):
+            self.work += 5
             t = next((t for t in (in_string if quoted else outside) if m.try_consume_tokens([t]) == 1), None)
             step = [t] if t is not None else self._content(body, quoted)
             if step is None:
@@ -351,36 +360,44 @@ class Guide:
         return ids + ([] if stopped else [vocab.eog[0]])
 
     def _content(self, body, quoted):
-        # -> the content tokens to write (consumed), or None: the first byte of body (least
-        # recently used first; it goes last) after which a closing byte may follow (a pattern's
-        # ':' before its digits), else a literal run of the constraint's patterns that does
-        # the same (".md"), else the first byte the constraint allows
+        # -> the content tokens to write (consumed), or None. body: the byte classes, each a
+        # list of one-byte tokens, least recently used first, in their own such order. Of the
+        # first byte each class allows: one after which a closing byte may follow (a pattern's
+        # ':'), else a literal run of the constraint's patterns that does the same (".md"),
+        # else the first class's; the byte and its class go to the back of their lists.
         m = self.matcher
         closers = self.constraint.vocab.walk[0 if quoted else 1]
 
         def closes():
             return any(m.validate_tokens([c]) == 1 for c in closers)
 
-        first = None
-        for i, t in enumerate(body):
-            if m.try_consume_tokens([t]) != 1:
-                continue
-            if closes():
-                body.append(body.pop(i))
-                return [t]
-            m.rollback(1)
-            if first is None:
-                first = i
+        picks = []                      # (class index, index in class)
+        for ci, cls in enumerate(body):
+            for i, t in enumerate(cls):
+                if m.try_consume_tokens([t]) == 1:
+                    self.work += i + 2
+                    if closes():
+                        cls.append(cls.pop(i))
+                        body.append(body.pop(ci))
+                        return [t]
+                    m.rollback(1)
+                    picks.append((ci, i))
+                    break
+            else:
+                self.work += len(cls)
         for run in self.constraint.literals:
+            self.work += 1
             k = m.try_consume_tokens(run)
             if k == len(run) and closes():
                 return run
             if k:
                 m.rollback(k)
-        if first is None:
+        if not picks:
             return None
-        t = body.pop(first)
-        body.append(t)
+        ci, i = picks[0]
+        t = body[ci].pop(i)
+        body[ci].append(t)
+        body.append(body.pop(ci))
         m.consume_token(t)
         return [t]
 
@@ -397,10 +414,20 @@ class Guide:
             plan = plan[1:]              # the last token followed the plan: the rest still completes it
         else:
             plan = None
-        if not self._closing and left > self._watch_from and self.n_consumed % CLOSE_RECHECK:
-            return
+        # far from the end (or with no completion found so far) a look every CLOSE_RECHECK
+        # tokens, all of them costing CLOSE_WORK matcher calls per token at most; near it, each step
+        allowance = None
+        if not self._closing and left > self._watch_from:
+            allowance = CLOSE_WORK * (self.n_consumed + CLOSE_RECHECK) - self.work
+            if self.n_consumed % CLOSE_RECHECK or allowance < self._need:
+                return
         cap = 8 * left + 64                # more bytes than ``left`` tokens will ever carry: hopeless
-        best = self.shortest_completion(cap)
+        work = self.work
+        best = self.shortest_completion(cap, allowance)
+        if best is None and allowance is not None and self.work - work >= allowance:
+            self._need = 2 * allowance     # cut short: the next look waits for twice the calls
+        elif best is not None:
+            self._need = 0
         if plan is not None and (best is None or len(plan) <= len(best)):
             best = plan
         if best is None or len(best) > left and not self._closing:
@@ -421,8 +448,8 @@ class Guide:
         for t in order.tolist():
             if len(keep) == CLOSE_KEEP:
                 break
-            if t in eog:
-                keep.append(t)          # allowed now: the constraint is complete
+            if t in eog or best and t == best[0] and len(best) <= left:
+                keep.append(t)          # the constraint is complete, or t starts a completion that fits
             elif self._fits_after(t, left - 1, cap):
                 keep.append(t)
         if not keep and best:
