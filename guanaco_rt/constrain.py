@@ -454,7 +454,9 @@ class Guide:
                 keep.append(t)
         if not keep and best:
             keep = [best[0]]
-            self._plan = best
+        # if the model takes best[0], the rest of best completes the text in time (a walk from
+        # after it need not be as short: the walk is not the same from every point of its path)
+        self._plan = best
         words[:] = 0
         for t in keep:
             words[t >> 5] |= np.uint32(1) << np.uint32(t & 31)
