@@ -49,8 +49,8 @@ WALK_TAIL = b" \n"
 CLOSE_GUARD = 32          # the close starts when the tokens left are within this of a completion's: one token
 #                           may open much more than it writes (an object with required keys)
 CLOSE_RECHECK = 16        # tokens between looks at the shortest completion while it is far off
-CLOSE_WORK = 400          # matcher calls per generated token the looks may take until the close starts (~2%
-#                           of a step of the demo model): a completion that takes more is found later
+CLOSE_WORK = 300          # matcher calls per generated token the far looks may take (a text that cannot close
+#                           in time: a few % of a demo-model step); a completion that takes more is found later
 CLOSE_TOP_K = 8           # under the close, the model's most likely allowed tokens tried for ones that still fit,
 CLOSE_KEEP = 2            # up to this many
 MAX_LITERALS = 64         # literal runs of a constraint's patterns the walk may try
