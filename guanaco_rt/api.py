@@ -705,10 +705,14 @@ def _tool_events(s, req, seen_text=None):
             n_gen = len(stream.result.tokens)
     calls = [c for k, c in enumerate(reader.calls) if c in reader.complete() and (repeat is None or k < repeat)]
     reason = "tool_calls" if calls else _finish(stream.result.finish_reason)
-    if repeat is None and _finish(stream.result.finish_reason) == "length" and len(calls) < len(reader.calls):
+    cut = [c for c in reader.calls if c not in calls and not any(
+        d["function"]["name"] == c["function"]["name"]
+        and d["function"]["arguments"].startswith(c["function"]["arguments"]) for d in calls)]
+    if repeat is None and _finish(stream.result.finish_reason) == "length" and cut:
         # a call cut by max_tokens: as OpenAI, it is in the reply with the arguments written so far
-        # (not valid JSON) and the reply ends in "length", so the cut shows
-        calls, reason = list(reader.calls), "length"
+        # (not valid JSON) and the reply ends in "length", so the cut shows. One that so far
+        # repeats a complete call is the loop the repeat rule above ends, and is left out.
+        calls, reason = calls + cut, "length"
     return text, calls, reason, kept + n_gen
 
 
