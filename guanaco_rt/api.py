@@ -19,6 +19,8 @@ top_k, min_p, typical_p
 frequency_penalty,      the same (OpenAI's additive penalties)
 presence_penalty
 repeat_penalty          repetition_penalty (llama.cpp's multiplicative one)
+dry_multiplier,         the same (llama-server's DRY repetition penalty; off by default)
+dry_base, ...
 logit_bias              logit_bias, token id (int or its decimal string) -> bias
 logprobs (completion)   n_probs: the top N (0..20) per token, plus the token's own
 logprobs, top_logprobs  n_probs = top_logprobs (chat)
@@ -34,7 +36,8 @@ parallel_tool_calls     a reply with calls has message.tool_calls, finish "tool_
 Defaults are llama-cpp-python's (temperature 0.8, top_p 0.95, top_k 40, min_p 0.05,
 no repeat penalty; 16 tokens for a completion, up to the context's end for a chat).
 finish_reason is "stop" (a stop string, EOS or end of turn), "length" (max_tokens or
-a full context), "tool_calls" (a reply with complete calls; one cut short is left out)
+a full context; a call cut short is in tool_calls, its arguments as far as written, as
+OpenAI sends it), "tool_calls" (a reply with complete calls)
 or, for a generation cancelled with ``cancel()``, "cancelled". With tools, logprobs
 are not given (null).
 What we keep that the peers do not: any thread may ``cancel()`` a stream, the pool
@@ -154,6 +157,22 @@ def _number(name, v, lo=None, hi=None, integer=False):
     return v
 
 
+def _dry(multiplier=DEFAULTS["dry_multiplier"], base=DEFAULTS["dry_base"], allowed=DEFAULTS["dry_allowed_length"],
+         last_n=DEFAULTS["dry_penalty_last_n"], breakers=None):
+    """llama-server's DRY parameters -> SamplingParams' (checked, named as the request names them)."""
+    _number("dry_multiplier", multiplier, 0)
+    _number("dry_base", base, 1)
+    _number("dry_allowed_length", allowed, 0, 2**31 - 1, integer=True)
+    _number("dry_penalty_last_n", last_n, -1, 2**31 - 1, integer=True)
+    if breakers is None:
+        breakers = DEFAULTS["dry_sequence_breakers"]
+    elif not isinstance(breakers, list) or not all(isinstance(b, str) and b for b in breakers):
+        raise InvalidRequestError(f"dry_sequence_breakers must be a list of non-empty strings, got {breakers!r:.80}",
+                                  "dry_sequence_breakers")
+    return {"dry_multiplier": float(multiplier), "dry_base": float(base), "dry_allowed_length": allowed,
+            "dry_penalty_last_n": last_n, "dry_sequence_breakers": tuple(breakers)}
+
+
 def _stops(stop):
     if stop is None:
         return []
@@ -237,8 +256,9 @@ def normalize_messages(messages) -> list[dict]:
             msg["content"] = _text_of(content, i)
         if role == "tool":
             cid = m.get("tool_call_id")
-            if cid is not None and not isinstance(cid, str):
-                raise InvalidRequestError(f"messages[{i}].tool_call_id must be a string", f"messages[{i}].tool_call_id")
+            if not isinstance(cid, str):    # OpenAI requires it: it ties the result to its call
+                raise InvalidRequestError(f"messages[{i}].tool_call_id must be a string (the id of the call this "
+                                          f"message answers), got {cid!r:.40}", f"messages[{i}].tool_call_id")
             msg["tool_call_id"] = cid
         out.append(msg)
     return out
@@ -347,7 +367,7 @@ class LLM:
 
     # -- requests -------------------------------------------------------------------------
     def _sampling(self, temperature, top_p, top_k, min_p, typical_p, frequency_penalty, presence_penalty,
-                  repeat_penalty, logit_bias, n_probs):
+                  repeat_penalty, logit_bias, n_probs, dry=()):
         _number("temperature", temperature, 0, 2)
         _number("top_p", top_p, 0, 1)
         _number("top_k", top_k, -(2**31 - 1), 2**31 - 1, integer=True)
@@ -359,13 +379,14 @@ class LLM:
         if top_p == 0:
             temperature = 0.0               # OpenAI: top_p 0 keeps only the most likely token
         bias = _logit_bias(logit_bias, self.model.n_vocab)
+        dry = _dry(*dry)
         try:
             return SamplingParams(temperature=float(temperature), top_k=top_k, top_p=float(top_p) or 1.0,
                                   min_p=float(min_p), typical_p=float(typical_p) or 1.0,
                                   repetition_penalty=float(repeat_penalty) or 1.0,
                                   frequency_penalty=float(frequency_penalty),
                                   presence_penalty=float(presence_penalty),
-                                  logit_bias=bias, n_probs=n_probs)
+                                  logit_bias=bias, n_probs=n_probs, **dry)
         except ValueError as e:
             raise InvalidRequestError(str(e)) from None
 
@@ -413,7 +434,11 @@ class LLM:
                           logprobs: int | None = None, echo: bool = False, n: int = 1, stream: bool = False,
                           stream_options: dict | None = None, cancel: CancelHandle | None = None,
                           json_schema: dict | None = None, grammar: str | None = None, regex: str | None = None,
-                          choices: list[str] | None = None):
+                          choices: list[str] | None = None, dry_multiplier: float = DEFAULTS["dry_multiplier"],
+                          dry_base: float = DEFAULTS["dry_base"],
+                          dry_allowed_length: int = DEFAULTS["dry_allowed_length"],
+                          dry_penalty_last_n: int = DEFAULTS["dry_penalty_last_n"],
+                          dry_sequence_breakers: list[str] | None = None):
         """OpenAI's /v1/completions: a ``text_completion`` dict, or with ``stream`` an iterator
         (with ``cancel()``) of ``text_completion`` chunks. ``prompt``: text (BOS is added as
         the file says) or token ids. ``cancel``: a ``CancelHandle`` another thread may use to
@@ -439,7 +464,9 @@ class LLM:
         if not ids:
             raise InvalidRequestError("the prompt is empty", "prompt")
         params = self._sampling(temperature, top_p, top_k, min_p, typical_p, frequency_penalty, presence_penalty,
-                                repeat_penalty, logit_bias, 0 if logprobs is None else max(1, logprobs))
+                                repeat_penalty, logit_bias, 0 if logprobs is None else max(1, logprobs),
+                                (dry_multiplier, dry_base, dry_allowed_length, dry_penalty_last_n,
+                                 dry_sequence_breakers))
         req = _Request(self, ids, self._max_tokens(max_tokens, len(ids), "prompt"), _stops(stop), params, seed, n,
                        logprobs, (prompt if isinstance(prompt, str) else self.model.detokenize(ids)) if echo else None,
                        constraint=constraint)
@@ -460,7 +487,12 @@ class LLM:
                                response_format: dict | None = None, json_schema: dict | None = None,
                                grammar: str | None = None, regex: str | None = None,
                                choices: list[str] | None = None, tools: list[dict] | None = None,
-                               tool_choice: str | dict | None = None, parallel_tool_calls: bool = True):
+                               tool_choice: str | dict | None = None, parallel_tool_calls: bool = True,
+                               dry_multiplier: float = DEFAULTS["dry_multiplier"],
+                               dry_base: float = DEFAULTS["dry_base"],
+                               dry_allowed_length: int = DEFAULTS["dry_allowed_length"],
+                               dry_penalty_last_n: int = DEFAULTS["dry_penalty_last_n"],
+                               dry_sequence_breakers: list[str] | None = None):
         """OpenAI's /v1/chat/completions: a ``chat.completion`` dict, or with ``stream`` an
         iterator (with ``cancel()``) of ``chat.completion.chunk`` dicts. The prompt is the
         model's chat template (a GGUF file's own; Guanaco's ``### Human:`` turns for ggjt);
@@ -501,7 +533,9 @@ class LLM:
                                              offer=mode != "none")
         stops = _stops(stop) if stop is not None else default_stop
         params = self._sampling(temperature, top_p, top_k, min_p, typical_p, frequency_penalty, presence_penalty,
-                                repeat_penalty, logit_bias, max(1, top_logprobs or 0) if logprobs else 0)
+                                repeat_penalty, logit_bias, max(1, top_logprobs or 0) if logprobs else 0,
+                                (dry_multiplier, dry_base, dry_allowed_length, dry_penalty_last_n,
+                                 dry_sequence_breakers))
         req = _Request(self, ids, self._max_tokens(max_tokens, len(ids), "messages"), stops, params, seed, n,
                        (top_logprobs or 0) if logprobs else None, chat=True, constraint=constraint, tools=plan)
         if stream:
@@ -533,16 +567,42 @@ class LLM:
             raise InvalidRequestError(str(e), "messages") from None
         return ids, []
 
-    def create_embedding(self, input, encoding_format: str = "float", dimensions: int | None = None,
-                         pooling: str | None = None, cancel: CancelHandle | None = None) -> dict:
+    def create_embedding(self, input, model: str | None = None, encoding_format: str = "float",
+                         dimensions: int | None = None, pooling: str | None = None,
+                         cancel: CancelHandle | None = None) -> dict:
         """OpenAI's /v1/embeddings: one vector per input (a string, a list of strings, token
         ids, or lists of them), pooled (``pooling``; default the file's ``pooling_type``, else
         mean) and normalized as llama.cpp's server does; ``encoding_format`` "float" or
         "base64"; ``dimensions`` only as the model's width. Runs beside the chat sessions, on
         a sequence of its own (the Model is shared). ``cancel`` is accepted for the server's
-        sake and does nothing: an embedding is one forward pass per input."""
+        sake and does nothing: an embedding is one forward pass per input. ``model`` is accepted
+        and ignored, as llama-cpp-python does (this LLM serves one model)."""
         from .embeddings import openai_embedding
         return openai_embedding(self.model, self.model_name, input, encoding_format, dimensions, pooling)
+
+    def embed(self, input, normalize: bool = False, truncate: bool = True, return_count: bool = False):
+        """llama-cpp-python's ``Llama.embed``: the embedding of a string (a list of floats), or
+        of each string of a list (a list of them); a file whose pooling is "none" gives one
+        vector per token instead. ``normalize``: to unit length (off by default, as there).
+        ``truncate``: an input longer than the context keeps its first n_ctx tokens (else
+        InvalidRequestError). ``return_count``: also return the number of tokens embedded."""
+        from .embeddings import default_pooling, embed, token_lists
+        from .errors import InvalidArgumentError
+        try:
+            lists = token_lists(self.model, [input] if isinstance(input, str) else input, "input")
+        except InvalidArgumentError as e:
+            raise InvalidRequestError(str(e), "input") from None
+        if truncate:
+            lists = [ids[:self.n_ctx] for ids in lists]
+        elif max(len(ids) for ids in lists) > self.n_ctx:
+            n = max(len(ids) for ids in lists)
+            raise InvalidRequestError(f"an input is {n} tokens, above this LLM's context of {self.n_ctx} "
+                                      "(truncate=True keeps the first n_ctx)", "input", "context_length_exceeded")
+        vecs = embed(self.model, lists, pooling=default_pooling(self.model), normalize=normalize,
+                     max_tokens=self.n_ctx)
+        out = [v.tolist() for v in vecs]
+        out = out[0] if isinstance(input, str) else out
+        return (out, sum(len(ids) for ids in lists)) if return_count else out
 
     def models(self) -> dict:
         """/v1/models"""
@@ -690,8 +750,15 @@ def _tool_events(s, req, seen_text=None):
         else:
             n_gen = len(stream.result.tokens)
     calls = [c for k, c in enumerate(reader.calls) if c in reader.complete() and (repeat is None or k < repeat)]
-    # calls cut by max_tokens are left out; a reply with complete ones ends in "tool_calls"
     reason = "tool_calls" if calls else _finish(stream.result.finish_reason)
+    cut = [c for c in reader.calls if c not in calls and not any(
+        d["function"]["name"] == c["function"]["name"]
+        and d["function"]["arguments"].startswith(c["function"]["arguments"]) for d in calls)]
+    if repeat is None and _finish(stream.result.finish_reason) == "length" and cut:
+        # a call cut by max_tokens: as OpenAI, it is in the reply with the arguments written so far
+        # (not valid JSON) and the reply ends in "length", so the cut shows. One that so far
+        # repeats a complete call is the loop the repeat rule above ends, and is left out.
+        calls, reason = calls + cut, "length"
     return text, calls, reason, kept + n_gen
 
 

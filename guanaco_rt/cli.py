@@ -71,6 +71,17 @@ def _sampling_args(p):
                    help="subtract this times a token's count in the window (OpenAI's; default %(default)s)")
     g.add_argument("--presence-penalty", type=_float(-1e6, 1e6), default=D["presence_penalty"],
                    help="subtract this from every token in the window (OpenAI's; default %(default)s)")
+    g.add_argument("--dry-multiplier", type=_float(0, 1e6), default=D["dry_multiplier"],
+                   help="DRY: penalize a token that would extend a repeated sequence by this times "
+                        "base^(length - allowed length); 0 disables (default %(default)s)")
+    g.add_argument("--dry-base", type=_float(1, 1e6), default=D["dry_base"], help="DRY (default %(default)s)")
+    g.add_argument("--dry-allowed-length", type=_int(0, I32), default=D["dry_allowed_length"],
+                   help="DRY: repeats this long are free (default %(default)s)")
+    g.add_argument("--dry-penalty-last-n", type=_int(-1, I32), default=D["dry_penalty_last_n"],
+                   help="DRY's window in tokens; -1: the whole context (default %(default)s)")
+    g.add_argument("--dry-sequence-breaker", action="append", default=None, metavar="TEXT",
+                   help="DRY: a token holding TEXT ends any repeat (repeatable; replaces the defaults "
+                        "\\n : \" *; 'none' for none)")
     g.add_argument("--logit-bias", action="append", type=_bias, default=[], metavar="ID=BIAS",
                    help="add BIAS to token ID's logit (repeatable; -inf bans it)")
     g.add_argument("--seed", type=_int(0, 2**64 - 1), default=None, help="RNG seed (default: random)")
@@ -156,7 +167,18 @@ def _params(a):
     return SamplingParams(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, min_p=a.min_p,
                           typical_p=a.typical_p, repetition_penalty=a.repeat_penalty,
                           repeat_last_n=a.repeat_last_n, frequency_penalty=a.frequency_penalty,
-                          presence_penalty=a.presence_penalty, logit_bias=bias)
+                          presence_penalty=a.presence_penalty, logit_bias=bias, dry_multiplier=a.dry_multiplier,
+                          dry_base=a.dry_base, dry_allowed_length=a.dry_allowed_length,
+                          dry_penalty_last_n=a.dry_penalty_last_n, dry_sequence_breakers=_breakers(a))
+
+
+def _breakers(a):
+    from .sampling import DEFAULTS as D
+    if a.dry_sequence_breaker is None:
+        return D["dry_sequence_breakers"]
+    if a.dry_sequence_breaker == ["none"]:
+        return ()
+    return tuple(b.encode("utf-8").decode("unicode_escape") if "\\" in b else b for b in a.dry_sequence_breaker)
 
 
 def _model_path(a):
@@ -485,6 +507,8 @@ def cmd_run(a):
     a.temperature, a.repeat_penalty = 0.0, 1.0
     a.top_k, a.top_p, a.min_p, a.typical_p, a.repeat_last_n = 40, 1.0, 0.0, 1.0, DEFAULTS["repeat_last_n"]
     a.frequency_penalty = a.presence_penalty = 0.0
+    a.dry_multiplier, a.dry_base, a.dry_allowed_length, a.dry_penalty_last_n = 0.0, 1.75, 2, -1
+    a.dry_sequence_breaker = None
     a.logit_bias, a.seed = [], 0
     a.quiet_prompt = False
     return cmd_generate(a)

@@ -17,6 +17,7 @@ ask the engine to build, and typed errors.
 """
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import weakref
@@ -34,6 +35,25 @@ MAX_CHOICES = 10_000
 CACHE_SIZE = 64                  # compiled constraints kept per vocabulary (least recently used go)
 KINDS = ("json_schema", "regex", "grammar", "choices")
 JSON_WHITESPACE = r"(?: |\n[ \t]{0,20})?"
+# The budget close (Guide.steer). A short completion is found by walking one byte at a
+# time: a byte that closes whenever the constraint allows one (inside a JSON string its
+# quote, elsewhere } ] " , :), else content: of the first byte each class allows
+# (punctuation, digits, lower and upper case letters), one after which a closing byte may
+# follow, else the class least recently used, each class least recently used byte first,
+# so that no pattern holds the walk in a loop (\d+x, a path's '/'), whitespace last.
+WALK_IN_STRING = b'"'
+WALK_OUTSIDE = b'}]",:'
+WALK_CLASSES = (bytes(x for x in range(33, 127) if not chr(x).isalnum() and x not in b'"\\'), b"0123456789",
+                bytes(range(97, 123)), bytes(range(65, 91)))
+WALK_TAIL = b" \n"
+CLOSE_GUARD = 32          # the close starts when the tokens left are within this of a completion's: one token
+#                           may open much more than it writes (an object with required keys)
+CLOSE_RECHECK = 16        # tokens between looks at the shortest completion while it is far off
+CLOSE_WORK = 300          # matcher calls per generated token the far looks may take (a text that cannot close
+#                           in time: a few % of a demo-model step); a completion that takes more is found later
+CLOSE_TOP_K = 8           # under the close, the model's most likely allowed tokens tried for ones that still fit,
+CLOSE_KEEP = 2            # up to this many
+MAX_LITERALS = 64         # literal runs of a constraint's patterns the walk may try
 
 def _engine():
     try:
@@ -123,6 +143,14 @@ class Vocabulary:
         self.lltok = llg.LLTokenizer(llg.TokenizerWrapper(_Wrapper(tokenizer, self.tokens, eos)),
                                      n_vocab=n_vocab, eos_token=eos)
         self.limits = llg.LLParserLimits(verbose_errors=False)
+        self.eog = eos
+        # the budget close writes its completions with one-byte tokens
+        one = {}
+        for i, b in enumerate(self.tokens):
+            if len(b) == 1 and b not in one:
+                one[b] = i
+        part = lambda bs: [one[bytes([x])] for x in bs if bytes([x]) in one]  # noqa: E731
+        self.walk = [part(WALK_IN_STRING), part(WALK_OUTSIDE), [part(c) for c in WALK_CLASSES], part(WALK_TAIL)]
         self._cache: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
@@ -174,6 +202,24 @@ class Constraint:
     source: str
     vocab: Vocabulary
     _template: Any
+
+    @functools.cached_property
+    def literals(self) -> list:
+        """The literal runs of the regular expressions in this constraint (a schema's
+        ``pattern``s, a regex), as one-byte token ids: the budget close tries them where a
+        pattern needs text before it may close (``\\.md$``)."""
+        if self.kind == "regex":
+            patterns = [self.source]
+        elif self.kind == "json_schema":
+            patterns = []
+            _patterns(json.loads(self.source.split(":", 1)[1]), patterns)
+        else:
+            return []
+        in_string, outside, classes, tail = self.vocab.walk
+        one = {self.vocab.tokens[t]: t for part in (in_string, outside, *classes, tail) for t in part}
+        runs = {r for p in patterns for r in literal_runs(p)}
+        return [[one[bytes([b])] for b in r] for r in sorted(runs, key=lambda r: (len(r), r))
+                if all(bytes([b]) in one for b in r)][:MAX_LITERALS]
 
     def guide(self, schema_type=None) -> Guide:
         with self.vocab._lock:          # deep_copy reads the template; one at a time
@@ -232,6 +278,19 @@ class Guide:
         self.words = np.full((constraint.vocab.n_vocab + 31) // 32, -1, np.int32)
         self._worker: _MaskWorker | None = None
         self._running = False
+        self.n_consumed = 0
+        # the budget close: set budget (max_new_tokens) and logits (a callable -> the next
+        # token's logits) to let mask() steer the end of the text into the budget
+        self.budget: int | None = None
+        self.logits = None
+        self.close_steps = 0                      # steps where the close set aside the model's first choice
+        self._watch_from = -1                     # tokens left at or below which to look each step
+        self._quoted = self._escaped = False      # the text ends inside a JSON string / after its backslash
+        self._plan: list | None = None            # the completion the close forced the first token of
+        self._closing = False                     # the close checks each step's tokens from here on
+        self._last = -1                           # the last token consumed
+        self.work = 0                             # matcher calls the close's walks made
+        self._need = 0                            # the matcher calls the next far look needs in hand
 
     def start_mask(self):
         """Begin computing the next mask on the worker thread (wait for it with ``mask()``)."""
@@ -254,7 +313,169 @@ class Guide:
             raise ConstraintError(f"{self.constraint.kind}: the engine failed: {err}", self.constraint.kind)
         if self.matcher.is_error():
             raise ConstraintError(f"{self.constraint.kind}: {self.matcher.get_error()}", self.constraint.kind)
+        if self.budget is not None and self.logits is not None:
+            self.steer(self.budget - self.n_consumed)
         return self.words
+
+    # -- the budget close -----------------------------------------------------------------
+    def shortest_completion(self, cap, max_work=None):
+        """-> the token ids of a short text that completes the constraint from here (an
+        end-of-generation token last when the constraint ends open, as a top-level number
+        may), or None when the walk finds none within ``cap`` bytes (or ``max_work``
+        matcher calls). The matcher is left as it was."""
+        m = self.matcher
+        if m.is_stopped():
+            return []
+        vocab = self.constraint.vocab
+        in_string, outside, classes, tail = vocab.walk
+        body = [list(c) for c in classes]           # each class in its order of use; the classes too
+        walked = []
+        quoted, escaped = self._quoted, self._escaped
+        stop_at = None if max_work is None else self.work + max_work
+        while not m.is_accepting() and len(walked) < cap and (stop_at is None or self.work < stop_at):
+            self.work += 5
+            t = next((t for t in (in_string if quoted else outside) if m.try_consume_tokens([t]) == 1), None)
+            step = [t] if t is not None else self._content(body, quoted)
+            if step is None:
+                t = next((t for t in tail if m.try_consume_tokens([t]) == 1), None)
+                if t is None:
+                    break               # no one-byte token goes on from here
+                step = [t]
+            for t in step:
+                walked.append(t)
+                if escaped:
+                    escaped = False
+                elif vocab.tokens[t] == b'"':
+                    quoted = not quoted
+        done, stopped = m.is_accepting(), m.is_stopped()
+        if walked:
+            m.rollback(len(walked))
+        if not done:
+            return None
+        ids = walked
+        if len(walked) > 1:             # the same text in the tokenizer's (fewer) tokens, if they fit
+            ids = vocab.lltok.tokenize_bytes(b"".join(vocab.tokens[t] for t in walked))
+            if len(ids) >= len(walked) or m.validate_tokens(ids) != len(ids):
+                ids = walked
+        return ids + ([] if stopped else [vocab.eog[0]])
+
+    def _content(self, body, quoted):
+        # -> the content tokens to write (consumed), or None. body: the byte classes, each a
+        # list of one-byte tokens, least recently used first, in their own such order. Of the
+        # first byte each class allows: one after which a closing byte may follow (a pattern's
+        # ':'), else a literal run of the constraint's patterns that does the same (".md"),
+        # else the first class's; the byte and its class go to the back of their lists.
+        m = self.matcher
+        closers = self.constraint.vocab.walk[0 if quoted else 1]
+
+        def closes():
+            return any(m.validate_tokens([c]) == 1 for c in closers)
+
+        picks = []                      # (class index, index in class)
+        for ci, cls in enumerate(body):
+            for i, t in enumerate(cls):
+                if m.try_consume_tokens([t]) == 1:
+                    self.work += i + 2
+                    if closes():
+                        cls.append(cls.pop(i))
+                        body.append(body.pop(ci))
+                        return [t]
+                    m.rollback(1)
+                    picks.append((ci, i))
+                    break
+            else:
+                self.work += len(cls)
+        for run in self.constraint.literals:
+            self.work += 1
+            k = m.try_consume_tokens(run)
+            if k == len(run) and closes():
+                return run
+            if k:
+                m.rollback(k)
+        if not picks:
+            return None
+        ci, i = picks[0]
+        t = body[ci].pop(i)
+        body[ci].append(t)
+        body.append(body.pop(ci))
+        m.consume_token(t)
+        return [t]
+
+    def steer(self, left):
+        """Narrow the mask so that the text still closes within ``left`` more tokens. Once
+        the tokens left come within CLOSE_GUARD of a completion's (shortest_completion),
+        only tokens after which a completion still fits stay allowed, tried in the model's
+        order (up to CLOSE_KEEP of its CLOSE_TOP_K most likely allowed tokens); when none of
+        them does, the completion's own next token. A completion, once forced, is followed to its end
+        unless a shorter one turns up. A constraint that cannot close in time is left
+        alone (the generation then ends at max_new_tokens, incomplete)."""
+        plan, self._plan = self._plan, None
+        if plan and self._last == plan[0]:
+            plan = plan[1:]              # the last token followed the plan: the rest still completes it
+        else:
+            plan = None
+        # far from the end (or with no completion found so far) a look every CLOSE_RECHECK
+        # tokens, all of them costing CLOSE_WORK matcher calls per token at most; near it, each step
+        allowance = None
+        if not self._closing and left > self._watch_from:
+            allowance = CLOSE_WORK * (self.n_consumed + CLOSE_RECHECK) - self.work
+            if self.n_consumed % CLOSE_RECHECK or allowance < self._need:
+                return
+        cap = 8 * left + 64                # more bytes than ``left`` tokens will ever carry: hopeless
+        work = self.work
+        best = self.shortest_completion(cap, allowance)
+        if best is None and allowance is not None and self.work - work >= allowance:
+            self._need = 2 * allowance     # cut short: the next look waits for twice the calls
+        elif best is not None:
+            self._need = 0
+        if plan is not None and (best is None or len(plan) <= len(best)):
+            best = plan
+        if best is None or len(best) > left and not self._closing:
+            self._watch_from = -1          # cannot close in time now: look again every CLOSE_RECHECK tokens
+            return
+        # a token may open more than it writes (an object with required keys): look each step
+        # from well before the completion's length
+        self._watch_from = len(best) + CLOSE_GUARD + CLOSE_RECHECK
+        if len(best) + CLOSE_GUARD < left:
+            return
+        self._closing = True
+        words = self.words.view(np.uint32)
+        allowed = np.unpackbits(words.view(np.uint8), bitorder="little")[:self.constraint.vocab.n_vocab]
+        x = np.where(allowed.astype(bool), self.logits(), -np.inf)
+        order = np.argsort(-x, kind="stable")[:min(CLOSE_TOP_K, int(allowed.sum()))]
+        keep = []
+        eog = set(self.constraint.vocab.eog)
+        for t in order.tolist():
+            if len(keep) == CLOSE_KEEP:
+                break
+            if t in eog or best and t == best[0] and len(best) <= left:
+                keep.append(t)          # the constraint is complete, or t starts a completion that fits
+            elif self._fits_after(t, left - 1, cap):
+                keep.append(t)
+        if not keep and best:
+            keep = [best[0]]
+        # if the model takes best[0], the rest of best completes the text in time (a walk from
+        # after it need not be as short: the walk is not the same from every point of its path)
+        self._plan = best
+        words[:] = 0
+        for t in keep:
+            words[t >> 5] |= np.uint32(1) << np.uint32(t & 31)
+        if len(order) and keep[:1] != order[:1].tolist():
+            self.close_steps += 1       # the model's first choice would not have closed in time
+
+    def _fits_after(self, t, left, cap):
+        # would a completion still fit in ``left`` tokens after token t?
+        quotes = self._quoted, self._escaped
+        if not self.matcher.consume_token(t):
+            raise ConstraintError(f"{self.constraint.kind}: token {t} was refused: {self.matcher.get_error()}",
+                                  self.constraint.kind)
+        self._track_quotes(self.constraint.vocab.tokens[t])
+        try:
+            rest = self.shortest_completion(cap)
+        finally:
+            self.matcher.rollback(1)
+            self._quoted, self._escaped = quotes
+        return rest is not None and len(rest) <= left
 
     def close(self):
         self.wait()
@@ -268,7 +489,20 @@ class Guide:
         if not self.matcher.consume_token(int(tok)):
             raise ConstraintError(f"{self.constraint.kind}: token {tok} was refused: {self.matcher.get_error()}",
                                   self.constraint.kind)
+        self.n_consumed += 1
+        self._last = int(tok)
+        self._track_quotes(self.constraint.vocab.tokens[int(tok)])
         return self.matcher.is_stopped()
+
+    def _track_quotes(self, b):
+        # whether the text so far ends inside a JSON string (the walk closes that first)
+        for c in b:
+            if self._escaped:
+                self._escaped = False
+            elif c == 0x5C and self._quoted:
+                self._escaped = True
+            elif c == 0x22:
+                self._quoted = not self._quoted
 
     def parse(self, text):
         """The generated text as data (a JSON schema's constraint): the pydantic object when a
@@ -278,6 +512,60 @@ class Guide:
         if self.schema_type is not None:
             return self.schema_type.model_validate_json(text)
         return json.loads(text)
+
+
+def _patterns(node, out, depth=0):
+    # every "pattern" string (and patternProperties key) of a schema, into out
+    if depth > 64:
+        return
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "pattern" and isinstance(v, str):
+                out.append(v)
+            elif k == "patternProperties" and isinstance(v, dict):
+                out.extend(x for x in v if isinstance(x, str))
+            _patterns(v, out, depth + 1)
+    elif isinstance(node, list):
+        for v in node:
+            _patterns(v, out, depth + 1)
+
+
+def literal_runs(regex):
+    """The runs of literal text in a regular expression (escaped punctuation counts, a
+    class, group, repetition or anchor ends a run): r"^.*\\.md$" -> [b".md"]. Only printable
+    ASCII; a rough reading, used to guide a search, never to decide what is valid."""
+    runs, cur, i, n = [], bytearray(), 0, len(regex)
+    while i < n:
+        c = regex[i]
+        lit = None
+        if c == "\\" and i + 1 < n:
+            if not regex[i + 1].isalnum():
+                lit = regex[i + 1]
+            i += 2
+        elif c == "[":                  # a class: skip to its end
+            j = i + 1
+            while j < n and regex[j] != "]":
+                j += 2 if regex[j] == "\\" else 1
+            i = j + 1
+        elif c == "{":                  # a repetition: it also repeats the run's last byte
+            i = regex.find("}", i) + 1 or n
+            cur = cur[:-1]
+        elif c in "?*+":
+            i += 1
+            cur = cur[:-1]              # optional or repeated: not part of a fixed run
+        elif c in ".^$()|":
+            i += 1
+        else:
+            lit = c
+            i += 1
+        if lit is not None and 32 < ord(lit) < 127 and lit not in '"\\':
+            cur.append(ord(lit))
+        elif lit is None and cur:
+            runs.append(bytes(cur))
+            cur = bytearray()
+    if cur:
+        runs.append(bytes(cur))
+    return [r for r in runs if r]
 
 
 def _check_source(kind, text):

@@ -42,6 +42,7 @@ class GenerationResult:
     logprobs: list | None = field(default=None)  # per token: [(id, logprob)] of the top n_probs
     token_logprobs: list | None = field(default=None)  # per token: its own logprob (with n_probs > 0)
     parsed: Any = field(default=None)  # a json_schema constraint's value (a pydantic object for a model class)
+    close_steps: int = 0          # tokens a constraint's budget close chose among (0: the model closed it alone)
 
 
 class ChatReply(str):

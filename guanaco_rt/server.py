@@ -36,13 +36,14 @@ from .results import DONE, relay
 
 log = logging.getLogger("guanaco_rt.server")
 
+DRY_ARGS = ("dry_multiplier", "dry_base", "dry_allowed_length", "dry_penalty_last_n", "dry_sequence_breakers")
 COMPLETION_ARGS = {"prompt", "max_tokens", "temperature", "top_p", "top_k", "min_p", "typical_p", "stop", "seed",
                    "frequency_penalty", "presence_penalty", "repeat_penalty", "logit_bias", "logprobs", "echo", "n",
-                   "stream", "stream_options", "json_schema", "grammar", "regex", "choices"}
+                   "stream", "stream_options", "json_schema", "grammar", "regex", "choices", *DRY_ARGS}
 CHAT_ARGS = {"messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_p",
              "typical_p", "stop", "seed", "frequency_penalty", "presence_penalty", "repeat_penalty", "logit_bias",
              "logprobs", "top_logprobs", "n", "stream", "stream_options", "chat_template_kwargs", "response_format",
-             "json_schema", "grammar", "regex", "choices", "tools", "tool_choice", "parallel_tool_calls"}
+             "json_schema", "grammar", "regex", "choices", "tools", "tool_choice", "parallel_tool_calls", *DRY_ARGS}
 EMBEDDING_ARGS = {"input", "encoding_format", "dimensions"}
 # accepted and without effect here
 IGNORED_ARGS = {"model", "user", "store", "metadata", "service_tier", "best_of"}

@@ -370,7 +370,7 @@ class Session:
         if max_new_tokens < 0:
             raise InvalidArgumentError(f"max_new_tokens must be >= 0, got {max_new_tokens}", "max_new_tokens")
         ids = self._fit_prompt(ids, min(max_new_tokens, self.n_ctx // 4))
-        core = self.sampler.core(params, self.n_vocab)      # checks logit_bias ids
+        core = self.sampler.core(params, self.n_vocab, self.model.tokenizer)   # checks logit_bias ids
         stops = [stop] if isinstance(stop, str) else list(stop or [])   # one string is one stop
         if not all(isinstance(x, str) for x in stops):
             raise TypeError(f"stop must be a string or a list of strings, got {stop!r}")
@@ -422,6 +422,7 @@ class Session:
                     view.decoder = dec              # the stream's view of the tokens so far
                 if guide is not None:
                     dec.hold = True                 # back here after each token, before its forward pass
+                    guide.budget, guide.logits = max_new_tokens, self._state.logits   # the budget close
                     core.set_mask(guide.mask())
                 try:
                     while reason is None:
@@ -441,12 +442,18 @@ class Session:
                         log.info("context shift: %d time(s), %d tokens dropped (n_keep %d), %d left",
                                  dec.n_shifts, dec.n_discarded, n_keep, self.n_past)
                 gen, logprobs, token_lps = dec.generated(), dec.logprobs(), dec.token_logprobs()
+                if guide is not None and reason == "length" and len(gen) == guide.n_consumed + 1:
+                    # the last token is sampled but not held: if it completes the constraint, the
+                    # generation ended by the constraint as much as by max_new_tokens
+                    if guide.consume(gen[-1]):
+                        reason = "stop"
             timings.generated_tokens = len(gen)
             timings.generate_ms = (time.perf_counter() - t0) * 1e3
             # the result's text is exactly what was streamed (the stop string held back)
             result = GenerationResult("".join(emitted), gen, reason, timings, logprobs, token_lps)
             if guide is not None:
                 result.parsed = guide.parse(result.text)
+                result.close_steps = guide.close_steps
             self.last_result = result
             if reason == "context_full":
                 err = ContextFullError(f"context full: {self.n_past} tokens = n_ctx {self.n_ctx} "
@@ -479,12 +486,13 @@ class Session:
 
     def stream(self, prompt: Prompt, max_new_tokens: int = 128, stop: str | Iterable[str] | None = None,
                params: SamplingParams | None = None, *, json_schema: Schema = None, regex: str | None = None,
-               grammar: str | None = None, choices: Sequence[str] | None = None, **sampling) -> TextStream:
+               grammar: str | None = None, choices: Sequence[str] | None = None, strict: bool = True,
+               **sampling) -> TextStream:
         """Iterator of text pieces as they are generated (never a split UTF-8 character,
         never a piece of a stop string). ``.result`` holds the GenerationResult at the end.
         The constraint keywords are generate()'s."""
         return self._stream(prompt, max_new_tokens, stop, params, sampling, piecewise=True,
-                            constraint=self.constraint(json_schema, regex, grammar, choices))
+                            constraint=self.constraint(json_schema, regex, grammar, choices, strict))
 
     def constraint(self, json_schema: Schema = None, regex: str | None = None, grammar: str | None = None,
                    choices: Sequence[str] | None = None, strict: bool = True):
@@ -510,7 +518,7 @@ class Session:
     def generate(self, prompt: Prompt, max_new_tokens: int = 128, stop: str | Iterable[str] | None = None,
                  params: SamplingParams | None = None, callback: Callable[[str], object] | None = None, *,
                  json_schema: Schema = None, regex: str | None = None, grammar: str | None = None,
-                 choices: Sequence[str] | None = None, **sampling) -> GenerationResult:
+                 choices: Sequence[str] | None = None, strict: bool = True, **sampling) -> GenerationResult:
         """Generate a continuation of ``prompt`` (text, or token ids starting with BOS).
 
         The prompt is the whole context: the longest prefix already in the cache is reused.
@@ -522,10 +530,19 @@ class Session:
         (the mask applies before the sampling chain); when it is complete the generation
         ends with finish_reason "stop", and a JSON schema's value is in ``result.parsed``
         (the pydantic object for a model class). Stop strings, EOS and max_new_tokens end it
-        as ever: then ``parsed`` is None if the text is incomplete.
+        as ever: then ``parsed`` is None if the text is incomplete. ``strict`` (as the OpenAI
+        API's): a JSON schema keyword the engine does not implement is a ConstraintError;
+        False ignores it.
+
+        Under a constraint, the end of the text is kept within max_new_tokens: when the
+        tokens left come near what the shortest completion needs, only tokens after which
+        the constraint can still be completed in time stay allowed (the model chooses among
+        them), so the text ends complete; ``result.close_steps`` counts the steps where that
+        set the model's first choice aside. A constraint that cannot be completed in the
+        tokens given still ends with finish_reason "length" and ``parsed`` None.
         """
         return self._generate(prompt, max_new_tokens, stop, params, callback, sampling,
-                              constraint=self.constraint(json_schema, regex, grammar, choices))
+                              constraint=self.constraint(json_schema, regex, grammar, choices, strict))
 
     def _generate(self, prompt, max_new_tokens, stop, params, callback, sampling, n_keep=None, constraint=None):
         # without a callback nobody waits for pieces: one call into C decodes everything
@@ -556,7 +573,7 @@ class Session:
     def chat(self, message: str, max_new_tokens: int = 256, stop: str | Iterable[str] | None = None,
              params: SamplingParams | None = None, callback: Callable[[str], object] | None = None, *,
              json_schema: Schema = None, regex: str | None = None, grammar: str | None = None,
-             choices: Sequence[str] | None = None, **sampling) -> ChatReply:
+             choices: Sequence[str] | None = None, strict: bool = True, **sampling) -> ChatReply:
         """One chat turn: returns the assistant's reply (stripped), a str whose ``.result``
         is the GenerationResult and ``.parsed`` the value a ``json_schema`` constraint
         produced (the pydantic object for a model class; None without one, or when the
@@ -573,7 +590,7 @@ class Session:
         if not isinstance(message, str):
             raise TypeError(f"message must be a str, got {type(message).__name__}")
         self._check_open()
-        constraint = self.constraint(json_schema, regex, grammar, choices)
+        constraint = self.constraint(json_schema, regex, grammar, choices, strict)
         conv = self.conversation
         reserve = min(max_new_tokens, self.n_ctx // 2)
         first = self._chat_first_turn

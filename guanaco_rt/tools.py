@@ -21,6 +21,7 @@ become user turns wrapped in ``<tool_response>``.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import uuid
@@ -83,9 +84,11 @@ def check_tools(tools) -> list[dict]:
         where = f"tools[{i}]"
         if not isinstance(t, dict) or t.get("type") != "function":
             raise InvalidRequestError(f"{where}.type must be 'function', got {t!r:.80}", f"{where}.type")
+        _known_keys(t, TOOL_KEYS, where)
         f = t.get("function")
         if not isinstance(f, dict):
             raise InvalidRequestError(f"{where}.function must be an object", f"{where}.function")
+        _known_keys(f, FUNCTION_KEYS, f"{where}.function")
         name = f.get("name")
         if not isinstance(name, str) or not NAME_RX.fullmatch(name):
             raise InvalidRequestError(f"{where}.function.name must be 1 to 64 letters, digits, '_' or '-', "
@@ -110,6 +113,20 @@ def check_tools(tools) -> list[dict]:
             fn["strict"] = True
         out.append({"type": "function", "function": fn})
     return out
+
+
+TOOL_KEYS = ("type", "function")
+FUNCTION_KEYS = ("name", "description", "parameters", "strict")
+
+
+def _known_keys(obj, known, where):
+    # a key OpenAI does not define is refused as OpenAI does ("Unknown parameter"): a misspelt
+    # "paramters" would otherwise leave the function without its schema, silently
+    for k in obj:
+        if k not in known:
+            close = difflib.get_close_matches(str(k), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
+            raise InvalidRequestError(f"Unknown parameter: '{where}.{k}'{hint}", f"{where}.{k}")
 
 
 def check_tool_choice(tool_choice, tools) -> tuple[str, str | None]:

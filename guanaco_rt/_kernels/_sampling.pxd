@@ -1,6 +1,6 @@
 # cython: language_level=3
 # The sampling chain (see _sampling.pyx).
-from libc.stdint cimport int32_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 
 cdef extern from "numpy/random/bitgen.h":
     ctypedef struct bitgen_t:
@@ -20,6 +20,11 @@ cdef struct sparams_t:
     int repeat_last_n           # penalty window, in tokens
     double frequency_penalty    # times the count in the window
     double presence_penalty     # once per id present in the window
+    double dry_multiplier       # DRY: 0 off; the penalty is dry_multiplier * dry_base^(repeat - dry_allowed_length)
+    double dry_base             # >= 1
+    int dry_allowed_length      # repeats up to this long cost nothing
+    int dry_last_n              # the window DRY looks back over, in tokens; -1: the whole history
+    const uint8_t* dry_breaker  # (n_vocab,) 1: a sequence breaker (no repeat spans it; never penalized)
     int n_bias
     const int32_t* bias_ids     # (n_bias,) ids, in range
     const double* bias_vals     # (n_bias,) added to the logit; finite or -inf
@@ -38,6 +43,9 @@ cdef struct sampler_t:
     double* sh       # (n_vocab,) typical-p: -|surprise - entropy|, then keep flags
     int32_t* perm    # (n_vocab,) typical-p: candidate positions, most typical first
     int32_t* cnt     # (n_vocab,) occurrences in the penalty window; all zero between calls
+    int32_t* dmax    # (n_vocab,) DRY: 1 + the longest repeat the token would extend; all zero between calls
+    int32_t* z       # (z_cap,) DRY: the Z-function of the reversed window (malloc'd, grown on demand)
+    int z_cap
     uint64_t* key    # (2, n_vocab) radix-sort scratch: keys
     int32_t* tmp     # (2, n_vocab) radix-sort scratch: indices
 
@@ -47,7 +55,8 @@ cdef class SamplerCore:
     cdef int32_t[::1] bias_ids
     cdef double[::1] bias_vals
     cdef double[::1] x, c, pr, sh
-    cdef int32_t[::1] ids, perm, cnt, tmp
+    cdef int32_t[::1] ids, perm, cnt, tmp, dmax
+    cdef uint8_t[::1] dry_breaker
     cdef uint64_t[::1] key
     cdef object mask                # the constraint bitmask array S.p.allowed points into, or None
     cdef _check(self, const float[::1] logits, const int32_t[::1] hist)

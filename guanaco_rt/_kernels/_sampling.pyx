@@ -3,7 +3,8 @@
 
 llama.cpp's 2023 order and semantics: logit bias -> repetition penalty over the
 last repeat_last_n tokens (positive logits divided, negative multiplied) ->
-frequency and presence penalties -> greedy if temperature <= 0, else top-k ->
+frequency and presence penalties -> DRY (today's llama.cpp's "don't repeat
+yourself" penalty, see dry_penalty) -> greedy if temperature <= 0, else top-k ->
 typical-p -> top-p -> min-p -> temperature -> one draw. Every step works in
 float64 on candidates kept sorted best first (ties: lower id first, as a stable
 sort). The draw takes one double from the session's NumPy PCG64 through its
@@ -12,8 +13,9 @@ by its last entry, first index whose cdf exceeds the uniform.
 tests/reference.py holds the same chain in NumPy; the two are tested equal.
 """
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
+from libc.stdlib cimport realloc, free
 from libc.string cimport memcpy, memset
-from libc.math cimport exp, log, fabs, isfinite, INFINITY
+from libc.math cimport exp, log, pow, fabs, isfinite, INFINITY
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
 import numpy as np
@@ -162,9 +164,7 @@ cdef void penalize(sampler_t* S, const float* logits, const int32_t* hist, int n
     cdef const sparams_t* p = &S.p
     cdef double* x = S.x
     cdef int i, start, c
-    cdef int32_t t
     cdef uint32_t w
-    cdef double v
     if p.allowed == NULL:
         for i in range(S.n_vocab):
             x[i] = logits[i]
@@ -183,10 +183,20 @@ cdef void penalize(sampler_t* S, const float* logits, const int32_t* hist, int n
                     x[i] = logits[i] if (w >> (i - start)) & 1 else -INFINITY
     for i in range(p.n_bias):
         x[p.bias_ids[i]] += p.bias_vals[i]
-    if p.repeat_last_n <= 0 or n_hist == 0:
-        return
-    if p.repetition_penalty == 1.0 and p.frequency_penalty == 0.0 and p.presence_penalty == 0.0:
-        return
+    if p.repeat_last_n > 0 and n_hist > 0 and (
+            p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0):
+        repeat_penalties(S, hist, n_hist)
+    if p.dry_multiplier != 0.0 and p.dry_base >= 1.0 and p.dry_last_n != 0:
+        dry_penalty(S, hist, n_hist)
+
+cdef void repeat_penalties(sampler_t* S, const int32_t* hist, int n_hist) noexcept nogil:
+    # S.x (n_vocab,) # IN/OUT: the repetition, frequency and presence penalties over the
+    # last repeat_last_n tokens of hist (n_hist,)
+    cdef const sparams_t* p = &S.p
+    cdef double* x = S.x
+    cdef int i, start, c
+    cdef int32_t t
+    cdef double v
     start = n_hist - p.repeat_last_n if n_hist > p.repeat_last_n else 0
     for i in range(start, n_hist):
         S.cnt[hist[i]] += 1
@@ -200,6 +210,72 @@ cdef void penalize(sampler_t* S, const float* logits, const int32_t* hist, int n
             v = x[t]
             x[t] = v * p.repetition_penalty if v <= 0 else v / p.repetition_penalty
         x[t] -= c * p.frequency_penalty + p.presence_penalty
+
+# ln(FLT_MAX): llama.cpp caps DRY's exponent so that dry_base^exponent stays a finite float
+cdef double DRY_MAX_LOG = 88.7228391
+
+cdef void dry_penalty(sampler_t* S, const int32_t* hist, int n_hist) noexcept nogil:
+    # S.x (n_vocab,) # IN/OUT: the DRY ("don't repeat yourself") penalty of the window w, the
+    # last dry_last_n tokens of hist (n_hist,). If the window ends with a sequence of n tokens
+    # that also occurred earlier, the token that followed that earlier copy would make the
+    # repeat n + 1 long; when n >= dry_allowed_length it loses
+    #     dry_multiplier * dry_base ** (n - dry_allowed_length)
+    # (n the longest such repeat for that token; the exponent capped so the power stays a
+    # finite float32). Repeats do not reach back past the last sequence breaker, and a
+    # breaker is never penalized. The suffix matches come from one Z-function pass over
+    # the reversed window: O(window).
+    cdef const sparams_t* p = &S.p
+    cdef int n = n_hist if p.dry_last_n < 0 else min(p.dry_last_n, n_hist)
+    cdef int allowed = p.dry_allowed_length, lim, k, zk, l, r, m, e, max_exp
+    cdef const int32_t* w = hist + n_hist - n           # the window, oldest first
+    cdef int32_t* z
+    cdef int32_t t
+    if n <= allowed or n < 2:
+        return
+    lim = n                         # how far back a repeat may reach: to the last breaker
+    for k in range(n):
+        if p.dry_breaker[w[n - 1 - k]]:
+            lim = k
+            break
+    if lim < allowed:
+        return
+    if n > S.z_cap:
+        z = <int32_t*>realloc(S.z, n * sizeof(int32_t))
+        if z == NULL:
+            return                  # out of memory: no DRY this step rather than a crash
+        S.z = z
+        S.z_cap = n
+    z = S.z
+    # z[k]: how many tokens the reversed window and the reversed window shifted by k share
+    # from their start = the length of the repeat of the window's tail that ends at w[n-1-k].
+    # [l, r) is the rightmost stretch already known to match the start (the Z-box).
+    z[0] = n
+    l = r = 0
+    for k in range(1, n):
+        zk = min(r - k, z[k - l]) if k < r else 0
+        while k + zk < n and w[n - 1 - zk] == w[n - 1 - k - zk]:
+            zk += 1
+        z[k] = zk
+        if k + zk > r:
+            l = k
+            r = k + zk
+    # the token after each earlier copy, w[n-k], would extend a repeat of min(z[k], lim)
+    for k in range(1, n):
+        m = min(z[k], lim)
+        if m >= allowed and S.dmax[w[n - k]] < m + 1:
+            S.dmax[w[n - k]] = m + 1
+    max_exp = <int>(DRY_MAX_LOG / log(p.dry_base)) if p.dry_base > 1.000001 else 0
+    for k in range(1, n):
+        t = w[n - k]
+        if S.dmax[t] == 0:
+            continue
+        e = S.dmax[t] - 1 - allowed
+        S.dmax[t] = 0                # back to all zero; a token seen twice is penalized once
+        if p.dry_breaker[t]:
+            continue
+        if max_exp > 0 and e > max_exp:
+            e = max_exp
+        S.x[t] -= p.dry_multiplier * pow(p.dry_base, e)
 
 cdef int top_logprobs(sampler_t* S, int32_t* top_ids, double* top_lp) noexcept nogil:
     # S.x -> the n_probs most likely ids and their log-probabilities, before any filter
@@ -301,7 +377,9 @@ cdef class SamplerCore:
 
     def __cinit__(self, int n_vocab, object bit_generator, double temperature, int top_k, double top_p,
                   double min_p, double typical_p, double repetition_penalty, int repeat_last_n,
-                  double frequency_penalty, double presence_penalty, dict logit_bias, int n_probs):
+                  double frequency_penalty, double presence_penalty, dict logit_bias, int n_probs,
+                  double dry_multiplier=0.0, double dry_base=1.75, int dry_allowed_length=2, int dry_last_n=-1,
+                  dry_breakers=()):
         if n_vocab < 1:
             raise ValueError(f"n_vocab must be >= 1, got {n_vocab}")
         self.bitgen = bit_generator
@@ -330,6 +408,21 @@ cdef class SamplerCore:
         self.S.p.bias_ids = &self.bias_ids[0]
         self.S.p.bias_vals = &self.bias_vals[0]
         self.S.p.n_probs = min(n_probs, n_vocab)
+        # DRY: dry_breakers are the ids of the sequence-breaker tokens
+        self.S.p.dry_multiplier = dry_multiplier
+        self.S.p.dry_base = dry_base
+        self.S.p.dry_allowed_length = dry_allowed_length
+        self.S.p.dry_last_n = dry_last_n
+        brk = np.asarray(list(dry_breakers), dtype=np.int64)
+        if brk.size and (brk.min() < 0 or brk.max() >= n_vocab):
+            raise ValueError(f"DRY sequence-breaker token id {int(brk.min() if brk.min() < 0 else brk.max())} "
+                             f"outside [0, {n_vocab})")
+        flags = np.zeros(n_vocab, np.uint8)
+        flags[brk] = 1
+        self.dry_breaker = flags
+        self.S.p.dry_breaker = &self.dry_breaker[0]
+        self.dmax = np.zeros(n_vocab, np.int32)
+        self.S.dmax = &self.dmax[0]
         self.x, self.c, self.pr, self.sh = [np.zeros(n_vocab, np.float64) for _ in range(4)]
         self.ids, self.perm, self.cnt = [np.zeros(n_vocab, np.int32) for _ in range(3)]
         self.tmp = np.zeros(2 * n_vocab, np.int32)
@@ -338,6 +431,9 @@ cdef class SamplerCore:
         self.S.ids, self.S.perm, self.S.cnt = &self.ids[0], &self.perm[0], &self.cnt[0]
         self.S.tmp = &self.tmp[0]
         self.S.key = &self.key[0]
+
+    def __dealloc__(self):
+        free(self.S.z)
 
     @property
     def n_probs(self):
