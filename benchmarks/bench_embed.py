@@ -1,0 +1,80 @@
+"""Embedding throughput: Model.embed over a set of texts against llama.cpp's llama-embedding
+on the same file and texts, side by side in one run (alternating, best of --repeat).
+
+    python benchmarks/bench_embed.py --llama-embedding PATH [--model FILE] [--texts 64] [--threads 2]
+
+Ours: the texts' tokens per second of Model.embed(texts, pooling="mean") (tokenizing
+included). llama-embedding: its own figure, the prompt tokens per second it prints
+(llama_perf_context_print), which leaves out its model load.
+"""
+import argparse
+import os
+import re
+import subprocess
+import tempfile
+import time
+
+import guanaco_rt
+
+BASE = ["The cat sat on the mat.", "Quarterly revenue rose by five percent in the third quarter.",
+        "Paris is the capital of France, and its largest city.", "How do I reset my password?",
+        "The mitochondria is the powerhouse of the cell.", "Shipping takes three to five business days.",
+        "Guanaco is a camelid native to South America, related to the llama.",
+        "She tuned the violin before the concert began."]
+
+
+def cpu_flags():
+    with open("/proc/cpuinfo") as f:
+        text = f.read()
+    model = re.search(r"model name\s*:\s*(.*)", text)
+    flags = re.search(r"flags\s*:\s*(.*)", text)
+    simd = [x for x in (flags.group(1).split() if flags else []) if x.startswith(("avx", "amx", "fma", "f16c"))]
+    return f"{model.group(1) if model else '?'}; {' '.join(sorted(simd))}"
+
+
+def ours(model, texts):
+    t0 = time.perf_counter()
+    model.embed(texts, pooling="mean")
+    dt = time.perf_counter() - t0
+    n = sum(len(model.tokenize(t)) for t in texts)
+    return n / dt
+
+
+def theirs(binary, path, texts, threads):
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+        f.write("\n".join(texts))
+    try:
+        r = subprocess.run([binary, "-m", path, "-f", f.name, "--pooling", "mean", "-t", str(threads), "-tb",
+                            str(threads), "-c", "4096", "-b", "4096", "-ub", "4096", "--embd-output-format", "json"],
+                           capture_output=True, text=True, timeout=600)
+    finally:
+        os.unlink(f.name)
+    m = re.search(r"prompt eval time =\s*([\d.]+) ms /\s*(\d+) tokens", r.stderr + r.stdout)
+    if not m:
+        raise RuntimeError("no timing in llama-embedding's output:\n" + (r.stderr + r.stdout)[-2000:])
+    return int(m.group(2)) / (float(m.group(1)) / 1e3)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--llama-embedding", required=True)
+    p.add_argument("--model", default=None)
+    p.add_argument("--texts", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=3)
+    a = p.parse_args()
+    path = a.model or guanaco_rt.demo_model_path()
+    texts = [BASE[i % len(BASE)] + f" ({i})" for i in range(a.texts)]
+    model = guanaco_rt.Model(path, n_threads=a.threads)
+    model.embed(texts[:2], pooling="mean")                  # warm-up
+    o, t = [], []
+    for _ in range(a.repeat):
+        o.append(ours(model, texts))
+        t.append(theirs(a.llama_embedding, path, texts, a.threads))
+    print(f"CPU: {cpu_flags()}; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}")
+    print(f"{os.path.basename(path)}, {a.texts} texts, mean pooling, {a.threads} threads, best of {a.repeat}")
+    print(f"ours {max(o):.0f} tok/s, llama-embedding {max(t):.0f} tok/s: {max(o) / max(t):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
