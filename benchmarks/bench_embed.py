@@ -4,8 +4,8 @@ on the same file and texts, side by side in one run (alternating, best of --repe
     python benchmarks/bench_embed.py --llama-embedding PATH [--model FILE] [--texts 64] [--threads 2]
 
 Ours: the texts' tokens per second of Model.embed(texts, pooling="mean") (tokenizing
-included). llama-embedding: its own figure, the prompt tokens per second it prints
-(llama_perf_context_print), which leaves out its model load.
+included). llama-embedding: the texts' tokens over its wall time less that of a run with one
+text (its model load and set-up).
 """
 import argparse
 import os
@@ -40,19 +40,27 @@ def ours(model, texts):
     return n / dt
 
 
-def theirs(binary, path, texts, threads):
+def run_binary(binary, path, texts, threads, extra=()):
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
         f.write("\n".join(texts))
     try:
+        t0 = time.perf_counter()
         r = subprocess.run([binary, "-m", path, "-f", f.name, "--pooling", "mean", "-t", str(threads), "-tb",
-                            str(threads), "-c", "4096", "-b", "4096", "-ub", "4096", "--embd-output-format", "json"],
+                            str(threads), "--embd-output-format", "json", *extra],
                            capture_output=True, text=True, timeout=600)
+        dt = time.perf_counter() - t0
     finally:
         os.unlink(f.name)
-    m = re.search(r"prompt eval time =\s*([\d.]+) ms /\s*(\d+) tokens", r.stderr + r.stdout)
-    if not m:
-        raise RuntimeError("no timing in llama-embedding's output:\n" + (r.stderr + r.stdout)[-2000:])
-    return int(m.group(2)) / (float(m.group(1)) / 1e3)
+    if r.returncode:
+        raise RuntimeError("llama-embedding failed:\n" + r.stderr[-2000:])
+    return dt
+
+
+def theirs(binary, path, texts, n_tokens, threads, extra):
+    # llama-embedding prints no timings of its own: the run's wall time less that of a run
+    # with one short text (the load and set-up), per token of the texts
+    return n_tokens / (run_binary(binary, path, texts, threads, extra) - run_binary(binary, path, texts[:1], threads,
+                                                                                     extra))
 
 
 def main():
@@ -62,6 +70,7 @@ def main():
     p.add_argument("--texts", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--llama-args", default="", help="more llama-embedding options, e.g. '-b 512 -ub 512'")
     a = p.parse_args()
     path = a.model or guanaco_rt.demo_model_path()
     texts = [BASE[i % len(BASE)] + f" ({i})" for i in range(a.texts)]
@@ -70,7 +79,8 @@ def main():
     o, t = [], []
     for _ in range(a.repeat):
         o.append(ours(model, texts))
-        t.append(theirs(a.llama_embedding, path, texts, a.threads))
+        t.append(theirs(a.llama_embedding, path, texts, sum(len(model.tokenize(x)) for x in texts), a.threads,
+                        a.llama_args.split()))
     print(f"CPU: {cpu_flags()}; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}")
     print(f"{os.path.basename(path)}, {a.texts} texts, mean pooling, {a.threads} threads, best of {a.repeat}")
     print(f"ours {max(o):.0f} tok/s, llama-embedding {max(t):.0f} tok/s: {max(o) / max(t):.2f}x")
