@@ -19,7 +19,7 @@ import numpy as np
 
 from . import gguf_file, gguf_model
 from . import lora as _lora
-from ._kernels._engine import Batcher, Engine
+from ._kernels._engine import Batcher, Engine, omp_release
 from ._kernels._mapguard import GuardedBuffer
 from ._kernels.dispatch import default_kernels, kernel_set
 from .bpe import BPETokenizer
@@ -48,6 +48,17 @@ def usable_threads(n):
             return 1
         _POOL_PID = pid
     return n
+
+
+def release_threads() -> None:
+    """Free the calling thread's OpenMP worker threads, if this process started OpenMP.
+    libgomp keeps a pool for every thread that ever ran a parallel region and counts them all:
+    once they outnumber the cores, every team spins only briefly at its barriers and then
+    sleeps, and each of the ~200 forks of a token waits for a futex wake-up. A batcher's
+    passes ran 20-25% slower (demo model, 2 threads) while the loading thread's idle pool
+    lived. Never in a forked child: its copy of the pool has no threads (usable_threads)."""
+    if _POOL_PID == os.getpid():
+        omp_release()
 
 
 def check_threads(n, what="n_threads"):
@@ -287,9 +298,10 @@ class Model:
                 _lora.check(self, self.lora)
                 self._merged, self.lora_stats = _lora.merge(self, self._buf, self.lora, self.n_threads)
             self._engine = Engine(self.hparams.as_dict(), self._buf, specs, ks, eps, inplace=inplace,
-                                  n_threads=self.n_threads, release=self._release if self.mmap else None,
+                                  n_threads=usable_threads(self.n_threads), release=self._release if self.mmap else None,
                                   guard=self._guard, overrides=self._merged, **rope)
             self._repacked = {off for off, _ in self._engine.repacked}
+            release_threads()                    # the load's thread pool: see release_threads
             self.check_file()                    # the load read every page: did the file shrink meanwhile?
         except BaseException:
             self._engine = self._buf = self._guard = None

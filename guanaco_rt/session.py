@@ -40,7 +40,7 @@ from .errors import (
     SessionBusyError,
     StateError,
 )
-from .model import check_threads, usable_threads
+from .model import check_threads, release_threads, usable_threads
 from .results import AsyncTextStream, ChatReply, GenerationResult, StreamView, TextStream, Timings
 from .sampling import CONTEXT_POLICY, Sampler, SamplingParams
 from .tokenizer import CONTROL, USER_DEFINED, unicode_problem
@@ -255,6 +255,8 @@ class Session:
     def _leave(self):
         if self.batcher is not None:
             self._state.leave()       # its passes no longer wait for this session's tokens
+            release_threads()         # a call that ran here alone (all logits) leaves no thread pool
+                                      # beside the batcher's (model.release_threads)
         with self._cancel_lock:       # a cancel() that saw this call running lands before this clear
             self._state.cancel(False)
             self._busy.release()

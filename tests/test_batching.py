@@ -385,3 +385,34 @@ def test_the_kv_cache_costs_the_positions_it_holds(demo):
     assert sessions[0]._state.kv_stats()["bytes"] > 150 * 2**20
     grown = rss_mib() - before
     assert grown < 16 * 20, f"RSS grew {grown:.0f} MiB for 16 sessions of {len(ids)} tokens"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_releasing_thread_pools_is_skipped_in_a_forked_child(demo):
+    """release_threads frees the caller's OpenMP pool in the process that made it (a load, a
+    session); a forked child has a copy of the pool without its threads, and freeing it there
+    would wait for them forever: the child skips it and still generates"""
+    from guanaco_rt.model import release_threads
+
+    s = guanaco_rt.Session(demo, n_ctx=128, n_threads=2)
+    ref = s.generate("Hello", max_new_tokens=4, temperature=0).tokens      # a pool on this thread
+    release_threads()
+    s.generate("Hello", max_new_tokens=4, temperature=0)                    # and again
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            release_threads()
+            ok = guanaco_rt.Session(demo, n_ctx=128, n_threads=2).generate(
+                "Hello", max_new_tokens=4, temperature=0).tokens == ref
+            os.write(w, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(w)
+    import select
+    ready, _, _ = select.select([r], [], [], 60)
+    got = os.read(r, 1) if ready else b"hung"
+    if not ready:
+        os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    assert got == b"1"

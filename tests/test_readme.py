@@ -46,8 +46,9 @@ def test_batching_snippet(smollm2):
 
 
 def test_lora_snippet(smollm2, tmp_path):
-    import guanaco_rt
     from test_lora import random_weights, write_gguf_adapter
+
+    import guanaco_rt
 
     with guanaco_rt.Model(smollm2) as m:
         adapter = write_gguf_adapter(tmp_path / "adapter.gguf", random_weights(m, 8, 3, strength=0.05), 16)

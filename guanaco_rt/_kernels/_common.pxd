@@ -9,6 +9,7 @@ cdef extern from "_platform.h" nogil:
     float gr_fp16_table[65536]     # this module's fp16 -> fp32 table
     int gr_openmp_enabled()
     int gr_omp_max_threads()
+    int gr_omp_release()
     int gr_cpu_has_avx2()
     unsigned long long gr_cpu_features()
     const char* GR_CPU_FEATURE_NAMES

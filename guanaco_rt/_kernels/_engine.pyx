@@ -35,8 +35,8 @@ from guanaco_rt._kernels.ggml_blocks cimport (GGML_TYPE_F32, GGML_TYPE_F16, GGML
                                               GGML_TYPE_Q2_K, GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K,
                                               GGML_TYPE_Q8_1, GGML_TYPE_COUNT, block_q8_1, QK8_1, GGML_TYPE_IQ4_NL,
                                               GGML_TYPE_IQ4_XS)
-from guanaco_rt._kernels._common cimport (gr_openmp_enabled, gr_omp_max_threads, gr_cpu_has_avx2, gr_cpu_features,
-                                          GR_CPU_FEATURE_NAMES)
+from guanaco_rt._kernels._common cimport (gr_openmp_enabled, gr_omp_max_threads, gr_omp_release, gr_cpu_has_avx2,
+                                          gr_cpu_features, GR_CPU_FEATURE_NAMES)
 from guanaco_rt._kernels._isa cimport isa_kernels_t, vec_dot_fn, vec_dot_x4_fn, dot_r8_fn, ISA_CAPSULE
 from guanaco_rt._kernels._quants cimport type_traits_t, type_traits, row_size, from_float_fn
 from guanaco_rt._kernels._lora cimport (LoraSet, lora_add, lora_has, LORA_WQ, LORA_WK, LORA_WV, LORA_WO, LORA_W1,
@@ -1520,6 +1520,16 @@ def openmp_enabled():
 
 def omp_max_threads():
     return gr_omp_max_threads()
+
+
+def omp_release():
+    """Free the calling thread's OpenMP worker threads (see _platform.h); its next parallel
+    region starts them again. Only in the process that started them: a forked child has a
+    copy of the pool without its threads and would wait for them forever (model.release_threads)."""
+    cdef int rc
+    with nogil:
+        rc = gr_omp_release()
+    return rc
 
 
 def cpu_has_avx2():

@@ -6,9 +6,15 @@
 #include <omp.h>
 static inline int gr_openmp_enabled(void) { return 1; }
 static inline int gr_omp_max_threads(void) { return omp_get_max_threads(); }
+/* Free the calling thread's pool of OpenMP worker threads (libgomp keeps one per thread that
+ * ever started a parallel region, and counts all of them: once they outnumber the cores, every
+ * team spins only briefly at its barriers and sleeps, a futex wake-up per fork). 0: done, or
+ * nothing to free; not inside a parallel region. */
+static inline int gr_omp_release(void) { return omp_pause_resource_all(omp_pause_soft); }
 #else
 static inline int gr_openmp_enabled(void) { return 0; }
 static inline int gr_omp_max_threads(void) { return 1; }
+static inline int gr_omp_release(void) { return 0; }
 #endif
 
 /* AVX2 + FMA + F16C usable (gcc's runtime also checks the OS saves YMM state). */
