@@ -292,13 +292,14 @@ class Model:
                 self._mm.madvise(mmap_module.MADV_NOHUGEPAGE)
             if not self.mmap:
                 inplace = np.frombuffer(self._mm.obj, dtype=np.uint8)
+            load_threads = usable_threads(self.n_threads)    # 1 in a forked child (see usable_threads)
             self._merged, self.lora_stats = {}, None
             self.lora = _lora.normalize(lora)     # [(Adapter, scale)]: merged into the weights below
             if self.lora:
                 _lora.check(self, self.lora)
-                self._merged, self.lora_stats = _lora.merge(self, self._buf, self.lora, self.n_threads)
+                self._merged, self.lora_stats = _lora.merge(self, self._buf, self.lora, load_threads)
             self._engine = Engine(self.hparams.as_dict(), self._buf, specs, ks, eps, inplace=inplace,
-                                  n_threads=usable_threads(self.n_threads), release=self._release if self.mmap else None,
+                                  n_threads=load_threads, release=self._release if self.mmap else None,
                                   guard=self._guard, overrides=self._merged, **rope)
             self._repacked = {off for off, _ in self._engine.repacked}
             release_threads()                    # the load's thread pool: see release_threads
