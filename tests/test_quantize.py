@@ -39,9 +39,10 @@ class PeerQuantizer:
         self.proc = subprocess.Popen([python, os.path.join(HERE, "peer_ggml_quantize.py")],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
-    def __call__(self, t, x):
+    def __call__(self, t, x, imatrix=None):
         x = np.ascontiguousarray(x, np.float32)
-        self.proc.stdin.write(struct.pack("<3q", t, *x.shape) + x.tobytes())
+        qw = b"" if imatrix is None else np.ascontiguousarray(imatrix, np.float32).tobytes()
+        self.proc.stdin.write(struct.pack("<4q", t, *x.shape, imatrix is not None) + x.tobytes() + qw)
         self.proc.stdin.flush()
         n = struct.unpack("<q", self.proc.stdout.read(8))[0]
         return np.frombuffer(self.proc.stdout.read(n), np.uint8).reshape(x.shape[0], -1)
