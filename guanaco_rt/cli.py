@@ -583,7 +583,7 @@ def cmd_quantize(a):
         bar(done, total, name)
     try:
         types = quantize(a.input, a.output, a.type, allow_requantize=a.allow_requantize, threads=a.threads,
-                         progress=progress, rules=a.rules)
+                         progress=progress, rules=a.rules, imatrix=a.imatrix)
     finally:
         bar.close()
     counts = {}
@@ -698,6 +698,9 @@ def build_parser():
     s.add_argument("--rules", choices=["2026", "2025"], default="2026",
                    help="whose per-tensor rules: llama.cpp's of 2026 (default) or of 2025 (Q2_K/Q3_K rows "
                         "not a multiple of 256 fall back to IQ4_NL, not Q4_0)")
+    s.add_argument("--imatrix", metavar="FILE", default=None,
+                   help="an importance matrix from llama.cpp's llama-imatrix (GGUF or legacy .dat), used as "
+                        "llama-quantize --imatrix uses it")
     s.set_defaults(fn=cmd_quantize)
     return p
 
