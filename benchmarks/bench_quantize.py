@@ -33,18 +33,10 @@ def write_f16_file(path, n_layer, seed=0):
     sys.path.insert(0, ROOT)
     from guanaco_rt.writer import add_spm_vocab
     sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from helpers import spm_vocab
+    from helpers import add_llama_hparams, spm_vocab
     n_embd, n_ff, n_head, n_vocab = 4096, 11008, 32, 32000
     w = gguf.GGUFWriter(path, "llama")
-    w.add_context_length(4096)
-    w.add_block_count(n_layer)
-    w.add_embedding_length(n_embd)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_head)
-    w.add_rope_dimension_count(n_embd // n_head)
-    w.add_layer_norm_rms_eps(1e-6)
-    w.add_file_type(1)
+    add_llama_hparams(w, n_layer, n_embd, n_ff, n_head, eps=1e-6, n_ctx=4096, file_type=1)
     pieces = spm_vocab(300)
     pieces += [(f"<x{i}>", -1000.0 - i, 1) for i in range(n_vocab - len(pieces))]
     add_spm_vocab(w, pieces)

@@ -178,17 +178,9 @@ def float_llama(path, n_embd, n_head, n_head_kv, n_layer, n_ff, tied, wtype=0, n
 
     from guanaco_rt.writer import add_spm_vocab
 
-    from helpers import spm_vocab
+    from helpers import add_llama_hparams, spm_vocab
     w = gguf.GGUFWriter(str(path), "llama")
-    w.add_context_length(2048)
-    w.add_block_count(n_layer)
-    w.add_embedding_length(n_embd)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_head_kv)
-    w.add_rope_dimension_count(n_embd // n_head)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_file_type(wtype)
+    add_llama_hparams(w, n_layer, n_embd, n_ff, n_head, n_head_kv, n_ctx=2048, file_type=wtype)
     add_spm_vocab(w, spm_vocab(n_vocab))
     rng = np.random.default_rng(seed)
     hd = n_embd // n_head
