@@ -583,7 +583,7 @@ def cmd_quantize(a):
         bar(done, total, name)
     try:
         types = quantize(a.input, a.output, a.type, allow_requantize=a.allow_requantize, threads=a.threads,
-                         progress=progress, rules=a.rules, imatrix=a.imatrix)
+                         progress=progress, rules=a.rules, imatrix=a.imatrix, format=a.format)
     finally:
         bar.close()
     counts = {}
@@ -701,6 +701,9 @@ def build_parser():
     s.add_argument("--imatrix", metavar="FILE", default=None,
                    help="an importance matrix from llama.cpp's llama-imatrix (GGUF or legacy .dat), used as "
                         "llama-quantize --imatrix uses it")
+    s.add_argument("--format", choices=["gguf", "ggjt"], default="gguf",
+                   help="the output's container: GGUF (default) or ggjt v3, the 2023 format of the Guanaco "
+                        "files (LLaMA without GQA only)")
     s.set_defaults(fn=cmd_quantize)
     return p
 

@@ -96,8 +96,8 @@ def _load_legacy(path, buf):
 
 
 def _load_gguf(path, buf):
-    from . import gguf_file
     from . import ggml_types as T
+    from . import gguf_file
     g = gguf_file.parse(path, buf)
     if not g.tensors:
         raise FormatError(path, "n_tensors", "0: an imatrix file has at least one entry")

@@ -225,7 +225,15 @@ class _TypeChooser:
         blck = T.GGML_TYPES[new].blck_size
         if shape[0] % blck:
             self.n_fallback += 1
-            new = (FALLBACK_2025 if self.rules == "2025" else FALLBACK)[new]
+            table = FALLBACK_2025 if self.rules == "2025" else FALLBACK
+            if new not in table:
+                # a 32-block type has nowhere smaller to go: today's llama.cpp writes F16 (below), 2025's stopped
+                if self.rules == "2025":
+                    raise InvalidArgumentError(f"quantize: tensor {name!r} has rows of {shape[0]}, not a multiple of "
+                                               f"{blck}: llama.cpp of 2025 had no fallback for {T.type_name(new)}",
+                                               param="rules")
+                table = {new: new}
+            new = table[new]
             if shape[0] % T.GGML_TYPES[new].blck_size:
                 new = T.F16
         return new
@@ -312,7 +320,8 @@ def _from_f32(x, new, nrows, n_per_row, threads, qw=None, rows_per_expert=0):
     return out
 
 
-def quantize(src, dst, ftype, allow_requantize=False, threads=None, progress=None, rules="2026", imatrix=None):
+def quantize(src, dst, ftype, allow_requantize=False, threads=None, progress=None, rules="2026", imatrix=None,
+             format="gguf"):
     """Quantize the model file ``src`` (GGUF of F32/F16/BF16 weights, or ggjt v3) into the GGUF file
     ``dst`` of file type ``ftype`` (one of FILE_TYPES, case-insensitive: "Q4_K_M", "q8_0", ...),
     byte for byte as llama.cpp's llama-quantize of the same tensor rules writes it without an
@@ -327,7 +336,11 @@ def quantize(src, dst, ftype, allow_requantize=False, threads=None, progress=Non
     writes them), or a dict tensor name -> float32 importances (n_expert * ne0,) as
     llama_model_quantize takes them (no metadata). A tensor it has no entry for is quantized without
     one; with one, Q4_0 and Q5_0 files give their first n_layer/8 ffn_down tensors Q4_1 / Q5_1, as
-    llama.cpp does. Returns a dict: tensor name -> the type name it got.
+    llama.cpp does. ``format``: "gguf" (the default) or "ggjt": the same tensors written as a ggjt v3
+    file (the seed's format, as the llama.cpp of June-August 2023 wrote it), for LLaMA models that
+    format can describe (no GQA, RoPE base 10000, RMSNorm epsilon 1e-6, SentencePiece vocabulary,
+    an output tensor of its own; InvalidArgumentError names the field otherwise). Returns a dict:
+    tensor name -> the type name it got.
     """
     if rules not in RULES:
         raise InvalidArgumentError(f"quantize: rules {rules!r} is not one of {', '.join(RULES)}", param="rules")
@@ -342,7 +355,11 @@ def quantize(src, dst, ftype, allow_requantize=False, threads=None, progress=Non
     if os.path.exists(dst) and os.path.samefile(src, dst):
         raise InvalidArgumentError(f"quantize: the output {dst} is the input file: writing it would destroy the "
                                    f"source before it is read", param="dst")
+    if format not in ("gguf", "ggjt"):
+        raise InvalidArgumentError(f"quantize: format {format!r} is not 'gguf' or 'ggjt'", param="format")
     imat = _imatrix_of(imatrix)
+    if format == "ggjt":
+        return _quantize_to_ggjt(src, dst, ftype_name, allow_requantize, threads, progress, rules, imat)
     with open(src, "rb") as fh:
         magic = fh.read(4)
     if magic != b"GGUF":
@@ -353,11 +370,44 @@ def quantize(src, dst, ftype, allow_requantize=False, threads=None, progress=Non
     return _quantize_gguf(src, dst, ftype_name, allow_requantize, threads, progress, rules, imat)
 
 
+def _quantize_to_ggjt(src, dst, ftype_name, allow_requantize, threads, progress, rules, imat):
+    """quantize into a GGUF file next to dst, then rewrite it as ggjt v3 (writer.gguf_to_ggjt); a GGUF
+    input that ggjt cannot describe is refused before anything is quantized"""
+    from .writer import ggjt_hparams, gguf_to_ggjt
+    with open(src, "rb") as fh:
+        magic = fh.read(4)
+    if magic == b"GGUF":
+        import mmap
+
+        from . import gguf_file
+        with open(src, "rb") as fh:
+            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            ggjt_hparams(gguf_file.parse(src, mm), check_types=False)
+        finally:
+            mm.close()
+    tmp = dst + ".to-ggjt.gguf"
+    try:
+        types = quantize(src, tmp, ftype_name, allow_requantize, threads, progress, rules,
+                         imatrix=_ImatrixPlan(imat))
+        gguf_to_ggjt(tmp, dst)
+        return types
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class _ImatrixPlan(tuple):
+    """an imatrix already read (entries, extra metadata): passed on as it is"""
+
+
 def _imatrix_of(imatrix):
     """quantize's imatrix argument -> (entries {name: float32 array} or None, the metadata llama-quantize
     adds [(key, type, value)])"""
     if imatrix is None:
         return None, ()
+    if isinstance(imatrix, _ImatrixPlan):
+        return tuple(imatrix)
     if isinstance(imatrix, dict):
         entries = {}
         for name, v in imatrix.items():

@@ -20,12 +20,26 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_quantize import FILE_TYPES, HERE, KINDS, ROW_TYPES, PeerQuantizer, _rows, assert_same_file, float_llama
+from test_quantize import peer_python as find_peer_python
 
 from guanaco_rt._kernels import _quantize as Q
 from guanaco_rt.errors import FormatError, InvalidArgumentError
 
-from test_quantize import (FILE_TYPES, KINDS, ROW_TYPES, HERE, _rows, assert_same_file, float_llama,  # noqa: F401
-                           peer, peer_python, peer_python_or_skip)
+
+@pytest.fixture(scope="module")
+def peer_python_or_skip():
+    python = find_peer_python()
+    if python is None:
+        pytest.skip("no llama.cpp peer: set GUANACO_RT_PEER_PYTHON to a Python that has llama_cpp")
+    return python
+
+
+@pytest.fixture(scope="module")
+def peer(peer_python_or_skip):
+    q = PeerQuantizer(peer_python_or_skip)
+    yield q
+    q.close()
 
 
 def llama_bin(name):
@@ -202,8 +216,8 @@ def peer_quantize_dict(python, src, qw, types, tmp_path):
     npz = str(tmp_path / "imatrix.npz")
     np.savez(npz, **qw)
     out = {f: str(tmp_path / f"peer-{f}.gguf") for f in types}
-    cmd = [python, os.path.join(HERE, "peer_llama_quantize.py"), src, "2", *[f"{p}:{IDS[f][0]}" for f, p in out.items()],
-           "--imatrix-npz", npz]
+    cmd = [python, os.path.join(HERE, "peer_llama_quantize.py"), src, "2",
+           *[f"{p}:{IDS[f][0]}" for f, p in out.items()], "--imatrix-npz", npz]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr[-2000:]
     return out
@@ -257,9 +271,9 @@ def test_demo_model_with_llama_imatrix_matches_llama_quantize(fmt, llama_quantiz
     """the issue's target with an importance matrix: the demo model's weights (F32, gguf-py), an
     imatrix from llama-imatrix over a page of text, all 14 file types; about 8 minutes on 2 cores"""
     import gguf
+    from test_quantize import dequantize_gguf_to_f32
 
     from guanaco_rt.demo import demo_model_path
-    from test_quantize import dequantize_gguf_to_f32
     tool = llama_bin("llama-imatrix")
     if tool is None:
         pytest.skip("no llama-imatrix")
