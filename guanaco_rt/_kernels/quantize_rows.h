@@ -279,12 +279,49 @@ GRQ_NOINLINE static float grq_fit_sym(int n, int nmax, const float* x, int8_t* L
     return scale;
 }
 
+/* grq_fit_sym with the weights given (ggml's make_qx_quants, rmse_type 1, qw != NULL) */
+GRQ_NOINLINE static float grq_fit_sym_w(int n, int nmax, const float* x, const float* qw, int8_t* L) {
+    float amax = 0, mx = 0;
+    for (int i = 0; i < n; i++) {
+        float ax = fabsf(x[i]);
+        if (ax > amax) { amax = ax; mx = x[i]; }
+    }
+    if (amax < GRQ_EPS) { memset(L, 0, (size_t)n); return 0.f; }
+    float iscale = -nmax / mx;
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; i++) {
+        int l = grq_clamp(grq_nearest(iscale * x[i]), -nmax, nmax - 1);
+        L[i] = (int8_t)(l + nmax);
+        sumlx += qw[i] * x[i] * l;
+        suml2 += qw[i] * l * l;
+    }
+    float scale = suml2 ? sumlx / suml2 : 0.0f;
+    float best = scale * sumlx;
+    for (int is = -9; is <= 9; is++) {
+        if (!is) continue;
+        iscale = -(nmax + 0.1f * is) / mx;
+        sumlx = suml2 = 0;
+        for (int i = 0; i < n; i++) {
+            int l = grq_clamp(grq_nearest(iscale * x[i]), -nmax, nmax - 1);
+            sumlx += qw[i] * x[i] * l;
+            suml2 += qw[i] * l * l;
+        }
+        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+            for (int i = 0; i < n; i++)
+                L[i] = (int8_t)(nmax + grq_clamp(grq_nearest(iscale * x[i]), -nmax, nmax - 1));
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    return scale;
+}
+
 /* grq_fit_sym on two groups at once, each with exactly its own sequence of float operations (so
  * the same bits): the two groups' sums are independent chains the CPU overlaps, where one group's
  * 16 dependent additions per trial leave it waiting on latency. Groups whose extreme is below the
- * zero threshold go through grq_fit_sym. */
+ * zero threshold go through grq_fit_sym. qwa, qwb: the weights (grq_fit_sym_w's), or NULL for x^2. */
 GRQ_NOINLINE static void grq_fit_sym2(int n, int nmax, const float* xa, const float* xb, int8_t* La, int8_t* Lb,
-                                      float* sa_out, float* sb_out) {
+                                      float* sa_out, float* sb_out, const float* qwa, const float* qwb) {
     float amax_a = 0, mx_a = 0, amax_b = 0, mx_b = 0;
     for (int i = 0; i < n; i++) {
         float a = fabsf(xa[i]), b = fabsf(xb[i]);
@@ -292,14 +329,14 @@ GRQ_NOINLINE static void grq_fit_sym2(int n, int nmax, const float* xa, const fl
         if (b > amax_b) { amax_b = b; mx_b = xb[i]; }
     }
     if (amax_a < GRQ_EPS || amax_b < GRQ_EPS) {
-        *sa_out = grq_fit_sym(n, nmax, xa, La);
-        *sb_out = grq_fit_sym(n, nmax, xb, Lb);
+        *sa_out = qwa ? grq_fit_sym_w(n, nmax, xa, qwa, La) : grq_fit_sym(n, nmax, xa, La);
+        *sb_out = qwb ? grq_fit_sym_w(n, nmax, xb, qwb, Lb) : grq_fit_sym(n, nmax, xb, Lb);
         return;
     }
-    float wa[32], wb[32], wxa[32], wxb[32];       /* n <= 32: w = x*x and w*x, as ggml forms them */
+    float wa[32], wb[32], wxa[32], wxb[32];       /* n <= 32: w (x*x or given) and w*x, as ggml forms them */
     for (int i = 0; i < n; i++) {
-        wa[i] = xa[i] * xa[i]; wxa[i] = wa[i] * xa[i];
-        wb[i] = xb[i] * xb[i]; wxb[i] = wb[i] * xb[i];
+        wa[i] = qwa ? qwa[i] : xa[i] * xa[i]; wxa[i] = wa[i] * xa[i];
+        wb[i] = qwb ? qwb[i] : xb[i] * xb[i]; wxb[i] = wb[i] * xb[i];
     }
     float isa = -nmax / mx_a, isb = -nmax / mx_b;
     float slx_a = 0, sl2_a = 0, slx_b = 0, sl2_b = 0;
@@ -695,7 +732,8 @@ static void grq_q6_K(const float* x, block_q6_K* y, int64_t k) {
     for (int64_t i = 0; i < k / QK_K; i++, x += QK_K) {
         float max_scale = 0, max_abs = 0;
         for (int j = 0; j < QK_K / 16; j += 2)
-            grq_fit_sym2(16, 32, x + 16 * j, x + 16 * j + 16, L + 16 * j, L + 16 * j + 16, &scales[j], &scales[j + 1]);
+            grq_fit_sym2(16, 32, x + 16 * j, x + 16 * j + 16, L + 16 * j, L + 16 * j + 16, &scales[j], &scales[j + 1],
+                         NULL, NULL);
         for (int j = 0; j < QK_K / 16; j++) {
             if (fabsf(scales[j]) > max_abs) { max_abs = fabsf(scales[j]); max_scale = scales[j]; }
         }
@@ -736,43 +774,6 @@ static void grq_q6_K(const float* x, block_q6_K* y, int64_t k) {
  * the k-quants). Q6_K weighs by qw alone; Q8_0 ignores it. The scales of the k-quants are then
  * themselves fitted, weighted by their group's total weight, instead of being scaled from the
  * largest. */
-
-/* grq_fit_sym with the weights given (ggml's make_qx_quants, rmse_type 1, qw != NULL) */
-GRQ_NOINLINE static float grq_fit_sym_w(int n, int nmax, const float* x, const float* qw, int8_t* L) {
-    float amax = 0, mx = 0;
-    for (int i = 0; i < n; i++) {
-        float ax = fabsf(x[i]);
-        if (ax > amax) { amax = ax; mx = x[i]; }
-    }
-    if (amax < GRQ_EPS) { memset(L, 0, (size_t)n); return 0.f; }
-    float iscale = -nmax / mx;
-    float sumlx = 0, suml2 = 0;
-    for (int i = 0; i < n; i++) {
-        int l = grq_clamp(grq_nearest(iscale * x[i]), -nmax, nmax - 1);
-        L[i] = (int8_t)(l + nmax);
-        sumlx += qw[i] * x[i] * l;
-        suml2 += qw[i] * l * l;
-    }
-    float scale = suml2 ? sumlx / suml2 : 0.0f;
-    float best = scale * sumlx;
-    for (int is = -9; is <= 9; is++) {
-        if (!is) continue;
-        iscale = -(nmax + 0.1f * is) / mx;
-        sumlx = suml2 = 0;
-        for (int i = 0; i < n; i++) {
-            int l = grq_clamp(grq_nearest(iscale * x[i]), -nmax, nmax - 1);
-            sumlx += qw[i] * x[i] * l;
-            suml2 += qw[i] * l * l;
-        }
-        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
-            for (int i = 0; i < n; i++)
-                L[i] = (int8_t)(nmax + grq_clamp(grq_nearest(iscale * x[i]), -nmax, nmax - 1));
-            scale = sumlx / suml2;
-            best = scale * sumlx;
-        }
-    }
-    return scale;
-}
 
 /* Non-negative levels 0..nmax for n non-negative values (the sub-scales or sub-mins of a
  * super-block), weighted by qw (ggml's make_qp_quants): the scale from the largest, 8 nudged
@@ -844,26 +845,36 @@ static inline float grq_sum_sq(const float* x, int64_t n) {
 }
 
 /* the 32-weight types: sigma2 is the mean square of the whole row */
+/* the symmetric fits of nb (1 or 2) blocks of 32 (two at a time: grq_fit_sym2) */
+static void grq_sym32_w(const float* x, const float* qw, float sigma2, int nb, int nmax, int8_t L[64], float d[2]) {
+    float w[64];
+    grq_weights(32 * nb, x, qw, sigma2, w);
+    if (nb == 2) grq_fit_sym2(32, nmax, x, x + 32, L, L + 32, &d[0], &d[1], w, w + 32);
+    else d[0] = grq_fit_sym_w(32, nmax, x, w, L);
+}
+
 static void grq_q4_0_w(const float* x, block_q4_0* y, int64_t k, const float* qw) {
     const float sigma2 = grq_sum_sq(x, k) / (float)k;
-    float w[QK4_0];
-    int8_t L[QK4_0];
-    for (int64_t i = 0; i < k / QK4_0; i++) {
-        const float* xb = x + i * QK4_0;
-        grq_weights(QK4_0, xb, qw + i * QK4_0, sigma2, w);
-        y[i].d = grq_fp16(grq_fit_sym_w(QK4_0, 8, xb, w, L));
+    const int64_t nb = k / QK4_0;
+    int8_t L2[64];
+    float d[2];
+    for (int64_t i = 0; i < nb; i++) {
+        if (!(i & 1)) grq_sym32_w(x + 32 * i, qw + 32 * i, sigma2, nb - i >= 2 ? 2 : 1, 8, L2, d);
+        const int8_t* L = L2 + 32 * (i & 1);
+        y[i].d = grq_fp16(d[i & 1]);
         for (int j = 0; j < QK4_0 / 2; j++) y[i].qs[j] = (uint8_t)(L[j] | (L[j + QK4_0 / 2] << 4));
     }
 }
 
 static void grq_q5_0_w(const float* x, block_q5_0* y, int64_t k, const float* qw) {
     const float sigma2 = grq_sum_sq(x, k) / (float)k;
-    float w[QK5_0];
-    int8_t L[QK5_0];
-    for (int64_t i = 0; i < k / QK5_0; i++) {
-        const float* xb = x + i * QK5_0;
-        grq_weights(QK5_0, xb, qw + i * QK5_0, sigma2, w);
-        y[i].d = grq_fp16(grq_fit_sym_w(QK5_0, 16, xb, w, L));
+    const int64_t nb = k / QK5_0;
+    int8_t L2[64];
+    float d[2];
+    for (int64_t i = 0; i < nb; i++) {
+        if (!(i & 1)) grq_sym32_w(x + 32 * i, qw + 32 * i, sigma2, nb - i >= 2 ? 2 : 1, 16, L2, d);
+        const int8_t* L = L2 + 32 * (i & 1);
+        y[i].d = grq_fp16(d[i & 1]);
         uint32_t qh = 0;
         for (int j = 0; j < QK5_0 / 2; j++) {
             const uint8_t lo = (uint8_t)L[j], hi = (uint8_t)L[j + QK5_0 / 2];
@@ -961,16 +972,18 @@ static void grq_q2_K_w(const float* x, block_q2_K* y, int64_t k, const float* qw
 
 static void grq_q3_K_w(const float* x, block_q3_K* y, int64_t k, const float* qw) {
     int8_t L[QK_K], Ls[QK_K / 16];
-    float w[16], sw[QK_K / 16], scales[QK_K / 16];
+    float w[QK_K], sw[QK_K / 16], scales[QK_K / 16];
     for (int64_t i = 0; i < k / QK_K; i++, x += QK_K, qw += QK_K) {
         const float sigma2 = 2 * grq_sum_sq(x, QK_K) / QK_K;
+        grq_weights(QK_K, x, qw, sigma2, w);
         for (int j = 0; j < QK_K / 16; j++) {
-            grq_weights(16, x + 16 * j, qw + 16 * j, sigma2, w);
             float s = 0;
-            for (int l = 0; l < 16; l++) s += w[l];
+            for (int l = 0; l < 16; l++) s += w[16 * j + l];
             sw[j] = s;
-            scales[j] = grq_fit_sym_w(16, 4, x + 16 * j, w, L + 16 * j);
         }
+        for (int j = 0; j < QK_K / 16; j += 2)
+            grq_fit_sym2(16, 4, x + 16 * j, x + 16 * j + 16, L + 16 * j, L + 16 * j + 16, &scales[j], &scales[j + 1],
+                         w + 16 * j, w + 16 * j + 16);
         /* the 6-bit sub-scales are a weighted fit of the scales (levels 0..63 = -32..31 + 32),
          * packed as in grq_q3_K */
         memset(y[i].scales, 0, 12);
@@ -1084,8 +1097,10 @@ static void grq_q6_K_w(const float* x, block_q6_K* y, int64_t k, const float* qw
     float scales[QK_K / 16];
     for (int64_t i = 0; i < k / QK_K; i++, x += QK_K, qw += QK_K) {
         float max_scale = 0, max_abs = 0;
+        for (int j = 0; j < QK_K / 16; j += 2)
+            grq_fit_sym2(16, 32, x + 16 * j, x + 16 * j + 16, L + 16 * j, L + 16 * j + 16, &scales[j], &scales[j + 1],
+                         qw + 16 * j, qw + 16 * j + 16);
         for (int j = 0; j < QK_K / 16; j++) {
-            scales[j] = grq_fit_sym_w(16, 32, x + 16 * j, qw + 16 * j, L + 16 * j);
             if (fabsf(scales[j]) > max_abs) { max_abs = fabsf(scales[j]); max_scale = scales[j]; }
         }
         if (max_abs < GRQ_EPS) {
