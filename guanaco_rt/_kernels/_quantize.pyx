@@ -1,7 +1,8 @@
 # cython: language_level=3
 """Weight quantization: float rows -> rows of ggml blocks, as llama-quantize makes them, with or
-without an importance matrix (the C bodies are in quantize_rows.h). The file-level work -- which type
-each tensor gets, reading and writing GGUF -- is guanaco_rt/quantize.py's; this module only
+without an importance matrix (the C bodies: quantize_rows.h, quantize_rows_imatrix.h). The
+file-level work -- which type each tensor gets, reading and writing GGUF -- is
+guanaco_rt/quantizer.py's; this module only
 turns a (nrows, n_per_row) float32 matrix into bytes, its rows split over OpenMP threads with
 the GIL released.
 """
@@ -20,9 +21,12 @@ cdef extern from "quantize_rows.h" nogil:
     int grq_block_size(int type)
     int grq_block_bytes(int type)
     int grq_quantize_row(int type, const float* x, void* y, int64_t k)
-    int grq_quantize_row_w(int type, const float* x, void* y, int64_t k, const float* qw)
     void grq_init()
     void grq_row_to_f32(int src_type, const void* src, float* dst, int64_t k)
+
+
+cdef extern from "quantize_rows_imatrix.h" nogil:
+    int grq_quantize_row_w(int type, const float* x, void* y, int64_t k, const float* qw)
 
 
 def block_size(int t):
