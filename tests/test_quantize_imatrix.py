@@ -269,7 +269,7 @@ def test_imatrix_files_match_llama_quantize(fmt, f32_256, llama_quantize, tmp_pa
 @pytest.mark.parametrize("fmt", ["gguf", "dat"])
 def test_demo_model_with_llama_imatrix_matches_llama_quantize(fmt, llama_quantize, tmp_path_factory):
     """the issue's target with an importance matrix: the demo model's weights (F32, gguf-py), an
-    imatrix from llama-imatrix over a page of text, all 14 file types; about 8 minutes on 2 cores"""
+    imatrix from llama-imatrix over a page of text, all 14 file types; about 3 minutes on 2 cores"""
     import gguf
     from test_quantize import dequantize_gguf_to_f32
 
