@@ -33,18 +33,10 @@ def write_f16_file(path, n_layer, seed=0):
     sys.path.insert(0, ROOT)
     from guanaco_rt.writer import add_spm_vocab
     sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from helpers import spm_vocab
+    from helpers import add_llama_hparams, spm_vocab
     n_embd, n_ff, n_head, n_vocab = 4096, 11008, 32, 32000
     w = gguf.GGUFWriter(path, "llama")
-    w.add_context_length(4096)
-    w.add_block_count(n_layer)
-    w.add_embedding_length(n_embd)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_head)
-    w.add_rope_dimension_count(n_embd // n_head)
-    w.add_layer_norm_rms_eps(1e-6)
-    w.add_file_type(1)
+    add_llama_hparams(w, n_layer, n_embd, n_ff, n_head, eps=1e-6, n_ctx=4096, file_type=1)
     pieces = spm_vocab(300)
     pieces += [(f"<x{i}>", -1000.0 - i, 1) for i in range(n_vocab - len(pieces))]
     add_spm_vocab(w, pieces)
@@ -72,28 +64,48 @@ def write_f16_file(path, n_layer, seed=0):
 
 OURS = """
 import sys, time
+import numpy as np
 import guanaco_rt
+im = None
+if len(sys.argv) > 5:
+    with np.load(sys.argv[5]) as f:
+        im = {k: f[k] for k in f.files}
 t0 = time.perf_counter()
-guanaco_rt.quantize(sys.argv[1], sys.argv[2], sys.argv[3], threads=int(sys.argv[4]))
+guanaco_rt.quantize(sys.argv[1], sys.argv[2], sys.argv[3], threads=int(sys.argv[4]), imatrix=im)
 print(time.perf_counter() - t0)
 """
 
 
-def run_ours(src, dst, ftype, threads):
+def run_ours(src, dst, ftype, threads, npz=None):
     env = {**os.environ, "PYTHONPATH": ROOT}
-    r = subprocess.run([sys.executable, "-c", OURS, src, dst, ftype, str(threads)], capture_output=True, text=True,
-                       env=env, check=True)
+    r = subprocess.run([sys.executable, "-c", OURS, src, dst, ftype, str(threads), *([npz] if npz else [])],
+                       capture_output=True, text=True, env=env, check=True)
     return float(r.stdout.split()[-1])
 
 
-def run_peer(python, src, dst, ftype, threads):
+def run_peer(python, src, dst, ftype, threads, npz=None):
     from guanaco_rt.quantizer import FILE_TYPES
     r = subprocess.run([python, os.path.join(ROOT, "tests", "peer_llama_quantize.py"), src, str(threads),
-                        f"{dst}:{FILE_TYPES[ftype][0]}"], capture_output=True, text=True, check=True)
+                        f"{dst}:{FILE_TYPES[ftype][0]}", *(["--imatrix-npz", npz] if npz else [])],
+                       capture_output=True, text=True, check=True)
     return float(r.stdout.split()[-1])
 
 
-def bench_rows(python):
+def write_importance(src, npz):
+    """a random importance (mean squares over orders of magnitude) for every 2-D weight but the
+    token embeddings, as llama-imatrix's would be"""
+    import mmap
+
+    from guanaco_rt import gguf_file
+    with open(src, "rb") as f:
+        g = gguf_file.parse(src, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+    rng = np.random.default_rng(0)
+    im = {t.name: (rng.random(t.shape[0]) ** 3 * 10.0 ** rng.uniform(-3, 3, t.shape[0])).astype(np.float32)
+          for t in g.tensors.values() if len(t.shape) == 2 and t.name != "token_embd.weight"}
+    np.savez(npz, **im)
+
+
+def bench_rows(python, with_imatrix=False):
     import ctypes
     import glob
     sys.path.insert(0, ROOT)
@@ -106,17 +118,20 @@ def bench_rows(python):
                                         ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
     x = (np.random.default_rng(0).standard_normal((256, 4096)) * 0.02).astype(np.float32)
     out = np.empty(x.size * 2, np.uint8)
-    print("| type | ggml ms | ours ms | ggml / ours |")
+    rng = np.random.default_rng(1)
+    qw = (rng.random(4096) ** 3 * 10.0 ** rng.uniform(-3, 3, 4096)).astype(np.float32) if with_imatrix else None
+    qw_ptr = qw.ctypes.data if with_imatrix else None
+    print("| type | ggml ms | ours ms | ggml / ours |" + (" (with an importance matrix)" if with_imatrix else ""))
     print("|---|---|---|---|")
     for name, t in (("Q4_0", 2), ("Q4_1", 3), ("Q5_0", 6), ("Q5_1", 7), ("Q8_0", 8), ("Q2_K", 10), ("Q3_K", 11),
                     ("Q4_K", 12), ("Q5_K", 13), ("Q6_K", 14), ("IQ4_NL", 20)):
         bp = bo = 1e9
         for _ in range(9):
             t0 = time.perf_counter()
-            lib.ggml_quantize_chunk(t, x.ctypes.data, out.ctypes.data, 0, 256, 4096, None)
+            lib.ggml_quantize_chunk(t, x.ctypes.data, out.ctypes.data, 0, 256, 4096, qw_ptr)
             bp = min(bp, time.perf_counter() - t0)
             t0 = time.perf_counter()
-            Q.quantize_rows(t, x, 1)
+            Q.quantize_rows(t, x, 1, imatrix=qw)
             bo = min(bo, time.perf_counter() - t0)
         print(f"| {name} | {bp * 1e3:.1f} | {bo * 1e3:.1f} | {bp / bo:.2f}x |")
 
@@ -129,17 +144,23 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rows", action="store_true", help="the row quantizers alone, in one process")
+    ap.add_argument("--imatrix", action="store_true",
+                    help="with a (random) importance matrix: llama_model_quantize's params.imatrix, our imatrix=")
     a = ap.parse_args()
     sys.path.insert(0, ROOT)
     python = os.environ.get("GUANACO_RT_PEER_PYTHON") or "/work/peer-llama/bin/python"
     if a.rows:
-        return bench_rows(python)
+        return bench_rows(python, a.imatrix)
     if not os.path.exists(a.file):
         write_f16_file(a.file, a.layers)
+    npz = None
+    if a.imatrix:
+        npz = a.file + ".imatrix.npz"
+        write_importance(a.file, npz)
     flags = [f for f in open("/proc/cpuinfo").read().split("flags\t\t:")[1].split("\n")[0].split()
              if f.startswith(("avx", "fma", "f16c", "amx"))]
     print(f"file {a.file} ({os.path.getsize(a.file) / 2**30:.2f} GiB F16), {a.threads} threads, "
-          f"{a.rounds} rounds alternating; CPU flags: {' '.join(flags)}")
+          f"{a.rounds} rounds alternating{', with an importance matrix' if npz else ''}; CPU flags: {' '.join(flags)}")
     print("| type | llama.cpp s | ours s | llama.cpp / ours | identical |")
     print("|---|---|---|---|---|")
     for ftype in a.types.split(","):
@@ -149,9 +170,9 @@ def main():
             order = [("ours", d_ours), ("peer", d_peer)]
             for who, dst in (order if r % 2 == 0 else order[::-1]):
                 if who == "ours":
-                    ours_t.append(run_ours(a.file, dst, ftype, a.threads))
+                    ours_t.append(run_ours(a.file, dst, ftype, a.threads, npz))
                 else:
-                    peer_t.append(run_peer(python, a.file, dst, ftype, a.threads))
+                    peer_t.append(run_peer(python, a.file, dst, ftype, a.threads, npz))
         same = open(d_ours, "rb").read() == open(d_peer, "rb").read()
         os.remove(d_ours)
         os.remove(d_peer)

@@ -624,7 +624,7 @@ def cmd_quantize(a):
         bar(done, total, name)
     try:
         types = quantize(a.input, a.output, a.type, allow_requantize=a.allow_requantize, threads=a.threads,
-                         progress=progress, rules=a.rules)
+                         progress=progress, rules=a.rules, imatrix=a.imatrix, format=a.format)
     finally:
         bar.close()
     counts = {}
@@ -753,6 +753,12 @@ def build_parser():
     s.add_argument("--rules", choices=["2026", "2025"], default="2026",
                    help="whose per-tensor rules: llama.cpp's of 2026 (default) or of 2025 (Q2_K/Q3_K rows "
                         "not a multiple of 256 fall back to IQ4_NL, not Q4_0)")
+    s.add_argument("--imatrix", metavar="FILE", default=None,
+                   help="an importance matrix from llama.cpp's llama-imatrix (GGUF or legacy .dat), used as "
+                        "llama-quantize --imatrix uses it")
+    s.add_argument("--format", choices=["gguf", "ggjt"], default="gguf",
+                   help="the output's container: GGUF (default) or ggjt v3, the 2023 format of the Guanaco "
+                        "files (LLaMA without GQA only)")
     s.set_defaults(fn=cmd_quantize)
     return p
 

@@ -1,6 +1,6 @@
 """Model quantization: an F32 / F16 / BF16 GGUF (or ggjt v3) file -> a GGUF file of one of the 14
-llama.cpp file types, tensor by tensor, as llama.cpp's llama-quantize writes it without an
-importance matrix.
+llama.cpp file types, tensor by tensor, as llama.cpp's llama-quantize writes it, without an
+importance matrix or with one (imatrix.py reads llama-imatrix's files).
 
 Owns: the choice of each tensor's type (llama.cpp's llama_tensor_get_type: the output and token
 embedding tensors, the attn_v / ffn_down "more bits" layers of the mixes, GQA, the fallbacks for
@@ -129,10 +129,11 @@ class _TypeChooser:
     """llama_tensor_get_type for the 14 file types, with its counters (it must see the tensors
     in tensor_order)"""
 
-    def __init__(self, model, ftype_name, names, rules="2026"):
+    def __init__(self, model, ftype_name, names, rules="2026", has_imatrix=False):
         self.m = model
         self.f = ftype_name
         self.rules = rules
+        self.has_imatrix = has_imatrix
         self.default = FILE_TYPES[ftype_name][1]
         cats = [_category(n) for n in names]          # the count was the same in 2025
         self.n_attention_wv = cats.count("attn_v")
@@ -201,6 +202,10 @@ class _TypeChooser:
                 new = T.Q6_K
             elif f == "Q4_K_S" and not falcon and i < n // 8:
                 new = T.Q5_K
+            elif f in ("Q4_0", "Q5_0") and self.has_imatrix and i < n // 8:
+                # llama.cpp's guard for the first ffn_down layers, only with an imatrix (so that the
+                # files made without one stay what they were)
+                new = T.Q4_1 if f == "Q4_0" else T.Q5_1
             self.i_ffn_down += 1
         elif cat == "attn_output":
             if not falcon:
@@ -220,7 +225,15 @@ class _TypeChooser:
         blck = T.GGML_TYPES[new].blck_size
         if shape[0] % blck:
             self.n_fallback += 1
-            new = (FALLBACK_2025 if self.rules == "2025" else FALLBACK)[new]
+            table = FALLBACK_2025 if self.rules == "2025" else FALLBACK
+            if new not in table:
+                # a 32-block type has nowhere smaller to go: today's llama.cpp writes F16 (below), 2025's stopped
+                if self.rules == "2025":
+                    raise InvalidArgumentError(f"quantize: tensor {name!r} has rows of {shape[0]}, not a multiple of "
+                                               f"{blck}: llama.cpp of 2025 had no fallback for {T.type_name(new)}",
+                                               param="rules")
+                table = {new: new}
+            new = table[new]
             if shape[0] % T.GGML_TYPES[new].blck_size:
                 new = T.F16
         return new
@@ -234,7 +247,7 @@ _SCALAR_FMT = {"u8": (0, "<B"), "i8": (1, "<b"), "u16": (2, "<H"), "i16": (3, "<
 
 
 def _gguf_string(s):
-    b = s.encode("utf-8")
+    b = s if isinstance(s, bytes) else s.encode("utf-8")
     return struct.pack("<Q", len(b)) + b
 
 
@@ -253,12 +266,14 @@ def _gguf_value(tname, v, key):
     return struct.pack("<IIQ", 9, code, len(v)) + struct.pack(f"<{len(v)}{fmt[1]}", *v)
 
 
-def _metadata_bytes(meta, types, ftype_id):
+def _metadata_bytes(meta, types, ftype_id, extra=()):
     """The KV section: the input's pairs in order minus the split keys and the two llama.cpp sets,
-    which come last"""
+    which come next, then ``extra`` [(key, type name, value)] (llama-quantize's overrides: a key
+    set again moves to the end)"""
     out, n = [], 0
+    extra_keys = {k for k, _, _ in extra}
     for key, v in meta.items():
-        if key in SPLIT_KEYS or key in ("general.quantization_version", "general.file_type"):
+        if key in SPLIT_KEYS or key in ("general.quantization_version", "general.file_type") or key in extra_keys:
             continue
         if key == "general.alignment":
             v = ALIGNMENT      # llama.cpp pads to 32 whatever the input said
@@ -266,7 +281,10 @@ def _metadata_bytes(meta, types, ftype_id):
         n += 1
     out.append(_gguf_string("general.quantization_version") + _gguf_value("u32", QUANTIZATION_VERSION, ""))
     out.append(_gguf_string("general.file_type") + _gguf_value("u32", ftype_id, ""))
-    return b"".join(out), n + 2
+    for key, tname, v in extra:
+        out.append(_gguf_string(key) + (struct.pack("<I", 8) + _gguf_string(v) if tname == "string"
+                                        else _gguf_value(tname, v, key)))
+    return b"".join(out), n + 2 + len(extra)
 
 
 def _pad(n, a=ALIGNMENT):
@@ -289,19 +307,21 @@ def _to_f32(data, ttype, n, path, name, allow_requantize):
     return _quants.dequantize(ttype, np.frombuffer(data, np.uint8), n)
 
 
-def _from_f32(x, new, nrows, n_per_row, threads):
-    """float32 (nrows * n_per_row,) -> the bytes of type ``new``"""
+def _from_f32(x, new, nrows, n_per_row, threads, qw=None, rows_per_expert=0):
+    """float32 (nrows * n_per_row,) -> the bytes of type ``new`` (qw: the importance of the columns,
+    per expert)"""
     if new == T.F32:
         return x.tobytes()
     if new == T.F16:
         return x.astype(np.float16).tobytes()
     from ._kernels import _quantize
     out = np.empty((nrows, _quantize.row_bytes(new, n_per_row)), np.uint8)
-    _quantize.quantize_rows_into(new, x.reshape(nrows, n_per_row), out, threads)
+    _quantize.quantize_rows_into(new, x.reshape(nrows, n_per_row), out, threads, qw, rows_per_expert)
     return out
 
 
-def quantize(src, dst, ftype, allow_requantize=False, threads=None, progress=None, rules="2026"):
+def quantize(src, dst, ftype, allow_requantize=False, threads=None, progress=None, rules="2026", imatrix=None,
+             format="gguf"):
     """Quantize the model file ``src`` (GGUF of F32/F16/BF16 weights, or ggjt v3) into the GGUF file
     ``dst`` of file type ``ftype`` (one of FILE_TYPES, case-insensitive: "Q4_K_M", "q8_0", ...),
     byte for byte as llama.cpp's llama-quantize of the same tensor rules writes it without an
@@ -310,7 +330,17 @@ def quantize(src, dst, ftype, allow_requantize=False, threads=None, progress=Non
     cores). ``progress(i, n, name)`` is called before each of the n tensors. ``rules``: "2026" (the
     default: llama.cpp since early 2026, the peer we test against) or "2025" (llama.cpp of 2025: rows
     that are not a multiple of 256 fall back from Q2_K/Q3_K to IQ4_NL rather than Q4_0, and a fused
-    attn_qkv tensor has its own rules). Returns a dict: tensor name -> the type name it got.
+    attn_qkv tensor has its own rules). ``imatrix``: an importance matrix, as llama-quantize
+    --imatrix: the path of a file of llama.cpp's llama-imatrix (GGUF or the legacy .dat; its name,
+    dataset, entry and chunk counts go into the metadata as quantize.imatrix.*, as llama-quantize
+    writes them), or a dict tensor name -> float32 importances (n_expert * ne0,) as
+    llama_model_quantize takes them (no metadata). A tensor it has no entry for is quantized without
+    one; with one, Q4_0 and Q5_0 files give their first n_layer/8 ffn_down tensors Q4_1 / Q5_1, as
+    llama.cpp does. ``format``: "gguf" (the default) or "ggjt": the same tensors written as a ggjt v3
+    file (the seed's format, as the llama.cpp of June-August 2023 wrote it), for LLaMA models that
+    format can describe (no GQA, RoPE base 10000, RMSNorm epsilon 1e-6, SentencePiece vocabulary,
+    an output tensor of its own; InvalidArgumentError names the field otherwise). Returns a dict:
+    tensor name -> the type name it got.
     """
     if rules not in RULES:
         raise InvalidArgumentError(f"quantize: rules {rules!r} is not one of {', '.join(RULES)}", param="rules")
@@ -325,29 +355,109 @@ def quantize(src, dst, ftype, allow_requantize=False, threads=None, progress=Non
     if os.path.exists(dst) and os.path.samefile(src, dst):
         raise InvalidArgumentError(f"quantize: the output {dst} is the input file: writing it would destroy the "
                                    f"source before it is read", param="dst")
+    if format not in ("gguf", "ggjt"):
+        raise InvalidArgumentError(f"quantize: format {format!r} is not 'gguf' or 'ggjt'", param="format")
+    imat = _imatrix_of(imatrix)
+    if format == "ggjt":
+        return _quantize_to_ggjt(src, dst, ftype_name, allow_requantize, threads, progress, rules, imat)
     with open(src, "rb") as fh:
         magic = fh.read(4)
     if magic != b"GGUF":
         from .ggml_file import MAGIC_GGJT
         if len(magic) == 4 and struct.unpack("<I", magic)[0] == MAGIC_GGJT:
-            return _quantize_ggjt(src, dst, ftype_name, allow_requantize, threads, progress, rules)
+            return _quantize_ggjt(src, dst, ftype_name, allow_requantize, threads, progress, rules, imat)
         raise FormatError(src, "magic", f"{magic!r} is neither GGUF nor ggjt: not a model file quantize reads")
-    return _quantize_gguf(src, dst, ftype_name, allow_requantize, threads, progress, rules)
+    return _quantize_gguf(src, dst, ftype_name, allow_requantize, threads, progress, rules, imat)
 
 
-def _quantize_ggjt(src, dst, ftype_name, allow_requantize, threads, progress, rules):
-    """A ggjt v3 file goes through a GGUF copy of itself (writer.ggjt_to_gguf) next to dst"""
-    from .writer import ggjt_to_gguf
-    tmp = dst + ".from-ggjt.gguf"
+def _quantize_to_ggjt(src, dst, ftype_name, allow_requantize, threads, progress, rules, imat):
+    """quantize into a GGUF file next to dst, then rewrite it as ggjt v3 (writer.gguf_to_ggjt); a GGUF
+    input that ggjt cannot describe is refused before anything is quantized"""
+    from .writer import ggjt_hparams, gguf_to_ggjt
+    with open(src, "rb") as fh:
+        magic = fh.read(4)
+    if magic == b"GGUF":
+        import mmap
+
+        from . import gguf_file
+        with open(src, "rb") as fh:
+            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            ggjt_hparams(gguf_file.parse(src, mm), check_types=False)
+        finally:
+            mm.close()
+    tmp = dst + ".to-ggjt.gguf"
     try:
-        ggjt_to_gguf(src, tmp)
-        return _quantize_gguf(tmp, dst, ftype_name, allow_requantize, threads, progress, rules)
+        types = quantize(src, tmp, ftype_name, allow_requantize, threads, progress, rules,
+                         imatrix=_ImatrixPlan(imat))
+        gguf_to_ggjt(tmp, dst)
+        return types
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def _quantize_gguf(src, dst, ftype_name, allow_requantize, threads, progress, rules):
+class _ImatrixPlan(tuple):
+    """an imatrix already read (entries, extra metadata): passed on as it is"""
+
+
+def _imatrix_of(imatrix):
+    """quantize's imatrix argument -> (entries {name: float32 array} or None, the metadata llama-quantize
+    adds [(key, type, value)])"""
+    if imatrix is None:
+        return None, ()
+    if isinstance(imatrix, _ImatrixPlan):
+        return tuple(imatrix)
+    if isinstance(imatrix, dict):
+        entries = {}
+        for name, v in imatrix.items():
+            a = np.ascontiguousarray(v, np.float32).ravel()
+            if not np.all(np.isfinite(a)):
+                raise InvalidArgumentError(f"quantize: the importance of {name!r} holds a non-finite value",
+                                           param="imatrix")
+            entries[str(name)] = a
+        return entries or None, ()
+    from . import imatrix as im_file
+    path = os.fspath(imatrix)
+    im = im_file.load(path)
+    # llama-quantize's overrides: strings cut to 127 bytes, counts as u32; the chunk count only when > 0
+    extra = [("quantize.imatrix.file", "string", path.encode("utf-8")[:127])]
+    if im.datasets:
+        extra.append(("quantize.imatrix.dataset", "string", im.datasets[0].encode("utf-8")[:127]))
+    extra.append(("quantize.imatrix.entries_count", "u32", len(im.entries)))
+    if im.chunk_count > 0:
+        extra.append(("quantize.imatrix.chunks_count", "u32", im.chunk_count))
+    return im.entries, tuple(extra)
+
+
+def _importance_for(entries, name, shape, src):
+    """The importance of a tensor's columns (or None), checked as llama.cpp checks it: a size other
+    than ne0 * n_expert is an error, except for the token embeddings, which go without"""
+    if entries is None or name not in entries:
+        return None
+    qw = entries[name]
+    want = shape[0] * (shape[2] if len(shape) > 2 else 1)
+    if qw.size != want:
+        if name in ("token_embd.weight", "per_layer_token_embd.weight"):
+            return None
+        raise FormatError(src, f"imatrix entry {name!r}", f"has {qw.size} values where the tensor of shape "
+                          f"{tuple(shape)} needs {want} (ne0 * n_expert): an imatrix of another model?")
+    return qw
+
+
+def _quantize_ggjt(src, dst, ftype_name, allow_requantize, threads, progress, rules, imat=(None, ())):
+    """A ggjt v3 file goes through a GGUF copy of itself (writer.ggjt_to_gguf) next to dst"""
+    from .writer import ggjt_to_gguf
+    tmp = dst + ".from-ggjt.gguf"
+    try:
+        ggjt_to_gguf(src, tmp)
+        return _quantize_gguf(tmp, dst, ftype_name, allow_requantize, threads, progress, rules, imat)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _quantize_gguf(src, dst, ftype_name, allow_requantize, threads, progress, rules, imat=(None, ())):
     import mmap
 
     from . import gguf_file
@@ -357,7 +467,8 @@ def _quantize_gguf(src, dst, ftype_name, allow_requantize, threads, progress, ru
     try:
         g = gguf_file.parse(src, mm)
         order = tensor_order(list(g.tensors))
-        chooser = _TypeChooser(_model_of(g.metadata), ftype_name, order, rules)
+        entries, extra = imat
+        chooser = _TypeChooser(_model_of(g.metadata), ftype_name, order, rules, has_imatrix=entries is not None)
         plan = []                        # (tensor, its new type, its shape without trailing 1s)
         for name in order:
             t = g.tensors[name]
@@ -370,7 +481,7 @@ def _quantize_gguf(src, dst, ftype_name, allow_requantize, threads, progress, ru
                                            "quantized tensor loses precision; pass allow_requantize=True "
                                            "(--allow-requantize) to do it", param="allow_requantize")
             plan.append((t, new, shape))
-        kv, n_kv = _metadata_bytes(g.metadata, g.types, ftype_id)
+        kv, n_kv = _metadata_bytes(g.metadata, g.types, ftype_id, extra)
         infos, offset, sizes = [], 0, []
         for t, new, shape in plan:
             n = int(np.prod(shape))
@@ -391,15 +502,17 @@ def _quantize_gguf(src, dst, ftype_name, allow_requantize, threads, progress, ru
                         progress(i, len(plan), t.name)
                     data = np.frombuffer(mm, np.uint8, t.nbytes, t.offset)    # a view: no copy
                     n = int(np.prod(shape))
+                    qw = None if new == t.type else _importance_for(entries, t.name, shape, src)
+                    rpe = shape[1] if len(shape) > 1 else 1          # the rows of one expert
                     if new == t.type:
                         blob = data
                     elif t.type in (T.F32, T.F16, BF16) and new not in (T.F32, T.F16):
                         from ._kernels import _quantize
                         blob = np.empty(nbytes, np.uint8)
-                        _quantize.quantize_raw_into(new, t.type, data, shape[0], blob, threads)
+                        _quantize.quantize_raw_into(new, t.type, data, shape[0], blob, threads, qw, rpe)
                     else:
                         x = _to_f32(data, t.type, n, src, t.name, allow_requantize)
-                        blob = _from_f32(x, new, n // shape[0], shape[0], threads)
+                        blob = _from_f32(x, new, n // shape[0], shape[0], threads, qw, rpe)
                         del x
                     out.write(memoryview(blob))
                     out.write(b"\0" * (_pad(nbytes) - nbytes))

@@ -337,3 +337,140 @@ def ggjt_to_gguf(src, dst, eps=1e-6, n_ctx=2048, retype=None):
         os.replace(tmp, dst)
     finally:
         mm.close()
+
+
+# ---- GGUF -> ggjt v3 (quantize(..., format="ggjt")) -----------------------------------------
+
+_GGJT_FROM_GGUF = {"token_embd.weight": "tok_embeddings.weight", "output_norm.weight": "norm.weight",
+                   "output.weight": "output.weight"}
+_GGJT_LAYER = {"attn_q": "attention.wq", "attn_k": "attention.wk", "attn_v": "attention.wv",
+               "attn_output": "attention.wo", "attn_norm": "attention_norm", "ffn_gate": "feed_forward.w1",
+               "ffn_down": "feed_forward.w2", "ffn_up": "feed_forward.w3", "ffn_norm": "ffn_norm"}
+GGJT_EPS = 1e-6          # the RMSNorm epsilon a ggjt file implies (it has no field for it)
+
+
+def _find_n_mult(n_ff, n_embd):
+    """The n_mult the 2023 convert.py stored for a feed-forward width (its find_n_mult: the
+    largest that rounds 8 * n_embd / 3 up to n_ff), or None"""
+    for n_mult in range(8192, 1, -1):
+        if ((2 * (4 * n_embd) // 3 + n_mult - 1) // n_mult) * n_mult == n_ff:
+            return n_mult
+    return None
+
+
+def ggjt_hparams(g, check_types=True):
+    """The ggjt v3 HParams of a parsed GGUF LLaMA file (gguf_file.GGUFFile), or InvalidArgumentError
+    naming the field or tensor that ggjt cannot describe: another architecture, GQA, a RoPE base
+    or scaling, an RMSNorm epsilon other than 1e-6, a BPE vocabulary, tied embeddings, tensors
+    beyond LLaMA's, a feed-forward width no n_mult gives; with ``check_types``, a tensor type
+    newer than ggjt v3's."""
+    from .errors import InvalidArgumentError
+    m, p = g.metadata, g.path
+
+    def refuse(fld, why):
+        raise InvalidArgumentError(f"{p}: ggjt v3 cannot describe this model: {fld} {why}; write GGUF instead",
+                                   param="format")
+    arch = m.get("general.architecture")
+    if arch != "llama":
+        refuse("general.architecture", f"is {arch!r}: ggjt files hold LLaMA models only")
+    n_head = int(m.get("llama.attention.head_count", 0))
+    n_embd = int(m.get("llama.embedding_length", 0))
+    n_layer = int(m.get("llama.block_count", 0))
+    n_ff = int(m.get("llama.feed_forward_length", 0))
+    if not (n_head and n_embd and n_layer and n_ff):
+        refuse("llama.attention.head_count", "(or embedding_length, block_count, feed_forward_length) is missing")
+    kv = m.get("llama.attention.head_count_kv", n_head)
+    if kv != n_head:
+        refuse("llama.attention.head_count_kv", f"= {kv} differs from head_count {n_head} (grouped-query "
+                                                "attention): ggjt has no field for it")
+    if m.get("llama.rope.freq_base", 10000.0) != 10000.0:
+        refuse("llama.rope.freq_base", f"= {m['llama.rope.freq_base']}: ggjt implies 10000")
+    if m.get("llama.rope.scaling.type", "none") != "none":
+        refuse("llama.rope.scaling.type", f"= {m['llama.rope.scaling.type']!r}: ggjt has no RoPE scaling")
+    eps = m.get("llama.attention.layer_norm_rms_epsilon", 1e-5)       # our GGUF loader's default
+    if np.float32(eps) != np.float32(GGJT_EPS):
+        refuse("llama.attention.layer_norm_rms_epsilon", f"= {eps}: ggjt implies {GGJT_EPS}")
+    if m.get("llama.expert_count", 0):
+        refuse("llama.expert_count", f"= {m['llama.expert_count']}: ggjt has no experts")
+    if m.get("tokenizer.ggml.model") != "llama" or "tokenizer.ggml.scores" not in m:
+        refuse("tokenizer.ggml.model", f"is {m.get('tokenizer.ggml.model')!r}: ggjt holds a SentencePiece "
+                                       "vocabulary with scores ('llama')")
+    n_mult = _find_n_mult(n_ff, n_embd)
+    if n_mult is None:
+        refuse("llama.feed_forward_length", f"= {n_ff}: no n_mult rounds 8 * {n_embd} / 3 to it")
+    n_rot = int(m.get("llama.rope.dimension_count", n_embd // n_head))
+    ftype = int(m.get("general.file_type", 0))
+    hp = HParams(len(m["tokenizer.ggml.tokens"]), n_embd, n_mult, n_head, n_layer, n_rot, ftype)
+    want = expected_shapes(hp)
+    for name, t in g.tensors.items():
+        ours = _ggjt_name(name)
+        if ours not in want:
+            refuse(f"tensor {name!r}", "is not one of a LLaMA model's (ggjt has no name for it)")
+        if tuple(t.shape) != want[ours]:
+            refuse(f"tensor {name!r}", f"has shape {tuple(t.shape)}, not the {want[ours]} of these hparams")
+        if check_types and t.type not in T.GGJT_WEIGHT_TYPES:
+            refuse(f"tensor {name!r}", f"is {T.type_name(t.type)}, which ggjt v3 files never held")
+    for name in want:
+        if name not in {_ggjt_name(n) for n in g.tensors}:
+            gname = {v: k for k, v in _GGJT_FROM_GGUF.items()}.get(name, name)
+            refuse(f"tensor {gname!r}", "is missing (tied embeddings?): a ggjt LLaMA file has every tensor")
+    if check_types and ftype not in T.FTYPES:
+        refuse("general.file_type", f"= {ftype} is not a file type of ggjt v3")
+    return hp
+
+
+def _ggjt_name(gguf_name):
+    parts = gguf_name.split(".")
+    if parts[0] == "blk" and len(parts) == 4 and parts[2] in _GGJT_LAYER and parts[3] == "weight":
+        return f"layers.{parts[1]}.{_GGJT_LAYER[parts[2]]}.weight"
+    return _GGJT_FROM_GGUF.get(gguf_name, gguf_name)
+
+
+def _ggjt_vocab(m):
+    """tokenizer.ggml.* -> [(bytes, score)] in the 2023 convert.py convention (vocab_from_gguf's)"""
+    tokens, scores = m["tokenizer.ggml.tokens"], m["tokenizer.ggml.scores"]
+    types = m.get("tokenizer.ggml.token_type", [1] * len(tokens))
+    out = []
+    for piece, score, ttype in zip(tokens, scores, types):
+        if ttype == 2:
+            text = " \u2047 ".encode()
+        elif ttype == 3:
+            text = b""
+        elif ttype == 6 and len(piece) == 6 and piece.startswith("<0x"):
+            text = bytes([int(piece[3:-1], 16)])
+        else:
+            text = piece.replace("\u2581", " ").encode("utf-8")
+        out.append((text, float(score)))
+    return out
+
+
+def gguf_to_ggjt(src, dst):
+    """Write the GGUF LLaMA file ``src`` as a ggjt v3 file ``dst``, as the llama.cpp of June-August
+    2023 wrote them: hparams with the file type, the vocabulary with its scores, the tensors' bytes
+    unchanged under the 2023 names in convert.py's order, each at a 32-byte offset. Models ggjt
+    cannot describe are refused (ggjt_hparams)."""
+    import mmap
+
+    from . import gguf_file
+    src, dst = os.fspath(src), os.fspath(dst)
+    with open(src, "rb") as fh:
+        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        g = gguf_file.parse(src, mm)
+        hp = ggjt_hparams(g)
+        by_name = {_ggjt_name(n): t for n, t in g.tensors.items()}
+        tmp = dst + ".tmp"
+        try:
+            with GGJTWriter(tmp) as w:
+                w.write_header(hp, _ggjt_vocab(g.metadata))
+                for name, shape in _file_order(expected_shapes(hp)):
+                    t = by_name[name]
+                    w.write_tensor(name, t.type, shape, mm[t.offset:t.offset + t.nbytes])
+            os.replace(tmp, dst)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+        return hp
+    finally:
+        mm.close()

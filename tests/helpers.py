@@ -103,6 +103,25 @@ def spm_vocab(n_vocab=300):
     return pieces[:n_vocab]
 
 
+def add_llama_hparams(w, n_layer, n_embd, n_ff, n_head, n_head_kv=None, eps=1e-5, n_ctx=None, rope_base=None,
+                      file_type=None):
+    """The llama.* hyperparameters the runtime and llama.cpp's loader read, on a gguf.GGUFWriter, in
+    one order (n_ctx, rope_base, file_type only when given; n_head_kv defaults to n_head)"""
+    if n_ctx is not None:
+        w.add_context_length(n_ctx)
+    w.add_block_count(n_layer)
+    w.add_embedding_length(n_embd)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head if n_head_kv is None else n_head_kv)
+    w.add_rope_dimension_count(n_embd // n_head)
+    if rope_base is not None:
+        w.add_rope_freq_base(rope_base)
+    w.add_layer_norm_rms_eps(eps)
+    if file_type is not None:
+        w.add_file_type(file_type)
+
+
 def write_llama_gguf(path, n_embd=192, n_head=6, n_head_kv=2, n_layer=2, n_ff=320, wtype=3, emb_type=8,  # Q4_1, Q8_0
                      tied=True, rope_base=100000.0, scaling=None, eps=1e-5, seed=0, flags=None, n_vocab=300,
                      extra=None):
@@ -117,14 +136,7 @@ def write_llama_gguf(path, n_embd=192, n_head=6, n_head_kv=2, n_layer=2, n_ff=32
     n_vocab = len(pieces)
     hd = n_embd // n_head
     w = gguf.GGUFWriter(str(path), "llama")
-    w.add_block_count(n_layer)
-    w.add_embedding_length(n_embd)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_head_kv)
-    w.add_rope_dimension_count(hd)
-    w.add_rope_freq_base(rope_base)
-    w.add_layer_norm_rms_eps(eps)
+    add_llama_hparams(w, n_layer, n_embd, n_ff, n_head, n_head_kv, eps=eps, rope_base=rope_base)
     if scaling:
         w.add_string("llama.rope.scaling.type", scaling[0])
         w.add_float32("llama.rope.scaling.factor", scaling[1])
@@ -187,13 +199,7 @@ def add_one_layer_llama(w, n_embd, n_vocab, seed=0, n_head=2, n_ff=64):
     that has its vocabulary: a file the runtime and llama.cpp open, for tokenizer and template tests."""
     from guanaco_rt import ggml_types as T
     from guanaco_rt.writer import random_tensor_bytes
-    w.add_block_count(1)
-    w.add_embedding_length(n_embd)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_head)
-    w.add_rope_dimension_count(n_embd // n_head)
-    w.add_layer_norm_rms_eps(1e-5)
+    add_llama_hparams(w, 1, n_embd, n_ff, n_head)
     rng = np.random.default_rng(seed)
 
     def add(name, shape):

@@ -39,9 +39,10 @@ class PeerQuantizer:
         self.proc = subprocess.Popen([python, os.path.join(HERE, "peer_ggml_quantize.py")],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
-    def __call__(self, t, x):
+    def __call__(self, t, x, imatrix=None):
         x = np.ascontiguousarray(x, np.float32)
-        self.proc.stdin.write(struct.pack("<3q", t, *x.shape) + x.tobytes())
+        qw = b"" if imatrix is None else np.ascontiguousarray(imatrix, np.float32).tobytes()
+        self.proc.stdin.write(struct.pack("<4q", t, *x.shape, imatrix is not None) + x.tobytes() + qw)
         self.proc.stdin.flush()
         n = struct.unpack("<q", self.proc.stdout.read(8))[0]
         return np.frombuffer(self.proc.stdout.read(n), np.uint8).reshape(x.shape[0], -1)
@@ -170,24 +171,16 @@ def assert_same_file(ours, theirs):
     raise AssertionError(f"{ours} and {theirs} differ outside the tensors and metadata")
 
 
-def float_llama(path, n_embd, n_head, n_head_kv, n_layer, n_ff, tied, wtype=0, n_vocab=300, seed=0):
+def float_llama(path, n_embd, n_head, n_head_kv, n_layer, n_ff, tied, wtype=0, n_vocab=300, seed=0, eps=1e-5):
     """a random-weight llama GGUF whose 2-D weights are F32 (wtype 0), F16 (1) or BF16 (30), norms
     F32, with the keys llama.cpp's loader needs"""
     import gguf
 
     from guanaco_rt.writer import add_spm_vocab
 
-    from helpers import spm_vocab
+    from helpers import add_llama_hparams, spm_vocab
     w = gguf.GGUFWriter(str(path), "llama")
-    w.add_context_length(2048)
-    w.add_block_count(n_layer)
-    w.add_embedding_length(n_embd)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_head_kv)
-    w.add_rope_dimension_count(n_embd // n_head)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_file_type(wtype)
+    add_llama_hparams(w, n_layer, n_embd, n_ff, n_head, n_head_kv, eps=eps, n_ctx=2048, file_type=wtype)
     add_spm_vocab(w, spm_vocab(n_vocab))
     rng = np.random.default_rng(seed)
     hd = n_embd // n_head
@@ -461,6 +454,20 @@ def test_rules_2025_fall_back_to_iq4_nl(f32_576, tmp_path, peer):
     assert raw_out[u.offset:u.offset + u.nbytes] == peer(20, x).tobytes()
     with pytest.raises(InvalidArgumentError, match="2024"):
         guanaco_rt.quantize(f32_576, out, "Q4_0", rules="2024")
+
+
+def test_rows_not_a_multiple_of_32_are_f16(tmp_path, peer_python_or_skip):
+    """a 700-wide ffn_down under Q4_0 / Q8_0 / Q4_K_M: the 32-block types have no smaller fallback and
+    today's llama.cpp writes F16 (it used to stop: rules="2025" refuses, naming the tensor)"""
+    import guanaco_rt
+    src = float_llama(tmp_path / "in.gguf", n_embd=256, n_head=4, n_head_kv=4, n_layer=1, n_ff=700, tied=False)
+    theirs = peer_quantize(peer_python_or_skip, src, ["Q4_0", "Q8_0", "Q4_K_M"], tmp_path)
+    for f in ("Q4_0", "Q8_0", "Q4_K_M"):
+        ours = str(tmp_path / f"ours-{f}.gguf")
+        assert guanaco_rt.quantize(src, ours, f, threads=2)["blk.0.ffn_down.weight"] == "F16"
+        assert_same_file(ours, theirs[f])
+    with pytest.raises(InvalidArgumentError, match=r"ffn_down\.weight.*700.*2025"):
+        guanaco_rt.quantize(src, str(tmp_path / "o.gguf"), "Q4_0", rules="2025")
 
 
 def test_output_that_is_the_input_is_refused(tmp_path):

@@ -1,5 +1,5 @@
-/* Weight quantizers: a row of floats -> a row of ggml blocks, as llama-quantize writes them
- * without an importance matrix (ggml_quantize_chunk with imatrix = NULL).
+/* Weight quantizers: a row of floats -> a row of ggml blocks, as llama-quantize writes them,
+ * without an importance matrix (ggml_quantize_chunk with imatrix = NULL) or with one.
  *
  * The output must be the same bytes as ggml's, so every float expression below keeps ggml's
  * operand order and its float (not double) intermediates, and the build passes
@@ -187,12 +187,23 @@ static inline int grq_iq4_index(float v) {
     return v - t[hi - 1] < t[hi] - v ? hi - 1 : hi;
 }
 
-/* IQ4_NL as ggml_quantize_chunk makes it (quantize_iq4_nl: 7 trial scales either side, weights
- * x^2), which is not quantize_row_iq4_nl_ref (no trials) */
-static void grq_iq4_nl(const float* x, block_iq4_nl* y, int64_t k) {
+/* IQ4_NL as ggml_quantize_chunk makes it (quantize_iq4_nl: 7 trial scales either side), which is
+ * not quantize_row_iq4_nl_ref (no trials). Weights: x^2 without an importance matrix; with one,
+ * qw * sqrt(sigma2 + x^2), sigma2 = twice the block's mean square. */
+static void grq_iq4_nl(const float* x, block_iq4_nl* y, int64_t k, const float* qw) {
     const int8_t* t = kvalues_iq4nl;
     uint8_t L[QK4_NL];
+    float w[QK4_NL];
     for (int64_t i = 0; i < k / QK4_NL; i++, x += QK4_NL) {
+        if (qw) {
+            const float* q = qw + i * QK4_NL;
+            float sigma2 = 0;
+            for (int j = 0; j < QK4_NL; j++) sigma2 += x[j] * x[j];
+            sigma2 *= 2.f / QK4_NL;
+            for (int j = 0; j < QK4_NL; j++) w[j] = q[j] * sqrtf(sigma2 + x[j] * x[j]);
+        } else {
+            for (int j = 0; j < QK4_NL; j++) w[j] = x[j] * x[j];
+        }
         float amax;
         const float mx = grq_signed_absmax(x, QK4_NL, &amax);
         float d = 0.f;
@@ -200,10 +211,9 @@ static void grq_iq4_nl(const float* x, block_iq4_nl* y, int64_t k) {
             d = -mx / t[0];
             float id = 1 / d, sqx = 0, sq2 = 0;
             for (int j = 0; j < QK4_NL; j++) {
-                const float w = x[j] * x[j];
                 const float q = t[grq_iq4_index(id * x[j])];
-                sqx += w * q * x[j];
-                sq2 += w * q * q;
+                sqx += w[j] * q * x[j];
+                sq2 += w[j] * q * q;
             }
             d = sq2 > 0 ? sqx / sq2 : 0.f;
             float best = d * sqx;
@@ -211,10 +221,9 @@ static void grq_iq4_nl(const float* x, block_iq4_nl* y, int64_t k) {
                 id = (tr + t[0]) / mx;
                 sqx = sq2 = 0;
                 for (int j = 0; j < QK4_NL; j++) {
-                    const float w = x[j] * x[j];
                     const float q = t[grq_iq4_index(id * x[j])];
-                    sqx += w * q * x[j];
-                    sq2 += w * q * q;
+                    sqx += w[j] * q * x[j];
+                    sq2 += w[j] * q * q;
                 }
                 if (sq2 > 0 && sqx * sqx > best * sq2) { d = sqx / sq2; best = d * sqx; }
             }
@@ -270,12 +279,49 @@ GRQ_NOINLINE static float grq_fit_sym(int n, int nmax, const float* x, int8_t* L
     return scale;
 }
 
+/* grq_fit_sym with the weights given (ggml's make_qx_quants, rmse_type 1, qw != NULL) */
+GRQ_NOINLINE static float grq_fit_sym_w(int n, int nmax, const float* x, const float* qw, int8_t* L) {
+    float amax = 0, mx = 0;
+    for (int i = 0; i < n; i++) {
+        float ax = fabsf(x[i]);
+        if (ax > amax) { amax = ax; mx = x[i]; }
+    }
+    if (amax < GRQ_EPS) { memset(L, 0, (size_t)n); return 0.f; }
+    float iscale = -nmax / mx;
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; i++) {
+        int l = grq_clamp(grq_nearest(iscale * x[i]), -nmax, nmax - 1);
+        L[i] = (int8_t)(l + nmax);
+        sumlx += qw[i] * x[i] * l;
+        suml2 += qw[i] * l * l;
+    }
+    float scale = suml2 ? sumlx / suml2 : 0.0f;
+    float best = scale * sumlx;
+    for (int is = -9; is <= 9; is++) {
+        if (!is) continue;
+        iscale = -(nmax + 0.1f * is) / mx;
+        sumlx = suml2 = 0;
+        for (int i = 0; i < n; i++) {
+            int l = grq_clamp(grq_nearest(iscale * x[i]), -nmax, nmax - 1);
+            sumlx += qw[i] * x[i] * l;
+            suml2 += qw[i] * l * l;
+        }
+        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+            for (int i = 0; i < n; i++)
+                L[i] = (int8_t)(nmax + grq_clamp(grq_nearest(iscale * x[i]), -nmax, nmax - 1));
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    return scale;
+}
+
 /* grq_fit_sym on two groups at once, each with exactly its own sequence of float operations (so
  * the same bits): the two groups' sums are independent chains the CPU overlaps, where one group's
  * 16 dependent additions per trial leave it waiting on latency. Groups whose extreme is below the
- * zero threshold go through grq_fit_sym. */
+ * zero threshold go through grq_fit_sym. qwa, qwb: the weights (grq_fit_sym_w's), or NULL for x^2. */
 GRQ_NOINLINE static void grq_fit_sym2(int n, int nmax, const float* xa, const float* xb, int8_t* La, int8_t* Lb,
-                                      float* sa_out, float* sb_out) {
+                                      float* sa_out, float* sb_out, const float* qwa, const float* qwb) {
     float amax_a = 0, mx_a = 0, amax_b = 0, mx_b = 0;
     for (int i = 0; i < n; i++) {
         float a = fabsf(xa[i]), b = fabsf(xb[i]);
@@ -283,14 +329,14 @@ GRQ_NOINLINE static void grq_fit_sym2(int n, int nmax, const float* xa, const fl
         if (b > amax_b) { amax_b = b; mx_b = xb[i]; }
     }
     if (amax_a < GRQ_EPS || amax_b < GRQ_EPS) {
-        *sa_out = grq_fit_sym(n, nmax, xa, La);
-        *sb_out = grq_fit_sym(n, nmax, xb, Lb);
+        *sa_out = qwa ? grq_fit_sym_w(n, nmax, xa, qwa, La) : grq_fit_sym(n, nmax, xa, La);
+        *sb_out = qwb ? grq_fit_sym_w(n, nmax, xb, qwb, Lb) : grq_fit_sym(n, nmax, xb, Lb);
         return;
     }
-    float wa[32], wb[32], wxa[32], wxb[32];       /* n <= 32: w = x*x and w*x, as ggml forms them */
+    float wa[32], wb[32], wxa[32], wxb[32];       /* n <= 32: w (x*x or given) and w*x, as ggml forms them */
     for (int i = 0; i < n; i++) {
-        wa[i] = xa[i] * xa[i]; wxa[i] = wa[i] * xa[i];
-        wb[i] = xb[i] * xb[i]; wxb[i] = wb[i] * xb[i];
+        wa[i] = qwa ? qwa[i] : xa[i] * xa[i]; wxa[i] = wa[i] * xa[i];
+        wb[i] = qwb ? qwb[i] : xb[i] * xb[i]; wxb[i] = wb[i] * xb[i];
     }
     float isa = -nmax / mx_a, isb = -nmax / mx_b;
     float slx_a = 0, sl2_a = 0, slx_b = 0, sl2_b = 0;
@@ -686,7 +732,8 @@ static void grq_q6_K(const float* x, block_q6_K* y, int64_t k) {
     for (int64_t i = 0; i < k / QK_K; i++, x += QK_K) {
         float max_scale = 0, max_abs = 0;
         for (int j = 0; j < QK_K / 16; j += 2)
-            grq_fit_sym2(16, 32, x + 16 * j, x + 16 * j + 16, L + 16 * j, L + 16 * j + 16, &scales[j], &scales[j + 1]);
+            grq_fit_sym2(16, 32, x + 16 * j, x + 16 * j + 16, L + 16 * j, L + 16 * j + 16, &scales[j], &scales[j + 1],
+                         NULL, NULL);
         for (int j = 0; j < QK_K / 16; j++) {
             if (fabsf(scales[j]) > max_abs) { max_abs = fabsf(scales[j]); max_scale = scales[j]; }
         }
@@ -783,7 +830,7 @@ static int grq_quantize_row(int type, const float* x, void* y, int64_t k) {
     case GGML_TYPE_Q5_0: grq_q5_0(x, (block_q5_0*)y, k); return 0;
     case GGML_TYPE_Q5_1: grq_q5_1(x, (block_q5_1*)y, k); return 0;
     case GGML_TYPE_Q8_0: grq_q8_0(x, (block_q8_0*)y, k); return 0;
-    case GGML_TYPE_IQ4_NL: grq_iq4_nl(x, (block_iq4_nl*)y, k); return 0;
+    case GGML_TYPE_IQ4_NL: grq_iq4_nl(x, (block_iq4_nl*)y, k, NULL); return 0;
     case GGML_TYPE_Q2_K: grq_q2_K(x, (block_q2_K*)y, k); return 0;
     case GGML_TYPE_Q3_K: grq_q3_K(x, (block_q3_K*)y, k); return 0;
     case GGML_TYPE_Q4_K: grq_q4_K(x, (block_q4_K*)y, k); return 0;
