@@ -12,26 +12,15 @@ days: compare the ratios of one run.
 """
 import argparse
 import os
-import re
 import statistics
 import threading
 import time
 
+from machine import cpu_flags  # benchmarks/machine.py
+
 import guanaco_rt
 
 PROMPT = "Write a short story about a lighthouse keeper number {}."
-
-
-def cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-    except OSError:
-        return "?"
-    model = re.search(r"model name\s*:\s*(.*)", text)
-    flags = re.search(r"flags\s*:\s*(.*)", text)
-    simd = [x for x in (flags.group(1).split() if flags else []) if x.startswith(("avx", "amx", "fma", "f16c"))]
-    return f"{model.group(1) if model else '?'}; {' '.join(sorted(simd))}"
 
 
 def no_end(model):

@@ -19,6 +19,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from machine import cpu_flags  # benchmarks/machine.py
+
 import guanaco_rt  # noqa: E402
 from guanaco_rt import constrain  # noqa: E402
 
@@ -43,18 +45,6 @@ TYPICAL = {
                                                    "lon": {"type": "number"}}, "required": ["city"]}},
               "required": ["title", "date", "where"]},
 }
-
-
-def cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-    except OSError:
-        return "?"
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
-    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith(("flags", "Features"))), [])
-    simd = sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "f16c", "asimd", "sve")))
-    return f"{name}; {' '.join(simd)}"
 
 
 def main():

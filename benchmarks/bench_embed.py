@@ -9,10 +9,11 @@ text (its model load and set-up).
 """
 import argparse
 import os
-import re
 import subprocess
 import tempfile
 import time
+
+from machine import cpu_flags  # benchmarks/machine.py
 
 import guanaco_rt
 
@@ -21,15 +22,6 @@ BASE = ["The cat sat on the mat.", "Quarterly revenue rose by five percent in th
         "The mitochondria is the powerhouse of the cell.", "Shipping takes three to five business days.",
         "Guanaco is a camelid native to South America, related to the llama.",
         "She tuned the violin before the concert began."]
-
-
-def cpu_flags():
-    with open("/proc/cpuinfo") as f:
-        text = f.read()
-    model = re.search(r"model name\s*:\s*(.*)", text)
-    flags = re.search(r"flags\s*:\s*(.*)", text)
-    simd = [x for x in (flags.group(1).split() if flags else []) if x.startswith(("avx", "amx", "fma", "f16c"))]
-    return f"{model.group(1) if model else '?'}; {' '.join(sorted(simd))}"
 
 
 def ours(model, texts):

@@ -25,8 +25,9 @@ import time
 
 import httpx
 import openai
+from machine import cpu_flags  # benchmarks/machine.py
 
-PROMPT = "Write a short story about a lighthouse keeper."
+PROMPT = "Write a short story about lighthouse keeper number {} and the ship number {}."   # each request its own
 NO_END = {"0": -100, "1": -100, "2": -100}     # the end tokens of the demo's vocabulary and of LLaMA's
 
 
@@ -34,19 +35,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-    except OSError:
-        return "?"
-    model = re.search(r"model name\s*:\s*(.*)", text)
-    flags = re.search(r"flags\s*:\s*(.*)", text)
-    simd = [x for x in (flags.group(1).split() if flags else [])
-            if x.startswith(("avx", "amx", "fma", "f16c", "sse4"))]
-    return f"{model.group(1) if model else '?'}; {' '.join(sorted(simd))}"
 
 
 def wait_up(proc, url, log):
@@ -87,12 +75,11 @@ def start_llama_server(path, model, parallel, threads, ctx):
 
 def load(url, n_clients, n_requests, max_tokens, bias):
     """-> (aggregate completion tok/s, TTFTs, request times, {(client, request): reply text})"""
-    messages = [{"role": "user", "content": PROMPT}]
-
     def client(i):
         c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=900)
         out = []
-        for _ in range(n_requests):
+        for j in range(n_requests):
+            messages = [{"role": "user", "content": PROMPT.format(i, j)}]
             t0 = time.perf_counter()
             first, n, text = None, 0, []
             stream = c.chat.completions.create(model="any", messages=messages, max_tokens=max_tokens,
