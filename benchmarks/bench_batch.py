@@ -5,7 +5,7 @@ while the other sessions stream, its time to first token and the longest gap it 
 in the others' streams, per chunk size.
 
     python benchmarks/bench_batch.py [--model FILE] [--clients 1 2 4 8] [--tokens 32] [--rounds 2]
-        [--chunks 8 16 32 64 128] [--threads 2]
+        [--chunks 8 16 32 64 128] [--threads 2] [--passes]
 
 Every reply has --tokens tokens (end tokens banned). Speed varies between machines and
 days: compare the ratios of one run.
@@ -113,16 +113,51 @@ def chunk_sweep(model, chunks, n_streams, prompt_tokens, threads):
         print(f"| {chunk} | {first:.3f} | {max(gaps):.3f} | {statistics.median(gaps):.4f} |", flush=True)
 
 
+def pass_times(model, shapes, threads):
+    """one pass of each shape (the rows each sequence adds), its sequences lined up first
+    (Batcher.pause): the pass's seconds, best of 2"""
+    import numpy as np
+
+    from guanaco_rt._kernels._engine import State
+    rng = np.random.default_rng(0)
+    b = model.batcher(max_seqs=16, chunk=64, n_threads=threads)
+    print("\n| rows each sequence adds | rows | pass ms | rows/s |\n|---|---|---|---|")
+    for shape in shapes:
+        best = None
+        for _ in range(2):
+            states = []
+            for _ in shape:
+                s = State(model._engine, 512, 64, False, threads)
+                s.prefill(rng.integers(3, 290, 20).astype(np.int32))
+                s.attach(b)
+                states.append(s)
+            b.pause()
+            threads_ = [threading.Thread(target=s.prefill, args=(rng.integers(3, 290, n).astype(np.int32),))
+                        for s, n in zip(states, shape)]
+            for t in threads_:
+                t.start()
+            while b.stats()["queued"] < len(shape):
+                time.sleep(0.002)
+            b.resume()
+            for t in threads_:
+                t.join()
+            dt = b.stats()["last_pass_s"]
+            best = dt if best is None else min(best, dt)
+        print(f"| {shape} | {sum(shape)} | {1e3 * best:.1f} | {sum(shape) / best:.1f} |", flush=True)
+    b.close()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None)
-    p.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--clients", type=int, nargs="*", default=[1, 2, 4, 8])
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--chunks", type=int, nargs="*", default=[8, 16, 32, 64, 128])
     p.add_argument("--streams", type=int, default=7)
     p.add_argument("--prompt-tokens", type=int, default=256)
+    p.add_argument("--passes", action="store_true", help="time single passes of 1, 4, 8 sequences and a chunk")
     a = p.parse_args()
     path = a.model or guanaco_rt.demo_model_path()
     model = guanaco_rt.Model(path, n_threads=a.threads)
@@ -132,6 +167,8 @@ def main():
         throughput(model, a.clients, a.tokens, a.rounds, a.threads)
     if a.chunks:
         chunk_sweep(model, a.chunks, a.streams, a.prompt_tokens, a.threads)
+    if a.passes:
+        pass_times(model, [[1], [1] * 4, [1] * 8, [32], [1] * 8 + [32]], a.threads)
 
 
 if __name__ == "__main__":
