@@ -150,7 +150,8 @@ class Vocabulary:
             if len(b) == 1 and b not in one:
                 one[b] = i
         part = lambda bs: [one[bytes([x])] for x in bs if bytes([x]) in one]  # noqa: E731
-        self.walk = [part(WALK_IN_STRING), part(WALK_OUTSIDE), [part(c) for c in WALK_CLASSES], part(WALK_TAIL)]
+        self.walk: tuple[list[int], list[int], list[list[int]], list[int]] = (
+            part(WALK_IN_STRING), part(WALK_OUTSIDE), [part(c) for c in WALK_CLASSES], part(WALK_TAIL))
         self._cache: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 

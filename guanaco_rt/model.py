@@ -485,14 +485,16 @@ class Model:
         prompt joins ``chunk`` tokens at a time, between the other sequences' tokens. Each
         Session's tokens and logits are the same bits as alone. ``close()`` it (or the
         Model) when done: it runs a thread of its own."""
-        self._check_open()
+        engine = self._engine
+        if engine is None:
+            raise ModelClosedError(f"{self.path}: this Model is closed")
         for name, v in (("max_seqs", max_seqs), ("chunk", chunk)):
             if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 4096:
                 raise GuanacoError(f"batcher {name} must be an int in [1, 4096], got {v!r}")
         if isinstance(gather_ms, bool) or not isinstance(gather_ms, (int, float)) or not 0 <= gather_ms <= 1000:
             raise GuanacoError(f"batcher gather_ms must be a number in [0, 1000], got {gather_ms!r}")
         n = self.n_threads if n_threads is None else check_threads(n_threads)
-        b = Batcher(self._engine, max_seqs, chunk, n, float(gather_ms))
+        b = Batcher(engine, max_seqs, chunk, n, float(gather_ms))
         self._batchers.add(b)
         return b
 
