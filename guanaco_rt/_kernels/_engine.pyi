@@ -39,6 +39,9 @@ class Batcher:
     def resume(self) -> None: ...
     def close(self) -> None: ...
 
+def lazy_zeros(n: int) -> npt.NDArray[np.uint8]: ...
+
+@disjoint_base
 class State:
     engine: Engine
     batcher: Batcher | None
