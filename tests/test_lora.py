@@ -382,11 +382,13 @@ def test_cli_run_and_llm_take_adapters(root, small):
     want = guanaco_rt.Session(m, n_ctx=64, lora=[(path, 0.5)]).generate("a b c", **kw).tokens
     plain = guanaco_rt.Session(m, n_ctx=64).generate("a b c", **kw).tokens
     assert want != plain
-    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    # the guanaco_rt under test (built in place, or installed), not the checkout's unbuilt sources
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(guanaco_rt.__file__)))}
 
     def run(*extra):
         return subprocess.run([sys.executable, "-m", "guanaco_rt", "run", small, "-p", "a b c", "-n", "8", "-c", "64",
-                               "--no-stats", "-t", "1", *extra], capture_output=True, text=True, env=env, timeout=120)
+                               "--no-stats", "-t", "1", *extra], capture_output=True, text=True, env=env, timeout=120,
+                              cwd=str(root))
     r = run("--lora", f"{path}:0.5")
     assert r.returncode == 0, r.stderr
     assert r.stdout == "a b c" + m.detokenize(want) + "\n"

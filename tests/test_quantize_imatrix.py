@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from test_quantize import FILE_TYPES, HERE, KINDS, ROW_TYPES, PeerQuantizer, _rows, assert_same_file, float_llama
 from test_quantize import peer_python as find_peer_python
 
+import guanaco_rt
 from guanaco_rt._kernels import _quantize as Q
 from guanaco_rt.errors import FormatError, InvalidArgumentError
 
@@ -253,7 +254,9 @@ def test_imatrix_files_match_llama_quantize(fmt, f32_256, llama_quantize, tmp_pa
     else:
         im = write_legacy(tmp_path / "im.dat", qw, ncall=9, chunk_count=9, dataset="some text.txt")
     im = os.path.basename(im)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]),
+    # the guanaco_rt under test (built in place, or installed), not the checkout's unbuilt sources
+    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(guanaco_rt.__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([pkg_root, os.environ.get("PYTHONPATH", "")]),
            "GUANACO_RT_PROGRESS": "0"}
     for f in ("Q4_0", "Q5_1", "Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_S", "Q6_K"):
         r = subprocess.run([llama_quantize, "--imatrix", im, f32_256, "peer.gguf", f, "2"], capture_output=True,
