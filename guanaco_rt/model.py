@@ -490,9 +490,10 @@ class Model:
             raise ModelClosedError(f"{self.path}: this Model is closed")
         for name, v in (("max_seqs", max_seqs), ("chunk", chunk)):
             if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 4096:
-                raise GuanacoError(f"batcher {name} must be an int in [1, 4096], got {v!r}")
+                raise InvalidArgumentError(f"batcher {name} must be an int in [1, 4096], got {v!r}", name)
         if isinstance(gather_ms, bool) or not isinstance(gather_ms, (int, float)) or not 0 <= gather_ms <= 1000:
-            raise GuanacoError(f"batcher gather_ms must be a number in [0, 1000], got {gather_ms!r}")
+            raise InvalidArgumentError(f"batcher gather_ms must be a number in [0, 1000], got {gather_ms!r}",
+                                       "gather_ms")
         n = self.n_threads if n_threads is None else check_threads(n_threads)
         b = Batcher(engine, max_seqs, chunk, n, float(gather_ms))
         self._batchers.add(b)

@@ -163,7 +163,8 @@ class Session:
             self._state.set_lora(_lora.lora_set(model, self.lora, self.n_batch))
         if batcher is not None:
             if not isinstance(batcher, Batcher) or batcher.engine is not engine:
-                raise GuanacoError(f"batcher must be a Batcher of this Model (Model.batcher()), got {batcher!r}")
+                raise InvalidArgumentError(f"batcher must be a Batcher of this Model (Model.batcher()), got "
+                                           f"{batcher!r}", "batcher")
             self._state.attach(batcher)
         self.batcher = batcher
         self.sampler = Sampler(seed)

@@ -82,8 +82,11 @@ def check_tools(tools) -> list[dict]:
     out, seen = [], set()
     for i, t in enumerate(tools):
         where = f"tools[{i}]"
-        if not isinstance(t, dict) or t.get("type") != "function":
-            raise InvalidRequestError(f"{where}.type must be 'function', got {t!r:.80}", f"{where}.type")
+        if not isinstance(t, dict):
+            raise InvalidRequestError(f"{where} must be an object {{\"type\": \"function\", ...}}, got {t!r:.80}",
+                                      where)
+        if t.get("type") != "function":
+            raise InvalidRequestError(f"{where}.type must be 'function', got {t.get('type')!r:.80}", f"{where}.type")
         _known_keys(t, TOOL_KEYS, where)
         f = t.get("function")
         if not isinstance(f, dict):
