@@ -726,14 +726,16 @@ static void grq_q5_K(const float* x, block_q5_K* y, int64_t k) {
     }
 }
 
-static void grq_q6_K(const float* x, block_q6_K* y, int64_t k) {
+/* qw: the importance of each weight (quantize_rows_imatrix.h), each group of 16 fitted with it
+ * as its weights (no sigma2 term); NULL: none */
+static void grq_q6_K(const float* x, block_q6_K* y, int64_t k, const float* qw) {
     int8_t L[QK_K];
     float scales[QK_K / 16];
-    for (int64_t i = 0; i < k / QK_K; i++, x += QK_K) {
+    for (int64_t i = 0; i < k / QK_K; i++, x += QK_K, qw = qw ? qw + QK_K : NULL) {
         float max_scale = 0, max_abs = 0;
         for (int j = 0; j < QK_K / 16; j += 2)
             grq_fit_sym2(16, 32, x + 16 * j, x + 16 * j + 16, L + 16 * j, L + 16 * j + 16, &scales[j], &scales[j + 1],
-                         NULL, NULL);
+                         qw ? qw + 16 * j : NULL, qw ? qw + 16 * j + 16 : NULL);
         for (int j = 0; j < QK_K / 16; j++) {
             if (fabsf(scales[j]) > max_abs) { max_abs = fabsf(scales[j]); max_scale = scales[j]; }
         }
@@ -835,7 +837,7 @@ static int grq_quantize_row(int type, const float* x, void* y, int64_t k) {
     case GGML_TYPE_Q3_K: grq_q3_K(x, (block_q3_K*)y, k); return 0;
     case GGML_TYPE_Q4_K: grq_q4_K(x, (block_q4_K*)y, k); return 0;
     case GGML_TYPE_Q5_K: grq_q5_K(x, (block_q5_K*)y, k); return 0;
-    case GGML_TYPE_Q6_K: grq_q6_K(x, (block_q6_K*)y, k); return 0;
+    case GGML_TYPE_Q6_K: grq_q6_K(x, (block_q6_K*)y, k, NULL); return 0;
     default: return -1;
     }
 }

@@ -329,44 +329,6 @@ static void grq_q5_K_w(const float* x, block_q5_K* y, int64_t k, const float* qw
     }
 }
 
-/* Q6_K: each group of 16 fitted with qw as its weights (no sigma2 term), then as grq_q6_K */
-static void grq_q6_K_w(const float* x, block_q6_K* y, int64_t k, const float* qw) {
-    int8_t L[QK_K];
-    float scales[QK_K / 16];
-    for (int64_t i = 0; i < k / QK_K; i++, x += QK_K, qw += QK_K) {
-        float max_scale = 0, max_abs = 0;
-        for (int j = 0; j < QK_K / 16; j += 2)
-            grq_fit_sym2(16, 32, x + 16 * j, x + 16 * j + 16, L + 16 * j, L + 16 * j + 16, &scales[j], &scales[j + 1],
-                         qw + 16 * j, qw + 16 * j + 16);
-        for (int j = 0; j < QK_K / 16; j++) {
-            if (fabsf(scales[j]) > max_abs) { max_abs = fabsf(scales[j]); max_scale = scales[j]; }
-        }
-        if (max_abs < GRQ_EPS) {
-            memset(&y[i], 0, sizeof(block_q6_K));
-            continue;
-        }
-        const float iscale = -128.f / max_scale;
-        y[i].d = grq_fp16(1 / iscale);
-        for (int j = 0; j < QK_K / 16; j++) y[i].scales[j] = (int8_t)grq_min(127, grq_nearest(iscale * scales[j]));
-        for (int j = 0; j < QK_K / 16; j++) {
-            const float d = grq_f32(y[i].d) * y[i].scales[j];
-            if (!d) continue;
-            for (int l = 0; l < 16; l++) L[16 * j + l] = (int8_t)(grq_clamp(grq_nearest(x[16 * j + l] / d), -32, 31) + 32);
-        }
-        for (int j = 0, h = 0; j < QK_K; j += 128, h++) {
-            uint8_t* ql = y[i].ql + 64 * h;
-            uint8_t* qh = y[i].qh + 32 * h;
-            for (int l = 0; l < 32; l++) {
-                const uint8_t a = (uint8_t)L[j + l], b = (uint8_t)L[j + l + 32];
-                const uint8_t c = (uint8_t)L[j + l + 64], e = (uint8_t)L[j + l + 96];
-                ql[l] = (uint8_t)((a & 0xf) | ((c & 0xf) << 4));
-                ql[l + 32] = (uint8_t)((b & 0xf) | ((e & 0xf) << 4));
-                qh[l] = (uint8_t)((a >> 4) | ((b >> 4) << 2) | ((c >> 4) << 4) | ((e >> 4) << 6));
-            }
-        }
-    }
-}
-
 /* x (k,) -> y with the importance qw (k,) of its columns, as ggml_quantize_chunk with an imatrix
  * (NULL: none, as grq_quantize_row); returns 0, or -1 for a type it does not make */
 static int grq_quantize_row_w(int type, const float* x, void* y, int64_t k, const float* qw) {
@@ -382,7 +344,7 @@ static int grq_quantize_row_w(int type, const float* x, void* y, int64_t k, cons
     case GGML_TYPE_Q3_K: grq_q3_K_w(x, (block_q3_K*)y, k, qw); return 0;
     case GGML_TYPE_Q4_K: grq_q4_K_w(x, (block_q4_K*)y, k, qw); return 0;
     case GGML_TYPE_Q5_K: grq_q5_K_w(x, (block_q5_K*)y, k, qw); return 0;
-    case GGML_TYPE_Q6_K: grq_q6_K_w(x, (block_q6_K*)y, k, qw); return 0;
+    case GGML_TYPE_Q6_K: grq_q6_K(x, (block_q6_K*)y, k, qw); return 0;   /* quantize_rows.h */
     default: return -1;
     }
 }
