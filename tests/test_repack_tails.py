@@ -47,13 +47,13 @@ def exact(ttype, w, x, ne0, ne1):
     af = np.stack([Q.dequantize(vt, Q.quantize(vt, r), ne0).astype(np.float64) for r in x])
     # q4_0 / q5_0 weights are d q - 8d / - 16d: the kernels sum the two terms apart, so a block
     # whose every q is the offset is 0 exactly yet leaves their rounding (d 8 sum(y) twice)
+    mag = np.abs(wf)
     off = {2: 8.0, 6: 16.0}.get(ttype, 0.0)
     if off:
         size = T.GGML_TYPES[ttype].row_bytes(32)
         d = np.frombuffer(np.ascontiguousarray(w).tobytes(), np.uint8).reshape(-1, size)[:, :2].copy().view(np.float16)
-        wf = np.abs(wf) + off * np.repeat(np.abs(d.astype(np.float64)).reshape(ne1, -1), 32, axis=1)
-    return af @ (Q.dequantize(ttype, w, ne0 * ne1).astype(np.float64).reshape(ne1, ne0)).T, \
-        4e-6 * (np.abs(af) @ np.abs(wf).T) + 1e-30
+        mag = mag + off * np.repeat(np.abs(d.astype(np.float64)).reshape(ne1, -1), 32, axis=1)
+    return af @ wf.T, 4e-6 * (np.abs(af) @ mag.T) + 1e-30
 
 
 @R8
