@@ -72,14 +72,20 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 class SessionPool:
     """Up to ``size`` Sessions on one Model, handed out one caller at a time. Callers wait in
     arrival order; a free session whose cache shares the longest prefix with the caller's
-    prompt is preferred (a chat's next turn lands where its history is cached)."""
+    prompt is preferred (a chat's next turn lands where its history is cached). When another
+    session of the pool, free or busy, holds a longer prefix of the prompt, the one handed
+    out copies its K/V entries first (Session.copy_prefix): requests that share a system
+    prompt or a template's preamble evaluate it once, not once per session.
+    ``shared_tokens`` counts the positions copied so."""
 
     def __init__(self, model: Model, size: int = 1, **session_kw):
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise InvalidRequestError(f"the pool size must be an int >= 1, got {size!r}", "n_sessions")
         self.model, self.size, self.session_kw = model, size, session_kw
         self._free: list[Session] = []
+        self._all: list[Session] = []       # every open session, free or busy: the prefix sources
         self._created = 0
+        self.shared_tokens = 0
         self._cond = threading.Condition()
         self._line: collections.deque = collections.deque()     # waiting callers, first come first
         self._closed = False
@@ -112,20 +118,43 @@ class SessionPool:
                 self._cond.notify_all()      # the next in line may go now
             if self._free:
                 best = max(range(len(self._free)), key=lambda i: common_prefix(self._free[i].tokens, ids or []))
-                return self._free.pop(best)
-            self._created += 1
-        try:
-            return Session(self.model, **self.session_kw)
-        except BaseException:
+                s = self._free.pop(best)
+            else:
+                s = None
+                self._created += 1
+        if s is None:
+            try:
+                s = Session(self.model, **self.session_kw)
+            except BaseException:
+                with self._cond:
+                    self._created -= 1
+                    self._cond.notify_all()
+                raise
             with self._cond:
-                self._created -= 1
-                self._cond.notify_all()
-            raise
+                self._all.append(s)
+        if ids and len(self._all) > 1:
+            try:
+                self._share(s, ids)
+            except BaseException:
+                self.release(s)
+                raise
+        return s
+
+    def _share(self, s, ids):
+        with self._cond:
+            sources = [o for o in self._all if o is not s]
+        own = common_prefix(s.tokens, ids)
+        got = s.copy_prefix(ids, sources)
+        if got > own:
+            with self._cond:
+                self.shared_tokens += got - own
 
     def release(self, session: Session) -> None:
         with self._cond:
             if self._closed:
                 session.close()
+                if session in self._all:
+                    self._all.remove(session)
             else:
                 self._free.append(session)
             self._cond.notify_all()
@@ -143,6 +172,7 @@ class SessionPool:
             self._closed = True
             for s in self._free:
                 s.close()
+                self._all.remove(s)
             self._free.clear()
             self._cond.notify_all()
 

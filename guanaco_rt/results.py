@@ -20,6 +20,7 @@ class Timings:
     load_ms: float = 0.0          # the model's load time
     prompt_tokens: int = 0        # prompt tokens evaluated (not reused from the cache)
     reused_tokens: int = 0        # prompt tokens whose KV entries were already cached
+    shared_tokens: int = 0        # of those, the ones copied from another session's cache (copy_prefix)
     prompt_ms: float = 0.0
     generated_tokens: int = 0
     generate_ms: float = 0.0

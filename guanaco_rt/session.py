@@ -177,6 +177,7 @@ class Session:
         self._cancel_lock = threading.Lock()   # orders cancel() against the end of a call
         self._draining = None                  # the worker of an abandoned astream(), finishing
         self._pid = os.getpid()
+        self._shared = 0                       # positions the last copy_prefix() copied in
         self.last_result = None
         # prompt_progress(done, total): for a prompt longer than one batch (generate, stream,
         # chat), called with 0 before the first batch and after each; the library never prints
@@ -324,11 +325,14 @@ class Session:
         st = self._state
         common = common_prefix(st.tokens(), ids)
         timings.reused_tokens = common
+        timings.shared_tokens = min(self._shared, common)
+        self._shared = 0
         if common == len(ids) == st.n_past and st.has_logits:
             return
         common = min(common, len(ids) - 1)      # re-evaluate at least the last token
         st.truncate(common)
         timings.reused_tokens = common
+        timings.shared_tokens = min(timings.shared_tokens, common)
         t0 = time.perf_counter()
         todo, cb = ids[common:], self.prompt_progress
         if cb is None or len(todo) <= self.n_batch:
@@ -340,6 +344,38 @@ class Session:
                 cb(min(i + self.n_batch, len(todo)), len(todo))
         timings.prompt_tokens = len(ids) - common
         timings.prompt_ms = (time.perf_counter() - t0) * 1e3
+
+    def copy_prefix(self, ids: Sequence[int], sources: Iterable[Session]) -> int:
+        """Start from another session's cache: copy in the K/V entries of the longest prefix
+        of ``ids`` that one of ``sources`` holds, when it is longer than what this session
+        holds of it. Sources that are closed, of another Model, KV type or LoRA adapters are
+        skipped. They may be generating in other threads meanwhile: what they are about to
+        overwrite is never read half-written. Returns how many positions of ``ids`` this
+        session now holds; the next generate() or eval() on ``ids`` evaluates only the rest,
+        with the bits a whole evaluation gives (a position's K/V depend only on the tokens up
+        to it). Models with sliding-window layers (Gemma 3) copy nothing. LLM and the server
+        do this for each request across their sessions."""
+        arr = self._check_ids(ids, "ids")
+        lst = arr.tolist()
+        state = self._enter()
+        try:
+            own = common_prefix(state.tokens(), lst)
+            best, most = None, own
+            for src in sources:
+                st = src._state if isinstance(src, Session) and src is not self else None
+                if st is None or src.model is not self.model or src.kv_f16 != self.kv_f16 or \
+                        src._weights_id() != self._weights_id():
+                    continue
+                c = common_prefix(st.tokens(), lst)     # a guess: the copy looks again, under the source's lock
+                if c > most:
+                    best, most = st, c
+            if best is None:
+                return own
+            got = state.copy_prefix(best, arr)
+            self._shared = max(0, got - own)
+            return got
+        finally:
+            self._leave()
 
     def _fit_prompt(self, ids, reserve):
         """Make a prompt fit n_ctx, by policy."""

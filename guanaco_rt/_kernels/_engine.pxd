@@ -117,6 +117,11 @@ cdef struct state_t:
     float* hidden        # (n, n_embd) or NULL: if set, forward() writes each token's normed hidden state there
     int64_t hidden_pos
     lora_t* lora         # run-time LoRA adapters (_lora.pyx), NULL: none
+    # prefix sharing (copy_prefix): positions 0..share_floor-1 hold K/V and tokens that no
+    # write changes before it lowers share_floor under share_mu, so another thread may copy
+    # them while this sequence runs (kv_will_write, kv_written)
+    pthread_mutex_t share_mu
+    int share_floor
 
 cdef struct seq_t:
     # one sequence's part of a forward pass (forward_seqs)

@@ -420,6 +420,7 @@ cdef int forward_seqs(const model_t* m, state_t* w, seq_t* seqs, int n_seq, floa
         seqs[i].rc = 0
         seqs[i].off = T
         seqs[i].n_past = S.n_past
+        kv_will_write(S, S.n_past)
         T += seqs[i].n_tok
         swa_room(m, S, seqs[i].n_tok)
         S.have_logits = 0
@@ -517,6 +518,7 @@ cdef int forward_seqs(const model_t* m, state_t* w, seq_t* seqs, int n_seq, floa
             memcpy(S.tokens + seqs[i].n_past, seqs[i].tokens, seqs[i].n_tok * sizeof(int32_t))
             S.n_past = seqs[i].n_past + seqs[i].n_tok
             S.have_logits = S.hidden == NULL
+            kv_written(S)
     return live
 
 cdef inline void lora_rows(const seq_t* q, int l, int which, float* out, int64_t out_stride, const float* x,
@@ -796,6 +798,65 @@ cdef int swa_refill(const model_t* m, state_t* s) noexcept nogil:
     return 0
 
 
+# ---- prefix sharing: one sequence's K/V rows copied into another's ---------------------
+cdef extern from *:
+    """
+    static inline int gr_load_acquire_int(const int* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+    static inline void gr_store_release_int(int* p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+    """
+    int gr_load_acquire_int(const int* p) nogil
+    void gr_store_release_int(int* p, int v) nogil
+
+cdef inline void kv_will_write(state_t* s, int p) noexcept nogil:
+    # s's K/V and tokens from position p on are about to change: below its share_floor, a
+    # copy_prefix() reading them from another thread finishes first, and later ones stop at p
+    if p < gr_load_acquire_int(&s.share_floor):
+        pthread_mutex_lock(&s.share_mu)
+        s.share_floor = p
+        pthread_mutex_unlock(&s.share_mu)
+
+cdef inline void kv_written(state_t* s) noexcept nogil:
+    # s's rows 0..n_past-1 are complete: copy_prefix() may read them (a raise needs no lock:
+    # a copy in flight read the floor before and stays below it)
+    gr_store_release_int(&s.share_floor, s.n_past)
+
+cdef int copy_prefix(const model_t* m, state_t* dst, state_t* src, const int32_t* ids, int n) noexcept nogil:
+    # ids (n,): dst (idle: its owner calls this) takes from src (which may be running in
+    # another thread) the K/V rows and tokens of the longest prefix of ids that src holds,
+    # past what dst holds of it itself -> the positions of ids that dst now holds. Only src's
+    # rows below its share_floor are read, under its share_mu: a write there waits for the
+    # copy (kv_will_write). The one lock held at a time: two owners copying from each other
+    # cannot deadlock. Both States are of one model and KV type (State.copy_prefix checks);
+    # the sliding-window layers' rows are not positions, so those models copy nothing.
+    cdef int own = 0, k = 0, f, l
+    cdef int w = 2 if dst.kv_f16 else 4
+    cdef int64_t E = m.n_embd_kv, rows
+    n = min(n, dst.n_ctx)
+    while own < min(n, dst.n_past) and dst.tokens[own] == ids[own]:
+        own += 1
+    if dst.n_swa or src == dst:
+        return own
+    kv_will_write(dst, own)
+    pthread_mutex_lock(&src.share_mu)
+    f = min(src.share_floor, n)
+    while k < f and src.tokens[k] == ids[k]:
+        k += 1
+    if k > own:
+        rows = k - own
+        for l in range(m.n_layer):
+            memcpy(<uint8_t*>dst.k_cache + (dst.kv_off[l] + own * E) * w,
+                   <uint8_t*>src.k_cache + (src.kv_off[l] + own * E) * w, rows * E * w)
+            memcpy(<uint8_t*>dst.v_cache + (dst.kv_off[l] + own * E) * w,
+                   <uint8_t*>src.v_cache + (src.kv_off[l] + own * E) * w, rows * E * w)
+        memcpy(dst.tokens + own, src.tokens + own, rows * sizeof(int32_t))
+    pthread_mutex_unlock(&src.share_mu)
+    if k > own:
+        dst.n_past = k
+        dst.have_logits = 0
+    kv_written(dst)
+    return max(k, own)
+
+
 cdef void shift_kv(const model_t* m, state_t* s, int n_keep, int n_discard) noexcept nogil:
     # drop positions [n_keep, n_keep + n_discard) of the sequence: later K/V entries move down
     # and their keys are re-rotated by -n_discard positions (RoPE angles add), as if they
@@ -811,6 +872,7 @@ cdef void shift_kv(const model_t* m, state_t* s, int n_keep, int n_discard) noex
     cdef float* tmp = s.k          # (n_embd_kv,) scratch: the first row of the new-keys buffer
     cdef const type_traits_t* f16 = type_traits(GGML_TYPE_F16)
     cdef int swa_base = s.swa_base if s.swa_base <= n_keep else max(n_keep, s.swa_base - n_discard)
+    kv_will_write(s, n_keep)
     for l in range(m.n_layer):
         b = s.swa_base if m.layers[l].n_swa else 0
         nb = swa_base if m.layers[l].n_swa else 0
@@ -830,6 +892,7 @@ cdef void shift_kv(const model_t* m, state_t* s, int n_keep, int n_discard) noex
     memmove(s.tokens + n_keep, s.tokens + n_keep + n_discard, (s.n_past - n_keep - n_discard) * sizeof(int32_t))
     s.n_past -= n_discard
     s.swa_base = swa_base
+    kv_written(s)
 
 
 # ---- Python-facing objects -----------------------------------------------------------
@@ -1112,6 +1175,7 @@ cdef class State:
         cdef model_t* m
         cdef int E, l
         cdef int64_t total = 0
+        pthread_mutex_init(&self.s.share_mu, NULL)     # first: __dealloc__ destroys it whatever fails below
         if engine is None:       # a closed Model's: there are no weights to run
             raise ModelClosedError("State needs an Engine (a loaded model's weights), got None")
         m = &engine.m
@@ -1298,6 +1362,7 @@ cdef class State:
         if logits is not None and np.shape(logits) != (m.n_vocab,):
             raise ValueError(f"logits must be ({m.n_vocab},)")
         keep = min(swa_rows.pop() if swa_rows else 0, self.s.swa_keep)
+        kv_will_write(&self.s, 0)
         for l in range(m.n_layer):
             rows = keep if m.layers[l].n_swa else n
             self._kv_rows(self.k_cache, l)[:rows] = k[l][k[l].shape[0] - rows:]
@@ -1306,6 +1371,7 @@ cdef class State:
         self.s.n_past = n
         self.s.swa_base = n - keep if self.s.n_swa else 0
         self.s.have_logits = 0
+        kv_written(&self.s)
         if logits is not None:
             np.asarray(self.logits_buf)[:] = logits
             self.s.have_logits = 1
@@ -1350,6 +1416,26 @@ cdef class State:
     def __dealloc__(self):
         if self.s.batch != NULL and self.s.member:
             batch_leave(self.s.batch, &self.s)
+        pthread_mutex_destroy(&self.s.share_mu)
+
+    def copy_prefix(self, State src, const int32_t[::1] ids):
+        """Take from ``src`` (a State of the same Engine and KV type, which may be running in
+        another thread) the K/V entries and tokens of the longest prefix of ``ids`` it holds,
+        beyond what this State holds of it itself, without the GIL; the logits become invalid
+        when it takes any. Returns how many positions of ``ids`` this State now holds. Models
+        with sliding-window layers take none. Only this State's own thread may call it (it
+        must not be running)."""
+        cdef int n = ids.shape[0], got
+        if src is None or src.engine is not self.engine:
+            raise ValueError("copy_prefix: the source must be a State of the same Engine")
+        if src.s.kv_f16 != self.s.kv_f16:
+            raise ValueError(f"copy_prefix: the source's KV cache is {'f16' if src.s.kv_f16 else 'f32'}, "
+                             f"this one's {'f16' if self.s.kv_f16 else 'f32'}")
+        if n == 0:
+            return 0
+        with nogil:
+            got = copy_prefix(&self.engine.m, &self.s, &src.s, &ids[0], n)
+        return got
 
     def set_lora(self, object lora):
         """Run-time LoRA adapters for the next evaluations: a _lora.LoraSet built for this

@@ -1,0 +1,172 @@
+"""One session's cached prompt prefix copied into another (Session.copy_prefix, and
+SessionPool for LLM and the server): the receiver then gives the bits of a whole
+evaluation, the source may be running meanwhile (rows it rewrites are never read half
+written), and sources of another model, KV type or LoRA adapters are skipped."""
+import threading
+import time
+
+import numpy as np
+import pytest
+from test_batching import WTYPES, together
+from test_gguf_families import write_family_gguf
+
+import guanaco_rt
+from guanaco_rt import ggml_types as T
+from guanaco_rt.api import LLM
+
+from helpers import tiny_gguf
+
+RNG = np.random.default_rng(7)
+P1 = RNG.integers(3, 300, 40).tolist()
+P2 = P1[:25] + RNG.integers(3, 300, 9).tolist()       # shares 25 positions with P1
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("share")
+    made = {}
+
+    def get(name):
+        if name not in made:
+            made[name] = guanaco_rt.Model(tiny_gguf(root, WTYPES[name], n_layer=2), n_threads=2)
+        return made[name]
+    yield get
+    for m in made.values():
+        m.close()
+
+
+def whole(m, ids, **kw):
+    with guanaco_rt.Session(m, n_ctx=128, **kw) as s:
+        return s.eval(ids, all_logits=True)
+
+
+@pytest.mark.parametrize("wtype", ["q4_0", "q4_K", "f16"])
+@pytest.mark.parametrize("kv_f16", [False, True])
+def test_a_copied_prefix_gives_the_bits_of_a_whole_evaluation(model, wtype, kv_f16):
+    m = model(wtype)
+    ref = whole(m, P2, kv_f16=kv_f16)
+    with guanaco_rt.Session(m, n_ctx=128, kv_f16=kv_f16) as a, \
+            guanaco_rt.Session(m, n_ctx=64, kv_f16=kv_f16) as b:     # another n_ctx: other row offsets
+        a.eval(P1)
+        b.eval(P2[:5] + [7, 8, 9])              # holds 5 of P2 itself, then differs
+        assert b.copy_prefix(P2, [a]) == 25
+        assert b.tokens == P2[:25] and b.n_past == 25
+        got = b.eval(P2[25:], all_logits=True)
+        np.testing.assert_array_equal(got, ref[25:])
+        # generate() on the prompt evaluates only what was not copied
+        b.reset()
+        assert b.copy_prefix(P2, [a]) == 25
+        r = b.generate(P2, max_new_tokens=4, temperature=0)
+        assert r.timings.reused_tokens == 25 and r.timings.shared_tokens == 25
+        assert r.timings.prompt_tokens == len(P2) - 25
+        with guanaco_rt.Session(m, n_ctx=128, kv_f16=kv_f16) as c:
+            assert c.generate(P2, max_new_tokens=4, temperature=0).tokens == r.tokens
+
+
+def test_a_session_takes_the_longest_source_and_keeps_its_own_when_longer(model):
+    m = model("q4_0")
+    with guanaco_rt.Session(m, n_ctx=128) as a, guanaco_rt.Session(m, n_ctx=128) as b, \
+            guanaco_rt.Session(m, n_ctx=128) as c:
+        a.eval(P1[:10])
+        b.eval(P1[:30])
+        assert c.copy_prefix(P1, [a, b]) == 30
+        assert c.copy_prefix(P1[:20] + [5], [a]) == 20      # its own 20 beat a's 10: nothing copied
+        assert c.n_past == 30
+        assert c.copy_prefix([], [a]) == 0
+
+
+def test_sources_that_cannot_give_their_rows_are_skipped(model, tmp_path):
+    m, other = model("q4_0"), model("q8_0")
+    with guanaco_rt.Session(m, n_ctx=128) as b:
+        sources = []
+        for make in (lambda: guanaco_rt.Session(m, n_ctx=128, kv_f16=True),     # another KV type
+                     lambda: guanaco_rt.Session(other, n_ctx=128)):            # another model
+            s = make()
+            s.eval(P1)
+            sources.append(s)
+        closed = guanaco_rt.Session(m, n_ctx=128)
+        closed.eval(P1)
+        closed.close()
+        b.eval(P1[:3])
+        assert b.copy_prefix(P1, sources + [closed, b, "not a session"]) == 3
+        assert b.tokens == P1[:3]
+        for s in sources:
+            s.close()
+        with pytest.raises(ValueError, match="outside"):
+            b.copy_prefix([10 ** 6], [])
+
+
+def test_other_lora_adapters_are_skipped(model, tmp_path):
+    from test_lora import random_weights, write_gguf_adapter
+    m = model("f16")
+    path = write_gguf_adapter(tmp_path / "a.gguf", random_weights(m, 4, 1), 8)
+    with guanaco_rt.Session(m, n_ctx=128, lora=[(path, 1.0)]) as a, guanaco_rt.Session(m, n_ctx=128) as b, \
+            guanaco_rt.Session(m, n_ctx=128, lora=[(path, 1.0)]) as c, \
+            guanaco_rt.Session(m, n_ctx=128, lora=[(path, 0.5)]) as d:
+        a.eval(P1)
+        assert b.copy_prefix(P1, [a]) == 0             # no adapter here
+        assert d.copy_prefix(P1, [a]) == 0             # another scale
+        assert c.copy_prefix(P2, [a]) == 25            # the same adapter and scale
+        np.testing.assert_array_equal(c.eval(P2[25:], all_logits=True),
+                                      guanaco_rt.Session(m, n_ctx=128, lora=[(path, 1.0)]).eval(
+                                          P2, all_logits=True)[25:])
+
+
+def test_sliding_window_models_copy_nothing(tmp_path):
+    path = write_family_gguf(tmp_path / "g.gguf", "gemma3", wtype=T.Q8_0, n_layer=2, head_dim=64, n_swa=8)
+    with guanaco_rt.Model(path, n_threads=1) as m, guanaco_rt.Session(m, n_ctx=64) as a, \
+            guanaco_rt.Session(m, n_ctx=64) as b:
+        ids = list(range(5, 25))
+        a.eval(ids)
+        assert b.copy_prefix(ids, [a]) == 0 and b.n_past == 0
+
+
+def test_a_source_that_rewinds_and_rewrites_while_copied_from_is_never_read_half_written(model):
+    """The source keeps cutting its sequence back and evaluating other tokens over the
+    prefix the receivers copy; every copy must give the reference logits exactly."""
+    m = model("q4_0")
+    prefix = P1[:32]
+    tails = [RNG.integers(3, 300, 4).tolist() for _ in range(3)]
+    refs = [whole(m, prefix + t)[-1] for t in tails]
+    other = RNG.integers(3, 300, 32).tolist()           # overwrites the prefix's rows with others
+    stop = time.monotonic() + 3.0
+    src = guanaco_rt.Session(m, n_ctx=128, n_threads=1)
+    src.eval(prefix)
+    copies = {"n": 0, "full": 0}
+
+    def source():
+        k = 0
+        while time.monotonic() < stop:          # generate() cuts the cache back to the common prefix
+            cut = int(RNG.integers(0, 32))
+            src.generate(prefix[:cut] + other[cut:] if k % 2 else prefix, max_new_tokens=1, temperature=0)
+            k += 1
+        return k
+
+    def receiver(j):
+        with guanaco_rt.Session(m, n_ctx=128, n_threads=1) as r:
+            while time.monotonic() < stop:
+                r.reset()
+                got = r.copy_prefix(prefix + tails[j], [src])
+                copies["n"] += 1
+                copies["full"] += got == 32
+                logits = r.eval((prefix + tails[j])[got:], all_logits=True)[-1]
+                np.testing.assert_array_equal(logits, refs[j])
+        return 0
+
+    rounds = together([source, lambda: receiver(0), lambda: receiver(1), lambda: receiver(2)])
+    src.close()
+    assert rounds[0] > 20 and copies["n"] > 20 and copies["full"] > 0
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_llm_sessions_share_a_prompt_prefix_and_answer_as_alone(model, batch):
+    m = model("q4_K")
+    prompts = [P1[:30] + [40 + i, 50 + i] for i in range(4)]
+    with LLM(m, n_ctx=128, n_sessions=1) as solo:
+        ref = [solo.create_completion(p, max_tokens=6, temperature=0)["choices"][0]["text"] for p in prompts]
+    with LLM(m, n_ctx=128, n_sessions=4, batch=batch) as llm:
+        assert llm.create_completion(prompts[0], max_tokens=6, temperature=0)["choices"][0]["text"] == ref[0]
+        got = together([lambda p=p: llm.create_completion(p, max_tokens=6, temperature=0) for p in prompts])
+        assert [g["choices"][0]["text"] for g in got] == ref
+        # each new session copied the 30 shared positions instead of evaluating them
+        assert llm.pool.shared_tokens >= 30 * (llm.pool.size - 1)
