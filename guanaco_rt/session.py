@@ -364,7 +364,7 @@ class Session:
             for src in sources:
                 st = src._state if isinstance(src, Session) and src is not self else None
                 if st is None or src.model is not self.model or src.kv_f16 != self.kv_f16 or \
-                        src._weights_id() != self._weights_id():
+                        src._adapters() != self._adapters():
                     continue
                 c = common_prefix(st.tokens(), lst)     # a guess: the copy looks again, under the source's lock
                 if c > most:
@@ -798,6 +798,10 @@ class Session:
             self._chat_first_turn = first_turn
         finally:
             self._leave()
+
+    def _adapters(self):
+        # the run-time adapters as a comparable key: their files' digests and scales
+        return [(ad.digest, scale) for ad, scale in self.lora]
 
     def _weights_id(self):
         # the model's fingerprint, or with run-time adapters a hash of it and theirs (file

@@ -166,7 +166,12 @@ def test_llm_sessions_share_a_prompt_prefix_and_answer_as_alone(model, batch):
         ref = [solo.create_completion(p, max_tokens=6, temperature=0)["choices"][0]["text"] for p in prompts]
     with LLM(m, n_ctx=128, n_sessions=4, batch=batch) as llm:
         assert llm.create_completion(prompts[0], max_tokens=6, temperature=0)["choices"][0]["text"] == ref[0]
+        # the free session with the prompt's prefix goes to the first caller, and the two
+        # sessions made for the others copy the 30 shared positions from it
+        held = [llm.pool.acquire(p) for p in prompts[1:]]
+        assert llm.pool.shared_tokens == 2 * 30
+        assert sorted(s.n_past for s in held)[:2] == [30, 30]
+        for s in held:
+            llm.pool.release(s)
         got = together([lambda p=p: llm.create_completion(p, max_tokens=6, temperature=0) for p in prompts])
         assert [g["choices"][0]["text"] for g in got] == ref
-        # each new session copied the 30 shared positions instead of evaluating them
-        assert llm.pool.shared_tokens >= 30 * (llm.pool.size - 1)
