@@ -843,8 +843,17 @@ def _logprobs(req, toks, top, own, offset0=0):
             "text_offset": offsets}
 
 
-def _usage(n_prompt, n_completion):
-    return {"prompt_tokens": n_prompt, "completion_tokens": n_completion, "total_tokens": n_prompt + n_completion}
+def _usage(n_prompt, n_completion, cached=0):
+    # OpenAI's usage; prompt_tokens_details.cached_tokens: the prompt positions whose K/V were
+    # already in the session's cache, its own or copied from another's (SessionPool)
+    return {"prompt_tokens": n_prompt, "completion_tokens": n_completion, "total_tokens": n_prompt + n_completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
+
+
+def _cached(s, cached):
+    # the first generation's reused prompt positions (later choices of n > 1 reuse them all)
+    r = s.last_result
+    return r.timings.reused_tokens if cached is None and r is not None else cached
 
 
 class CancelHandle:
@@ -880,12 +889,13 @@ class CancelHandle:
 
 def _complete(req, handle=None):
     handle = handle or CancelHandle()
-    choices, n_completion = [], 0
+    choices, n_completion, cached = [], 0, None
     with req.llm.pool.session(req.ids) as s, handle.running_on(s):
         for i in range(req.n):
             if req.tools is not None:
                 handle.check(s)
                 text, calls, reason, n_gen = _run_tools(s, req)
+                cached = _cached(s, cached)
                 n_completion += n_gen
                 msg = {"role": "assistant", "content": text if text.strip() or not calls else None}
                 if calls:
@@ -899,6 +909,7 @@ def _complete(req, handle=None):
                 for _ in _pieces(stream):
                     pass
             res = stream.result
+            cached = _cached(s, cached)
             n_completion += len(res.tokens)
             lp = _logprobs(req, res.tokens, res.logprobs or [], res.token_logprobs,
                            len(req.echo_text) if req.echo_text else 0)
@@ -912,7 +923,7 @@ def _complete(req, handle=None):
                 break
     return {"id": ("chatcmpl-" if req.chat else "cmpl-") + uuid.uuid4().hex,
             "object": "chat.completion" if req.chat else "text_completion", "created": int(time.time()),
-            "model": req.llm.model_name, "choices": choices, "usage": _usage(len(req.ids), n_completion)}
+            "model": req.llm.model_name, "choices": choices, "usage": _usage(len(req.ids), n_completion, cached or 0)}
 
 
 class _Chunks:
@@ -943,7 +954,7 @@ class _Chunks:
 
     def run(self):
         req, handle = self.req, self.handle
-        n_completion = 0
+        n_completion, cached = 0, None
         with req.llm.pool.session(req.ids) as s, handle.running_on(s):
             for i in range(req.n):
                 if handle.cancelled:
@@ -967,6 +978,7 @@ class _Chunks:
                             yield self._chunk({"index": i, "delta": {"tool_calls": value}, "logprobs": None,
                                                "finish_reason": None})
                     n_completion += n_gen
+                    cached = _cached(s, cached)
                     self.finish_reason = reason
                     yield self._chunk(self._choice(i, "", None, reason))
                     continue
@@ -979,10 +991,11 @@ class _Chunks:
                         seen, offset = len(toks), offset + len(piece)
                         yield self._chunk(self._choice(i, piece, lp, None))
                 res = stream.result
+                cached = _cached(s, cached)
                 n_completion += len(res.tokens)
                 self.finish_reason = _finish(res.finish_reason)
                 yield self._chunk(self._choice(i, "", None, self.finish_reason))
-        self.usage = _usage(len(req.ids), n_completion)
+        self.usage = _usage(len(req.ids), n_completion, cached or 0)
         if self.include_usage:
             yield self._chunk(None, self.usage)
 

@@ -175,3 +175,20 @@ def test_llm_sessions_share_a_prompt_prefix_and_answer_as_alone(model, batch):
             llm.pool.release(s)
         got = together([lambda p=p: llm.create_completion(p, max_tokens=6, temperature=0) for p in prompts])
         assert [g["choices"][0]["text"] for g in got] == ref
+
+
+def test_usage_reports_the_cached_prompt_tokens(model):
+    m = model("q4_0")
+    with LLM(m, n_ctx=128, n_sessions=2) as llm:
+        first = llm.create_completion(P1[:30] + [41, 42], max_tokens=3, temperature=0)["usage"]
+        assert first["prompt_tokens_details"] == {"cached_tokens": 0}
+        s = llm.pool.acquire(P1[:30] + [50])           # keeps the first session busy: the next gets a new one
+        try:
+            again = llm.create_completion(P1[:30] + [43, 44], max_tokens=3, temperature=0)["usage"]
+        finally:
+            llm.pool.release(s)
+        # its 30 shared positions were copied from a session that holds them, then reused
+        assert again["prompt_tokens_details"] == {"cached_tokens": 30} and llm.pool.shared_tokens >= 30
+        chunks = list(llm.create_completion(P1[:30] + [43, 44], max_tokens=3, temperature=0, stream=True,
+                                            stream_options={"include_usage": True}))
+        assert chunks[-1]["usage"]["prompt_tokens_details"]["cached_tokens"] == 31    # all but the last token
