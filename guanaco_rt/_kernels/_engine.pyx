@@ -44,7 +44,7 @@ from guanaco_rt._kernels._lora cimport (LoraSet, lora_add, lora_has, LORA_WQ, LO
 from guanaco_rt._kernels._ops cimport (team_threads, kv_layer, rmsnorm, rope, rope_freqs, silu_mul, gelu_mul,
                                        store_kv, attention_head, add_bias, head_norm, add_residual)
 from guanaco_rt._kernels._governor cimport (gov_init, gov_set_threads, gov_reset, gov_prompt_start, gov_prompt_end,
-                                            gov_token_start, gov_token_end, gov_pass_units, gov_layer_done, gov_last_one,
+                                            gov_token_start, gov_token_end, gov_layer_done, gov_last_one,
                                             gov_last_note, load_gov_t, load_reset, load_next, load_record, load_busy)
 
 cdef enum:
@@ -592,7 +592,7 @@ cdef int decode_one(const model_t* m, state_t* s, int32_t tok) noexcept nogil:
         gov_prompt_end(&s.gov, s.nth)
         if rc:
             return 1
-    s.nth = gov_token_start(&s.gov, m.n_layer, 1.0)
+    s.nth = gov_token_start(&s.gov, m.n_layer)
     rc = forward(m, s, &tok, 1, s.logits, False)
     gov_token_end(&s.gov, rc == 0)
     return rc
@@ -698,7 +698,7 @@ cdef void batch_run(batcher_t* b) noexcept nogil:
     cdef timespec until
     cdef slot_t* cur
     cdef slot_t** link
-    cdef int n, rows, i, live
+    cdef int n, rows, i
     cdef double t0, dt, wait
     pthread_mutex_lock(&b.mu)
     while True:
@@ -738,12 +738,7 @@ cdef void batch_run(batcher_t* b) noexcept nogil:
         pthread_mutex_unlock(&b.mu)
         t0 = monotonic()
         if n:
-            # the pass runs on the threads its governor answers, as a decoded token does: a
-            # team with a member the OS keeps descheduled (a core busy elsewhere) waits for it
-            # at every one of the pass's joins, slower than one thread alone
-            b.w.nth = gov_token_start(&b.w.gov, b.m.n_layer, gov_pass_units(rows))
-            live = forward_seqs(b.m, b.w, b.seqs, n, b.out)
-            gov_token_end(&b.w.gov, live == n)
+            forward_seqs(b.m, b.w, b.seqs, n, b.out)
         dt = monotonic() - t0
         pthread_mutex_lock(&b.mu)
         for i in range(n):
@@ -1518,6 +1513,7 @@ cdef class Batcher:
         self.b.chunk = chunk
         self.b.max_tokens = max_seqs + chunk
         self.work = State(engine, self.b.max_tokens, self.b.max_tokens, False, n_threads)
+        self.work.adaptive_threads = False
         self.out_buf = np.zeros((max_seqs, engine.m.n_vocab), np.float32)
         self.b.seqs = <seq_t*>malloc(max_seqs * sizeof(seq_t))
         self.b.taken = <slot_t**>malloc(max_seqs * sizeof(slot_t*))
@@ -1565,7 +1561,6 @@ cdef class Batcher:
              "rows_per_s": self.b.rows / self.b.busy_s if self.b.busy_s > 0 else 0.0,
              "max_seqs": self.b.max_seqs, "chunk": self.b.chunk}
         pthread_mutex_unlock(&self.b.mu)
-        d["threads"] = self.work.thread_stats()       # the passes' thread governor
         return d
 
     def pause(self):

@@ -24,12 +24,11 @@ cdef struct gov_t:
     int countdown        # tokens on the current setting until the next try
     int backoff          # the interval of tries while one thread wins (doubles, capped)
     int n_one, n_multi   # tokens decoded on one / on n threads (statistics)
-    double t_one, t_multi  # seconds per unit on each setting (moving averages; 0: not yet)
-    double best_multi    # the fastest recent unit on n threads (slowly forgotten)
+    double t_one, t_multi  # seconds per token on each setting (moving averages; 0: not yet)
+    double best_multi    # the fastest recent token on n threads (slowly forgotten)
     # the decoded token in flight (gov_token_start .. gov_token_end)
     double t0            # its start
     int used             # the threads it started on (what its time is recorded against)
-    double units         # its work in units of one decoded token (a batcher's pass: pass_units)
     # a try in flight: given up once behind the current setting's pace (gov_try_check)
     double try_t0, try_pace, try_dt   # its start, seconds a layer to beat (0: no check), its estimate
     int try_keep                      # the current setting's threads, for the rest of a given-up try
@@ -69,9 +68,8 @@ cdef void gov_set_threads(gov_t* g, int n) noexcept nogil
 cdef void gov_reset(gov_t* g, int on) noexcept nogil
 cdef int gov_prompt_start(gov_t* g) noexcept nogil
 cdef void gov_prompt_end(gov_t* g, int nth) noexcept nogil
-cdef int gov_token_start(gov_t* g, int n_layer, double units) noexcept nogil
+cdef int gov_token_start(gov_t* g, int n_layer) noexcept nogil
 cdef void gov_token_end(gov_t* g, int ok) noexcept nogil
-cdef double gov_pass_units(int rows) noexcept nogil
 cdef int gov_try_check(gov_t* g, int nth, int done, int n_layer, double el) noexcept nogil
 cdef int gov_probe_check(gov_t* g, int nth) noexcept nogil
 

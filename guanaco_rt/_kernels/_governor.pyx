@@ -28,10 +28,6 @@ cdef enum:
     GOV_TRY_MULTI_MAX = 1024   # ...up to this
 
 cdef double GOV_MARGIN = 0.9   # the other setting must be 10% faster to take over
-# A pass of r rows took about 1 + PASS_ROW_COST (r - 1) times a one-row pass: 7B q4_K_M at
-# 8 and 32 rows 0.19 and 0.22, the demo model 0.39 and 0.23 (2 threads). The choice needs
-# only the same work timed on both settings; passes of other sizes come out within ~30%.
-cdef double PASS_ROW_COST = 0.25
 cdef double GOV_JUMP = 2.0     # a token on nth threads this many times the best recent one: try one now
 # A look for a busy core: a prompt (or a first token) on nth threads reads how long the
 # team's threads waited on a run queue over a window of GOV_PROBE_WINDOW seconds that opens
@@ -74,23 +70,20 @@ cdef void gov_prompt_end(gov_t* g, int nth) noexcept nogil:
     g.probe_t0 = 0
     g.probe_hit = 0
 
-cdef int gov_token_start(gov_t* g, int n_layer, double units) noexcept nogil:
+cdef int gov_token_start(gov_t* g, int n_layer) noexcept nogil:
     # one token is about to be decoded through n_layer layers -> its threads: the current
     # setting, or a try of the other. A try that falls behind the current setting's pace goes
     # back to the current setting for the rest of the token (gov_try_check): a lost try costs
     # about a layer, not a token. Switching still takes a whole token that wins. The first
     # token on n threads has no pace to keep; a look for a busy core stands in (gov_probe_check).
-    # ``units``: the call's work in decoded tokens, 1 for one; a batcher's pass (several
-    # sequences' rows at once) is timed, and its try paced, per unit
     cdef int use = gov_next(g)
     g.t0 = monotonic()
     g.used = use
-    g.units = max(units, 1e-3)
     g.try_dt = 0
     g.try_pace = 0
     if g.trying:
         g.try_t0 = g.t0
-        g.try_pace = (g.t_one if g.one else g.t_multi) * g.units / n_layer
+        g.try_pace = (g.t_one if g.one else g.t_multi) / n_layer
         g.try_keep = 1 if g.one else g.n
     if use > 1 and g.t_multi <= 0 and not g.trying:
         gov_probe_start(g, use)
@@ -105,12 +98,7 @@ cdef void gov_token_end(gov_t* g, int ok) noexcept nogil:
         if ok:
             g.n_multi += 1
     elif ok:
-        gov_record(g, g.used, (g.try_dt if g.try_dt > 0 else monotonic() - g.t0) / g.units)
-
-cdef double gov_pass_units(int rows) noexcept nogil:
-    # a batcher's pass of ``rows`` rows (several sequences' tokens at once) in decoded tokens:
-    # one read of the weights, then compute per row. 1 + PASS_ROW_COST (rows - 1)
-    return 1.0 + PASS_ROW_COST * (max(rows, 1) - 1)
+        gov_record(g, g.used, g.try_dt if g.try_dt > 0 else monotonic() - g.t0)
 
 cdef int gov_try_check(gov_t* g, int nth, int done, int n_layer, double el) noexcept nogil:
     # a try on nth threads, done layers and el seconds in -> the threads for the rest of the

@@ -9,7 +9,7 @@ from guanaco_rt.errors import InvalidRequestError
 
 from guanaco_rt._kernels._engine cimport KernelSet, tensor_t, quantize_rows, matmul_q, repack_r8, r8_parts, embed_rows
 from guanaco_rt._kernels._ops cimport rmsnorm, rope, rope_freqs, softmax, silu_mul, attention, attention_threads
-from guanaco_rt._kernels._governor cimport (gov_t, gov_last_t, gov_init, gov_next, gov_record, gov_threads, gov_pass_units,
+from guanaco_rt._kernels._governor cimport (gov_t, gov_last_t, gov_init, gov_next, gov_record, gov_threads,
                                             gov_probe_judge, gov_pick, gov_try_check, team_run_wait,
                                             load_gov_t, load_reset, load_next, load_record, load_busy, monotonic)
 from libc.string cimport memset
@@ -225,13 +225,11 @@ def attention_twin(KernelSet K, const float[:, ::1] q, k_cache, v_cache, int n_p
     return out
 
 
-def governor_twin(int n_threads, timings, probe=None, rows=None):
+def governor_twin(int n_threads, timings, probe=None):
     """The thread governor fed with made-up timings: for each (s on one thread, s on
     n_threads) pair, the threads it runs that token on. -> (threads per token, setting of
     the prompt batches after each token). probe: (s the team waited on run queues, s of
-    work), judged first, as a prompt's look for a busy core is. rows: a batcher's passes
-    instead of tokens, the rows of each (the timings are then whole passes', recorded per
-    unit of work, as gov_token_end does with gov_pass_units)."""
+    work), judged first, as a prompt's look for a busy core is."""
     cdef gov_t g
     cdef int use
     cdef double dt
@@ -240,10 +238,10 @@ def governor_twin(int n_threads, timings, probe=None, rows=None):
     if probe is not None:
         gov_probe_judge(&g, g.n, probe[0], probe[1])
     used, prompt = [], []
-    for i, (one, multi) in enumerate(timings):
+    for one, multi in timings:
         use = gov_next(&g)
         dt = one if use == 1 else multi
-        gov_record(&g, use, dt / (gov_pass_units(rows[i]) if rows is not None else 1.0))
+        gov_record(&g, use, dt)
         used.append(use)
         prompt.append(gov_threads(&g))
     return used, prompt
