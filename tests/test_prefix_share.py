@@ -2,7 +2,6 @@
 SessionPool for LLM and the server): the receiver then gives the bits of a whole
 evaluation, the source may be running meanwhile (rows it rewrites are never read half
 written), and sources of another model, KV type or LoRA adapters are skipped."""
-import threading
 import time
 
 import numpy as np
