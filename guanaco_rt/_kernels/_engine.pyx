@@ -812,7 +812,7 @@ cdef inline void kv_will_write(state_t* s, int p) noexcept nogil:
     # copy_prefix() reading them from another thread finishes first, and later ones stop at p
     if p < gr_load_acquire_int(&s.share_floor):
         pthread_mutex_lock(&s.share_mu)
-        s.share_floor = p
+        gr_store_release_int(&s.share_floor, p)
         pthread_mutex_unlock(&s.share_mu)
 
 cdef inline void kv_written(state_t* s) noexcept nogil:
@@ -838,7 +838,7 @@ cdef int copy_prefix(const model_t* m, state_t* dst, state_t* src, const int32_t
         return own
     kv_will_write(dst, own)
     pthread_mutex_lock(&src.share_mu)
-    f = min(src.share_floor, n)
+    f = min(gr_load_acquire_int(&src.share_floor), n)     # acquire: the rows kv_written published
     while k < f and src.tokens[k] == ids[k]:
         k += 1
     if k > own:
