@@ -74,8 +74,9 @@ class SessionPool:
     arrival order; a free session whose cache shares the longest prefix with the caller's
     prompt is preferred (a chat's next turn lands where its history is cached). When another
     session of the pool, free or busy, holds a longer prefix of the prompt, the one handed
-    out copies its K/V entries first (Session.copy_prefix): requests that share a system
-    prompt or a template's preamble evaluate it once, not once per session.
+    out copies its K/V entries first (Session.copy_prefix): once a session holds a system
+    prompt or a template's preamble, requests that share it do not evaluate it again (those
+    that start together before any session holds it each evaluate it).
     ``shared_tokens`` counts the positions copied so."""
 
     def __init__(self, model: Model, size: int = 1, **session_kw):

@@ -284,6 +284,8 @@ class Session:
             for t in ids:
                 if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
                     raise TypeError(f"{what} must hold token ids (ints), got {t!r} ({type(t).__name__})")
+                if not -2 ** 63 <= t < 2 ** 63:
+                    raise InvalidArgumentError(f"{what}: token id {t} outside [0, {self.n_vocab})", what)
             arr = np.array(ids, dtype=np.int64) if ids else np.zeros(0, np.int64)
         else:
             raise TypeError(f"{what} must be a list, tuple or integer ndarray of token ids, "
@@ -291,7 +293,7 @@ class Session:
                                                            if isinstance(ids, (str, bytes)) else ""))
         if arr.size and (arr.min() < 0 or arr.max() >= self.n_vocab):
             bad = int(arr[(arr < 0) | (arr >= self.n_vocab)][0])
-            raise ValueError(f"token id {bad} outside [0, {self.n_vocab})")
+            raise InvalidArgumentError(f"{what}: token id {bad} outside [0, {self.n_vocab})", what)
         return arr.astype(np.int32)
 
     def eval(self, ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
@@ -348,21 +350,31 @@ class Session:
     def copy_prefix(self, ids: Sequence[int], sources: Iterable[Session]) -> int:
         """Start from another session's cache: copy in the K/V entries of the longest prefix
         of ``ids`` that one of ``sources`` holds, when it is longer than what this session
-        holds of it. Sources that are closed, of another Model, KV type or LoRA adapters are
-        skipped. They may be generating in other threads meanwhile: what they are about to
-        overwrite is never read half-written. Returns how many positions of ``ids`` this
-        session now holds; the next generate() or eval() on ``ids`` evaluates only the rest,
-        with the bits a whole evaluation gives (a position's K/V depend only on the tokens up
-        to it). Models with sliding-window layers (Gemma 3) copy nothing. LLM and the server
-        do this for each request across their sessions."""
+        holds of it. ``sources``: Sessions; those closed, of another Model, KV type or LoRA
+        adapters are skipped. They may be generating in other threads meanwhile: what they are
+        about to overwrite is never read half-written. Returns how many positions of ``ids``
+        this session now holds (n_past): a generate() on ``ids`` evaluates only the rest, as
+        eval(ids[n_past:]) does, with the bits a whole evaluation gives (a position's K/V
+        depend only on the tokens up to it). Only a source that already holds the positions
+        helps: sessions that start on one prompt together each evaluate it. Models with
+        sliding-window layers (Gemma 3) copy nothing. LLM and the server do this for each
+        request across their sessions."""
         arr = self._check_ids(ids, "ids")
         lst = arr.tolist()
+        try:
+            sources = list(sources)
+        except TypeError:
+            raise InvalidArgumentError(f"sources must be an iterable of Sessions, got {type(sources).__name__}",
+                                       "sources") from None
+        for src in sources:
+            if not isinstance(src, Session):
+                raise InvalidArgumentError(f"sources must hold Sessions, got {type(src).__name__}", "sources")
         state = self._enter()
         try:
             own = common_prefix(state.tokens(), lst)
             best, most = None, own
             for src in sources:
-                st = src._state if isinstance(src, Session) and src is not self else None
+                st = src._state if src is not self else None
                 if st is None or src.model is not self.model or src.kv_f16 != self.kv_f16 or \
                         src._adapters() != self._adapters():
                     continue
@@ -691,6 +703,7 @@ class Session:
         state = self._enter()
         try:
             state.truncate(0)
+            self._shared = 0
             self.conversation.clear()
             self._chat_first_turn = 0
         finally:
@@ -793,6 +806,7 @@ class Session:
                     at += r * n_kv * np.dtype(kvt).itemsize
             # everything is checked: from here on nothing can fail half way
             state.import_kv(tokens, k, v, logits)
+            self._shared = 0
             self.sampler.set_state(meta["rng"])
             self.conversation = Conversation(system=system, turns=[tuple(t) for t in turns])
             self._chat_first_turn = first_turn

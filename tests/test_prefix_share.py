@@ -87,7 +87,7 @@ def test_sources_that_cannot_give_their_rows_are_skipped(model, tmp_path):
         closed.eval(P1)
         closed.close()
         b.eval(P1[:3])
-        assert b.copy_prefix(P1, sources + [closed, b, "not a session"]) == 3
+        assert b.copy_prefix(P1, sources + [closed, b]) == 3
         assert b.tokens == P1[:3]
         for s in sources:
             s.close()
@@ -191,3 +191,26 @@ def test_usage_reports_the_cached_prompt_tokens(model):
         chunks = list(llm.create_completion(P1[:30] + [43, 44], max_tokens=3, temperature=0, stream=True,
                                             stream_options={"include_usage": True}))
         assert chunks[-1]["usage"]["prompt_tokens_details"]["cached_tokens"] == 31    # all but the last token
+
+
+def test_copy_prefix_refuses_what_is_not_ids_or_sessions(model):
+    from guanaco_rt.errors import InvalidArgumentError
+    m = model("q4_0")
+    with guanaco_rt.Session(m, n_ctx=64) as a, guanaco_rt.Session(m, n_ctx=64) as b:
+        a.eval(P1[:10])
+        for ids, sources, param in ((P1, a, "sources"), (P1, None, "sources"), (P1, [a, "a"], "sources"),
+                                    ([2 ** 70], [a], "ids"), ([-1], [a], "ids"), ([10 ** 6], [a], "ids")):
+            with pytest.raises(InvalidArgumentError) as e:
+                b.copy_prefix(ids, sources)
+            assert e.value.param == param, (ids, sources)
+        assert b.n_past == 0
+
+
+def test_shared_tokens_count_only_positions_still_copied(model):
+    m = model("q4_0")
+    with guanaco_rt.Session(m, n_ctx=128) as a, guanaco_rt.Session(m, n_ctx=128) as b:
+        a.eval(P1)
+        assert b.copy_prefix(P2, [a]) == 25
+        b.reset()                                       # the copied positions are gone
+        r = b.generate(P2, max_new_tokens=2, temperature=0)
+        assert r.timings.shared_tokens == 0 and r.timings.reused_tokens == 0

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import guanaco_rt
-from guanaco_rt._kernels._twins import governor_twin, team_run_wait_twin
+from guanaco_rt._kernels._twins import governor_twin, pass_governor_twin, team_run_wait_twin
 
 from helpers import tiny_model
 
@@ -147,3 +147,74 @@ def test_the_setting_travels_with_fork(model):
     s.eval([1, 2])
     assert s.fork()._state.adaptive_threads is False
     assert guanaco_rt.Session(model, n_ctx=64)._state.adaptive_threads is True
+
+
+# ---- a batcher's passes (Model.batcher): one thread while the team waits for a busy core --------
+IDLE_PASS = (0.01, 0.020)     # (share of a pass each team thread waited on a run queue, pass s)
+BUSY_PASS = (0.40, 0.080)     # a core shared with a spinner: 0.3-0.5 of the time
+
+
+def test_passes_stay_on_the_team_on_an_idle_machine():
+    used, found = pass_governor_twin(2, [IDLE_PASS] * 500)
+    assert used == [2] * 500 and found == 0
+
+
+def test_a_pass_that_finds_the_team_waiting_moves_the_next_ones_to_one_thread_for_a_while():
+    used, found = pass_governor_twin(2, [BUSY_PASS] * 3 + [IDLE_PASS] * 400)
+    assert used[0] == 2 and used[1] == 1 and found == 1
+    # 2 s on one thread (25 busy passes' worth and then idle ones), then a look on two threads
+    # finds the machine idle, and the team stays
+    first_back = used.index(2, 1)
+    assert 25 <= first_back <= 120 and used[first_back:].count(2) == len(used) - first_back
+
+
+def test_while_the_core_stays_busy_the_looks_back_come_ever_less_often():
+    used, found = pass_governor_twin(2, [BUSY_PASS] * 6000)       # 8 minutes of busy passes
+    looks = [i for i, u in enumerate(used) if u == 2]
+    gaps = [b - a for a, b in zip(looks, looks[1:])]
+    assert gaps == sorted(gaps) and gaps[-1] >= 64 / 0.08 * 0.99     # 2 s, 4 s ... up to 64 s apart
+    assert found == len(looks) and len(looks) <= 12
+
+
+def test_a_single_thread_batcher_has_nothing_to_decide():
+    used, found = pass_governor_twin(1, [BUSY_PASS] * 50)
+    assert set(used) == {1} and found == 0
+
+
+BUSY_CORE_BATCH = """
+import json, os, sys, threading
+os.sched_setaffinity(0, {cpus})
+import guanaco_rt
+m = guanaco_rt.Model(sys.argv[1], n_threads=2)
+b = m.batcher(max_seqs=8, n_threads=2)
+sessions = [guanaco_rt.Session(m, n_ctx=256, batcher=b) for _ in range(4)]
+threads = [threading.Thread(target=s.generate, args=("Tell me about ships number %d." % i,),
+                            kwargs=dict(max_new_tokens=32, temperature=0)) for i, s in enumerate(sessions)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(json.dumps(b.stats()))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or team_run_wait_twin(1) < 0,
+                    reason="needs Linux's per-thread run-queue wait (/proc/thread-self/schedstat)")
+def test_a_core_kept_busy_moves_a_batchers_passes_to_one_thread(smollm2, tmp_path):
+    # two CPUs, one spun by another process: a pass's team waits for its descheduled half
+    # (8 demo streams at 107 tok/s batched on 2 threads with both cores spun, 238 on one
+    # thread each), and the passes move to one thread
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs 2 CPUs")
+    spin = subprocess.Popen([sys.executable, "-c", f"import os\nos.sched_setaffinity(0, {{{cpus[0]}}})\n"
+                             "while True: pass"])
+    try:
+        r = subprocess.run([sys.executable, "-c", BUSY_CORE_BATCH.format(cpus=set(cpus[:2])), smollm2],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    finally:
+        spin.kill()
+        spin.wait()
+    assert r.returncode == 0, r.stderr
+    st = json.loads(r.stdout)
+    assert st["busy_core_found"] >= 1 and st["one_thread_passes"] > st["passes"] // 2, st

@@ -23,7 +23,7 @@ from guanaco_rt._kernels._isa cimport isa_kernels_t
 from guanaco_rt._kernels._quants cimport type_traits_t
 from guanaco_rt._kernels._lora cimport lora_t
 # monotonic: cimported from here by _decode as well
-from guanaco_rt._kernels._governor cimport gov_t, gov_last_t, monotonic
+from guanaco_rt._kernels._governor cimport gov_t, gov_last_t, pass_gov_t, monotonic
 
 cdef struct tensor_t:
     const uint8_t* data          # (ne1 rows of nb1 bytes), in the read-only mmap
@@ -160,6 +160,8 @@ cdef struct batcher_t:
     float* out                   # (max_seqs, n_vocab) logits of a pass
     seq_t* seqs                  # (max_seqs,) a pass's sequences
     slot_t** taken               # (max_seqs,) and their slots
+    int nth                      # the threads a pass may use (the work State's)
+    pass_gov_t pg                # whether the next one uses them, or one (a core busy elsewhere)
     # statistics
     int64_t passes, seq_passes, rows
     double busy_s, last_s

@@ -11,7 +11,8 @@ from guanaco_rt._kernels._engine cimport KernelSet, tensor_t, quantize_rows, mat
 from guanaco_rt._kernels._ops cimport rmsnorm, rope, rope_freqs, softmax, silu_mul, attention, attention_threads
 from guanaco_rt._kernels._governor cimport (gov_t, gov_last_t, gov_init, gov_next, gov_record, gov_threads,
                                             gov_probe_judge, gov_pick, gov_try_check, team_run_wait,
-                                            load_gov_t, load_reset, load_next, load_record, load_busy, monotonic)
+                                            load_gov_t, load_reset, load_next, load_record, load_busy, monotonic,
+                                            pass_gov_t, pass_gov_init, pass_threads, pass_judge)
 from libc.string cimport memset
 from libc.math cimport sqrtf
 from guanaco_rt._kernels._quants cimport type_traits_t, type_traits, row_size
@@ -318,6 +319,25 @@ def gov_try_twin(int n_threads, bint one, double t_one, double t_multi, int n_la
     dt = g.try_dt if g.try_dt > 0 else el
     gov_record(&g, start, dt)
     return start, after, dt, bool(g.one)
+
+
+def pass_governor_twin(int n_threads, passes):
+    """A batcher's passes fed with made-up figures: passes[i] = (share of the pass's time each
+    team thread waited on a run queue, the pass's seconds), as team_run_wait would measure
+    them when the pass runs on n_threads (a pass on one thread measures nothing). The clock
+    advances by each pass's seconds. -> (threads of each pass, busy_core_found)."""
+    cdef pass_gov_t pg
+    cdef int nth
+    cdef double now = 1000.0
+    pass_gov_init(&pg)
+    used = []
+    for share, el in passes:
+        nth = pass_threads(&pg, n_threads, now)
+        if nth > 1:
+            pass_judge(&pg, nth, share * el * nth, el, now + el)
+        now += el
+        used.append(nth)
+    return used, pg.busy_found
 
 
 def attention_threads_twin(int n_threads, int n_head, int head_dim, int n_past, int n_tok):
