@@ -168,7 +168,8 @@ def main():
                 h = httpx.get(url + "/health").json()
                 if "batch" in h:
                     b = h["batch"]
-                    print(f"|   (batch: {b['passes']} passes, occupancy {b['occupancy']:.2f}) | | | | | |", flush=True)
+                    print(f"|   (batch: {b['passes']} passes, occupancy {b['occupancy']:.2f}, "
+                          f"{b.get('one_thread_passes', 0)} on one thread) | | | | | |", flush=True)
                 if a.disconnect:
                     ms = disconnect_ms(url, log, bias)
                     print(f"\n{name}: disconnect -> generation ended: median {statistics.median(ms):.1f} ms, "

@@ -46,7 +46,7 @@ from guanaco_rt._kernels._ops cimport (team_threads, kv_layer, rmsnorm, rope, ro
 from guanaco_rt._kernels._governor cimport (gov_init, gov_set_threads, gov_reset, gov_prompt_start, gov_prompt_end,
                                             gov_token_start, gov_token_end, gov_layer_done, gov_last_one,
                                             gov_last_note, load_gov_t, load_reset, load_next, load_record, load_busy,
-                                            pass_gov_init, pass_threads, pass_judge, team_run_wait)
+                                            pass_gov_init, pass_threads)
 
 cdef enum:
     ROW_TILE = 32                 # rows of a one-row-layout matrix per pass over a batch (rows_q)
@@ -699,8 +699,7 @@ cdef void batch_run(batcher_t* b) noexcept nogil:
     cdef timespec until
     cdef slot_t* cur
     cdef slot_t** link
-    cdef int n, rows, i, nth
-    cdef int64_t w0, w1
+    cdef int n, rows, i
     cdef double t0, dt, wait
     pthread_mutex_lock(&b.mu)
     while True:
@@ -740,16 +739,10 @@ cdef void batch_run(batcher_t* b) noexcept nogil:
         pthread_mutex_unlock(&b.mu)
         t0 = monotonic()
         if n:
-            # on b.nth threads, or one while a pass found the team waiting for a descheduled
-            # member (pass_judge): then every one of a pass's joins waits for it
-            nth = pass_threads(&b.pg, b.nth, t0)
-            b.w.nth = nth
-            w0 = team_run_wait(nth) if nth > 1 else -1
+            # on b.nth threads, or one while other processes hold the cores the team needs
+            # (pass_threads): every one of a pass's joins would wait for a descheduled member
+            b.w.nth = pass_threads(&b.pg, b.nth, t0)
             forward_seqs(b.m, b.w, b.seqs, n, b.out)
-            if w0 >= 0:
-                w1 = team_run_wait(nth)
-                if w1 >= 0:
-                    pass_judge(&b.pg, nth, (w1 - w0) * 1e-9, monotonic() - t0, monotonic())
         dt = monotonic() - t0
         pthread_mutex_lock(&b.mu)
         for i in range(n):
@@ -1567,8 +1560,9 @@ cdef class Batcher:
         """``passes`` run, their mean ``occupancy`` (sequences a pass), ``rows`` evaluated,
         ``busy_s`` (seconds in passes), ``queued`` (slots waiting now), ``members``
         (sequences in a generation now), ``rows_per_s`` over busy_s; the threads: ``n_threads``
-        a pass may use, ``one_thread_passes`` run on one instead (``busy_core_found``: passes
-        whose team was found waiting for a core busy elsewhere), ``on_one_thread`` now."""
+        a pass may use, ``one_thread_passes`` run on one instead, ``busy_core_found`` (times other
+        processes were found holding the cores the team needs), ``on_one_thread`` now, and
+        ``other_processes_cpus``: the CPUs they kept busy over the last half second."""
         pthread_mutex_lock(&self.b.mu)
         d = {"passes": self.b.passes, "rows": self.b.rows, "busy_s": self.b.busy_s, "queued": self.b.n_queued,
              "members": self.b.members, "last_pass_s": self.b.last_s,
@@ -1576,7 +1570,7 @@ cdef class Batcher:
              "rows_per_s": self.b.rows / self.b.busy_s if self.b.busy_s > 0 else 0.0,
              "max_seqs": self.b.max_seqs, "chunk": self.b.chunk, "n_threads": self.b.nth,
              "one_thread_passes": self.b.pg.one_passes, "busy_core_found": self.b.pg.busy_found,
-             "on_one_thread": self.b.nth > 1 and monotonic() < self.b.pg.one_until}
+             "on_one_thread": bool(self.b.pg.one), "other_processes_cpus": self.b.pg.others}
         pthread_mutex_unlock(&self.b.mu)
         return d
 

@@ -43,12 +43,14 @@ cdef struct gov_t:
     int n_busy           # times it found one (statistics)
 
 cdef struct pass_gov_t:
-    # a batcher's passes (pass_threads / pass_judge): n threads, or one for a while after a pass
-    # found its team waiting on run queues, as a core kept busy elsewhere makes it
-    double one_until     # monotonic s: passes run on one thread until then
-    double hold          # the next such while (doubles as rechecks keep finding the team waiting)
+    # a batcher's passes (pass_threads / pass_judge): n threads, or one while other processes
+    # keep the cores the team needs busy
+    int one              # the passes run on one thread
+    double t0            # the window's start (monotonic s; 0: none yet)
+    double busy0, ours0  # the machine's busy CPU seconds and this process's at its start
+    double others        # CPUs the other processes kept busy over the last window
     int64_t one_passes   # passes run on one thread instead of n (statistics)
-    int busy_found       # passes whose team was found waiting (statistics)
+    int busy_found       # windows that moved the passes to one thread (statistics)
 cdef struct load_gov_t:
     # the threads of the load's interleaving (load_next / load_record): each tensor on 1 or
     # nth threads, timed per byte; the same choice as the decode governor's (gov_pick)
@@ -103,7 +105,8 @@ cdef int64_t team_run_wait(int nth) noexcept nogil
 # ---- a batcher's passes ----------------------------------------------------------------
 cdef void pass_gov_init(pass_gov_t* pg) noexcept nogil
 cdef int pass_threads(pass_gov_t* pg, int n, double now) noexcept nogil
-cdef void pass_judge(pass_gov_t* pg, int nth, double wait, double el, double now) noexcept nogil
+cdef void pass_judge(pass_gov_t* pg, int n, int n_cpu, double others) noexcept nogil
+cdef int cpu_seconds(double* busy, double* ours) noexcept nogil
 # ---- the load's interleaving -----------------------------------------------------------
 cdef void load_reset(load_gov_t* lg, int nth) noexcept nogil
 cdef int load_next(load_gov_t* lg) noexcept nogil

@@ -11,6 +11,11 @@ timings through the twins in _twins.pyx.
 from libc.stdint cimport int64_t
 from libc.string cimport memset
 from libc.stdlib cimport strtoll
+from libc.string cimport strncmp, strrchr
+from posix.unistd cimport sysconf, _SC_CLK_TCK
+
+cdef extern from "<unistd.h>" nogil:
+    enum: _SC_NPROCESSORS_ONLN
 from posix.fcntl cimport open as c_open, O_RDONLY
 from posix.unistd cimport read as c_read, close as c_close
 from cython.parallel cimport prange
@@ -323,40 +328,105 @@ cdef void gov_record(gov_t* g, int used, double dt) noexcept nogil:
 # ---- a batcher's passes ---------------------------------------------------------------
 # A pass runs the tokens of many sequences: its size changes from pass to pass, so its time
 # says little of which setting wins, and a try of one thread timed on a single pass misjudged
-# a server's passes (16 streams: 10-20% slower than staying on 2 threads). What the passes
-# need avoiding is a team with a member the OS keeps descheduled: with another process
-# spinning on each of 2 cores, 8 demo streams ran 107 tok/s batched on 2 threads against 238
-# on one thread each, and a single request took 12-28 s against 0.45. So each pass on n
-# threads reads its team's run-queue wait (team_run_wait, before and after: two small
-# parallel regions); above PASS_BUSY of the pass's time per thread the passes run on one
-# thread for PASS_HOLD_MIN s, then one pass on n threads looks again; while the looks keep
-# finding the team waiting, the hold doubles up to PASS_HOLD_MAX (a look on a busy machine
-# costs a slow pass). An idle machine waits about 0.01 of the time, a core shared with a
-# spinner 0.3-0.5 (gov_probe_judge's figures); the threshold sits above the waits a
-# server's own threads cause between its passes.
-cdef double PASS_BUSY = 0.25
-cdef double PASS_HOLD_MIN = 2.0
-cdef double PASS_HOLD_MAX = 64.0
+# a server's passes (16 streams: 10-20% slower than staying on 2 threads). Its team's
+# run-queue wait does not tell either: a server's own threads (HTTP, streams) made the team
+# wait above a quarter of the time on an idle machine, and one thread there was 20-25%
+# slower. What the passes must avoid is other processes holding the cores the team needs:
+# with a spinner on each of 2 cores, 8 demo streams ran 107 tok/s batched on 2 threads
+# against 238 on one thread each, and a single request took 12-28 s against 0.45. So every
+# PASS_WINDOW seconds the machine's busy CPU time (/proc/stat) less this process's
+# (/proc/self/stat) gives the CPUs other processes kept busy. While they leave fewer than the
+# team's n of the machine's CPUs (by PASS_OTHERS_ON), the passes run on one thread; they go
+# back to n once the others leave n CPUs by PASS_OTHERS_OFF.
+cdef double PASS_WINDOW = 0.5
+cdef double PASS_OTHERS_ON = 0.5
+cdef double PASS_OTHERS_OFF = 0.25
 
 cdef void pass_gov_init(pass_gov_t* pg) noexcept nogil:
     memset(pg, 0, sizeof(pass_gov_t))
-    pg.hold = PASS_HOLD_MIN
+
+cdef int cpu_seconds(double* busy, double* ours) noexcept nogil:
+    # the machine's busy CPU seconds since boot (/proc/stat's first line: user nice system idle
+    # iowait irq softirq steal ...; busy = all but idle, iowait and steal) and this process's
+    # (/proc/self/stat utime + stime, after the command's ")"): 0, or -1 when unreadable
+    cdef char buf[1024]
+    cdef char* p
+    cdef char* e
+    cdef long long v[8]
+    cdef int i, fd, field
+    cdef ssize_t n
+    cdef double tick = <double>sysconf(_SC_CLK_TCK)
+    if tick <= 0:
+        return -1
+    fd = c_open(b"/proc/stat", O_RDONLY)
+    if fd < 0:
+        return -1
+    n = c_read(fd, buf, sizeof(buf) - 1)
+    c_close(fd)
+    if n < 5 or strncmp(buf, b"cpu ", 4) != 0:
+        return -1
+    buf[n] = 0
+    p = buf + 4
+    for i in range(8):
+        v[i] = strtoll(p, &e, 10)
+        if e == p:
+            return -1
+        p = e
+    busy[0] = (v[0] + v[1] + v[2] + v[5] + v[6]) / tick
+    fd = c_open(b"/proc/self/stat", O_RDONLY)
+    if fd < 0:
+        return -1
+    n = c_read(fd, buf, sizeof(buf) - 1)
+    c_close(fd)
+    if n <= 0:
+        return -1
+    buf[n] = 0
+    p = strrchr(buf, 41)            # ")"
+    if p == NULL:
+        return -1
+    p += 1
+    field = 2                       # the state letter after ")" is field 3; utime is 14, stime 15
+    v[0] = v[1] = 0
+    while field < 15:
+        while p[0] == 32:
+            p += 1
+        if p[0] == 0:
+            return -1
+        field += 1
+        if field >= 14:
+            v[field - 14] = strtoll(p, &e, 10)
+            p = e
+        else:
+            while p[0] != 32 and p[0] != 0:
+                p += 1
+    ours[0] = (v[0] + v[1]) / tick
+    return 0
 
 cdef int pass_threads(pass_gov_t* pg, int n, double now) noexcept nogil:
-    # the threads of the next pass, n at most
-    if n > 1 and now < pg.one_until:
+    # the threads of the next pass, n at most; every PASS_WINDOW s it reads what the other
+    # processes kept busy (pass_judge)
+    cdef double busy, ours
+    if n <= 1:
+        return n
+    if now - pg.t0 >= PASS_WINDOW and cpu_seconds(&busy, &ours) == 0:
+        if pg.t0 > 0:
+            pass_judge(pg, n, <int>sysconf(_SC_NPROCESSORS_ONLN),
+                       max(0.0, (busy - pg.busy0) - (ours - pg.ours0)) / (now - pg.t0))
+        pg.t0, pg.busy0, pg.ours0 = now, busy, ours
+    if pg.one:
         pg.one_passes += 1
         return 1
     return n
 
-cdef void pass_judge(pass_gov_t* pg, int nth, double wait, double el, double now) noexcept nogil:
-    # a pass on nth > 1 threads took el s, in which its team waited ``wait`` s on run queues in all
-    if wait > PASS_BUSY * el * nth:
+cdef void pass_judge(pass_gov_t* pg, int n, int n_cpu, double others) noexcept nogil:
+    # over the last window other processes kept ``others`` of the n_cpu CPUs busy: the passes
+    # of an n-thread team run on one thread while fewer than n CPUs are left to it
+    pg.others = others
+    if not pg.one and others > n_cpu - n + PASS_OTHERS_ON:
+        pg.one = 1
         pg.busy_found += 1
-        pg.one_until = now + pg.hold
-        pg.hold = min(2 * pg.hold, PASS_HOLD_MAX)
-    else:
-        pg.hold = PASS_HOLD_MIN
+    elif pg.one and others < n_cpu - n + PASS_OTHERS_OFF:
+        pg.one = 0
 
 
 # ---- the load's interleaving threads ------------------------------------------------

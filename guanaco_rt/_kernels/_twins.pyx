@@ -12,7 +12,7 @@ from guanaco_rt._kernels._ops cimport rmsnorm, rope, rope_freqs, softmax, silu_m
 from guanaco_rt._kernels._governor cimport (gov_t, gov_last_t, gov_init, gov_next, gov_record, gov_threads,
                                             gov_probe_judge, gov_pick, gov_try_check, team_run_wait,
                                             load_gov_t, load_reset, load_next, load_record, load_busy, monotonic,
-                                            pass_gov_t, pass_gov_init, pass_threads, pass_judge)
+                                            pass_gov_t, pass_gov_init, pass_judge, cpu_seconds)
 from libc.string cimport memset
 from libc.math cimport sqrtf
 from guanaco_rt._kernels._quants cimport type_traits_t, type_traits, row_size
@@ -321,23 +321,27 @@ def gov_try_twin(int n_threads, bint one, double t_one, double t_multi, int n_la
     return start, after, dt, bool(g.one)
 
 
-def pass_governor_twin(int n_threads, passes):
-    """A batcher's passes fed with made-up figures: passes[i] = (share of the pass's time each
-    team thread waited on a run queue, the pass's seconds), as team_run_wait would measure
-    them when the pass runs on n_threads (a pass on one thread measures nothing). The clock
-    advances by each pass's seconds. -> (threads of each pass, busy_core_found)."""
+def pass_governor_twin(int n_threads, int n_cpu, others):
+    """A batcher's passes fed with made-up figures: others[i] = the CPUs other processes kept
+    busy over window i, as /proc/stat less this process reads. -> (the threads the passes
+    run on after each window, busy_core_found)."""
     cdef pass_gov_t pg
-    cdef int nth
-    cdef double now = 1000.0
     pass_gov_init(&pg)
     used = []
-    for share, el in passes:
-        nth = pass_threads(&pg, n_threads, now)
-        if nth > 1:
-            pass_judge(&pg, nth, share * el * nth, el, now + el)
-        now += el
-        used.append(nth)
+    for o in others:
+        if n_threads > 1:
+            pass_judge(&pg, n_threads, n_cpu, o)
+        used.append(1 if pg.one else n_threads)
     return used, pg.busy_found
+
+
+def cpu_seconds_twin():
+    """(the machine's busy CPU seconds, this process's), as the passes' governor reads them;
+    None when /proc cannot be read."""
+    cdef double busy = 0, ours = 0
+    if cpu_seconds(&busy, &ours) != 0:
+        return None
+    return busy, ours
 
 
 def attention_threads_twin(int n_threads, int n_head, int head_dim, int n_past, int n_tok):
