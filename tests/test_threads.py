@@ -189,7 +189,8 @@ m = guanaco_rt.Model(sys.argv[1], n_threads=2)
 b = m.batcher(max_seqs=8, n_threads=2)
 sessions = [guanaco_rt.Session(m, n_ctx=256, batcher=b) for _ in range(4)]
 threads = [threading.Thread(target=s.generate, args=("Tell me about ships number %d." % i,),
-                            kwargs=dict(max_new_tokens=32, temperature=0)) for i, s in enumerate(sessions)]
+                            kwargs=dict(max_new_tokens=160, temperature=0, logit_bias={{0: -100.0, 1: -100.0, 2: -100.0}}))
+           for i, s in enumerate(sessions)]
 for t in threads:
     t.start()
 for t in threads:
@@ -219,4 +220,5 @@ def test_a_core_kept_busy_moves_a_batchers_passes_to_one_thread(smollm2, tmp_pat
             spin.wait()
     assert r.returncode == 0, r.stderr
     st = json.loads(r.stdout)
-    assert st["busy_core_found"] >= 1 and st["one_thread_passes"] > 0, st
+    # from the load's finding or the first half-second window on, most passes run on one thread
+    assert st["one_thread_passes"] > st["passes"] // 2, st

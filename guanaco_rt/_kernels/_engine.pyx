@@ -1520,6 +1520,9 @@ cdef class Batcher:
         self.work.adaptive_threads = False          # its passes' threads: b.pg (pass_threads)
         self.b.nth = n_threads
         pass_gov_init(&self.b.pg)
+        # the load (or a session) just found a core busy: start on one thread; the first
+        # window (half a second) judges again
+        self.b.pg.one = n_threads > 1 and gov_last_one(&engine.gov_last)
         self.out_buf = np.zeros((max_seqs, engine.m.n_vocab), np.float32)
         self.b.seqs = <seq_t*>malloc(max_seqs * sizeof(seq_t))
         self.b.taken = <slot_t**>malloc(max_seqs * sizeof(slot_t*))
