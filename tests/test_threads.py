@@ -188,8 +188,9 @@ import guanaco_rt
 m = guanaco_rt.Model(sys.argv[1], n_threads=2)
 b = m.batcher(max_seqs=8, n_threads=2)
 sessions = [guanaco_rt.Session(m, n_ctx=256, batcher=b) for _ in range(4)]
+no_end = {{0: -100.0, 1: -100.0, 2: -100.0}}
 threads = [threading.Thread(target=s.generate, args=("Tell me about ships number %d." % i,),
-                            kwargs=dict(max_new_tokens=160, temperature=0, logit_bias={{0: -100.0, 1: -100.0, 2: -100.0}}))
+                            kwargs=dict(max_new_tokens=160, temperature=0, logit_bias=no_end))
            for i, s in enumerate(sessions)]
 for t in threads:
     t.start()
