@@ -168,6 +168,19 @@ cdef int gov_pick(int one, double t_one, double t_multi) noexcept nogil:
         return 0 if t_multi < GOV_MARGIN * t_one else 1
     return 1 if t_one < GOV_MARGIN * t_multi else 0
 
+cdef int read_text(const char* path, char* buf, int size) noexcept nogil:
+    # the start of a /proc file into buf (size bytes, NUL-terminated) -> 0, or -1 when unreadable
+    cdef int fd = c_open(path, O_RDONLY)
+    cdef ssize_t n
+    if fd < 0:
+        return -1
+    n = c_read(fd, buf, size - 1)
+    c_close(fd)
+    if n <= 0:
+        return -1
+    buf[n] = 0
+    return 0
+
 cdef int64_t thread_run_wait() noexcept nogil:
     # ns the calling thread has waited on a run queue: the second field of Linux's
     # /proc/thread-self/schedstat ("on-cpu ns, run-queue wait ns, timeslices"); -1 when unreadable
@@ -175,15 +188,8 @@ cdef int64_t thread_run_wait() noexcept nogil:
     cdef char* p
     cdef char* e
     cdef long long v
-    cdef int fd = c_open(b"/proc/thread-self/schedstat", O_RDONLY)
-    cdef ssize_t n
-    if fd < 0:
+    if read_text(b"/proc/thread-self/schedstat", buf, sizeof(buf)):
         return -1
-    n = c_read(fd, buf, sizeof(buf) - 1)
-    c_close(fd)
-    if n <= 0:
-        return -1
-    buf[n] = 0
     strtoll(buf, &p, 10)
     v = strtoll(p, &e, 10)
     return v if e != p and v >= 0 else -1
@@ -353,19 +359,10 @@ cdef int cpu_seconds(double* busy, double* ours) noexcept nogil:
     cdef char* p
     cdef char* e
     cdef long long v[8]
-    cdef int i, fd, field
-    cdef ssize_t n
+    cdef int i, field
     cdef double tick = <double>sysconf(_SC_CLK_TCK)
-    if tick <= 0:
+    if tick <= 0 or read_text(b"/proc/stat", buf, sizeof(buf)) or strncmp(buf, b"cpu ", 4) != 0:
         return -1
-    fd = c_open(b"/proc/stat", O_RDONLY)
-    if fd < 0:
-        return -1
-    n = c_read(fd, buf, sizeof(buf) - 1)
-    c_close(fd)
-    if n < 5 or strncmp(buf, b"cpu ", 4) != 0:
-        return -1
-    buf[n] = 0
     p = buf + 4
     for i in range(8):
         v[i] = strtoll(p, &e, 10)
@@ -373,14 +370,8 @@ cdef int cpu_seconds(double* busy, double* ours) noexcept nogil:
             return -1
         p = e
     busy[0] = (v[0] + v[1] + v[2] + v[5] + v[6]) / tick
-    fd = c_open(b"/proc/self/stat", O_RDONLY)
-    if fd < 0:
+    if read_text(b"/proc/self/stat", buf, sizeof(buf)):
         return -1
-    n = c_read(fd, buf, sizeof(buf) - 1)
-    c_close(fd)
-    if n <= 0:
-        return -1
-    buf[n] = 0
     p = strrchr(buf, 41)            # ")"
     if p == NULL:
         return -1
