@@ -39,6 +39,25 @@ def shared_data():
     return path
 
 
+@pytest.fixture(scope="module")
+def tiny_typed(tmp_path_factory):
+    """tiny_typed(name) -> a 2-layer tiny LLaMA Model (2 threads) of weight type name
+    (helpers.TINY_WTYPES), made once per test module"""
+    import guanaco_rt
+
+    from helpers import TINY_WTYPES, tiny_gguf
+    root = tmp_path_factory.mktemp("typed")
+    models = {}
+
+    def get(name):
+        if name not in models:
+            models[name] = guanaco_rt.Model(tiny_gguf(root, TINY_WTYPES[name], n_layer=2), n_threads=2)
+        return models[name]
+    yield get
+    for m in models.values():
+        m.close()
+
+
 @pytest.fixture(scope="session")
 def smollm2():
     """The demo model (SmolLM2-135M-Instruct), fetched once by the package's own

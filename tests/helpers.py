@@ -6,6 +6,7 @@ import struct
 
 import numpy as np
 
+from guanaco_rt import ggml_types as T
 from guanaco_rt.writer import write_random_model
 
 _CACHE = {}
@@ -180,6 +181,10 @@ def write_llama_gguf(path, n_embd=192, n_head=6, n_head_kv=2, n_layer=2, n_ff=32
     w.write_tensors_to_file()
     w.close()
     return str(path)
+
+
+# the weight types tiny_typed (conftest) makes tiny models of, by name
+TINY_WTYPES = {"q4_0": T.Q4_0, "q8_0": T.Q8_0, "q4_K": T.Q4_K, "q6_K": T.Q6_K, "iq4_nl": T.IQ4_NL, "f16": T.F16}
 
 
 def tiny_gguf(tmp_root, wtype, emb_type=None, n_vocab=300, tied=True, n_embd=256, n_head=4, n_head_kv=2, n_layer=2,

@@ -17,23 +17,7 @@ from guanaco_rt import ggml_types as T
 from guanaco_rt._kernels._engine import State
 from guanaco_rt.sampling import Sampler
 
-from helpers import tiny_gguf
-
-WTYPES = {"q4_0": T.Q4_0, "q8_0": T.Q8_0, "q4_K": T.Q4_K, "q6_K": T.Q6_K, "iq4_nl": T.IQ4_NL, "f16": T.F16}
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("batch")
-    models = {}
-
-    def get(name):
-        if name not in models:
-            models[name] = guanaco_rt.Model(tiny_gguf(root, WTYPES[name], n_layer=2), n_threads=2)
-        return models[name]
-    yield get
-    for m in models.values():
-        m.close()
+from helpers import TINY_WTYPES
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +67,12 @@ def lined_up(b, fns, n_slots):
 
 
 # ---- one pass, several sequences: the bits of each alone ---------------------------------------
-@pytest.mark.parametrize("wtype", sorted(WTYPES))
+@pytest.mark.parametrize("wtype", sorted(TINY_WTYPES))
 @pytest.mark.parametrize("nth", [1, 2])
-def test_a_pass_gives_each_sequence_its_own_bits(tiny, wtype, nth):
+def test_a_pass_gives_each_sequence_its_own_bits(tiny_typed, wtype, nth):
     """Sequences at different positions, adding 1, 3, 4, 5 and 9 tokens in one pass (the
     4-token and 8-row kernels, and their tails): each gets the logits it gets alone"""
-    m = tiny(wtype)
+    m = tiny_typed(wtype)
     rng = np.random.default_rng(3)
     history = [rng.integers(3, 290, n).astype(np.int32) for n in (1, 7, 2, 12, 5)]
     new = [rng.integers(3, 290, n).astype(np.int32) for n in (1, 3, 4, 5, 9)]
@@ -117,9 +101,9 @@ def test_a_pass_gives_each_sequence_its_own_bits(tiny, wtype, nth):
 
 @settings(max_examples=15, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 20), st.integers(1, 9)), min_size=1, max_size=6), st.integers(1, 2))
-def test_any_mix_of_sequences_in_a_pass(tiny, seqs, nth):
+def test_any_mix_of_sequences_in_a_pass(tiny_typed, seqs, nth):
     """Hypothesis: any number of sequences, any positions, any token counts that fit a pass"""
-    m = tiny("q4_K")
+    m = tiny_typed("q4_K")
     rng = np.random.default_rng(len(seqs))
     b = m.batcher(max_seqs=6, chunk=54, n_threads=nth)
     try:
@@ -145,9 +129,9 @@ def test_any_mix_of_sequences_in_a_pass(tiny, seqs, nth):
         b.close()
 
 
-def test_a_pass_fills_up_to_its_limits_and_the_rest_waits(tiny):
+def test_a_pass_fills_up_to_its_limits_and_the_rest_waits(tiny_typed):
     """max_seqs sequences a pass; a prompt chunk that does not fit the rows left waits for the next"""
-    m = tiny("q8_0")
+    m = tiny_typed("q8_0")
     b = m.batcher(max_seqs=2, chunk=4, n_threads=1)
     try:
         states = []
@@ -167,8 +151,8 @@ def test_a_pass_fills_up_to_its_limits_and_the_rest_waits(tiny):
         b.close()
 
 
-def test_a_long_prompt_goes_in_chunks(tiny):
-    m = tiny("q4_0")
+def test_a_long_prompt_goes_in_chunks(tiny_typed):
+    m = tiny_typed("q4_0")
     ids = np.random.default_rng(1).integers(3, 290, 50).astype(np.int32)
     ref = State(m._engine, 64, 64, False, 2)
     ref.prefill(ids)

@@ -6,32 +6,16 @@ import time
 
 import numpy as np
 import pytest
-from test_batching import WTYPES, together
+from test_batching import together
 from test_gguf_families import write_family_gguf
 
 import guanaco_rt
 from guanaco_rt import ggml_types as T
 from guanaco_rt.api import LLM
 
-from helpers import tiny_gguf
-
 RNG = np.random.default_rng(7)
 P1 = RNG.integers(3, 300, 40).tolist()
 P2 = P1[:25] + RNG.integers(3, 300, 9).tolist()       # shares 25 positions with P1
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    root = tmp_path_factory.mktemp("share")
-    made = {}
-
-    def get(name):
-        if name not in made:
-            made[name] = guanaco_rt.Model(tiny_gguf(root, WTYPES[name], n_layer=2), n_threads=2)
-        return made[name]
-    yield get
-    for m in made.values():
-        m.close()
 
 
 def whole(m, ids, **kw):
@@ -41,8 +25,8 @@ def whole(m, ids, **kw):
 
 @pytest.mark.parametrize("wtype", ["q4_0", "q4_K", "f16"])
 @pytest.mark.parametrize("kv_f16", [False, True])
-def test_a_copied_prefix_gives_the_bits_of_a_whole_evaluation(model, wtype, kv_f16):
-    m = model(wtype)
+def test_a_copied_prefix_gives_the_bits_of_a_whole_evaluation(tiny_typed, wtype, kv_f16):
+    m = tiny_typed(wtype)
     ref = whole(m, P2, kv_f16=kv_f16)
     with guanaco_rt.Session(m, n_ctx=128, kv_f16=kv_f16) as a, \
             guanaco_rt.Session(m, n_ctx=64, kv_f16=kv_f16) as b:     # another n_ctx: other row offsets
@@ -62,8 +46,8 @@ def test_a_copied_prefix_gives_the_bits_of_a_whole_evaluation(model, wtype, kv_f
             assert c.generate(P2, max_new_tokens=4, temperature=0).tokens == r.tokens
 
 
-def test_a_session_takes_the_longest_source_and_keeps_its_own_when_longer(model):
-    m = model("q4_0")
+def test_a_session_takes_the_longest_source_and_keeps_its_own_when_longer(tiny_typed):
+    m = tiny_typed("q4_0")
     with guanaco_rt.Session(m, n_ctx=128) as a, guanaco_rt.Session(m, n_ctx=128) as b, \
             guanaco_rt.Session(m, n_ctx=128) as c:
         a.eval(P1[:10])
@@ -74,8 +58,8 @@ def test_a_session_takes_the_longest_source_and_keeps_its_own_when_longer(model)
         assert c.copy_prefix([], [a]) == 0
 
 
-def test_sources_that_cannot_give_their_rows_are_skipped(model, tmp_path):
-    m, other = model("q4_0"), model("q8_0")
+def test_sources_that_cannot_give_their_rows_are_skipped(tiny_typed, tmp_path):
+    m, other = tiny_typed("q4_0"), tiny_typed("q8_0")
     with guanaco_rt.Session(m, n_ctx=128) as b:
         sources = []
         for make in (lambda: guanaco_rt.Session(m, n_ctx=128, kv_f16=True),     # another KV type
@@ -95,9 +79,9 @@ def test_sources_that_cannot_give_their_rows_are_skipped(model, tmp_path):
             b.copy_prefix([10 ** 6], [])
 
 
-def test_other_lora_adapters_are_skipped(model, tmp_path):
+def test_other_lora_adapters_are_skipped(tiny_typed, tmp_path):
     from test_lora import random_weights, write_gguf_adapter
-    m = model("f16")
+    m = tiny_typed("f16")
     path = write_gguf_adapter(tmp_path / "a.gguf", random_weights(m, 4, 1), 8)
     with guanaco_rt.Session(m, n_ctx=128, lora=[(path, 1.0)]) as a, guanaco_rt.Session(m, n_ctx=128) as b, \
             guanaco_rt.Session(m, n_ctx=128, lora=[(path, 1.0)]) as c, \
@@ -120,10 +104,10 @@ def test_sliding_window_models_copy_nothing(tmp_path):
         assert b.copy_prefix(ids, [a]) == 0 and b.n_past == 0
 
 
-def test_a_source_that_rewinds_and_rewrites_while_copied_from_is_never_read_half_written(model):
+def test_a_source_that_rewinds_and_rewrites_while_copied_from_is_never_read_half_written(tiny_typed):
     """The source keeps cutting its sequence back and evaluating other tokens over the
     prefix the receivers copy; every copy must give the reference logits exactly."""
-    m = model("q4_0")
+    m = tiny_typed("q4_0")
     prefix = P1[:32]
     tails = [RNG.integers(3, 300, 4).tolist() for _ in range(3)]
     refs = [whole(m, prefix + t)[-1] for t in tails]
@@ -158,8 +142,8 @@ def test_a_source_that_rewinds_and_rewrites_while_copied_from_is_never_read_half
 
 
 @pytest.mark.parametrize("batch", [False, True])
-def test_llm_sessions_share_a_prompt_prefix_and_answer_as_alone(model, batch):
-    m = model("q4_K")
+def test_llm_sessions_share_a_prompt_prefix_and_answer_as_alone(tiny_typed, batch):
+    m = tiny_typed("q4_K")
     prompts = [P1[:30] + [40 + i, 50 + i] for i in range(4)]
     with LLM(m, n_ctx=128, n_sessions=1) as solo:
         ref = [solo.create_completion(p, max_tokens=6, temperature=0)["choices"][0]["text"] for p in prompts]
@@ -176,8 +160,8 @@ def test_llm_sessions_share_a_prompt_prefix_and_answer_as_alone(model, batch):
         assert [g["choices"][0]["text"] for g in got] == ref
 
 
-def test_usage_reports_the_cached_prompt_tokens(model):
-    m = model("q4_0")
+def test_usage_reports_the_cached_prompt_tokens(tiny_typed):
+    m = tiny_typed("q4_0")
     with LLM(m, n_ctx=128, n_sessions=2) as llm:
         first = llm.create_completion(P1[:30] + [41, 42], max_tokens=3, temperature=0)["usage"]
         assert first["prompt_tokens_details"] == {"cached_tokens": 0}
@@ -193,9 +177,9 @@ def test_usage_reports_the_cached_prompt_tokens(model):
         assert chunks[-1]["usage"]["prompt_tokens_details"]["cached_tokens"] == 31    # all but the last token
 
 
-def test_copy_prefix_refuses_what_is_not_ids_or_sessions(model):
+def test_copy_prefix_refuses_what_is_not_ids_or_sessions(tiny_typed):
     from guanaco_rt.errors import InvalidArgumentError
-    m = model("q4_0")
+    m = tiny_typed("q4_0")
     with guanaco_rt.Session(m, n_ctx=64) as a, guanaco_rt.Session(m, n_ctx=64) as b:
         a.eval(P1[:10])
         for ids, sources, param in ((P1, a, "sources"), (P1, None, "sources"), (P1, [a, "a"], "sources"),
@@ -206,8 +190,8 @@ def test_copy_prefix_refuses_what_is_not_ids_or_sessions(model):
         assert b.n_past == 0
 
 
-def test_shared_tokens_count_only_positions_still_copied(model):
-    m = model("q4_0")
+def test_shared_tokens_count_only_positions_still_copied(tiny_typed):
+    m = tiny_typed("q4_0")
     with guanaco_rt.Session(m, n_ctx=128) as a, guanaco_rt.Session(m, n_ctx=128) as b:
         a.eval(P1)
         assert b.copy_prefix(P2, [a]) == 25
