@@ -151,18 +151,19 @@ def test_the_setting_travels_with_fork(model):
 
 # ---- a batcher's passes (Model.batcher): one thread while other processes hold the cores ---------
 def test_passes_stay_on_the_team_while_the_machine_is_ours():
-    used, found = pass_governor_twin(2, 2, [0.0, 0.05, 0.2, 0.4, 0.1] * 40)
-    assert used == [2] * 200 and found == 0
+    # up to 3/4 of a CPU kept busy elsewhere: a client of the server on the same machine
+    used, found = pass_governor_twin(2, 2, [0.0, 0.05, 0.2, 0.4, 0.7, 0.6, 0.1] * 30)
+    assert used == [2] * 210 and found == 0
 
 
 def test_passes_move_to_one_thread_while_other_processes_hold_a_core_and_come_back():
-    used, found = pass_governor_twin(2, 2, [0.0] * 3 + [1.0, 1.9, 0.9, 0.4] + [0.1, 0.0])
-    assert used == [2, 2, 2, 1, 1, 1, 1, 2, 2] and found == 1     # off below 0.25 of a CPU left
+    used, found = pass_governor_twin(2, 2, [0.0] * 3 + [1.0, 1.9, 0.9, 0.5] + [0.3, 0.0])
+    assert used == [2, 2, 2, 1, 1, 1, 1, 2, 2] and found == 1     # back below 0.4 of a CPU kept
 
 
 def test_a_team_of_a_few_threads_on_a_big_machine_minds_only_the_cpus_it_needs():
-    used, _ = pass_governor_twin(4, 16, [10.0, 12.4, 12.6, 12.3, 11.8, 12.4])
-    assert used == [4, 4, 1, 1, 4, 4]              # one above 16 - 4 + 0.5 = 12.5, back below 12.25
+    used, _ = pass_governor_twin(4, 16, [10.0, 12.7, 12.8, 12.5, 12.3, 12.7])
+    assert used == [4, 4, 1, 1, 4, 4]              # one above 16 - 4 + 0.75, back below 12.4
 
 
 def test_a_single_thread_batcher_has_nothing_to_decide():
