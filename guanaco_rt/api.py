@@ -69,15 +69,31 @@ MAX_TOP_LOGPROBS = 20
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
+class _Running:
+    """A request that SessionPool handed a session with a prompt: its session (None while it
+    is being made), its prompt's ids, and when acquire() returned (None before)."""
+    __slots__ = ("session", "ids", "handed")
+
+    def __init__(self, session: Session | None, ids: list[int]):
+        self.session, self.ids = session, ids
+        self.handed: float | None = None
+
+
 class SessionPool:
     """Up to ``size`` Sessions on one Model, handed out one caller at a time. Callers wait in
     arrival order; a free session whose cache shares the longest prefix with the caller's
     prompt is preferred (a chat's next turn lands where its history is cached). When another
     session of the pool, free or busy, holds a longer prefix of the prompt, the one handed
     out copies its K/V entries first (Session.copy_prefix): once a session holds a system
-    prompt or a template's preamble, requests that share it do not evaluate it again (those
-    that start together before any session holds it each evaluate it).
-    ``shared_tokens`` counts the positions copied so."""
+    prompt or a template's preamble, requests that share it do not evaluate it again.
+    Requests that start together, before any session holds it: each waits for the earliest
+    running request whose prompt shares at least ``COLD_SHARE_MIN`` more positions with its
+    own to evaluate them, then copies them (``cold_waits`` counts those waits), rather than
+    evaluating them beside it. ``shared_tokens`` counts the positions copied."""
+
+    COLD_SHARE_MIN = 16        # positions worth waiting for
+    COLD_SHARE_MAX_S = 60.0    # the longest wait (a leader that stops short: its prompt cut to fit n_ctx)
+    COLD_SHARE_IDLE_S = 0.5    # a leader handed its session this long ago that is not using it is not waited for
 
     def __init__(self, model: Model, size: int = 1, **session_kw):
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
@@ -87,6 +103,10 @@ class SessionPool:
         self._all: list[Session] = []       # every open session, free or busy: the prefix sources
         self._created = 0
         self.shared_tokens = 0
+        self.cold_waits = 0
+        # the requests handed a session with a prompt, in the order they were; a request waits
+        # only for those before it, so waits form no cycle
+        self._running: list[_Running] = []
         self._cond = threading.Condition()
         self._line: collections.deque = collections.deque()     # waiting callers, first come first
         self._closed = False
@@ -123,35 +143,92 @@ class SessionPool:
             else:
                 s = None
                 self._created += 1
+            ahead = list(self._running)      # the requests handed out before this one, still running
+            entry = None
+            if ids:
+                entry = _Running(s, list(ids))
+                self._running.append(entry)
         if s is None:
             try:
                 s = Session(self.model, **self.session_kw)
             except BaseException:
                 with self._cond:
                     self._created -= 1
+                    if entry is not None:
+                        self._running.remove(entry)
                     self._cond.notify_all()
                 raise
             with self._cond:
                 self._all.append(s)
-        if ids and len(self._all) > 1:
+                if entry is not None:
+                    entry.session = s
+        if entry is not None:
             try:
-                self._share(s, ids)
+                self._share(s, ids, ahead)
             except BaseException:
                 self.release(s)
                 raise
+            with self._cond:
+                entry.handed = time.monotonic()
         return s
 
-    def _share(self, s, ids):
+    def _share(self, s, ids, ahead):
         with self._cond:
             sources = [o for o in self._all if o is not s]
         own = common_prefix(s.tokens, ids)
-        got = s.copy_prefix(ids, sources)
+        got = s.copy_prefix(ids, sources) if sources else own
+        # cold start: an earlier request that will hold more of this prompt than any session does
+        # (the last position is evaluated anyway, for its logits)
+        leader, want = None, got + self.COLD_SHARE_MIN - 1
+        for e in ahead:
+            c = min(common_prefix(e.ids, ids), len(ids) - 1)
+            if c > want:
+                leader, want = e, c
+        if leader is not None:
+            with self._cond:
+                self.cold_waits += 1
+            o = self._await(leader, s, ids, want)
+            if o is not None:
+                got = s.copy_prefix(ids, [o])
         if got > own:
             with self._cond:
                 self.shared_tokens += got - own
 
+    def _await(self, leader, s, ids, want):
+        # until the leader's session holds the first ``want`` positions of ids (its prompt's
+        # evaluation went past them), or it is given back (it may hold them: a short request
+        # ends between two looks), or it idles (its caller holds it but runs nothing on it:
+        # COLD_SHARE_IDLE_S after acquire() returned it), or COLD_SHARE_MAX_S -> that session,
+        # or None (the pool closed, or a session that cannot be copied from: another KV type or
+        # adapters). Polled (a batcher's pass takes 5-300 ms): its n_past, the tokens only then
+        deadline = time.monotonic() + self.COLD_SHARE_MAX_S
+        pause = 0.001
+        while True:
+            with self._cond:
+                o, handed = leader.session, leader.handed
+                if self._closed or (o is None and not any(e is leader for e in self._running)):
+                    return None
+                if not any(e is leader for e in self._running):
+                    return o
+            if handed is not None and o is not None and not o._busy.locked() and \
+                    time.monotonic() - handed > self.COLD_SHARE_IDLE_S:
+                return o
+            st = o._state if o is not None else None
+            if o is not None and (st is None or o.kv_f16 != s.kv_f16 or o._adapters() != s._adapters()):
+                return None
+            if st is not None and st.n_past >= want and common_prefix(st.tokens(), ids) >= want:
+                return o
+            if time.monotonic() >= deadline:
+                return o
+            time.sleep(pause)
+            pause = min(2 * pause, 0.01)
+
     def release(self, session: Session) -> None:
         with self._cond:
+            for i, e in enumerate(self._running):
+                if e.session is session:
+                    del self._running[i]
+                    break
             if self._closed:
                 session.close()
                 if session in self._all:

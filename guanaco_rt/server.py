@@ -220,7 +220,8 @@ def create_app(llm: LLM, api_key: str | None = None, max_queue: int = 64, server
 
     async def health(request):
         body = {"status": "ok", "model": llm.model_name, "sessions": llm.pool.size, "busy": llm.pool.busy,
-                "waiting": llm.pool.waiting, "shared_prefix_tokens": llm.pool.shared_tokens}
+                "waiting": llm.pool.waiting, "shared_prefix_tokens": llm.pool.shared_tokens,
+                "cold_share_waits": llm.pool.cold_waits}
         if llm.batcher is not None:
             body["batch"] = llm.batch_stats()
         return JSONResponse(body)

@@ -2,6 +2,7 @@
 SessionPool for LLM and the server): the receiver then gives the bits of a whole
 evaluation, the source may be running meanwhile (rows it rewrites are never read half
 written), and sources of another model, KV type or LoRA adapters are skipped."""
+import threading
 import time
 
 import numpy as np
@@ -198,3 +199,49 @@ def test_shared_tokens_count_only_positions_still_copied(tiny_typed):
         b.reset()                                       # the copied positions are gone
         r = b.generate(P2, max_new_tokens=2, temperature=0)
         assert r.timings.shared_tokens == 0 and r.timings.reused_tokens == 0
+
+
+# ---- requests that start together (SessionPool's cold start) -------------------------------
+SYS = RNG.integers(3, 300, 60).tolist()         # a system prompt no session holds yet
+COLD = [SYS + [60 + i, 70 + i, 80 + i] for i in range(4)]
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_requests_that_start_together_wait_for_the_first_to_evaluate_their_shared_prefix(tiny_typed, batch):
+    m = tiny_typed("q4_K")
+    with LLM(m, n_ctx=128, n_sessions=1) as solo:
+        ref = [solo.create_completion(p, max_tokens=5, temperature=0)["choices"][0]["text"] for p in COLD]
+    with LLM(m, n_ctx=128, n_sessions=4, batch=batch) as llm:
+        if batch:
+            # no passes until all four are in: without the waits, each would queue the
+            # system prompt's rows and evaluate them
+            llm.batcher.pause()
+            threading.Timer(0.5, llm.batcher.resume).start()
+        got = together([lambda p=p: llm.create_completion(p, max_tokens=5, temperature=0) for p in COLD])
+        assert [g["choices"][0]["text"] for g in got] == ref
+        cached = sorted(g["usage"]["prompt_tokens_details"]["cached_tokens"] for g in got)
+        assert cached == [0, 60, 60, 60] and llm.pool.shared_tokens == 3 * 60
+        if batch:
+            assert llm.pool.cold_waits == 3
+
+
+def test_a_request_does_not_wait_for_one_that_idles_or_is_given_back(tiny_typed):
+    m = tiny_typed("q4_0")
+    with LLM(m, n_ctx=128, n_sessions=3) as llm:
+        pool = llm.pool
+        a = pool.acquire(COLD[0])           # its caller runs nothing on it
+        t0 = time.monotonic()
+        b = pool.acquire(COLD[1])
+        waited = time.monotonic() - t0
+        assert pool.COLD_SHARE_IDLE_S <= waited < pool.COLD_SHARE_IDLE_S + 2 and b.n_past == 0
+        pool.release(b)
+        # one given back while another waits for it: the wait ends then
+        pool.release(a)
+        a = pool.acquire(COLD[2])
+        a._busy.acquire()                   # as if it were evaluating
+        threading.Timer(0.3, lambda: (a._busy.release(), pool.release(a))).start()
+        t0 = time.monotonic()
+        c = pool.acquire(COLD[3])
+        assert 0.25 < time.monotonic() - t0 < 2 and c.n_past == 0
+        pool.release(c)
+        assert pool.cold_waits == 2

@@ -75,6 +75,7 @@ def test_models_and_health(server, client):
     assert m.id == "SmolLM2-135M-Instruct.Q4_1.gguf" and m.owned_by == "guanaco_rt"
     h = server.health()
     assert h["status"] == "ok" and h["sessions"] == 2
+    assert h["shared_prefix_tokens"] >= 0 and h["cold_share_waits"] >= 0 and h["waiting"] == 0
     # --parallel 2: the two sessions share passes, and /health says how they went
     assert h["batch"]["max_seqs"] == 2 and h["batch"]["members"] == 0 and h["batch"]["queued"] == 0
     client.chat.completions.create(model="any", messages=FRANCE, temperature=0, max_tokens=4)
