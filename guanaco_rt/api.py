@@ -198,11 +198,14 @@ class SessionPool:
         # until the leader's session holds the first ``want`` positions of ids (its prompt's
         # evaluation went past them), or it is given back (it may hold them: a short request
         # ends between two looks), or it idles (its caller holds it but runs nothing on it:
-        # COLD_SHARE_IDLE_S after acquire() returned it), or COLD_SHARE_MAX_S -> that session,
-        # or None (the pool closed, or a session that cannot be copied from: another KV type or
-        # adapters). Polled (a batcher's pass takes 5-300 ms): its n_past, the tokens only then
+        # COLD_SHARE_IDLE_S after acquire() returned it), or it went past them with other
+        # tokens (its prompt was cut to fit n_ctx: three looks in a row), or COLD_SHARE_MAX_S
+        # -> that session, or None (the pool closed, or a session that cannot be copied from:
+        # another KV type or adapters). Polled (a batcher's pass takes 5-300 ms): its n_past,
+        # the tokens only then
         deadline = time.monotonic() + self.COLD_SHARE_MAX_S
         pause = 0.001
+        past = 0
         while True:
             with self._cond:
                 o, handed = leader.session, leader.handed
@@ -216,8 +219,14 @@ class SessionPool:
             st = o._state if o is not None else None
             if o is not None and (st is None or o.kv_f16 != s.kv_f16 or o._adapters() != s._adapters()):
                 return None
-            if st is not None and st.n_past >= want and common_prefix(st.tokens(), ids) >= want:
-                return o
+            if st is not None and st.n_past >= want:
+                if common_prefix(st.tokens(), ids) >= want:
+                    return o
+                past += 1
+                if past >= 3:
+                    return o
+            else:
+                past = 0
             if time.monotonic() >= deadline:
                 return o
             time.sleep(pause)
