@@ -59,7 +59,14 @@ from . import lora as _lora
 from . import tools as tc
 from .chat import DEFAULT_STOP, guanaco_prompt
 from .constrain import compile_constraint
-from .errors import ChatTemplateError, ConstraintError, ContextFullError, InvalidRequestError
+from .errors import (
+    Cancelled,
+    ChatTemplateError,
+    ConstraintError,
+    ContextFullError,
+    InvalidRequestError,
+    ModelClosedError,
+)
 from .model import Model, default_threads
 from .sampling import DEFAULTS, Sampler, SamplingParams
 from .session import Session, common_prefix
@@ -119,15 +126,33 @@ class SessionPool:
     def busy(self) -> int:
         return self._created - len(self._free)
 
-    def acquire(self, ids=None, timeout: float | None = None) -> Session:
+    def acquire(self, ids=None, timeout: float | None = None, cancel: CancelHandle | None = None) -> Session:
+        """A session for a prompt (``ids``: the one whose cached prefix is longest is preferred),
+        after the callers ahead in line. Raises TimeoutError after ``timeout`` s, Cancelled
+        when ``cancel`` is cancelled while it waits (in line, or for a cold start's leader),
+        ModelClosedError once the pool is closed."""
         ticket = object()
         deadline = None if timeout is None else time.monotonic() + timeout
+        unhook = cancel._on_cancel(self._wake) if cancel is not None else None
+        try:
+            return self._acquire(ticket, ids, timeout, deadline, cancel)
+        finally:
+            if unhook is not None:
+                unhook()
+
+    def _wake(self):
+        with self._cond:
+            self._cond.notify_all()
+
+    def _acquire(self, ticket, ids, timeout, deadline, cancel):
         with self._cond:
             self._line.append(ticket)
             try:
                 while True:
                     if self._closed:
-                        raise RuntimeError("the session pool is closed")
+                        raise ModelClosedError("the session pool is closed (its LLM was closed)")
+                    if cancel is not None and cancel.cancelled:
+                        raise Cancelled("the request was cancelled while it waited for a session")
                     if self._line[0] is ticket and (self._free or self._created < self.size):
                         break
                     left = None if deadline is None else deadline - time.monotonic()
@@ -164,7 +189,7 @@ class SessionPool:
                     entry.session = s
         if entry is not None:
             try:
-                self._share(s, ids, ahead)
+                self._share(s, ids, ahead, cancel)
             except BaseException:
                 self.release(s)
                 raise
@@ -172,7 +197,7 @@ class SessionPool:
                 entry.handed = time.monotonic()
         return s
 
-    def _share(self, s, ids, ahead):
+    def _share(self, s, ids, ahead, cancel=None):
         with self._cond:
             sources = [o for o in self._all if o is not s]
         own = common_prefix(s.tokens, ids)
@@ -187,14 +212,14 @@ class SessionPool:
         if leader is not None:
             with self._cond:
                 self.cold_waits += 1
-            o = self._await(leader, s, ids, want)
+            o = self._await(leader, s, ids, want, cancel)
             if o is not None:
                 got = s.copy_prefix(ids, [o])
         if got > own:
             with self._cond:
                 self.shared_tokens += got - own
 
-    def _await(self, leader, s, ids, want):
+    def _await(self, leader, s, ids, want, cancel=None):
         # until the leader's session holds the first ``want`` positions of ids (its prompt's
         # evaluation went past them), or it is given back (it may hold them: a short request
         # ends between two looks), or it idles (its caller holds it but runs nothing on it:
@@ -202,11 +227,13 @@ class SessionPool:
         # tokens (its prompt was cut to fit n_ctx: three looks in a row), or COLD_SHARE_MAX_S
         # -> that session, or None (the pool closed, or a session that cannot be copied from:
         # another KV type or adapters). Polled (a batcher's pass takes 5-300 ms): its n_past,
-        # the tokens only then
+        # the tokens only then. Cancelled when ``cancel`` is
         deadline = time.monotonic() + self.COLD_SHARE_MAX_S
         pause = 0.001
         past = 0
         while True:
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled("the request was cancelled while it waited for a cold start's shared prefix")
             with self._cond:
                 o, handed = leader.session, leader.handed
                 if self._closed or (o is None and not any(e is leader for e in self._running)):
@@ -247,21 +274,27 @@ class SessionPool:
             self._cond.notify_all()
 
     @contextmanager
-    def session(self, ids=None, timeout=None):
-        s = self.acquire(ids, timeout)
+    def session(self, ids=None, timeout=None, cancel=None):
+        s = self.acquire(ids, timeout, cancel)
         try:
             yield s
         finally:
             self.release(s)
 
     def close(self) -> None:
+        """Close the free sessions; the running calls are cancelled (they end within a token,
+        as cancelled) and their sessions closed as they come back; callers waiting in line get
+        ModelClosedError."""
         with self._cond:
             self._closed = True
             for s in self._free:
                 s.close()
                 self._all.remove(s)
             self._free.clear()
+            busy = list(self._all)
             self._cond.notify_all()
+        for s in busy:
+            s.hold_cancel()
 
 
 # ---- request checks ----------------------------------------------------------------------
@@ -559,7 +592,7 @@ class LLM:
         """OpenAI's /v1/completions: a ``text_completion`` dict, or with ``stream`` an iterator
         (with ``cancel()``) of ``text_completion`` chunks. ``prompt``: text (BOS is added as
         the file says) or token ids. ``cancel``: a ``CancelHandle`` another thread may use to
-        stop a non-streamed call (a stream has its own ``cancel()``). ``json_schema``,
+        stop the call, before it starts too (a stream's own ``cancel()`` does the same). ``json_schema``,
         ``grammar`` (GBNF or Lark), ``regex``, ``choices``: at most one constraint on the
         text (see Session.generate)."""
         n, seed = self._common(n, seed)
@@ -588,7 +621,7 @@ class LLM:
                        logprobs, (prompt if isinstance(prompt, str) else self.model.detokenize(ids)) if echo else None,
                        constraint=constraint)
         if stream:
-            return ChunkStream(req, _include_usage(stream_options))
+            return ChunkStream(req, _include_usage(stream_options), cancel)
         return _complete(req, cancel)
 
     def create_chat_completion(self, messages: list[dict], max_tokens: int | None = None,
@@ -656,7 +689,7 @@ class LLM:
         req = _Request(self, ids, self._max_tokens(max_tokens, len(ids), "messages"), stops, params, seed, n,
                        (top_logprobs or 0) if logprobs else None, chat=True, constraint=constraint, tools=plan)
         if stream:
-            return ChunkStream(req, _include_usage(stream_options))
+            return ChunkStream(req, _include_usage(stream_options), cancel)
         return _complete(req, cancel)
 
     __call__ = create_completion
@@ -944,43 +977,75 @@ def _cached(s, cached):
 
 
 class CancelHandle:
-    """Cancel from any thread: marks the request and stops the session it is running on."""
+    """Cancel a request from any thread: it stops waiting for a session (in line, or for a
+    cold start's leader), or its generation stops within a token, or it does not start."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._session = None
+        self._wakers: list = []
         self.cancelled = False
 
     def cancel(self):
         with self._lock:
             self.cancelled = True
-            if self._session is not None:
-                self._session.cancel()
+            session, wakers = self._session, list(self._wakers)
+        if session is not None:
+            session.hold_cancel()
+        for wake in wakers:
+            wake()
+
+    def _on_cancel(self, wake):
+        # wake() when cancel() is called (a waiter's condition) -> the call that unhooks it
+        with self._lock:
+            self._wakers.append(wake)
+
+        def unhook():
+            with self._lock:
+                self._wakers.remove(wake)
+        return unhook
 
     @contextmanager
     def running_on(self, session):
+        # while the request holds ``session``: a cancel(), before or during, cancels every call on it
         with self._lock:
             self._session = session
+            held = self.cancelled
+        if held:
+            session.hold_cancel()
         try:
             yield
         finally:
             with self._lock:
                 self._session = None
+            session.hold_cancel(False)
 
-    def check(self, session):
-        # a cancel() that came before this choice began still stops it
-        with self._lock:
-            if self.cancelled:
-                session.cancel()
+
+@contextmanager
+def _held(req, handle):
+    """req's session from its LLM's pool, cancelled with ``handle`` -> it, or None when the
+    handle was cancelled while the request waited for it"""
+    try:
+        s = req.llm.pool.acquire(req.ids, cancel=handle)
+    except Cancelled:
+        yield None
+        return
+    try:
+        with handle.running_on(s):
+            yield s
+    finally:
+        req.llm.pool.release(s)
 
 
 def _complete(req, handle=None):
     handle = handle or CancelHandle()
     choices, n_completion, cached = [], 0, None
-    with req.llm.pool.session(req.ids) as s, handle.running_on(s):
-        for i in range(req.n):
+    with _held(req, handle) as s:
+        if s is None:
+            choices.append({"index": 0, "logprobs": None, "finish_reason": "cancelled",
+                            **({"message": {"role": "assistant", "content": ""}} if req.chat else {"text": ""})})
+        for i in range(req.n if s is not None else 0):
             if req.tools is not None:
-                handle.check(s)
                 text, calls, reason, n_gen = _run_tools(s, req)
                 cached = _cached(s, cached)
                 n_completion += n_gen
@@ -992,7 +1057,6 @@ def _complete(req, handle=None):
                     break
                 continue
             with _run(s, req, callback_stream=False) as stream:
-                handle.check(s)
                 for _ in _pieces(stream):
                     pass
             res = stream.result
@@ -1018,11 +1082,11 @@ class _Chunks:
     generator; the generator holds only this, so dropping the ChunkStream closes the
     generator (and gives its session back) by reference counting alone."""
 
-    def __init__(self, req, include_usage):
+    def __init__(self, req, include_usage, handle=None):
         self.req, self.include_usage = req, include_usage
         self.id = ("chatcmpl-" if req.chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
-        self.handle = CancelHandle()
+        self.handle = handle or CancelHandle()
         self.finish_reason = None
         self.usage = None
 
@@ -1042,8 +1106,11 @@ class _Chunks:
     def run(self):
         req, handle = self.req, self.handle
         n_completion, cached = 0, None
-        with req.llm.pool.session(req.ids) as s, handle.running_on(s):
-            for i in range(req.n):
+        with _held(req, handle) as s:
+            if s is None:
+                self.finish_reason = "cancelled"
+                yield self._chunk(self._choice(0, "", None, "cancelled", role=True))
+            for i in range(req.n if s is not None else 0):
                 if handle.cancelled:
                     break
                 if req.chat:
@@ -1051,7 +1118,6 @@ class _Chunks:
                 elif req.echo_text:
                     yield self._chunk(self._choice(i, req.echo_text, None, None))
                 if req.tools is not None:
-                    handle.check(s)
                     events = _tool_events(s, req)
                     while True:
                         try:
@@ -1070,7 +1136,6 @@ class _Chunks:
                     yield self._chunk(self._choice(i, "", None, reason))
                     continue
                 with _run(s, req) as stream:
-                    handle.check(s)
                     seen, offset = 0, len(req.echo_text or "")
                     for piece in _pieces(stream):
                         toks, top, own = stream.tokens_so_far()
@@ -1092,8 +1157,8 @@ class ChunkStream:
     generation at the next token; ``close()``, leaving a ``with`` block, or dropping the
     last reference also gives its session back at once."""
 
-    def __init__(self, req, include_usage=False):
-        self._state = _Chunks(req, include_usage)
+    def __init__(self, req, include_usage=False, cancel=None):
+        self._state = _Chunks(req, include_usage, cancel)
         self._it = self._state.run()
         self.req, self.include_usage = req, include_usage
         self.id, self.created = self._state.id, self._state.created

@@ -719,7 +719,8 @@ def build_parser():
                         "tokens (default %(default)s)")
     s.add_argument("--max-queue", type=_int(0, 1 << 16), default=64,
                    help="requests that may wait for a session; more get HTTP 429 (default %(default)s)")
-    s.add_argument("-c", "--ctx-size", type=_int(16, MAX_CTX), default=2048, help="context per session")
+    s.add_argument("-c", "--ctx-size", type=_int(16, MAX_CTX), default=2048,
+                   help="context per session (default %(default)s)")
     s.add_argument("-b", "--batch-size", type=_int(1, MAX_CTX), default=64,
                    help="prompt tokens evaluated at once (default %(default)s)")
     s.add_argument("-t", "--threads", type=_int(1, 256), default=None,

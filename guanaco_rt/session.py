@@ -16,12 +16,14 @@ loop (sampling and stop checks included) run with the GIL released.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
 import struct
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence, Union
 
 import numpy as np
@@ -59,6 +61,7 @@ STATE_VERSION = 3       # 2: the fingerprint covers every weight byte (1 hashed 
 POLICIES = ("error", "shift")
 DRAIN_TIMEOUT_S = 30.0  # longest wait for an abandoned astream() to stop (one token, or one prompt layer)
 MAX_CTX = 1 << 20       # positions; a KV cache this long is already tens of GB on 7B
+EXIT_WAIT_S = 1.0       # longest wait at exit for the running calls to stop (a cancel lands within a layer)
 MAX_NEW_TOKENS = 2**31 - 1  # the decode loop's counter (a C int); a larger max_new_tokens means no limit
 
 
@@ -95,6 +98,30 @@ def chat_format(model, template=None):
     # the file's own template, when it is not even a string, fails the chat calls, not the Session
     return (template if own is None or isinstance(own, str) else None), ChatTemplate(template, *spell,
                                                                                       specials=specials)
+
+
+# the Sessions of this process, and whether it is exiting: at exit (atexit, before the
+# interpreter finalizes) every running call is cancelled and waited for, up to EXIT_WAIT_S, and
+# no call starts afterwards. A daemon thread still in a call's C loop (the GIL released) when
+# the interpreter finalized aborted the process ("PyEval_SaveThread ... the GIL is released")
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+_EXITING = False
+
+
+def _stop_at_exit():
+    global _EXITING
+    _EXITING = True
+    live = list(_LIVE)
+    for s in live:
+        s.hold_cancel()
+    deadline = time.monotonic() + EXIT_WAIT_S
+    while any(s._busy.locked() for s in live) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    for b in {id(s.batcher): s.batcher for s in live if s.batcher is not None}.values():
+        b.close()           # its thread leaves its C loop: it ends before the interpreter does
+
+
+atexit.register(_stop_at_exit)
 
 
 def common_prefix(a, b):
@@ -175,6 +202,7 @@ class Session:
         self._chat_first_turn = 0
         self._busy = threading.Lock()
         self._cancel_lock = threading.Lock()   # orders cancel() against the end of a call
+        self._cancel_held = False              # hold_cancel(): every call is cancelled as it starts
         self._draining = None                  # the worker of an abandoned astream(), finishing
         self._pid = os.getpid()
         self._shared = 0                       # positions the last copy_prefix() copied in
@@ -182,6 +210,7 @@ class Session:
         # prompt_progress(done, total): for a prompt longer than one batch (generate, stream,
         # chat), called with 0 before the first batch and after each; the library never prints
         self.prompt_progress: Callable[[int, int], object] | None = None
+        _LIVE.add(self)
 
     # -- properties ----------------------------------------------------------------
     @property
@@ -236,12 +265,17 @@ class Session:
                                    "still open); use one Session per concurrent caller")
         self._draining = None
         try:
+            if _EXITING:
+                raise ModelClosedError("the interpreter is exiting: guanaco_rt starts no more calls")
             self.model._check_usable()
             if os.getpid() != self._pid or self.n_threads > 1:
                 self._fit_threads()
         except BaseException:
             self._busy.release()
             raise
+        with self._cancel_lock:
+            if self._cancel_held:
+                state.cancel(True)
         return state
 
     def _fit_threads(self):
@@ -270,6 +304,15 @@ class Session:
         consistent up to the last complete token."""
         with self._cancel_lock:
             if self._state is not None and self._busy.locked():
+                self._state.cancel(True)
+
+    def hold_cancel(self, on: bool = True) -> None:
+        """cancel() the running call, and every call that starts until ``hold_cancel(False)``:
+        a request cancelled before its generation began (an API's CancelHandle, a client gone
+        while it waited) ends as cancelled instead of running to its end. Any thread."""
+        with self._cancel_lock:
+            self._cancel_held = on
+            if on and self._state is not None and self._busy.locked():
                 self._state.cancel(True)
 
     # -- evaluation ------------------------------------------------------------------

@@ -160,6 +160,30 @@ def test_disconnect_while_waiting_for_a_non_streamed_reply(server):
     assert re.search(r"client gone: /v1/completions ended [\d.]+ ms after", server.logs())
 
 
+def test_a_client_gone_while_its_request_waits_for_a_session_ends_the_request_at_once(server):
+    # both sessions (--parallel 2) stream long replies; a third request waits in line, and its
+    # client leaves: the request ends then, not once a session frees and it has generated
+    auth = {"Authorization": f"Bearer {KEY}"}
+    long = {"model": "any", "prompt": "Tell me a long story.", "max_tokens": 100000, "stream": True,
+            "temperature": 1.0, "logit_bias": NO_END}
+    gone = r"client gone: /v1/completions ended ([\d.]+) ms after"
+    before = len(re.findall(gone, server.logs()))
+    url = server.url + "/v1/completions"
+    with httpx.Client(timeout=30) as h, h.stream("POST", url, json=long, headers=auth) as a, \
+            h.stream("POST", url, json=long, headers=auth) as b:
+        lines = a.iter_lines(), b.iter_lines()          # held: a dropped iterator closes its response
+        assert all(next(x).startswith("data: {") for x in lines) and server.health()["busy"] == 2
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(server.url + "/v1/completions", headers=auth, timeout=0.5,
+                       json={"model": "any", "prompt": "Name a colour.", "max_tokens": 50, "logit_bias": NO_END})
+        deadline = time.monotonic() + 5
+        while len(re.findall(gone, server.logs())) == before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        ms = [float(x) for x in re.findall(gone, server.logs())[before:]]
+        assert ms and ms[-1] < 1000 and server.health()["busy"] == 2 and server.health()["waiting"] == 0
+        assert re.search(r"/v1/completions: \d+ tokens in, 0 out, finish cancelled", server.logs())
+
+
 def test_malformed_json_and_bad_arguments_are_400_with_openai_errors(server, client):
     auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
     for body, param in [(b"{not json", None), (b"[1, 2]", None), (b'{"prompt": "x", "bogus": 1}', "bogus"),
