@@ -203,18 +203,26 @@ class SessionPool:
         own = common_prefix(s.tokens, ids)
         got = s.copy_prefix(ids, sources) if sources else own
         # cold start: an earlier request that will hold more of this prompt than any session does
-        # (the last position is evaluated anyway, for its logits)
-        leader, want = None, got + self.COLD_SHARE_MIN - 1
-        for e in ahead:
-            c = min(common_prefix(e.ids, ids), len(ids) - 1)
-            if c > want:
-                leader, want = e, c
-        if leader is not None:
-            with self._cond:
-                self.cold_waits += 1
+        # (the last position is evaluated anyway, for its logits). One that ends short of it (it
+        # was cancelled) hands the wait on to the next such request still running, if any
+        waited = False
+        while ahead:
+            leader, want = None, got + self.COLD_SHARE_MIN - 1
+            for e in ahead:
+                c = min(common_prefix(e.ids, ids), len(ids) - 1)
+                if c > want:
+                    leader, want = e, c
+            if leader is None:
+                break
+            if not waited:
+                with self._cond:
+                    self.cold_waits += 1
+                waited = True
             o = self._await(leader, s, ids, want, cancel)
             if o is not None:
-                got = s.copy_prefix(ids, [o])
+                got = max(got, s.copy_prefix(ids, [o]))
+            with self._cond:
+                ahead = [e for e in ahead if e is not leader and any(e is r for r in self._running)]
         if got > own:
             with self._cond:
                 self.shared_tokens += got - own

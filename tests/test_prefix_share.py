@@ -264,3 +264,38 @@ def test_a_request_does_not_wait_for_one_that_went_past_the_shared_part_with_oth
             pool.release(b)
         finally:
             timer.join()
+
+
+def test_when_the_request_waited_for_ends_short_the_wait_passes_to_the_next_one(tiny_typed):
+    # the first request ends (cancelled) before it evaluates the shared part: of the two that
+    # waited for it, the first evaluates it and the second waits for that one, then copies it
+    m = tiny_typed("q4_0")
+    with LLM(m, n_ctx=128, n_sessions=3) as llm:
+        pool = llm.pool
+        a = pool.acquire(COLD[0])
+        a._busy.acquire()                   # as if it were generating
+        got = {}
+
+        def second():
+            b = pool.acquire(COLD[1])
+            got["b_copied"] = b.n_past
+            b.eval(COLD[1])
+            got["b"] = b
+
+        def third():
+            got["c"] = pool.acquire(COLD[2])
+        tb = threading.Thread(target=second)
+        tb.start()
+        time.sleep(0.2)
+        tc = threading.Thread(target=third)
+        tc.start()
+        time.sleep(0.2)
+        assert tb.is_alive() and tc.is_alive()          # both wait for a
+        a._busy.release()
+        pool.release(a)                     # a ends holding nothing
+        tb.join(5)
+        tc.join(5)
+        assert got["b_copied"] == 0 and got["c"].n_past == 60 and got["c"].tokens == COLD[2][:60]
+        assert pool.cold_waits == 2 and pool.shared_tokens == 60
+        pool.release(got["b"])
+        pool.release(got["c"])
