@@ -2,6 +2,7 @@
 the request waits in line or for a cold start's leader: the server's client gone meanwhile),
 closing an LLM while requests run or wait, and the interpreter exiting while a daemon
 thread generates."""
+import os
 import subprocess
 import sys
 import textwrap
@@ -136,6 +137,7 @@ def test_the_interpreter_exits_cleanly_while_a_daemon_thread_generates(tiny_type
     """)
     for _ in range(3):
         t0 = time.monotonic()
-        p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+        p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                           cwd=os.path.dirname(__file__))      # the installed package, not the source tree's
         assert p.returncode == 0 and "Fatal Python error" not in p.stderr, p.stderr[-2000:]
         assert "exiting" in p.stdout and time.monotonic() - t0 < 30
