@@ -111,7 +111,7 @@ _EXITING = False
 def _stop_at_exit():
     global _EXITING
     _EXITING = True
-    live = list(_LIVE)
+    live = [s for s in list(_LIVE) if s._pid == os.getpid()]     # a forked child's copies run nothing
     for s in live:
         s.hold_cancel()
     deadline = time.monotonic() + EXIT_WAIT_S
