@@ -789,6 +789,9 @@ class LLM:
         return d
 
     def close(self) -> None:
+        """Cancel the running calls (they end within a token, as cancelled, or raise
+        ModelClosedError), fail the waiting ones with ModelClosedError, stop the batcher, and
+        close the Model if this LLM opened it."""
         self.pool.close()
         if self.batcher is not None:
             self.batcher.close()
