@@ -257,7 +257,8 @@ class Session:
             raise ModelClosedError("this Session is closed")
         return self._state
 
-    def _enter(self) -> State:
+    def _enter(self, work: bool = True) -> State:
+        # work=False: close(), which runs nothing and may come at exit
         state = self._check_open()
         if not self._busy.acquire(blocking=False) and not (
                 self._draining is not None and self._busy.acquire(timeout=DRAIN_TIMEOUT_S)):
@@ -265,7 +266,7 @@ class Session:
                                    "still open); use one Session per concurrent caller")
         self._draining = None
         try:
-            if _EXITING:
+            if _EXITING and work:
                 raise ModelClosedError("the interpreter is exiting: guanaco_rt starts no more calls")
             self.model._check_usable()
             if os.getpid() != self._pid or self.n_threads > 1:
@@ -887,7 +888,7 @@ class Session:
     def close(self) -> None:
         """Free the KV cache. The session cannot be used afterwards."""
         if self._state is not None:
-            self._enter()
+            self._enter(work=False)
             self._busy.release()
             self._state = None
 
