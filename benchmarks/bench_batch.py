@@ -28,27 +28,35 @@ def no_end(model):
     return {t: float("-inf") for t in {tk.eos_id, *getattr(tk, "eog_ids", ())} if t is not None}
 
 
-def run_all(sessions, n_tokens, bias, on_piece=None):
-    """every session generates n_tokens at once -> (aggregate tok/s, [time to first token])"""
-    ttft = [None] * len(sessions)
-    go = threading.Barrier(len(sessions) + 1)
+def together(n, work):
+    """work(0) ... work(n - 1) on n threads, released at once -> seconds from the release until all end"""
+    go = threading.Barrier(n + 1)
 
     def one(i):
         go.wait()
-        t0 = time.perf_counter()
-        for _ in sessions[i].stream(PROMPT.format(i), max_new_tokens=n_tokens, temperature=0, logit_bias=bias):
-            if ttft[i] is None:
-                ttft[i] = time.perf_counter() - t0
-            if on_piece is not None:
-                on_piece(i)
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(sessions))]
+        work(i)
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     go.wait()
     t0 = time.perf_counter()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
+    return time.perf_counter() - t0
+
+
+def run_all(sessions, n_tokens, bias, on_piece=None):
+    """every session generates n_tokens at once -> (aggregate tok/s, [time to first token])"""
+    ttft = [None] * len(sessions)
+
+    def one(i):
+        t0 = time.perf_counter()
+        for _ in sessions[i].stream(PROMPT.format(i), max_new_tokens=n_tokens, temperature=0, logit_bias=bias):
+            if ttft[i] is None:
+                ttft[i] = time.perf_counter() - t0
+            if on_piece is not None:
+                on_piece(i)
+    wall = together(len(sessions), one)
     return sum(len(s.last_result.tokens) for s in sessions) / wall, ttft
 
 

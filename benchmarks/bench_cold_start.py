@@ -9,9 +9,9 @@ time to first token (p50, max).
 """
 import argparse
 import statistics
-import threading
 import time
 
+from bench_batch import together  # benchmarks/bench_batch.py
 from machine import cpu_flags  # benchmarks/machine.py
 
 import guanaco_rt
@@ -28,10 +28,8 @@ def burst(m, n, tokens, cold_min):
     SessionPool.COLD_SHARE_MIN = cold_min
     with LLM(m, n_ctx=512, n_sessions=n) as llm:
         ttft = [0.0] * n
-        go = threading.Barrier(n + 1)
 
         def run(i):
-            go.wait()
             t0 = time.perf_counter()
             msgs = [{"role": "system", "content": SYSTEM},
                     {"role": "user", "content": f"Tell me about lighthouse {i}."}]
@@ -39,14 +37,8 @@ def burst(m, n, tokens, cold_min):
                                                  logit_bias=NO_END):
                 if not ttft[i] and ch["choices"] and ch["choices"][0]["delta"].get("content"):
                     ttft[i] = time.perf_counter() - t0
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-        for t in threads:
-            t.start()
-        go.wait()
-        t0 = time.perf_counter()
-        for t in threads:
-            t.join()
-        return time.perf_counter() - t0, ttft, llm.pool.shared_tokens, llm.pool.cold_waits
+        wall = together(n, run)
+        return wall, ttft, llm.pool.shared_tokens, llm.pool.cold_waits
 
 
 def main():
