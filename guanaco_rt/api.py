@@ -244,9 +244,10 @@ class SessionPool:
                 raise Cancelled("the request was cancelled while it waited for a cold start's shared prefix")
             with self._cond:
                 o, handed = leader.session, leader.handed
-                if self._closed or (o is None and not any(e is leader for e in self._running)):
+                gone = not any(e is leader for e in self._running)
+                if self._closed or (o is None and gone):
                     return None
-                if not any(e is leader for e in self._running):
+                if gone:
                     return o
             if handed is not None and o is not None and not o._busy.locked() and \
                     time.monotonic() - handed > self.COLD_SHARE_IDLE_S:
