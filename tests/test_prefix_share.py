@@ -105,18 +105,22 @@ def test_sliding_window_models_copy_nothing(tmp_path):
         assert b.copy_prefix(ids, [a]) == 0 and b.n_past == 0
 
 
-def test_a_source_that_rewinds_and_rewrites_while_copied_from_is_never_read_half_written(tiny_typed):
+@pytest.mark.parametrize("batch", [False, True])
+def test_a_source_that_rewinds_and_rewrites_while_copied_from_is_never_read_half_written(tiny_typed, batch):
     """The source keeps cutting its sequence back and evaluating other tokens over the
-    prefix the receivers copy; every copy must give the reference logits exactly."""
+    prefix the receivers copy; every copy must give the reference logits exactly. Batched:
+    the source's tokens go in the batcher's passes and the receivers copy on its thread,
+    between them."""
     m = tiny_typed("q4_0")
     prefix = P1[:32]
     tails = [RNG.integers(3, 300, 4).tolist() for _ in range(3)]
     refs = [whole(m, prefix + t)[-1] for t in tails]
     other = RNG.integers(3, 300, 32).tolist()           # overwrites the prefix's rows with others
     stop = time.monotonic() + 3.0
-    src = guanaco_rt.Session(m, n_ctx=128, n_threads=1)
+    b = m.batcher(max_seqs=4, chunk=8, n_threads=2) if batch else None
+    src = guanaco_rt.Session(m, n_ctx=128, n_threads=1, batcher=b)
     src.eval(prefix)
-    copies = {"n": 0, "full": 0}
+    copies = {"n": 0, "full": 0, "any": 0}
 
     def source():
         k = 0
@@ -127,12 +131,13 @@ def test_a_source_that_rewinds_and_rewrites_while_copied_from_is_never_read_half
         return k
 
     def receiver(j):
-        with guanaco_rt.Session(m, n_ctx=128, n_threads=1) as r:
+        with guanaco_rt.Session(m, n_ctx=128, n_threads=1, batcher=b) as r:
             while time.monotonic() < stop:
                 r.reset()
                 got = r.copy_prefix(prefix + tails[j], [src])
                 copies["n"] += 1
                 copies["full"] += got == 32
+                copies["any"] += got > 0
                 logits = r.eval((prefix + tails[j])[got:], all_logits=True)[-1]
                 np.testing.assert_array_equal(logits, refs[j])
         return 0
@@ -140,6 +145,26 @@ def test_a_source_that_rewinds_and_rewrites_while_copied_from_is_never_read_half
     rounds = together([source, lambda: receiver(0), lambda: receiver(1), lambda: receiver(2)])
     src.close()
     assert rounds[0] > 20 and copies["n"] > 20 and copies["full"] > 0
+    if batch:
+        st = b.stats()
+        b.close()
+        assert st["copies"] == copies["any"] and st["copied_positions"] >= 32 * copies["full"]
+
+
+def test_a_batched_session_copies_while_its_batcher_is_paused_and_alone_once_it_is_closed(tiny_typed):
+    m = tiny_typed("q4_K")
+    b = m.batcher(max_seqs=2, chunk=8, n_threads=2)
+    with guanaco_rt.Session(m, n_ctx=128, batcher=b) as a, guanaco_rt.Session(m, n_ctx=128, batcher=b) as r:
+        a.eval(P1)
+        b.pause()                               # no passes; copies still run
+        assert r.copy_prefix(P2, [a]) == 25
+        b.resume()
+        assert b.stats()["copies"] == 1 and b.stats()["copied_positions"] == 25
+        np.testing.assert_array_equal(r.eval(P2[25:], all_logits=True), whole(m, P2)[25:])
+        b.close()                               # the copy then runs on the caller's thread
+        r.reset()
+        assert r.copy_prefix(P2, [a]) == 25 and r.tokens == P2[:25]
+        assert b.stats()["copies"] == 1
 
 
 @pytest.mark.parametrize("batch", [False, True])

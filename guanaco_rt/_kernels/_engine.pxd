@@ -140,6 +140,17 @@ cdef struct slot_t:
     slot_t* next
     int done
 
+cdef struct copy_t:
+    # a caller's copy_prefix() of a State attached to a batcher, run on the batcher's thread
+    # between its passes (batch_copy)
+    state_t* dst
+    state_t* src
+    const int32_t* ids
+    int n
+    int got                      # out: the positions of ids that dst holds
+    copy_t* next
+    int done
+
 cdef struct batcher_t:
     # the passes that sequences of one Engine share (Batcher): callers queue slots and wait;
     # the batcher's thread takes what is queued, up to max_seqs sequences and max_tokens
@@ -149,6 +160,7 @@ cdef struct batcher_t:
     pthread_cond_t done          # callers wait here for theirs
     slot_t* head                 # the queue, first come first
     int n_queued
+    copy_t* copies               # copy_prefix() requests, run before the next pass, first come first
     int members                  # sequences in a generation (state_t.member): a pass waits up to
     double gather                # gather seconds for each of them to queue its next token
     int closing
@@ -165,6 +177,8 @@ cdef struct batcher_t:
     # statistics
     int64_t passes, seq_passes, rows
     double busy_s, last_s
+    int64_t copy_runs, copied    # copies run (that copied any positions) and the positions copied
+    double copy_s
 
 cdef class KernelSet:
     cdef isa_kernels_t k
