@@ -164,6 +164,14 @@ static inline vi scale_of16(__m256i pair, int e) {
 #define scaled_sum(acc, wsc) _mm256_madd_epi16(acc, wsc)
 #define small_i32(acc) _mm256_madd_epi16(acc, _mm256_set1_epi16(1))
 #endif
+/* acc + scaled_sum(s, w) where every i32 lane of s is within i16 and w's scales are in [0, 32767]: at
+ * 512 bits one vpdpwssd (a lane's high halves: s's sign times w's 0), for vpmulld and vpaddd: 8-row
+ * q4_K 3.5% faster (r8_harness, Zen 4). Only where the caller's sums fit (it says why) */
+#if GR_WIDTH == 512
+#define add_scaled_i16(acc, s, w) _mm512_dpwssd_epi32(acc, s, w)
+#else
+#define add_scaled_i16(acc, s, w) vi_add32(acc, scaled_sum(s, w))
+#endif
 /* how many steps (4 weights a row each) dp_small may add, of weights up to max_u, before scaled_sum:
  * each step adds 2 pair sums of at most 2 * max_u * 128 to an i16 lane */
 #define SMALL_STEPS(max_u) (GR_VNNI ? 8 : 32767 / (256 * (max_u)))

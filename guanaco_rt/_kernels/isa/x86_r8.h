@@ -213,8 +213,10 @@ ALWAYS_INLINE void r8_q4_K(int T, int five, int n, float *s, int64_t s_stride, c
                         for (int t = 0; t < T; t++)
                             s32[t] = dp_small(s32[t], p, bcast_step(y[t][i].qs + 64 * c + 32 * h + 4 * k));
                     }
+                    /* q4_K's lanes at 512 bits: 4 steps' 16 products, |sum| <= 16 * 15 * 128 */
                     for (int t = 0; t < T; t++)
-                        sumi[t] = vi_add32(sumi[t], scaled_sum(s32[t], scb));
+                        sumi[t] = five ? vi_add32(sumi[t], scaled_sum(s32[t], scb))
+                                       : add_scaled_i16(sumi[t], s32[t], scb);
                 }
             }
         }
