@@ -46,6 +46,7 @@ ALWAYS_INLINE void r8_q4(int T, int has_m, int has_qh, int n, float *s, int64_t 
     const int64_t x_size = has_qh ? (has_m ? sizeof(block_q5_1x8) : sizeof(block_q5_0x8))
                                   : (has_m ? sizeof(block_q4_1x8) : sizeof(block_q4_0x8));
     const int64_t qs_off = (has_m ? 32 : 16) + (has_qh ? 32 : 0);    /* qh (if any) right before qs */
+    const int64_t l2 = l2_ahead(T, x_size * (n / QK8_1));
     const block_q8_1 *y[4];
     __m256 acc[4], accm[4];
     const vi m4 = vi_set1_8(0x0F);
@@ -60,7 +61,7 @@ ALWAYS_INLINE void r8_q4(int T, int has_m, int has_qh, int n, float *s, int64_t 
         vi sum[4];              /* per token: low nibbles (weights 4k+j) and high (16+4k+j) */
         __m256 d8;
         if (T <= R8_PREFETCH_T)
-            pf = prefetch_until(pf, blk + x_size);
+            pf = prefetch_until(pf, blk + x_size, l2);
         for (int t = 0; t < T; t++)
             sum[t] = vi_zero();
         UNROLL
@@ -96,6 +97,7 @@ ALWAYS_INLINE void r8_q4(int T, int has_m, int has_qh, int n, float *s, int64_t 
 
 /* q8_0 (block_q8_0x8): signed weights, so |w| against y with w's sign (q8_1 holds no -128) */
 ALWAYS_INLINE void r8_q8(int T, int n, float *s, int64_t s_stride, const void *vx, const void *vy, int64_t y_stride) {
+    const int64_t l2 = l2_ahead(T, sizeof(block_q8_0x8) * (n / QK8_0));
     const block_q8_1 *y[4];
     __m256 acc[4];
     const uint8_t *pf = (const uint8_t *)vx + PREFETCH;
@@ -113,7 +115,7 @@ ALWAYS_INLINE void r8_q8(int T, int n, float *s, int64_t s_stride, const void *v
         for (int k = 0; k < 8; k += STEPS) {
             vi w = vi_load_w(b->qs + 32 * k), aw = abs8(w);
             if (T <= R8_PREFETCH_T)
-                pf = prefetch_until(pf, (const uint8_t *)(b->qs + 32 * k + 32 * STEPS));
+                pf = prefetch_until(pf, (const uint8_t *)(b->qs + 32 * k + 32 * STEPS), l2);
             for (int t = 0; t < T; t++)
                 sum[t] = dpbusd(sum[t], aw, sign_by(bcast_step(y[t][i].qs + 4 * k), w));
         }
@@ -169,7 +171,7 @@ static inline vi fifth_bit(vi h, int b) {
  * place; weights up to 31, pair sums 2 * 31 * 128 within i16) */
 ALWAYS_INLINE void r8_q4_K(int T, int five, int n, float *s, int64_t s_stride, const void *vx, const void *vy,
                            int64_t y_stride) {
-    const int64_t x_size = five ? sizeof(block_q5_Kx8) : sizeof(block_q4_Kx8);
+    const int64_t x_size = five ? sizeof(block_q5_Kx8) : sizeof(block_q4_Kx8), l2 = l2_ahead(T, x_size * (n / QK_K));
     const int grp = five ? SMALL_STEPS(31) : SMALL_STEPS(15);
     const block_q8_K *y[4];
     __m256 acc[4], accm[4];
@@ -195,7 +197,7 @@ ALWAYS_INLINE void r8_q4_K(int T, int five, int n, float *s, int64_t s_stride, c
             UNROLL
             for (int h = 0; h < 2; h++) {     /* sub-block 2c + h: low nibbles of chunk c, then high */
                 if (T <= R8_PREFETCH_T)
-                    prefetch_slice(b, x_size, 2 * c + h, 8);
+                    prefetch_slice(b, x_size, 2 * c + h, 8, l2);
                 const vi scb = scale_of(sc, 2 * (c % 2) + h);
                 /* the sub-block's 8 steps in groups whose pair sums stay within i16 at 256 bits:
                  * q4_K all 8 (8 * 2 * 15 * 128), q5_K 4 (4 * 2 * 31 * 128) */
@@ -250,6 +252,7 @@ static inline vi q6_r8_quarter(vi ql, vi qh, int qd) {
 }
 
 ALWAYS_INLINE void r8_q6_K(int T, int n, float *s, int64_t s_stride, const void *vx, const void *vy, int64_t y_stride) {
+    const int64_t l2 = l2_ahead(T, sizeof(block_q6_Kx8) * (n / QK_K));
     const block_q8_K *y[4];
     __m256 acc[4];
     for (int t = 0; t < T; t++) {
@@ -278,7 +281,7 @@ ALWAYS_INLINE void r8_q6_K(int T, int n, float *s, int64_t s_stride, const void 
                 UNROLL
                 for (int qd = 0; qd < 4; qd++) {
                     if (T <= R8_PREFETCH_T)       /* 16 slices: 4 were 2x slower (measured at 512 and 256 bits) */
-                        prefetch_slice(b, sizeof(block_q6_Kx8), 8 * h + 4 * e + qd, 16);
+                        prefetch_slice(b, sizeof(block_q6_Kx8), 8 * h + 4 * e + qd, 16, l2);
                     const vi sc = scale_of16(q6_r8_pair(b, 4 * h + qd), e);
                     vi s16[4];
                     for (int t = 0; t < T; t++)
@@ -329,7 +332,7 @@ static inline __m256i k3_r8_scales(const block_q3_Kx8 *b, int g) {
 
 ALWAYS_INLINE void r8_q2_K(int T, int three, int n, float *s, int64_t s_stride, const void *vx, const void *vy,
                            int64_t y_stride) {
-    const int64_t x_size = three ? sizeof(block_q3_Kx8) : sizeof(block_q2_Kx8);
+    const int64_t x_size = three ? sizeof(block_q3_Kx8) : sizeof(block_q2_Kx8), l2 = l2_ahead(T, x_size * (n / QK_K));
     const block_q8_K *y[4];
     __m256 acc[4], accm[4];
     for (int t = 0; t < T; t++) {
@@ -372,7 +375,7 @@ ALWAYS_INLINE void r8_q2_K(int T, int three, int n, float *s, int64_t s_stride, 
                 UNROLL
                 for (int e = 0; e < 2; e++) {        /* sub-blocks 8h + 2bp + e: steps 4e..4e+3 */
                     if (T <= R8_PREFETCH_T)
-                        prefetch_slice(b2, x_size, 2 * ((4 * h + bg) / BPG) + e, 32 / BPG);
+                        prefetch_slice(b2, x_size, 2 * ((4 * h + bg) / BPG) + e, 32 / BPG, l2);
                     vi s32[4][4];
                     for (int u = 0; u < BPG; u++)
                         for (int t = 0; t < T; t++)
@@ -434,6 +437,7 @@ static inline void iq4_step(vi lut, const uint8_t *qs, vi *wl, vi *wh) {
 
 ALWAYS_INLINE void r8_iq4_nl(int T, int n, float *s, int64_t s_stride, const void *vx, const void *vy,
                              int64_t y_stride) {
+    const int64_t l2 = l2_ahead(T, sizeof(block_iq4_nlx8) * (n / QK4_NL));
     const block_q8_1 *y[4];
     __m256 acc[4];
     const vi lut = vi_bcast16(kvalues_iq4nl);
@@ -446,7 +450,7 @@ ALWAYS_INLINE void r8_iq4_nl(int T, int n, float *s, int64_t s_stride, const voi
         const block_iq4_nlx8 *b = (const block_iq4_nlx8 *)vx + i;
         vi sum[4];
         if (T <= R8_PREFETCH_T)
-            pf = prefetch_until(pf, (const uint8_t *)(b + 1));
+            pf = prefetch_until(pf, (const uint8_t *)(b + 1), l2);
         for (int t = 0; t < T; t++)
             sum[t] = vi_zero();
         UNROLL
@@ -469,6 +473,7 @@ ALWAYS_INLINE void r8_iq4_nl(int T, int n, float *s, int64_t s_stride, const voi
 /* iq4_xs: per sub-block each row's sum (in i32: at most 32 * 127 * 128), times its ls - 32 */
 ALWAYS_INLINE void r8_iq4_xs(int T, int n, float *s, int64_t s_stride, const void *vx, const void *vy,
                              int64_t y_stride) {
+    const int64_t l2 = l2_ahead(T, sizeof(block_iq4_xsx8) * (n / QK_K));
     const block_q8_K *y[4];
     __m256 acc[4];
     const vi lut = vi_bcast16(kvalues_iq4nl);
@@ -487,7 +492,7 @@ ALWAYS_INLINE void r8_iq4_xs(int T, int n, float *s, int64_t s_stride, const voi
         NO_UNROLL
         for (int ib = 0; ib < 8; ib++) {
             if (T <= R8_PREFETCH_T)
-                prefetch_slice(b, sizeof(block_iq4_xsx8), ib, 8);
+                prefetch_slice(b, sizeof(block_iq4_xsx8), ib, 8, l2);
             const __m256i ls = _mm256_or_si256(
                 _mm256_and_si256(_mm256_srli_epi32(sl, 4 * ib), _mm256_set1_epi32(0x0F)),
                 _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(sh, 2 * ib), _mm256_set1_epi32(3)), 4));
