@@ -790,9 +790,9 @@ class LLM:
         return d
 
     def close(self) -> None:
-        """Cancel the running calls (they end within a token, as cancelled, or raise
-        ModelClosedError), fail the waiting ones with ModelClosedError, stop the batcher, and
-        close the Model if this LLM opened it."""
+        """Cancel the running calls (a generation that has started ends within a token, as
+        cancelled; a call still setting up raises ModelClosedError), fail the waiting ones with
+        ModelClosedError, stop the batcher, and close the Model if this LLM opened it."""
         self.pool.close()
         if self.batcher is not None:
             self.batcher.close()

@@ -359,6 +359,8 @@ class Model:
             now: tuple[object, ...] = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
         except (OSError, ValueError) as e:
             now = (f"fstat failed: {e}",)
+        if self._fh.closed:     # close() in another thread meanwhile: the file was not what failed
+            return
         if now != self._stat:
             raise ModelFileChangedError(
                 f"{self.path}: the file changed under the memory-mapped model (size, mtime, inode, device "

@@ -258,7 +258,8 @@ class Session:
         return self._state
 
     def _enter(self, work: bool = True) -> State:
-        # work=False: close(), which runs nothing and may come at exit
+        # work=False: close(), which runs nothing and may come at exit or after the Model closed
+        # (LLM.close(): a running call's session is closed as it comes back, the Model already shut)
         state = self._check_open()
         if not self._busy.acquire(blocking=False) and not (
                 self._draining is not None and self._busy.acquire(timeout=DRAIN_TIMEOUT_S)):
@@ -266,11 +267,12 @@ class Session:
                                    "still open); use one Session per concurrent caller")
         self._draining = None
         try:
-            if _EXITING and work:
-                raise ModelClosedError("the interpreter is exiting: guanaco_rt starts no more calls")
-            self.model._check_usable()
-            if os.getpid() != self._pid or self.n_threads > 1:
-                self._fit_threads()
+            if work:        # close() needs neither the weights nor threads: it also works after the Model's
+                if _EXITING:
+                    raise ModelClosedError("the interpreter is exiting: guanaco_rt starts no more calls")
+                self.model._check_usable()
+                if os.getpid() != self._pid or self.n_threads > 1:
+                    self._fit_threads()
         except BaseException:
             self._busy.release()
             raise

@@ -144,3 +144,63 @@ def test_the_interpreter_exits_cleanly_while_a_daemon_thread_generates(tiny_type
         assert p.returncode == 0 and "Fatal Python error" not in p.stderr, p.stderr[-2000:]
         assert "Traceback" not in p.stderr and "Exception ignored" not in p.stderr, p.stderr[-2000:]
         assert "exiting" in p.stdout and "closed at exit" in p.stdout and time.monotonic() - t0 < 30
+
+
+def test_a_session_closes_after_its_model_and_a_pool_gives_one_back_quietly(tiny_typed, tmp_path):
+    # LLM.close() closes the pool, then the Model it opened; a running call's session comes back
+    # after that and is closed: that raised ModelClosedError from a call that had ended as cancelled
+    import guanaco_rt
+    from guanaco_rt.api import SessionPool
+    path = tiny_typed("q4_0").path
+    m = guanaco_rt.Model(path)
+    s = guanaco_rt.Session(m, n_ctx=64)
+    s.eval([1, 5, 6])
+    m.close()
+    s.close()
+    with pytest.raises(ModelClosedError):
+        s.eval([7])
+    m = guanaco_rt.Model(path)
+    pool = SessionPool(m, 2, n_ctx=64)
+    held = pool.acquire(PROMPT)
+    pool.close()
+    m.close()
+    pool.release(held)
+    with pytest.raises(ModelClosedError):
+        held.eval([7])
+
+
+def test_the_file_check_does_not_blame_the_file_for_a_close_in_another_thread(tiny_typed, monkeypatch):
+    # Model.close() between check_file's look at the handle and its fstat: EBADF read as "the file
+    # changed under the model" (ModelFileChangedError) from a call that ended as cancelled
+    import guanaco_rt
+    import guanaco_rt.model as model_mod
+    m = guanaco_rt.Model(tiny_typed("q4_0").path)
+    real = os.fstat
+
+    def closing_fstat(fd):
+        m.close()
+        return real(fd)
+    monkeypatch.setattr(model_mod.os, "fstat", closing_fstat)
+    m.check_file()                  # closed meanwhile: nothing to check
+    monkeypatch.setattr(model_mod.os, "fstat", real)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_closing_an_llm_that_opened_its_model_ends_running_calls_as_cancelled(tiny_typed, stream):
+    for delay in (0.05, 0.15, 0.3):
+        llm = LLM(str(tiny_typed("q4_0").path), n_ctx=4096, n_sessions=2)
+
+        def call():
+            if not stream:
+                return llm.create_completion(PROMPT, max_tokens=4000, logit_bias=NO_END)["choices"][0]["finish_reason"]
+            last = None
+            for chunk in llm.create_completion(PROMPT, max_tokens=4000, logit_bias=NO_END, stream=True):
+                last = chunk["choices"][0]["finish_reason"] or last
+            return last
+        runs = [_in_thread(call) for _ in range(2)]
+        time.sleep(delay)
+        llm.close()
+        for t, box in runs:
+            t.join(5)
+            assert not t.is_alive()
+            assert box.get("value") == "cancelled", box.get("error")
