@@ -212,9 +212,17 @@ static inline int32_t load_i32(const void *p) {
  * against 101-104 at 4 (r8_harness, Zen 4; 64 KB as well, 128 KB less); the engine's 7B q4_K_M
  * pass of 8 sequences took 257-286 ms against 298-315, of 4 148-181 against 175-190. Not for
  * small groups (the demo model's 3 KB: its 32-row passes were 8% slower with 32 KB, the lines
- * past the thread's rows), nor for one token (its kernels stream at the memory's rate) */
+ * past the thread's rows), nor for one token (its kernels stream at the memory's rate), nor at 256
+ * bits (the avx2 build's q4_K streamed at 4 tokens took 2222-2274 ns a group with it against 1832,
+ * at 8 4127-4147 against 3760) */
 static inline int64_t l2_ahead(int T, int64_t group_bytes) {
+#if GR_WIDTH == 512
     return T > 1 && group_bytes >= 8192 ? (2 * group_bytes < 65536 ? 2 * group_bytes : 65536) : 0;
+#else
+    (void)T;
+    (void)group_bytes;
+    return 0;
+#endif
 }
 /* the lines from pf to PREFETCH past end, each once (and l2 past them, unless 0); returns the next one */
 static inline const uint8_t *prefetch_until(const uint8_t *pf, const uint8_t *end, int64_t l2) {
