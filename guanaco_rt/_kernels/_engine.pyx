@@ -904,6 +904,8 @@ cdef int copy_prefix(const model_t* m, state_t* dst, state_t* src, const int32_t
     # rows on nth threads (a batcher's, batch_copy), else on the caller's; copied (or NULL): how
     # many positions were copied.
     cdef int own = 0, k = 0, f
+    if copied != NULL:
+        copied[0] = 0
     n = min(n, dst.n_ctx)
     while own < min(n, dst.n_past) and dst.tokens[own] == ids[own]:
         own += 1
@@ -922,8 +924,8 @@ cdef int copy_prefix(const model_t* m, state_t* dst, state_t* src, const int32_t
         dst.n_past = k
         dst.have_logits = 0
     kv_written(dst)
-    if copied != NULL:
-        copied[0] = max(0, k - own)
+    if copied != NULL and k > own:
+        copied[0] = k - own
     return max(k, own)
 
 cdef void copy_rows(const model_t* m, state_t* dst, const state_t* src, int own, int64_t rows,
